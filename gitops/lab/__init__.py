@@ -1,0 +1,1 @@
+"""Disposable local lab: real Debian hosts (systemd-nspawn in network namespaces)."""

@@ -1,0 +1,115 @@
+"""The declared state: what an inventory file says, as strict pydantic models.
+
+``load`` validates ``inventories/<environment>.yml`` against ``InventoryFile`` and each
+service's parameters against the ``Params`` model in ``deploys/<service>/model.py``, then
+builds a ``DeclaredState``: the resolved, per-host view every later stage reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ServiceParams = dict[str, Any]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SSHSettings(_Strict):
+    """How to reach a host over SSH. Every field may be set per environment or per host."""
+
+    user: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    key_file: str | None = None
+    """Path of the private key on the control host (never the key itself)."""
+    known_hosts_file: str | None = None
+    host_key_checking: Literal["yes", "accept-new", "no"] | None = None
+    connect_timeout: int | None = Field(default=None, ge=1, le=300)
+
+
+class EnvironmentSettings(_Strict):
+    """Environment-wide policy."""
+
+    fail_percent: int = Field(default=0, ge=0, le=100)
+    """Percentage of hosts that may fail before the rollout stops (0: any failure stops)."""
+    parallel: int = Field(default=20, ge=1, le=1000)
+    """How many hosts are worked on at once."""
+    ssh: SSHSettings = SSHSettings()
+    source: Literal["inventory", "vagrant"] = "inventory"
+    """Where host addresses come from: this file, or ``vagrant ssh-config`` (see gitops.vagrant)."""
+
+
+class GroupSpec(_Strict):
+    services: dict[str, ServiceParams] = {}
+    vars: dict[str, Any] = {}
+
+
+class HostSpec(_Strict):
+    address: str | None = None
+    """IP address or DNS name; may be left out only when the environment's source fills it."""
+    groups: list[str] = Field(min_length=1)
+    ssh: SSHSettings = SSHSettings()
+    vars: dict[str, Any] = {}
+    services: dict[str, ServiceParams] = {}
+
+
+class InventoryFile(_Strict):
+    """The schema of ``inventories/<environment>.yml``."""
+
+    settings: EnvironmentSettings = EnvironmentSettings()
+    groups: dict[str, GroupSpec] = {}
+    hosts: dict[str, HostSpec]
+
+
+ALL_GROUP = "all"
+"""Every host is in this group implicitly; its services and vars apply everywhere."""
+
+SSH_DEFAULTS = SSHSettings(user="root", port=22, host_key_checking="accept-new", connect_timeout=10)
+
+
+class ResolvedSSH(_Strict):
+    user: str
+    port: int
+    key_file: str | None
+    known_hosts_file: str | None
+    host_key_checking: Literal["yes", "accept-new", "no"]
+    connect_timeout: int
+
+
+class DeclaredHost(_Strict):
+    """One host as every later stage sees it: its address, SSH, data and services."""
+
+    name: str
+    address: str
+    groups: tuple[str, ...]
+    ssh: ResolvedSSH
+    vars: dict[str, Any]
+    services: dict[str, ServiceParams]
+    """Service name -> validated parameters (JSON-compatible), in apply order."""
+
+
+class DeclaredState(_Strict):
+    """A validated revision of one environment: nothing downstream re-reads YAML."""
+
+    environment: str
+    root: str
+    """The snapshot folder this state was loaded from."""
+    settings: EnvironmentSettings
+    hosts: tuple[DeclaredHost, ...]
+    service_order: tuple[str, ...]
+    """Every service used, in the order they are applied (``all`` group's first, then by name)."""
+
+    def host(self, name: str) -> DeclaredHost:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise KeyError(name)
+
+    def limit(self, names: set[str] | None) -> DeclaredState:
+        """The same state restricted to ``names`` (None: all hosts)."""
+        if names is None:
+            return self
+        return self.model_copy(update={"hosts": tuple(h for h in self.hosts if h.name in names)})
