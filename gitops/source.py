@@ -1,0 +1,122 @@
+"""Stage 1: fetch a Git branch and materialize exactly one commit in a snapshot folder.
+
+The only GitPython user. A bare mirror per repository lives in the state folder; a fetch
+force-updates the watched branch (a force-push is followed, not refused) and the commit is
+extracted with ``git archive`` into ``snapshots/<sha>/``: never the user's working copy, never
+a half-written folder (extract to a temporary name, then rename). Called by ``reconcile``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import shutil
+import tarfile
+import tempfile
+from datetime import UTC
+from pathlib import Path
+
+import git
+
+from gitops.errors import RevisionNotFound, SourceError
+from gitops.records import Revision, Snapshot
+
+__all__ = ["fetch", "redact", "snapshot"]
+
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+def redact(url: str) -> str:
+    """A repository URL fit for messages: any ``user:token@`` is masked."""
+    return _CREDENTIALS.sub("***@", url)
+
+
+def _mirror(url: str, state_dir: Path) -> git.Repo:
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    path = state_dir / "sources" / f"{key}.git"
+    if path.is_dir():
+        return git.Repo(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    repo = git.Repo.init(path, bare=True)
+    repo.create_remote("origin", url)
+    return repo
+
+
+def fetch(url: str, branch: str, state_dir: Path, *, timeout: float = 120) -> Revision:
+    """Fetch ``branch`` of ``url`` (a remote URL or a local path) and return its head."""
+    if Path(url).expanduser().is_dir():
+        url = str(Path(url).expanduser().resolve())
+    repo = _mirror(url, state_dir)
+    try:
+        with repo:
+            repo.git.fetch(
+                "origin",
+                f"+refs/heads/{branch}:refs/heads/{branch}",
+                "--prune",
+                "--no-tags",
+                kill_after_timeout=timeout,
+            )
+            return _revision(repo, branch, branch)
+    except git.GitCommandError as exc:
+        stderr = [ln.strip(" '") for ln in redact(str(exc.stderr or "")).splitlines()]
+        fatal = [ln for ln in stderr if "fatal:" in ln]
+        detail = (fatal or stderr or [f"exit {exc.status}"])[0].replace("stderr: ", "")
+        if "couldn't find remote ref" in detail:
+            raise RevisionNotFound(f"{redact(url)}: no branch {branch!r}") from None
+        raise SourceError(f"cannot fetch {redact(url)} {branch}: {detail}") from None
+
+
+def revision(url: str, branch: str, rev: str, state_dir: Path) -> Revision:
+    """An already fetched commit (for rollbacks to an earlier revision)."""
+    if Path(url).expanduser().is_dir():
+        url = str(Path(url).expanduser().resolve())
+    with _mirror(url, state_dir) as repo:
+        return _revision(repo, rev, branch)
+
+
+def _revision(repo: git.Repo, rev: str, branch: str) -> Revision:
+    try:
+        commit = repo.commit(rev)
+    except (git.BadName, ValueError):
+        raise RevisionNotFound(f"no revision {rev!r}") from None
+    return Revision(
+        sha=commit.hexsha,
+        branch=branch,
+        author=str(commit.author.name),
+        committed_at=commit.committed_datetime.astimezone(UTC),
+        message=str(commit.message).strip(),
+    )
+
+
+def snapshot(url: str, revision: Revision, state_dir: Path) -> Snapshot:
+    """Materialize ``revision`` in ``<state_dir>/snapshots/<sha>`` (reused if already there)."""
+    if Path(url).expanduser().is_dir():
+        url = str(Path(url).expanduser().resolve())
+    target = state_dir / "snapshots" / revision.sha
+    if not target.is_dir():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()
+        with _mirror(url, state_dir) as repo:
+            repo.archive(buffer, revision.sha, format="tar")
+        buffer.seek(0)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{revision.sha[:10]}-", dir=target.parent))
+        try:
+            with tarfile.open(fileobj=buffer) as tar:
+                tar.extractall(tmp, filter="data")
+            tmp.rename(target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not target.is_dir():  # another process won the same rename: fine
+                raise
+    return Snapshot(revision=revision, path=str(target))
+
+
+def prune_snapshots(state_dir: Path, keep: set[str]) -> None:
+    """Remove snapshot folders of revisions not in ``keep``."""
+    folder = state_dir / "snapshots"
+    if not folder.is_dir():
+        return
+    for child in folder.iterdir():
+        if child.is_dir() and child.name not in keep and not child.name.startswith("."):
+            shutil.rmtree(child, ignore_errors=True)
