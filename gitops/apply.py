@@ -1,0 +1,41 @@
+"""Stages 3 and 4: plan (pyinfra dry run) and apply, through the pyinfra worker process.
+
+``plan`` reports per host and operation whether it would change, with file diffs; ``apply``
+plans and then executes in the same worker (one fact-gathering pass), returning both. Hosts
+run in parallel; a failed host stops the others only past the environment's fail percentage.
+Called by ``reconcile`` and the CLI; never imports pyinfra itself.
+"""
+
+from __future__ import annotations
+
+import json
+
+from gitops.model import DeclaredState
+from gitops.records import ApplyReport, Plan, WorkerResult
+from gitops.worker import Progress, run_worker
+
+_WORKER = "gitops.workers.apply_worker"
+
+
+def _job(state: DeclaredState, *, dry: bool, diff: bool) -> str:
+    return json.dumps({"state": state.model_dump(mode="json"), "dry": dry, "diff": diff})
+
+
+def plan(
+    state: DeclaredState, *, timeout: float = 900, on_progress: Progress | None = None
+) -> Plan:
+    """What would change on each host; changes nothing."""
+    out = run_worker(_WORKER, _job(state, dry=True, diff=True), timeout=timeout,
+                     on_progress=on_progress)
+    return WorkerResult.model_validate_json(out).plan
+
+
+def apply(
+    state: DeclaredState, *, timeout: float = 1800, on_progress: Progress | None = None
+) -> tuple[Plan, ApplyReport]:
+    """Plan, then apply what differs; return both."""
+    out = run_worker(_WORKER, _job(state, dry=False, diff=True), timeout=timeout,
+                     on_progress=on_progress)
+    result = WorkerResult.model_validate_json(out)
+    assert result.apply is not None
+    return result.plan, result.apply

@@ -1,0 +1,331 @@
+"""The pyinfra worker: plan (and unless dry, apply) one DeclaredState, then exit.
+
+Runs as ``python -m gitops.workers.apply_worker`` in a process of its own, started by
+``gitops.apply``: pyinfra monkey-patches the process with gevent and caches compiled deploy
+files, templates and facts by file name, so the long-lived reconciler never imports it.
+Reads a job (JSON) on stdin, writes a ``WorkerResult`` (JSON) on stdout, progress on stderr.
+
+Deploy files are loaded the way the ``pyinfra`` CLI loads them (``pyinfra.is_cli``: operation
+order from the call stack, one file after another, hosts in parallel), one service's
+``deploy.py`` at a time, with the service's parameters as pyinfra deploy data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pyinfra
+from pydantic import BaseModel
+from pyinfra.api.config import Config
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.inventory import Inventory
+from pyinfra.api.operations import run_ops
+from pyinfra.api.state import State, StateStage
+from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
+from pyinfra_cli.util import exec_file
+
+from gitops.model import DeclaredHost, DeclaredState
+from gitops.records import (
+    ApplyReport,
+    HostApply,
+    HostPlan,
+    OpPlan,
+    OpResult,
+    Plan,
+    WorkerResult,
+)
+
+
+class Job(BaseModel):
+    """What the parent asks for."""
+
+    state: DeclaredState
+    dry: bool = True
+    diff: bool = True
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _connector_data(host: DeclaredHost) -> dict[str, Any]:
+    data: dict[str, Any] = dict(host.vars)
+    data.update(
+        ssh_hostname=host.address,
+        ssh_port=host.ssh.port,
+        ssh_user=host.ssh.user,
+        ssh_strict_host_key_checking=host.ssh.host_key_checking,
+        ssh_connect_retries=0,
+        ssh_paramiko_connect_kwargs={"timeout": host.ssh.connect_timeout,
+                                     "banner_timeout": host.ssh.connect_timeout,
+                                     "auth_timeout": host.ssh.connect_timeout},
+    )
+    if host.ssh.key_file:
+        data["ssh_key"] = str(Path(host.ssh.key_file).expanduser())
+    if host.ssh.known_hosts_file:
+        data["ssh_known_hosts_file"] = host.ssh.known_hosts_file
+    return data
+
+
+class _Capture(logging.Handler):
+    """Keeps pyinfra's log: per-op diffs during prepare, per-host errors, everything else."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self.diffs: dict[tuple[str, str], list[str]] = defaultdict(list)
+        self.host_errors: dict[str, list[str]] = defaultdict(list)
+        self.names = names
+        self.preparing = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        host = ctx_host.get() if ctx_host.isset() else None
+        if self.preparing and host is not None and host.current_op_hash:
+            self.diffs[(host.name, host.current_op_hash)].append(message)
+            return
+        if record.levelno >= logging.WARNING:
+            for name in self.names:
+                if message.startswith(f"[{name}]"):
+                    self.host_errors[name].append(message[len(name) + 2 :].strip())
+                    return
+            _progress(message)
+
+
+def _service_of(name: str) -> str | None:
+    return name.split(" | ", 1)[0] if " | " in name else None
+
+
+def _op_name(state: State, op_hash: str) -> str:
+    names = sorted(state.op_meta[op_hash].names)
+    return names[0] if names else op_hash
+
+
+def _stderr_tail(meta: Any, lines: int = 20) -> str:
+    output = getattr(meta, "_combined_output", None)
+    if output is None:
+        return ""
+    err = [line.line for line in output if getattr(line, "buffer_name", "") == "stderr"]
+    return "\n".join((err or [line.line for line in output])[-lines:])
+
+
+def run(job: Job) -> WorkerResult:
+    declared = job.state
+    root = Path(declared.root)
+    names = [h.name for h in declared.hosts]
+    capture = _Capture(names)
+    pyinfra_logger = logging.getLogger("pyinfra")
+    pyinfra_logger.handlers[:] = [capture]
+    pyinfra_logger.setLevel(logging.INFO)
+    pyinfra_logger.propagate = False
+
+    pyinfra.is_cli = True  # operation order and file loading as the CLI does them
+    state = State(check_for_changes=True)
+    state.cwd = str(root)
+    ctx_state.set(state)
+    config = Config()
+    config.PARALLEL = declared.settings.parallel
+    config.FAIL_PERCENT = declared.settings.fail_percent
+    config.DIFF = job.diff
+    ctx_config.set(config)
+
+    groups: dict[str, tuple[list[str], dict[str, Any]]] = defaultdict(lambda: ([], {}))
+    for h in declared.hosts:
+        for g in h.groups:
+            groups[g][0].append(h.name)
+    inventory = Inventory(
+        ([(h.name, _connector_data(h)) for h in declared.hosts], {}), **dict(groups)
+    )
+    ctx_inventory.set(inventory)
+    state.init(inventory, config)
+
+    started = time.monotonic()
+    stopped: str | None = None
+    durations: dict[str, float] = {}
+    state.set_stage(StateStage.Connect)
+    try:
+        connect_all(state)
+    except PyinfraError as exc:
+        stopped = str(exc)
+    _progress(f"connected to {len(state.active_hosts)}/{len(names)} hosts")
+
+    by_name = {h.name: h for h in inventory}
+    if stopped is None:
+        state.set_stage(StateStage.Prepare)
+        capture.preparing = True
+        try:
+            for index, service in enumerate(declared.service_order):
+                targets = [h for h in declared.hosts
+                           if service in h.services and by_name[h.name] in state.active_hosts]
+                if targets:
+                    _load_service(state, config, index, root, service, targets, by_name)
+                    _progress(f"planned {service} on {len(targets)} host(s)")
+        except PyinfraError as exc:
+            stopped = str(exc)
+        finally:
+            capture.preparing = False
+
+    plan = _plan(state, declared, capture)
+    if job.dry or stopped is not None:
+        apply = None if job.dry else _report(state, declared, capture, stopped, durations, started)
+        _disconnect(state)
+        return WorkerResult(plan=plan, apply=apply)
+
+    state.set_stage(StateStage.Execute)
+    try:
+        run_ops(state)
+    except PyinfraError as exc:
+        stopped = str(exc)
+    state.set_stage(StateStage.Disconnect)
+    report = _report(state, declared, capture, stopped, durations, started)
+    _disconnect(state)
+    return WorkerResult(plan=plan, apply=report)
+
+
+def _load_service(
+    state: State,
+    config: Config,
+    index: int,
+    root: Path,
+    service: str,
+    targets: list[DeclaredHost],
+    by_name: dict[str, Any],
+) -> None:
+    """Load ``deploys/<service>/deploy.py`` for each target host, as the CLI loads a file."""
+    filename = str(root / "deploys" / service / "deploy.py")
+    config.lock_current_state()
+    state.current_op_file_number = index
+    state.current_deploy_filename = filename
+
+    def load(declared: DeclaredHost) -> BaseException | None:
+        host = by_name[declared.name]
+        try:
+            with (
+                ctx_config.use(state.config.copy()),
+                ctx_host.use(host),
+                host.deploy(service, None, dict(declared.services[service])),
+            ):
+                exec_file(filename)
+        except BaseException as exc:  # reported per host below
+            return exc
+        return None
+
+    greenlets = {state.pool.spawn(load, h): h for h in targets}
+    failed = set()
+    for greenlet in gevent.iwait(list(greenlets)):
+        exc = greenlet.get()
+        if exc is not None:
+            host = by_name[greenlets[greenlet].name]
+            host.log(f"{service}/deploy.py: {exc}", logging.getLogger("pyinfra").error)
+            failed.add(host)
+    config.reset_locked_state()
+    if failed:
+        state.fail_hosts(failed)
+
+
+def _plan(state: State, declared: DeclaredState, capture: _Capture) -> Plan:
+    hosts = []
+    for dh in declared.hosts:
+        host = state.inventory.get_host(dh.name)
+        error = "; ".join(capture.host_errors.get(dh.name, [])) or None
+        if host in state.failed_hosts and error is None:
+            error = "failed while planning"
+        ops = []
+        for op_hash in state.get_op_order():
+            if op_hash not in state.ops[host]:
+                continue
+            data = state.get_op_data_for_host(host, op_hash)
+            name = _op_name(state, op_hash)
+            diff = capture.diffs.get((dh.name, op_hash))
+            ops.append(
+                OpPlan(
+                    name=name,
+                    service=_service_of(name),
+                    would_change=bool(data.operation_meta._maybe_is_change),
+                    conditional=bool(data.global_arguments.get("_if")),
+                    diff="\n".join(diff) if diff else None,
+                )
+            )
+        hosts.append(HostPlan(host=dh.name, ops=tuple(ops), error=error))
+    return Plan(hosts=tuple(hosts))
+
+
+def _report(
+    state: State,
+    declared: DeclaredState,
+    capture: _Capture,
+    stopped: str | None,
+    durations: dict[str, float],
+    started: float,
+) -> ApplyReport:
+    hosts = []
+    for dh in declared.hosts:
+        host = state.inventory.get_host(dh.name)
+        results = []
+        failed_op = False
+        for op_hash in state.get_op_order():
+            if op_hash not in state.ops[host]:
+                continue
+            meta = state.ops[host][op_hash].operation_meta
+            name = _op_name(state, op_hash)
+            if not meta.is_complete():
+                status = "skipped"
+            elif meta.did_succeed(_raise_if_not_complete=False):
+                status = "changed" if meta.did_change() else "unchanged"
+            else:
+                status = "failed"
+                failed_op = True
+            results.append(
+                OpResult(
+                    name=name,
+                    service=_service_of(name),
+                    status=status,
+                    stderr=_stderr_tail(meta) if status == "failed" else "",
+                )
+            )
+        error = "; ".join(capture.host_errors.get(dh.name, [])) or None
+        connected = host.connected if hasattr(host, "connected") else True
+        if host in state.failed_hosts:
+            status_h = "failed" if failed_op or connected else "unreachable"
+        elif stopped and any(r.status == "skipped" for r in results):
+            status_h = "skipped"
+        else:
+            status_h = "ok"
+        hosts.append(
+            HostApply(
+                host=dh.name,
+                status=status_h,
+                error=error if status_h != "ok" else None,
+                ops=tuple(results),
+                duration_s=durations.get(dh.name, 0.0),
+            )
+        )
+    return ApplyReport(hosts=tuple(hosts), stopped=stopped, duration_s=time.monotonic() - started)
+
+
+def _disconnect(state: State) -> None:
+    with contextlib.suppress(Exception):  # disconnect problems change nothing that happened
+        disconnect_all(state)
+
+
+def main() -> None:
+    job = Job.model_validate_json(sys.stdin.read())
+    # Deploy code may print: keep stdout for the one JSON result.
+    result_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    result = run(job)
+    with os.fdopen(result_fd, "w") as out:
+        out.write(result.model_dump_json())
+
+
+if __name__ == "__main__":
+    main()
