@@ -1,0 +1,367 @@
+"""The testinfra worker: runs every service's ``checks.py`` on every host that runs it.
+
+Started by ``gitops.verify`` as ``python -m gitops.workers.verify_worker`` (one process per
+verify, since testinfra and pytest keep process-global state). Reads a ``DeclaredState`` as
+JSON on stdin, writes one ``VerifyReport`` as JSON on stdout and one ``progress:`` line per
+finished host on stderr.
+
+A check is a function ``test_*(host, params)`` in ``deploys/<service>/checks.py``; its
+asserts are rewritten the way pytest does, so a failure says what the values were. Hosts run
+in parallel (``settings.parallel``), the checks of one host in order, all over one SSH
+connection per host (an OpenSSH control master in a private temporary folder, closed at the
+end).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import copy
+import inspect
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+import types
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import testinfra
+from _pytest.assertion import rewrite, util
+from testinfra.backend.base import CommandResult
+
+from gitops.model import DeclaredHost, DeclaredState
+from gitops.records import CheckResult, CheckStatus, VerifyReport
+
+CHECKS_FILE = "checks.py"
+CONTROL_PERSIST_S = 30
+MAX_MESSAGE = 4000
+"""Longest message kept per check; pytest-style explanations of big outputs get cut here."""
+KNOWN_ARGUMENTS = ("host", "params")
+
+CheckFunction = Callable[..., object]
+
+
+class CheckSignatureError(Exception):
+    """A check asks for an argument the verify stage does not provide."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    """The checks of one service: its ``test_*`` functions, or why the file did not load."""
+
+    service: str
+    path: Path
+    checks: tuple[tuple[str, CheckFunction], ...] = ()
+    error: str | None = None
+
+
+# --- assertion rewriting ------------------------------------------------------------------
+
+
+class _QuietConfig:
+    """The two things ``assertrepr_compare`` asks of pytest's Config, at default verbosity."""
+
+    def get_verbosity(self, verbosity_type: str | None = None) -> int:
+        return 0
+
+    def get_terminal_writer(self) -> _QuietConfig:
+        return self
+
+    @staticmethod
+    def _highlight(source: str, lexer: str = "python") -> str:
+        return source
+
+
+def _reprcompare(op: str, left: object, right: object) -> str | None:
+    """pytest's detailed comparison explanations (string diffs, differing items, ...)."""
+    lines = util.assertrepr_compare(_QuietConfig(), op, left, right)
+    if not lines:
+        return None
+    lines = [line.replace("\n", "\\n") for line in lines]
+    return "\n~".join(lines).replace("%", "%%")
+
+
+def install_assertion_explanations() -> None:
+    """Make rewritten asserts explain comparisons as pytest does (process-wide)."""
+    util._reprcompare = _reprcompare
+
+
+def compile_checks(source: bytes, path: str) -> types.CodeType:
+    """Compile a checks file with pytest's assertion rewriting applied."""
+    tree = ast.parse(source, filename=path)
+    rewrite.rewrite_asserts(tree, source, path)
+    return compile(tree, path, "exec", dont_inherit=True)
+
+
+def load_suite(service: str, path: Path, index: int) -> Suite:
+    """Import ``path`` as a fresh module and collect its ``test_*`` functions in order."""
+    name = f"gitops_checks_{index}_{re.sub(r'[^0-9A-Za-z_]', '_', service)}"
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
+    sys.modules[name] = module
+    try:
+        code = compile_checks(path.read_bytes(), str(path))
+        exec(code, module.__dict__)
+    except Exception as exc:
+        return Suite(service, path, error=f"cannot load {path}: {_describe(exc, path)}")
+    checks = tuple(
+        (attr, value)
+        for attr, value in vars(module).items()
+        if attr.startswith("test_") and inspect.isfunction(value)
+    )
+    return Suite(service, path, checks)
+
+
+def load_suites(state: DeclaredState) -> dict[str, Suite]:
+    """The suites of every service some host runs that has a ``checks.py``."""
+    services = list(state.service_order)
+    services += sorted({s for h in state.hosts for s in h.services} - set(services))
+    suites = {}
+    for index, service in enumerate(services):
+        path = Path(state.root) / "deploys" / service / CHECKS_FILE
+        if path.is_file():
+            suites[service] = load_suite(service, path, index)
+    return suites
+
+
+def bind_arguments(func: CheckFunction, available: Mapping[str, object]) -> dict[str, object]:
+    """The keyword arguments to call ``func`` with, taken by parameter name from ``available``.
+
+    Raises CheckSignatureError naming a parameter without a default that is not available.
+    """
+    kwargs = {}
+    for param in inspect.signature(func).parameters.values():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if param.name in available and param.kind != param.POSITIONAL_ONLY:
+            kwargs[param.name] = available[param.name]
+        elif param.default is param.empty:
+            known = ", ".join(available)
+            raise CheckSignatureError(
+                f"unknown argument {param.name!r} (a check may take: {known})"
+            )
+    return kwargs
+
+
+# --- running checks -----------------------------------------------------------------------
+
+
+def _location(exc: BaseException, path: Path) -> str:
+    """``checks.py:LINE`` of the deepest frame in the checks file, or ``""``."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    if isinstance(exc, SyntaxError) and exc.filename == str(path) and exc.lineno:
+        return f"{path.name}:{exc.lineno}"
+    return f"{path.name}:{frames[-1].lineno}" if frames else ""
+
+
+def _describe(exc: BaseException, path: Path | None = None) -> str:
+    """One message for an exception: its text, SSH failures made readable, and where."""
+    if isinstance(exc, AssertionError):
+        text = str(exc) or "assertion failed"
+    elif isinstance(exc, RuntimeError) and exc.args and isinstance(exc.args[0], CommandResult):
+        result = exc.args[0]
+        text = f"ssh failed (exit {result.rc}): {result.stderr.strip() or 'no message'}"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    where = _location(exc, path) if path else ""
+    message = f"{text}\n(at {where})" if where else text
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 20] + "\n... (truncated)"
+    return message
+
+
+def run_check(
+    host_name: str, suite: Suite, name: str, func: CheckFunction, available: Mapping[str, object]
+) -> CheckResult:
+    """Call one check and turn what happened into a CheckResult (never raises)."""
+    start = time.monotonic()
+    status: CheckStatus
+    try:
+        kwargs = bind_arguments(func, available)
+        if "params" in kwargs:
+            kwargs["params"] = copy.deepcopy(kwargs["params"])
+        func(**kwargs)
+    except AssertionError as exc:
+        status, message = "fail", _describe(exc, suite.path)
+    except Exception as exc:
+        status, message = "error", _describe(exc, suite.path)
+    else:
+        status, message = "pass", ""
+    return CheckResult(
+        host=host_name,
+        service=suite.service,
+        check=name,
+        status=status,
+        message=message,
+        duration_s=round(time.monotonic() - start, 4),
+    )
+
+
+@dataclass(frozen=True)
+class HostOutcome:
+    host: str
+    results: tuple[CheckResult, ...]
+    error: str | None
+    duration_s: float
+
+
+def verify_host(
+    declared: DeclaredHost, alias: str, ssh_config: Path, suites: Mapping[str, Suite]
+) -> HostOutcome:
+    """Reach the host once, then run the checks of each of its services in order."""
+    start = time.monotonic()
+    try:
+        host = testinfra.get_host(
+            f"ssh://{alias}",
+            ssh_config=str(ssh_config),
+            timeout=declared.ssh.connect_timeout,
+            controlpersist=CONTROL_PERSIST_S,
+        )
+        host.run("true")
+    except Exception as exc:
+        return HostOutcome(declared.name, (), _describe(exc), time.monotonic() - start)
+    results: list[CheckResult] = []
+    try:
+        for service, params in declared.services.items():
+            suite = suites.get(service)
+            if suite is None:
+                continue
+            if suite.error is not None:
+                results.append(
+                    CheckResult(
+                        host=declared.name,
+                        service=service,
+                        check=CHECKS_FILE,
+                        status="error",
+                        message=suite.error,
+                    )
+                )
+                continue
+            available = {"host": host, "params": params}
+            for name, func in suite.checks:
+                results.append(run_check(declared.name, suite, name, func, available))
+    finally:
+        close_master(ssh_config, alias)
+    return HostOutcome(declared.name, tuple(results), None, time.monotonic() - start)
+
+
+# --- SSH ----------------------------------------------------------------------------------
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def ssh_alias(name: str, index: int) -> str:
+    """The ``Host`` alias for a host: its name when that is a plain token, else ``_host-N``.
+
+    The fallback starts with ``_``, which no plain-token name does, so aliases never collide.
+    """
+    return name if _SAFE_NAME.fullmatch(name) else f"_host-{index}"
+
+
+def _config_value(value: str) -> str:
+    """A path as ssh_config reads it: ``%`` escaped (tokens), quoted if it has spaces."""
+    value = value.replace("%", "%%")
+    return f'"{value}"' if any(c.isspace() for c in value) else value
+
+
+def ssh_config_text(hosts: Mapping[str, DeclaredHost], control_dir: Path) -> str:
+    """An ssh_config with one ``Host`` block per alias, each with its own control master."""
+    blocks = []
+    for index, (alias, h) in enumerate(hosts.items()):
+        lines = [
+            f"Host {alias}",
+            f"  HostName {h.address}",
+            f"  Port {h.ssh.port}",
+            f"  User {h.ssh.user}",
+        ]
+        if h.ssh.key_file:
+            lines += [f"  IdentityFile {_config_value(h.ssh.key_file)}", "  IdentitiesOnly yes"]
+        if h.ssh.known_hosts_file:
+            lines.append(f"  UserKnownHostsFile {_config_value(h.ssh.known_hosts_file)}")
+        lines += [
+            f"  StrictHostKeyChecking {h.ssh.host_key_checking}",
+            f"  ConnectTimeout {h.ssh.connect_timeout}",
+            "  BatchMode yes",
+            "  LogLevel ERROR",
+            "  ControlMaster auto",
+            f"  ControlPath {_config_value(str(control_dir / f'cm-{index}'))}",
+            f"  ControlPersist {CONTROL_PERSIST_S}s",
+        ]
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def close_master(ssh_config: Path, alias: str) -> None:
+    """Ask the host's control master, if one runs, to exit now."""
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(
+            ["ssh", "-F", str(ssh_config), "-O", "exit", alias],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=10,
+            check=False,
+        )
+
+
+# --- the whole run ------------------------------------------------------------------------
+
+
+def _summary(outcome: HostOutcome) -> str:
+    if outcome.error is not None:
+        return f"{outcome.host}: unreachable: {outcome.error.splitlines()[0]}"
+    counts = {s: sum(1 for r in outcome.results if r.status == s) for s in ("pass", "fail")}
+    errors = len(outcome.results) - counts["pass"] - counts["fail"]
+    return (
+        f"{outcome.host}: {counts['pass']} passed, {counts['fail']} failed, {errors} errors"
+        f" ({outcome.duration_s:.1f}s)"
+    )
+
+
+def run(state: DeclaredState, progress: Callable[[str], Any] = lambda _line: None) -> VerifyReport:
+    """Verify every host of ``state``; ``progress`` gets one line per finished host."""
+    start = time.monotonic()
+    install_assertion_explanations()
+    suites = load_suites(state)
+    aliases = {ssh_alias(h.name, i): h for i, h in enumerate(state.hosts)}
+    outcomes: dict[str, HostOutcome] = {}
+    with tempfile.TemporaryDirectory(prefix="gitops-verify-") as tmp:
+        ssh_config = Path(tmp) / "ssh_config"
+        ssh_config.write_text(ssh_config_text(aliases, Path(tmp)))
+        workers = max(1, min(state.settings.parallel, len(aliases)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
+            futures = [
+                pool.submit(verify_host, h, alias, ssh_config, suites)
+                for alias, h in aliases.items()
+            ]
+            for future in as_completed(futures):
+                outcome = future.result()
+                outcomes[outcome.host] = outcome
+                progress(_summary(outcome))
+    ordered = [outcomes[h.name] for h in state.hosts if h.name in outcomes]
+    return VerifyReport(
+        results=tuple(r for o in ordered for r in o.results),
+        host_errors={o.host: o.error for o in ordered if o.error is not None},
+        duration_s=round(time.monotonic() - start, 3),
+    )
+
+
+def main() -> int:
+    state = DeclaredState.model_validate_json(sys.stdin.buffer.read())
+
+    def progress(line: str) -> None:
+        print(f"progress: {line}", file=sys.stderr, flush=True)
+
+    report = run(state, progress)
+    sys.stdout.write(report.model_dump_json())
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

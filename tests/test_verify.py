@@ -1,0 +1,389 @@
+"""Stage 5, verify: checks.py loading, argument binding, assertion messages, and real runs."""
+
+from __future__ import annotations
+
+import ipaddress
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitops.errors import WorkerError
+from gitops.model import DeclaredHost, DeclaredState, EnvironmentSettings, ResolvedSSH
+from gitops.records import CheckResult, VerifyReport
+from gitops.verify import verify
+from gitops.workers import verify_worker as vw
+
+DEMO_CHECKS = """
+def test_os_is_bookworm(host):
+    assert "bookworm" in host.file("/etc/os-release").content_string
+
+def test_sshd_running(host):
+    assert host.service("ssh").is_running
+
+def test_missing_file(host):
+    assert host.file("/etc/gitops-verify-missing").exists
+
+def test_raises(host):
+    raise ValueError("boom from check")
+
+def test_params_user(host, params):
+    assert host.user(params["user"]).uid == params["uid"]
+
+def test_unknown_argument(host, flavour):
+    pass
+
+def helper_not_a_check(host):
+    raise AssertionError("never called")
+"""
+
+
+def _ssh(**overrides: Any) -> ResolvedSSH:
+    values: dict[str, Any] = {
+        "user": "root",
+        "port": 22,
+        "key_file": None,
+        "known_hosts_file": "/dev/null",
+        "host_key_checking": "no",
+        "connect_timeout": 5,
+    }
+    values.update(overrides)
+    return ResolvedSSH(**values)
+
+
+def _host(name: str, address: str, services: dict[str, Any], **ssh: Any) -> DeclaredHost:
+    return DeclaredHost(
+        name=name, address=address, groups=("all",), ssh=_ssh(**ssh), vars={}, services=services
+    )
+
+
+def _state(root: Path, hosts: list[DeclaredHost], parallel: int = 20) -> DeclaredState:
+    return DeclaredState(
+        environment="test",
+        root=str(root),
+        settings=EnvironmentSettings(parallel=parallel),
+        hosts=tuple(hosts),
+        service_order=("demo",),
+    )
+
+
+def _write_checks(root: Path, service: str, source: str) -> Path:
+    path = root / "deploys" / service / "checks.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def _our_ssh_processes() -> list[str]:
+    """Command lines of running processes that use a verify worker's temporary folder."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "gitops-verify-" in cmdline and "ssh" in cmdline:
+            found.append(cmdline)
+    return found
+
+
+def _no_ssh_left(grace: float = 3.0) -> list[str]:
+    deadline = time.monotonic() + grace
+    while (left := _our_ssh_processes()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
+def _by_check(report: VerifyReport, host: str) -> dict[str, CheckResult]:
+    return {r.check: r for r in report.results if r.host == host}
+
+
+# --- without hosts ------------------------------------------------------------------------
+
+
+def test_bind_arguments_passes_host_and_params_by_name() -> None:
+    """A check gets exactly the known arguments it names, in any order."""
+
+    def check(params: object, host: object) -> None: ...
+
+    assert vw.bind_arguments(check, {"host": 1, "params": 2}) == {"params": 2, "host": 1}
+
+
+def test_bind_arguments_allows_fewer_arguments() -> None:
+    """A check may take only host, or nothing at all."""
+
+    def only_host(host: object) -> None: ...
+
+    def nothing() -> None: ...
+
+    assert vw.bind_arguments(only_host, {"host": 1, "params": 2}) == {"host": 1}
+    assert vw.bind_arguments(nothing, {"host": 1, "params": 2}) == {}
+
+
+def test_bind_arguments_rejects_unknown_argument_by_name() -> None:
+    """An argument the stage does not provide is an error naming it."""
+
+    def check(host: object, flavour: object) -> None: ...
+
+    with pytest.raises(vw.CheckSignatureError, match="'flavour'"):
+        vw.bind_arguments(check, {"host": 1, "params": 2})
+
+
+def test_bind_arguments_leaves_unknown_argument_with_default() -> None:
+    """An unknown argument that has a default keeps its default."""
+
+    def check(host: object, retries: int = 3) -> None: ...
+
+    assert vw.bind_arguments(check, {"host": 1, "params": 2}) == {"host": 1}
+
+
+def test_rewritten_assert_explains_values(tmp_path: Path) -> None:
+    """A failing assert in a checks file carries the expression and the values, as in pytest."""
+    vw.install_assertion_explanations()
+    source = b"def test_eq():\n    got = 'bullseye'\n    assert got == 'bookworm'\n"
+    namespace: dict[str, Any] = {}
+    exec(vw.compile_checks(source, str(tmp_path / "checks.py")), namespace)
+    with pytest.raises(AssertionError) as info:
+        namespace["test_eq"]()
+    assert "assert 'bullseye' == 'bookworm'" in str(info.value)
+    assert "- bookworm" in str(info.value)
+    assert "+ bullseye" in str(info.value)
+
+
+def test_load_suite_collects_test_functions_in_order(tmp_path: Path) -> None:
+    """Only module-level test_* functions are checks, in definition order."""
+    path = _write_checks(tmp_path, "demo", DEMO_CHECKS)
+    suite = vw.load_suite("demo", path, 0)
+    assert suite.error is None
+    assert [name for name, _ in suite.checks] == [
+        "test_os_is_bookworm",
+        "test_sshd_running",
+        "test_missing_file",
+        "test_raises",
+        "test_params_user",
+        "test_unknown_argument",
+    ]
+
+
+def test_load_suite_reports_a_broken_file_with_its_line(tmp_path: Path) -> None:
+    """A checks.py that does not import is an error naming the file and line, not a crash."""
+    path = _write_checks(tmp_path, "demo", "def test_x(host):\n    pass\n\nimport nope_not_here\n")
+    suite = vw.load_suite("demo", path, 0)
+    assert suite.checks == ()
+    assert suite.error is not None
+    assert "nope_not_here" in suite.error
+    assert "checks.py:4" in suite.error
+
+
+def test_run_check_statuses(tmp_path: Path) -> None:
+    """pass when it returns, fail on AssertionError with location, error on anything else."""
+    vw.install_assertion_explanations()
+    path = _write_checks(
+        tmp_path,
+        "demo",
+        """
+        def test_ok(host):
+            assert host == "h"
+
+        def test_fail(host, params):
+            assert params["n"] > 5
+
+        def test_error(host):
+            {}["missing"]
+
+        def test_unknown(host, other):
+            pass
+        """,
+    )
+    suite = vw.load_suite("demo", path, 0)
+    results = {
+        name: vw.run_check("h1", suite, name, func, {"host": "h", "params": {"n": 1}})
+        for name, func in suite.checks
+    }
+    assert results["test_ok"].status == "pass"
+    assert results["test_fail"].status == "fail"
+    assert "assert 1 > 5" in results["test_fail"].message
+    assert "checks.py:6" in results["test_fail"].message
+    assert results["test_error"].status == "error"
+    assert results["test_error"].message.startswith("KeyError: 'missing'")
+    assert results["test_unknown"].status == "error"
+    assert "'other'" in results["test_unknown"].message
+    assert all(r.host == "h1" and r.service == "demo" for r in results.values())
+
+
+def test_ssh_config_has_one_master_per_host(tmp_path: Path) -> None:
+    """Each host block sets its address, identity, host-key policy and its own control path."""
+    hosts = {
+        "web-1": _host("web-1", "10.0.0.1", {}, key_file="/k/id", port=2222),
+        "_host-1": _host("odd name", "10.0.0.2", {}, known_hosts_file=None),
+    }
+    text = vw.ssh_config_text(hosts, tmp_path)
+    first, second = text.split("\n\n")
+    assert "Host web-1\n  HostName 10.0.0.1\n  Port 2222\n  User root" in first
+    assert "IdentityFile /k/id" in first
+    assert "UserKnownHostsFile /dev/null" in first
+    assert "StrictHostKeyChecking no" in first
+    assert f"ControlPath {tmp_path}/cm-0" in first
+    assert "ControlMaster auto" in first
+    assert "BatchMode yes" in first
+    assert "IdentityFile" not in second
+    assert "UserKnownHostsFile" not in second
+    assert f"ControlPath {tmp_path}/cm-1" in second
+
+
+def test_ssh_alias_falls_back_for_unusual_names() -> None:
+    """Plain host names are their own SSH alias; others get one that cannot collide."""
+    assert vw.ssh_alias("web-1.example", 0) == "web-1.example"
+    assert vw.ssh_alias("odd name", 3) == "_host-3"
+
+
+def test_verify_reports_refused_loopback_host(tmp_path: Path) -> None:
+    """A host whose SSH port refuses lands in host_errors with why, and no ssh is left."""
+    _write_checks(tmp_path, "demo", DEMO_CHECKS)
+    state = _state(tmp_path, [_host("closed", "127.0.0.1", {"demo": {}}, port=1)])
+    lines: list[str] = []
+    report = verify(state, timeout=60, on_progress=lines.append)
+    assert report.results == ()
+    assert "Connection refused" in report.host_errors["closed"]
+    assert lines and lines[0].startswith("closed: unreachable")
+    assert not report.ok
+    assert _no_ssh_left() == []
+
+
+def test_verify_timeout_raises_worker_error(tmp_path: Path) -> None:
+    """A worker that does not finish in time is killed and reported as WorkerError."""
+    state = _state(tmp_path, [])
+    with pytest.raises(WorkerError, match="timed out"):
+        verify(state, timeout=0.01)
+
+
+def test_verify_does_not_import_testinfra_in_parent() -> None:
+    """The parent-side stage module imports neither testinfra nor pytest's assertion code."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gitops.verify; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('testinfra', '_pytest', 'pytest')]; "
+        "print(bad)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]"
+
+
+# --- on lab hosts -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab_run(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[VerifyReport, Any, str]:
+    """One verify of the demo checks on every lab host plus one address nobody answers."""
+    root = tmp_path_factory.mktemp("verify-state")
+    _write_checks(root, "demo", DEMO_CHECKS)
+    net = ipaddress.ip_network(f"{lab.hosts[0].address}/24", strict=False)
+    ghost_address = str(net.network_address + 250)
+    assert ghost_address not in {h.address for h in lab.hosts}
+    hosts = [
+        _host(h.name, h.address, {"demo": {"user": "root", "uid": 0}}, key_file=str(lab.key_file))
+        for h in lab.hosts
+    ]
+    hosts.append(
+        _host(
+            "ghost", ghost_address, {"demo": {"user": "root", "uid": 0}}, key_file=str(lab.key_file)
+        )
+    )
+    report = verify(_state(root, hosts), timeout=120)
+    return report, lab, ghost_address
+
+
+@pytest.mark.lab
+def test_lab_passing_checks_pass_on_every_host(lab_run: tuple[VerifyReport, Any, str]) -> None:
+    """Checks that hold (bookworm, sshd running, params user) pass on every reachable host."""
+    report, lab, _ = lab_run
+    for h in lab.hosts:
+        checks = _by_check(report, h.name)
+        for name in ("test_os_is_bookworm", "test_sshd_running", "test_params_user"):
+            assert checks[name].status == "pass", checks[name].message
+            assert checks[name].duration_s > 0
+
+
+@pytest.mark.lab
+def test_lab_failing_assert_carries_detail(lab_run: tuple[VerifyReport, Any, str]) -> None:
+    """A failing assert is 'fail' with the assertion expression and values in its message."""
+    report, lab, _ = lab_run
+    for h in lab.hosts:
+        result = _by_check(report, h.name)["test_missing_file"]
+        assert result.status == "fail"
+        assert "assert False" in result.message
+        assert "/etc/gitops-verify-missing" in result.message
+        assert "exists" in result.message
+        assert "checks.py:" in result.message
+
+
+@pytest.mark.lab
+def test_lab_other_exceptions_are_errors(lab_run: tuple[VerifyReport, Any, str]) -> None:
+    """A check raising something else, or asking for an unknown argument, is 'error'."""
+    report, lab, _ = lab_run
+    for h in lab.hosts:
+        checks = _by_check(report, h.name)
+        assert checks["test_raises"].status == "error"
+        assert "ValueError: boom from check" in checks["test_raises"].message
+        assert checks["test_unknown_argument"].status == "error"
+        assert "'flavour'" in checks["test_unknown_argument"].message
+        assert "helper_not_a_check" not in checks
+
+
+@pytest.mark.lab
+def test_lab_unreachable_host_in_host_errors(lab_run: tuple[VerifyReport, Any, str]) -> None:
+    """A host nobody answers is in host_errors with why, has no results, and others still run."""
+    report, lab, ghost_address = lab_run
+    assert set(report.host_errors) == {"ghost"}
+    assert "ssh failed" in report.host_errors["ghost"]
+    assert ghost_address in report.host_errors["ghost"]
+    assert not [r for r in report.results if r.host == "ghost"]
+    assert {r.host for r in report.results} == {h.name for h in lab.hosts}
+    assert report.failed_hosts == sorted([*(h.name for h in lab.hosts), "ghost"])
+
+
+@pytest.mark.lab
+def test_lab_leaves_no_ssh_processes(lab_run: tuple[VerifyReport, Any, str]) -> None:
+    """After verify returns, no ssh client or control master of the worker is still running."""
+    assert _no_ssh_left() == []
+
+
+@pytest.mark.lab
+def test_lab_params_are_per_host(lab: Any, tmp_path: Path) -> None:
+    """Each host's checks see that host's own validated parameters."""
+    _write_checks(
+        tmp_path,
+        "demo",
+        """
+        def test_marker(host, params):
+            assert params["expect"] == "yes", params["why"]
+        """,
+    )
+    first, second = lab.hosts[0], lab.hosts[1]
+    hosts = [
+        _host(
+            first.name,
+            first.address,
+            {"demo": {"expect": "yes", "why": "-"}},
+            key_file=str(lab.key_file),
+        ),
+        _host(
+            second.name,
+            second.address,
+            {"demo": {"expect": "no", "why": "declared no"}},
+            key_file=str(lab.key_file),
+        ),
+    ]
+    report = verify(_state(tmp_path, hosts), timeout=120)
+    assert _by_check(report, first.name)["test_marker"].status == "pass"
+    failed = _by_check(report, second.name)["test_marker"]
+    assert failed.status == "fail"
+    assert "declared no" in failed.message
