@@ -1,0 +1,47 @@
+"""Checks for the app service (testinfra): systemd unit, loopback port, HTTP answers."""
+
+import json
+
+FETCH = (
+    "import sys, urllib.request; "
+    "r = urllib.request.urlopen(sys.argv[1], timeout=5); "
+    "print(r.status); print(r.read().decode())"
+)
+
+
+def http_get(host, url):
+    """GET ``url`` on the host itself (python3 urllib: curl is not in the base image)."""
+    out = host.check_output(f"python3 -c '{FETCH}' {url}")
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+def test_unit_running_and_enabled(host):
+    """app.service runs and starts at boot, as the unprivileged app user."""
+    app = host.service("app")
+    assert app.is_running
+    assert app.is_enabled
+    assert host.user("app").exists
+    assert host.check_output("systemctl show -p User --value app") == "app"
+
+
+def test_listens_on_loopback_only(host, params):
+    """The app listens on 127.0.0.1:port and not on every address."""
+    assert host.socket(f"tcp://127.0.0.1:{params['port']}").is_listening
+    assert not host.socket(f"tcp://0.0.0.0:{params['port']}").is_listening
+
+
+def test_healthz(host, params):
+    """GET /healthz answers 200 ok."""
+    status, body = http_get(host, f"http://127.0.0.1:{params['port']}/healthz")
+    assert status == 200
+    assert body.strip() == "ok"
+
+
+def test_root_has_message_and_host(host, params):
+    """GET / answers the declared message and the machine's host name."""
+    status, body = http_get(host, f"http://127.0.0.1:{params['port']}/")
+    assert status == 200
+    data = json.loads(body)
+    assert data["message"] == params["message"]
+    assert data["host"] == host.check_output("hostname")

@@ -1,0 +1,57 @@
+"""Checks for the web service (testinfra): nginx up, proxying to the app, static files, config."""
+
+import json
+from pathlib import Path
+
+SITE = "/etc/nginx/conf.d/gitops-web.conf"
+SITE_FILES = Path(__file__).parent / "files" / "site"
+
+FETCH = (
+    "import sys, urllib.request; "
+    "r = urllib.request.urlopen(sys.argv[1], timeout=5); "
+    "print(r.status); print(r.read().decode(), end='')"
+)
+
+
+def http_get(host, url):
+    """GET ``url`` on the host itself (python3 urllib: curl is not in the base image)."""
+    out = host.check_output(f'python3 -c "{FETCH}" {url}')
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+def test_nginx_running_and_enabled(host, params):
+    """nginx runs, starts at boot and listens on its port."""
+    nginx = host.service("nginx")
+    assert nginx.is_running
+    assert nginx.is_enabled
+    assert host.socket(f"tcp://{params['listen_port']}").is_listening
+
+
+def test_root_is_proxied_to_the_app(host, params):
+    """GET / through nginx answers 200 with the app's own answer (same message and host)."""
+    status, body = http_get(host, f"http://127.0.0.1:{params['listen_port']}/")
+    assert status == 200
+    via_nginx = json.loads(body)
+    _, direct = http_get(host, f"http://127.0.0.1:{params['app_port']}/")
+    assert via_nginx["service"] == "app"
+    assert via_nginx == json.loads(direct)
+
+
+def test_static_file_served(host, params):
+    """Static files from the repository are served unchanged under /static/."""
+    status, body = http_get(host, f"http://127.0.0.1:{params['listen_port']}/static/index.html")
+    assert status == 200
+    assert body.strip() == (SITE_FILES / "index.html").read_text().strip()
+
+
+def test_site_config(host, params):
+    """The site configuration is root-owned, mode 0644, proxies to the app port; no default site."""
+    site = host.file(SITE)
+    assert site.is_file
+    assert site.user == "root" and site.group == "root"
+    assert site.mode == 0o644
+    content = site.content_string
+    assert f"listen {params['listen_port']} default_server;" in content
+    assert f"server 127.0.0.1:{params['app_port']};" in content
+    assert not host.file("/etc/nginx/sites-enabled/default").exists

@@ -1,0 +1,286 @@
+"""gitops.vagrant: the inventory of a Vagrant environment, and the repository's Vagrantfile."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gitops.model import InventoryFile
+from gitops.vagrant import (
+    VagrantError,
+    VagrantHost,
+    VagrantHostsMissing,
+    VagrantNotInstalled,
+    missing_hosts,
+    parse_ssh_config,
+    parse_status,
+    read_hosts,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+
+# `vagrant ssh-config` for a multi-machine Vagrantfile, in the format of Vagrant's
+# templates/commands/ssh_config/config.erb (two-space indent, blank line between machines,
+# key paths with spaces double-quoted, several IdentityFile lines when several keys are set).
+SSH_CONFIG = """\
+Host web1
+  HostName 192.168.121.11
+  User vagrant
+  Port 22
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile /home/dev/repo/.vagrant/machines/web1/libvirt/private_key
+  IdentitiesOnly yes
+  LogLevel FATAL
+  PubkeyAcceptedKeyTypes +ssh-rsa
+  HostKeyAlgorithms +ssh-rsa
+
+Host app1
+  HostName 127.0.0.1
+  User vagrant
+  Port 2201
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile "/home/dev/my repo/.vagrant/machines/app1/virtualbox/private_key"
+  IdentityFile /home/dev/.vagrant.d/insecure_private_key
+  IdentitiesOnly yes
+  LogLevel FATAL
+
+"""
+
+# `vagrant status --machine-readable` with web2 halted.
+STATUS = """\
+1700000000,web1,metadata,provider,libvirt
+1700000000,web1,provider-name,libvirt
+1700000000,web1,state,running
+1700000000,web1,state-human-short,running
+1700000000,web2,metadata,provider,libvirt
+1700000000,web2,state,shutoff
+1700000000,app1,metadata,provider,virtualbox
+1700000000,app1,state,running
+1700000000,,ui,info,Current machine states:
+"""
+
+NOT_READY = (
+    "The provider for this Vagrant-managed machine is reporting that it\n"
+    "is not yet ready for SSH. Depending on your provider this can carry\n"
+    "different meanings. Make sure your machine is created and running and\n"
+    "try again.\n"
+)
+
+
+def test_parse_ssh_config_several_machines() -> None:
+    """Every Host block becomes a VagrantHost with its name, address, port, user and key."""
+    hosts = parse_ssh_config(SSH_CONFIG)
+    assert hosts == {
+        "web1": VagrantHost(
+            name="web1",
+            address="192.168.121.11",
+            port=22,
+            user="vagrant",
+            key_file="/home/dev/repo/.vagrant/machines/web1/libvirt/private_key",
+        ),
+        "app1": VagrantHost(
+            name="app1",
+            address="127.0.0.1",
+            port=2201,
+            user="vagrant",
+            key_file="/home/dev/my repo/.vagrant/machines/app1/virtualbox/private_key",
+        ),
+    }
+
+
+def test_parse_ssh_config_ignores_noise_and_accepts_equals_syntax() -> None:
+    """Notices before the first Host, comments, Key=value and any keyword case are handled."""
+    text = (
+        "==> vagrant: A new version of Vagrant is available!\n"
+        "Host web2\n"
+        "  # comment\n"
+        "  hostname=10.0.0.5\n"
+        "  PORT 2222\n"
+        "  user deploy\n"
+    )
+    assert parse_ssh_config(text) == {
+        "web2": VagrantHost(name="web2", address="10.0.0.5", port=2222, user="deploy",
+                            key_file=None)
+    }
+
+
+def test_parse_ssh_config_openssh_defaults() -> None:
+    """A block without HostName/Port/User falls back to the alias, port 22 and 'vagrant'."""
+    assert parse_ssh_config("Host app1\n") == {
+        "app1": VagrantHost(name="app1", address="app1", port=22, user="vagrant", key_file=None)
+    }
+
+
+def test_parse_ssh_config_empty_output() -> None:
+    """No Host blocks (nothing running, or only an error on stderr) gives no hosts."""
+    assert parse_ssh_config("") == {}
+    assert parse_ssh_config(NOT_READY) == {}
+
+
+def test_parse_ssh_config_bad_port_is_an_error() -> None:
+    """A Port that is not a number in range is reported with the machine's name."""
+    with pytest.raises(VagrantError, match="web1: Port"):
+        parse_ssh_config("Host web1\n  Port ssh\n")
+    with pytest.raises(VagrantError, match="web1: Port out of range"):
+        parse_ssh_config("Host web1\n  Port 70000\n")
+
+
+def test_parse_status_machine_readable() -> None:
+    """`vagrant status --machine-readable` gives each machine's state."""
+    assert parse_status(STATUS) == {"web1": "running", "web2": "shutoff", "app1": "running"}
+
+
+def test_missing_hosts_names_the_state() -> None:
+    """A declared host without ssh-config is reported with its Vagrant state or as undefined."""
+    found = parse_ssh_config(SSH_CONFIG)
+    states = parse_status(STATUS)
+    assert missing_hosts(["web1", "web2", "app1", "db1"], found, states) == {
+        "web2": "shutoff",
+        "db1": "not defined in the Vagrantfile",
+    }
+    assert missing_hosts(["web1"], found) == {}
+
+
+def _fake_vagrant(tmp_path: Path, ssh_config_rc: int = 0) -> Path:
+    """A `vagrant` stand-in printing STATUS and SSH_CONFIG, logging its arguments."""
+    (tmp_path / "status.txt").write_text(STATUS)
+    (tmp_path / "ssh_config.txt").write_text(SSH_CONFIG)
+    script = tmp_path / "vagrant"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        f"d = {str(tmp_path)!r}\n"
+        "open(os.path.join(d, 'calls.log'), 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"
+        "if sys.argv[1] == 'status':\n"
+        "    sys.stdout.write(open(os.path.join(d, 'status.txt')).read())\n"
+        "elif sys.argv[1] == 'ssh-config':\n"
+        "    sys.stdout.write(open(os.path.join(d, 'ssh_config.txt')).read())\n"
+        f"    sys.stderr.write({NOT_READY!r})\n"
+        f"    sys.exit({ssh_config_rc})\n"
+    )
+    script.chmod(0o755)
+    (tmp_path / "Vagrantfile").write_text("Vagrant.configure('2') {}\n")
+    return script
+
+
+def test_read_hosts_asks_only_running_machines(tmp_path: Path) -> None:
+    """read_hosts runs `vagrant ssh-config` for the running machines only, in the given dir."""
+    fake = _fake_vagrant(tmp_path)
+    hosts = read_hosts(tmp_path, timeout=30, vagrant=str(fake))
+    assert set(hosts) == {"web1", "app1"}
+    assert hosts["app1"].port == 2201
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert calls == ["status --machine-readable", "ssh-config app1 web1"]
+
+
+def test_read_hosts_partial_output_with_nonzero_exit(tmp_path: Path) -> None:
+    """A non-zero ssh-config exit still yields the blocks it printed."""
+    fake = _fake_vagrant(tmp_path, ssh_config_rc=1)
+    assert set(read_hosts(tmp_path, vagrant=str(fake))) == {"web1", "app1"}
+
+
+def test_read_hosts_reports_declared_hosts_not_running(tmp_path: Path) -> None:
+    """With expected names, a declared machine that is not running is named in the error."""
+    fake = _fake_vagrant(tmp_path)
+    with pytest.raises(VagrantHostsMissing, match=r"web2 \(shutoff\)") as info:
+        read_hosts(tmp_path, vagrant=str(fake), expected=["web1", "web2", "app1"])
+    assert info.value.missing == {"web2": "shutoff"}
+    assert "vagrant up" in str(info.value)
+
+
+def test_read_hosts_without_vagrant(tmp_path: Path) -> None:
+    """A missing vagrant executable raises VagrantNotInstalled with a clear message."""
+    with pytest.raises(VagrantNotInstalled, match="not installed"):
+        read_hosts(tmp_path, vagrant=str(tmp_path / "no-such-vagrant"))
+
+
+def test_read_hosts_failing_vagrant(tmp_path: Path) -> None:
+    """A failing `vagrant status` raises VagrantError with vagrant's message."""
+    script = tmp_path / "vagrant"
+    script.write_text("#!/bin/sh\necho 'There was an error loading a Vagrantfile.' >&2\nexit 1\n")
+    script.chmod(0o755)
+    (tmp_path / "Vagrantfile").write_text("broken\n")
+    with pytest.raises(VagrantError, match="error loading a Vagrantfile"):
+        read_hosts(tmp_path, vagrant=str(script))
+
+
+def test_read_hosts_timeout(tmp_path: Path) -> None:
+    """A vagrant that hangs is stopped after the timeout with a VagrantError."""
+    script = tmp_path / "vagrant"
+    script.write_text("#!/bin/sh\nexec sleep 30\n")
+    script.chmod(0o755)
+    (tmp_path / "Vagrantfile").write_text("\n")
+    with pytest.raises(VagrantError, match="did not finish"):
+        read_hosts(tmp_path, timeout=0.5, vagrant=str(script))
+
+
+def test_vagrantfile_machines_match_vagrant_inventory() -> None:
+    """The Vagrantfile defines exactly the hosts of inventories/vagrant.yml, with no address."""
+    inventory = InventoryFile.model_validate(
+        yaml.safe_load((REPO / "inventories" / "vagrant.yml").read_text())
+    )
+    assert inventory.settings.source == "vagrant"
+    assert all(h.address is None for h in inventory.hosts.values())
+    vagrantfile = (REPO / "Vagrantfile").read_text()
+    for name in inventory.hosts:
+        assert f'"{name}" =>' in vagrantfile
+
+
+def _vagrant_or_skip() -> str:
+    vagrant = shutil.which("vagrant")
+    if vagrant is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but `vagrant` is not installed (apt-get install vagrant)")
+        pytest.skip("`vagrant` is not installed (Debian: apt-get install vagrant)")
+    return vagrant
+
+
+def test_vagrant_validate(tmp_path: Path) -> None:
+    """`vagrant validate` accepts the repository's Vagrantfile."""
+    vagrant = _vagrant_or_skip()
+    result = subprocess.run(
+        [vagrant, "validate"],
+        cwd=REPO,
+        env=dict(os.environ, VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_CWD=str(REPO),
+                 VAGRANT_DOTFILE_PATH=str(tmp_path / ".vagrant")),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_vagrant_end_to_end() -> None:
+    """`vagrant up`, then a reconcile of the vagrant environment succeeds; VMs destroyed after."""
+    if os.environ.get("GITOPS_VAGRANT_E2E") != "1":
+        pytest.skip("set GITOPS_VAGRANT_E2E=1 to boot the Vagrant VMs (needs a provider)")
+    vagrant = _vagrant_or_skip()
+    if not (shutil.which("VBoxManage") or shutil.which("virsh")):
+        pytest.skip("no Vagrant provider: neither VirtualBox (VBoxManage) nor libvirt (virsh)")
+    env = dict(os.environ, VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_CWD=str(REPO))
+
+    def run(*args: str, timeout: float) -> None:
+        result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=timeout, check=False)
+        assert result.returncode == 0, f"{' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+
+    try:
+        run(vagrant, "up", timeout=1800)
+        hosts = read_hosts(REPO, expected=["web1", "web2", "app1"])
+        assert set(hosts) == {"web1", "web2", "app1"}
+        gitops = [sys.executable, "-m", "gitops"]
+        run(*gitops, "reconcile", "--once", "--repo", ".", "--environment", "vagrant",
+            timeout=1800)
+    finally:
+        subprocess.run([vagrant, "destroy", "-f"], cwd=REPO, env=env, timeout=900, check=False)
