@@ -1,19 +1,296 @@
 """The ``gitops`` command line: thin click commands that parse, call a stage, and print.
 
-Exit codes: 0 all good; 1 apply or verify failed; 2 invalid declaration or usage.
+Exit codes: 0 all good; 1 apply or verify failed (or a temporary failure: Git remote, SSH,
+lock held); 2 invalid declaration or usage. ``--json`` prints one JSON document on stdout;
+progress goes to stderr. Errors are one clear message, never a traceback.
 """
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import click
+from pydantic import ValidationError
 
+from gitops import reconcile as pipeline
+from gitops.errors import EXIT_INVALID, GitopsError, InvalidDeclaration
 from gitops.lab.cli import lab
+from gitops.load import load
+from gitops.records import Plan
+from gitops.settings import Settings
+from gitops.store import Store
+
+EXIT_CODES = "Exit codes: 0 all good; 1 apply or verify failed; 2 invalid declaration or usage."
 
 
-@click.group()
+def _settings(**overrides: Any) -> Settings:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        field = ".".join(str(p) for p in first["loc"])
+        raise click.UsageError(f"settings {field}: {first['msg']}") from None
+
+
+def _target(s: Settings) -> pipeline.Target:
+    return pipeline.Target(repo=s.repo, branch=s.branch, environment=s.environment,
+                           state_dir=s.state_dir, vagrant_dir=s.vagrant_dir)
+
+
+def _target_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--repo", "-r", help="State repository: URL or local path "
+                        "[env GITOPS_REPO; default .]")(func)
+    func = click.option("--branch", "-b", help="Branch to reconcile [GITOPS_BRANCH; main]")(func)
+    func = click.option("--environment", "--inventory", "-e", "environment",
+                        help="Environment: inventories/<NAME>.yml [GITOPS_ENVIRONMENT; lab]")(func)
+    func = click.option("--state-dir", type=click.Path(path_type=Path),
+                        help="Where runs, snapshots and locks live [GITOPS_STATE_DIR]")(func)
+    return func
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
+
+
+def _progress(as_json: bool) -> Callable[[str], None]:
+    def say(line: str) -> None:
+        click.secho(f"· {line}", err=True, dim=True)
+
+    return say
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+@click.group(epilog=EXIT_CODES)
 @click.version_option(package_name="gitops")
 def main() -> None:
     """GitOps for plain Linux hosts: Git -> validate -> plan -> apply -> verify -> record."""
 
 
 main.add_command(lab)
+
+
+@main.command(epilog=EXIT_CODES)
+@_target_options
+@click.option("--worktree", is_flag=True,
+              help="Validate the files on disk at --repo instead of the branch head.")
+@json_option
+def validate(as_json: bool, worktree: bool, **opts: Any) -> None:
+    """Validate the declared state of an environment; apply nothing."""
+    s = _settings(**opts)
+    target = _target(s)
+    try:
+        if worktree:
+            state = load(Path(s.repo), s.environment)
+            where = f"{s.repo} (work tree)"
+        else:
+            revision, state = pipeline.declared(target, _progress(as_json))
+            where = revision.ref
+    except InvalidDeclaration as exc:
+        if as_json:
+            _emit({"valid": False, "problems": [p.__dict__ for p in exc.problems]})
+        else:
+            click.echo(str(exc), err=True)
+        sys.exit(EXIT_INVALID)
+    except GitopsError as exc:
+        _fail(exc, as_json)
+    if as_json:
+        _emit({"valid": True, "revision": where, "hosts": [h.name for h in state.hosts],
+               "services": list(state.service_order)})
+    else:
+        click.echo(f"{s.environment} at {where}: valid, {len(state.hosts)} hosts, "
+                   f"services {', '.join(state.service_order)}")
+
+
+@main.command(epilog=EXIT_CODES)
+@_target_options
+@json_option
+def plan(as_json: bool, **opts: Any) -> None:
+    """Show, per host and operation, what a reconcile would change (a dry run)."""
+    outcome = pipeline.plan(_target(_settings(**opts)), _progress(as_json))
+    if as_json:
+        _emit(outcome.as_dict())
+    elif outcome.plan is not None:
+        _print_plan(outcome.plan)
+    _finish(outcome, as_json, printed=True)
+
+
+@main.command(epilog=EXIT_CODES)
+@_target_options
+@click.option("--once", is_flag=True, help="Run one reconcile here and now (the default "
+              "until a daemon is running).")
+@click.option("--reason", default="", help="Why: recorded in history.")
+@json_option
+def reconcile(as_json: bool, once: bool, reason: str, **opts: Any) -> None:
+    """Plan, apply and verify the branch head on every host; record the run."""
+    outcome = pipeline.reconcile(_target(_settings(**opts)), _progress(as_json), reason=reason)
+    if as_json:
+        _emit(outcome.as_dict())
+    else:
+        _print_outcome(outcome)
+    _finish(outcome, as_json, printed=True)
+
+
+@main.command(epilog=EXIT_CODES)
+@_target_options
+@json_option
+def verify(as_json: bool, **opts: Any) -> None:
+    """Run the checks of every service on every host (changes nothing); record the run."""
+    outcome = pipeline.verify(_target(_settings(**opts)), _progress(as_json))
+    if as_json:
+        _emit(outcome.as_dict())
+    else:
+        _print_outcome(outcome)
+    _finish(outcome, as_json, printed=True)
+
+
+@main.command()
+@click.option("--environment", "--inventory", "-e", "environment",
+              help="Only this environment (default: all).")
+@click.option("--state-dir", type=click.Path(path_type=Path))
+@json_option
+def status(as_json: bool, environment: str | None, state_dir: Path | None) -> None:
+    """Conditions (Ready / Reconciling / Stalled) and revisions per environment and host."""
+    s = _settings(state_dir=state_dir)
+    store = Store(s.state_dir)
+    rows = store.status(environment)
+    store.close()
+    if as_json:
+        _emit(rows)
+        return
+    if not rows:
+        click.echo("no runs recorded yet")
+        return
+    for row in rows:
+        name = row["environment"] + (f"/{row['host']}" if row["host"] else "")
+        ready = next((c for c in row["conditions"] if c["type"] == "Ready"), None)
+        flags = " ".join(f"{c['type']}={c['status']}" for c in row["conditions"])
+        click.echo(f"{name:<24} {flags:<32} {ready['reason'] if ready else '':<26} "
+                   f"applied={_short(row['last_applied_revision'])}")
+        for c in row["conditions"]:
+            click.echo(f"    {c['type']}: {c['message']}")
+
+
+@main.command()
+@click.option("--environment", "--inventory", "-e", "environment",
+              help="Only this environment (default: all).")
+@click.option("--state-dir", type=click.Path(path_type=Path))
+@click.option("--limit", "-n", default=20, show_default=True)
+@click.option("--run", "run_id", type=int, help="Show one run in full.")
+@json_option
+def history(as_json: bool, environment: str | None, state_dir: Path | None, limit: int,
+            run_id: int | None) -> None:
+    """Recorded runs, newest first; ``--run ID`` for one run's hosts, operations and checks."""
+    s = _settings(state_dir=state_dir)
+    store = Store(s.state_dir)
+    try:
+        if run_id is not None:
+            run = store.run(run_id)
+            if run is None:
+                raise click.UsageError(f"no run {run_id}")
+            if as_json:
+                _emit(run)
+            else:
+                _print_run(run)
+            return
+        runs = store.history(environment, limit)
+    finally:
+        store.close()
+    if as_json:
+        _emit(runs)
+        return
+    for r in runs:
+        sha = (r["sha"] or "")[:10] or "-"
+        took = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "running"
+        failed = f" failed: {', '.join(r['failed_hosts'])}" if r["failed_hosts"] else ""
+        click.echo(f"#{r['id']:<4} {r['started_at'][:19]} {r['environment']:<10} "
+                   f"{r['kind']:<9} {sha:<10} {r['result'] or 'running':<11} {took:>7} "
+                   f"changed={r['changed']} by {r['actor']}{failed}")
+
+
+def _short(ref: str | None) -> str:
+    if not ref:
+        return "-"
+    branch, _, sha = ref.partition("@sha1:")
+    return f"{branch}@{sha[:10]}"
+
+
+def _print_plan(plan: Plan) -> None:
+    for host in plan.hosts:
+        if host.error:
+            click.secho(f"{host.host}: cannot plan: {host.error}", fg="red")
+            continue
+        changes = [op for op in host.ops if op.would_change]
+        click.echo(f"{host.host}: {len(changes)} of {len(host.ops)} operation(s) would change")
+        for op in changes:
+            click.secho(f"  ~ {op.name}" + (" (conditional)" if op.conditional else ""),
+                        fg="yellow")
+            if op.diff:
+                for line in op.diff.splitlines():
+                    click.echo(f"      {line}")
+
+
+def _print_outcome(outcome: pipeline.Outcome) -> None:
+    if outcome.revision is not None:
+        click.echo(f"revision {outcome.revision.ref}")
+    if outcome.apply is not None:
+        for h in outcome.apply.hosts:
+            colour = "green" if h.status == "ok" else "red"
+            click.secho(f"{h.host}: {h.status}, {h.changed} change(s)", fg=colour)
+            for op in h.ops:
+                if op.status == "changed":
+                    click.echo(f"  ~ {op.name}")
+                elif op.status == "failed":
+                    click.secho(f"  ✗ {op.name}", fg="red")
+                    for line in op.stderr.splitlines()[-5:]:
+                        click.echo(f"      {line}")
+            if h.error:
+                click.secho(f"  {h.error}", fg="red")
+        if outcome.apply.stopped:
+            click.secho(f"rollout stopped: {outcome.apply.stopped}", fg="red")
+    if outcome.verify is not None:
+        v = outcome.verify
+        passed = sum(1 for r in v.results if r.status == "pass")
+        click.echo(f"checks: {passed} passed, {len(v.failed)} failed"
+                   + (f", {len(v.host_errors)} host(s) unreachable" if v.host_errors else ""))
+        for r in v.failed:
+            first = r.message.strip().splitlines()[0] if r.message.strip() else ""
+            click.secho(f"  ✗ {r.host} {r.service}/{r.check}: {r.status}: {first}", fg="red")
+        for host, why in v.host_errors.items():
+            click.secho(f"  ✗ {host}: {why}", fg="red")
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    click.echo(f"run #{run['id']} {run['kind']} of {run['environment']} by {run['actor']}: "
+               f"{run['result']} ({run['sha'] or '-'})")
+    if run["error"]:
+        click.echo(f"  error: {run['error']}")
+    for h in run["hosts"]:
+        click.echo(f"  {h['host']}: apply={h['apply_status']} changed={h['changed']} "
+                   f"verify={h['verify_status']}" + (f" error={h['error']}" if h["error"] else ""))
+    for c in run["checks"]:
+        if c["status"] != "pass":
+            click.echo(f"  ✗ {c['host']} {c['service']}/{c['check']}: {c['message'][:200]}")
+
+
+def _fail(exc: GitopsError, as_json: bool) -> None:
+    if as_json:
+        _emit({"result": "error", "error": str(exc)})
+    else:
+        click.secho(f"error: {exc}", fg="red", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _finish(outcome: pipeline.Outcome, as_json: bool, *, printed: bool) -> None:
+    if outcome.error is not None and not as_json:
+        click.secho(f"error: {outcome.error}" if not isinstance(outcome.error, InvalidDeclaration)
+                    else str(outcome.error), fg="red", err=True)
+    elif not as_json and outcome.result != "succeeded":
+        click.secho(f"{outcome.result}", fg="red", err=True)
+    sys.exit(outcome.exit_code)

@@ -1,0 +1,307 @@
+"""One reconcile: source -> load -> plan -> apply -> verify -> record, the record on every path.
+
+Guards first (the environment lock), then the named stages in order; whatever happens, the
+run and the status record are finalized before returning (Flux's deferred finalize). A bad
+declaration is permanent (``Stalled``, nothing applied); a fetch or SSH failure is temporary.
+Called by the CLI (and the daemon, later); the stages it calls keep pyinfra and testinfra in
+worker processes, so this module is safe in a long-lived process.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gitops import apply as apply_stage
+from gitops import load as load_stage
+from gitops import source
+from gitops import verify as verify_stage
+from gitops.errors import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    EXIT_OK,
+    GitopsError,
+    InvalidDeclaration,
+    LockHeld,
+    PermanentError,
+)
+from gitops.model import DeclaredState
+from gitops.records import ApplyReport, Plan, Revision, RunKind, RunResult, VerifyReport
+from gitops.store import ENVIRONMENT, Condition, Store, now
+
+Progress = Callable[[str], None]
+
+__all__ = ["Outcome", "Target", "declared", "plan", "reconcile", "verify"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """What to reconcile: a repository (URL or path), a branch, an environment."""
+
+    repo: str
+    branch: str
+    environment: str
+    state_dir: Path
+    actor: str = field(default_factory=lambda: os.environ.get("SUDO_USER") or
+                       os.environ.get("USER") or "unknown")
+    vagrant_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run did; ``exit_code`` is what the CLI exits with."""
+
+    result: RunResult
+    run_id: int | None = None
+    revision: Revision | None = None
+    plan: Plan | None = None
+    apply: ApplyReport | None = None
+    verify: VerifyReport | None = None
+    error: GitopsError | None = None
+
+    @property
+    def exit_code(self) -> int:
+        if self.result == "succeeded":
+            return EXIT_OK
+        if self.result == "invalid" or isinstance(self.error, PermanentError):
+            return EXIT_INVALID
+        return EXIT_FAILED
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "result": self.result,
+            "run_id": self.run_id,
+            "revision": self.revision.ref if self.revision else None,
+            "error": str(self.error) if self.error else None,
+            "problems": [str(p) for p in self.error.problems]
+            if isinstance(self.error, InvalidDeclaration) else [],
+            "plan": self.plan.model_dump(mode="json") if self.plan else None,
+            "apply": self.apply.model_dump(mode="json") if self.apply else None,
+            "verify": self.verify.model_dump(mode="json") if self.verify else None,
+        }
+
+
+@contextmanager
+def environment_lock(target: Target, kind: str) -> Iterator[None]:
+    """One run at a time per environment. The kernel drops the lock when its holder dies,
+    so a lock left by ``kill -9`` is recovered without guessing from timestamps."""
+    folder = target.state_dir / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{target.environment}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(path)
+            raise LockHeld(
+                f"environment {target.environment!r} is locked by {holder.get('actor', '?')} "
+                f"(pid {holder.get('pid', '?')}, {holder.get('kind', 'run')} since "
+                f"{holder.get('since', '?')})"
+            ) from None
+        os.ftruncate(fd, 0)
+        info = {"pid": os.getpid(), "actor": target.actor, "kind": kind,
+                "since": now().isoformat(timespec="seconds")}
+        os.write(fd, json.dumps(info).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_holder(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text() or "{}")
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _host_source(target: Target) -> Callable[[list[str]], dict[str, dict[str, Any]]]:
+    def from_vagrant(names: list[str]) -> dict[str, dict[str, Any]]:
+        from gitops import vagrant  # only environments with ``source: vagrant`` need it
+
+        folder = target.vagrant_dir or (
+            Path(target.repo) if Path(target.repo).is_dir() else Path.cwd())
+        found = vagrant.read_hosts(folder)
+        return {
+            name: {"address": h.address, "ssh": {
+                "user": h.user, "port": h.port, "key_file": h.key_file,
+                "known_hosts_file": "/dev/null", "host_key_checking": "no"}}
+            for name, h in found.items() if name in names
+        }
+
+    return from_vagrant
+
+
+def declared(target: Target, progress: Progress | None = None) -> tuple[Revision, DeclaredState]:
+    """Stages 1 and 2: fetch, snapshot, load. Raises on a bad source or declaration."""
+    say = progress or (lambda _: None)
+    revision = source.fetch(target.repo, target.branch, target.state_dir)
+    say(f"revision {revision.ref} by {revision.author}: {revision.message.splitlines()[0]}")
+    snap = source.snapshot(target.repo, revision, target.state_dir)
+    state = load_stage.load(Path(snap.path), target.environment, revision=revision.ref,
+                            host_source=_host_source(target))
+    say(f"{len(state.hosts)} hosts, services: {', '.join(state.service_order)}")
+    return revision, state
+
+
+def plan(target: Target, progress: Progress | None = None) -> Outcome:
+    """Fetch, validate and dry-run; changes nothing and records nothing."""
+    try:
+        revision, state = declared(target, progress)
+        result = apply_stage.plan(state, on_progress=progress)
+    except InvalidDeclaration as exc:
+        return Outcome("invalid", error=exc)
+    except GitopsError as exc:
+        return Outcome("error", error=exc)
+    failed = any(h.error for h in result.hosts)
+    return Outcome("failed" if failed else "succeeded", revision=revision, plan=result)
+
+
+def reconcile(target: Target, progress: Progress | None = None, *, reason: str = "") -> Outcome:
+    """Plan, apply and verify the branch head on every host, and record it all."""
+    return _run(target, "reconcile", progress, reason)
+
+
+def verify(target: Target, progress: Progress | None = None, *, reason: str = "") -> Outcome:
+    """Run the checks of the branch head on every host (changes nothing) and record them."""
+    return _run(target, "verify", progress, reason)
+
+
+def _run(target: Target, kind: RunKind, progress: Progress | None, reason: str) -> Outcome:
+    say = progress or (lambda _: None)
+    store = Store(target.state_dir)
+    try:
+        with environment_lock(target, kind):
+            return _locked_run(store, target, kind, say, reason)
+    except LockHeld as exc:
+        return Outcome("error", error=exc)
+    finally:
+        store.close()
+
+
+def _locked_run(
+    store: Store, target: Target, kind: RunKind, say: Progress, reason: str
+) -> Outcome:
+    env = target.environment
+    run_id = store.start_run(env, kind, None, actor=target.actor, reason=reason)
+    store.set_status(env, ENVIRONMENT, [
+        Condition("Reconciling", "True", "Progressing", f"{kind} run {run_id} started"),
+    ])
+    outcome = Outcome("error", run_id=run_id)
+    stages: dict[str, float] = {}
+    state: DeclaredState | None = None
+    try:
+        t = time.monotonic()
+        revision, state = declared(target, say)
+        stages["source+load"] = time.monotonic() - t
+        store.set_revision(run_id, revision)
+        outcome = Outcome("error", run_id=run_id, revision=revision)
+        plan_: Plan | None = None
+        report: ApplyReport | None = None
+        checked = state
+        if kind == "reconcile":
+            t = time.monotonic()
+            say("applying")
+            plan_, report = apply_stage.apply(state, on_progress=say)
+            stages["plan+apply"] = time.monotonic() - t
+            say(f"applied: {report.changed} change(s), failed hosts: "
+                f"{', '.join(report.failed_hosts) or 'none'}")
+            checked = state.limit({h.host for h in report.hosts if h.status == "ok"})
+        t = time.monotonic()
+        say(f"verifying {len(checked.hosts)} host(s)")
+        checks = verify_stage.verify(checked, on_progress=say)
+        stages["verify"] = time.monotonic() - t
+        failed = bool(checks.failed_hosts) or bool(report and (report.failed_hosts or
+                                                                report.stopped))
+        outcome = Outcome("failed" if failed else "succeeded", run_id=run_id, revision=revision,
+                          plan=plan_, apply=report, verify=checks)
+    except InvalidDeclaration as exc:
+        outcome = Outcome("invalid", run_id=run_id, revision=outcome.revision, error=exc)
+    except GitopsError as exc:
+        outcome = Outcome("error", run_id=run_id, revision=outcome.revision, error=exc)
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit: still finalize the record
+        interrupted = Outcome("interrupted", run_id=run_id, revision=outcome.revision)
+        _finalize(store, target, kind, interrupted, state, stages, f"{type(exc).__name__}")
+        raise
+    _finalize(store, target, kind, outcome, state, stages, None)
+    return outcome
+
+
+def _finalize(
+    store: Store,
+    target: Target,
+    kind: RunKind,
+    outcome: Outcome,
+    state: DeclaredState | None,
+    stages: dict[str, float],
+    interrupted_by: str | None,
+) -> None:
+    """Write the run and the status record: called on every path."""
+    env = target.environment
+    assert outcome.run_id is not None
+    ref = outcome.revision.ref if outcome.revision else None
+    error = str(outcome.error) if outcome.error else interrupted_by
+    store.finish_run(outcome.run_id, outcome.result, plan=outcome.plan, apply=outcome.apply,
+                     verify=outcome.verify, error=error, stage_s=stages)
+    attempted = ref if kind == "reconcile" else None
+    if outcome.result == "invalid":
+        problems = len(outcome.error.problems) if isinstance(outcome.error, InvalidDeclaration) \
+            else 0
+        store.set_status(env, ENVIRONMENT, [
+            Condition("Ready", "False", "ValidationFailed",
+                      f"{ref or 'revision'} is invalid ({problems} problem(s)); nothing applied"),
+            Condition("Stalled", "True", "ValidationFailed", "waiting for a new commit"),
+        ], attempted=attempted)
+        return
+    if outcome.result in ("error", "interrupted"):
+        reason = "Interrupted" if outcome.result == "interrupted" else (
+            "ArtifactFailed" if outcome.revision is None else "ReconciliationFailed")
+        stalled = isinstance(outcome.error, PermanentError)
+        conditions = [Condition("Ready", "False", reason, error or outcome.result)]
+        if stalled:
+            conditions.append(Condition("Stalled", "True", reason, "waiting for a new commit"))
+        store.set_status(env, ENVIRONMENT, conditions, attempted=attempted)
+        return
+    assert state is not None and outcome.verify is not None
+    failed_checks: dict[str, list[str]] = {}
+    for r in outcome.verify.failed:
+        failed_checks.setdefault(r.host, []).append(f"{r.service}/{r.check}")
+    applied_hosts = {h.host: h for h in outcome.apply.hosts} if outcome.apply else {}
+    for host in state.hosts:
+        h = applied_hosts.get(host.name)
+        if h is not None and h.status != "ok":
+            cond = Condition("Ready", "False", "ApplyFailed",
+                             (h.error or h.status).splitlines()[0][:300])
+        elif host.name in outcome.verify.host_errors:
+            cond = Condition("Ready", "False", "VerificationFailed",
+                             outcome.verify.host_errors[host.name][:300])
+        elif host.name in failed_checks:
+            cond = Condition("Ready", "False", "VerificationFailed",
+                             "failed checks: " + ", ".join(failed_checks[host.name]))
+        else:
+            cond = Condition("Ready", "True", "ReconciliationSucceeded",
+                             f"{'applied and verified' if h else 'verified'} {ref}")
+        applied = ref if (h is not None and h.status == "ok") else None
+        store.set_status(env, host.name, [cond], applied=applied, attempted=attempted)
+    if outcome.result == "succeeded":
+        verb = "Applied and verified" if kind == "reconcile" else "Verified"
+        store.set_status(env, ENVIRONMENT, [
+            Condition("Ready", "True", "ReconciliationSucceeded", f"{verb} revision: {ref}"),
+        ], applied=ref if kind == "reconcile" else None, attempted=attempted)
+    else:
+        bad = sorted(set(outcome.verify.failed_hosts) |
+                     set(outcome.apply.failed_hosts if outcome.apply else []))
+        why = f"; stopped: {outcome.apply.stopped}" if outcome.apply and outcome.apply.stopped \
+            else ""
+        store.set_status(env, ENVIRONMENT, [
+            Condition("Ready", "False", "ReconciliationFailed",
+                      f"{ref}: {len(bad)} host(s) failed: {', '.join(bad)}{why}"),
+        ], attempted=attempted)

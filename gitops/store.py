@@ -1,0 +1,296 @@
+"""Stage 6: the run history and the status record, in SQLite (stdlib ``sqlite3``, WAL).
+
+One database in the state folder holds every run (revision, stage reports, durations) and,
+per environment and per host, the status record in Flux's vocabulary: conditions ``Ready``,
+``Reconciling`` and ``Stalled`` (each a status, a reason and a message), the last applied and
+the last attempted revision. ``reconcile`` writes it on every path; the CLI (and later the API,
+metrics and page) only read it.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from gitops.records import ApplyReport, Plan, Revision, RunKind, RunResult, VerifyReport
+
+__all__ = ["Condition", "Store", "now"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    environment TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    sha TEXT, branch TEXT, author TEXT, committed_at TEXT, message TEXT,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    duration_s REAL,
+    result TEXT,
+    error TEXT,
+    changed INTEGER NOT NULL DEFAULT 0,
+    failed_hosts TEXT NOT NULL DEFAULT '[]',
+    stage_s TEXT NOT NULL DEFAULT '{}',
+    plan TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_env ON runs (environment, id);
+CREATE TABLE IF NOT EXISTS host_results (
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    host TEXT NOT NULL,
+    apply_status TEXT,
+    changed INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    verify_status TEXT,
+    duration_s REAL,
+    PRIMARY KEY (run_id, host)
+);
+CREATE TABLE IF NOT EXISTS op_results (
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    host TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    service TEXT,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    stderr TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS op_results_run ON op_results (run_id, host);
+CREATE TABLE IF NOT EXISTS check_results (
+    run_id INTEGER NOT NULL REFERENCES runs (id),
+    host TEXT NOT NULL,
+    service TEXT NOT NULL,
+    check_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    message TEXT NOT NULL DEFAULT '',
+    duration_s REAL
+);
+CREATE INDEX IF NOT EXISTS check_results_run ON check_results (run_id, host);
+CREATE TABLE IF NOT EXISTS status (
+    environment TEXT NOT NULL,
+    host TEXT NOT NULL,
+    conditions TEXT NOT NULL,
+    last_applied_revision TEXT,
+    last_attempted_revision TEXT,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (environment, host)
+);
+"""
+
+ENVIRONMENT = ""
+"""The ``host`` key of an environment's own status row."""
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A Flux-style condition: ``type`` is Ready, Reconciling or Stalled."""
+
+    type: Literal["Ready", "Reconciling", "Stalled"]
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.type, "status": self.status, "reason": self.reason,
+                "message": self.message}
+
+
+class Store:
+    """The SQLite store of one state folder. Cheap to open; safe across processes (WAL)."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "gitops.db"
+        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- writing -------------------------------------------------------------------------
+
+    def start_run(
+        self,
+        environment: str,
+        kind: RunKind,
+        revision: Revision | None,
+        *,
+        actor: str,
+        reason: str = "",
+    ) -> int:
+        rev = revision
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO runs (environment, kind, actor, reason, sha, branch, author,"
+                " committed_at, message, started_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    environment, kind, actor, reason,
+                    rev.sha if rev else None, rev.branch if rev else None,
+                    rev.author if rev else None,
+                    rev.committed_at.isoformat() if rev else None,
+                    rev.message if rev else None, now().isoformat(),
+                ),
+            )
+            assert cur.lastrowid is not None
+            return cur.lastrowid
+
+    def set_revision(self, run_id: int, revision: Revision) -> None:
+        self.db.execute(
+            "UPDATE runs SET sha=?, branch=?, author=?, committed_at=?, message=? WHERE id=?",
+            (revision.sha, revision.branch, revision.author, revision.committed_at.isoformat(),
+             revision.message, run_id),
+        )
+
+    def finish_run(
+        self,
+        run_id: int,
+        result: RunResult,
+        *,
+        plan: Plan | None = None,
+        apply: ApplyReport | None = None,
+        verify: VerifyReport | None = None,
+        error: str | None = None,
+        stage_s: dict[str, float] | None = None,
+    ) -> None:
+        failed: set[str] = set()
+        if apply is not None:
+            failed |= set(apply.failed_hosts)
+        if verify is not None:
+            failed |= set(verify.failed_hosts)
+        with self._tx() as db:
+            started = db.execute("SELECT started_at FROM runs WHERE id=?", (run_id,)).fetchone()
+            finished = now()
+            duration = (finished - datetime.fromisoformat(started[0])).total_seconds()
+            db.execute(
+                "UPDATE runs SET finished_at=?, duration_s=?, result=?, error=?, changed=?,"
+                " failed_hosts=?, stage_s=?, plan=? WHERE id=?",
+                (
+                    finished.isoformat(), duration, result, error,
+                    apply.changed if apply else 0, json.dumps(sorted(failed)),
+                    json.dumps(stage_s or {}),
+                    plan.model_dump_json() if plan is not None else None, run_id,
+                ),
+            )
+            hosts: dict[str, dict[str, Any]] = {}
+            if apply is not None:
+                for h in apply.hosts:
+                    hosts[h.host] = {"apply_status": h.status, "changed": h.changed,
+                                     "error": h.error, "duration_s": h.duration_s}
+                    db.executemany(
+                        "INSERT INTO op_results (run_id, host, seq, service, name, status, stderr)"
+                        " VALUES (?,?,?,?,?,?,?)",
+                        [(run_id, h.host, i, op.service, op.name, op.status, op.stderr)
+                         for i, op in enumerate(h.ops)],
+                    )
+            if verify is not None:
+                db.executemany(
+                    "INSERT INTO check_results (run_id, host, service, check_name, status,"
+                    " message, duration_s) VALUES (?,?,?,?,?,?,?)",
+                    [(run_id, r.host, r.service, r.check, r.status, r.message, r.duration_s)
+                     for r in verify.results],
+                )
+                checked = {r.host for r in verify.results} | set(verify.host_errors)
+                for host in checked:
+                    entry = hosts.setdefault(host, {})
+                    entry["verify_status"] = "fail" if host in verify.failed_hosts else "pass"
+                    if host in verify.host_errors and not entry.get("error"):
+                        entry["error"] = verify.host_errors[host]
+            db.executemany(
+                "INSERT INTO host_results (run_id, host, apply_status, changed, error,"
+                " verify_status, duration_s) VALUES (?,?,?,?,?,?,?)",
+                [(run_id, host, v.get("apply_status"), v.get("changed", 0), v.get("error"),
+                  v.get("verify_status"), v.get("duration_s")) for host, v in hosts.items()],
+            )
+
+    def set_status(
+        self,
+        environment: str,
+        host: str,
+        conditions: list[Condition],
+        *,
+        applied: str | None = None,
+        attempted: str | None = None,
+    ) -> None:
+        """Replace the conditions of one object; revisions given as None are kept."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO status (environment, host, conditions, last_applied_revision,"
+                " last_attempted_revision, updated_at) VALUES (?,?,?,?,?,?)"
+                " ON CONFLICT (environment, host) DO UPDATE SET conditions=excluded.conditions,"
+                " last_applied_revision=COALESCE(excluded.last_applied_revision,"
+                " status.last_applied_revision),"
+                " last_attempted_revision=COALESCE(excluded.last_attempted_revision,"
+                " status.last_attempted_revision), updated_at=excluded.updated_at",
+                (environment, host, json.dumps([c.as_dict() for c in conditions]), applied,
+                 attempted, now().isoformat()),
+            )
+
+    # -- reading -------------------------------------------------------------------------
+
+    def status(self, environment: str | None = None) -> list[dict[str, Any]]:
+        """Status objects (environment rows have ``host`` == ""), by environment then host."""
+        sql = "SELECT * FROM status"
+        args: tuple[str, ...] = ()
+        if environment is not None:
+            sql += " WHERE environment=?"
+            args = (environment,)
+        rows = self.db.execute(sql + " ORDER BY environment, host", args).fetchall()
+        return [
+            {**dict(row), "conditions": json.loads(row["conditions"])} for row in rows
+        ]
+
+    def history(self, environment: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM runs"
+        args: tuple[Any, ...] = ()
+        if environment is not None:
+            sql += " WHERE environment=?"
+            args = (environment,)
+        rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
+        return [self._run_row(row) for row in rows]
+
+    def run(self, run_id: int) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        run = self._run_row(row)
+        run["plan"] = json.loads(row["plan"]) if row["plan"] else None
+        run["hosts"] = [dict(r) for r in self.db.execute(
+            "SELECT host, apply_status, changed, error, verify_status, duration_s"
+            " FROM host_results WHERE run_id=? ORDER BY host", (run_id,))]
+        run["operations"] = [dict(r) for r in self.db.execute(
+            "SELECT host, service, name, status, stderr FROM op_results WHERE run_id=?"
+            " ORDER BY host, seq", (run_id,))]
+        run["checks"] = [dict(r) for r in self.db.execute(
+            "SELECT host, service, check_name AS 'check', status, message, duration_s"
+            " FROM check_results WHERE run_id=? ORDER BY host, service, check_name", (run_id,))]
+        return run
+
+    @staticmethod
+    def _run_row(row: sqlite3.Row) -> dict[str, Any]:
+        run = dict(row)
+        run.pop("plan", None)
+        run["failed_hosts"] = json.loads(run["failed_hosts"])
+        run["stage_s"] = json.loads(run["stage_s"])
+        return run
