@@ -1,1 +1,356 @@
-"""Disposable local lab: real Debian hosts (systemd-nspawn in network namespaces)."""
+"""Disposable local lab: real Debian 12 hosts (systemd-nspawn in network namespaces).
+
+Public API, used by ``gitops lab`` (``gitops.lab.cli``), the pytest fixture ``lab`` in
+``tests/conftest.py`` and ``bench/lab_boot.py``: ``up``, ``down``, ``status``, ``current``,
+with ``LabInfo``/``LabHost``/``HostStatus`` and ``LabError``. The lab named NAME keeps its
+files in ``/var/lib/gitops/lab/NAME/`` and prefixes every resource it makes with ``NAME-``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from gitops.lab import hosts as _hosts
+from gitops.lab import image as _image
+from gitops.lab import mirror as _mirror
+from gitops.lab import network as _network
+from gitops.lab.common import (
+    MAX_HOSTS,
+    HostStatus,
+    LabError,
+    LabHost,
+    LabInfo,
+    bridge_address,
+    bridge_name,
+    check_prerequisites,
+    default_subnet,
+    host_address,
+    host_name,
+    lab_parent,
+    machine_name,
+    parse_subnet,
+    resolve_name,
+    run,
+    state_dir,
+)
+from gitops.lab.image import MIRROR_PACKAGES
+
+__all__ = [
+    "MIRROR_PACKAGES",
+    "HostStatus",
+    "LabError",
+    "LabHost",
+    "LabInfo",
+    "current",
+    "down",
+    "render_inventory",
+    "render_ssh_config",
+    "resolve_name",
+    "status",
+    "up",
+]
+
+KEY = "id_ed25519"
+BOOT_TIMEOUT = 60.0
+"""Seconds for every host to answer SSH, plus one per host."""
+
+
+def render_ssh_config(state: Path, key_file: Path, hosts: tuple[LabHost, ...]) -> str:
+    """The lab's ``ssh_config``: one Host entry per ``lab-i``, shared options for ``lab-*``."""
+    lines = [f"# written by gitops lab; ssh -F {state / 'ssh_config'} lab-1", ""]
+    for h in hosts:
+        lines += [f"Host {h.name}", f"  HostName {h.address}", ""]
+    lines += [
+        "Host lab-*",
+        "  User root",
+        f"  IdentityFile {key_file}",
+        "  IdentitiesOnly yes",
+        "  UserKnownHostsFile /dev/null",
+        "  StrictHostKeyChecking no",
+        "  LogLevel ERROR",
+        "  ConnectTimeout 5",
+        "  ControlMaster auto",
+        f"  ControlPath {state}/cm-%h",
+        "  ControlPersist 60s",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_inventory(key_file: Path, hosts: tuple[LabHost, ...]) -> str:
+    """The lab's ``inventory.yml`` in the declared-state format (``gitops.model.InventoryFile``)."""
+    doc = {
+        "settings": {
+            "ssh": {
+                "user": "root",
+                "key_file": str(key_file),
+                "known_hosts_file": "/dev/null",
+                "host_key_checking": "no",
+            }
+        },
+        "groups": {"lab": {}},
+        "hosts": {h.name: {"address": h.address, "groups": ["lab"]} for h in hosts},
+    }
+    return "# written by gitops lab\n" + yaml.safe_dump(doc, sort_keys=False)
+
+
+@contextlib.contextmanager
+def _locked(name: str, wait: float) -> Iterator[None]:
+    """Hold the lab's lock (one up/down at a time per name); a killed holder releases it."""
+    parent = lab_parent()
+    parent.mkdir(parents=True, exist_ok=True)
+    with open(parent / f"{name}.lock", "w") as fh:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() >= deadline:
+                    raise LabError(f"lab {name}: another `gitops lab up/down` is running") from exc
+                time.sleep(0.1)
+        yield
+
+
+def _info(name: str, data: dict[str, object]) -> LabInfo:
+    state = state_dir(name)
+    raw_hosts = data["hosts"]
+    assert isinstance(raw_hosts, list)
+    return LabInfo(
+        name=name,
+        state_dir=state,
+        ssh_config=state / "ssh_config",
+        inventory=state / "inventory.yml",
+        key_file=state / KEY,
+        mirror_url=str(data["mirror_url"]),
+        hosts=tuple(LabHost(str(h["name"]), str(h["address"])) for h in raw_hosts),
+    )
+
+
+def current(name: str | None = None) -> LabInfo | None:
+    """The lab ``name`` if it is up (its ``lab.json`` exists), else None."""
+    name = resolve_name(name)
+    path = state_dir(name) / "lab.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return _info(name, data)
+
+
+def _teardown(name: str) -> None:
+    """Remove every process, namespace, veth, bridge and state file of lab ``name``."""
+    state = state_dir(name)
+    pids = set(_hosts.find_nspawn(name))
+    for pid_file in (state / "pids").glob("lab-*.pid"):
+        pid = _hosts.pid_from_file(pid_file)
+        # a pid file alone is trusted only if that pid still is one of our nspawns
+        if pid is not None and pid in _hosts.find_nspawn(name):
+            pids.add(pid)
+    _hosts.stop(sorted(pids))
+    # hosts whose nspawn died without halting them: whatever still lives in our namespaces
+    stray = [p for ns in _network.list_netns(name) for p in _network.netns_pids(ns)]
+    if stray:
+        _hosts.signal_all(stray, signal.SIGKILL)
+        _hosts.wait_gone(stray, 3)
+    _hosts.stop(_hosts.find_helpers(name, state), timeout=2)
+    _network.remove_network(name)
+    _hosts.remove_cgroups(name)
+    for fname in ("lab.json", "ssh_config", "inventory.yml", "authorized_keys", "sources.list"):
+        (state / fname).unlink(missing_ok=True)
+    shutil.rmtree(state / "pids", ignore_errors=True)
+    for sock in state.glob("cm-*"):
+        sock.unlink(missing_ok=True)
+
+
+def _leftovers(name: str) -> bool:
+    return bool(
+        _hosts.find_nspawn(name)
+        or _network.list_netns(name)
+        or _network.list_links(name)
+        or _hosts.find_helpers(name, state_dir(name))
+    )
+
+
+def _ssh_ok(ssh_config: Path, host: str, timeout: float = 10) -> bool:
+    try:
+        proc = subprocess.run(
+            ["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes", host, "true"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,  # no pipes: a ControlPersist master would hold them
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False
+    return proc.returncode == 0
+
+
+def _wait_host(
+    proc: subprocess.Popen[bytes], host: LabHost, ssh_config: Path, log: Path, deadline: float
+) -> None:
+    """Poll TCP 22, then ``ssh true``, until it works or ``deadline``."""
+    tcp = False
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+            raise LabError(
+                f"host {host.name} ({host.address}) stopped while booting "
+                f"(exit {proc.returncode}): {' '.join(tail)}; see {log}"
+            )
+        if not tcp:
+            try:
+                with socket.create_connection((host.address, 22), timeout=0.3):
+                    tcp = True
+            except OSError:
+                time.sleep(0.05)
+                continue
+        if _ssh_ok(ssh_config, host.name, timeout=max(1.0, min(10.0, deadline - time.monotonic()))):
+            return
+        time.sleep(0.1)
+    raise LabError(f"host {host.name} ({host.address}) did not answer SSH in time; see {log}")
+
+
+def _ensure_key(state: Path) -> Path:
+    key = state / KEY
+    if not key.exists() or not key.with_suffix(".pub").exists():
+        key.unlink(missing_ok=True)
+        key.with_suffix(".pub").unlink(missing_ok=True)
+        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "gitops-lab", "-f", str(key)])
+    return key
+
+
+def up(
+    hosts: int = 3,
+    name: str | None = None,
+    subnet: str | None = None,
+    progress: bool = False,
+) -> LabInfo:
+    """Boot ``hosts`` lab hosts and wait until every one answers SSH; all or nothing.
+
+    Raises LabError: exit code 2 for bad usage/not root/missing tools, 1 if already up or a
+    host fails to boot (then everything made so far is removed again).
+    """
+    name = resolve_name(name)
+    if not 1 <= hosts <= MAX_HOSTS:
+        raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}", exit_code=2)
+    net = parse_subnet(subnet) if subnet else default_subnet(name)
+    check_prerequisites()
+    with _locked(name, wait=0):
+        existing = current(name)
+        if existing is not None:
+            raise LabError(
+                f"lab {name} is already up with {len(existing.hosts)} hosts "
+                f"(state in {existing.state_dir}); run `gitops lab down --name {name}` first"
+            )
+        other = _network.subnet_in_use(net, bridge_name(name))
+        if other is not None:
+            raise LabError(
+                f"subnet {net} of lab {name} is already used by interface {other}; "
+                "pick another with --subnet 10.213.X.0/24",
+                exit_code=2,
+            )
+        img = _image.ensure_image(progress=progress)
+        if _leftovers(name):  # a crashed or killed earlier `up` of this name
+            _teardown(name)
+        try:
+            return _boot(name, net, hosts, img)
+        except BaseException:
+            _teardown(name)
+            _network.release_mounts(any_lab_left=_hosts.any_nspawn_running())
+            raise
+
+
+def _boot(name: str, net: ipaddress.IPv4Network, count: int, img: Path) -> LabInfo:
+    state = state_dir(name)
+    (state / "pids").mkdir(parents=True, exist_ok=True)
+    (state / "logs").mkdir(exist_ok=True)
+    key = _ensure_key(state)
+    auth = state / "authorized_keys"
+    auth.write_text(key.with_suffix(".pub").read_text())
+    auth.chmod(0o600)
+    br_addr = bridge_address(net)
+    (state / "sources.list").write_text(_mirror.sources_line(br_addr))
+    lab_hosts = tuple(LabHost(host_name(i), host_address(net, i)) for i in range(1, count + 1))
+    ssh_config = state / "ssh_config"
+    ssh_config.write_text(render_ssh_config(state, key, lab_hosts))
+    (state / "inventory.yml").write_text(render_inventory(key, lab_hosts))
+
+    _network.prepare_mounts()
+    _hosts.raise_limits()
+    _network.create_bridge(name, net)
+    _mirror.start(
+        name, br_addr, img / "mirror", state / "logs" / "mirror.log", state / "pids" / "mirror.pid"
+    )
+    procs = []
+    for i in range(1, count + 1):
+        _network.create_host_net(name, net, i)
+        args = _hosts.nspawn_args(name, i, img / "rootfs", auth, state / "sources.list")
+        log = state / "logs" / f"{host_name(i)}.log"
+        log.write_bytes(b"")
+        cgroups = _hosts.make_cgroups(machine_name(name, i))
+        pid_file = state / "pids" / f"{host_name(i)}.pid"
+        procs.append((_hosts.start_host(args, log, pid_file, cgroups), log))
+
+    deadline = time.monotonic() + BOOT_TIMEOUT + count
+    with ThreadPoolExecutor(max_workers=min(count, 32)) as pool:
+        futures = [
+            pool.submit(_wait_host, proc, h, ssh_config, log, deadline)
+            for (proc, log), h in zip(procs, lab_hosts, strict=True)
+        ]
+        for fut in futures:
+            fut.result()
+
+    data = {
+        "name": name,
+        "subnet": str(net),
+        "bridge": bridge_name(name),
+        "image": str(img),
+        "mirror_url": _mirror.url(br_addr),
+        "hosts": [{"name": h.name, "address": h.address} for h in lab_hosts],
+        "created": time.time(),
+    }
+    tmp = state / "lab.json.tmp"
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, state / "lab.json")
+    return _info(name, data)
+
+
+def down(name: str | None = None) -> None:
+    """Remove everything lab ``name`` made (also after a crash); a no-op if nothing is left."""
+    name = resolve_name(name)
+    check_prerequisites()
+    with _locked(name, wait=30):
+        _teardown(name)
+        _network.release_mounts(any_lab_left=_hosts.any_nspawn_running())
+
+
+def status(name: str | None = None) -> list[HostStatus]:
+    """Each host of lab ``name``: whether its nspawn runs and whether it answers SSH."""
+    info = current(name)
+    if info is None:
+        return []
+    running = set(_hosts.find_nspawn(info.name).values())
+
+    def one(index: int, host: LabHost) -> HostStatus:
+        up_now = index in running
+        ok = up_now and _ssh_ok(info.ssh_config, host.name, timeout=5)
+        return HostStatus(host.name, host.address, up_now, ok)
+
+    with ThreadPoolExecutor(max_workers=min(len(info.hosts), 32) or 1) as pool:
+        return list(pool.map(one, range(1, len(info.hosts) + 1), info.hosts))

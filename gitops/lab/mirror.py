@@ -1,0 +1,80 @@
+"""The lab's package mirror: a plain HTTP server on the bridge address serving the .debs.
+
+``start()``/``url()`` are called by ``gitops.lab.up``; the server itself runs as its own process,
+``python -m gitops.lab.mirror --lab=NAME --bind ADDR --port PORT --dir DIR``, so it outlives the
+CLI. The ``--lab=NAME`` argument is the marker ``down`` finds it by in /proc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import http.server
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gitops.lab.common import MIRROR_PORT, LabError, mirror_marker
+
+
+def url(address: str, port: int = MIRROR_PORT) -> str:
+    return f"http://{address}:{port}/"
+
+
+def sources_line(address: str, port: int = MIRROR_PORT) -> str:
+    """The only apt source of every lab host."""
+    return f"deb [trusted=yes] {url(address, port)} ./\n"
+
+
+def start(name: str, address: str, folder: Path, log: Path, pid_file: Path) -> int:
+    """Start the server in its own session; return its pid once it accepts connections."""
+    args = [
+        sys.executable,
+        "-m",
+        "gitops.lab.mirror",
+        mirror_marker(name),
+        "--bind",
+        address,
+        "--port",
+        str(MIRROR_PORT),
+        "--dir",
+        str(folder),
+    ]
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            cwd="/",
+        )
+    pid_file.write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise LabError(f"package mirror exited at start ({proc.returncode}); see {log}")
+        try:
+            with socket.create_connection((address, MIRROR_PORT), timeout=0.2):
+                return proc.pid
+        except OSError:
+            time.sleep(0.05)
+    raise LabError(f"package mirror did not listen on {address}:{MIRROR_PORT}; see {log}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--lab", required=True)
+    parser.add_argument("--bind", required=True)
+    parser.add_argument("--port", type=int, default=MIRROR_PORT)
+    parser.add_argument("--dir", required=True)
+    opts = parser.parse_args(argv)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=opts.dir)
+    server = http.server.ThreadingHTTPServer((opts.bind, opts.port), handler)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
