@@ -62,7 +62,8 @@ class HostPlan(_Record):
 
     @property
     def changes(self) -> int:
-        return sum(1 for op in self.ops if op.would_change)
+        """Operations that will change (conditional ones run only after one of these)."""
+        return sum(1 for op in self.ops if op.would_change and not op.conditional)
 
 
 class Plan(_Record):

@@ -149,7 +149,6 @@ def run(job: Job) -> WorkerResult:
 
     started = time.monotonic()
     stopped: str | None = None
-    durations: dict[str, float] = {}
     state.set_stage(StateStage.Connect)
     try:
         connect_all(state)
@@ -175,17 +174,26 @@ def run(job: Job) -> WorkerResult:
 
     plan = _plan(state, declared, capture)
     if job.dry or stopped is not None:
-        apply = None if job.dry else _report(state, declared, capture, stopped, durations, started)
+        apply = None if job.dry else _report(
+            state, declared, capture, stopped, started, set()
+        )
         _disconnect(state)
         return WorkerResult(plan=plan, apply=apply)
 
+    # pyinfra keeps no fact cache: executing re-reads every fact. Hosts whose plan has no
+    # unconditional change are not executed at all (a conditional op only runs when an
+    # earlier op changed), so a converged host costs one pass, like ``pyinfra -y``.
+    idle = {hp.host for hp in plan.hosts if hp.error is None and hp.changes == 0}
+    state.active_hosts -= {by_name[name] for name in idle}
+    _progress(f"applying on {len(state.active_hosts)} host(s), {len(idle)} already converged")
     state.set_stage(StateStage.Execute)
     try:
-        run_ops(state)
+        if state.active_hosts:
+            run_ops(state)
     except PyinfraError as exc:
         stopped = str(exc)
     state.set_stage(StateStage.Disconnect)
-    report = _report(state, declared, capture, stopped, durations, started)
+    report = _report(state, declared, capture, stopped, started, idle)
     _disconnect(state)
     return WorkerResult(plan=plan, apply=report)
 
@@ -263,8 +271,8 @@ def _report(
     declared: DeclaredState,
     capture: _Capture,
     stopped: str | None,
-    durations: dict[str, float],
     started: float,
+    idle: set[str],
 ) -> ApplyReport:
     hosts = []
     for dh in declared.hosts:
@@ -276,7 +284,9 @@ def _report(
                 continue
             meta = state.ops[host][op_hash].operation_meta
             name = _op_name(state, op_hash)
-            if not meta.is_complete():
+            if dh.name in idle:
+                status = "unchanged"
+            elif not meta.is_complete():
                 status = "skipped"
             elif meta.did_succeed(_raise_if_not_complete=False):
                 status = "changed" if meta.did_change() else "unchanged"
@@ -305,7 +315,6 @@ def _report(
                 status=status_h,
                 error=error if status_h != "ok" else None,
                 ops=tuple(results),
-                duration_s=durations.get(dh.name, 0.0),
             )
         )
     return ApplyReport(hosts=tuple(hosts), stopped=stopped, duration_s=time.monotonic() - started)
