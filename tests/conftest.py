@@ -1,0 +1,63 @@
+"""Shared pytest fixtures: ``lab``, a session-wide lab of 3 real hosts for ``@pytest.mark.lab``.
+
+Lab tests are skipped (with the reason) when not root or the lab's tools are missing, unless
+the environment variable CI is set: then they fail, so CI cannot pass without running them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+import gitops.lab as lab_api
+from gitops.lab.common import missing_prerequisites, prerequisites_message
+
+LAB_HOSTS = 3
+
+
+def in_ci() -> bool:
+    """Whether the CI environment variable is set (to anything but empty, 0 or false)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _lab_unavailable() -> str | None:
+    missing = missing_prerequisites()
+    return prerequisites_message(missing) if missing else None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A ``lab`` test is skipped (or, under CI, failed) when the lab cannot run here."""
+    if item.get_closest_marker("lab") is None:
+        return
+    reason = _lab_unavailable()
+    if reason is not None:
+        if in_ci():
+            pytest.fail(f"lab test cannot run under CI: {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[lab_api.LabInfo]:
+    """A lab of 3 hosts (name from $GITOPS_LAB_NAME, default gitops), down at session end.
+
+    A lab of that name already up with >= 3 hosts is reused and left up.
+    """
+    reason = _lab_unavailable()
+    if reason is not None:
+        if in_ci():
+            pytest.fail(f"lab fixture cannot run under CI: {reason}", pytrace=False)
+        pytest.skip(reason)
+    existing = lab_api.current()
+    if existing is not None and len(existing.hosts) >= LAB_HOSTS:
+        yield existing
+        return
+    try:
+        info = lab_api.up(hosts=LAB_HOSTS)
+    except lab_api.LabError as exc:
+        pytest.fail(f"gitops lab up failed: {exc}", pytrace=False)
+    try:
+        yield info
+    finally:
+        lab_api.down(info.name)

@@ -1,0 +1,169 @@
+"""End-to-end tests of ``gitops lab`` on real hosts (root, systemd-nspawn, debootstrap)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+import gitops.lab as lab_api
+from gitops.lab import hosts as lab_hosts
+from gitops.model import InventoryFile
+
+pytestmark = pytest.mark.lab
+
+# Resources of OTHER labs (other names) may come and go on a shared machine while a test
+# runs; the "as before" comparisons ignore exactly those and nothing else.
+_LAB_RESOURCE = re.compile(r"^([a-z0-9]{1,8})-(br|v\d+|lab-\d+)$")
+
+
+def ssh(info: lab_api.LabInfo, host: str, command: str, timeout: float = 120) -> str:
+    proc = subprocess.run(
+        ["ssh", "-F", str(info.ssh_config), host, command],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{host}: {command!r} exited {proc.returncode}: {proc.stderr}"
+    return proc.stdout.strip()
+
+
+def on_every_host(info: lab_api.LabInfo, command: str) -> dict[str, str]:
+    with ThreadPoolExecutor(max_workers=len(info.hosts)) as pool:
+        outs = pool.map(lambda h: ssh(info, h.name, command), info.hosts)
+        return dict(zip((h.name for h in info.hosts), outs, strict=True))
+
+
+def _foreign(entry: str, own: str) -> bool:
+    m = _LAB_RESOURCE.match(entry)
+    return m is not None and m.group(1) != own
+
+
+def snapshot(own: str) -> dict[str, set[str]]:
+    """`ip netns list`, `ip link` names and /proc/mounts, minus other labs' resources."""
+    netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True, timeout=10)
+    ns_names = {line.split()[0] for line in netns.stdout.splitlines() if line.strip()}
+    link_names = {line.split(":")[1].strip().split("@")[0] for line in links.stdout.splitlines()}
+    mounts = set(Path("/proc/mounts").read_text().splitlines())
+    return {
+        "netns": {n for n in ns_names if not _foreign(n, own)},
+        "links": {n for n in link_names if not _foreign(n, own)},
+        "mounts": {m for m in mounts if not _foreign(m.split()[1].rsplit("/", 1)[-1], own)},
+    }
+
+
+def gitops_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gitops", "lab", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_every_host_is_running(lab: lab_api.LabInfo) -> None:
+    """`systemctl is-system-running` says `running` on every host, over the lab ssh_config."""
+    outs = on_every_host(lab, "systemctl is-system-running --wait")
+    assert outs == {h.name: "running" for h in lab.hosts}
+
+
+def test_command_over_ssh_on_every_host(lab: lab_api.LabInfo) -> None:
+    """A command over SSH runs as root on every host, whose hostname is its lab name."""
+    outs = on_every_host(lab, "echo $(hostname) $(id -u) $(python3 -c 'print(6*7)')")
+    assert outs == {h.name: f"{h.name} 0 42" for h in lab.hosts}
+
+
+def test_nginx_installs_from_the_mirror_on_every_host(lab: lab_api.LabInfo) -> None:
+    """`apt-get update && apt-get install -y nginx` works from the lab mirror; nginx is active."""
+    outs = on_every_host(
+        lab,
+        "grep -rh '^deb' /etc/apt/sources.list /etc/apt/sources.list.d/ && "
+        "apt-get update -q >/dev/null && "
+        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >/dev/null 2>&1 && "
+        "systemctl is-active nginx",
+    )
+    for host, out in outs.items():
+        source, active = out.splitlines()
+        assert source == f"deb [trusted=yes] {lab.mirror_url} ./", host
+        assert active == "active", host
+
+
+def test_inventory_validates_and_lists_every_host(lab: lab_api.LabInfo) -> None:
+    """The lab's inventory.yml validates as an InventoryFile and names every host's address."""
+    inv = InventoryFile.model_validate(yaml.safe_load(lab.inventory.read_text()))
+    assert {n: h.address for n, h in inv.hosts.items()} == {h.name: h.address for h in lab.hosts}
+    assert inv.settings.ssh.key_file == str(lab.key_file)
+
+
+def test_status_reports_every_host_answering(lab: lab_api.LabInfo) -> None:
+    """`status` lists every host as running and answering SSH."""
+    rows = lab_api.status(lab.name)
+    assert [(r.name, r.running, r.ssh) for r in rows] == [(h.name, True, True) for h in lab.hosts]
+
+
+def test_second_up_is_refused_and_changes_nothing(lab: lab_api.LabInfo) -> None:
+    """A second `gitops lab up` of a lab that is up exits 1, says so, and changes nothing."""
+    before = snapshot(lab.name)
+    proc = gitops_cli("up", "--name", lab.name)
+    assert proc.returncode == 1
+    assert "already up" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert snapshot(lab.name) == before
+    assert lab_api.current(lab.name) == lab
+
+
+def test_up_then_down_leaves_the_machine_as_before() -> None:
+    """After `lab up` then `lab down`, netns list, links and mounts are as before `up`."""
+    name = "e2eupdn"
+    lab_api.down(name)
+    before = snapshot(name)
+    proc = gitops_cli("up", "--name", name, "--hosts", "2")
+    try:
+        assert proc.returncode == 0, proc.stderr
+        info = lab_api.current(name)
+        assert info is not None
+        assert on_every_host(info, "systemctl is-system-running --wait") == {
+            "lab-1": "running",
+            "lab-2": "running",
+        }
+        assert snapshot(name) != before
+    finally:
+        down = gitops_cli("down", "--name", name)
+    assert down.returncode == 0, down.stderr
+    assert snapshot(name) == before
+    assert lab_hosts.find_nspawn(name) == {}
+    assert lab_api.current(name) is None
+
+
+def test_down_recovers_after_kill_9_of_up() -> None:
+    """After `kill -9` of `lab up` mid-boot, `lab down` still removes everything it made."""
+    name = "e2ekill"
+    lab_api.down(name)
+    before = snapshot(name)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gitops", "lab", "up", "--name", name, "--hosts", "2"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(lab_hosts.find_nspawn(name)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert len(lab_hosts.find_nspawn(name)) == 2  # the hosts outlive the killed `up`
+    down = gitops_cli("down", "--name", name)
+    assert down.returncode == 0, down.stderr
+    assert lab_hosts.find_nspawn(name) == {}
+    assert snapshot(name) == before
