@@ -297,9 +297,9 @@ def _boot(name: str, net: ipaddress.IPv4Network, count: int, img: Path) -> LabIn
     _mirror.start(
         name, br_addr, img / "mirror", state / "logs" / "mirror.log", state / "pids" / "mirror.pid"
     )
+    _network.create_host_nets(name, net, range(1, count + 1))
     procs = []
     for i in range(1, count + 1):
-        _network.create_host_net(name, net, i)
         args = _hosts.nspawn_args(name, i, img / "rootfs", auth, state / "sources.list")
         log = state / "logs" / f"{host_name(i)}.log"
         log.write_bytes(b"")

@@ -184,6 +184,7 @@ def run(
     check: bool = True,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``args`` (never a shell string) with a timeout; LabError on failure if ``check``."""
     try:
@@ -195,7 +196,7 @@ def run(
             check=False,
             cwd=cwd,
             env=env,
-            stdin=subprocess.DEVNULL,
+            input=input or "",  # stdin is a pipe, closed at once when there is no input
         )
     except subprocess.TimeoutExpired as exc:
         raise LabError(f"{' '.join(args)} timed out after {timeout:.0f} s") from exc
