@@ -142,14 +142,17 @@ def _host_source(target: Target) -> Callable[[list[str]], dict[str, dict[str, An
 
 def declared(target: Target, progress: Progress | None = None) -> tuple[Revision, DeclaredState]:
     """Stages 1 and 2: fetch, snapshot, load. Raises on a bad source or declaration."""
-    say = progress or (lambda _: None)
     revision = source.fetch(target.repo, target.branch, target.state_dir)
+    return revision, _load(target, revision, progress or (lambda _: None))
+
+
+def _load(target: Target, revision: Revision, say: Progress) -> DeclaredState:
     say(f"revision {revision.ref} by {revision.author}: {revision.message.splitlines()[0]}")
     snap = source.snapshot(target.repo, revision, target.state_dir)
     state = load_stage.load(Path(snap.path), target.environment, revision=revision.ref,
                             host_source=_host_source(target))
     say(f"{len(state.hosts)} hosts, services: {', '.join(state.service_order)}")
-    return revision, state
+    return state
 
 
 def plan(target: Target, progress: Progress | None = None) -> Outcome:
@@ -200,10 +203,11 @@ def _locked_run(
     state: DeclaredState | None = None
     try:
         t = time.monotonic()
-        revision, state = declared(target, say)
-        stages["source+load"] = time.monotonic() - t
+        revision = source.fetch(target.repo, target.branch, target.state_dir)
         store.set_revision(run_id, revision)
         outcome = Outcome("error", run_id=run_id, revision=revision)
+        state = _load(target, revision, say)
+        stages["source+load"] = time.monotonic() - t
         plan_: Plan | None = None
         report: ApplyReport | None = None
         checked = state

@@ -1,0 +1,107 @@
+"""Test helpers: a real Git state repository made from this project's sample, aimed at a lab.
+
+Used by the end-to-end tests: copies ``inventories/lab.yml`` and ``deploys/`` into a fresh Git
+repository, with the hosts and key of the running lab, and runs the real ``gitops`` CLI on it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gitops.lab import LabInfo
+
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout.strip()
+
+
+@dataclass
+class StateRepo:
+    """A state repository on disk, its reconciler state folder and the lab it targets."""
+
+    path: Path
+    state_dir: Path
+    lab: LabInfo
+
+    def commit(self, message: str) -> str:
+        git(self.path, "add", "-A")
+        git(self.path, "commit", "-q", "-m", message)
+        return git(self.path, "rev-parse", "HEAD")
+
+    def inventory(self) -> dict[str, Any]:
+        data: dict[str, Any] = yaml.safe_load((self.path / "inventories/lab.yml").read_text())
+        return data
+
+    def gitops(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        """Run the real CLI against this repository (``--json`` output parsed by callers)."""
+        targets = ["--repo", str(self.path), "--state-dir", str(self.state_dir)]
+        if args and args[0] in ("status", "history"):
+            targets = ["--state-dir", str(self.state_dir)]
+        return subprocess.run(
+            [sys.executable, "-m", "gitops", *args, *targets],
+            capture_output=True, text=True, timeout=timeout,
+        )
+
+    def gitops_json(self, *args: str) -> tuple[int, Any]:
+        proc = self.gitops(*args, "--json")
+        assert proc.stdout.strip(), proc.stderr
+        return proc.returncode, json.loads(proc.stdout)
+
+    def ssh(self, host: str, command: str, check: bool = True) -> str:
+        proc = subprocess.run(
+            ["ssh", "-F", str(self.lab.ssh_config), host, command],
+            capture_output=True, text=True, timeout=60,
+        )
+        if check:
+            assert proc.returncode == 0, f"{host}: {command}: {proc.stderr}"
+        return proc.stdout
+
+    def address(self, host: str) -> str:
+        return next(h.address for h in self.lab.hosts if h.name == host)
+
+
+def make_state_repo(root: Path, lab: LabInfo, hosts: int | None = None) -> StateRepo:
+    """The sample state repository, its ``lab`` inventory aimed at ``lab``'s hosts."""
+    repo = root / "state-repo"
+    repo.mkdir(parents=True)
+    shutil.copytree(PROJECT / "deploys", repo / "deploys",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "inventories").mkdir()
+    inventory = yaml.safe_load((PROJECT / "inventories/lab.yml").read_text())
+    template = dict(next(iter(inventory["hosts"].values())))
+    overrides = {name: spec.get("services") for name, spec in inventory["hosts"].items()}
+    chosen = lab.hosts[:hosts] if hosts else lab.hosts
+    inventory["hosts"] = {}
+    for h in chosen:
+        spec = {**template, "address": h.address}
+        spec.pop("services", None)
+        if overrides.get(h.name):
+            spec["services"] = overrides[h.name]
+        inventory["hosts"][h.name] = spec
+    inventory["settings"]["ssh"]["key_file"] = str(lab.key_file)
+    (repo / "inventories/lab.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "config", "user.email", "tester@example.invalid")
+    git(repo, "config", "user.name", "Tester")
+    state = StateRepo(repo, root / "state", lab)
+    state.commit("sample state for the lab")
+    return state
+
+
+def http_get(url: str, timeout: float = 10) -> tuple[int, str]:
+    """GET a URL on a lab host (never anything else)."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.status, response.read().decode()

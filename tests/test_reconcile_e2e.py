@@ -1,0 +1,187 @@
+"""End to end: the sample state repository reconciled on real lab hosts by the real CLI.
+
+The steps run in file order against one lab and one repository, as a user would take them:
+first reconcile, no-op reconcile, a one-template change, a broken commit, drift by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from statelab import StateRepo, http_get, make_state_repo
+
+import gitops.lab as lab_api
+from gitops.lab import LabInfo
+from gitops.lab import hosts as lab_hosts
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> StateRepo:
+    return make_state_repo(tmp_path_factory.mktemp("reconcile"), lab)
+
+
+def _changed_ops(result: dict[str, Any]) -> dict[str, set[str]]:
+    return {
+        h["host"]: {op["name"] for op in h["ops"] if op["status"] == "changed"}
+        for h in result["apply"]["hosts"]
+    }
+
+
+def _messages(repo: StateRepo) -> dict[str, str]:
+    inv = repo.inventory()
+    default = inv["groups"]["web"]["services"]["app"]["message"]
+    return {
+        name: (spec.get("services") or {}).get("app", {}).get("message", default)
+        for name, spec in inv["hosts"].items()
+    }
+
+
+def test_reconcile_applies_and_verifies_every_service(repo: StateRepo) -> None:
+    """A first reconcile converges every host, all checks pass, nginx answers with the app."""
+    code, result = repo.gitops_json("reconcile", "--once")
+    assert code == 0, result
+    assert result["result"] == "succeeded"
+    assert {h["status"] for h in result["apply"]["hosts"]} == {"ok"}
+    assert result["verify"]["results"] and not result["verify"]["host_errors"]
+    assert {r["status"] for r in result["verify"]["results"]} == {"pass"}
+    for host, message in _messages(repo).items():
+        status, body = http_get(f"http://{repo.address(host)}/")
+        assert status == 200
+        assert message in body and host in body
+
+
+def test_second_reconcile_changes_nothing(repo: StateRepo) -> None:
+    """Reconciling the same revision again reports zero changes on every host."""
+    code, result = repo.gitops_json("reconcile", "--once")
+    assert code == 0, result
+    assert all(not ops for ops in _changed_ops(result).values()), _changed_ops(result)
+
+
+def test_template_change_changes_only_that(repo: StateRepo) -> None:
+    """A commit that edits one template changes only that file, and the record has the SHA."""
+    motd = repo.path / "deploys/base/templates/motd.j2"
+    motd.write_text(motd.read_text() + "\n  maintenance window: Sundays 04:00 UTC\n")
+    sha = repo.commit("motd: announce the maintenance window")
+    code, result = repo.gitops_json("reconcile", "--once")
+    assert code == 0, result
+    assert result["revision"] == f"main@sha1:{sha}"
+    changed = _changed_ops(result)
+    assert all(ops == {"base | Message of the day"} for ops in changed.values()), changed
+    assert "maintenance window" in repo.ssh("lab-1", "cat /etc/motd")
+    _, status = repo.gitops_json("status")
+    assert {row["last_applied_revision"] for row in status} == {f"main@sha1:{sha}"}
+
+
+def test_invalid_commit_lists_every_problem_and_applies_nothing(repo: StateRepo) -> None:
+    """Three mistakes: all reported with file and line, exit 2, nothing changes on any host."""
+    good = repo.inventory()
+    inv = repo.inventory()
+    inv["settings"]["colour"] = "blue"  # unknown field
+    inv["groups"]["web"]["services"]["web"]["listen_port"] = "eighty"  # wrong type
+    inv["groups"]["web"]["services"]["cache"] = {}  # undefined service
+    path = repo.path / "inventories/lab.yml"
+    path.write_text(yaml.safe_dump(inv, sort_keys=False))
+    motd = repo.path / "deploys/base/templates/motd.j2"
+    motd.write_text(motd.read_text() + "\n  THIS MUST NOT REACH ANY HOST\n")
+    bad = repo.commit("three mistakes")
+    lines = path.read_text().splitlines()
+
+    def line_of(text: str) -> int:
+        return next(i for i, line in enumerate(lines, 1) if text in line)
+
+    proc = repo.gitops("validate")
+    assert proc.returncode == 2
+    assert f"inventories/lab.yml:{line_of('colour:')} settings.colour: Extra inputs" in proc.stderr
+    assert (f"inventories/lab.yml:{line_of('listen_port: eighty')} "
+            "groups.web.services.web.listen_port: Input should be a valid integer") in proc.stderr
+    assert (f"inventories/lab.yml:{line_of('cache:')} groups.web.services.cache: service 'cache'"
+            in proc.stderr)
+    assert "Traceback" not in proc.stderr
+
+    code, result = repo.gitops_json("reconcile", "--once")
+    assert code == 2 and result["result"] == "invalid"
+    assert len(result["problems"]) == 3
+    for host in ("lab-1", "lab-2", "lab-3"):
+        assert "MUST NOT" not in repo.ssh(host, "cat /etc/motd")
+    _, status = repo.gitops_json("status")
+    env = next(row for row in status if row["host"] == "")
+    conditions = {c["type"]: c for c in env["conditions"]}
+    assert conditions["Stalled"]["status"] == "True"
+    assert env["last_attempted_revision"] == f"main@sha1:{bad}"
+    assert env["last_applied_revision"] != f"main@sha1:{bad}"
+
+    path.write_text(yaml.safe_dump(good, sort_keys=False))
+    motd.write_text(motd.read_text().replace("\n  THIS MUST NOT REACH ANY HOST\n", ""))
+    repo.commit("fix the three mistakes")
+    code, result = repo.gitops_json("reconcile", "--once")
+    assert code == 0, result
+
+
+def test_verify_names_the_host_where_nginx_was_stopped(repo: StateRepo) -> None:
+    """nginx stopped by hand on one host: verify names that host and check, exit 1."""
+    repo.ssh("lab-2", "systemctl stop nginx")
+    proc = repo.gitops("verify")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    failing = [ln for ln in proc.stdout.splitlines() if "✗" in ln]
+    assert failing and all("lab-2" in ln for ln in failing), proc.stdout
+    assert any("web/test_nginx_running_and_enabled" in ln for ln in failing)
+    _, runs = repo.gitops_json("history")
+    assert runs[0]["kind"] == "verify" and runs[0]["failed_hosts"] == ["lab-2"]
+    code, result = repo.gitops_json("reconcile", "--once")  # drift corrected
+    assert code == 0, result
+    assert "active" in repo.ssh("lab-2", "systemctl is-active nginx")
+
+
+@pytest.fixture
+def own_lab() -> Iterator[LabInfo]:
+    """A separate lab, since this test stops one of its hosts."""
+    info = lab_api.up(hosts=3, name="e2estop")
+    try:
+        yield info
+    finally:
+        lab_api.down("e2estop")
+
+
+def test_host_stopped_mid_run_fails_alone(own_lab: LabInfo, tmp_path: Path) -> None:
+    """A host that dies during apply is recorded as failed, with why; the others complete."""
+    repo = make_state_repo(tmp_path, own_lab)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gitops", "reconcile", "--once", "--json", "--repo",
+         str(repo.path), "--state-dir", str(repo.state_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "applying on" in line:
+            break
+    time.sleep(1.0)  # mid-apply: packages are being installed
+    victims = [pid for pid, index in lab_hosts.find_nspawn("e2estop").items() if index == 3]
+    assert victims
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 1
+    result = json.loads(out)
+    hosts = {h["host"]: h for h in result["apply"]["hosts"]}
+    assert hosts["lab-1"]["status"] == "ok" and hosts["lab-2"]["status"] == "ok"
+    assert hosts["lab-3"]["status"] in ("failed", "unreachable")
+    _, status = repo.gitops_json("status")
+    lab3 = next(row for row in status if row["host"] == "lab-3")
+    ready = next(c for c in lab3["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["message"]
+    _, runs = repo.gitops_json("history")
+    assert runs[0]["failed_hosts"] == ["lab-3"]
+    for host in ("lab-1", "lab-2"):
+        assert http_get(f"http://{repo.address(host)}/")[0] == 200
