@@ -133,7 +133,7 @@ def test_cli_without_root_or_tools_exits_2_with_one_line(
     """`gitops lab up` when prerequisites miss prints one line, exits 2 and makes nothing."""
     monkeypatch.setenv("GITOPS_LAB_DIR", str(tmp_path / "lab"))
     monkeypatch.setenv("GITOPS_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(common, "missing_prerequisites", lambda: ["root", "debootstrap"])
+    monkeypatch.setattr(common, "missing_prerequisites", lambda *_a: ["root", "debootstrap"])
     result = CliRunner().invoke(main, ["lab", "up", "--name", "t9"])
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1

@@ -272,7 +272,8 @@ def up(
             return _boot(name, net, hosts, img)
         except BaseException:
             _teardown(name)
-            _network.release_mounts(any_lab_left=_hosts.any_nspawn_running())
+            with _network.machine_lock():
+                _network.release_mounts(any_lab_left=_hosts.any_nspawn_running())
             raise
 
 
@@ -291,21 +292,21 @@ def _boot(name: str, net: ipaddress.IPv4Network, count: int, img: Path) -> LabIn
     ssh_config.write_text(render_ssh_config(state, key, lab_hosts))
     (state / "inventory.yml").write_text(render_inventory(key, lab_hosts))
 
-    _network.prepare_mounts()
-    _hosts.raise_limits()
-    _network.create_bridge(name, net)
-    _mirror.start(
-        name, br_addr, img / "mirror", state / "logs" / "mirror.log", state / "pids" / "mirror.pid"
-    )
-    _network.create_host_nets(name, net, range(1, count + 1))
-    procs = []
-    for i in range(1, count + 1):
-        args = _hosts.nspawn_args(name, i, img / "rootfs", auth, state / "sources.list")
-        log = state / "logs" / f"{host_name(i)}.log"
-        log.write_bytes(b"")
-        cgroups = _hosts.make_cgroups(machine_name(name, i))
-        pid_file = state / "pids" / f"{host_name(i)}.pid"
-        procs.append((_hosts.start_host(args, log, pid_file, cgroups), log))
+    with _network.machine_lock():  # until the hosts run, a `down` elsewhere keeps the mounts
+        _network.prepare_mounts()
+        _hosts.raise_limits()
+        _network.create_bridge(name, net)
+        logs, pids = state / "logs", state / "pids"
+        _mirror.start(name, br_addr, img / "mirror", logs / "mirror.log", pids / "mirror.pid")
+        _network.create_host_nets(name, net, range(1, count + 1))
+        procs = []
+        for i in range(1, count + 1):
+            args = _hosts.nspawn_args(name, i, img / "rootfs", auth, state / "sources.list")
+            log = state / "logs" / f"{host_name(i)}.log"
+            log.write_bytes(b"")
+            cgroups = _hosts.make_cgroups(machine_name(name, i))
+            pid_file = state / "pids" / f"{host_name(i)}.pid"
+            procs.append((_hosts.start_host(args, log, pid_file, cgroups), log))
 
     deadline = time.monotonic() + BOOT_TIMEOUT + count
     with ThreadPoolExecutor(max_workers=min(count, 32)) as pool:
@@ -334,10 +335,11 @@ def _boot(name: str, net: ipaddress.IPv4Network, count: int, img: Path) -> LabIn
 def down(name: str | None = None) -> None:
     """Remove everything lab ``name`` made (also after a crash); a no-op if nothing is left."""
     name = resolve_name(name)
-    check_prerequisites()
+    check_prerequisites(tools=("ip",))
     with _locked(name, wait=30):
         _teardown(name)
-        _network.release_mounts(any_lab_left=_hosts.any_nspawn_running())
+        with _network.machine_lock():
+            _network.release_mounts(any_lab_left=_hosts.any_nspawn_running())
 
 
 def status(name: str | None = None) -> list[HostStatus]:

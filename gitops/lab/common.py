@@ -153,10 +153,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GITOPS_CACHE_DIR") or "/var/cache/gitops")
 
 
-def missing_prerequisites() -> list[str]:
+def missing_prerequisites(tools: tuple[str, ...] = REQUIRED_TOOLS) -> list[str]:
     """What stops the lab from running here: 'root' and/or missing tool names."""
     missing = [] if os.geteuid() == 0 else ["root"]
-    missing += [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+    missing += [tool for tool in tools if shutil.which(tool) is None]
     return missing
 
 
@@ -171,9 +171,9 @@ def prerequisites_message(missing: list[str]) -> str:
     return "gitops lab: " + "; ".join(parts)
 
 
-def check_prerequisites() -> None:
-    """Raise LabError (exit code 2) unless root with every tool the lab needs."""
-    missing = missing_prerequisites()
+def check_prerequisites(tools: tuple[str, ...] = REQUIRED_TOOLS) -> None:
+    """Raise LabError (exit code 2) unless root with every tool in ``tools``."""
+    missing = missing_prerequisites(tools)
     if missing:
         raise LabError(prerequisites_message(missing), exit_code=2)
 

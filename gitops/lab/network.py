@@ -8,9 +8,12 @@ recorded in ``/run/gitops-lab/`` when the lab creates them, and removed only by 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from gitops.lab.common import (
@@ -28,6 +31,15 @@ MARKS = Path("/run/gitops-lab")
 """Marker files naming machine-wide mounts that the lab (not someone else) created."""
 NSPAWN_RUN = "/run/systemd/nspawn"
 NETNS_RUN = "/run/netns"
+
+
+@contextlib.contextmanager
+def machine_lock() -> Iterator[None]:
+    """Serialise, across labs, making the shared mounts + starting hosts vs. releasing them."""
+    MARKS.mkdir(parents=True, exist_ok=True)
+    with open(MARKS / "mounts.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def _mount_points() -> set[str]:
