@@ -2,16 +2,27 @@
 
 import json
 
-FETCH = (
-    "import sys, urllib.request; "
-    "r = urllib.request.urlopen(sys.argv[1], timeout=5); "
-    "print(r.status); print(r.read().decode())"
-)
+FETCH = """\
+import sys, urllib.error, urllib.request
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=5)
+    print(r.status)
+    print(r.read().decode(), end="")
+except urllib.error.HTTPError as e:
+    print(e.code)
+    print(e.read().decode(errors="replace"), end="")
+except Exception as e:
+    print(0)
+    print(f"{type(e).__name__}: {e}", end="")
+"""
 
 
 def http_get(host, url):
-    """GET ``url`` on the host itself (python3 urllib: curl is not in the base image)."""
-    out = host.check_output(f"python3 -c '{FETCH}' {url}")
+    """GET ``url`` on the host itself (python3 urllib: curl is not in the base image).
+
+    Returns (status, body); status 0 and the error as body when there is no HTTP answer.
+    """
+    out = host.check_output("python3 -c %s %s", FETCH, url)
     status, _, body = out.partition("\n")
     return int(status), body
 
@@ -33,15 +44,17 @@ def test_listens_on_loopback_only(host, params):
 
 def test_healthz(host, params):
     """GET /healthz answers 200 ok."""
-    status, body = http_get(host, f"http://127.0.0.1:{params['port']}/healthz")
-    assert status == 200
+    url = f"http://127.0.0.1:{params['port']}/healthz"
+    status, body = http_get(host, url)
+    assert status == 200, f"GET {url}: {body}"
     assert body.strip() == "ok"
 
 
 def test_root_has_message_and_host(host, params):
     """GET / answers the declared message and the machine's host name."""
-    status, body = http_get(host, f"http://127.0.0.1:{params['port']}/")
-    assert status == 200
+    url = f"http://127.0.0.1:{params['port']}/"
+    status, body = http_get(host, url)
+    assert status == 200, f"GET {url}: {body}"
     data = json.loads(body)
     assert data["message"] == params["message"]
     assert data["host"] == host.check_output("hostname")

@@ -52,7 +52,7 @@ def install_validated(name, content, dest, mode, check_staged=None, check_instal
             f"if ! {pre}; then rm -f {s}; echo 'gitops: {dest} rejected by validation' >&2; exit 1; fi; "
             f"if [ -e {d} ]; then cp -p {d} {b}; else rm -f {b}; fi; mv -f {s} {d}; "
             f"if ! {post}; then if [ -e {b} ]; then mv -f {b} {d}; else rm -f {d}; fi; "
-            f"echo 'gitops: {dest} rejected by validation, previous version kept' >&2; exit 1; fi; "
+            f"echo 'gitops: {dest} rejected by validation, previous state restored' >&2; exit 1; fi; "
             f"rm -f {b}",
         ],
     )

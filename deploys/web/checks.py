@@ -6,16 +6,27 @@ from pathlib import Path
 SITE = "/etc/nginx/conf.d/gitops-web.conf"
 SITE_FILES = Path(__file__).parent / "files" / "site"
 
-FETCH = (
-    "import sys, urllib.request; "
-    "r = urllib.request.urlopen(sys.argv[1], timeout=5); "
-    "print(r.status); print(r.read().decode(), end='')"
-)
+FETCH = """\
+import sys, urllib.error, urllib.request
+try:
+    r = urllib.request.urlopen(sys.argv[1], timeout=5)
+    print(r.status)
+    print(r.read().decode(), end="")
+except urllib.error.HTTPError as e:
+    print(e.code)
+    print(e.read().decode(errors="replace"), end="")
+except Exception as e:
+    print(0)
+    print(f"{type(e).__name__}: {e}", end="")
+"""
 
 
 def http_get(host, url):
-    """GET ``url`` on the host itself (python3 urllib: curl is not in the base image)."""
-    out = host.check_output(f'python3 -c "{FETCH}" {url}')
+    """GET ``url`` on the host itself (python3 urllib: curl is not in the base image).
+
+    Returns (status, body); status 0 and the error as body when there is no HTTP answer.
+    """
+    out = host.check_output("python3 -c %s %s", FETCH, url)
     status, _, body = out.partition("\n")
     return int(status), body
 
@@ -25,23 +36,29 @@ def test_nginx_running_and_enabled(host, params):
     nginx = host.service("nginx")
     assert nginx.is_running
     assert nginx.is_enabled
-    assert host.socket(f"tcp://{params['listen_port']}").is_listening
+    port = params["listen_port"]
+    assert host.socket(f"tcp://0.0.0.0:{port}").is_listening
+    if params["ipv6"]:
+        assert host.socket(f"tcp://:::{port}").is_listening
 
 
 def test_root_is_proxied_to_the_app(host, params):
     """GET / through nginx answers 200 with the app's own answer (same message and host)."""
-    status, body = http_get(host, f"http://127.0.0.1:{params['listen_port']}/")
-    assert status == 200
+    url = f"http://127.0.0.1:{params['listen_port']}/"
+    status, body = http_get(host, url)
+    assert status == 200, f"GET {url} (nginx): {body}"
     via_nginx = json.loads(body)
-    _, direct = http_get(host, f"http://127.0.0.1:{params['app_port']}/")
+    direct_status, direct = http_get(host, f"http://127.0.0.1:{params['app_port']}/")
+    assert direct_status == 200, f"the app itself does not answer: {direct}"
     assert via_nginx["service"] == "app"
     assert via_nginx == json.loads(direct)
 
 
 def test_static_file_served(host, params):
     """Static files from the repository are served unchanged under /static/."""
-    status, body = http_get(host, f"http://127.0.0.1:{params['listen_port']}/static/index.html")
-    assert status == 200
+    url = f"http://127.0.0.1:{params['listen_port']}/static/index.html"
+    status, body = http_get(host, url)
+    assert status == 200, f"GET {url}: {body}"
     assert body.strip() == (SITE_FILES / "index.html").read_text().strip()
 
 

@@ -20,8 +20,9 @@ DEFAULT_SITE = "/etc/nginx/sites-enabled/default"
 STATIC_ROOT = "/var/www/gitops-web"
 
 site = Template((HERE / "templates" / "site.conf.j2").read_text(), undefined=StrictUndefined,
-                keep_trailing_newline=True).render(
+                keep_trailing_newline=True, trim_blocks=True).render(
     listen_port=int(host.data.get("listen_port", 80)),
+    ipv6=bool(host.data.get("ipv6", True)),
     server_name=host.data.get("server_name", "_"),
     app_port=int(host.data.get("app_port", 8000)),
     static_root=STATIC_ROOT,
@@ -43,7 +44,7 @@ def install_validated(name, content, dest, mode, check_installed):
         commands=[
             f"if [ -e {d} ]; then cp -p {d} {b}; else rm -f {b}; fi; mv -f {s} {d}; "
             f"if ! {check_installed}; then if [ -e {b} ]; then mv -f {b} {d}; else rm -f {d}; fi; "
-            f"echo 'gitops: {dest} rejected by validation, previous version kept' >&2; exit 1; fi; "
+            f"echo 'gitops: {dest} rejected by validation, previous state restored' >&2; exit 1; fi; "
             f"rm -f {b}",
         ],
     )
