@@ -47,27 +47,30 @@ def lab_down(name: str) -> None:
 
 
 def make_repo(info: lab.LabInfo, dest: Path, services: Iterable[str] | None = None) -> Path:
-    """A Git state repository at ``dest``: the sample's ``deploys/`` and ``inventories/lab.yml``
-    with ``hosts:`` replaced by the lab's hosts (all in group ``web``) and the lab's key.
+    """A Git state repository at ``dest``: the committed sample's ``deploys/`` and
+    ``inventories/lab.yml`` with ``hosts:`` replaced by the lab's hosts (all in group ``web``)
+    and ``settings.ssh.key_file`` by the lab's key.
 
     ``services`` keeps only those services in the inventory (groups and host overrides).
     """
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    shutil.copytree(ROOT / "deploys", dest / "deploys",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    inv = yaml.safe_load((ROOT / "inventories" / "lab.yml").read_text())
+    # the committed sample (HEAD), not the working tree other engineers may be editing
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "HEAD", "deploys", f"inventories/{ENVIRONMENT}.yml"],
+        capture_output=True, check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    inv_file = dest / "inventories" / f"{ENVIRONMENT}.yml"
+    inv = yaml.safe_load(inv_file.read_text())
     inv["settings"]["ssh"]["key_file"] = str(info.key_file)
     inv["hosts"] = {h.name: {"address": h.address, "groups": ["web"]} for h in info.hosts}
     if services is not None:
         keep = set(services)
         for group in inv.get("groups", {}).values():
             group["services"] = {k: v for k, v in group.get("services", {}).items() if k in keep}
-    (dest / "inventories").mkdir()
-    (dest / "inventories" / f"{ENVIRONMENT}.yml").write_text(
-        yaml.safe_dump(inv, sort_keys=False)
-    )
+    inv_file.write_text(yaml.safe_dump(inv, sort_keys=False))
     git = ["git", "-C", str(dest), "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
     subprocess.run([*git, "add", "-A"], check=True)

@@ -1,0 +1,111 @@
+"""Benchmark: ``gitops.verify.verify`` of the sample on 20 lab hosts vs an SSH floor.
+
+Run as root: ``python bench/verify_vs_floor.py [--name bench2] [--rounds 5]``. Brings up lab
+NAME with 20 hosts, builds a temporary state repository from the sample (base, app, web),
+applies it once so every host is converged (timed, reported), then alternates ROUNDS of
+``gitops.verify.verify(state)`` and the floor: one fresh SSH connection per host running
+``true``, all 20 in parallel, without connection reuse (``-o ControlMaster=no -o
+ControlPath=none``). Prints a table, the ratio of medians (goal <= 3) and a summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from _common import (
+    header,
+    lab_down,
+    lab_up,
+    load_state,
+    make_repo,
+    median,
+    print_table,
+    ratio_line,
+    require_root,
+    timed,
+)
+
+from gitops.apply import apply
+from gitops.model import DeclaredState
+from gitops.verify import verify
+
+GOAL = 3.0
+HOSTS = 20
+
+
+def ssh_floor(ssh_config: Path, names: list[str]) -> None:
+    """One new SSH connection per host running ``true``, all in parallel."""
+    procs = [
+        subprocess.Popen(
+            ["ssh", "-F", str(ssh_config), "-o", "ControlMaster=no", "-o", "ControlPath=none",
+             "-o", "BatchMode=yes", name, "true"],
+            stdin=subprocess.DEVNULL,
+        )
+        for name in names
+    ]
+    codes = [p.wait(timeout=60) for p in procs]
+    if any(codes):
+        sys.exit(f"ssh floor failed: exit codes {codes}")
+
+
+def gitops_verify(state: DeclaredState) -> None:
+    report = verify(state)
+    if not report.ok:
+        sys.exit(f"gitops verify failed: {report.failed} {report.host_errors}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--name", default="bench2")
+    parser.add_argument("--rounds", type=int, default=5)
+    opts = parser.parse_args()
+    require_root()
+
+    work = Path("/tmp") / f"gitops-bench-{opts.name}"
+    info = lab_up(opts.name, HOSTS)
+    try:
+        repo = make_repo(info, work / "repo")
+        state = load_state(repo)
+        names = [h.name for h in info.hosts]
+        header(
+            f"verify: gitops.verify.verify vs SSH floor ({HOSTS} lab hosts, services "
+            f"{', '.join(state.service_order)}, {opts.rounds} alternating rounds, hosts converged)",
+            f"python bench/verify_vs_floor.py --name {opts.name} --rounds {opts.rounds}",
+        )
+
+        def converge() -> None:
+            _plan, report = apply(state)
+            if report.failed_hosts:
+                sys.exit(f"converging apply failed on {report.failed_hosts}")
+
+        converge_s = timed(converge)
+        checks = len(verify(state).results)
+        figures: dict[str, list[float]] = {"gitops verify": [], "SSH floor": []}
+        for _ in range(opts.rounds):
+            figures["gitops verify"].append(timed(lambda: gitops_verify(state)))
+            figures["SSH floor"].append(timed(lambda: ssh_floor(info.ssh_config, names)))
+    finally:
+        lab_down(opts.name)
+
+    print(f"Converging apply on {HOSTS} fresh hosts (not part of the comparison): "
+          f"{converge_s:.2f} s. Checks per verify: {checks}.")
+    print()
+    print(f"SSH floor: `ssh -F ssh_config -o ControlMaster=no -o ControlPath=none lab-i true` "
+          f"for the {HOSTS} hosts in parallel")
+    print()
+    print_table(figures)
+    ratio, met = ratio_line("gitops verify / SSH floor", figures["gitops verify"],
+                            figures["SSH floor"], GOAL)
+    print(
+        f"**verify_vs_floor**: gitops verify {median(figures['gitops verify']):.2f} s "
+        f"({checks} checks) vs SSH floor {median(figures['SSH floor']):.2f} s on {HOSTS} "
+        f"converged hosts (median of {opts.rounds}), ratio {ratio:.2f}, goal <= {GOAL:g}: "
+        f"{'met' if met else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
