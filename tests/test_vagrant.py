@@ -261,7 +261,7 @@ def test_vagrant_validate(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_vagrant_end_to_end() -> None:
+def test_vagrant_end_to_end(tmp_path: Path) -> None:
     """`vagrant up`, then a reconcile of the vagrant environment succeeds; VMs destroyed after."""
     if os.environ.get("GITOPS_VAGRANT_E2E") != "1":
         pytest.skip("set GITOPS_VAGRANT_E2E=1 to boot the Vagrant VMs (needs a provider)")
@@ -280,7 +280,9 @@ def test_vagrant_end_to_end() -> None:
         hosts = read_hosts(REPO, expected=["web1", "web2", "app1"])
         assert set(hosts) == {"web1", "web2", "app1"}
         gitops = [sys.executable, "-m", "gitops"]
-        run(*gitops, "reconcile", "--once", "--repo", ".", "--environment", "vagrant",
+        state = ["--state-dir", str(tmp_path / "state")]
+        run(*gitops, "reconcile", "--once", "--repo", ".", "--environment", "vagrant", *state,
             timeout=1800)
+        run(*gitops, "verify", "--repo", ".", "--environment", "vagrant", *state, timeout=900)
     finally:
         subprocess.run([vagrant, "destroy", "-f"], cwd=REPO, env=env, timeout=900, check=False)
