@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import shutil
+import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -76,8 +79,17 @@ def _write_checks(root: Path, service: str, source: str) -> Path:
     return path
 
 
-def _our_ssh_processes() -> list[str]:
-    """Command lines of running processes that use a verify worker's temporary folder."""
+@pytest.fixture
+def short_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A short TMPDIR for the worker, so this test can tell its ssh processes from others'."""
+    path = tempfile.mkdtemp(prefix="gvt", dir="/tmp")
+    monkeypatch.setenv("TMPDIR", path)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _our_ssh_processes(marker: str) -> list[str]:
+    """Command lines of running ssh processes that mention ``marker`` (a TMPDIR)."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -86,14 +98,14 @@ def _our_ssh_processes() -> list[str]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "gitops-verify-" in cmdline and "ssh" in cmdline:
+        if marker in cmdline and "ssh" in cmdline:
             found.append(cmdline)
     return found
 
 
-def _no_ssh_left(grace: float = 3.0) -> list[str]:
+def _no_ssh_left(marker: str, grace: float = 3.0) -> list[str]:
     deadline = time.monotonic() + grace
-    while (left := _our_ssh_processes()) and time.monotonic() < deadline:
+    while (left := _our_ssh_processes(marker)) and time.monotonic() < deadline:
         time.sleep(0.1)
     return left
 
@@ -241,7 +253,7 @@ def test_ssh_alias_falls_back_for_unusual_names() -> None:
     assert vw.ssh_alias("odd name", 3) == "_host-3"
 
 
-def test_verify_reports_refused_loopback_host(tmp_path: Path) -> None:
+def test_verify_reports_refused_loopback_host(tmp_path: Path, short_tmpdir: str) -> None:
     """A host whose SSH port refuses lands in host_errors with why, and no ssh is left."""
     _write_checks(tmp_path, "demo", DEMO_CHECKS)
     state = _state(tmp_path, [_host("closed", "127.0.0.1", {"demo": {}}, port=1)])
@@ -251,7 +263,7 @@ def test_verify_reports_refused_loopback_host(tmp_path: Path) -> None:
     assert "Connection refused" in report.host_errors["closed"]
     assert lines and lines[0].startswith("closed: unreachable")
     assert not report.ok
-    assert _no_ssh_left() == []
+    assert _no_ssh_left(short_tmpdir) == []
 
 
 def test_verify_timeout_raises_worker_error(tmp_path: Path) -> None:
@@ -280,8 +292,15 @@ def test_verify_does_not_import_testinfra_in_parent() -> None:
 # --- on lab hosts -------------------------------------------------------------------------
 
 
+class LabRun(NamedTuple):
+    report: VerifyReport
+    lab: Any
+    ghost: str
+    tmpdir: str
+
+
 @pytest.fixture(scope="module")
-def lab_run(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[VerifyReport, Any, str]:
+def lab_run(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabRun]:
     """One verify of the demo checks on every lab host plus one address nobody answers."""
     root = tmp_path_factory.mktemp("verify-state")
     _write_checks(root, "demo", DEMO_CHECKS)
@@ -297,14 +316,18 @@ def lab_run(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[VerifyR
             "ghost", ghost_address, {"demo": {"user": "root", "uid": 0}}, key_file=str(lab.key_file)
         )
     )
-    report = verify(_state(root, hosts), timeout=120)
-    return report, lab, ghost_address
+    tmpdir = tempfile.mkdtemp(prefix="gvt", dir="/tmp")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TMPDIR", tmpdir)
+        report = verify(_state(root, hosts), timeout=120)
+    yield LabRun(report, lab, ghost_address, tmpdir)
+    shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 @pytest.mark.lab
-def test_lab_passing_checks_pass_on_every_host(lab_run: tuple[VerifyReport, Any, str]) -> None:
+def test_lab_passing_checks_pass_on_every_host(lab_run: LabRun) -> None:
     """Checks that hold (bookworm, sshd running, params user) pass on every reachable host."""
-    report, lab, _ = lab_run
+    report, lab = lab_run.report, lab_run.lab
     for h in lab.hosts:
         checks = _by_check(report, h.name)
         for name in ("test_os_is_bookworm", "test_sshd_running", "test_params_user"):
@@ -313,9 +336,9 @@ def test_lab_passing_checks_pass_on_every_host(lab_run: tuple[VerifyReport, Any,
 
 
 @pytest.mark.lab
-def test_lab_failing_assert_carries_detail(lab_run: tuple[VerifyReport, Any, str]) -> None:
+def test_lab_failing_assert_carries_detail(lab_run: LabRun) -> None:
     """A failing assert is 'fail' with the assertion expression and values in its message."""
-    report, lab, _ = lab_run
+    report, lab = lab_run.report, lab_run.lab
     for h in lab.hosts:
         result = _by_check(report, h.name)["test_missing_file"]
         assert result.status == "fail"
@@ -326,9 +349,9 @@ def test_lab_failing_assert_carries_detail(lab_run: tuple[VerifyReport, Any, str
 
 
 @pytest.mark.lab
-def test_lab_other_exceptions_are_errors(lab_run: tuple[VerifyReport, Any, str]) -> None:
+def test_lab_other_exceptions_are_errors(lab_run: LabRun) -> None:
     """A check raising something else, or asking for an unknown argument, is 'error'."""
-    report, lab, _ = lab_run
+    report, lab = lab_run.report, lab_run.lab
     for h in lab.hosts:
         checks = _by_check(report, h.name)
         assert checks["test_raises"].status == "error"
@@ -339,9 +362,9 @@ def test_lab_other_exceptions_are_errors(lab_run: tuple[VerifyReport, Any, str])
 
 
 @pytest.mark.lab
-def test_lab_unreachable_host_in_host_errors(lab_run: tuple[VerifyReport, Any, str]) -> None:
+def test_lab_unreachable_host_in_host_errors(lab_run: LabRun) -> None:
     """A host nobody answers is in host_errors with why, has no results, and others still run."""
-    report, lab, ghost_address = lab_run
+    report, lab, ghost_address = lab_run.report, lab_run.lab, lab_run.ghost
     assert set(report.host_errors) == {"ghost"}
     assert "ssh failed" in report.host_errors["ghost"]
     assert ghost_address in report.host_errors["ghost"]
@@ -351,9 +374,9 @@ def test_lab_unreachable_host_in_host_errors(lab_run: tuple[VerifyReport, Any, s
 
 
 @pytest.mark.lab
-def test_lab_leaves_no_ssh_processes(lab_run: tuple[VerifyReport, Any, str]) -> None:
+def test_lab_leaves_no_ssh_processes(lab_run: LabRun) -> None:
     """After verify returns, no ssh client or control master of the worker is still running."""
-    assert _no_ssh_left() == []
+    assert _no_ssh_left(lab_run.tmpdir) == []
 
 
 @pytest.mark.lab

@@ -18,22 +18,28 @@ import ast
 import contextlib
 import copy
 import inspect
+import os
 import re
+import secrets
+import selectors
+import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import testinfra
+import testinfra.host
 from _pytest.assertion import rewrite, util
 from testinfra.backend.base import CommandResult
+from testinfra.backend.ssh import SshBackend
 
 from gitops.model import DeclaredHost, DeclaredState
 from gitops.records import CheckResult, CheckStatus, VerifyReport
@@ -42,7 +48,8 @@ CHECKS_FILE = "checks.py"
 CONTROL_PERSIST_S = 30
 MAX_MESSAGE = 4000
 """Longest message kept per check; pytest-style explanations of big outputs get cut here."""
-KNOWN_ARGUMENTS = ("host", "params")
+MAX_TMPDIR = 48
+"""Longer temporary folders are not used: a control socket path must fit in 108 bytes."""
 
 CheckFunction = Callable[..., object]
 
@@ -211,23 +218,26 @@ class HostOutcome:
     duration_s: float
 
 
+def connect(alias: str, ssh_config: Path, connect_timeout: int) -> Any:
+    """A testinfra Host for ``alias`` whose commands all run in one remote shell."""
+    backend = ShellBackend(alias, ssh_config=str(ssh_config), timeout=connect_timeout)
+    host = testinfra.host.Host(backend)
+    backend.set_host(host)
+    return host
+
+
 def verify_host(
     declared: DeclaredHost, alias: str, ssh_config: Path, suites: Mapping[str, Suite]
 ) -> HostOutcome:
     """Reach the host once, then run the checks of each of its services in order."""
     start = time.monotonic()
+    host = connect(alias, ssh_config, declared.ssh.connect_timeout)
     try:
-        host = testinfra.get_host(
-            f"ssh://{alias}",
-            ssh_config=str(ssh_config),
-            timeout=declared.ssh.connect_timeout,
-            controlpersist=CONTROL_PERSIST_S,
-        )
-        host.run("true")
-    except Exception as exc:
-        return HostOutcome(declared.name, (), _describe(exc), time.monotonic() - start)
-    results: list[CheckResult] = []
-    try:
+        try:
+            host.run("true")
+        except Exception as exc:
+            return HostOutcome(declared.name, (), _describe(exc), time.monotonic() - start)
+        results: list[CheckResult] = []
         for service, params in declared.services.items():
             suite = suites.get(service)
             if suite is None:
@@ -247,8 +257,108 @@ def verify_host(
             for name, func in suite.checks:
                 results.append(run_check(declared.name, suite, name, func, available))
     finally:
+        host.backend.close()
         close_master(ssh_config, alias)
     return HostOutcome(declared.name, tuple(results), None, time.monotonic() - start)
+
+
+class ShellBackend(SshBackend):  # type: ignore[misc]  # testinfra ships no type information
+    """testinfra's SSH backend, but every command runs in one long-lived remote shell.
+
+    testinfra's own backend starts ``sh -c "ssh ... host cmd"`` per command: with a control
+    master that is still a local ssh process and a remote session per command (~35 ms each
+    here, and a check runs several commands). This one opens ``ssh host`` once, runs a shell
+    there (bash if present, as login shells usually are, else sh) and writes each command
+    to it as ``( eval 'cmd' ) </dev/null``, so it runs as with ``sh -c`` (its own subshell,
+    no stdin), followed by a random marker with the exit status on stdout and on stderr.
+    A dead session is reported as testinfra reports an SSH failure (RuntimeError with a
+    CommandResult of exit status 255) and is reopened by the next command.
+    """
+
+    NAME = "ssh"
+
+    def __init__(self, hostspec: str, **kwargs: Any) -> None:
+        super().__init__(hostspec, **kwargs)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._token = f"__gitops_{secrets.token_hex(8)}__".encode()
+
+    def run(self, command: str, *args: str, **kwargs: Any) -> CommandResult:
+        cmd = self.get_command(command, *args)
+        with self._lock:
+            return self._run(cmd)
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        argv = ["ssh", "-F", str(self.ssh_config), "-o", f"ConnectTimeout={self.timeout}"]
+        argv += [self.host.name, "command -v bash >/dev/null && exec bash; exec sh"]
+        return subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    def _run(self, cmd: str) -> CommandResult:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = self._start()
+        proc = self._proc
+        assert proc.stdin and proc.stdout and proc.stderr
+        token = self._token.decode()
+        script = (
+            f"( eval {shlex.quote(cmd)} ) </dev/null; printf '\\n%s %d\\n' {token} $?; "
+            f"printf '\\n%s\\n' {token} >&2\n"
+        )
+        out, err = bytearray(), bytearray()
+        out_end = err_end = -1
+        try:
+            proc.stdin.write(self.encode(script))
+            proc.stdin.flush()
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ, out)
+                sel.register(proc.stderr, selectors.EVENT_READ, err)
+                while out_end < 0 or err_end < 0:
+                    if not sel.get_map():
+                        raise EOFError
+                    for key, _ in sel.select():
+                        chunk = os.read(key.fd, 65536)
+                        if not chunk:
+                            sel.unregister(key.fileobj)
+                            continue
+                        key.data.extend(chunk)
+                    out_end = _marker(out, self._token + b" ", b"\n")
+                    err_end = _marker(err, self._token, b"\n")
+        except (OSError, EOFError):
+            return self._lost(cmd, bytes(err))
+        rc = int(out[out_end:].split(b" ", 1)[1])
+        return self.result(rc, self.encode(cmd), bytes(out[:out_end]), bytes(err[:err_end]))
+
+    def _lost(self, cmd: str, stderr: bytes) -> CommandResult:
+        """The session is gone: raise as testinfra does for an SSH failure (exit 255)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                _, rest = proc.communicate(timeout=5)
+                stderr += rest
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        raise RuntimeError(self.result(255, self.encode(cmd), b"", stderr))
+
+    def close(self) -> None:
+        """End the remote shell (closing its stdin) and wait for the ssh client to exit."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.communicate(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+
+def _marker(buf: bytearray, token: bytes, end: bytes) -> int:
+    """Where the output before ``\\n<token>...<end>`` ends, or -1 if it is not all there yet."""
+    at = buf.find(b"\n" + token)
+    if at < 0 or buf.find(end, at + 1 + len(token)) < 0:
+        return -1
+    return at
 
 
 # --- SSH ----------------------------------------------------------------------------------
@@ -323,6 +433,14 @@ def _summary(outcome: HostOutcome) -> str:
     )
 
 
+@contextlib.contextmanager
+def _control_dir() -> Iterator[str]:
+    """A private temporary folder, short enough for control sockets (108 bytes at most)."""
+    base = None if len(tempfile.gettempdir()) <= MAX_TMPDIR else "/tmp"
+    with tempfile.TemporaryDirectory(prefix="gitops-verify-", dir=base) as tmp:
+        yield tmp
+
+
 def run(state: DeclaredState, progress: Callable[[str], Any] = lambda _line: None) -> VerifyReport:
     """Verify every host of ``state``; ``progress`` gets one line per finished host."""
     start = time.monotonic()
@@ -330,7 +448,7 @@ def run(state: DeclaredState, progress: Callable[[str], Any] = lambda _line: Non
     suites = load_suites(state)
     aliases = {ssh_alias(h.name, i): h for i, h in enumerate(state.hosts)}
     outcomes: dict[str, HostOutcome] = {}
-    with tempfile.TemporaryDirectory(prefix="gitops-verify-") as tmp:
+    with _control_dir() as tmp:
         ssh_config = Path(tmp) / "ssh_config"
         ssh_config.write_text(ssh_config_text(aliases, Path(tmp)))
         workers = max(1, min(state.settings.parallel, len(aliases)))
