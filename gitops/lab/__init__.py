@@ -155,19 +155,19 @@ def current(name: str | None = None) -> LabInfo | None:
 def _teardown(name: str) -> None:
     """Remove every process, namespace, veth, bridge and state file of lab ``name``."""
     state = state_dir(name)
-    pids = set(_hosts.find_nspawn(name))
-    for pid_file in (state / "pids").glob("lab-*.pid"):
+    ours = set(_hosts.find_nspawn(name)) | set(_hosts.find_helpers(name, state))
+    for pid_file in (state / "pids").glob("*.pid"):
         pid = _hosts.pid_from_file(pid_file)
-        # a pid file alone is trusted only if that pid still is one of our nspawns
-        if pid is not None and pid in _hosts.find_nspawn(name):
-            pids.add(pid)
-    _hosts.stop(sorted(pids))
-    # hosts whose nspawn died without halting them: whatever still lives in our namespaces
-    stray = [p for ns in _network.list_netns(name) for p in _network.netns_pids(ns)]
-    if stray:
-        _hosts.signal_all(stray, signal.SIGKILL)
-        _hosts.wait_gone(stray, 3)
-    _hosts.stop(_hosts.find_helpers(name, state), timeout=2)
+        # a pid file is trusted only while that pid still carries this lab's marker
+        if pid is not None and _hosts.is_lab_process(pid, name, state):
+            ours.add(pid)
+    # Everything living in the lab's own namespaces is a lab host's: hosts are volatile,
+    # so they are killed outright (a clean halt takes seconds per host on a busy machine);
+    # nspawn then exits by itself, SIGTERM makes sure of it.
+    members = _hosts.pids_in_netns(_network.netns_inodes(name))
+    _hosts.signal_all(members, signal.SIGKILL)
+    _hosts.stop(sorted(ours), timeout=3)
+    _hosts.wait_gone(members, 3)
     _network.remove_network(name)
     _hosts.remove_cgroups(name)
     for fname in ("lab.json", "ssh_config", "inventory.yml", "authorized_keys", "sources.list"):

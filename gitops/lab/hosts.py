@@ -160,6 +160,34 @@ def find_helpers(name: str, state_dir: Path) -> list[int]:
     return pids
 
 
+def is_lab_process(pid: int, name: str, state_dir: Path) -> bool:
+    """Whether ``pid`` is (still) one of lab ``name``'s nspawns, its mirror or SSH masters."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    argv = raw.rstrip(b"\0").decode(errors="replace").split("\0")
+    nspawn = re.compile(rf"^--machine={re.escape(name)}-lab-\d+$")
+    return (
+        (os.path.basename(argv[0]) == "systemd-nspawn" and any(nspawn.match(a) for a in argv))
+        or ("gitops.lab.mirror" in argv and mirror_marker(name) in argv)
+        or argv[0].startswith(f"ssh: {state_dir}/cm-")
+    )
+
+
+def pids_in_netns(inodes: set[int]) -> list[int]:
+    """Processes whose network namespace is one of ``inodes`` (one scan of /proc)."""
+    if not inodes:
+        return []
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
+                    pids.append(int(entry))
+    return pids
+
+
 def pid_from_file(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())

@@ -136,10 +136,13 @@ def create_host_nets(name: str, net: ipaddress.IPv4Network, indices: range) -> N
         run(["ip", "-n", netns_name(name, i), "-batch", "-"], 10, input="\n".join(inner) + "\n")
 
 
-def netns_pids(ns: str) -> list[int]:
-    """Processes still living in namespace ``ns`` (e.g. a host whose nspawn was killed)."""
-    out = run(["ip", "netns", "pids", ns], timeout=10, check=False).stdout
-    return [int(p) for p in out.split() if p.isdigit()]
+def netns_inodes(name: str) -> set[int]:
+    """The nsfs inodes of this lab's namespaces (to find the processes living in them)."""
+    inodes = set()
+    for ns in list_netns(name):
+        with contextlib.suppress(OSError):
+            inodes.add(os.stat(f"{NETNS_RUN}/{ns}").st_ino)
+    return inodes
 
 
 def remove_network(name: str) -> None:
