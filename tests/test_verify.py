@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import shutil
+import subprocess
 import tempfile
 import textwrap
 import time
@@ -219,12 +220,52 @@ def test_run_check_statuses(tmp_path: Path) -> None:
     assert results["test_ok"].status == "pass"
     assert results["test_fail"].status == "fail"
     assert "assert 1 > 5" in results["test_fail"].message
-    assert "checks.py:6" in results["test_fail"].message
+    assert "(at deploys/demo/checks.py:6)" in results["test_fail"].message
     assert results["test_error"].status == "error"
     assert results["test_error"].message.startswith("KeyError: 'missing'")
     assert results["test_unknown"].status == "error"
     assert "'other'" in results["test_unknown"].message
     assert all(r.host == "h1" and r.service == "demo" for r in results.values())
+
+
+class _LocalShellBackend(vw.ShellBackend):
+    """The worker's shell protocol against a local bash standing in for the remote shell."""
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            ["bash"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+
+def test_shell_backend_keeps_commands_apart() -> None:
+    """Each command gets its own exit status, stdout and stderr, exactly, in one shell."""
+    backend = _LocalShellBackend("local-test")
+    try:
+        first = backend.run("printf 'a\\nb'; echo oops >&2; exit 3")
+        assert (first.rc, first.stdout, first.stderr) == (3, "a\nb", "oops\n")
+        assert backend.run("true").rc == 0
+        assert backend.run("cd /; X=1").rc == 0
+        after = backend.run("pwd; echo ${X:-unset}")
+        assert after.stdout == f"{Path.cwd()}\nunset\n"
+        assert backend.run("cat").stdout == ""
+        assert backend.run("if then").rc != 0
+        assert backend.run("echo %s", "it's $HOME").stdout == "it's $HOME\n"
+        big = backend.run("head -c 300000 /dev/zero; head -c 200000 /dev/zero >&2")
+        assert (len(big.stdout_bytes), len(big.stderr_bytes)) == (300000, 200000)
+    finally:
+        backend.close()
+
+
+def test_shell_backend_reports_a_lost_session_as_ssh_failure() -> None:
+    """A shell that dies is a RuntimeError with exit status 255; the next command reopens it."""
+    backend = _LocalShellBackend("local-test")
+    try:
+        with pytest.raises(RuntimeError) as info:
+            backend.run("echo bye >&2; kill -9 $$")
+        assert info.value.args[0].rc == 255
+        assert backend.run("echo again").stdout == "again\n"
+    finally:
+        backend.close()
 
 
 def test_ssh_config_has_one_master_per_host(tmp_path: Path) -> None:

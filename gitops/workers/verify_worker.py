@@ -160,11 +160,12 @@ def bind_arguments(func: CheckFunction, available: Mapping[str, object]) -> dict
 
 
 def _location(exc: BaseException, path: Path) -> str:
-    """``checks.py:LINE`` of the deepest frame in the checks file, or ``""``."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    """``deploys/<service>/checks.py:LINE`` of the deepest frame in that file, or ``""``."""
+    shown = "/".join(path.parts[-3:])
     if isinstance(exc, SyntaxError) and exc.filename == str(path) and exc.lineno:
-        return f"{path.name}:{exc.lineno}"
-    return f"{path.name}:{frames[-1].lineno}" if frames else ""
+        return f"{shown}:{exc.lineno}"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == str(path)]
+    return f"{shown}:{frames[-1].lineno}" if frames else ""
 
 
 def _describe(exc: BaseException, path: Path | None = None) -> str:
