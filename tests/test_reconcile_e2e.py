@@ -157,6 +157,17 @@ def own_lab() -> Iterator[LabInfo]:
 def test_host_stopped_mid_run_fails_alone(own_lab: LabInfo, tmp_path: Path) -> None:
     """A host that dies during apply is recorded as failed, with why; the others complete."""
     repo = make_state_repo(tmp_path, own_lab)
+    slow = repo.path / "deploys/slow"  # a step long enough to stop a host in the middle of
+    slow.mkdir()
+    (slow / "deploy.py").write_text(
+        "from pyinfra.operations import server\n"
+        "server.shell(name='Long step', commands=['sleep 4'])\n"
+        "server.shell(name='After the long step', commands=['true'])\n"
+    )
+    inv = repo.inventory()
+    inv["groups"]["all"]["services"]["slow"] = {}
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    repo.commit("a slow step")
     proc = subprocess.Popen(
         [sys.executable, "-m", "gitops", "reconcile", "--once", "--json", "--repo",
          str(repo.path), "--state-dir", str(repo.state_dir)],
@@ -166,14 +177,15 @@ def test_host_stopped_mid_run_fails_alone(own_lab: LabInfo, tmp_path: Path) -> N
     for line in proc.stderr:
         if "applying on" in line:
             break
-    time.sleep(1.0)  # mid-apply: packages are being installed
+    time.sleep(1.5)  # every host is inside the long step now
     victims = [pid for pid, index in lab_hosts.find_nspawn("e2estop").items() if index == 3]
     assert victims
     for pid in victims:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGTERM)  # the host halts, as a real one would
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 1
     result = json.loads(out)
+    assert result["apply"] is not None, result["error"]
     hosts = {h["host"]: h for h in result["apply"]["hosts"]}
     assert hosts["lab-1"]["status"] == "ok" and hosts["lab-2"]["status"] == "ok"
     assert hosts["lab-3"]["status"] in ("failed", "unreachable")

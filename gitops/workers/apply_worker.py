@@ -65,9 +65,11 @@ def _connector_data(host: DeclaredHost) -> dict[str, Any]:
         ssh_user=host.ssh.user,
         ssh_strict_host_key_checking=host.ssh.host_key_checking,
         ssh_connect_retries=0,
-        ssh_paramiko_connect_kwargs={"timeout": host.ssh.connect_timeout,
-                                     "banner_timeout": host.ssh.connect_timeout,
-                                     "auth_timeout": host.ssh.connect_timeout},
+        ssh_paramiko_connect_kwargs={
+            "timeout": host.ssh.connect_timeout,
+            "banner_timeout": host.ssh.connect_timeout,
+            "auth_timeout": host.ssh.connect_timeout,
+        },
     )
     if host.ssh.key_file:
         data["ssh_key"] = str(Path(host.ssh.key_file).expanduser())
@@ -92,12 +94,16 @@ class _Capture(logging.Handler):
         if self.preparing and host is not None and host.current_op_hash:
             self.diffs[(host.name, host.current_op_hash)].append(message)
             return
-        if record.levelno >= logging.WARNING:
-            for name in self.names:
-                if message.startswith(f"[{name}]"):
-                    self.host_errors[name].append(message[len(name) + 2 :].strip())
-                    return
-            _progress(message)
+        if record.levelno < logging.WARNING:
+            return
+        for name in self.names:
+            if message.startswith(f"[{name}]"):
+                text = message[len(name) + 2 :].strip()
+                # Errors only: pyinfra also echoes a failed command's output at warning level.
+                if record.levelno >= logging.ERROR or text.lower().startswith("error"):
+                    self.host_errors[name].append(text[:300])
+                return
+        _progress(message)
 
 
 def _service_of(name: str) -> str | None:
@@ -162,8 +168,11 @@ def run(job: Job) -> WorkerResult:
         capture.preparing = True
         try:
             for index, service in enumerate(declared.service_order):
-                targets = [h for h in declared.hosts
-                           if service in h.services and by_name[h.name] in state.active_hosts]
+                targets = [
+                    h
+                    for h in declared.hosts
+                    if service in h.services and by_name[h.name] in state.active_hosts
+                ]
                 if targets:
                     _load_service(state, config, index, root, service, targets, by_name)
                     _progress(f"planned {service} on {len(targets)} host(s)")
@@ -174,9 +183,7 @@ def run(job: Job) -> WorkerResult:
 
     plan = _plan(state, declared, capture)
     if job.dry or stopped is not None:
-        apply = None if job.dry else _report(
-            state, declared, capture, stopped, started, set()
-        )
+        apply = None if job.dry else _report(state, declared, capture, stopped, started, set())
         _disconnect(state)
         return WorkerResult(plan=plan, apply=apply)
 
@@ -192,6 +199,8 @@ def run(job: Job) -> WorkerResult:
             run_ops(state)
     except PyinfraError as exc:
         stopped = str(exc)
+    except Exception as exc:  # a connection dying mid-run must not lose the other hosts' results
+        stopped = f"{type(exc).__name__}: {exc}"
     state.set_stage(StateStage.Disconnect)
     report = _report(state, declared, capture, stopped, started, idle)
     _disconnect(state)
@@ -301,7 +310,7 @@ def _report(
                     stderr=_stderr_tail(meta) if status == "failed" else "",
                 )
             )
-        error = "; ".join(capture.host_errors.get(dh.name, [])) or None
+        error = "; ".join(capture.host_errors.get(dh.name, [])[-5:]) or None
         connected = host.connected if hasattr(host, "connected") else True
         if host in state.failed_hosts:
             status_h = "failed" if failed_op or connected else "unreachable"
