@@ -186,10 +186,11 @@ def _leftovers(name: str) -> bool:
     )
 
 
-def _ssh_ok(ssh_config: Path, host: str, timeout: float = 10) -> bool:
+def _ssh_rc(ssh_config: Path, host: str, command: list[str], timeout: float) -> int:
+    """Exit code of ``command`` on ``host`` over SSH (255: SSH failed; -1: timed out)."""
     try:
         proc = subprocess.run(
-            ["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes", host, "true"],
+            ["ssh", "-F", str(ssh_config), "-o", "BatchMode=yes", host, *command],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,  # no pipes: a ControlPersist master would hold them
             stderr=subprocess.DEVNULL,
@@ -197,14 +198,18 @@ def _ssh_ok(ssh_config: Path, host: str, timeout: float = 10) -> bool:
             check=False,
         )
     except subprocess.TimeoutExpired:
-        return False
-    return proc.returncode == 0
+        return -1
+    return proc.returncode
+
+
+def _ssh_ok(ssh_config: Path, host: str, timeout: float = 10) -> bool:
+    return _ssh_rc(ssh_config, host, ["true"], timeout) == 0
 
 
 def _wait_host(
     proc: subprocess.Popen[bytes], host: LabHost, ssh_config: Path, log: Path, deadline: float
 ) -> None:
-    """Poll TCP 22, then ``ssh true``, until it works or ``deadline``."""
+    """Poll TCP 22, then SSH until ``systemctl is-system-running --wait`` says ``running``."""
     tcp = False
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -220,10 +225,20 @@ def _wait_host(
             except OSError:
                 time.sleep(0.05)
                 continue
-        if _ssh_ok(ssh_config, host.name, timeout=max(1.0, min(10.0, deadline - time.monotonic()))):
+        left = max(1.0, deadline - time.monotonic())
+        rc = _ssh_rc(ssh_config, host.name, ["systemctl", "is-system-running", "--wait"], left)
+        if rc == 0:
             return
+        if rc not in (255, -1):  # SSH worked, but the boot ended degraded (or worse)
+            raise LabError(
+                f"host {host.name} ({host.address}) booted but systemd is not 'running'; "
+                f"see: ssh -F {ssh_config} {host.name} systemctl --failed"
+            )
         time.sleep(0.1)
-    raise LabError(f"host {host.name} ({host.address}) did not answer SSH in time; see {log}")
+    raise LabError(
+        f"host {host.name} ({host.address}) did not answer SSH with systemd running in time; "
+        f"see {log}"
+    )
 
 
 def _ensure_key(state: Path) -> Path:
