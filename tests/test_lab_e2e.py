@@ -168,3 +168,28 @@ def test_down_recovers_after_kill_9_of_up() -> None:
     assert down.returncode == 0, down.stderr
     assert lab_hosts.find_nspawn(name) == {}
     assert snapshot(name) == before
+
+
+def test_failed_boot_names_the_host_and_rolls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When hosts do not come up in time, `up` names a host and leaves nothing behind."""
+    name = "e2efail"
+    lab_api.down(name)
+    before = snapshot(name)
+    monkeypatch.setattr(lab_api, "BOOT_TIMEOUT", -1000.0)  # the deadline has passed already
+    with pytest.raises(lab_api.LabError, match=r"host lab-\d \(10\.213\.\d+\.1\d\) did not"):
+        lab_api.up(hosts=2, name=name)
+    assert lab_hosts.find_nspawn(name) == {}
+    assert lab_hosts.find_helpers(name, lab_api.common.state_dir(name)) == []
+    assert lab_api.current(name) is None
+    assert snapshot(name) == before
+
+
+def test_unknown_lab_status_and_down_are_harmless() -> None:
+    """`status` of a lab that is not up says so; `down` of it succeeds and changes nothing."""
+    before = snapshot("e2enone")
+    status = gitops_cli("status", "--name", "e2enone")
+    assert status.returncode == 0
+    assert "not up" in status.stdout
+    down = gitops_cli("down", "--name", "e2enone")
+    assert down.returncode == 0, down.stderr
+    assert snapshot("e2enone") == before
