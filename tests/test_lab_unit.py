@@ -226,3 +226,11 @@ def test_netns_listing_matches_only_the_own_name(
         (tmp_path / entry).touch()
     monkeypatch.setattr(network, "NETNS_RUN", str(tmp_path))
     assert network.list_netns("gitops") == ["gitops-lab-1", "gitops-lab-2"]
+
+
+def test_subnet_probe_moves_to_the_next_third_octet() -> None:
+    """When a name's /24 is taken, the next probe is the next third octet (wrapping in 1..254)."""
+    first = common.default_subnet("t3").network_address.packed[2]
+    second = common.default_subnet("t3", probe=1).network_address.packed[2]
+    assert second == (first % 254) + 1
+    assert common.default_subnet("gitops", probe=5) == common.default_subnet("gitops")

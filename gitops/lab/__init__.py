@@ -29,6 +29,7 @@ from gitops.lab import image as _image
 from gitops.lab import mirror as _mirror
 from gitops.lab import network as _network
 from gitops.lab.common import (
+    DEFAULT_NAME,
     MAX_HOSTS,
     HostStatus,
     LabError,
@@ -250,6 +251,24 @@ def _ensure_key(state: Path) -> Path:
     return key
 
 
+def _free_subnet(name: str, net: ipaddress.IPv4Network, explicit: bool) -> ipaddress.IPv4Network:
+    """``net`` if no other interface has an address in it; for a name-derived subnet of a lab
+    other than ``gitops``, else the next free 10.213.X.0/24 (two names can hash alike)."""
+    probe = 0
+    while True:
+        other = _network.subnet_in_use(net, bridge_name(name))
+        if other is None:
+            return net
+        probe += 1
+        if explicit or name == DEFAULT_NAME or probe >= 254:
+            raise LabError(
+                f"subnet {net} of lab {name} is already used by interface {other}; "
+                "pick another with --subnet 10.213.X.0/24",
+                exit_code=2,
+            )
+        net = default_subnet(name, probe)
+
+
 def up(
     hosts: int = 3,
     name: str | None = None,
@@ -273,13 +292,7 @@ def up(
                 f"lab {name} is already up with {len(existing.hosts)} hosts "
                 f"(state in {existing.state_dir}); run `gitops lab down --name {name}` first"
             )
-        other = _network.subnet_in_use(net, bridge_name(name))
-        if other is not None:
-            raise LabError(
-                f"subnet {net} of lab {name} is already used by interface {other}; "
-                "pick another with --subnet 10.213.X.0/24",
-                exit_code=2,
-            )
+        net = _free_subnet(name, net, explicit=subnet is not None)
         img = _image.ensure_image(progress=progress)
         if _leftovers(name):  # a crashed or killed earlier `up` of this name
             _teardown(name)

@@ -77,11 +77,14 @@ def resolve_name(name: str | None) -> str:
     return value
 
 
-def default_subnet(name: str) -> ipaddress.IPv4Network:
-    """The lab's /24: 10.213.0.0/24 for ``gitops``, else 10.213.X.0/24 with X from a hash."""
+def default_subnet(name: str, probe: int = 0) -> ipaddress.IPv4Network:
+    """The lab's /24: 10.213.0.0/24 for ``gitops``, else 10.213.X.0/24 with X in 1..254 from
+    a hash of the name; ``probe`` n gives the n-th next X (used when X is taken by another lab).
+    """
     if name == DEFAULT_NAME:
         return ipaddress.IPv4Network(DEFAULT_SUBNET)
-    octet = 1 + int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") % 254
+    start = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big")
+    octet = 1 + (start + probe) % 254
     return ipaddress.IPv4Network(f"10.213.{octet}.0/24")
 
 
