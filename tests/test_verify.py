@@ -250,6 +250,7 @@ def test_shell_backend_keeps_commands_apart() -> None:
         assert backend.run("cat").stdout == ""
         assert backend.run("if then").rc != 0
         assert backend.run("echo %s", "it's $HOME").stdout == "it's $HOME\n"
+        assert backend.run("echo %s", "héllo wörld").stdout == "héllo wörld\n"
         big = backend.run("head -c 300000 /dev/zero; head -c 200000 /dev/zero >&2")
         assert (len(big.stdout_bytes), len(big.stderr_bytes)) == (300000, 200000)
     finally:
@@ -305,6 +306,14 @@ def test_verify_reports_refused_loopback_host(tmp_path: Path, short_tmpdir: str)
     assert lines and lines[0].startswith("closed: unreachable")
     assert not report.ok
     assert _no_ssh_left(short_tmpdir) == []
+
+
+def test_verify_survives_prints_in_checks(tmp_path: Path) -> None:
+    """A print() in a checks file goes to the worker's stderr, not into the JSON report."""
+    _write_checks(tmp_path, "demo", 'print("hello from checks")\n')
+    state = _state(tmp_path, [_host("closed", "127.0.0.1", {"demo": {}}, port=1)])
+    report = verify(state, timeout=60)
+    assert "closed" in report.host_errors
 
 
 def test_verify_timeout_raises_worker_error(tmp_path: Path) -> None:

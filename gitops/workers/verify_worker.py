@@ -7,9 +7,10 @@ finished host on stderr.
 
 A check is a function ``test_*(host, params)`` in ``deploys/<service>/checks.py``; its
 asserts are rewritten the way pytest does, so a failure says what the values were. Hosts run
-in parallel (``settings.parallel``), the checks of one host in order, all over one SSH
-connection per host (an OpenSSH control master in a private temporary folder, closed at the
-end).
+in parallel (``settings.parallel``), the checks of one host in order, every command of a
+host in one long-lived remote shell over one SSH connection (see ``ShellBackend``). The
+ssh_config is written to a private temporary folder, with a control master per host that is
+closed at the end, so no ssh process outlives the worker's normal end.
 """
 
 from __future__ import annotations
@@ -281,7 +282,7 @@ class ShellBackend(SshBackend):  # type: ignore[misc]  # testinfra ships no type
     def __init__(self, hostspec: str, **kwargs: Any) -> None:
         super().__init__(hostspec, **kwargs)
         self._proc: subprocess.Popen[bytes] | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # encode() may run a command to learn the encoding
         self._token = f"__gitops_{secrets.token_hex(8)}__".encode()
 
     def run(self, command: str, *args: str, **kwargs: Any) -> CommandResult:
@@ -454,12 +455,16 @@ def run(state: DeclaredState, progress: Callable[[str], Any] = lambda _line: Non
         ssh_config.write_text(ssh_config_text(aliases, Path(tmp)))
         workers = max(1, min(state.settings.parallel, len(aliases)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
-            futures = [
-                pool.submit(verify_host, h, alias, ssh_config, suites)
+            futures = {
+                pool.submit(verify_host, h, alias, ssh_config, suites): h.name
                 for alias, h in aliases.items()
-            ]
+            }
             for future in as_completed(futures):
-                outcome = future.result()
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # a bug here must not lose the other hosts' results
+                    error = f"verify worker failed: {type(exc).__name__}: {exc}"
+                    outcome = HostOutcome(futures[future], (), error, 0.0)
                 outcomes[outcome.host] = outcome
                 progress(_summary(outcome))
     ordered = [outcomes[h.name] for h in state.hosts if h.name in outcomes]
@@ -476,9 +481,11 @@ def main() -> int:
     def progress(line: str) -> None:
         print(f"progress: {line}", file=sys.stderr, flush=True)
 
-    report = run(state, progress)
-    sys.stdout.write(report.model_dump_json())
-    sys.stdout.flush()
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):  # a print() in a checks file must not
+        report = run(state, progress)  # corrupt the one JSON document on stdout
+    out.write(report.model_dump_json())
+    out.flush()
     return 0
 
 
