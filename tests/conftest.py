@@ -51,6 +51,13 @@ def lab() -> Iterator[lab_api.LabInfo]:
         pytest.skip(reason)
     existing = lab_api.current()
     if existing is not None and len(existing.hosts) >= LAB_HOSTS:
+        dead = [h.name for h in lab_api.status(existing.name) if not h.ssh]
+        if dead:
+            pytest.fail(
+                f"lab {existing.name} is up but {', '.join(dead)} do not answer SSH; "
+                f"run `gitops lab down --name {existing.name}`",
+                pytrace=False,
+            )
         yield existing
         return
     try:

@@ -2,8 +2,14 @@
 
 Public API, used by ``gitops lab`` (``gitops.lab.cli``), the pytest fixture ``lab`` in
 ``tests/conftest.py`` and ``bench/lab_boot.py``: ``up``, ``down``, ``status``, ``current``,
-with ``LabInfo``/``LabHost``/``HostStatus`` and ``LabError``. The lab named NAME keeps its
-files in ``/var/lib/gitops/lab/NAME/`` and prefixes every resource it makes with ``NAME-``.
+with ``LabInfo``/``LabHost``/``HostStatus`` and ``LabError``.
+
+Lab NAME prefixes everything it makes with ``NAME-``: bridge ``NAME-br``, veths ``NAME-vI``,
+namespaces, machines and cgroups ``NAME-lab-I``; its mirror runs with ``--lab=NAME``. Its
+files are in ``$GITOPS_LAB_DIR/NAME/`` (default ``/var/lib/gitops/lab/NAME/``):
+``id_ed25519`` (+ ``.pub``, kept across runs), ``authorized_keys``, ``ssh_config``,
+``inventory.yml``, ``sources.list`` (the hosts' apt source), ``lab.json`` (present while the
+lab is up), ``pids/*.pid``, ``logs/*.log`` (kept) and SSH control sockets ``cm-*``.
 """
 
 from __future__ import annotations
