@@ -127,6 +127,15 @@ def test_prerequisites_message_says_what_to_install() -> None:
     assert "apt-get install debootstrap systemd-container dpkg-dev" in msg
 
 
+def test_prerequisites_message_adds_packages_of_other_missing_tools() -> None:
+    """A missing `ip` or `ssh` adds iproute2 / openssh-client to the install line."""
+    msg = common.prerequisites_message(["systemd-nspawn", "ip", "ssh", "ssh-keygen"])
+    assert msg.endswith(
+        "install them with: apt-get install debootstrap systemd-container dpkg-dev "
+        "iproute2 openssh-client"
+    )
+
+
 def test_cli_without_root_or_tools_exits_2_with_one_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -22,6 +22,9 @@ MIRROR_PORT = 9080
 INSTALL_HINT = "apt-get install debootstrap systemd-container dpkg-dev"
 REQUIRED_TOOLS = ("systemd-nspawn", "debootstrap", "dpkg-scanpackages", "ip", "ssh", "ssh-keygen")
 
+_EXTRA_PACKAGES = {"ip": "iproute2", "ssh": "openssh-client", "ssh-keygen": "openssh-client"}
+"""Packages of required tools that are not in INSTALL_HINT (present on most machines)."""
+
 _NAME_RE = re.compile(r"^[a-z0-9]{1,8}$")
 
 
@@ -170,7 +173,9 @@ def prerequisites_message(missing: list[str]) -> str:
         parts.append("must run as root")
     tools = [m for m in missing if m != "root"]
     if tools:
-        parts.append(f"missing {', '.join(tools)}; install them with: {INSTALL_HINT}")
+        extra = sorted({_EXTRA_PACKAGES[t] for t in tools if t in _EXTRA_PACKAGES})
+        hint = " ".join([INSTALL_HINT, *extra])
+        parts.append(f"missing {', '.join(tools)}; install them with: {hint}")
     return "gitops lab: " + "; ".join(parts)
 
 
