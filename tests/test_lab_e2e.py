@@ -25,6 +25,12 @@ pytestmark = pytest.mark.lab
 _LAB_RESOURCE = re.compile(r"^([a-z0-9]{1,8})-(br|v\d+|lab-\d+)$")
 
 
+def side_lab(tag: str) -> str:
+    """A lab name of its own for one test, derived from the session lab's name, so that two
+    engineers running the suite with different GITOPS_LAB_NAME never share it."""
+    return lab_api.resolve_name(None)[:5] + tag
+
+
 def ssh(info: lab_api.LabInfo, host: str, command: str, timeout: float = 120) -> str:
     proc = subprocess.run(
         ["ssh", "-F", str(info.ssh_config), host, command],
@@ -126,7 +132,7 @@ def test_second_up_is_refused_and_changes_nothing(lab: lab_api.LabInfo) -> None:
 
 def test_up_then_down_leaves_the_machine_as_before() -> None:
     """After `lab up` then `lab down`, netns list, links and mounts are as before `up`."""
-    name = "e2eupdn"
+    name = side_lab("ud")
     lab_api.down(name)
     before = snapshot(name)
     proc = gitops_cli("up", "--name", name, "--hosts", "2")
@@ -149,7 +155,7 @@ def test_up_then_down_leaves_the_machine_as_before() -> None:
 
 def test_down_recovers_after_kill_9_of_up() -> None:
     """After `kill -9` of `lab up` mid-boot, `lab down` still removes everything it made."""
-    name = "e2ekill"
+    name = side_lab("kl")
     lab_api.down(name)
     before = snapshot(name)
     proc = subprocess.Popen(
@@ -172,7 +178,7 @@ def test_down_recovers_after_kill_9_of_up() -> None:
 
 def test_failed_boot_names_the_host_and_rolls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     """When hosts do not come up in time, `up` names a host and leaves nothing behind."""
-    name = "e2efail"
+    name = side_lab("fl")
     lab_api.down(name)
     before = snapshot(name)
     monkeypatch.setattr(lab_api, "BOOT_TIMEOUT", -1000.0)  # the deadline has passed already
@@ -186,10 +192,11 @@ def test_failed_boot_names_the_host_and_rolls_back(monkeypatch: pytest.MonkeyPat
 
 def test_unknown_lab_status_and_down_are_harmless() -> None:
     """`status` of a lab that is not up says so; `down` of it succeeds and changes nothing."""
-    before = snapshot("e2enone")
-    status = gitops_cli("status", "--name", "e2enone")
+    name = side_lab("no")
+    before = snapshot(name)
+    status = gitops_cli("status", "--name", name)
     assert status.returncode == 0
     assert "not up" in status.stdout
-    down = gitops_cli("down", "--name", "e2enone")
+    down = gitops_cli("down", "--name", name)
     assert down.returncode == 0, down.stderr
-    assert snapshot("e2enone") == before
+    assert snapshot(name) == before
