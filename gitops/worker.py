@@ -1,58 +1,107 @@
 """Run one worker process: send a JSON job on stdin, relay progress, return its JSON result.
 
 Used by the stage modules (``apply``, ``verify``) so the long-lived process never imports
-pyinfra or testinfra. A crash or a timeout becomes a ``WorkerError`` with the last lines the
-worker printed; nothing is left running.
+pyinfra or testinfra. The worker runs in a session of its own; stdout (the result) and stderr
+(``progress: `` lines, anything else kept as the tail of a failure) are read by separate
+threads, so a large result never blocks on a full pipe. A crash or a timeout becomes a
+``WorkerError`` with the last lines the worker printed, and nothing is left running.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
+from typing import IO
 
 from gitops.errors import WorkerError
 
 Progress = Callable[[str], None]
 
+PROGRESS_PREFIX = "progress: "
+"""Workers prefix the stderr lines meant for the user with this."""
+STDERR_TAIL = 20
+
 
 def run_worker(
     module: str, job: str, *, timeout: float, on_progress: Progress | None = None
 ) -> str:
-    """Run ``python -m <module>`` with ``job`` on stdin; return what it wrote on stdout."""
+    """Run ``python -m <module>`` with ``job`` on stdin; return what it wrote on stdout.
+
+    ``on_progress`` is called in this thread with each progress line.
+    """
+    deadline = time.monotonic() + timeout
     proc = subprocess.Popen(
         [sys.executable, "-m", module],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
+        start_new_session=True,
     )
-    tail: deque[str] = deque(maxlen=20)
-
-    def relay() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            line = line.rstrip("\n")
-            tail.append(line)
-            if on_progress is not None:
-                on_progress(line)
-
-    reader = threading.Thread(target=relay, daemon=True)
-    reader.start()
+    assert proc.stdin and proc.stdout and proc.stderr
+    lines: queue.Queue[str | None] = queue.Queue()
+    stdout: list[bytes] = []
+    tail: deque[str] = deque(maxlen=STDERR_TAIL)
+    threads = [
+        threading.Thread(target=_feed, args=(proc.stdin, job.encode()), daemon=True),
+        threading.Thread(target=_read_all, args=(proc.stdout, stdout), daemon=True),
+        threading.Thread(target=_read_lines, args=(proc.stderr, lines), daemon=True),
+    ]
+    for thread in threads:
+        thread.start()
+    name = module.rsplit(".", 1)[-1]
     try:
-        out, _ = proc.communicate(job, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise WorkerError(f"{module} timed out after {timeout:.0f} s") from None
-    except BaseException:
-        proc.kill()
-        proc.wait()
-        raise
-    reader.join(timeout=5)
-    if proc.returncode != 0 or not out.strip():
-        detail = " | ".join(list(tail)[-5:]) or f"exit {proc.returncode}"
-        raise WorkerError(f"{module} failed (exit {proc.returncode}): {detail}")
+        while (line := lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+            if line.startswith(PROGRESS_PREFIX):
+                if on_progress is not None:
+                    on_progress(line.removeprefix(PROGRESS_PREFIX))
+            elif line.strip():
+                tail.append(line)
+        returncode = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except (queue.Empty, subprocess.TimeoutExpired):
+        _kill(proc)
+        raise WorkerError(_message(f"{name} timed out after {timeout:g}s", tail)) from None
+    finally:
+        if proc.poll() is None:
+            _kill(proc)
+        for thread in threads:
+            thread.join(timeout=5)
+    out = b"".join(stdout).decode()
+    if returncode != 0 or not out.strip():
+        raise WorkerError(_message(f"{name} exited with status {returncode}", tail))
     return out
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    with contextlib.suppress(OSError):  # the worker died before reading: reported by its exit
+        pipe.write(data)
+    with contextlib.suppress(OSError):
+        pipe.close()
+
+
+def _read_all(pipe: IO[bytes], into: list[bytes]) -> None:
+    into.append(pipe.read())
+
+
+def _read_lines(pipe: IO[bytes], into: queue.Queue[str | None]) -> None:
+    for raw in pipe:
+        into.put(raw.decode(errors="replace").rstrip("\n"))
+    into.put(None)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """Kill the worker and everything in its session (its ssh clients)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _message(summary: str, tail: deque[str]) -> str:
+    return "\n".join([summary, *tail]) if tail else summary

@@ -43,6 +43,7 @@ from gitops.records import (
     Plan,
     WorkerResult,
 )
+from gitops.worker import PROGRESS_PREFIX
 
 
 class Job(BaseModel):
@@ -54,7 +55,7 @@ class Job(BaseModel):
 
 
 def _progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
+    print(f"{PROGRESS_PREFIX}{message}", file=sys.stderr, flush=True)
 
 
 def _connector_data(host: DeclaredHost) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from testinfra.backend.ssh import SshBackend
 
 from gitops.model import DeclaredHost, DeclaredState
 from gitops.records import CheckResult, CheckStatus, VerifyReport
+from gitops.worker import PROGRESS_PREFIX
 
 CHECKS_FILE = "checks.py"
 CONTROL_PERSIST_S = 30
@@ -88,7 +89,16 @@ class _QuietConfig:
 
 def _reprcompare(op: str, left: object, right: object) -> str | None:
     """pytest's detailed comparison explanations (string diffs, differing items, ...)."""
-    lines = util.assertrepr_compare(_QuietConfig(), op, left, right)
+    compare: Any = util.assertrepr_compare
+    try:
+        if "config" in inspect.signature(compare).parameters:  # pytest < 9.2
+            lines = compare(_QuietConfig(), op, left, right)
+        else:  # pytest >= 9.2: keyword settings, lazy lines
+            lines = list(compare(op, left, right, verbose=0,
+                                 highlighter=_QuietConfig._highlight,
+                                 assertion_text_diff_style="ndiff"))
+    except Exception:  # an internal pytest API: without it the plain rewritten message stays
+        return None
     if not lines:
         return None
     lines = [line.replace("\n", "\\n") for line in lines]
@@ -479,7 +489,7 @@ def main() -> int:
     state = DeclaredState.model_validate_json(sys.stdin.buffer.read())
 
     def progress(line: str) -> None:
-        print(f"progress: {line}", file=sys.stderr, flush=True)
+        print(f"{PROGRESS_PREFIX}{line}", file=sys.stderr, flush=True)
 
     out = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):  # a print() in a checks file must not
