@@ -62,8 +62,8 @@ def install_validated(name, content, dest, mode, check_staged=None, check_instal
 # --- packages -----------------------------------------------------------------------------------
 
 apt.packages(
-    name="Install base packages (tzdata, sudo, openssh-server)",
-    packages=["tzdata", "sudo", "openssh-server"],
+    name="Install base packages (tzdata, sudo, openssh-server, curl)",
+    packages=["tzdata", "sudo", "openssh-server", "curl"],
     update=True,
     cache_time=3600,
 )
