@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -35,6 +37,81 @@ def settings_file() -> Path | None:
     return None
 
 
+class SecretRef(BaseModel):
+    """Where a secret is: an environment variable or a file. Never the secret itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("name exactly one of env or file")
+        return self
+
+    @property
+    def where(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+    def reveal(self) -> str:
+        """The secret's value; a ``UsageError`` naming where it was looked for if missing."""
+        from gitops.errors import UsageError
+
+        if self.env is not None:
+            value = os.environ.get(self.env, "")
+        else:
+            assert self.file is not None
+            try:
+                value = self.file.read_text().strip()
+            except OSError as exc:
+                raise UsageError(f"secret {self.where}: {exc.strerror}") from None
+        if not value:
+            raise UsageError(f"secret {self.where} is empty or not set")
+        return value
+
+
+class SigningPolicy(BaseModel):
+    """Which keys may sign the commits an environment applies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    gpg_keys: list[Path] = []
+    """ASCII-armoured public keys (files) of the allowed GPG signers."""
+    ssh_allowed_signers: Path | None = None
+    """An ssh-keygen ``allowed_signers`` file of the allowed SSH signers."""
+
+
+class EnvironmentConfig(BaseModel):
+    """One environment the daemon watches: a repository, a branch, an inventory, policies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    repo: str
+    branch: str = "main"
+    inventory: str | None = None
+    """``inventories/<inventory>.yml``; defaults to ``name``."""
+    interval: float = Field(default=60, gt=0)
+    """Seconds between polls of the remote."""
+    jitter: float = Field(default=0.1, ge=0, le=1)
+    """Each wait is the interval times a random factor in [1 - jitter, 1 + jitter]."""
+    watch: bool = True
+    """For a local repository path: reconcile within a second of a commit (watchdog)."""
+    drift: Literal["report", "correct"] = "report"
+    drift_interval: float = Field(default=600, gt=0)
+    auto_rollback: bool = True
+    webhook_secret: SecretRef | None = None
+    verify_commits: SigningPolicy | None = None
+    retry_base: float = Field(default=5, gt=0)
+    retry_max: float = Field(default=300, gt=0)
+
+    @property
+    def environment(self) -> str:
+        return self.inventory or self.name
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GITOPS_", extra="forbid")
 
@@ -46,6 +123,14 @@ class Settings(BaseSettings):
     state_dir: Path = _default_state_dir()
     vagrant_dir: Path | None = None
     """Where ``vagrant ssh-config`` runs for ``source: vagrant`` inventories (default: repo)."""
+    environments: list[EnvironmentConfig] = []
+    """What ``gitops run`` watches."""
+    listen: str = "127.0.0.1:9469"
+    """host:port of the daemon's HTTP server (webhooks, API, health)."""
+    api_token: SecretRef | None = None
+    """Bearer token for the operator API; without one, the API answers loopback clients only."""
+    max_body: int = Field(default=1_048_576, gt=0)
+    """Largest webhook body accepted (bytes); larger gets 413."""
 
     @classmethod
     def settings_customise_sources(
