@@ -7,7 +7,7 @@ builds a ``DeclaredState``: the resolved, per-host view every later stage reads.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -30,6 +30,33 @@ class SSHSettings(_Strict):
     connect_timeout: int | None = Field(default=None, ge=1, le=300)
 
 
+class RolloutSettings(_Strict):
+    """Rolling batches: a canary batch first, then batches of ``batch`` hosts or percent."""
+
+    canary: int = Field(default=0, ge=0)
+    """Hosts in the first batch (0: no canary batch)."""
+    batch: Annotated[int, Field(ge=1)] | Annotated[str, Field(pattern=r"^([1-9][0-9]?|100)%$")] = (
+        "100%"
+    )
+    """Hosts per following batch: a number, or a percentage of the hosts like ``"50%"``."""
+
+    def batches(self, hosts: list[str]) -> list[list[str]]:
+        """``hosts`` split into the batches of this rollout, canary first."""
+        rest = list(hosts)
+        out: list[list[str]] = []
+        if self.canary and rest:
+            out.append(rest[: self.canary])
+            rest = rest[self.canary :]
+        if isinstance(self.batch, int):
+            size = self.batch
+        else:
+            size = max(1, -(-len(hosts) * int(self.batch.rstrip("%")) // 100))
+        while rest:
+            out.append(rest[:size])
+            rest = rest[size:]
+        return out
+
+
 class EnvironmentSettings(_Strict):
     """Environment-wide policy."""
 
@@ -37,6 +64,7 @@ class EnvironmentSettings(_Strict):
     """Percentage of hosts that may fail before the rollout stops (0: any failure stops)."""
     parallel: int = Field(default=20, ge=1, le=1000)
     """How many hosts are worked on at once."""
+    rollout: RolloutSettings = RolloutSettings()
     ssh: SSHSettings = SSHSettings()
     source: Literal["inventory", "vagrant"] = "inventory"
     """Where host addresses come from: this file, or ``vagrant ssh-config`` (see gitops.vagrant)."""

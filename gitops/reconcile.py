@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,12 +34,21 @@ from gitops.errors import (
     PermanentError,
 )
 from gitops.model import DeclaredState
-from gitops.records import ApplyReport, Plan, Revision, RunKind, RunResult, VerifyReport
+from gitops.records import (
+    ApplyReport,
+    HostPlan,
+    Plan,
+    Revision,
+    RunKind,
+    RunResult,
+    VerifyReport,
+)
+from gitops.settings import SigningPolicy
 from gitops.store import ENVIRONMENT, Condition, Store, now
 
 Progress = Callable[[str], None]
 
-__all__ = ["Outcome", "Target", "declared", "plan", "reconcile", "verify"]
+__all__ = ["Outcome", "Request", "Target", "declared", "plan", "reconcile", "run", "verify"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,8 @@ class Outcome:
     apply: ApplyReport | None = None
     verify: VerifyReport | None = None
     error: GitopsError | None = None
+    stopped_at: str | None = None
+    """Why a rollout stopped before its last batch."""
 
     @property
     def exit_code(self) -> int:
@@ -85,6 +97,7 @@ class Outcome:
             "plan": self.plan.model_dump(mode="json") if self.plan else None,
             "apply": self.apply.model_dump(mode="json") if self.apply else None,
             "verify": self.verify.model_dump(mode="json") if self.verify else None,
+            "stopped": self.stopped_at,
         }
 
 
@@ -168,33 +181,67 @@ def plan(target: Target, progress: Progress | None = None) -> Outcome:
     return Outcome("failed" if failed else "succeeded", revision=revision, plan=result)
 
 
-def reconcile(target: Target, progress: Progress | None = None, *, reason: str = "") -> Outcome:
-    """Plan, apply and verify the branch head on every host, and record it all."""
-    return _run(target, "reconcile", progress, reason)
+@dataclass(frozen=True)
+class Request:
+    """What one run should do beyond "the branch head, every host"."""
+
+    kind: RunKind = "reconcile"
+    reason: str = ""
+    revision: str | None = None
+    """Apply this commit instead of the branch head (rollback)."""
+    hosts: frozenset[str] | None = None
+    """Only these hosts (retry of the failed ones)."""
+    signing: SigningPolicy | None = None
+    """Refuse a commit not signed by one of these keys."""
+    stop: threading.Event | None = None
+    """Set to stop between batches: the run is recorded as interrupted."""
+    actor: str | None = None
+
+
+def reconcile(target: Target, progress: Progress | None = None, *, reason: str = "",
+              request: Request | None = None) -> Outcome:
+    """Plan, apply and verify (in the inventory's batches) on every host; record it all."""
+    return run(target, request or Request(reason=reason), progress)
 
 
 def verify(target: Target, progress: Progress | None = None, *, reason: str = "") -> Outcome:
     """Run the checks of the branch head on every host (changes nothing) and record them."""
-    return _run(target, "verify", progress, reason)
+    return run(target, Request(kind="verify", reason=reason), progress)
 
 
-def _run(target: Target, kind: RunKind, progress: Progress | None, reason: str) -> Outcome:
+def run(target: Target, request: Request, progress: Progress | None = None) -> Outcome:
+    """One run under the environment lock; a held lock is reported, not waited for."""
     say = progress or (lambda _: None)
     store = Store(target.state_dir)
     try:
-        with environment_lock(target, kind):
-            return _locked_run(store, target, kind, say, reason)
+        with environment_lock(target, request.kind):
+            return _locked_run(store, target, request, say)
     except LockHeld as exc:
         return Outcome("error", error=exc)
     finally:
         store.close()
 
 
-def _locked_run(
-    store: Store, target: Target, kind: RunKind, say: Progress, reason: str
-) -> Outcome:
+def _merge_apply(a: ApplyReport | None, b: ApplyReport) -> ApplyReport:
+    if a is None:
+        return b
+    return ApplyReport(hosts=a.hosts + b.hosts, stopped=b.stopped or a.stopped,
+                       duration_s=a.duration_s + b.duration_s)
+
+
+def _merge_verify(a: VerifyReport | None, b: VerifyReport) -> VerifyReport:
+    if a is None:
+        return b
+    return VerifyReport(results=a.results + b.results,
+                        host_errors={**a.host_errors, **b.host_errors},
+                        duration_s=a.duration_s + b.duration_s)
+
+
+def _locked_run(store: Store, target: Target, request: Request, say: Progress) -> Outcome:
     env = target.environment
-    run_id = store.start_run(env, kind, None, actor=target.actor, reason=reason)
+    kind = request.kind
+    actor = request.actor or target.actor
+    run_id = store.start_run(env, kind, None, actor=actor, reason=request.reason)
     store.set_status(env, ENVIRONMENT, [
         Condition("Reconciling", "True", "Progressing", f"{kind} run {run_id} started"),
     ])
@@ -204,29 +251,29 @@ def _locked_run(
     try:
         t = time.monotonic()
         revision = source.fetch(target.repo, target.branch, target.state_dir)
+        if request.revision is not None:
+            revision = source.revision(target.repo, target.branch, request.revision,
+                                       target.state_dir)
         store.set_revision(run_id, revision)
         outcome = Outcome("error", run_id=run_id, revision=revision)
+        if request.signing is not None:
+            from gitops import signatures  # only environments that require signed commits
+
+            mirror = source.mirror_path(target.repo, target.state_dir)
+            signer = signatures.verify_commit(mirror, revision.sha, request.signing)
+            say(f"signed by {signer}")
         state = _load(target, revision, say)
         stages["source+load"] = time.monotonic() - t
-        plan_: Plan | None = None
-        report: ApplyReport | None = None
-        checked = state
-        if kind == "reconcile":
+        targeted = state.limit(set(request.hosts) if request.hosts is not None else None)
+        if kind == "verify":
             t = time.monotonic()
-            say("applying")
-            plan_, report = apply_stage.apply(state, on_progress=say)
-            stages["plan+apply"] = time.monotonic() - t
-            say(f"applied: {report.changed} change(s), failed hosts: "
-                f"{', '.join(report.failed_hosts) or 'none'}")
-            checked = state.limit({h.host for h in report.hosts if h.status == "ok"})
-        t = time.monotonic()
-        say(f"verifying {len(checked.hosts)} host(s)")
-        checks = verify_stage.verify(checked, on_progress=say)
-        stages["verify"] = time.monotonic() - t
-        failed = bool(checks.failed_hosts) or bool(report and (report.failed_hosts or
-                                                                report.stopped))
-        outcome = Outcome("failed" if failed else "succeeded", run_id=run_id, revision=revision,
-                          plan=plan_, apply=report, verify=checks)
+            say(f"verifying {len(targeted.hosts)} host(s)")
+            checks = verify_stage.verify(targeted, on_progress=say)
+            stages["verify"] = time.monotonic() - t
+            result: RunResult = "succeeded" if checks.ok else "failed"
+            outcome = Outcome(result, run_id=run_id, revision=revision, verify=checks)
+        else:
+            outcome = _rollout(targeted, revision, run_id, request, stages, say)
     except InvalidDeclaration as exc:
         outcome = Outcome("invalid", run_id=run_id, revision=outcome.revision, error=exc)
     except GitopsError as exc:
@@ -237,6 +284,53 @@ def _locked_run(
         raise
     _finalize(store, target, kind, outcome, state, stages, None)
     return outcome
+
+
+def _rollout(
+    state: DeclaredState,
+    revision: Revision,
+    run_id: int,
+    request: Request,
+    stages: dict[str, float],
+    say: Progress,
+) -> Outcome:
+    """Apply then verify batch by batch (canary first); stop past the fail percentage."""
+    batches = state.settings.rollout.batches([h.name for h in state.hosts])
+    plan_hosts: tuple[HostPlan, ...] = ()
+    report: ApplyReport | None = None
+    checks: VerifyReport | None = None
+    stopped: str | None = None
+    for index, batch in enumerate(batches, 1):
+        if request.stop is not None and request.stop.is_set():
+            return Outcome("interrupted", run_id=run_id, revision=revision,
+                           plan=Plan(hosts=plan_hosts), apply=report, verify=checks,
+                           stopped_at=f"stopped before batch {index}/{len(batches)}")
+        part = state.limit(set(batch))
+        label = f"batch {index}/{len(batches)}" + (" (canary)" if index == 1 and
+                                                  state.settings.rollout.canary else "")
+        t = time.monotonic()
+        say(f"{label}: applying on {', '.join(batch)}")
+        plan_, applied = apply_stage.apply(part, on_progress=say)
+        stages["plan+apply"] = stages.get("plan+apply", 0) + time.monotonic() - t
+        plan_hosts += plan_.hosts
+        report = _merge_apply(report, applied)
+        ok = {h.host for h in applied.hosts if h.status == "ok"}
+        t = time.monotonic()
+        batch_checks = verify_stage.verify(part.limit(ok), on_progress=say)
+        stages["verify"] = stages.get("verify", 0) + time.monotonic() - t
+        checks = _merge_verify(checks, batch_checks)
+        failed = set(applied.failed_hosts) | set(batch_checks.failed_hosts)
+        say(f"{label}: {applied.changed} change(s), failed: {', '.join(sorted(failed)) or 'none'}")
+        if applied.stopped or len(failed) * 100 > state.settings.fail_percent * len(batch):
+            stopped = (f"{label} failed on {', '.join(sorted(failed))}"
+                       f"{'' if not applied.stopped else ': ' + applied.stopped}")
+            if index < len(batches):
+                stopped += f"; {sum(len(b) for b in batches[index:])} host(s) not attempted"
+            break
+    assert report is not None and checks is not None
+    failed_any = bool(stopped or report.failed_hosts or checks.failed_hosts)
+    return Outcome("failed" if failed_any else "succeeded", run_id=run_id, revision=revision,
+                   plan=Plan(hosts=plan_hosts), apply=report, verify=checks, stopped_at=stopped)
 
 
 def _finalize(
@@ -255,7 +349,8 @@ def _finalize(
     error = str(outcome.error) if outcome.error else interrupted_by
     store.finish_run(outcome.run_id, outcome.result, plan=outcome.plan, apply=outcome.apply,
                      verify=outcome.verify, error=error, stage_s=stages)
-    attempted = ref if kind == "reconcile" else None
+    applies = kind != "verify"
+    attempted = ref if applies else None
     if outcome.result == "invalid":
         problems = len(outcome.error.problems) if isinstance(outcome.error, InvalidDeclaration) \
             else 0
@@ -265,47 +360,60 @@ def _finalize(
             Condition("Stalled", "True", "ValidationFailed", "waiting for a new commit"),
         ], attempted=attempted)
         return
+    if outcome.verify is not None:
+        _host_status(store, env, outcome, ref, attempted)
     if outcome.result in ("error", "interrupted"):
         reason = "Interrupted" if outcome.result == "interrupted" else (
             "ArtifactFailed" if outcome.revision is None else "ReconciliationFailed")
         stalled = isinstance(outcome.error, PermanentError)
-        conditions = [Condition("Ready", "False", reason, error or outcome.result)]
+        message = error or outcome.stopped_at or outcome.result
+        conditions = [Condition("Ready", "False", reason, message)]
         if stalled:
             conditions.append(Condition("Stalled", "True", reason, "waiting for a new commit"))
         store.set_status(env, ENVIRONMENT, conditions, attempted=attempted)
         return
-    assert state is not None and outcome.verify is not None
-    failed_checks: dict[str, list[str]] = {}
-    for r in outcome.verify.failed:
-        failed_checks.setdefault(r.host, []).append(f"{r.service}/{r.check}")
-    applied_hosts = {h.host: h for h in outcome.apply.hosts} if outcome.apply else {}
-    for host in state.hosts:
-        h = applied_hosts.get(host.name)
-        if h is not None and h.status != "ok":
-            cond = Condition("Ready", "False", "ApplyFailed",
-                             (h.error or h.status).splitlines()[0][:300])
-        elif host.name in outcome.verify.host_errors:
-            cond = Condition("Ready", "False", "VerificationFailed",
-                             outcome.verify.host_errors[host.name][:300])
-        elif host.name in failed_checks:
-            cond = Condition("Ready", "False", "VerificationFailed",
-                             "failed checks: " + ", ".join(failed_checks[host.name]))
-        else:
-            cond = Condition("Ready", "True", "ReconciliationSucceeded",
-                             f"{'applied and verified' if h else 'verified'} {ref}")
-        applied = ref if (h is not None and h.status == "ok") else None
-        store.set_status(env, host.name, [cond], applied=applied, attempted=attempted)
+    assert outcome.verify is not None
     if outcome.result == "succeeded":
-        verb = "Applied and verified" if kind == "reconcile" else "Verified"
+        verb = "Verified" if kind == "verify" else "Applied and verified"
         store.set_status(env, ENVIRONMENT, [
             Condition("Ready", "True", "ReconciliationSucceeded", f"{verb} revision: {ref}"),
-        ], applied=ref if kind == "reconcile" else None, attempted=attempted)
+        ], applied=ref if applies else None, attempted=attempted)
     else:
         bad = sorted(set(outcome.verify.failed_hosts) |
                      set(outcome.apply.failed_hosts if outcome.apply else []))
-        why = f"; stopped: {outcome.apply.stopped}" if outcome.apply and outcome.apply.stopped \
-            else ""
+        why = f"; rollout stopped: {outcome.stopped_at}" if outcome.stopped_at else ""
         store.set_status(env, ENVIRONMENT, [
             Condition("Ready", "False", "ReconciliationFailed",
                       f"{ref}: {len(bad)} host(s) failed: {', '.join(bad)}{why}"),
         ], attempted=attempted)
+
+
+def _host_status(
+    store: Store, env: str, outcome: Outcome, ref: str | None, attempted: str | None
+) -> None:
+    """The Ready condition of every host this run touched (others keep theirs)."""
+    assert outcome.verify is not None
+    failed_checks: dict[str, list[str]] = {}
+    for r in outcome.verify.failed:
+        failed_checks.setdefault(r.host, []).append(f"{r.service}/{r.check}")
+    applied_hosts = {h.host: h for h in outcome.apply.hosts} if outcome.apply else {}
+    touched = set(applied_hosts) | {r.host for r in outcome.verify.results} | set(
+        outcome.verify.host_errors)
+    for name in sorted(touched):
+        h = applied_hosts.get(name)
+        if h is not None and h.status != "ok":
+            cond = Condition("Ready", "False", "ApplyFailed",
+                             (h.error or h.status).splitlines()[0][:300])
+        elif name in outcome.verify.host_errors:
+            cond = Condition("Ready", "False", "VerificationFailed",
+                             outcome.verify.host_errors[name][:300])
+        elif name in failed_checks:
+            cond = Condition("Ready", "False", "VerificationFailed",
+                             "failed checks: " + ", ".join(failed_checks[name]))
+        else:
+            cond = Condition("Ready", "True", "ReconciliationSucceeded",
+                             f"{'applied and verified' if h else 'verified'} {ref}")
+        applied = ref if (h is not None and h.status == "ok") else None
+        verified = ref if cond.status == "True" else None
+        store.set_status(env, name, [cond], applied=applied, attempted=attempted if h else None,
+                         verified=verified)

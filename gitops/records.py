@@ -144,5 +144,5 @@ class WorkerResult(_Record):
     apply: ApplyReport | None = None
 
 
-RunKind = Literal["reconcile", "verify", "plan"]
+RunKind = Literal["reconcile", "verify", "plan", "rollback", "retry"]
 RunResult = Literal["succeeded", "failed", "invalid", "interrupted", "error"]

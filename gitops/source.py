@@ -22,7 +22,7 @@ import git
 from gitops.errors import RevisionNotFound, SourceError
 from gitops.records import Revision, Snapshot
 
-__all__ = ["fetch", "redact", "snapshot"]
+__all__ = ["fetch", "mirror_path", "redact", "snapshot"]
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
@@ -32,9 +32,16 @@ def redact(url: str) -> str:
     return _CREDENTIALS.sub("***@", url)
 
 
-def _mirror(url: str, state_dir: Path) -> git.Repo:
+def mirror_path(url: str, state_dir: Path) -> Path:
+    """The bare mirror folder that ``fetch(url, ...)`` keeps for ``url`` (a URL or local path)."""
+    if Path(url).expanduser().is_dir():
+        url = str(Path(url).expanduser().resolve())
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    path = state_dir / "sources" / f"{key}.git"
+    return state_dir / "sources" / f"{key}.git"
+
+
+def _mirror(url: str, state_dir: Path) -> git.Repo:
+    path = mirror_path(url, state_dir)
     if path.is_dir():
         return git.Repo(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -65,6 +72,27 @@ def fetch(url: str, branch: str, state_dir: Path, *, timeout: float = 120) -> Re
         if "couldn't find remote ref" in detail:
             raise RevisionNotFound(f"{redact(url)}: no branch {branch!r}") from None
         raise SourceError(f"cannot fetch {redact(url)} {branch}: {detail}") from None
+
+
+def head(url: str, branch: str, *, timeout: float = 30) -> str:
+    """The commit ``branch`` points at on ``url``, without fetching (one ``git ls-remote``).
+
+    The daemon's cheap "anything new?" question: no mirror, no object transfer.
+    """
+    if Path(url).expanduser().is_dir():
+        url = str(Path(url).expanduser().resolve())
+    try:
+        out = git.cmd.Git().ls_remote(url, f"refs/heads/{branch}", kill_after_timeout=timeout)
+    except git.GitCommandError as exc:
+        stderr = [ln.strip(" '") for ln in redact(str(exc.stderr or "")).splitlines()]
+        fatal = [ln for ln in stderr if "fatal:" in ln]
+        detail = (fatal or stderr or [f"exit {exc.status}"])[0].replace("stderr: ", "")
+        raise SourceError(f"cannot reach {redact(url)}: {detail}") from None
+    for line in str(out).splitlines():
+        sha, _, ref = line.partition("\t")
+        if ref == f"refs/heads/{branch}":
+            return sha
+    raise RevisionNotFound(f"{redact(url)}: no branch {branch!r}")
 
 
 def revision(url: str, branch: str, rev: str, state_dir: Path) -> Revision:

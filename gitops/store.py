@@ -71,12 +71,29 @@ CREATE TABLE IF NOT EXISTS check_results (
     duration_s REAL
 );
 CREATE INDEX IF NOT EXISTS check_results_run ON check_results (run_id, host);
+CREATE TABLE IF NOT EXISTS controls (
+    environment TEXT PRIMARY KEY,
+    suspended INTEGER NOT NULL DEFAULT 0,
+    reason TEXT NOT NULL DEFAULT '',
+    actor TEXT NOT NULL DEFAULT '',
+    since TEXT,
+    held_sha TEXT,
+    held_head TEXT
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    environment TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    since TEXT NOT NULL,
+    PRIMARY KEY (environment, sha)
+);
 CREATE TABLE IF NOT EXISTS status (
     environment TEXT NOT NULL,
     host TEXT NOT NULL,
     conditions TEXT NOT NULL,
     last_applied_revision TEXT,
     last_attempted_revision TEXT,
+    last_verified_revision TEXT,
     updated_at TEXT NOT NULL,
     PRIMARY KEY (environment, host)
 );
@@ -115,9 +132,18 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(_SCHEMA)
+        columns = {r[1] for r in self.db.execute("PRAGMA table_info(status)")}
+        if "last_verified_revision" not in columns:
+            self.db.execute("ALTER TABLE status ADD COLUMN last_verified_revision TEXT")
 
     def close(self) -> None:
         self.db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -232,20 +258,79 @@ class Store:
         *,
         applied: str | None = None,
         attempted: str | None = None,
+        verified: str | None = None,
     ) -> None:
         """Replace the conditions of one object; revisions given as None are kept."""
         with self._tx() as db:
             db.execute(
                 "INSERT INTO status (environment, host, conditions, last_applied_revision,"
-                " last_attempted_revision, updated_at) VALUES (?,?,?,?,?,?)"
+                " last_attempted_revision, last_verified_revision, updated_at)"
+                " VALUES (?,?,?,?,?,?,?)"
                 " ON CONFLICT (environment, host) DO UPDATE SET conditions=excluded.conditions,"
                 " last_applied_revision=COALESCE(excluded.last_applied_revision,"
                 " status.last_applied_revision),"
                 " last_attempted_revision=COALESCE(excluded.last_attempted_revision,"
-                " status.last_attempted_revision), updated_at=excluded.updated_at",
+                " status.last_attempted_revision),"
+                " last_verified_revision=COALESCE(excluded.last_verified_revision,"
+                " status.last_verified_revision), updated_at=excluded.updated_at",
                 (environment, host, json.dumps([c.as_dict() for c in conditions]), applied,
-                 attempted, now().isoformat()),
+                 attempted, verified, now().isoformat()),
             )
+
+    def recover_unfinished(self, environment: str) -> list[int]:
+        """Mark runs left unfinished by a killed process as interrupted; return their ids.
+
+        Call only while holding the environment's lock (no run of it can be in progress)."""
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM runs WHERE finished_at IS NULL AND environment=?",
+                (environment,))]
+            db.execute(
+                "UPDATE runs SET finished_at=?, result='interrupted',"
+                " error=COALESCE(error, 'the reconciler stopped during this run')"
+                " WHERE finished_at IS NULL AND environment=?", (now().isoformat(), environment))
+        return ids
+
+    # -- operator controls ---------------------------------------------------------------
+
+    def controls(self, environment: str) -> dict[str, Any]:
+        row = self.db.execute("SELECT * FROM controls WHERE environment=?",
+                              (environment,)).fetchone()
+        if row is None:
+            return {"environment": environment, "suspended": 0, "reason": "", "actor": "",
+                    "since": None, "held_sha": None, "held_head": None}
+        return dict(row)
+
+    def set_controls(self, environment: str, **values: Any) -> None:
+        current = self.controls(environment)
+        current.update(values)
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO controls (environment, suspended, reason, actor, since,"
+                " held_sha, held_head) VALUES (:environment, :suspended, :reason, :actor,"
+                " :since, :held_sha, :held_head)", current)
+
+    def quarantine(self, environment: str, sha: str, reason: str) -> None:
+        self.db.execute("INSERT OR IGNORE INTO quarantine VALUES (?,?,?,?)",
+                        (environment, sha, reason, now().isoformat()))
+
+    def quarantined(self, environment: str | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM quarantine", ()
+        args_: tuple[str, ...] = args
+        if environment is not None:
+            sql, args_ = sql + " WHERE environment=?", (environment,)
+        return [dict(r) for r in self.db.execute(sql + " ORDER BY since", args_)]
+
+    def record_event(self, environment: str, kind: str, *, actor: str, reason: str,
+                     result: str = "succeeded", sha: str | None = None) -> int:
+        """An operator action (suspend, resume, rollback, retry) in the run history."""
+        stamp = now().isoformat()
+        cur = self.db.execute(
+            "INSERT INTO runs (environment, kind, actor, reason, sha, started_at, finished_at,"
+            " duration_s, result) VALUES (?,?,?,?,?,?,?,0,?)",
+            (environment, kind, actor, reason, sha, stamp, stamp, result))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
 
     # -- reading -------------------------------------------------------------------------
 

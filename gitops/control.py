@@ -1,0 +1,67 @@
+"""Operator controls: suspend, resume, rollback holds, retry targets; each one in history.
+
+Kept in the store, so the CLI (with or without a daemon) and the daemon's API act on the same
+record: a daemon reads the controls at every cycle. Called by ``cli`` and ``loop``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gitops.errors import UsageError
+from gitops.store import Store, now
+
+__all__ = ["failed_hosts", "hold", "last_good_revision", "release_hold", "resume", "suspend"]
+
+
+def suspend(store: Store, environment: str, *, actor: str, reason: str) -> dict[str, Any]:
+    """Stop every apply to ``environment`` until ``resume`` (checks and drift reports go on)."""
+    if not reason.strip():
+        raise UsageError("suspend needs a reason (--reason): it is shown to everyone")
+    store.set_controls(environment, suspended=1, reason=reason, actor=actor,
+                       since=now().isoformat(timespec="seconds"))
+    store.record_event(environment, "suspend", actor=actor, reason=reason)
+    return store.controls(environment)
+
+
+def resume(store: Store, environment: str, *, actor: str, reason: str = "") -> dict[str, Any]:
+    """Resume applies, and release a rollback hold: the branch head is reconciled again."""
+    store.set_controls(environment, suspended=0, reason="", actor=actor,
+                       since=now().isoformat(timespec="seconds"), held_sha=None, held_head=None)
+    store.record_event(environment, "resume", actor=actor, reason=reason)
+    return store.controls(environment)
+
+
+def last_good_revision(store: Store, environment: str, *, before: str | None) -> str | None:
+    """The newest revision that an apply verified on every host it targeted, other than
+    ``before`` (the revision to move away from)."""
+    for run in store.history(environment, limit=500):
+        if (run["kind"] in ("reconcile", "rollback") and run["result"] == "succeeded"
+                and run["sha"] and run["sha"] != before):
+            return str(run["sha"])
+    return None
+
+
+def hold(store: Store, environment: str, sha: str, *, head: str, actor: str,
+         reason: str) -> dict[str, Any]:
+    """Pin ``environment`` to ``sha`` until ``resume`` or a commit newer than ``head``."""
+    store.set_controls(environment, held_sha=sha, held_head=head, actor=actor,
+                       since=now().isoformat(timespec="seconds"))
+    store.record_event(environment, "rollback", actor=actor, sha=sha,
+                       reason=reason or f"hold {sha[:10]} until resume or a newer commit")
+    return store.controls(environment)
+
+
+def release_hold(store: Store, environment: str, *, head: str) -> None:
+    """A newer commit arrived: the hold no longer applies."""
+    store.set_controls(environment, held_sha=None, held_head=None)
+    store.record_event(environment, "resume", actor="gitops",
+                       reason=f"hold released: new commit {head[:10]}")
+
+
+def failed_hosts(store: Store, environment: str) -> list[str]:
+    """The hosts that failed in the latest apply run of ``environment``."""
+    for run in store.history(environment, limit=50):
+        if run["kind"] in ("reconcile", "rollback", "retry") and run["result"] is not None:
+            return list(run["failed_hosts"])
+    return []
