@@ -79,3 +79,7 @@ class WorkerError(TemporaryError):
 
 class LockHeld(TemporaryError):
     """Another reconcile of the same environment is running."""
+
+
+class UnsignedCommit(PermanentError):
+    """A commit that is unsigned, badly signed, or signed by a key the policy does not allow."""
