@@ -123,13 +123,24 @@ def plan(as_json: bool, **opts: Any) -> None:
 
 @main.command(epilog=EXIT_CODES)
 @_target_options
-@click.option("--once", is_flag=True, help="Run one reconcile here and now (the default "
-              "until a daemon is running).")
+@click.option("--once", is_flag=True, help="Run one reconcile here and now, even when a "
+              "daemon is running (it waits for no one: a held lock is reported).")
 @click.option("--reason", default="", help="Why: recorded in history.")
 @json_option
 def reconcile(as_json: bool, once: bool, reason: str, **opts: Any) -> None:
-    """Plan, apply and verify the branch head on every host; record the run."""
-    outcome = pipeline.reconcile(_target(_settings(**opts)), _progress(as_json), reason=reason)
+    """Reconcile now: ask the running daemon, or (none, or --once) plan, apply and verify here."""
+    s = _settings(**opts)
+    if not once:
+        answer = _ask_daemon(s, s.environment, "reconcile", {"reason": reason})
+        if answer is not None:
+            if as_json:
+                _emit(answer)
+            else:
+                click.echo(f"{s.environment}: the daemon will reconcile now"
+                           if answer.get("triggered") else
+                           f"{s.environment}: a reconcile is already pending in the daemon")
+            return
+    outcome = pipeline.reconcile(_target(s), _progress(as_json), reason=reason)
     if as_json:
         _emit(outcome.as_dict())
     else:
@@ -294,3 +305,214 @@ def _finish(outcome: pipeline.Outcome, as_json: bool, *, printed: bool) -> None:
     elif not as_json and outcome.result != "succeeded":
         click.secho(f"{outcome.result}", fg="red", err=True)
     sys.exit(outcome.exit_code)
+
+
+# -- the daemon and operator controls ------------------------------------------------------
+
+
+def _operator() -> str:
+    import os
+
+    return os.environ.get("SUDO_USER") or os.environ.get("USER") or "unknown"
+
+
+def _ask_daemon(s: Settings, environment: str, action: str,
+                body: dict[str, Any]) -> dict[str, Any] | None:
+    """POST to the running daemon's API; None when no daemon answers on ``s.listen``."""
+    import http.client
+
+    from gitops.server import parse_listen
+
+    host, port = parse_listen(s.listen)
+    headers = {"Content-Type": "application/json"}
+    if s.api_token is not None:
+        headers["Authorization"] = f"Bearer {s.api_token.reveal()}"
+    conn = http.client.HTTPConnection(host if host not in ("0.0.0.0", "::") else "127.0.0.1",
+                                      port, timeout=10)
+    try:
+        conn.request("POST", f"/api/environments/{environment}/{action}",
+                     body=json.dumps({**body, "actor": _operator()}), headers=headers)
+        response = conn.getresponse()
+        data = json.loads(response.read() or b"{}")
+    except (OSError, ValueError):
+        return None
+    finally:
+        conn.close()
+    if response.status == 404 and "unknown environment" in str(data.get("error", "")):
+        return None  # the daemon does not watch this environment: act here
+    if response.status >= 400:
+        raise click.ClickException(f"daemon: {data.get('error', response.status)}")
+    return data  # type: ignore[no-any-return]
+
+
+@main.command()
+@click.option("--config", "config", type=click.Path(path_type=Path, exists=True),
+              help="Settings file (TOML) [GITOPS_CONFIG; ./gitops.toml; /etc/gitops/gitops.toml]")
+def run(config: Path | None) -> None:
+    """Run the daemon: watch the configured environments and reconcile them continuously.
+
+    Serves webhooks, the operator API and /healthz on the ``listen`` address. SIGTERM or
+    Ctrl-C: the batch in progress finishes, the run is recorded as interrupted, then exit.
+    """
+    import logging
+    import os
+    import signal
+    import threading
+
+    from gitops import server
+    from gitops.loop import Daemon
+
+    if config is not None:
+        os.environ["GITOPS_CONFIG"] = str(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    s = _settings()
+    try:
+        daemon = Daemon(s)
+        app = server.create_app(daemon, s)
+        http, thread = server.start_in_thread(app, s.listen)
+    except GitopsError as exc:
+        _fail(exc, False)
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.start()
+    click.echo(f"gitops daemon: watching {', '.join(e.name for e in s.environments)}; "
+               f"http://{s.listen}/healthz", err=True)
+    done.wait()
+    click.echo("gitops daemon: stopping (the batch in progress finishes)", err=True)
+    daemon.stop()
+    server.stop(http, thread)
+
+
+def _control(action: str, environment: str | None, state_dir: Path | None, as_json: bool,
+             **body: Any) -> None:
+    from gitops import control
+
+    s = _settings(environment=environment, state_dir=state_dir)
+    answer = _ask_daemon(s, s.environment, action, body)
+    if answer is None:  # no daemon: the store is the shared record
+        store = Store(s.state_dir)
+        try:
+            if action == "suspend":
+                answer = control.suspend(store, s.environment, actor=_operator(),
+                                         reason=body["reason"])
+            else:
+                answer = control.resume(store, s.environment, actor=_operator(),
+                                        reason=body.get("reason", ""))
+        except GitopsError as exc:
+            _fail(exc, as_json)
+        finally:
+            store.close()
+    assert answer is not None
+    if as_json:
+        _emit(answer)
+    elif action == "suspend":
+        click.echo(f"{s.environment}: suspended by {answer.get('actor')}: "
+                   f"{answer.get('reason')}")
+    else:
+        click.echo(f"{s.environment}: resumed")
+
+
+env_option = click.option("--environment", "--inventory", "-e", "environment",
+                          help="Environment [GITOPS_ENVIRONMENT; lab]")
+state_option = click.option("--state-dir", type=click.Path(path_type=Path))
+
+
+@main.command()
+@env_option
+@state_option
+@click.option("--reason", required=True, help="Why (shown in status and history).")
+@json_option
+def suspend(environment: str | None, state_dir: Path | None, reason: str, as_json: bool) -> None:
+    """Stop all applies to an environment until ``gitops resume``."""
+    _control("suspend", environment, state_dir, as_json, reason=reason)
+
+
+@main.command()
+@env_option
+@state_option
+@click.option("--reason", default="")
+@json_option
+def resume(environment: str | None, state_dir: Path | None, reason: str, as_json: bool) -> None:
+    """Resume applies (and release a rollback hold): the branch head is reconciled again."""
+    _control("resume", environment, state_dir, as_json, reason=reason)
+
+
+@main.command(epilog=EXIT_CODES)
+@_target_options
+@click.argument("revision", required=False)
+@click.option("--reason", default="")
+@json_option
+def rollback(revision: str | None, reason: str, as_json: bool, **opts: Any) -> None:
+    """Apply an earlier verified revision (default: the one before the current) and hold it
+    until ``gitops resume`` or a newer commit."""
+    from gitops import control, source
+
+    s = _settings(**opts)
+    answer = _ask_daemon(s, s.environment, "rollback", {"revision": revision, "reason": reason})
+    if answer is not None:
+        _emit(answer) if as_json else click.echo(
+            f"{s.environment}: the daemon holds {str(answer.get('held_sha'))[:10]}")
+        return
+    target = _target(s)
+    with Store(s.state_dir) as store:
+        try:
+            head = source.head(s.repo, s.branch)
+            source.fetch(s.repo, s.branch, s.state_dir)
+            rows = [r for r in store.status(s.environment) if r["host"] == ""]
+            applied = (rows[0]["last_applied_revision"] or "") if rows else ""
+            sha = revision or control.last_good_revision(
+                store, s.environment, before=applied.rsplit(":", 1)[-1] or None)
+            if sha is None:
+                raise click.UsageError("no earlier verified revision to roll back to")
+            sha = source.revision(s.repo, s.branch, sha, s.state_dir).sha
+            assert sha is not None
+            control.hold(store, s.environment, sha, head=head, actor=_operator(), reason=reason)
+        except GitopsError as exc:
+            _fail(exc, as_json)
+            return
+    assert sha is not None
+    outcome = pipeline.run(target, pipeline.Request(
+        kind="rollback", revision=sha, reason=reason or f"rollback to {sha[:10]}",
+        actor=_operator()), _progress(as_json))
+    if as_json:
+        _emit(outcome.as_dict())
+    else:
+        _print_outcome(outcome)
+        click.echo(f"{s.environment} holds {sha[:10]} until `gitops resume` or a newer commit")
+    _finish(outcome, as_json, printed=True)
+
+
+@main.command(epilog=EXIT_CODES)
+@_target_options
+@click.option("--failed", is_flag=True, required=True,
+              help="Retry the hosts that failed in the latest run (required).")
+@json_option
+def retry(failed: bool, as_json: bool, **opts: Any) -> None:
+    """Run the latest revision again on the hosts that failed, only those."""
+    from gitops import control
+
+    s = _settings(**opts)
+    answer = _ask_daemon(s, s.environment, "retry", {})
+    if answer is not None:
+        _emit(answer) if as_json else click.echo(
+            f"{s.environment}: the daemon retries {', '.join(answer.get('retrying', []))}")
+        return
+    with Store(s.state_dir) as store:
+        hosts = control.failed_hosts(store, s.environment)
+        last = next((r for r in store.history(s.environment, 50)
+                     if r["kind"] in ("reconcile", "rollback", "retry")), None)
+    if not hosts or last is None:
+        raise click.UsageError(f"{s.environment}: no failed hosts to retry")
+    outcome = pipeline.run(_target(s), pipeline.Request(
+        kind="retry", revision=last["sha"], hosts=frozenset(hosts),
+        reason=f"retry of {', '.join(hosts)}", actor=_operator()), _progress(as_json))
+    if as_json:
+        _emit(outcome.as_dict())
+    else:
+        _print_outcome(outcome)
+    _finish(outcome, as_json, printed=True)

@@ -82,6 +82,12 @@ class SigningPolicy(BaseModel):
     ssh_allowed_signers: Path | None = None
     """An ssh-keygen ``allowed_signers`` file of the allowed SSH signers."""
 
+    @model_validator(mode="after")
+    def _some_signer(self) -> SigningPolicy:
+        if not self.gpg_keys and self.ssh_allowed_signers is None:
+            raise ValueError("name gpg_keys or ssh_allowed_signers (or leave verify_commits out)")
+        return self
+
 
 class EnvironmentConfig(BaseModel):
     """One environment the daemon watches: a repository, a branch, an inventory, policies."""
