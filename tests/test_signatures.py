@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from gitops.errors import PermanentError, UnsignedCommit, UsageError
 from gitops.settings import SigningPolicy
@@ -276,12 +277,15 @@ def test_policy_with_both_kinds(world: World, gpg: GpgKeys, ssh: SshKeys) -> Non
     assert ssh.other_fp in _refused(world, "ssh-other", policy)
 
 
-def test_empty_policy_is_usage_error(world: World) -> None:
-    """A policy naming neither gpg_keys nor ssh_allowed_signers is a usage error."""
+def test_empty_policy_is_refused_when_settings_load(world: World) -> None:
+    """A policy naming neither gpg_keys nor ssh_allowed_signers is refused as settings load,
+    and by check_policy for one built without validation."""
+    with pytest.raises(ValidationError, match="name gpg_keys or ssh_allowed_signers"):
+        SigningPolicy()
     with pytest.raises(UsageError, match="name gpg_keys or ssh_allowed_signers"):
-        check_policy(SigningPolicy())
+        check_policy(SigningPolicy.model_construct())
     with pytest.raises(UsageError):
-        verify_commit(world.mirror, world.shas["unsigned"], SigningPolicy())
+        verify_commit(world.mirror, world.shas["unsigned"], SigningPolicy.model_construct())
 
 
 def test_mirror_path_is_the_fetched_mirror(world: World) -> None:
