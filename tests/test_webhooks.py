@@ -7,6 +7,8 @@ documentation; the GitHub signature test uses GitHub's own published test vector
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -102,7 +104,7 @@ GITEA_PUSH = {
 }
 
 
-def body_of(payload: dict[str, object]) -> bytes:
+def body_of(payload: Mapping[str, Any]) -> bytes:
     return json.dumps(payload).encode()
 
 

@@ -1,0 +1,380 @@
+"""The daemon's HTTP server: webhooks, the operator API and the health endpoint.
+
+The only starlette and uvicorn user. ``gitops run`` builds the app with ``create_app`` over its
+``Controller`` (the reconcile loop) and runs it with ``serve`` or ``start_in_thread``; the
+monitoring issue adds routes through ``extra_routes``. Controller calls run in a worker thread,
+so a slow one never blocks the event loop.
+
+Nothing here logs a request body, a header or a secret: one log line per webhook decision
+(logger ``gitops.server``) names the environment, the provider and the result.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gitops.errors import GitopsError, LockHeld, PermanentError, TemporaryError, UsageError
+from gitops.settings import EnvironmentConfig, Settings
+from gitops.webhooks import InvalidSignature, UnsupportedEvent, parse_webhook, why_ignored
+
+__all__ = [
+    "OPERATIONS",
+    "Controller",
+    "bind",
+    "bound_port",
+    "create_app",
+    "parse_listen",
+    "serve",
+    "start_in_thread",
+    "stop",
+]
+
+log = logging.getLogger("gitops.server")
+
+OPERATIONS = ("suspend", "resume", "rollback", "retry")
+"""Actions the API passes to ``Controller.operate``; ``reconcile`` calls ``trigger``."""
+
+
+class Controller(Protocol):
+    """What the server asks of the daemon. Called from worker threads."""
+
+    def environments(self) -> list[EnvironmentConfig]: ...
+
+    def trigger(self, environment: str, *, reason: str, actor: str) -> bool:
+        """True: a reconcile is queued now; False: coalesced into an already pending one."""
+        ...
+
+    def operate(
+        self,
+        environment: str,
+        action: str,
+        *,
+        actor: str,
+        reason: str = "",
+        revision: str | None = None,
+    ) -> dict[str, Any]:
+        """Suspend, resume, rollback or retry; raises ``GitopsError`` subclasses."""
+        ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def status(self) -> list[dict[str, Any]]: ...
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, or ``_BodyTooLarge`` as soon as it is known to exceed ``limit`` bytes.
+
+    An announced Content-Length over the limit is refused before reading; a chunked body is
+    read until it passes the limit and no further.
+    """
+    announced = request.headers.get("content-length")
+    if announced is not None:
+        try:
+            if int(announced) > limit:
+                raise _BodyTooLarge
+        except ValueError:
+            raise _BodyTooLarge from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
+
+
+def _status_for(exc: GitopsError) -> int:
+    """409 for a held lock or a state conflict, 400 for a permanent error, 503 if temporary."""
+    if isinstance(exc, LockHeld):
+        return 409
+    if isinstance(exc, PermanentError):
+        return 400
+    if isinstance(exc, TemporaryError):
+        return 503
+    return 409  # neither permanent nor temporary: the environment's state forbids it now
+
+
+def create_app(
+    controller: Controller,
+    settings: Settings,
+    *,
+    extra_routes: Sequence[BaseRoute] = (),
+) -> Starlette:
+    """The ASGI app over ``controller``; webhook secrets and the API token are read now.
+
+    A secret that cannot be read raises ``UsageError`` here, so the daemon fails at start.
+    """
+    environments = {env.name: env for env in controller.environments()}
+    secrets = {
+        name: env.webhook_secret.reveal()
+        for name, env in environments.items()
+        if env.webhook_secret is not None
+    }
+    api_token = settings.api_token.reveal() if settings.api_token is not None else None
+    max_body = settings.max_body
+
+    def authorize(request: Request) -> JSONResponse | None:
+        if api_token is not None:
+            scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                sent.strip().encode(), api_token.encode()
+            ):
+                return None
+            return _error(401, "missing or wrong API token", {"WWW-Authenticate": "Bearer"})
+        host = request.client.host if request.client else None
+        if _is_loopback(host):
+            return None
+        return _error(403, "no API token is configured: the API answers loopback clients only")
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse(await run_in_threadpool(controller.health))
+
+    async def hook(request: Request) -> Response:
+        name = request.path_params["environment"]
+        env = environments.get(name)
+        if env is None:
+            return _error(404, "unknown environment")
+        secret = secrets.get(name)
+        if secret is None:
+            return _error(404, "webhooks are not enabled for this environment")
+        try:
+            body = await _read_body(request, max_body)
+        except _BodyTooLarge:
+            log.warning("webhook %s: rejected (body over %d bytes)", name, max_body)
+            return _error(413, f"body over {max_body} bytes")
+        try:
+            event = parse_webhook(request.headers, body, secret)
+        except InvalidSignature as exc:
+            log.warning("webhook %s: rejected (%s)", name, exc)
+            return _error(401, "invalid signature")
+        except UnsupportedEvent as exc:
+            log.warning("webhook %s: rejected (%s)", name, exc)
+            return _error(400, str(exc))
+        why = why_ignored(event, env.branch)
+        if why is not None:
+            log.info("webhook %s: %s ignored (%s)", name, event.provider, why)
+            return JSONResponse({"ignored": why})
+        head = (event.after or "")[:10]
+        forced = " (forced)" if event.forced else ""
+        reason = f"{event.provider} push {head}{forced}".strip()
+        triggered = await run_in_threadpool(
+            controller.trigger, name, reason=reason, actor=f"webhook:{event.provider}"
+        )
+        log.info(
+            "webhook %s: %s accepted (%s, %s)",
+            name,
+            event.provider,
+            reason,
+            "queued" if triggered else "coalesced",
+        )
+        return JSONResponse({"triggered": triggered}, status_code=202)
+
+    async def operate(request: Request) -> Response:
+        refused = authorize(request)
+        if refused is not None:
+            return refused
+        name = request.path_params["environment"]
+        action = request.path_params["action"]
+        if name not in environments:
+            return _error(404, "unknown environment")
+        if action != "reconcile" and action not in OPERATIONS:
+            return _error(404, f"unknown action; one of reconcile, {', '.join(OPERATIONS)}")
+        try:
+            body = await _read_body(request, max_body)
+        except _BodyTooLarge:
+            return _error(413, f"body over {max_body} bytes")
+        try:
+            options = _api_options(body)
+        except UsageError as exc:
+            return _error(400, str(exc))
+        client = request.client.host if request.client else "unknown"
+        actor = options.get("actor") or f"api:{client}"
+        reason = options.get("reason") or ""
+        try:
+            if action == "reconcile":
+                triggered = await run_in_threadpool(
+                    controller.trigger, name, reason=reason or "operator request", actor=actor
+                )
+                return JSONResponse({"triggered": triggered}, status_code=202)
+            result = await run_in_threadpool(
+                controller.operate,
+                name,
+                action,
+                actor=actor,
+                reason=reason,
+                revision=options.get("revision"),
+            )
+        except GitopsError as exc:
+            return _error(_status_for(exc), str(exc))
+        return JSONResponse(result)
+
+    async def status(request: Request) -> Response:
+        refused = authorize(request)
+        if refused is not None:
+            return refused
+        return JSONResponse(await run_in_threadpool(controller.status))
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/hooks/{environment}", hook, methods=["POST"]),
+        Route("/api/environments/{environment}/{action}", operate, methods=["POST"]),
+        Route("/api/status", status, methods=["GET"]),
+        *extra_routes,
+    ]
+    return Starlette(routes=routes)
+
+
+def _api_options(body: bytes) -> dict[str, str]:
+    """The optional JSON object of an API call: ``reason``, ``revision``, ``actor`` strings."""
+    if not body.strip():
+        return {}
+    try:
+        data: Any = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise UsageError("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise UsageError("the body must be a JSON object")
+    options: dict[str, str] = {}
+    for key in ("reason", "revision", "actor"):
+        value = data.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise UsageError(f"{key!r} must be a string")
+        options[key] = value
+    unknown = sorted(set(data) - {"reason", "revision", "actor"})
+    if unknown:
+        raise UsageError(f"unknown field(s): {', '.join(map(str, unknown))}")
+    return options
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:9469`` for IPv6) as a pair; ``UsageError`` if malformed."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"listen address {listen!r}: expected host:port")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def bind(listen: str) -> socket.socket:
+    """A listening socket on ``listen`` (port 0: any free port); ``UsageError`` if it fails."""
+    host, port = parse_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, reuse_port=False)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+
+
+def _server(app: Starlette, sock: socket.socket) -> uvicorn.Server:
+    host, port = sock.getsockname()[:2]
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        log_config=None,  # leave the daemon's logging setup alone
+        access_log=False,
+        lifespan="off",
+        server_header=False,
+    )
+    return uvicorn.Server(config)
+
+
+def _run(server: uvicorn.Server, sock: socket.socket, stop_event: threading.Event | None) -> None:
+    if stop_event is not None:
+
+        def watch() -> None:
+            stop_event.wait()
+            server.should_exit = True
+
+        threading.Thread(target=watch, name="gitops-http-stop", daemon=True).start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def serve(app: Starlette, listen: str, stop_event: threading.Event | None = None) -> None:
+    """Serve ``app`` on ``listen`` until ``stop_event`` is set (or, in the main thread, a signal).
+
+    In the main thread uvicorn handles SIGINT/SIGTERM itself; the daemon, which has its own
+    SIGTERM handling, should rather use ``start_in_thread``.
+    """
+    sock = bind(listen)
+    _run(_server(app, sock), sock, stop_event)
+
+
+def start_in_thread(
+    app: Starlette, listen: str, *, timeout: float = 10.0
+) -> tuple[uvicorn.Server, threading.Thread]:
+    """Serve ``app`` from a daemon thread; returns once it accepts connections.
+
+    The address is bound here, so a port in use raises ``UsageError`` in the caller. Stop it
+    with ``stop(server, thread)``; ``bound_port(server)`` tells the port when ``listen`` ends
+    in ``:0``.
+    """
+    sock = bind(listen)
+    server = _server(app, sock)
+    thread = threading.Thread(
+        target=_run, args=(server, sock, None), name="gitops-http", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    if not server.started:
+        server.should_exit = True
+        thread.join(timeout=5)
+        raise UsageError(f"the HTTP server on {listen} did not start")
+    return server, thread
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    """The TCP port a started server listens on."""
+    for listener in server.servers:
+        for sock in listener.sockets:
+            return int(sock.getsockname()[1])
+    raise RuntimeError("the server is not listening")
+
+
+def stop(server: uvicorn.Server, thread: threading.Thread, timeout: float = 10.0) -> None:
+    """Ask the server to finish its open requests and exit; wait for its thread."""
+    server.should_exit = True
+    thread.join(timeout=timeout)
