@@ -30,6 +30,22 @@ PROGRESS_PREFIX = "progress: "
 STDERR_TAIL = 20
 
 
+PARENT_ENV = "GITOPS_WORKER_PARENT"
+
+
+def die_with_parent() -> None:
+    """Called first thing in a worker: end (SIGTERM) when the process that started it dies,
+    so a killed reconciler leaves no worker applying behind the next one's back."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    expected = os.environ.get(PARENT_ENV)
+    if expected and os.getppid() != int(expected):  # the parent died before prctl
+        sys.exit(1)
+
+
 def run_worker(
     module: str, job: str, *, timeout: float, on_progress: Progress | None = None
 ) -> str:
@@ -44,6 +60,7 @@ def run_worker(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        env={**os.environ, PARENT_ENV: str(os.getpid())},
     )
     assert proc.stdin and proc.stdout and proc.stderr
     lines: queue.Queue[str | None] = queue.Queue()

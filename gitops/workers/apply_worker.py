@@ -43,7 +43,7 @@ from gitops.records import (
     Plan,
     WorkerResult,
 )
-from gitops.worker import PROGRESS_PREFIX
+from gitops.worker import PROGRESS_PREFIX, die_with_parent
 
 
 class Job(BaseModel):
@@ -336,6 +336,7 @@ def _disconnect(state: State) -> None:
 
 
 def main() -> None:
+    die_with_parent()
     job = Job.model_validate_json(sys.stdin.read())
     # Deploy code may print: keep stdout for the one JSON result.
     result_fd = os.dup(1)

@@ -44,7 +44,7 @@ from testinfra.backend.ssh import SshBackend
 
 from gitops.model import DeclaredHost, DeclaredState
 from gitops.records import CheckResult, CheckStatus, VerifyReport
-from gitops.worker import PROGRESS_PREFIX
+from gitops.worker import PROGRESS_PREFIX, die_with_parent
 
 CHECKS_FILE = "checks.py"
 CONTROL_PERSIST_S = 30
@@ -486,6 +486,7 @@ def run(state: DeclaredState, progress: Callable[[str], Any] = lambda _line: Non
 
 
 def main() -> int:
+    die_with_parent()
     state = DeclaredState.model_validate_json(sys.stdin.buffer.read())
 
     def progress(line: str) -> None:
