@@ -9,18 +9,22 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+from test_webhooks import GITEA_PUSH, GITHUB_PING, GITHUB_PUSH, GITLAB_PUSH
 
 from gitops.errors import GitopsError, LockHeld, UsageError
-from gitops.server import _is_loopback, bound_port, create_app, start_in_thread, stop
+from gitops.server import _is_loopback, bound_port, create_app, serve, start_in_thread, stop
 from gitops.settings import EnvironmentConfig, SecretRef, Settings
 from gitops.webhooks import hmac_sha256_hex
-from tests.test_webhooks import GITEA_PUSH, GITHUB_PING, GITHUB_PUSH, GITLAB_PUSH
 
 HOOK_SECRET = "hook-secret-never-shown-7f3a"
 API_TOKEN = "api-token-never-shown-91c2"
@@ -447,3 +451,34 @@ def test_port_in_use_is_a_usage_error(server: Running) -> None:
     app = create_app(server.controller, Settings(max_body=MAX_BODY))
     with pytest.raises(UsageError, match=r"cannot listen on 127\.0\.0\.1"):
         start_in_thread(app, f"127.0.0.1:{port}")
+
+
+def test_extra_routes_are_served(start: Callable[..., Running]) -> None:
+    """Routes passed as extra_routes (the monitoring issue's) are served by the same app."""
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse("gitops_up 1\n")
+
+    controller = RecordingController(environments())
+    app = create_app(
+        controller, Settings(max_body=MAX_BODY), extra_routes=[Route("/metrics", metrics)]
+    )
+    server, thread = start_in_thread(app, "127.0.0.1:0")
+    try:
+        response = httpx.get(f"http://127.0.0.1:{bound_port(server)}/metrics", timeout=10)
+    finally:
+        stop(server, thread)
+    assert response.status_code == 200
+    assert response.text == "gitops_up 1\n"
+
+
+def test_serve_returns_when_stop_event_is_set() -> None:
+    """serve() in a thread returns once its stop event is set (the daemon's shutdown)."""
+    controller = RecordingController(environments())
+    app = create_app(controller, Settings(max_body=MAX_BODY))
+    stop_event = threading.Event()
+    thread = threading.Thread(target=serve, args=(app, "127.0.0.1:0", stop_event), daemon=True)
+    thread.start()
+    stop_event.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
