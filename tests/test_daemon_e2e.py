@@ -1,0 +1,270 @@
+"""End to end: ``gitops run`` reconciling a watched local repository onto real lab hosts.
+
+One daemon per test module, watching a fresh state repository (the sample plus a small
+``probe`` service whose check a commit can break), with a canary batch of one host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from statelab import StateRepo, make_state_repo
+
+from gitops.lab import LabInfo
+
+pytestmark = pytest.mark.lab
+
+TOKEN = "operator-token-for-tests"
+HOOK_SECRET = "webhook-secret-for-tests"
+PROBE_DEPLOY = """\
+from pyinfra import host
+from pyinfra.operations import files
+
+files.put(name="Probe file", src=__import__("io").StringIO(host.data.get("value") + "\\n"),
+          dest="/etc/gitops-probe", mode="0644")
+"""
+PROBE_CHECKS = """\
+def test_probe_is_ok(host):
+    \"\"\"The probe file says ok.\"\"\"
+    assert host.file("/etc/gitops-probe").content_string.strip() == "ok"
+"""
+PROBE_MODEL = """\
+from pydantic import BaseModel, ConfigDict
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    value: str = "ok"
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Daemon:
+    """A ``gitops run`` subprocess and the repository it watches."""
+
+    def __init__(self, repo: StateRepo, root: Path) -> None:
+        self.repo = repo
+        self.port = _free_port()
+        self.config = root / "gitops.toml"
+        self.config.write_text(
+            f'state_dir = "{repo.state_dir}"\n'
+            f'listen = "127.0.0.1:{self.port}"\n'
+            'api_token = {env = "GITOPS_TEST_TOKEN"}\n'
+            "[[environments]]\n"
+            'name = "lab"\n'
+            f'repo = "{repo.path}"\n'
+            "interval = 2\n"
+            "drift_interval = 3600\n"
+            "retry_base = 1\n"
+            'webhook_secret = {env = "GITOPS_TEST_HOOK_SECRET"}\n'
+        )
+        self.log = root / "daemon.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "GITOPS_TEST_TOKEN": TOKEN, "GITOPS_TEST_HOOK_SECRET": HOOK_SECRET,
+               "GITOPS_CONFIG": str(self.config)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gitops", "run", "--config", str(self.config)],
+            stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env=env,
+        )
+        wait_for(lambda: self.http("GET", "/healthz")[0] == 200, 30, "daemon health")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=300)
+
+    def http(self, method: str, path: str, body: bytes = b"",
+             headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=body or None,
+                                         method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+        except OSError:
+            return 0, None
+
+    def api(self, action: str, **body: Any) -> tuple[int, Any]:
+        return self.http("POST", f"/api/environments/lab/{action}", json.dumps(body).encode(),
+                         {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
+
+    def env_status(self) -> dict[str, Any]:
+        _, rows = self.repo.gitops_json("status")
+        return {row["host"]: row for row in rows}
+
+    def history(self) -> list[dict[str, Any]]:
+        return list(self.repo.gitops_json("history")[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def applied_everywhere(d: Daemon, sha: str) -> bool:
+    status = d.env_status()
+    hosts = [h.name for h in d.repo.lab.hosts]
+    return all(
+        (status.get(h) or {}).get("last_applied_revision", "").endswith(sha)
+        and any(c["type"] == "Ready" and c["status"] == "True"
+                for c in status[h]["conditions"])
+        for h in hosts
+    )
+
+
+@pytest.fixture(scope="module")
+def daemon(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    root = tmp_path_factory.mktemp("daemon")
+    repo = make_state_repo(root, lab)
+    probe = repo.path / "deploys/probe"
+    probe.mkdir()
+    (probe / "deploy.py").write_text(PROBE_DEPLOY)
+    (probe / "checks.py").write_text(PROBE_CHECKS)
+    (probe / "model.py").write_text(PROBE_MODEL)
+    inv = repo.inventory()
+    inv["groups"]["all"]["services"]["probe"] = {}
+    inv["settings"]["rollout"] = {"canary": 1, "batch": "100%"}
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    repo.commit("probe service, canary rollout")
+    d = Daemon(repo, root)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def _set_probe(repo: StateRepo, value: str) -> str:
+    inv = repo.inventory()
+    inv["groups"]["all"]["services"]["probe"] = {"value": value}
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    return repo.commit(f"probe: {value}")
+
+
+def test_a_commit_reaches_every_host_verified_unattended(daemon: Daemon) -> None:
+    """The daemon applies and verifies the watched branch's head with nobody running anything."""
+    head = subprocess.check_output(["git", "-C", str(daemon.repo.path), "rev-parse", "HEAD"],
+                                   text=True).strip()
+    wait_for(lambda: applied_everywhere(daemon, head), 300, "the first rollout")
+    motd = daemon.repo.path / "deploys/base/templates/motd.j2"
+    motd.write_text(motd.read_text() + "\n  deployed by the daemon\n")
+    sha = daemon.repo.commit("motd: a line from the daemon test")
+    wait_for(lambda: applied_everywhere(daemon, sha), 120, "the new commit on every host")
+    for host in daemon.repo.lab.hosts:
+        assert "deployed by the daemon" in daemon.repo.ssh(host.name, "cat /etc/motd")
+    runs = daemon.history()
+    assert runs[0]["sha"] == sha and runs[0]["actor"] in ("watch", "gitops-daemon")
+
+
+def test_a_commit_breaking_the_canary_is_rolled_back_and_quarantined(daemon: Daemon) -> None:
+    """A check failing on the canary stops the rollout there, rolls the canary back,
+    quarantines the commit; the next good commit rolls out everywhere."""
+    canary, *others = [h.name for h in daemon.repo.lab.hosts]
+    before = {h: daemon.repo.ssh(h, "cat /etc/gitops-probe").strip() for h in others}
+    bad = _set_probe(daemon.repo, "broken")
+    wait_for(lambda: any(q == bad for row in daemon.env_status().values()
+                         for q in row.get("quarantined", [])) or
+             any(r["kind"] == "rollback" and r["result"] for r in daemon.history()[:3]),
+             180, "the rollback of the canary")
+    wait_for(lambda: daemon.repo.ssh(canary, "cat /etc/gitops-probe").strip() == "ok", 120,
+             "the canary back on the last verified revision")
+    for host in others:  # never reached
+        assert daemon.repo.ssh(host, "cat /etc/gitops-probe").strip() == before[host] == "ok"
+    _, status = daemon.http("GET", "/api/status")
+    env = next(row for row in status if row["host"] == "")
+    assert bad in env["quarantined"]
+    runs = daemon.history()
+    failed = next(r for r in runs if r["sha"] == bad and r["kind"] == "reconcile")
+    assert failed["result"] == "failed" and failed["failed_hosts"] == [canary]
+    time.sleep(5)  # several poll intervals: the quarantined head is not applied again
+    assert not [r for r in daemon.history() if r["sha"] == bad and r["id"] > failed["id"]
+                and r["kind"] == "reconcile"]
+    good = _set_probe(daemon.repo, "ok")
+    wait_for(lambda: applied_everywhere(daemon, good), 180, "the fix on every host")
+
+
+def test_suspend_stops_applies_until_resume(daemon: Daemon) -> None:
+    """While suspended nothing is applied; resume applies the waiting commit."""
+    code, answer = daemon.api("suspend", reason="change freeze for the test")
+    assert code == 200 and answer["suspended"] == 1
+    motd = daemon.repo.path / "deploys/base/templates/motd.j2"
+    motd.write_text(motd.read_text() + "\n  written while suspended\n")
+    sha = daemon.repo.commit("motd while suspended")
+    time.sleep(6)  # three poll intervals and a watch trigger
+    assert not [r for r in daemon.history() if r["sha"] == sha]
+    assert "written while suspended" not in daemon.repo.ssh("lab-1", "cat /etc/motd")
+    code, _ = daemon.api("resume")
+    assert code == 200
+    wait_for(lambda: applied_everywhere(daemon, sha), 120, "the commit after resume")
+    kinds = [r["kind"] for r in daemon.history()]
+    assert "suspend" in kinds and "resume" in kinds
+
+
+def test_webhook_with_a_wrong_signature_is_refused(daemon: Daemon) -> None:
+    """A GitHub push signed with another secret gets 401 and triggers nothing."""
+    body = json.dumps({"ref": "refs/heads/main", "after": "0" * 40}).encode()
+    wrong = hmac.new(b"not-the-secret", body, hashlib.sha256).hexdigest()
+    before = len(daemon.history())
+    code, answer = daemon.http("POST", "/hooks/lab", body, {
+        "X-GitHub-Event": "push", "X-Hub-Signature-256": f"sha256={wrong}",
+        "Content-Type": "application/json"})
+    assert code == 401
+    assert HOOK_SECRET not in json.dumps(answer) and wrong not in json.dumps(answer)
+    assert HOOK_SECRET not in daemon.log.read_text()
+    right = hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
+    code, answer = daemon.http("POST", "/hooks/lab", body, {
+        "X-GitHub-Event": "push", "X-Hub-Signature-256": f"sha256={right}",
+        "Content-Type": "application/json"})
+    assert code == 202
+    time.sleep(3)
+    assert len(daemon.history()) == before  # head already applied: nothing to do
+
+
+def test_kill_9_mid_rollout_then_restart_completes_it(daemon: Daemon) -> None:
+    """kill -9 of the daemon during a rollout; after a restart the rollout completes and the
+    record is consistent (the cut run is marked interrupted, the next one succeeds)."""
+    slow = daemon.repo.path / "deploys/probe/deploy.py"
+    slow.write_text(PROBE_DEPLOY + "\nfrom pyinfra.operations import server\n"
+                    "server.shell(name='Slow step', commands=['sleep 3'])\n")
+    sha = daemon.repo.commit("probe: a slow step")
+    wait_for(lambda: any(r["sha"] == sha and r["result"] is None for r in daemon.history()),
+             60, "the rollout to start")
+    time.sleep(1)
+    daemon.stop(signal.SIGKILL)
+    cut = next(r for r in daemon.history() if r["sha"] == sha)
+    assert cut["result"] is None
+    daemon.start()
+    wait_for(lambda: applied_everywhere(daemon, sha), 180, "the rollout after restart")
+    runs = {r["id"]: r for r in daemon.history()}
+    assert runs[cut["id"]]["result"] == "interrupted"
+    assert any(r["sha"] == sha and r["result"] == "succeeded" and r["id"] > cut["id"]
+               for r in runs.values())
+    assert all(r["result"] is not None for r in runs.values())
