@@ -198,7 +198,7 @@ def test_a_commit_breaking_the_canary_is_rolled_back_and_quarantined(daemon: Dae
              "the canary back on the last verified revision")
     for host in others:  # never reached
         assert daemon.repo.ssh(host, "cat /etc/gitops-probe").strip() == before[host] == "ok"
-    _, status = daemon.http("GET", "/api/status")
+    _, status = daemon.http("GET", "/api/status", headers={"Authorization": f"Bearer {TOKEN}"})
     env = next(row for row in status if row["host"] == "")
     assert bad in env["quarantined"]
     runs = daemon.history()
