@@ -213,14 +213,17 @@ class Daemon:
                 control.release_hold(store, name, head=head)
                 controls = store.controls(name)
             wanted = controls["held_sha"] or head
-            last = store.history(name, limit=1)
+            last = [r for r in store.history(name, limit=20)
+                    if r["kind"] in ("reconcile", "rollback", "retry")][:1]
             quarantined = {q["sha"] for q in store.quarantined(name)}
             env_status = next(iter(store.status(name)), None)
         kind: RunKind = "rollback" if controls["held_sha"] else "reconcile"
         retry = env.retry_hosts
         if wanted in quarantined and not controls["held_sha"]:
             return self._jitter(cfg.interval, cfg)  # the status already says why
-        if pending is None and retry is None and not self._needs_run(wanted, last, env_status):
+        # Webhooks and the repository watcher say "look now"; an operator says "run now".
+        forced = pending is not None and not pending[1].startswith(("webhook:", "watch"))
+        if not forced and retry is None and not self._needs_run(wanted, last, env_status):
             return self._jitter(cfg.interval, cfg)
         reason, actor = pending or (f"new commit {wanted[:10]}", "gitops-daemon")
         env.running = f"{kind} {wanted[:10]}"

@@ -230,7 +230,9 @@ def test_suspend_stops_applies_until_resume(daemon: Daemon) -> None:
 
 def test_webhook_with_a_wrong_signature_is_refused(daemon: Daemon) -> None:
     """A GitHub push signed with another secret gets 401 and triggers nothing."""
-    body = json.dumps({"ref": "refs/heads/main", "after": "0" * 40}).encode()
+    head = subprocess.check_output(["git", "-C", str(daemon.repo.path), "rev-parse", "HEAD"],
+                                   text=True).strip()
+    body = json.dumps({"ref": "refs/heads/main", "before": head, "after": head}).encode()
     wrong = hmac.new(b"not-the-secret", body, hashlib.sha256).hexdigest()
     before = len(daemon.history())
     code, answer = daemon.http("POST", "/hooks/lab", body, {
@@ -263,8 +265,9 @@ def test_kill_9_mid_rollout_then_restart_completes_it(daemon: Daemon) -> None:
     assert cut["result"] is None
     daemon.start()
     wait_for(lambda: applied_everywhere(daemon, sha), 180, "the rollout after restart")
+    wait_for(lambda: all(r["result"] is not None for r in daemon.history()), 60,
+             "every run to be finished")
     runs = {r["id"]: r for r in daemon.history()}
     assert runs[cut["id"]]["result"] == "interrupted"
     assert any(r["sha"] == sha and r["result"] == "succeeded" and r["id"] > cut["id"]
                for r in runs.values())
-    assert all(r["result"] is not None for r in runs.values())
