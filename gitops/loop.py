@@ -226,6 +226,13 @@ class Daemon:
         if not forced and retry is None and not self._needs_run(wanted, last, env_status):
             return self._jitter(cfg.interval, cfg)
         reason, actor = pending or (f"new commit {wanted[:10]}", "gitops-daemon")
+        previous = (env_status or {}).get("last_applied_revision")
+        if previous and not controls["held_sha"]:
+            source.fetch(cfg.repo, cfg.branch, env.target.state_dir)
+            old = previous.rsplit(":", 1)[-1]
+            if old != wanted and source.rewrites_history(cfg.repo, env.target.state_dir, old,
+                                                         wanted):
+                reason += f" (force-push: {old[:10]} is not an ancestor of {wanted[:10]})"
         env.running = f"{kind} {wanted[:10]}"
         outcome = run(env.target, Request(
             kind="retry" if retry is not None else kind, reason=reason, revision=wanted,

@@ -95,6 +95,20 @@ def head(url: str, branch: str, *, timeout: float = 30) -> str:
     raise RevisionNotFound(f"{redact(url)}: no branch {branch!r}")
 
 
+def rewrites_history(url: str, state_dir: Path, old: str, new: str) -> bool:
+    """Whether moving from ``old`` to ``new`` drops commits (a force-push), as far as the
+    mirror knows; False when it cannot tell."""
+    path = mirror_path(url, state_dir)
+    if not path.is_dir():
+        return False
+    with git.Repo(path) as repo:
+        try:
+            repo.git.merge_base("--is-ancestor", old, new)
+        except git.GitCommandError as exc:
+            return exc.status == 1  # 1: not an ancestor; other codes: unknown commit
+    return False
+
+
 def revision(url: str, branch: str, rev: str, state_dir: Path) -> Revision:
     """An already fetched commit (for rollbacks to an earlier revision)."""
     if Path(url).expanduser().is_dir():

@@ -131,3 +131,20 @@ def test_example_settings_file_is_valid() -> None:
     data = tomllib.loads((PROJECT / "gitops.example.toml").read_text())
     settings = Settings(**data)
     assert [e.name for e in settings.environments] == ["production"]
+
+
+def test_force_push_is_recognised(tmp_path: Path) -> None:
+    """A head that drops the applied commit is a force-push; a fast-forward is not."""
+    from gitops import source
+
+    repo, first = _repo(tmp_path)
+    git = ["git", "-C", str(repo)]
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "two"], check=True)
+    second = subprocess.check_output([*git, "rev-parse", "HEAD"], text=True).strip()
+    source.fetch(str(repo), "main", tmp_path / "state")
+    assert not source.rewrites_history(str(repo), tmp_path / "state", first, second)
+    subprocess.run([*git, "reset", "-q", "--hard", first], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "rewritten"], check=True)
+    rewritten = subprocess.check_output([*git, "rev-parse", "HEAD"], text=True).strip()
+    source.fetch(str(repo), "main", tmp_path / "state")
+    assert source.rewrites_history(str(repo), tmp_path / "state", second, rewritten)
