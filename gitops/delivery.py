@@ -1,0 +1,224 @@
+"""Delivery metrics (the DORA four keys) computed from the reconciler's own run history.
+
+Read by the CLI (``gitops metrics``), the API, the Prometheus exporter and the status page
+(wired elsewhere). A pure function of the ``runs`` and ``host_results`` tables and of ``now``
+(injected, so tests are exact). Definitions, per environment and window
+``[now - days, now]`` (times are the store's UTC timestamps):
+
+- **Rollout**: the first ``reconcile`` run of a sha never applied successfully before in the
+  environment (no earlier ``succeeded`` reconcile/rollback/retry run of it), with every later
+  ``reconcile`` or ``retry`` run of that sha as further attempts. Drift corrections (reason
+  "drift correction") re-apply an applied sha and are not rollouts. ``invalid`` runs are left
+  out entirely: an invalid declaration never reached a host, so it is neither a deployment nor
+  a change failure.
+- **Deployment**: a rollout verified on all targeted hosts, i.e. one of its attempts
+  ``succeeded``; it is deployed at that run's ``finished_at``. **Deployment frequency** =
+  deployments in the window / ``days``.
+- **Lead time for changes**: ``finished_at`` of the verifying run - the commit's
+  ``committed_at``, over the window's deployments; median (``statistics.median``) and p90
+  (nearest rank: the ``ceil(0.9 n)``-th smallest).
+- **Change failure rate**: failed rollouts / decided rollouts, over rollouts first attempted in
+  the window. A rollout *failed* when an attempt ended ``failed`` before it was verified, or when
+  a ``rollback`` (run or operator request) came while it was the latest rollout. A rollout is
+  *decided* once deployed or failed; rollouts that only errored, were interrupted or are still
+  running are counted in ``rollouts_pending`` and left out of the rate.
+- **Time to restore**: from a failed rollout (the failed run's ``finished_at``; later failures
+  before the restore belong to the same interval) to the next verified success in the
+  environment: a ``succeeded`` reconcile/rollback/retry run that verified every host still
+  failing (see ``gitops.incidents``); median over the intervals that started in the window,
+  with the list of intervals; an interval not yet closed is ``unrestored_since``.
+- **Series**: per UTC day of the window, deployments (by verified time) and failed rollouts
+  (by the time of the failure).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from gitops.incidents import RunRow, episodes, load_runs, verified_hosts
+from gitops.store import Store
+
+__all__ = ["DayCount", "DeliveryMetrics", "Rollout", "delivery_metrics", "rollouts"]
+
+
+@dataclass(frozen=True)
+class DayCount:
+    day: date
+    deployments: int
+    failures: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"day": self.day.isoformat(), "deployments": self.deployments,
+                "failures": self.failures}
+
+
+@dataclass
+class Rollout:
+    """One new sha through its attempts (built by ``rollouts``, then read-only)."""
+
+    sha: str
+    first_attempt: RunRow
+    committed_at: datetime | None
+    deployed_at: datetime | None = None
+    deployed_by: int | None = None
+    failed_at: datetime | None = None
+
+    @property
+    def decided(self) -> bool:
+        return self.deployed_at is not None or self.failed_at is not None
+
+    @property
+    def lead_time_s(self) -> float | None:
+        if self.deployed_at is None or self.committed_at is None:
+            return None
+        return (self.deployed_at - self.committed_at).total_seconds()
+
+
+@dataclass(frozen=True)
+class DeliveryMetrics:
+    """The four keys of one environment over one window; ``as_dict()`` is JSON-ready."""
+
+    environment: str
+    window_start: datetime
+    window_end: datetime
+    days: float
+    deployments: int
+    deployment_frequency_per_day: float
+    lead_time_median_s: float | None
+    lead_time_p90_s: float | None
+    rollouts: int
+    """Decided rollouts first attempted in the window (the rate's denominator)."""
+    failed_rollouts: int
+    change_failure_rate: float | None
+    rollouts_pending: int
+    time_to_restore_median_s: float | None
+    restore_intervals_s: tuple[float, ...]
+    unrestored_since: datetime | None
+    lead_times_s: tuple[float, ...] = ()
+    series: tuple[DayCount, ...] = field(default=())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "environment": self.environment,
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.window_end.isoformat(),
+            "days": self.days,
+            "deployments": self.deployments,
+            "deployment_frequency_per_day": self.deployment_frequency_per_day,
+            "lead_time_median_s": self.lead_time_median_s,
+            "lead_time_p90_s": self.lead_time_p90_s,
+            "lead_times_s": list(self.lead_times_s),
+            "rollouts": self.rollouts,
+            "failed_rollouts": self.failed_rollouts,
+            "change_failure_rate": self.change_failure_rate,
+            "rollouts_pending": self.rollouts_pending,
+            "time_to_restore_median_s": self.time_to_restore_median_s,
+            "restore_intervals_s": list(self.restore_intervals_s),
+            "unrestored_since": self.unrestored_since.isoformat()
+            if self.unrestored_since else None,
+            "series": [d.as_dict() for d in self.series],
+        }
+
+
+def rollouts(runs: list[RunRow]) -> list[Rollout]:
+    """The rollouts of one environment's runs (oldest first), per the module's definitions."""
+    applied: set[str] = set()
+    by_sha: dict[str, Rollout] = {}
+    current: Rollout | None = None
+    for run in runs:
+        if run.kind == "rollback" and run.result not in ("invalid", None):
+            if current is not None and current.failed_at is None:
+                current.failed_at = run.at
+        elif (run.kind in ("reconcile", "retry") and run.sha and run.result != "invalid"
+              and not run.drift_correction):
+            rollout = by_sha.get(run.sha)
+            if rollout is None and run.kind == "reconcile" and run.sha not in applied:
+                rollout = by_sha[run.sha] = Rollout(run.sha, run, run.committed_at)
+                current = rollout
+            if rollout is not None and rollout.deployed_at is None:
+                if run.result == "failed" and rollout.failed_at is None:
+                    rollout.failed_at = run.at
+                elif run.verified_success:
+                    rollout.deployed_at, rollout.deployed_by = run.at, run.id
+        if run.verified_success and run.sha:
+            applied.add(run.sha)
+    return list(by_sha.values())
+
+
+def _failed_rollout(run: RunRow) -> str | None:
+    if run.kind in ("reconcile", "retry") and run.result == "failed" and not run.drift_correction:
+        return "failed rollout"
+    return None
+
+
+def _p90(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(1, math.ceil(0.9 * len(ordered))) - 1]
+
+
+def delivery_metrics(
+    store: Store,
+    *,
+    environment: str | None = None,
+    days: float = 90,
+    now: datetime | None = None,
+) -> dict[str, DeliveryMetrics]:
+    """The four keys per environment (only ``environment`` when given) over the last ``days``."""
+    if days <= 0:
+        raise ValueError("days must be positive")
+    end = now or datetime.now(UTC)
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)
+    start = end - timedelta(days=days)
+    by_env = load_runs(store, environment)
+    if environment is not None:
+        by_env.setdefault(environment, [])
+    verified = verified_hosts(store, environment)
+
+    def inside(t: datetime | None) -> bool:
+        return t is not None and start <= t <= end
+
+    out: dict[str, DeliveryMetrics] = {}
+    for env, runs in sorted(by_env.items()):
+        found = rollouts(runs)
+        deployed = [r for r in found if inside(r.deployed_at)]
+        lead = [t for r in deployed if (t := r.lead_time_s) is not None]
+        attempted = [r for r in found if inside(r.first_attempt.started_at)]
+        decided = [r for r in attempted if r.decided]
+        failed = [r for r in decided if r.failed_at is not None]
+        restores = [e for e in episodes(runs, verified, _failed_rollout)
+                    if inside(e.opened_at)]
+        intervals = [(e.closed_at - e.opened_at).total_seconds()
+                     for e in restores if e.closed_at is not None]
+        open_since = next((e.opened_at for e in restores if e.closed_at is None), None)
+        per_day: dict[date, list[int]] = {}
+        day = start.astimezone(UTC).date()
+        while day <= end.astimezone(UTC).date():
+            per_day[day] = [0, 0]
+            day += timedelta(days=1)
+        for r in deployed:
+            assert r.deployed_at is not None
+            per_day[r.deployed_at.astimezone(UTC).date()][0] += 1
+        for r in found:
+            if r.failed_at is not None and inside(r.failed_at):
+                per_day[r.failed_at.astimezone(UTC).date()][1] += 1
+        out[env] = DeliveryMetrics(
+            environment=env, window_start=start, window_end=end, days=days,
+            deployments=len(deployed), deployment_frequency_per_day=len(deployed) / days,
+            lead_time_median_s=statistics.median(lead) if lead else None,
+            lead_time_p90_s=_p90(lead), lead_times_s=tuple(sorted(lead)),
+            rollouts=len(decided), failed_rollouts=len(failed),
+            change_failure_rate=len(failed) / len(decided) if decided else None,
+            rollouts_pending=len(attempted) - len(decided),
+            time_to_restore_median_s=statistics.median(intervals) if intervals else None,
+            restore_intervals_s=tuple(intervals), unrestored_since=open_since,
+            series=tuple(DayCount(d, c[0], c[1]) for d, c in per_day.items()),
+        )
+    return out
+

@@ -1,0 +1,524 @@
+"""Incident timelines derived from the run history: the start of the team's post-mortem.
+
+An incident is a pure function of the ``runs`` table (and the per-run host, operation and
+check rows), recomputed on every call: nothing is stored apart from the history, so a crash
+never loses one and a changed definition applies to the past too.
+
+- **Opens** on a failed rollout (a ``reconcile`` or ``retry`` run whose result is ``failed``),
+  a ``rollback`` (a rollback run, or an operator's rollback request), or a drift correction (a
+  ``reconcile`` run with reason "drift correction"). ``opened_at`` is when the reconciler knew:
+  the failed run's ``finished_at``; for a drift correction, the ``finished_at`` of the failed
+  drift check before it; for a rollback that no failure preceded, its ``started_at``.
+- While open, every run of the environment joins its timeline; further failures add their
+  failed hosts to the hosts still to restore.
+- **Closes** at the next verified success covering it: a ``succeeded`` ``reconcile``,
+  ``rollback`` or ``retry`` run (one that reached hosts, not an operator's request) that verified
+  every host still failing (a run with no host rows covers all). That run and its commit are
+  what restored it. ``invalid`` and ``error`` runs never open or close one.
+
+``id`` is ``<environment>-<first run id>``: stable as long as the history is. Called by the CLI
+(``gitops incidents``), the API and the status page (wired elsewhere); ``write_reports`` keeps one
+Markdown file per incident in a reports folder. Only what the store holds is shown: no secrets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from gitops.store import Store
+
+__all__ = [
+    "APPLY_KINDS",
+    "Episode",
+    "Incident",
+    "RunRow",
+    "episodes",
+    "incidents",
+    "load_runs",
+    "render_markdown",
+    "verified_hosts",
+    "write_reports",
+]
+
+APPLY_KINDS = frozenset({"reconcile", "rollback", "retry"})
+"""Run kinds that apply a revision to hosts."""
+
+DiffSummary = Callable[[str, str], str]
+"""``diff_summary(old_sha, new_sha)``: e.g. ``git diff --stat``, supplied by the caller."""
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    stamp = datetime.fromisoformat(value)
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One row of ``runs`` (without the plan), with parsed times."""
+
+    id: int
+    environment: str
+    kind: str
+    actor: str
+    reason: str
+    sha: str | None
+    branch: str | None
+    author: str | None
+    committed_at: datetime | None
+    message: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    result: str | None
+    error: str | None
+    failed_hosts: tuple[str, ...]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> RunRow:
+        started = _time(row["started_at"])
+        assert started is not None
+        return cls(
+            id=row["id"], environment=row["environment"], kind=row["kind"],
+            actor=row["actor"], reason=row["reason"] or "", sha=row["sha"],
+            branch=row["branch"], author=row["author"],
+            committed_at=_time(row["committed_at"]), message=row["message"],
+            started_at=started, finished_at=_time(row["finished_at"]), result=row["result"],
+            error=row["error"], failed_hosts=tuple(json.loads(row["failed_hosts"] or "[]")),
+        )
+
+    @property
+    def real(self) -> bool:
+        """A run that fetched a revision (an operator's request, ``record_event``, has none)."""
+        return self.branch is not None
+
+    @property
+    def request(self) -> bool:
+        """An operator's request recorded by ``record_event`` (suspend, resume, rollback)."""
+        return not self.real and self.finished_at == self.started_at
+
+    @property
+    def drift_check(self) -> bool:
+        return self.kind == "verify" and self.reason == "drift check"
+
+    @property
+    def drift_correction(self) -> bool:
+        return self.kind == "reconcile" and self.reason == "drift correction"
+
+    @property
+    def verified_success(self) -> bool:
+        """A succeeded apply run that reached hosts."""
+        return self.real and self.kind in APPLY_KINDS and self.result == "succeeded"
+
+    @property
+    def at(self) -> datetime:
+        return self.finished_at or self.started_at
+
+
+_RUN_COLUMNS = ("id, environment, kind, actor, reason, sha, branch, author, committed_at,"
+                " message, started_at, finished_at, result, error, failed_hosts")
+
+
+def load_runs(store: Store, environment: str | None = None) -> dict[str, list[RunRow]]:
+    """Every run (oldest first) per environment, in one query."""
+    sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+    args: tuple[str, ...] = ()
+    if environment is not None:
+        sql, args = sql + " WHERE environment=?", (environment,)
+    out: dict[str, list[RunRow]] = {}
+    for row in store.db.execute(sql + " ORDER BY environment, id", args):
+        out.setdefault(row["environment"], []).append(RunRow.from_row(row))
+    return out
+
+
+def verified_hosts(store: Store, environment: str | None = None) -> dict[int, frozenset[str]]:
+    """The hosts of each succeeded apply run (a succeeded run verified every host it has)."""
+    sql = ("SELECT h.run_id, h.host FROM host_results h JOIN runs r ON r.id = h.run_id"
+           " WHERE r.result = 'succeeded' AND r.kind IN ('reconcile', 'rollback', 'retry')")
+    args: tuple[str, ...] = ()
+    if environment is not None:
+        sql, args = sql + " AND r.environment=?", (environment,)
+    hosts: dict[int, set[str]] = {}
+    for run_id, host in store.db.execute(sql, args):
+        hosts.setdefault(run_id, set()).add(host)
+    return {k: frozenset(v) for k, v in hosts.items()}
+
+
+def default_cause(run: RunRow) -> str | None:
+    """What incident, if any, ``run`` opens: the definition in the module docstring."""
+    if run.kind not in APPLY_KINDS or run.result in ("invalid", None):
+        return None
+    if run.drift_correction:
+        return "drift correction"
+    if run.kind == "rollback":
+        return "rollback"
+    if run.result == "failed":
+        return "failed rollout"
+    return None
+
+
+@dataclass(frozen=True)
+class Episode:
+    """An interval from a failure to its restoring run, with every run in between."""
+
+    environment: str
+    cause: str
+    opener: RunRow
+    runs: tuple[RunRow, ...]
+    opened_at: datetime
+    closed_at: datetime | None
+    restorer: RunRow | None
+
+
+def episodes(
+    runs: Iterable[RunRow],
+    verified: Mapping[int, frozenset[str]],
+    opens: Callable[[RunRow], str | None] = default_cause,
+) -> list[Episode]:
+    """Scan one environment's runs (oldest first): the open/close rules of the module."""
+    found: list[Episode] = []
+    current: dict[str, Any] | None = None
+    failed_check: RunRow | None = None
+    for run in runs:
+        if run.drift_check and run.result in ("failed", "succeeded"):
+            failed_check = run if run.result == "failed" else None
+        cause = opens(run)
+        if current is None:
+            if cause is None:
+                continue
+            members = [run]
+            pending: set[str] = set(run.failed_hosts) if run.result == "failed" else set()
+            opened = run.at if run.result == "failed" else run.started_at
+            if cause == "drift correction" and failed_check is not None:
+                members = [failed_check, run]
+                opened = failed_check.at
+                pending |= set(failed_check.failed_hosts)
+            failed_check = None
+            current = {"cause": cause, "opener": run, "runs": members, "opened": opened,
+                       "pending": pending}
+        else:
+            current["runs"].append(run)
+            if run.real and run.kind in APPLY_KINDS and run.result == "failed":
+                current["pending"] |= set(run.failed_hosts)
+        if run.verified_success:
+            hosts = verified.get(run.id)
+            current["pending"] = set() if hosts is None else current["pending"] - hosts
+            if not current["pending"]:
+                found.append(Episode(run.environment, current["cause"], current["opener"],
+                                     tuple(current["runs"]), current["opened"], run.at, run))
+                current = None
+    if current is not None:
+        opener = current["opener"]
+        found.append(Episode(opener.environment, current["cause"], opener,
+                             tuple(current["runs"]), current["opened"], None, None))
+    return found
+
+
+# -- incidents --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Incident:
+    """One incident with everything the store knows about it; ``as_dict()`` is JSON-ready."""
+
+    id: str
+    environment: str
+    cause: str
+    """``failed rollout``, ``rollback`` or ``drift correction``."""
+    opened_at: datetime
+    closed_at: datetime | None
+    commit: dict[str, Any]
+    """sha, branch, author, committed_at, message, previous_sha, diff_summary."""
+    plan: list[dict[str, Any]]
+    """Per host of the opening run's plan: ``host``, ``changes`` (``service: op``), ``error``."""
+    failures: list[dict[str, Any]]
+    """Per failed run and host: ``run_id``, ``host``, ``error``, ``ops`` (name, stderr),
+    ``checks`` (service, check, status, message)."""
+    rollbacks: list[dict[str, Any]]
+    restored_by: dict[str, Any] | None
+    """The restoring run: run_id, kind, sha, author, message, finished_at."""
+    timeline: list[dict[str, Any]] = field(default_factory=list)
+    """``at`` (ISO time), ``run_id``, ``event`` (one line)."""
+
+    @property
+    def open(self) -> bool:
+        return self.closed_at is None
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.closed_at is None:
+            return None
+        return (self.closed_at - self.opened_at).total_seconds()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "environment": self.environment, "cause": self.cause,
+            "status": "open" if self.open else "closed",
+            "opened_at": self.opened_at.isoformat(),
+            "closed_at": self.closed_at.isoformat() if self.closed_at else None,
+            "duration_s": self.duration_s, "commit": self.commit, "plan": self.plan,
+            "failures": self.failures, "rollbacks": self.rollbacks,
+            "restored_by": self.restored_by, "timeline": self.timeline,
+        }
+
+
+def incidents(store: Store, environment: str | None = None, *,
+              diff_summary: DiffSummary | None = None) -> list[Incident]:
+    """Every incident (oldest first) of ``environment`` or of all environments."""
+    by_env = load_runs(store, environment)
+    verified = verified_hosts(store, environment)
+    out: list[Incident] = []
+    for runs in by_env.values():
+        for ep in episodes(runs, verified):
+            out.append(_incident(store, ep, runs, diff_summary))
+    out.sort(key=lambda i: (i.opened_at, i.id))
+    return out
+
+
+def _short(sha: str | None) -> str:
+    return sha[:10] if sha else "?"
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0] if (text or "").strip() else ""
+
+
+def _incident(store: Store, ep: Episode, runs: list[RunRow],
+              diff_summary: DiffSummary | None) -> Incident:
+    before = [r for r in runs if r.id < ep.runs[0].id]
+    commit_run = ep.opener
+    if ep.cause == "rollback":
+        # the commit being rolled back: the newest one applied before the rollback
+        commit_run = next((r for r in reversed(before) if r.verified_success
+                           and r.kind == "reconcile"), ep.opener)
+    sha = commit_run.sha
+    previous = next((r.sha for r in reversed(before) if r.verified_success and r.sha
+                     and r.sha != sha), None)
+    diff = diff_summary(previous, sha) if diff_summary and previous and sha else None
+    commit = {"sha": sha, "branch": commit_run.branch, "author": commit_run.author,
+              "committed_at": commit_run.committed_at.isoformat()
+              if commit_run.committed_at else None,
+              "message": commit_run.message, "previous_sha": previous, "diff_summary": diff}
+    failed_runs = [r for r in ep.runs if r.result == "failed"]
+    rollbacks = [
+        {"run_id": r.id, "sha": r.sha, "actor": r.actor, "reason": r.reason,
+         "result": r.result, "request": r.request,
+         "hosts": _hosts(store, r.id), "started_at": r.started_at.isoformat(),
+         "finished_at": r.finished_at.isoformat() if r.finished_at else None}
+        for r in ep.runs if r.kind == "rollback"
+    ]
+    restored = None
+    if ep.restorer is not None:
+        r = ep.restorer
+        restored = {"run_id": r.id, "kind": r.kind, "sha": r.sha, "author": r.author,
+                    "message": r.message, "actor": r.actor,
+                    "finished_at": r.at.isoformat()}
+    return Incident(
+        id=f"{ep.environment}-{ep.runs[0].id}", environment=ep.environment, cause=ep.cause,
+        opened_at=ep.opened_at, closed_at=ep.closed_at, commit=commit,
+        plan=_plan(store, commit_run.id),
+        failures=[f for r in failed_runs for f in _failures(store, r)],
+        rollbacks=rollbacks, restored_by=restored, timeline=_timeline(ep),
+    )
+
+
+def _hosts(store: Store, run_id: int) -> list[str]:
+    return [r[0] for r in store.db.execute(
+        "SELECT host FROM host_results WHERE run_id=? ORDER BY host", (run_id,))]
+
+
+def _plan(store: Store, run_id: int) -> list[dict[str, Any]]:
+    row = store.db.execute("SELECT plan FROM runs WHERE id=?", (run_id,)).fetchone()
+    if row is None or not row["plan"]:
+        return []
+    out = []
+    for host in json.loads(row["plan"]).get("hosts", []):
+        changes = [f"{op.get('service') or '-'}: {op['name']}" for op in host.get("ops", [])
+                   if op.get("would_change")]
+        out.append({"host": host["host"], "changes": changes, "error": host.get("error")})
+    return out
+
+
+def _failures(store: Store, run: RunRow) -> list[dict[str, Any]]:
+    per_host: dict[str, dict[str, Any]] = {}
+
+    def entry(host: str) -> dict[str, Any]:
+        return per_host.setdefault(host, {"run_id": run.id, "kind": run.kind, "sha": run.sha,
+                                          "host": host, "error": None, "ops": [],
+                                          "checks": []})
+
+    for row in store.db.execute(
+            "SELECT host, error FROM host_results WHERE run_id=? AND error IS NOT NULL"
+            " AND error != '' ORDER BY host", (run.id,)):
+        entry(row["host"])["error"] = row["error"]
+    for row in store.db.execute(
+            "SELECT host, service, name, stderr FROM op_results WHERE run_id=?"
+            " AND status='failed' ORDER BY host, seq", (run.id,)):
+        entry(row["host"])["ops"].append({"service": row["service"], "name": row["name"],
+                                          "stderr": row["stderr"]})
+    for row in store.db.execute(
+            "SELECT host, service, check_name, status, message FROM check_results"
+            " WHERE run_id=? AND status != 'pass' ORDER BY host, service, check_name",
+            (run.id,)):
+        entry(row["host"])["checks"].append({"service": row["service"],
+                                             "check": row["check_name"],
+                                             "status": row["status"],
+                                             "message": row["message"]})
+    for host in run.failed_hosts:
+        entry(host)
+    return [per_host[h] for h in sorted(per_host)]
+
+
+def _timeline(ep: Episode) -> list[dict[str, Any]]:
+    events: list[dict[str, Any]] = []
+
+    def add(at: datetime, run_id: int, text: str) -> None:
+        events.append({"at": at.isoformat(), "run_id": run_id, "event": text})
+
+    for r in ep.runs:
+        what = f"{r.kind} run {r.id}"
+        rev = f" of {_short(r.sha)}" if r.sha else ""
+        why = f" ({r.reason})" if r.reason else ""
+        if r.request:
+            add(r.started_at, r.id, f"{r.actor}: {r.kind}{rev}{why}")
+            continue
+        add(r.started_at, r.id, f"{what}{rev} started by {r.actor}{why}")
+        if r.finished_at is None:
+            continue
+        text = f"{what} {r.result}"
+        if r.failed_hosts:
+            text += f" on {', '.join(r.failed_hosts)}"
+        if r.error:
+            text += f": {_first_line(r.error)}"
+        add(r.finished_at, r.id, text)
+    if ep.restorer is not None and ep.closed_at is not None:
+        add(ep.closed_at, ep.restorer.id,
+            f"restored by {ep.restorer.kind} run {ep.restorer.id} of "
+            f"{_short(ep.restorer.sha)}")
+    events.sort(key=lambda e: (e["at"], e["run_id"]))
+    return events
+
+
+# -- Markdown ---------------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "open"
+    s = round(seconds)
+    h, rest = divmod(s, 3600)
+    m, sec = divmod(rest, 60)
+    return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s"
+
+
+def _fence(text: str) -> str:
+    body = text.rstrip("\n")
+    fence = "```"
+    while fence in body:
+        fence += "`"
+    return f"{fence}text\n{body}\n{fence}"
+
+
+def _cell(text: str | None) -> str:
+    return (text or "").replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(incident: Incident) -> str:
+    """A post-mortem starting point: title, summary, timeline, what failed, questions."""
+    i = incident
+    c = i.commit
+    title = _first_line(c.get("message")) or "no commit message"
+    lines = [f"# Incident {i.id}: {i.cause} of {_short(c.get('sha'))} ({title})", ""]
+    restored = i.restored_by
+    rows = [
+        ("Environment", i.environment),
+        ("Status", "open" if i.open else "closed"),
+        ("Cause", i.cause),
+        ("Opened", i.opened_at.isoformat()),
+        ("Closed", i.closed_at.isoformat() if i.closed_at else "not yet"),
+        ("Duration", _duration(i.duration_s)),
+        ("Commit", f"`{c.get('sha')}` on {c.get('branch')}" if c.get("sha") else "unknown"),
+        ("Author", c.get("author") or ""),
+        ("Committed", c.get("committed_at") or ""),
+        ("Message", title),
+        ("Previous revision", f"`{c['previous_sha']}`" if c.get("previous_sha") else "none"),
+        ("Rollbacks", ", ".join(f"run {r['run_id']} to `{_short(r['sha'])}` ({r['result']})"
+                                for r in i.rollbacks) or "none"),
+        ("Restored by", f"{restored['kind']} run {restored['run_id']}, commit "
+                        f"`{restored['sha']}` ({_first_line(restored['message'])})"
+         if restored else "not yet"),
+    ]
+    lines += ["| | |", "|---|---|"] + [f"| {k} | {_cell(v)} |" for k, v in rows] + [""]
+    if c.get("message") and "\n" in c["message"].strip():
+        lines += ["Full commit message:", "", _fence(c["message"]), ""]
+    if c.get("diff_summary"):
+        lines += [f"## Change since `{_short(c.get('previous_sha'))}`", "",
+                  _fence(c["diff_summary"]), ""]
+    lines += ["## Timeline", "", "| time (UTC) | run | event |", "|---|---|---|"]
+    lines += [f"| {e['at']} | {e['run_id']} | {_cell(e['event'])} |" for e in i.timeline]
+    lines.append("")
+    if i.plan:
+        lines += ["## Plan", ""]
+        for host in i.plan:
+            changes = ", ".join(host["changes"]) or "no changes"
+            lines.append(f"- **{host['host']}**: {changes}"
+                         + (f" (plan error: {host['error']})" if host.get("error") else ""))
+        lines.append("")
+    lines += ["## What failed", ""]
+    if not i.failures:
+        lines += ["No failed run is recorded in this incident.", ""]
+    for f in i.failures:
+        lines += [f"### {f['host']} ({f['kind']} run {f['run_id']} of {_short(f['sha'])})", ""]
+        if f["error"]:
+            lines += ["Host error:", "", _fence(f["error"]), ""]
+        for op in f["ops"]:
+            lines += [f"Operation failed: `{op['service'] or '-'}: {op['name']}`", ""]
+            if op["stderr"]:
+                lines += [_fence(op["stderr"]), ""]
+        for chk in f["checks"]:
+            lines += [f"Check {chk['status']}: `{chk['service']}/{chk['check']}`", ""]
+            if chk["message"]:
+                lines += [_fence(chk["message"]), ""]
+    lines += [
+        "## Questions for the post-mortem", "",
+        "- What did the change intend, and why did the checks not catch it before it shipped?",
+        "- Was the failure detected by the right check, and was its output enough to act on?",
+        "- Was the time to restore acceptable? What would have shortened it?",
+        "- Which check, test or review step would have stopped this change earlier?",
+        "- What do we share with the team, and what follow-up actions (owner, date) come out "
+        "of it?", "",
+    ]
+    return "\n".join(lines)
+
+
+def write_reports(store: Store, folder: Path,
+                  diff_summary: DiffSummary | None = None) -> list[Path]:
+    """One ``<id>.md`` per incident in ``folder`` (atomic; rewritten only when changed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for incident in incidents(store, diff_summary=diff_summary):
+        path = folder / f"{incident.id}.md"
+        text = render_markdown(incident)
+        try:
+            unchanged = path.read_text(encoding="utf-8") == text
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            fd, tmp = tempfile.mkstemp(prefix=f".{incident.id}.", suffix=".tmp", dir=folder)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        paths.append(path)
+    return paths
