@@ -1,0 +1,511 @@
+"""Monitoring: Prometheus metrics and the JSON status API, both read from the store.
+
+The only prometheus-client user. Nothing is counted in memory: a scrape opens the store and
+reads the status record and the run history as they are (``StoreCollector``), so the CLI, the
+API and the metrics can never disagree, and a restarted daemon loses no counts.
+
+Labels hold only bounded values (environment, host, service, check, stage, kind, result) and
+never a message; the one SHA is the current applied revision, in ``gitops_applied_revision_info``.
+
+``routes(state_dir, authorize)`` gives the daemon's ``GET /metrics`` and the read-only API:
+``/api/environments``, ``/api/hosts``, ``/api/runs``, ``/api/runs/{id}``, ``/api/delivery``
+and ``/api/incidents``; each answers what ``gitops status --json`` / ``history --json`` print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gitops.store import ENVIRONMENT, Store
+
+__all__ = [
+    "DELIVERY_WINDOW",
+    "DURATION_BUCKETS",
+    "METRICS",
+    "Authorize",
+    "StoreCollector",
+    "api_delivery",
+    "api_environments",
+    "api_hosts",
+    "api_incidents",
+    "render",
+    "routes",
+]
+
+Authorize = Callable[[Request], Response | None]
+"""The server's check of an API request: None to let it through, else the refusal to send."""
+
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+                    1200.0, 1800.0)
+"""Upper bounds (seconds) of the stage duration histogram: 0.1 s to 30 min, then +Inf."""
+
+DELIVERY_WINDOW = 90
+"""Days of history behind the delivery gauges (label ``window="90d"``)."""
+
+SHORT_SHA = 10
+"""Characters of the applied SHA in ``gitops_applied_revision_info`` (``Revision.short``)."""
+
+METRICS: dict[str, str] = {
+    "gitops_reconcile_duration_seconds": "histogram",
+    "gitops_runs_total": "counter",
+    "gitops_operator_actions_total": "counter",
+    "gitops_environment_ready": "gauge",
+    "gitops_host_ready": "gauge",
+    "gitops_applied_revision_info": "info",
+    "gitops_drift": "gauge",
+    "gitops_service_ready": "gauge",
+    "gitops_check_result": "gauge",
+    "gitops_last_success_timestamp_seconds": "gauge",
+    "gitops_rollout_hosts": "gauge",
+    "gitops_quarantined_revisions": "gauge",
+    "gitops_suspended": "gauge",
+    "gitops_deployment_frequency_per_day": "gauge",
+    "gitops_lead_time_seconds": "gauge",
+    "gitops_change_failure_ratio": "gauge",
+    "gitops_time_to_restore_seconds": "gauge",
+}
+"""Every metric exported, by its exposed name (counters with ``_total``, info with ``_info``)."""
+
+ROLLOUT_KINDS = ("reconcile", "rollback", "retry")
+
+_EVENT = "(r.duration_s = 0 AND r.stage_s = '{}' AND r.error IS NULL)"
+"""An operator action recorded by ``Store.record_event`` (suspend, resume, rollback hold)."""
+
+
+# -- reading the store ------------------------------------------------------------------
+
+
+def _epoch(stamp: str | None) -> float | None:
+    return datetime.fromisoformat(stamp).timestamp() if stamp else None
+
+
+def _sha(ref: str | None) -> str | None:
+    """``main@sha1:<sha>`` (or a bare SHA) → the short SHA."""
+    if not ref:
+        return None
+    return ref.rsplit(":", 1)[-1][:SHORT_SHA]
+
+
+def _ready(conditions: list[dict[str, str]]) -> int:
+    return int(any(c["type"] == "Ready" and c["status"] == "True" for c in conditions))
+
+
+def _environments(db: sqlite3.Connection) -> list[str]:
+    rows = db.execute(
+        "SELECT DISTINCT environment FROM runs UNION SELECT environment FROM status"
+        " UNION SELECT environment FROM controls UNION SELECT environment FROM quarantine")
+    return sorted(r[0] for r in rows)
+
+
+def _latest_checked(db: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Per environment and host, the newest run that checked it: id, kind, verify status."""
+    return db.execute(
+        "SELECT r.environment, h.host, MAX(h.run_id) AS run_id, r.kind, h.verify_status"
+        " FROM host_results h JOIN runs r ON r.id = h.run_id"
+        " WHERE h.verify_status IS NOT NULL GROUP BY r.environment, h.host").fetchall()
+
+
+def _latest_rollout(db: sqlite3.Connection, environment: str) -> sqlite3.Row | None:
+    kinds = ",".join(f"'{k}'" for k in ROLLOUT_KINDS)
+    row: sqlite3.Row | None = db.execute(
+        f"SELECT r.id, r.result FROM runs r WHERE r.environment = ? AND r.kind IN ({kinds})"
+        f" AND NOT {_EVENT} ORDER BY r.id DESC LIMIT 1", (environment,)).fetchone()
+    return row
+
+
+def _last_verified_success(db: sqlite3.Connection, environment: str) -> float | None:
+    row = db.execute(
+        "SELECT finished_at FROM runs WHERE environment = ? AND result = 'succeeded'"
+        " AND json_extract(stage_s, '$.verify') IS NOT NULL ORDER BY id DESC LIMIT 1",
+        (environment,)).fetchone()
+    return _epoch(row[0]) if row else None
+
+
+def _delivery(store: Store, environment: str | None = None,
+              days: int = DELIVERY_WINDOW) -> dict[str, dict[str, Any]] | None:
+    """``gitops.delivery`` figures per environment as dicts; None until that module exists."""
+    try:
+        from gitops import delivery  # written alongside; optional until it lands
+    except ImportError:
+        return None
+    found = delivery.delivery_metrics(store, environment=environment, days=days)
+    return {name: dict(m.as_dict()) for name, m in found.items()}
+
+
+def _number(data: dict[str, Any], key: str) -> float | None:
+    """``data[key]`` as a float; None when absent or not a number (no figure yet)."""
+    value = data.get(key)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+# -- the collector ----------------------------------------------------------------------
+
+
+class StoreCollector(Collector):
+    """Every gitops metric, read from one open ``Store`` at collection time."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        db = self.store.db
+        environments = _environments(db)
+        yield self._durations(db)
+        yield from self._runs(db)
+        yield from self._status(db)
+        yield from self._checks(db)
+        yield from self._environment_gauges(db, environments)
+        yield from self._delivery()
+
+    @staticmethod
+    def _durations(db: sqlite3.Connection) -> Metric:
+        family = HistogramMetricFamily(
+            "gitops_reconcile_duration_seconds",
+            "Duration of each stage of finished runs (source+load, plan+apply, verify).",
+            labels=["environment", "kind", "stage"])
+        sums = ", ".join(f"SUM(j.value <= {b!r})" for b in DURATION_BUCKETS)
+        rows = db.execute(
+            f"SELECT r.environment, r.kind, j.key, COUNT(*), SUM(j.value), {sums}"
+            " FROM runs r, json_each(r.stage_s) j WHERE r.stage_s != '{}'"
+            " AND r.finished_at IS NOT NULL GROUP BY r.environment, r.kind, j.key")
+        for env, kind, stage, count, total, *cumulative in rows:
+            buckets = [(repr(b), int(c)) for b, c in zip(DURATION_BUCKETS, cumulative,
+                                                          strict=True)]
+            family.add_metric([env, kind, stage], [*buckets, ("+Inf", int(count))],
+                              float(total or 0.0))
+        return family
+
+    @staticmethod
+    def _runs(db: sqlite3.Connection) -> Iterator[Metric]:
+        runs = CounterMetricFamily(
+            "gitops_runs", "Finished runs by environment, kind and result.",
+            labels=["environment", "kind", "result"])
+        events = CounterMetricFamily(
+            "gitops_operator_actions", "Operator actions recorded in the history.",
+            labels=["environment", "action"])
+        rows = db.execute(
+            f"SELECT r.environment, r.kind, r.result, {_EVENT} AS event, COUNT(*) FROM runs r"
+            " WHERE r.result IS NOT NULL GROUP BY 1, 2, 3, 4")
+        for env, kind, result, event, count in rows:
+            if event:
+                events.add_metric([env, kind], count)
+            else:
+                runs.add_metric([env, kind, result], count)
+        yield runs
+        yield events
+
+    @staticmethod
+    def _status(db: sqlite3.Connection) -> Iterator[Metric]:
+        env_ready = GaugeMetricFamily(
+            "gitops_environment_ready", "1 if the environment's Ready condition is True.",
+            labels=["environment"])
+        host_ready = GaugeMetricFamily(
+            "gitops_host_ready", "1 if the host's Ready condition is True.",
+            labels=["environment", "host"])
+        revision = InfoMetricFamily(
+            "gitops_applied_revision", "The revision currently applied on the host.",
+            labels=["environment", "host"])
+        drift = GaugeMetricFamily(
+            "gitops_drift",
+            "1 if the host's latest check was a drift check (verify run) that failed.",
+            labels=["environment", "host"])
+        rows = db.execute("SELECT environment, host, conditions, last_applied_revision"
+                          " FROM status ORDER BY environment, host").fetchall()
+        hosts: set[tuple[str, str]] = set()
+        for env, host, conditions, applied in rows:
+            ready = _ready(json.loads(conditions))
+            if host == ENVIRONMENT:
+                env_ready.add_metric([env], ready)
+                continue
+            hosts.add((env, host))
+            host_ready.add_metric([env, host], ready)
+            sha = _sha(applied)
+            if sha:
+                revision.add_metric([env, host], {"revision": sha})
+        drifted = {(r["environment"], r["host"]): int(r["kind"] == "verify"
+                                                       and r["verify_status"] == "fail")
+                   for r in _latest_checked(db)}
+        for env, host in sorted(hosts | set(drifted)):
+            drift.add_metric([env, host], drifted.get((env, host), 0))
+        yield from (env_ready, host_ready, revision, drift)
+
+    @staticmethod
+    def _checks(db: sqlite3.Connection) -> Iterator[Metric]:
+        service_ready = GaugeMetricFamily(
+            "gitops_service_ready",
+            "1 if every check of the service passed in the host's latest checked run.",
+            labels=["environment", "host", "service"])
+        check = GaugeMetricFamily(
+            "gitops_check_result", "Latest result of each check: 1 pass, 0 fail or error.",
+            labels=["environment", "host", "service", "check"])
+        for latest in _latest_checked(db):
+            services: dict[str, int] = {}
+            for service, name, status in db.execute(
+                    "SELECT service, check_name, status FROM check_results"
+                    " WHERE run_id = ? AND host = ? ORDER BY service, check_name",
+                    (latest["run_id"], latest["host"])):
+                passed = int(status == "pass")
+                services[service] = services.get(service, 1) & passed
+                check.add_metric([latest["environment"], latest["host"], service, name], passed)
+            for service, ready in services.items():
+                service_ready.add_metric([latest["environment"], latest["host"], service], ready)
+        yield service_ready
+        yield check
+
+    @staticmethod
+    def _environment_gauges(db: sqlite3.Connection, environments: list[str]) -> Iterator[Metric]:
+        success = GaugeMetricFamily(
+            "gitops_last_success_timestamp_seconds",
+            "Unix time the last run that verified its hosts succeeded.", labels=["environment"])
+        rollout = GaugeMetricFamily(
+            "gitops_rollout_hosts",
+            "Hosts of the latest rollout (reconcile, rollback, retry) by state:"
+            " done, failed, pending (not reached yet, or not attempted).",
+            labels=["environment", "state"])
+        quarantined = GaugeMetricFamily(
+            "gitops_quarantined_revisions", "Revisions quarantined after a failed rollout.",
+            labels=["environment"])
+        suspended = GaugeMetricFamily(
+            "gitops_suspended", "1 if applies to the environment are suspended.",
+            labels=["environment"])
+        counts = dict(db.execute(
+            "SELECT environment, COUNT(*) FROM quarantine GROUP BY environment").fetchall())
+        controls = dict(db.execute("SELECT environment, suspended FROM controls").fetchall())
+        known_hosts: dict[str, set[str]] = {}
+        for env, host in db.execute("SELECT environment, host FROM status WHERE host != ''"):
+            known_hosts.setdefault(env, set()).add(host)
+        for env in environments:
+            stamp = _last_verified_success(db, env)
+            if stamp is not None:
+                success.add_metric([env], stamp)
+            quarantined.add_metric([env], counts.get(env, 0))
+            suspended.add_metric([env], int(bool(controls.get(env, 0))))
+            latest = _latest_rollout(db, env)
+            if latest is None:
+                continue
+            done = failed = 0
+            reached: set[str] = set()
+            for host, apply_status, verify_status in db.execute(
+                    "SELECT host, apply_status, verify_status FROM host_results"
+                    " WHERE run_id = ?", (latest["id"],)):
+                reached.add(host)
+                if apply_status in ("failed", "unreachable") or verify_status == "fail":
+                    failed += 1
+                elif verify_status == "pass":
+                    done += 1
+            pending = 0 if latest["result"] == "succeeded" else len(
+                known_hosts.get(env, set()) - reached)
+            for state, value in (("done", done), ("failed", failed), ("pending", pending)):
+                rollout.add_metric([env, state], value)
+        yield from (success, rollout, quarantined, suspended)
+
+    def _delivery(self) -> Iterator[Metric]:
+        figures = _delivery(self.store)
+        if figures is None:
+            return
+        window = f"{DELIVERY_WINDOW}d"
+        frequency = GaugeMetricFamily(
+            "gitops_deployment_frequency_per_day", "Verified rollouts per day.",
+            labels=["environment", "window"])
+        lead = GaugeMetricFamily(
+            "gitops_lead_time_seconds",
+            "Commit time to verified on all targeted hosts (quantiles over the window).",
+            labels=["environment", "window", "quantile"])
+        failure = GaugeMetricFamily(
+            "gitops_change_failure_ratio",
+            "Rollouts that failed verification or were rolled back, over all rollouts.",
+            labels=["environment", "window"])
+        restore = GaugeMetricFamily(
+            "gitops_time_to_restore_seconds",
+            "Median time from a failed rollout to the next verified success.",
+            labels=["environment", "window"])
+        for env, data in sorted(figures.items()):
+            value = _number(data, "deployment_frequency_per_day")
+            if value is not None:
+                frequency.add_metric([env, window], value)
+            for quantile, key in (("0.5", "lead_time_median_s"), ("0.9", "lead_time_p90_s")):
+                value = _number(data, key)
+                if value is not None:
+                    lead.add_metric([env, window, quantile], value)
+            value = _number(data, "change_failure_rate")
+            if value is not None:
+                failure.add_metric([env, window], value)
+            value = _number(data, "time_to_restore_median_s")
+            if value is not None:
+                restore.add_metric([env, window], value)
+        yield from (frequency, lead, failure, restore)
+
+
+def render(store: Store) -> bytes:
+    """The Prometheus text exposition of every gitops metric, read from ``store`` now."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    return generate_latest(registry)
+
+
+# -- the JSON API -----------------------------------------------------------------------
+
+
+def api_environments(store: Store) -> list[dict[str, Any]]:
+    """Environment status rows (as ``gitops status --json``) with controls and quarantine."""
+    rows = [row for row in store.status() if row["host"] == ENVIRONMENT]
+    for row in rows:
+        row["controls"] = store.controls(row["environment"])
+        row["quarantined"] = store.quarantined(row["environment"])
+    return rows
+
+
+def api_hosts(store: Store, environment: str | None = None) -> list[dict[str, Any]]:
+    """Host status rows (as ``gitops status --json``, environment rows left out)."""
+    return [row for row in store.status(environment) if row["host"] != ENVIRONMENT]
+
+
+def api_delivery(store: Store, environment: str | None = None,
+                 days: int = DELIVERY_WINDOW) -> dict[str, dict[str, Any]] | None:
+    """Delivery metrics per environment; None until ``gitops.delivery`` exists."""
+    return _delivery(store, environment, days)
+
+
+def api_incidents(store: Store, environment: str | None = None) -> list[Any] | None:
+    """Incidents, newest first as ``gitops.incidents`` orders them; None until it exists."""
+    try:
+        from gitops import incidents  # written alongside; optional until it lands
+    except ImportError:
+        return None
+    return [_plain(i) for i in incidents.incidents(store, environment=environment)]
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "as_dict"):
+        return value.as_dict()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+class _BadQuery(ValueError):
+    pass
+
+
+def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _BadQuery(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise _BadQuery(f"{name} must be between {low} and {high}")
+    return value
+
+
+def _json(data: Any) -> JSONResponse:
+    return JSONResponse(json.loads(json.dumps(data, default=str)))
+
+
+def routes(state_dir: Path, authorize: Authorize | None = None) -> list[BaseRoute]:
+    """``GET /metrics`` and the read-only JSON API over the store in ``state_dir``.
+
+    Every route asks ``authorize`` first (the server's bearer-token-or-loopback check); with
+    None, only loopback clients are answered. Each request opens the store and closes it.
+    """
+
+    def refused(request: Request) -> Response | None:
+        if authorize is not None:
+            return authorize(request)
+        from gitops.server import _is_loopback  # the server's own loopback test
+
+        if _is_loopback(request.client.host if request.client else None):
+            return None
+        return JSONResponse({"error": "the API answers loopback clients only"},
+                            status_code=403)
+
+    def reading(
+        read: Callable[[Request, Store], Response],
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            refusal = refused(request)
+            if refusal is not None:
+                return refusal
+
+            def call() -> Response:
+                with Store(state_dir) as store:
+                    return read(request, store)
+
+            try:
+                return await run_in_threadpool(call)
+            except _BadQuery as exc:
+                return JSONResponse({"error": str(exc)}, status_code=400)
+
+        return endpoint
+
+    def metrics(request: Request, store: Store) -> Response:
+        return Response(render(store), media_type=CONTENT_TYPE_LATEST)
+
+    def environments(request: Request, store: Store) -> Response:
+        return _json(api_environments(store))
+
+    def hosts(request: Request, store: Store) -> Response:
+        return _json(api_hosts(store, request.query_params.get("environment") or None))
+
+    def runs(request: Request, store: Store) -> Response:
+        limit = _int_param(request, "limit", 20, 1, 1000)
+        return _json(store.history(request.query_params.get("environment") or None, limit))
+
+    def one_run(request: Request, store: Store) -> Response:
+        try:
+            run_id = int(request.path_params["id"])
+        except ValueError:
+            return JSONResponse({"error": "run id must be an integer"}, status_code=400)
+        run = store.run(run_id)
+        if run is None:
+            return JSONResponse({"error": f"no run {run_id}"}, status_code=404)
+        return _json(run)
+
+    def delivery(request: Request, store: Store) -> Response:
+        days = _int_param(request, "days", DELIVERY_WINDOW, 1, 3660)
+        figures = api_delivery(store, request.query_params.get("environment") or None, days)
+        if figures is None:
+            return JSONResponse({"error": "delivery metrics are not available"},
+                                status_code=501)
+        return _json(figures)
+
+    def incidents(request: Request, store: Store) -> Response:
+        found = api_incidents(store, request.query_params.get("environment") or None)
+        if found is None:
+            return JSONResponse({"error": "incidents are not available"}, status_code=501)
+        return _json(found)
+
+    table: list[tuple[str, Callable[[Request, Store], Response]]] = [
+        ("/metrics", metrics),
+        ("/api/environments", environments),
+        ("/api/hosts", hosts),
+        ("/api/runs", runs),
+        ("/api/runs/{id}", one_run),
+        ("/api/delivery", delivery),
+        ("/api/incidents", incidents),
+    ]
+    return [Route(path, reading(read), methods=["GET"]) for path, read in table]
