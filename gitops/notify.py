@@ -1,0 +1,542 @@
+"""Notifications and commit statuses: the only module that talks to receivers and Git host APIs.
+
+Two things leave the reconciler here, both over plain HTTPS with the standard library:
+
+- ``notify(configs, event)``: on failure, recovery, drift, rollback, quarantine (and, if a
+  receiver asks for it, success), one POST per configured receiver, either a generic JSON
+  webhook or a Slack-compatible incoming webhook.
+- ``set_commit_status(config, sha, state, description)``: a commit status on the Git host
+  (GitHub, GitLab or Gitea): ``pending`` when a run starts, ``success`` / ``failure`` /
+  ``error`` when it ends.
+
+Neither raises. Each returns ``Delivery`` values saying what happened per receiver; a failure is
+logged on one line that names the receiver by index and type, never by URL. Webhook URLs and
+API tokens are secrets (``SecretRef``): they are revealed only to build the request, and every
+error text is scrubbed of them before it is logged or returned.
+
+Retries: connection errors, timeouts, 5xx and 429 are retried with exponential backoff and full
+jitter (``backoff * 2**n`` seconds, times a random factor in [0.5, 1.5], capped at
+``max_delay``); a ``Retry-After`` header (seconds or an HTTP date) is honoured, within the same
+cap. Any other 4xx is final: the request is wrong and sending it again will not help. ``sleep`` is
+injected so that tests do not wait. A failed commit status comes back as ``Delivery(ok=False)``
+with its ``sha`` and ``state``: the caller keeps it and sends it again at the next cycle, so a
+failure status is never dropped.
+
+Generic webhook (``type = "webhook"``): ``POST <url>``, ``Content-Type: application/json``,
+``User-Agent: gitops/<version>``, ``X-Gitops-Event: <kind>``, body (schema
+``gitops.notification/v1``; fields are never removed within v1, only added)::
+
+    {
+      "schema": "gitops.notification/v1",
+      "kind": "failure" | "recovery" | "drift" | "rollback" | "quarantine" | "success",
+      "environment": "prod",                   # the environment (inventory) name
+      "revision": {                            # null when no commit is known
+        "sha": "<40 hex>", "author": "Ann <ann@example.com>" | null,
+        "message": "<commit subject>" | null
+      } | null,
+      "summary": "verify failed on web1: nginx port 80 not listening",
+      "failed_hosts": ["web1"],                # sorted, possibly empty
+      "run_id": 42 | null,                     # the run in ``gitops history``
+      "timestamp": "2024-05-01T12:00:00+00:00" # ISO 8601 with offset (UTC)
+    }
+
+Any 2xx is delivered. Slack (``type = "slack"``): ``POST <url>`` with ``{"text": <fallback>,
+"blocks": [<section mrkdwn>, <context mrkdwn>]}``; Slack answers ``200 ok``, ``400
+invalid_payload``, ``403``/``404``/``410`` for a revoked or archived hook, ``429`` with
+``Retry-After`` when rate limited. ``&``, ``<``, ``>`` in our text are escaped as Slack asks.
+Source: Slack, "Sending messages using incoming webhooks",
+https://api.slack.com/messaging/webhooks (and https://api.slack.com/reference/surfaces/formatting
+for escaping; section text at most 3000 characters).
+
+Commit statuses, by provider (``state`` is ours: pending | success | failure | error):
+
+- GitHub, "Create a commit status" (https://docs.github.com/en/rest/commits/statuses
+  #create-a-commit-status): ``POST {api_url}/repos/{owner}/{repo}/statuses/{sha}``, headers
+  ``Authorization: Bearer <token>``, ``Accept: application/vnd.github+json``,
+  ``X-GitHub-Api-Version: 2022-11-28`` and a ``User-Agent`` (required by GitHub); body
+  ``{"state", "target_url", "description", "context"}`` with state in error | failure |
+  pending | success (ours map one to one); answers ``201`` with the status object. A
+  ``description`` is cut to 140 characters (GitHub's limit; longer is a 422).
+- GitLab, "Set the pipeline status of a commit" (https://docs.gitlab.com/ee/api/commits.html
+  #set-the-pipeline-status-of-a-commit): ``POST {api_url}/projects/{id}/statuses/{sha}`` where
+  ``id`` is the project id or its URL-encoded path (``group%2Fproject``; an unencoded path is
+  encoded here), header ``PRIVATE-TOKEN: <token>``; fields ``state`` (pending | running |
+  success | failed | canceled), ``name`` (alias ``context``), ``description``, ``target_url``;
+  answers ``201``. Mapping: pending -> pending, success -> success, failure -> failed,
+  error -> failed (GitLab has no ``error``).
+- Gitea, "Create a commit status" (Gitea API swagger ``repoCreateStatus``,
+  https://docs.gitea.com/api/ ; ``CreateStatusOption``): ``POST
+  {api_url}/repos/{owner}/{repo}/statuses/{sha}``, header ``Authorization: token <token>``
+  (https://docs.gitea.com/development/api-usage); body ``{"state", "target_url",
+  "description", "context"}`` with state in pending | success | error | failure | warning
+  (ours map one to one); answers ``201`` with the status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gitops.settings import SecretRef
+
+if TYPE_CHECKING:
+    from gitops.reconcile import Outcome
+
+__all__ = [
+    "EVENT_KINDS",
+    "CommitState",
+    "CommitStatusConfig",
+    "Delivery",
+    "Event",
+    "EventKind",
+    "NotifierConfig",
+    "commit_state_for",
+    "event_from_outcome",
+    "notify",
+    "set_commit_status",
+    "set_commit_statuses",
+]
+
+log = logging.getLogger("gitops.notify")
+
+EventKind = Literal["failure", "recovery", "drift", "rollback", "quarantine", "success"]
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
+CommitState = Literal["pending", "success", "failure", "error"]
+COMMIT_STATES: tuple[CommitState, ...] = get_args(CommitState)
+
+SCHEMA = "gitops.notification/v1"
+USER_AGENT = "gitops/0.1 (+notify)"
+_DESCRIPTION_MAX = 140
+_SLACK_TEXT_MAX = 3000
+_SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
+
+Sleep = Callable[[float], None]
+
+
+class NotifierConfig(BaseModel):
+    """One notification receiver: a generic JSON webhook or a Slack-compatible incoming webhook."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["webhook", "slack"]
+    url: SecretRef
+    """The webhook's URL, a secret (it is the credential for incoming webhooks)."""
+    events: list[EventKind] = Field(default_factory=lambda: list(EVENT_KINDS))
+    """Which events this receiver gets (default: all; list them to leave ``success`` out)."""
+
+
+class CommitStatusConfig(BaseModel):
+    """Where commit statuses go: the Git host's API, the repository there, a token."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: Literal["github", "gitlab", "gitea"]
+    api_url: str = Field(pattern=r"^https?://")
+    """https://api.github.com, https://gitlab.example.com/api/v4, https://gitea.example.com/api/v1"""
+    repository: str = Field(min_length=1)
+    """``owner/name`` on GitHub and Gitea; the project id or path (``group/project``) on GitLab."""
+    token: SecretRef
+    context: str = "gitops/{environment}"
+    """The status's name on the commit; ``{environment}`` is replaced by the environment's name."""
+    target_url: str | None = None
+    """A link shown with the status (the status page, say)."""
+
+    def context_for(self, environment: str) -> str:
+        return self.context.replace("{environment}", environment)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Something worth telling people about, with the commit that caused it."""
+
+    kind: EventKind
+    environment: str
+    sha: str | None = None
+    author: str | None = None
+    message: str | None = None
+    """The commit's subject line."""
+    summary: str = ""
+    failed_hosts: tuple[str, ...] = ()
+    run_id: int | None = None
+    timestamp: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def as_json(self) -> dict[str, Any]:
+        """The generic webhook body (schema ``gitops.notification/v1``, see the module doc)."""
+        revision = None
+        if self.sha is not None:
+            revision = {"sha": self.sha, "author": self.author, "message": self.message}
+        return {
+            "schema": SCHEMA,
+            "kind": self.kind,
+            "environment": self.environment,
+            "revision": revision,
+            "summary": self.summary,
+            "failed_hosts": sorted(self.failed_hosts),
+            "run_id": self.run_id,
+            "timestamp": self.timestamp.astimezone(UTC).isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What happened to one request: never holds a URL or a token."""
+
+    receiver: str
+    """``webhook``, ``slack``, ``github``, ``gitlab`` or ``gitea``."""
+    index: int
+    """The receiver's position in the configured list (0 for a single commit-status config)."""
+    ok: bool
+    status: int | None
+    """The last HTTP status received, ``None`` when no answer came."""
+    attempts: int
+    error: str | None = None
+    """Why it failed, scrubbed of secrets."""
+    what: str = ""
+    """The event kind, or the commit state sent."""
+    sha: str | None = None
+
+    def __str__(self) -> str:
+        name = f"{self.receiver}[{self.index}]"
+        if self.ok:
+            return f"{name} {self.what}: delivered ({self.status}, {self.attempts} attempt(s))"
+        return f"{name} {self.what}: failed after {self.attempts} attempt(s): {self.error}"
+
+
+# -- building requests -------------------------------------------------------------------
+
+
+def _slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+_TITLES: dict[EventKind, str] = {
+    "failure": ":x: Reconcile failed",
+    "recovery": ":white_check_mark: Recovered",
+    "drift": ":warning: Drift detected",
+    "rollback": ":rewind: Rolled back",
+    "quarantine": ":no_entry: Revision quarantined",
+    "success": ":white_check_mark: Reconciled",
+}
+
+
+def slack_payload(event: Event) -> dict[str, Any]:
+    """The Slack incoming-webhook body: ``text`` as the notification fallback, plus blocks."""
+    title = f"{_TITLES[event.kind]} in {event.environment}"
+    commit = ""
+    if event.sha:
+        commit = f"`{event.sha[:10]}`"
+        if event.message:
+            commit += f" {event.message}"
+        if event.author:
+            commit += f" ({event.author})"
+    lines = [f"*{_slack_escape(title)}*"]
+    if commit:
+        lines.append(_slack_escape(commit))
+    if event.summary:
+        lines.append(_slack_escape(event.summary))
+    if event.failed_hosts:
+        lines.append("Failed hosts: " + _slack_escape(", ".join(sorted(event.failed_hosts))))
+    body = "\n".join(lines)
+    if len(body) > _SLACK_TEXT_MAX:
+        body = body[: _SLACK_TEXT_MAX - 1] + "…"
+    context = f"run {event.run_id}" if event.run_id is not None else "gitops"
+    context += f" · {event.timestamp.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S UTC')}"
+    fallback = title + (f": {event.summary}" if event.summary else "")
+    return {
+        "text": _slack_escape(fallback)[:_SLACK_TEXT_MAX],
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": body}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": context}]},
+        ],
+    }
+
+
+_GITLAB_STATES: dict[CommitState, str] = {
+    "pending": "pending",
+    "success": "success",
+    "failure": "failed",
+    "error": "failed",
+}
+
+
+def _status_request(
+    config: CommitStatusConfig, token: str, sha: str, state: CommitState, description: str,
+    environment: str,
+) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """URL, headers and JSON body of one commit status, in the provider's documented form."""
+    base = config.api_url.rstrip("/")
+    context = config.context_for(environment)
+    description = description if len(description) <= _DESCRIPTION_MAX else (
+        description[: _DESCRIPTION_MAX - 1] + "…")
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    body: dict[str, Any]
+    if config.provider == "gitlab":
+        project = config.repository
+        if "%" not in project:
+            project = urllib.parse.quote(project, safe="")
+        url = f"{base}/projects/{project}/statuses/{sha}"
+        headers["PRIVATE-TOKEN"] = token
+        headers["Accept"] = "application/json"
+        body = {"state": _GITLAB_STATES[state], "name": context, "description": description}
+    else:
+        owner, _, name = config.repository.partition("/")
+        path = f"{urllib.parse.quote(owner, safe='')}/{urllib.parse.quote(name, safe='')}"
+        url = f"{base}/repos/{path}/statuses/{sha}"
+        if config.provider == "github":
+            headers["Authorization"] = f"Bearer {token}"
+            headers["Accept"] = "application/vnd.github+json"
+            headers["X-GitHub-Api-Version"] = "2022-11-28"
+        else:
+            headers["Authorization"] = f"token {token}"
+            headers["Accept"] = "application/json"
+        body = {"state": state, "context": context, "description": description}
+    if config.target_url:
+        body["target_url"] = config.target_url
+    return url, headers, body
+
+
+# -- sending with retries ----------------------------------------------------------------
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an answer (an error), not a hop: urllib would turn the POST into a GET."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_opener = urllib.request.build_opener(_NoRedirect())
+
+
+class _Scrubber:
+    """Replaces every secret (and the parts of a URL that may carry one) with ``***``."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        parts: set[str] = set()
+        for secret in secrets:
+            if not secret:
+                continue
+            parts.add(secret)
+            parsed = urllib.parse.urlsplit(secret)
+            if parsed.scheme and parsed.netloc:
+                for piece in (parsed.path, parsed.query, parsed.netloc):
+                    if len(piece) > 1:
+                        parts.add(piece)
+                parts.add(urllib.parse.quote(secret, safe=""))
+        self._parts = sorted(parts, key=len, reverse=True)
+
+    def __call__(self, text: str) -> str:
+        for part in self._parts:
+            text = text.replace(part, "***")
+        return text
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+@dataclass(frozen=True)
+class _Result:
+    ok: bool
+    status: int | None
+    attempts: int
+    error: str | None
+
+
+def _send(
+    url: str, headers: dict[str, str], body: dict[str, Any], *, scrub: _Scrubber, timeout: float,
+    retries: int, sleep: Sleep, backoff: float, max_delay: float,
+) -> _Result:
+    """POST ``body`` as JSON; retry connection errors, 5xx and 429. Never raises."""
+    data = json.dumps(body).encode()
+    attempts = 0
+    status: int | None = None
+    error = "not sent"
+    while True:
+        attempts += 1
+        retry_after: float | None = None
+        retryable = True
+        try:
+            request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+            with _opener.open(request, timeout=timeout) as response:
+                status = int(response.status)
+                response.read()
+            if 200 <= status < 300:
+                return _Result(True, status, attempts, None)
+            error, retryable = f"HTTP {status}", False
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+            detail = ""
+            try:
+                detail = exc.read(300).decode("utf-8", "replace").strip()
+            except Exception:
+                detail = ""
+            error = f"HTTP {status}" + (f": {' '.join(detail.split())[:200]}" if detail else "")
+            retryable = status == 429 or status >= 500
+            if retryable:
+                retry_after = _retry_after(exc.headers.get("Retry-After"), time.time())
+        except urllib.error.URLError as exc:
+            status = None
+            error = f"connection failed: {exc.reason}"
+        except (TimeoutError, OSError) as exc:
+            status = None
+            error = f"connection failed: {type(exc).__name__}: {exc}"
+        except ValueError as exc:  # a malformed URL: no point in retrying
+            status, retryable = None, False
+            error = f"invalid request: {exc}"
+        error = scrub(error)
+        if not retryable or attempts > retries:
+            return _Result(False, status, attempts, error)
+        delay = min(max_delay, backoff * 2 ** (attempts - 1)) * random.uniform(0.5, 1.5)
+        if retry_after is not None:
+            delay = max(delay, min(max_delay, retry_after))
+        sleep(min(delay, max_delay))
+
+
+# -- public API ------------------------------------------------------------------------
+
+
+def notify(
+    configs: Sequence[NotifierConfig], event: Event, *, timeout: float = 10, retries: int = 4,
+    sleep: Sleep = time.sleep, backoff: float = 1.0, max_delay: float = 60.0,
+) -> list[Delivery]:
+    """Send ``event`` to every receiver that wants its kind; one ``Delivery`` per receiver asked.
+
+    Never raises: a notification failure must never fail a reconcile. Each failure is logged
+    once (warning), naming the receiver by index and type, never by URL.
+    """
+    deliveries: list[Delivery] = []
+    for index, config in enumerate(configs):
+        if event.kind not in config.events:
+            continue
+        url = ""
+        try:
+            url = config.url.reveal()
+            payload = slack_payload(event) if config.type == "slack" else event.as_json()
+            headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+            if config.type == "webhook":
+                headers["X-Gitops-Event"] = event.kind
+            result = _send(url, headers, payload, scrub=_Scrubber([url]), timeout=timeout,
+                           retries=retries, sleep=sleep, backoff=backoff, max_delay=max_delay)
+        except Exception as exc:  # a bad secret reference, or anything unforeseen
+            text = _Scrubber([url])(f"{type(exc).__name__}: {exc}")
+            result = _Result(False, None, 0, text)
+        delivery = Delivery(config.type, index, result.ok, result.status, result.attempts,
+                            result.error, what=event.kind, sha=event.sha)
+        if not delivery.ok:
+            log.warning("notification %s for %s in %s not delivered: %s", f"{config.type}"
+                        f"[{index}]", event.kind, event.environment, _last_words(delivery))
+        deliveries.append(delivery)
+    return deliveries
+
+
+def set_commit_status(
+    config: CommitStatusConfig, sha: str, state: CommitState, description: str, *,
+    environment: str = "", index: int = 0, timeout: float = 10, retries: int = 6,
+    sleep: Sleep = time.sleep, backoff: float = 1.0, max_delay: float = 60.0,
+) -> Delivery:
+    """Set ``state`` on commit ``sha`` at the Git host. Never raises.
+
+    A failed delivery (``ok=False``) carries ``sha`` and ``state`` (as ``what``): the caller
+    keeps it and sends it again later, so that a failure status is never dropped.
+    """
+    token = ""
+    try:
+        if state not in COMMIT_STATES:
+            raise ValueError(f"unknown commit state {state!r}")
+        if not _SHA.match(sha):
+            raise ValueError(f"not a commit SHA: {sha[:80]!r}")
+        token = config.token.reveal()
+        url, headers, body = _status_request(config, token, sha, state, description, environment)
+        result = _send(url, headers, body, scrub=_Scrubber([token]), timeout=timeout,
+                       retries=retries, sleep=sleep, backoff=backoff, max_delay=max_delay)
+    except Exception as exc:
+        result = _Result(False, None, 0, _Scrubber([token])(f"{type(exc).__name__}: {exc}"))
+    delivery = Delivery(config.provider, index, result.ok, result.status, result.attempts,
+                        result.error, what=state, sha=sha)
+    if not delivery.ok:
+        log.warning("commit status %s for %s via %s[%d] not delivered: %s", state, sha[:12],
+                    config.provider, index, _last_words(delivery))
+    return delivery
+
+
+def set_commit_statuses(
+    configs: Sequence[CommitStatusConfig], sha: str, state: CommitState, description: str,
+    **kwargs: Any,
+) -> list[Delivery]:
+    """``set_commit_status`` for each configured Git host (the index names each one)."""
+    return [set_commit_status(c, sha, state, description, index=i, **kwargs)
+            for i, c in enumerate(configs)]
+
+
+def _last_words(delivery: Delivery) -> str:
+    return f"{delivery.error} (after {delivery.attempts} attempt(s))"
+
+
+# -- from a run's outcome ----------------------------------------------------------------
+
+
+def commit_state_for(outcome: Outcome) -> tuple[CommitState, str]:
+    """The commit status a finished run reports, with a short description."""
+    if outcome.result == "succeeded":
+        return "success", "applied and verified"
+    if outcome.result == "invalid":
+        return "failure", "invalid declaration: nothing applied"
+    if outcome.result == "failed":
+        hosts = _failed_hosts(outcome)
+        where = f" on {', '.join(hosts)}" if hosts else ""
+        return "failure", f"{'rolled out' if outcome.apply else 'run'} failed{where}"
+    if outcome.result == "interrupted":
+        return "error", "interrupted before the end"
+    return "error", "reconciler error"
+
+
+def _failed_hosts(outcome: Outcome) -> list[str]:
+    hosts: set[str] = set()
+    if outcome.apply is not None:
+        hosts.update(outcome.apply.failed_hosts)
+    if outcome.verify is not None:
+        hosts.update(outcome.verify.failed_hosts)
+    return sorted(hosts)
+
+
+def event_from_outcome(kind: EventKind, environment: str, outcome: Outcome,
+                       summary: str | None = None) -> Event:
+    """An ``Event`` for ``kind`` from a run's outcome: commit, failed hosts, a summary."""
+    revision = outcome.revision
+    if summary is None:
+        summary = str(outcome.error) if outcome.error else commit_state_for(outcome)[1]
+        if outcome.stopped_at:
+            summary += f" ({outcome.stopped_at})"
+    return Event(
+        kind=kind,
+        environment=environment,
+        sha=revision.sha if revision else None,
+        author=revision.author if revision else None,
+        message=revision.message.splitlines()[0] if revision and revision.message else None,
+        summary=summary,
+        failed_hosts=tuple(_failed_hosts(outcome)),
+        run_id=outcome.run_id,
+    )
