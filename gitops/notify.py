@@ -74,6 +74,7 @@ Commit statuses, by provider (``state`` is ours: pending | success | failure | e
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import random
@@ -207,6 +208,8 @@ class Delivery:
     what: str = ""
     """The event kind, or the commit state sent."""
     sha: str | None = None
+    description: str | None = None
+    """For a commit status: the description sent, so that a failed one can be sent again."""
 
     def __str__(self) -> str:
         name = f"{self.receiver}[{self.index}]"
@@ -400,7 +403,7 @@ def _send(
         except urllib.error.URLError as exc:
             status = None
             error = f"connection failed: {exc.reason}"
-        except (TimeoutError, OSError) as exc:
+        except (TimeoutError, OSError, http.client.HTTPException) as exc:
             status = None
             error = f"connection failed: {type(exc).__name__}: {exc}"
         except ValueError as exc:  # a malformed URL: no point in retrying
@@ -454,7 +457,7 @@ def notify(
 
 def set_commit_status(
     config: CommitStatusConfig, sha: str, state: CommitState, description: str, *,
-    environment: str = "", index: int = 0, timeout: float = 10, retries: int = 6,
+    environment: str = "", index: int = 0, timeout: float = 10, retries: int = 4,
     sleep: Sleep = time.sleep, backoff: float = 1.0, max_delay: float = 60.0,
 ) -> Delivery:
     """Set ``state`` on commit ``sha`` at the Git host. Never raises.
@@ -475,7 +478,7 @@ def set_commit_status(
     except Exception as exc:
         result = _Result(False, None, 0, _Scrubber([token])(f"{type(exc).__name__}: {exc}"))
     delivery = Delivery(config.provider, index, result.ok, result.status, result.attempts,
-                        result.error, what=state, sha=sha)
+                        result.error, what=state, sha=sha, description=description)
     if not delivery.ok:
         log.warning("commit status %s for %s via %s[%d] not delivered: %s", state, sha[:12],
                     config.provider, index, _last_words(delivery))
@@ -505,9 +508,11 @@ def commit_state_for(outcome: Outcome) -> tuple[CommitState, str]:
     if outcome.result == "invalid":
         return "failure", "invalid declaration: nothing applied"
     if outcome.result == "failed":
-        hosts = _failed_hosts(outcome)
-        where = f" on {', '.join(hosts)}" if hosts else ""
-        return "failure", f"{'rolled out' if outcome.apply else 'run'} failed{where}"
+        if outcome.verify is not None and not outcome.verify.ok:
+            return "failure", "verify failed on " + ", ".join(outcome.verify.failed_hosts)
+        if outcome.apply is not None and outcome.apply.failed_hosts:
+            return "failure", "apply failed on " + ", ".join(outcome.apply.failed_hosts)
+        return "failure", "failed" + (f": {outcome.error}" if outcome.error else "")
     if outcome.result == "interrupted":
         return "error", "interrupted before the end"
     return "error", "reconciler error"

@@ -84,6 +84,7 @@ class Received:
 @dataclass
 class Reply:
     status: int
+    """0: close the connection without an answer."""
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -127,6 +128,9 @@ class Receiver:
             body = raw.decode(errors="replace")
         self.requests.append(Received(h.command, h.path, headers, body))
         reply = self.script.popleft() if self.script else self.route(h.path, headers, body)
+        if reply.status == 0:  # hang up without answering
+            h.close_connection = True
+            return
         h.send_response(reply.status)
         for name, value in reply.headers.items():
             h.send_header(name, value)
@@ -381,6 +385,16 @@ def test_commit_status_retried_after_server_errors(receiver: Receiver,
     assert [r.body for r in receiver.requests[:2]] == [receiver.requests[2].body] * 2
 
 
+def test_dropped_connection_is_retried(receiver: Receiver,
+                                       secrets: dict[str, SecretRef]) -> None:
+    """A connection closed without an answer, then a 503, then success: delivered."""
+    receiver.script.extend([Reply(0), Reply(503)])
+    config = status_config("gitlab", receiver.base, secrets["token"])
+    delivery = set_commit_status(config, SHA, "success", "ok", sleep=Sleeps())
+    assert (delivery.ok, delivery.attempts, delivery.status) == (True, 3, 201)
+    assert receiver.problems == []
+
+
 def test_commit_status_host_down_returns_the_undelivered_status(
     secrets: dict[str, SecretRef], caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -391,6 +405,7 @@ def test_commit_status_host_down_returns_the_undelivered_status(
         delivery = set_commit_status(config, SHA, "failure", "x", retries=3, sleep=sleeps)
     assert (delivery.ok, delivery.status, delivery.attempts) == (False, None, 4)
     assert (delivery.what, delivery.sha, delivery.receiver) == ("failure", SHA, "gitea")
+    assert delivery.description == "x"
     assert len(sleeps) == 3
     assert len(caplog.records) == 1 and "gitea[0]" in caplog.text
 
@@ -554,7 +569,7 @@ def test_event_and_state_from_an_outcome() -> None:
     apply = ApplyReport(hosts=(HostApply(host="web1", status="failed"),
                                HostApply(host="web2", status="ok")))
     outcome = Outcome(result="failed", run_id=7, revision=revision, apply=apply)
-    assert commit_state_for(outcome) == ("failure", "rolled out failed on web1")
+    assert commit_state_for(outcome) == ("failure", "apply failed on web1")
     event = event_from_outcome("failure", "prod", outcome)
     assert (event.sha, event.message, event.failed_hosts, event.run_id) == (
         SHA, "bump nginx", ("web1",), 7)
@@ -583,4 +598,4 @@ def _write(secrets: dict[str, SecretRef], value: str) -> Path:
 def test_delivery_fields_are_plain() -> None:
     """A Delivery holds kind, index, status, attempts, ok and error: nothing else to leak."""
     assert set(Delivery.__dataclass_fields__) == {
-        "receiver", "index", "ok", "status", "attempts", "error", "what", "sha"}
+        "receiver", "index", "ok", "status", "attempts", "error", "what", "sha", "description"}
