@@ -1,0 +1,389 @@
+"""The status page: a read-only view of the store, served by the daemon at ``GET /``.
+
+``routes(state_dir, authorize)`` gives the daemon (through ``create_app(extra_routes=...)``):
+
+- ``GET /``: the page (static HTML, no data in it), ``GET /static/page.js`` and
+  ``/static/page.css``: plain files from ``gitops/static``, no build step, nothing external;
+- ``GET /api/page``: one JSON document with everything the page shows, fetched every few
+  seconds: environments with their conditions and controls, the hosts x services grid of
+  the latest check results, desired vs applied revision per host, a running rollout's
+  progress, the last 50 runs, activity per day, delivery metrics and incidents when
+  ``gitops.delivery`` and ``gitops.incidents`` exist;
+- ``GET /api/page/runs/{id}``: one run with its per-host, per-operation and per-check detail.
+
+Access: open to loopback clients. Beyond loopback a request needs what the API needs, checked
+by the ``authorize`` callable of ``gitops.server`` (a bearer token): either the header, or
+a cookie set once from ``/?token=<API token>`` (HttpOnly, SameSite=Strict; the token then
+leaves the address bar through a redirect). Without ``authorize`` the page answers loopback
+clients only. The page never renders settings; the store holds no secret, and operation diffs
+(file contents) are left out of the run detail all the same.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections import Counter
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gitops.server import _is_loopback
+from gitops.store import ENVIRONMENT, Store
+
+__all__ = ["COOKIE", "HISTORY", "page_data", "routes", "run_detail"]
+
+Authorize = Callable[[Request], Response | None]
+
+COOKIE = "gitops_token"
+"""The cookie that carries the API token of a browser beyond loopback."""
+
+HISTORY = 50
+"""Runs listed per environment."""
+
+_SCAN = 200
+"""Runs looked through for each host's latest check results."""
+
+_ACTIVITY_DAYS = 14
+_DELIVERY_DAYS = 30
+_APPLY_KINDS = ("reconcile", "rollback", "retry")
+_CHECK_KINDS = (*_APPLY_KINDS, "verify")
+
+_STATIC = {
+    "page.js": "text/javascript; charset=utf-8",
+    "page.css": "text/css; charset=utf-8",
+}
+
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:;"
+        " connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+# -- the data -------------------------------------------------------------------------------
+
+
+def page_data(store: Store, *, today: datetime | None = None) -> dict[str, Any]:
+    """The document behind ``GET /api/page`` (shape in the module's README section)."""
+    rows = store.status()
+    names = sorted({r["environment"] for r in rows} | {
+        q["environment"] for q in store.quarantined()})
+    return {
+        "generated_at": (today or datetime.now(UTC)).isoformat(timespec="seconds"),
+        "environments": [_environment(store, name, rows, today) for name in names],
+    }
+
+
+def run_detail(store: Store, run_id: int) -> dict[str, Any] | None:
+    """One run for the page: ``Store.run`` without the plan's diffs (file contents)."""
+    run = store.run(run_id)
+    if run is None:
+        return None
+    plan = run.get("plan")
+    if isinstance(plan, dict):
+        run["plan"] = {"hosts": [
+            {"host": h.get("host"), "error": h.get("error"),
+             "ops": [{k: v for k, v in op.items() if k != "diff"} for op in h.get("ops", [])]}
+            for h in plan.get("hosts", [])
+        ]}
+    return run
+
+
+def _ready(conditions: list[dict[str, str]]) -> str:
+    for c in conditions:
+        if c.get("type") == "Ready":
+            return c.get("status", "Unknown")
+    return "Unknown"
+
+
+def _sha(ref: str | None) -> str | None:
+    """``main@sha1:<sha>`` -> ``<sha>``."""
+    if not ref:
+        return None
+    return ref.rpartition(":")[2] or ref
+
+
+def _environment(store: Store, name: str, rows: list[dict[str, Any]],
+                 today: datetime | None) -> dict[str, Any]:
+    env_row = next((r for r in rows if r["environment"] == name and r["host"] == ENVIRONMENT),
+                   None)
+    host_rows = [r for r in rows if r["environment"] == name and r["host"] != ENVIRONMENT]
+    controls = store.controls(name)
+    conditions = env_row["conditions"] if env_row else []
+    attempted = env_row["last_attempted_revision"] if env_row else None
+    held = controls.get("held_sha")
+    suspended = bool(controls.get("suspended"))
+    desired_sha = held or _sha(attempted)
+    runs = store.history(name, limit=max(_SCAN, 1000))
+    latest = _latest_checks(store, [r["host"] for r in host_rows], runs)
+    services = sorted({s for entry in latest.values() for s in entry["services"]})
+    hosts = []
+    for r in host_rows:
+        entry = latest.get(r["host"], {"run": None, "at": None, "error": None, "services": {}})
+        applied = r["last_applied_revision"]
+        hosts.append({
+            "name": r["host"],
+            "ready": _ready(r["conditions"]),
+            "conditions": r["conditions"],
+            "applied": applied,
+            "attempted": r["last_attempted_revision"],
+            "verified": r["last_verified_revision"],
+            "updated_at": r["updated_at"],
+            "in_sync": desired_sha is not None and _sha(applied) == desired_sha,
+            "checks_run": entry["run"],
+            "checks_at": entry["at"],
+            "check_error": entry["error"],
+            "services": entry["services"],
+        })
+    return {
+        "name": name,
+        "ready": _ready(conditions),
+        "conditions": conditions,
+        "applied": env_row["last_applied_revision"] if env_row else None,
+        "attempted": attempted,
+        "verified": env_row["last_verified_revision"] if env_row else None,
+        "updated_at": env_row["updated_at"] if env_row else None,
+        "desired": desired_sha,
+        "desired_from": "held" if held else "attempted",
+        "suspended": suspended,
+        "suspended_reason": (controls.get("reason") or "") if suspended else "",
+        "suspended_by": (controls.get("actor") or "") if suspended else "",
+        "suspended_since": controls.get("since") if suspended else None,
+        "held": {"sha": held, "head": controls.get("held_head"), "since": controls.get("since"),
+                 "by": controls.get("actor")} if held else None,
+        "quarantined": [{"sha": q["sha"], "reason": q["reason"], "since": q["since"]}
+                        for q in store.quarantined(name)],
+        "services": services,
+        "hosts": hosts,
+        "rollout": _rollout(runs, host_rows),
+        "history": runs[:HISTORY],
+        "activity": _activity(runs, today or datetime.now(UTC)),
+        "delivery": _delivery(store, name),
+        "incidents": _incidents(store, name),
+    }
+
+
+def _latest_checks(store: Store, hosts: list[str],
+                   runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per host, the check results of the newest finished run that checked it."""
+    wanted = set(hosts)
+    found: dict[str, dict[str, Any]] = {}
+    for run in runs[:_SCAN]:
+        if not wanted:
+            break
+        if run["kind"] not in _CHECK_KINDS or run["finished_at"] is None:
+            continue
+        detail = store.run(run["id"])
+        if detail is None:
+            continue
+        by_host: dict[str, list[dict[str, Any]]] = {}
+        for check in detail["checks"]:
+            by_host.setdefault(check["host"], []).append(check)
+        errors = {h["host"]: h["error"] for h in detail["hosts"]
+                  if h["verify_status"] == "fail" and h["error"] and h["host"] not in by_host}
+        for host in sorted(wanted & (set(by_host) | set(errors))):
+            services: dict[str, dict[str, Any]] = {}
+            for check in by_host.get(host, []):
+                cell = services.setdefault(check["service"], {"pass": 0, "fail": 0,
+                                                              "failing": []})
+                if check["status"] == "pass":
+                    cell["pass"] += 1
+                else:
+                    cell["fail"] += 1
+                    cell["failing"].append({"check": check["check"], "status": check["status"],
+                                            "message": check["message"]})
+            found[host] = {"run": run["id"], "at": run["finished_at"],
+                           "error": errors.get(host), "services": services}
+            wanted.discard(host)
+    return found
+
+
+def _rollout(runs: list[dict[str, Any]], host_rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest run when it has no result yet, with the hosts whose status it has written."""
+    if not runs or runs[0]["result"] is not None:
+        return None
+    run = runs[0]
+    started = run["started_at"]
+    done = sorted(r["host"] for r in host_rows if r["updated_at"] >= started)
+    return {
+        "run": run["id"], "kind": run["kind"], "started_at": started, "actor": run["actor"],
+        "reason": run["reason"], "sha": run["sha"], "message": run["message"],
+        "hosts_done": done,
+        "hosts_pending": sorted(r["host"] for r in host_rows if r["host"] not in done),
+    }
+
+
+def _activity(runs: list[dict[str, Any]], today: datetime) -> list[dict[str, Any]]:
+    """Finished apply runs per day over the last two weeks: succeeded and not."""
+    first = (today - timedelta(days=_ACTIVITY_DAYS - 1)).date()
+    good: Counter[str] = Counter()
+    bad: Counter[str] = Counter()
+    for run in runs:
+        if run["kind"] not in _APPLY_KINDS or run["result"] is None or not run["sha"]:
+            continue
+        day = datetime.fromisoformat(run["started_at"]).astimezone(UTC).date()
+        if day < first:
+            break  # newest first
+        (good if run["result"] == "succeeded" else bad)[day.isoformat()] += 1
+    days = [(first + timedelta(days=i)).isoformat() for i in range(_ACTIVITY_DAYS)]
+    return [{"day": d, "succeeded": good[d], "failed": bad[d]} for d in days]
+
+
+def _optional(module: str) -> Any | None:
+    """``gitops.<module>`` when it exists (it is built alongside the page), else None."""
+    if importlib.util.find_spec(module) is None:
+        return None
+    return importlib.import_module(module)
+
+
+def _call(module: str, names: tuple[str, ...], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    mod = _optional(module)
+    if mod is None:
+        return {"available": False, "reason": "not available yet"}
+    for name in names:
+        fn = getattr(mod, name, None)
+        if callable(fn):
+            try:
+                data = fn(*args, **kwargs)
+            except Exception as exc:  # a bug there must not take the page down
+                return {"available": False, "reason": f"failed: {type(exc).__name__}"}
+            if hasattr(data, "model_dump"):
+                data = data.model_dump(mode="json")
+            return {"available": True, "data": data}
+    return {"available": False, "reason": "not available yet"}
+
+
+def _delivery(store: Store, environment: str) -> dict[str, Any]:
+    """``gitops.delivery.for_page(store, environment, days)``: numbers and series."""
+    return _call("gitops.delivery", ("for_page",), store, environment, days=_DELIVERY_DAYS)
+
+
+def _incidents(store: Store, environment: str) -> dict[str, Any]:
+    """``gitops.incidents.for_page(store, environment)``: a list of incident objects."""
+    return _call("gitops.incidents", ("for_page",), store, environment)
+
+
+# -- HTTP -----------------------------------------------------------------------------------
+
+
+def _static_file(name: str) -> Any:
+    return resources.files("gitops").joinpath("static", name)
+
+
+def _with_bearer(request: Request, token: str) -> Request:
+    """``request`` as if it had sent ``Authorization: Bearer <token>``."""
+    headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
+    headers.append((b"authorization", b"Bearer " + token.encode("latin-1")))
+    return Request({**request.scope, "headers": headers})
+
+
+def _usable(token: str) -> bool:
+    return 0 < len(token) <= 4096 and token.isprintable() and token.isascii() \
+        and " " not in token
+
+
+def _refuse_html(refused: Response, again: bool) -> Response:
+    """The browser's version of a refusal; one same-site reload so a SameSite=Strict cookie
+    is sent when the page was opened from a link on another site."""
+    refresh = "" if again else '<meta http-equiv="refresh" content="0; url=/?again=1">'
+    body = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"{refresh}<title>gitops: sign in</title></head><body>"
+        f"<h1>{refused.status_code}</h1><p>This status page needs the daemon's API token "
+        "beyond loopback. Open <code>/?token=&lt;API token&gt;</code> once: the browser keeps "
+        "it in a cookie.</p></body></html>"
+    )
+    return Response(body, status_code=refused.status_code, media_type="text/html",
+                    headers=_HEADERS)
+
+
+def routes(state_dir: Path, authorize: Authorize | None) -> list[BaseRoute]:
+    """The page's routes over the store in ``state_dir``; ``authorize`` is the API's check
+    (None: no token can be checked, so only loopback clients are served)."""
+
+    def check(request: Request) -> Response | None:
+        host = request.client.host if request.client else None
+        if _is_loopback(host):
+            return None
+        if authorize is None:
+            return JSONResponse({"error": "the status page answers loopback clients only"},
+                                status_code=403)
+        if "authorization" not in request.headers:
+            cookie = request.cookies.get(COOKIE)
+            if cookie and _usable(cookie):
+                return authorize(_with_bearer(request, cookie))
+        return authorize(request)
+
+    def read(fn: Callable[[Store], Any]) -> Any:
+        with Store(state_dir) as store:
+            return fn(store)
+
+    async def index(request: Request) -> Response:
+        token = request.query_params.get("token")
+        if token is not None:
+            if authorize is None or not _usable(token):
+                refused: Response = JSONResponse({}, status_code=403 if authorize is None
+                                                 else 401)
+                return _refuse_html(refused, again=True)
+            refused_ = authorize(_with_bearer(request, token))
+            if refused_ is not None:
+                return _refuse_html(refused_, again=True)
+            response = RedirectResponse("/", status_code=303, headers=_HEADERS)
+            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/",
+                                secure=request.url.scheme == "https")
+            return response
+        refused__ = check(request)
+        if refused__ is not None:
+            return _refuse_html(refused__, again="again" in request.query_params)
+        html = _static_file("index.html").read_bytes()
+        return Response(html, media_type="text/html; charset=utf-8", headers=_HEADERS)
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in _STATIC:
+            return Response("not found", status_code=404, media_type="text/plain")
+        refused = check(request)
+        if refused is not None:
+            return refused
+        data = _static_file(name).read_bytes()
+        return Response(data, media_type=_STATIC[name], headers=_HEADERS)
+
+    async def api_page(request: Request) -> Response:
+        refused = check(request)
+        if refused is not None:
+            return refused
+        data = await run_in_threadpool(read, page_data)
+        return JSONResponse(data, headers=_HEADERS)
+
+    async def api_run(request: Request) -> Response:
+        refused = check(request)
+        if refused is not None:
+            return refused
+        try:
+            run_id = int(request.path_params["run_id"])
+        except ValueError:
+            return JSONResponse({"error": "not a run id"}, status_code=404)
+        data = await run_in_threadpool(read, lambda store: run_detail(store, run_id))
+        if data is None:
+            return JSONResponse({"error": "no such run"}, status_code=404, headers=_HEADERS)
+        return JSONResponse(data, headers=_HEADERS)
+
+    return [
+        Route("/", index, methods=["GET"]),
+        Route("/static/{name}", static, methods=["GET"]),
+        Route("/api/page", api_page, methods=["GET"]),
+        Route("/api/page/runs/{run_id}", api_run, methods=["GET"]),
+    ]

@@ -1,0 +1,477 @@
+// The gitops status page: reads /api/page every few seconds and draws it.
+// Every piece of data goes into the page through textContent or setAttribute, never as HTML.
+"use strict";
+
+(function () {
+  const REFRESH_MS = 3000;
+  const SVG = "http://www.w3.org/2000/svg";
+  let lastText = null;
+  let lastOk = null;
+  let selectedRun = null;
+
+  // -- small helpers -----------------------------------------------------------------------
+
+  function el(tag, attrs, ...children) {
+    const node = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") node.className = value;
+      else if (key === "text") node.textContent = String(value);
+      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+      else node.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return node;
+  }
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+    for (const child of children) node.append(child);
+    return node;
+  }
+
+  function shortRev(ref) {
+    if (!ref) return "—";
+    const sha = String(ref).split(":").pop();
+    return sha.slice(0, 10);
+  }
+
+  function firstLine(text) {
+    return text ? String(text).split("\n")[0] : "";
+  }
+
+  function ago(iso) {
+    if (!iso) return "—";
+    const then = Date.parse(iso);
+    if (Number.isNaN(then)) return String(iso);
+    const s = Math.max(0, Math.round((Date.now() - then) / 1000));
+    if (s < 60) return s + " s ago";
+    if (s < 3600) return Math.round(s / 60) + " min ago";
+    if (s < 86400) return Math.round(s / 3600) + " h ago";
+    return Math.round(s / 86400) + " d ago";
+  }
+
+  function duration(seconds) {
+    if (seconds === null || seconds === undefined || Number.isNaN(Number(seconds))) return "—";
+    const s = Number(seconds);
+    if (s < 1) return s.toFixed(2) + " s";
+    if (s < 120) return s.toFixed(1) + " s";
+    if (s < 7200) return (s / 60).toFixed(1) + " min";
+    if (s < 172800) return (s / 3600).toFixed(1) + " h";
+    return (s / 86400).toFixed(1) + " d";
+  }
+
+  function time(iso) {
+    return el("time", { datetime: iso || null, title: iso || null, text: ago(iso) });
+  }
+
+  function badge(text, kind) {
+    return el("span", { class: "badge " + (kind || ""), text: text });
+  }
+
+  function readyBadge(status) {
+    const kind = status === "True" ? "ok" : status === "False" ? "bad" : "unknown";
+    const text = status === "True" ? "Ready" : status === "False" ? "Not ready" : "Unknown";
+    return badge(text, kind);
+  }
+
+  function resultBadge(result) {
+    if (result === null || result === undefined) return badge("running", "running");
+    return badge(result, result === "succeeded" ? "ok" : result === "interrupted" ? "warn" : "bad");
+  }
+
+  function humanize(key) {
+    return String(key).replace(/_/g, " ");
+  }
+
+  function fmtValue(key, value) {
+    if (value === null || value === undefined) return "—";
+    if (typeof value === "number") {
+      if (/(_s|_seconds)$/.test(key)) return duration(value);
+      if (/rate|ratio|percent/.test(key) && value <= 1) return (value * 100).toFixed(0) + " %";
+      return Number.isInteger(value) ? String(value) : value.toFixed(2);
+    }
+    if (typeof value === "boolean") return value ? "yes" : "no";
+    return String(value);
+  }
+
+  // -- charts ------------------------------------------------------------------------------
+
+  // Stacked bars: rows [{label, parts: {name: number}}], colors {name: css class}.
+  function barChart(title, rows, classes) {
+    const width = 300, height = 80, pad = 2;
+    const max = Math.max(1, ...rows.map((r) => Object.values(r.parts).reduce((a, b) => a + b, 0)));
+    const step = width / Math.max(1, rows.length);
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
+    chart.append(svg("title", {}, document.createTextNode(title)));
+    rows.forEach((row, i) => {
+      let y = height;
+      for (const [name, value] of Object.entries(row.parts)) {
+        if (!value) continue;
+        const h = (value / max) * (height - 4);
+        y -= h;
+        const bar = svg("rect", {
+          x: (i * step + pad).toFixed(1), y: y.toFixed(1),
+          width: Math.max(1, step - 2 * pad).toFixed(1), height: h.toFixed(1),
+          class: classes[name] || "",
+        });
+        bar.append(svg("title", {}, document.createTextNode(`${row.label}: ${value} ${name}`)));
+        chart.append(bar);
+      }
+    });
+    chart.append(svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, class: "axis" }));
+    return chart;
+  }
+
+  function lineChart(title, points) {
+    const width = 300, height = 80;
+    const values = points.map((p) => p.value).filter((v) => typeof v === "number");
+    const max = Math.max(...values, 0), min = Math.min(...values, 0);
+    const span = max - min || 1;
+    const step = points.length > 1 ? width / (points.length - 1) : width;
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
+    chart.append(svg("title", {}, document.createTextNode(title)));
+    const coords = [];
+    points.forEach((p, i) => {
+      if (typeof p.value !== "number") return;
+      const x = points.length > 1 ? i * step : width / 2;
+      const y = height - 4 - ((p.value - min) / span) * (height - 8);
+      coords.push(`${x.toFixed(1)},${y.toFixed(1)}`);
+      const dot = svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 2.5, class: "dot" });
+      dot.append(svg("title", {}, document.createTextNode(`${p.label}: ${p.text}`)));
+      chart.append(dot);
+    });
+    chart.prepend(svg("polyline", { points: coords.join(" "), class: "line" }));
+    chart.prepend(svg("title", {}, document.createTextNode(title)));
+    return chart;
+  }
+
+  // -- sections ----------------------------------------------------------------------------
+
+  function conditionsList(conditions) {
+    if (!conditions || !conditions.length) return el("p", { class: "muted", text: "no status yet" });
+    return el("ul", { class: "conditions" }, conditions.map((c) =>
+      el("li", {},
+        badge(`${c.type}=${c.status}`, c.status === "True" ? (c.type === "Ready" ? "ok" : "warn")
+          : c.type === "Ready" ? "bad" : "unknown"),
+        " ", el("strong", { text: c.reason }), " ", el("span", { class: "message", text: c.message }))));
+  }
+
+  function environmentHeader(env) {
+    const flags = [readyBadge(env.ready)];
+    if (env.suspended) flags.push(badge("suspended", "warn"));
+    if (env.held) flags.push(badge("held at " + shortRev(env.held.sha), "warn"));
+    if (env.quarantined.length) flags.push(badge(env.quarantined.length + " quarantined", "bad"));
+    const facts = el("dl", { class: "facts" },
+      el("dt", { text: "desired" }), el("dd", { class: "rev", text: shortRev(env.desired) },
+        el("span", { class: "muted", text: env.desired_from === "held" ? " (held)" : " (last attempted)" })),
+      el("dt", { text: "applied" }), el("dd", { class: "rev", text: shortRev(env.applied) }),
+      el("dt", { text: "verified" }), el("dd", { class: "rev", text: shortRev(env.verified) }),
+      el("dt", { text: "updated" }), el("dd", {}, time(env.updated_at)));
+    const notes = [];
+    if (env.suspended) {
+      notes.push(el("p", { class: "note warn" }, "Suspended by ", el("strong", { text: env.suspended_by }),
+        " ", time(env.suspended_since), ": ", el("span", { text: env.suspended_reason })));
+    }
+    if (env.held) {
+      notes.push(el("p", { class: "note warn" }, "Held at ", el("code", { text: shortRev(env.held.sha) }),
+        " by ", el("strong", { text: env.held.by || "" }), " until resume or a commit newer than ",
+        el("code", { text: shortRev(env.held.head) })));
+    }
+    for (const q of env.quarantined) {
+      notes.push(el("p", { class: "note bad" }, "Quarantined ", el("code", { text: shortRev(q.sha) }),
+        " ", time(q.since), ": ", el("span", { text: q.reason })));
+    }
+    return [el("div", { class: "env-title" }, el("h2", { text: env.name }), ...flags), facts,
+      conditionsList(env.conditions), ...notes];
+  }
+
+  function rolloutSection(env) {
+    const r = env.rollout;
+    if (!r) return null;
+    const total = r.hosts_done.length + r.hosts_pending.length;
+    const progress = el("progress", { max: Math.max(1, total), value: r.hosts_done.length });
+    return el("section", { class: "rollout", "data-testid": "rollout" },
+      el("h3", {}, `Rollout in progress: run #${r.run} (${r.kind})`),
+      el("p", {}, "revision ", el("code", { text: shortRev(r.sha) }), " ",
+        el("span", { text: firstLine(r.message) }), " · started ", time(r.started_at),
+        " by ", el("span", { text: r.actor })),
+      el("p", {}, progress, ` ${r.hosts_done.length}/${total} hosts done`),
+      el("p", { class: "muted" }, "done: ", el("span", { text: r.hosts_done.join(", ") || "none yet" }),
+        " · pending: ", el("span", { text: r.hosts_pending.join(", ") || "none" })));
+  }
+
+  function serviceCell(env, host, service) {
+    const cell = host.services[service];
+    const td = el("td", { class: "cell", "data-label": service, "data-service": service });
+    if (!cell) {
+      td.append(el("span", { class: "muted", text: "—" }));
+      return td;
+    }
+    const counts = el("span", { class: "counts" },
+      el("span", { class: "pass", text: "✓ " + cell.pass }),
+      cell.fail ? el("span", { class: "fail", text: " ✗ " + cell.fail }) : null);
+    if (!cell.failing.length) {
+      td.classList.add("ok");
+      td.append(counts);
+      return td;
+    }
+    td.classList.add("bad");
+    const hover = cell.failing.map((f) => `${f.check}: ${f.message}`).join("\n");
+    const details = el("details", { "data-key": `${env.name}/${host.name}/${service}`, title: hover },
+      el("summary", {}, counts),
+      el("ul", { class: "failing" }, cell.failing.map((f) =>
+        el("li", { "data-check": f.check },
+          el("strong", { text: f.check }), el("span", { class: "muted", text: ` (${f.status})` }),
+          el("pre", { text: f.message })))));
+    td.append(details);
+    return td;
+  }
+
+  function hostsGrid(env) {
+    if (!env.hosts.length) return el("p", { class: "muted", text: "no host has been reconciled yet" });
+    const head = el("tr", {}, el("th", { text: "host" }), el("th", { text: "ready" }),
+      el("th", { text: "applied / desired" }), env.services.map((s) => el("th", { text: s })));
+    const rows = env.hosts.map((h) => {
+      const sync = h.in_sync ? badge("in sync", "ok") : badge("behind", "warn");
+      const message = (h.conditions.find((c) => c.type === "Ready") || {}).message || "";
+      return el("tr", { "data-host": h.name },
+        el("th", { scope: "row", class: "host", "data-label": "host", text: h.name }),
+        el("td", { "data-label": "ready", title: message }, readyBadge(h.ready),
+          h.check_error ? el("div", { class: "message", text: h.check_error }) : null),
+        el("td", { class: "revs", "data-label": "applied / desired" },
+          el("code", { class: "applied", text: shortRev(h.applied) }), " / ",
+          el("code", { class: "desired", text: shortRev(env.desired) }), " ", sync),
+        env.services.map((s) => serviceCell(env, h, s)));
+    });
+    return el("div", { class: "grid-wrap" },
+      el("table", { class: "grid", "data-testid": "grid" }, el("thead", {}, head), el("tbody", {}, rows)));
+  }
+
+  function activitySection(env) {
+    const rows = env.activity.map((d) => ({ label: d.day, parts: { succeeded: d.succeeded, failed: d.failed } }));
+    const total = env.activity.reduce((a, d) => a + d.succeeded + d.failed, 0);
+    return el("div", { class: "card" },
+      el("h4", { text: "Rollouts per day (14 days)" }),
+      barChart("Rollouts per day", rows, { succeeded: "bar-ok", failed: "bar-bad" }),
+      el("p", { class: "muted", text: `${total} rollouts · green succeeded, red failed` }));
+  }
+
+  const TIME_KEYS = ["day", "date", "week", "time", "t", "at", "start", "since", "period"];
+
+  function seriesCards(key, items) {
+    const timeKey = TIME_KEYS.find((k) => items.length && k in items[0]);
+    if (!timeKey) return [];
+    const numeric = Object.keys(items[0]).filter((k) => k !== timeKey && items.some((i) => typeof i[k] === "number"));
+    return numeric.map((k) => el("div", { class: "card" },
+      el("h4", { text: `${humanize(key)}: ${humanize(k)}` }),
+      lineChart(`${key} ${k}`, items.map((i) => ({
+        label: String(i[timeKey]), value: typeof i[k] === "number" ? i[k] : null, text: fmtValue(k, i[k]),
+      })))));
+  }
+
+  // Whatever gitops.delivery returns: numbers become tiles, lists of dated points become charts.
+  function genericMetrics(data, prefix, tiles, charts, depth) {
+    for (const [key, value] of Object.entries(data || {})) {
+      const name = prefix ? `${prefix} ${key}` : key;
+      if (Array.isArray(value)) {
+        if (value.length && typeof value[0] === "object" && value[0] !== null) charts.push(...seriesCards(name, value));
+      } else if (value !== null && typeof value === "object") {
+        if (depth < 3) genericMetrics(value, name, tiles, charts, depth + 1);
+      } else {
+        tiles.push(el("div", { class: "tile" }, el("div", { class: "tile-value", text: fmtValue(key, value) }),
+          el("div", { class: "tile-label", text: humanize(name) })));
+      }
+    }
+  }
+
+  function deliverySection(env) {
+    const section = el("section", { class: "delivery", "data-testid": "delivery" }, el("h3", { text: "Delivery" }));
+    const grid = el("div", { class: "cards" }, activitySection(env));
+    if (!env.delivery.available) {
+      section.append(el("p", { class: "muted", text: "Delivery metrics (DORA): " + env.delivery.reason }), grid);
+      return section;
+    }
+    const tiles = [], charts = [];
+    genericMetrics(env.delivery.data, "", tiles, charts, 0);
+    grid.append(...charts);
+    section.append(el("div", { class: "tiles" }, tiles), grid);
+    return section;
+  }
+
+  function incidentList(data) {
+    if (Array.isArray(data)) return data;
+    if (data && Array.isArray(data.incidents)) return data.incidents;
+    if (data && (Array.isArray(data.open) || Array.isArray(data.closed))) {
+      return [...(data.open || []).map((i) => ({ ...i, _open: true })), ...(data.closed || []).map((i) => ({ ...i, _open: false }))];
+    }
+    return [];
+  }
+
+  function isOpen(incident) {
+    if ("_open" in incident) return incident._open;
+    const status = String(incident.status || incident.state || "").toLowerCase();
+    if (status) return status === "open";
+    return !(incident.closed_at || incident.restored_at || incident.resolved_at);
+  }
+
+  function incidentItem(incident) {
+    const title = incident.title || incident.summary || `Incident ${incident.id ?? ""}`;
+    const facts = el("dl", { class: "facts" });
+    for (const [key, value] of Object.entries(incident)) {
+      if (key.startsWith("_") || value === null || typeof value === "object") continue;
+      facts.append(el("dt", { text: humanize(key) }), el("dd", { text: fmtValue(key, value) }));
+    }
+    return el("li", {}, el("details", { "data-key": `incident/${incident.id ?? title}` },
+      el("summary", { text: String(title) }), facts));
+  }
+
+  function incidentsSection(env) {
+    const section = el("section", { class: "incidents", "data-testid": "incidents" }, el("h3", { text: "Incidents" }));
+    if (!env.incidents.available) {
+      section.append(el("p", { class: "muted", text: "Incident timelines: " + env.incidents.reason }));
+      return section;
+    }
+    const all = incidentList(env.incidents.data);
+    const open = all.filter(isOpen), closed = all.filter((i) => !isOpen(i));
+    section.append(el("h4", { text: `Open (${open.length})` }),
+      open.length ? el("ul", { class: "incident-list" }, open.map(incidentItem)) : el("p", { class: "muted", text: "none" }),
+      el("h4", { text: `Closed (${closed.length})` }),
+      closed.length ? el("ul", { class: "incident-list" }, closed.map(incidentItem)) : el("p", { class: "muted", text: "none" }));
+    return section;
+  }
+
+  function historySection(env) {
+    const rows = env.history.map((r) => el("tr", {
+      class: "run-row" + (selectedRun === r.id ? " selected" : ""), "data-run": r.id, tabindex: 0,
+      onclick: () => openRun(r.id),
+      onkeydown: (e) => { if (e.key === "Enter") openRun(r.id); },
+    },
+    el("td", { "data-label": "run", text: "#" + r.id }),
+    el("td", { "data-label": "kind", text: r.kind }),
+    el("td", { "data-label": "result" }, resultBadge(r.result)),
+    el("td", { "data-label": "revision" }, el("code", { text: shortRev(r.sha) })),
+    el("td", { "data-label": "message", class: "message", text: firstLine(r.message || r.reason || r.error) }),
+    el("td", { "data-label": "by", text: r.actor }),
+    el("td", { "data-label": "started" }, time(r.started_at)),
+    el("td", { "data-label": "took", text: duration(r.duration_s) })));
+    return el("section", { class: "history", "data-testid": "history" },
+      el("h3", { text: `History (last ${env.history.length})` }),
+      el("div", { class: "grid-wrap" }, el("table", { class: "runs" },
+        el("thead", {}, el("tr", {}, ["run", "kind", "result", "revision", "message", "by", "started", "took"].map((t) => el("th", { text: t })))),
+        el("tbody", {}, rows))));
+  }
+
+  function environmentSection(env) {
+    return el("section", { class: "environment", "data-environment": env.name },
+      ...environmentHeader(env), rolloutSection(env),
+      el("h3", { text: "Hosts × services (latest checks)" }), hostsGrid(env),
+      deliverySection(env), incidentsSection(env), historySection(env));
+  }
+
+  // -- one run -----------------------------------------------------------------------------
+
+  function table(columns, rows) {
+    return el("div", { class: "grid-wrap" }, el("table", { class: "detail" },
+      el("thead", {}, el("tr", {}, columns.map((c) => el("th", { text: c })))),
+      el("tbody", {}, rows.map((r) => el("tr", {}, r.map((v, i) => el("td", { "data-label": columns[i] },
+        v instanceof Node ? v : el("span", { text: v === null || v === undefined ? "—" : String(v) }))))))));
+  }
+
+  function renderRun(run) {
+    const body = document.getElementById("run-body");
+    document.getElementById("run-title").textContent = `Run #${run.id}: ${run.kind}`;
+    const checks = [...run.checks].sort((a, b) => (a.status === "pass") - (b.status === "pass"));
+    const ops = run.operations.filter((o) => o.status !== "unchanged");
+    body.replaceChildren(
+      el("dl", { class: "facts" },
+        el("dt", { text: "environment" }), el("dd", { text: run.environment }),
+        el("dt", { text: "result" }), el("dd", {}, resultBadge(run.result)),
+        el("dt", { text: "revision" }), el("dd", {}, el("code", { text: run.sha || "—" })),
+        el("dt", { text: "commit" }), el("dd", { class: "message", text: run.message || "—" }),
+        el("dt", { text: "author" }), el("dd", { text: run.author || "—" }),
+        el("dt", { text: "by" }), el("dd", { text: run.actor }),
+        el("dt", { text: "reason" }), el("dd", { text: run.reason || "—" }),
+        el("dt", { text: "started" }), el("dd", {}, time(run.started_at)),
+        el("dt", { text: "took" }), el("dd", { text: duration(run.duration_s) }),
+        el("dt", { text: "changes" }), el("dd", { text: run.changed }),
+        el("dt", { text: "failed hosts" }), el("dd", { text: run.failed_hosts.join(", ") || "none" })),
+      run.error ? el("pre", { class: "error", text: run.error }) : null,
+      el("h3", { text: "Hosts" }),
+      run.hosts.length ? table(["host", "apply", "changed", "verify", "took", "error"], run.hosts.map((h) =>
+        [h.host, h.apply_status, h.changed, h.verify_status, duration(h.duration_s), h.error])) : el("p", { class: "muted", text: "none" }),
+      el("h3", { text: `Checks (${checks.length})` }),
+      checks.length ? table(["host", "service", "check", "status", "message"], checks.map((c) =>
+        [c.host, c.service, c.check, badge(c.status, c.status === "pass" ? "ok" : "bad"), c.message])) : el("p", { class: "muted", text: "none" }),
+      el("h3", { text: `Operations that changed or failed (${ops.length} of ${run.operations.length})` }),
+      ops.length ? table(["host", "service", "operation", "status", "output"], ops.map((o) =>
+        [o.host, o.service, o.name, o.status, o.stderr ? el("pre", { text: o.stderr }) : ""])) : el("p", { class: "muted", text: "none" }),
+      el("h3", { text: "Stages" }),
+      el("p", { text: Object.entries(run.stage_s || {}).map(([k, v]) => `${k} ${duration(v)}`).join(" · ") || "—" }));
+  }
+
+  async function openRun(id) {
+    selectedRun = id;
+    const panel = document.getElementById("run");
+    panel.hidden = false;
+    document.getElementById("run-title").textContent = `Run #${id}`;
+    document.getElementById("run-body").replaceChildren(el("p", { class: "muted", text: "loading…" }));
+    for (const row of document.querySelectorAll(".run-row")) {
+      row.classList.toggle("selected", Number(row.dataset.run) === id);
+    }
+    try {
+      const response = await fetch(`/api/page/runs/${encodeURIComponent(id)}`, { credentials: "same-origin", cache: "no-store" });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const run = await response.json();
+      if (selectedRun === id) renderRun(run);
+    } catch (err) {
+      document.getElementById("run-body").replaceChildren(el("p", { class: "error", text: `could not load run #${id}: ${err.message}` }));
+    }
+  }
+
+  function closeRun() {
+    selectedRun = null;
+    document.getElementById("run").hidden = true;
+    for (const row of document.querySelectorAll(".run-row.selected")) row.classList.remove("selected");
+  }
+
+  // -- refresh -----------------------------------------------------------------------------
+
+  function render(data) {
+    const app = document.getElementById("app");
+    const open = new Set([...app.querySelectorAll("details[open]")].map((d) => d.dataset.key));
+    const sections = data.environments.map(environmentSection);
+    if (!sections.length) sections.push(el("p", { class: "muted", text: "No environment has been reconciled yet." }));
+    app.replaceChildren(...sections);
+    for (const d of app.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
+  }
+
+  async function refresh() {
+    const updated = document.getElementById("updated");
+    try {
+      const response = await fetch("/api/page", { credentials: "same-origin", cache: "no-store" });
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      const text = await response.text();
+      if (text !== lastText) {
+        render(JSON.parse(text));
+        lastText = text;
+      }
+      lastOk = new Date();
+      updated.textContent = "updated " + lastOk.toLocaleTimeString();
+      updated.classList.remove("stale");
+    } catch (err) {
+      updated.textContent = `cannot read the status (${err.message})` + (lastOk ? `; last update ${lastOk.toLocaleTimeString()}` : "");
+      updated.classList.add("stale");
+    } finally {
+      setTimeout(refresh, REFRESH_MS);
+    }
+  }
+
+  document.getElementById("run-close").addEventListener("click", closeRun);
+  document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeRun(); });
+  refresh();
+})();
