@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import control, source
+from gitops import control, notify, source
 from gitops.errors import GitopsError, PermanentError, UsageError
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
 from gitops.records import RunKind
@@ -225,6 +225,7 @@ class Daemon:
         forced = pending is not None and not pending[1].startswith(("webhook:", "watch"))
         if not forced and retry is None and not self._needs_run(wanted, last, env_status):
             return self._jitter(cfg.interval, cfg)
+        self._resend_statuses(env)
         reason, actor = pending or (f"new commit {wanted[:10]}", "gitops-daemon")
         previous = (env_status or {}).get("last_applied_revision")
         if previous and not controls["held_sha"]:
@@ -234,11 +235,15 @@ class Daemon:
                                                          wanted):
                 reason += f" (force-push: {old[:10]} is not an ancestor of {wanted[:10]})"
         env.running = f"{kind} {wanted[:10]}"
+        self._commit_status(env, wanted, "pending", f"{kind} started", retries=1)
         outcome = run(env.target, Request(
             kind="retry" if retry is not None else kind, reason=reason, revision=wanted,
             hosts=retry, signing=cfg.verify_commits, stop=self.stop_event, actor=actor,
         ), progress=lambda line: log.info("%s: %s", cfg.name, line))
         env.retry_hosts = None
+        state, description = notify.commit_state_for(outcome)
+        self._commit_status(env, wanted, state, description)
+        self._report(env, outcome, was_ready=self._was_ready(env_status))
         return self._after(env, outcome, wanted)
 
     @staticmethod
@@ -295,11 +300,16 @@ class Daemon:
                     if sha != bad:
                         by_revision.setdefault(sha, []).append(row["host"])
         log.warning("%s: quarantined %s; rolling back %s", env.config.name, bad[:10], hosts)
+        self._notify(env, notify.Event(
+            kind="quarantine", environment=env.config.name, sha=bad,
+            summary=f"{bad[:10]} quarantined: verification failed on {', '.join(hosts)}",
+            failed_hosts=tuple(hosts)))
         for sha, names in by_revision.items():
-            run(env.target, Request(
+            outcome = run(env.target, Request(
                 kind="rollback", revision=sha, hosts=frozenset(names),
                 reason=f"automatic rollback of {bad[:10]}", actor="gitops-daemon",
                 stop=self.stop_event))
+            self._report(env, outcome, kind="rollback")
 
     def _hold(self, store: Store, env: _Env, revision: str | None, *, actor: str,
               reason: str) -> dict[str, Any]:
@@ -329,11 +339,85 @@ class Daemon:
         env.running = f"drift check {sha[:10]}"
         outcome = run(env.target, Request(kind="verify", revision=sha, reason="drift check",
                                           actor="gitops-daemon"))
+        if outcome.result == "failed":
+            self._report(env, outcome, kind="drift")
         if outcome.result == "failed" and cfg.drift == "correct":
             drifted = outcome.verify.failed_hosts if outcome.verify else []
-            run(env.target, Request(kind="reconcile", revision=sha, hosts=frozenset(drifted),
-                                    reason="drift correction", actor="gitops-daemon",
-                                    stop=self.stop_event))
+            corrected = run(env.target, Request(
+                kind="reconcile", revision=sha, hosts=frozenset(drifted),
+                reason="drift correction", actor="gitops-daemon", stop=self.stop_event))
+            self._report(env, corrected, was_ready=False)
+
+    # -- telling people: notifications, commit statuses, incident reports ---------------
+
+    def _report(self, env: _Env, outcome: Outcome, *, kind: notify.EventKind | None = None,
+                was_ready: bool = True) -> None:
+        """Notify (failure, recovery, rollback, drift, success) and rewrite incident reports."""
+        if kind is None:
+            if outcome.result == "succeeded":
+                kind = "success" if was_ready else "recovery"
+            elif outcome.result in ("failed", "invalid", "error"):
+                kind = "failure"
+        if kind is not None and env.config.notifiers:
+            self._notify(env, notify.event_from_outcome(kind, env.config.name, outcome))
+        self._write_incidents(env)
+
+    def _notify(self, env: _Env, event: notify.Event) -> None:
+        if env.config.notifiers:  # never raises; failures are logged without the URL
+            notify.notify(env.config.notifiers, event)
+
+    def _commit_status(self, env: _Env, sha: str, state: notify.CommitState,
+                       description: str, retries: int = 4) -> None:
+        """Report a commit status; one that every retry failed to deliver is kept and sent
+        again at the next cycle, so a failure is never dropped."""
+        if not env.config.commit_status:
+            return
+        deliveries = notify.set_commit_statuses(
+            env.config.commit_status, sha, state, description,
+            environment=env.config.name, retries=retries)
+        with self._store() as store:
+            for d in deliveries:
+                if d.ok:
+                    store.delivered(env.target.environment, d.index, sha)
+                elif state != "pending":
+                    store.keep_undelivered(env.target.environment, d.index, sha, state,
+                                           description)
+
+    def _resend_statuses(self, env: _Env) -> None:
+        if not env.config.commit_status:
+            return
+        with self._store() as store:
+            waiting = store.undelivered(env.target.environment)
+        for item in waiting:
+            if item["receiver"] >= len(env.config.commit_status):
+                continue
+            d = notify.set_commit_status(
+                env.config.commit_status[item["receiver"]], item["sha"], item["state"],
+                item["description"], environment=env.config.name, index=item["receiver"],
+                retries=1)
+            if d.ok:
+                with self._store() as store:
+                    store.delivered(env.target.environment, item["receiver"], item["sha"])
+
+    def _write_incidents(self, env: _Env) -> None:
+        from gitops import incidents
+
+        folder = self.settings.reports_dir or self.settings.state_dir / "reports"
+        cfg = env.config
+
+        def diff(old: str, new: str) -> str:
+            return source.diff_summary(cfg.repo, self.settings.state_dir, old, new)
+
+        try:
+            with self._store() as store:
+                incidents.write_reports(store, folder, diff_summary=diff)
+        except OSError as exc:
+            log.warning("%s: cannot write incident reports: %s", cfg.name, exc)
+
+    @staticmethod
+    def _was_ready(env_status: dict[str, Any] | None) -> bool:
+        return any(c["type"] == "Ready" and c["status"] == "True"
+                   for c in (env_status or {}).get("conditions", [])) or env_status is None
 
     # -- helpers ---------------------------------------------------------------------------
 

@@ -89,9 +89,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from gitops.settings import SecretRef
+from gitops.settings import EVENT_KINDS, CommitStatusConfig, EventKind, NotifierConfig
 
 if TYPE_CHECKING:
     from gitops.reconcile import Outcome
@@ -113,8 +111,6 @@ __all__ = [
 
 log = logging.getLogger("gitops.notify")
 
-EventKind = Literal["failure", "recovery", "drift", "rollback", "quarantine", "success"]
-EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 CommitState = Literal["pending", "success", "failure", "error"]
 COMMIT_STATES: tuple[CommitState, ...] = get_args(CommitState)
 
@@ -125,38 +121,6 @@ _SLACK_TEXT_MAX = 3000
 _SHA = re.compile(r"^[0-9a-fA-F]{7,64}$")
 
 Sleep = Callable[[float], None]
-
-
-class NotifierConfig(BaseModel):
-    """One notification receiver: a generic JSON webhook or a Slack-compatible incoming webhook."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    type: Literal["webhook", "slack"]
-    url: SecretRef
-    """The webhook's URL, a secret (it is the credential for incoming webhooks)."""
-    events: list[EventKind] = Field(default_factory=lambda: list(EVENT_KINDS))
-    """Which events this receiver gets (default: all; list them to leave ``success`` out)."""
-
-
-class CommitStatusConfig(BaseModel):
-    """Where commit statuses go: the Git host's API, the repository there, a token."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    provider: Literal["github", "gitlab", "gitea"]
-    api_url: str = Field(pattern=r"^https?://")
-    """https://api.github.com, https://gitlab.example.com/api/v4, https://gitea.example.com/api/v1"""
-    repository: str = Field(min_length=1)
-    """``owner/name`` on GitHub and Gitea; the project id or path (``group/project``) on GitLab."""
-    token: SecretRef
-    context: str = "gitops/{environment}"
-    """The status's name on the commit; ``{environment}`` is replaced by the environment's name."""
-    target_url: str | None = None
-    """A link shown with the status (the status page, say)."""
-
-    def context_for(self, environment: str) -> str:
-        return self.context.replace("{environment}", environment)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import (
@@ -89,6 +89,42 @@ class SigningPolicy(BaseModel):
         return self
 
 
+EventKind = Literal["failure", "recovery", "drift", "rollback", "quarantine", "success"]
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
+
+
+class NotifierConfig(BaseModel):
+    """One notification receiver: a generic JSON webhook or a Slack-compatible incoming webhook."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["webhook", "slack"]
+    url: SecretRef
+    """The webhook's URL, a secret (it is the credential for incoming webhooks)."""
+    events: list[EventKind] = Field(default_factory=lambda: list(EVENT_KINDS))
+    """Which events this receiver gets (default: all; list them to leave ``success`` out)."""
+
+
+class CommitStatusConfig(BaseModel):
+    """Where commit statuses go: the Git host's API, the repository there, a token."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    provider: Literal["github", "gitlab", "gitea"]
+    api_url: str = Field(pattern=r"^https?://")
+    """https://api.github.com, https://gitlab.example.com/api/v4, https://gitea.example.com/api/v1"""
+    repository: str = Field(min_length=1)
+    """``owner/name`` on GitHub and Gitea; the project id or path (``group/project``) on GitLab."""
+    token: SecretRef
+    context: str = "gitops/{environment}"
+    """The status's name on the commit; ``{environment}`` is replaced by the environment's name."""
+    target_url: str | None = None
+    """A link shown with the status (the status page, say)."""
+
+    def context_for(self, environment: str) -> str:
+        return self.context.replace("{environment}", environment)
+
+
 class EnvironmentConfig(BaseModel):
     """One environment the daemon watches: a repository, a branch, an inventory, policies."""
 
@@ -110,6 +146,10 @@ class EnvironmentConfig(BaseModel):
     auto_rollback: bool = True
     webhook_secret: SecretRef | None = None
     verify_commits: SigningPolicy | None = None
+    notifiers: list[NotifierConfig] = []
+    """Who hears of failures, recoveries, drift, rollbacks and quarantines."""
+    commit_status: list[CommitStatusConfig] = []
+    """Where to report pending / success / failure on each applied commit."""
     retry_base: float = Field(default=5, gt=0)
     retry_max: float = Field(default=300, gt=0)
 
@@ -135,6 +175,8 @@ class Settings(BaseSettings):
     """host:port of the daemon's HTTP server (webhooks, API, health)."""
     api_token: SecretRef | None = None
     """Bearer token for the operator API; without one, the API answers loopback clients only."""
+    reports_dir: Path | None = None
+    """Where incident reports (Markdown) are written; default ``<state_dir>/reports``."""
     max_body: int = Field(default=1_048_576, gt=0)
     """Largest webhook body accepted (bytes); larger gets 413."""
 

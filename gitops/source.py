@@ -109,6 +109,18 @@ def rewrites_history(url: str, state_dir: Path, old: str, new: str) -> bool:
     return False
 
 
+def diff_summary(url: str, state_dir: Path, old: str, new: str) -> str:
+    """``git diff --stat`` between two fetched commits (for incident reports); "" if unknown."""
+    path = mirror_path(url, state_dir)
+    if not path.is_dir():
+        return ""
+    with git.Repo(path) as repo:
+        try:
+            return str(repo.git.diff("--stat", old, new))
+        except git.GitCommandError:
+            return ""
+
+
 def revision(url: str, branch: str, rev: str, state_dir: Path) -> Revision:
     """An already fetched commit (for rollbacks to an earlier revision)."""
     if Path(url).expanduser().is_dir():

@@ -87,6 +87,15 @@ CREATE TABLE IF NOT EXISTS quarantine (
     since TEXT NOT NULL,
     PRIMARY KEY (environment, sha)
 );
+CREATE TABLE IF NOT EXISTS undelivered (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    environment TEXT NOT NULL,
+    receiver INTEGER NOT NULL,
+    sha TEXT NOT NULL,
+    state TEXT NOT NULL,
+    description TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS status (
     environment TEXT NOT NULL,
     host TEXT NOT NULL,
@@ -320,6 +329,26 @@ class Store:
         if environment is not None:
             sql, args_ = sql + " WHERE environment=?", (environment,)
         return [dict(r) for r in self.db.execute(sql + " ORDER BY since", args_)]
+
+    def keep_undelivered(self, environment: str, receiver: int, sha: str, state: str,
+                         description: str) -> None:
+        """A commit status every retry failed to deliver: sent again at the next cycle."""
+        self.db.execute(
+            "DELETE FROM undelivered WHERE environment=? AND receiver=? AND sha=?",
+            (environment, receiver, sha))
+        self.db.execute(
+            "INSERT INTO undelivered (environment, receiver, sha, state, description,"
+            " created_at) VALUES (?,?,?,?,?,?)",
+            (environment, receiver, sha, state, description, now().isoformat()))
+
+    def undelivered(self, environment: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.execute(
+            "SELECT * FROM undelivered WHERE environment=? ORDER BY id", (environment,))]
+
+    def delivered(self, environment: str, receiver: int, sha: str) -> None:
+        """A status for ``sha`` reached ``receiver``: an older undelivered one is obsolete."""
+        self.db.execute("DELETE FROM undelivered WHERE environment=? AND receiver=? AND sha=?",
+                        (environment, receiver, sha))
 
     def record_event(self, environment: str, kind: str, *, actor: str, reason: str,
                      result: str = "succeeded", sha: str | None = None) -> int:
