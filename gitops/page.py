@@ -21,8 +21,6 @@ clients only. The page never renders settings; the store holds no secret, and op
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -53,6 +51,7 @@ _SCAN = 200
 
 _ACTIVITY_DAYS = 14
 _DELIVERY_DAYS = 30
+_CLOSED_INCIDENTS = 10
 _APPLY_KINDS = ("reconcile", "rollback", "retry")
 _CHECK_KINDS = (*_APPLY_KINDS, "verify")
 
@@ -241,38 +240,37 @@ def _activity(runs: list[dict[str, Any]], today: datetime) -> list[dict[str, Any
     return [{"day": d, "succeeded": good[d], "failed": bad[d]} for d in days]
 
 
-def _optional(module: str) -> Any | None:
-    """``gitops.<module>`` when it exists (it is built alongside the page), else None."""
-    if importlib.util.find_spec(module) is None:
-        return None
-    return importlib.import_module(module)
-
-
-def _call(module: str, names: tuple[str, ...], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    mod = _optional(module)
-    if mod is None:
-        return {"available": False, "reason": "not available yet"}
-    for name in names:
-        fn = getattr(mod, name, None)
-        if callable(fn):
-            try:
-                data = fn(*args, **kwargs)
-            except Exception as exc:  # a bug there must not take the page down
-                return {"available": False, "reason": f"failed: {type(exc).__name__}"}
-            if hasattr(data, "model_dump"):
-                data = data.model_dump(mode="json")
-            return {"available": True, "data": data}
-    return {"available": False, "reason": "not available yet"}
-
-
 def _delivery(store: Store, environment: str) -> dict[str, Any]:
-    """``gitops.delivery.for_page(store, environment, days)``: numbers and series."""
-    return _call("gitops.delivery", ("for_page",), store, environment, days=_DELIVERY_DAYS)
+    """The four keys over the last ``_DELIVERY_DAYS`` days, with their per-day series."""
+    try:
+        from gitops import delivery  # written alongside the page; optional until it lands
+    except ImportError:
+        return {"available": False, "reason": "not available yet"}
+    try:
+        found = delivery.delivery_metrics(store, environment=environment, days=_DELIVERY_DAYS)
+    except Exception as exc:  # a bug there must not take the page down
+        return {"available": False, "reason": f"failed ({type(exc).__name__})"}
+    metrics = found.get(environment)
+    if metrics is None:
+        return {"available": False, "reason": "no rollout recorded yet"}
+    return {"available": True, "data": metrics.as_dict()}
 
 
 def _incidents(store: Store, environment: str) -> dict[str, Any]:
-    """``gitops.incidents.for_page(store, environment)``: a list of incident objects."""
-    return _call("gitops.incidents", ("for_page",), store, environment)
+    """Open incidents and the newest closed ones, newest first."""
+    try:
+        from gitops import incidents  # written alongside the page; optional until it lands
+    except ImportError:
+        return {"available": False, "reason": "not available yet"}
+    try:
+        found = [i.as_dict() for i in incidents.incidents(store, environment=environment)]
+    except Exception as exc:  # a bug there must not take the page down
+        return {"available": False, "reason": f"failed ({type(exc).__name__})"}
+    found.reverse()
+    open_ = [i for i in found if i["status"] == "open"]
+    closed = [i for i in found if i["status"] != "open"]
+    return {"available": True, "open": open_, "closed": closed[:_CLOSED_INCIDENTS],
+            "closed_total": len(closed)}
 
 
 # -- HTTP -----------------------------------------------------------------------------------

@@ -71,7 +71,7 @@ def _browser_unavailable() -> str | None:
 def revision(n: int, message: str | None = None) -> Revision:
     return Revision(sha=f"{n:x}" * 40 if n < 16 else f"{n:040x}", branch="main",
                     author="Ada <ada@example.org>",
-                    committed_at=datetime.now(UTC) - timedelta(minutes=10 - n),
+                    committed_at=datetime.now(UTC) - timedelta(minutes=5),
                     message=message or f"commit number {n}\n\nbody")
 
 
@@ -227,6 +227,13 @@ def test_page_lists_hosts_with_failing_check_and_revisions(
         assert ("behind" in revs.inner_text()) == (host == "lab-3")
     # lab-3 was unreachable in run 2: its latest checks are run 1's (all pass)
     assert cell(p, "lab-3", "web").inner_text().strip() == "✓ 2"
+    delivery = p.locator('[data-testid="delivery"]').inner_text()
+    assert "change failure rate (1 of 2 rollouts)" in delivery and "50 %" in delivery
+    incidents = p.locator('[data-testid="incidents"]')
+    assert "Open (1)" in incidents.inner_text()
+    incidents.locator("summary").first.click()
+    assert "nothing listens on 0.0.0.0:80" in incidents.inner_text()
+    assert "reconcile run 2 failed on lab-2, lab-3" in incidents.inner_text()
     assert p.js_errors == []
 
 
@@ -246,6 +253,9 @@ def test_page_changes_after_a_new_run_without_reload(
     c = revision(12).sha[:10]
     for host in HOSTS:
         assert p.locator(f'tr[data-host="{host}"] code.applied').inner_text() == c
+    incidents = p.locator('[data-testid="incidents"]')
+    assert "Open (0)" in incidents.inner_text() and "Closed (1)" in incidents.inner_text()
+    assert "restored after" in incidents.inner_text()
     assert p.evaluate("window.__notReloaded") is True
     assert p.js_errors == []
 
@@ -346,8 +356,10 @@ def test_page_data_shape(tmp_path: Path) -> None:
     assert [r["id"] for r in env["history"]] == [2, 1]
     assert env["rollout"] is None
     assert sum(d["succeeded"] + d["failed"] for d in env["activity"]) == 2
-    for optional in ("delivery", "incidents"):
-        assert set(env[optional]) >= {"available"}
+    delivery = env["delivery"]["data"]
+    assert (delivery["deployments"], delivery["failed_rollouts"], delivery["rollouts"]) == (1, 1, 2)
+    (incident,) = env["incidents"]["open"]
+    assert incident["cause"] == "failed rollout" and env["incidents"]["closed"] == []
     assert detail is not None
     assert all("diff" not in op for h in detail["plan"]["hosts"] for op in h["ops"])
     assert "secret-free diff" not in str(detail)

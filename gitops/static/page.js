@@ -84,21 +84,6 @@
     return badge(result, result === "succeeded" ? "ok" : result === "interrupted" ? "warn" : "bad");
   }
 
-  function humanize(key) {
-    return String(key).replace(/_/g, " ");
-  }
-
-  function fmtValue(key, value) {
-    if (value === null || value === undefined) return "—";
-    if (typeof value === "number") {
-      if (/(_s|_seconds)$/.test(key)) return duration(value);
-      if (/rate|ratio|percent/.test(key) && value <= 1) return (value * 100).toFixed(0) + " %";
-      return Number.isInteger(value) ? String(value) : value.toFixed(2);
-    }
-    if (typeof value === "boolean") return value ? "yes" : "no";
-    return String(value);
-  }
-
   // -- charts ------------------------------------------------------------------------------
 
   // Stacked bars: rows [{label, parts: {name: number}}], colors {name: css class}.
@@ -170,7 +155,8 @@
       el("dt", { text: "desired" }), el("dd", { class: "rev", text: shortRev(env.desired) },
         el("span", { class: "muted", text: env.desired_from === "held" ? " (held)" : " (last attempted)" })),
       el("dt", { text: "applied" }), el("dd", { class: "rev", text: shortRev(env.applied) }),
-      el("dt", { text: "verified" }), el("dd", { class: "rev", text: shortRev(env.verified) }),
+      env.verified ? el("dt", { text: "verified" }) : null,
+      env.verified ? el("dd", { class: "rev", text: shortRev(env.verified) }) : null,
       el("dt", { text: "updated" }), el("dd", {}, time(env.updated_at)));
     const notes = [];
     if (env.suspended) {
@@ -252,96 +238,97 @@
       el("table", { class: "grid", "data-testid": "grid" }, el("thead", {}, head), el("tbody", {}, rows)));
   }
 
-  function activitySection(env) {
-    const rows = env.activity.map((d) => ({ label: d.day, parts: { succeeded: d.succeeded, failed: d.failed } }));
-    const total = env.activity.reduce((a, d) => a + d.succeeded + d.failed, 0);
-    return el("div", { class: "card" },
-      el("h4", { text: "Rollouts per day (14 days)" }),
-      barChart("Rollouts per day", rows, { succeeded: "bar-ok", failed: "bar-bad" }),
-      el("p", { class: "muted", text: `${total} rollouts · green succeeded, red failed` }));
+  function dayLabels(first, last) {
+    return el("div", { class: "chart-axis" }, el("span", { text: first }), el("span", { text: last }));
   }
 
-  const TIME_KEYS = ["day", "date", "week", "time", "t", "at", "start", "since", "period"];
-
-  function seriesCards(key, items) {
-    const timeKey = TIME_KEYS.find((k) => items.length && k in items[0]);
-    if (!timeKey) return [];
-    const numeric = Object.keys(items[0]).filter((k) => k !== timeKey && items.some((i) => typeof i[k] === "number"));
-    return numeric.map((k) => el("div", { class: "card" },
-      el("h4", { text: `${humanize(key)}: ${humanize(k)}` }),
-      lineChart(`${key} ${k}`, items.map((i) => ({
-        label: String(i[timeKey]), value: typeof i[k] === "number" ? i[k] : null, text: fmtValue(k, i[k]),
-      })))));
-  }
-
-  // Whatever gitops.delivery returns: numbers become tiles, lists of dated points become charts.
-  function genericMetrics(data, prefix, tiles, charts, depth) {
-    for (const [key, value] of Object.entries(data || {})) {
-      const name = prefix ? `${prefix} ${key}` : key;
-      if (Array.isArray(value)) {
-        if (value.length && typeof value[0] === "object" && value[0] !== null) charts.push(...seriesCards(name, value));
-      } else if (value !== null && typeof value === "object") {
-        if (depth < 3) genericMetrics(value, name, tiles, charts, depth + 1);
-      } else {
-        tiles.push(el("div", { class: "tile" }, el("div", { class: "tile-value", text: fmtValue(key, value) }),
-          el("div", { class: "tile-label", text: humanize(name) })));
-      }
-    }
+  function tile(value, label, kind) {
+    return el("div", { class: "tile" + (kind ? " " + kind : "") },
+      el("div", { class: "tile-value", text: value }), el("div", { class: "tile-label", text: label }));
   }
 
   function deliverySection(env) {
     const section = el("section", { class: "delivery", "data-testid": "delivery" }, el("h3", { text: "Delivery" }));
-    const grid = el("div", { class: "cards" }, activitySection(env));
     if (!env.delivery.available) {
-      section.append(el("p", { class: "muted", text: "Delivery metrics (DORA): " + env.delivery.reason }), grid);
+      const rows = env.activity.map((d) => ({ label: d.day, parts: { succeeded: d.succeeded, failed: d.failed } }));
+      const total = env.activity.reduce((a, d) => a + d.succeeded + d.failed, 0);
+      section.append(el("p", { class: "muted", text: "Delivery metrics (DORA): " + env.delivery.reason }),
+        el("div", { class: "cards" }, el("div", { class: "card" },
+          el("h4", { text: "Apply runs per day (14 days)" }),
+          barChart("Apply runs per day", rows, { succeeded: "bar-ok", failed: "bar-bad" }),
+          dayLabels(rows.length ? rows[0].label : "", "today"),
+          el("p", { class: "muted", text: `${total} runs · green succeeded, red failed` }))));
       return section;
     }
-    const tiles = [], charts = [];
-    genericMetrics(env.delivery.data, "", tiles, charts, 0);
-    grid.append(...charts);
-    section.append(el("div", { class: "tiles" }, tiles), grid);
+    const d = env.delivery.data;
+    const days = Math.round(d.days);
+    const rate = d.change_failure_rate === null ? "—" : (d.change_failure_rate * 100).toFixed(0) + " %";
+    const lead = d.lead_time_median_s === null ? "—" : duration(d.lead_time_median_s);
+    const tiles = el("div", { class: "tiles" },
+      tile(String(d.deployments), `deployments in ${days} days`),
+      tile(d.deployment_frequency_per_day.toFixed(2), "deployments per day"),
+      tile(lead, "lead time, median" + (d.lead_time_p90_s === null ? "" : ` (p90 ${duration(d.lead_time_p90_s)})`)),
+      tile(rate, `change failure rate (${d.failed_rollouts} of ${d.rollouts} rollouts)`,
+        d.failed_rollouts ? "warn" : ""),
+      tile(d.time_to_restore_median_s === null ? "—" : duration(d.time_to_restore_median_s),
+        `time to restore, median (${d.restore_intervals_s.length} restored)`),
+      d.unrestored_since ? tile(ago(d.unrestored_since), "failing since, not restored", "bad") : null,
+      d.rollouts_pending ? tile(String(d.rollouts_pending), "rollouts not decided yet") : null);
+    const rows = d.series.map((x) => ({ label: x.day, parts: { deployments: x.deployments, "failed rollouts": x.failures } }));
+    const cards = el("div", { class: "cards" },
+      el("div", { class: "card" }, el("h4", { text: `Deployments and failed rollouts per day (${days} days)` }),
+        barChart("Deployments and failed rollouts per day", rows, { deployments: "bar-ok", "failed rollouts": "bar-bad" }),
+        dayLabels(rows.length ? rows[0].label : "", rows.length ? rows[rows.length - 1].label : "")),
+      d.lead_times_s.length > 1 ? el("div", { class: "card" }, el("h4", { text: "Lead times, shortest to longest" }),
+        lineChart("Lead times", d.lead_times_s.map((v, i) => ({ label: `#${i + 1}`, value: v / 3600, text: duration(v) }))),
+        dayLabels(duration(d.lead_times_s[0]), duration(d.lead_times_s[d.lead_times_s.length - 1]))) : null);
+    section.append(tiles, cards);
     return section;
   }
 
-  function incidentList(data) {
-    if (Array.isArray(data)) return data;
-    if (data && Array.isArray(data.incidents)) return data.incidents;
-    if (data && (Array.isArray(data.open) || Array.isArray(data.closed))) {
-      return [...(data.open || []).map((i) => ({ ...i, _open: true })), ...(data.closed || []).map((i) => ({ ...i, _open: false }))];
-    }
-    return [];
-  }
-
-  function isOpen(incident) {
-    if ("_open" in incident) return incident._open;
-    const status = String(incident.status || incident.state || "").toLowerCase();
-    if (status) return status === "open";
-    return !(incident.closed_at || incident.restored_at || incident.resolved_at);
-  }
-
   function incidentItem(incident) {
-    const title = incident.title || incident.summary || `Incident ${incident.id ?? ""}`;
-    const facts = el("dl", { class: "facts" });
-    for (const [key, value] of Object.entries(incident)) {
-      if (key.startsWith("_") || value === null || typeof value === "object") continue;
-      facts.append(el("dt", { text: humanize(key) }), el("dd", { text: fmtValue(key, value) }));
-    }
-    return el("li", {}, el("details", { "data-key": `incident/${incident.id ?? title}` },
-      el("summary", { text: String(title) }), facts));
+    const commit = incident.commit || {};
+    const open = incident.status === "open";
+    const summary = el("summary", {}, badge(open ? "open" : "closed", open ? "bad" : "ok"), " ",
+      el("strong", { text: incident.cause }), " ", el("code", { text: shortRev(commit.sha) }), " ",
+      el("span", { text: firstLine(commit.message) }), " · ",
+      open ? el("span", {}, "since ", time(incident.opened_at))
+        : el("span", { text: `restored after ${duration(incident.duration_s)}` }));
+    const failures = (incident.failures || []).map((f) => el("li", {},
+      el("strong", { text: f.host }), el("span", { class: "muted", text: ` run #${f.run_id}` }),
+      f.error ? el("pre", { class: "error", text: f.error }) : null,
+      el("ul", {}, (f.checks || []).map((c) => el("li", {},
+        el("span", { text: `${c.service}/${c.check} (${c.status}): ` }), el("span", { class: "message", text: c.message }))),
+      (f.ops || []).map((o) => el("li", {}, el("span", { text: o.name }), o.stderr ? el("pre", { text: o.stderr }) : null)))));
+    const timeline = (incident.timeline || []).map((e) => el("li", {},
+      el("time", { datetime: e.at, title: e.at, text: e.at.replace("T", " ").slice(0, 19) }), " ",
+      el("span", { text: e.event })));
+    return el("li", { "data-incident": incident.id }, el("details", { "data-key": `incident/${incident.id}` }, summary,
+      el("dl", { class: "facts" },
+        el("dt", { text: "commit" }), el("dd", {}, el("code", { text: commit.sha || "—" })),
+        el("dt", { text: "author" }), el("dd", { text: commit.author || "—" }),
+        el("dt", { text: "opened" }), el("dd", { text: incident.opened_at }),
+        el("dt", { text: "closed" }), el("dd", { text: incident.closed_at || "open" }),
+        incident.restored_by ? el("dt", { text: "restored by" }) : null,
+        incident.restored_by ? el("dd", { text: `${incident.restored_by.kind} run #${incident.restored_by.run_id} of ${shortRev(incident.restored_by.sha)}` }) : null,
+        el("dt", { text: "rollbacks" }), el("dd", { text: String((incident.rollbacks || []).length) })),
+      failures.length ? el("h4", { text: "What failed" }) : null,
+      failures.length ? el("ul", { class: "failures" }, failures) : null,
+      el("h4", { text: "Timeline" }), el("ol", { class: "timeline" }, timeline)));
   }
 
   function incidentsSection(env) {
     const section = el("section", { class: "incidents", "data-testid": "incidents" }, el("h3", { text: "Incidents" }));
-    if (!env.incidents.available) {
-      section.append(el("p", { class: "muted", text: "Incident timelines: " + env.incidents.reason }));
+    const inc = env.incidents;
+    if (!inc.available) {
+      section.append(el("p", { class: "muted", text: "Incident timelines: " + inc.reason }));
       return section;
     }
-    const all = incidentList(env.incidents.data);
-    const open = all.filter(isOpen), closed = all.filter((i) => !isOpen(i));
-    section.append(el("h4", { text: `Open (${open.length})` }),
-      open.length ? el("ul", { class: "incident-list" }, open.map(incidentItem)) : el("p", { class: "muted", text: "none" }),
-      el("h4", { text: `Closed (${closed.length})` }),
-      closed.length ? el("ul", { class: "incident-list" }, closed.map(incidentItem)) : el("p", { class: "muted", text: "none" }));
+    const more = inc.closed_total > inc.closed.length ? `, newest ${inc.closed.length} shown` : "";
+    section.append(el("h4", { text: `Open (${inc.open.length})` }),
+      inc.open.length ? el("ul", { class: "incident-list" }, inc.open.map(incidentItem)) : el("p", { class: "muted", text: "none" }),
+      el("h4", { text: `Closed (${inc.closed_total}${more})` }),
+      inc.closed.length ? el("ul", { class: "incident-list" }, inc.closed.map(incidentItem)) : el("p", { class: "muted", text: "none" }));
     return section;
   }
 
