@@ -359,7 +359,7 @@ def run(config: Path | None) -> None:
     import signal
     import threading
 
-    from gitops import server
+    from gitops import metrics, page, server
     from gitops.loop import Daemon
 
     if config is not None:
@@ -368,7 +368,9 @@ def run(config: Path | None) -> None:
     s = _settings()
     try:
         daemon = Daemon(s)
-        app = server.create_app(daemon, s)
+        authorize = server.make_authorize(s)
+        app = server.create_app(daemon, s, extra_routes=[
+            *metrics.routes(s.state_dir, authorize), *page.routes(s.state_dir, authorize)])
         http, thread = server.start_in_thread(app, s.listen)
     except GitopsError as exc:
         _fail(exc, False)

@@ -18,7 +18,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import uvicorn
@@ -130,6 +130,30 @@ def _status_for(exc: GitopsError) -> int:
     return 409  # neither permanent nor temporary: the environment's state forbids it now
 
 
+def make_authorize(settings: Settings) -> Callable[[Request], JSONResponse | None]:
+    """The API's access rule: the bearer token when one is configured, else loopback only.
+
+    Returns None for an allowed request, else the refusal to send. Shared by every route
+    the daemon serves (API, metrics, status page); the token is read once, here.
+    """
+    api_token = settings.api_token.reveal() if settings.api_token is not None else None
+
+    def authorize(request: Request) -> JSONResponse | None:
+        if api_token is not None:
+            scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and hmac.compare_digest(
+                sent.strip().encode(), api_token.encode()
+            ):
+                return None
+            return _error(401, "missing or wrong API token", {"WWW-Authenticate": "Bearer"})
+        host = request.client.host if request.client else None
+        if _is_loopback(host):
+            return None
+        return _error(403, "no API token is configured: the API answers loopback clients only")
+
+    return authorize
+
+
 def create_app(
     controller: Controller,
     settings: Settings,
@@ -146,21 +170,8 @@ def create_app(
         for name, env in environments.items()
         if env.webhook_secret is not None
     }
-    api_token = settings.api_token.reveal() if settings.api_token is not None else None
     max_body = settings.max_body
-
-    def authorize(request: Request) -> JSONResponse | None:
-        if api_token is not None:
-            scheme, _, sent = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() == "bearer" and hmac.compare_digest(
-                sent.strip().encode(), api_token.encode()
-            ):
-                return None
-            return _error(401, "missing or wrong API token", {"WWW-Authenticate": "Bearer"})
-        host = request.client.host if request.client else None
-        if _is_loopback(host):
-            return None
-        return _error(403, "no API token is configured: the API answers loopback clients only")
+    authorize = make_authorize(settings)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(controller.health))

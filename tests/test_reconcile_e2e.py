@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -175,7 +176,7 @@ def test_host_stopped_mid_run_fails_alone(own_lab: LabInfo, tmp_path: Path) -> N
     )
     assert proc.stderr is not None
     for line in proc.stderr:
-        if "applying on" in line:
+        if re.search(r"applying on \d+ host\(s\)", line):  # the worker has planned
             break
     time.sleep(1.5)  # every host is inside the long step now
     victims = [pid for pid, index in lab_hosts.find_nspawn("e2estop").items() if index == 3]

@@ -107,6 +107,15 @@ class _Capture(logging.Handler):
         _progress(message)
 
 
+def _describe(exc: BaseException) -> str:
+    """An exception as one line; some of pyinfra's (click-based) errors fail in ``str()``."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = ", ".join(str(a) for a in getattr(exc, "args", ()))
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _service_of(name: str) -> str | None:
     return name.split(" | ", 1)[0] if " | " in name else None
 
@@ -201,7 +210,7 @@ def run(job: Job) -> WorkerResult:
     except PyinfraError as exc:
         stopped = str(exc)
     except Exception as exc:  # a connection dying mid-run must not lose the other hosts' results
-        stopped = f"{type(exc).__name__}: {exc}"
+        stopped = _describe(exc)
     state.set_stage(StateStage.Disconnect)
     report = _report(state, declared, capture, stopped, started, idle)
     _disconnect(state)
@@ -242,7 +251,7 @@ def _load_service(
         exc = greenlet.get()
         if exc is not None:
             host = by_name[greenlets[greenlet].name]
-            host.log(f"{service}/deploy.py: {exc}", logging.getLogger("pyinfra").error)
+            host.log(f"{service}/deploy.py: {_describe(exc)}", logging.getLogger("pyinfra").error)
             failed.add(host)
     config.reset_locked_state()
     if failed:
