@@ -17,6 +17,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import threading
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -118,11 +120,22 @@ def _environments(db: sqlite3.Connection) -> list[str]:
 
 
 def _latest_checked(db: sqlite3.Connection) -> list[sqlite3.Row]:
-    """Per environment and host, the newest run that checked it: id, kind, verify status."""
-    return db.execute(
-        "SELECT r.environment, h.host, MAX(h.run_id) AS run_id, r.kind, h.verify_status"
-        " FROM host_results h JOIN runs r ON r.id = h.run_id"
-        " WHERE h.verify_status IS NOT NULL GROUP BY r.environment, h.host").fetchall()
+    """Per environment and host, the newest run that checked it: id, kind, verify status.
+
+    One query per host of the status record, walking ``host_results`` newest first (its
+    primary key), so it stops at the host's latest check instead of grouping all history.
+    """
+    found: list[sqlite3.Row] = []
+    for env, host in db.execute("SELECT environment, host FROM status WHERE host != ''"
+                                " ORDER BY environment, host").fetchall():
+        row = db.execute(
+            "SELECT r.environment, h.host, h.run_id, r.kind, h.verify_status"
+            " FROM host_results h JOIN runs r ON r.id = h.run_id"
+            " WHERE h.host = ? AND r.environment = ? AND h.verify_status IS NOT NULL"
+            " ORDER BY h.run_id DESC LIMIT 1", (host, env)).fetchone()
+        if row is not None:
+            found.append(row)
+    return found
 
 
 def _latest_rollout(db: sqlite3.Connection, environment: str) -> sqlite3.Row | None:
@@ -141,15 +154,39 @@ def _last_verified_success(db: sqlite3.Connection, environment: str) -> float | 
     return _epoch(row[0]) if row else None
 
 
+DELIVERY_CACHE_S = 60.0
+"""How long computed delivery figures are reused while no run starts or finishes."""
+
+_delivery_cache: dict[tuple[str, str | None, int], tuple[tuple[Any, ...], float,
+                                                         dict[str, dict[str, Any]]]] = {}
+_delivery_lock = threading.Lock()
+
+
 def _delivery(store: Store, environment: str | None = None,
               days: int = DELIVERY_WINDOW) -> dict[str, dict[str, Any]] | None:
-    """``gitops.delivery`` figures per environment as dicts; None until that module exists."""
+    """``gitops.delivery`` figures per environment as dicts; None until that module exists.
+
+    Computing them reads the whole window (over 100 ms for 1,000 runs), so the result is kept
+    for ``DELIVERY_CACHE_S`` seconds unless a run has started or finished since.
+    """
     try:
         from gitops import delivery  # written alongside; optional until it lands
     except ImportError:
         return None
+    key = (str(store.path), environment, days)
+    fingerprint = tuple(store.db.execute(
+        "SELECT MAX(id), MAX(finished_at), (SELECT COUNT(*) FROM quarantine) FROM runs"
+    ).fetchone())
+    clock = time.monotonic()
+    with _delivery_lock:
+        cached = _delivery_cache.get(key)
+    if cached is not None and cached[0] == fingerprint and clock - cached[1] < DELIVERY_CACHE_S:
+        return cached[2]
     found = delivery.delivery_metrics(store, environment=environment, days=days)
-    return {name: dict(m.as_dict()) for name, m in found.items()}
+    figures = {name: dict(m.as_dict()) for name, m in found.items()}
+    with _delivery_lock:
+        _delivery_cache[key] = (fingerprint, clock, figures)
+    return figures
 
 
 def _number(data: dict[str, Any], key: str) -> float | None:
@@ -172,10 +209,11 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         db = self.store.db
         environments = _environments(db)
+        latest = _latest_checked(db)
         yield self._durations(db)
         yield from self._runs(db)
-        yield from self._status(db)
-        yield from self._checks(db)
+        yield from self._status(db, latest)
+        yield from self._checks(db, latest)
         yield from self._environment_gauges(db, environments)
         yield from self._delivery()
 
@@ -217,7 +255,7 @@ class StoreCollector(Collector):
         yield events
 
     @staticmethod
-    def _status(db: sqlite3.Connection) -> Iterator[Metric]:
+    def _status(db: sqlite3.Connection, latest: list[sqlite3.Row]) -> Iterator[Metric]:
         env_ready = GaugeMetricFamily(
             "gitops_environment_ready", "1 if the environment's Ready condition is True.",
             labels=["environment"])
@@ -246,13 +284,13 @@ class StoreCollector(Collector):
                 revision.add_metric([env, host], {"revision": sha})
         drifted = {(r["environment"], r["host"]): int(r["kind"] == "verify"
                                                        and r["verify_status"] == "fail")
-                   for r in _latest_checked(db)}
+                   for r in latest}
         for env, host in sorted(hosts | set(drifted)):
             drift.add_metric([env, host], drifted.get((env, host), 0))
         yield from (env_ready, host_ready, revision, drift)
 
     @staticmethod
-    def _checks(db: sqlite3.Connection) -> Iterator[Metric]:
+    def _checks(db: sqlite3.Connection, latest_checked: list[sqlite3.Row]) -> Iterator[Metric]:
         service_ready = GaugeMetricFamily(
             "gitops_service_ready",
             "1 if every check of the service passed in the host's latest checked run.",
@@ -260,7 +298,7 @@ class StoreCollector(Collector):
         check = GaugeMetricFamily(
             "gitops_check_result", "Latest result of each check: 1 pass, 0 fail or error.",
             labels=["environment", "host", "service", "check"])
-        for latest in _latest_checked(db):
+        for latest in latest_checked:
             services: dict[str, int] = {}
             for service, name, status in db.execute(
                     "SELECT service, check_name, status FROM check_results"
