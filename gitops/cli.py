@@ -357,7 +357,7 @@ def run(config: Path | None) -> None:
     import logging
     import os
     import signal
-    import threading
+    import time
 
     from gitops import metrics, page, server
     from gitops.loop import Daemon
@@ -374,17 +374,18 @@ def run(config: Path | None) -> None:
         http, thread = server.start_in_thread(app, s.listen)
     except GitopsError as exc:
         _fail(exc, False)
-    done = threading.Event()
+    stopping: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
-        done.set()
+        stopping.append(signum)  # only a flag: locks are not safe in a signal handler
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     daemon.start()
     click.echo(f"gitops daemon: watching {', '.join(e.name for e in s.environments)}; "
                f"http://{s.listen}/healthz", err=True)
-    done.wait()
+    while not stopping:
+        time.sleep(0.2)
     click.echo("gitops daemon: stopping (the batch in progress finishes)", err=True)
     daemon.stop()
     server.stop(http, thread)

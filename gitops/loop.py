@@ -433,6 +433,9 @@ class Daemon:
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: FileSystemEvent) -> None:
+                # Writes only: reading the ref (our own ls-remote) must not trigger.
+                if event.event_type not in ("created", "modified", "moved", "closed"):
+                    return
                 path = str(getattr(event, "dest_path", "") or event.src_path)
                 if path.endswith(ref) or path.endswith("packed-refs"):
                     daemon.trigger(env.config.name, reason="commit to the watched repository",
