@@ -71,6 +71,8 @@ CREATE TABLE IF NOT EXISTS check_results (
     duration_s REAL
 );
 CREATE INDEX IF NOT EXISTS check_results_run ON check_results (run_id, host);
+CREATE INDEX IF NOT EXISTS host_results_host ON host_results (host, run_id);
+CREATE INDEX IF NOT EXISTS runs_unfinished ON runs (id) WHERE finished_at IS NULL;
 CREATE TABLE IF NOT EXISTS controls (
     environment TEXT PRIMARY KEY,
     suspended INTEGER NOT NULL DEFAULT 0,
