@@ -519,3 +519,75 @@ def retry(failed: bool, as_json: bool, **opts: Any) -> None:
     else:
         _print_outcome(outcome)
     _finish(outcome, as_json, printed=True)
+
+
+@main.command()
+@env_option
+@state_option
+@click.option("--days", default=90.0, show_default=True, help="The window, in days.")
+@json_option
+def metrics(environment: str | None, state_dir: Path | None, days: float, as_json: bool) -> None:
+    """Delivery metrics from the recorded history: deployment frequency, lead time for
+    changes, change failure rate and time to restore (the DORA four keys)."""
+    from gitops.delivery import delivery_metrics
+
+    s = _settings(state_dir=state_dir)
+    with Store(s.state_dir) as store:
+        result = delivery_metrics(store, environment=environment, days=days)
+    if as_json:
+        _emit({name: m.as_dict() for name, m in result.items()})
+        return
+    if not result:
+        click.echo("no runs recorded yet")
+    for name, m in result.items():
+        d = m.as_dict()
+        rate = d["change_failure_rate"]
+        click.echo(f"{name} (last {days:g} days)")
+        click.echo(f"  deployment frequency  {d['deployment_frequency_per_day']:.2f}/day "
+                   f"({d['deployments']} verified rollouts)")
+        click.echo(f"  lead time for changes median {_duration(d['lead_time_median_s'])}, "
+                   f"p90 {_duration(d['lead_time_p90_s'])}")
+        click.echo("  change failure rate   "
+                   + (f"{rate:.0%} ({d['failed_rollouts']} of {d['rollouts']} rollouts)"
+                      if rate is not None else "-"))
+        click.echo(f"  time to restore       median {_duration(d['time_to_restore_median_s'])}"
+                   + (f"; unrestored since {d['unrestored_since']}"
+                      if d["unrestored_since"] else ""))
+
+
+@main.command()
+@env_option
+@state_option
+@click.option("--write", "folder", type=click.Path(path_type=Path),
+              help="Also write one Markdown report per incident into this folder.")
+@json_option
+def incidents(environment: str | None, state_dir: Path | None, folder: Path | None,
+              as_json: bool) -> None:
+    """Incidents (failed rollouts, rollbacks, drift corrections) with their timelines."""
+    from gitops import incidents as incidents_
+
+    s = _settings(state_dir=state_dir)
+    with Store(s.state_dir) as store:
+        found = incidents_.incidents(store, environment)
+        if folder is not None:
+            incidents_.write_reports(store, folder)
+    if as_json:
+        _emit([i.as_dict() for i in found])
+        return
+    if not found:
+        click.echo("no incidents")
+    for i in found:
+        d = i.as_dict()
+        click.echo(f"{d['id']:<16} {d['status']:<7} {d['cause']:<17} "
+                   f"{(d['commit'].get('sha') or '')[:10]:<10} opened {d['opened_at'][:19]} "
+                   f"{'restored after ' + _duration(d['duration_s']) if d['closed_at'] else ''}")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min"
+    return f"{seconds / 3600:.1f}h"
