@@ -118,7 +118,7 @@ def plan(as_json: bool, **opts: Any) -> None:
         _emit(outcome.as_dict())
     elif outcome.plan is not None:
         _print_plan(outcome.plan)
-    _finish(outcome, as_json, printed=True)
+    _finish(outcome, as_json)
 
 
 @main.command(epilog=EXIT_CODES)
@@ -141,11 +141,7 @@ def reconcile(as_json: bool, once: bool, reason: str, **opts: Any) -> None:
                            f"{s.environment}: a reconcile is already pending in the daemon")
             return
     outcome = pipeline.reconcile(_target(s), _progress(as_json), reason=reason)
-    if as_json:
-        _emit(outcome.as_dict())
-    else:
-        _print_outcome(outcome)
-    _finish(outcome, as_json, printed=True)
+    _conclude(outcome, as_json)
 
 
 @main.command(epilog=EXIT_CODES)
@@ -154,11 +150,7 @@ def reconcile(as_json: bool, once: bool, reason: str, **opts: Any) -> None:
 def verify(as_json: bool, **opts: Any) -> None:
     """Run the checks of every service on every host (changes nothing); record the run."""
     outcome = pipeline.verify(_target(_settings(**opts)), _progress(as_json))
-    if as_json:
-        _emit(outcome.as_dict())
-    else:
-        _print_outcome(outcome)
-    _finish(outcome, as_json, printed=True)
+    _conclude(outcome, as_json)
 
 
 @main.command()
@@ -298,7 +290,16 @@ def _fail(exc: GitopsError, as_json: bool) -> None:
     sys.exit(exc.exit_code)
 
 
-def _finish(outcome: pipeline.Outcome, as_json: bool, *, printed: bool) -> None:
+def _conclude(outcome: pipeline.Outcome, as_json: bool) -> None:
+    """Print a run's outcome (JSON or text) and exit with its code."""
+    if as_json:
+        _emit(outcome.as_dict())
+    else:
+        _print_outcome(outcome)
+    _finish(outcome, as_json)
+
+
+def _finish(outcome: pipeline.Outcome, as_json: bool) -> None:
     if outcome.error is not None and not as_json:
         click.secho(f"error: {outcome.error}" if not isinstance(outcome.error, InvalidDeclaration)
                     else str(outcome.error), fg="red", err=True)
@@ -482,12 +483,10 @@ def rollback(revision: str | None, reason: str, as_json: bool, **opts: Any) -> N
     outcome = pipeline.run(target, pipeline.Request(
         kind="rollback", revision=sha, reason=reason or f"rollback to {sha[:10]}",
         actor=_operator()), _progress(as_json))
-    if as_json:
-        _emit(outcome.as_dict())
-    else:
-        _print_outcome(outcome)
-        click.echo(f"{s.environment} holds {sha[:10]} until `gitops resume` or a newer commit")
-    _finish(outcome, as_json, printed=True)
+    if not as_json:
+        click.echo(f"{s.environment} holds {sha[:10]} until `gitops resume` or a newer commit",
+                   err=True)
+    _conclude(outcome, as_json)
 
 
 @main.command(epilog=EXIT_CODES)
@@ -514,11 +513,7 @@ def retry(failed: bool, as_json: bool, **opts: Any) -> None:
     outcome = pipeline.run(_target(s), pipeline.Request(
         kind="retry", revision=last["sha"], hosts=frozenset(hosts),
         reason=f"retry of {', '.join(hosts)}", actor=_operator()), _progress(as_json))
-    if as_json:
-        _emit(outcome.as_dict())
-    else:
-        _print_outcome(outcome)
-    _finish(outcome, as_json, printed=True)
+    _conclude(outcome, as_json)
 
 
 @main.command()

@@ -140,9 +140,8 @@ def applied_everywhere(d: Daemon, sha: str) -> bool:
     )
 
 
-@pytest.fixture(scope="module")
-def daemon(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
-    root = tmp_path_factory.mktemp("daemon")
+def make_probe_repo(root: Path, lab: LabInfo) -> StateRepo:
+    """The sample plus a ``probe`` service whose check a commit can break; canary of one."""
     repo = make_state_repo(root, lab)
     probe = repo.path / "deploys/probe"
     probe.mkdir()
@@ -154,6 +153,13 @@ def daemon(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
     inv["settings"]["rollout"] = {"canary": 1, "batch": "100%"}
     (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
     repo.commit("probe service, canary rollout")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def daemon(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    root = tmp_path_factory.mktemp("daemon")
+    repo = make_probe_repo(root, lab)
     d = Daemon(repo, root)
     d.start()
     try:

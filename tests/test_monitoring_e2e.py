@@ -14,16 +14,12 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-import yaml
-from statelab import make_state_repo
 from test_daemon_e2e import (
-    PROBE_CHECKS,
-    PROBE_DEPLOY,
-    PROBE_MODEL,
     TOKEN,
     Daemon,
     _set_probe,
     applied_everywhere,
+    make_probe_repo,
     wait_for,
 )
 from test_notify import HOOK_SECRET, Receiver
@@ -52,17 +48,7 @@ class Story:
 @pytest.fixture(scope="module")
 def story(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     root = tmp_path_factory.mktemp("monitoring")
-    repo = make_state_repo(root, lab)
-    probe = repo.path / "deploys/probe"
-    probe.mkdir()
-    (probe / "deploy.py").write_text(PROBE_DEPLOY)
-    (probe / "checks.py").write_text(PROBE_CHECKS)
-    (probe / "model.py").write_text(PROBE_MODEL)
-    inv = repo.inventory()
-    inv["groups"]["all"]["services"]["probe"] = {}
-    inv["settings"]["rollout"] = {"canary": 1, "batch": "100%"}
-    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
-    repo.commit("probe service, canary rollout")
+    repo = make_probe_repo(root, lab)
     receiver = Receiver()
     os.environ["GITOPS_TEST_GIT_TOKEN"] = GIT_HOST_TOKEN
     os.environ["GITOPS_TEST_NOTIFY_URL"] = f"{receiver.base}/hooks/{HOOK_SECRET}"
