@@ -566,6 +566,9 @@ def report(big: dict[str, Any], small: dict[str, Any], opts: argparse.Namespace)
 def save(text: str) -> None:
     results = ROOT / "bench" / "RESULTS.md"
     current = results.read_text()
+    # under "## daemon", like the other sections: the title one level down, parts two
+    text = re.sub(r"^### ", "#### ", text, flags=re.M)
+    text = re.sub(r"^# ", "### ", text, flags=re.M)
     section = "## daemon\n\n" + text.rstrip() + "\n"
     match = re.search(r"^## daemon\n.*?(?=^## |\Z)", current, flags=re.S | re.M)
     if match:
