@@ -307,10 +307,18 @@ def bind(listen: str) -> socket.socket:
     """A listening socket on ``listen`` (port 0: any free port); ``UsageError`` if it fails."""
     host, port = parse_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto=IPPROTO_TCP (not 0, as socket.create_server leaves it): asyncio sets TCP_NODELAY
+    # only on such sockets, and without it a kept-alive client waits ~40 ms per answer for
+    # the delayed ACK (Nagle).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
-        return socket.create_server((host, port), family=family, reuse_port=False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
     except OSError as exc:
+        sock.close()
         raise UsageError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    return sock
 
 
 def _server(app: Starlette, sock: socket.socket) -> uvicorn.Server:
