@@ -143,7 +143,8 @@ def test_metrics_expose_the_story(story: Story) -> None:
 
 
 def test_the_status_page_shows_it_all(story: Story, browser_factory: Any) -> None:  # noqa: F811
-    """In headless Chromium: the lab hosts, the delivery figures and the closed incident."""
+    """In headless Chromium: the lab hosts, the delivery figures and the closed incident;
+    after another reconcile the open page shows the new run without a reload."""
     p = browser_factory(f"http://127.0.0.1:{story.daemon.port}/")
     hosts = p.locator("tr[data-host]").evaluate_all("rows => rows.map(r => r.dataset.host)")
     assert sorted(hosts) == ["lab-1", "lab-2", "lab-3"]
@@ -153,6 +154,14 @@ def test_the_status_page_shows_it_all(story: Story, browser_factory: Any) -> Non
     assert story.bad[:7] in incidents or "probe: broken" in incidents
     history = p.locator('[data-testid="history"]').inner_text()
     assert "rollback" in history
+    runs_shown = p.locator("tr.run-row").count()
+    motd = story.daemon.repo.path / "deploys/base/templates/motd.j2"
+    motd.write_text(motd.read_text() + "\n  seen on the status page\n")
+    sha = story.daemon.repo.commit("motd: a change the open page must show")
+    wait_for(lambda: applied_everywhere(story.daemon, sha), 180, "the new commit")
+    wait_for(lambda: p.locator("tr.run-row").count() > runs_shown
+             and sha[:7] in p.locator('[data-testid="history"]').inner_text(), 30,
+             "the open page to show the new run without a reload")
     assert p.js_errors == []
     p.screenshot(path=str(story.daemon.repo.state_dir / "page.png"), full_page=True)
     assert json.dumps(p.content()).count(TOKEN) == 0
