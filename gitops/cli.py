@@ -454,7 +454,7 @@ def resume(environment: str | None, state_dir: Path | None, reason: str, as_json
 def rollback(revision: str | None, reason: str, as_json: bool, **opts: Any) -> None:
     """Apply an earlier verified revision (default: the one before the current) and hold it
     until ``gitops resume`` or a newer commit."""
-    from gitops import control, source
+    from gitops import control
 
     s = _settings(**opts)
     answer = _ask_daemon(s, s.environment, "rollback", {"revision": revision, "reason": reason})
@@ -465,21 +465,13 @@ def rollback(revision: str | None, reason: str, as_json: bool, **opts: Any) -> N
     target = _target(s)
     with Store(s.state_dir) as store:
         try:
-            head = source.head(s.repo, s.branch)
-            source.fetch(s.repo, s.branch, s.state_dir)
-            rows = [r for r in store.status(s.environment) if r["host"] == ""]
-            applied = (rows[0]["last_applied_revision"] or "") if rows else ""
-            sha = revision or control.last_good_revision(
-                store, s.environment, before=applied.rsplit(":", 1)[-1] or None)
-            if sha is None:
-                raise click.UsageError("no earlier verified revision to roll back to")
-            sha = source.revision(s.repo, s.branch, sha, s.state_dir).sha
-            assert sha is not None
-            control.hold(store, s.environment, sha, head=head, actor=_operator(), reason=reason)
+            held = control.hold_rollback(
+                store, s.environment, repo=s.repo, branch=s.branch, state_dir=s.state_dir,
+                revision=revision, actor=_operator(), reason=reason)
         except GitopsError as exc:
             _fail(exc, as_json)
             return
-    assert sha is not None
+    sha = str(held["held_sha"])
     outcome = pipeline.run(target, pipeline.Request(
         kind="rollback", revision=sha, reason=reason or f"rollback to {sha[:10]}",
         actor=_operator()), _progress(as_json))

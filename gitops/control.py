@@ -6,12 +6,15 @@ record: a daemon reads the controls at every cycle. Called by ``cli`` and ``loop
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from gitops import source
 from gitops.errors import UsageError
 from gitops.store import Store, now
 
-__all__ = ["failed_hosts", "hold", "last_good_revision", "release_hold", "resume", "suspend"]
+__all__ = ["failed_hosts", "hold", "hold_rollback", "last_good_revision", "release_hold",
+           "resume", "suspend"]
 
 
 def suspend(store: Store, environment: str, *, actor: str, reason: str) -> dict[str, Any]:
@@ -50,6 +53,22 @@ def hold(store: Store, environment: str, sha: str, *, head: str, actor: str,
     store.record_event(environment, "rollback", actor=actor, sha=sha,
                        reason=reason or f"hold {sha[:10]} until resume or a newer commit")
     return store.controls(environment)
+
+
+def hold_rollback(store: Store, environment: str, *, repo: str, branch: str,
+                  state_dir: Path, revision: str | None, actor: str,
+                  reason: str) -> dict[str, Any]:
+    """Resolve ``revision`` (default: the last verified one before the applied revision) to a
+    full SHA and hold it; the controls returned carry it as ``held_sha``."""
+    head = source.head(repo, branch)
+    source.fetch(repo, branch, state_dir)
+    applied = (store.environment_status(environment) or {}).get("last_applied_revision") or ""
+    sha = revision or last_good_revision(store, environment,
+                                         before=applied.rsplit(":", 1)[-1] or None)
+    if sha is None:
+        raise UsageError(f"{environment}: no earlier verified revision to roll back to")
+    full = source.revision(repo, branch, sha, state_dir).sha
+    return hold(store, environment, full, head=head, actor=actor, reason=reason)
 
 
 def release_hold(store: Store, environment: str, *, head: str) -> None:

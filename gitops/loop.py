@@ -313,17 +313,9 @@ class Daemon:
 
     def _hold(self, store: Store, env: _Env, revision: str | None, *, actor: str,
               reason: str) -> dict[str, Any]:
-        name = env.target.environment
-        head = source.head(env.config.repo, env.config.branch)
-        current = next((r for r in store.status(name) if r["host"] == ENVIRONMENT), None)
-        applied = (current or {}).get("last_applied_revision") or ""
-        sha = revision or control.last_good_revision(
-            store, name, before=applied.rsplit(":", 1)[-1] or None)
-        if sha is None:
-            raise UsageError(f"{env.config.name}: no earlier verified revision to roll back to")
-        full = source.revision(env.config.repo, env.config.branch, sha,
-                               env.target.state_dir).sha
-        return control.hold(store, name, full, head=head, actor=actor, reason=reason)
+        return control.hold_rollback(
+            store, env.target.environment, repo=env.config.repo, branch=env.config.branch,
+            state_dir=env.target.state_dir, revision=revision, actor=actor, reason=reason)
 
     def _drift(self, env: _Env) -> None:
         """Verify the last applied revision; with ``drift: correct``, re-apply it on drift."""
@@ -331,7 +323,7 @@ class Daemon:
         with self._store() as store:
             if store.controls(name)["suspended"]:
                 return
-            current = next((r for r in store.status(name) if r["host"] == ENVIRONMENT), None)
+            current = store.environment_status(name)
         applied = (current or {}).get("last_applied_revision")
         if not applied:
             return
@@ -467,7 +459,7 @@ class Daemon:
     @staticmethod
     def _condition(store: Store, env: str, condition: Condition) -> None:
         """Set one condition of the environment, keeping the others (Ready stays as it was)."""
-        row = next((r for r in store.status(env) if r["host"] == ENVIRONMENT), None)
+        row = store.environment_status(env)
         kept = [Condition(**c) for c in (row or {}).get("conditions", [])
                 if c["type"] != condition.type]
         store.set_status(env, ENVIRONMENT, [*kept, condition])

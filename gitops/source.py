@@ -32,6 +32,13 @@ def redact(url: str) -> str:
     return _CREDENTIALS.sub("***@", url)
 
 
+def _git_error(exc: git.GitCommandError) -> str:
+    """git's own one-line reason (its ``fatal:`` line), credentials masked."""
+    stderr = [ln.strip(" '") for ln in redact(str(exc.stderr or "")).splitlines()]
+    fatal = [ln for ln in stderr if "fatal:" in ln]
+    return (fatal or stderr or [f"exit {exc.status}"])[0].replace("stderr: ", "")
+
+
 def mirror_path(url: str, state_dir: Path) -> Path:
     """The bare mirror folder that ``fetch(url, ...)`` keeps for ``url`` (a URL or local path)."""
     if Path(url).expanduser().is_dir():
@@ -66,9 +73,7 @@ def fetch(url: str, branch: str, state_dir: Path, *, timeout: float = 120) -> Re
             )
             return _revision(repo, branch, branch)
     except git.GitCommandError as exc:
-        stderr = [ln.strip(" '") for ln in redact(str(exc.stderr or "")).splitlines()]
-        fatal = [ln for ln in stderr if "fatal:" in ln]
-        detail = (fatal or stderr or [f"exit {exc.status}"])[0].replace("stderr: ", "")
+        detail = _git_error(exc)
         if "couldn't find remote ref" in detail:
             raise RevisionNotFound(f"{redact(url)}: no branch {branch!r}") from None
         raise SourceError(f"cannot fetch {redact(url)} {branch}: {detail}") from None
@@ -84,9 +89,7 @@ def head(url: str, branch: str, *, timeout: float = 30) -> str:
     try:
         out = git.cmd.Git().ls_remote(url, f"refs/heads/{branch}", kill_after_timeout=timeout)
     except git.GitCommandError as exc:
-        stderr = [ln.strip(" '") for ln in redact(str(exc.stderr or "")).splitlines()]
-        fatal = [ln for ln in stderr if "fatal:" in ln]
-        detail = (fatal or stderr or [f"exit {exc.status}"])[0].replace("stderr: ", "")
+        detail = _git_error(exc)
         raise SourceError(f"cannot reach {redact(url)}: {detail}") from None
     for line in str(out).splitlines():
         sha, _, ref = line.partition("\t")

@@ -377,6 +377,10 @@ class Store:
             {**dict(row), "conditions": json.loads(row["conditions"])} for row in rows
         ]
 
+    def environment_status(self, environment: str) -> dict[str, Any] | None:
+        """The environment's own status object (conditions, revisions), if any run wrote it."""
+        return next((r for r in self.status(environment) if r["host"] == ENVIRONMENT), None)
+
     def history(self, environment: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         sql = "SELECT * FROM runs"
         args: tuple[Any, ...] = ()

@@ -148,3 +148,29 @@ def test_force_push_is_recognised(tmp_path: Path) -> None:
     rewritten = subprocess.check_output([*git, "rev-parse", "HEAD"], text=True).strip()
     source.fetch(str(repo), "main", tmp_path / "state")
     assert source.rewrites_history(str(repo), tmp_path / "state", second, rewritten)
+
+
+def test_rollback_holds_the_last_verified_revision_before_the_applied_one(
+    tmp_path: Path,
+) -> None:
+    """Without a revision, rollback holds the newest verified commit other than the applied
+    one, as a full SHA, until a commit newer than the current head."""
+    from gitops import control
+
+    repo, first = _repo(tmp_path)
+    git = ["git", "-C", str(repo)]
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "two"], check=True)
+    second = subprocess.check_output([*git, "rev-parse", "HEAD"], text=True).strip()
+    state = tmp_path / "state"
+    _record_success(state, first)
+    _record_success(state, second)
+    with Store(state) as store:
+        held = control.hold_rollback(store, "lab", repo=str(repo), branch="main",
+                                     state_dir=state, revision=None, actor="alice",
+                                     reason="bad release")
+        assert held["held_sha"] == first and held["held_head"] == second
+        assert store.history("lab")[0]["kind"] == "rollback"
+        pinned = control.hold_rollback(store, "lab", repo=str(repo), branch="main",
+                                       state_dir=state, revision=second[:8], actor="alice",
+                                       reason="")
+        assert pinned["held_sha"] == second

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,4 +216,24 @@ def run(
         raise LabError(
             f"{' '.join(args)} exited {proc.returncode}: {err[-1] if err else 'no output'}"
         )
+    return proc
+
+
+def start_detached(
+    args: list[str], log: Path, pid_file: Path,
+    preexec_fn: Callable[[], None] | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a lab process in its own session (it outlives the CLI), stdio appended to ``log``,
+    its pid in ``pid_file`` so ``down`` finds it again."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            cwd="/",
+            preexec_fn=preexec_fn,
+        )
+    pid_file.write_text(f"{proc.pid}\n")
     return proc

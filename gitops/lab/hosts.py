@@ -16,7 +16,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from gitops.lab.common import host_name, machine_name, mirror_marker, netns_name
+from gitops.lab.common import (
+    host_name,
+    machine_name,
+    mirror_marker,
+    netns_name,
+    start_detached,
+)
 from gitops.lab.image import MIRROR_SOURCES
 
 
@@ -102,18 +108,7 @@ def start_host(
         for cg in cgroups:
             (cg / "cgroup.procs").write_text("0\n")
 
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            cwd="/",
-            preexec_fn=enter_cgroups,  # main thread only
-        )
-    pid_file.write_text(f"{proc.pid}\n")
-    return proc
+    return start_detached(args, log, pid_file, enter_cgroups)  # main thread only
 
 
 def _cmdlines() -> dict[int, list[str]]:

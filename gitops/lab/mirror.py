@@ -11,12 +11,11 @@ import argparse
 import functools
 import http.server
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from gitops.lab.common import MIRROR_PORT, LabError, mirror_marker
+from gitops.lab.common import MIRROR_PORT, LabError, mirror_marker, start_detached
 
 
 def url(address: str, port: int = MIRROR_PORT) -> str:
@@ -42,16 +41,7 @@ def start(name: str, address: str, folder: Path, log: Path, pid_file: Path) -> i
         "--dir",
         str(folder),
     ]
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-            cwd="/",
-        )
-    pid_file.write_text(f"{proc.pid}\n")
+    proc = start_detached(args, log, pid_file)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:
