@@ -1,7 +1,8 @@
 """Stages 3 and 4: plan (pyinfra dry run) and apply, through the pyinfra worker process.
 
 ``plan`` reports per host and operation whether it would change, with file diffs; ``apply``
-plans and then executes in the same worker (one fact-gathering pass), returning both. Hosts
+executes every operation once (each fact read once, like ``pyinfra -y``) and returns what
+changed, with diffs, as its plan, and the per-operation results. Hosts
 run in parallel; a failed host stops the others only past the environment's fail percentage.
 Called by ``reconcile`` and the CLI; never imports pyinfra itself.
 """
@@ -33,7 +34,7 @@ def plan(
 def apply(
     state: DeclaredState, *, timeout: float = 1800, on_progress: Progress | None = None
 ) -> tuple[Plan, ApplyReport]:
-    """Plan, then apply what differs; return both."""
+    """Apply; return what changed (as a plan, with diffs) and the per-operation results."""
     out = run_worker(_WORKER, _job(state, dry=False, diff=True), timeout=timeout,
                      on_progress=on_progress)
     result = WorkerResult.model_validate_json(out)

@@ -1,4 +1,4 @@
-"""The pyinfra worker: plan (and unless dry, apply) one DeclaredState, then exit.
+"""The pyinfra worker: plan (dry run) or apply one DeclaredState, then exit.
 
 Runs as ``python -m gitops.workers.apply_worker`` in a process of its own, started by
 ``gitops.apply``: pyinfra monkey-patches the process with gevent and caches compiled deploy
@@ -7,7 +7,9 @@ Reads a job (JSON) on stdin, writes a ``WorkerResult`` (JSON) on stdout, progres
 
 Deploy files are loaded the way the ``pyinfra`` CLI loads them (``pyinfra.is_cli``: operation
 order from the call stack, one file after another, hosts in parallel), one service's
-``deploy.py`` at a time, with the service's parameters as pyinfra deploy data.
+``deploy.py`` at a time, with the service's parameters as pyinfra deploy data. A plan
+evaluates every operation without executing it (``pyinfra --dry``); an apply executes each
+operation once (``pyinfra -y``), so its plan is what it changed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from collections import defaultdict
@@ -87,12 +90,12 @@ class _Capture(logging.Handler):
         self.diffs: dict[tuple[str, str], list[str]] = defaultdict(list)
         self.host_errors: dict[str, list[str]] = defaultdict(list)
         self.names = names
-        self.preparing = False
+        self.collecting = False
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
         host = ctx_host.get() if ctx_host.isset() else None
-        if self.preparing and host is not None and host.current_op_hash:
+        if self.collecting and host is not None and host.current_op_hash:
             self.diffs[(host.name, host.current_op_hash)].append(message)
             return
         if record.levelno < logging.WARNING:
@@ -105,6 +108,21 @@ class _Capture(logging.Handler):
                     self.host_errors[name].append(text[:300])
                 return
         _progress(message)
+
+
+def _no_delay(host: Any) -> None:
+    """Turn off Nagle's algorithm on the host's SSH socket.
+
+    paramiko leaves it on, and every pyinfra command is a burst of small SSH messages (channel
+    open, exec, EOF, close): with Nagle and the peer's delayed ACK each command waits ~40 ms
+    (measured here: a converged 1-host apply of the sample 3.35 s with it, 0.92 s without).
+    """
+    client = getattr(host.connector, "client", None)
+    transport = client.get_transport() if client is not None else None
+    sock = getattr(transport, "sock", None)
+    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _describe(exc: BaseException) -> str:
@@ -144,7 +162,10 @@ def run(job: Job) -> WorkerResult:
     pyinfra_logger.propagate = False
 
     pyinfra.is_cli = True  # operation order and file loading as the CLI does them
-    state = State(check_for_changes=True)
+    # A dry run evaluates every operation while preparing (change detection, diffs). An apply
+    # does not: it executes each operation once, reading its facts once, as ``pyinfra -y``
+    # does; the plan of an apply is what the execution changed, with the diffs it logged.
+    state = State(check_for_changes=job.dry)
     state.cwd = str(root)
     ctx_state.set(state)
     config = Config()
@@ -170,12 +191,14 @@ def run(job: Job) -> WorkerResult:
         connect_all(state)
     except PyinfraError as exc:
         stopped = str(exc)
+    for host in state.active_hosts:
+        _no_delay(host)
     _progress(f"connected to {len(state.active_hosts)}/{len(names)} hosts")
 
     by_name = {h.name: h for h in inventory}
+    capture.collecting = True
     if stopped is None:
         state.set_stage(StateStage.Prepare)
-        capture.preparing = True
         try:
             for index, service in enumerate(declared.service_order):
                 targets = [
@@ -185,36 +208,29 @@ def run(job: Job) -> WorkerResult:
                 ]
                 if targets:
                     _load_service(state, config, index, root, service, targets, by_name)
-                    _progress(f"planned {service} on {len(targets)} host(s)")
+                    _progress(f"{'planned' if job.dry else 'loaded'} {service} on "
+                              f"{len(targets)} host(s)")
         except PyinfraError as exc:
             stopped = str(exc)
-        finally:
-            capture.preparing = False
 
-    plan = _plan(state, declared, capture)
-    if job.dry or stopped is not None:
-        apply = None if job.dry else _report(state, declared, capture, stopped, started, set())
+    if job.dry:
+        plan = _plan(state, declared, capture)
         _disconnect(state)
-        return WorkerResult(plan=plan, apply=apply)
+        return WorkerResult(plan=plan, apply=None)
 
-    # pyinfra keeps no fact cache: executing re-reads every fact. Hosts whose plan has no
-    # unconditional change are not executed at all (a conditional op only runs when an
-    # earlier op changed), so a converged host costs one pass, like ``pyinfra -y``.
-    idle = {hp.host for hp in plan.hosts if hp.error is None and hp.changes == 0}
-    state.active_hosts -= {by_name[name] for name in idle}
-    _progress(f"applying on {len(state.active_hosts)} host(s), {len(idle)} already converged")
-    state.set_stage(StateStage.Execute)
-    try:
-        if state.active_hosts:
+    if stopped is None and state.active_hosts:
+        _progress(f"applying on {len(state.active_hosts)} host(s)")
+        state.set_stage(StateStage.Execute)
+        try:
             run_ops(state)
-    except PyinfraError as exc:
-        stopped = str(exc)
-    except Exception as exc:  # a connection dying mid-run must not lose the other hosts' results
-        stopped = _describe(exc)
+        except PyinfraError as exc:
+            stopped = str(exc)
+        except Exception as exc:  # a connection dying mid-run must not lose the other hosts'
+            stopped = _describe(exc)
     state.set_stage(StateStage.Disconnect)
-    report = _report(state, declared, capture, stopped, started, idle)
+    report = _report(state, declared, capture, stopped, started)
     _disconnect(state)
-    return WorkerResult(plan=plan, apply=report)
+    return WorkerResult(plan=_executed_plan(report, capture, state, declared), apply=report)
 
 
 def _load_service(
@@ -285,13 +301,36 @@ def _plan(state: State, declared: DeclaredState, capture: _Capture) -> Plan:
     return Plan(hosts=tuple(hosts))
 
 
+def _executed_plan(
+    report: ApplyReport, capture: _Capture, state: State, declared: DeclaredState
+) -> Plan:
+    """The plan of an apply: per host, the operations that changed, with their diffs."""
+    hosts = []
+    for dh, applied in zip(declared.hosts, report.hosts, strict=True):
+        host = state.inventory.get_host(dh.name)
+        op_hashes = [h for h in state.get_op_order() if h in state.ops[host]]
+        ops = []
+        for op_hash, result in zip(op_hashes, applied.ops, strict=True):
+            changed = result.status == "changed"
+            diff = capture.diffs.get((dh.name, op_hash)) if changed else None
+            ops.append(OpPlan(
+                name=result.name,
+                service=result.service,
+                would_change=changed,
+                conditional=bool(state.get_op_data_for_host(host, op_hash)
+                                 .global_arguments.get("_if")),
+                diff="\n".join(diff) if diff else None,
+            ))
+        hosts.append(HostPlan(host=dh.name, ops=tuple(ops), error=applied.error))
+    return Plan(hosts=tuple(hosts))
+
+
 def _report(
     state: State,
     declared: DeclaredState,
     capture: _Capture,
     stopped: str | None,
     started: float,
-    idle: set[str],
 ) -> ApplyReport:
     hosts = []
     for dh in declared.hosts:
@@ -303,9 +342,7 @@ def _report(
                 continue
             meta = state.ops[host][op_hash].operation_meta
             name = _op_name(state, op_hash)
-            if dh.name in idle:
-                status = "unchanged"
-            elif not meta.is_complete():
+            if not meta.is_complete():
                 status = "skipped"
             elif meta.did_succeed(_raise_if_not_complete=False):
                 status = "changed" if meta.did_change() else "unchanged"
