@@ -379,6 +379,7 @@ def part_big(info: lab.LabInfo, work: Path, opts: argparse.Namespace) -> dict[st
         figures["SSH floor"].append(time.monotonic() - t)
     with contextlib.suppress(Exception):
         db.db.close()
+    daemon.stop(5)  # ends the SSH connections its verifies kept
     return {
         "converge_s": converge_s, "cycles": opts.cycles, "own": own, "children": children,
         "wall": w1 - w0, "per_cycle": per_cycle, "conns": conns, "sshs": sshs,

@@ -7,7 +7,8 @@ opens no SSH connection. New commits roll out in the inventory's batches; a fail
 rolls the failed hosts back to the revision last verified on them and quarantines the bad
 commit until a newer one arrives; unreachable hosts are retried with backoff; a bad
 declaration or an unsigned commit stalls the environment until a new commit. Drift checks run
-the checks on an interval and, by policy, re-apply. This process never imports pyinfra or
+the checks on an interval and, by policy, re-apply; verifies keep each host's SSH connection
+open until the daemon stops (``verify.SshConnections``). This process never imports pyinfra or
 testinfra: the stages run them in worker processes. Called by ``cli run``.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gitops import control, notify, source
+from gitops import verify as verify_stage
 from gitops.errors import GitopsError, PermanentError, UsageError
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
 from gitops.records import RunKind
@@ -69,13 +71,15 @@ class Daemon:
         self.clock = clock
         self.rand = rand
         self.stop_event = threading.Event()
+        self.connections = verify_stage.SshConnections()
         self.envs: dict[str, _Env] = {}
         for cfg in settings.environments:
             if cfg.name in self.envs:
                 raise UsageError(f"environment {cfg.name!r} is listed twice")
             self.envs[cfg.name] = _Env(cfg, Target(
                 repo=cfg.repo, branch=cfg.branch, environment=cfg.environment,
-                state_dir=settings.state_dir, actor="gitops-daemon"))
+                state_dir=settings.state_dir, actor="gitops-daemon",
+                connections=self.connections.path))
         self.threads: list[threading.Thread] = []
         self.observers: list[Any] = []
 
@@ -166,6 +170,8 @@ class Daemon:
             thread.join(timeout)
         for observer in self.observers:
             observer.join(5)
+        if all(not t.is_alive() for t in self.threads):
+            self.connections.close()
 
     def _loop(self, env: _Env) -> None:
         env.next_poll = self.clock()

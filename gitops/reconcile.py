@@ -62,6 +62,8 @@ class Target:
     actor: str = field(default_factory=lambda: os.environ.get("SUDO_USER") or
                        os.environ.get("USER") or "unknown")
     vagrant_dir: Path | None = None
+    connections: Path | None = None
+    """Keep SSH connections of verifies here (the daemon's ``verify.SshConnections``)."""
 
 
 @dataclass(frozen=True)
@@ -268,12 +270,14 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
         if kind == "verify":
             t = time.monotonic()
             say(f"verifying {len(targeted.hosts)} host(s)")
-            checks = verify_stage.verify(targeted, on_progress=say)
+            checks = verify_stage.verify(targeted, on_progress=say,
+                                         connections=target.connections)
             stages["verify"] = time.monotonic() - t
             result: RunResult = "succeeded" if checks.ok else "failed"
             outcome = Outcome(result, run_id=run_id, revision=revision, verify=checks)
         else:
-            outcome = _rollout(targeted, revision, run_id, request, stages, say)
+            outcome = _rollout(targeted, revision, run_id, request, stages, say,
+                           target.connections)
     except InvalidDeclaration as exc:
         outcome = Outcome("invalid", run_id=run_id, revision=outcome.revision, error=exc)
     except GitopsError as exc:
@@ -293,6 +297,7 @@ def _rollout(
     request: Request,
     stages: dict[str, float],
     say: Progress,
+    connections: Path | None,
 ) -> Outcome:
     """Apply then verify batch by batch (canary first); stop past the fail percentage."""
     batches = state.settings.rollout.batches([h.name for h in state.hosts])
@@ -316,7 +321,8 @@ def _rollout(
         report = _merge_apply(report, applied)
         ok = {h.host for h in applied.hosts if h.status == "ok"}
         t = time.monotonic()
-        batch_checks = verify_stage.verify(part.limit(ok), on_progress=say)
+        batch_checks = verify_stage.verify(part.limit(ok), on_progress=say,
+                                           connections=connections)
         stages["verify"] = stages.get("verify", 0) + time.monotonic() - t
         checks = _merge_verify(checks, batch_checks)
         failed = set(applied.failed_hosts) | set(batch_checks.failed_hosts)

@@ -17,7 +17,7 @@ import pytest
 from gitops.errors import WorkerError
 from gitops.model import DeclaredHost, DeclaredState, EnvironmentSettings, ResolvedSSH
 from gitops.records import CheckResult, VerifyReport
-from gitops.verify import verify
+from gitops.verify import SshConnections, verify
 from gitops.workers import verify_worker as vw
 
 DEMO_CHECKS = """
@@ -253,6 +253,20 @@ def test_shell_backend_keeps_commands_apart() -> None:
         assert backend.run("echo %s", "héllo wörld").stdout == "héllo wörld\n"
         big = backend.run("head -c 300000 /dev/zero; head -c 200000 /dev/zero >&2")
         assert (len(big.stdout_bytes), len(big.stderr_bytes)) == (300000, 200000)
+        assert backend.run("exec sh -c 'exit 7'").rc == 7
+    finally:
+        backend.close()
+
+
+def test_shell_backend_runs_a_repeated_command_once(tmp_path: Path) -> None:
+    """One pass reads a host as a snapshot: the same command again gets the first answer."""
+    backend = _LocalShellBackend("local-test")
+    counter = tmp_path / "count"
+    try:
+        first = backend.run(f"sh -c 'echo . >> {counter}; wc -l < {counter}'")
+        again = backend.run(f"sh -c 'echo . >> {counter}; wc -l < {counter}'")
+        assert first.stdout == again.stdout == "1\n"
+        assert counter.read_text() == ".\n"
     finally:
         backend.close()
 
@@ -269,24 +283,35 @@ def test_shell_backend_reports_a_lost_session_as_ssh_failure() -> None:
         backend.close()
 
 
-def test_ssh_config_has_one_master_per_host(tmp_path: Path) -> None:
-    """Each host block sets its address, identity, host-key policy and its own control path."""
+def test_ssh_config_blocks_per_host_and_kept_connections(tmp_path: Path) -> None:
+    """Each host block sets its address, identity and host-key policy; only with a connection
+    folder does it keep a control master there (named by ssh's own %C hash)."""
     hosts = {
         "web-1": _host("web-1", "10.0.0.1", {}, key_file="/k/id", port=2222),
         "_host-1": _host("odd name", "10.0.0.2", {}, known_hosts_file=None),
     }
-    text = vw.ssh_config_text(hosts, tmp_path)
-    first, second = text.split("\n\n")
+    first, second = vw.ssh_config_text(hosts).split("\n\n")
     assert "Host web-1\n  HostName 10.0.0.1\n  Port 2222\n  User root" in first
     assert "IdentityFile /k/id" in first
     assert "UserKnownHostsFile /dev/null" in first
     assert "StrictHostKeyChecking no" in first
-    assert f"ControlPath {tmp_path}/cm-0" in first
-    assert "ControlMaster auto" in first
     assert "BatchMode yes" in first
+    assert "Control" not in first + second
     assert "IdentityFile" not in second
     assert "UserKnownHostsFile" not in second
-    assert f"ControlPath {tmp_path}/cm-1" in second
+    kept = vw.ssh_config_text(hosts, str(tmp_path))
+    assert kept.count(f"ControlPath {tmp_path}/%C") == 2
+    assert kept.count("ControlMaster auto") == 2
+    assert "ControlPersist" in kept and "ServerAliveInterval" in kept
+
+
+def test_exec_form_only_for_one_external_command() -> None:
+    """A lone external command is exec'd; lists, pipes, redirections, builtins are not."""
+    assert vw.exec_form("stat -Lc %a /etc/motd") == "exec stat -Lc %a /etc/motd"
+    assert vw.exec_form("sudo /bin/sh -c 'a; b | c'") == "exec sudo /bin/sh -c 'a; b | c'"
+    for cmd in ("command -v ss", "test -f /x", "X=1 env", "ls | wc -l", "a && b", "a; b",
+                "cat 2>/dev/null", "echo hi", "a\nb", "f $(a; b)", "'unbalanced"):
+        assert vw.exec_form(cmd) == cmd
 
 
 def test_ssh_alias_falls_back_for_unusual_names() -> None:
@@ -427,6 +452,50 @@ def test_lab_unreachable_host_in_host_errors(lab_run: LabRun) -> None:
 def test_lab_leaves_no_ssh_processes(lab_run: LabRun) -> None:
     """After verify returns, no ssh client or control master of the worker is still running."""
     assert _no_ssh_left(lab_run.tmpdir) == []
+
+
+@pytest.mark.lab
+def test_lab_kept_connections_serve_the_next_verify(lab: Any, tmp_path: Path) -> None:
+    """With a connection folder, each host keeps one SSH master that the next verify reuses
+    (no new connection), and closing the folder ends every master."""
+    _write_checks(tmp_path, "demo", "def test_up(host):\n    assert host.run('true').rc == 0\n")
+    hosts = [_host(h.name, h.address, {"demo": {}}, key_file=str(lab.key_file))
+             for h in lab.hosts]
+    with SshConnections() as kept:
+        marker = str(kept.path)
+        assert verify(_state(tmp_path, hosts), timeout=120, connections=kept.path).ok
+        masters = _our_ssh_processes(marker)
+        assert len(masters) == len(hosts) == len(list(kept.path.iterdir()))
+        pids = _ssh_pids(marker)
+        before = {h.address: _established_ssh(h.address) for h in lab.hosts}
+        assert verify(_state(tmp_path, hosts), timeout=120, connections=kept.path).ok
+        assert _ssh_pids(marker) == pids
+        assert {h.address: _established_ssh(h.address) for h in lab.hosts} == before
+    assert _no_ssh_left(marker) == []
+    assert not kept.path.exists()
+
+
+def _ssh_pids(marker: str) -> set[str]:
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        with_marker = proc.name.isdigit() and marker in _cmdline(proc)
+        if with_marker and "ssh" in _cmdline(proc):
+            pids.add(proc.name)
+    return pids
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _established_ssh(address: str) -> set[str]:
+    """The local ends of the established TCP connections to ``address`` port 22."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", "dst", address,
+                          "dport", "=", ":22"], capture_output=True, text=True, check=True)
+    return {line.split()[2] for line in out.stdout.splitlines()}
 
 
 @pytest.mark.lab

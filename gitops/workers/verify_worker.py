@@ -10,7 +10,10 @@ asserts are rewritten the way pytest does, so a failure says what the values wer
 in parallel (``settings.parallel``), the checks of one host in order, every command of a
 host in one long-lived remote shell over one SSH connection (see ``ShellBackend``), whose
 ssh client is ended with the host's checks. The ssh_config is written to a private
-temporary folder.
+temporary folder. Given a connection folder (the daemon keeps one, see
+``gitops.verify.SshConnections``), each host's connection is an OpenSSH control master
+that outlives this worker, so the next verify (a drift check) opens a session on it instead
+of a new SSH connection.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import Any
 
 import testinfra.host
 from _pytest.assertion import rewrite, util
+from pydantic import BaseModel
 from testinfra.backend.base import CommandResult
 from testinfra.backend.ssh import SshBackend
 
@@ -371,14 +375,14 @@ class ShellBackend(SshBackend):  # type: ignore[misc]  # testinfra ships no type
             proc.wait()
 
 
-_SHELL_WORDS = frozenset(
+_SHELL_WORDS = frozenset(str.split(
     "! { } [[ ]] if then else elif fi case esac for select while until do done function time "
     "coproc : . [ alias bg bind break builtin caller cd command compgen complete compopt "
     "continue declare dirs disown echo enable eval exec exit export false fc fg getopts hash "
     "help history jobs kill let local logout mapfile popd printf pushd pwd read readarray "
     "readonly return set shift shopt source suspend test times trap true type typeset ulimit "
-    "umask unalias unset wait".split()
-)
+    "umask unalias unset wait"
+))
 
 
 def exec_form(cmd: str) -> str:
@@ -430,8 +434,23 @@ def _config_value(value: str) -> str:
     return f'"{value}"' if any(c.isspace() for c in value) else value
 
 
-def ssh_config_text(hosts: Mapping[str, DeclaredHost]) -> str:
-    """An ssh_config with one ``Host`` block per alias."""
+CONTROL_PERSIST_S = 900
+"""How long an idle control master stays up (the next drift check usually comes sooner)."""
+ALIVE_INTERVAL_S, ALIVE_COUNT = 5, 2
+"""A master whose host stopped answering exits after about 10 s, like a connect timeout."""
+
+
+class Job(BaseModel):
+    """What the parent asks for."""
+
+    state: DeclaredState
+    control_dir: str | None = None
+    """Keep each host's SSH connection here as a control master for later verifies."""
+
+
+def ssh_config_text(hosts: Mapping[str, DeclaredHost], control_dir: str | None = None) -> str:
+    """An ssh_config with one ``Host`` block per alias; with ``control_dir``, a control
+    master per host (socket named by ssh's ``%C`` hash of host, port and user) that stays."""
     blocks = []
     for alias, h in hosts.items():
         lines = [
@@ -450,6 +469,14 @@ def ssh_config_text(hosts: Mapping[str, DeclaredHost]) -> str:
             "  BatchMode yes",
             "  LogLevel ERROR",
         ]
+        if control_dir is not None:
+            lines += [
+                "  ControlMaster auto",
+                f"  ControlPath {_config_value(control_dir)}/%C",
+                f"  ControlPersist {CONTROL_PERSIST_S}",
+                f"  ServerAliveInterval {ALIVE_INTERVAL_S}",
+                f"  ServerAliveCountMax {ALIVE_COUNT}",
+            ]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
@@ -468,7 +495,11 @@ def _summary(outcome: HostOutcome) -> str:
     )
 
 
-def run(state: DeclaredState, progress: Callable[[str], Any] = lambda _line: None) -> VerifyReport:
+def run(
+    state: DeclaredState,
+    progress: Callable[[str], Any] = lambda _line: None,
+    control_dir: str | None = None,
+) -> VerifyReport:
     """Verify every host of ``state``; ``progress`` gets one line per finished host."""
     start = time.monotonic()
     install_assertion_explanations()
@@ -477,7 +508,7 @@ def run(state: DeclaredState, progress: Callable[[str], Any] = lambda _line: Non
     outcomes: dict[str, HostOutcome] = {}
     with tempfile.TemporaryDirectory(prefix="gitops-verify-") as tmp:
         ssh_config = Path(tmp) / "ssh_config"
-        ssh_config.write_text(ssh_config_text(aliases))
+        ssh_config.write_text(ssh_config_text(aliases, control_dir))
         workers = max(1, min(state.settings.parallel, len(aliases)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
             futures = {
@@ -502,14 +533,14 @@ def run(state: DeclaredState, progress: Callable[[str], Any] = lambda _line: Non
 
 def main() -> int:
     die_with_parent()
-    state = DeclaredState.model_validate_json(sys.stdin.buffer.read())
+    job = Job.model_validate_json(sys.stdin.buffer.read())
 
     def progress(line: str) -> None:
         print(f"{PROGRESS_PREFIX}{line}", file=sys.stderr, flush=True)
 
     out = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):  # a print() in a checks file must not
-        report = run(state, progress)  # corrupt the one JSON document on stdout
+        report = run(job.state, progress, job.control_dir)  # corrupt the JSON on stdout
     out.write(report.model_dump_json())
     out.flush()
     return 0
