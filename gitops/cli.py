@@ -125,11 +125,16 @@ def plan(as_json: bool, **opts: Any) -> None:
 @_target_options
 @click.option("--once", is_flag=True, help="Run one reconcile here and now, even when a "
               "daemon is running (it waits for no one: a held lock is reported).")
+@click.option("--changed-only", is_flag=True, help="Apply on each host only the services "
+              "changed since its last apply that verified (all are still verified); the "
+              "daemon does this for new commits.")
 @click.option("--reason", default="", help="Why: recorded in history.")
 @json_option
-def reconcile(as_json: bool, once: bool, reason: str, **opts: Any) -> None:
-    """Reconcile now: ask the running daemon, or (none, or --once) plan, apply and verify here."""
+def reconcile(as_json: bool, once: bool, changed_only: bool, reason: str, **opts: Any) -> None:
+    """Reconcile now: ask the running daemon, or (none, or --once) apply and verify here."""
     s = _settings(**opts)
+    if changed_only:
+        once = True
     if not once:
         answer = _ask_daemon(s, s.environment, "reconcile", {"reason": reason})
         if answer is not None:
@@ -140,7 +145,8 @@ def reconcile(as_json: bool, once: bool, reason: str, **opts: Any) -> None:
                            if answer.get("triggered") else
                            f"{s.environment}: a reconcile is already pending in the daemon")
             return
-    outcome = pipeline.reconcile(_target(s), _progress(as_json), reason=reason)
+    outcome = pipeline.run(_target(s), pipeline.Request(reason=reason, changed_only=changed_only),
+                           _progress(as_json))
     _conclude(outcome, as_json)
 
 

@@ -9,8 +9,10 @@ Values are never echoed in messages, so secrets cannot leak through them.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -141,6 +143,7 @@ def load(
         settings=inv.settings,
         hosts=tuple(hosts),
         service_order=tuple(services),
+        service_digests=_service_digests(root, services),
     )
 
 
@@ -352,3 +355,27 @@ def _resolve_ssh(*layers: SSHSettings) -> ResolvedSSH:
     for layer in layers:
         merged.update(layer.model_dump(exclude_none=True))
     return ResolvedSSH(**merged)
+
+
+def _tree_digest(files: list[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(files):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(b"link:" + os.readlink(path).encode() if path.is_symlink()
+                      else path.read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _service_digests(root: Path, services: list[str]) -> dict[str, str]:
+    """Per service: a digest of its folder and of every file outside ``deploys/`` and
+    ``inventories/`` (a deploy may read any of those)."""
+    shared = [p for p in root.rglob("*") if (p.is_file() or p.is_symlink())
+              and p.relative_to(root).parts[0] not in (".git", "deploys", "inventories")]
+    base = _tree_digest(shared, root)
+    out = {}
+    for service in services:
+        files = [p for p in (root / "deploys" / service).rglob("*")
+                 if p.is_file() or p.is_symlink()]
+        out[service] = hashlib.sha256(f"{base}:{_tree_digest(files, root)}".encode()).hexdigest()
+    return out

@@ -245,6 +245,8 @@ class Daemon:
         outcome = run(env.target, Request(
             kind="retry" if retry is not None else kind, reason=reason, revision=wanted,
             hosts=retry, signing=cfg.verify_commits, stop=self.stop_event, actor=actor,
+            # a new commit: apply what changed; an operator's run or a retry: everything
+            changed_only=kind == "reconcile" and retry is None and not forced,
         ), progress=lambda line: log.info("%s: %s", cfg.name, line))
         env.retry_hosts = None
         state, description = notify.commit_state_for(outcome)

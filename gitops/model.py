@@ -129,12 +129,25 @@ class DeclaredState(_Strict):
     hosts: tuple[DeclaredHost, ...]
     service_order: tuple[str, ...]
     """Every service used, in the order they are applied (``all`` group's first, then by name)."""
+    service_digests: dict[str, str] = {}
+    """Service name -> digest of its folder and of the repository outside ``deploys/`` and
+    ``inventories/``: the files its apply can read (see ``reconcile`` for how it is used)."""
 
     def host(self, name: str) -> DeclaredHost:
         for h in self.hosts:
             if h.name == name:
                 return h
         raise KeyError(name)
+
+    def only_services(self, wanted: dict[str, set[str]]) -> DeclaredState:
+        """The same state with each host's services cut to ``wanted[host]`` (hosts left
+        without services are dropped)."""
+        hosts = []
+        for h in self.hosts:
+            keep = {s: p for s, p in h.services.items() if s in wanted.get(h.name, set())}
+            if keep:
+                hosts.append(h.model_copy(update={"services": keep}))
+        return self.model_copy(update={"hosts": tuple(hosts)})
 
     def limit(self, names: set[str] | None) -> DeclaredState:
         """The same state restricted to ``names`` (None: all hosts)."""

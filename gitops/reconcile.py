@@ -10,8 +10,11 @@ worker processes, so this module is safe in a long-lived process.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +39,7 @@ from gitops.errors import (
 from gitops.model import DeclaredState
 from gitops.records import (
     ApplyReport,
+    HostApply,
     HostPlan,
     Plan,
     Revision,
@@ -198,6 +202,9 @@ class Request:
     stop: threading.Event | None = None
     """Set to stop between batches: the run is recorded as interrupted."""
     actor: str | None = None
+    changed_only: bool = False
+    """Apply on each host only the services that changed since its last apply that verified
+    (the daemon, for a new commit); every service is still verified."""
 
 
 def reconcile(target: Target, progress: Progress | None = None, *, reason: str = "",
@@ -250,6 +257,7 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
     outcome = Outcome("error", run_id=run_id)
     stages: dict[str, float] = {}
     state: DeclaredState | None = None
+    prints: dict[str, dict[str, str]] = {}
     try:
         t = time.monotonic()
         revision = source.fetch(target.repo, target.branch, target.state_dir)
@@ -267,6 +275,7 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
         state = _load(target, revision, say)
         stages["source+load"] = time.monotonic() - t
         targeted = state.limit(set(request.hosts) if request.hosts is not None else None)
+        prints = fingerprints(targeted, _fingerprint_key(target.state_dir))
         if kind == "verify":
             t = time.monotonic()
             say(f"verifying {len(targeted.hosts)} host(s)")
@@ -276,18 +285,61 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
             result: RunResult = "succeeded" if checks.ok else "failed"
             outcome = Outcome(result, run_id=run_id, revision=revision, verify=checks)
         else:
+            converged = store.converged(env) if request.changed_only else {}
             outcome = _rollout(targeted, revision, run_id, request, stages, say,
-                           target.connections)
+                               target.connections, _unchanged(targeted, prints, converged))
     except InvalidDeclaration as exc:
         outcome = Outcome("invalid", run_id=run_id, revision=outcome.revision, error=exc)
     except GitopsError as exc:
         outcome = Outcome("error", run_id=run_id, revision=outcome.revision, error=exc)
     except BaseException as exc:  # KeyboardInterrupt, SystemExit: still finalize the record
         interrupted = Outcome("interrupted", run_id=run_id, revision=outcome.revision)
-        _finalize(store, target, kind, interrupted, state, stages, f"{type(exc).__name__}")
+        _finalize(store, target, kind, interrupted, prints, stages, f"{type(exc).__name__}")
         raise
-    _finalize(store, target, kind, outcome, state, stages, None)
+    _finalize(store, target, kind, outcome, prints, stages, None)
     return outcome
+
+
+def _fingerprint_key(state_dir: Path) -> bytes:
+    """This state folder's key for fingerprints (created once, readable by its owner only).
+
+    Fingerprints cover service parameters, which may hold secrets: keyed, the digests kept
+    in the database say nothing about them."""
+    path = state_dir / "fingerprint.key"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        return path.read_bytes()
+
+
+def fingerprints(state: DeclaredState, key: bytes) -> dict[str, dict[str, str]]:
+    """host -> service -> keyed digest of everything that service's apply on that host reads:
+    the service's files (``service_digests``), its parameters, the host's variables, groups,
+    address and SSH user and port, and the gitops version. Equal: the same apply."""
+    from gitops import __version__
+
+    out: dict[str, dict[str, str]] = {}
+    for h in state.hosts:
+        common = {"gitops": __version__, "address": h.address, "user": h.ssh.user,
+                  "port": h.ssh.port, "groups": list(h.groups), "vars": h.vars}
+        out[h.name] = {
+            service: hmac.new(key, json.dumps(
+                {**common, "files": state.service_digests.get(service, ""), "params": params},
+                sort_keys=True, default=str).encode(), hashlib.sha256).hexdigest()
+            for service, params in h.services.items()
+        }
+    return out
+
+
+def _unchanged(state: DeclaredState, prints: dict[str, dict[str, str]],
+               converged: dict[str, dict[str, str]]) -> dict[str, set[str]]:
+    """host -> the services whose fingerprint is the one its last verified apply had."""
+    return {h.name: {s for s in h.services
+                     if converged.get(h.name, {}).get(s) == prints[h.name][s]}
+            for h in state.hosts}
 
 
 def _rollout(
@@ -298,8 +350,11 @@ def _rollout(
     stages: dict[str, float],
     say: Progress,
     connections: Path | None,
+    unchanged: dict[str, set[str]],
 ) -> Outcome:
-    """Apply then verify batch by batch (canary first); stop past the fail percentage."""
+    """Apply then verify batch by batch (canary first); stop past the fail percentage.
+
+    A host's services in ``unchanged`` are not applied (all of them are verified)."""
     batches = state.settings.rollout.batches([h.name for h in state.hosts])
     plan_hosts: tuple[HostPlan, ...] = ()
     report: ApplyReport | None = None
@@ -314,8 +369,14 @@ def _rollout(
         label = f"batch {index}/{len(batches)}" + (" (canary)" if index == 1 and
                                                   state.settings.rollout.canary else "")
         t = time.monotonic()
-        say(f"{label}: applying on {', '.join(batch)}")
-        plan_, applied = apply_stage.apply(part, on_progress=say)
+        todo = part.only_services({h.name: set(h.services) - unchanged.get(h.name, set())
+                                   for h in part.hosts})
+        skipped = sorted({s for h in part.hosts for s in unchanged.get(h.name, ())})
+        say(f"{label}: applying on {', '.join(batch)}"
+            + (f" (unchanged, not applied: {', '.join(skipped)})" if skipped else ""))
+        plan_, applied = (apply_stage.apply(todo, on_progress=say) if todo.hosts
+                          else (Plan(hosts=()), ApplyReport(hosts=())))
+        applied = _with_unchanged(part, applied, unchanged)
         stages["plan+apply"] = stages.get("plan+apply", 0) + time.monotonic() - t
         plan_hosts += plan_.hosts
         report = _merge_apply(report, applied)
@@ -339,12 +400,25 @@ def _rollout(
                    plan=Plan(hosts=plan_hosts), apply=report, verify=checks, stopped_at=stopped)
 
 
+def _with_unchanged(part: DeclaredState, report: ApplyReport,
+                    unchanged: dict[str, set[str]]) -> ApplyReport:
+    """The apply report of a batch, with the services left out (and hosts with nothing to
+    apply, as ok) said per host, in the batch's host order."""
+    by_host = {h.host: h for h in report.hosts}
+    hosts = []
+    for h in part.hosts:
+        kept = tuple(s for s in h.services if s in unchanged.get(h.name, set()))
+        done = by_host.get(h.name) or HostApply(host=h.name, status="ok")
+        hosts.append(done.model_copy(update={"unchanged_services": kept}))
+    return report.model_copy(update={"hosts": tuple(hosts)})
+
+
 def _finalize(
     store: Store,
     target: Target,
     kind: RunKind,
     outcome: Outcome,
-    state: DeclaredState | None,
+    prints: dict[str, dict[str, str]],
     stages: dict[str, float],
     interrupted_by: str | None,
 ) -> None:
@@ -367,7 +441,7 @@ def _finalize(
         ], attempted=attempted)
         return
     if outcome.verify is not None:
-        _host_status(store, env, outcome, ref, attempted)
+        _host_status(store, env, outcome, ref, attempted, prints)
     if outcome.result in ("error", "interrupted"):
         reason = "Interrupted" if outcome.result == "interrupted" else (
             "ArtifactFailed" if outcome.revision is None else "ReconciliationFailed")
@@ -395,7 +469,8 @@ def _finalize(
 
 
 def _host_status(
-    store: Store, env: str, outcome: Outcome, ref: str | None, attempted: str | None
+    store: Store, env: str, outcome: Outcome, ref: str | None, attempted: str | None,
+    prints: dict[str, dict[str, str]],
 ) -> None:
     """The Ready condition of every host this run touched (others keep theirs)."""
     assert outcome.verify is not None
@@ -423,3 +498,7 @@ def _host_status(
         verified = ref if cond.status == "True" else None
         store.set_status(env, name, [cond], applied=applied, attempted=attempted if h else None,
                          verified=verified)
+        if cond.status != "True":
+            store.set_converged(env, name, None)  # the next apply does every service
+        elif applied is not None and ref is not None:
+            store.set_converged(env, name, prints.get(name), ref)

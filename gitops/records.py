@@ -88,6 +88,8 @@ class HostApply(_Record):
     error: str | None = None
     ops: tuple[OpResult, ...] = ()
     duration_s: float = 0.0
+    unchanged_services: tuple[str, ...] = ()
+    """Services not applied: unchanged since the host's last apply that verified."""
 
     @property
     def changed(self) -> int:

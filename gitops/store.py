@@ -98,6 +98,14 @@ CREATE TABLE IF NOT EXISTS undelivered (
     description TEXT NOT NULL,
     created_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS converged (
+    environment TEXT NOT NULL,
+    host TEXT NOT NULL,
+    service TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    PRIMARY KEY (environment, host, service)
+);
 CREATE TABLE IF NOT EXISTS status (
     environment TEXT NOT NULL,
     host TEXT NOT NULL,
@@ -109,6 +117,9 @@ CREATE TABLE IF NOT EXISTS status (
     PRIMARY KEY (environment, host)
 );
 """
+
+UNCHANGED_SERVICE = "not applied: unchanged since its last apply that verified"
+"""The operation name recorded for a service a changed-only apply left out."""
 
 ENVIRONMENT = ""
 """The ``host`` key of an environment's own status row."""
@@ -239,7 +250,9 @@ class Store:
                         "INSERT INTO op_results (run_id, host, seq, service, name, status, stderr)"
                         " VALUES (?,?,?,?,?,?,?)",
                         [(run_id, h.host, i, op.service, op.name, op.status, op.stderr)
-                         for i, op in enumerate(h.ops)],
+                         for i, op in enumerate(h.ops)]
+                        + [(run_id, h.host, len(h.ops) + i, service, UNCHANGED_SERVICE,
+                            "skipped", "") for i, service in enumerate(h.unchanged_services)],
                     )
             if verify is not None:
                 db.executemany(
@@ -287,6 +300,26 @@ class Store:
                 (environment, host, json.dumps([c.as_dict() for c in conditions]), applied,
                  attempted, verified, now().isoformat()),
             )
+
+    # -- what each host was last verified with, per service (changed-only applies) -------
+
+    def converged(self, environment: str) -> dict[str, dict[str, str]]:
+        """host -> service -> fingerprint of its last apply that verified."""
+        out: dict[str, dict[str, str]] = {}
+        for r in self.db.execute("SELECT host, service, fingerprint FROM converged"
+                                 " WHERE environment=?", (environment,)):
+            out.setdefault(r["host"], {})[r["service"]] = r["fingerprint"]
+        return out
+
+    def set_converged(self, environment: str, host: str, fingerprints: dict[str, str] | None,
+                      revision: str = "") -> None:
+        """Replace what ``host`` is known to be converged to; None: nothing is known."""
+        with self._tx() as db:
+            db.execute("DELETE FROM converged WHERE environment=? AND host=?",
+                       (environment, host))
+            db.executemany("INSERT INTO converged VALUES (?,?,?,?,?)", [
+                (environment, host, service, fp, revision)
+                for service, fp in (fingerprints or {}).items()])
 
     def recover_unfinished(self, environment: str) -> list[int]:
         """Mark runs left unfinished by a killed process as interrupted; return their ids.

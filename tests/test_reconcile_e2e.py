@@ -85,6 +85,42 @@ def test_template_change_changes_only_that(repo: StateRepo) -> None:
     assert {row["last_applied_revision"] for row in status} == {f"main@sha1:{sha}"}
 
 
+def test_changed_only_applies_the_changed_service_and_verifies_all(repo: StateRepo) -> None:
+    """--changed-only applies only the service a commit touched (the daemon's way for new
+    commits) and still runs every check; a host that then fails a check of a service left out
+    gets every service applied on the next run."""
+    site = repo.path / "deploys/web/files/site/index.html"
+    site.write_text(site.read_text().replace("</body>", "<p>changed-only</p></body>", 1))
+    sha = repo.commit("site: one more paragraph")
+    code, result = repo.gitops_json("reconcile", "--changed-only")
+    assert code == 0, result
+    assert result["revision"] == f"main@sha1:{sha}"
+    for h in result["apply"]["hosts"]:
+        assert h["unchanged_services"] == ["base", "app"], h
+        assert {op["service"] for op in h["ops"]} == {"web"}
+    assert {r["service"] for r in result["verify"]["results"]} == {"base", "app", "web"}
+    assert "changed-only" in http_get(f"http://{repo.address('lab-1')}/static/index.html")[1]
+
+    # drift in a service the next changed-only run leaves out: its check catches it ...
+    repo.ssh("lab-3", "echo hand-edited > /etc/motd")
+    site.write_text(site.read_text().replace("<p>changed-only</p>", "<p>again</p>", 1))
+    repo.commit("site: reword")
+    code, result = repo.gitops_json("reconcile", "--changed-only")
+    assert code == 1 and result["result"] == "failed"
+    assert result["verify"]["results"] and {
+        r["host"] for r in result["verify"]["results"] if r["status"] != "pass"} == {"lab-3"}
+    # ... and the next run applies every service there (and only web elsewhere was done)
+    code, result = repo.gitops_json("reconcile", "--changed-only")
+    assert code == 0, result
+    by_host = {h["host"]: h for h in result["apply"]["hosts"]}
+    assert by_host["lab-3"]["unchanged_services"] == []
+    assert "base | Message of the day" in {
+        op["name"] for op in by_host["lab-3"]["ops"] if op["status"] == "changed"}
+    assert by_host["lab-1"]["unchanged_services"] == ["base", "app", "web"]
+    assert not by_host["lab-1"]["ops"]
+    assert "hand-edited" not in repo.ssh("lab-3", "cat /etc/motd")
+
+
 def test_invalid_commit_lists_every_problem_and_applies_nothing(repo: StateRepo) -> None:
     """Three mistakes: all reported with file and line, exit 2, nothing changes on any host."""
     good = repo.inventory()
