@@ -1,8 +1,9 @@
 """Monitoring: Prometheus metrics and the JSON status API, both read from the store.
 
-The only prometheus-client user. Nothing is counted in memory: a scrape opens the store and
-reads the status record and the run history as they are (``StoreCollector``), so the CLI, the
-API and the metrics can never disagree, and a restarted daemon loses no counts.
+The only prometheus-client user. A scrape reads the status record and the run history as
+they are (``StoreCollector``), so the CLI, the API and the metrics can never disagree, and a
+restarted daemon loses no counts; the run totals are added up once and then only for the runs
+finished since the last scrape (``_Totals``), so a scrape does not grow with the history.
 
 Labels hold only bounded values (environment, host, service, check, stage, kind, result) and
 never a message; the one SHA is the current applied revision, in ``gitops_applied_revision_info``.
@@ -197,6 +198,68 @@ def _number(data: dict[str, Any], key: str) -> float | None:
     return None
 
 
+# -- run totals, added up as the history grows -------------------------------------------
+
+
+@dataclasses.dataclass
+class _Totals:
+    """Finished runs of one store added up so far. The history only grows and a run is
+    finished once, so each scrape reads only the runs above ``watermark`` (below it every
+    run is finished and counted) that are not yet in ``counted``."""
+
+    watermark: int = 0
+    counted: set[int] = dataclasses.field(default_factory=set)
+    runs: dict[tuple[str, str, str, int], int] = dataclasses.field(default_factory=dict)
+    durations: dict[tuple[str, str, str], list[float]] = dataclasses.field(
+        default_factory=dict)
+
+    def update(self, db: sqlite3.Connection) -> None:
+        new = ("r.id > ? AND r.finished_at IS NOT NULL AND r.id NOT IN "
+               f"({','.join(str(i) for i in sorted(self.counted))})")
+        ids = [r[0] for r in db.execute(f"SELECT r.id FROM runs r WHERE {new}",
+                                        (self.watermark,))]
+        if ids:
+            for env, kind, result, event, count in db.execute(
+                    f"SELECT r.environment, r.kind, r.result, {_EVENT}, COUNT(*) FROM runs r"
+                    f" WHERE {new} AND r.result IS NOT NULL GROUP BY 1, 2, 3, 4",
+                    (self.watermark,)):
+                key = (env, kind, result, int(event))
+                self.runs[key] = self.runs.get(key, 0) + count
+            sums = ", ".join(f"SUM(j.value <= {b!r})" for b in DURATION_BUCKETS)
+            for env, kind, stage, count, total, *cumulative in db.execute(
+                    f"SELECT r.environment, r.kind, j.key, COUNT(*), SUM(j.value), {sums}"
+                    f" FROM runs r, json_each(r.stage_s) j WHERE {new} AND r.stage_s != '{{}}'"
+                    " GROUP BY 1, 2, 3", (self.watermark,)):
+                add = [float(count), float(total or 0.0), *(float(c) for c in cumulative)]
+                old = self.durations.get((env, kind, stage), [0.0] * len(add))
+                self.durations[(env, kind, stage)] = [a + b for a, b in zip(old, add,
+                                                                             strict=True)]
+            self.counted.update(ids)
+        unfinished = db.execute("SELECT MIN(id) FROM runs WHERE id > ? AND finished_at IS NULL",
+                                (self.watermark,)).fetchone()[0]
+        top = db.execute("SELECT MAX(id) FROM runs").fetchone()[0] or 0
+        self.watermark = unfinished - 1 if unfinished is not None else top
+        self.counted = {i for i in self.counted if i > self.watermark}
+
+
+_totals_by_store: dict[tuple[str, int], _Totals] = {}
+_totals_lock = threading.Lock()
+MAX_COUNTED = 10_000
+"""Runs counted above an old unfinished one before the totals are added up afresh."""
+
+
+def _totals(path: Path, db: sqlite3.Connection) -> _Totals:
+    """The up-to-date totals of the store at ``path`` (kept per process, like a counter)."""
+    key = (str(path), path.stat().st_ino)  # a store made anew at the same path starts over
+    top = db.execute("SELECT MAX(id) FROM runs").fetchone()[0] or 0
+    with _totals_lock:
+        totals = _totals_by_store.get(key)
+        if totals is None or len(totals.counted) > MAX_COUNTED or top < totals.watermark:
+            totals = _totals_by_store[key] = _Totals()
+        totals.update(db)
+        return totals
+
+
 # -- the collector ----------------------------------------------------------------------
 
 
@@ -217,36 +280,26 @@ class StoreCollector(Collector):
         yield from self._environment_gauges(db, environments)
         yield from self._delivery()
 
-    @staticmethod
-    def _durations(db: sqlite3.Connection) -> Metric:
+    def _durations(self, db: sqlite3.Connection) -> Metric:
         family = HistogramMetricFamily(
             "gitops_reconcile_duration_seconds",
             "Duration of each stage of finished runs (source+load, plan+apply, verify).",
             labels=["environment", "kind", "stage"])
-        sums = ", ".join(f"SUM(j.value <= {b!r})" for b in DURATION_BUCKETS)
-        rows = db.execute(
-            f"SELECT r.environment, r.kind, j.key, COUNT(*), SUM(j.value), {sums}"
-            " FROM runs r, json_each(r.stage_s) j WHERE r.stage_s != '{}'"
-            " AND r.finished_at IS NOT NULL GROUP BY r.environment, r.kind, j.key")
-        for env, kind, stage, count, total, *cumulative in rows:
+        for (env, kind, stage), (count, total, *cumulative) in sorted(
+                _totals(self.store.path, db).durations.items()):
             buckets = [(repr(b), int(c)) for b, c in zip(DURATION_BUCKETS, cumulative,
                                                           strict=True)]
-            family.add_metric([env, kind, stage], [*buckets, ("+Inf", int(count))],
-                              float(total or 0.0))
+            family.add_metric([env, kind, stage], [*buckets, ("+Inf", int(count))], total)
         return family
 
-    @staticmethod
-    def _runs(db: sqlite3.Connection) -> Iterator[Metric]:
+    def _runs(self, db: sqlite3.Connection) -> Iterator[Metric]:
         runs = CounterMetricFamily(
             "gitops_runs", "Finished runs by environment, kind and result.",
             labels=["environment", "kind", "result"])
         events = CounterMetricFamily(
             "gitops_operator_actions", "Operator actions recorded in the history.",
             labels=["environment", "action"])
-        rows = db.execute(
-            f"SELECT r.environment, r.kind, r.result, {_EVENT} AS event, COUNT(*) FROM runs r"
-            " WHERE r.result IS NOT NULL GROUP BY 1, 2, 3, 4")
-        for env, kind, result, event, count in rows:
+        for (env, kind, result, event), count in sorted(_totals(self.store.path, db).runs.items()):
             if event:
                 events.add_metric([env, kind], count)
             else:

@@ -286,8 +286,15 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
             outcome = Outcome(result, run_id=run_id, revision=revision, verify=checks)
         else:
             converged = store.converged(env) if request.changed_only else {}
+
+            def batch_done(applied: ApplyReport, checks: VerifyReport) -> None:
+                store.record_batch(run_id, applied, checks)
+                _host_status(store, env, Outcome("succeeded", apply=applied, verify=checks),
+                             revision.ref, revision.ref, prints)
+
             outcome = _rollout(targeted, revision, run_id, request, stages, say,
-                               target.connections, _unchanged(targeted, prints, converged))
+                               target.connections, _unchanged(targeted, prints, converged),
+                               batch_done)
     except InvalidDeclaration as exc:
         outcome = Outcome("invalid", run_id=run_id, revision=outcome.revision, error=exc)
     except GitopsError as exc:
@@ -351,10 +358,12 @@ def _rollout(
     say: Progress,
     connections: Path | None,
     unchanged: dict[str, set[str]],
+    batch_done: Callable[[ApplyReport, VerifyReport], None],
 ) -> Outcome:
     """Apply then verify batch by batch (canary first); stop past the fail percentage.
 
-    A host's services in ``unchanged`` are not applied (all of them are verified)."""
+    A host's services in ``unchanged`` are not applied (all of them are verified);
+    ``batch_done`` records each batch's hosts as soon as it is verified."""
     batches = state.settings.rollout.batches([h.name for h in state.hosts])
     plan_hosts: tuple[HostPlan, ...] = ()
     report: ApplyReport | None = None
@@ -386,6 +395,7 @@ def _rollout(
                                            connections=connections)
         stages["verify"] = stages.get("verify", 0) + time.monotonic() - t
         checks = _merge_verify(checks, batch_checks)
+        batch_done(applied, batch_checks)
         failed = set(applied.failed_hosts) | set(batch_checks.failed_hosts)
         say(f"{label}: {applied.changed} change(s), failed: {', '.join(sorted(failed)) or 'none'}")
         if applied.stopped or len(failed) * 100 > state.settings.fail_percent * len(batch):

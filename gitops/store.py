@@ -241,38 +241,56 @@ class Store:
                     plan.model_dump_json() if plan is not None else None, run_id,
                 ),
             )
-            hosts: dict[str, dict[str, Any]] = {}
-            if apply is not None:
-                for h in apply.hosts:
-                    hosts[h.host] = {"apply_status": h.status, "changed": h.changed,
-                                     "error": h.error, "duration_s": h.duration_s}
-                    db.executemany(
-                        "INSERT INTO op_results (run_id, host, seq, service, name, status, stderr)"
-                        " VALUES (?,?,?,?,?,?,?)",
-                        [(run_id, h.host, i, op.service, op.name, op.status, op.stderr)
-                         for i, op in enumerate(h.ops)]
-                        + [(run_id, h.host, len(h.ops) + i, service, UNCHANGED_SERVICE,
-                            "skipped", "") for i, service in enumerate(h.unchanged_services)],
-                    )
-            if verify is not None:
+            self._record_hosts(db, run_id, apply, verify)
+
+    def record_batch(self, run_id: int, apply: ApplyReport | None,
+                     verify: VerifyReport | None) -> None:
+        """Record one batch's hosts (operations, checks) while the run goes on, so the status
+        page and metrics follow a rollout batch by batch; ``finish_run`` rewrites them."""
+        with self._tx() as db:
+            self._record_hosts(db, run_id, apply, verify)
+
+    @staticmethod
+    def _record_hosts(db: sqlite3.Connection, run_id: int, apply: ApplyReport | None,
+                      verify: VerifyReport | None) -> None:
+        names = {h.host for h in apply.hosts} if apply is not None else set()
+        if verify is not None:
+            names |= {r.host for r in verify.results} | set(verify.host_errors)
+        for table in ("host_results", "op_results", "check_results"):
+            db.executemany(f"DELETE FROM {table} WHERE run_id=? AND host=?",
+                           [(run_id, host) for host in names])
+        hosts: dict[str, dict[str, Any]] = {}
+        if apply is not None:
+            for h in apply.hosts:
+                hosts[h.host] = {"apply_status": h.status, "changed": h.changed,
+                                 "error": h.error, "duration_s": h.duration_s}
                 db.executemany(
-                    "INSERT INTO check_results (run_id, host, service, check_name, status,"
-                    " message, duration_s) VALUES (?,?,?,?,?,?,?)",
-                    [(run_id, r.host, r.service, r.check, r.status, r.message, r.duration_s)
-                     for r in verify.results],
+                    "INSERT INTO op_results (run_id, host, seq, service, name, status, stderr)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    [(run_id, h.host, i, op.service, op.name, op.status, op.stderr)
+                     for i, op in enumerate(h.ops)]
+                    + [(run_id, h.host, len(h.ops) + i, service, UNCHANGED_SERVICE,
+                        "skipped", "") for i, service in enumerate(h.unchanged_services)],
                 )
-                checked = {r.host for r in verify.results} | set(verify.host_errors)
-                for host in checked:
-                    entry = hosts.setdefault(host, {})
-                    entry["verify_status"] = "fail" if host in verify.failed_hosts else "pass"
-                    if host in verify.host_errors and not entry.get("error"):
-                        entry["error"] = verify.host_errors[host]
+        if verify is not None:
             db.executemany(
-                "INSERT INTO host_results (run_id, host, apply_status, changed, error,"
-                " verify_status, duration_s) VALUES (?,?,?,?,?,?,?)",
-                [(run_id, host, v.get("apply_status"), v.get("changed", 0), v.get("error"),
-                  v.get("verify_status"), v.get("duration_s")) for host, v in hosts.items()],
+                "INSERT INTO check_results (run_id, host, service, check_name, status,"
+                " message, duration_s) VALUES (?,?,?,?,?,?,?)",
+                [(run_id, r.host, r.service, r.check, r.status, r.message, r.duration_s)
+                 for r in verify.results],
             )
+            checked = {r.host for r in verify.results} | set(verify.host_errors)
+            for host in checked:
+                entry = hosts.setdefault(host, {})
+                entry["verify_status"] = "fail" if host in verify.failed_hosts else "pass"
+                if host in verify.host_errors and not entry.get("error"):
+                    entry["error"] = verify.host_errors[host]
+        db.executemany(
+            "INSERT INTO host_results (run_id, host, apply_status, changed, error,"
+            " verify_status, duration_s) VALUES (?,?,?,?,?,?,?)",
+            [(run_id, host, v.get("apply_status"), v.get("changed", 0), v.get("error"),
+              v.get("verify_status"), v.get("duration_s")) for host, v in hosts.items()],
+        )
 
     def set_status(
         self,

@@ -200,3 +200,27 @@ def test_unknown_lab_status_and_down_are_harmless() -> None:
     down = gitops_cli("down", "--name", name)
     assert down.returncode == 0, down.stderr
     assert snapshot(name) == before
+
+
+def test_two_labs_started_together_get_different_subnets() -> None:
+    """Two labs whose names hash to one /24, started at the same moment, both come up, each
+    on its own subnet (the second moves to the next free one)."""
+    names = ("raceak", "racear")  # both hash to 10.213.250.0/24
+    assert lab_api.default_subnet(names[0]) == lab_api.default_subnet(names[1])
+    for name in names:
+        lab_api.down(name)
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            procs = list(pool.map(lambda n: gitops_cli("up", "--name", n, "--hosts", "1"), names))
+        assert [p.returncode for p in procs] == [0, 0], [p.stderr for p in procs]
+        infos = [lab_api.current(n) for n in names]
+        assert all(infos)
+        subnets = {i.hosts[0].address.rsplit(".", 1)[0] for i in infos if i is not None}
+        assert len(subnets) == 2
+        for info in infos:
+            assert info is not None
+            assert on_every_host(info, "systemctl is-system-running --wait") == {
+                "lab-1": "running"}
+    finally:
+        for name in names:
+            lab_api.down(name)

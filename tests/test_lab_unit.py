@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,20 @@ def test_subnet_probe_moves_to_the_next_third_octet() -> None:
     second = common.default_subnet("t3", probe=1).network_address.packed[2]
     assert second == (first % 254) + 1
     assert common.default_subnet("gitops", probe=5) == common.default_subnet("gitops")
+
+
+def test_old_images_are_pruned_unless_a_running_lab_uses_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """After a build, images of older recipes go, except one a running process still names."""
+    monkeypatch.setenv("GITOPS_CACHE_DIR", str(tmp_path))
+    keep, old, used = (tmp_path / f"lab-image-{x}" for x in ("aaaa", "bbbb", "cccc"))
+    for folder in (keep, old, used):
+        (folder / "rootfs").mkdir(parents=True)
+    holder = subprocess.Popen(["sh", "-c", "sleep 30", "host", f"--directory={used}/rootfs"])
+    try:
+        assert image.prune_images(keep=keep) == [old]
+        assert keep.is_dir() and used.is_dir() and not old.exists()
+    finally:
+        holder.kill()
+        holder.wait()

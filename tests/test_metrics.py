@@ -192,6 +192,26 @@ def test_durations_in_the_histogram(store: Store) -> None:
     assert _value(s, f"{name}_count", environment="prod", kind="verify", stage="verify") == 1
 
 
+def test_totals_follow_the_history_between_scrapes(store: Store) -> None:
+    """Counts and durations stay exact across scrapes as runs start and finish, also when
+    an older run finishes after a newer one (each run counted once, none lost)."""
+    name, labels = "gitops_runs_total", {"environment": "prod", "kind": "reconcile"}
+    first = _samples(render(store).decode())
+    assert _value(first, name, result="succeeded", **labels) == 1
+    older = store.start_run("prod", "reconcile", _revision(SHA1), actor="t")
+    newer = store.start_run("prod", "reconcile", _revision(SHA1), actor="t")
+    store.finish_run(newer, "succeeded", stage_s={"verify": 1.0})
+    second = _samples(render(store).decode())
+    assert _value(second, name, result="succeeded", **labels) == 2
+    store.finish_run(older, "failed", stage_s={"verify": 2.0})
+    for _ in range(2):
+        third = _samples(render(store).decode())
+        assert _value(third, name, result="succeeded", **labels) == 2
+        assert _value(third, name, result="failed", **labels) == 2
+        assert _value(third, "gitops_reconcile_duration_seconds_sum", stage="verify",
+                      **labels) == pytest.approx(1.5 + 2.0 + 1.0 + 2.0)
+
+
 def test_last_success_is_the_last_verified_success(store: Store) -> None:
     """The timestamp is the finish time of the newest succeeded run that verified hosts."""
     s = _samples(render(store).decode())

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ from statelab import StateRepo, http_get, make_state_repo
 import gitops.lab as lab_api
 from gitops.lab import LabInfo
 from gitops.lab import hosts as lab_hosts
+from gitops.reconcile import Request, Target, run
+from gitops.store import Store
 
 pytestmark = pytest.mark.lab
 
@@ -119,6 +122,41 @@ def test_changed_only_applies_the_changed_service_and_verifies_all(repo: StateRe
     assert by_host["lab-1"]["unchanged_services"] == ["base", "app", "web"]
     assert not by_host["lab-1"]["ops"]
     assert "hand-edited" not in repo.ssh("lab-3", "cat /etc/motd")
+
+
+def test_a_rollout_is_recorded_batch_by_batch(repo: StateRepo) -> None:
+    """With batches of one host, a host's results and status are recorded as soon as its batch
+    is verified, while the rollout goes on (what the status page and metrics show)."""
+    inv = repo.inventory()
+    inv["settings"]["rollout"] = {"batch": 1}
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    motd = repo.path / "deploys/base/templates/motd.j2"
+    motd.write_text(motd.read_text() + "\n  rolled out one host at a time\n")
+    ref = f"main@sha1:{repo.commit('one host per batch')}"
+    seen: dict[int, tuple[set[str], set[str], bool]] = {}
+
+    def progress(line: str) -> None:
+        found = re.match(r"batch (\d)/3: applying", line)
+        if found is None or found.group(1) == "1":
+            return
+        with closing(Store(repo.state_dir)) as store:
+            applied = {row["host"] for row in store.status("lab")
+                       if row["last_applied_revision"] == ref}
+            run_id = store.history("lab", limit=1)[0]["id"]
+            recorded = {row[0] for row in store.db.execute(
+                "SELECT host FROM host_results WHERE run_id=?", (run_id,))}
+            unfinished = store.history("lab", limit=1)[0]["finished_at"] is None
+        seen[int(found.group(1))] = (applied, recorded, unfinished)
+
+    target = Target(repo=str(repo.path), branch="main", environment="lab",
+                    state_dir=repo.state_dir)
+    outcome = run(target, Request(reason="batches"), progress)
+    assert outcome.result == "succeeded", outcome.as_dict()
+    assert seen == {2: ({"lab-1"}, {"lab-1"}, True),
+                    3: ({"lab-1", "lab-2"}, {"lab-1", "lab-2"}, True)}
+    del inv["settings"]["rollout"]
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    repo.commit("rollout: one batch again")
 
 
 def test_invalid_commit_lists_every_problem_and_applies_nothing(repo: StateRepo) -> None:

@@ -303,7 +303,7 @@ def up(
         if _leftovers(name):  # a crashed or killed earlier `up` of this name
             _teardown(name)
         try:
-            return _boot(name, net, hosts, img)
+            return _boot(name, net, hosts, img, explicit=subnet is not None)
         except BaseException:
             _teardown(name)
             with _network.machine_lock():
@@ -311,7 +311,8 @@ def up(
             raise
 
 
-def _boot(name: str, net: ipaddress.IPv4Network, count: int, img: Path) -> LabInfo:
+def _boot(name: str, net: ipaddress.IPv4Network, count: int, img: Path, *,
+          explicit: bool) -> LabInfo:
     state = state_dir(name)
     (state / "pids").mkdir(parents=True, exist_ok=True)
     (state / "logs").mkdir(exist_ok=True)
@@ -319,14 +320,18 @@ def _boot(name: str, net: ipaddress.IPv4Network, count: int, img: Path) -> LabIn
     auth = state / "authorized_keys"
     auth.write_text(key.with_suffix(".pub").read_text())
     auth.chmod(0o600)
-    br_addr = bridge_address(net)
-    (state / "sources.list").write_text(_mirror.sources_line(br_addr))
-    lab_hosts = tuple(LabHost(host_name(i), host_address(net, i)) for i in range(1, count + 1))
     ssh_config = state / "ssh_config"
-    ssh_config.write_text(render_ssh_config(state, key, lab_hosts))
-    (state / "inventory.yml").write_text(render_inventory(key, lab_hosts))
 
     with _network.machine_lock():  # until the hosts run, a `down` elsewhere keeps the mounts
+        # Picked again under the machine lock: a lab of another name starting at the same
+        # moment has its bridge up (and its subnet taken) before this one looks.
+        net = _free_subnet(name, net, explicit)
+        br_addr = bridge_address(net)
+        (state / "sources.list").write_text(_mirror.sources_line(br_addr))
+        lab_hosts = tuple(LabHost(host_name(i), host_address(net, i))
+                          for i in range(1, count + 1))
+        ssh_config.write_text(render_ssh_config(state, key, lab_hosts))
+        (state / "inventory.yml").write_text(render_inventory(key, lab_hosts))
         _network.prepare_mounts()
         _hosts.raise_limits()
         _network.create_bridge(name, net)

@@ -4,7 +4,8 @@
 ``$GITOPS_CACHE_DIR/lab-image-<recipehash>/`` holding ``rootfs/`` (a debootstrapped Debian 12
 with systemd, sshd, python3 and sudo) and ``mirror/`` (the .debs of ``MIRROR_PACKAGES`` and
 everything they need that the image lacks, with ``Packages.gz``). Building is the only lab step
-that reaches the package registries; it happens in a temp folder renamed atomically at the end.
+that reaches the package registries; it happens in a temp folder renamed atomically at the end,
+and then removes the images of older recipes that no running lab uses.
 """
 
 from __future__ import annotations
@@ -148,4 +149,31 @@ def ensure_image(progress: bool = False) -> Path:
             _umount_under(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        prune_images(keep=final)
     return final
+
+
+def prune_images(keep: Path) -> list[Path]:
+    """Remove cached images of older recipes that no running process (lab host or mirror)
+    uses; return what was removed."""
+    in_use = _paths_in_use()
+    removed = []
+    for old in cache_dir().glob("lab-image-*"):
+        if old == keep or not old.is_dir() or any(str(old) in p for p in in_use):
+            continue
+        _umount_under(old)
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old)
+    return removed
+
+
+def _paths_in_use() -> list[str]:
+    """The command lines of every running process (lab hosts name their image there)."""
+    lines = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                continue
+    return lines
