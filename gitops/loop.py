@@ -145,6 +145,8 @@ class Daemon:
 
     def start(self) -> None:
         """Start one thread per environment (and the local-repository watchers)."""
+        for gone in verify_stage.SshConnections.prune():
+            log.info("removed the SSH connection folder of a stopped daemon: %s", gone)
         with self._store() as store:
             for env in self.envs.values():
                 with environment_lock(env.target, "recover"):

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -49,6 +52,8 @@ def verify(
     Raises WorkerError, with the worker's last stderr lines, if it crashes or takes longer
     than ``timeout`` seconds (it is then killed with its SSH clients).
     """
+    if connections is not None:
+        _private_folder(connections)
     job = json.dumps({"state": state.model_dump(mode="json"),
                       "control_dir": str(connections) if connections else None})
     out = run_worker(WORKER, job, timeout=timeout, on_progress=on_progress)
@@ -58,16 +63,52 @@ def verify(
         raise WorkerError(f"verify worker wrote no valid report: {exc}") from None
 
 
+def _base() -> Path:
+    base = tempfile.gettempdir()
+    return Path(base if len(base) <= MAX_SOCKET_DIR else "/tmp")
+
+
+def _private_folder(path: Path) -> None:
+    """Make ``path`` (mode 0700), or check that it is already this user's private folder."""
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        info = path.lstat()
+        if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+                or info.st_mode & 0o077):
+            raise WorkerError(f"{path} is not a private folder of this user: not used for "
+                              "SSH connections") from None
+
+
 class SshConnections:
-    """A private folder (mode 0700) of SSH control sockets; ``close()`` ends the masters."""
+    """A private folder (mode 0700) of SSH control sockets, made by the first verify that
+    uses it (so a daemon that never verifies leaves nothing); ``close()`` ends the masters."""
 
     def __init__(self) -> None:
-        base = tempfile.gettempdir()
-        self.path = Path(tempfile.mkdtemp(
-            prefix="gitops-ssh-", dir=base if len(base) <= MAX_SOCKET_DIR else "/tmp"))
+        self.path = _base() / f"gitops-ssh-{os.getpid()}-{secrets.token_hex(6)}"
+
+    @staticmethod
+    def prune() -> list[Path]:
+        """Close and remove the folders of processes that are gone (a daemon killed with
+        ``kill -9`` could not); return them."""
+        removed = []
+        for folder in _base().glob("gitops-ssh-*-*"):
+            pid = folder.name.split("-")[2]
+            try:
+                mine = folder.lstat().st_uid == os.getuid()
+            except OSError:
+                continue
+            if mine and pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                gone = SshConnections()
+                gone.path = folder
+                gone.close()
+                removed.append(folder)
+        return removed
 
     def close(self) -> None:
         """Ask every master to exit, then remove the folder."""
+        if not self.path.is_dir():
+            return
         for socket in self.path.iterdir():
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 subprocess.run(

@@ -529,3 +529,31 @@ def test_lab_params_are_per_host(lab: Any, tmp_path: Path) -> None:
     failed = _by_check(report, second.name)["test_marker"]
     assert failed.status == "fail"
     assert "declared no" in failed.message
+
+
+def test_kept_connections_need_a_private_folder(tmp_path: Path) -> None:
+    """The folder is made on first use (mode 0700); one others may write to is refused."""
+    kept = SshConnections()
+    assert not kept.path.exists()
+    kept.close()  # nothing made, nothing to do
+    open_to_all = tmp_path / "shared"
+    open_to_all.mkdir(mode=0o777)
+    open_to_all.chmod(0o777)
+    with pytest.raises(WorkerError, match="not a private folder"):
+        verify(_state(tmp_path, []), connections=open_to_all)
+
+
+def test_connection_folders_of_gone_processes_are_pruned() -> None:
+    """A folder left by a daemon killed with kill -9 goes at the next start; live ones stay."""
+    live = SshConnections()
+    live.path.mkdir(mode=0o700)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left = live.path.with_name(f"gitops-ssh-{dead.pid}-0123456789ab")
+    left.mkdir(mode=0o700)
+    try:
+        assert left in SshConnections.prune()
+        assert not left.exists() and live.path.is_dir()
+    finally:
+        live.close()
+        shutil.rmtree(left, ignore_errors=True)
