@@ -7,6 +7,7 @@ at that lab's hosts and key, times alternating rounds and prints ratios of media
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shutil
@@ -14,7 +15,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -76,6 +78,29 @@ def make_repo(info: lab.LabInfo, dest: Path, services: Iterable[str] | None = No
     subprocess.run([*git, "add", "-A"], check=True)
     subprocess.run([*git, "commit", "-q", "-m", "bench state"], check=True)
     return dest
+
+
+def parse_args(doc: str | None, default_name: str) -> argparse.Namespace:
+    """``--name`` (the lab) and ``--rounds``, the options every lab benchmark takes."""
+    parser = argparse.ArgumentParser(description=doc)
+    parser.add_argument("--name", default=default_name)
+    parser.add_argument("--rounds", type=int, default=5)
+    return parser.parse_args()
+
+
+@contextmanager
+def sample_on_lab(name: str, hosts: int) -> Iterator[tuple[lab.LabInfo, Path, Path,
+                                                         DeclaredState]]:
+    """Lab ``name`` up with ``hosts`` hosts and the sample repository aimed at it: yields
+    the lab, a work folder, the repository and its loaded state; the lab goes down after."""
+    require_root()
+    work = Path("/tmp") / f"gitops-bench-{name}"
+    info = lab_up(name, hosts)
+    try:
+        repo = make_repo(info, work / "repo")
+        yield info, work, repo, load_state(repo)
+    finally:
+        lab_down(name)
 
 
 def load_state(repo: Path) -> DeclaredState:

@@ -11,22 +11,18 @@ nothing to change. Prints a table, the ratio of medians (goal <= 1.10) and a sum
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 from pathlib import Path
 
 from _common import (
     header,
-    lab_down,
-    lab_up,
-    load_state,
-    make_repo,
     median,
+    parse_args,
     print_table,
     ratio_line,
-    require_root,
     run_checked,
+    sample_on_lab,
     timed,
 )
 
@@ -62,17 +58,8 @@ def gitops_apply(state: DeclaredState) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--name", default="bench1")
-    parser.add_argument("--rounds", type=int, default=5)
-    opts = parser.parse_args()
-    require_root()
-
-    work = Path("/tmp") / f"gitops-bench-{opts.name}"
-    info = lab_up(opts.name, HOSTS)
-    try:
-        repo = make_repo(info, work / "repo")
-        state = load_state(repo)
+    opts = parse_args(__doc__, "bench1")
+    with sample_on_lab(opts.name, HOSTS) as (_info, work, repo, state):
         inventory = pyinfra_inventory(state, work / "pyinfra_inventory.py")
         deploys = [f"deploys/{s}/deploy.py" for s in state.service_order]
         pyinfra_cmd = [shutil.which("pyinfra") or "pyinfra", "-y", str(inventory), *deploys]
@@ -91,8 +78,6 @@ def main() -> None:
             )
         _plan, report = apply(state)
         changed = report.changed
-    finally:
-        lab_down(opts.name)
 
     print(f"First (converging) gitops apply on fresh hosts: {first:.2f} s")
     print()

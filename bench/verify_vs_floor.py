@@ -13,21 +13,17 @@ a third row measures the daemon's verify, whose SSH connections stay open betwee
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
 
 from _common import (
     header,
-    lab_down,
-    lab_up,
-    load_state,
-    make_repo,
     median,
+    parse_args,
     print_table,
     ratio_line,
-    require_root,
+    sample_on_lab,
     timed,
 )
 
@@ -62,17 +58,8 @@ def gitops_verify(state: DeclaredState, kept: SshConnections | None = None) -> N
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--name", default="bench2")
-    parser.add_argument("--rounds", type=int, default=5)
-    opts = parser.parse_args()
-    require_root()
-
-    work = Path("/tmp") / f"gitops-bench-{opts.name}"
-    info = lab_up(opts.name, HOSTS)
-    try:
-        repo = make_repo(info, work / "repo")
-        state = load_state(repo)
+    opts = parse_args(__doc__, "bench2")
+    with sample_on_lab(opts.name, HOSTS) as (info, _work, _repo, state):
         names = [h.name for h in info.hosts]
         header(
             f"verify: gitops.verify.verify vs SSH floor ({HOSTS} lab hosts, services "
@@ -101,8 +88,6 @@ def main() -> None:
                 figures["SSH floor"].append(timed(lambda: ssh_floor(info.ssh_config, names)))
                 figures["gitops verify, kept connections (daemon)"].append(
                     timed(lambda: gitops_verify(state, kept)))
-    finally:
-        lab_down(opts.name)
 
     print(f"Converging apply on {HOSTS} fresh hosts (not part of the comparison): "
           f"{converge_s:.2f} s. Checks per verify: {checks}.")
