@@ -214,31 +214,30 @@ class _Totals:
         default_factory=dict)
 
     def update(self, db: sqlite3.Connection) -> None:
-        new = ("r.id > ? AND r.finished_at IS NOT NULL AND r.id NOT IN "
-               f"({','.join(str(i) for i in sorted(self.counted))})")
-        ids = [r[0] for r in db.execute(f"SELECT r.id FROM runs r WHERE {new}",
-                                        (self.watermark,))]
-        if ids:
-            for env, kind, result, event, count in db.execute(
-                    f"SELECT r.environment, r.kind, r.result, {_EVENT}, COUNT(*) FROM runs r"
-                    f" WHERE {new} AND r.result IS NOT NULL GROUP BY 1, 2, 3, 4",
-                    (self.watermark,)):
+        # Where the next watermark can go is read first: every run at or below it was
+        # finished then, so the read that follows sees it (a run finishing in between is
+        # above it and lands in ``counted``).
+        unfinished, top = db.execute(
+            "SELECT MIN(CASE WHEN finished_at IS NULL THEN id END), MAX(id) FROM runs"
+            " WHERE id > ?", (self.watermark,)).fetchone()
+        counted = ",".join(str(i) for i in sorted(self.counted))
+        for run_id, env, kind, result, event, stage_s in db.execute(
+                f"SELECT r.id, r.environment, r.kind, r.result, {_EVENT}, r.stage_s FROM runs r"
+                f" WHERE r.id > ? AND r.finished_at IS NOT NULL AND r.id NOT IN ({counted})",
+                (self.watermark,)):
+            self.counted.add(run_id)
+            if result is not None:
                 key = (env, kind, result, int(event))
-                self.runs[key] = self.runs.get(key, 0) + count
-            sums = ", ".join(f"SUM(j.value <= {b!r})" for b in DURATION_BUCKETS)
-            for env, kind, stage, count, total, *cumulative in db.execute(
-                    f"SELECT r.environment, r.kind, j.key, COUNT(*), SUM(j.value), {sums}"
-                    f" FROM runs r, json_each(r.stage_s) j WHERE {new} AND r.stage_s != '{{}}'"
-                    " GROUP BY 1, 2, 3", (self.watermark,)):
-                add = [float(count), float(total or 0.0), *(float(c) for c in cumulative)]
-                old = self.durations.get((env, kind, stage), [0.0] * len(add))
-                self.durations[(env, kind, stage)] = [a + b for a, b in zip(old, add,
-                                                                             strict=True)]
-            self.counted.update(ids)
-        unfinished = db.execute("SELECT MIN(id) FROM runs WHERE id > ? AND finished_at IS NULL",
-                                (self.watermark,)).fetchone()[0]
-        top = db.execute("SELECT MAX(id) FROM runs").fetchone()[0] or 0
-        self.watermark = unfinished - 1 if unfinished is not None else top
+                self.runs[key] = self.runs.get(key, 0) + 1
+            for stage, value in json.loads(stage_s or "{}").items():
+                sums = self.durations.setdefault((env, kind, stage),
+                                                 [0.0] * (2 + len(DURATION_BUCKETS)))
+                sums[0] += 1
+                sums[1] += value
+                for i, bound in enumerate(DURATION_BUCKETS, 2):
+                    sums[i] += value <= bound
+        if top is not None:
+            self.watermark = unfinished - 1 if unfinished is not None else top
         self.counted = {i for i in self.counted if i > self.watermark}
 
 
@@ -255,6 +254,7 @@ def _totals(path: Path, db: sqlite3.Connection) -> _Totals:
     with _totals_lock:
         totals = _totals_by_store.get(key)
         if totals is None or len(totals.counted) > MAX_COUNTED or top < totals.watermark:
+            # runs gone from below the watermark: not the history counted so far
             totals = _totals_by_store[key] = _Totals()
         totals.update(db)
         return totals
@@ -273,33 +273,35 @@ class StoreCollector(Collector):
         db = self.store.db
         environments = _environments(db)
         latest = _latest_checked(db)
-        yield self._durations(db)
-        yield from self._runs(db)
+        totals = _totals(self.store.path, db)
+        yield self._durations(totals)
+        yield from self._runs(totals)
         yield from self._status(db, latest)
         yield from self._checks(db, latest)
         yield from self._environment_gauges(db, environments)
         yield from self._delivery()
 
-    def _durations(self, db: sqlite3.Connection) -> Metric:
+    @staticmethod
+    def _durations(totals: _Totals) -> Metric:
         family = HistogramMetricFamily(
             "gitops_reconcile_duration_seconds",
             "Duration of each stage of finished runs (source+load, plan+apply, verify).",
             labels=["environment", "kind", "stage"])
-        for (env, kind, stage), (count, total, *cumulative) in sorted(
-                _totals(self.store.path, db).durations.items()):
+        for (env, kind, stage), (count, total, *cumulative) in sorted(totals.durations.items()):
             buckets = [(repr(b), int(c)) for b, c in zip(DURATION_BUCKETS, cumulative,
                                                           strict=True)]
             family.add_metric([env, kind, stage], [*buckets, ("+Inf", int(count))], total)
         return family
 
-    def _runs(self, db: sqlite3.Connection) -> Iterator[Metric]:
+    @staticmethod
+    def _runs(totals: _Totals) -> Iterator[Metric]:
         runs = CounterMetricFamily(
             "gitops_runs", "Finished runs by environment, kind and result.",
             labels=["environment", "kind", "result"])
         events = CounterMetricFamily(
             "gitops_operator_actions", "Operator actions recorded in the history.",
             labels=["environment", "action"])
-        for (env, kind, result, event), count in sorted(_totals(self.store.path, db).runs.items()):
+        for (env, kind, result, event), count in sorted(totals.runs.items()):
             if event:
                 events.add_metric([env, kind], count)
             else:

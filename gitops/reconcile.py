@@ -9,12 +9,14 @@ worker processes, so this module is safe in a long-lived process.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import hmac
 import json
 import os
 import secrets
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -256,7 +258,6 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
     ])
     outcome = Outcome("error", run_id=run_id)
     stages: dict[str, float] = {}
-    state: DeclaredState | None = None
     prints: dict[str, dict[str, str]] = {}
     try:
         t = time.monotonic()
@@ -313,13 +314,18 @@ def _fingerprint_key(state_dir: Path) -> bytes:
     Fingerprints cover service parameters, which may hold secrets: keyed, the digests kept
     in the database say nothing about them."""
     path = state_dir / "fingerprint.key"
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
-        return path.read_bytes()
+    if not path.exists():
+        # written whole under another name, then linked: two first runs (of two environments)
+        # cannot see a half-written key or make two
+        fd, tmp = tempfile.mkstemp(dir=state_dir, prefix=".fingerprint.key.")
+        try:
+            os.write(fd, secrets.token_bytes(32))
+            os.close(fd)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+    return path.read_bytes()
 
 
 def fingerprints(state: DeclaredState, key: bytes) -> dict[str, dict[str, str]]:
