@@ -19,6 +19,8 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -133,20 +135,31 @@ def delivery_uncached(state_dir: Path, rounds: int = 5) -> float | None:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def store_parser(doc: str) -> argparse.ArgumentParser:
+    """The options of the benchmarks over a built store (this one and page_load.py)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--runs", type=int, default=1000)
     parser.add_argument("--hosts", type=int, default=20)
     parser.add_argument("--requests", type=int, default=20)
     parser.add_argument("--no-results", action="store_true", help="do not append RESULTS.md")
-    args = parser.parse_args()
+    return parser
 
+
+@contextmanager
+def built_store(args: argparse.Namespace) -> Iterator[tuple[Path, float, float]]:
+    """A temporary state folder with ``build``'s history: (folder, seconds, size in MB)."""
     with tempfile.TemporaryDirectory() as tmp:
         state_dir = Path(tmp)
         t = time.perf_counter()
         build(state_dir, args.runs, args.hosts)
         built_s = time.perf_counter() - t
-        size_mb = (state_dir / "gitops.db").stat().st_size / 1e6
+        yield state_dir, built_s, (state_dir / "gitops.db").stat().st_size / 1e6
+
+
+def main() -> None:
+    args = store_parser(__doc__).parse_args()
+
+    with built_store(args) as (state_dir, built_s, size_mb):
         paths = ["/metrics", "/api/hosts", "/api/environments", "/api/runs?limit=20",
                  "/api/runs/500", "/api/delivery"]
         app = Starlette(routes=[*routes(state_dir, None),

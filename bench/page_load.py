@@ -15,7 +15,6 @@ asked ``--requests`` times over HTTP after one warm-up. Goal: first load <= 1 s 
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import shutil
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from api_metrics import append_section, build
+from api_metrics import append_section, built_store, store_parser
 from starlette.applications import Starlette
 
 from gitops import page
@@ -111,20 +110,11 @@ def spread(values: list[float], fmt: str = ".0f") -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=1000)
-    parser.add_argument("--hosts", type=int, default=20)
+    parser = store_parser(__doc__)
     parser.add_argument("--loads", type=int, default=7)
-    parser.add_argument("--requests", type=int, default=20)
-    parser.add_argument("--no-results", action="store_true", help="do not append RESULTS.md")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp:
-        state_dir = Path(tmp)
-        t = time.perf_counter()
-        build(state_dir, args.runs, args.hosts)
-        built_s = time.perf_counter() - t
-        size_mb = (state_dir / "gitops.db").stat().st_size / 1e6
+    with built_store(args) as (state_dir, built_s, size_mb):
         server, thread = start_in_thread(Starlette(routes=page.routes(state_dir, None)),
                                          "127.0.0.1:0")
         try:

@@ -253,9 +253,9 @@ class Store:
     @staticmethod
     def _record_hosts(db: sqlite3.Connection, run_id: int, apply: ApplyReport | None,
                       verify: VerifyReport | None) -> None:
-        names = {h.host for h in apply.hosts} if apply is not None else set()
-        if verify is not None:
-            names |= {r.host for r in verify.results} | set(verify.host_errors)
+        checked = ({r.host for r in verify.results} | set(verify.host_errors)
+                   if verify is not None else set())
+        names = checked | ({h.host for h in apply.hosts} if apply is not None else set())
         for table in ("host_results", "op_results", "check_results"):
             db.executemany(f"DELETE FROM {table} WHERE run_id=? AND host=?",
                            [(run_id, host) for host in names])
@@ -279,7 +279,6 @@ class Store:
                 [(run_id, r.host, r.service, r.check, r.status, r.message, r.duration_s)
                  for r in verify.results],
             )
-            checked = {r.host for r in verify.results} | set(verify.host_errors)
             for host in checked:
                 entry = hosts.setdefault(host, {})
                 entry["verify_status"] = "fail" if host in verify.failed_hosts else "pass"

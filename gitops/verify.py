@@ -84,8 +84,8 @@ class SshConnections:
     """A private folder (mode 0700) of SSH control sockets, made by the first verify that
     uses it (so a daemon that never verifies leaves nothing); ``close()`` ends the masters."""
 
-    def __init__(self) -> None:
-        self.path = _base() / f"gitops-ssh-{os.getpid()}-{secrets.token_hex(6)}"
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or _base() / f"gitops-ssh-{os.getpid()}-{secrets.token_hex(6)}"
 
     @staticmethod
     def prune() -> list[Path]:
@@ -99,9 +99,7 @@ class SshConnections:
             except OSError:
                 continue
             if mine and pid.isdigit() and not Path(f"/proc/{pid}").exists():
-                gone = SshConnections()
-                gone.path = folder
-                gone.close()
+                SshConnections(folder).close()
                 removed.append(folder)
         return removed
 

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import pytest
 
 from gitops.errors import WorkerError
+from gitops.lab.common import cmdlines
 from gitops.model import DeclaredHost, DeclaredState, EnvironmentSettings, ResolvedSSH
 from gitops.records import CheckResult, VerifyReport
 from gitops.verify import SshConnections, verify
@@ -89,19 +90,15 @@ def short_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _our_ssh(marker: str) -> dict[int, str]:
+    """pid -> command line of the running ssh processes that mention ``marker`` (a folder)."""
+    return {pid: line for pid, argv in cmdlines().items()
+            if marker in (line := " ".join(argv)) and "ssh" in line}
+
+
 def _our_ssh_processes(marker: str) -> list[str]:
     """Command lines of running ssh processes that mention ``marker`` (a TMPDIR)."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if marker in cmdline and "ssh" in cmdline:
-            found.append(cmdline)
-    return found
+    return list(_our_ssh(marker).values())
 
 
 def _no_ssh_left(marker: str, grace: float = 3.0) -> list[str]:
@@ -466,29 +463,13 @@ def test_lab_kept_connections_serve_the_next_verify(lab: Any, tmp_path: Path) ->
         assert verify(_state(tmp_path, hosts), timeout=120, connections=kept.path).ok
         masters = _our_ssh_processes(marker)
         assert len(masters) == len(hosts) == len(list(kept.path.iterdir()))
-        pids = _ssh_pids(marker)
+        pids = set(_our_ssh(marker))
         before = {h.address: _established_ssh(h.address) for h in lab.hosts}
         assert verify(_state(tmp_path, hosts), timeout=120, connections=kept.path).ok
-        assert _ssh_pids(marker) == pids
+        assert set(_our_ssh(marker)) == pids
         assert {h.address: _established_ssh(h.address) for h in lab.hosts} == before
     assert _no_ssh_left(marker) == []
     assert not kept.path.exists()
-
-
-def _ssh_pids(marker: str) -> set[str]:
-    pids = set()
-    for proc in Path("/proc").iterdir():
-        with_marker = proc.name.isdigit() and marker in _cmdline(proc)
-        if with_marker and "ssh" in _cmdline(proc):
-            pids.add(proc.name)
-    return pids
-
-
-def _cmdline(proc: Path) -> str:
-    try:
-        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def _established_ssh(address: str) -> set[str]:

@@ -237,3 +237,18 @@ def start_detached(
         )
     pid_file.write_text(f"{proc.pid}\n")
     return proc
+
+
+def cmdlines() -> dict[int, list[str]]:
+    """pid -> argv of every running process (lab processes are found by their markers)."""
+    result: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if raw:
+            result[int(entry)] = raw.rstrip(b"\0").decode(errors="replace").split("\0")
+    return result

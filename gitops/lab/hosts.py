@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from gitops.lab.common import (
+    cmdlines,
     host_name,
     machine_name,
     mirror_marker,
@@ -111,25 +112,11 @@ def start_host(
     return start_detached(args, log, pid_file, enter_cgroups)  # main thread only
 
 
-def _cmdlines() -> dict[int, list[str]]:
-    result: dict[int, list[str]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if raw:
-            result[int(entry)] = raw.rstrip(b"\0").decode(errors="replace").split("\0")
-    return result
-
-
 def find_nspawn(name: str) -> dict[int, int]:
     """pid -> host index of every running nspawn of lab ``name``."""
     pattern = re.compile(rf"^--machine={re.escape(name)}-lab-(\d+)$")
     found: dict[int, int] = {}
-    for pid, argv in _cmdlines().items():
+    for pid, argv in cmdlines().items():
         if os.path.basename(argv[0]) != "systemd-nspawn":
             continue
         for arg in argv[1:]:
@@ -141,7 +128,7 @@ def find_nspawn(name: str) -> dict[int, int]:
 
 def any_nspawn_running() -> bool:
     """Whether any systemd-nspawn at all runs on this machine (any lab, anyone's)."""
-    return any(os.path.basename(a[0]) == "systemd-nspawn" for a in _cmdlines().values())
+    return any(os.path.basename(a[0]) == "systemd-nspawn" for a in cmdlines().values())
 
 
 def find_helpers(name: str, state_dir: Path) -> list[int]:
@@ -149,7 +136,7 @@ def find_helpers(name: str, state_dir: Path) -> list[int]:
     marker = mirror_marker(name)
     control = f"ssh: {state_dir}/cm-"
     pids = []
-    for pid, argv in _cmdlines().items():
+    for pid, argv in cmdlines().items():
         if ("gitops.lab.mirror" in argv and marker in argv) or argv[0].startswith(control):
             pids.append(pid)
     return pids

@@ -19,7 +19,7 @@ import re
 import shutil
 from pathlib import Path
 
-from gitops.lab.common import LabError, cache_dir, run
+from gitops.lab.common import LabError, cache_dir, cmdlines, run
 
 SUITE = "bookworm"
 INCLUDE = ("systemd", "systemd-sysv", "openssh-server", "python3", "iproute2", "dbus", "sudo")
@@ -156,24 +156,12 @@ def ensure_image(progress: bool = False) -> Path:
 def prune_images(keep: Path) -> list[Path]:
     """Remove cached images of older recipes that no running process (lab host or mirror)
     uses; return what was removed."""
-    in_use = _paths_in_use()
+    in_use = [" ".join(argv) for argv in cmdlines().values()]
     removed = []
     for old in cache_dir().glob("lab-image-*"):
-        if old == keep or not old.is_dir() or any(str(old) in p for p in in_use):
+        if old == keep or not old.is_dir() or any(str(old) in line for line in in_use):
             continue
         _umount_under(old)
         shutil.rmtree(old, ignore_errors=True)
         removed.append(old)
     return removed
-
-
-def _paths_in_use() -> list[str]:
-    """The command lines of every running process (lab hosts name their image there)."""
-    lines = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                lines.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-            except OSError:
-                continue
-    return lines

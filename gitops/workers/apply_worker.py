@@ -274,6 +274,11 @@ def _load_service(
         state.fail_hosts(failed)
 
 
+def _host_ops(state: State, host: Any) -> list[str]:
+    """The hashes of the operations ``host`` has, in operation order."""
+    return [op_hash for op_hash in state.get_op_order() if op_hash in state.ops[host]]
+
+
 def _plan(state: State, declared: DeclaredState, capture: _Capture) -> Plan:
     hosts = []
     for dh in declared.hosts:
@@ -282,9 +287,7 @@ def _plan(state: State, declared: DeclaredState, capture: _Capture) -> Plan:
         if host in state.failed_hosts and error is None:
             error = "failed while planning"
         ops = []
-        for op_hash in state.get_op_order():
-            if op_hash not in state.ops[host]:
-                continue
+        for op_hash in _host_ops(state, host):
             data = state.get_op_data_for_host(host, op_hash)
             name = _op_name(state, op_hash)
             diff = capture.diffs.get((dh.name, op_hash))
@@ -308,9 +311,8 @@ def _executed_plan(
     hosts = []
     for dh, applied in zip(declared.hosts, report.hosts, strict=True):
         host = state.inventory.get_host(dh.name)
-        op_hashes = [h for h in state.get_op_order() if h in state.ops[host]]
         ops = []
-        for op_hash, result in zip(op_hashes, applied.ops, strict=True):
+        for op_hash, result in zip(_host_ops(state, host), applied.ops, strict=True):
             changed = result.status == "changed"
             diff = capture.diffs.get((dh.name, op_hash)) if changed else None
             ops.append(OpPlan(
@@ -337,9 +339,7 @@ def _report(
         host = state.inventory.get_host(dh.name)
         results = []
         failed_op = False
-        for op_hash in state.get_op_order():
-            if op_hash not in state.ops[host]:
-                continue
+        for op_hash in _host_ops(state, host):
             meta = state.ops[host][op_hash].operation_meta
             name = _op_name(state, op_hash)
             if not meta.is_complete():
