@@ -17,12 +17,12 @@ import click
 from pydantic import ValidationError
 
 from gitops import reconcile as pipeline
-from gitops.errors import EXIT_INVALID, GitopsError, InvalidDeclaration
+from gitops.errors import EXIT_INVALID, GitopsError, InvalidDeclaration, UsageError
 from gitops.lab.cli import lab
 from gitops.load import load
-from gitops.records import Plan
+from gitops.records import Plan, Ref, RunDetail
 from gitops.settings import Settings
-from gitops.store import Store
+from gitops.store import NoStore, Store
 
 EXIT_CODES = "Exit codes: 0 all good; 1 apply or verify failed; 2 invalid declaration or usage."
 
@@ -167,23 +167,29 @@ def verify(as_json: bool, **opts: Any) -> None:
 def status(as_json: bool, environment: str | None, state_dir: Path | None) -> None:
     """Conditions (Ready / Reconciling / Stalled) and revisions per environment and host."""
     s = _settings(state_dir=state_dir)
-    store = Store(s.state_dir)
-    rows = store.status(environment)
-    store.close()
+    store = _reader(s.state_dir, environment, as_json)
+    if store is None:
+        return
+    with store:
+        rows = store.status(environment)
     if as_json:
-        _emit(rows)
+        _emit([row.as_dict() for row in rows])
         return
     if not rows:
         click.echo("no runs recorded yet")
         return
     for row in rows:
-        name = row["environment"] + (f"/{row['host']}" if row["host"] else "")
-        ready = next((c for c in row["conditions"] if c["type"] == "Ready"), None)
-        flags = " ".join(f"{c['type']}={c['status']}" for c in row["conditions"])
-        click.echo(f"{name:<24} {flags:<32} {ready['reason'] if ready else '':<26} "
-                   f"applied={_short(row['last_applied_revision'])}")
-        for c in row["conditions"]:
-            click.echo(f"    {c['type']}: {c['message']}")
+        name = row.environment + (f"/{row.host}" if row.host else "")
+        ready = row.condition("Ready")
+        flags = " ".join(f"{c.type}={c.status}" for c in row.conditions)
+        click.echo(f"{name:<24} {flags:<32} {ready.reason if ready else '':<26} "
+                   f"applied={_short(row.last_applied)}")
+        for c in row.conditions:
+            click.echo(f"    {c.type}: {c.message}")
+        if row.controls is not None and row.controls.held_sha:
+            click.echo(f"    Held: {row.controls.held_sha[:10]} by {row.controls.actor} until "
+                       f"`gitops resume` or a commit newer than "
+                       f"{(row.controls.held_head or '')[:10]}")
 
 
 @main.command()
@@ -197,37 +203,64 @@ def history(as_json: bool, environment: str | None, state_dir: Path | None, limi
             run_id: int | None) -> None:
     """Recorded runs, newest first; ``--run ID`` for one run's hosts, operations and checks."""
     s = _settings(state_dir=state_dir)
-    store = Store(s.state_dir)
-    try:
+    store = _reader(s.state_dir, environment, as_json)
+    if store is None:
+        if run_id is not None:
+            raise click.UsageError(f"no run {run_id}")
+        return
+    with store:
         if run_id is not None:
             run = store.run(run_id)
             if run is None:
                 raise click.UsageError(f"no run {run_id}")
             if as_json:
-                _emit(run)
+                _emit(run.as_dict())
             else:
                 _print_run(run)
             return
         runs = store.history(environment, limit)
-    finally:
-        store.close()
     if as_json:
-        _emit(runs)
+        _emit([r.as_dict() for r in runs])
         return
     for r in runs:
-        sha = (r["sha"] or "")[:10] or "-"
-        took = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "running"
-        failed = f" failed: {', '.join(r['failed_hosts'])}" if r["failed_hosts"] else ""
-        click.echo(f"#{r['id']:<4} {r['started_at'][:19]} {r['environment']:<10} "
-                   f"{r['kind']:<9} {sha:<10} {r['result'] or 'running':<11} {took:>7} "
-                   f"changed={r['changed']} by {r['actor']}{failed}")
+        sha = (r.sha or "")[:10] or "-"
+        took = f"{r.duration_s:.1f}s" if r.duration_s is not None else "running"
+        failed = f" failed: {', '.join(r.failed_hosts)}" if r.failed_hosts else ""
+        click.echo(f"#{r.id:<4} {r.started_at.isoformat()[:19]} {r.environment:<10} "
+                   f"{r.kind:<9} {sha:<10} {r.result or 'running':<11} {took:>7} "
+                   f"changed={r.changed} by {r.actor}{failed}")
 
 
-def _short(ref: str | None) -> str:
-    if not ref:
+def _reader(state_dir: Path, environment: str | None, as_json: bool,
+            empty: Any = ()) -> Store | None:
+    """The store opened read-only for a read command (creates nothing); None when the
+    state folder holds no database yet ("no runs recorded yet" is printed). A missing state
+    folder, or an environment the store does not know, is a usage error (exit 2)."""
+    try:
+        store = Store(state_dir, readonly=True)
+    except NoStore as exc:
+        if not exc.folder_exists:
+            _fail(exc, as_json)
+        if as_json:
+            _emit(list(empty) if isinstance(empty, tuple) else empty)
+        else:
+            click.echo("no runs recorded yet")
+        return None
+    except GitopsError as exc:
+        _fail(exc, as_json)
+    if environment is not None:
+        known = store.environments()
+        if environment not in known:
+            store.close()
+            _fail(UsageError(f"unknown environment {environment!r}; known: "
+                             f"{', '.join(known) or 'none recorded yet'}"), as_json)
+    return store
+
+
+def _short(ref: Ref | None) -> str:
+    if ref is None:
         return "-"
-    branch, _, sha = ref.partition("@sha1:")
-    return f"{branch}@{sha[:10]}"
+    return f"{ref.branch}@{ref.short}"
 
 
 def _print_plan(plan: Plan) -> None:
@@ -275,17 +308,18 @@ def _print_outcome(outcome: pipeline.Outcome) -> None:
             click.secho(f"  ✗ {host}: {why}", fg="red")
 
 
-def _print_run(run: dict[str, Any]) -> None:
-    click.echo(f"run #{run['id']} {run['kind']} of {run['environment']} by {run['actor']}: "
-               f"{run['result']} ({run['sha'] or '-'})")
-    if run["error"]:
-        click.echo(f"  error: {run['error']}")
-    for h in run["hosts"]:
-        click.echo(f"  {h['host']}: apply={h['apply_status']} changed={h['changed']} "
-                   f"verify={h['verify_status']}" + (f" error={h['error']}" if h["error"] else ""))
-    for c in run["checks"]:
-        if c["status"] != "pass":
-            click.echo(f"  ✗ {c['host']} {c['service']}/{c['check']}: {c['message'][:200]}")
+def _print_run(detail: RunDetail) -> None:
+    run = detail.run
+    click.echo(f"run #{run.id} {run.kind} of {run.environment} by {run.actor}: "
+               f"{run.result} ({run.sha or '-'})")
+    if run.error:
+        click.echo(f"  error: {run.error}")
+    for h in detail.hosts:
+        click.echo(f"  {h.host}: apply={h.apply_status} changed={h.changed} "
+                   f"verify={h.verify_status}" + (f" error={h.error}" if h.error else ""))
+    for c in detail.checks:
+        if c.status != "pass":
+            click.echo(f"  ✗ {c.host} {c.service}/{c.check}: {c.message[:200]}")
 
 
 def _fail(exc: GitopsError, as_json: bool) -> None:
@@ -409,10 +443,10 @@ def _control(action: str, environment: str | None, state_dir: Path | None, as_js
         try:
             if action == "suspend":
                 answer = control.suspend(store, s.environment, actor=_operator(),
-                                         reason=body["reason"])
+                                         reason=body["reason"]).as_dict()
             else:
                 answer = control.resume(store, s.environment, actor=_operator(),
-                                        reason=body.get("reason", ""))
+                                        reason=body.get("reason", "")).as_dict()
         except GitopsError as exc:
             _fail(exc, as_json)
         finally:
@@ -477,7 +511,7 @@ def rollback(revision: str | None, reason: str, as_json: bool, **opts: Any) -> N
         except GitopsError as exc:
             _fail(exc, as_json)
             return
-    sha = str(held["held_sha"])
+    sha = str(held.held_sha)
     outcome = pipeline.run(target, pipeline.Request(
         kind="rollback", revision=sha, reason=reason or f"rollback to {sha[:10]}",
         actor=_operator()), _progress(as_json))
@@ -505,13 +539,36 @@ def retry(failed: bool, as_json: bool, **opts: Any) -> None:
     with Store(s.state_dir) as store:
         hosts = control.failed_hosts(store, s.environment)
         last = next((r for r in store.history(s.environment, 50)
-                     if r["kind"] in ("reconcile", "rollback", "retry")), None)
+                     if r.kind in ("reconcile", "rollback", "retry")), None)
     if not hosts or last is None:
         raise click.UsageError(f"{s.environment}: no failed hosts to retry")
     outcome = pipeline.run(_target(s), pipeline.Request(
-        kind="retry", revision=last["sha"], hosts=frozenset(hosts),
+        kind="retry", revision=last.sha, hosts=frozenset(hosts),
         reason=f"retry of {', '.join(hosts)}", actor=_operator()), _progress(as_json))
     _conclude(outcome, as_json)
+
+
+@main.command()
+@click.argument("environment")
+@state_option
+@json_option
+def forget(environment: str, state_dir: Path | None, as_json: bool) -> None:
+    """Remove ENVIRONMENT's status record, controls and quarantine (e.g. one made by a typo);
+    its runs stay in history."""
+    s = _settings(state_dir=state_dir)
+    store = _reader(s.state_dir, environment, as_json)
+    if store is None:
+        sys.exit(EXIT_INVALID)
+    store.close()
+    with Store(s.state_dir) as store:
+        removed = store.forget(environment)
+    if as_json:
+        _emit({"environment": environment, "removed": {k: v for k, v in removed.items()
+                                                       if k != "runs"},
+               "runs_kept": removed["runs"]})
+        return
+    click.echo(f"{environment}: status, controls and quarantine removed; its "
+               f"{removed['runs']} run(s) stay in history (gitops history -e {environment})")
 
 
 @main.command()
@@ -525,7 +582,10 @@ def metrics(environment: str | None, state_dir: Path | None, days: float, as_jso
     from gitops.delivery import delivery_metrics
 
     s = _settings(state_dir=state_dir)
-    with Store(s.state_dir) as store:
+    store = _reader(s.state_dir, environment, as_json, empty={})
+    if store is None:
+        return
+    with store:
         result = delivery_metrics(store, environment=environment, days=days)
     if as_json:
         _emit({name: m.as_dict() for name, m in result.items()})
@@ -560,7 +620,10 @@ def incidents(environment: str | None, state_dir: Path | None, folder: Path | No
     from gitops import incidents as incidents_
 
     s = _settings(state_dir=state_dir)
-    with Store(s.state_dir) as store:
+    store = _reader(s.state_dir, environment, as_json)
+    if store is None:
+        return
+    with store:
         found = incidents_.incidents(store, environment)
         if folder is not None:
             incidents_.write_reports(store, folder)

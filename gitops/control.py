@@ -7,30 +7,30 @@ record: a daemon reads the controls at every cycle. Called by ``cli`` and ``loop
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from gitops import source
 from gitops.errors import UsageError
-from gitops.store import Store, now
+from gitops.records import Controls
+from gitops.store import Store
 
 __all__ = ["failed_hosts", "hold", "hold_rollback", "last_good_revision", "release_hold",
            "resume", "suspend"]
 
 
-def suspend(store: Store, environment: str, *, actor: str, reason: str) -> dict[str, Any]:
+def suspend(store: Store, environment: str, *, actor: str, reason: str) -> Controls:
     """Stop every apply to ``environment`` until ``resume`` (checks and drift reports go on)."""
     if not reason.strip():
         raise UsageError("suspend needs a reason (--reason): it is shown to everyone")
     store.set_controls(environment, suspended=1, reason=reason, actor=actor,
-                       since=now().isoformat(timespec="seconds"))
+                       since=store.clock())
     store.record_event(environment, "suspend", actor=actor, reason=reason)
     return store.controls(environment)
 
 
-def resume(store: Store, environment: str, *, actor: str, reason: str = "") -> dict[str, Any]:
+def resume(store: Store, environment: str, *, actor: str, reason: str = "") -> Controls:
     """Resume applies, and release a rollback hold: the branch head is reconciled again."""
     store.set_controls(environment, suspended=0, reason="", actor=actor,
-                       since=now().isoformat(timespec="seconds"), held_sha=None, held_head=None)
+                       since=store.clock(), held_sha=None, held_head=None)
     store.record_event(environment, "resume", actor=actor, reason=reason)
     return store.controls(environment)
 
@@ -39,17 +39,17 @@ def last_good_revision(store: Store, environment: str, *, before: str | None) ->
     """The newest revision that an apply verified on every host it targeted, other than
     ``before`` (the revision to move away from)."""
     for run in store.history(environment, limit=500):
-        if (run["kind"] in ("reconcile", "rollback") and run["result"] == "succeeded"
-                and run["sha"] and run["sha"] != before):
-            return str(run["sha"])
+        if (run.kind in ("reconcile", "rollback") and run.result == "succeeded"
+                and not run.event and run.sha and run.sha != before):
+            return run.sha
     return None
 
 
 def hold(store: Store, environment: str, sha: str, *, head: str, actor: str,
-         reason: str) -> dict[str, Any]:
+         reason: str) -> Controls:
     """Pin ``environment`` to ``sha`` until ``resume`` or a commit newer than ``head``."""
     store.set_controls(environment, held_sha=sha, held_head=head, actor=actor,
-                       since=now().isoformat(timespec="seconds"))
+                       since=store.clock())
     store.record_event(environment, "rollback", actor=actor, sha=sha,
                        reason=reason or f"hold {sha[:10]} until resume or a newer commit")
     return store.controls(environment)
@@ -57,14 +57,15 @@ def hold(store: Store, environment: str, sha: str, *, head: str, actor: str,
 
 def hold_rollback(store: Store, environment: str, *, repo: str, branch: str,
                   state_dir: Path, revision: str | None, actor: str,
-                  reason: str) -> dict[str, Any]:
+                  reason: str) -> Controls:
     """Resolve ``revision`` (default: the last verified one before the applied revision) to a
     full SHA and hold it; the controls returned carry it as ``held_sha``."""
     head = source.head(repo, branch)
     source.fetch(repo, branch, state_dir)
-    applied = (store.environment_status(environment) or {}).get("last_applied_revision") or ""
+    current = store.environment_status(environment)
+    applied = current.last_applied if current is not None else None
     sha = revision or last_good_revision(store, environment,
-                                         before=applied.rsplit(":", 1)[-1] or None)
+                                         before=applied.sha if applied else None)
     if sha is None:
         raise UsageError(f"{environment}: no earlier verified revision to roll back to")
     full = source.revision(repo, branch, sha, state_dir).sha
@@ -81,6 +82,6 @@ def release_hold(store: Store, environment: str, *, head: str) -> None:
 def failed_hosts(store: Store, environment: str) -> list[str]:
     """The hosts that failed in the latest apply run of ``environment``."""
     for run in store.history(environment, limit=50):
-        if run["kind"] in ("reconcile", "rollback", "retry") and run["result"] is not None:
-            return list(run["failed_hosts"])
+        if run.kind in ("reconcile", "rollback", "retry") and run.result is not None:
+            return list(run.failed_hosts)
     return []

@@ -23,16 +23,15 @@ Markdown file per incident in a reports folder. Only what the store holds is sho
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gitops.records import APPLY_KINDS, RunRow
 from gitops.store import Store
 
 __all__ = [
@@ -48,108 +47,18 @@ __all__ = [
     "write_reports",
 ]
 
-APPLY_KINDS = frozenset({"reconcile", "rollback", "retry"})
-"""Run kinds that apply a revision to hosts."""
-
 DiffSummary = Callable[[str, str], str]
 """``diff_summary(old_sha, new_sha)``: e.g. ``git diff --stat``, supplied by the caller."""
 
 
-def _time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    stamp = datetime.fromisoformat(value)
-    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class RunRow:
-    """One row of ``runs`` (without the plan), with parsed times."""
-
-    id: int
-    environment: str
-    kind: str
-    actor: str
-    reason: str
-    sha: str | None
-    branch: str | None
-    author: str | None
-    committed_at: datetime | None
-    message: str | None
-    started_at: datetime
-    finished_at: datetime | None
-    result: str | None
-    error: str | None
-    failed_hosts: tuple[str, ...]
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> RunRow:
-        started = _time(row["started_at"])
-        assert started is not None
-        return cls(
-            id=row["id"], environment=row["environment"], kind=row["kind"],
-            actor=row["actor"], reason=row["reason"] or "", sha=row["sha"],
-            branch=row["branch"], author=row["author"],
-            committed_at=_time(row["committed_at"]), message=row["message"],
-            started_at=started, finished_at=_time(row["finished_at"]), result=row["result"],
-            error=row["error"], failed_hosts=tuple(json.loads(row["failed_hosts"] or "[]")),
-        )
-
-    @property
-    def real(self) -> bool:
-        """A run that fetched a revision (an operator's request, ``record_event``, has none)."""
-        return self.branch is not None
-
-    @property
-    def request(self) -> bool:
-        """An operator's request recorded by ``record_event`` (suspend, resume, rollback)."""
-        return not self.real and self.finished_at == self.started_at
-
-    @property
-    def drift_check(self) -> bool:
-        return self.kind == "verify" and self.reason == "drift check"
-
-    @property
-    def drift_correction(self) -> bool:
-        return self.kind == "reconcile" and self.reason == "drift correction"
-
-    @property
-    def verified_success(self) -> bool:
-        """A succeeded apply run that reached hosts."""
-        return self.real and self.kind in APPLY_KINDS and self.result == "succeeded"
-
-    @property
-    def at(self) -> datetime:
-        return self.finished_at or self.started_at
-
-
-_RUN_COLUMNS = ("id, environment, kind, actor, reason, sha, branch, author, committed_at,"
-                " message, started_at, finished_at, result, error, failed_hosts")
-
-
 def load_runs(store: Store, environment: str | None = None) -> dict[str, list[RunRow]]:
-    """Every run (oldest first) per environment, in one query."""
-    sql = f"SELECT {_RUN_COLUMNS} FROM runs"
-    args: tuple[str, ...] = ()
-    if environment is not None:
-        sql, args = sql + " WHERE environment=?", (environment,)
-    out: dict[str, list[RunRow]] = {}
-    for row in store.db.execute(sql + " ORDER BY environment, id", args):
-        out.setdefault(row["environment"], []).append(RunRow.from_row(row))
-    return out
+    """Every run (oldest first) per environment (``Store.runs``)."""
+    return store.runs(environment)
 
 
 def verified_hosts(store: Store, environment: str | None = None) -> dict[int, frozenset[str]]:
-    """The hosts of each succeeded apply run (a succeeded run verified every host it has)."""
-    sql = ("SELECT h.run_id, h.host FROM host_results h JOIN runs r ON r.id = h.run_id"
-           " WHERE r.result = 'succeeded' AND r.kind IN ('reconcile', 'rollback', 'retry')")
-    args: tuple[str, ...] = ()
-    if environment is not None:
-        sql, args = sql + " AND r.environment=?", (environment,)
-    hosts: dict[int, set[str]] = {}
-    for run_id, host in store.db.execute(sql, args):
-        hosts.setdefault(run_id, set()).add(host)
-    return {k: frozenset(v) for k, v in hosts.items()}
+    """The hosts of each succeeded apply run (``Store.verified_hosts``)."""
+    return store.verified_hosts(environment)
 
 
 def default_cause(run: RunRow) -> str | None:
@@ -331,20 +240,17 @@ def _incident(store: Store, ep: Episode, runs: list[RunRow],
 
 
 def _hosts(store: Store, run_id: int) -> list[str]:
-    return [r[0] for r in store.db.execute(
-        "SELECT host FROM host_results WHERE run_id=? ORDER BY host", (run_id,))]
+    return [h.host for h in store.host_results(run_id)]
 
 
 def _plan(store: Store, run_id: int) -> list[dict[str, Any]]:
-    row = store.db.execute("SELECT plan FROM runs WHERE id=?", (run_id,)).fetchone()
-    if row is None or not row["plan"]:
+    detail = store.run(run_id)
+    if detail is None or detail.plan is None:
         return []
-    out = []
-    for host in json.loads(row["plan"]).get("hosts", []):
-        changes = [f"{op.get('service') or '-'}: {op['name']}" for op in host.get("ops", [])
-                   if op.get("would_change")]
-        out.append({"host": host["host"], "changes": changes, "error": host.get("error")})
-    return out
+    return [{"host": host.host,
+             "changes": [f"{op.service or '-'}: {op.name}" for op in host.ops
+                         if op.would_change],
+             "error": host.error} for host in detail.plan.hosts]
 
 
 def _failures(store: Store, run: RunRow) -> list[dict[str, Any]]:
@@ -355,23 +261,20 @@ def _failures(store: Store, run: RunRow) -> list[dict[str, Any]]:
                                           "host": host, "error": None, "ops": [],
                                           "checks": []})
 
-    for row in store.db.execute(
-            "SELECT host, error FROM host_results WHERE run_id=? AND error IS NOT NULL"
-            " AND error != '' ORDER BY host", (run.id,)):
-        entry(row["host"])["error"] = row["error"]
-    for row in store.db.execute(
-            "SELECT host, service, name, stderr FROM op_results WHERE run_id=?"
-            " AND status='failed' ORDER BY host, seq", (run.id,)):
-        entry(row["host"])["ops"].append({"service": row["service"], "name": row["name"],
-                                          "stderr": row["stderr"]})
-    for row in store.db.execute(
-            "SELECT host, service, check_name, status, message FROM check_results"
-            " WHERE run_id=? AND status != 'pass' ORDER BY host, service, check_name",
-            (run.id,)):
-        entry(row["host"])["checks"].append({"service": row["service"],
-                                             "check": row["check_name"],
-                                             "status": row["status"],
-                                             "message": row["message"]})
+    detail = store.run(run.id)
+    if detail is not None:
+        for h in detail.hosts:
+            if h.error:
+                entry(h.host)["error"] = h.error
+        for op in detail.operations:
+            if op.status == "failed":
+                entry(op.host)["ops"].append({"service": op.service, "name": op.name,
+                                              "stderr": op.stderr})
+        for chk in detail.checks:
+            if chk.status != "pass":
+                entry(chk.host)["checks"].append({"service": chk.service, "check": chk.check,
+                                                  "status": chk.status,
+                                                  "message": chk.message})
     for host in run.failed_hosts:
         entry(host)
     return [per_host[h] for h in sorted(per_host)]

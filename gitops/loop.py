@@ -27,7 +27,7 @@ from gitops import control, notify, source
 from gitops import verify as verify_stage
 from gitops.errors import GitopsError, PermanentError, UsageError
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
-from gitops.records import RunKind
+from gitops.records import Controls, RunKind, RunRow, StatusRow
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import ENVIRONMENT, Condition, Store
 
@@ -105,12 +105,13 @@ class Daemon:
         env = self._env(environment)
         with self._store() as store:
             if action == "suspend":
-                return control.suspend(store, env.target.environment, actor=actor, reason=reason)
+                return control.suspend(store, env.target.environment, actor=actor,
+                                       reason=reason).as_dict()
             if action == "resume":
                 result = control.resume(store, env.target.environment, actor=actor,
-                                        reason=reason)
+                                        reason=reason).as_dict()
             elif action == "rollback":
-                result = self._hold(store, env, revision, actor=actor, reason=reason)
+                result = self._hold(store, env, revision, actor=actor, reason=reason).as_dict()
             elif action == "retry":
                 hosts = control.failed_hosts(store, env.target.environment)
                 if not hosts:
@@ -134,11 +135,11 @@ class Daemon:
 
     def status(self) -> list[dict[str, Any]]:
         with self._store() as store:
-            rows = store.status()
+            rows = [row.as_dict() for row in store.status()]
             for row in rows:
                 if row["host"] == ENVIRONMENT:
-                    row["controls"] = store.controls(row["environment"])
-                    row["quarantined"] = [q["sha"] for q in store.quarantined(row["environment"])]
+                    row["controls"] = store.controls(row["environment"]).as_dict()
+                    row["quarantined"] = [q.sha for q in store.quarantined(row["environment"])]
             return rows
 
     # -- running ---------------------------------------------------------------------------
@@ -215,19 +216,19 @@ class Daemon:
             return self._backoff(env)
         with self._store() as store:
             controls = store.controls(name)
-            if controls["suspended"]:
+            if controls.suspended:
                 return self._jitter(cfg.interval, cfg)
-            if controls["held_sha"] and head != controls["held_head"]:
+            if controls.held_sha and head != controls.held_head:
                 control.release_hold(store, name, head=head)
                 controls = store.controls(name)
-            wanted = controls["held_sha"] or head
+            wanted = controls.held_sha or head
             last = [r for r in store.history(name, limit=20)
-                    if r["kind"] in ("reconcile", "rollback", "retry")][:1]
-            quarantined = {q["sha"] for q in store.quarantined(name)}
-            env_status = next(iter(store.status(name)), None)
-        kind: RunKind = "rollback" if controls["held_sha"] else "reconcile"
+                    if r.kind in ("reconcile", "rollback", "retry")][:1]
+            quarantined = {q.sha for q in store.quarantined(name)}
+            env_status = store.environment_status(name)
+        kind: RunKind = "rollback" if controls.held_sha else "reconcile"
         retry = env.retry_hosts
-        if wanted in quarantined and not controls["held_sha"]:
+        if wanted in quarantined and not controls.held_sha:
             return self._jitter(cfg.interval, cfg)  # the status already says why
         # Webhooks and the repository watcher say "look now"; an operator says "run now".
         forced = pending is not None and not pending[1].startswith(("webhook:", "watch"))
@@ -235,10 +236,10 @@ class Daemon:
             return self._jitter(cfg.interval, cfg)
         self._resend_statuses(env)
         reason, actor = pending or (f"new commit {wanted[:10]}", "gitops-daemon")
-        previous = (env_status or {}).get("last_applied_revision")
-        if previous and not controls["held_sha"]:
+        previous = env_status.last_applied if env_status is not None else None
+        if previous and not controls.held_sha:
             source.fetch(cfg.repo, cfg.branch, env.target.state_dir)
-            old = previous.rsplit(":", 1)[-1]
+            old = previous.sha
             if old != wanted and source.rewrites_history(cfg.repo, env.target.state_dir, old,
                                                          wanted):
                 reason += f" (force-push: {old[:10]} is not an ancestor of {wanted[:10]})"
@@ -257,21 +258,18 @@ class Daemon:
         return self._after(env, outcome, wanted)
 
     @staticmethod
-    def _needs_run(wanted: str, last: list[dict[str, Any]],
-                   env_status: dict[str, Any] | None) -> bool:
+    def _needs_run(wanted: str, last: list[RunRow], env_status: StatusRow | None) -> bool:
         """Whether the wanted commit still has to be reconciled (no SSH is needed to know)."""
-        attempted = (env_status or {}).get("last_attempted_revision") or ""
-        if env_status is not None and attempted.rsplit(":", 1)[-1] == wanted:
-            stalled = any(c["type"] == "Stalled" and c["status"] == "True"
-                          for c in env_status["conditions"])
-            if stalled:
-                return False  # permanent failure: wait for a new commit
+        attempted = env_status.last_attempted if env_status is not None else None
+        if (env_status is not None and attempted is not None and attempted.sha == wanted
+                and env_status.is_true("Stalled")):
+            return False  # permanent failure: wait for a new commit
         if not last:
             return True
         newest = last[0]
-        if newest["sha"] != wanted:
+        if newest.sha != wanted:
             return True
-        return bool(newest["result"] == "interrupted")
+        return newest.result == "interrupted"
 
     def _after(self, env: _Env, outcome: Outcome, sha: str) -> float:
         """Decide what follows a run: done, rollback and quarantine, retry, or backoff."""
@@ -305,10 +303,10 @@ class Daemon:
             store.quarantine(name, bad, f"verification failed on {', '.join(hosts)}")
             by_revision: dict[str, list[str]] = {}
             for row in store.status(name):
-                if row["host"] in hosts and row["last_verified_revision"]:
-                    sha = row["last_verified_revision"].rsplit(":", 1)[-1]
+                if row.host in hosts and row.last_verified is not None:
+                    sha = row.last_verified.sha
                     if sha != bad:
-                        by_revision.setdefault(sha, []).append(row["host"])
+                        by_revision.setdefault(sha, []).append(row.host)
         log.warning("%s: quarantined %s; rolling back %s", env.config.name, bad[:10], hosts)
         self._notify(env, notify.Event(
             kind="quarantine", environment=env.config.name, sha=bad,
@@ -322,7 +320,7 @@ class Daemon:
             self._report(env, outcome, kind="rollback")
 
     def _hold(self, store: Store, env: _Env, revision: str | None, *, actor: str,
-              reason: str) -> dict[str, Any]:
+              reason: str) -> Controls:
         return control.hold_rollback(
             store, env.target.environment, repo=env.config.repo, branch=env.config.branch,
             state_dir=env.target.state_dir, revision=revision, actor=actor, reason=reason)
@@ -331,13 +329,13 @@ class Daemon:
         """Verify the last applied revision; with ``drift: correct``, re-apply it on drift."""
         cfg, name = env.config, env.target.environment
         with self._store() as store:
-            if store.controls(name)["suspended"]:
+            if store.controls(name).suspended:
                 return
             current = store.environment_status(name)
-        applied = (current or {}).get("last_applied_revision")
-        if not applied:
+        applied = current.last_applied if current is not None else None
+        if applied is None:
             return
-        sha = applied.rsplit(":", 1)[-1]
+        sha = applied.sha
         env.running = f"drift check {sha[:10]}"
         outcome = run(env.target, Request(kind="verify", revision=sha, reason="drift check",
                                           actor="gitops-daemon"))
@@ -391,15 +389,15 @@ class Daemon:
         with self._store() as store:
             waiting = store.undelivered(env.target.environment)
         for item in waiting:
-            if item["receiver"] >= len(env.config.commit_status):
+            if item.receiver >= len(env.config.commit_status):
                 continue
             d = notify.set_commit_status(
-                env.config.commit_status[item["receiver"]], item["sha"], item["state"],
-                item["description"], environment=env.config.name, index=item["receiver"],
+                env.config.commit_status[item.receiver], item.sha, item.state,  # type: ignore[arg-type]
+                item.description, environment=env.config.name, index=item.receiver,
                 retries=1)
             if d.ok:
                 with self._store() as store:
-                    store.delivered(env.target.environment, item["receiver"], item["sha"])
+                    store.delivered(env.target.environment, item.receiver, item.sha)
 
     def _write_incidents(self, env: _Env) -> None:
         from gitops import incidents
@@ -417,9 +415,8 @@ class Daemon:
             log.warning("%s: cannot write incident reports: %s", cfg.name, exc)
 
     @staticmethod
-    def _was_ready(env_status: dict[str, Any] | None) -> bool:
-        return any(c["type"] == "Ready" and c["status"] == "True"
-                   for c in (env_status or {}).get("conditions", [])) or env_status is None
+    def _was_ready(env_status: StatusRow | None) -> bool:
+        return env_status is None or env_status.ready
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -470,6 +467,6 @@ class Daemon:
     def _condition(store: Store, env: str, condition: Condition) -> None:
         """Set one condition of the environment, keeping the others (Ready stays as it was)."""
         row = store.environment_status(env)
-        kept = [Condition(**c) for c in (row or {}).get("conditions", [])
-                if c["type"] != condition.type]
+        kept = [c for c in (row.conditions if row is not None else ())
+                if c.type != condition.type]
         store.set_status(env, ENVIRONMENT, [*kept, condition])

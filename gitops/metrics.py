@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -39,7 +38,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gitops.store import ENVIRONMENT, Store
+from gitops.records import LatestCheck
+from gitops.store import ENVIRONMENT, NoStore, Store, StoreOutdated
 
 __all__ = [
     "DELIVERY_WINDOW",
@@ -91,68 +91,12 @@ METRICS: dict[str, str] = {
 
 ROLLOUT_KINDS = ("reconcile", "rollback", "retry")
 
-_EVENT = "(r.duration_s = 0 AND r.stage_s = '{}' AND r.error IS NULL)"
-"""An operator action recorded by ``Store.record_event`` (suspend, resume, rollback hold)."""
-
 
 # -- reading the store ------------------------------------------------------------------
 
 
-def _epoch(stamp: str | None) -> float | None:
-    return datetime.fromisoformat(stamp).timestamp() if stamp else None
-
-
-def _sha(ref: str | None) -> str | None:
-    """``main@sha1:<sha>`` (or a bare SHA) → the short SHA."""
-    if not ref:
-        return None
-    return ref.rsplit(":", 1)[-1][:SHORT_SHA]
-
-
-def _ready(conditions: list[dict[str, str]]) -> int:
-    return int(any(c["type"] == "Ready" and c["status"] == "True" for c in conditions))
-
-
-def _environments(db: sqlite3.Connection) -> list[str]:
-    rows = db.execute(
-        "SELECT DISTINCT environment FROM runs UNION SELECT environment FROM status"
-        " UNION SELECT environment FROM controls UNION SELECT environment FROM quarantine")
-    return sorted(r[0] for r in rows)
-
-
-def _latest_checked(db: sqlite3.Connection) -> list[sqlite3.Row]:
-    """Per environment and host, the newest run that checked it: id, kind, verify status.
-
-    One query per host of the status record, walking ``host_results`` newest first (its
-    primary key), so it stops at the host's latest check instead of grouping all history.
-    """
-    found: list[sqlite3.Row] = []
-    for env, host in db.execute("SELECT environment, host FROM status WHERE host != ''"
-                                " ORDER BY environment, host").fetchall():
-        row = db.execute(
-            "SELECT r.environment, h.host, h.run_id, r.kind, h.verify_status"
-            " FROM host_results h JOIN runs r ON r.id = h.run_id"
-            " WHERE h.host = ? AND r.environment = ? AND h.verify_status IS NOT NULL"
-            " ORDER BY h.run_id DESC LIMIT 1", (host, env)).fetchone()
-        if row is not None:
-            found.append(row)
-    return found
-
-
-def _latest_rollout(db: sqlite3.Connection, environment: str) -> sqlite3.Row | None:
-    kinds = ",".join(f"'{k}'" for k in ROLLOUT_KINDS)
-    row: sqlite3.Row | None = db.execute(
-        f"SELECT r.id, r.result FROM runs r WHERE r.environment = ? AND r.kind IN ({kinds})"
-        f" AND NOT {_EVENT} ORDER BY r.id DESC LIMIT 1", (environment,)).fetchone()
-    return row
-
-
-def _last_verified_success(db: sqlite3.Connection, environment: str) -> float | None:
-    row = db.execute(
-        "SELECT finished_at FROM runs WHERE environment = ? AND result = 'succeeded'"
-        " AND json_extract(stage_s, '$.verify') IS NOT NULL ORDER BY id DESC LIMIT 1",
-        (environment,)).fetchone()
-    return _epoch(row[0]) if row else None
+def _epoch(stamp: datetime | None) -> float | None:
+    return stamp.timestamp() if stamp is not None else None
 
 
 DELIVERY_CACHE_S = 60.0
@@ -175,9 +119,7 @@ def _delivery(store: Store, environment: str | None = None,
     except ImportError:
         return None
     key = (str(store.path), environment, days)
-    fingerprint = tuple(store.db.execute(
-        "SELECT MAX(id), MAX(finished_at), (SELECT COUNT(*) FROM quarantine) FROM runs"
-    ).fetchone())
+    fingerprint = store.change_mark()
     clock = time.monotonic()
     with _delivery_lock:
         cached = _delivery_cache.get(key)
@@ -213,24 +155,18 @@ class _Totals:
     durations: dict[tuple[str, str, str], list[float]] = dataclasses.field(
         default_factory=dict)
 
-    def update(self, db: sqlite3.Connection) -> None:
+    def update(self, store: Store) -> None:
         # Where the next watermark can go is read first: every run at or below it was
         # finished then, so the read that follows sees it (a run finishing in between is
         # above it and lands in ``counted``).
-        unfinished, top = db.execute(
-            "SELECT MIN(CASE WHEN finished_at IS NULL THEN id END), MAX(id) FROM runs"
-            " WHERE id > ?", (self.watermark,)).fetchone()
-        counted = ",".join(str(i) for i in sorted(self.counted))
-        for run_id, env, kind, result, event, stage_s in db.execute(
-                f"SELECT r.id, r.environment, r.kind, r.result, {_EVENT}, r.stage_s FROM runs r"
-                f" WHERE r.id > ? AND r.finished_at IS NOT NULL AND r.id NOT IN ({counted})",
-                (self.watermark,)):
-            self.counted.add(run_id)
-            if result is not None:
-                key = (env, kind, result, int(event))
+        unfinished, top, finished = store.finished_since(self.watermark, self.counted)
+        for run in finished:
+            self.counted.add(run.id)
+            if run.result is not None:
+                key = (run.environment, run.kind, run.result, int(run.event))
                 self.runs[key] = self.runs.get(key, 0) + 1
-            for stage, value in json.loads(stage_s or "{}").items():
-                sums = self.durations.setdefault((env, kind, stage),
+            for stage, value in run.stage_s.items():
+                sums = self.durations.setdefault((run.environment, run.kind, stage),
                                                  [0.0] * (2 + len(DURATION_BUCKETS)))
                 sums[0] += 1
                 sums[1] += value
@@ -247,16 +183,17 @@ MAX_COUNTED = 10_000
 """Runs counted above an old unfinished one before the totals are added up afresh."""
 
 
-def _totals(path: Path, db: sqlite3.Connection) -> _Totals:
-    """The up-to-date totals of the store at ``path`` (kept per process, like a counter)."""
+def _totals(store: Store) -> _Totals:
+    """The up-to-date totals of ``store`` (kept per process and path, like a counter)."""
+    path = store.path
     key = (str(path), path.stat().st_ino)  # a store made anew at the same path starts over
-    top = db.execute("SELECT MAX(id) FROM runs").fetchone()[0] or 0
+    top = store.max_run_id()
     with _totals_lock:
         totals = _totals_by_store.get(key)
         if totals is None or len(totals.counted) > MAX_COUNTED or top < totals.watermark:
             # runs gone from below the watermark: not the history counted so far
             totals = _totals_by_store[key] = _Totals()
-        totals.update(db)
+        totals.update(store)
         return totals
 
 
@@ -270,15 +207,14 @@ class StoreCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
-        db = self.store.db
-        environments = _environments(db)
-        latest = _latest_checked(db)
-        totals = _totals(self.store.path, db)
+        store = self.store
+        latest = store.latest_checked()
+        totals = _totals(store)
         yield self._durations(totals)
         yield from self._runs(totals)
-        yield from self._status(db, latest)
-        yield from self._checks(db, latest)
-        yield from self._environment_gauges(db, environments)
+        yield from self._status(store, latest)
+        yield from self._checks(store, latest)
+        yield from self._environment_gauges(store, store.environments())
         yield from self._delivery()
 
     @staticmethod
@@ -310,7 +246,7 @@ class StoreCollector(Collector):
         yield events
 
     @staticmethod
-    def _status(db: sqlite3.Connection, latest: list[sqlite3.Row]) -> Iterator[Metric]:
+    def _status(store: Store, latest: list[LatestCheck]) -> Iterator[Metric]:
         env_ready = GaugeMetricFamily(
             "gitops_environment_ready", "1 if the environment's Ready condition is True.",
             labels=["environment"])
@@ -324,28 +260,27 @@ class StoreCollector(Collector):
             "gitops_drift",
             "1 if the host's latest check was a drift check (verify run) that failed.",
             labels=["environment", "host"])
-        rows = db.execute("SELECT environment, host, conditions, last_applied_revision"
-                          " FROM status ORDER BY environment, host").fetchall()
         hosts: set[tuple[str, str]] = set()
-        for env, host, conditions, applied in rows:
-            ready = _ready(json.loads(conditions))
-            if host == ENVIRONMENT:
-                env_ready.add_metric([env], ready)
+        for row in store.status():
+            if row.updated_at is None:
+                continue  # only suspended or held: no run has written its status
+            ready = int(row.ready)
+            if row.host == ENVIRONMENT:
+                env_ready.add_metric([row.environment], ready)
                 continue
-            hosts.add((env, host))
-            host_ready.add_metric([env, host], ready)
-            sha = _sha(applied)
-            if sha:
-                revision.add_metric([env, host], {"revision": sha})
-        drifted = {(r["environment"], r["host"]): int(r["kind"] == "verify"
-                                                       and r["verify_status"] == "fail")
+            hosts.add((row.environment, row.host))
+            host_ready.add_metric([row.environment, row.host], ready)
+            if row.last_applied is not None:
+                revision.add_metric([row.environment, row.host],
+                                    {"revision": row.last_applied.sha[:SHORT_SHA]})
+        drifted = {(r.environment, r.host): int(r.kind == "verify" and r.verify_status == "fail")
                    for r in latest}
         for env, host in sorted(hosts | set(drifted)):
             drift.add_metric([env, host], drifted.get((env, host), 0))
         yield from (env_ready, host_ready, revision, drift)
 
     @staticmethod
-    def _checks(db: sqlite3.Connection, latest_checked: list[sqlite3.Row]) -> Iterator[Metric]:
+    def _checks(store: Store, latest_checked: list[LatestCheck]) -> Iterator[Metric]:
         service_ready = GaugeMetricFamily(
             "gitops_service_ready",
             "1 if every check of the service passed in the host's latest checked run.",
@@ -355,20 +290,18 @@ class StoreCollector(Collector):
             labels=["environment", "host", "service", "check"])
         for latest in latest_checked:
             services: dict[str, int] = {}
-            for service, name, status in db.execute(
-                    "SELECT service, check_name, status FROM check_results"
-                    " WHERE run_id = ? AND host = ? ORDER BY service, check_name",
-                    (latest["run_id"], latest["host"])):
-                passed = int(status == "pass")
-                services[service] = services.get(service, 1) & passed
-                check.add_metric([latest["environment"], latest["host"], service, name], passed)
+            for result in store.checks(latest.run_id, latest.host):
+                passed = int(result.status == "pass")
+                services[result.service] = services.get(result.service, 1) & passed
+                check.add_metric([latest.environment, latest.host, result.service,
+                                  result.check], passed)
             for service, ready in services.items():
-                service_ready.add_metric([latest["environment"], latest["host"], service], ready)
+                service_ready.add_metric([latest.environment, latest.host, service], ready)
         yield service_ready
         yield check
 
     @staticmethod
-    def _environment_gauges(db: sqlite3.Connection, environments: list[str]) -> Iterator[Metric]:
+    def _environment_gauges(store: Store, environments: list[str]) -> Iterator[Metric]:
         success = GaugeMetricFamily(
             "gitops_last_success_timestamp_seconds",
             "Unix time the last run that verified its hosts succeeded.", labels=["environment"])
@@ -383,32 +316,30 @@ class StoreCollector(Collector):
         suspended = GaugeMetricFamily(
             "gitops_suspended", "1 if applies to the environment are suspended.",
             labels=["environment"])
-        counts = dict(db.execute(
-            "SELECT environment, COUNT(*) FROM quarantine GROUP BY environment").fetchall())
-        controls = dict(db.execute("SELECT environment, suspended FROM controls").fetchall())
+        counts = store.quarantine_counts()
+        controls = store.all_controls()
         known_hosts: dict[str, set[str]] = {}
-        for env, host in db.execute("SELECT environment, host FROM status WHERE host != ''"):
-            known_hosts.setdefault(env, set()).add(host)
+        for row in store.status():
+            if row.host != ENVIRONMENT:
+                known_hosts.setdefault(row.environment, set()).add(row.host)
         for env in environments:
-            stamp = _last_verified_success(db, env)
+            stamp = _epoch(store.last_verified_success(env))
             if stamp is not None:
                 success.add_metric([env], stamp)
             quarantined.add_metric([env], counts.get(env, 0))
-            suspended.add_metric([env], int(bool(controls.get(env, 0))))
-            latest = _latest_rollout(db, env)
+            suspended.add_metric([env], int(env in controls and controls[env].suspended))
+            latest = store.latest_rollout(env, ROLLOUT_KINDS)
             if latest is None:
                 continue
             done = failed = 0
             reached: set[str] = set()
-            for host, apply_status, verify_status in db.execute(
-                    "SELECT host, apply_status, verify_status FROM host_results"
-                    " WHERE run_id = ?", (latest["id"],)):
-                reached.add(host)
-                if apply_status in ("failed", "unreachable") or verify_status == "fail":
+            for host in store.host_results(latest.id):
+                reached.add(host.host)
+                if host.apply_status in ("failed", "unreachable") or host.verify_status == "fail":
                     failed += 1
-                elif verify_status == "pass":
+                elif host.verify_status == "pass":
                     done += 1
-            pending = 0 if latest["result"] == "succeeded" else len(
+            pending = 0 if latest.result == "succeeded" else len(
                 known_hosts.get(env, set()) - reached)
             for state, value in (("done", done), ("failed", failed), ("pending", pending)):
                 rollout.add_metric([env, state], value)
@@ -424,8 +355,9 @@ class StoreCollector(Collector):
             labels=["environment", "window"])
         lead = GaugeMetricFamily(
             "gitops_lead_time_seconds",
-            "Commit time to verified on all targeted hosts (quantiles over the window).",
-            labels=["environment", "window", "quantile"])
+            "Commit time to verified on all targeted hosts over the window, by statistic:"
+            " median or p90 (nearest rank).",
+            labels=["environment", "window", "statistic"])
         failure = GaugeMetricFamily(
             "gitops_change_failure_ratio",
             "Rollouts that failed verification or were rolled back, over all rollouts.",
@@ -438,10 +370,10 @@ class StoreCollector(Collector):
             value = _number(data, "deployment_frequency_per_day")
             if value is not None:
                 frequency.add_metric([env, window], value)
-            for quantile, key in (("0.5", "lead_time_median_s"), ("0.9", "lead_time_p90_s")):
+            for statistic, key in (("median", "lead_time_median_s"), ("p90", "lead_time_p90_s")):
                 value = _number(data, key)
                 if value is not None:
-                    lead.add_metric([env, window, quantile], value)
+                    lead.add_metric([env, window, statistic], value)
             value = _number(data, "change_failure_rate")
             if value is not None:
                 failure.add_metric([env, window], value)
@@ -463,16 +395,19 @@ def render(store: Store) -> bytes:
 
 def api_environments(store: Store) -> list[dict[str, Any]]:
     """Environment status rows (as ``gitops status --json``) with controls and quarantine."""
-    rows = [row for row in store.status() if row["host"] == ENVIRONMENT]
-    for row in rows:
-        row["controls"] = store.controls(row["environment"])
-        row["quarantined"] = store.quarantined(row["environment"])
+    rows = []
+    for row in store.status():
+        if row.host == ENVIRONMENT:
+            rows.append({**row.as_dict(),
+                         "controls": store.controls(row.environment).as_dict(),
+                         "quarantined": [q.as_dict()
+                                         for q in store.quarantined(row.environment)]})
     return rows
 
 
 def api_hosts(store: Store, environment: str | None = None) -> list[dict[str, Any]]:
     """Host status rows (as ``gitops status --json``, environment rows left out)."""
-    return [row for row in store.status(environment) if row["host"] != ENVIRONMENT]
+    return [row.as_dict() for row in store.status(environment) if row.host != ENVIRONMENT]
 
 
 def api_delivery(store: Store, environment: str | None = None,
@@ -545,13 +480,15 @@ def routes(state_dir: Path, authorize: Authorize | None = None) -> list[BaseRout
                 return refusal
 
             def call() -> Response:
-                with Store(state_dir) as store:
+                with Store(state_dir, readonly=True) as store:
                     return read(request, store)
 
             try:
                 return await run_in_threadpool(call)
             except _BadQuery as exc:
                 return JSONResponse({"error": str(exc)}, status_code=400)
+            except (NoStore, StoreOutdated) as exc:  # nothing recorded (yet): nothing to read
+                return JSONResponse({"error": str(exc)}, status_code=503)
 
         return endpoint
 
@@ -566,7 +503,8 @@ def routes(state_dir: Path, authorize: Authorize | None = None) -> list[BaseRout
 
     def runs(request: Request, store: Store) -> Response:
         limit = _int_param(request, "limit", 20, 1, 1000)
-        return _json(store.history(request.query_params.get("environment") or None, limit))
+        return _json([r.as_dict() for r in store.history(
+            request.query_params.get("environment") or None, limit)])
 
     def one_run(request: Request, store: Store) -> Response:
         try:
@@ -576,7 +514,7 @@ def routes(state_dir: Path, authorize: Authorize | None = None) -> list[BaseRout
         run = store.run(run_id)
         if run is None:
             return JSONResponse({"error": f"no run {run_id}"}, status_code=404)
-        return _json(run)
+        return _json(run.as_dict())
 
     def delivery(request: Request, store: Store) -> Response:
         days = _int_param(request, "days", DELIVERY_WINDOW, 1, 3660)

@@ -33,8 +33,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gitops.records import CheckRow, Ref, RunRow, StatusRow
 from gitops.server import _is_loopback
-from gitops.store import ENVIRONMENT, Store
+from gitops.store import ENVIRONMENT, NoStore, Store, StoreOutdated
 
 __all__ = ["COOKIE", "HISTORY", "page_data", "routes", "run_detail"]
 
@@ -74,168 +75,170 @@ _HEADERS = {
 # -- the data -------------------------------------------------------------------------------
 
 
-def page_data(store: Store, *, today: datetime | None = None) -> dict[str, Any]:
-    """The document behind ``GET /api/page`` (shape in the module's README section)."""
-    rows = store.status()
-    names = sorted({r["environment"] for r in rows} | {
-        q["environment"] for q in store.quarantined()})
+def page_data(store: Store | None, *, today: datetime | None = None) -> dict[str, Any]:
+    """The document behind ``GET /api/page`` (shape in the module's README section);
+    ``store`` None: nothing recorded yet."""
+    rows = store.status() if store is not None else []
+    names = sorted({r.environment for r in rows} | {
+        q.environment for q in (store.quarantined() if store is not None else [])})
     return {
         "generated_at": (today or datetime.now(UTC)).isoformat(timespec="seconds"),
-        "environments": [_environment(store, name, rows, today) for name in names],
+        "environments": [_environment(store, name, rows, today)
+                         for name in names if store is not None],
     }
 
 
 def run_detail(store: Store, run_id: int) -> dict[str, Any] | None:
     """One run for the page: ``Store.run`` without the plan's diffs (file contents)."""
-    run = store.run(run_id)
-    if run is None:
+    detail = store.run(run_id)
+    if detail is None:
         return None
-    plan = run.get("plan")
-    if isinstance(plan, dict):
+    run = detail.as_dict()
+    if detail.plan is not None:
         run["plan"] = {"hosts": [
-            {"host": h.get("host"), "error": h.get("error"),
-             "ops": [{k: v for k, v in op.items() if k != "diff"} for op in h.get("ops", [])]}
-            for h in plan.get("hosts", [])
+            {"host": h.host, "error": h.error,
+             "ops": [op.model_dump(mode="json", exclude={"diff"}) for op in h.ops]}
+            for h in detail.plan.hosts
         ]}
     return run
 
 
-def _ready(conditions: list[dict[str, str]]) -> str:
-    for c in conditions:
-        if c.get("type") == "Ready":
-            return c.get("status", "Unknown")
-    return "Unknown"
+def _ready(row: StatusRow | None) -> str:
+    found = row.condition("Ready") if row is not None else None
+    return found.status if found is not None else "Unknown"
 
 
-def _sha(ref: str | None) -> str | None:
-    """``main@sha1:<sha>`` -> ``<sha>``."""
-    if not ref:
-        return None
-    return ref.rpartition(":")[2] or ref
+def _ref(ref: Ref | None) -> str | None:
+    return ref.ref if ref is not None else None
 
 
-def _environment(store: Store, name: str, rows: list[dict[str, Any]],
+def _environment(store: Store, name: str, rows: list[StatusRow],
                  today: datetime | None) -> dict[str, Any]:
-    env_row = next((r for r in rows if r["environment"] == name and r["host"] == ENVIRONMENT),
+    env_row = next((r for r in rows if r.environment == name and r.host == ENVIRONMENT),
                    None)
-    host_rows = [r for r in rows if r["environment"] == name and r["host"] != ENVIRONMENT]
+    host_rows = [r for r in rows if r.environment == name and r.host != ENVIRONMENT]
     controls = store.controls(name)
-    conditions = env_row["conditions"] if env_row else []
-    attempted = env_row["last_attempted_revision"] if env_row else None
-    held = controls.get("held_sha")
-    suspended = bool(controls.get("suspended"))
-    desired_sha = held or _sha(attempted)
+    attempted = env_row.last_attempted if env_row else None
+    held = controls.held_sha
+    suspended = controls.suspended
+    desired_sha = held or (attempted.sha if attempted else None)
     runs = store.history(name, limit=max(_SCAN, 1000))
-    latest = _latest_checks(store, [r["host"] for r in host_rows], runs)
+    latest = _latest_checks(store, [r.host for r in host_rows], runs)
     services = sorted({s for entry in latest.values() for s in entry["services"]})
     hosts = []
     for r in host_rows:
-        entry = latest.get(r["host"], {"run": None, "at": None, "error": None, "services": {}})
-        applied = r["last_applied_revision"]
+        entry = latest.get(r.host, {"run": None, "at": None, "error": None, "services": {}})
         hosts.append({
-            "name": r["host"],
-            "ready": _ready(r["conditions"]),
-            "conditions": r["conditions"],
-            "applied": applied,
-            "attempted": r["last_attempted_revision"],
-            "verified": r["last_verified_revision"],
-            "updated_at": r["updated_at"],
-            "in_sync": desired_sha is not None and _sha(applied) == desired_sha,
+            "name": r.host,
+            "ready": _ready(r),
+            "conditions": [c.as_dict() for c in r.conditions],
+            "applied": _ref(r.last_applied),
+            "attempted": _ref(r.last_attempted),
+            "verified": _ref(r.last_verified),
+            "updated_at": _iso(r.updated_at),
+            "in_sync": desired_sha is not None and r.last_applied is not None
+            and r.last_applied.sha == desired_sha,
             "checks_run": entry["run"],
             "checks_at": entry["at"],
             "check_error": entry["error"],
             "services": entry["services"],
         })
+    since = _iso(controls.since)
     return {
         "name": name,
-        "ready": _ready(conditions),
-        "conditions": conditions,
-        "applied": env_row["last_applied_revision"] if env_row else None,
-        "attempted": attempted,
-        "verified": env_row["last_verified_revision"] if env_row else None,
-        "updated_at": env_row["updated_at"] if env_row else None,
+        "ready": _ready(env_row),
+        "conditions": [c.as_dict() for c in env_row.conditions] if env_row else [],
+        "applied": _ref(env_row.last_applied) if env_row else None,
+        "attempted": _ref(attempted),
+        "verified": _ref(env_row.last_verified) if env_row else None,
+        "updated_at": _iso(env_row.updated_at) if env_row else None,
         "desired": desired_sha,
         "desired_from": "held" if held else "attempted",
         "suspended": suspended,
-        "suspended_reason": (controls.get("reason") or "") if suspended else "",
-        "suspended_by": (controls.get("actor") or "") if suspended else "",
-        "suspended_since": controls.get("since") if suspended else None,
-        "held": {"sha": held, "head": controls.get("held_head"), "since": controls.get("since"),
-                 "by": controls.get("actor")} if held else None,
-        "quarantined": [{"sha": q["sha"], "reason": q["reason"], "since": q["since"]}
+        "suspended_reason": controls.reason if suspended else "",
+        "suspended_by": controls.actor if suspended else "",
+        "suspended_since": since if suspended else None,
+        "held": {"sha": held, "head": controls.held_head, "since": since,
+                 "by": controls.actor} if held else None,
+        "quarantined": [{"sha": q.sha, "reason": q.reason, "since": q.since.isoformat()}
                         for q in store.quarantined(name)],
         "services": services,
         "hosts": hosts,
         "rollout": _rollout(runs, host_rows),
-        "history": runs[:HISTORY],
+        "history": [r.as_dict() for r in runs[:HISTORY]],
         "activity": _activity(runs, today or datetime.now(UTC)),
         "delivery": _delivery(store, name),
         "incidents": _incidents(store, name),
     }
 
 
+def _iso(stamp: datetime | None) -> str | None:
+    return stamp.isoformat() if stamp is not None else None
+
+
 def _latest_checks(store: Store, hosts: list[str],
-                   runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+                   runs: list[RunRow]) -> dict[str, dict[str, Any]]:
     """Per host, the check results of the newest finished run that checked it."""
     wanted = set(hosts)
     found: dict[str, dict[str, Any]] = {}
     for run in runs[:_SCAN]:
         if not wanted:
             break
-        if run["kind"] not in _CHECK_KINDS or run["finished_at"] is None:
+        if run.kind not in _CHECK_KINDS or run.finished_at is None:
             continue
-        detail = store.run(run["id"])
+        detail = store.run(run.id)
         if detail is None:
             continue
-        by_host: dict[str, list[dict[str, Any]]] = {}
-        for check in detail["checks"]:
-            by_host.setdefault(check["host"], []).append(check)
-        errors = {h["host"]: h["error"] for h in detail["hosts"]
-                  if h["verify_status"] == "fail" and h["error"] and h["host"] not in by_host}
+        by_host: dict[str, list[CheckRow]] = {}
+        for check in detail.checks:
+            by_host.setdefault(check.host, []).append(check)
+        errors = {h.host: h.error for h in detail.hosts
+                  if h.verify_status == "fail" and h.error and h.host not in by_host}
         for host in sorted(wanted & (set(by_host) | set(errors))):
             services: dict[str, dict[str, Any]] = {}
             for check in by_host.get(host, []):
-                cell = services.setdefault(check["service"], {"pass": 0, "fail": 0,
-                                                              "failing": []})
-                if check["status"] == "pass":
+                cell = services.setdefault(check.service, {"pass": 0, "fail": 0,
+                                                           "failing": []})
+                if check.status == "pass":
                     cell["pass"] += 1
                 else:
                     cell["fail"] += 1
-                    cell["failing"].append({"check": check["check"], "status": check["status"],
-                                            "message": check["message"]})
-            found[host] = {"run": run["id"], "at": run["finished_at"],
+                    cell["failing"].append({"check": check.check, "status": check.status,
+                                            "message": check.message})
+            found[host] = {"run": run.id, "at": _iso(run.finished_at),
                            "error": errors.get(host), "services": services}
             wanted.discard(host)
     return found
 
 
-def _rollout(runs: list[dict[str, Any]], host_rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _rollout(runs: list[RunRow], host_rows: list[StatusRow]) -> dict[str, Any] | None:
     """The newest run when it has no result yet, with the hosts whose status it has written."""
-    if not runs or runs[0]["result"] is not None:
+    if not runs or runs[0].result is not None:
         return None
     run = runs[0]
-    started = run["started_at"]
-    done = sorted(r["host"] for r in host_rows if r["updated_at"] >= started)
+    started = run.started_at
+    done = sorted(r.host for r in host_rows
+                  if r.updated_at is not None and r.updated_at >= started)
     return {
-        "run": run["id"], "kind": run["kind"], "started_at": started, "actor": run["actor"],
-        "reason": run["reason"], "sha": run["sha"], "message": run["message"],
+        "run": run.id, "kind": run.kind, "started_at": started.isoformat(),
+        "actor": run.actor, "reason": run.reason, "sha": run.sha, "message": run.message,
         "hosts_done": done,
-        "hosts_pending": sorted(r["host"] for r in host_rows if r["host"] not in done),
+        "hosts_pending": sorted(r.host for r in host_rows if r.host not in done),
     }
 
 
-def _activity(runs: list[dict[str, Any]], today: datetime) -> list[dict[str, Any]]:
+def _activity(runs: list[RunRow], today: datetime) -> list[dict[str, Any]]:
     """Finished apply runs per day over the last two weeks: succeeded and not."""
     first = (today - timedelta(days=_ACTIVITY_DAYS - 1)).date()
     good: Counter[str] = Counter()
     bad: Counter[str] = Counter()
     for run in runs:
-        if run["kind"] not in _APPLY_KINDS or run["result"] is None or not run["sha"]:
+        if run.kind not in _APPLY_KINDS or run.result is None or not run.sha:
             continue
-        day = datetime.fromisoformat(run["started_at"]).astimezone(UTC).date()
+        day = run.started_at.astimezone(UTC).date()
         if day < first:
             break  # newest first
-        (good if run["result"] == "succeeded" else bad)[day.isoformat()] += 1
+        (good if run.result == "succeeded" else bad)[day.isoformat()] += 1
     days = [(first + timedelta(days=i)).isoformat() for i in range(_ACTIVITY_DAYS)]
     return [{"day": d, "succeeded": good[d], "failed": bad[d]} for d in days]
 
@@ -326,7 +329,7 @@ def routes(state_dir: Path, authorize: Authorize | None) -> list[BaseRoute]:
         return authorize(request)
 
     def read(fn: Callable[[Store], Any]) -> Any:
-        with Store(state_dir) as store:
+        with Store(state_dir, readonly=True) as store:
             return fn(store)
 
     async def index(request: Request) -> Response:
@@ -363,7 +366,12 @@ def routes(state_dir: Path, authorize: Authorize | None) -> list[BaseRoute]:
         refused = check(request)
         if refused is not None:
             return refused
-        data = await run_in_threadpool(read, page_data)
+        try:
+            data = await run_in_threadpool(read, page_data)
+        except NoStore:  # nothing recorded yet: an empty page
+            data = page_data(None)
+        except StoreOutdated as exc:
+            return JSONResponse({"error": str(exc)}, status_code=503, headers=_HEADERS)
         return JSONResponse(data, headers=_HEADERS)
 
     async def api_run(request: Request) -> Response:
@@ -374,7 +382,10 @@ def routes(state_dir: Path, authorize: Authorize | None) -> list[BaseRoute]:
             run_id = int(request.path_params["run_id"])
         except ValueError:
             return JSONResponse({"error": "not a run id"}, status_code=404)
-        data = await run_in_threadpool(read, lambda store: run_detail(store, run_id))
+        try:
+            data = await run_in_threadpool(read, lambda store: run_detail(store, run_id))
+        except (NoStore, StoreOutdated):
+            data = None
         if data is None:
             return JSONResponse({"error": "no such run"}, status_code=404, headers=_HEADERS)
         return JSONResponse(data, headers=_HEADERS)

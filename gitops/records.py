@@ -1,13 +1,17 @@
-"""The typed values that cross stages: Revision, Plan, ApplyReport, VerifyReport, RunRecord.
+"""The typed values that cross stages: Revision, Plan, ApplyReport, VerifyReport, and the
+rows the store hands out (StatusRow, RunRow, RunDetail, Controls, ...).
 
-Stages take one of these and return one; workers hand them back as JSON. They are pydantic
-models so that the worker boundary, the store, ``--json`` output and the API share one shape.
+Stages take one of these and return one; workers hand them back as JSON. The stage values are
+pydantic models so that the worker boundary, the store, ``--json`` output and the API share one
+shape; the store rows are frozen dataclasses with ``as_dict()`` for that JSON shape.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -148,3 +152,344 @@ class WorkerResult(_Record):
 
 RunKind = Literal["reconcile", "verify", "plan", "rollback", "retry"]
 RunResult = Literal["succeeded", "failed", "invalid", "interrupted", "error"]
+
+
+# -- the rows the store hands out ---------------------------------------------------------
+#
+# Frozen values read from the store: typed attributes for code (``row.last_applied.sha``),
+# and ``as_dict()`` for JSON (the shape ``--json`` and the API print). They also read as that
+# mapping (``row["kind"]``, ``row.get(...)``), so code written against the store's old dict
+# rows keeps working while it moves to the attributes.
+
+
+def _iso(stamp: datetime | None) -> str | None:
+    return stamp.isoformat() if stamp is not None else None
+
+
+class _Row:
+    """``as_dict()`` plus read-only mapping access to it."""
+
+    def as_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __getitem__(self, key: str) -> Any:
+        return self.as_dict()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.as_dict().get(key, default)
+
+    def keys(self) -> Iterable[str]:
+        return self.as_dict().keys()
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A revision as the status record names it: branch and SHA (``main@sha1:<sha>``)."""
+
+    branch: str
+    sha: str
+
+    @classmethod
+    def parse(cls, text: str) -> Ref:
+        """``main@sha1:<sha>`` (or a bare SHA, branch then empty) as a ``Ref``."""
+        branch, sep, sha = text.rpartition("@sha1:")
+        return cls(branch, sha) if sep else cls("", text)
+
+    @classmethod
+    def of(cls, revision: Revision) -> Ref:
+        return cls(revision.branch, revision.sha)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.branch}@sha1:{self.sha}" if self.branch else self.sha
+
+    @property
+    def short(self) -> str:
+        return self.sha[:10]
+
+    def __str__(self) -> str:
+        return self.ref
+
+
+ConditionType = Literal["Ready", "Reconciling", "Stalled", "Suspended"]
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A Flux-style condition: ``type`` is Ready, Reconciling or Stalled (stored), or
+    Suspended (derived by the store from the operator controls, never stored)."""
+
+    type: ConditionType
+    status: Literal["True", "False", "Unknown"]
+    reason: str
+    message: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"type": self.type, "status": self.status, "reason": self.reason,
+                "message": self.message}
+
+
+@dataclass(frozen=True)
+class Controls(_Row):
+    """The operator controls of one environment: suspension and rollback hold."""
+
+    environment: str
+    suspended: bool = False
+    reason: str = ""
+    actor: str = ""
+    since: datetime | None = None
+    held_sha: str | None = None
+    held_head: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "suspended": int(self.suspended),
+                "reason": self.reason, "actor": self.actor, "since": _iso(self.since),
+                "held_sha": self.held_sha, "held_head": self.held_head}
+
+
+@dataclass(frozen=True)
+class Quarantined(_Row):
+    """A revision the daemon will not apply again (verification failed)."""
+
+    environment: str
+    sha: str
+    reason: str
+    since: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "sha": self.sha, "reason": self.reason,
+                "since": self.since.isoformat()}
+
+
+@dataclass(frozen=True)
+class Undelivered(_Row):
+    """A commit status every retry failed to deliver, sent again at the next cycle."""
+
+    id: int
+    environment: str
+    receiver: int
+    sha: str
+    state: str
+    description: str
+    created_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "environment": self.environment, "receiver": self.receiver,
+                "sha": self.sha, "state": self.state, "description": self.description,
+                "created_at": self.created_at.isoformat()}
+
+
+@dataclass(frozen=True)
+class StatusRow(_Row):
+    """The status record of one environment (``host`` empty) or one host."""
+
+    environment: str
+    host: str
+    conditions: tuple[Condition, ...]
+    last_applied: Ref | None
+    last_attempted: Ref | None
+    last_verified: Ref | None
+    updated_at: datetime | None
+    """None for an environment no run has written yet (only its controls are known)."""
+    controls: Controls | None = None
+    """Environment rows only: the operator controls."""
+
+    def condition(self, type_: ConditionType) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+    def is_true(self, type_: ConditionType) -> bool:
+        found = self.condition(type_)
+        return found is not None and found.status == "True"
+
+    @property
+    def ready(self) -> bool:
+        return self.is_true("Ready")
+
+    @property
+    def suspended(self) -> bool:
+        return self.controls is not None and self.controls.suspended
+
+    @property
+    def held(self) -> bool:
+        return self.controls is not None and self.controls.held_sha is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "environment": self.environment, "host": self.host,
+            "conditions": [c.as_dict() for c in self.conditions],
+            "last_applied_revision": self.last_applied.ref if self.last_applied else None,
+            "last_attempted_revision": self.last_attempted.ref if self.last_attempted else None,
+            "last_verified_revision": self.last_verified.ref if self.last_verified else None,
+            "updated_at": _iso(self.updated_at),
+        }
+        if not self.host:
+            c = self.controls
+            out["suspended"] = ({"reason": c.reason, "actor": c.actor, "since": _iso(c.since)}
+                                if c is not None and c.suspended else None)
+            out["held"] = ({"sha": c.held_sha, "head": c.held_head, "actor": c.actor,
+                            "since": _iso(c.since)}
+                           if c is not None and c.held_sha else None)
+        return out
+
+
+APPLY_KINDS = frozenset({"reconcile", "rollback", "retry"})
+"""Run kinds that apply a revision to hosts."""
+
+
+@dataclass(frozen=True)
+class RunRow(_Row):
+    """One recorded run (or operator action, ``event``), without its per-host detail."""
+
+    id: int
+    environment: str
+    kind: str
+    actor: str
+    reason: str
+    sha: str | None
+    branch: str | None
+    author: str | None
+    committed_at: datetime | None
+    message: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    result: str | None
+    error: str | None
+    failed_hosts: tuple[str, ...]
+    duration_s: float | None = None
+    changed: int = 0
+    stage_s: Mapping[str, float] = field(default_factory=dict)
+    event: bool = False
+    """An operator action (suspend, resume, rollback hold) recorded by ``record_event``."""
+
+    @property
+    def revision(self) -> Revision | None:
+        """The commit the run fetched (None for an operator action or a run that fetched
+        nothing)."""
+        if self.sha is None or self.branch is None or self.committed_at is None:
+            return None
+        return Revision(sha=self.sha, branch=self.branch, author=self.author or "",
+                        committed_at=self.committed_at, message=self.message or "")
+
+    @property
+    def real(self) -> bool:
+        """A run that fetched a revision (an operator action has none)."""
+        return self.branch is not None
+
+    @property
+    def request(self) -> bool:
+        """An operator's request recorded by ``record_event`` (suspend, resume, rollback)."""
+        return self.event
+
+    @property
+    def drift_check(self) -> bool:
+        return self.kind == "verify" and self.reason == "drift check"
+
+    @property
+    def drift_correction(self) -> bool:
+        return self.kind == "reconcile" and self.reason == "drift correction"
+
+    @property
+    def verified_success(self) -> bool:
+        """A succeeded apply run that reached hosts."""
+        return self.real and self.kind in APPLY_KINDS and self.result == "succeeded"
+
+    @property
+    def at(self) -> datetime:
+        return self.finished_at or self.started_at
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "environment": self.environment, "kind": self.kind,
+            "actor": self.actor, "reason": self.reason, "sha": self.sha,
+            "branch": self.branch, "author": self.author,
+            "committed_at": _iso(self.committed_at), "message": self.message,
+            "started_at": self.started_at.isoformat(), "finished_at": _iso(self.finished_at),
+            "duration_s": self.duration_s, "result": self.result, "error": self.error,
+            "changed": self.changed, "failed_hosts": list(self.failed_hosts),
+            "stage_s": dict(self.stage_s), "event": self.event,
+        }
+
+
+@dataclass(frozen=True)
+class HostRow(_Row):
+    """One host of one run: apply and verify status."""
+
+    host: str
+    apply_status: str | None
+    changed: int
+    error: str | None
+    verify_status: str | None
+    duration_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "apply_status": self.apply_status, "changed": self.changed,
+                "error": self.error, "verify_status": self.verify_status,
+                "duration_s": self.duration_s}
+
+
+@dataclass(frozen=True)
+class OperationRow(_Row):
+    host: str
+    service: str | None
+    name: str
+    status: str
+    stderr: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "service": self.service, "name": self.name,
+                "status": self.status, "stderr": self.stderr}
+
+
+@dataclass(frozen=True)
+class CheckRow(_Row):
+    host: str
+    service: str
+    check: str
+    status: str
+    message: str
+    duration_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"host": self.host, "service": self.service, "check": self.check,
+                "status": self.status, "message": self.message, "duration_s": self.duration_s}
+
+
+@dataclass(frozen=True)
+class RunDetail(_Row):
+    """One run in full: the run, its plan and its per-host, per-operation, per-check rows."""
+
+    run: RunRow
+    plan: Plan | None
+    hosts: tuple[HostRow, ...]
+    operations: tuple[OperationRow, ...]
+    checks: tuple[CheckRow, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.run.as_dict(),
+                "plan": self.plan.model_dump(mode="json") if self.plan is not None else None,
+                "hosts": [h.as_dict() for h in self.hosts],
+                "operations": [o.as_dict() for o in self.operations],
+                "checks": [c.as_dict() for c in self.checks]}
+
+
+@dataclass(frozen=True)
+class LatestCheck:
+    """The newest run that checked one host: what ``gitops_service_ready`` reads."""
+
+    environment: str
+    host: str
+    run_id: int
+    kind: str
+    verify_status: str
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What the metrics' run totals need of one finished run."""
+
+    id: int
+    environment: str
+    kind: str
+    result: str | None
+    event: bool
+    stage_s: Mapping[str, float]

@@ -1,28 +1,69 @@
 """Stage 6: the run history and the status record, in SQLite (stdlib ``sqlite3``, WAL).
 
-One database in the state folder holds every run (revision, stage reports, durations) and,
-per environment and per host, the status record in Flux's vocabulary: conditions ``Ready``,
-``Reconciling`` and ``Stalled`` (each a status, a reason and a message), the last applied and
-the last attempted revision. ``reconcile`` writes it on every path; the CLI (and later the API,
-metrics and page) only read it.
+The only module that speaks SQL. One database in the state folder holds every run (revision,
+stage reports, durations), and per environment and per host the status record in Flux's
+vocabulary: conditions ``Ready``, ``Reconciling`` and ``Stalled`` (each a status, a reason and a
+message) and the last applied, attempted and verified revision; beside them the operator
+controls, quarantined revisions, undelivered commit statuses and per-service convergence.
+``reconcile`` and the daemon write it; the CLI, the API, the metrics, the incidents, the
+delivery figures and the status page read it through the methods here and get frozen rows
+(``gitops.records``: ``StatusRow``, ``RunRow``, ``RunDetail``, ``Controls``...), never SQL rows.
+
+The schema is a numbered list of migrations (``MIGRATIONS``); the versions applied are recorded
+in ``schema_migrations``. Opening a store read-write applies the missing ones, each in its own
+transaction (a database made before the list existed is version 0 and migrates).
+``Store(state_dir, readonly=True)`` is for the readers: it creates nothing, never writes, and
+raises ``NoStore`` when the folder or the database is missing, ``StoreOutdated`` when the
+database needs a migration that only a writer may apply.
+
+A second backend (PostgreSQL with psycopg 3) fits behind the same methods: the SQL here uses
+``?`` placeholders and plain types only (TEXT ISO-8601 UTC times, INTEGER, REAL, JSON kept in
+TEXT), and dialect-specific bits are marked ``sqlite:`` in comments (``BEGIN IMMEDIATE``,
+``json_extract``, ``INSERT OR IGNORE``, ``PRAGMA``). Such a backend would subclass ``Store``,
+override ``_connect`` and ``_tx`` (``%s`` placeholders via a translating cursor, or psycopg's
+``ClientCursor``), and bring its own ``MIGRATIONS`` list with the same version numbers.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from gitops.records import ApplyReport, Plan, Revision, RunKind, RunResult, VerifyReport
+from gitops.errors import UsageError
+from gitops.records import (
+    ApplyReport,
+    CheckRow,
+    Condition,
+    Controls,
+    FinishedRun,
+    HostRow,
+    LatestCheck,
+    OperationRow,
+    Plan,
+    Quarantined,
+    Ref,
+    Revision,
+    RunDetail,
+    RunKind,
+    RunResult,
+    RunRow,
+    StatusRow,
+    Undelivered,
+    VerifyReport,
+)
 
-__all__ = ["Condition", "Store", "now"]
+__all__ = ["ENVIRONMENT", "MIGRATIONS", "Condition", "Migration", "NoStore", "Store",
+           "StoreOutdated", "now"]
 
-_SCHEMA = """
+DATABASE = "gitops.db"
+
+_V1_TABLES = """
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     environment TEXT NOT NULL,
@@ -115,8 +156,58 @@ CREATE TABLE IF NOT EXISTS status (
     last_verified_revision TEXT,
     updated_at TEXT NOT NULL,
     PRIMARY KEY (environment, host)
-);
+)
 """
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in db.execute(f"PRAGMA table_info({table})")}  # sqlite: PRAGMA
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    """The tables of gitops before numbered migrations (an existing database keeps its own)."""
+    for statement in _statements(_V1_TABLES):
+        db.execute(statement)
+    if "last_verified_revision" not in _columns(db, "status"):
+        db.execute("ALTER TABLE status ADD COLUMN last_verified_revision TEXT")
+
+
+def _v2(db: sqlite3.Connection) -> None:
+    """``runs.event`` marks operator actions (readers used to guess them from empty fields)."""
+    db.execute("ALTER TABLE runs ADD COLUMN event INTEGER NOT NULL DEFAULT 0")
+    db.execute("UPDATE runs SET event = 1 WHERE branch IS NULL AND duration_s = 0"
+               " AND stage_s = '{}' AND error IS NULL AND finished_at = started_at")
+
+
+def _v3(db: sqlite3.Connection) -> None:
+    """An environment's verified revision: successful runs used to leave it empty although
+    their Ready message said "Verified revision"."""
+    db.execute(
+        "UPDATE status SET last_verified_revision = last_applied_revision"
+        " WHERE host = '' AND last_verified_revision IS NULL"
+        " AND last_applied_revision IS NOT NULL"
+        " AND conditions LIKE '%\"reason\": \"ReconciliationSucceeded\"%'")
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered step of the schema; ``apply`` runs inside a transaction."""
+
+    version: int
+    description: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "runs, host results, status record, controls, quarantine, deliveries", _v1),
+    Migration(2, "runs.event marks operator actions", _v2),
+    Migration(3, "environment rows record their verified revision", _v3),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
 
 UNCHANGED_SERVICE = "not applied: unchanged since its last apply that verified"
 """The operation name recorded for a service a changed-only apply left out."""
@@ -124,39 +215,142 @@ UNCHANGED_SERVICE = "not applied: unchanged since its last apply that verified"
 ENVIRONMENT = ""
 """The ``host`` key of an environment's own status row."""
 
+_RUN_COLUMNS = ("id, environment, kind, actor, reason, sha, branch, author, committed_at,"
+                " message, started_at, finished_at, result, error, failed_hosts, duration_s,"
+                " changed, stage_s, event")
+
 
 def now() -> datetime:
     return datetime.now(UTC)
 
 
-@dataclass(frozen=True)
-class Condition:
-    """A Flux-style condition: ``type`` is Ready, Reconciling or Stalled."""
+class NoStore(UsageError):
+    """A reader found no state folder, or no database in it: nothing was ever recorded."""
 
-    type: Literal["Ready", "Reconciling", "Stalled"]
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str
+    def __init__(self, message: str, *, folder_exists: bool) -> None:
+        super().__init__(message)
+        self.folder_exists = folder_exists
 
-    def as_dict(self) -> dict[str, str]:
-        return {"type": self.type, "status": self.status, "reason": self.reason,
-                "message": self.message}
+
+class StoreOutdated(UsageError):
+    """A reader found a database an older gitops made: a writer must migrate it first."""
+
+
+def _time(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    stamp = datetime.fromisoformat(value)
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+
+
+def _ref(value: str | None) -> Ref | None:
+    return Ref.parse(value) if value else None
+
+
+def _ref_text(value: Ref | Revision | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return value.ref
+
+
+def _run_row(row: sqlite3.Row) -> RunRow:
+    started = _time(row["started_at"])
+    assert started is not None
+    return RunRow(
+        id=row["id"], environment=row["environment"], kind=row["kind"], actor=row["actor"],
+        reason=row["reason"] or "", sha=row["sha"], branch=row["branch"], author=row["author"],
+        committed_at=_time(row["committed_at"]), message=row["message"], started_at=started,
+        finished_at=_time(row["finished_at"]), result=row["result"], error=row["error"],
+        failed_hosts=tuple(json.loads(row["failed_hosts"] or "[]")),
+        duration_s=row["duration_s"], changed=row["changed"],
+        stage_s=json.loads(row["stage_s"] or "{}"), event=bool(row["event"]),
+    )
+
+
+def _controls(environment: str, row: sqlite3.Row | None) -> Controls:
+    if row is None:
+        return Controls(environment)
+    return Controls(environment, suspended=bool(row["suspended"]), reason=row["reason"],
+                    actor=row["actor"], since=_time(row["since"]), held_sha=row["held_sha"],
+                    held_head=row["held_head"])
+
+
+def suspended_condition(controls: Controls) -> Condition:
+    """The derived ``Suspended`` condition: who suspended, when, and why."""
+    since = controls.since.isoformat(timespec="seconds") if controls.since else "?"
+    return Condition("Suspended", "True", "SuspendedByOperator",
+                     f"suspended by {controls.actor or 'unknown'} since {since}: "
+                     f"{controls.reason}")
 
 
 class Store:
-    """The SQLite store of one state folder. Cheap to open; safe across processes (WAL)."""
+    """The SQLite store of one state folder. Cheap to open; safe across processes (WAL).
 
-    def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / "gitops.db"
-        self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
-        columns = {r[1] for r in self.db.execute("PRAGMA table_info(status)")}
-        if "last_verified_revision" not in columns:
-            self.db.execute("ALTER TABLE status ADD COLUMN last_verified_revision TEXT")
+    ``clock`` gives the time written into the record (injected by tests)."""
+
+    def __init__(self, state_dir: Path, *, readonly: bool = False,
+                 clock: Callable[[], datetime] = now) -> None:
+        self.path = state_dir / DATABASE
+        self.readonly = readonly
+        self.clock = clock
+        if readonly:
+            if not state_dir.is_dir():
+                raise NoStore(f"no state folder {state_dir}: nothing recorded there "
+                              "(check --state-dir or GITOPS_STATE_DIR)", folder_exists=False)
+            if not self.path.is_file():
+                raise NoStore(f"no runs recorded yet in {state_dir}", folder_exists=True)
+        else:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        self.db = self._connect()
+        if readonly:
+            version = self._version()
+            if version < SCHEMA_VERSION:
+                self.db.close()
+                raise StoreOutdated(
+                    f"{self.path} has schema version {version}, this gitops reads version "
+                    f"{SCHEMA_VERSION}: the daemon or the next command that records "
+                    "(reconcile, verify, suspend, resume) migrates it")
+        else:
+            self._migrate()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.readonly:
+            db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                 timeout=30, isolation_level=None)
+        else:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")  # sqlite: PRAGMA
+            db.execute("PRAGMA synchronous=NORMAL")
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _version(self) -> int:
+        found = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table'"
+                                " AND name='schema_migrations'").fetchone()
+        if found is None:
+            return 0
+        return int(self.db.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0])
+
+    def _migrate(self) -> None:
+        if self._version() >= SCHEMA_VERSION:
+            return
+        with self._tx() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_migrations ("
+                       " version INTEGER PRIMARY KEY, description TEXT NOT NULL,"
+                       " applied_at TEXT NOT NULL)")
+        for migration in MIGRATIONS:
+            with self._tx() as db:  # another process may have applied it meanwhile
+                if self._version() >= migration.version:
+                    continue
+                migration.apply(db)
+                db.execute("INSERT INTO schema_migrations VALUES (?,?,?)",
+                           (migration.version, migration.description,
+                            self.clock().isoformat()))
+
+    def schema_version(self) -> int:
+        """The newest migration applied to this database."""
+        return self._version()
 
     def close(self) -> None:
         self.db.close()
@@ -169,7 +363,7 @@ class Store:
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute("BEGIN IMMEDIATE")  # sqlite: take the write lock up front
         try:
             yield self.db
         except BaseException:
@@ -177,7 +371,10 @@ class Store:
             raise
         self.db.execute("COMMIT")
 
-    # -- writing -------------------------------------------------------------------------
+    def _now(self) -> str:
+        return self.clock().isoformat()
+
+    # -- writing runs ----------------------------------------------------------------------
 
     def start_run(
         self,
@@ -198,7 +395,7 @@ class Store:
                     rev.sha if rev else None, rev.branch if rev else None,
                     rev.author if rev else None,
                     rev.committed_at.isoformat() if rev else None,
-                    rev.message if rev else None, now().isoformat(),
+                    rev.message if rev else None, self._now(),
                 ),
             )
             assert cur.lastrowid is not None
@@ -229,7 +426,7 @@ class Store:
             failed |= set(verify.failed_hosts)
         with self._tx() as db:
             started = db.execute("SELECT started_at FROM runs WHERE id=?", (run_id,)).fetchone()
-            finished = now()
+            finished = self.clock()
             duration = (finished - datetime.fromisoformat(started[0])).total_seconds()
             db.execute(
                 "UPDATE runs SET finished_at=?, duration_s=?, result=?, error=?, changed=?,"
@@ -291,17 +488,47 @@ class Store:
               v.get("verify_status"), v.get("duration_s")) for host, v in hosts.items()],
         )
 
+    def recover_unfinished(self, environment: str) -> list[int]:
+        """Mark runs left unfinished by a killed process as interrupted; return their ids.
+
+        Call only while holding the environment's lock (no run of it can be in progress)."""
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM runs WHERE finished_at IS NULL AND environment=?",
+                (environment,))]
+            db.execute(
+                "UPDATE runs SET finished_at=?, result='interrupted',"
+                " error=COALESCE(error, 'the reconciler stopped during this run')"
+                " WHERE finished_at IS NULL AND environment=?", (self._now(), environment))
+        return ids
+
+    def record_event(self, environment: str, kind: str, *, actor: str, reason: str,
+                     result: str = "succeeded", sha: str | None = None) -> int:
+        """An operator action (suspend, resume, rollback, retry) in the run history."""
+        stamp = self._now()
+        cur = self.db.execute(
+            "INSERT INTO runs (environment, kind, actor, reason, sha, started_at, finished_at,"
+            " duration_s, result, event) VALUES (?,?,?,?,?,?,?,0,?,1)",
+            (environment, kind, actor, reason, sha, stamp, stamp, result))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    # -- writing the status record ---------------------------------------------------------
+
     def set_status(
         self,
         environment: str,
         host: str,
-        conditions: list[Condition],
+        conditions: Sequence[Condition],
         *,
-        applied: str | None = None,
-        attempted: str | None = None,
-        verified: str | None = None,
+        applied: Ref | Revision | str | None = None,
+        attempted: Ref | Revision | str | None = None,
+        verified: Ref | Revision | str | None = None,
     ) -> None:
-        """Replace the conditions of one object; revisions given as None are kept."""
+        """Replace the conditions of one object; revisions given as None are kept.
+
+        A ``Suspended`` condition is derived from the controls when read, never stored."""
+        stored = [c.as_dict() for c in conditions if c.type != "Suspended"]
         with self._tx() as db:
             db.execute(
                 "INSERT INTO status (environment, host, conditions, last_applied_revision,"
@@ -314,9 +541,22 @@ class Store:
                 " status.last_attempted_revision),"
                 " last_verified_revision=COALESCE(excluded.last_verified_revision,"
                 " status.last_verified_revision), updated_at=excluded.updated_at",
-                (environment, host, json.dumps([c.as_dict() for c in conditions]), applied,
-                 attempted, verified, now().isoformat()),
+                (environment, host, json.dumps(stored), _ref_text(applied),
+                 _ref_text(attempted), _ref_text(verified), self._now()),
             )
+
+    def forget(self, environment: str) -> dict[str, int]:
+        """Remove an environment's status record, controls, quarantine, convergence and
+        undelivered statuses; its runs stay in the history. Returns rows removed per table
+        and ``runs``, the runs kept."""
+        removed: dict[str, int] = {}
+        with self._tx() as db:
+            for table in ("status", "controls", "quarantine", "converged", "undelivered"):
+                removed[table] = db.execute(f"DELETE FROM {table} WHERE environment=?",
+                                            (environment,)).rowcount
+            removed["runs"] = db.execute("SELECT COUNT(*) FROM runs WHERE environment=?",
+                                         (environment,)).fetchone()[0]
+        return removed
 
     # -- what each host was last verified with, per service (changed-only applies) -------
 
@@ -329,138 +569,268 @@ class Store:
         return out
 
     def set_converged(self, environment: str, host: str, fingerprints: dict[str, str] | None,
-                      revision: str = "") -> None:
+                      revision: Ref | Revision | str = "") -> None:
         """Replace what ``host`` is known to be converged to; None: nothing is known."""
         with self._tx() as db:
             db.execute("DELETE FROM converged WHERE environment=? AND host=?",
                        (environment, host))
             db.executemany("INSERT INTO converged VALUES (?,?,?,?,?)", [
-                (environment, host, service, fp, revision)
+                (environment, host, service, fp, _ref_text(revision) or "")
                 for service, fp in (fingerprints or {}).items()])
 
-    def recover_unfinished(self, environment: str) -> list[int]:
-        """Mark runs left unfinished by a killed process as interrupted; return their ids.
+    # -- operator controls, quarantine, undelivered commit statuses --------------------------
 
-        Call only while holding the environment's lock (no run of it can be in progress)."""
-        with self._tx() as db:
-            ids = [r[0] for r in db.execute(
-                "SELECT id FROM runs WHERE finished_at IS NULL AND environment=?",
-                (environment,))]
-            db.execute(
-                "UPDATE runs SET finished_at=?, result='interrupted',"
-                " error=COALESCE(error, 'the reconciler stopped during this run')"
-                " WHERE finished_at IS NULL AND environment=?", (now().isoformat(), environment))
-        return ids
-
-    # -- operator controls ---------------------------------------------------------------
-
-    def controls(self, environment: str) -> dict[str, Any]:
+    def controls(self, environment: str) -> Controls:
         row = self.db.execute("SELECT * FROM controls WHERE environment=?",
                               (environment,)).fetchone()
-        if row is None:
-            return {"environment": environment, "suspended": 0, "reason": "", "actor": "",
-                    "since": None, "held_sha": None, "held_head": None}
-        return dict(row)
+        return _controls(environment, row)
 
-    def set_controls(self, environment: str, **values: Any) -> None:
-        current = self.controls(environment)
+    def all_controls(self) -> dict[str, Controls]:
+        return {r["environment"]: _controls(r["environment"], r)
+                for r in self.db.execute("SELECT * FROM controls")}
+
+    def set_controls(self, environment: str, **values: Any) -> Controls:
+        """Change some fields of the controls (``suspended``, ``reason``, ``actor``,
+        ``since``, ``held_sha``, ``held_head``); returns them."""
+        current = self.controls(environment).as_dict()
+        unknown = set(values) - (set(current) - {"environment"})
+        if unknown:
+            raise TypeError(f"unknown controls: {sorted(unknown)}")
+        if isinstance(values.get("since"), datetime):
+            values["since"] = values["since"].isoformat(timespec="seconds")
         current.update(values)
+        current["suspended"] = int(bool(current["suspended"]))
         with self._tx() as db:
             db.execute(
                 "INSERT OR REPLACE INTO controls (environment, suspended, reason, actor, since,"
                 " held_sha, held_head) VALUES (:environment, :suspended, :reason, :actor,"
-                " :since, :held_sha, :held_head)", current)
+                " :since, :held_sha, :held_head)", current)  # sqlite: INSERT OR REPLACE
+        return self.controls(environment)
 
     def quarantine(self, environment: str, sha: str, reason: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO quarantine VALUES (?,?,?,?)",
-                        (environment, sha, reason, now().isoformat()))
+        self.db.execute("INSERT OR IGNORE INTO quarantine VALUES (?,?,?,?)",  # sqlite
+                        (environment, sha, reason, self._now()))
 
-    def quarantined(self, environment: str | None = None) -> list[dict[str, Any]]:
+    def quarantined(self, environment: str | None = None) -> list[Quarantined]:
         sql, args = "SELECT * FROM quarantine", ()
         args_: tuple[str, ...] = args
         if environment is not None:
             sql, args_ = sql + " WHERE environment=?", (environment,)
-        return [dict(r) for r in self.db.execute(sql + " ORDER BY since", args_)]
+        out = []
+        for r in self.db.execute(sql + " ORDER BY since", args_):
+            since = _time(r["since"])
+            assert since is not None
+            out.append(Quarantined(r["environment"], r["sha"], r["reason"], since))
+        return out
+
+    def quarantine_counts(self) -> dict[str, int]:
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT environment, COUNT(*) FROM quarantine GROUP BY environment")}
 
     def keep_undelivered(self, environment: str, receiver: int, sha: str, state: str,
                          description: str) -> None:
         """A commit status every retry failed to deliver: sent again at the next cycle."""
-        self.db.execute(
-            "DELETE FROM undelivered WHERE environment=? AND receiver=? AND sha=?",
-            (environment, receiver, sha))
-        self.db.execute(
-            "INSERT INTO undelivered (environment, receiver, sha, state, description,"
-            " created_at) VALUES (?,?,?,?,?,?)",
-            (environment, receiver, sha, state, description, now().isoformat()))
+        with self._tx() as db:
+            db.execute("DELETE FROM undelivered WHERE environment=? AND receiver=? AND sha=?",
+                       (environment, receiver, sha))
+            db.execute(
+                "INSERT INTO undelivered (environment, receiver, sha, state, description,"
+                " created_at) VALUES (?,?,?,?,?,?)",
+                (environment, receiver, sha, state, description, self._now()))
 
-    def undelivered(self, environment: str) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.db.execute(
-            "SELECT * FROM undelivered WHERE environment=? ORDER BY id", (environment,))]
+    def undelivered(self, environment: str) -> list[Undelivered]:
+        out = []
+        for r in self.db.execute("SELECT * FROM undelivered WHERE environment=? ORDER BY id",
+                                 (environment,)):
+            created = _time(r["created_at"])
+            assert created is not None
+            out.append(Undelivered(r["id"], r["environment"], r["receiver"], r["sha"],
+                                   r["state"], r["description"], created))
+        return out
 
     def delivered(self, environment: str, receiver: int, sha: str) -> None:
         """A status for ``sha`` reached ``receiver``: an older undelivered one is obsolete."""
         self.db.execute("DELETE FROM undelivered WHERE environment=? AND receiver=? AND sha=?",
                         (environment, receiver, sha))
 
-    def record_event(self, environment: str, kind: str, *, actor: str, reason: str,
-                     result: str = "succeeded", sha: str | None = None) -> int:
-        """An operator action (suspend, resume, rollback, retry) in the run history."""
-        stamp = now().isoformat()
-        cur = self.db.execute(
-            "INSERT INTO runs (environment, kind, actor, reason, sha, started_at, finished_at,"
-            " duration_s, result) VALUES (?,?,?,?,?,?,?,0,?)",
-            (environment, kind, actor, reason, sha, stamp, stamp, result))
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+    # -- reading the status record -------------------------------------------------------
 
-    # -- reading -------------------------------------------------------------------------
+    def environments(self) -> list[str]:
+        """Every environment the store knows: from runs, status, controls or quarantine."""
+        rows = self.db.execute(
+            "SELECT DISTINCT environment FROM runs UNION SELECT environment FROM status"
+            " UNION SELECT environment FROM controls UNION SELECT environment FROM quarantine")
+        return sorted(r[0] for r in rows)
 
-    def status(self, environment: str | None = None) -> list[dict[str, Any]]:
-        """Status objects (environment rows have ``host`` == ""), by environment then host."""
+    def status(self, environment: str | None = None) -> list[StatusRow]:
+        """Status objects (environment rows have ``host`` == ""), by environment then host.
+
+        Environment rows carry their controls and, when suspended, a ``Suspended``
+        condition; an environment only suspended or held (no run yet) gets a row too."""
         sql = "SELECT * FROM status"
         args: tuple[str, ...] = ()
         if environment is not None:
             sql += " WHERE environment=?"
             args = (environment,)
-        rows = self.db.execute(sql + " ORDER BY environment, host", args).fetchall()
-        return [
-            {**dict(row), "conditions": json.loads(row["conditions"])} for row in rows
-        ]
+        controls = self.all_controls()
+        out: list[StatusRow] = []
+        seen: set[str] = set()
+        for row in self.db.execute(sql + " ORDER BY environment, host", args).fetchall():
+            conditions = tuple(Condition(**c) for c in json.loads(row["conditions"]))
+            env_controls = None
+            if row["host"] == ENVIRONMENT:
+                seen.add(row["environment"])
+                env_controls = controls.get(row["environment"], Controls(row["environment"]))
+                if env_controls.suspended:
+                    conditions += (suspended_condition(env_controls),)
+            out.append(StatusRow(
+                row["environment"], row["host"], conditions,
+                _ref(row["last_applied_revision"]), _ref(row["last_attempted_revision"]),
+                _ref(row["last_verified_revision"]), _time(row["updated_at"]),
+                env_controls))
+        for name, c in sorted(controls.items()):
+            if name in seen or (environment is not None and name != environment):
+                continue
+            if c.suspended or c.held_sha:
+                out.append(StatusRow(name, ENVIRONMENT,
+                                     (suspended_condition(c),) if c.suspended else (),
+                                     None, None, None, None, c))
+        out.sort(key=lambda r: (r.environment, r.host))
+        return out
 
-    def environment_status(self, environment: str) -> dict[str, Any] | None:
-        """The environment's own status object (conditions, revisions), if any run wrote it."""
-        return next((r for r in self.status(environment) if r["host"] == ENVIRONMENT), None)
+    def environment_status(self, environment: str) -> StatusRow | None:
+        """The environment's own status object (conditions, revisions), if any run wrote it
+        (or an operator suspended or held it)."""
+        return next((r for r in self.status(environment) if r.host == ENVIRONMENT), None)
 
-    def history(self, environment: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM runs"
+    def latest_checked(self) -> list[LatestCheck]:
+        """Per environment and host of the status record, the newest run that checked it.
+
+        One query per host, walking ``host_results`` newest first (its primary key), so it
+        stops at the host's latest check instead of grouping all history."""
+        found: list[LatestCheck] = []
+        for env, host in self.db.execute("SELECT environment, host FROM status"
+                                         " WHERE host != '' ORDER BY environment, host"
+                                         ).fetchall():
+            row = self.db.execute(
+                "SELECT h.run_id, r.kind, h.verify_status"
+                " FROM host_results h JOIN runs r ON r.id = h.run_id"
+                " WHERE h.host = ? AND r.environment = ? AND h.verify_status IS NOT NULL"
+                " ORDER BY h.run_id DESC LIMIT 1", (host, env)).fetchone()
+            if row is not None:
+                found.append(LatestCheck(env, host, row[0], row[1], row[2]))
+        return found
+
+    # -- reading the history ---------------------------------------------------------------
+
+    def history(self, environment: str | None = None, limit: int = 20) -> list[RunRow]:
+        """Runs, newest first."""
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
         args: tuple[Any, ...] = ()
         if environment is not None:
             sql += " WHERE environment=?"
             args = (environment,)
         rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
-        return [self._run_row(row) for row in rows]
+        return [_run_row(row) for row in rows]
 
-    def run(self, run_id: int) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+    def runs(self, environment: str | None = None) -> dict[str, list[RunRow]]:
+        """Every run (oldest first) per environment, in one query."""
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        args: tuple[str, ...] = ()
+        if environment is not None:
+            sql, args = sql + " WHERE environment=?", (environment,)
+        out: dict[str, list[RunRow]] = {}
+        for row in self.db.execute(sql + " ORDER BY environment, id", args):
+            out.setdefault(row["environment"], []).append(_run_row(row))
+        return out
+
+    def run(self, run_id: int) -> RunDetail | None:
+        row = self.db.execute(f"SELECT {_RUN_COLUMNS}, plan FROM runs WHERE id=?",
+                              (run_id,)).fetchone()
         if row is None:
             return None
-        run = self._run_row(row)
-        run["plan"] = json.loads(row["plan"]) if row["plan"] else None
-        run["hosts"] = [dict(r) for r in self.db.execute(
+        return RunDetail(
+            run=_run_row(row),
+            plan=Plan.model_validate_json(row["plan"]) if row["plan"] else None,
+            hosts=tuple(HostRow(**dict(r)) for r in self.db.execute(
+                "SELECT host, apply_status, changed, error, verify_status, duration_s"
+                " FROM host_results WHERE run_id=? ORDER BY host", (run_id,))),
+            operations=tuple(OperationRow(**dict(r)) for r in self.db.execute(
+                "SELECT host, service, name, status, stderr FROM op_results WHERE run_id=?"
+                " ORDER BY host, seq", (run_id,))),
+            checks=tuple(CheckRow(**dict(r)) for r in self.db.execute(
+                "SELECT host, service, check_name AS \"check\", status, message, duration_s"
+                " FROM check_results WHERE run_id=? ORDER BY host, service, check_name",
+                (run_id,))),
+        )
+
+    def host_results(self, run_id: int) -> list[HostRow]:
+        return [HostRow(**dict(r)) for r in self.db.execute(
             "SELECT host, apply_status, changed, error, verify_status, duration_s"
             " FROM host_results WHERE run_id=? ORDER BY host", (run_id,))]
-        run["operations"] = [dict(r) for r in self.db.execute(
-            "SELECT host, service, name, status, stderr FROM op_results WHERE run_id=?"
-            " ORDER BY host, seq", (run_id,))]
-        run["checks"] = [dict(r) for r in self.db.execute(
-            "SELECT host, service, check_name AS 'check', status, message, duration_s"
-            " FROM check_results WHERE run_id=? ORDER BY host, service, check_name", (run_id,))]
-        return run
 
-    @staticmethod
-    def _run_row(row: sqlite3.Row) -> dict[str, Any]:
-        run = dict(row)
-        run.pop("plan", None)
-        run["failed_hosts"] = json.loads(run["failed_hosts"])
-        run["stage_s"] = json.loads(run["stage_s"])
-        return run
+    def checks(self, run_id: int, host: str) -> list[CheckRow]:
+        """The check results of one host in one run, by service and check."""
+        return [CheckRow(**dict(r)) for r in self.db.execute(
+            "SELECT host, service, check_name AS \"check\", status, message, duration_s"
+            " FROM check_results WHERE run_id=? AND host=? ORDER BY service, check_name",
+            (run_id, host))]
+
+    def verified_hosts(self, environment: str | None = None) -> dict[int, frozenset[str]]:
+        """The hosts of each succeeded apply run (a succeeded run verified every host it has)."""
+        sql = ("SELECT h.run_id, h.host FROM host_results h JOIN runs r ON r.id = h.run_id"
+               " WHERE r.result = 'succeeded' AND r.kind IN ('reconcile', 'rollback', 'retry')")
+        args: tuple[str, ...] = ()
+        if environment is not None:
+            sql, args = sql + " AND r.environment=?", (environment,)
+        hosts: dict[int, set[str]] = {}
+        for run_id, host in self.db.execute(sql, args):
+            hosts.setdefault(run_id, set()).add(host)
+        return {k: frozenset(v) for k, v in hosts.items()}
+
+    def latest_rollout(self, environment: str,
+                       kinds: Iterable[str] = ("reconcile", "rollback", "retry")
+                       ) -> RunRow | None:
+        """The newest run of ``kinds`` that is not an operator action."""
+        kinds = tuple(kinds)
+        marks = ",".join("?" * len(kinds))
+        row = self.db.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE environment = ? AND kind IN ({marks})"
+            " AND event = 0 ORDER BY id DESC LIMIT 1", (environment, *kinds)).fetchone()
+        return _run_row(row) if row is not None else None
+
+    def last_verified_success(self, environment: str) -> datetime | None:
+        """When the newest succeeded run that verified hosts finished."""
+        row = self.db.execute(
+            "SELECT finished_at FROM runs WHERE environment = ? AND result = 'succeeded'"
+            " AND json_extract(stage_s, '$.verify') IS NOT NULL"  # sqlite: json_extract
+            " ORDER BY id DESC LIMIT 1", (environment,)).fetchone()
+        return _time(row[0]) if row else None
+
+    def change_mark(self) -> tuple[Any, ...]:
+        """Changes whenever a run starts or finishes or a revision is quarantined."""
+        return tuple(self.db.execute(
+            "SELECT MAX(id), MAX(finished_at), (SELECT COUNT(*) FROM quarantine) FROM runs"
+        ).fetchone())
+
+    def max_run_id(self) -> int:
+        return int(self.db.execute("SELECT MAX(id) FROM runs").fetchone()[0] or 0)
+
+    def finished_since(self, watermark: int, counted: Iterable[int]
+                       ) -> tuple[int | None, int | None, list[FinishedRun]]:
+        """For run totals: the lowest unfinished run id above ``watermark`` and the highest
+        run id (both read first), then the finished runs above ``watermark`` not in
+        ``counted``. A run finishing between the two reads is above the first and so is
+        found again by the next call."""
+        unfinished, top = self.db.execute(
+            "SELECT MIN(CASE WHEN finished_at IS NULL THEN id END), MAX(id) FROM runs"
+            " WHERE id > ?", (watermark,)).fetchone()
+        skip = sorted(int(i) for i in counted)
+        marks = ",".join("?" * len(skip))
+        rows = self.db.execute(
+            "SELECT id, environment, kind, result, event, stage_s FROM runs"
+            f" WHERE id > ? AND finished_at IS NOT NULL AND id NOT IN ({marks})",
+            (watermark, *skip)).fetchall()
+        return unfinished, top, [
+            FinishedRun(r[0], r[1], r[2], r[3], bool(r[4]), json.loads(r[5] or "{}"))
+            for r in rows]
