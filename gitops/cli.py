@@ -145,9 +145,28 @@ def reconcile(as_json: bool, once: bool, changed_only: bool, reason: str, **opts
                            if answer.get("triggered") else
                            f"{s.environment}: a reconcile is already pending in the daemon")
             return
+    _known_environment(s, as_json)
     outcome = pipeline.run(_target(s), pipeline.Request(reason=reason, changed_only=changed_only),
                            _progress(as_json))
     _conclude(outcome, as_json)
+
+
+def _known_environment(s: Settings, as_json: bool) -> None:
+    """``-e typo``: a usage error listing the inventories the branch head declares, before
+    anything is recorded (else a run and a Stalled status of "typo" would stay). A source
+    that cannot be read is left to the run, which records why."""
+    from gitops import source
+    from gitops.load import environments
+
+    try:
+        revision = source.fetch(s.repo, s.branch, s.state_dir)
+        snap = source.snapshot(s.repo, revision, s.state_dir)
+    except GitopsError:
+        return
+    known = environments(Path(snap.path))
+    if s.environment not in known:
+        _fail(UsageError(f"no inventory inventories/{s.environment}.yml in {revision.ref}; "
+                         f"inventories there: {', '.join(known) or 'none'}"), as_json)
 
 
 @main.command(epilog=EXIT_CODES)
@@ -155,7 +174,9 @@ def reconcile(as_json: bool, once: bool, changed_only: bool, reason: str, **opts
 @json_option
 def verify(as_json: bool, **opts: Any) -> None:
     """Run the checks of every service on every host (changes nothing); record the run."""
-    outcome = pipeline.verify(_target(_settings(**opts)), _progress(as_json))
+    s = _settings(**opts)
+    _known_environment(s, as_json)
+    outcome = pipeline.verify(_target(s), _progress(as_json))
     _conclude(outcome, as_json)
 
 

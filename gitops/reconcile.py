@@ -473,7 +473,7 @@ def _finalize(
         verb = "Verified" if kind == "verify" else "Applied and verified"
         store.set_status(env, ENVIRONMENT, [
             Condition("Ready", "True", "ReconciliationSucceeded", f"{verb} revision: {ref}"),
-        ], applied=ref if applies else None, attempted=attempted)
+        ], applied=ref if applies else None, attempted=attempted, verified=ref)
     else:
         bad = sorted(set(outcome.verify.failed_hosts) |
                      set(outcome.apply.failed_hosts if outcome.apply else []))

@@ -12,7 +12,16 @@ from pydantic import ValidationError
 
 from gitops.errors import UsageError
 from gitops.loop import Daemon
-from gitops.records import ApplyReport, HostApply, Plan, Revision, VerifyReport
+from gitops.records import (
+    ApplyReport,
+    HostApply,
+    Plan,
+    Ref,
+    Revision,
+    RunRow,
+    StatusRow,
+    VerifyReport,
+)
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import ENVIRONMENT, Condition, Store
 
@@ -98,12 +107,17 @@ def test_a_cycle_with_no_new_commit_runs_nothing(tmp_path: Path) -> None:
 def test_a_stalled_commit_is_not_retried_until_a_new_one(tmp_path: Path) -> None:
     """After a permanent failure (Stalled) of the head, polls leave it alone."""
     _, sha = _repo(tmp_path)
-    status = {"last_attempted_revision": f"main@sha1:{sha}",
-              "conditions": [{"type": "Stalled", "status": "True"}]}
-    last = [{"sha": "0" * 40, "result": "succeeded"}]
+    status = StatusRow("lab", ENVIRONMENT, (Condition("Stalled", "True", "ValidationFailed", ""),),
+                       None, Ref("main", sha), None, datetime.now(UTC))
+
+    def run(sha: str, result: str) -> RunRow:
+        return RunRow(1, "lab", "reconcile", "t", "", sha, "main", None, None, None,
+                      datetime.now(UTC), datetime.now(UTC), result, None, ())
+
+    last = [run("0" * 40, "succeeded")]
     assert Daemon._needs_run(sha, last, status) is False
-    assert Daemon._needs_run("f" * 40, last, {**status}) is True
-    assert Daemon._needs_run(sha, [{"sha": sha, "result": "interrupted"}], None) is True
+    assert Daemon._needs_run("f" * 40, last, status) is True
+    assert Daemon._needs_run(sha, [run(sha, "interrupted")], None) is True
 
 
 def test_suspended_environment_applies_nothing(tmp_path: Path) -> None:

@@ -267,6 +267,11 @@ def base_url(store: Store) -> Iterator[str]:
 
 
 def _roundtrip(data: Any) -> Any:
+    """``data`` (store rows, or lists of them) as the JSON the API sends."""
+    if isinstance(data, list):
+        data = [row.as_dict() for row in data]
+    elif hasattr(data, "as_dict"):
+        data = data.as_dict()
     return json.loads(json.dumps(data, default=str))
 
 

@@ -1,0 +1,162 @@
+"""Read commands read and never write; unknown environments are errors; ``forget``; the
+status record shows suspensions and holds, and its verified revision agrees with Ready."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from gitops import control
+from gitops.cli import main
+from gitops.reconcile import Outcome, Target, _finalize
+from gitops.records import CheckResult, Revision, VerifyReport
+from gitops.store import ENVIRONMENT, Condition, Store
+
+SHA = "c" * 40
+READERS = (["status"], ["history"], ["metrics"], ["incidents"])
+
+
+def _cli(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def _recorded(state: Path) -> Path:
+    """A state folder where ``prod`` has one finished run and a status."""
+    with Store(state) as store:
+        run_id = store.start_run("prod", "reconcile", None, actor="t")
+        store.finish_run(run_id, "succeeded")
+        store.set_status("prod", ENVIRONMENT, [Condition("Ready", "True", "Ok", "fine")],
+                         applied=f"main@sha1:{SHA}")
+    return state
+
+
+@pytest.mark.parametrize("command", READERS)
+def test_a_read_command_does_not_create_a_missing_state_folder(tmp_path: Path,
+                                                               command: list[str]) -> None:
+    """A read command on a state folder that does not exist says so (exit 2), creating
+    nothing."""
+    missing = tmp_path / "does" / "not" / "exist"
+    result = _cli(*command, "--state-dir", str(missing))
+    assert result.exit_code == 2, result.output
+    assert "no state folder" in result.output and str(missing) in result.output
+    assert not (tmp_path / "does").exists()
+
+
+@pytest.mark.parametrize("command", READERS)
+def test_a_read_command_on_an_empty_folder_creates_no_database(tmp_path: Path,
+                                                               command: list[str]) -> None:
+    """In an existing folder without a database a read command answers "no runs recorded
+    yet" (exit 0) and leaves the folder empty."""
+    result = _cli(*command, "--state-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "no runs recorded yet" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", READERS)
+def test_an_unknown_environment_is_an_error_listing_the_known_ones(tmp_path: Path,
+                                                                   command: list[str]) -> None:
+    """``-e typo`` on a read command is a usage error (exit 2) that names the environments
+    the store knows, and changes nothing."""
+    state = _recorded(tmp_path / "state")
+    before = (state / "gitops.db").read_bytes()
+    result = _cli(*command, "--state-dir", str(state), "-e", "typo")
+    assert result.exit_code == 2, result.output
+    assert "unknown environment 'typo'" in result.output and "prod" in result.output
+    with Store(state) as store:
+        assert store.environments() == ["prod"]
+    assert (state / "gitops.db").read_bytes() == before
+
+
+def _repo(path: Path) -> Path:
+    path.mkdir()
+    (path / "inventories").mkdir()
+    (path / "inventories" / "lab.yml").write_text("hosts: {}\n")
+    (path / "inventories" / "prod.yml").write_text("hosts: {}\n")
+    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.invalid"],
+                 ["config", "user.name", "T"], ["add", "-A"], ["commit", "-q", "-m", "one"]):
+        subprocess.run(["git", "-C", str(path), *args], check=True)
+    return path
+
+
+@pytest.mark.parametrize("command", [["reconcile", "--once"], ["verify"]])
+def test_reconcile_of_a_missing_inventory_records_nothing(tmp_path: Path,
+                                                          command: list[str]) -> None:
+    """``reconcile --once -e typo`` when the revision has no such inventory is a usage error
+    listing the inventories there; no run and no Stalled status are recorded."""
+    repo = _repo(tmp_path / "repo")
+    state = tmp_path / "state"
+    result = _cli(*command, "--repo", str(repo), "--state-dir", str(state), "-e", "typo")
+    assert result.exit_code == 2, result.output
+    assert "inventories/typo.yml" in result.output and "lab, prod" in result.output
+    status = _cli("status", "--state-dir", str(state))
+    assert status.exit_code == 0 and "no runs recorded yet" in status.output
+
+
+def test_forget_removes_the_status_and_keeps_the_history(tmp_path: Path) -> None:
+    """``gitops forget ENV`` removes the environment from status, says its history stays,
+    and history still lists its runs."""
+    state = _recorded(tmp_path / "state")
+    with Store(state) as store:
+        run_id = store.start_run("typo", "reconcile", None, actor="t")
+        store.finish_run(run_id, "invalid", error="no such environment")
+        store.set_status("typo", ENVIRONMENT, [Condition("Stalled", "True", "ValidationFailed",
+                                                         "waiting for a new commit")])
+    result = _cli("forget", "typo", "--state-dir", str(state))
+    assert result.exit_code == 0, result.output
+    assert "1 run(s) stay in history" in result.output
+    rows = json.loads(_cli("status", "--json", "--state-dir", str(state)).output)
+    assert {r["environment"] for r in rows} == {"prod"}
+    runs = json.loads(_cli("history", "--json", "-e", "typo", "--state-dir", str(state)).output)
+    assert [r["id"] for r in runs] == [run_id]
+    again = _cli("forget", "nothere", "--state-dir", str(state))
+    assert again.exit_code == 2 and "unknown environment 'nothere'" in again.output
+
+
+def test_status_shows_a_suspension_and_a_hold(tmp_path: Path) -> None:
+    """A suspended, held environment shows a Suspended condition (reason, actor, time) and
+    the held revision, in text and in ``--json``."""
+    state = _recorded(tmp_path / "state")
+    when = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    with Store(state, clock=lambda: when) as store:
+        control.hold(store, "prod", SHA, head="d" * 40, actor="bob", reason="bad release")
+        control.suspend(store, "prod", actor="alice", reason="db migration")
+    text = _cli("status", "--state-dir", str(state))
+    assert text.exit_code == 0, text.output
+    assert "Suspended=True" in text.output
+    assert "Suspended: suspended by alice since 2026-12-01T09:30:00+00:00: db migration" \
+        in text.output
+    assert f"Held: {SHA[:10]}" in text.output
+    (row,) = json.loads(_cli("status", "--json", "--state-dir", str(state)).output)
+    assert {"type": "Suspended", "status": "True", "reason": "SuspendedByOperator",
+            "message": "suspended by alice since 2026-12-01T09:30:00+00:00: db migration"
+            } in row["conditions"]
+    assert row["suspended"] == {"reason": "db migration", "actor": "alice",
+                                "since": when.isoformat()}
+    assert row["held"]["sha"] == SHA and row["held"]["head"] == "d" * 40
+
+
+def test_a_verified_run_records_the_verified_revision(tmp_path: Path) -> None:
+    """After a run that verified every host, ``status --json`` has the revision its Ready
+    message names as ``last_verified_revision`` (it was null)."""
+    state = tmp_path / "state"
+    revision = Revision(sha=SHA, branch="main", author="Ann", message="m",
+                        committed_at=datetime(2026, 12, 1, tzinfo=UTC))
+    target = Target(repo=str(tmp_path), branch="main", environment="prod", state_dir=state)
+    checks = VerifyReport(results=(CheckResult(host="web1", service="web", check="port",
+                                               status="pass"),))
+    for kind in ("reconcile", "verify"):
+        with Store(state) as store:
+            run_id = store.start_run("prod", kind, revision, actor="t")
+            _finalize(store, target, kind, Outcome("succeeded", run_id=run_id,
+                                                   revision=revision, verify=checks),
+                      {}, {}, None)
+        rows = json.loads(_cli("status", "--json", "--state-dir", str(state)).output)
+        env = next(r for r in rows if r["host"] == "")
+        assert "verified revision" in env["conditions"][0]["message"].lower()
+        assert env["last_verified_revision"] == revision.ref

@@ -1,0 +1,374 @@
+"""The store on its own (real SQLite, no lab): runs, batches, the status record, controls,
+quarantine, deliveries, events, history, recovery, forgetting, read-only readers, migrations."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from gitops import control
+from gitops.records import (
+    ApplyReport,
+    CheckResult,
+    HostApply,
+    HostPlan,
+    OpPlan,
+    OpResult,
+    Plan,
+    Ref,
+    Revision,
+    VerifyReport,
+)
+from gitops.store import (
+    ENVIRONMENT,
+    MIGRATIONS,
+    UNCHANGED_SERVICE,
+    Condition,
+    NoStore,
+    Store,
+    StoreOutdated,
+)
+
+OLD_SCHEMA = Path(__file__).parent / "data" / "store_schema_before_migrations.sql"
+SHA1, SHA2 = "a" * 40, "b" * 40
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
+    with Store(tmp_path / "state", clock=clock) as s:
+        yield s
+
+
+def _revision(sha: str = SHA1, message: str = "change things") -> Revision:
+    return Revision(sha=sha, branch="main", author="Ann <ann@example.org>",
+                    committed_at=datetime(2026, 10, 31, tzinfo=UTC), message=message)
+
+
+def _apply(*hosts: str, failed: str | None = None) -> ApplyReport:
+    return ApplyReport(hosts=tuple(
+        HostApply(host=h, status="failed" if h == failed else "ok", duration_s=1.5,
+                  error="boom" if h == failed else None,
+                  ops=(OpResult(name="write config", service="web",
+                                status="failed" if h == failed else "changed",
+                                stderr="no space left" if h == failed else ""),),
+                  unchanged_services=("db",))
+        for h in hosts))
+
+
+def _verify(*hosts: str, failing: str | None = None) -> VerifyReport:
+    return VerifyReport(results=tuple(
+        CheckResult(host=h, service="web", check="port", duration_s=0.2,
+                    status="fail" if h == failing else "pass",
+                    message="closed" if h == failing else "")
+        for h in hosts))
+
+
+def test_a_finished_run_reads_back_typed(store: Store, clock: Clock) -> None:
+    """A run reads back with its revision, plan, hosts, operations and checks as typed rows."""
+    plan = Plan(hosts=(HostPlan(host="web1", ops=(
+        OpPlan(name="write config", service="web", would_change=True, diff="+x"),)),))
+    run_id = store.start_run("prod", "reconcile", None, actor="ann", reason="poll")
+    store.set_revision(run_id, _revision())
+    clock.tick(42)
+    store.finish_run(run_id, "failed", plan=plan, apply=_apply("web1", "web2", failed="web2"),
+                     verify=_verify("web1"), stage_s={"verify": 2.0})
+    detail = store.run(run_id)
+    assert detail is not None
+    run = detail.run
+    assert run.revision == _revision() and run.result == "failed" and not run.event
+    assert run.duration_s == 42 and run.finished_at == T0 + timedelta(seconds=42)
+    assert run.failed_hosts == ("web2",) and run.stage_s == {"verify": 2.0}
+    assert run.changed == 1
+    assert detail.plan == plan
+    assert [(h.host, h.apply_status, h.verify_status) for h in detail.hosts] == [
+        ("web1", "ok", "pass"), ("web2", "failed", None)]
+    assert [(o.host, o.name, o.status) for o in detail.operations] == [
+        ("web1", "write config", "changed"), ("web1", UNCHANGED_SERVICE, "skipped"),
+        ("web2", "write config", "failed"), ("web2", UNCHANGED_SERVICE, "skipped")]
+    assert [(c.host, c.check, c.status) for c in detail.checks] == [("web1", "port", "pass")]
+    as_json = detail.as_dict()
+    assert as_json["plan"]["hosts"][0]["ops"][0]["diff"] == "+x"
+    assert as_json["started_at"] == T0.isoformat() and as_json["failed_hosts"] == ["web2"]
+    assert store.run(run_id + 1) is None
+
+
+def test_batches_are_visible_before_the_run_finishes(store: Store) -> None:
+    """Each batch's hosts are readable while the run goes on; a later write of a host
+    replaces its rows instead of adding to them."""
+    run_id = store.start_run("prod", "reconcile", _revision(), actor="t")
+    store.record_batch(run_id, _apply("web1"), _verify("web1", failing="web1"))
+    detail = store.run(run_id)
+    assert detail is not None and detail.run.finished_at is None and detail.run.result is None
+    assert [(h.host, h.verify_status) for h in detail.hosts] == [("web1", "fail")]
+    store.record_batch(run_id, _apply("web1"), _verify("web1"))
+    store.finish_run(run_id, "succeeded", apply=_apply("web1", "web2"),
+                     verify=_verify("web1", "web2"))
+    detail = store.run(run_id)
+    assert detail is not None
+    assert [(h.host, h.verify_status) for h in detail.hosts] == [("web1", "pass"),
+                                                                  ("web2", "pass")]
+    assert len(detail.checks) == 2 and len(detail.operations) == 4
+
+
+def test_status_keeps_revisions_not_given_and_parses_them_once(store: Store) -> None:
+    """set_status replaces conditions, keeps revisions given as None; rows carry Refs and
+    Conditions, and print the ``main@sha1:`` notation."""
+    store.set_status("prod", "web1", [Condition("Ready", "True", "ReconciliationSucceeded",
+                                                "ok")],
+                     applied=_revision(), attempted=Ref("main", SHA1), verified="main@sha1:"
+                     + SHA1)
+    store.set_status("prod", "web1", [Condition("Ready", "False", "VerificationFailed", "x")],
+                     attempted=_revision(SHA2))
+    (row,) = store.status("prod")
+    assert row.last_applied == Ref("main", SHA1) and row.last_verified == Ref("main", SHA1)
+    assert row.last_attempted == Ref("main", SHA2) and row.last_attempted.short == SHA2[:10]
+    assert row.conditions == (Condition("Ready", "False", "VerificationFailed", "x"),)
+    assert not row.ready and row.condition("Stalled") is None
+    assert row["last_attempted_revision"] == f"main@sha1:{SHA2}"  # the JSON shape
+    assert row.as_dict()["conditions"] == [{"type": "Ready", "status": "False",
+                                            "reason": "VerificationFailed", "message": "x"}]
+    assert store.environment_status("prod") is None
+
+
+def test_ref_parses_flux_notation_and_bare_shas() -> None:
+    """``main@sha1:<sha>`` and a bare SHA both parse, and print back as they came."""
+    assert Ref.parse(f"release/1@sha1:{SHA1}") == Ref("release/1", SHA1)
+    assert Ref.parse(SHA1) == Ref("", SHA1) and Ref.parse(SHA1).ref == SHA1
+    assert Ref.of(_revision()).ref == _revision().ref
+
+
+def test_suspension_shows_as_a_condition_and_is_never_stored(store: Store,
+                                                            clock: Clock) -> None:
+    """A suspended environment's row has a Suspended condition with reason, actor and time,
+    and its controls; writing the conditions back does not store it; resume removes it."""
+    store.set_status("prod", ENVIRONMENT, [Condition("Ready", "True", "Ok", "fine")])
+    control.suspend(store, "prod", actor="alice", reason="db migration")
+    env = store.environment_status("prod")
+    assert env is not None and env.suspended
+    suspended = env.condition("Suspended")
+    assert suspended is not None and suspended.status == "True"
+    assert "alice" in suspended.message and "db migration" in suspended.message
+    assert T0.isoformat(timespec="seconds") in suspended.message
+    assert env.as_dict()["suspended"] == {"reason": "db migration", "actor": "alice",
+                                          "since": T0.isoformat()}
+    store.set_status("prod", ENVIRONMENT, env.conditions)
+    raw = store.db.execute("SELECT conditions FROM status WHERE host = ''").fetchone()[0]
+    assert "Suspended" not in raw
+    control.resume(store, "prod", actor="bob")
+    env = store.environment_status("prod")
+    assert env is not None and env.condition("Suspended") is None and not env.suspended
+
+
+def test_a_suspended_environment_without_runs_has_a_status_row(store: Store) -> None:
+    """Suspending an environment no run has touched yet still shows it, suspended."""
+    control.suspend(store, "new", actor="alice", reason="not yet")
+    (row,) = store.status()
+    assert row.environment == "new" and row.host == ENVIRONMENT and row.updated_at is None
+    assert [c.type for c in row.conditions] == ["Suspended"]
+
+
+def test_controls_hold_and_release(store: Store, clock: Clock) -> None:
+    """A rollback hold is recorded with its head and time, shown on the status row, and
+    released; each action is an event in the history."""
+    store.set_status("prod", ENVIRONMENT, [Condition("Ready", "True", "Ok", "")])
+    held = control.hold(store, "prod", SHA1, head=SHA2, actor="ann", reason="bad release")
+    assert (held.held_sha, held.held_head, held.since, held.suspended) == (SHA1, SHA2, T0, False)
+    env = store.environment_status("prod")
+    assert env is not None and env.held
+    assert env.as_dict()["held"] == {"sha": SHA1, "head": SHA2, "actor": "ann",
+                                     "since": T0.isoformat()}
+    control.release_hold(store, "prod", head="c" * 40)
+    assert store.controls("prod").held_sha is None
+    events = store.history("prod")
+    assert [(r.kind, r.event) for r in events] == [("resume", True), ("rollback", True)]
+    with pytest.raises(TypeError):
+        store.set_controls("prod", paused=1)
+
+
+def test_last_good_revision_skips_operator_actions(store: Store) -> None:
+    """The revision to roll back to is the newest verified apply, not an operator's rollback
+    request that names a SHA."""
+    good = store.start_run("prod", "reconcile", _revision(SHA1), actor="t")
+    store.finish_run(good, "succeeded")
+    store.record_event("prod", "rollback", actor="ann", reason="hold", sha=SHA2)
+    assert control.last_good_revision(store, "prod", before=None) == SHA1
+
+
+def test_quarantine_is_idempotent_and_per_environment(store: Store, clock: Clock) -> None:
+    """Quarantining twice keeps the first reason and time; counts are per environment."""
+    store.quarantine("prod", SHA1, "verification failed on web1")
+    clock.tick(60)
+    store.quarantine("prod", SHA1, "again")
+    store.quarantine("staging", SHA2, "x")
+    (q,) = store.quarantined("prod")
+    assert (q.sha, q.reason, q.since) == (SHA1, "verification failed on web1", T0)
+    assert store.quarantine_counts() == {"prod": 1, "staging": 1}
+    assert [q.environment for q in store.quarantined()] == ["prod", "staging"]
+
+
+def test_undelivered_statuses_are_replaced_and_cleared(store: Store) -> None:
+    """A newer undelivered status of the same commit and receiver replaces the older one;
+    a delivery clears it."""
+    store.keep_undelivered("prod", 0, SHA1, "failure", "first")
+    store.keep_undelivered("prod", 0, SHA1, "success", "second")
+    store.keep_undelivered("prod", 1, SHA1, "success", "other receiver")
+    assert [(u.receiver, u.state, u.description) for u in store.undelivered("prod")] == [
+        (0, "success", "second"), (1, "success", "other receiver")]
+    store.delivered("prod", 0, SHA1)
+    assert [u.receiver for u in store.undelivered("prod")] == [1]
+    assert store.undelivered("staging") == []
+
+
+def test_history_is_newest_first_and_limited(store: Store) -> None:
+    """history lists runs newest first, per environment or all, up to the limit."""
+    ids = [store.start_run(env, "reconcile", _revision(), actor="t")
+           for env in ("prod", "staging", "prod")]
+    assert [r.id for r in store.history()] == ids[::-1]
+    assert [r.id for r in store.history("prod")] == [ids[2], ids[0]]
+    assert [r.id for r in store.history(limit=1)] == [ids[2]]
+    assert [r.id for r in store.runs()["prod"]] == [ids[0], ids[2]]
+    assert store.environments() == ["prod", "staging"]
+
+
+def test_recover_unfinished_marks_only_that_environment(store: Store, clock: Clock) -> None:
+    """Runs a killed process left unfinished become interrupted (with why); other
+    environments' runs are left alone."""
+    prod = store.start_run("prod", "reconcile", _revision(), actor="t")
+    staging = store.start_run("staging", "reconcile", _revision(), actor="t")
+    clock.tick(5)
+    assert store.recover_unfinished("prod") == [prod]
+    assert store.recover_unfinished("prod") == []
+    detail = store.run(prod)
+    assert detail is not None and detail.run.result == "interrupted"
+    assert detail.run.error == "the reconciler stopped during this run"
+    assert detail.run.finished_at == T0 + timedelta(seconds=5)
+    other = store.run(staging)
+    assert other is not None and other.run.result is None
+
+
+def test_forget_removes_status_and_keeps_history(store: Store) -> None:
+    """forget removes an environment's status, controls, quarantine and convergence; its
+    runs stay; other environments are untouched."""
+    run_id = store.start_run("typo", "reconcile", None, actor="t")
+    store.finish_run(run_id, "invalid", error="no inventory")
+    store.set_status("typo", ENVIRONMENT, [Condition("Stalled", "True", "ValidationFailed",
+                                                     "waiting for a new commit")])
+    store.quarantine("typo", SHA1, "x")
+    store.set_converged("typo", "web1", {"web": "f1"}, _revision())
+    store.set_status("prod", ENVIRONMENT, [Condition("Ready", "True", "Ok", "")])
+    removed = store.forget("typo")
+    assert removed["status"] == 1 and removed["quarantine"] == 1 and removed["runs"] == 1
+    assert [r.environment for r in store.status()] == ["prod"]
+    assert store.converged("typo") == {} and store.quarantined("typo") == []
+    assert [r.id for r in store.history("typo")] == [run_id]
+
+
+def test_converged_is_replaced_per_host(store: Store) -> None:
+    """set_converged replaces a host's fingerprints; None forgets them."""
+    store.set_converged("prod", "web1", {"web": "f1", "db": "f2"}, _revision())
+    store.set_converged("prod", "web2", {"web": "f3"})
+    store.set_converged("prod", "web1", {"web": "f4"})
+    assert store.converged("prod") == {"web1": {"web": "f4"}, "web2": {"web": "f3"}}
+    store.set_converged("prod", "web2", None)
+    assert store.converged("prod") == {"web1": {"web": "f4"}}
+
+
+def test_a_reader_creates_nothing(tmp_path: Path) -> None:
+    """A read-only open of a missing folder or database raises NoStore and creates nothing."""
+    missing = tmp_path / "nowhere"
+    with pytest.raises(NoStore) as info:
+        Store(missing, readonly=True)
+    assert not info.value.folder_exists and not missing.exists()
+    missing.mkdir()
+    with pytest.raises(NoStore) as info:
+        Store(missing, readonly=True)
+    assert info.value.folder_exists and list(missing.iterdir()) == []
+
+
+def test_a_reader_cannot_write(tmp_path: Path) -> None:
+    """A read-only store reads what a writer wrote and refuses to write."""
+    with Store(tmp_path) as writer:
+        writer.set_status("prod", ENVIRONMENT, [Condition("Ready", "True", "Ok", "")])
+    with Store(tmp_path, readonly=True) as reader:
+        assert [r.environment for r in reader.status()] == ["prod"]
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.set_status("prod", ENVIRONMENT, [])
+
+
+def _old_database(state: Path, *, without_verified: bool = False) -> None:
+    """A database as gitops wrote it before numbered migrations, with a few rows."""
+    state.mkdir(parents=True)
+    db = sqlite3.connect(state / "gitops.db")
+    schema = OLD_SCHEMA.read_text()
+    if without_verified:  # older still: before last_verified_revision
+        schema = schema.replace("    last_verified_revision TEXT,\n", "")
+    db.executescript(schema)
+    stamp = T0.isoformat()
+    db.execute("INSERT INTO runs (environment, kind, actor, reason, sha, branch, author,"
+               " committed_at, message, started_at, finished_at, duration_s, result, stage_s)"
+               " VALUES ('prod', 'reconcile', 't', '', ?, 'main', 'Ann', ?, 'm', ?, ?, 3.0,"
+               " 'succeeded', '{\"verify\": 1.0}')", (SHA1, stamp, stamp, stamp))
+    db.execute("INSERT INTO runs (environment, kind, actor, reason, started_at, finished_at,"
+               " duration_s, result) VALUES ('prod', 'suspend', 'ann', 'why', ?, ?, 0,"
+               " 'succeeded')", (stamp, stamp))
+    db.execute("INSERT INTO status (environment, host, conditions, last_applied_revision,"
+               " last_attempted_revision, updated_at) VALUES ('prod', '', ?, ?, ?, ?)",
+               ('[{"type": "Ready", "status": "True", "reason": "ReconciliationSucceeded",'
+                f' "message": "Applied and verified revision: main@sha1:{SHA1}"}}]',
+                f"main@sha1:{SHA1}", f"main@sha1:{SHA1}", stamp))
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("without_verified", [False, True])
+def test_an_existing_database_migrates(tmp_path: Path, without_verified: bool) -> None:
+    """A database made by gitops before numbered migrations opens, migrates to the newest
+    version (recorded), and keeps its rows: operator actions are marked as events and the
+    environment's verified revision is filled in."""
+    state = tmp_path / "state"
+    _old_database(state, without_verified=without_verified)
+    with pytest.raises(StoreOutdated, match="schema version 0"):
+        Store(state, readonly=True)
+    with Store(state) as store:
+        assert store.schema_version() == MIGRATIONS[-1].version
+        versions = [r[0] for r in store.db.execute(
+            "SELECT version FROM schema_migrations ORDER BY version")]
+        assert versions == [m.version for m in MIGRATIONS]
+        runs = store.history("prod")
+        assert [(r.kind, r.event) for r in runs] == [("suspend", True), ("reconcile", False)]
+        env = store.environment_status("prod")
+        assert env is not None and env.last_verified == Ref("main", SHA1)
+    with Store(state, readonly=True) as reader:  # migrated: readers open it now
+        assert len(reader.history()) == 2
+    with Store(state) as again:  # opening again applies nothing twice
+        assert again.schema_version() == MIGRATIONS[-1].version
+
+
+def test_a_new_database_is_at_the_newest_version(tmp_path: Path) -> None:
+    """A new store records every migration, numbered from 1 without gaps."""
+    with Store(tmp_path) as store:
+        assert store.schema_version() == len(MIGRATIONS)
+    assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
