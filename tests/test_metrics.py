@@ -8,6 +8,8 @@ import asyncio
 import importlib.util
 import json
 import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from conftest import in_ci
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -295,6 +298,8 @@ def test_api_returns_the_store_data(store: Store, base_url: str) -> None:
         envs = client.get("/api/environments").json()
         assert [e["environment"] for e in envs] == ["prod", "staging"]
         assert envs[0]["controls"]["suspended"] == 1
+        assert [c["type"] for c in envs[0]["conditions"]][-1] == "Suspended"
+        assert envs[0]["suspended"]["actor"] == "ops"
         assert [q["sha"] for q in envs[0]["quarantined"]] == [SHA2]
         assert client.get("/api/runs/999").status_code == 404
         assert client.get("/api/runs", params={"limit": "many"}).status_code == 400
@@ -380,3 +385,19 @@ def test_dashboard_uses_exported_metrics() -> None:
                    "gitops_deployment_frequency_per_day",
                    "gitops_last_success_timestamp_seconds"):
         assert needed in used, needed
+
+
+def test_metrics_pass_promtool(store: Store) -> None:
+    """``promtool check metrics`` accepts the exposition, delivery gauges included (a gauge
+    may not carry ``quantile``, which Prometheus reserves for summaries)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if in_ci():
+            pytest.fail("promtool is missing under CI (Debian package prometheus)",
+                        pytrace=False)
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    text = render(store)
+    assert b"gitops_lead_time_seconds{" in text
+    checked = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
+                             timeout=60)
+    assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()

@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gitops import page
+from gitops import control, page
 from gitops.records import (
     ApplyReport,
     CheckResult,
@@ -305,6 +305,23 @@ def test_phone_viewport_has_no_horizontal_overflow(
     p.locator('tr.run-row[data-run="2"]').click()
     p.locator("#run >> text=nothing listens on 0.0.0.0:80").wait_for()
     assert p.evaluate(overflow), p.evaluate("document.scrollingElement.scrollWidth")
+
+
+def test_suspension_and_hold_show_on_the_page(served: Served, browser_factory: Any) -> None:
+    """A suspended environment with a rollback hold shows a Suspended condition (reason,
+    actor, time) and the held revision."""
+    with Store(served.state_dir) as store:
+        control.hold(store, ENV, revision(10).sha, head=revision(11).sha, actor="bob",
+                     reason="bad release")
+        control.suspend(store, ENV, actor="alice", reason="db migration tonight")
+    p = browser_factory(served.url + "/")
+    conditions = p.locator("ul.conditions").first
+    conditions.locator("text=Suspended=True").wait_for()
+    text = conditions.inner_text()
+    assert "SuspendedByOperator" in text and "suspended by alice since" in text
+    assert "db migration tonight" in text
+    assert f"held at {revision(10).sha[:10]}" in p.locator(".env-title").first.inner_text()
+    assert p.js_errors == []
 
 
 def test_markup_from_the_store_renders_as_text(served: Served, browser_factory: Any) -> None:
