@@ -82,6 +82,7 @@ def release_hold(store: Store, environment: str, *, head: str) -> None:
 def failed_hosts(store: Store, environment: str) -> list[str]:
     """The hosts that failed in the latest apply run of ``environment``."""
     for run in store.history(environment, limit=50):
-        if run.kind in ("reconcile", "rollback", "retry") and run.result is not None:
+        if (run.kind in ("reconcile", "rollback", "retry") and run.result is not None
+                and not run.event):
             return list(run.failed_hosts)
     return []

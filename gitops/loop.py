@@ -29,7 +29,7 @@ from gitops.errors import GitopsError, PermanentError, UsageError
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
 from gitops.records import Controls, RunKind, RunRow, StatusRow
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import ENVIRONMENT, Condition, Store
+from gitops.store import ENVIRONMENT, Condition, NoStore, Store
 
 log = logging.getLogger("gitops.loop")
 
@@ -134,7 +134,11 @@ class Daemon:
         }
 
     def status(self) -> list[dict[str, Any]]:
-        with self._store() as store:
+        try:
+            reader = Store(self.settings.state_dir, readonly=True)  # a reader: writes nothing
+        except NoStore:
+            return []  # nothing recorded yet
+        with reader as store:
             rows = [row.as_dict() for row in store.status()]
             for row in rows:
                 if row["host"] == ENVIRONMENT:

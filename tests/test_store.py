@@ -372,3 +372,18 @@ def test_a_new_database_is_at_the_newest_version(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
         assert store.schema_version() == len(MIGRATIONS)
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
+
+
+def test_failed_hosts_are_those_of_the_latest_apply(store: Store) -> None:
+    """``retry --failed`` targets the hosts that failed in the latest finished apply run; a
+    later drift check or operator's rollback request does not change them."""
+    bad = store.start_run("prod", "reconcile", _revision(), actor="t")
+    store.finish_run(bad, "failed", apply=_apply("web1", "web2", failed="web2"),
+                     verify=_verify("web1"))
+    check = store.start_run("prod", "verify", _revision(), actor="t", reason="drift check")
+    store.finish_run(check, "failed", verify=_verify("web1", failing="web1"))
+    store.record_event("prod", "rollback", actor="ann", reason="hold", sha=SHA2)
+    assert control.failed_hosts(store, "prod") == ["web2"]
+    good = store.start_run("prod", "retry", _revision(), actor="t")
+    store.finish_run(good, "succeeded", apply=_apply("web2"), verify=_verify("web2"))
+    assert control.failed_hosts(store, "prod") == []
