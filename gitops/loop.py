@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from gitops import control, notify, source
 from gitops import verify as verify_stage
@@ -396,8 +396,9 @@ class Daemon:
             if item.receiver >= len(env.config.commit_status):
                 continue
             d = notify.set_commit_status(
-                env.config.commit_status[item.receiver], item.sha, item.state,  # type: ignore[arg-type]
-                item.description, environment=env.config.name, index=item.receiver,
+                env.config.commit_status[item.receiver], item.sha,
+                cast(notify.CommitState, item.state), item.description,
+                environment=env.config.name, index=item.receiver,
                 retries=1)
             if d.ok:
                 with self._store() as store:
@@ -420,7 +421,7 @@ class Daemon:
 
     @staticmethod
     def _was_ready(env_status: StatusRow | None) -> bool:
-        return env_status is None or env_status.ready
+        return env_status is None or env_status.updated_at is None or env_status.ready
 
     # -- helpers ---------------------------------------------------------------------------
 
