@@ -16,12 +16,15 @@ transaction (a database made before the list existed is version 0 and migrates).
 raises ``NoStore`` when the folder or the database is missing, ``StoreOutdated`` when the
 database needs a migration that only a writer may apply.
 
-A second backend (PostgreSQL with psycopg 3) fits behind the same methods: the SQL here uses
-``?`` placeholders and plain types only (TEXT ISO-8601 UTC times, INTEGER, REAL, JSON kept in
-TEXT), and dialect-specific bits are marked ``sqlite:`` in comments (``BEGIN IMMEDIATE``,
-``json_extract``, ``INSERT OR IGNORE``, ``PRAGMA``). Such a backend would subclass ``Store``,
-override ``_connect`` and ``_tx`` (``%s`` placeholders via a translating cursor, or psycopg's
-``ClientCursor``), and bring its own ``MIGRATIONS`` list with the same version numbers.
+A second backend (PostgreSQL with psycopg 3) fits behind the same methods, which are the
+whole interface its callers see (they get rows from ``gitops.records``, never a cursor). The
+SQL here keeps to what both dialects share: ``?`` placeholders (psycopg wants ``%s``: one
+translation in the backend's execute), plain types (ISO-8601 UTC times and JSON kept in TEXT,
+INTEGER, REAL), ``ON CONFLICT`` upserts, explicit column lists. What is SQLite's own is marked
+``sqlite:`` (``BEGIN IMMEDIATE``, ``PRAGMA``, ``sqlite_master``, ``json_extract``,
+``lastrowid`` where PostgreSQL says ``RETURNING id``). Such a backend subclasses ``Store``,
+overrides ``_connect``, ``_tx``, ``_version`` and those few queries, and brings its own
+``MIGRATIONS`` list with the same version numbers, so ``schema_migrations`` means the same.
 """
 
 from __future__ import annotations
@@ -325,7 +328,7 @@ class Store:
         return db
 
     def _version(self) -> int:
-        found = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table'"
+        found = self.db.execute("SELECT 1 FROM sqlite_master WHERE type='table'"  # sqlite
                                 " AND name='schema_migrations'").fetchone()
         if found is None:
             return 0
@@ -398,7 +401,7 @@ class Store:
                     rev.message if rev else None, self._now(),
                 ),
             )
-            assert cur.lastrowid is not None
+            assert cur.lastrowid is not None  # sqlite: lastrowid
             return cur.lastrowid
 
     def set_revision(self, run_id: int, revision: Revision) -> None:
@@ -574,7 +577,8 @@ class Store:
         with self._tx() as db:
             db.execute("DELETE FROM converged WHERE environment=? AND host=?",
                        (environment, host))
-            db.executemany("INSERT INTO converged VALUES (?,?,?,?,?)", [
+            db.executemany("INSERT INTO converged (environment, host, service, fingerprint,"
+                           " revision) VALUES (?,?,?,?,?)", [
                 (environment, host, service, fp, _ref_text(revision) or "")
                 for service, fp in (fingerprints or {}).items()])
 
@@ -602,13 +606,18 @@ class Store:
         current["suspended"] = int(bool(current["suspended"]))
         with self._tx() as db:
             db.execute(
-                "INSERT OR REPLACE INTO controls (environment, suspended, reason, actor, since,"
-                " held_sha, held_head) VALUES (:environment, :suspended, :reason, :actor,"
-                " :since, :held_sha, :held_head)", current)  # sqlite: INSERT OR REPLACE
+                "INSERT INTO controls (environment, suspended, reason, actor, since, held_sha,"
+                " held_head) VALUES (?,?,?,?,?,?,?) ON CONFLICT (environment) DO UPDATE SET"
+                " suspended=excluded.suspended, reason=excluded.reason, actor=excluded.actor,"
+                " since=excluded.since, held_sha=excluded.held_sha,"
+                " held_head=excluded.held_head",
+                (environment, current["suspended"], current["reason"], current["actor"],
+                 current["since"], current["held_sha"], current["held_head"]))
         return self.controls(environment)
 
     def quarantine(self, environment: str, sha: str, reason: str) -> None:
-        self.db.execute("INSERT OR IGNORE INTO quarantine VALUES (?,?,?,?)",  # sqlite
+        self.db.execute("INSERT INTO quarantine (environment, sha, reason, since)"
+                        " VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                         (environment, sha, reason, self._now()))
 
     def quarantined(self, environment: str | None = None) -> list[Quarantined]:
@@ -826,10 +835,10 @@ class Store:
             "SELECT MIN(CASE WHEN finished_at IS NULL THEN id END), MAX(id) FROM runs"
             " WHERE id > ?", (watermark,)).fetchone()
         skip = sorted(int(i) for i in counted)
-        marks = ",".join("?" * len(skip))
+        besides = f" AND id NOT IN ({','.join('?' * len(skip))})" if skip else ""
         rows = self.db.execute(
             "SELECT id, environment, kind, result, event, stage_s FROM runs"
-            f" WHERE id > ? AND finished_at IS NOT NULL AND id NOT IN ({marks})",
+            f" WHERE id > ? AND finished_at IS NOT NULL{besides}",
             (watermark, *skip)).fetchall()
         return unfinished, top, [
             FinishedRun(r[0], r[1], r[2], r[3], bool(r[4]), json.loads(r[5] or "{}"))
