@@ -13,8 +13,10 @@ from click.testing import CliRunner, Result
 
 from gitops import control
 from gitops.cli import main
+from gitops.loop import Daemon
 from gitops.reconcile import Outcome, Target, _finalize
 from gitops.records import CheckResult, Revision, VerifyReport
+from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import ENVIRONMENT, Condition, Store
 
 SHA = "c" * 40
@@ -160,3 +162,19 @@ def test_a_verified_run_records_the_verified_revision(tmp_path: Path) -> None:
         env = next(r for r in rows if r["host"] == "")
         assert "verified revision" in env["conditions"][0]["message"].lower()
         assert env["last_verified_revision"] == revision.ref
+
+
+def test_the_daemon_status_api_reads_only(tmp_path: Path) -> None:
+    """The daemon's ``/api/status`` reader answers [] before anything is recorded, creating
+    nothing, and shows a suspension as a Suspended condition with its controls."""
+    state = tmp_path / "state"
+    settings = Settings(state_dir=state, environments=[
+        EnvironmentConfig(name="prod", repo=str(tmp_path), watch=False)])
+    daemon = Daemon(settings)
+    assert daemon.status() == [] and not state.exists()
+    _recorded(state)
+    with Store(state) as store:
+        control.suspend(store, "prod", actor="alice", reason="freeze")
+    (row,) = daemon.status()
+    assert row["conditions"][-1]["type"] == "Suspended"
+    assert row["controls"]["suspended"] == 1 and row["suspended"]["actor"] == "alice"
