@@ -1,9 +1,10 @@
 """Delivery metrics (the DORA four keys) computed from the reconciler's own run history.
 
 Read by the CLI (``gitops metrics``), the API, the Prometheus exporter and the status page
-(wired elsewhere). A pure function of the ``runs`` and ``host_results`` tables and of ``now``
-(injected, so tests are exact). Definitions, per environment and window
-``[now - days, now]`` (times are the store's UTC timestamps):
+(wired elsewhere). A pure function of the run history and its verified hosts (read through
+``Store.runs`` and ``Store.verified_hosts``) and of ``now`` (injected, so tests are exact).
+Definitions, per environment and window ``[now - days, now]`` (times are the store's UTC
+timestamps):
 
 - **Rollout**: the first ``reconcile`` run of a sha never applied successfully before in the
   environment (no earlier ``succeeded`` reconcile/rollback/retry run of it), with every later
@@ -39,7 +40,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from gitops.incidents import RunRow, episodes, load_runs, verified_hosts
+from gitops.incidents import episodes, load_runs, verified_hosts
+from gitops.records import RunRow
 from gitops.store import Store
 
 __all__ = ["DayCount", "DeliveryMetrics", "Rollout", "delivery_metrics", "rollouts"]
