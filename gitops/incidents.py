@@ -244,13 +244,13 @@ def _hosts(store: Store, run_id: int) -> list[str]:
 
 
 def _plan(store: Store, run_id: int) -> list[dict[str, Any]]:
-    detail = store.run(run_id)
-    if detail is None or detail.plan is None:
+    plan = store.plan(run_id)
+    if plan is None:
         return []
     return [{"host": host.host,
              "changes": [f"{op.service or '-'}: {op.name}" for op in host.ops
                          if op.would_change],
-             "error": host.error} for host in detail.plan.hosts]
+             "error": host.error} for host in plan.hosts]
 
 
 def _failures(store: Store, run: RunRow) -> list[dict[str, Any]]:
@@ -261,20 +261,15 @@ def _failures(store: Store, run: RunRow) -> list[dict[str, Any]]:
                                           "host": host, "error": None, "ops": [],
                                           "checks": []})
 
-    detail = store.run(run.id)
-    if detail is not None:
-        for h in detail.hosts:
-            if h.error:
-                entry(h.host)["error"] = h.error
-        for op in detail.operations:
-            if op.status == "failed":
-                entry(op.host)["ops"].append({"service": op.service, "name": op.name,
-                                              "stderr": op.stderr})
-        for chk in detail.checks:
-            if chk.status != "pass":
-                entry(chk.host)["checks"].append({"service": chk.service, "check": chk.check,
-                                                  "status": chk.status,
-                                                  "message": chk.message})
+    hosts, ops, checks = store.failures(run.id)
+    for h in hosts:
+        entry(h.host)["error"] = h.error
+    for op in ops:
+        entry(op.host)["ops"].append({"service": op.service, "name": op.name,
+                                      "stderr": op.stderr})
+    for chk in checks:
+        entry(chk.host)["checks"].append({"service": chk.service, "check": chk.check,
+                                          "status": chk.status, "message": chk.message})
     for host in run.failed_hosts:
         entry(host)
     return [per_host[h] for h in sorted(per_host)]

@@ -773,6 +773,28 @@ class Store:
                 (run_id,))),
         )
 
+    def plan(self, run_id: int) -> Plan | None:
+        """The plan a run recorded, if any."""
+        row = self.db.execute("SELECT plan FROM runs WHERE id=?", (run_id,)).fetchone()
+        return Plan.model_validate_json(row[0]) if row is not None and row[0] else None
+
+    def failures(self, run_id: int
+                 ) -> tuple[list[HostRow], list[OperationRow], list[CheckRow]]:
+        """What failed in a run: hosts with an error, failed operations, checks that did not
+        pass (what ``run`` gives, filtered in the query)."""
+        hosts = [HostRow(**dict(r)) for r in self.db.execute(
+            "SELECT host, apply_status, changed, error, verify_status, duration_s"
+            " FROM host_results WHERE run_id=? AND error IS NOT NULL AND error != ''"
+            " ORDER BY host", (run_id,))]
+        ops = [OperationRow(**dict(r)) for r in self.db.execute(
+            "SELECT host, service, name, status, stderr FROM op_results WHERE run_id=?"
+            " AND status='failed' ORDER BY host, seq", (run_id,))]
+        checks = [CheckRow(**dict(r)) for r in self.db.execute(
+            "SELECT host, service, check_name AS \"check\", status, message, duration_s"
+            " FROM check_results WHERE run_id=? AND status != 'pass'"
+            " ORDER BY host, service, check_name", (run_id,))]
+        return hosts, ops, checks
+
     def host_results(self, run_id: int) -> list[HostRow]:
         return [HostRow(**dict(r)) for r in self.db.execute(
             "SELECT host, apply_status, changed, error, verify_status, duration_s"
