@@ -387,3 +387,18 @@ def test_failed_hosts_are_those_of_the_latest_apply(store: Store) -> None:
     good = store.start_run("prod", "retry", _revision(), actor="t")
     store.finish_run(good, "succeeded", apply=_apply("web2"), verify=_verify("web2"))
     assert control.failed_hosts(store, "prod") == []
+
+
+def test_failures_and_plan_read_only_what_incidents_need(store: Store) -> None:
+    """``failures`` gives the hosts with an error, the failed operations and the checks that
+    did not pass; ``plan`` the run's plan (None for a run without one)."""
+    plan = Plan(hosts=(HostPlan(host="web2"),))
+    run_id = store.start_run("prod", "reconcile", _revision(), actor="t")
+    store.finish_run(run_id, "failed", plan=plan, apply=_apply("web1", "web2", failed="web2"),
+                     verify=_verify("web1", failing="web1"))
+    hosts, ops, checks = store.failures(run_id)
+    assert [(h.host, h.error) for h in hosts] == [("web2", "boom")]
+    assert [(o.host, o.stderr) for o in ops] == [("web2", "no space left")]
+    assert [(c.host, c.status, c.message) for c in checks] == [("web1", "fail", "closed")]
+    assert store.plan(run_id) == plan
+    assert store.plan(store.record_event("prod", "suspend", actor="a", reason="r")) is None
