@@ -83,3 +83,9 @@ class LockHeld(TemporaryError):
 
 class UnsignedCommit(PermanentError):
     """A commit that is unsigned, badly signed, or signed by a key the policy does not allow."""
+
+
+class Suspended(GitopsError):
+    """An operator asked for a run in an environment that is suspended (HTTP 409)."""
+
+    exit_code = EXIT_FAILED

@@ -85,6 +85,8 @@ class Outcome:
     error: GitopsError | None = None
     stopped_at: str | None = None
     """Why a rollout stopped before its last batch."""
+    recovering: frozenset[str] = frozenset()
+    """Hosts whose previous apply was cut by a crash of the controller (see ``journal``)."""
 
     @property
     def exit_code(self) -> int:
