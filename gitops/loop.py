@@ -23,18 +23,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import control, notify, policy, source
+from gitops import control, notify, policy, retention, source
 from gitops import verify as verify_stage
 from gitops.errors import GitopsError, Suspended, UsageError
 from gitops.policy import After, Controls, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import ENVIRONMENT, Condition, Store
+from gitops.store import now as store_now
 
 log = logging.getLogger("gitops.loop")
 
 __all__ = ["Daemon"]
 
+_PRUNE_EVERY = 3600.0
+"""Seconds between prunings of the history and the mirrors."""
 _DIFF_CACHE = 512
 """Diff summaries kept in memory (incident reports rewrite them after every run)."""
 
@@ -84,10 +87,14 @@ class Daemon:
                 raise UsageError(f"environment {cfg.name!r} is listed twice")
             self.envs[cfg.name] = _Env(cfg, Target(
                 repo=cfg.repo, branch=cfg.branch, environment=cfg.environment,
-                state_dir=settings.state_dir, actor="gitops-daemon",
-                connections=self.connections.path))
+                state_dir=settings.state_dir, actor=policy.DAEMON,
+                connections=self.connections.path,
+                keep_snapshots=settings.retention.snapshots))
         self.threads: list[threading.Thread] = []
         self.observers: list[Any] = []
+        self.pruned_at: float | None = None
+        """When the history was last pruned (``retention``, at most once an hour)."""
+        self.prune_lock = threading.Lock()
 
     # -- the Controller protocol (HTTP API) ------------------------------------------------
 
@@ -276,7 +283,9 @@ class Daemon:
         was_ready = inputs.status is None or inputs.status.ready
         self._report(env, outcome, kind=policy.event_kind(outcome.result, was_ready=was_ready))
         after = policy.after_run(RunSummary.of(outcome), cfg, env.failures, self.rand())
-        return self._carry_out(env, after, order.revision)
+        delay = self._carry_out(env, after, order.revision)
+        self._prune()
+        return delay
 
     def _carry_out(self, env: _Env, after: After, sha: str) -> float:
         """Do what ``policy.after_run`` decided; returns the seconds until the next poll."""
@@ -287,6 +296,28 @@ class Daemon:
             with env.lock:  # with any retry an operator asked for meanwhile
                 env.retry_hosts = (env.retry_hosts or frozenset()) | after.retry
         return after.delay_s
+
+    def _prune(self) -> None:
+        """Bound the database history and the repository mirrors (``Settings.retention``),
+        at most once an hour; the snapshots are pruned by every run."""
+        with self.prune_lock:
+            if self.pruned_at is not None and self.clock() - self.pruned_at < _PRUNE_EVERY:
+                return
+            self.pruned_at = self.clock()
+            try:
+                with self._store() as store:
+                    removed = retention.prune_history(
+                        store, self.settings.state_dir, self.settings.retention,
+                        repos=[e.config.repo for e in self.envs.values()], now=store_now())
+            except OSError as exc:
+                log.warning("cannot prune the state folder: %s", exc)
+                return
+        if removed:
+            log.info("pruned %d run(s) older than %g days from the history", removed,
+                     self.settings.retention.history_days)
+        for env in self.envs.values():
+            if removed:
+                self._write_incidents(env)  # and remove the reports of the runs gone
 
     def _rollback(self, env: _Env, bad: str, hosts: list[str]) -> None:
         """Give ``hosts`` the revision last verified on each, and quarantine ``bad``."""
@@ -403,8 +434,9 @@ class Daemon:
 
         try:
             with self._store() as store:
-                incidents.write_reports(store, folder, diff_summary=diff,
-                                        environment=env.target.environment)
+                written = incidents.write_reports(store, folder, diff_summary=diff,
+                                                  environment=env.target.environment)
+            retention.prune_reports(folder, env.target.environment, written)
         except OSError as exc:
             log.warning("%s: cannot write incident reports: %s", cfg.name, exc)
 

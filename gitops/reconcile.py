@@ -27,7 +27,7 @@ from typing import Any
 
 from gitops import apply as apply_stage
 from gitops import load as load_stage
-from gitops import source
+from gitops import retention, source
 from gitops import verify as verify_stage
 from gitops.errors import (
     EXIT_FAILED,
@@ -70,6 +70,8 @@ class Target:
     vagrant_dir: Path | None = None
     connections: Path | None = None
     """Keep SSH connections of verifies here (the daemon's ``verify.SshConnections``)."""
+    keep_snapshots: int = 20
+    """Snapshots kept after a run besides those in use (``settings.Retention.snapshots``)."""
 
 
 @dataclass(frozen=True)
@@ -228,7 +230,10 @@ def run(target: Target, request: Request, progress: Progress | None = None) -> O
     store = Store(target.state_dir)
     try:
         with environment_lock(target, request.kind):
-            return _locked_run(store, target, request, say)
+            outcome = _locked_run(store, target, request, say)
+            if request.kind != "verify":
+                retention.prune_snapshots(store, target.state_dir, target.keep_snapshots)
+            return outcome
     except LockHeld as exc:
         return Outcome("error", error=exc)
     finally:
