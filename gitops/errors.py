@@ -89,3 +89,7 @@ class Suspended(GitopsError):
     """An operator asked for a run in an environment that is suspended (HTTP 409)."""
 
     exit_code = EXIT_FAILED
+
+
+class InterruptedApply(TemporaryError):
+    """A host failed right after recovering from an apply a crash interrupted: applied again."""
