@@ -88,8 +88,6 @@ def test_kill_9_between_a_change_and_its_restart_is_completed_next_run(
     for host in HOSTS:
         repo.ssh(host, f"rm -f {PAUSE_FILE}; pkill -f '^sleep 300' || true")
         assert "Hello 0" in _served(repo, host)  # written, not restarted: the crash's state
-    journals = repo.state_dir / "journal" / "lab"
-    assert sorted(p.stem for p in journals.glob("*.jsonl")) == list(HOSTS)
 
     code, result = repo.gitops_json("reconcile", "--once")
     assert code == 0, result
@@ -100,7 +98,7 @@ def test_kill_9_between_a_change_and_its_restart_is_completed_next_run(
         assert status["app | Restart app (code, configuration or unit changed)"] == "changed"
     for host in HOSTS:
         assert "Hello 1" in _served(repo, host)
-    assert not list(journals.glob("*.jsonl"))
+    assert not list((repo.state_dir / "journal" / "lab").glob("*.jsonl"))
     code, again = repo.gitops_json("reconcile", "--once")  # forced once, not every time
     assert code == 0, again
     for h in again["apply"]["hosts"]:
