@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
-from statelab import StateRepo, make_state_repo
+from statelab import StateRepo, git, make_state_repo
+from test_daemon_e2e import TOKEN, Daemon, wait_for
 
 from gitops.lab import LabInfo
 
@@ -56,6 +57,12 @@ def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> StateRepo:
     return repo
 
 
+def _verified(daemon: Daemon, sha: str) -> bool:
+    status = daemon.env_status()
+    return all((status.get(h) or {}).get("last_verified_revision", "").endswith(sha)
+               for h in HOSTS)
+
+
 def _wait(condition: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,20 +72,18 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def test_kill_9_between_a_change_and_its_restart_is_completed_next_run(
-    repo: StateRepo,
-) -> None:
-    """After a kill -9 that left a new configuration written but the app not restarted, the
-    next reconcile restarts the app (the change's consequence) and verifies: no failure."""
+def _kill_between_change_and_restart(repo: StateRepo, message: str) -> None:
+    """Commit ``message``, reconcile, kill -9 once every host has the new configuration and
+    the app has not been restarted with it."""
     for host in HOSTS:
         repo.ssh(host, f"touch {PAUSE_FILE}")
-    _set_message(repo, "Hello 1")
+    _set_message(repo, message)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gitops", "reconcile", "--once", "--repo", str(repo.path),
          "--state-dir", str(repo.state_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: all("Hello 1" in _config(repo, h) for h in HOSTS), 240,
+        _wait(lambda: all(message in _config(repo, h) for h in HOSTS), 240,
               "the new configuration on every host")
         time.sleep(1)  # inside the pause now: the restart has not run
         assert proc.poll() is None
@@ -87,7 +92,15 @@ def test_kill_9_between_a_change_and_its_restart_is_completed_next_run(
         proc.wait(timeout=30)
     for host in HOSTS:
         repo.ssh(host, f"rm -f {PAUSE_FILE}; pkill -f '^sleep 300' || true")
-        assert "Hello 0" in _served(repo, host)  # written, not restarted: the crash's state
+        assert message not in _served(repo, host)  # written, not restarted: the crash's state
+
+
+def test_kill_9_between_a_change_and_its_restart_is_completed_next_run(
+    repo: StateRepo,
+) -> None:
+    """After a kill -9 that left a new configuration written but the app not restarted, the
+    next reconcile restarts the app (the change's consequence) and verifies: no failure."""
+    _kill_between_change_and_restart(repo, "Hello 1")
 
     code, result = repo.gitops_json("reconcile", "--once")
     assert code == 0, result
@@ -113,3 +126,28 @@ def test_every_apply_leaves_no_journal(repo: StateRepo) -> None:
     assert code == 0, result
     assert not list((repo.state_dir / "journal" / "lab").glob("*.jsonl"))
     assert Path(repo.state_dir / "journal" / "lab").is_dir()
+
+
+def test_the_daemon_after_such_a_kill_verifies_without_quarantine(
+    repo: StateRepo, tmp_path: Path,
+) -> None:
+    """The daemon started after that kill restarts the app and verifies the commit: no
+    rollback, no quarantine, no failed run."""
+    _kill_between_change_and_restart(repo, "Hello 3")
+    sha = git(repo.path, "rev-parse", "HEAD")
+    daemon = Daemon(repo, tmp_path)
+    daemon.start()
+    try:
+        wait_for(lambda: _verified(daemon, sha), 240, "the commit verified on every host")
+        for host in HOSTS:
+            assert "Hello 3" in _served(repo, host)
+        _, status = daemon.http("GET", "/api/status",
+                                headers={"Authorization": f"Bearer {TOKEN}"})
+    finally:
+        daemon.stop()
+    env = next(row for row in status if row["host"] == "")
+    assert env["quarantined"] == []
+    runs = [r for r in daemon.history() if r["sha"] == sha]
+    assert [r["result"] for r in runs if r["kind"] == "rollback"] == []
+    assert "failed" not in [r["result"] for r in runs]
+    assert "succeeded" in [r["result"] for r in runs]
