@@ -8,8 +8,11 @@ rolls the failed hosts back to the revision last verified on them and quarantine
 commit until a newer one arrives; unreachable hosts are retried with backoff; a bad
 declaration or an unsigned commit stalls the environment until a new commit. Drift checks run
 the checks on an interval and, by policy, re-apply; verifies keep each host's SSH connection
-open until the daemon stops (``verify.SshConnections``). This process never imports pyinfra or
-testinfra: the stages run them in worker processes. Called by ``cli run``.
+open until the daemon stops (``verify.SshConnections``). What to run, what follows a run,
+the waits, rollback targets, drift and notifications are decided by the pure functions of
+``policy``: this module gathers their inputs and carries their decisions out, and prunes the
+state folder after runs (``retention``). This process never imports pyinfra or testinfra: the
+stages run them in worker processes. Called by ``cli run``.
 """
 
 from __future__ import annotations

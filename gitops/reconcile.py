@@ -3,6 +3,9 @@
 Guards first (the environment lock), then the named stages in order; whatever happens, the
 run and the status record are finalized before returning (Flux's deferred finalize). A bad
 declaration is permanent (``Stalled``, nothing applied); a fetch or SSH failure is temporary.
+An apply a crash cut short is resumed from its journal (``journal``): every service applied on
+those hosts, and a failure only there is temporary. Snapshots are pruned after each run
+(``retention``).
 Called by the CLI (and the daemon, later); the stages it calls keep pyinfra and testinfra in
 worker processes, so this module is safe in a long-lived process.
 """
