@@ -10,6 +10,7 @@ Called by ``reconcile`` and the CLI; never imports pyinfra itself.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from gitops.model import DeclaredState
 from gitops.records import ApplyReport, Plan, WorkerResult
@@ -18,8 +19,9 @@ from gitops.worker import Progress, run_worker
 _WORKER = "gitops.workers.apply_worker"
 
 
-def _job(state: DeclaredState, *, dry: bool, diff: bool) -> str:
-    return json.dumps({"state": state.model_dump(mode="json"), "dry": dry, "diff": diff})
+def _job(state: DeclaredState, *, dry: bool, diff: bool, journal: Path | None = None) -> str:
+    return json.dumps({"state": state.model_dump(mode="json"), "dry": dry, "diff": diff,
+                       "journal": str(journal) if journal else None})
 
 
 def plan(
@@ -32,11 +34,16 @@ def plan(
 
 
 def apply(
-    state: DeclaredState, *, timeout: float = 1800, on_progress: Progress | None = None
+    state: DeclaredState, *, timeout: float = 1800, on_progress: Progress | None = None,
+    journal: Path | None = None,
 ) -> tuple[Plan, ApplyReport]:
-    """Apply; return what changed (as a plan, with diffs) and the per-operation results."""
-    out = run_worker(_WORKER, _job(state, dry=False, diff=True), timeout=timeout,
-                     on_progress=on_progress)
+    """Apply; return what changed (as a plan, with diffs) and the per-operation results.
+
+    With ``journal`` (a folder, ``gitops.journal``), each host's operations are journaled as
+    they run, and what an interrupted apply changed counts as changed for what depends on it.
+    """
+    out = run_worker(_WORKER, _job(state, dry=False, diff=True, journal=journal),
+                     timeout=timeout, on_progress=on_progress)
     result = WorkerResult.model_validate_json(out)
     assert result.apply is not None
     return result.plan, result.apply

@@ -83,3 +83,13 @@ class LockHeld(TemporaryError):
 
 class UnsignedCommit(PermanentError):
     """A commit that is unsigned, badly signed, or signed by a key the policy does not allow."""
+
+
+class Suspended(GitopsError):
+    """An operator asked for a run in an environment that is suspended (HTTP 409)."""
+
+    exit_code = EXIT_FAILED
+
+
+class InterruptedApply(TemporaryError):
+    """A host failed right after recovering from an apply a crash interrupted: applied again."""

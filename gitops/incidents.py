@@ -398,11 +398,13 @@ def render_markdown(incident: Incident) -> str:
 
 
 def write_reports(store: Store, folder: Path,
-                  diff_summary: DiffSummary | None = None) -> list[Path]:
-    """One ``<id>.md`` per incident in ``folder`` (atomic; rewritten only when changed)."""
+                  diff_summary: DiffSummary | None = None,
+                  environment: str | None = None) -> list[Path]:
+    """One ``<id>.md`` per incident (of ``environment``, or of all) in ``folder`` (atomic;
+    rewritten only when changed)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for incident in incidents(store, diff_summary=diff_summary):
+    for incident in incidents(store, environment, diff_summary=diff_summary):
         path = folder / f"{incident.id}.md"
         text = render_markdown(incident)
         try:

@@ -8,8 +8,11 @@ rolls the failed hosts back to the revision last verified on them and quarantine
 commit until a newer one arrives; unreachable hosts are retried with backoff; a bad
 declaration or an unsigned commit stalls the environment until a new commit. Drift checks run
 the checks on an interval and, by policy, re-apply; verifies keep each host's SSH connection
-open until the daemon stops (``verify.SshConnections``). This process never imports pyinfra or
-testinfra: the stages run them in worker processes. Called by ``cli run``.
+open until the daemon stops (``verify.SshConnections``). What to run, what follows a run,
+the waits, rollback targets, drift and notifications are decided by the pure functions of
+``policy``: this module gathers their inputs and carries their decisions out, and prunes the
+state folder after runs (``retention``). This process never imports pyinfra or testinfra: the
+stages run them in worker processes. Called by ``cli run``.
 """
 
 from __future__ import annotations
@@ -23,17 +26,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from gitops import control, notify, source
+from gitops import control, notify, policy, retention, source
 from gitops import verify as verify_stage
-from gitops.errors import GitopsError, PermanentError, UsageError
+from gitops.errors import GitopsError, Suspended, UsageError
+from gitops.policy import After, Controls, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
-from gitops.records import Controls, RunKind, RunRow, StatusRow
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import ENVIRONMENT, Condition, NoStore, Store
+from gitops.store import now as store_now
 
 log = logging.getLogger("gitops.loop")
 
 __all__ = ["Daemon"]
+
+_PRUNE_EVERY = 3600.0
+"""Seconds between prunings of the history and the mirrors."""
+_DIFF_CACHE = 512
+"""Diff summaries kept in memory (incident reports rewrite them after every run)."""
 
 
 @dataclass
@@ -44,15 +53,18 @@ class _Env:
     target: Target
     wake: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    pending: tuple[str, str] | None = None
-    """(reason, actor) of the reconcile asked for and not yet started."""
+    pending: Trigger | None = None
+    """The reconcile asked for and not yet started."""
     next_poll: float = 0.0
     next_drift: float = 0.0
     failures: int = 0
     """Consecutive temporary failures: the backoff exponent."""
     retry_hosts: frozenset[str] | None = None
+    """Hosts to retry at the next cycle (an operator's ``retry``, unreachable hosts)."""
     running: str | None = None
     """What the environment's thread is doing now (for health)."""
+    diffs: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(old, new) -> ``git diff --stat`` in its repository, for incident reports."""
 
 
 class Daemon:
@@ -78,10 +90,14 @@ class Daemon:
                 raise UsageError(f"environment {cfg.name!r} is listed twice")
             self.envs[cfg.name] = _Env(cfg, Target(
                 repo=cfg.repo, branch=cfg.branch, environment=cfg.environment,
-                state_dir=settings.state_dir, actor="gitops-daemon",
-                connections=self.connections.path))
+                state_dir=settings.state_dir, actor=policy.DAEMON,
+                connections=self.connections.path,
+                keep_snapshots=settings.retention.snapshots))
         self.threads: list[threading.Thread] = []
         self.observers: list[Any] = []
+        self.pruned_at: float | None = None
+        """When the history was last pruned (``retention``, at most once an hour)."""
+        self.prune_lock = threading.Lock()
 
     # -- the Controller protocol (HTTP API) ------------------------------------------------
 
@@ -89,12 +105,25 @@ class Daemon:
         return [e.config for e in self.envs.values()]
 
     def trigger(self, environment: str, *, reason: str, actor: str) -> bool:
-        """Ask for a reconcile now; False when one is already pending (coalesced)."""
+        """Ask for a reconcile now; False when one is already pending (coalesced).
+
+        Raises ``Suspended`` (who, why, since when) for an operator's trigger of a suspended
+        environment; a webhook's is accepted and applies nothing until resumed."""
         env = self._env(environment)
+        trigger = Trigger(reason, actor)
+        with self._store() as store:
+            controls = Controls.from_row(store.controls(env.target.environment))
+        refused = policy.refusal(environment, controls, trigger)
+        if refused is not None:
+            raise Suspended(refused)
+        return self._wake(env, trigger)
+
+    def _wake(self, env: _Env, trigger: Trigger) -> bool:
+        environment, reason, actor = env.config.name, trigger.reason, trigger.actor
         with env.lock:
             queued = env.pending is None
             if queued:
-                env.pending = (reason, actor)
+                env.pending = trigger
         env.wake.set()
         log.info("%s: trigger from %s (%s)%s", environment, actor, reason,
                  "" if queued else ", coalesced")
@@ -111,16 +140,17 @@ class Daemon:
                 result = control.resume(store, env.target.environment, actor=actor,
                                         reason=reason).as_dict()
             elif action == "rollback":
-                result = self._hold(store, env, revision, actor=actor, reason=reason).as_dict()
+                result = self._hold(store, env, revision, actor=actor, reason=reason)
             elif action == "retry":
                 hosts = control.failed_hosts(store, env.target.environment)
                 if not hosts:
                     raise UsageError(f"{environment}: no failed hosts to retry")
-                env.retry_hosts = frozenset(hosts)
+                with env.lock:
+                    env.retry_hosts = (env.retry_hosts or frozenset()) | frozenset(hosts)
                 result = {"retrying": hosts}
             else:
                 raise UsageError(f"unknown action {action!r}")
-        self.trigger(environment, reason=f"{action} by {actor}", actor=actor)
+        self._wake(env, Trigger(f"{action} by {actor}", actor))
         return result
 
     def health(self) -> dict[str, Any]:
@@ -203,12 +233,15 @@ class Daemon:
                                                                  env.config)
             except Exception:  # a bug must not kill the environment's loop
                 log.exception("%s: cycle failed", env.config.name)
-                env.next_poll = self.clock() + self._backoff(env)
+                env.failures += 1
+                env.next_poll = self.clock() + policy.backoff(
+                    env.failures, env.config.retry_base, env.config.retry_max, self.rand())
             finally:
                 env.running = None
 
-    def _cycle(self, env: _Env, pending: tuple[str, str] | None) -> float:
-        """One poll: returns the seconds until the next one."""
+    def _cycle(self, env: _Env, pending: Trigger | None) -> float:
+        """One poll: gather the inputs, let ``policy.next_run`` decide, carry it out; returns
+        the seconds until the next poll."""
         cfg, name = env.config, env.target.environment
         try:
             head = source.head(cfg.repo, cfg.branch)
@@ -217,151 +250,137 @@ class Daemon:
                 self._condition(store, name, Condition("Reconciling", "False", "ArtifactFailed",
                                                        f"{exc}; retrying with backoff"))
             log.warning("%s: %s", cfg.name, exc)
-            return self._backoff(env)
+            return self._carry_out(env, policy.after_run(
+                RunSummary("error"), cfg, env.failures, self.rand()), "")
+        with env.lock:  # taken now: a retry asked for during the run is kept for the next
+            retry, env.retry_hosts = env.retry_hosts, None
         with self._store() as store:
-            controls = store.controls(name)
-            if controls.suspended:
-                return self._jitter(cfg.interval, cfg)
-            if controls.held_sha and head != controls.held_head:
+            inputs = CycleInput(
+                head=head, controls=Controls.from_row(store.controls(name)),
+                last=LastRun.from_history(store.history(name, limit=20)),
+                quarantined=frozenset(q.sha for q in store.quarantined(name)),
+                status=EnvStatus.from_row(store.environment_status(name)),
+                pending=pending, retry=retry)
+            decision = policy.next_run(inputs)
+            if decision.release_hold:
                 control.release_hold(store, name, head=head)
-                controls = store.controls(name)
-            wanted = controls.held_sha or head
-            last = [r for r in store.history(name, limit=20)
-                    if r.kind in ("reconcile", "rollback", "retry")][:1]
-            quarantined = {q.sha for q in store.quarantined(name)}
-            env_status = store.environment_status(name)
-        kind: RunKind = "rollback" if controls.held_sha else "reconcile"
-        retry = env.retry_hosts
-        if wanted in quarantined and not controls.held_sha:
-            return self._jitter(cfg.interval, cfg)  # the status already says why
-        # Webhooks and the repository watcher say "look now"; an operator says "run now".
-        forced = pending is not None and not pending[1].startswith(("webhook:", "watch"))
-        if not forced and retry is None and not self._needs_run(wanted, last, env_status):
-            return self._jitter(cfg.interval, cfg)
+        order = decision.run
+        if order is None:
+            if retry is not None and inputs.controls.suspended:
+                with env.lock:  # kept for after the resume
+                    env.retry_hosts = (env.retry_hosts or frozenset()) | retry
+            log.debug("%s: nothing to run: %s", cfg.name, decision.why)
+            return policy.jitter(cfg.interval, cfg.jitter, self.rand())
         self._resend_statuses(env)
-        reason, actor = pending or (f"new commit {wanted[:10]}", "gitops-daemon")
-        previous = env_status.last_applied if env_status is not None else None
-        if previous and not controls.held_sha:
+        reason = order.reason
+        if order.previous:
             source.fetch(cfg.repo, cfg.branch, env.target.state_dir)
-            old = previous.sha
-            if old != wanted and source.rewrites_history(cfg.repo, env.target.state_dir, old,
-                                                         wanted):
-                reason += f" (force-push: {old[:10]} is not an ancestor of {wanted[:10]})"
-        env.running = f"{kind} {wanted[:10]}"
-        self._commit_status(env, wanted, "pending", f"{kind} started", retries=1)
+            if order.previous != order.revision and source.rewrites_history(
+                    cfg.repo, env.target.state_dir, order.previous, order.revision):
+                reason += (f" (force-push: {order.previous[:10]} is not an ancestor of "
+                           f"{order.revision[:10]})")
+        env.running = f"{order.kind} {order.revision[:10]}"
+        self._commit_status(env, order.revision, "pending", f"{order.kind} started", retries=1)
         outcome = run(env.target, Request(
-            kind="retry" if retry is not None else kind, reason=reason, revision=wanted,
-            hosts=retry, signing=cfg.verify_commits, stop=self.stop_event, actor=actor,
-            # a new commit: apply what changed; an operator's run or a retry: everything
-            changed_only=kind == "reconcile" and retry is None and not forced,
+            kind=order.kind, reason=reason, revision=order.revision, hosts=order.hosts,
+            signing=cfg.verify_commits, stop=self.stop_event, actor=order.actor,
+            changed_only=order.changed_only,
         ), progress=lambda line: log.info("%s: %s", cfg.name, line))
-        env.retry_hosts = None
         state, description = notify.commit_state_for(outcome)
-        self._commit_status(env, wanted, state, description)
-        self._report(env, outcome, was_ready=self._was_ready(env_status))
-        return self._after(env, outcome, wanted)
+        self._commit_status(env, order.revision, state, description)
+        was_ready = inputs.status is None or inputs.status.ready
+        self._report(env, outcome, kind=policy.event_kind(outcome.result, was_ready=was_ready))
+        after = policy.after_run(RunSummary.of(outcome), cfg, env.failures, self.rand())
+        delay = self._carry_out(env, after, order.revision)
+        self._prune()
+        return delay
 
-    @staticmethod
-    def _needs_run(wanted: str, last: list[RunRow], env_status: StatusRow | None) -> bool:
-        """Whether the wanted commit still has to be reconciled (no SSH is needed to know)."""
-        attempted = env_status.last_attempted if env_status is not None else None
-        if (env_status is not None and attempted is not None and attempted.sha == wanted
-                and env_status.is_true("Stalled")):
-            return False  # permanent failure: wait for a new commit
-        if not last:
-            return True
-        newest = last[0]
-        if newest.sha != wanted:
-            return True
-        return newest.result == "interrupted"
+    def _carry_out(self, env: _Env, after: After, sha: str) -> float:
+        """Do what ``policy.after_run`` decided; returns the seconds until the next poll."""
+        env.failures = after.failures
+        if after.rollback:
+            self._rollback(env, sha, sorted(after.rollback))
+        if after.retry:
+            with env.lock:  # with any retry an operator asked for meanwhile
+                env.retry_hosts = (env.retry_hosts or frozenset()) | after.retry
+        return after.delay_s
 
-    def _after(self, env: _Env, outcome: Outcome, sha: str) -> float:
-        """Decide what follows a run: done, rollback and quarantine, retry, or backoff."""
-        cfg = env.config
-        if outcome.result == "succeeded":
-            env.failures = 0
-            return self._jitter(cfg.interval, cfg)
-        if outcome.result == "invalid" or isinstance(outcome.error, PermanentError):
-            env.failures = 0
-            return self._jitter(cfg.interval, cfg)  # Stalled until a new commit
-        if outcome.result in ("error", "interrupted"):
-            return self._backoff(env)
-        unreachable = set(outcome.verify.host_errors) if outcome.verify else set()
-        if outcome.apply:
-            unreachable |= {h.host for h in outcome.apply.hosts if h.status == "unreachable"}
-        broken = set(outcome.verify.failed_hosts if outcome.verify else []) | set(
-            outcome.apply.failed_hosts if outcome.apply else [])
-        broken -= unreachable
-        if broken and cfg.auto_rollback and outcome.revision is not None:
-            self._rollback(env, sha, sorted(broken))
-        if unreachable:
-            env.retry_hosts = frozenset(unreachable)
-            return self._backoff(env)
-        env.failures = 0
-        return self._jitter(cfg.interval, cfg)
+    def _prune(self) -> None:
+        """Bound the database history and the repository mirrors (``Settings.retention``),
+        at most once an hour; the snapshots are pruned by every run."""
+        with self.prune_lock:
+            if self.pruned_at is not None and self.clock() - self.pruned_at < _PRUNE_EVERY:
+                return
+            self.pruned_at = self.clock()
+            try:
+                with self._store() as store:
+                    removed = retention.prune_history(
+                        store, self.settings.state_dir, self.settings.retention,
+                        repos=[e.config.repo for e in self.envs.values()], now=store_now())
+            except OSError as exc:
+                log.warning("cannot prune the state folder: %s", exc)
+                return
+        if removed:
+            log.info("pruned %d run(s) older than %g days from the history", removed,
+                     self.settings.retention.history_days)
+        for env in self.envs.values():
+            if removed:
+                self._write_incidents(env)  # and remove the reports of the runs gone
 
     def _rollback(self, env: _Env, bad: str, hosts: list[str]) -> None:
         """Give ``hosts`` the revision last verified on each, and quarantine ``bad``."""
         name = env.target.environment
         with self._store() as store:
             store.quarantine(name, bad, f"verification failed on {', '.join(hosts)}")
-            by_revision: dict[str, list[str]] = {}
-            for row in store.status(name):
-                if row.host in hosts and row.last_verified is not None:
-                    sha = row.last_verified.sha
-                    if sha != bad:
-                        by_revision.setdefault(sha, []).append(row.host)
+            targets = policy.rollback_targets(
+                bad, hosts, [policy.HostRevision.from_row(r) for r in store.status(name)])
         log.warning("%s: quarantined %s; rolling back %s", env.config.name, bad[:10], hosts)
         self._notify(env, notify.Event(
             kind="quarantine", environment=env.config.name, sha=bad,
             summary=f"{bad[:10]} quarantined: verification failed on {', '.join(hosts)}",
             failed_hosts=tuple(hosts)))
-        for sha, names in by_revision.items():
+        for sha, names in targets.items():
             outcome = run(env.target, Request(
-                kind="rollback", revision=sha, hosts=frozenset(names),
-                reason=f"automatic rollback of {bad[:10]}", actor="gitops-daemon",
+                kind="rollback", revision=sha, hosts=names,
+                reason=f"automatic rollback of {bad[:10]}", actor=policy.DAEMON,
                 stop=self.stop_event))
             self._report(env, outcome, kind="rollback")
 
     def _hold(self, store: Store, env: _Env, revision: str | None, *, actor: str,
-              reason: str) -> Controls:
+              reason: str) -> dict[str, Any]:
         return control.hold_rollback(
             store, env.target.environment, repo=env.config.repo, branch=env.config.branch,
-            state_dir=env.target.state_dir, revision=revision, actor=actor, reason=reason)
+            state_dir=env.target.state_dir, revision=revision, actor=actor,
+            reason=reason).as_dict()
 
     def _drift(self, env: _Env) -> None:
         """Verify the last applied revision; with ``drift: correct``, re-apply it on drift."""
         cfg, name = env.config, env.target.environment
         with self._store() as store:
-            if store.controls(name).suspended:
+            if Controls.from_row(store.controls(name)).suspended:
                 return
-            current = store.environment_status(name)
-        applied = current.last_applied if current is not None else None
-        if applied is None:
+            status = EnvStatus.from_row(store.environment_status(name))
+        sha = status.applied if status else None
+        if not sha:
             return
-        sha = applied.sha
         env.running = f"drift check {sha[:10]}"
         outcome = run(env.target, Request(kind="verify", revision=sha, reason="drift check",
-                                          actor="gitops-daemon"))
-        if outcome.result == "failed":
+                                          actor=policy.DAEMON))
+        action = policy.after_drift(
+            outcome.result, outcome.verify.failed_hosts if outcome.verify else [], cfg.drift)
+        if action.notify:
             self._report(env, outcome, kind="drift")
-        if outcome.result == "failed" and cfg.drift == "correct":
-            drifted = outcome.verify.failed_hosts if outcome.verify else []
+        if action.correct:
             corrected = run(env.target, Request(
-                kind="reconcile", revision=sha, hosts=frozenset(drifted),
-                reason="drift correction", actor="gitops-daemon", stop=self.stop_event))
-            self._report(env, corrected, was_ready=False)
+                kind="reconcile", revision=sha, hosts=action.correct,
+                reason="drift correction", actor=policy.DAEMON, stop=self.stop_event))
+            self._report(env, corrected,
+                         kind=policy.event_kind(corrected.result, was_ready=False))
 
     # -- telling people: notifications, commit statuses, incident reports ---------------
 
-    def _report(self, env: _Env, outcome: Outcome, *, kind: notify.EventKind | None = None,
-                was_ready: bool = True) -> None:
-        """Notify (failure, recovery, rollback, drift, success) and rewrite incident reports."""
-        if kind is None:
-            if outcome.result == "succeeded":
-                kind = "success" if was_ready else "recovery"
-            elif outcome.result in ("failed", "invalid", "error"):
-                kind = "failure"
+    def _report(self, env: _Env, outcome: Outcome, *, kind: notify.EventKind | None) -> None:
+        """Notify ``kind`` (``policy.event_kind``; None: nobody) and rewrite incident reports."""
         if kind is not None and env.config.notifiers:
             self._notify(env, notify.event_from_outcome(kind, env.config.name, outcome))
         self._write_incidents(env)
@@ -405,23 +424,31 @@ class Daemon:
                     store.delivered(env.target.environment, item.receiver, item.sha)
 
     def _write_incidents(self, env: _Env) -> None:
+        """Rewrite the incident reports of ``env`` (only its own: no other changed), their
+        diff summaries from its own repository's mirror."""
         from gitops import incidents
 
         folder = self.settings.reports_dir or self.settings.state_dir / "reports"
         cfg = env.config
 
         def diff(old: str, new: str) -> str:
-            return source.diff_summary(cfg.repo, self.settings.state_dir, old, new)
+            key = (old, new)
+            if key not in env.diffs:  # commits do not change: each pair is asked once
+                text = source.diff_summary(cfg.repo, self.settings.state_dir, old, new)
+                if not text:
+                    return text  # not fetched yet, perhaps: ask again next time
+                if len(env.diffs) >= _DIFF_CACHE:
+                    env.diffs.pop(next(iter(env.diffs)))
+                env.diffs[key] = text
+            return env.diffs[key]
 
         try:
             with self._store() as store:
-                incidents.write_reports(store, folder, diff_summary=diff)
+                written = incidents.write_reports(store, folder, diff_summary=diff,
+                                                  environment=env.target.environment)
+            retention.prune_reports(folder, env.target.environment, written)
         except OSError as exc:
             log.warning("%s: cannot write incident reports: %s", cfg.name, exc)
-
-    @staticmethod
-    def _was_ready(env_status: StatusRow | None) -> bool:
-        return env_status is None or env_status.updated_at is None or env_status.ready
 
     # -- helpers ---------------------------------------------------------------------------
 
@@ -452,13 +479,7 @@ class Daemon:
         self.observers.append(observer)
 
     def _jitter(self, seconds: float, cfg: EnvironmentConfig) -> float:
-        return float(seconds * (1 + cfg.jitter * (2 * self.rand() - 1)))
-
-    def _backoff(self, env: _Env) -> float:
-        """Exponential backoff with full jitter, capped: base * 2^n, then a random share."""
-        env.failures += 1
-        cap = min(env.config.retry_max, env.config.retry_base * 2 ** (env.failures - 1))
-        return float(max(env.config.retry_base / 2, cap * self.rand()))
+        return policy.jitter(seconds, cfg.jitter, self.rand())
 
     def _env(self, name: str) -> _Env:
         if name not in self.envs:

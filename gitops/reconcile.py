@@ -3,6 +3,9 @@
 Guards first (the environment lock), then the named stages in order; whatever happens, the
 run and the status record are finalized before returning (Flux's deferred finalize). A bad
 declaration is permanent (``Stalled``, nothing applied); a fetch or SSH failure is temporary.
+An apply a crash cut short is resumed from its journal (``journal``): every service applied on
+those hosts, and a failure only there is temporary. Snapshots are pruned after each run
+(``retention``).
 Called by the CLI (and the daemon, later); the stages it calls keep pyinfra and testinfra in
 worker processes, so this module is safe in a long-lived process.
 """
@@ -21,19 +24,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from gitops import apply as apply_stage
+from gitops import journal, retention, source
 from gitops import load as load_stage
-from gitops import source
 from gitops import verify as verify_stage
 from gitops.errors import (
     EXIT_FAILED,
     EXIT_INVALID,
     EXIT_OK,
     GitopsError,
+    InterruptedApply,
     InvalidDeclaration,
     LockHeld,
     PermanentError,
@@ -70,6 +74,8 @@ class Target:
     vagrant_dir: Path | None = None
     connections: Path | None = None
     """Keep SSH connections of verifies here (the daemon's ``verify.SshConnections``)."""
+    keep_snapshots: int = 20
+    """Snapshots kept after a run besides those in use (``settings.Retention.snapshots``)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ class Outcome:
     error: GitopsError | None = None
     stopped_at: str | None = None
     """Why a rollout stopped before its last batch."""
+    recovering: frozenset[str] = frozenset()
+    """Hosts whose previous apply was cut by a crash of the controller (see ``journal``)."""
 
     @property
     def exit_code(self) -> int:
@@ -226,7 +234,10 @@ def run(target: Target, request: Request, progress: Progress | None = None) -> O
     store = Store(target.state_dir)
     try:
         with environment_lock(target, request.kind):
-            return _locked_run(store, target, request, say)
+            outcome = _locked_run(store, target, request, say)
+            if request.kind != "verify":
+                retention.prune_snapshots(store, target.state_dir, target.keep_snapshots)
+            return outcome
     except LockHeld as exc:
         return Outcome("error", error=exc)
     finally:
@@ -287,15 +298,23 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
             outcome = Outcome(result, run_id=run_id, revision=revision, verify=checks)
         else:
             converged = store.converged(env) if request.changed_only else {}
+            folder = journal_folder(target)
+            journal.forget_others(folder, {h.name for h in state.hosts})
+            recovering = frozenset(journal.interrupted(folder) & {h.name for h in targeted.hosts})
+            if recovering:
+                say(f"the last apply on {', '.join(sorted(recovering))} was interrupted: "
+                    "every service is applied there")
+            unchanged = {h: set() if h in recovering else kept
+                         for h, kept in _unchanged(targeted, prints, converged).items()}
 
             def batch_done(applied: ApplyReport, checks: VerifyReport) -> None:
                 store.record_batch(run_id, applied, checks)
                 _host_status(store, env, Outcome("succeeded", apply=applied, verify=checks),
                              revision.ref, revision.ref, prints)
 
-            outcome = _rollout(targeted, revision, run_id, request, stages, say,
-                               target.connections, _unchanged(targeted, prints, converged),
-                               batch_done)
+            outcome = _recovered(_rollout(targeted, revision, run_id, request, stages, say,
+                                          target.connections, unchanged, batch_done, folder),
+                                 recovering)
     except InvalidDeclaration as exc:
         outcome = Outcome("invalid", run_id=run_id, revision=outcome.revision, error=exc)
     except GitopsError as exc:
@@ -365,6 +384,7 @@ def _rollout(
     connections: Path | None,
     unchanged: dict[str, set[str]],
     batch_done: Callable[[ApplyReport, VerifyReport], None],
+    journal_dir: Path | None = None,
 ) -> Outcome:
     """Apply then verify batch by batch (canary first); stop past the fail percentage.
 
@@ -389,7 +409,8 @@ def _rollout(
         skipped = sorted({s for h in part.hosts for s in unchanged.get(h.name, ())})
         say(f"{label}: applying on {', '.join(batch)}"
             + (f" (unchanged, not applied: {', '.join(skipped)})" if skipped else ""))
-        plan_, applied = (apply_stage.apply(todo, on_progress=say) if todo.hosts
+        plan_, applied = (apply_stage.apply(todo, on_progress=say, journal=journal_dir)
+                          if todo.hosts
                           else (Plan(hosts=()), ApplyReport(hosts=())))
         applied = _with_unchanged(part, applied, unchanged)
         stages["plan+apply"] = stages.get("plan+apply", 0) + time.monotonic() - t
@@ -414,6 +435,25 @@ def _rollout(
     failed_any = bool(stopped or report.failed_hosts or checks.failed_hosts)
     return Outcome("failed" if failed_any else "succeeded", run_id=run_id, revision=revision,
                    plan=Plan(hosts=plan_hosts), apply=report, verify=checks, stopped_at=stopped)
+
+
+def journal_folder(target: Target) -> Path:
+    """Where the applies of ``target``'s environment journal their operations."""
+    return target.state_dir / "journal" / target.environment
+
+
+def _recovered(outcome: Outcome, recovering: frozenset[str]) -> Outcome:
+    """The outcome of a run that resumed interrupted applies on ``recovering``: when only
+    those hosts failed, the failure is the crash's, not the commit's: a temporary error
+    (applied again, never rolled back, not a change failure)."""
+    outcome = replace(outcome, recovering=recovering)
+    failed = set(outcome.apply.failed_hosts if outcome.apply else ()) | set(
+        outcome.verify.failed_hosts if outcome.verify else ())
+    if outcome.result != "failed" or not failed or not failed <= recovering:
+        return outcome
+    return replace(outcome, result="error", error=InterruptedApply(
+        f"{', '.join(sorted(failed))} failed right after recovering from an apply that a "
+        "crash of the reconciler interrupted; applying again before anything is rolled back"))
 
 
 def _with_unchanged(part: DeclaredState, report: ApplyReport,

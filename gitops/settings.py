@@ -158,6 +158,22 @@ class EnvironmentConfig(BaseModel):
         return self.inventory or self.name
 
 
+class Retention(BaseModel):
+    """How much the state folder keeps (README, "The state folder")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    snapshots: int = Field(default=20, ge=1)
+    """Snapshot folders kept besides those of revisions a host still has applied or verified
+    (or a run uses, or a rollback hold names): the most recently used ones."""
+    history_days: float = Field(default=400, gt=0)
+    """Finished runs older than this leave the database (each environment's newest succeeded
+    apply stays), and the incident reports only they made leave the reports folder."""
+    sources_days: float = Field(default=30, gt=0)
+    """A repository mirror that no environment watches and nothing fetched for this long is
+    removed (one that is needed again is fetched again)."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GITOPS_", extra="forbid")
 
@@ -179,6 +195,8 @@ class Settings(BaseSettings):
     """Where incident reports (Markdown) are written; default ``<state_dir>/reports``."""
     max_body: int = Field(default=1_048_576, gt=0)
     """Largest webhook body accepted (bytes); larger gets 413."""
+    retention: Retention = Retention()
+    """What the daemon prunes from the state folder after runs."""
 
     @classmethod
     def settings_customise_sources(

@@ -8,12 +8,15 @@ a half-written folder (extract to a temporary name, then rename). Called by ``re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import os
 import re
 import shutil
 import tarfile
 import tempfile
+import time
 from datetime import UTC
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import git
 from gitops.errors import RevisionNotFound, SourceError
 from gitops.records import Revision, Snapshot
 
-__all__ = ["fetch", "mirror_path", "redact", "snapshot"]
+__all__ = ["fetch", "mirror_path", "prune_snapshots", "prune_sources", "redact", "snapshot"]
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
@@ -151,7 +154,10 @@ def snapshot(url: str, revision: Revision, state_dir: Path) -> Snapshot:
     if Path(url).expanduser().is_dir():
         url = str(Path(url).expanduser().resolve())
     target = state_dir / "snapshots" / revision.sha
-    if not target.is_dir():
+    if target.is_dir():
+        with contextlib.suppress(OSError):  # most recently used first, for pruning
+            os.utime(target)
+    else:
         target.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         with _mirror(url, state_dir) as repo:
@@ -169,11 +175,38 @@ def snapshot(url: str, revision: Revision, state_dir: Path) -> Snapshot:
     return Snapshot(revision=revision, path=str(target))
 
 
-def prune_snapshots(state_dir: Path, keep: set[str]) -> None:
-    """Remove snapshot folders of revisions not in ``keep``."""
+def prune_snapshots(state_dir: Path, keep: set[str], newest: int = 0) -> list[str]:
+    """Remove snapshot folders of revisions not in ``keep`` beyond the ``newest`` most
+    recently used ones; return the revisions removed."""
     folder = state_dir / "snapshots"
     if not folder.is_dir():
-        return
+        return []
+    found = []
     for child in folder.iterdir():
-        if child.is_dir() and child.name not in keep and not child.name.startswith("."):
+        with contextlib.suppress(OSError):
+            if child.is_dir() and not child.name.startswith("."):
+                found.append((child.stat().st_mtime, child))
+    found.sort(reverse=True)
+    removed = []
+    for _, child in found[newest:]:
+        if child.name not in keep:
             shutil.rmtree(child, ignore_errors=True)
+            removed.append(child.name)
+    return removed
+
+
+def prune_sources(state_dir: Path, keep: list[str], older_than_s: float) -> list[Path]:
+    """Remove the mirrors of repositories not in ``keep`` (URLs or paths) that nothing fetched
+    for ``older_than_s`` seconds; return them. A mirror needed again is fetched again."""
+    folder = state_dir / "sources"
+    if not folder.is_dir():
+        return []
+    wanted = {mirror_path(url, state_dir) for url in keep}
+    removed = []
+    for child in folder.glob("*.git"):
+        fetched = max((p.stat().st_mtime for p in (child / "FETCH_HEAD", child)
+                       if p.exists()), default=0.0)
+        if child not in wanted and time.time() - fetched > older_than_s:
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
+    return removed

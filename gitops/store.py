@@ -582,6 +582,20 @@ class Store:
                 (environment, host, service, fp, _ref_text(revision) or "")
                 for service, fp in (fingerprints or {}).items()])
 
+    def prune_history(self, before: datetime) -> int:
+        """Delete finished runs started before ``before`` (with their hosts, operations and
+        checks), except each environment's newest succeeded apply (the rollback target);
+        return how many. Retention (``gitops.retention``)."""
+        keep = ("SELECT MAX(id) FROM runs WHERE result='succeeded' AND kind IN"
+                " ('reconcile', 'rollback', 'retry') GROUP BY environment")
+        old = ("SELECT id FROM runs WHERE finished_at IS NOT NULL AND started_at < ?"
+               f" AND id NOT IN ({keep})")
+        with self._tx() as db:
+            for table in ("host_results", "op_results", "check_results"):
+                db.execute(f"DELETE FROM {table} WHERE run_id IN ({old})", (before.isoformat(),))
+            return db.execute(f"DELETE FROM runs WHERE id IN ({old})",
+                              (before.isoformat(),)).rowcount
+
     # -- operator controls, quarantine, undelivered commit statuses --------------------------
 
     def controls(self, environment: str) -> Controls:

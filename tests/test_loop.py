@@ -1,7 +1,11 @@
-"""The daemon's decisions without hosts: coalescing, backoff, jitter, when a cycle runs nothing."""
+"""The daemon carrying out its decisions without hosts: coalescing, retries, reports, refusals.
+
+The decisions themselves are tables in ``test_policy.py``.
+"""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import tomllib
 from datetime import UTC, datetime
@@ -10,16 +14,16 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gitops.errors import UsageError
+from gitops import source
+from gitops.errors import Suspended, UsageError
 from gitops.loop import Daemon
+from gitops.policy import Trigger
 from gitops.records import (
     ApplyReport,
+    CheckResult,
     HostApply,
     Plan,
-    Ref,
     Revision,
-    RunRow,
-    StatusRow,
     VerifyReport,
 )
 from gitops.settings import EnvironmentConfig, Settings
@@ -30,7 +34,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 
 def _repo(tmp_path: Path) -> tuple[Path, str]:
     repo = tmp_path / "repo"
-    repo.mkdir()
+    repo.mkdir(parents=True)
     for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.invalid"],
                  ["config", "user.name", "T"], ["commit", "-q", "--allow-empty", "-m", "one"]):
         subprocess.run(["git", "-C", str(repo), *args], check=True)
@@ -44,16 +48,40 @@ def _daemon(tmp_path: Path, repo: Path, rand: float = 0.5, **env: object) -> Dae
     return Daemon(settings, rand=lambda: rand)
 
 
-def _record_success(state_dir: Path, sha: str) -> None:
+def _record_success(state_dir: Path, sha: str, env: str = "lab") -> None:
     revision = Revision(sha=sha, branch="main", author="T", committed_at=datetime.now(UTC),
                         message="one")
     with Store(state_dir) as store:
-        run_id = store.start_run("lab", "reconcile", revision, actor="test")
+        run_id = store.start_run(env, "reconcile", revision, actor="test")
         store.finish_run(run_id, "succeeded", plan=Plan(hosts=()),
                          apply=ApplyReport(hosts=(HostApply(host="h1", status="ok"),)),
-                         verify=VerifyReport(results=()))
-        store.set_status("lab", ENVIRONMENT, [Condition("Ready", "True", "Ok", "")],
+                         verify=VerifyReport(results=(
+                             CheckResult(host="h1", service="app", check="up", status="pass"),)))
+        store.set_status(env, ENVIRONMENT, [Condition("Ready", "True", "Ok", "")],
                          applied=revision.ref, attempted=revision.ref)
+        store.set_status(env, "h1", [Condition("Ready", "True", "Ok", "")],
+                         applied=revision.ref, attempted=revision.ref, verified=revision.ref)
+
+
+def _record_failure(state_dir: Path, sha: str, env: str = "lab") -> None:
+    """A reconcile of ``sha`` whose check failed on h1."""
+    revision = Revision(sha=sha, branch="main", author="T", committed_at=datetime.now(UTC),
+                        message="bad")
+    with Store(state_dir) as store:
+        run_id = store.start_run(env, "reconcile", revision, actor="test")
+        store.finish_run(run_id, "failed", plan=Plan(hosts=()),
+                         apply=ApplyReport(hosts=(HostApply(host="h1", status="ok"),)),
+                         verify=VerifyReport(results=(
+                             CheckResult(host="h1", service="app", check="up", status="fail",
+                                         message="down"),)))
+
+
+def _commit(repo: Path, name: str, text: str) -> str:
+    (repo / name).write_text(text)
+    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", name], check=True)
+    return subprocess.check_output(["git", "-C", str(repo), "rev-parse", "HEAD"],
+                                   text=True).strip()
 
 
 def test_triggers_coalesce_into_one_pending_reconcile(tmp_path: Path) -> None:
@@ -72,25 +100,6 @@ def test_unknown_environment_is_a_usage_error(tmp_path: Path) -> None:
         _daemon(tmp_path, repo).trigger("prod", reason="x", actor="y")
 
 
-def test_backoff_doubles_up_to_the_cap(tmp_path: Path) -> None:
-    """Temporary failures back off exponentially (full jitter) and never past retry_max."""
-    repo, _ = _repo(tmp_path)
-    d = _daemon(tmp_path, repo, rand=1.0, retry_base=2, retry_max=20)
-    env = d.envs["lab"]
-    delays = [d._backoff(env) for _ in range(6)]
-    assert delays == [2, 4, 8, 16, 20, 20]
-    low = _daemon(tmp_path, repo, rand=0.0, retry_base=2, retry_max=20)
-    assert low._backoff(low.envs["lab"]) == 1  # never below half the base
-
-
-def test_poll_interval_jitter_stays_in_bounds(tmp_path: Path) -> None:
-    """Each poll waits interval x [1 - jitter, 1 + jitter]."""
-    repo, _ = _repo(tmp_path)
-    cfg = EnvironmentConfig(name="lab", repo=str(repo), interval=60, jitter=0.1)
-    assert _daemon(tmp_path, repo, rand=0.0)._jitter(60, cfg) == pytest.approx(54)
-    assert _daemon(tmp_path, repo, rand=1.0)._jitter(60, cfg) == pytest.approx(66)
-
-
 def test_a_cycle_with_no_new_commit_runs_nothing(tmp_path: Path) -> None:
     """When the head is already applied, a poll records no run (so it opens no SSH)."""
     repo, sha = _repo(tmp_path)
@@ -104,29 +113,13 @@ def test_a_cycle_with_no_new_commit_runs_nothing(tmp_path: Path) -> None:
         assert len(store.history("lab")) == before
 
 
-def test_a_stalled_commit_is_not_retried_until_a_new_one(tmp_path: Path) -> None:
-    """After a permanent failure (Stalled) of the head, polls leave it alone."""
-    _, sha = _repo(tmp_path)
-    status = StatusRow("lab", ENVIRONMENT, (Condition("Stalled", "True", "ValidationFailed", ""),),
-                       None, Ref("main", sha), None, datetime.now(UTC))
-
-    def run(sha: str, result: str) -> RunRow:
-        return RunRow(1, "lab", "reconcile", "t", "", sha, "main", None, None, None,
-                      datetime.now(UTC), datetime.now(UTC), result, None, ())
-
-    last = [run("0" * 40, "succeeded")]
-    assert Daemon._needs_run(sha, last, status) is False
-    assert Daemon._needs_run("f" * 40, last, status) is True
-    assert Daemon._needs_run(sha, [run(sha, "interrupted")], None) is True
-
-
 def test_suspended_environment_applies_nothing(tmp_path: Path) -> None:
     """A suspended environment's cycle runs nothing even for a new commit."""
     repo, _ = _repo(tmp_path)
     d = _daemon(tmp_path, repo)
     d.operate("lab", "suspend", actor="alice", reason="freeze")
     d.envs["lab"].pending = None
-    d._cycle(d.envs["lab"], ("operator", "alice"))
+    d._cycle(d.envs["lab"], Trigger("operator", "alice"))
     with Store(tmp_path / "state") as store:
         kinds = [r["kind"] for r in store.history("lab")]
         controls = store.controls("lab")
@@ -188,3 +181,87 @@ def test_rollback_holds_the_last_verified_revision_before_the_applied_one(
                                        state_dir=state, revision=second[:8], actor="alice",
                                        reason="")
         assert pinned["held_sha"] == second
+
+
+def test_a_retry_asked_for_during_a_run_is_kept_for_the_next(tmp_path: Path) -> None:
+    """An operator's retry while a run is in progress is not lost when that run ends."""
+    repo, first = _repo(tmp_path)
+    state = tmp_path / "state"
+    _record_failure(state, first)
+    _commit(repo, "notes.txt", "a new commit to run\n")
+    d = _daemon(tmp_path, repo)
+
+    class RetryDuringRun(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "revision main@sha1:" in record.getMessage():  # the run has started
+                d.operate("lab", "retry", actor="alice")
+
+    handler, logger = RetryDuringRun(logging.INFO), logging.getLogger("gitops.loop")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        d._cycle(d.envs["lab"], None)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    with Store(state) as store:
+        assert store.history("lab")[0]["kind"] == "reconcile"  # the run did happen
+    assert d.envs["lab"].retry_hosts == {"h1"}
+    assert d.envs["lab"].pending is not None  # and the next cycle comes at once
+
+
+def test_incident_reports_use_each_environments_own_repository(tmp_path: Path) -> None:
+    """A run of one environment leaves the other's incident reports (and their diffs) alone."""
+    alpha, _ = _repo(tmp_path / "a")
+    beta, _ = _repo(tmp_path / "b")
+    good = _commit(beta, "config.yml", "port: 1\n")
+    bad = _commit(beta, "config.yml", "port: 2\n")
+    state = tmp_path / "state"
+    source.fetch(str(beta), "main", state)
+    source.fetch(str(alpha), "main", state)
+    _record_success(state, good, env="beta")
+    _record_failure(state, bad, env="beta")
+    d = Daemon(Settings(state_dir=state, environments=[
+        EnvironmentConfig(name="alpha", repo=str(alpha), watch=False),
+        EnvironmentConfig(name="beta", repo=str(beta), watch=False)]))
+    d._write_incidents(d.envs["beta"])
+    [report] = (state / "reports").glob("beta-*.md")
+    written = report.read_text()
+    assert "config.yml | 2 +-" in written
+    before = report.stat().st_mtime_ns
+    d._write_incidents(d.envs["alpha"])
+    assert report.read_text() == written and report.stat().st_mtime_ns == before
+
+
+def test_operator_trigger_of_a_suspended_environment_is_refused(tmp_path: Path) -> None:
+    """Reconcile-now while suspended answers who suspended it, why and since when."""
+    repo, _ = _repo(tmp_path)
+    d = _daemon(tmp_path, repo)
+    d.operate("lab", "suspend", actor="alice", reason="change freeze")
+    d.envs["lab"].pending = None
+    with pytest.raises(Suspended, match=r"lab is suspended by alice since 20\d\d-.*: change "
+                                        r"freeze; nothing is applied until it is resumed"):
+        d.trigger("lab", reason="operator request", actor="bob")
+    assert d.envs["lab"].pending is None
+    assert d.trigger("lab", reason="push", actor="webhook:github") is True  # looks, applies none
+
+
+def test_api_reconcile_of_a_suspended_environment_is_409(tmp_path: Path) -> None:
+    """POST /api/environments/lab/reconcile while suspended: 409 with who, why and since."""
+    import httpx
+
+    from gitops.server import bound_port, create_app, start_in_thread, stop
+
+    repo, _ = _repo(tmp_path)
+    d = _daemon(tmp_path, repo)
+    d.operate("lab", "suspend", actor="alice", reason="change freeze")
+    server, thread = start_in_thread(create_app(d, d.settings), "127.0.0.1:0")
+    try:
+        url = f"http://127.0.0.1:{bound_port(server)}/api/environments/lab/reconcile"
+        answer = httpx.post(url, json={"reason": "now please"}, timeout=10)
+    finally:
+        stop(server, thread)
+    assert answer.status_code == 409
+    assert answer.json()["error"].startswith("lab is suspended by alice since ")
+    assert "change freeze" in answer.json()["error"]

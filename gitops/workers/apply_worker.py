@@ -31,11 +31,13 @@ from pyinfra.api.config import Config
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.inventory import Inventory
+from pyinfra.api.operation import OperationMeta
 from pyinfra.api.operations import run_ops
-from pyinfra.api.state import State, StateStage
+from pyinfra.api.state import BaseStateCallback, State, StateStage
 from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 from pyinfra_cli.util import exec_file
 
+from gitops import journal
 from gitops.model import DeclaredHost, DeclaredState
 from gitops.records import (
     ApplyReport,
@@ -55,6 +57,8 @@ class Job(BaseModel):
     state: DeclaredState
     dry: bool = True
     diff: bool = True
+    journal: str | None = None
+    """An apply's interrupted-apply journal folder (``gitops.journal``)."""
 
 
 def _progress(message: str) -> None:
@@ -151,6 +155,71 @@ def _stderr_tail(meta: Any, lines: int = 20) -> str:
     return "\n".join((err or [line.line for line in output])[-lines:])
 
 
+_did_change = OperationMeta.did_change
+_forced: set[int] = set()
+"""``id()`` of the operations that count as changed while executing (see ``_Journal``)."""
+
+
+def _did_change_or_forced(self: OperationMeta) -> bool:
+    return bool(_did_change(self) or (id(self) in _forced and self.did_succeed(False)))
+
+
+class _Journal(BaseStateCallback):
+    """Journals each host's operations as they run (``gitops.journal``), and makes the
+    operations an interrupted apply changed count as changed once, so what depends on them
+    (``_if=``: a restart after a configuration change) runs although the change is done."""
+
+    def __init__(self, folder: Path, names: list[str]) -> None:
+        self.folder = folder
+        self.pending = {name: journal.pending(folder, name) for name in names}
+        self.writers: dict[str, journal.Writer] = {}
+        self.current: dict[str, str] = {}
+        # before the deploy files bind ``meta.did_change`` for their ``_if=`` arguments
+        OperationMeta.did_change = _did_change_or_forced  # type: ignore[method-assign]
+
+    def arm(self, state: State) -> None:
+        """Before executing: journal from now on; force what the interrupted apply changed."""
+        state.add_callback_handler(self)
+        for host in state.inventory:
+            wanted = self.pending.get(host.name) or set()
+            forced = [op_hash for op_hash in _host_ops(state, host)
+                      if _op_name(state, op_hash) in wanted]
+            if forced:
+                _forced.update(id(state.ops[host][h].operation_meta) for h in forced)
+                _progress(f"{host.name}: an interrupted apply changed "
+                          f"{', '.join(_op_name(state, h) for h in forced)}; what depends on "
+                          "it runs again")
+
+    def operation_host_start(self, state: State, host: Any, op_hash: str) -> None:  # type: ignore[override]
+        self._done(state, host)
+        if op_hash in state.ops[host]:
+            if host.name not in self.writers:
+                self.writers[host.name] = journal.Writer(self.folder, host.name)
+            self.writers[host.name].start(_op_name(state, op_hash))
+            self.current[host.name] = op_hash
+
+    def _done(self, state: State, host: Any) -> None:
+        op_hash = self.current.pop(host.name, None)
+        meta = state.ops[host][op_hash].operation_meta if op_hash else None
+        if op_hash and meta is not None and meta.is_complete():
+            self.writers[host.name].done(_op_name(state, op_hash),
+                                         changed=meta.did_succeed(False) and _did_change(meta))
+
+    def stop(self, state: State) -> None:
+        """After executing: nothing is forced any more (the report says what changed)."""
+        _forced.clear()
+        for host in state.inventory:
+            if host.name in self.writers:
+                self._done(state, host)
+                self.writers.pop(host.name).close()
+
+    def finish(self, report: ApplyReport) -> None:
+        """A host whose apply completed has nothing pending any more."""
+        for h in report.hosts:
+            if h.status == "ok":
+                journal.clear(self.folder, h.host)
+
+
 def run(job: Job) -> WorkerResult:
     declared = job.state
     root = Path(declared.root)
@@ -183,6 +252,7 @@ def run(job: Job) -> WorkerResult:
     )
     ctx_inventory.set(inventory)
     state.init(inventory, config)
+    recorder = _Journal(Path(job.journal), names) if job.journal and not job.dry else None
 
     started = time.monotonic()
     stopped: str | None = None
@@ -220,6 +290,8 @@ def run(job: Job) -> WorkerResult:
 
     if stopped is None and state.active_hosts:
         _progress(f"applying on {len(state.active_hosts)} host(s)")
+        if recorder is not None:
+            recorder.arm(state)
         state.set_stage(StateStage.Execute)
         try:
             run_ops(state)
@@ -228,7 +300,11 @@ def run(job: Job) -> WorkerResult:
         except Exception as exc:  # a connection dying mid-run must not lose the other hosts'
             stopped = _describe(exc)
     state.set_stage(StateStage.Disconnect)
+    if recorder is not None:
+        recorder.stop(state)
     report = _report(state, declared, capture, stopped, started)
+    if recorder is not None:
+        recorder.finish(report)
     _disconnect(state)
     return WorkerResult(plan=_executed_plan(report, capture, state, declared), apply=report)
 

@@ -1,0 +1,110 @@
+"""The interrupted-apply journal: per host, the operations an apply started and what they did.
+
+An apply killed between an operation that changed a host (a configuration file) and the
+operations that depend on it (the restart, pyinfra's ``_if=``) leaves the change without its
+consequences, and the next apply finds the file up to date, so pyinfra sees nothing to do.
+The apply worker (``workers/apply_worker.py``) therefore appends to
+``<state-dir>/journal/<environment>/<host>.jsonl``, as it goes, a line when an operation
+starts (fsync'd before it runs: the worker dies with its parent) and one when it is done;
+the file is removed once that host's apply completes. A file found at the start of an apply
+says the last one was cut: ``pending`` is what it may have changed, and the worker makes
+those operations count as changed for the operations that depend on them, once. Called by
+``reconcile`` (which hosts are recovering) and by the apply worker (reading and writing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import IO
+
+__all__ = ["Writer", "clear", "forget_others", "interrupted", "pending"]
+
+_SUFFIX = ".jsonl"
+
+
+def _path(folder: Path, host: str) -> Path:
+    return folder / f"{host}{_SUFFIX}"
+
+
+def interrupted(folder: Path) -> set[str]:
+    """The hosts whose last apply did not complete (their journal is still there)."""
+    if not folder.is_dir():
+        return set()
+    return {p.name[: -len(_SUFFIX)] for p in folder.glob(f"*{_SUFFIX}")}
+
+
+def pending(folder: Path, host: str) -> set[str]:
+    """The operations (by name) an interrupted apply of ``host`` changed or may have changed:
+    those done with a change, and those started and never done (cut while running)."""
+    out: set[str] = set()
+    started: set[str] = set()
+    try:
+        lines = _path(folder, host).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line cut by the crash
+        if not isinstance(entry, dict):
+            continue
+        if "run" in entry:  # an earlier cut apply's operations stay pending
+            out |= started
+            started = set()
+        elif "start" in entry:
+            started.add(str(entry["start"]))
+        elif "done" in entry:
+            name = str(entry["done"])
+            started.discard(name)
+            if entry.get("changed"):
+                out.add(name)
+    return out | started
+
+
+def clear(folder: Path, host: str) -> None:
+    """``host``'s apply completed: nothing is pending any more."""
+    with contextlib.suppress(FileNotFoundError):
+        _path(folder, host).unlink()
+
+
+def forget_others(folder: Path, hosts: set[str]) -> None:
+    """Remove the journals of hosts no longer declared."""
+    for host in interrupted(folder) - hosts:
+        clear(folder, host)
+
+
+class Writer:
+    """Appends one host's journal; each start is on disk before the operation runs."""
+
+    def __init__(self, folder: Path, host: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = _path(folder, host)
+        created = not path.exists()
+        self._file: IO[str] = path.open("a", encoding="utf-8")
+        self._write({"run": os.getpid()}, sync=True)
+        if created:  # the file's name on disk too
+            fd = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _write(self, entry: dict[str, object], *, sync: bool) -> None:
+        self._file.write(json.dumps(entry) + "\n")
+        self._file.flush()
+        if sync:
+            os.fsync(self._file.fileno())
+
+    def start(self, name: str) -> None:
+        self._write({"start": name}, sync=True)
+
+    def done(self, name: str, changed: bool) -> None:
+        # no fsync: a lost "done" leaves the operation started, which counts as changed
+        self._write({"done": name, "changed": changed}, sync=False)
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,339 @@
+"""The daemon's decisions as pure functions: typed values in, a frozen decision out.
+
+``loop.Daemon`` gathers the inputs (the branch head, the environment's controls, its newest
+apply run, the quarantine, its status record), calls one of these and carries the decision
+out; nothing here touches a thread, the store, Git or a host, and randomness (jitter) comes
+in as a number in [0, 1], so each rule is a row of a table in ``tests/test_policy.py``.
+
+- ``next_run``: what a cycle runs (or why nothing), given the head, controls and history.
+- ``after_run``: what follows a run: done, stalled, rollback and quarantine, retry, backoff.
+- ``rollback_targets``: which revision each failed host goes back to.
+- ``after_drift``: tell people, and (``drift: correct``) re-apply on which hosts.
+- ``event_kind``: which notification a run's end is.
+- ``refusal``: whether an operator's trigger is refused now (suspended), and the answer.
+- ``backoff`` and ``jitter``: the waits.
+
+A new rule (previews, promotion, maintenance windows, guards) is a field of the input it
+needs and a branch in the decision it changes, or a function of its own beside these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, cast
+
+from gitops import records
+from gitops.records import RunKind, RunResult
+from gitops.settings import EnvironmentConfig, EventKind
+
+if TYPE_CHECKING:
+    from gitops.reconcile import Outcome
+
+__all__ = [
+    "After",
+    "Controls",
+    "Cycle",
+    "CycleInput",
+    "DriftAction",
+    "EnvStatus",
+    "LastRun",
+    "RunOrder",
+    "RunSummary",
+    "Trigger",
+    "after_drift",
+    "after_run",
+    "backoff",
+    "event_kind",
+    "jitter",
+    "needs_run",
+    "next_run",
+    "refusal",
+    "rollback_targets",
+]
+
+DAEMON = "gitops-daemon"
+"""The actor of the runs the daemon starts on its own."""
+
+
+# -- inputs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The operator's controls of one environment (``control.py`` writes them)."""
+
+    suspended: bool = False
+    reason: str = ""
+    actor: str = ""
+    since: str | None = None
+    held_sha: str | None = None
+    held_head: str | None = None
+    """A rollback hold: apply ``held_sha`` until a commit newer than ``held_head``."""
+
+    @classmethod
+    def from_row(cls, row: records.Controls) -> Controls:
+        since = row.since.isoformat(timespec="seconds") if row.since is not None else None
+        return cls(suspended=row.suspended, reason=row.reason, actor=row.actor, since=since,
+                   held_sha=row.held_sha, held_head=row.held_head)
+
+
+@dataclass(frozen=True)
+class LastRun:
+    """The environment's newest apply run (reconcile, rollback or retry)."""
+
+    sha: str | None
+    result: RunResult | None
+    """None: unfinished (still running, or cut by a kill not yet recovered)."""
+
+    @classmethod
+    def from_history(cls, rows: Iterable[records.RunRow]) -> LastRun | None:
+        for row in rows:
+            if row.kind in ("reconcile", "rollback", "retry"):
+                return cls(sha=row.sha, result=cast("RunResult | None", row.result))
+        return None
+
+
+@dataclass(frozen=True)
+class EnvStatus:
+    """What the environment's own status record says (revisions as bare shas)."""
+
+    attempted: str | None = None
+    applied: str | None = None
+    stalled: bool = False
+    ready: bool = False
+
+    @classmethod
+    def from_row(cls, row: records.StatusRow | None) -> EnvStatus | None:
+        if row is None:
+            return None
+        return cls(attempted=row.last_attempted.sha if row.last_attempted else None,
+                   applied=row.last_applied.sha if row.last_applied else None,
+                   stalled=row.is_true("Stalled"), ready=row.is_true("Ready"))
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Who asked for a cycle and why."""
+
+    reason: str
+    actor: str
+
+    @property
+    def look_only(self) -> bool:
+        """A webhook or the repository watcher says "look now"; an operator says "run now"."""
+        return self.actor.startswith(("webhook:", "watch"))
+
+
+@dataclass(frozen=True)
+class CycleInput:
+    """Everything a cycle's decision depends on."""
+
+    head: str
+    controls: Controls
+    last: LastRun | None
+    quarantined: frozenset[str]
+    status: EnvStatus | None
+    pending: Trigger | None = None
+    retry: frozenset[str] | None = None
+    """Hosts an operator (or the last run's unreachable hosts) asked to retry."""
+
+
+# -- decisions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOrder:
+    """A run to start, as ``reconcile.Request`` wants it."""
+
+    kind: RunKind
+    revision: str
+    reason: str
+    actor: str
+    hosts: frozenset[str] | None = None
+    changed_only: bool = False
+    """A new commit: apply what changed; an operator's run or a retry: everything."""
+    previous: str | None = None
+    """The applied revision to compare with (force-push detection), when it matters."""
+
+
+@dataclass(frozen=True)
+class Cycle:
+    """What one poll does: release a rollback hold, run something, or nothing (why)."""
+
+    run: RunOrder | None
+    why: str = ""
+    release_hold: bool = False
+
+
+def needs_run(wanted: str, last: LastRun | None, status: EnvStatus | None) -> bool:
+    """Whether ``wanted`` still has to be reconciled (no SSH is needed to know)."""
+    if status is not None and status.attempted == wanted and status.stalled:
+        return False  # permanent failure: wait for a new commit
+    if last is None or last.sha != wanted:
+        return True
+    # cut short (a kill, a stop) or a temporary error: again, after the backoff
+    return last.result in ("interrupted", "error")
+
+
+def next_run(i: CycleInput) -> Cycle:
+    """What a cycle does. Suspended: nothing. A hold is kept until a newer commit."""
+    if i.controls.suspended:
+        return Cycle(None, why=f"suspended by {i.controls.actor or '?'}")
+    held = i.controls.held_sha
+    release = bool(held and i.head != i.controls.held_head)
+    if release:
+        held = None
+    wanted = held or i.head
+    if wanted in i.quarantined and not held:
+        return Cycle(None, why=f"{wanted[:10]} is quarantined", release_hold=release)
+    forced = i.pending is not None and not i.pending.look_only
+    if not forced and i.retry is None and not needs_run(wanted, i.last, i.status):
+        return Cycle(None, why=f"{wanted[:10]} is up to date", release_hold=release)
+    kind: RunKind = "rollback" if held else "reconcile"
+    trigger = i.pending or Trigger(f"new commit {wanted[:10]}", DAEMON)
+    return Cycle(RunOrder(
+        kind="retry" if i.retry is not None else kind, revision=wanted, reason=trigger.reason,
+        actor=trigger.actor, hosts=i.retry,
+        changed_only=kind == "reconcile" and i.retry is None and not forced,
+        previous=None if held or i.status is None else i.status.applied,
+    ), release_hold=release)
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What ``after_run`` needs of a finished run."""
+
+    result: RunResult
+    permanent: bool = False
+    revision: str | None = None
+    broken: frozenset[str] = frozenset()
+    """Hosts that failed to apply or verify (reachable ones)."""
+    unreachable: frozenset[str] = frozenset()
+    recovering: frozenset[str] = frozenset()
+    """Hosts whose previous apply was cut by a crash of the controller (``journal``)."""
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> RunSummary:
+        from gitops.errors import PermanentError
+
+        unreachable = set(outcome.verify.host_errors) if outcome.verify else set()
+        if outcome.apply:
+            unreachable |= {h.host for h in outcome.apply.hosts if h.status == "unreachable"}
+        broken = set(outcome.verify.failed_hosts if outcome.verify else []) | set(
+            outcome.apply.failed_hosts if outcome.apply else [])
+        return cls(result=outcome.result, permanent=isinstance(outcome.error, PermanentError),
+                   revision=outcome.revision.sha if outcome.revision else None,
+                   broken=frozenset(broken - unreachable), unreachable=frozenset(unreachable),
+                   recovering=outcome.recovering)
+
+
+Next = Literal["done", "stalled", "backoff", "rollback", "retry"]
+
+
+@dataclass(frozen=True)
+class After:
+    """What follows a run."""
+
+    next: Next
+    delay_s: float
+    failures: int
+    """Consecutive temporary failures after this run (the backoff exponent)."""
+    rollback: frozenset[str] = frozenset()
+    """Roll these hosts back to their last verified revision and quarantine the run's."""
+    retry: frozenset[str] | None = None
+    """Retry only these hosts at the next cycle."""
+
+
+def after_run(s: RunSummary, cfg: EnvironmentConfig, failures: int, rand: float) -> After:
+    """Done, stalled until a new commit, rollback and quarantine, retry, or backoff.
+
+    A host that fails right after recovering from an interrupted apply is retried, never
+    rolled back: the crash was the controller's, not the commit's."""
+    if s.result == "succeeded":
+        return After("done", jitter(cfg.interval, cfg.jitter, rand), 0)
+    if s.result == "invalid" or s.permanent:
+        return After("stalled", jitter(cfg.interval, cfg.jitter, rand), 0)
+    if s.result in ("error", "interrupted"):
+        return After("backoff", backoff(failures + 1, cfg.retry_base, cfg.retry_max, rand),
+                     failures + 1)
+    retry = s.unreachable | (s.broken & s.recovering)
+    broken = s.broken - s.recovering
+    rollback = broken if cfg.auto_rollback and s.revision is not None else frozenset()
+    if retry:
+        return After("retry", backoff(failures + 1, cfg.retry_base, cfg.retry_max, rand),
+                     failures + 1, rollback=rollback, retry=retry)
+    return After("rollback" if rollback else "done", jitter(cfg.interval, cfg.jitter, rand), 0,
+                 rollback=rollback)
+
+
+@dataclass(frozen=True)
+class HostRevision:
+    """A host's last verified revision (bare sha), from its status record."""
+
+    host: str
+    verified: str | None
+
+    @classmethod
+    def from_row(cls, row: records.StatusRow) -> HostRevision:
+        return cls(row.host, row.last_verified.sha if row.last_verified else None)
+
+
+def rollback_targets(bad: str, hosts: Iterable[str],
+                     status: Iterable[HostRevision]) -> dict[str, frozenset[str]]:
+    """revision -> the failed hosts to give it: each host its last verified revision; a
+    host never verified, or last verified with ``bad`` itself, is left as it is."""
+    wanted = set(hosts)
+    out: dict[str, set[str]] = {}
+    for row in status:
+        if row.host in wanted and row.verified and row.verified != bad:
+            out.setdefault(row.verified, set()).add(row.host)
+    return {sha: frozenset(names) for sha, names in sorted(out.items())}
+
+
+@dataclass(frozen=True)
+class DriftAction:
+    """What a drift check's result asks for."""
+
+    notify: bool
+    correct: frozenset[str] = frozenset()
+    """Re-apply the checked revision on these hosts (``drift: correct``)."""
+
+
+def after_drift(result: RunResult, failed_hosts: Iterable[str],
+                policy: Literal["report", "correct"]) -> DriftAction:
+    if result != "failed":
+        return DriftAction(notify=False)
+    return DriftAction(notify=True, correct=frozenset(failed_hosts) if policy == "correct"
+                       else frozenset())
+
+
+def event_kind(result: RunResult, *, was_ready: bool) -> EventKind | None:
+    """The notification a finished reconcile is: success, recovery, failure, or none."""
+    if result == "succeeded":
+        return "success" if was_ready else "recovery"
+    if result in ("failed", "invalid", "error"):
+        return "failure"
+    return None  # interrupted: the next run says how it ended
+
+
+def refusal(environment: str, controls: Controls, trigger: Trigger) -> str | None:
+    """Why an operator's "reconcile now" cannot be honoured, or None. A webhook's or the
+    watcher's "look now" is never refused: its cycle just applies nothing while suspended."""
+    if not controls.suspended or trigger.look_only:
+        return None
+    why = f": {controls.reason}" if controls.reason else ""
+    return (f"{environment} is suspended by {controls.actor or '?'} since "
+            f"{controls.since or '?'}{why}; nothing is applied until it is resumed")
+
+
+def jitter(seconds: float, fraction: float, rand: float) -> float:
+    """``seconds`` times a factor in [1 - fraction, 1 + fraction] (``rand`` in [0, 1])."""
+    return float(seconds * (1 + fraction * (2 * rand - 1)))
+
+
+def backoff(failures: int, base: float, cap: float, rand: float) -> float:
+    """Exponential backoff with full jitter after ``failures`` consecutive failures (>= 1):
+    a random share of min(cap, base * 2^(failures-1)), never below half the base."""
+    ceiling = min(cap, base * 2 ** (max(failures, 1) - 1))
+    return float(max(base / 2, ceiling * rand))

@@ -1,0 +1,230 @@
+"""The daemon's decisions (``gitops.policy``) as tables: inputs in, the decision expected out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from gitops import policy
+from gitops.policy import (
+    After,
+    Controls,
+    Cycle,
+    CycleInput,
+    EnvStatus,
+    HostRevision,
+    LastRun,
+    RunOrder,
+    RunSummary,
+    Trigger,
+)
+from gitops.records import Condition, Ref, RunRow, StatusRow
+from gitops.settings import EnvironmentConfig
+from gitops.store import ENVIRONMENT
+
+A, B, C = "a" * 40, "b" * 40, "c" * 40
+CFG = EnvironmentConfig(name="lab", repo="/srv/state", interval=60, jitter=0.1, retry_base=2,
+                        retry_max=20)
+NO_ROLLBACK = CFG.model_copy(update={"auto_rollback": False})
+APPLIED_A = EnvStatus(attempted=A, applied=A, ready=True)
+STALLED_B = EnvStatus(attempted=B, applied=A, stalled=True)
+HELD = Controls(held_sha=A, held_head=B)
+OPERATOR = Trigger("operator request", "api:127.0.0.1")
+WEBHOOK = Trigger("github push bbbbbbbbbb", "webhook:github")
+
+
+def cycle(head: str = B, controls: Controls = Controls(), last: LastRun | None = None,
+          quarantined: frozenset[str] = frozenset(), status: EnvStatus | None = APPLIED_A,
+          pending: Trigger | None = None, retry: frozenset[str] | None = None) -> CycleInput:
+    return CycleInput(head, controls, last, quarantined, status, pending, retry)
+
+
+def new_commit(sha: str = B, **kw: Any) -> Cycle:
+    order = {"kind": "reconcile", "revision": sha, "reason": f"new commit {sha[:10]}",
+             "actor": "gitops-daemon", "changed_only": True, "previous": A, **kw}
+    return Cycle(RunOrder(**order))
+
+
+NEXT_RUN = [
+    ("a new commit: changed services only, force-push checked against the applied one",
+     cycle(last=LastRun(A, "succeeded")), new_commit()),
+    ("the head already applied: nothing, no SSH",
+     cycle(head=A, last=LastRun(A, "succeeded")), Cycle(None, why="aaaaaaaaaa is up to date")),
+    ("a first run ever",
+     cycle(status=None), new_commit(previous=None)),
+    ("an interrupted run of the head is run again",
+     cycle(head=A, last=LastRun(A, "interrupted")), new_commit(A)),
+    ("a temporary error of the head is run again (after the backoff)",
+     cycle(head=A, last=LastRun(A, "error")), new_commit(A)),
+    ("a failed head is not re-run on its own (it was rolled back or retried)",
+     cycle(head=A, last=LastRun(A, "failed")), Cycle(None, why="aaaaaaaaaa is up to date")),
+    ("a stalled head waits for a new commit",
+     cycle(last=LastRun(B, "invalid"), status=STALLED_B),
+     Cycle(None, why="bbbbbbbbbb is up to date")),
+    ("a stalled head, then a new commit",
+     cycle(head=C, last=LastRun(B, "invalid"), status=STALLED_B), new_commit(C)),
+    ("suspended: nothing, even for an operator",
+     cycle(controls=Controls(suspended=True, actor="alice"), pending=OPERATOR),
+     Cycle(None, why="suspended by alice")),
+    ("a quarantined head is left alone",
+     cycle(quarantined=frozenset({B})), Cycle(None, why="bbbbbbbbbb is quarantined")),
+    ("an operator's run: everything, with the operator as actor",
+     cycle(head=A, last=LastRun(A, "succeeded"), pending=OPERATOR),
+     new_commit(A, reason="operator request", actor="api:127.0.0.1", changed_only=False)),
+    ("a webhook only says look: the applied head runs nothing",
+     cycle(head=A, last=LastRun(A, "succeeded"), pending=WEBHOOK),
+     Cycle(None, why="aaaaaaaaaa is up to date")),
+    ("a webhook for a new commit: its reason and actor, changed services only",
+     cycle(last=LastRun(A, "succeeded"), pending=WEBHOOK),
+     new_commit(reason=WEBHOOK.reason, actor=WEBHOOK.actor)),
+    ("a retry of some hosts: everything on those hosts only",
+     cycle(head=A, last=LastRun(A, "failed"), retry=frozenset({"h2"})),
+     new_commit(A, kind="retry", hosts=frozenset({"h2"}), changed_only=False)),
+    ("a rollback hold: the held revision, no force-push check",
+     cycle(controls=HELD, last=LastRun(B, "failed")),
+     new_commit(A, kind="rollback", changed_only=False, previous=None)),
+    ("a held revision already applied: nothing",
+     cycle(controls=HELD, last=LastRun(A, "succeeded")),
+     Cycle(None, why="aaaaaaaaaa is up to date")),
+    ("a commit newer than the hold releases it and is applied",
+     cycle(head=C, controls=HELD, last=LastRun(A, "succeeded")),
+     Cycle(new_commit(C).run, release_hold=True)),
+    ("a hold of a quarantined revision is still applied (the operator chose it)",
+     cycle(controls=HELD, quarantined=frozenset({A}), last=LastRun(B, "failed")),
+     new_commit(A, kind="rollback", changed_only=False, previous=None)),
+]
+
+
+@pytest.mark.parametrize(("case", "given", "expected"), NEXT_RUN, ids=[c[0] for c in NEXT_RUN])
+def test_next_run(case: str, given: CycleInput, expected: Cycle) -> None:
+    """What a cycle runs (or why nothing) follows from head, controls, history and status."""
+    assert policy.next_run(given) == expected
+
+
+HALF = 0.5  # the random draw: jitter factor 1, half the backoff ceiling
+AFTER_RUN = [
+    ("success: the poll interval, failures reset",
+     RunSummary("succeeded", revision=B), 3, After("done", 60, 0)),
+    ("an invalid declaration: stalled, no backoff",
+     RunSummary("invalid", permanent=True), 2, After("stalled", 60, 0)),
+    ("a permanent error (unsigned commit): stalled",
+     RunSummary("error", permanent=True), 0, After("stalled", 60, 0)),
+    ("a temporary error: backoff, one more failure",
+     RunSummary("error"), 0, After("backoff", 1, 1)),
+    ("interrupted: backoff grows with the failures",
+     RunSummary("interrupted"), 3, After("backoff", 8, 4)),
+    ("a failed check: roll that host back and quarantine",
+     RunSummary("failed", revision=B, broken=frozenset({"h1"})), 0,
+     After("rollback", 60, 0, rollback=frozenset({"h1"}))),
+    ("a failed check without auto_rollback: nothing more",
+     RunSummary("failed", revision=B, broken=frozenset({"h1"})), 0, After("done", 60, 0)),
+    ("unreachable hosts: retried with backoff, never rolled back",
+     RunSummary("failed", revision=B, unreachable=frozenset({"h3"})), 1,
+     After("retry", 2, 2, retry=frozenset({"h3"}))),
+    ("broken and unreachable: roll back one, retry the other",
+     RunSummary("failed", revision=B, broken=frozenset({"h1"}), unreachable=frozenset({"h3"})),
+     0, After("retry", 1, 1, rollback=frozenset({"h1"}), retry=frozenset({"h3"}))),
+    ("a host failing right after a controller crash is retried, not rolled back",
+     RunSummary("failed", revision=B, broken=frozenset({"h1", "h2"}),
+                recovering=frozenset({"h2"})), 0,
+     After("retry", 1, 1, rollback=frozenset({"h1"}), retry=frozenset({"h2"}))),
+]
+
+
+@pytest.mark.parametrize(("case", "summary", "failures", "expected"), AFTER_RUN,
+                         ids=[c[0] for c in AFTER_RUN])
+def test_after_run(case: str, summary: RunSummary, failures: int, expected: After) -> None:
+    """What follows a run: done, stalled, rollback and quarantine, retry, or backoff."""
+    cfg = NO_ROLLBACK if "without auto_rollback" in case else CFG
+    assert policy.after_run(summary, cfg, failures, HALF) == expected
+
+
+@pytest.mark.parametrize(("failures", "rand", "expected"), [
+    (1, 1.0, 2), (2, 1.0, 4), (3, 1.0, 8), (4, 1.0, 16), (5, 1.0, 20), (9, 1.0, 20),
+    (1, 0.0, 1), (6, 0.0, 1), (4, 0.5, 8),
+])
+def test_backoff(failures: int, rand: float, expected: float) -> None:
+    """Backoff doubles up to the cap, a random share of it, never below half the base."""
+    assert policy.backoff(failures, 2, 20, rand) == expected
+
+
+@pytest.mark.parametrize(("rand", "expected"), [(0.0, 54), (0.5, 60), (1.0, 66)])
+def test_jitter(rand: float, expected: float) -> None:
+    """Each wait is the interval times a factor in [1 - jitter, 1 + jitter]."""
+    assert policy.jitter(60, 0.1, rand) == pytest.approx(expected)
+
+
+ROLLBACK_TARGETS = [
+    ("each failed host to its own last verified revision",
+     ["h1", "h2"], [HostRevision("h1", A), HostRevision("h2", C), HostRevision("h3", A)],
+     {A: frozenset({"h1"}), C: frozenset({"h2"})}),
+    ("hosts on the same revision go together",
+     ["h1", "h2"], [HostRevision("h1", A), HostRevision("h2", A)], {A: frozenset({"h1", "h2"})}),
+    ("a host never verified, or verified only with the bad commit, is left as it is",
+     ["h1", "h2"], [HostRevision("h1", None), HostRevision("h2", B)], {}),
+]
+
+
+@pytest.mark.parametrize(("case", "hosts", "status", "expected"), ROLLBACK_TARGETS,
+                         ids=[c[0] for c in ROLLBACK_TARGETS])
+def test_rollback_targets(case: str, hosts: list[str], status: list[HostRevision],
+                          expected: dict[str, frozenset[str]]) -> None:
+    """A rollback gives each failed host the revision last verified on it."""
+    assert policy.rollback_targets(B, hosts, status) == expected
+
+
+@pytest.mark.parametrize(("result", "mode", "notify", "correct"), [
+    ("succeeded", "report", False, frozenset()),
+    ("succeeded", "correct", False, frozenset()),
+    ("failed", "report", True, frozenset()),
+    ("failed", "correct", True, frozenset({"h2"})),
+    ("error", "correct", False, frozenset()),
+])
+def test_after_drift(result: Any, mode: Any, notify: bool, correct: frozenset[str]) -> None:
+    """Drift is reported; with ``drift: correct`` the drifted hosts are re-applied."""
+    assert policy.after_drift(result, ["h2"], mode) == policy.DriftAction(notify, correct)
+
+
+@pytest.mark.parametrize(("result", "was_ready", "expected"), [
+    ("succeeded", True, "success"), ("succeeded", False, "recovery"),
+    ("failed", True, "failure"), ("invalid", True, "failure"), ("error", False, "failure"),
+    ("interrupted", True, None),
+])
+def test_event_kind(result: Any, was_ready: bool, expected: str | None) -> None:
+    """A run's end is notified as success, recovery or failure; an interrupted one is not."""
+    assert policy.event_kind(result, was_ready=was_ready) == expected
+
+
+SUSPENDED = Controls(suspended=True, actor="alice", reason="change freeze",
+                     since="2026-12-01T10:00:00+00:00")
+
+
+@pytest.mark.parametrize(("controls", "trigger", "expected"), [
+    (Controls(), OPERATOR, None),
+    (SUSPENDED, WEBHOOK, None),
+    (SUSPENDED, Trigger("commit", "watch"), None),
+    (SUSPENDED, OPERATOR, "lab is suspended by alice since 2026-12-01T10:00:00+00:00: change "
+                          "freeze; nothing is applied until it is resumed"),
+])
+def test_refusal(controls: Controls, trigger: Trigger, expected: str | None) -> None:
+    """An operator's trigger of a suspended environment is refused with who, why and since."""
+    assert policy.refusal("lab", controls, trigger) == expected
+
+
+def test_status_rows_become_typed_inputs() -> None:
+    """Store rows (revisions as refs, typed conditions) give the bare shas and flags."""
+    row = StatusRow("lab", ENVIRONMENT,
+                    (Condition("Stalled", "True", "ValidationFailed", ""),
+                     Condition("Ready", "False", "ValidationFailed", "")),
+                    Ref("main", A), Ref("main", B), None, datetime.now(UTC))
+    assert EnvStatus.from_row(row) == EnvStatus(attempted=B, applied=A, stalled=True)
+    assert EnvStatus.from_row(None) is None
+
+    def run(kind: str, sha: str | None, result: str | None) -> RunRow:
+        return RunRow(1, "lab", kind, "t", "", sha, "main", None, None, None,
+                      datetime.now(UTC), None, result, None, ())
+
+    history = [run("suspend", None, "succeeded"), run("retry", A, None)]
+    assert LastRun.from_history(history) == LastRun(A, None)

@@ -1,0 +1,127 @@
+"""The state folder stays bounded: snapshots, history, mirrors and reports are pruned."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from test_loop import _commit, _record_failure, _record_success, _repo
+
+from gitops import retention, source
+from gitops.loop import Daemon
+from gitops.reconcile import Request, Target, run
+from gitops.settings import EnvironmentConfig, Retention, Settings
+from gitops.store import ENVIRONMENT, Condition, Store, now
+
+
+def _snapshots(state: Path) -> set[str]:
+    return {p.name for p in (state / "snapshots").iterdir() if not p.name.startswith(".")}
+
+
+def test_runs_keep_snapshots_in_use_and_the_newest(tmp_path: Path) -> None:
+    """After each run only the snapshots of revisions a host still has, and the newest
+    few, stay on disk; a daemon seeing a commit every few minutes does not fill it."""
+    repo, _ = _repo(tmp_path)
+    first = _commit(repo, "notes.txt", "first\n")  # git archive of an empty tree is no tar
+    state = tmp_path / "state"
+    target = Target(repo=str(repo), branch="main", environment="lab", state_dir=state,
+                    actor="test", keep_snapshots=2)
+    shas = [first] + [_commit(repo, "notes.txt", f"commit {i}\n") for i in range(4)]
+    for sha in shas:
+        run(target, Request(revision=sha))  # invalid (no inventory): snapshotted, not applied
+        if sha == first:
+            with Store(state) as store:  # a host still verified with the first commit
+                store.set_status("lab", "h1", [Condition("Ready", "True", "Ok", "")],
+                                 applied=f"main@sha1:{sha}", verified=f"main@sha1:{sha}")
+        os.utime(state / "snapshots" / sha, (time.time() - 100 + len(_snapshots(state)),) * 2)
+    assert _snapshots(state) == {shas[0], shas[3], shas[4]}
+
+
+def test_history_retention_keeps_the_newest_good_apply_and_unfinished_runs(
+    tmp_path: Path,
+) -> None:
+    """Pruning the history deletes finished runs (and their rows) older than the cut-off, but
+    never the environment's newest succeeded apply (the rollback target) or a running one."""
+    repo, first = _repo(tmp_path)
+    second = _commit(repo, "notes.txt", "two\n")
+    state = tmp_path / "state"
+    _record_success(state, first)
+    _record_failure(state, second)
+    _record_success(state, second)
+    _record_failure(state, first)
+    with Store(state) as store:
+        running = store.start_run("lab", "reconcile", None, actor="test")
+        ids = [r["id"] for r in store.history("lab")]
+        assert store.prune_history(now() + timedelta(days=1)) == 3
+        left = store.history("lab")
+        assert [r["id"] for r in left] == [running, ids[2]]
+        assert left[1]["sha"] == second and left[1]["result"] == "succeeded"
+        assert store.run(ids[1]) is None
+        assert not store.db.execute("SELECT 1 FROM check_results WHERE run_id != ?",
+                                    (ids[2],)).fetchall()
+
+
+def test_unused_mirrors_are_removed_after_a_while(tmp_path: Path) -> None:
+    """A mirror of a repository no environment watches, not fetched for sources_days, goes;
+    the watched one stays, however old."""
+    watched, _ = _repo(tmp_path / "watched")
+    other, _ = _repo(tmp_path / "other")
+    state = tmp_path / "state"
+    for repo in (watched, other):
+        source.fetch(str(repo), "main", state)
+        mirror = source.mirror_path(str(repo), state)
+        for path in (mirror, mirror / "FETCH_HEAD"):
+            os.utime(path, (time.time() - 40 * 86400,) * 2)
+    removed = source.prune_sources(state, [str(watched)], 30 * 86400)
+    assert removed == [source.mirror_path(str(other), state)]
+    assert source.mirror_path(str(watched), state).is_dir()
+    assert source.prune_sources(state, [str(watched)], 30 * 86400) == []
+
+
+def test_daemon_prunes_old_runs_and_their_incident_reports(tmp_path: Path) -> None:
+    """After a run the daemon deletes the runs past history_days, and the incident reports
+    that only those runs made."""
+    repo, first = _repo(tmp_path)
+    bad = _commit(repo, "notes.txt", "bad\n")
+    state = tmp_path / "state"
+    source.fetch(str(repo), "main", state)
+    _record_success(state, first)
+    _record_failure(state, bad)
+    settings = Settings(state_dir=state, retention=Retention(history_days=1e-6), environments=[
+        EnvironmentConfig(name="lab", repo=str(repo), watch=False)])
+    d = Daemon(settings, rand=lambda: 0.5)
+    d._write_incidents(d.envs["lab"])
+    [report] = (state / "reports").glob("lab-*.md")
+    _commit(repo, "notes.txt", "a new commit\n")
+    time.sleep(0.2)  # the recorded runs are now older than history_days
+    d._cycle(d.envs["lab"], None)
+    with Store(state) as store:
+        left = store.history("lab")
+    assert [r["sha"] for r in left if r["result"] == "succeeded"] == [first]
+    assert not [r for r in left if r["sha"] == bad]
+    assert not report.exists()
+
+
+def test_reports_of_other_environments_are_left(tmp_path: Path) -> None:
+    """Pruning one environment's reports leaves other environments' and other files alone."""
+    folder = tmp_path / "reports"
+    folder.mkdir()
+    for name in ("lab-3.md", "lab-7.md", "lab-2-5.md", "lab-notes.md", "prod-1.md"):
+        (folder / name).write_text("x")
+    removed = retention.prune_reports(folder, "lab", [folder / "lab-7.md"])
+    assert removed == [folder / "lab-3.md"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "lab-2-5.md", "lab-7.md", "lab-notes.md", "prod-1.md"]
+
+
+def test_status_row_revisions_are_kept(tmp_path: Path) -> None:
+    """Revisions a status row names (applied, verified, attempted) and held ones are in use."""
+    state = tmp_path / "state"
+    with Store(state) as store:
+        store.set_status("lab", ENVIRONMENT, [], applied="main@sha1:" + "a" * 40,
+                         attempted="main@sha1:" + "b" * 40)
+        store.set_status("lab", "h1", [], verified="main@sha1:" + "c" * 40)
+        store.set_controls("lab", held_sha="d" * 40)
+        assert retention.snapshots_in_use(store) == {"a" * 40, "b" * 40, "c" * 40, "d" * 40}
