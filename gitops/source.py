@@ -20,6 +20,7 @@ from pathlib import Path
 import git
 
 from gitops.errors import RevisionNotFound, SourceError
+from gitops.private import private_dir
 from gitops.records import Revision, Snapshot
 
 __all__ = ["fetch", "mirror_path", "redact", "snapshot"]
@@ -51,6 +52,7 @@ def _mirror(url: str, state_dir: Path) -> git.Repo:
     path = mirror_path(url, state_dir)
     if path.is_dir():
         return git.Repo(path)
+    private_dir(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     repo = git.Repo.init(path, bare=True)
     repo.create_remote("origin", url)
@@ -75,8 +77,20 @@ def fetch(url: str, branch: str, state_dir: Path, *, timeout: float = 120) -> Re
     except git.GitCommandError as exc:
         detail = _git_error(exc)
         if "couldn't find remote ref" in detail:
-            raise RevisionNotFound(f"{redact(url)}: no branch {branch!r}") from None
+            raise RevisionNotFound(_no_branch(url, branch, repo)) from None
         raise SourceError(f"cannot fetch {redact(url)} {branch}: {detail}") from None
+
+
+NO_COMMIT = "has no commit yet: commit first, or validate the files on disk with --worktree"
+
+
+def _no_branch(url: str, branch: str, repo: git.Repo) -> str:
+    """Why ``branch`` is missing: the repository has no commit at all, or not that branch."""
+    try:
+        empty = not str(repo.git.ls_remote("--heads", "origin", kill_after_timeout=30)).strip()
+    except git.GitCommandError:
+        empty = False
+    return f"{redact(url)} {NO_COMMIT}" if empty else f"{redact(url)}: no branch {branch!r}"
 
 
 def head(url: str, branch: str, *, timeout: float = 30) -> str:
@@ -95,6 +109,8 @@ def head(url: str, branch: str, *, timeout: float = 30) -> str:
         sha, _, ref = line.partition("\t")
         if ref == f"refs/heads/{branch}":
             return sha
+    if not str(out).strip():
+        raise RevisionNotFound(f"{redact(url)} {NO_COMMIT}")
     raise RevisionNotFound(f"{redact(url)}: no branch {branch!r}")
 
 
@@ -152,6 +168,7 @@ def snapshot(url: str, revision: Revision, state_dir: Path) -> Snapshot:
         url = str(Path(url).expanduser().resolve())
     target = state_dir / "snapshots" / revision.sha
     if not target.is_dir():
+        private_dir(state_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         with _mirror(url, state_dir) as repo:

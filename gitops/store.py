@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from gitops.private import private_dir, private_file
 from gitops.records import ApplyReport, Plan, Revision, RunKind, RunResult, VerifyReport
 
 __all__ = ["Condition", "Store", "now"]
@@ -147,8 +148,7 @@ class Store:
     """The SQLite store of one state folder. Cheap to open; safe across processes (WAL)."""
 
     def __init__(self, state_dir: Path) -> None:
-        state_dir.mkdir(parents=True, exist_ok=True)
-        self.path = state_dir / "gitops.db"
+        self.path = private_file(private_dir(state_dir) / "gitops.db")
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA journal_mode=WAL")
