@@ -45,6 +45,7 @@ from gitops.model import (
     check_address,
     check_host_name,
     check_name,
+    unsafe_reason,
 )
 
 Loc = tuple[str | int, ...]
@@ -124,8 +125,9 @@ def read_yaml(path: Path, rel: str, revision: str | None = None) -> tuple[Any, d
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise fail(raw[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # checks every character
         node = loader.get_single_node()
         problems: list[Problem] = []
         lines = _check_nodes(node, rel, problems)
@@ -135,14 +137,16 @@ def read_yaml(path: Path, rel: str, revision: str | None = None) -> tuple[Any, d
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1
-        raise fail(line, f"YAML: {exc.problem or exc.context or 'cannot be parsed'}") from None
+        what = " ".join(part for part in (exc.context, exc.problem) if part)
+        raise fail(line, f"YAML: {what or 'cannot be parsed'}") from None
     except yaml.reader.ReaderError as exc:  # a character YAML does not allow
         line = text[: exc.position].count("\n") + 1
         raise fail(line, f"YAML: character {exc.character!r} is not allowed") from None
     except yaml.YAMLError as exc:
         raise fail(1, f"YAML: {type(exc).__name__}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, lines
 
 
@@ -184,7 +188,7 @@ def _check_nodes(root: yaml.Node | None, rel: str, problems: list[Problem]) -> d
                         sub = (*path, key)
                         index.setdefault(sub, line(key_node))
                     if key in seen:
-                        field = ".".join(str(p) for p in sub) if sub else key
+                        field = _field(sub or (key,))
                         problems.append(Problem(rel, line(key_node), field,
                                                 f"duplicate key (first at line {seen[key]})"))
                     seen.setdefault(key, line(key_node))
@@ -206,6 +210,12 @@ def _check_nodes(root: yaml.Node | None, rel: str, problems: list[Problem]) -> d
     with contextlib.suppress(_TooBig):
         walk(root, ())
     return index
+
+
+def _field(loc: Loc) -> str:
+    """A key path for messages; control characters in keys escaped (one line per problem)."""
+    return ".".join(str(part).encode("unicode_escape").decode("ascii")
+                    if unsafe_reason(str(part)) else str(part) for part in loc)
 
 
 class _TooBig(Exception):
@@ -386,7 +396,7 @@ class _Problems:
             if loc[:n] in self.lines:
                 line = self.lines[loc[:n]]
                 break
-        return Problem(self.file, line, ".".join(str(part) for part in loc), message)
+        return Problem(self.file, line, _field(loc), message)
 
     def add(self, loc: Loc, message: str) -> None:
         problem = self.at(loc, message)
@@ -627,13 +637,26 @@ def _tree_digest(files: list[Path], root: Path) -> str:
 
 def _service_digests(root: Path, services: list[str]) -> dict[str, str]:
     """Per service: a digest of its folder and of every file outside ``deploys/`` and
-    ``inventories/`` (a deploy may read any of those)."""
-    shared = [p for p in root.rglob("*") if (p.is_file() or p.is_symlink())
-              and p.relative_to(root).parts[0] not in (".git", "deploys", "inventories")]
+    ``inventories/`` (a deploy may read any of those), but hidden top-level folders
+    (``.git``, a work tree's ``.venv``) and ``__pycache__`` folders."""
+    shared = [p for p in _files(root) if p.relative_to(root).parts[0] not in
+              ("deploys", "inventories")]
     base = _tree_digest(shared, root)
     out = {}
     for service in services:
-        files = [p for p in (root / "deploys" / service).rglob("*")
-                 if p.is_file() or p.is_symlink()]
+        files = list(_files(root / "deploys" / service))
         out[service] = hashlib.sha256(f"{base}:{_tree_digest(files, root)}".encode()).hexdigest()
     return out
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    """Files and symbolic links under ``folder``, without following links, skipping hidden
+    folders at its top and ``__pycache__`` folders."""
+    for top, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"
+                   and not (top == str(folder) and d.startswith("."))]
+        for name in names:
+            yield Path(top, name)
+        for d in dirs:
+            if os.path.islink(os.path.join(top, d)):
+                yield Path(top, d)

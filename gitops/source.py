@@ -19,7 +19,7 @@ from pathlib import Path
 
 import git
 
-from gitops.errors import RevisionNotFound, SourceError
+from gitops.errors import InvalidDeclaration, Problem, RevisionNotFound, SourceError
 from gitops.private import private_dir
 from gitops.records import Revision, Snapshot
 
@@ -179,6 +179,11 @@ def snapshot(url: str, revision: Revision, state_dir: Path) -> Snapshot:
             with tarfile.open(fileobj=buffer) as tar:
                 tar.extractall(tmp, filter="data")
             tmp.rename(target)
+        except tarfile.FilterError as exc:  # a link out of the repository, a device file
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InvalidDeclaration([Problem(exc.tarinfo.name, None, "", "a link to an "
+                                              "absolute path or outside the repository, or a "
+                                              "special file: not allowed")], revision.ref) from None
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             if not target.is_dir():  # another process won the same rename: fine
