@@ -163,11 +163,13 @@ def test_users_and_paths(check: Any, good: list[str], bad: list[str]) -> None:
     ("  web:\n    services:", '  "web\\n":\n    services:', "groups.web\\n"),
     ("      base:", "      ../base:", "groups.all.services.../base"),
     ("    groups: [web]", "    groups: [web, nope]", "hosts.lab-1.groups.1"),
+    ("(throwaway)\"", "(throwaway)\\nssh-rsa AAAA injected\"",
+     "groups.all.services.base.admin_keys.0"),
 ])
 def test_inventory_values_refused_at_their_line(sample: Path, old: str, new: str,
                                                 field: str) -> None:
-    """Users, key paths, host, group and service names outside their syntax are problems
-    at the line of the value, naming the field."""
+    """Users, key paths, host, group and service names outside their syntax (and a sample
+    service's admin key holding a newline) are problems at the value's line, naming the field."""
     _edit(sample, old, new)
     problems = _problems(sample)
     assert any(f" {field}: " in p for p in problems), problems
