@@ -56,7 +56,7 @@ __all__ = ["environments", "load", "read_yaml"]
 MAX_DEPTH = 50
 """Deepest nesting of YAML collections accepted (deeper is surely a mistake)."""
 MAX_NODES = 100_000
-"""Most values a YAML file may expand to, aliases counted each time they are used (an
+"""Most values a YAML file may expand to, aliases counted each time they are used (a
 "billion laughs" alias bomb is refused instead of filling memory)."""
 CHECK_ARGUMENTS = ("host", "params")
 """What a check function in ``checks.py`` may take (see gitops.workers.verify_worker)."""

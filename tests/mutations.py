@@ -194,6 +194,8 @@ def _python(folder: Path, rng: random.Random) -> str:
     service = rng.choice(SERVICES)
     name = rng.choice(PY_FILES)
     path = folder / "deploys" / service / name
+    if not path.exists():
+        return f"{service}/{name} already removed"
     op = rng.randrange(4)
     if op == 0 and name != "deploy.py":
         path.unlink()

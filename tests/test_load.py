@@ -339,3 +339,39 @@ def test_repository_without_commit_says_so(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "no commit yet: commit first, or validate the files on disk with --worktree" \
         in proc.stderr
+
+
+def test_values_from_vagrant_are_held_to_the_same_syntax(sample: Path) -> None:
+    """Addresses and SSH settings read from ``vagrant ssh-config`` are refused like the
+    inventory's own when they break the syntax (a newline in a HostName line)."""
+    _edit(sample, "  parallel: 20", "  parallel: 20\n  source: vagrant")
+    for name in ("lab-1", "lab-2", "lab-3"):
+        _edit(sample, f"    address: 10.213.0.1{name[-1]}\n", "")
+
+    def source(names: list[str]) -> dict[str, dict[str, Any]]:
+        good = {"user": "vagrant", "port": 22, "key_file": "/home/v/.vagrant.d/key"}
+        return {n: {"address": f"192.168.121.{i}", "ssh": good} for i, n in enumerate(names)} | {
+            "lab-2": {"address": "192.168.121.9\n  ProxyCommand x", "ssh": good},
+            "lab-3": {"address": "192.168.121.8", "ssh": {**good, "key_file": "k\nHost *"}}}
+
+    with pytest.raises(InvalidDeclaration) as info:
+        load(sample, "lab", host_source=source)
+    fields = sorted(p.field for p in info.value.problems)
+    assert fields == ["hosts.lab-2.address", "hosts.lab-3.address"], info.value
+    assert all(p.line for p in info.value.problems)
+
+
+def test_verify_worker_never_connects_to_an_unsafe_host(tmp_path: Path) -> None:
+    """A host whose address carries a ProxyCommand is reported as refused by the verify
+    worker, and the command never runs."""
+    from gitops.model import DeclaredState, EnvironmentSettings
+
+    marker = tmp_path / "pwned"
+    host = _unchecked_host(address=f"10.0.0.1\n  ProxyCommand touch {marker}")
+    state = DeclaredState.model_construct(
+        environment="lab", root=str(tmp_path), settings=EnvironmentSettings(), hosts=(host,),
+        service_order=(), warnings=(), service_digests={})
+    report = verify_worker.run(state)
+    assert report.host_errors == {"lab-1": "refused: address is not safe to write to an "
+                                           "ssh_config"}
+    assert not marker.exists()
