@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import platform
 import random
 import shutil
@@ -74,6 +75,7 @@ def main() -> None:
     cli_runs = cli_tracebacks = cli_exit_mismatch = 0
     every = max(1, args.count // args.cli) if args.cli else 0
     started = datetime.now(UTC)
+    load_at_start = os.getloadavg()[0]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="gitops-fuzz-") as tmp:
         work = Path(tmp)
@@ -107,7 +109,8 @@ def main() -> None:
 
     print(f"Date: {started:%Y-%m-%d %H:%M} UTC. Command: `python bench/fuzz.py --count "
           f"{args.count} --seed {args.seed} --cli {args.cli}`")
-    print(f"Machine: {platform.platform()}, Python {platform.python_version()}")
+    print(f"Machine: {platform.platform()}, {os.cpu_count()} CPUs, load average "
+          f"{load_at_start:.2f} at the start, Python {platform.python_version()}")
     print()
     print("| measure | count | goal |")
     print("|---|---|---|")

@@ -33,7 +33,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gitops.private import private_dir
 from gitops.store import Store
 
 __all__ = [
@@ -503,7 +502,7 @@ def render_markdown(incident: Incident) -> str:
 def write_reports(store: Store, folder: Path,
                   diff_summary: DiffSummary | None = None) -> list[Path]:
     """One ``<id>.md`` per incident in ``folder`` (atomic; rewritten only when changed)."""
-    private_dir(folder)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # a folder given is left as it is
     paths = []
     for incident in incidents(store, diff_summary=diff_summary):
         path = folder / f"{incident.id}.md"

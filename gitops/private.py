@@ -2,7 +2,8 @@
 
 The database, snapshots, mirrors, reports, locks and the fingerprint key can hold secrets
 (service parameters, commit contents). Called wherever something is created in the state
-folder: ``store``, ``source``, ``reconcile`` (locks), ``incidents`` (reports).
+folder: ``store``, ``source`` (mirrors, snapshots) and ``reconcile`` (locks). Reports are
+written 0600 into a folder made 0700 (``incidents``).
 """
 
 from __future__ import annotations
