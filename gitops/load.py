@@ -236,10 +236,12 @@ def load(
     """
     rel = f"inventories/{environment}.yml"
     path = root / rel
-    if not path.is_file():
+    plain = environment and "/" not in environment and not unsafe_reason(environment)
+    if not plain or not path.is_file():
         known = ", ".join(environments(root)) or "none"
+        shown = _field((rel,))  # control characters of an --environment option escaped
         raise InvalidDeclaration(
-            [Problem(rel, None, "", f"no such environment (declared: {known})")], revision
+            [Problem(shown, None, "", f"no such environment (declared: {known})")], revision
         )
     data, lines = read_yaml(path, rel, revision)
     if not isinstance(data, dict):
