@@ -102,8 +102,10 @@ def validate(as_json: bool, worktree: bool, **opts: Any) -> None:
         _fail(exc, as_json)
     if as_json:
         _emit({"valid": True, "revision": where, "hosts": [h.name for h in state.hosts],
-               "services": list(state.service_order)})
+               "services": list(state.service_order), "warnings": list(state.warnings)})
     else:
+        for warning in state.warnings:
+            click.secho(f"warning: {warning}", fg="yellow", err=True)
         click.echo(f"{s.environment} at {where}: valid, {len(state.hosts)} hosts, "
                    f"services {', '.join(state.service_order)}")
 

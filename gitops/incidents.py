@@ -402,7 +402,7 @@ def write_reports(store: Store, folder: Path,
                   environment: str | None = None) -> list[Path]:
     """One ``<id>.md`` per incident (of ``environment``, or of all) in ``folder`` (atomic;
     rewritten only when changed)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # a folder given is left as it is
     paths = []
     for incident in incidents(store, environment, diff_summary=diff_summary):
         path = folder / f"{incident.id}.md"

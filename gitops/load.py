@@ -1,19 +1,26 @@
 """Stage 2: a snapshot folder -> a ``DeclaredState``, or every problem at once.
 
-Reads ``inventories/<environment>.yml`` (with line numbers kept), validates it strictly with
-pydantic, checks what a schema cannot (services without a folder, unknown groups, shared
-addresses), and validates each host's merged service parameters against the service's
-``deploys/<service>/model.py`` ``Params`` model. Called by ``reconcile`` and the CLI.
-Values are never echoed in messages, so secrets cannot leak through them.
+Reads ``inventories/<environment>.yml`` (``read_yaml``: safe loading only, line numbers
+kept, data that would be lost is an error), validates it strictly with pydantic, checks what
+a schema cannot (services without a folder, unknown groups, shared addresses), compiles each
+used service's ``deploy.py``, ``checks.py`` and ``model.py`` (never running ``deploy.py`` or
+``checks.py``), and validates each host's merged service parameters against the service's
+``deploys/<service>/model.py`` ``Params`` model. The one loader of a revision: called by
+``reconcile`` (plan, reconcile, the daemon) and ``gitops validate`` (also ``--worktree``).
+Every problem names a file and line; values are never echoed, so secrets cannot leak.
 """
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import hashlib
 import importlib.util
 import json
 import os
 import sys
+import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +31,7 @@ from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 from gitops.errors import InvalidDeclaration, Problem
 from gitops.model import (
     ALL_GROUP,
+    NAME_RE,
     SSH_DEFAULTS,
     DeclaredHost,
     DeclaredState,
@@ -34,18 +42,184 @@ from gitops.model import (
     ResolvedSSH,
     ServiceParams,
     SSHSettings,
+    check_address,
+    check_host_name,
+    check_name,
+    unsafe_reason,
 )
 
 Loc = tuple[str | int, ...]
 _M = TypeVar("_M", bound=BaseModel)
 
-__all__ = ["environments", "load"]
+__all__ = ["environments", "load", "read_yaml"]
+
+MAX_DEPTH = 50
+"""Deepest nesting of YAML collections accepted (deeper is surely a mistake)."""
+MAX_NODES = 100_000
+"""Most values a YAML file may expand to, aliases counted each time they are used (a
+"billion laughs" alias bomb is refused instead of filling memory)."""
+CHECK_ARGUMENTS = ("host", "params")
+"""What a check function in ``checks.py`` may take (see gitops.workers.verify_worker)."""
 
 
 def environments(root: Path) -> list[str]:
     """The environments a snapshot declares (one per ``inventories/*.yml``)."""
     folder = root / "inventories"
     return sorted(p.stem for p in folder.glob("*.yml")) if folder.is_dir() else []
+
+
+# --- reading YAML: safe, lossless, every error at a line ------------------------------------
+
+_STR = "tag:yaml.org,2002:str"
+_MERGE = "tag:yaml.org,2002:merge"
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, made strict: only JSON's types are built (no dates, sets,
+    binary or objects), and nesting deeper than ``MAX_DEPTH`` is an error, not a crash."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {MAX_DEPTH} levels",
+                    self.peek_event().start_mark)  # type: ignore[no-untyped-call]
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _refuse(self, node: yaml.Node) -> None:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed "
+            "(strings, numbers, booleans, null, lists and mappings only)", node.start_mark)
+
+
+# Unquoted dates stay strings (as in JSON); explicit non-JSON tags are refused.
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _tag in ("timestamp", "binary", "set", "omap", "pairs"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _Loader._refuse)
+
+
+def read_yaml(path: Path, rel: str, revision: str | None = None) -> tuple[Any, dict[Loc, int]]:
+    """The one reader of a YAML file of the repository: its data and the 1-based line of
+    every key path. Raises ``InvalidDeclaration`` (file ``rel``, a line) for bytes that are
+    not UTF-8, a YAML error, duplicate keys, keys that are not strings, aliases that refer to
+    themselves or expand too far, or a tag that would build anything but JSON's types."""
+
+    def fail(line: int, message: str) -> InvalidDeclaration:
+        return InvalidDeclaration([Problem(rel, max(line, 1), "", message)], revision)
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise fail(1, f"cannot read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise fail(raw[: exc.start].count(b"\n") + 1, "not UTF-8 text") from None
+    loader: _Loader | None = None
+    try:
+        loader = _Loader(text)  # checks every character
+        node = loader.get_single_node()
+        problems: list[Problem] = []
+        lines = _check_nodes(node, rel, problems)
+        if problems:
+            raise InvalidDeclaration(problems, revision)
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        what = " ".join(part for part in (exc.context, exc.problem) if part)
+        raise fail(line, f"YAML: {what or 'cannot be parsed'}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow
+        line = text[: exc.position].count("\n") + 1
+        raise fail(line, f"YAML: character {exc.character!r} is not allowed") from None
+    except yaml.YAMLError as exc:
+        raise fail(1, f"YAML: {type(exc).__name__}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return data, lines
+
+
+def _check_nodes(root: yaml.Node | None, rel: str, problems: list[Problem]) -> dict[Loc, int]:
+    """Line index of a composed document; problems for duplicate or non-string keys, and
+    aliases that refer to themselves or expand to more than ``MAX_NODES`` values."""
+    index: dict[Loc, int] = {}
+    if root is None:
+        return index
+    index[()] = 1
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def line(node: yaml.Node) -> int:
+        return int(node.start_mark.line) + 1
+
+    def walk(node: yaml.Node, path: Loc | None) -> int:
+        """Size of ``node`` with its aliases expanded; ``path`` None below an alias (its
+        keys are already indexed where the anchor is)."""
+        if id(node) in open_nodes:
+            problems.append(Problem(rel, line(node), "", "YAML: an alias refers to itself"))
+            return 0
+        if id(node) in sizes:
+            return sizes[id(node)]
+        open_nodes.add(id(node))
+        size = 1
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, value_node in node.value:
+                sub: Loc | None = None
+                if key_node.tag == _MERGE:
+                    pass
+                elif not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR:
+                    problems.append(Problem(rel, line(key_node), "",
+                                            "a key should be a string (quote it)"))
+                else:
+                    key = str(key_node.value)
+                    if path is not None:
+                        sub = (*path, key)
+                        index.setdefault(sub, line(key_node))
+                    if key in seen:
+                        field = _field(sub or (key,))
+                        problems.append(Problem(rel, line(key_node), field,
+                                                f"duplicate key (first at line {seen[key]})"))
+                    seen.setdefault(key, line(key_node))
+                size += walk(value_node, sub)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                sub = (*path, i) if path is not None else None
+                if sub is not None:
+                    index.setdefault(sub, line(item))
+                size += walk(item, sub)
+        open_nodes.discard(id(node))
+        sizes[id(node)] = size
+        if size > MAX_NODES:
+            problems.append(Problem(rel, line(node), "",
+                                    f"YAML: expands to more than {MAX_NODES} values (aliases)"))
+            raise _TooBig
+        return size
+
+    with contextlib.suppress(_TooBig):
+        walk(root, ())
+    return index
+
+
+def _field(loc: Loc) -> str:
+    """A key path for messages; control characters in keys escaped (one line per problem)."""
+    return ".".join(str(part).encode("unicode_escape").decode("ascii")
+                    if unsafe_reason(str(part)) else str(part) for part in loc)
+
+
+class _TooBig(Exception):
+    """Stops the walk of a document at the first node that expands too far."""
 
 
 def load(
@@ -62,20 +236,14 @@ def load(
     """
     rel = f"inventories/{environment}.yml"
     path = root / rel
-    if not path.is_file():
+    plain = environment and "/" not in environment and not unsafe_reason(environment)
+    if not plain or not path.is_file():
         known = ", ".join(environments(root)) or "none"
+        shown = _field((rel,))  # control characters of an --environment option escaped
         raise InvalidDeclaration(
-            [Problem(rel, None, "", f"no such environment (declared: {known})")], revision
+            [Problem(shown, None, "", f"no such environment (declared: {known})")], revision
         )
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-        lines = _line_index(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise InvalidDeclaration([Problem(rel, line, "", f"YAML: {problem}")], revision) from None
+    data, lines = read_yaml(path, rel, revision)
     if not isinstance(data, dict):
         raise InvalidDeclaration(
             [Problem(rel, 1, "", "should be a mapping with settings, groups and hosts")], revision
@@ -85,7 +253,7 @@ def load(
     inv = _validate_inventory(data, problems)
 
     services = _service_order(inv)
-    models = {name: _service_model(root, name, problems) for name in services}
+    models = {name: _service_model(root, name, inv, problems) for name in services}
     sources: dict[str, dict[str, Any]] = {}
     if inv.settings.source != "inventory":
         if host_source is None:
@@ -102,13 +270,15 @@ def load(
         for i, group in enumerate(spec.groups):
             if group != ALL_GROUP and group not in inv.groups:
                 problems.add(("hosts", name, "groups", i), f"unknown group {group!r}")
-        filled = sources.get(name, {})
+        filled = _filled(sources.get(name, {}), inv.settings.source, ("hosts", name), problems)
+        if filled is None:
+            continue
         address = spec.address or filled.get("address")
         if not address:
             why = "not running in vagrant" if inv.settings.source == "vagrant" else "is required"
             problems.add(("hosts", name, "address"), f"address {why}")
             continue
-        ssh = _resolve_ssh(inv.settings.ssh, SSHSettings(**filled.get("ssh", {})), spec.ssh)
+        ssh = _resolve_ssh(inv.settings.ssh, filled["ssh"], spec.ssh)
         key = (address, ssh.port)
         if key in seen_addresses:
             problems.add(
@@ -143,15 +313,32 @@ def load(
         settings=inv.settings,
         hosts=tuple(hosts),
         service_order=tuple(services),
+        warnings=tuple(str(w) for w in problems.warnings),
         service_digests=_service_digests(root, services),
     )
+
+
+def _filled(given: dict[str, Any], source: str, loc: Loc,
+            problems: _Problems) -> dict[str, Any] | None:
+    """What the host source (``vagrant ssh-config``) says of a host, held to the same syntax
+    as the inventory: ``{"address": ..., "ssh": SSHSettings}``, or None (a problem added)."""
+    try:
+        address = given.get("address")
+        if address is not None:
+            check_address(address)
+        return {"address": address, "ssh": SSHSettings.model_validate(given.get("ssh", {}))}
+    except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+        what = (exc.errors(include_url=False, include_input=False)[0]["msg"]
+                if isinstance(exc, ValidationError) else str(exc))
+        problems.add((*loc, "address"), f"from source {source}: {what}")
+        return None
 
 
 def _validate_inventory(data: dict[str, Any], problems: _Problems) -> InventoryFile:
     """Validate piece by piece, so one bad host or group does not hide the other problems."""
     for key in data:
         if key not in InventoryFile.model_fields:
-            problems.add((str(key),), "Extra inputs are not permitted")
+            problems.add((key,), "Extra inputs are not permitted")
     if not isinstance(data.get("hosts"), dict):
         missing = "hosts" not in data
         problems.add(("hosts",), "Field required" if missing else "Input should be a mapping")
@@ -161,21 +348,34 @@ def _validate_inventory(data: dict[str, Any], problems: _Problems) -> InventoryF
             return model.model_validate_json(json.dumps(value, default=str), strict=True)
         except ValidationError as exc:
             for err in exc.errors(include_url=False, include_input=False):
-                problems.add((*loc, *err["loc"]), err["msg"])
+                problems.add((*loc, *err["loc"]), err["msg"].removeprefix("Value error, "))
             return None
 
     settings = check(EnvironmentSettings, data.get("settings") or {}, ("settings",))
     sections: dict[str, dict[str, Any]] = {}
-    for section, model in (("groups", GroupSpec), ("hosts", HostSpec)):
+    section_models: tuple[tuple[str, type[GroupSpec | HostSpec]], ...] = (
+        ("groups", GroupSpec), ("hosts", HostSpec))
+    for section, model in section_models:
         raw = data.get(section) or {}
         if not isinstance(raw, dict):
             problems.add((section,), "Input should be a mapping")
             raw = {}
         sections[section] = {}
         for name, value in raw.items():
-            item = check(model, value, (section, str(name)))
-            if item is not None:
-                sections[section][str(name)] = item
+            try:
+                (check_host_name(name) if section == "hosts" else check_name(name, "group name"))
+            except ValueError as exc:
+                problems.add((section, name), str(exc))
+                continue
+            item = check(model, value, (section, name))
+            if item is None:
+                continue
+            for service in item.services:
+                try:
+                    check_name(service, "service name")
+                except ValueError as exc:
+                    problems.add((section, name, "services", service), str(exc))
+            sections[section][name] = item
     return InventoryFile.model_construct(
         settings=settings or EnvironmentSettings(),
         groups=sections["groups"],
@@ -184,54 +384,39 @@ def _validate_inventory(data: dict[str, Any], problems: _Problems) -> InventoryF
 
 
 class _Problems:
-    """Collects problems, placing each at the line of the nearest declared key."""
+    """Collects problems (and warnings), placing each at the line of the nearest declared key."""
 
     def __init__(self, file: str, lines: dict[Loc, int]) -> None:
         self.file = file
         self.lines = lines
         self.items: list[Problem] = []
+        self.warnings: list[Problem] = []
 
-    def add(self, loc: Loc, message: str) -> None:
-        line = None
+    def at(self, loc: Loc, message: str) -> Problem:
+        line = 1
         for n in range(len(loc), -1, -1):
             if loc[:n] in self.lines:
                 line = self.lines[loc[:n]]
                 break
-        field = ".".join(str(part) for part in loc)
-        problem = Problem(self.file, line, field, message)
+        return Problem(self.file, line, _field(loc), message)
+
+    def add(self, loc: Loc, message: str) -> None:
+        problem = self.at(loc, message)
         if problem not in self.items:  # the same group error shows once, not once per host
             self.items.append(problem)
 
-
-def _line_index(text: str) -> dict[Loc, int]:
-    """Map every key path in a YAML document to its 1-based line."""
-    index: dict[Loc, int] = {}
-
-    def walk(node: yaml.Node, path: Loc) -> None:
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                sub = (*path, str(key_node.value))
-                index[sub] = key_node.start_mark.line + 1
-                walk(value_node, sub)
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                index[(*path, i)] = item.start_mark.line + 1
-                walk(item, (*path, i))
-
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    if root is not None:
-        index[()] = 1
-        walk(root, ())
-    return index
+    def warn(self, loc: Loc, message: str) -> None:
+        self.warnings.append(self.at(loc, message))
 
 
 def _service_order(inv: InventoryFile) -> list[str]:
-    """Services in apply order: the ``all`` group's, then other groups', then hosts'."""
+    """Services in apply order: the ``all`` group's, then other groups', then hosts'. A name
+    that is not a valid service name (already a problem) is left out: it names no folder."""
     order: list[str] = []
 
     def see(names: Iterator[str]) -> None:
         for n in names:
-            if n not in order:
+            if n not in order and NAME_RE.fullmatch(n):
                 order.append(n)
 
     if ALL_GROUP in inv.groups:
@@ -243,46 +428,129 @@ def _service_order(inv: InventoryFile) -> list[str]:
     return order
 
 
-def _service_model(root: Path, service: str, problems: _Problems) -> type[BaseModel] | None:
-    """The service's ``Params`` model, or None when it declares none (any params accepted)."""
+def _service_locs(inv: InventoryFile, service: str) -> list[Loc]:
+    """Every place the inventory names ``service``."""
+    return [(section, name, "services", service)
+            for section, specs in (("groups", inv.groups), ("hosts", inv.hosts))
+            for name, spec in specs.items() if service in spec.services]
+
+
+def _service_model(root: Path, service: str, inv: InventoryFile,
+                   problems: _Problems) -> type[BaseModel] | None:
+    """Compile the service's files and return its ``Params`` model, or None when it declares
+    none (any parameters accepted, with a warning) or has a problem."""
     folder = root / "deploys" / service
+    locs = _service_locs(inv, service)
     if not (folder / "deploy.py").is_file():
-        for loc in _service_locs(problems, service):
+        for loc in locs:
             problems.add(loc, f"service {service!r} has no deploys/{service}/deploy.py")
         return None
+    compiled = {name: _compile(folder / name, f"deploys/{service}/{name}", problems)
+                for name in ("deploy.py", "checks.py", "model.py") if (folder / name).is_file()}
+    if "checks.py" in compiled and compiled["checks.py"] is not None:
+        _check_checks(compiled["checks.py"], f"deploys/{service}/checks.py", problems)
     model_file = folder / "model.py"
     if not model_file.is_file():
+        message = (f"service {service!r} has no deploys/{service}/model.py: its parameters, "
+                   "typos included, are not checked")
+        if inv.settings.require_models:
+            problems.add(locs[0], f"{message} (settings.require_models)")
+        else:
+            problems.warn(locs[0], message)
         return None
-    rel = f"deploys/{service}/model.py"
+    if compiled["model.py"] is None:
+        return None
+    return _import_params(model_file, f"deploys/{service}/model.py", service, problems)
+
+
+def _compile(path: Path, rel: str, problems: _Problems) -> ast.Module | None:
+    """Parse and compile a Python file of a service (nothing is run); its syntax tree, or
+    None with the problem at its line."""
+    try:
+        source = path.read_bytes()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # SyntaxWarning, DeprecationWarning: not ours to print
+            tree = ast.parse(source, filename=rel)
+            compile(tree, rel, "exec", dont_inherit=True)
+        return tree
+    except SyntaxError as exc:
+        problems.items.append(Problem(rel, exc.lineno or 1, "", f"syntax error: {exc.msg}"))
+    except ValueError:  # a null byte (Python < 3.12)
+        problems.items.append(Problem(rel, source[: source.find(b"\0")].count(b"\n") + 1, "",
+                                      "syntax error: source code cannot contain null bytes"))
+    except (RecursionError, MemoryError):
+        problems.items.append(Problem(rel, 1, "", "syntax error: nested too deeply to compile"))
+    except OSError as exc:
+        problems.items.append(Problem(rel, 1, "", f"cannot read: {exc.strerror}"))
+    return None
+
+
+def _check_checks(tree: ast.Module, rel: str, problems: _Problems) -> None:
+    """A checks file defines ``test_*`` functions taking only ``host`` and ``params`` (read
+    from the syntax tree: checks.py runs only in the verify worker, never here)."""
+    tests = [node for node in tree.body if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+             and node.name.startswith("test_")]
+    if not tests:
+        problems.items.append(Problem(rel, 1, "", "no check functions: define "
+                                      "test_<name>(host, params) functions"))
+    for test in tests:
+        if isinstance(test, ast.AsyncFunctionDef):
+            problems.items.append(Problem(rel, test.lineno, test.name,
+                                          "a check cannot be async"))
+        a = test.args
+        names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+        names += [f"*{a.vararg.arg}"] if a.vararg else []
+        names += [f"**{a.kwarg.arg}"] if a.kwarg else []
+        others = [n for n in names if n not in CHECK_ARGUMENTS]
+        if others or a.posonlyargs:
+            problems.items.append(Problem(
+                rel, test.lineno, test.name,
+                f"takes {', '.join(others or ['positional-only arguments'])}: a check takes "
+                f"only {' and '.join(CHECK_ARGUMENTS)}"))
+
+
+def _import_params(model_file: Path, rel: str, service: str,
+                   problems: _Problems) -> type[BaseModel] | None:
+    """Import a compiled ``model.py`` (it only declares a pydantic model) and return its
+    ``Params`` class with unknown fields forbidden."""
     module_name = f"_gitops_service_model_{service}_{abs(hash(str(model_file)))}"
     try:
         spec = importlib.util.spec_from_file_location(module_name, model_file)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    except SyntaxError as exc:
-        problems.items.append(Problem(rel, exc.lineno, "", f"syntax error: {exc.msg}"))
-        return None
-    except Exception as exc:
-        problems.items.append(Problem(rel, None, "", f"cannot import: {type(exc).__name__}"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            spec.loader.exec_module(module)
+        params = getattr(module, "Params", None)
+        if not (isinstance(params, type) and issubclass(params, BaseModel)):
+            line = _params_line(model_file)
+            problems.items.append(Problem(rel, line, "Params",
+                                          "should be a pydantic BaseModel class"))
+            return None
+        if params.model_config.get("extra") != "forbid":
+            # Unknown fields are always errors, whatever the service's model says.
+            forbid = {**params.model_config, "extra": "forbid"}
+            params = type(params.__name__, (params,), {"model_config": forbid})
+        return params
+    except (Exception, SystemExit) as exc:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if f.filename == str(model_file)]
+        line = (frames[-1].lineno or 1) if frames else 1
+        problems.items.append(Problem(rel, line, "", f"cannot import: {type(exc).__name__}"))
         return None
     finally:
         sys.modules.pop(module_name, None)
-    params = getattr(module, "Params", None)
-    if not (isinstance(params, type) and issubclass(params, BaseModel)):
-        problems.items.append(Problem(rel, None, "Params", "should be a pydantic BaseModel class"))
-        return None
-    if params.model_config.get("extra") != "forbid":
-        # Unknown fields are always errors, whatever the service's model says.
-        forbid = {**params.model_config, "extra": "forbid"}
-        params = type(params.__name__, (params,), {"model_config": forbid})
-    return params
 
 
-def _service_locs(problems: _Problems, service: str) -> list[Loc]:
-    """Every place the inventory names ``service`` (for 'no such service' errors)."""
-    return [loc for loc in problems.lines if len(loc) == 4 and loc[2] == "services"
-            and loc[3] == service]
+def _params_line(model_file: Path) -> int:
+    """The line of ``class Params`` (or ``Params = ...``) in a model file, else 1."""
+    for node in ast.parse(model_file.read_bytes()).body:
+        if isinstance(node, ast.ClassDef) and node.name == "Params":
+            return node.lineno
+        if isinstance(node, ast.Assign) and any(
+                isinstance(t, ast.Name) and t.id == "Params" for t in node.targets):
+            return node.lineno
+    return 1
 
 
 def _host_services(
@@ -320,6 +588,7 @@ def _host_services(
             continue
         try:
             validated = model.model_validate_json(json.dumps(merged, default=str), strict=True)
+            result[service] = _plain(validated)
         except ValidationError as exc:
             for err in exc.errors(include_url=False, include_input=False):
                 loc = tuple(err["loc"])
@@ -327,8 +596,9 @@ def _host_services(
                     problems.add((*origin[loc[0]], *loc[1:]), err["msg"])
                 else:  # a missing field: report it where the service is declared
                     problems.add((*declared_at, *loc), err["msg"])
-            continue
-        result[service] = _plain(validated)
+        except Exception as exc:  # a validator of model.py raised something else
+            problems.add(declared_at, f"deploys/{service}/model.py Params raised "
+                         f"{type(exc).__name__}")
     return result
 
 
@@ -369,13 +639,26 @@ def _tree_digest(files: list[Path], root: Path) -> str:
 
 def _service_digests(root: Path, services: list[str]) -> dict[str, str]:
     """Per service: a digest of its folder and of every file outside ``deploys/`` and
-    ``inventories/`` (a deploy may read any of those)."""
-    shared = [p for p in root.rglob("*") if (p.is_file() or p.is_symlink())
-              and p.relative_to(root).parts[0] not in (".git", "deploys", "inventories")]
+    ``inventories/`` (a deploy may read any of those), but hidden top-level folders
+    (``.git``, a work tree's ``.venv``) and ``__pycache__`` folders."""
+    shared = [p for p in _files(root) if p.relative_to(root).parts[0] not in
+              ("deploys", "inventories")]
     base = _tree_digest(shared, root)
     out = {}
     for service in services:
-        files = [p for p in (root / "deploys" / service).rglob("*")
-                 if p.is_file() or p.is_symlink()]
+        files = list(_files(root / "deploys" / service))
         out[service] = hashlib.sha256(f"{base}:{_tree_digest(files, root)}".encode()).hexdigest()
     return out
+
+
+def _files(folder: Path) -> Iterator[Path]:
+    """Files and symbolic links under ``folder``, without following links, skipping hidden
+    folders at its top and ``__pycache__`` folders."""
+    for top, dirs, names in os.walk(folder):
+        dirs[:] = [d for d in dirs if d != "__pycache__"
+                   and not (top == str(folder) and d.startswith("."))]
+        for name in names:
+            yield Path(top, name)
+        for d in dirs:
+            if os.path.islink(os.path.join(top, d)):
+                yield Path(top, d)

@@ -7,11 +7,90 @@ builds a ``DeclaredState``: the resolved, per-host view every later stage reads.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 ServiceParams = dict[str, Any]
+
+# --- the syntax of every value that reaches an ssh_config, a command line, a file name or
+# a unit (documented in README.md, "The state repository"). Messages never echo the value.
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+"""Group and service names: a letter or digit, then letters, digits, ``_`` or ``-`` (63 at
+most). A service name is a folder name under ``deploys/``, so it has no dot or slash."""
+HOST_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+"""Host names: like group names, dots allowed (``web-1.prod``)."""
+USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+"""SSH users: a POSIX user name, lower case (``root``, ``ops``, ``deploy-bot``)."""
+_DNS_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+_PATH_RE = re.compile(r"(/|~/)[A-Za-z0-9._+@/ -]*")
+"""Key and known-hosts paths: absolute or ``~/``; letters, digits, ``. _ + @ / -`` and
+spaces (quoted in ssh_config); no quote, ``%``, ``$``, backslash or control character."""
+
+
+def unsafe_reason(value: str) -> str | None:
+    """Why ``value`` may not reach a config file or command line (a control character,
+    a newline), or None."""
+    if any(ord(c) < 0x20 or ord(c) == 0x7F or c in "\u2028\u2029\x85" for c in value):
+        return "holds a newline or control character"
+    return None
+
+
+def check_name(value: str, kind: str = "name") -> str:
+    """``value`` if it is a valid group or service name, else ValueError."""
+    if not NAME_RE.fullmatch(value):
+        raise ValueError(f"{kind} should be 1-63 letters, digits, '_' or '-', starting with a "
+                         "letter or digit")
+    return value
+
+
+def check_host_name(value: str) -> str:
+    """``value`` if it is a valid host name (inventory key), else ValueError."""
+    if not HOST_NAME_RE.fullmatch(value):
+        raise ValueError("host name should be 1-63 letters, digits, '.', '_' or '-', starting "
+                         "with a letter or digit")
+    return value
+
+
+def check_address(value: str) -> str:
+    """``value`` if it is an IPv4/IPv6 address or a DNS name, else ValueError."""
+    if "%" not in value:  # an IPv6 zone (fe80::1%eth0) would be an ssh_config token
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+    labels = value.split(".")
+    if (len(value) <= 253 and all(_DNS_LABEL.fullmatch(label) for label in labels)
+            and not labels[-1].isdigit()):  # 10.0.0.256 is no IP address and no name
+        return value
+    raise ValueError("address should be an IP address or a DNS name (labels of letters, "
+                     "digits and '-', separated by dots)")
+
+
+def check_user(value: str) -> str:
+    """``value`` if it is a valid SSH user name, else ValueError."""
+    if not USER_RE.fullmatch(value):
+        raise ValueError("user should be a POSIX user name: a lower-case letter or '_', then "
+                         "up to 31 lower-case letters, digits, '_', '.' or '-'")
+    return value
+
+
+def check_path(value: str) -> str:
+    """``value`` if it is a valid key or known-hosts path, else ValueError."""
+    if not _PATH_RE.fullmatch(value) or len(value) > 4096:
+        raise ValueError("path should be absolute or start with ~/, and hold only letters, "
+                         "digits, spaces and . _ + @ / -")
+    return value
+
+
+Address = Annotated[str, AfterValidator(check_address)]
+HostName = Annotated[str, AfterValidator(check_host_name)]
+User = Annotated[str, AfterValidator(check_user)]
+KeyPath = Annotated[str, AfterValidator(check_path)]
 
 
 class _Strict(BaseModel):
@@ -21,11 +100,11 @@ class _Strict(BaseModel):
 class SSHSettings(_Strict):
     """How to reach a host over SSH. Every field may be set per environment or per host."""
 
-    user: str | None = None
+    user: User | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
-    key_file: str | None = None
+    key_file: KeyPath | None = None
     """Path of the private key on the control host (never the key itself)."""
-    known_hosts_file: str | None = None
+    known_hosts_file: KeyPath | None = None
     host_key_checking: Literal["yes", "accept-new", "no"] | None = None
     connect_timeout: int | None = Field(default=None, ge=1, le=300)
 
@@ -68,6 +147,9 @@ class EnvironmentSettings(_Strict):
     ssh: SSHSettings = SSHSettings()
     source: Literal["inventory", "vagrant"] = "inventory"
     """Where host addresses come from: this file, or ``vagrant ssh-config`` (see gitops.vagrant)."""
+    require_models: bool = False
+    """A used service without ``deploys/<service>/model.py`` is an error (else a warning:
+    its parameters, typos included, are passed on unchecked)."""
 
 
 class GroupSpec(_Strict):
@@ -76,7 +158,7 @@ class GroupSpec(_Strict):
 
 
 class HostSpec(_Strict):
-    address: str | None = None
+    address: Address | None = None
     """IP address or DNS name; may be left out only when the environment's source fills it."""
     groups: list[str] = Field(min_length=1)
     ssh: SSHSettings = SSHSettings()
@@ -99,10 +181,10 @@ SSH_DEFAULTS = SSHSettings(user="root", port=22, host_key_checking="accept-new",
 
 
 class ResolvedSSH(_Strict):
-    user: str
-    port: int
-    key_file: str | None
-    known_hosts_file: str | None
+    user: User
+    port: int = Field(ge=1, le=65535)
+    key_file: KeyPath | None
+    known_hosts_file: KeyPath | None
     host_key_checking: Literal["yes", "accept-new", "no"]
     connect_timeout: int
 
@@ -110,8 +192,8 @@ class ResolvedSSH(_Strict):
 class DeclaredHost(_Strict):
     """One host as every later stage sees it: its address, SSH, data and services."""
 
-    name: str
-    address: str
+    name: HostName
+    address: Address
     groups: tuple[str, ...]
     ssh: ResolvedSSH
     vars: dict[str, Any]
@@ -129,6 +211,9 @@ class DeclaredState(_Strict):
     hosts: tuple[DeclaredHost, ...]
     service_order: tuple[str, ...]
     """Every service used, in the order they are applied (``all`` group's first, then by name)."""
+    warnings: tuple[str, ...] = ()
+    """What is allowed but probably wrong (a service without ``model.py``), one line each
+    with file and line; printed by validate, plan and reconcile."""
     service_digests: dict[str, str] = {}
     """Service name -> digest of its folder and of the repository outside ``deploys/`` and
     ``inventories/``: the files its apply can read (see ``reconcile`` for how it is used)."""

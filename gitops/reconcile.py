@@ -43,6 +43,7 @@ from gitops.errors import (
     PermanentError,
 )
 from gitops.model import DeclaredState
+from gitops.private import private_dir
 from gitops.records import (
     ApplyReport,
     HostApply,
@@ -121,10 +122,10 @@ class Outcome:
 def environment_lock(target: Target, kind: str) -> Iterator[None]:
     """One run at a time per environment. The kernel drops the lock when its holder dies,
     so a lock left by ``kill -9`` is recovered without guessing from timestamps."""
-    folder = target.state_dir / "locks"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = private_dir(target.state_dir) / "locks"
+    folder.mkdir(exist_ok=True)
     path = folder / f"{target.environment}.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -181,6 +182,8 @@ def _load(target: Target, revision: Revision, say: Progress) -> DeclaredState:
     state = load_stage.load(Path(snap.path), target.environment, revision=revision.ref,
                             host_source=_host_source(target))
     say(f"{len(state.hosts)} hosts, services: {', '.join(state.service_order)}")
+    for warning in state.warnings:
+        say(f"warning: {warning}")
     return state
 
 

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import git
 
-from gitops.errors import RevisionNotFound, SourceError
+from gitops.errors import InvalidDeclaration, Problem, RevisionNotFound, SourceError
+from gitops.private import private_dir
 from gitops.records import Revision, Snapshot
 
 __all__ = ["fetch", "mirror_path", "prune_snapshots", "prune_sources", "redact", "snapshot"]
@@ -54,6 +55,7 @@ def _mirror(url: str, state_dir: Path) -> git.Repo:
     path = mirror_path(url, state_dir)
     if path.is_dir():
         return git.Repo(path)
+    private_dir(state_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     repo = git.Repo.init(path, bare=True)
     repo.create_remote("origin", url)
@@ -78,8 +80,20 @@ def fetch(url: str, branch: str, state_dir: Path, *, timeout: float = 120) -> Re
     except git.GitCommandError as exc:
         detail = _git_error(exc)
         if "couldn't find remote ref" in detail:
-            raise RevisionNotFound(f"{redact(url)}: no branch {branch!r}") from None
+            raise RevisionNotFound(_no_branch(url, branch, repo)) from None
         raise SourceError(f"cannot fetch {redact(url)} {branch}: {detail}") from None
+
+
+NO_COMMIT = "has no commit yet: commit first, or validate the files on disk with --worktree"
+
+
+def _no_branch(url: str, branch: str, repo: git.Repo) -> str:
+    """Why ``branch`` is missing: the repository has no commit at all, or not that branch."""
+    try:
+        empty = not str(repo.git.ls_remote("--heads", "origin", kill_after_timeout=30)).strip()
+    except git.GitCommandError:
+        empty = False
+    return f"{redact(url)} {NO_COMMIT}" if empty else f"{redact(url)}: no branch {branch!r}"
 
 
 def head(url: str, branch: str, *, timeout: float = 30) -> str:
@@ -98,6 +112,8 @@ def head(url: str, branch: str, *, timeout: float = 30) -> str:
         sha, _, ref = line.partition("\t")
         if ref == f"refs/heads/{branch}":
             return sha
+    if not str(out).strip():
+        raise RevisionNotFound(f"{redact(url)} {NO_COMMIT}")
     raise RevisionNotFound(f"{redact(url)}: no branch {branch!r}")
 
 
@@ -158,6 +174,7 @@ def snapshot(url: str, revision: Revision, state_dir: Path) -> Snapshot:
         with contextlib.suppress(OSError):  # most recently used first, for pruning
             os.utime(target)
     else:
+        private_dir(state_dir)
         target.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         with _mirror(url, state_dir) as repo:
@@ -168,6 +185,11 @@ def snapshot(url: str, revision: Revision, state_dir: Path) -> Snapshot:
             with tarfile.open(fileobj=buffer) as tar:
                 tar.extractall(tmp, filter="data")
             tmp.rename(target)
+        except tarfile.FilterError as exc:  # a link out of the repository, a device file
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise InvalidDeclaration([Problem(exc.tarinfo.name, None, "", "a link to an "
+                                              "absolute path or outside the repository, or a "
+                                              "special file: not allowed")], revision.ref) from None
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             if not target.is_dir():  # another process won the same rename: fine

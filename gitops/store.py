@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from gitops.errors import UsageError
+from gitops.private import private_dir, private_file
 from gitops.records import (
     ApplyReport,
     CheckRow,
@@ -289,7 +290,9 @@ def suspended_condition(controls: Controls) -> Condition:
 class Store:
     """The SQLite store of one state folder. Cheap to open; safe across processes (WAL).
 
-    ``clock`` gives the time written into the record (injected by tests)."""
+from gitops.errors import UsageError
+from gitops.private import private_dir, private_file
+into the record (injected by tests)."""
 
     def __init__(self, state_dir: Path, *, readonly: bool = False,
                  clock: Callable[[], datetime] = now) -> None:
@@ -303,7 +306,7 @@ class Store:
             if not self.path.is_file():
                 raise NoStore(f"no runs recorded yet in {state_dir}", folder_exists=True)
         else:
-            state_dir.mkdir(parents=True, exist_ok=True)
+            private_file(private_dir(state_dir) / DATABASE)
         self.db = self._connect()
         if readonly:
             version = self._version()

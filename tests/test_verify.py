@@ -285,7 +285,7 @@ def test_ssh_config_blocks_per_host_and_kept_connections(tmp_path: Path) -> None
     folder does it keep a control master there (named by ssh's own %C hash)."""
     hosts = {
         "web-1": _host("web-1", "10.0.0.1", {}, key_file="/k/id", port=2222),
-        "_host-1": _host("odd name", "10.0.0.2", {}, known_hosts_file=None),
+        "_host-1": _host("web-2", "10.0.0.2", {}, known_hosts_file=None),
     }
     first, second = vw.ssh_config_text(hosts).split("\n\n")
     assert "Host web-1\n  HostName 10.0.0.1\n  Port 2222\n  User root" in first

@@ -46,7 +46,14 @@ from pydantic import BaseModel
 from testinfra.backend.base import CommandResult
 from testinfra.backend.ssh import SshBackend
 
-from gitops.model import DeclaredHost, DeclaredState
+from gitops.model import (
+    DeclaredHost,
+    DeclaredState,
+    check_address,
+    check_path,
+    check_user,
+    unsafe_reason,
+)
 from gitops.records import CheckResult, CheckStatus, VerifyReport
 from gitops.worker import PROGRESS_PREFIX, die_with_parent
 
@@ -418,6 +425,7 @@ def _marker(buf: bytearray, token: bytes, end: bytes) -> int:
 # --- SSH ----------------------------------------------------------------------------------
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*|_host-[0-9]+")
 
 
 def ssh_alias(name: str, index: int) -> str:
@@ -429,9 +437,33 @@ def ssh_alias(name: str, index: int) -> str:
 
 
 def _config_value(value: str) -> str:
-    """A path as ssh_config reads it: ``%`` escaped (tokens), quoted if it has spaces."""
+    """A path as ssh_config reads it: ``%`` escaped (tokens), quoted if it has spaces.
+    ValueError for a path no quoting makes safe (a quote, a newline, a control character)."""
+    if '"' in value or unsafe_reason(value):
+        raise ValueError("a path with a quote or a control character cannot be written to "
+                         "an ssh_config")
     value = value.replace("%", "%%")
     return f'"{value}"' if any(c.isspace() for c in value) else value
+
+
+def unsafe_field(h: DeclaredHost) -> str | None:
+    """The field of ``h`` that must not be written to an ssh_config (or None): the second
+    line of defence behind ``gitops.load``, which refuses such values at validate time."""
+    checks: tuple[tuple[str, str | None, Callable[[str], str]], ...] = (
+        ("address", h.address, check_address),
+        ("ssh.user", h.ssh.user, check_user),
+        ("ssh.key_file", h.ssh.key_file, check_path),
+        ("ssh.known_hosts_file", h.ssh.known_hosts_file, check_path),
+    )
+    for field, value, check in checks:
+        try:
+            if value is not None:
+                check(value)
+        except ValueError:
+            return field
+    if not 1 <= h.ssh.port <= 65535:
+        return "ssh.port"
+    return None
 
 
 CONTROL_PERSIST_S = 900
@@ -453,6 +485,9 @@ def ssh_config_text(hosts: Mapping[str, DeclaredHost], control_dir: str | None =
     master per host (socket named by ssh's ``%C`` hash of host, port and user) that stays."""
     blocks = []
     for alias, h in hosts.items():
+        field = unsafe_field(h) or (None if _ALIAS.fullmatch(alias) else "name")
+        if field is not None:
+            raise ValueError(f"host {h.name!r}: {field} is not safe to write to an ssh_config")
         lines = [
             f"Host {alias}",
             f"  HostName {h.address}",
@@ -506,6 +541,13 @@ def run(
     suites = load_suites(state)
     aliases = {ssh_alias(h.name, i): h for i, h in enumerate(state.hosts)}
     outcomes: dict[str, HostOutcome] = {}
+    for alias, h in list(aliases.items()):
+        field = unsafe_field(h)
+        if field is not None:  # never written to the ssh_config, never connected to
+            del aliases[alias]
+            outcomes[h.name] = HostOutcome(h.name, (), f"refused: {field} is not safe to "
+                                           "write to an ssh_config", 0.0)
+            progress(_summary(outcomes[h.name]))
     with tempfile.TemporaryDirectory(prefix="gitops-verify-") as tmp:
         ssh_config = Path(tmp) / "ssh_config"
         ssh_config.write_text(ssh_config_text(aliases, control_dir))
