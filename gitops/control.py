@@ -6,6 +6,8 @@ record: a daemon reads the controls at every cycle. Called by ``cli`` and ``loop
 
 from __future__ import annotations
 
+import os
+import pwd
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,19 @@ from gitops.errors import UsageError
 from gitops.store import Store, now
 
 __all__ = ["failed_hosts", "hold", "hold_rollback", "last_good_revision", "release_hold",
-           "resume", "suspend"]
+           "resume", "suspend", "who"]
+
+
+def who() -> str:
+    """The person acting: the user behind sudo, else the login name, else the uid's name."""
+    for variable in ("SUDO_USER", "USER", "LOGNAME"):
+        name = os.environ.get(variable, "").strip()
+        if name and not (variable == "SUDO_USER" and name == "root" and os.getuid() != 0):
+            return name
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
 
 
 def suspend(store: Store, environment: str, *, actor: str, reason: str) -> dict[str, Any]:
@@ -23,16 +37,16 @@ def suspend(store: Store, environment: str, *, actor: str, reason: str) -> dict[
         raise UsageError("suspend needs a reason (--reason): it is shown to everyone")
     store.set_controls(environment, suspended=1, reason=reason, actor=actor,
                        since=now().isoformat(timespec="seconds"))
-    store.record_event(environment, "suspend", actor=actor, reason=reason)
-    return store.controls(environment)
+    event = store.record_event(environment, "suspend", actor=actor, reason=reason)
+    return {**store.controls(environment), "event": event}
 
 
 def resume(store: Store, environment: str, *, actor: str, reason: str = "") -> dict[str, Any]:
     """Resume applies, and release a rollback hold: the branch head is reconciled again."""
     store.set_controls(environment, suspended=0, reason="", actor=actor,
                        since=now().isoformat(timespec="seconds"), held_sha=None, held_head=None)
-    store.record_event(environment, "resume", actor=actor, reason=reason)
-    return store.controls(environment)
+    event = store.record_event(environment, "resume", actor=actor, reason=reason)
+    return {**store.controls(environment), "event": event}
 
 
 def last_good_revision(store: Store, environment: str, *, before: str | None) -> str | None:
