@@ -18,6 +18,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -498,6 +499,8 @@ def _summary(run_id: int | None, result: str, changed: int, passed: int, failed:
 
 def _outcome_summary(outcome: pipeline.Outcome) -> str:
     v = outcome.verify
+    if v is None and outcome.apply is None:
+        return f"run #{outcome.run_id}: {outcome.result}, nothing applied"
     return _summary(outcome.run_id, outcome.result,
                     outcome.apply.changed if outcome.apply else 0,
                     sum(1 for r in v.results if r.status == "pass") if v else 0,
@@ -583,6 +586,8 @@ class _Daemon:
         host, self.port = parse_listen(s.listen)
         self.host = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         self.headers = {"Content-Type": "application/json"}
+        self.date: str | None = None
+        """The Date header of the last answer: the daemon's clock."""
         if s.api_token is not None:
             self.headers["Authorization"] = f"Bearer {s.api_token.reveal()}"
 
@@ -596,15 +601,25 @@ class _Daemon:
             conn.request(method, path, body=json.dumps(body) if body is not None else None,
                          headers=self.headers)
             response = conn.getresponse()
+            self.date = response.getheader("date")
             return response.status, json.loads(response.read() or b"null")
         finally:
             conn.close()
 
 
-def _ask_daemon(s: Settings, environment: str, action: str,
-                body: dict[str, Any]) -> dict[str, Any] | None:
+def _http_date(value: str | None) -> datetime | None:
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _ask_daemon(s: Settings, environment: str, action: str, body: dict[str, Any],
+                daemon: _Daemon | None = None) -> dict[str, Any] | None:
     """POST to the running daemon's API; None when no daemon answers on ``s.listen``."""
-    daemon = _Daemon(s)
+    daemon = daemon or _Daemon(s)
     try:
         status, data = daemon.call("POST", f"/api/environments/{environment}/{action}",
                                    {**body, "actor": control.who()})
@@ -638,10 +653,11 @@ def _daemon_reconcile(s: Settings, reason: str, *, wait: bool, as_json: bool) ->
     except (OSError, ValueError, TypeError, KeyError, AttributeError):
         before = 0
     actor = control.who()
-    answer = _ask_daemon(s, name, "reconcile", {"reason": reason})
+    answer = _ask_daemon(s, name, "reconcile", {"reason": reason}, daemon)
     if answer is None:
         return False
     triggered = bool(answer.get("triggered"))
+    asked_at = _http_date(daemon.date)
     if not wait:
         if as_json:
             _emit(answer)
@@ -653,7 +669,8 @@ def _daemon_reconcile(s: Settings, reason: str, *, wait: bool, as_json: bool) ->
         click.echo(f"{name}: asked the daemon at {s.listen}; waiting for its run "
                    "(Ctrl-C stops waiting, not the run)", err=True)
     try:
-        run = _follow(daemon, s.environment, name, before, actor, triggered, as_json)
+        run = _follow(daemon, s.environment, name, before, actor,
+                      asked_at if triggered else None, as_json)
     except KeyboardInterrupt:
         click.echo("stopped waiting; the daemon's run goes on (gitops history)", err=True)
         sys.exit(EXIT_FAILED)
@@ -678,8 +695,12 @@ def _daemon_reconcile(s: Settings, reason: str, *, wait: bool, as_json: bool) ->
 
 
 def _follow(daemon: _Daemon, environment: str, name: str, before: int, actor: str,
-            triggered: bool, as_json: bool) -> dict[str, Any]:
-    """The daemon's run for this request, once finished; each host printed as recorded."""
+            asked_at: datetime | None, as_json: bool) -> dict[str, Any]:
+    """The daemon's run for this request, once finished; each host printed as recorded.
+
+    Ours is the first apply run of the environment after ``before`` by ``actor`` started
+    since ``asked_at`` (the daemon's clock, to the second); None (the request was coalesced
+    into a pending one): the first apply run after ``before``."""
     next_id = before + 1
     mine: int | None = None
     idle_since: float | None = None
@@ -689,8 +710,8 @@ def _follow(daemon: _Daemon, environment: str, name: str, before: int, actor: st
             status, run = daemon.call("GET", f"/api/page/runs/{next_id}")
             if status == 200 and isinstance(run, dict):
                 next_id += 1
-                if (run["environment"] == environment and run["kind"] in _APPLY_KINDS
-                        and (run["actor"] == actor or not triggered)):
+                if run["environment"] == environment and run["kind"] in _APPLY_KINDS and (
+                        asked_at is None or (run["actor"] == actor and _since(run, asked_at))):
                     mine = run["id"]
                     if not as_json:
                         click.echo(f"run #{mine}: {run['kind']} of "
@@ -725,6 +746,14 @@ def _follow(daemon: _Daemon, environment: str, name: str, before: int, actor: st
         if run["result"] is not None:
             return run
         time.sleep(_POLL)
+
+
+def _since(run: dict[str, Any], asked_at: datetime) -> bool:
+    try:
+        started = datetime.fromisoformat(run["started_at"])
+    except (TypeError, ValueError):
+        return True
+    return started >= asked_at
 
 
 def _run_exit_code(daemon: _Daemon, run: dict[str, Any]) -> int:

@@ -23,6 +23,7 @@ from pydantic_settings import (
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -247,6 +248,10 @@ def load(**overrides: Any) -> Settings:
             raise UsageError(f"settings file {path}: {_toml_message(exc)}") from None
     try:
         return Settings(**given)
+    except SettingsError as exc:  # a GITOPS_* variable of a list or table that is not JSON
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = f"GITOPS_{field.group(1).upper()}" if field else "a GITOPS_* variable"
+        raise UsageError(f"environment variable {name}: not valid JSON") from None
     except ValidationError as exc:
         lines = _key_lines(text)
         problems = [_where(e, given, path, lines) for e in exc.errors(include_url=False,
