@@ -256,6 +256,8 @@ def load(**overrides: Any) -> Settings:
         lines = _key_lines(text)
         problems = [_where(e, given, path, lines) for e in exc.errors(include_url=False,
                                                                        include_input=False)]
+        problems.sort(key=lambda p: int(m.group(1)) if (m := re.match(r"\S+:(\d+) ", p))
+                      else 0)
         head = f"{len(problems)} problem(s) in the settings" if len(problems) > 1 else "settings"
         if len(problems) == 1:
             raise UsageError(f"{head}: {problems[0]}") from None
