@@ -640,17 +640,14 @@ _IDLE_GIVE_UP = 15.0
 
 
 def _daemon_reconcile(s: Settings, reason: str, *, wait: bool, as_json: bool) -> bool:
-    """Ask the running daemon to reconcile and (``wait``) follow its run to the end, printing
-    each host as it is recorded, then the outcome; exits with a local run's codes. False
-    when no daemon watches the environment."""
+    """Ask the running daemon to reconcile and (``wait``) follow its run to the end through
+    its API (``/api/runs``), printing each host as it is recorded, then the outcome; exits
+    with a local run's codes. False when no daemon watches the environment."""
     name = _api_name(s)
     daemon = _Daemon(s)
     try:
-        _, page = daemon.call("GET", "/api/page", timeout=30)
-        env = next((e for e in (page or {}).get("environments", [])
-                    if e.get("name") == s.environment), None)
-        before = max((r["id"] for r in (env or {}).get("history", [])), default=0)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        before = max((r["id"] for r in _recent(daemon, s.environment, 1)), default=0)
+    except (OSError, ValueError):
         before = 0
     actor = control.who()
     answer = _ask_daemon(s, name, "reconcile", {"reason": reason}, daemon)
@@ -701,22 +698,21 @@ def _follow(daemon: _Daemon, environment: str, name: str, before: int, actor: st
     Ours is the first apply run of the environment after ``before`` by ``actor`` started
     since ``asked_at`` (the daemon's clock, to the second); None (the request was coalesced
     into a pending one): the first apply run after ``before``."""
-    next_id = before + 1
     mine: int | None = None
     idle_since: float | None = None
     shown: set[str] = set()
     while True:
         if mine is None:
-            status, run = daemon.call("GET", f"/api/page/runs/{next_id}")
-            if status == 200 and isinstance(run, dict):
-                next_id += 1
-                if run["environment"] == environment and run["kind"] in _APPLY_KINDS and (
-                        asked_at is None or (run["actor"] == actor and _since(run, asked_at))):
-                    mine = run["id"]
-                    if not as_json:
-                        click.echo(f"run #{mine}: {run['kind']} of "
-                                   f"{(run['sha'] or '')[:10] or 'the branch head'} started",
-                                   err=True)
+            found = sorted((r for r in _recent(daemon, environment, 20) if r["id"] > before
+                            and r["kind"] in _APPLY_KINDS and (asked_at is None or (
+                                r["actor"] == actor and _since(r, asked_at)))),
+                           key=lambda r: int(r["id"]))
+            if found:
+                mine = int(found[0]["id"])
+                if not as_json:
+                    click.echo(f"run #{mine}: {found[0]['kind']} of "
+                               f"{(found[0]['sha'] or '')[:10] or 'the branch head'} started",
+                               err=True)
                 continue
             _, health = daemon.call("GET", "/healthz")
             state = ((health or {}).get("environments") or {}).get(name) or {}
@@ -731,7 +727,7 @@ def _follow(daemon: _Daemon, environment: str, name: str, before: int, actor: st
                                  "environment suspended, or its head quarantined? gitops status)")
             time.sleep(_POLL)
             continue
-        status, run = daemon.call("GET", f"/api/page/runs/{mine}")
+        status, run = daemon.call("GET", f"/api/runs/{mine}")
         if status != 200 or not isinstance(run, dict):
             raise ValueError(f"run {mine}: HTTP {status}")
         if not as_json:
@@ -746,6 +742,17 @@ def _follow(daemon: _Daemon, environment: str, name: str, before: int, actor: st
         if run["result"] is not None:
             return run
         time.sleep(_POLL)
+
+
+def _recent(daemon: _Daemon, environment: str, limit: int) -> list[dict[str, Any]]:
+    """The environment's newest runs from the daemon's API (``GET /api/runs``)."""
+    from urllib.parse import quote
+
+    status, runs = daemon.call("GET", f"/api/runs?environment={quote(environment)}"
+                                      f"&limit={limit}")
+    if status != 200 or not isinstance(runs, list):
+        raise ValueError(f"GET /api/runs: HTTP {status}")
+    return [r for r in runs if isinstance(r, dict) and "id" in r]
 
 
 def _since(run: dict[str, Any], asked_at: datetime) -> bool:
