@@ -897,9 +897,10 @@ def rollback(revision: str | None, reason: str, force: bool, as_json: bool,
         answer = _ask_daemon(s, _api_name(s), "rollback",
                              {"revision": revision, "reason": reason})
         if answer is not None:
+            event = f" (recorded as run #{answer['event']})" if answer.get("event") else ""
             _emit(answer) if as_json else click.echo(
                 f"{s.environment}: the daemon holds {str(answer.get('held_sha'))[:10]} "
-                "and rolls back to it now")
+                f"and rolls back to it now{event}")
             return
     target = _target(s)
     with Store(s.state_dir) as store:

@@ -64,9 +64,9 @@ def hold(store: Store, environment: str, sha: str, *, head: str, actor: str,
     """Pin ``environment`` to ``sha`` until ``resume`` or a commit newer than ``head``."""
     store.set_controls(environment, held_sha=sha, held_head=head, actor=actor,
                        since=now().isoformat(timespec="seconds"))
-    store.record_event(environment, "rollback", actor=actor, sha=sha,
-                       reason=reason or f"hold {sha[:10]} until resume or a newer commit")
-    return store.controls(environment)
+    event = store.record_event(environment, "rollback", actor=actor, sha=sha,
+                               reason=reason or f"hold {sha[:10]} until resume or a newer commit")
+    return {**store.controls(environment), "event": event}
 
 
 def hold_rollback(store: Store, environment: str, *, repo: str, branch: str,
