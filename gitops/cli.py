@@ -27,7 +27,14 @@ import click
 from gitops import control
 from gitops import reconcile as pipeline
 from gitops import settings as settings_
-from gitops.errors import EXIT_FAILED, EXIT_INVALID, GitopsError, InvalidDeclaration, UsageError
+from gitops.errors import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    GitopsError,
+    InvalidDeclaration,
+    TemporaryError,
+    UsageError,
+)
 from gitops.lab.cli import lab
 from gitops.load import load
 from gitops.records import Plan
@@ -629,8 +636,10 @@ def _ask_daemon(s: Settings, environment: str, action: str, body: dict[str, Any]
         data = {}
     if status == 404 and "unknown environment" in str(data.get("error", "")):
         return None  # the daemon does not watch this environment: act here
-    if status >= 400:
-        raise click.ClickException(f"daemon: {data.get('error', status)}")
+    if status >= 500:
+        raise TemporaryError(f"daemon at {s.listen}: {data.get('error', status)}")
+    if status >= 400:  # refused: wrong token, a bad request, the environment's state
+        raise UsageError(f"daemon at {s.listen}: {data.get('error', status)}")
     return data
 
 
@@ -643,6 +652,13 @@ def _daemon_reconcile(s: Settings, reason: str, *, wait: bool, as_json: bool) ->
     """Ask the running daemon to reconcile and (``wait``) follow its run to the end through
     its API (``/api/runs``), printing each host as it is recorded, then the outcome; exits
     with a local run's codes. False when no daemon watches the environment."""
+    return _through_daemon(s, "reconcile", {"reason": reason}, wait=wait, as_json=as_json)
+
+
+def _through_daemon(s: Settings, action: str, body: dict[str, Any], *, wait: bool,
+                    as_json: bool) -> bool:
+    """``action`` (reconcile, rollback, retry) by the running daemon, its run followed to
+    the end unless not ``wait``; exits with the run's code. False: no daemon here."""
     name = _api_name(s)
     daemon = _Daemon(s)
     try:
@@ -650,20 +666,20 @@ def _daemon_reconcile(s: Settings, reason: str, *, wait: bool, as_json: bool) ->
     except (OSError, ValueError):
         before = 0
     actor = control.who()
-    answer = _ask_daemon(s, name, "reconcile", {"reason": reason}, daemon)
+    answer = _ask_daemon(s, name, action, body, daemon)
     if answer is None:
         return False
-    triggered = bool(answer.get("triggered"))
+    # reconcile says whether it was queued or folded into a pending one; the others queue
+    triggered = bool(answer.get("triggered", True))
     asked_at = _http_date(daemon.date)
     if not wait:
         if as_json:
             _emit(answer)
         else:
-            click.echo(f"{name}: the daemon will reconcile now" if triggered else
-                       f"{name}: a reconcile is already pending in the daemon")
+            click.echo(_daemon_answer(name, action, answer))
         return True
     if not as_json:
-        click.echo(f"{name}: asked the daemon at {s.listen}; waiting for its run "
+        click.echo(f"{_daemon_answer(name, action, answer)}; waiting for its run "
                    "(Ctrl-C stops waiting, not the run)", err=True)
     try:
         run = _follow(daemon, s.environment, name, before, actor,
@@ -691,6 +707,16 @@ def _daemon_reconcile(s: Settings, reason: str, *, wait: bool, as_json: bool) ->
     sys.exit(code)
 
 
+def _daemon_answer(name: str, action: str, answer: dict[str, Any]) -> str:
+    event = f" (recorded as run #{answer['event']})" if answer.get("event") else ""
+    if action == "rollback":
+        return f"{name}: the daemon holds {str(answer.get('held_sha'))[:10]}{event}"
+    if action == "retry":
+        return f"{name}: the daemon retries {', '.join(answer.get('retrying', []))}"
+    return (f"{name}: the daemon will reconcile now" if answer.get("triggered") else
+            f"{name}: a reconcile is already pending in the daemon")
+
+
 def _follow(daemon: _Daemon, environment: str, name: str, before: int, actor: str,
             asked_at: datetime | None, as_json: bool) -> dict[str, Any]:
     """The daemon's run for this request, once finished; each host printed as recorded.
@@ -704,8 +730,9 @@ def _follow(daemon: _Daemon, environment: str, name: str, before: int, actor: st
     while True:
         if mine is None:
             found = sorted((r for r in _recent(daemon, environment, 20) if r["id"] > before
-                            and r["kind"] in _APPLY_KINDS and (asked_at is None or (
-                                r["actor"] == actor and _since(r, asked_at)))),
+                            and r["kind"] in _APPLY_KINDS and not _event(r) and (
+                                asked_at is None or (r["actor"] == actor
+                                                     and _since(r, asked_at)))),
                            key=lambda r: int(r["id"]))
             if found:
                 mine = int(found[0]["id"])
@@ -753,6 +780,13 @@ def _recent(daemon: _Daemon, environment: str, limit: int) -> list[dict[str, Any
     if status != 200 or not isinstance(runs, list):
         raise ValueError(f"GET /api/runs: HTTP {status}")
     return [r for r in runs if isinstance(r, dict) and "id" in r]
+
+
+def _event(run: dict[str, Any]) -> bool:
+    """An operator action (``Store.record_event``: a rollback hold), not a run: it finished
+    as it started."""
+    return run.get("finished_at") is not None and run.get("finished_at") == run.get(
+        "started_at")
 
 
 def _since(run: dict[str, Any], asked_at: datetime) -> bool:
@@ -885,23 +919,19 @@ def resume(environment: str | None, state_dir: Path | None, reason: str, as_json
 @_target_options
 @click.argument("revision", required=False)
 @click.option("--reason", default="", help="Why: recorded in history.")
+@click.option("--no-wait", is_flag=True, help="Through a running daemon: return once it "
+              "has the request, without waiting for the run.")
 @_with_force
 @json_option
-def rollback(revision: str | None, reason: str, force: bool, as_json: bool,
+def rollback(revision: str | None, reason: str, no_wait: bool, force: bool, as_json: bool,
              **opts: Any) -> None:
     """Apply an earlier verified revision (default: the one before the current) and hold it
     until gitops resume or a newer commit."""
     s = _settings(**opts)
     forced = _guard(s, "rollback", force, reason)
-    if not forced:
-        answer = _ask_daemon(s, _api_name(s), "rollback",
-                             {"revision": revision, "reason": reason})
-        if answer is not None:
-            event = f" (recorded as run #{answer['event']})" if answer.get("event") else ""
-            _emit(answer) if as_json else click.echo(
-                f"{s.environment}: the daemon holds {str(answer.get('held_sha'))[:10]} "
-                f"and rolls back to it now{event}")
-            return
+    if not forced and _through_daemon(s, "rollback", {"revision": revision, "reason": reason},
+                                      wait=not no_wait, as_json=as_json):
+        return
     target = _target(s)
     with Store(s.state_dir) as store:
         try:
@@ -928,18 +958,18 @@ def rollback(revision: str | None, reason: str, force: bool, as_json: bool,
 @click.option("--failed", is_flag=True, required=True,
               help="Retry the hosts that failed in the latest run (required).")
 @click.option("--reason", default="", help="Why: recorded in history (needed with --force).")
+@click.option("--no-wait", is_flag=True, help="Through a running daemon: return once it "
+              "has the request, without waiting for the run.")
 @_with_force
 @json_option
-def retry(failed: bool, reason: str, force: bool, as_json: bool, **opts: Any) -> None:
+def retry(failed: bool, reason: str, no_wait: bool, force: bool, as_json: bool,
+          **opts: Any) -> None:
     """Run the latest revision again on the hosts that failed, only those."""
     s = _settings(**opts)
     forced = _guard(s, "retry", force, reason)
-    if not forced:
-        answer = _ask_daemon(s, _api_name(s), "retry", {"reason": reason})
-        if answer is not None:
-            _emit(answer) if as_json else click.echo(
-                f"{s.environment}: the daemon retries {', '.join(answer.get('retrying', []))}")
-            return
+    if not forced and _through_daemon(s, "retry", {"reason": reason}, wait=not no_wait,
+                                      as_json=as_json):
+        return
     with Store(s.state_dir) as store:
         hosts = control.failed_hosts(store, s.environment)
         last = next((r for r in store.history(s.environment, 50)

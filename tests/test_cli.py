@@ -207,6 +207,14 @@ def test_reconcile_through_the_daemon_waits_for_its_run(daemon: tuple[Path, Path
     assert all(r["actor"] != "gitops-daemon" for r in _runs(state)[:2])
 
 
+def test_daemon_refusals_exit_2_with_its_message(daemon: tuple[Path, Path]) -> None:
+    """A request the daemon refuses (retry with no failed host) exits 2 with its reason."""
+    folder, _ = daemon
+    proc = gitops("retry", "--failed", cwd=folder)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "daemon at 127.0.0.1:" in proc.stderr and "no failed hosts to retry" in proc.stderr
+
+
 def test_once_takes_the_daemon_entrys_repository(daemon: tuple[Path, Path]) -> None:
     """reconcile --once -e staging runs here on the entry's repository and inventory (not
     ./ and -e as an inventory name)."""

@@ -78,7 +78,8 @@ def test_suspended_environment_refuses_reconcile_once_on_lab_hosts(
 def test_reconcile_through_the_daemon_waits_and_prints_the_run(
         lab: LabInfo, tmp_path: Path) -> None:
     """With the daemon up, gitops reconcile (settings through --config) waits for the
-    daemon's run, prints each host and the run's id and outcome, and exits 0."""
+    daemon's run, prints each host and the run's id and outcome, and exits 0; so does
+    gitops rollback, the hosts back on the previous verified commit."""
     repo = make_probe_repo(tmp_path, lab)
     daemon = Daemon(repo, tmp_path)
     daemon.start()
@@ -97,5 +98,21 @@ def test_reconcile_through_the_daemon_waits_and_prints_the_run(
         assert f"run #{mine['id']}: succeeded" in proc.stdout
         for host in lab.hosts:
             assert f"{host.name}: apply ok" in proc.stdout
+        motd = repo.path / "deploys/base/templates/motd.j2"
+        motd.write_text(motd.read_text() + "\n  to be rolled back\n")
+        newer = repo.commit("motd: a line to roll back")
+        wait_for(lambda: applied_everywhere(daemon, newer), 300, "the newer commit")
+        env = {**os.environ, "GITOPS_TEST_TOKEN": TOKEN}
+        back = subprocess.run(
+            [sys.executable, "-m", "gitops", "rollback", "--config", str(daemon.config),
+             "--reason", "roll back the motd line"], capture_output=True, text=True,
+            timeout=600, cwd=tmp_path, env=env)
+        assert back.returncode == 0, back.stdout + back.stderr
+        rollback = next((r for r in daemon.history() if r["kind"] == "rollback"
+                         and r["duration_s"]), None)
+        assert rollback is not None, (back.stdout, back.stderr, daemon.history()[:4])
+        assert rollback["sha"] == head and f"run #{rollback['id']}: succeeded" in back.stdout
+        for host in lab.hosts:
+            assert "to be rolled back" not in repo.ssh(host.name, "cat /etc/motd")
     finally:
         daemon.stop()
