@@ -32,6 +32,15 @@ ROOT = Path(__file__).resolve().parent.parent
 ENVIRONMENT = "lab"
 
 
+def tool(name: str) -> str | None:
+    """The command ``name`` installed beside this Python (a venv's ``bin``) first, then on
+    PATH: ``.venv/bin/python bench/...`` finds the venv's pyinfra without an activated venv."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         sys.exit("this benchmark needs root (it brings up a gitops lab)")

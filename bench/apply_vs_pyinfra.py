@@ -11,7 +11,6 @@ nothing to change. Prints a table, the ratio of medians (goal <= 1.10) and a sum
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from _common import (
     run_checked,
     sample_on_lab,
     timed,
+    tool,
 )
 
 from gitops.apply import apply
@@ -62,7 +62,7 @@ def main() -> None:
     with sample_on_lab(opts.name, HOSTS) as (_info, work, repo, state):
         inventory = pyinfra_inventory(state, work / "pyinfra_inventory.py")
         deploys = [f"deploys/{s}/deploy.py" for s in state.service_order]
-        pyinfra_cmd = [shutil.which("pyinfra") or "pyinfra", "-y", str(inventory), *deploys]
+        pyinfra_cmd = [tool("pyinfra") or "pyinfra", "-y", str(inventory), *deploys]
 
         header(
             f"apply: gitops.apply.apply vs raw pyinfra CLI ({HOSTS} lab hosts, services "

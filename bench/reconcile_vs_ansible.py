@@ -41,6 +41,7 @@ from _common import (
     require_root,
     run_checked,
     timed,
+    tool,
 )
 
 from gitops.model import DeclaredState
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--name", default="bench3")
     parser.add_argument("--rounds", type=int, default=5)
     opts = parser.parse_args()
-    playbook_bin = shutil.which("ansible-playbook")
+    playbook_bin = tool("ansible-playbook")
     if playbook_bin is None:
         print("ansible-playbook not found: install ansible-core with `pip install ansible-core` "
               "(or `pip install -e '.[bench]'`)", file=sys.stderr)

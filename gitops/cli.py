@@ -1,45 +1,123 @@
 """The ``gitops`` command line: thin click commands that parse, call a stage, and print.
 
 Exit codes: 0 all good; 1 apply or verify failed (or a temporary failure: Git remote, SSH,
-lock held); 2 invalid declaration or usage. ``--json`` prints one JSON document on stdout;
-progress goes to stderr. Errors are one clear message, never a traceback.
+lock held, the daemon unreachable mid-wait); 2 invalid declaration or usage (also an operator
+control refusing the command). ``--json`` prints one JSON document on stdout; progress goes
+to stderr, live per host on a terminal, plain lines otherwise (``NO_COLOR`` is honoured).
+Every command that records something ends with one line naming the run (``run #12:
+succeeded, 3 changed, 42 checks passed``). Errors are one clear message, never a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
+import sqlite3
 import sys
+import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
-from pydantic import ValidationError
 
+from gitops import control
 from gitops import reconcile as pipeline
-from gitops.errors import EXIT_INVALID, GitopsError, InvalidDeclaration, UsageError
+from gitops import settings as settings_
+from gitops.errors import (
+    EXIT_FAILED,
+    EXIT_INVALID,
+    GitopsError,
+    InvalidDeclaration,
+    TemporaryError,
+    UsageError,
+)
 from gitops.lab.cli import lab
 from gitops.load import load
-from gitops.records import Plan, Ref, RunDetail
-from gitops.settings import Settings
+from gitops.records import Plan
+from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import NoStore, Store
 
-EXIT_CODES = "Exit codes: 0 all good; 1 apply or verify failed; 2 invalid declaration or usage."
+EXIT_CODES = ("Exit codes: 0 all good; 1 apply or verify failed, or a temporary failure "
+              "(Git remote, SSH, the environment locked by another run, the daemon gone); "
+              "2 invalid declaration, settings or usage, or refused by an operator control "
+              "(suspended or held: --force --reason).")
+
+_APPLY_KINDS = ("reconcile", "rollback", "retry")
 
 
 def _settings(**overrides: Any) -> Settings:
-    given = {k: v for k, v in overrides.items() if v is not None}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        field = ".".join(str(p) for p in first["loc"])
-        raise click.UsageError(f"settings {field}: {first['msg']}") from None
+    """The settings (``overrides``: the command line's); ``-e NAME`` naming one of the
+    daemon's ``[[environments]]`` (by name or inventory) takes its repository, branch and
+    inventory as defaults; with one entry and no environment named anywhere, that one."""
+    s = settings_.load(**overrides)
+    entry = _entry(s, overrides.get("environment"))
+    if entry is None:
+        return s
+    update: dict[str, Any] = {"environment": entry.environment}
+    for name, value in (("repo", entry.repo), ("branch", entry.branch)):
+        if overrides.get(name) is None and f"GITOPS_{name.upper()}" not in os.environ:
+            update[name] = value
+    return s.model_copy(update=update)
+
+
+def _entry(s: Settings, given: str | None) -> EnvironmentConfig | None:
+    name = given or s.environment
+    for cfg in s.environments:
+        if cfg.name == name:
+            return cfg
+    for cfg in s.environments:
+        if cfg.environment == name:
+            return cfg
+    if given is None and "environment" not in s.model_fields_set and len(s.environments) == 1:
+        return s.environments[0]
+    return None
+
+
+def _api_name(s: Settings) -> str:
+    """The daemon's name for the environment ``s`` targets (its ``[[environments]]`` name)."""
+    return next((c.name for c in s.environments if c.environment == s.environment),
+                s.environment)
+
+
+def _use_config(ctx: click.Context, param: click.Parameter, value: Path | None) -> Path | None:
+    if value is not None:
+        os.environ["GITOPS_CONFIG"] = str(value)
+    return value
+
+
+def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config FILE`` on every command: the settings file, as ``GITOPS_CONFIG`` says."""
+    option = click.option(
+        "--config", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+        expose_value=False, is_eager=True, callback=_use_config,
+        help="Settings file (TOML) [GITOPS_CONFIG; ./gitops.toml; /etc/gitops/gitops.toml]")
+    return option(func)
+
+
+class _Finite(click.ParamType[float]):
+    """A positive, finite number (``nan``, ``inf``, 0 and negatives are refused)."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number <= 0:
+            self.fail(f"{value!r} is not a positive number", param, ctx)
+        return number
 
 
 def _target(s: Settings) -> pipeline.Target:
     return pipeline.Target(repo=s.repo, branch=s.branch, environment=s.environment,
-                           state_dir=s.state_dir, vagrant_dir=s.vagrant_dir)
+                           state_dir=s.state_dir, vagrant_dir=s.vagrant_dir,
+                           actor=control.who())
 
 
 def _target_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,25 +128,89 @@ def _target_options(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="Environment: inventories/<NAME>.yml [GITOPS_ENVIRONMENT; lab]")(func)
     func = click.option("--state-dir", type=click.Path(path_type=Path),
                         help="Where runs, snapshots and locks live [GITOPS_STATE_DIR]")(func)
-    return func
+    return config_option(func)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document.")
 
 
-def _progress(as_json: bool) -> Callable[[str], None]:
-    def say(line: str) -> None:
-        click.secho(f"· {line}", err=True, dim=True)
+def _progress(as_json: bool) -> LiveProgress:
+    return LiveProgress(sys.stderr)
 
-    return say
+
+_BATCH = re.compile(r"^batch \d+/\d+(?: \(canary\))?: applying on ([^()]+?)(?: \(|$)")
+_VERIFIED = re.compile(r"^([A-Za-z0-9_.-]+): (\d+) passed, (\d+) failed, (\d+) errors")
+_UNREACHABLE = re.compile(r"^([A-Za-z0-9_.-]+): unreachable")
+
+
+class LiveProgress:
+    """LiveProgress on stderr: each line as it comes and, on a terminal, one live line below
+    them with every host's state (waiting, applying, checks passed or failed)."""
+
+    def __init__(self, stream: IO[str], tty: bool | None = None) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.hosts: dict[str, str] = {}
+        self.shown = False
+
+    def __call__(self, line: str) -> None:
+        self._track(line)
+        self._clear()
+        click.secho(f"· {line}", file=self.stream, dim=True)
+        if self.tty and self.hosts:
+            self.stream.write(self.status_line())
+            self.stream.flush()
+            self.shown = True
+
+    def status_line(self) -> str:
+        return "  ".join(f"{host} {state}" for host, state in self.hosts.items())
+
+    def done(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.shown = False
+
+    def _track(self, line: str) -> None:
+        if (m := _BATCH.match(line)) is not None:
+            for host in m.group(1).split(", "):
+                self.hosts[host.strip()] = "applying"
+        elif (m := _VERIFIED.match(line)) is not None:
+            bad = int(m.group(3)) + int(m.group(4))
+            self.hosts[m.group(1)] = f"✗ {bad} failed" if bad else f"✓ {m.group(2)} passed"
+        elif (m := _UNREACHABLE.match(line)) is not None:
+            self.hosts[m.group(1)] = "✗ unreachable"
 
 
 def _emit(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-@click.group(epilog=EXIT_CODES)
+class _Main(click.Group):
+    """The command group: ``NO_COLOR`` turns colours off; an error a user caused (settings,
+    a secret not set, an unwritable path, a damaged database) is one line, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if os.environ.get("NO_COLOR"):
+            ctx.color = False
+        try:
+            return super().invoke(ctx)
+        except GitopsError as exc:
+            _fail(exc, False)
+        except sqlite3.Error as exc:
+            click.secho(f"error: the state database: {exc}", fg="red", err=True)
+            sys.exit(EXIT_FAILED)
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            click.secho(f"error: {exc.strerror or exc}{where}", fg="red", err=True)
+            sys.exit(EXIT_FAILED)
+
+
+@click.group(cls=_Main, epilog=EXIT_CODES)
 @click.version_option(package_name="gitops")
+@config_option
 def main() -> None:
     """GitOps for plain Linux hosts: Git -> validate -> plan -> apply -> verify -> record."""
 
@@ -102,10 +244,8 @@ def validate(as_json: bool, worktree: bool, **opts: Any) -> None:
         _fail(exc, as_json)
     if as_json:
         _emit({"valid": True, "revision": where, "hosts": [h.name for h in state.hosts],
-               "services": list(state.service_order), "warnings": list(state.warnings)})
+               "services": list(state.service_order)})
     else:
-        for warning in state.warnings:
-            click.secho(f"warning: {warning}", fg="yellow", err=True)
         click.echo(f"{s.environment} at {where}: valid, {len(state.hosts)} hosts, "
                    f"services {', '.join(state.service_order)}")
 
@@ -115,12 +255,29 @@ def validate(as_json: bool, worktree: bool, **opts: Any) -> None:
 @json_option
 def plan(as_json: bool, **opts: Any) -> None:
     """Show, per host and operation, what a reconcile would change (a dry run)."""
-    outcome = pipeline.plan(_target(_settings(**opts)), _progress(as_json))
+    progress = _progress(as_json)
+    outcome = pipeline.plan(_target(_settings(**opts)), progress)
+    progress.done()
     if as_json:
         _emit(outcome.as_dict())
     elif outcome.plan is not None:
         _print_plan(outcome.plan)
+        changes = sum(1 for h in outcome.plan.hosts for op in h.ops if op.would_change)
+        click.echo(f"plan (nothing recorded): {changes} operation(s) would change on "
+                   f"{len(outcome.plan.hosts)} host(s)")
     _finish(outcome, as_json)
+
+
+force_options = [
+    click.option("--force", is_flag=True, help="Act although the environment is suspended or "
+                 "held by a rollback (needs --reason; recorded with who and why)."),
+]
+
+
+def _with_force(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in force_options:
+        func = option(func)
+    return func
 
 
 @main.command(epilog=EXIT_CODES)
@@ -130,45 +287,57 @@ def plan(as_json: bool, **opts: Any) -> None:
 @click.option("--changed-only", is_flag=True, help="Apply on each host only the services "
               "changed since its last apply that verified (all are still verified); the "
               "daemon does this for new commits.")
+@click.option("--no-wait", is_flag=True, help="Through a running daemon: return once it "
+              "has the request, without waiting for the run.")
 @click.option("--reason", default="", help="Why: recorded in history.")
+@_with_force
 @json_option
-def reconcile(as_json: bool, once: bool, changed_only: bool, reason: str, **opts: Any) -> None:
-    """Reconcile now: ask the running daemon, or (none, or --once) apply and verify here."""
+def reconcile(as_json: bool, once: bool, changed_only: bool, no_wait: bool, reason: str,
+              force: bool, **opts: Any) -> None:
+    """Reconcile now: through the running daemon (waiting for its run), or, with no daemon
+    or --once, apply and verify here."""
     s = _settings(**opts)
     if changed_only:
         once = True
-    if not once:
-        answer = _ask_daemon(s, s.environment, "reconcile", {"reason": reason})
-        if answer is not None:
-            if as_json:
-                _emit(answer)
-            else:
-                click.echo(f"{s.environment}: the daemon will reconcile now"
-                           if answer.get("triggered") else
-                           f"{s.environment}: a reconcile is already pending in the daemon")
-            return
+    if _guard(s, "reconcile", force, reason):
+        once = True  # a suspended daemon applies nothing: the forced run happens here
+    if not once and _daemon_reconcile(s, reason, wait=not no_wait, as_json=as_json):
+        return
+    _run_here(s, pipeline.Request(reason=reason, changed_only=changed_only,
+                                  actor=control.who()), as_json)
+
+
+def _run_here(s: Settings, request: pipeline.Request, as_json: bool) -> None:
     _known_environment(s, as_json)
-    outcome = pipeline.run(_target(s), pipeline.Request(reason=reason, changed_only=changed_only),
-                           _progress(as_json))
+    progress = _progress(as_json)
+    outcome = pipeline.run(_target(s), request, progress)
+    progress.done()
     _conclude(outcome, as_json)
 
 
-def _known_environment(s: Settings, as_json: bool) -> None:
-    """``-e typo``: a usage error listing the inventories the branch head declares, before
-    anything is recorded (else a run and a Stalled status of "typo" would stay). A source
-    that cannot be read is left to the run, which records why."""
-    from gitops import source
-    from gitops.load import environments
-
-    try:
-        revision = source.fetch(s.repo, s.branch, s.state_dir)
-        snap = source.snapshot(s.repo, revision, s.state_dir)
-    except GitopsError:
-        return
-    known = environments(Path(snap.path))
-    if s.environment not in known:
-        _fail(UsageError(f"no inventory inventories/{s.environment}.yml in {revision.ref}; "
-                         f"inventories there: {', '.join(known) or 'none'}"), as_json)
+def _guard(s: Settings, action: str, force: bool, reason: str) -> bool:
+    """Refuse ``action`` on a suspended or held environment unless ``force`` (with a reason,
+    recorded as an ``override`` event naming who and why). True when it was overridden."""
+    if force and not reason.strip():
+        raise UsageError("--force needs --reason: who overrode what, and why, is recorded")
+    with Store(s.state_dir) as store:
+        controls = store.controls(s.environment)
+        if controls["suspended"]:
+            why = (f"suspended by {controls['actor'] or '?'} since {controls['since'] or '?'}"
+                   f": {controls['reason']}")
+        elif controls["held_sha"]:
+            why = (f"held at {str(controls['held_sha'])[:10]} by a rollback (by "
+                   f"{controls['actor'] or '?'} since {controls['since'] or '?'})")
+        else:
+            return False
+        if not force:
+            raise UsageError(f"{s.environment} is {why}; `gitops resume` first, or "
+                             f"`gitops {action} --force --reason WHY`")
+        event = store.record_event(s.environment, "override", actor=control.who(),
+                                   reason=f"{action} --force while {why}: {reason}")
+    click.echo(f"{s.environment}: {action} forced by {control.who()} while {why} "
+               f"(recorded as run #{event})", err=True)
+    return True
 
 
 @main.command(epilog=EXIT_CODES)
@@ -177,81 +346,97 @@ def _known_environment(s: Settings, as_json: bool) -> None:
 def verify(as_json: bool, **opts: Any) -> None:
     """Run the checks of every service on every host (changes nothing); record the run."""
     s = _settings(**opts)
-    _known_environment(s, as_json)
-    outcome = pipeline.verify(_target(s), _progress(as_json))
-    _conclude(outcome, as_json)
+    _run_here(s, pipeline.Request(kind="verify", actor=control.who()), as_json)
 
 
-@main.command()
-@click.option("--environment", "--inventory", "-e", "environment",
-              help="Only this environment (default: all).")
-@click.option("--state-dir", type=click.Path(path_type=Path))
+def _store_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+                        help="Where runs, snapshots and locks live [GITOPS_STATE_DIR]")(func)
+    func = click.option("--environment", "--inventory", "-e", "environment",
+                        help="Only this environment (default: all).")(func)
+    return config_option(func)
+
+
+def _store_environment(s: Settings, environment: str | None) -> str | None:
+    """The store's name (inventory) of ``-e NAME``, which may name a daemon's entry."""
+    if environment is None:
+        return None
+    entry = _entry(s, environment)
+    return entry.environment if entry is not None else environment
+
+
+@main.command(epilog=EXIT_CODES)
+@_store_options
 @json_option
 def status(as_json: bool, environment: str | None, state_dir: Path | None) -> None:
     """Conditions (Ready / Reconciling / Stalled) and revisions per environment and host."""
     s = _settings(state_dir=state_dir)
-    store = _reader(s.state_dir, environment, as_json)
+    name_ = _store_environment(s, environment)
+    store = _reader(s.state_dir, name_, as_json)
     if store is None:
         return
     with store:
-        rows = store.status(environment)
+        rows = [row.as_dict() for row in store.status(name_)]
     if as_json:
-        _emit([row.as_dict() for row in rows])
+        _emit(rows)
         return
     if not rows:
         click.echo("no runs recorded yet")
         return
     for row in rows:
-        name = row.environment + (f"/{row.host}" if row.host else "")
-        ready = row.condition("Ready")
-        flags = " ".join(f"{c.type}={c.status}" for c in row.conditions)
-        click.echo(f"{name:<24} {flags:<32} {ready.reason if ready else '':<26} "
-                   f"applied={_short(row.last_applied)}")
-        for c in row.conditions:
-            click.echo(f"    {c.type}: {c.message}")
-        if row.controls is not None and row.controls.held_sha:
-            click.echo(f"    Held: {row.controls.held_sha[:10]} by {row.controls.actor} until "
-                       f"`gitops resume` or a commit newer than "
-                       f"{(row.controls.held_head or '')[:10]}")
+        name = row["environment"] + (f"/{row['host']}" if row["host"] else "")
+        ready = next((c for c in row["conditions"] if c["type"] == "Ready"), None)
+        flags = " ".join(f"{c['type']}={c['status']}" for c in row["conditions"])
+        click.echo(f"{name:<24} {flags:<32} {ready['reason'] if ready else '':<26} "
+                   f"applied={_short(row['last_applied_revision'])}")
+        for c in row["conditions"]:
+            click.echo(f"    {c['type']}: {c['message']}")
+        held = (row.get("controls") or {}).get("held_sha")
+        if held:
+            controls = row["controls"]
+            click.echo(f"    Held: {held[:10]} by {controls['actor']} until `gitops resume` "
+                       f"or a commit newer than {(controls['held_head'] or '')[:10]}")
 
 
-@main.command()
-@click.option("--environment", "--inventory", "-e", "environment",
-              help="Only this environment (default: all).")
-@click.option("--state-dir", type=click.Path(path_type=Path))
-@click.option("--limit", "-n", default=20, show_default=True)
-@click.option("--run", "run_id", type=int, help="Show one run in full.")
+@main.command(epilog=EXIT_CODES)
+@_store_options
+@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1),
+              help="How many runs.")
+@click.option("--run", "run_id", type=click.IntRange(min=1),
+              help="Show one run in full: hosts, operations, every check and its message.")
 @json_option
 def history(as_json: bool, environment: str | None, state_dir: Path | None, limit: int,
             run_id: int | None) -> None:
-    """Recorded runs, newest first; ``--run ID`` for one run's hosts, operations and checks."""
+    """Recorded runs and operator actions, newest first (--run ID: one run in full)."""
     s = _settings(state_dir=state_dir)
-    store = _reader(s.state_dir, environment, as_json)
+    name_ = _store_environment(s, environment)
+    store = _reader(s.state_dir, name_, as_json)
     if store is None:
         if run_id is not None:
-            raise click.UsageError(f"no run {run_id}")
+            raise UsageError(f"no run {run_id} in {s.state_dir}")
         return
     with store:
         if run_id is not None:
-            run = store.run(run_id)
-            if run is None:
-                raise click.UsageError(f"no run {run_id}")
+            detail = store.run(run_id)
+            if detail is None:
+                raise UsageError(f"no run {run_id} in {s.state_dir}")
             if as_json:
-                _emit(run.as_dict())
+                _emit(detail.as_dict())
             else:
-                _print_run(run)
+                _print_run(detail.as_dict())
             return
-        runs = store.history(environment, limit)
+        runs = [r.as_dict() for r in store.history(name_, limit)]
     if as_json:
-        _emit([r.as_dict() for r in runs])
+        _emit(runs)
         return
     for r in runs:
-        sha = (r.sha or "")[:10] or "-"
-        took = f"{r.duration_s:.1f}s" if r.duration_s is not None else "running"
-        failed = f" failed: {', '.join(r.failed_hosts)}" if r.failed_hosts else ""
-        click.echo(f"#{r.id:<4} {r.started_at.isoformat()[:19]} {r.environment:<10} "
-                   f"{r.kind:<9} {sha:<10} {r.result or 'running':<11} {took:>7} "
-                   f"changed={r.changed} by {r.actor}{failed}")
+        sha = (r["sha"] or "")[:10] or "-"
+        took = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "running"
+        failed = f" failed: {', '.join(r['failed_hosts'])}" if r["failed_hosts"] else ""
+        why = f": {r['reason']}" if r["reason"] else ""
+        click.echo(f"#{r['id']:<4} {r['started_at'][:19]} {r['environment']:<10} "
+                   f"{r['kind']:<9} {sha:<10} {r['result'] or 'running':<11} {took:>7} "
+                   f"changed={r['changed']} by {r['actor']}{failed}{why}")
 
 
 def _reader(state_dir: Path, environment: str | None, as_json: bool,
@@ -280,10 +465,29 @@ def _reader(state_dir: Path, environment: str | None, as_json: bool,
     return store
 
 
-def _short(ref: Ref | None) -> str:
-    if ref is None:
+def _known_environment(s: Settings, as_json: bool) -> None:
+    """``-e typo``: a usage error listing the inventories the branch head declares, before
+    anything is recorded (else a run and a Stalled status of "typo" would stay). A source
+    that cannot be read is left to the run, which records why."""
+    from gitops import source
+    from gitops.load import environments
+
+    try:
+        revision = source.fetch(s.repo, s.branch, s.state_dir)
+        snap = source.snapshot(s.repo, revision, s.state_dir)
+    except GitopsError:
+        return
+    known = environments(Path(snap.path))
+    if s.environment not in known:
+        _fail(UsageError(f"no inventory inventories/{s.environment}.yml in {revision.ref}; "
+                         f"inventories there: {', '.join(known) or 'none'}"), as_json)
+
+
+def _short(ref: str | None) -> str:
+    if not ref:
         return "-"
-    return f"{ref.branch}@{ref.short}"
+    branch, _, sha = ref.partition("@sha1:")
+    return f"{branch}@{sha[:10]}"
 
 
 def _print_plan(plan: Plan) -> None:
@@ -299,6 +503,21 @@ def _print_plan(plan: Plan) -> None:
             if op.diff:
                 for line in op.diff.splitlines():
                     click.echo(f"      {line}")
+
+
+_MESSAGE_LINES = 15
+"""Lines of a failing check's message shown in a run's output (all of them in --json)."""
+
+
+def _check_failure(host: str, service: str, check: str, status: str, message: str) -> None:
+    """A failing check with its message: the assertion, pytest's explanation, where."""
+    lines = message.strip().splitlines() or [""]
+    click.secho(f"  ✗ {host} {service}/{check}: {status}: {lines[0]}", fg="red")
+    for line in lines[1:_MESSAGE_LINES]:
+        click.echo(f"      {line}")
+    if len(lines) > _MESSAGE_LINES:
+        click.echo(f"      ... ({len(lines) - _MESSAGE_LINES} more line(s): gitops history "
+                   "--run ID --json)")
 
 
 def _print_outcome(outcome: pipeline.Outcome) -> None:
@@ -325,24 +544,68 @@ def _print_outcome(outcome: pipeline.Outcome) -> None:
         click.echo(f"checks: {passed} passed, {len(v.failed)} failed"
                    + (f", {len(v.host_errors)} host(s) unreachable" if v.host_errors else ""))
         for r in v.failed:
-            first = r.message.strip().splitlines()[0] if r.message.strip() else ""
-            click.secho(f"  ✗ {r.host} {r.service}/{r.check}: {r.status}: {first}", fg="red")
+            _check_failure(r.host, r.service, r.check, r.status, r.message)
         for host, why in v.host_errors.items():
             click.secho(f"  ✗ {host}: {why}", fg="red")
 
 
-def _print_run(detail: RunDetail) -> None:
-    run = detail.run
-    click.echo(f"run #{run.id} {run.kind} of {run.environment} by {run.actor}: "
-               f"{run.result} ({run.sha or '-'})")
-    if run.error:
-        click.echo(f"  error: {run.error}")
-    for h in detail.hosts:
-        click.echo(f"  {h.host}: apply={h.apply_status} changed={h.changed} "
-                   f"verify={h.verify_status}" + (f" error={h.error}" if h.error else ""))
-    for c in detail.checks:
-        if c.status != "pass":
-            click.echo(f"  ✗ {c.host} {c.service}/{c.check}: {c.message[:200]}")
+def _summary(run_id: int | None, result: str, changed: int, passed: int, failed: int,
+             unreachable: int = 0) -> str:
+    """``run #12: succeeded, 3 changed, 42 checks passed`` (failures and hosts when any)."""
+    parts = [f"{changed} changed", f"{passed} checks passed"]
+    if failed:
+        parts.append(f"{failed} failed")
+    if unreachable:
+        parts.append(f"{unreachable} host(s) unreachable")
+    return f"run #{run_id if run_id is not None else '-'}: {result}, {', '.join(parts)}"
+
+
+def _outcome_summary(outcome: pipeline.Outcome) -> str:
+    v = outcome.verify
+    if v is None and outcome.apply is None:
+        return f"run #{outcome.run_id}: {outcome.result}, nothing applied"
+    return _summary(outcome.run_id, outcome.result,
+                    outcome.apply.changed if outcome.apply else 0,
+                    sum(1 for r in v.results if r.status == "pass") if v else 0,
+                    len(v.failed) if v else 0, len(v.host_errors) if v else 0)
+
+
+def _print_run(run: dict[str, Any]) -> None:
+    """One recorded run in full: what the JSON says, as text."""
+    click.echo(f"run #{run['id']} {run['kind']} of {run['environment']} by {run['actor']}: "
+               f"{run['result'] or 'running'} ({run['sha'] or '-'})")
+    click.echo(f"  started {run['started_at'][:19]}"
+               + (f", took {run['duration_s']:.1f}s" if run["duration_s"] is not None else "")
+               + (f"; reason: {run['reason']}" if run["reason"] else ""))
+    if run.get("message"):
+        click.echo(f"  commit: {run['message'].splitlines()[0]} ({run.get('author') or '?'})")
+    if run["error"]:
+        click.echo(f"  error: {run['error']}")
+    ops: dict[str, list[dict[str, Any]]] = {}
+    for op in run.get("operations", []):
+        ops.setdefault(op["host"], []).append(op)
+    checks: dict[str, list[dict[str, Any]]] = {}
+    for c in run["checks"]:
+        checks.setdefault(c["host"], []).append(c)
+    for h in run["hosts"]:
+        click.echo(f"  {h['host']}: apply={h['apply_status'] or '-'} changed={h['changed']} "
+                   f"verify={h['verify_status'] or '-'}"
+                   + (f" error={h['error']}" if h["error"] else ""))
+        for op in ops.get(h["host"], []):
+            service = f"{op['service']}: " if op["service"] else ""
+            click.echo(f"    {op['status']:<9} {service}{op['name']}")
+            if op["status"] == "failed":
+                for line in op["stderr"].splitlines()[-5:]:
+                    click.echo(f"          {line}")
+        for c in checks.get(h["host"], []):
+            mark = "✓" if c["status"] == "pass" else "✗"
+            click.echo(f"    {mark} {c['service']}/{c['check']}: {c['status']}")
+            for line in c["message"].strip().splitlines():
+                click.echo(f"          {line}")
+    passed = sum(1 for c in run["checks"] if c["status"] == "pass")
+    if run["kind"] in (*_APPLY_KINDS, "verify"):
+        click.echo(_summary(run["id"], run["result"] or "running", run["changed"], passed,
+                            len(run["checks"]) - passed))
 
 
 def _fail(exc: GitopsError, as_json: bool) -> None:
@@ -366,7 +629,10 @@ def _finish(outcome: pipeline.Outcome, as_json: bool) -> None:
     if outcome.error is not None and not as_json:
         click.secho(f"error: {outcome.error}" if not isinstance(outcome.error, InvalidDeclaration)
                     else str(outcome.error), fg="red", err=True)
-    elif not as_json and outcome.result != "succeeded":
+    if not as_json and outcome.run_id is not None:
+        click.secho(_outcome_summary(outcome),
+                    fg="green" if outcome.result == "succeeded" else "red")
+    elif not as_json and outcome.result != "succeeded" and outcome.error is None:
         click.secho(f"{outcome.result}", fg="red", err=True)
     sys.exit(outcome.exit_code)
 
@@ -374,60 +640,253 @@ def _finish(outcome: pipeline.Outcome, as_json: bool) -> None:
 # -- the daemon and operator controls ------------------------------------------------------
 
 
-def _operator() -> str:
-    import os
+class _Daemon:
+    """The running daemon's HTTP API at the settings' ``listen`` address (its token if set)."""
 
-    return os.environ.get("SUDO_USER") or os.environ.get("USER") or "unknown"
+    def __init__(self, s: Settings) -> None:
+        from gitops.server import parse_listen
+
+        host, self.port = parse_listen(s.listen)
+        self.host = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        self.headers = {"Content-Type": "application/json"}
+        self.date: str | None = None
+        """The Date header of the last answer: the daemon's clock."""
+        if s.api_token is not None:
+            self.headers["Authorization"] = f"Bearer {s.api_token.reveal()}"
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
+             timeout: float = 10) -> tuple[int, Any]:
+        """(status, JSON answer); ``OSError`` or ``ValueError`` when no daemon answers."""
+        import http.client
+
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                         headers=self.headers)
+            response = conn.getresponse()
+            self.date = response.getheader("date")
+            return response.status, json.loads(response.read() or b"null")
+        finally:
+            conn.close()
 
 
-def _ask_daemon(s: Settings, environment: str, action: str,
-                body: dict[str, Any]) -> dict[str, Any] | None:
-    """POST to the running daemon's API; None when no daemon answers on ``s.listen``."""
-    import http.client
+def _http_date(value: str | None) -> datetime | None:
+    from email.utils import parsedate_to_datetime
 
-    from gitops.server import parse_listen
-
-    host, port = parse_listen(s.listen)
-    headers = {"Content-Type": "application/json"}
-    if s.api_token is not None:
-        headers["Authorization"] = f"Bearer {s.api_token.reveal()}"
-    conn = http.client.HTTPConnection(host if host not in ("0.0.0.0", "::") else "127.0.0.1",
-                                      port, timeout=10)
     try:
-        conn.request("POST", f"/api/environments/{environment}/{action}",
-                     body=json.dumps({**body, "actor": _operator()}), headers=headers)
-        response = conn.getresponse()
-        data = json.loads(response.read() or b"{}")
+        return parsedate_to_datetime(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _ask_daemon(s: Settings, environment: str, action: str, body: dict[str, Any],
+                daemon: _Daemon | None = None) -> dict[str, Any] | None:
+    """POST to the running daemon's API; None when no daemon answers on ``s.listen``."""
+    daemon = daemon or _Daemon(s)
+    try:
+        status, data = daemon.call("POST", f"/api/environments/{environment}/{action}",
+                                   {**body, "actor": control.who()})
     except (OSError, ValueError):
         return None
-    finally:
-        conn.close()
-    if response.status == 404 and "unknown environment" in str(data.get("error", "")):
+    if not isinstance(data, dict):
+        data = {}
+    if status == 404 and "unknown environment" in str(data.get("error", "")):
         return None  # the daemon does not watch this environment: act here
-    if response.status >= 400:
-        raise click.ClickException(f"daemon: {data.get('error', response.status)}")
-    return data  # type: ignore[no-any-return]
+    if status >= 500:
+        raise TemporaryError(f"daemon at {s.listen}: {data.get('error', status)}")
+    if status >= 400:  # refused: wrong token, a bad request, the environment's state
+        raise UsageError(f"daemon at {s.listen}: {data.get('error', status)}")
+    return data
 
 
-@main.command()
-@click.option("--config", "config", type=click.Path(path_type=Path, exists=True),
-              help="Settings file (TOML) [GITOPS_CONFIG; ./gitops.toml; /etc/gitops/gitops.toml]")
-def run(config: Path | None) -> None:
+_POLL = 0.5
+_IDLE_GIVE_UP = 15.0
+"""Seconds the daemon may sit idle, with no run for the request, before the wait gives up."""
+
+
+def _daemon_reconcile(s: Settings, reason: str, *, wait: bool, as_json: bool) -> bool:
+    """Ask the running daemon to reconcile and (``wait``) follow its run to the end through
+    its API (``/api/runs``), printing each host as it is recorded, then the outcome; exits
+    with a local run's codes. False when no daemon watches the environment."""
+    return _through_daemon(s, "reconcile", {"reason": reason}, wait=wait, as_json=as_json)
+
+
+def _through_daemon(s: Settings, action: str, body: dict[str, Any], *, wait: bool,
+                    as_json: bool) -> bool:
+    """``action`` (reconcile, rollback, retry) by the running daemon, its run followed to
+    the end unless not ``wait``; exits with the run's code. False: no daemon here."""
+    name = _api_name(s)
+    daemon = _Daemon(s)
+    try:
+        before = max((r["id"] for r in _recent(daemon, s.environment, 1)), default=0)
+    except (OSError, ValueError):
+        before = 0
+    actor = control.who()
+    answer = _ask_daemon(s, name, action, body, daemon)
+    if answer is None:
+        return False
+    # reconcile says whether it was queued or folded into a pending one; the others queue
+    triggered = bool(answer.get("triggered", True))
+    asked_at = _http_date(daemon.date)
+    if not wait:
+        if as_json:
+            _emit(answer)
+        else:
+            click.echo(_daemon_answer(name, action, answer))
+        return True
+    if not as_json:
+        click.echo(f"{_daemon_answer(name, action, answer)}; waiting for its run "
+                   "(Ctrl-C stops waiting, not the run)", err=True)
+    try:
+        run = _follow(daemon, s.environment, name, before, actor,
+                      asked_at if triggered else None, as_json)
+    except KeyboardInterrupt:
+        click.echo("stopped waiting; the daemon's run goes on (gitops history)", err=True)
+        sys.exit(EXIT_FAILED)
+    except (OSError, ValueError) as exc:
+        click.secho(f"error: lost the daemon at {s.listen} while waiting: {exc}", fg="red",
+                    err=True)
+        sys.exit(EXIT_FAILED)
+    code = _run_exit_code(daemon, run)
+    if as_json:
+        _emit({**run, "exit_code": code})
+    else:
+        passed = sum(1 for c in run["checks"] if c["status"] == "pass")
+        for c in run["checks"]:
+            if c["status"] != "pass":
+                _check_failure(c["host"], c["service"], c["check"], c["status"], c["message"])
+        if run["error"]:
+            click.secho(f"error: {run['error']}", fg="red", err=True)
+        click.secho(_summary(run["id"], run["result"], run["changed"], passed,
+                             len(run["checks"]) - passed),
+                    fg="green" if run["result"] == "succeeded" else "red")
+    sys.exit(code)
+
+
+def _daemon_answer(name: str, action: str, answer: dict[str, Any]) -> str:
+    event = f" (recorded as run #{answer['event']})" if answer.get("event") else ""
+    if action == "rollback":
+        return f"{name}: the daemon holds {str(answer.get('held_sha'))[:10]}{event}"
+    if action == "retry":
+        return f"{name}: the daemon retries {', '.join(answer.get('retrying', []))}"
+    return (f"{name}: the daemon will reconcile now" if answer.get("triggered") else
+            f"{name}: a reconcile is already pending in the daemon")
+
+
+def _follow(daemon: _Daemon, environment: str, name: str, before: int, actor: str,
+            asked_at: datetime | None, as_json: bool) -> dict[str, Any]:
+    """The daemon's run for this request, once finished; each host printed as recorded.
+
+    Ours is the first apply run of the environment after ``before`` by ``actor`` started
+    since ``asked_at`` (the daemon's clock, to the second); None (the request was coalesced
+    into a pending one): the first apply run after ``before``."""
+    mine: int | None = None
+    idle_since: float | None = None
+    shown: set[str] = set()
+    while True:
+        if mine is None:
+            found = sorted((r for r in _recent(daemon, environment, 20) if r["id"] > before
+                            and r["kind"] in _APPLY_KINDS and not _event(r) and (
+                                asked_at is None or (r["actor"] == actor
+                                                     and _since(r, asked_at)))),
+                           key=lambda r: int(r["id"]))
+            if found:
+                mine = int(found[0]["id"])
+                if not as_json:
+                    click.echo(f"run #{mine}: {found[0]['kind']} of "
+                               f"{(found[0]['sha'] or '')[:10] or 'the branch head'} started",
+                               err=True)
+                continue
+            _, health = daemon.call("GET", "/healthz")
+            state = ((health or {}).get("environments") or {}).get(name) or {}
+            busy = state.get("pending") or str(state.get("running") or "").startswith(
+                _APPLY_KINDS)
+            if busy:
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > _IDLE_GIVE_UP:
+                raise UsageError(f"{name}: the daemon started no run for this request (is the "
+                                 "environment suspended, or its head quarantined? gitops status)")
+            time.sleep(_POLL)
+            continue
+        status, run = daemon.call("GET", f"/api/runs/{mine}")
+        if status != 200 or not isinstance(run, dict):
+            raise ValueError(f"run {mine}: HTTP {status}")
+        if not as_json:
+            for h in run["hosts"]:
+                if h["host"] not in shown and (h["verify_status"] or h["apply_status"]
+                                               not in (None, "ok")):
+                    shown.add(h["host"])
+                    bad = h["apply_status"] not in (None, "ok") or h["verify_status"] == "fail"
+                    click.secho(f"{h['host']}: apply {h['apply_status'] or '-'}, "
+                                f"{h['changed']} change(s), checks {h['verify_status'] or '-'}",
+                                fg="red" if bad else "green")
+        if run["result"] is not None:
+            return run
+        time.sleep(_POLL)
+
+
+def _recent(daemon: _Daemon, environment: str, limit: int) -> list[dict[str, Any]]:
+    """The environment's newest runs from the daemon's API (``GET /api/runs``)."""
+    from urllib.parse import quote
+
+    status, runs = daemon.call("GET", f"/api/runs?environment={quote(environment)}"
+                                      f"&limit={limit}")
+    if status != 200 or not isinstance(runs, list):
+        raise ValueError(f"GET /api/runs: HTTP {status}")
+    return [r for r in runs if isinstance(r, dict) and "id" in r]
+
+
+def _event(run: dict[str, Any]) -> bool:
+    """An operator action (``Store.record_event``: a rollback hold), not a run: it finished
+    as it started."""
+    return run.get("finished_at") is not None and run.get("finished_at") == run.get(
+        "started_at")
+
+
+def _since(run: dict[str, Any], asked_at: datetime) -> bool:
+    try:
+        started = datetime.fromisoformat(run["started_at"])
+    except (TypeError, ValueError):
+        return True
+    return started >= asked_at
+
+
+def _run_exit_code(daemon: _Daemon, run: dict[str, Any]) -> int:
+    """A local run's exit code for a run the daemon made: permanent errors stall (2)."""
+    if run["result"] == "succeeded":
+        return 0
+    if run["result"] == "invalid":
+        return EXIT_INVALID
+    if run["result"] == "error":
+        try:
+            _, rows = daemon.call("GET", "/api/status")
+        except (OSError, ValueError):
+            return EXIT_FAILED
+        for row in rows if isinstance(rows, list) else []:
+            if row.get("environment") == run["environment"] and row.get("host") == "" and any(
+                    c["type"] == "Stalled" and c["status"] == "True"
+                    for c in row.get("conditions", [])):
+                return EXIT_INVALID
+    return EXIT_FAILED
+
+
+@main.command(epilog=EXIT_CODES)
+@config_option
+def run() -> None:
     """Run the daemon: watch the configured environments and reconcile them continuously.
 
-    Serves webhooks, the operator API and /healthz on the ``listen`` address. SIGTERM or
-    Ctrl-C: the batch in progress finishes, the run is recorded as interrupted, then exit.
+    Serves webhooks, the operator API, the status page and /healthz on the listen address.
+    SIGTERM or Ctrl-C: the batch in progress finishes, the run is recorded as interrupted,
+    then exit.
     """
     import logging
-    import os
     import signal
-    import time
 
     from gitops import metrics, page, server
     from gitops.loop import Daemon
 
-    if config is not None:
-        os.environ["GITOPS_CONFIG"] = str(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = _settings()
     try:
@@ -457,52 +916,55 @@ def run(config: Path | None) -> None:
 
 def _control(action: str, environment: str | None, state_dir: Path | None, as_json: bool,
              **body: Any) -> None:
-    from gitops import control
-
     s = _settings(environment=environment, state_dir=state_dir)
-    answer = _ask_daemon(s, s.environment, action, body)
+    answer = _ask_daemon(s, _api_name(s), action, body)
     if answer is None:  # no daemon: the store is the shared record
         store = Store(s.state_dir)
         try:
             if action == "suspend":
-                answer = control.suspend(store, s.environment, actor=_operator(),
+                answer = control.suspend(store, s.environment, actor=control.who(),
                                          reason=body["reason"]).as_dict()
             else:
-                answer = control.resume(store, s.environment, actor=_operator(),
+                answer = control.resume(store, s.environment, actor=control.who(),
                                         reason=body.get("reason", "")).as_dict()
         except GitopsError as exc:
             _fail(exc, as_json)
         finally:
             store.close()
     assert answer is not None
+    event = f" (recorded as run #{answer['event']})" if answer.get("event") else ""
     if as_json:
         _emit(answer)
     elif action == "suspend":
         click.echo(f"{s.environment}: suspended by {answer.get('actor')}: "
-                   f"{answer.get('reason')}")
+                   f"{answer.get('reason')}{event}")
     else:
-        click.echo(f"{s.environment}: resumed")
+        click.echo(f"{s.environment}: resumed{event}")
 
 
 env_option = click.option("--environment", "--inventory", "-e", "environment",
                           help="Environment [GITOPS_ENVIRONMENT; lab]")
-state_option = click.option("--state-dir", type=click.Path(path_type=Path))
+state_option = click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+                            help="Where runs, snapshots and locks live [GITOPS_STATE_DIR]")
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @env_option
 @state_option
+@config_option
 @click.option("--reason", required=True, help="Why (shown in status and history).")
 @json_option
 def suspend(environment: str | None, state_dir: Path | None, reason: str, as_json: bool) -> None:
-    """Stop all applies to an environment until ``gitops resume``."""
+    """Stop all applies to an environment until gitops resume (reconcile --once, retry and
+    rollback refuse it too, unless --force --reason)."""
     _control("suspend", environment, state_dir, as_json, reason=reason)
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @env_option
 @state_option
-@click.option("--reason", default="")
+@config_option
+@click.option("--reason", default="", help="Why (shown in history).")
 @json_option
 def resume(environment: str | None, state_dir: Path | None, reason: str, as_json: bool) -> None:
     """Resume applies (and release a rollback hold): the branch head is reconciled again."""
@@ -512,32 +974,35 @@ def resume(environment: str | None, state_dir: Path | None, reason: str, as_json
 @main.command(epilog=EXIT_CODES)
 @_target_options
 @click.argument("revision", required=False)
-@click.option("--reason", default="")
+@click.option("--reason", default="", help="Why: recorded in history.")
+@click.option("--no-wait", is_flag=True, help="Through a running daemon: return once it "
+              "has the request, without waiting for the run.")
+@_with_force
 @json_option
-def rollback(revision: str | None, reason: str, as_json: bool, **opts: Any) -> None:
+def rollback(revision: str | None, reason: str, no_wait: bool, force: bool, as_json: bool,
+             **opts: Any) -> None:
     """Apply an earlier verified revision (default: the one before the current) and hold it
-    until ``gitops resume`` or a newer commit."""
-    from gitops import control
-
+    until gitops resume or a newer commit."""
     s = _settings(**opts)
-    answer = _ask_daemon(s, s.environment, "rollback", {"revision": revision, "reason": reason})
-    if answer is not None:
-        _emit(answer) if as_json else click.echo(
-            f"{s.environment}: the daemon holds {str(answer.get('held_sha'))[:10]}")
+    forced = _guard(s, "rollback", force, reason)
+    if not forced and _through_daemon(s, "rollback", {"revision": revision, "reason": reason},
+                                      wait=not no_wait, as_json=as_json):
         return
     target = _target(s)
     with Store(s.state_dir) as store:
         try:
             held = control.hold_rollback(
                 store, s.environment, repo=s.repo, branch=s.branch, state_dir=s.state_dir,
-                revision=revision, actor=_operator(), reason=reason)
+                revision=revision, actor=control.who(), reason=reason)
         except GitopsError as exc:
             _fail(exc, as_json)
             return
     sha = str(held.held_sha)
+    progress = _progress(as_json)
     outcome = pipeline.run(target, pipeline.Request(
         kind="rollback", revision=sha, reason=reason or f"rollback to {sha[:10]}",
-        actor=_operator()), _progress(as_json))
+        actor=control.who()), progress)
+    progress.done()
     if not as_json:
         click.echo(f"{s.environment} holds {sha[:10]} until `gitops resume` or a newer commit",
                    err=True)
@@ -548,32 +1013,35 @@ def rollback(revision: str | None, reason: str, as_json: bool, **opts: Any) -> N
 @_target_options
 @click.option("--failed", is_flag=True, required=True,
               help="Retry the hosts that failed in the latest run (required).")
+@click.option("--reason", default="", help="Why: recorded in history (needed with --force).")
+@click.option("--no-wait", is_flag=True, help="Through a running daemon: return once it "
+              "has the request, without waiting for the run.")
+@_with_force
 @json_option
-def retry(failed: bool, as_json: bool, **opts: Any) -> None:
+def retry(failed: bool, reason: str, no_wait: bool, force: bool, as_json: bool,
+          **opts: Any) -> None:
     """Run the latest revision again on the hosts that failed, only those."""
-    from gitops import control
-
     s = _settings(**opts)
-    answer = _ask_daemon(s, s.environment, "retry", {})
-    if answer is not None:
-        _emit(answer) if as_json else click.echo(
-            f"{s.environment}: the daemon retries {', '.join(answer.get('retrying', []))}")
+    forced = _guard(s, "retry", force, reason)
+    if not forced and _through_daemon(s, "retry", {"reason": reason}, wait=not no_wait,
+                                      as_json=as_json):
         return
     with Store(s.state_dir) as store:
         hosts = control.failed_hosts(store, s.environment)
         last = next((r for r in store.history(s.environment, 50)
-                     if r.kind in ("reconcile", "rollback", "retry")), None)
+                     if r.kind in _APPLY_KINDS), None)
     if not hosts or last is None:
-        raise click.UsageError(f"{s.environment}: no failed hosts to retry")
-    outcome = pipeline.run(_target(s), pipeline.Request(
+        raise UsageError(f"{s.environment}: no failed hosts to retry")
+    _run_here(s, pipeline.Request(
         kind="retry", revision=last.sha, hosts=frozenset(hosts),
-        reason=f"retry of {', '.join(hosts)}", actor=_operator()), _progress(as_json))
-    _conclude(outcome, as_json)
+        reason=reason or f"retry of {', '.join(hosts)}", actor=control.who()), as_json)
 
 
-@main.command()
+@main.command(epilog=EXIT_CODES)
 @click.argument("environment")
-@state_option
+@click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+              help="Where runs, snapshots and locks live [GITOPS_STATE_DIR]")
+@config_option
 @json_option
 def forget(environment: str, state_dir: Path | None, as_json: bool) -> None:
     """Remove ENVIRONMENT's status record, controls and quarantine (e.g. one made by a typo);
@@ -594,10 +1062,10 @@ def forget(environment: str, state_dir: Path | None, as_json: bool) -> None:
                f"{removed['runs']} run(s) stay in history (gitops history -e {environment})")
 
 
-@main.command()
-@env_option
-@state_option
-@click.option("--days", default=90.0, show_default=True, help="The window, in days.")
+@main.command(epilog=EXIT_CODES)
+@_store_options
+@click.option("--days", default=90.0, show_default=True, type=_Finite(),
+              help="The window, in days (a positive number).")
 @json_option
 def metrics(environment: str | None, state_dir: Path | None, days: float, as_json: bool) -> None:
     """Delivery metrics from the recorded history: deployment frequency, lead time for
@@ -605,11 +1073,12 @@ def metrics(environment: str | None, state_dir: Path | None, days: float, as_jso
     from gitops.delivery import delivery_metrics
 
     s = _settings(state_dir=state_dir)
-    store = _reader(s.state_dir, environment, as_json, empty={})
+    name_ = _store_environment(s, environment)
+    store = _reader(s.state_dir, name_, as_json, empty={})
     if store is None:
         return
     with store:
-        result = delivery_metrics(store, environment=environment, days=days)
+        result = delivery_metrics(store, environment=name_, days=days)
     if as_json:
         _emit({name: m.as_dict() for name, m in result.items()})
         return
@@ -625,16 +1094,19 @@ def metrics(environment: str | None, state_dir: Path | None, days: float, as_jso
                    f"p90 {_duration(d['lead_time_p90_s'])}")
         click.echo("  change failure rate   "
                    + (f"{rate:.0%} ({d['failed_rollouts']} of {d['rollouts']} rollouts)"
-                      if rate is not None else "-"))
+                      if rate is not None else "-")
+                   + (f"; {d['rollouts_pending']} not counted yet (errored, interrupted or "
+                      "running: counted once verified or failed)"
+                      if d["rollouts_pending"] else ""))
         click.echo(f"  time to restore       median {_duration(d['time_to_restore_median_s'])}"
                    + (f"; unrestored since {d['unrestored_since']}"
                       if d["unrestored_since"] else ""))
 
 
-@main.command()
-@env_option
-@state_option
-@click.option("--write", "folder", type=click.Path(path_type=Path),
+@main.command(epilog=EXIT_CODES)
+@_store_options
+@click.option("--write", "folder",
+              type=click.Path(path_type=Path, file_okay=False, writable=True),
               help="Also write one Markdown report per incident into this folder.")
 @json_option
 def incidents(environment: str | None, state_dir: Path | None, folder: Path | None,
@@ -643,11 +1115,12 @@ def incidents(environment: str | None, state_dir: Path | None, folder: Path | No
     from gitops import incidents as incidents_
 
     s = _settings(state_dir=state_dir)
-    store = _reader(s.state_dir, environment, as_json)
+    name_ = _store_environment(s, environment)
+    store = _reader(s.state_dir, name_, as_json)
     if store is None:
         return
     with store:
-        found = incidents_.incidents(store, environment)
+        found = incidents_.incidents(store, name_)
         if folder is not None:
             incidents_.write_reports(store, folder)
     if as_json:
@@ -660,6 +1133,8 @@ def incidents(environment: str | None, state_dir: Path | None, folder: Path | No
         click.echo(f"{d['id']:<16} {d['status']:<7} {d['cause']:<17} "
                    f"{(d['commit'].get('sha') or '')[:10]:<10} opened {d['opened_at'][:19]} "
                    f"{'restored after ' + _duration(d['duration_s']) if d['closed_at'] else ''}")
+    if folder is not None:
+        click.echo(f"reports written to {folder}")
 
 
 def _duration(seconds: float | None) -> str:

@@ -6,6 +6,9 @@ record: a daemon reads the controls at every cycle. Called by ``cli`` and ``loop
 
 from __future__ import annotations
 
+import os
+import pwd
+from dataclasses import replace
 from pathlib import Path
 
 from gitops import source
@@ -14,7 +17,19 @@ from gitops.records import Controls
 from gitops.store import Store
 
 __all__ = ["failed_hosts", "hold", "hold_rollback", "last_good_revision", "release_hold",
-           "resume", "suspend"]
+           "resume", "suspend", "who"]
+
+
+def who() -> str:
+    """The person acting: the user behind sudo, else the login name, else the uid's name."""
+    for variable in ("SUDO_USER", "USER", "LOGNAME"):
+        name = os.environ.get(variable, "").strip()
+        if name and not (variable == "SUDO_USER" and name == "root" and os.getuid() != 0):
+            return name
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
 
 
 def suspend(store: Store, environment: str, *, actor: str, reason: str) -> Controls:
@@ -23,16 +38,16 @@ def suspend(store: Store, environment: str, *, actor: str, reason: str) -> Contr
         raise UsageError("suspend needs a reason (--reason): it is shown to everyone")
     store.set_controls(environment, suspended=1, reason=reason, actor=actor,
                        since=store.clock())
-    store.record_event(environment, "suspend", actor=actor, reason=reason)
-    return store.controls(environment)
+    event = store.record_event(environment, "suspend", actor=actor, reason=reason)
+    return replace(store.controls(environment), event=event)
 
 
 def resume(store: Store, environment: str, *, actor: str, reason: str = "") -> Controls:
     """Resume applies, and release a rollback hold: the branch head is reconciled again."""
     store.set_controls(environment, suspended=0, reason="", actor=actor,
                        since=store.clock(), held_sha=None, held_head=None)
-    store.record_event(environment, "resume", actor=actor, reason=reason)
-    return store.controls(environment)
+    event = store.record_event(environment, "resume", actor=actor, reason=reason)
+    return replace(store.controls(environment), event=event)
 
 
 def last_good_revision(store: Store, environment: str, *, before: str | None) -> str | None:
@@ -50,9 +65,9 @@ def hold(store: Store, environment: str, sha: str, *, head: str, actor: str,
     """Pin ``environment`` to ``sha`` until ``resume`` or a commit newer than ``head``."""
     store.set_controls(environment, held_sha=sha, held_head=head, actor=actor,
                        since=store.clock())
-    store.record_event(environment, "rollback", actor=actor, sha=sha,
-                       reason=reason or f"hold {sha[:10]} until resume or a newer commit")
-    return store.controls(environment)
+    event = store.record_event(environment, "rollback", actor=actor, sha=sha,
+                               reason=reason or f"hold {sha[:10]} until resume or a newer commit")
+    return replace(store.controls(environment), event=event)
 
 
 def hold_rollback(store: Store, environment: str, *, repo: str, branch: str,

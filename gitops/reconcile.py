@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gitops import apply as apply_stage
-from gitops import journal, retention, source
+from gitops import control, journal, retention, source
 from gitops import load as load_stage
 from gitops import verify as verify_stage
 from gitops.errors import (
@@ -70,8 +70,7 @@ class Target:
     branch: str
     environment: str
     state_dir: Path
-    actor: str = field(default_factory=lambda: os.environ.get("SUDO_USER") or
-                       os.environ.get("USER") or "unknown")
+    actor: str = field(default_factory=lambda: control.who())
     vagrant_dir: Path | None = None
     connections: Path | None = None
     """Keep SSH connections of verifies here (the daemon's ``verify.SshConnections``)."""

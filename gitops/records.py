@@ -240,11 +240,16 @@ class Controls(_Row):
     since: datetime | None = None
     held_sha: str | None = None
     held_head: str | None = None
+    event: int | None = None
+    """The history entry of the change just made (set by ``control``'s functions only)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"environment": self.environment, "suspended": int(self.suspended),
-                "reason": self.reason, "actor": self.actor, "since": _iso(self.since),
-                "held_sha": self.held_sha, "held_head": self.held_head}
+        out = {"environment": self.environment, "suspended": int(self.suspended),
+               "reason": self.reason, "actor": self.actor, "since": _iso(self.since),
+               "held_sha": self.held_sha, "held_head": self.held_head}
+        if self.event is not None:
+            out["event"] = self.event
+        return out
 
 
 @dataclass(frozen=True)

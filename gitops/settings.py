@@ -2,23 +2,32 @@
 
 Values come from (highest first) command-line options, ``GITOPS_*`` environment variables, a
 TOML settings file (``GITOPS_CONFIG``, else ``./gitops.toml``, else ``/etc/gitops/gitops.toml``),
-then the defaults below. Read by the CLI; secrets are never read from here inline (later
-settings name them by file or environment variable).
+then the defaults below. Read by the CLI through ``load``, which reports every problem at once
+with its file and line (or environment variable). Secrets are never values here: they are
+named by file or environment variable, and a ``GITOPS_*`` variable of a secret setting
+(``GITOPS_API_TOKEN``) is such a name, never parsed as the setting's value.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
+
+__all__ = ["EnvironmentConfig", "SecretRef", "Settings", "load", "settings_file"]
 
 
 def _default_state_dir() -> Path:
@@ -208,7 +217,136 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         path = settings_file()
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, _EnvSource(settings_cls)]
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+
+class _EnvSource(EnvSettingsSource):
+    """``GITOPS_*`` variables; the variable of a secret setting names where the secret is.
+
+    ``GITOPS_API_TOKEN=...`` makes the token "the environment variable GITOPS_API_TOKEN"
+    (``{env = "GITOPS_API_TOKEN"}``): the value itself never enters the settings, and the
+    example settings file, which names that variable, works with it set."""
+
+    def prepare_field_value(self, field_name: str, field: FieldInfo, value: Any,
+                            value_is_complex: bool) -> Any:
+        if _is_secret(field) and isinstance(value, str):
+            name = f"{self.env_prefix}{field_name}".upper()
+            found = next((k for k in os.environ if k.upper() == name), name)
+            return {"env": found}
+        return super().prepare_field_value(field_name, field, value, value_is_complex)
+
+
+def _is_secret(field: FieldInfo) -> bool:
+    return SecretRef in get_args(field.annotation) or field.annotation is SecretRef
+
+
+# -- reading the settings, every problem at once --------------------------------------------
+
+
+def load(**overrides: Any) -> Settings:
+    """The settings (``overrides`` are the command line's, None left out); a ``UsageError``
+    listing every problem, each with the file and line (or the variable) it comes from."""
+    from gitops.errors import UsageError
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    path = settings_file()
+    text = ""
+    if path is not None:
+        try:
+            text = path.read_text()
+            tomllib.loads(text)
+        except OSError as exc:
+            raise UsageError(f"settings file {path}: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"settings file {path}: not UTF-8 text") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"settings file {path}: {_toml_message(exc)}") from None
+    try:
+        return Settings(**given)
+    except SettingsError as exc:  # a GITOPS_* variable of a list or table that is not JSON
+        field = re.search(r'field "([^"]+)"', str(exc))
+        name = f"GITOPS_{field.group(1).upper()}" if field else "a GITOPS_* variable"
+        raise UsageError(f"environment variable {name}: not valid JSON") from None
+    except ValidationError as exc:
+        lines = _key_lines(text)
+        problems = [_where(e, given, path, lines) for e in exc.errors(include_url=False,
+                                                                       include_input=False)]
+        problems.sort(key=lambda p: int(m.group(1)) if (m := re.match(r"\S+:(\d+) ", p))
+                      else 0)
+        head = f"{len(problems)} problem(s) in the settings" if len(problems) > 1 else "settings"
+        if len(problems) == 1:
+            raise UsageError(f"{head}: {problems[0]}") from None
+        raise UsageError("\n  ".join([f"{head}:", *problems])) from None
+
+
+def _toml_message(exc: tomllib.TOMLDecodeError) -> str:
+    """tomllib's "Expected ... (at line 3, column 7)" as "line 3: expected ..."."""
+    message = str(exc)
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if match is None:
+        return "invalid TOML: " + message.replace("(at end of document)", "at the end of the file")
+    what = message[:match.start()]
+    return f"line {match.group(1)}: invalid TOML: {what[:1].lower()}{what[1:]}"
+
+
+def _where(error: Any, given: dict[str, Any], path: Path | None,
+           lines: dict[tuple[str | int, ...], int]) -> str:
+    loc = tuple(error["loc"])
+    field = ".".join(str(p) for p in loc) or "settings"
+    message = error["msg"]
+    top = str(loc[0]) if loc else ""
+    if top in given:
+        return f"option --{top.replace('_', '-')}: {message}"
+    variable = f"GITOPS_{top}".upper()
+    if top and any(k.upper() == variable for k in os.environ):
+        return f"environment variable {variable}: {message}"
+    if path is None:
+        return f"{field}: {message}"
+    for end in range(len(loc), 0, -1):
+        line = lines.get(loc[:end])
+        if line is not None:
+            return f"{path}:{line} {field}: {message}"
+    return f"{path} {field}: {message}"
+
+
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"^\s*([A-Za-z0-9_.\-\"' ]+?)\s*=")
+
+
+def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """Where each table and key of a TOML file is (1-based lines), by the path pydantic
+    reports: ``("environments", 0, "interval")``. Only for messages, after tomllib parsed
+    the file; a key on a multi-line value is found on its first line."""
+    found: dict[tuple[str | int, ...], int] = {}
+    counts: dict[tuple[str | int, ...], int] = {}
+    table: tuple[str | int, ...] = ()
+    resolved: dict[tuple[str, ...], tuple[str | int, ...]] = {}
+
+    def resolve(names: list[str]) -> tuple[str | int, ...]:
+        out: tuple[str | int, ...] = ()
+        for i in range(1, len(names) + 1):
+            out = resolved.get(tuple(names[:i]), (*out, names[i - 1]))
+        return out
+
+    for number, line in enumerate(text.splitlines(), 1):
+        header = _HEADER.match(line)
+        if header is not None:
+            names = [n.strip().strip("\"'") for n in header.group(2).split(".")]
+            if header.group(1) == "[[":
+                base = (*resolve(names[:-1]), names[-1])
+                index = counts.get(base, 0)
+                counts[base] = index + 1
+                table = (*base, index)
+                resolved[tuple(names)] = table
+            else:
+                table = resolve(names)
+            found.setdefault(table, number)
+            continue
+        key = _KEY.match(line)
+        if key is not None and not line.lstrip().startswith("#"):
+            parts = tuple(p.strip().strip("\"'") for p in key.group(1).split("."))
+            found.setdefault((*table, *parts), number)
+    return found

@@ -282,8 +282,20 @@
       d.lead_times_s.length > 1 ? el("div", { class: "card" }, el("h4", { text: "Lead times, shortest to longest" }),
         lineChart("Lead times", d.lead_times_s.map((v, i) => ({ label: `#${i + 1}`, value: v / 3600, text: duration(v) }))),
         dayLabels(duration(d.lead_times_s[0]), duration(d.lead_times_s[d.lead_times_s.length - 1]))) : null);
-    section.append(tiles, cards);
+    section.append(tiles, cfrNote(env, d, days), cards);
     return section;
+  }
+
+  // Why an open failure can sit beside a rate that does not count it (gitops/delivery.py).
+  function cfrNote(env, d, days) {
+    const open = env.incidents && env.incidents.available ? env.incidents.open.length : 0;
+    if (!open && !d.unrestored_since && !d.rollouts_pending) return null;
+    return el("p", { class: "muted", "data-testid": "cfr-note", text:
+      `The change failure rate counts rollouts: the first attempts of a commit not yet verified here, ` +
+      `first tried in the last ${days} days, once decided (verified, or failed before it was verified, ` +
+      `or rolled back). A failed re-run of a commit already verified (reconcile --once, retry) opens ` +
+      `an incident and counts in time to restore, not in the rate; a rollout that only errored, ` +
+      `was interrupted or is still running counts once it is decided.` });
   }
 
   function incidentItem(incident) {

@@ -1,0 +1,42 @@
+"""Test helpers for the command-line tests: a real Git state repository (the sample, no lab
+needed) and the real CLI run as a subprocess (``python -m gitops``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from statelab import PROJECT, git
+
+
+def sample_repo(root: Path, *, invalid: bool = False) -> Path:
+    """The sample state repository in a fresh Git repository; ``invalid``: one problem
+    (``fail_percent`` over 100), so any run of it ends quickly without touching a host."""
+    repo = root / "repo"
+    repo.mkdir(parents=True)
+    shutil.copytree(PROJECT / "deploys", repo / "deploys",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "inventories").mkdir()
+    text = (PROJECT / "inventories/lab.yml").read_text()
+    if invalid:
+        text = text.replace("fail_percent: 34", "fail_percent: 340")
+    (repo / "inventories/lab.yml").write_text(text)
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=Tester", "add", "-A")
+    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=Tester", "commit", "-q",
+        "-m", "sample")
+    return repo
+
+
+def gitops(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+           unset: tuple[str, ...] = (), timeout: float = 120,
+           ) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m gitops ARGS`` with the environment's GITOPS_* variables removed
+    (then ``env`` added, ``unset`` removed)."""
+    base = {k: v for k, v in os.environ.items()
+            if not k.startswith("GITOPS_") and k not in unset and k != "NO_COLOR"}
+    return subprocess.run([sys.executable, "-m", "gitops", *args], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, env={**base, **(env or {})})

@@ -1,0 +1,211 @@
+"""Bad input a user can type or write never gets a traceback: a documented exit code (1 or
+2) and a message naming what is wrong, on one line. Each case is a real subprocess
+(``python -m gitops ...``) over real files: settings, repositories, state folders."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from clitools import gitops, sample_repo
+
+from gitops.store import Store
+
+
+@dataclass(frozen=True)
+class Case:
+    """``args`` and ``env`` may name ``{root}``, ``{repo}``, ``{invalid}``, ``{state}``,
+    ``{file}``, ``{suspended}``, ``{corrupt}`` and ``{cfg}`` (the settings folder)."""
+
+    id: str
+    args: tuple[str, ...]
+    code: int
+    says: str
+    """A regular expression the message (stderr, else stdout) matches on one line."""
+    env: dict[str, str] = field(default_factory=dict)
+    lines: int = 0
+    """When more than one: how many lines must carry ``file:line`` (every problem at once)."""
+
+
+SETTINGS = {
+    "syntax.toml": 'state_dir = "/tmp/x"\nlisten = "127.0.0.1:1\n',
+    "four.toml": ('state_dir = "{state}"\nmax_body = "big"\nlisten = 5\n'
+                  '[[environments]]\nname = "a b"\nrepo = "x"\n'
+                  '[[environments]]\nname = "ok"\nrepo = "y"\ninterval = -1\n'),
+    "unknown.toml": 'state_dir = "{state}"\ncolour = "blue"\n',
+    "norepo.toml": 'state_dir = "{state}"\n[[environments]]\nname = "prod"\n',
+    "listen.toml": ('state_dir = "{state}"\nlisten = "nohost"\n'
+                    '[[environments]]\nname = "lab"\nrepo = "{repo}"\nwatch = false\n'),
+    "plaintoken.toml": 'state_dir = "{state}"\napi_token = "s3cret"\n',
+    "bothtoken.toml": 'state_dir = "{state}"\napi_token = {{ env = "A", file = "/b" }}\n',
+    "noenvs.toml": 'state_dir = "{state}"\nlisten = "127.0.0.1:0"\n',
+    "unsettoken.toml": ('state_dir = "{state}"\nlisten = "127.0.0.1:1"\n'
+                        'api_token = {{ env = "GITOPS_TEST_UNSET_TOKEN" }}\n'
+                        '[[environments]]\nname = "lab"\nrepo = "{repo}"\nwatch = false\n'),
+    "hooksecret.toml": ('state_dir = "{state}"\nlisten = "127.0.0.1:0"\n'
+                        '[[environments]]\nname = "lab"\nrepo = "{repo}"\nwatch = false\n'
+                        'webhook_secret = {{ file = "/nonexistent/secret" }}\n'),
+    "badjitter.toml": ('state_dir = "{state}"\n[[environments]]\nname = "lab"\n'
+                       'repo = "{repo}"\njitter = 2\n'),
+    "badnotifier.toml": ('state_dir = "{state}"\n[[environments]]\nname = "lab"\n'
+                         'repo = "{repo}"\nnotifiers = [{{ type = "pager", url = '
+                         '{{ env = "X" }} }}]\n'),
+}
+
+CASES = [
+    # options, checked by click: exit 2
+    Case("metrics-days-zero", ("metrics", "--days", "0", "--state-dir", "{state}"), 2,
+         "--days.*not a positive number"),
+    Case("metrics-days-negative", ("metrics", "--days", "-3", "--state-dir", "{state}"), 2,
+         "--days.*not a positive number"),
+    Case("metrics-days-nan", ("metrics", "--days", "nan", "--state-dir", "{state}"), 2,
+         "--days.*not a positive number"),
+    Case("metrics-days-inf", ("metrics", "--days", "inf", "--state-dir", "{state}"), 2,
+         "--days.*not a positive number"),
+    Case("metrics-days-word", ("metrics", "--days", "week", "--state-dir", "{state}"), 2,
+         "--days.*not a number"),
+    Case("history-limit-zero", ("history", "--limit", "0", "--state-dir", "{state}"), 2,
+         "--limit"),
+    Case("history-run-zero", ("history", "--run", "0", "--state-dir", "{state}"), 2, "--run"),
+    Case("history-run-word", ("history", "--run", "last", "--state-dir", "{state}"), 2,
+         "--run"),
+    Case("history-run-missing", ("history", "--run", "999", "--state-dir", "{state}"), 2,
+         "no run 999"),
+    Case("incidents-write-onto-file", ("incidents", "--write", "{file}", "--state-dir",
+                                       "{state}"), 2, "--write.*is a file"),
+    Case("unknown-option", ("reconcile", "--frobnicate"), 2, "No such option '--frobnicate'"),
+    Case("unknown-command", ("frobnicate",), 2, "No such command 'frobnicate'"),
+    Case("retry-without-failed", ("retry", "--state-dir", "{state}"), 2,
+         "Missing option '--failed'"),
+    Case("suspend-without-reason", ("suspend", "--state-dir", "{state}"), 2,
+         "Missing option '--reason'"),
+    Case("suspend-blank-reason", ("suspend", "--reason", "  ", "--state-dir", "{state}"), 2,
+         "suspend needs a reason"),
+    Case("force-without-reason", ("reconcile", "--once", "--force", "--repo", "{repo}",
+                                  "--state-dir", "{state}"), 2, "--force needs --reason"),
+    Case("rollback-two-revisions", ("rollback", "a", "b"), 2, "unexpected extra argument"),
+    Case("config-missing", ("status", "--config", "{root}/nope.toml"), 2,
+         "--config.*does not exist"),
+    Case("config-is-a-folder", ("status", "--config", "{root}"), 2, "--config.*is a directory"),
+    Case("state-dir-is-a-file", ("status", "--state-dir", "{file}"), 2,
+         "--state-dir.*is a file"),
+    # settings files: exit 2, file and line
+    Case("toml-syntax-status", ("status", "--config", "{cfg}/syntax.toml"), 2,
+         r"syntax\.toml: line 2: invalid TOML"),
+    Case("toml-syntax-validate", ("validate", "--config", "{cfg}/syntax.toml"), 2,
+         r"syntax\.toml: line 2: invalid TOML"),
+    Case("toml-syntax-run", ("run", "--config", "{cfg}/syntax.toml"), 2,
+         r"syntax\.toml: line 2: invalid TOML"),
+    Case("four-problems-at-once", ("status", "--config", "{cfg}/four.toml"), 2,
+         r"4 problem\(s\) in the settings", lines=4),
+    Case("unknown-setting", ("status", "--config", "{cfg}/unknown.toml"), 2,
+         r"unknown\.toml:2 colour: Extra inputs are not permitted"),
+    Case("environment-without-repo", ("status", "--config", "{cfg}/norepo.toml"), 2,
+         r"norepo\.toml:2 environments\.0\.repo: Field required"),
+    Case("token-written-inline", ("status", "--config", "{cfg}/plaintoken.toml"), 2,
+         r"plaintoken\.toml:2 api_token"),
+    Case("token-in-two-places", ("status", "--config", "{cfg}/bothtoken.toml"), 2,
+         r"bothtoken\.toml:2 api_token: .*exactly one of env or file"),
+    Case("jitter-out-of-range", ("status", "--config", "{cfg}/badjitter.toml"), 2,
+         r"badjitter\.toml:5 environments\.0\.jitter"),
+    Case("unknown-notifier-type", ("status", "--config", "{cfg}/badnotifier.toml"), 2,
+         r"badnotifier\.toml:5 environments\.0\.notifiers\.0\.type"),
+    Case("run-bad-listen", ("run", "--config", "{cfg}/listen.toml"), 2,
+         "listen address 'nohost': expected host:port"),
+    Case("run-no-environments", ("run", "--config", "{cfg}/noenvs.toml"), 2,
+         "no environments to watch"),
+    Case("run-webhook-secret-missing", ("run", "--config", "{cfg}/hooksecret.toml"), 2,
+         "secret file /nonexistent/secret"),
+    Case("run-token-variable-unset", ("run", "--config", "{cfg}/unsettoken.toml"), 2,
+         "secret environment variable GITOPS_TEST_UNSET_TOKEN is empty or not set"),
+    Case("reconcile-token-variable-unset", ("reconcile", "--config",
+                                            "{cfg}/unsettoken.toml"), 2,
+         "secret environment variable GITOPS_TEST_UNSET_TOKEN is empty or not set"),
+    Case("settings-not-utf8", ("status",), 2, "not UTF-8 text",
+         env={"GITOPS_CONFIG": "{cfg}/latin1.toml"}),
+    # environment variables
+    Case("config-variable-missing-file", ("status",), 2, "settings file .*nope.toml: No such",
+         env={"GITOPS_CONFIG": "{root}/nope.toml"}),
+    Case("config-variable-folder", ("status",), 2, "settings file .*: Is a directory",
+         env={"GITOPS_CONFIG": "{root}"}),
+    Case("max-body-variable-not-a-number", ("status", "--state-dir", "{state}"), 2,
+         "environment variable GITOPS_MAX_BODY: Input should be a valid integer",
+         env={"GITOPS_MAX_BODY": "lots"}),
+    Case("environments-variable-not-json", ("status", "--state-dir", "{state}"), 2,
+         "environment variable GITOPS_ENVIRONMENTS: not valid JSON",
+         env={"GITOPS_ENVIRONMENTS": "prod"}),
+    Case("state-dir-variable-unmakeable", ("status",), 1, "No such file or directory: /proc",
+         env={"GITOPS_STATE_DIR": "/proc/gitops-test/state"}),
+    # repositories and paths
+    Case("repo-does-not-exist", ("validate", "--repo", "{root}/nowhere", "--state-dir",
+                                 "{state}"), 1, "cannot fetch .*nowhere"),
+    Case("repo-is-not-git", ("validate", "--repo", "{cfg}", "--state-dir", "{state}"), 1,
+         "cannot fetch"),
+    Case("branch-does-not-exist", ("validate", "--repo", "{repo}", "--branch", "nosuch",
+                                   "--state-dir", "{state}"), 2, "no branch 'nosuch'"),
+    Case("inventory-does-not-exist", ("validate", "--repo", "{repo}", "-e", "nosuch",
+                                      "--state-dir", "{state}"), 2,
+         r"inventories/nosuch\.yml: no such environment"),
+    Case("invalid-declaration-plan", ("plan", "--repo", "{invalid}", "--state-dir", "{state}"),
+         2, r"inventories/lab\.yml:5 settings\.fail_percent"),
+    Case("invalid-declaration-reconcile", ("reconcile", "--once", "--repo", "{invalid}",
+                                           "--state-dir", "{state}"), 2,
+         r"inventories/lab\.yml:5 settings\.fail_percent"),
+    Case("corrupt-database", ("status", "--state-dir", "{corrupt}"), 1,
+         "the state database: file is not a database"),
+    Case("suspended-reconcile", ("reconcile", "--once", "--repo", "{repo}", "--state-dir",
+                                 "{suspended}"), 2, "lab is suspended by .*: freeze"),
+    Case("suspended-retry", ("retry", "--failed", "--repo", "{repo}", "--state-dir",
+                             "{suspended}"), 2, "lab is suspended by .*: freeze"),
+    Case("rollback-nothing-verified", ("rollback", "--repo", "{repo}", "--state-dir",
+                                       "{state}"), 2, "no earlier verified revision"),
+    Case("retry-nothing-failed", ("retry", "--failed", "--repo", "{repo}", "--state-dir",
+                                  "{state}"), 2, "no failed hosts to retry"),
+]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The files the cases name: repositories, state folders, settings files."""
+    root = tmp_path_factory.mktemp("bad-inputs")
+    repo = sample_repo(root / "good")
+    invalid = sample_repo(root / "bad", invalid=True)
+    state, suspended, corrupt = root / "state", root / "suspended", root / "corrupt"
+    with Store(suspended) as store:
+        store.set_controls("lab", suspended=1, reason="freeze", actor="carol",
+                           since="2026-12-01T09:00:00+00:00")
+    corrupt.mkdir()
+    (corrupt / "gitops.db").write_bytes(b"this is not SQLite " * 100)
+    (root / "a-file").write_text("not a folder\n")
+    cfg = root / "settings"
+    cfg.mkdir()
+    names = {"root": str(root), "repo": str(repo), "invalid": str(invalid), "state": str(state),
+             "file": str(root / "a-file"), "suspended": str(suspended),
+             "corrupt": str(corrupt), "cfg": str(cfg)}
+    for name, text in SETTINGS.items():
+        (cfg / name).write_text(text.format(**names))
+    (cfg / "latin1.toml").write_bytes('state_dir = "/tmp/caf\xe9"\n'.encode("latin-1"))
+    return names
+
+
+def test_there_are_at_least_forty_cases() -> None:
+    """The table covers options, settings files, variables, repositories and paths."""
+    assert len(CASES) >= 40 and len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_gets_a_message_and_an_exit_code(case: Case, world: dict[str, str]) -> None:
+    """The documented exit code, a message on one line saying what is wrong, no traceback."""
+    args = [a.format(**world) for a in case.args]
+    env = {k: v.format(**world) for k, v in case.env.items()}
+    proc = gitops(*args, env=env, cwd=Path(world["root"]), timeout=120)
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output, output
+    assert proc.returncode == case.code, output
+    message = proc.stderr or proc.stdout
+    assert any(re.search(case.says, line) for line in message.splitlines()), message
+    if case.lines:
+        assert len(re.findall(r"\.toml:\d+ ", message)) == case.lines, message
+    assert "s3cret" not in output
