@@ -244,8 +244,10 @@ def validate(as_json: bool, worktree: bool, **opts: Any) -> None:
         _fail(exc, as_json)
     if as_json:
         _emit({"valid": True, "revision": where, "hosts": [h.name for h in state.hosts],
-               "services": list(state.service_order)})
+               "services": list(state.service_order), "warnings": list(state.warnings)})
     else:
+        for warning in state.warnings:
+            click.secho(f"warning: {warning}", fg="yellow", err=True)
         click.echo(f"{s.environment} at {where}: valid, {len(state.hosts)} hosts, "
                    f"services {', '.join(state.service_order)}")
 
@@ -391,11 +393,10 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
                    f"applied={_short(row['last_applied_revision'])}")
         for c in row["conditions"]:
             click.echo(f"    {c['type']}: {c['message']}")
-        held = (row.get("controls") or {}).get("held_sha")
+        held = row.get("held")
         if held:
-            controls = row["controls"]
-            click.echo(f"    Held: {held[:10]} by {controls['actor']} until `gitops resume` "
-                       f"or a commit newer than {(controls['held_head'] or '')[:10]}")
+            click.echo(f"    Held: {held['sha'][:10]} by {held['actor']} until `gitops resume` "
+                       f"or a commit newer than {(held['head'] or '')[:10]}")
 
 
 @main.command(epilog=EXIT_CODES)

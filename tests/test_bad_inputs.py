@@ -72,7 +72,7 @@ CASES = [
     Case("history-run-word", ("history", "--run", "last", "--state-dir", "{state}"), 2,
          "--run"),
     Case("history-run-missing", ("history", "--run", "999", "--state-dir", "{state}"), 2,
-         "no run 999"),
+         "no run 999|no state folder"),
     Case("incidents-write-onto-file", ("incidents", "--write", "{file}", "--state-dir",
                                        "{state}"), 2, "--write.*is a file"),
     Case("unknown-option", ("reconcile", "--frobnicate"), 2, "No such option '--frobnicate'"),
@@ -136,7 +136,8 @@ CASES = [
     Case("environments-variable-not-json", ("status", "--state-dir", "{state}"), 2,
          "environment variable GITOPS_ENVIRONMENTS: not valid JSON",
          env={"GITOPS_ENVIRONMENTS": "prod"}),
-    Case("state-dir-variable-unmakeable", ("status",), 1, "No such file or directory: /proc",
+    Case("state-dir-variable-unmakeable", ("suspend", "--reason", "x"), 1,
+         "No such file or directory: /proc",
          env={"GITOPS_STATE_DIR": "/proc/gitops-test/state"}),
     # repositories and paths
     Case("repo-does-not-exist", ("validate", "--repo", "{root}/nowhere", "--state-dir",

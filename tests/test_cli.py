@@ -44,6 +44,7 @@ def test_example_settings_work_with_their_token_variable_set(tmp_path: Path) -> 
     """The example names the token GITOPS_API_TOKEN; with that variable set, commands start
     and the token is the variable's value (it was parsed as the setting itself)."""
     config = _example(tmp_path)
+    (tmp_path / "state").mkdir()  # status reads an existing state folder, creates none
     proc = gitops("status", "--config", str(config), cwd=tmp_path,
                   env={"GITOPS_API_TOKEN": "s3cret-token"})
     assert proc.returncode == 0, proc.stderr
