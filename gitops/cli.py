@@ -39,7 +39,7 @@ def _settings(**overrides: Any) -> Settings:
 
 def _target(s: Settings) -> pipeline.Target:
     return pipeline.Target(repo=s.repo, branch=s.branch, environment=s.environment,
-                           state_dir=s.state_dir, vagrant_dir=s.vagrant_dir)
+                           state_dir=s.state_dir, vagrant_dir=s.vagrant_dir, sops=s.sops)
 
 
 def _target_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -87,7 +87,7 @@ def validate(as_json: bool, worktree: bool, **opts: Any) -> None:
     target = _target(s)
     try:
         if worktree:
-            state = load(Path(s.repo), s.environment)
+            state = load(Path(s.repo), s.environment, keys=s.sops)
             where = f"{s.repo} (work tree)"
         else:
             revision, state = pipeline.declared(target, _progress(as_json))

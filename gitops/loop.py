@@ -79,7 +79,7 @@ class Daemon:
             self.envs[cfg.name] = _Env(cfg, Target(
                 repo=cfg.repo, branch=cfg.branch, environment=cfg.environment,
                 state_dir=settings.state_dir, actor="gitops-daemon",
-                connections=self.connections.path))
+                connections=self.connections.path, sops=settings.sops))
         self.threads: list[threading.Thread] = []
         self.observers: list[Any] = []
 

@@ -49,7 +49,7 @@ from gitops.records import (
     RunResult,
     VerifyReport,
 )
-from gitops.settings import SigningPolicy
+from gitops.settings import SigningPolicy, SopsSettings
 from gitops.store import ENVIRONMENT, Condition, Store, now
 
 Progress = Callable[[str], None]
@@ -70,6 +70,8 @@ class Target:
     vagrant_dir: Path | None = None
     connections: Path | None = None
     """Keep SSH connections of verifies here (the daemon's ``verify.SshConnections``)."""
+    sops: SopsSettings | None = None
+    """The keys of the repository's SOPS-encrypted values and files."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,7 @@ def _load(target: Target, revision: Revision, say: Progress) -> DeclaredState:
     say(f"revision {revision.ref} by {revision.author}: {revision.message.splitlines()[0]}")
     snap = source.snapshot(target.repo, revision, target.state_dir)
     state = load_stage.load(Path(snap.path), target.environment, revision=revision.ref,
-                            host_source=_host_source(target))
+                            host_source=_host_source(target), keys=target.sops)
     say(f"{len(state.hosts)} hosts, services: {', '.join(state.service_order)}")
     return state
 

@@ -23,16 +23,17 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import itertools
 import json
 import re
 import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin
 
 import yaml
 from cryptography.exceptions import InvalidTag
@@ -46,11 +47,11 @@ __all__ = [
     "Decrypted",
     "SopsError",
     "decrypt",
-    "encrypt",
     "deploy_files",
+    "encrypt",
     "is_sops_path",
     "open_inventory",
-    "secret_values_of",
+    "secret_params",
 ]
 
 SECRETS_SUFFIX = ".secrets.sops.yaml"
@@ -84,26 +85,37 @@ def is_sops_path(path: Path) -> bool:
     return ".sops" in path.suffixes or path.name.endswith(".sops")
 
 
-def secret_values_of(model: BaseModel) -> set[str]:
-    """The plain values of every ``SecretStr`` / ``SecretBytes`` field of ``model``."""
+def secret_params(models: dict[str, type[BaseModel] | None], hosts: Any) -> set[str]:
+    """The plain values of every parameter a service's ``Params`` types ``SecretStr`` or
+    ``SecretBytes``, on every host (``hosts``: ``DeclaredHost``s)."""
     out: set[str] = set()
 
-    def walk(value: Any) -> None:
-        if isinstance(value, SecretStr):
-            out.add(value.get_secret_value())
-        elif isinstance(value, SecretBytes):
-            out.add(value.get_secret_value().decode(errors="replace"))
-        elif isinstance(value, BaseModel):
-            for _, v in value:
-                walk(v)
-        elif isinstance(value, dict):
-            for v in value.values():
-                walk(v)
-        elif isinstance(value, list | tuple | set):
-            for v in value:
-                walk(v)
+    def walk(annotation: Any, value: Any) -> None:
+        if annotation in (SecretStr, SecretBytes):
+            if isinstance(value, str | bytes):
+                out.add(value if isinstance(value, str) else value.decode(errors="replace"))
+            return
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if isinstance(value, dict):
+                for name, info in annotation.model_fields.items():
+                    if name in value:
+                        walk(info.annotation, value[name])
+            return
+        for arg in get_args(annotation):
+            if isinstance(value, dict) and get_origin(annotation) is dict:
+                for v in value.values():
+                    walk(arg, v)
+            elif isinstance(value, list) and get_origin(annotation) in (list, tuple, set):
+                for v in value:
+                    walk(arg, v)
+            else:
+                walk(arg, value)
 
-    walk(model)
+    for host in hosts:
+        for service, params in host.services.items():
+            model = models.get(service)
+            if model is not None:
+                walk(model, params)
     return {v for v in out if len(v) >= MIN_REDACT}
 
 
@@ -129,9 +141,8 @@ def open_inventory(
             doc = _opened(session, overlay_rel,
                           lambda: _decrypt_text(session, overlay_text, "yaml"), revision)
             if not isinstance(doc.data, dict):
-                raise InvalidDeclaration(
-                    [Problem(overlay_rel, 1, "", "should be a mapping (merged over the inventory)")],
-                    revision)
+                why = "should be a mapping (merged over the inventory)"
+                raise InvalidDeclaration([Problem(overlay_rel, 1, "", why)], revision)
             if isinstance(data, dict):
                 data = _merge(data, doc.data)
             secrets |= doc.secrets
@@ -200,7 +211,7 @@ def encrypt(data: dict[str, Any], age_recipients: list[str], *,
         return _encrypt_value(node, key, ":".join(path) + ":")
 
     tree = walk(data, [])
-    stamp = _lastmodified(now or datetime.now(timezone.utc))
+    stamp = _lastmodified(now or datetime.now(UTC))
     recipients = [x25519.Recipient.from_str(r) for r in age_recipients]
     armored = pyrage.encrypt(key, recipients, armored=True)
     meta: dict[str, Any] = {
@@ -300,7 +311,7 @@ _Yaml12Loader.add_implicit_resolver(
 def _decrypt_text(session: _Session, text: str, fmt: str) -> Decrypted:
     if fmt == "yaml":
         try:
-            data = yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a safe loader)
+            data = yaml.load(text, Loader=_Yaml12Loader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             raise SopsError("not valid YAML", mark.line + 1 if mark else None) from None
@@ -349,7 +360,7 @@ def _unflatten(flat: dict[str, str]) -> dict[str, Any]:
         for part in parts:
             kind, _, name = part.partition("_")
             path.append(int(name) if kind == "list" and name.isdigit() else name)
-        for here, nxt in zip(path, path[1:], strict=False):
+        for here, nxt in itertools.pairwise(path):
             empty: Any = [] if isinstance(nxt, int) else {}
             if isinstance(node, list):
                 assert isinstance(here, int)
@@ -466,7 +477,7 @@ def _lastmodified(value: Any) -> str:
         except ValueError:
             raise SopsError("metadata lastmodified is not a time") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     offset = when.utcoffset()
     assert offset is not None
     stamp = when.strftime("%Y-%m-%dT%H:%M:%S")

@@ -1,0 +1,113 @@
+"""Secrets inside the worker processes: decrypted files uploaded from memory, values blanked.
+
+Called by the apply and verify workers' ``main()``. ``serve_decrypted_files`` makes pyinfra's
+``files.put`` upload the plain content ``load`` decrypted (``DeclaredState.secret_files``)
+whenever a deploy names a ``*.sops.*`` file as ``src``: the encrypted file stays in the
+snapshot, the plain one is never written on the control host. ``redact`` blanks every plain
+secret value (``DeclaredState.redact``) out of a worker's result, and ``RedactingStream`` out
+of its stderr (progress lines, tracebacks): a file diff that shows a secret becomes
+``<secret changed>``, any other text gets ``<secret>`` in the value's place.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from gitops.model import DeclaredState
+
+__all__ = ["CHANGED", "HIDDEN", "RedactingStream", "redact", "redact_text",
+           "serve_decrypted_files"]
+
+CHANGED = "<secret changed>"
+HIDDEN = "<secret>"
+
+_R = TypeVar("_R", bound=BaseModel)
+
+
+def serve_decrypted_files(state: DeclaredState) -> None:
+    """Wrap ``pyinfra.operations.files.put`` so a ``src`` that is one of the state's
+    decrypted ``*.sops.*`` files is uploaded from memory, decrypted."""
+    if not state.secret_files:
+        return
+    from pyinfra.operations import files
+
+    root = Path(state.root).resolve()
+    plain = {(root / rel).resolve(): content for rel, content in state.secret_files.items()}
+    original = files.put
+
+    def put(*args: Any, **kwargs: Any) -> Any:
+        src = kwargs.get("src", args[0] if args else None)
+        if isinstance(src, str | Path):
+            path = Path(src) if Path(src).is_absolute() else Path(state.root) / src
+            content = plain.get(path.resolve())
+            if content is not None:
+                data = io.BytesIO(base64.b64decode(content))
+                if "src" in kwargs:
+                    kwargs["src"] = data
+                else:
+                    args = (data, *args[1:])
+        return original(*args, **kwargs)
+
+    files.put = put  # type: ignore[assignment]
+
+
+def redact_text(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` with every secret value replaced by ``<secret>``."""
+    for value in sorted(secrets, key=len, reverse=True):
+        if value in text:
+            text = text.replace(value, HIDDEN)
+    return text
+
+
+def _redact_diff(diff: str, secrets: tuple[str, ...]) -> str:
+    """A diff that shows any secret is replaced whole (its removed lines may hold a secret
+    this revision no longer knows), but for its first line (``Will modify <path>``)."""
+    if not any(value in diff for value in secrets):
+        return diff
+    first = diff.split("\n", 1)[0]
+    keep = [first] if "Will " in first and not any(v in first for v in secrets) else []
+    return "\n".join([*keep, f"  {CHANGED}"])
+
+
+def redact(result: _R, secrets: tuple[str, ...]) -> _R:
+    """``result`` (any worker result model) with every secret blanked out."""
+    if not secrets:
+        return result
+
+    def walk(value: Any, key: str | None = None) -> Any:
+        if isinstance(value, str):
+            return _redact_diff(value, secrets) if key == "diff" else redact_text(value, secrets)
+        if isinstance(value, dict):
+            return {k: walk(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return type(result).model_validate(walk(result.model_dump(mode="json")))
+
+
+class RedactingStream(io.TextIOBase):
+    """A text stream that writes to ``stream`` with every secret value blanked out."""
+
+    def __init__(self, stream: Any, secrets: tuple[str, ...]) -> None:
+        super().__init__()
+        self.stream = stream
+        self.secrets = secrets
+
+    def write(self, text: str) -> int:
+        self.stream.write(redact_text(text, self.secrets))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def fileno(self) -> int:
+        return int(self.stream.fileno())
+
+    def isatty(self) -> bool:
+        return False
