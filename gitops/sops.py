@@ -52,6 +52,7 @@ __all__ = [
     "is_sops_path",
     "open_inventory",
     "secret_params",
+    "to_yaml",
 ]
 
 SECRETS_SUFFIX = ".secrets.sops.yaml"
@@ -223,6 +224,19 @@ def encrypt(data: dict[str, Any], age_recipients: list[str], *,
     if encrypted_regex:
         meta["encrypted_regex"] = encrypted_regex
     return {**tree, "sops": meta}
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (the armoured keys) as ``|`` blocks, as sops writes them."""
+
+
+_BlockDumper.add_representer(str, lambda dumper, value: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None))
+
+
+def to_yaml(document: dict[str, Any]) -> str:
+    """An encrypted document as YAML, in its order (the MAC covers the order)."""
+    return yaml.dump(document, Dumper=_BlockDumper, sort_keys=False, width=1000)
 
 
 def _encrypt_value(value: Any, key: bytes, aad: str) -> str:
