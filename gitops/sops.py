@@ -57,6 +57,8 @@ __all__ = [
 
 SECRETS_SUFFIX = ".secrets.sops.yaml"
 """``inventories/<environment>.secrets.sops.yaml`` is merged over the inventory."""
+GNUPG_PREFIX = "gitops-gnupg-"
+"""The throwaway GnuPG homes (``$TMPDIR/gitops-gnupg-*``), removed after each use."""
 MIN_REDACT = 4
 """Shorter plain values are not redacted from output (they would blank unrelated text)."""
 
@@ -649,7 +651,9 @@ class _Session:
         if self._gpg is None and self.keys.pgp_key is not None:
             import gnupg
 
-            self._home = tempfile.mkdtemp(prefix="gitops-gnupg-")  # mode 0700
+            base = tempfile.gettempdir()  # gpg-agent's socket path must fit in 108 bytes
+            self._home = tempfile.mkdtemp(prefix=GNUPG_PREFIX,  # mode 0700
+                                          dir=base if len(base) <= 60 else "/tmp")
             gpg = gnupg.GPG(gnupghome=self._home)
             imported = gpg.import_keys(self.keys.pgp_key.reveal())
             if not imported.sec_imported:
