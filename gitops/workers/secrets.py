@@ -12,6 +12,7 @@ of its stderr (progress lines, tracebacks): a file diff that shows a secret beco
 from __future__ import annotations
 
 import base64
+import functools
 import io
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,6 +54,7 @@ def serve_decrypted_files(state: DeclaredState) -> None:
                     args = (data, *args[1:])
         return original(*args, **kwargs)
 
+    functools.update_wrapper(put, original)  # keeps ``_inner``, which other operations call
     files.put = put  # type: ignore[assignment]
 
 
