@@ -59,8 +59,6 @@ SECRETS_SUFFIX = ".secrets.sops.yaml"
 """``inventories/<environment>.secrets.sops.yaml`` is merged over the inventory."""
 GNUPG_PREFIX = "gitops-gnupg-"
 """The throwaway GnuPG homes (``$TMPDIR/gitops-gnupg-*``), removed after each use."""
-MIN_REDACT = 4
-"""Shorter plain values are not redacted from output (they would blank unrelated text)."""
 
 _ENC = re.compile(r"^ENC\[AES256_GCM,data:(.*),iv:(.+),tag:(.+),type:(.+)\]$", re.S)
 _MAC_ONLY_ENCRYPTED_INIT = hashlib.sha256(b"sops").digest()
@@ -119,7 +117,7 @@ def secret_params(models: dict[str, type[BaseModel] | None], hosts: Any) -> set[
             model = models.get(service)
             if model is not None:
                 walk(model, params)
-    return {v for v in out if len(v) >= MIN_REDACT}
+    return {v for v in out if v}
 
 
 # -- what load calls ----------------------------------------------------------------------
@@ -299,8 +297,10 @@ def _plain_file(session: _Session, raw: bytes, fmt: str) -> tuple[bytes, set[str
             raise SopsError("not valid SOPS: a binary document has one key, data")
         value = data["data"]
         out = value if isinstance(value, bytes) else str(value).encode()
-        secrets = doc.secrets | {line for line in out.decode(errors="replace").splitlines()
-                                 if len(line.strip()) >= MIN_REDACT}
+        # The whole content, and its lines that look like values (no spaces: KEY=value)
+        lines = out.decode(errors="replace").splitlines()
+        secrets = doc.secrets | {line for line in lines if len(line) >= 10
+                                 and not any(c.isspace() for c in line)}
         return out, secrets
     if fmt == "yaml":
         return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode(), doc.secrets
@@ -440,7 +440,7 @@ class _Tree:
         expected = _decrypt_value(stored, key, aad, what="the MAC")
         if not isinstance(expected, str) or expected.upper() != digest.hexdigest().upper():
             raise SopsError("MAC mismatch: the file was altered after sops wrote it")
-        return Decrypted(plain, {s for s in self.secrets if len(s) >= MIN_REDACT})
+        return Decrypted(plain, {s for s in self.secrets if s})
 
     def _encrypted(self, path: list[str]) -> bool:
         encrypted = True

@@ -21,7 +21,7 @@ from gitops import sops
 from gitops.errors import InvalidDeclaration
 from gitops.load import load
 from gitops.settings import SecretRef, SopsSettings
-from gitops.workers.secrets import CHANGED, HIDDEN, RedactingStream, redact
+from gitops.workers.secrets import CHANGED, HIDDEN, RedactingStream, redact, redact_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sops"
 PROJECT = Path(__file__).resolve().parent.parent
@@ -324,3 +324,27 @@ def test_redaction_of_results_and_streams(capsys: pytest.CaptureFixture[str]) ->
     stream = RedactingStream(sys.stdout, (CANARY,))
     stream.write(f"progress: {CANARY}\n")
     assert capsys.readouterr().out == f"progress: {HIDDEN}\n"
+
+
+def test_pieces_of_a_secret_are_blanked_too() -> None:
+    """A secret shortened to its two ends (as pytest shows long values) is blanked."""
+    from gitops.workers.secrets import redact_text
+
+    secret = "canary-probe-5f0e9f1cb48bce42dadc3"
+    message = "assert 'canary-probe...b48bce42dadc3' == 'ok'"
+    assert redact_text(message, (secret,)) == f"assert '{HIDDEN}...{HIDDEN}' == 'ok'"
+    assert redact_text("Lab host, managed by gitops", (secret,)) == "Lab host, managed by gitops"
+
+
+def test_a_diff_back_to_a_short_secret_is_hidden() -> None:
+    """Rolling back to a short secret ("ok") hides the diff, whose removed line holds the
+    newer secret this revision does not know."""
+    diff = "[lab-1] Will modify /etc/gitops-probe\n  @@ -1 +1 @@\n  - canary-rotated-value\n  + ok"
+    assert redact_text(diff, ("ok",)) == diff  # too short to blank out of text ...
+    from gitops.records import HostPlan, OpPlan, Plan
+
+    plan = Plan(hosts=(HostPlan(host="h", error=None, ops=(OpPlan(
+        name="probe | Probe file", service="probe", would_change=True, conditional=False,
+        diff=diff),)),))
+    hidden = redact(plan, ("ok",)).hosts[0].ops[0].diff  # ... but it hides the diff
+    assert hidden == f"[lab-1] Will modify /etc/gitops-probe\n  {CHANGED}"
