@@ -68,9 +68,12 @@ _UNSUPPORTED = ("encrypted_comment_regex", "unencrypted_comment_regex")
 class SopsError(Exception):
     """Why a document cannot be opened; the message never carries a value."""
 
-    def __init__(self, message: str, line: int | None = None) -> None:
+    def __init__(self, message: str, line: int | None = None,
+                 path: list[str] | None = None) -> None:
         super().__init__(message)
         self.line = line
+        self.path = path
+        """The keys down to the value at fault, to find its line."""
 
 
 @dataclass
@@ -343,7 +346,38 @@ def _decrypt_text(session: _Session, text: str, fmt: str) -> Decrypted:
     if not isinstance(data, dict) or not isinstance(data.get("sops"), dict):
         raise SopsError("not valid SOPS: no sops metadata (encrypt it with sops)")
     meta = data.pop("sops")
-    return _Tree(meta, session).decrypt(data)
+    try:
+        return _Tree(meta, session).decrypt(data)
+    except SopsError as exc:
+        if exc.line is None and exc.path and fmt == "yaml":
+            exc.line = _yaml_line(text, exc.path)
+        raise
+
+
+def _yaml_line(text: str, path: list[str]) -> int | None:
+    """The 1-based line of the key at ``path`` (lists are looked through, as in sops)."""
+
+    def find(node: yaml.Node, rest: list[str]) -> int | None:
+        if isinstance(node, yaml.SequenceNode):
+            for item in node.value:
+                found = find(item, rest)
+                if found is not None:
+                    return found
+        elif isinstance(node, yaml.MappingNode) and rest:
+            for key, value in node.value:
+                if str(key.value) == rest[0]:
+                    if len(rest) == 1:
+                        return int(key.start_mark.line) + 1
+                    found = find(value, rest[1:])
+                    if found is not None:
+                        return found
+        return None
+
+    try:
+        root = yaml.compose(text, Loader=_Yaml12Loader)
+    except yaml.YAMLError:
+        return None
+    return find(root, path) if root is not None else None
 
 
 def _dotenv(text: str) -> dict[str, Any]:
@@ -435,11 +469,17 @@ class _Tree:
         plain = self._walk(data, [], key, digest)
         stored = self.meta.get("mac")
         if not isinstance(stored, str) or not stored:
-            raise SopsError("no MAC: the file was not written by sops, or was altered")
+            raise SopsError("no MAC: the file was not written by sops, or was altered",
+                            path=["sops"])
         aad = _lastmodified(self.meta.get("lastmodified"))
-        expected = _decrypt_value(stored, key, aad, what="the MAC")
+        try:
+            expected = _decrypt_value(stored, key, aad, what="the MAC")
+        except SopsError as exc:
+            exc.path = ["sops", "mac"]
+            raise
         if not isinstance(expected, str) or expected.upper() != digest.hexdigest().upper():
-            raise SopsError("MAC mismatch: the file was altered after sops wrote it")
+            raise SopsError("MAC mismatch: the file was altered after sops wrote it",
+                            path=["sops", "mac"])
         return Decrypted(plain, {s for s in self.secrets if s})
 
     def _encrypted(self, path: list[str]) -> bool:
@@ -465,8 +505,13 @@ class _Tree:
         value = node
         if encrypted:
             if not isinstance(node, str):
-                raise SopsError(f"value at {'.'.join(path)} should be encrypted and is not")
-            value = _decrypt_value(node, key, ":".join(path) + ":", what=".".join(path))
+                raise SopsError(f"value at {'.'.join(path)} should be encrypted and is not",
+                                path=path)
+            try:
+                value = _decrypt_value(node, key, ":".join(path) + ":", what=".".join(path))
+            except SopsError as exc:
+                exc.path = path
+                raise
             if isinstance(value, str | int | float) and not isinstance(value, bool):
                 self.secrets.add(str(value))
         if not self.mac_only_encrypted or encrypted:

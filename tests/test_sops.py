@@ -256,6 +256,8 @@ def test_tampered_secrets_file_is_an_invalid_declaration(tmp_path: Path,
         load(root, "lab", keys=keys, revision="main@sha1:abc")
     [problem] = err.value.problems
     assert problem.file == "inventories/lab.secrets.sops.yaml"
+    assert problem.line == path.read_text().splitlines().index(
+        next(line for line in path.read_text().splitlines() if "token:" in line)) + 1
     assert "groups.web.services.app.token does not decrypt" in problem.message
     assert CANARY not in str(err.value)
 
