@@ -12,7 +12,7 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 apt-get update -qq
 apt-get install -y -qq debootstrap systemd-container dpkg-dev openssh-client git \
-    python3-venv iproute2 >/dev/null
+    python3-venv iproute2 gnupg >/dev/null
 [ -x .venv/bin/gitops ] || { python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'; }
 gitops=.venv/bin/gitops
 # The sample's secret (the app's token, inventories/lab.secrets.sops.yaml) is SOPS-encrypted
