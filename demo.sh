@@ -12,9 +12,13 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 apt-get update -qq
 apt-get install -y -qq debootstrap systemd-container dpkg-dev openssh-client git \
-    python3-venv iproute2 >/dev/null
+    python3-venv iproute2 gnupg >/dev/null
 [ -x .venv/bin/gitops ] || { python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]'; }
 gitops=.venv/bin/gitops
+# The sample's secret (the app's token, inventories/lab.secrets.sops.yaml) is SOPS-encrypted
+# for a throwaway demo age key committed in gitops/lab/: point the controller at it. A real
+# deployment names its own key file here (settings [sops] age_key), never a committed one.
+export GITOPS_SOPS="{\"age_key\": {\"file\": \"$PWD/gitops/lab/demo-age-key.txt\"}}"
 
 # The sample state lives in this repository's commits: inventories/lab.yml + deploys/.
 $gitops lab status >/dev/null 2>&1 && $gitops lab status --json | grep -q '"up": true' \

@@ -117,7 +117,7 @@ class _Finite(click.ParamType[float]):
 def _target(s: Settings) -> pipeline.Target:
     return pipeline.Target(repo=s.repo, branch=s.branch, environment=s.environment,
                            state_dir=s.state_dir, vagrant_dir=s.vagrant_dir,
-                           actor=control.who())
+                           actor=control.who(), sops=s.sops)
 
 
 def _target_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -229,7 +229,7 @@ def validate(as_json: bool, worktree: bool, **opts: Any) -> None:
     target = _target(s)
     try:
         if worktree:
-            state = load(Path(s.repo), s.environment)
+            state = load(Path(s.repo), s.environment, keys=s.sops)
             where = f"{s.repo} (work tree)"
         else:
             revision, state = pipeline.declared(target, _progress(as_json))

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 
+from gitops import sops
 from gitops.errors import InvalidDeclaration, Problem
 from gitops.model import (
     ALL_GROUP,
@@ -47,6 +48,7 @@ from gitops.model import (
     check_name,
     unsafe_reason,
 )
+from gitops.settings import SopsSettings
 
 Loc = tuple[str | int, ...]
 _M = TypeVar("_M", bound=BaseModel)
@@ -228,11 +230,13 @@ def load(
     *,
     revision: str | None = None,
     host_source: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None,
+    keys: SopsSettings | None = None,
 ) -> DeclaredState:
     """Validate ``environment`` in the snapshot at ``root``; raise ``InvalidDeclaration``.
 
     ``host_source`` fills addresses and SSH settings for environments whose
     ``settings.source`` is not ``inventory`` (the Vagrant inventory passes one).
+    ``keys`` open the SOPS-encrypted values and files (see ``gitops.sops``).
     """
     rel = f"inventories/{environment}.yml"
     path = root / rel
@@ -248,6 +252,8 @@ def load(
         raise InvalidDeclaration(
             [Problem(rel, 1, "", "should be a mapping with settings, groups and hosts")], revision
         )
+    text = path.read_text(encoding="utf-8-sig") if "sops" in data else ""  # read_yaml checked it
+    data, secrets = sops.open_inventory(root, rel, data, text, keys, revision)
 
     problems = _Problems(rel, lines)
     inv = _validate_inventory(data, problems)
@@ -307,6 +313,8 @@ def load(
     if problems.items:
         ordered = sorted(problems.items, key=lambda p: (p.file != rel, p.file, p.line or 0))
         raise InvalidDeclaration(ordered, revision)
+    secret_files, file_secrets = sops.deploy_files(root, services, keys, revision)
+    secrets |= file_secrets | sops.secret_params(models, hosts)
     return DeclaredState(
         environment=environment,
         root=str(root),
@@ -315,6 +323,8 @@ def load(
         service_order=tuple(services),
         warnings=tuple(str(w) for w in problems.warnings),
         service_digests=_service_digests(root, services),
+        redact=tuple(sorted(secrets)),
+        secret_files=secret_files,
     )
 
 

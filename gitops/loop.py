@@ -92,7 +92,7 @@ class Daemon:
                 repo=cfg.repo, branch=cfg.branch, environment=cfg.environment,
                 state_dir=settings.state_dir, actor=policy.DAEMON,
                 connections=self.connections.path,
-                keep_snapshots=settings.retention.snapshots))
+                keep_snapshots=settings.retention.snapshots, sops=settings.sops))
         self.threads: list[threading.Thread] = []
         self.observers: list[Any] = []
         self.pruned_at: float | None = None

@@ -217,6 +217,12 @@ class DeclaredState(_Strict):
     service_digests: dict[str, str] = {}
     """Service name -> digest of its folder and of the repository outside ``deploys/`` and
     ``inventories/``: the files its apply can read (see ``reconcile`` for how it is used)."""
+    redact: tuple[str, ...] = ()
+    """Plain secret values (decrypted from SOPS, or ``SecretStr`` parameters): the workers
+    blank them out of every diff, error and progress line (see ``gitops.sops``)."""
+    secret_files: dict[str, str] = {}
+    """Each decrypted ``deploys/<service>/files/*.sops.*`` file: relative path -> plain content
+    (base64); the apply worker uploads it from memory in place of the encrypted file."""
 
     def host(self, name: str) -> DeclaredHost:
         for h in self.hosts:

@@ -54,7 +54,7 @@ from gitops.records import (
     RunResult,
     VerifyReport,
 )
-from gitops.settings import SigningPolicy
+from gitops.settings import SigningPolicy, SopsSettings
 from gitops.store import ENVIRONMENT, Condition, Store, now
 
 Progress = Callable[[str], None]
@@ -76,6 +76,8 @@ class Target:
     """Keep SSH connections of verifies here (the daemon's ``verify.SshConnections``)."""
     keep_snapshots: int = 20
     """Snapshots kept after a run besides those in use (``settings.Retention.snapshots``)."""
+    sops: SopsSettings | None = None
+    """The keys of the repository's SOPS-encrypted values and files."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ def _load(target: Target, revision: Revision, say: Progress) -> DeclaredState:
     say(f"revision {revision.ref} by {revision.author}: {revision.message.splitlines()[0]}")
     snap = source.snapshot(target.repo, revision, target.state_dir)
     state = load_stage.load(Path(snap.path), target.environment, revision=revision.ref,
-                            host_source=_host_source(target))
+                            host_source=_host_source(target), keys=target.sops)
     say(f"{len(state.hosts)} hosts, services: {', '.join(state.service_order)}")
     for warning in state.warnings:
         say(f"warning: {warning}")

@@ -81,6 +81,19 @@ class SecretRef(BaseModel):
         return value
 
 
+class SopsSettings(BaseModel):
+    """The private keys that open SOPS-encrypted files of the state repository (see
+    gitops.sops). Named by file or environment variable; never in the repository."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    age_key: SecretRef | None = None
+    """An age identity file: one or more ``AGE-SECRET-KEY-1...`` lines (``age-keygen``)."""
+    pgp_key: SecretRef | None = None
+    """An ASCII-armoured OpenPGP private key without passphrase (``gpg --export-secret-keys
+    --armor``); imported into a throwaway GnuPG home, never the user's keyring."""
+
+
 class SigningPolicy(BaseModel):
     """Which keys may sign the commits an environment applies."""
 
@@ -206,6 +219,8 @@ class Settings(BaseSettings):
     """Largest webhook body accepted (bytes); larger gets 413."""
     retention: Retention = Retention()
     """What the daemon prunes from the state folder after runs."""
+    sops: SopsSettings = SopsSettings()
+    """Keys for SOPS-encrypted values and files in the state repository."""
 
     @classmethod
     def settings_customise_sources(

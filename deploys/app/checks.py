@@ -1,5 +1,6 @@
 """Checks for the app service (testinfra): systemd unit, loopback port, HTTP answers."""
 
+import hashlib
 import json
 
 def http_get(host, url):
@@ -45,3 +46,32 @@ def test_root_has_message_and_host(host, params):
     data = json.loads(body)
     assert data["message"] == params["message"]
     assert data["host"] == host.check_output("hostname")
+
+
+# Reads the token from the app's configuration on the host and sends it as X-Token: the
+# command line carries no secret, only the path of the file that holds it.
+_PRIVATE = """
+import json, sys, urllib.error, urllib.request
+token = json.load(open(sys.argv[1]))["token"] or ""
+request = urllib.request.Request(sys.argv[2], headers={"X-Token": token} if token else {})
+try:
+    print(urllib.request.urlopen(request, timeout=5).status)
+except urllib.error.HTTPError as exc:
+    print(exc.code)
+"""
+
+
+def test_token_reached_the_app(host, params):
+    """The declared token is the app's (compared by digest) and GET /private needs it."""
+    url = f"http://127.0.0.1:{params['port']}/private"
+    status, _ = http_get(host, url)
+    if not params.get("token"):
+        assert status == 503, f"GET {url} without a token configured: {status}"
+        return
+    assert status == 401, f"GET {url} without X-Token: {status}, expected 401"
+    config = json.loads(host.file("/etc/app/config.json").content_string)
+    on_host = hashlib.sha256((config.get("token") or "").encode()).hexdigest()
+    declared = hashlib.sha256(params["token"].encode()).hexdigest()
+    assert on_host == declared, "the app's token is not the declared one"
+    answer = host.check_output("python3 -c %s /etc/app/config.json %s", _PRIVATE, url)
+    assert answer.strip() == "200", f"GET {url} with the declared X-Token: {answer}"

@@ -1,7 +1,7 @@
 """app: a small stdlib HTTP service run by systemd under its own system user.
 
-A plain pyinfra deploy file: ``host.data.port`` and ``host.data.message`` come from the gitops
-reconciler's validated parameters or from any pyinfra inventory.
+A plain pyinfra deploy file: ``host.data.port``, ``host.data.message`` and ``host.data.token``
+come from the gitops reconciler's validated parameters or from any pyinfra inventory.
 """
 
 import json
@@ -20,6 +20,7 @@ UNIT = "/etc/systemd/system/app.service"
 
 port = int(host.data.get("port", 8000))
 message = host.data.get("message", "Hello from gitops")
+token = host.data.get("token")  # the plain value: gitops decrypts it and keeps it out of output
 
 server.user(
     name=f"System user {USER}",
@@ -42,7 +43,8 @@ code = files.put(
 )
 config = files.put(
     name="App configuration",
-    src=StringIO(json.dumps({"port": port, "message": message}, indent=2, sort_keys=True) + "\n"),
+    src=StringIO(json.dumps({"port": port, "message": message, "token": token},
+                            indent=2, sort_keys=True) + "\n"),
     dest=CONFIG,
     user="root", group=USER, mode="640",
 )

@@ -49,6 +49,7 @@ from gitops.records import (
     WorkerResult,
 )
 from gitops.worker import PROGRESS_PREFIX, die_with_parent
+from gitops.workers import secrets
 
 
 class Job(BaseModel):
@@ -460,11 +461,13 @@ def _disconnect(state: State) -> None:
 def main() -> None:
     die_with_parent()
     job = Job.model_validate_json(sys.stdin.read())
+    secrets.serve_decrypted_files(job.state)  # *.sops.* deploy files, uploaded decrypted
+    sys.stderr = secrets.RedactingStream(sys.stderr, job.state.redact)
     # Deploy code may print: keep stdout for the one JSON result.
     result_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    result = run(job)
+    result = secrets.redact(run(job), job.state.redact)
     with os.fdopen(result_fd, "w") as out:
         out.write(result.model_dump_json())
 

@@ -56,6 +56,7 @@ from gitops.model import (
 )
 from gitops.records import CheckResult, CheckStatus, VerifyReport
 from gitops.worker import PROGRESS_PREFIX, die_with_parent
+from gitops.workers import secrets as worker_secrets
 
 CHECKS_FILE = "checks.py"
 MAX_MESSAGE = 4000
@@ -576,6 +577,7 @@ def run(
 def main() -> int:
     die_with_parent()
     job = Job.model_validate_json(sys.stdin.buffer.read())
+    sys.stderr = worker_secrets.RedactingStream(sys.stderr, job.state.redact)
 
     def progress(line: str) -> None:
         print(f"{PROGRESS_PREFIX}{line}", file=sys.stderr, flush=True)
@@ -583,7 +585,7 @@ def main() -> int:
     out = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):  # a print() in a checks file must not
         report = run(job.state, progress, job.control_dir)  # corrupt the JSON on stdout
-    out.write(report.model_dump_json())
+    out.write(worker_secrets.redact(report, job.state.redact).model_dump_json())
     out.flush()
     return 0
 

@@ -3,9 +3,13 @@
 
 GET /         -> JSON {"service": "app", "message": ..., "host": <hostname>}
 GET /healthz  -> "ok"
-Configuration: a JSON file {"port": int, "message": str} given as the only argument.
+GET /private  -> 200 {"private": "ok"} with the configured X-Token header, 401 without it,
+                 503 when no token is configured
+Configuration: a JSON file {"port": int, "message": str, "token": str | null} given as the
+only argument.
 """
 
+import hmac
 import json
 import socket
 import sys
@@ -30,6 +34,15 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
             self._send(200, "ok\n", "text/plain; charset=utf-8")
+        elif path == "/private":
+            token = CONFIG.get("token")
+            given = self.headers.get("X-Token", "")
+            if not token:
+                self._send(503, "no token configured\n", "text/plain; charset=utf-8")
+            elif hmac.compare_digest(given.encode(), token.encode()):
+                self._send(200, json.dumps({"private": "ok"}) + "\n", "application/json")
+            else:
+                self._send(401, "X-Token required\n", "text/plain; charset=utf-8")
         elif path == "/":
             body = {"service": "app", "message": CONFIG["message"], "host": socket.gethostname()}
             self._send(200, json.dumps(body) + "\n", "application/json")
