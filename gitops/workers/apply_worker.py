@@ -31,6 +31,7 @@ from pyinfra.api.config import Config
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.inventory import Inventory
+from pyinfra.api.operation import OperationMeta
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import State, StateStage
 from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
@@ -153,7 +154,7 @@ def _stderr_tail(meta: Any, lines: int = 20) -> str:
 
 def run(job: Job) -> WorkerResult:
     declared = job.state
-    root = Path(declared.root)
+    root = Path(declared.root).absolute()  # deploys join __file__ with state.cwd
     names = [h.name for h in declared.hosts]
     capture = _Capture(names)
     pyinfra_logger = logging.getLogger("pyinfra")
@@ -279,6 +280,58 @@ def _host_ops(state: State, host: Any) -> list[str]:
     return [op_hash for op_hash in state.get_op_order() if op_hash in state.ops[host]]
 
 
+def _conditions(data: Any) -> list[Any]:
+    ifs = data.global_arguments.get("_if")
+    if not ifs:
+        return []
+    return list(ifs) if isinstance(ifs, (list, tuple)) else [ifs]
+
+
+def _predict(state: State, host: Any) -> dict[str, tuple[bool, tuple[str, ...]]]:
+    """Per operation of ``host``: whether the apply would change it, and the operations its
+    ``_if=`` condition reads.
+
+    A dry run evaluates every operation as if its ``_if=`` held, so a handler such as
+    ``_if=unit.did_change`` always looks like a change. Here each condition is evaluated, in
+    operation order, with ``did_change()`` answering what the plan predicts for that operation
+    (pyinfra's ``any_changed``/``all_changed`` and hand-written lambdas alike). A condition
+    that reads something only an execution knows (a command's output) counts as holding.
+    """
+    predicted: dict[str, bool] = {}
+    result: dict[str, tuple[bool, tuple[str, ...]]] = {}
+    consulted: list[str] = []
+
+    def did_change(self: OperationMeta) -> bool:
+        consulted.append(self._hash)
+        return predicted.get(self._hash, bool(self._maybe_is_change))
+
+    original = OperationMeta.did_change
+    OperationMeta.did_change = did_change  # type: ignore[method-assign]
+    try:
+        with ctx_host.use(host):
+            for op_hash in _host_ops(state, host):
+                data = state.get_op_data_for_host(host, op_hash)
+                change = bool(data.operation_meta._maybe_is_change)
+                consulted.clear()
+                for condition in _conditions(data):
+                    meta = getattr(condition, "__self__", None)
+                    if isinstance(meta, OperationMeta):  # ``_if=op.did_change``, bound before
+                        condition = getattr(meta, condition.__func__.__name__)
+                    try:
+                        holds = bool(condition())
+                    except Exception:
+                        holds = True
+                    if not holds:
+                        change = False
+                        break
+                reads = tuple(dict.fromkeys(h for h in consulted if h != op_hash))
+                predicted[op_hash] = change
+                result[op_hash] = (change, reads)
+    finally:
+        OperationMeta.did_change = original  # type: ignore[method-assign]
+    return result
+
+
 def _plan(state: State, declared: DeclaredState, capture: _Capture) -> Plan:
     hosts = []
     for dh in declared.hosts:
@@ -286,17 +339,21 @@ def _plan(state: State, declared: DeclaredState, capture: _Capture) -> Plan:
         error = "; ".join(capture.host_errors.get(dh.name, [])) or None
         if host in state.failed_hosts and error is None:
             error = "failed while planning"
+        predictions = _predict(state, host)
         ops = []
         for op_hash in _host_ops(state, host):
             data = state.get_op_data_for_host(host, op_hash)
             name = _op_name(state, op_hash)
-            diff = capture.diffs.get((dh.name, op_hash))
+            change, reads = predictions[op_hash]
+            diff = capture.diffs.get((dh.name, op_hash)) if change else None
             ops.append(
                 OpPlan(
                     name=name,
                     service=_service_of(name),
-                    would_change=bool(data.operation_meta._maybe_is_change),
-                    conditional=bool(data.global_arguments.get("_if")),
+                    would_change=change,
+                    conditional=bool(_conditions(data)),
+                    depends_on=tuple(_op_name(state, h) for h in reads
+                                     if predictions.get(h, (False, ()))[0]),
                     diff="\n".join(diff) if diff else None,
                 )
             )
