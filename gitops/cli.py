@@ -251,9 +251,14 @@ def _print_plan(plan: Plan) -> None:
         for line in (op.diff or "").splitlines():
             click.echo(f"      {line}")
 
+    errors: dict[str, list[str]] = {}
     for host in plan.hosts:
         if host.error:
-            click.secho(f"{host.host}: cannot plan: {host.error}", fg="red")
+            errors.setdefault(host.error, []).append(host.host)
+    for error, names in errors.items():  # a deploy's exception is the same on every host
+        click.secho(f"{', '.join(names)}: cannot plan: {error}", fg="red")
+    for host in plan.hosts:
+        if host.error:
             continue
         click.echo(f"{host.host}: {host.changes} of {len(host.ops)} operation(s) would change")
         follow = [op for op in host.ops if op.would_change and op.depends_on]
@@ -264,9 +269,13 @@ def _print_plan(plan: Plan) -> None:
             click.echo("  and, because of those changes:")
             for op in follow:
                 show(op, f"  (runs if {' or '.join(op.depends_on)} changes)")
-    hosts = sum(1 for h in plan.hosts if h.changes)
-    click.echo(f"plan: {plan.changes} change(s) on {hosts} of {len(plan.hosts)} host(s)"
-               if plan.changes else "plan: no changes")
+    planned = [h for h in plan.hosts if not h.error]
+    changes = sum(h.changes for h in planned)
+    hosts = sum(1 for h in planned if h.changes)
+    click.echo((f"plan: {changes} change(s) on {hosts} of {len(plan.hosts)} host(s)"
+                if changes else "plan: no changes")
+               + (f"; {len(plan.hosts) - len(planned)} host(s) cannot plan"
+                  if len(planned) < len(plan.hosts) else ""))
 
 
 def _print_outcome(outcome: pipeline.Outcome) -> None:
