@@ -66,8 +66,11 @@ class EnvironmentSettings(_Strict):
     """How many hosts are worked on at once."""
     rollout: RolloutSettings = RolloutSettings()
     ssh: SSHSettings = SSHSettings()
-    source: Literal["inventory", "vagrant"] = "inventory"
-    """Where host addresses come from: this file, or ``vagrant ssh-config`` (see gitops.vagrant)."""
+    source: Literal["inventory", "vagrant", "lab"] = "inventory"
+    """Where host addresses come from: this file, ``vagrant ssh-config`` (see gitops.vagrant)
+    or a running ``gitops lab`` (see gitops.lab.inventory_hosts)."""
+    lab: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,8}$")
+    """With ``source: lab``: the lab's name (default: $GITOPS_LAB_NAME, else ``gitops``)."""
 
 
 class GroupSpec(_Strict):

@@ -19,6 +19,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -64,6 +65,7 @@ __all__ = [
     "LabInfo",
     "current",
     "down",
+    "inventory_hosts",
     "render_inventory",
     "render_ssh_config",
     "resolve_name",
@@ -157,6 +159,33 @@ def current(name: str | None = None) -> LabInfo | None:
     except (OSError, ValueError):
         return None
     return _info(name, data)
+
+
+def inventory_hosts(name: str | None, names: list[str]) -> dict[str, dict[str, object]]:
+    """Addresses and SSH settings of the hosts ``names`` in the running lab ``name``
+    (default: $GITOPS_LAB_NAME, else ``gitops``), for an inventory with ``source: lab``.
+
+    Called by the loader (``gitops.load``). Raises LabError when that lab is not up or lacks
+    one of the hosts, saying which command fixes it.
+    """
+    name = resolve_name(name)
+    info = current(name)
+    if info is None:
+        raise LabError(f"lab {name} is not up: run `gitops lab up --name {name}`"
+                       + ("" if "GITOPS_LAB_NAME" in os.environ else
+                          " (or name another lab with GITOPS_LAB_NAME)"))
+    have = {h.name: h for h in info.hosts}
+    missing = [n for n in names if n not in have]
+    if missing:
+        wanted = [int(m.group(1)) for n in missing if (m := re.fullmatch(r"lab-(\d+)", n))]
+        fix = (f"run `gitops lab down --name {name} && gitops lab up --name {name} "
+               f"--hosts {max(wanted)}`" if len(wanted) == len(missing) else
+               "lab hosts are named lab-1, lab-2, ...")
+        raise LabError(f"lab {name} has {len(info.hosts)} host(s), not {', '.join(missing)}: "
+                       + fix)
+    ssh = {"user": "root", "key_file": str(info.key_file), "known_hosts_file": "/dev/null",
+           "host_key_checking": "no"}
+    return {n: {"address": have[n].address, "ssh": dict(ssh)} for n in names}
 
 
 def _teardown(name: str) -> None:
