@@ -31,6 +31,7 @@ from gitops.model import (
     GroupSpec,
     HostSpec,
     InventoryFile,
+    LabSpec,
     ResolvedSSH,
     ServiceParams,
     SSHSettings,
@@ -92,13 +93,18 @@ def load(
     unsourced = inv.settings.source == "inventory" and isinstance(raw_settings, dict) and \
         raw_settings.get("source", "inventory") != "inventory"
     if inv.settings.source == "lab":  # the running lab's addresses and key (no Target needed)
-        from gitops.lab import LabError, inventory_hosts
+        from gitops.lab import LabError, inventory_hosts, provide_packages
 
         try:
             sources = inventory_hosts(inv.settings.lab, list(inv.hosts))
         except LabError as exc:
             problems.add(("settings", "source"), str(exc))
             unsourced = True  # said once, not again for each host's missing address
+        else:
+            try:  # the packages the deploys install that the lab's mirror lacks
+                provide_packages(inv.settings.lab, inv.lab.packages)
+            except LabError as exc:
+                problems.add(("lab", "packages"), str(exc))
     elif inv.settings.source != "inventory":
         if host_source is None:
             problems.add(("settings", "source"), f"source {inv.settings.source!r} is not available")
@@ -192,8 +198,10 @@ def _validate_inventory(data: dict[str, Any], problems: _Problems) -> InventoryF
             item = check(model, value, (section, str(name)))
             if item is not None:
                 sections[section][str(name)] = item
+    lab = check(LabSpec, data.get("lab") or {}, ("lab",))
     return InventoryFile.model_construct(
         settings=settings or EnvironmentSettings(),
+        lab=lab or LabSpec(),
         groups=sections["groups"],
         hosts=sections["hosts"],
     )

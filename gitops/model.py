@@ -87,10 +87,18 @@ class HostSpec(_Strict):
     services: dict[str, ServiceParams] = {}
 
 
+class LabSpec(_Strict):
+    """What an environment with ``source: lab`` needs from the lab (see gitops.lab.packages)."""
+
+    packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]*$")]] = []
+    """Debian packages the deploys install that the lab's built-in mirror lacks."""
+
+
 class InventoryFile(_Strict):
     """The schema of ``inventories/<environment>.yml``."""
 
     settings: EnvironmentSettings = EnvironmentSettings()
+    lab: LabSpec = LabSpec()
     groups: dict[str, GroupSpec] = {}
     hosts: dict[str, HostSpec]
 

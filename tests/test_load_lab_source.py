@@ -62,3 +62,13 @@ def test_invalid_settings_do_not_blame_every_host_for_its_address(sample: Path) 
     assert len(problems) == 2, problems
     assert "settings.colour: Extra inputs are not permitted" in problems[0]
     assert "groups.web.services.web.listen_port: Input should be a valid integer" in problems[1]
+
+
+def test_a_declared_package_name_must_be_a_debian_name(sample: Path) -> None:
+    """`lab.packages` takes Debian package names only: an option-like name is refused."""
+    path = sample / "inventories/lab.yml"
+    inventory = yaml.safe_load(path.read_text())
+    inventory["lab"] = {"packages": ["postgresql", "-o=APT::Get::x"]}
+    path.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    problems = _problems(sample)
+    assert any("lab.packages.1: String should match pattern" in p for p in problems), problems
