@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The main job on a fresh Debian 12 machine, as root: install, boot a lab of three real
 # hosts, reconcile this repository's sample state onto them, and show the verified result.
+# The lab is named by $GITOPS_LAB_NAME (default gitops); inventories/lab.yml says
+# `source: lab`, so its hosts' addresses and key come from that lab, whatever its name.
 # The lab stays up afterwards so you can look around; `.venv/bin/gitops lab down` removes it.
 set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
+export GITOPS_LAB_NAME="${GITOPS_LAB_NAME:-gitops}"
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "demo.sh: run as root (the lab boots hosts with systemd-nspawn)" >&2
@@ -21,16 +24,19 @@ gitops=.venv/bin/gitops
 export GITOPS_SOPS="{\"age_key\": {\"file\": \"$PWD/gitops/lab/demo-age-key.txt\"}}"
 
 # The sample state lives in this repository's commits: inventories/lab.yml + deploys/.
-$gitops lab status >/dev/null 2>&1 && $gitops lab status --json | grep -q '"up": true' \
-    || $gitops lab up --hosts 3
+$gitops lab status --json | grep -q '"up": true' || $gitops lab up --hosts 3
 $gitops validate --repo . --environment lab
 $gitops reconcile --once --repo . --environment lab
 $gitops status --environment lab
 echo
-echo "nginx on each lab host, proxying to the app:"
-for addr in 10.213.0.11 10.213.0.12 10.213.0.13; do
-    printf '  http://%s/ -> ' "$addr"
-    python3 -c "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode().strip())" "http://$addr/"
-done
+echo "nginx on each host of lab $GITOPS_LAB_NAME, proxying to the app:"
+$gitops lab status --json | python3 -c '
+import json, sys, urllib.request
+for host in json.load(sys.stdin)["hosts"][:3]:  # lab-1..lab-3, the hosts of the inventory
+    url = "http://%s/" % host["address"]
+    body = urllib.request.urlopen(url, timeout=5).read().decode().strip()
+    print("  %s -> %s" % (url, body))
+'
 echo
-echo "Next: ssh -F /var/lib/gitops/lab/gitops/ssh_config lab-1 | $gitops history | $gitops lab down"
+echo "Next: ssh -F /var/lib/gitops/lab/$GITOPS_LAB_NAME/ssh_config lab-1" \
+     "| $gitops history | $gitops lab down --name $GITOPS_LAB_NAME"

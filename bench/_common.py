@@ -60,7 +60,7 @@ def lab_down(name: str) -> None:
 def make_repo(info: lab.LabInfo, dest: Path, services: Iterable[str] | None = None) -> Path:
     """A Git state repository at ``dest``: the committed sample's ``deploys/`` and
     ``inventories/lab.yml`` with ``hosts:`` replaced by the lab's hosts (all in group ``web``)
-    and ``settings.ssh.key_file`` by the lab's key.
+    and ``settings.lab`` naming the lab.
 
     ``services`` keeps only those services in the inventory (groups and host overrides).
     """
@@ -75,8 +75,8 @@ def make_repo(info: lab.LabInfo, dest: Path, services: Iterable[str] | None = No
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
     inv_file = dest / "inventories" / f"{ENVIRONMENT}.yml"
     inv = yaml.safe_load(inv_file.read_text())
-    inv["settings"]["ssh"]["key_file"] = str(info.key_file)
-    inv["hosts"] = {h.name: {"address": h.address, "groups": ["web"]} for h in info.hosts}
+    inv["settings"]["lab"] = info.name  # addresses and key from the lab (source: lab)
+    inv["hosts"] = {h.name: {"groups": ["web"]} for h in info.hosts}
     if services is not None:
         keep = set(services)
         for group in inv.get("groups", {}).values():

@@ -37,7 +37,7 @@ from gitops.errors import (
 )
 from gitops.lab.cli import lab
 from gitops.load import load
-from gitops.records import Plan
+from gitops.records import OpPlan, Plan
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import NoStore, Store
 
@@ -252,21 +252,33 @@ def validate(as_json: bool, worktree: bool, **opts: Any) -> None:
                    f"services {', '.join(state.service_order)}")
 
 
-@main.command(epilog=EXIT_CODES)
+EXIT_CHANGES = 3
+"""``gitops plan --exit-code``: the plan succeeded and something would change."""
+
+
+@main.command(epilog=EXIT_CODES[:-1] + "; with --exit-code, 3: the plan has changes.")
 @_target_options
+@click.option("--exit-code", "exit_code", is_flag=True,
+              help="Exit 0 when nothing would change, 3 when something would (1 and 2 as "
+              "always): for CI gates.")
 @json_option
-def plan(as_json: bool, **opts: Any) -> None:
-    """Show, per host and operation, what a reconcile would change (a dry run)."""
+def plan(as_json: bool, exit_code: bool, **opts: Any) -> None:
+    """Show, per host and operation, what a reconcile would change (a dry run).
+
+    Operations that run only when another one changes (pyinfra's _if=, a restart when
+    the unit changed) are counted when their condition would hold, and listed with what
+    makes them run.
+    """
     progress = _progress(as_json)
     outcome = pipeline.plan(_target(_settings(**opts)), progress)
     progress.done()
+    changes = outcome.plan.changes if outcome.plan is not None else 0
     if as_json:
-        _emit(outcome.as_dict())
+        _emit({**outcome.as_dict(), "changes": changes})
     elif outcome.plan is not None:
         _print_plan(outcome.plan)
-        changes = sum(1 for h in outcome.plan.hosts for op in h.ops if op.would_change)
-        click.echo(f"plan (nothing recorded): {changes} operation(s) would change on "
-                   f"{len(outcome.plan.hosts)} host(s)")
+    if exit_code and outcome.exit_code == 0 and changes:
+        sys.exit(EXIT_CHANGES)
     _finish(outcome, as_json)
 
 
@@ -492,18 +504,36 @@ def _short(ref: str | None) -> str:
 
 
 def _print_plan(plan: Plan) -> None:
+    def show(op: OpPlan, suffix: str = "") -> None:
+        click.secho(f"  ~ {op.name}{suffix}", fg="yellow")
+        for line in (op.diff or "").splitlines():
+            click.echo(f"      {line}")
+
+    errors: dict[str, list[str]] = {}
     for host in plan.hosts:
         if host.error:
-            click.secho(f"{host.host}: cannot plan: {host.error}", fg="red")
+            errors.setdefault(host.error, []).append(host.host)
+    for error, names in errors.items():  # a deploy's exception is the same on every host
+        click.secho(f"{', '.join(names)}: cannot plan: {error}", fg="red")
+    for host in plan.hosts:
+        if host.error:
             continue
-        changes = [op for op in host.ops if op.would_change]
-        click.echo(f"{host.host}: {len(changes)} of {len(host.ops)} operation(s) would change")
-        for op in changes:
-            click.secho(f"  ~ {op.name}" + (" (conditional)" if op.conditional else ""),
-                        fg="yellow")
-            if op.diff:
-                for line in op.diff.splitlines():
-                    click.echo(f"      {line}")
+        click.echo(f"{host.host}: {host.changes} of {len(host.ops)} operation(s) would change")
+        follow = [op for op in host.ops if op.would_change and op.depends_on]
+        for op in host.ops:
+            if op.would_change and not op.depends_on:
+                show(op)
+        if follow:
+            click.echo("  and, because of those changes:")
+            for op in follow:
+                show(op, f"  (runs if {' or '.join(op.depends_on)} changes)")
+    planned = [h for h in plan.hosts if not h.error]
+    changes = sum(h.changes for h in planned)
+    hosts = sum(1 for h in planned if h.changes)
+    click.echo((f"plan: {changes} change(s) on {hosts} of {len(plan.hosts)} host(s)"
+                if changes else "plan: no changes")
+               + (f"; {len(plan.hosts) - len(planned)} host(s) cannot plan"
+                  if len(planned) < len(plan.hosts) else ""))
 
 
 _MESSAGE_LINES = 15

@@ -40,6 +40,7 @@ from gitops.model import (
     GroupSpec,
     HostSpec,
     InventoryFile,
+    LabSpec,
     ResolvedSSH,
     ServiceParams,
     SSHSettings,
@@ -261,7 +262,24 @@ def load(
     services = _service_order(inv)
     models = {name: _service_model(root, name, inv, problems) for name in services}
     sources: dict[str, dict[str, Any]] = {}
-    if inv.settings.source != "inventory":
+    raw_settings = data.get("settings")
+    # Settings that did not validate leave the source unknown: no host is blamed for it.
+    unsourced = inv.settings.source == "inventory" and isinstance(raw_settings, dict) and \
+        raw_settings.get("source", "inventory") != "inventory"
+    if inv.settings.source == "lab":  # the running lab's addresses and key (no Target needed)
+        from gitops.lab import LabError, inventory_hosts, provide_packages
+
+        try:
+            sources = inventory_hosts(inv.settings.lab, list(inv.hosts))
+        except LabError as exc:
+            problems.add(("settings", "source"), str(exc))
+            unsourced = True  # said once, not again for each host's missing address
+        else:
+            try:  # the packages the deploys install that the lab's mirror lacks
+                provide_packages(inv.settings.lab, inv.lab.packages)
+            except LabError as exc:
+                problems.add(("lab", "packages"), str(exc))
+    elif inv.settings.source != "inventory":
         if host_source is None:
             problems.add(("settings", "source"), f"source {inv.settings.source!r} is not available")
         else:
@@ -280,20 +298,24 @@ def load(
         if filled is None:
             continue
         address = spec.address or filled.get("address")
-        if not address:
-            why = "not running in vagrant" if inv.settings.source == "vagrant" else "is required"
+        if not address and not unsourced:
+            why = {"vagrant": "not running in vagrant", "lab": "not in the lab"}.get(
+                inv.settings.source, "is required")
             problems.add(("hosts", name, "address"), f"address {why}")
             continue
         ssh = _resolve_ssh(inv.settings.ssh, filled["ssh"], spec.ssh)
-        key = (address, ssh.port)
+        key = (address or "", ssh.port)
         if key in seen_addresses:
             problems.add(
                 ("hosts", name, "address"),
                 f"address {address}:{ssh.port} is also host {seen_addresses[key]!r}",
             )
-        seen_addresses[key] = name
+        if address:
+            seen_addresses[key] = name
         group_names = [ALL_GROUP, *[g for g in spec.groups if g != ALL_GROUP]]
         params = _host_services(inv, name, group_names, services, models, problems)
+        if not address:  # the source failed (reported once): the rest is still checked
+            continue
         variables: dict[str, Any] = {}
         for g in group_names:
             if g in inv.groups:
@@ -386,8 +408,10 @@ def _validate_inventory(data: dict[str, Any], problems: _Problems) -> InventoryF
                 except ValueError as exc:
                     problems.add((section, name, "services", service), str(exc))
             sections[section][name] = item
+    lab = check(LabSpec, data.get("lab") or {}, ("lab",))
     return InventoryFile.model_construct(
         settings=settings or EnvironmentSettings(),
+        lab=lab or LabSpec(),
         groups=sections["groups"],
         hosts=sections["hosts"],
     )

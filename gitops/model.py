@@ -145,8 +145,11 @@ class EnvironmentSettings(_Strict):
     """How many hosts are worked on at once."""
     rollout: RolloutSettings = RolloutSettings()
     ssh: SSHSettings = SSHSettings()
-    source: Literal["inventory", "vagrant"] = "inventory"
-    """Where host addresses come from: this file, or ``vagrant ssh-config`` (see gitops.vagrant)."""
+    source: Literal["inventory", "vagrant", "lab"] = "inventory"
+    """Where host addresses come from: this file, ``vagrant ssh-config`` (see gitops.vagrant)
+    or a running ``gitops lab`` (see gitops.lab.inventory_hosts)."""
+    lab: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,8}$")
+    """With ``source: lab``: the lab's name (default: $GITOPS_LAB_NAME, else ``gitops``)."""
     require_models: bool = False
     """A used service without ``deploys/<service>/model.py`` is an error (else a warning:
     its parameters, typos included, are passed on unchecked)."""
@@ -166,10 +169,18 @@ class HostSpec(_Strict):
     services: dict[str, ServiceParams] = {}
 
 
+class LabSpec(_Strict):
+    """What an environment with ``source: lab`` needs from the lab (see gitops.lab.packages)."""
+
+    packages: list[Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9+.-]*$")]] = []
+    """Debian packages the deploys install that the lab's built-in mirror lacks."""
+
+
 class InventoryFile(_Strict):
     """The schema of ``inventories/<environment>.yml``."""
 
     settings: EnvironmentSettings = EnvironmentSettings()
+    lab: LabSpec = LabSpec()
     groups: dict[str, GroupSpec] = {}
     hosts: dict[str, HostSpec]
 

@@ -55,7 +55,12 @@ class OpPlan(_Record):
     name: str
     service: str | None
     would_change: bool
+    """Whether the apply would change it; for a conditional operation, whether its
+    condition would hold given the plan's other operations."""
     conditional: bool = False
+    """It runs only when its ``_if=`` condition holds (a handler: restart if X changed)."""
+    depends_on: tuple[str, ...] = ()
+    """The planned changes that make a conditional operation run."""
     diff: str | None = None
 
 
@@ -66,8 +71,9 @@ class HostPlan(_Record):
 
     @property
     def changes(self) -> int:
-        """Operations that will change (conditional ones run only after one of these)."""
-        return sum(1 for op in self.ops if op.would_change and not op.conditional)
+        """Operations the apply would change, conditional ones whose condition would hold
+        included."""
+        return sum(1 for op in self.ops if op.would_change)
 
 
 class Plan(_Record):

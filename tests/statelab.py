@@ -1,7 +1,7 @@
 """Test helpers: a real Git state repository made from this project's sample, aimed at a lab.
 
 Used by the end-to-end tests: copies ``inventories/lab.yml`` and ``deploys/`` into a fresh Git
-repository, with the hosts and key of the running lab, and runs the real ``gitops`` CLI on it.
+repository, naming the running lab and its hosts, and runs the real ``gitops`` CLI on it.
 """
 
 from __future__ import annotations
@@ -86,12 +86,12 @@ def make_state_repo(root: Path, lab: LabInfo, hosts: int | None = None) -> State
     chosen = lab.hosts[:hosts] if hosts else lab.hosts
     inventory["hosts"] = {}
     for h in chosen:
-        spec = {**template, "address": h.address}
+        spec = dict(template)
         spec.pop("services", None)
         if overrides.get(h.name):
             spec["services"] = overrides[h.name]
         inventory["hosts"][h.name] = spec
-    inventory["settings"]["ssh"]["key_file"] = str(lab.key_file)
+    inventory["settings"]["lab"] = lab.name  # addresses and key from that lab (source: lab)
     (repo / "inventories/lab.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
     git(repo, "init", "-q", "-b", "main")
     git(repo, "config", "user.email", "tester@example.invalid")

@@ -19,6 +19,7 @@ import fcntl
 import ipaddress
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -34,6 +35,7 @@ from gitops.lab import hosts as _hosts
 from gitops.lab import image as _image
 from gitops.lab import mirror as _mirror
 from gitops.lab import network as _network
+from gitops.lab import packages as _packages
 from gitops.lab.common import (
     DEFAULT_NAME,
     MAX_HOSTS,
@@ -64,6 +66,8 @@ __all__ = [
     "LabInfo",
     "current",
     "down",
+    "inventory_hosts",
+    "provide_packages",
     "render_inventory",
     "render_ssh_config",
     "resolve_name",
@@ -159,6 +163,44 @@ def current(name: str | None = None) -> LabInfo | None:
     return _info(name, data)
 
 
+def inventory_hosts(name: str | None, names: list[str]) -> dict[str, dict[str, object]]:
+    """Addresses and SSH settings of the hosts ``names`` in the running lab ``name``
+    (default: $GITOPS_LAB_NAME, else ``gitops``), for an inventory with ``source: lab``.
+
+    Called by the loader (``gitops.load``). Raises LabError when that lab is not up or lacks
+    one of the hosts, saying which command fixes it.
+    """
+    name = resolve_name(name)
+    info = current(name)
+    if info is None:
+        raise LabError(f"lab {name} is not up: run `gitops lab up --name {name}`"
+                       + ("" if "GITOPS_LAB_NAME" in os.environ else
+                          " (or name another lab with GITOPS_LAB_NAME)"))
+    have = {h.name: h for h in info.hosts}
+    missing = [n for n in names if n not in have]
+    if missing:
+        wanted = [int(m.group(1)) for n in missing if (m := re.fullmatch(r"lab-(\d+)", n))]
+        fix = (f"run `gitops lab down --name {name} && gitops lab up --name {name} "
+               f"--hosts {max(wanted)}`" if len(wanted) == len(missing) else
+               "lab hosts are named lab-1, lab-2, ...")
+        raise LabError(f"lab {name} has {len(info.hosts)} host(s), not {', '.join(missing)}: "
+                       + fix)
+    ssh = {"user": "root", "key_file": str(info.key_file), "known_hosts_file": "/dev/null",
+           "host_key_checking": "no"}
+    return {n: {"address": have[n].address, "ssh": dict(ssh)} for n in names}
+
+
+def provide_packages(name: str | None, packages: list[str]) -> list[str]:
+    """Make ``packages`` (an inventory's ``lab.packages``) installable on the hosts of the
+    running lab ``name``; return those newly added (see ``gitops.lab.packages``)."""
+    if not packages:
+        return []
+    info = current(name)
+    if info is None:
+        raise LabError(f"lab {resolve_name(name)} is not up")
+    return _packages.provide(info, packages)
+
+
 def _teardown(name: str) -> None:
     """Remove every process, namespace, veth, bridge and state file of lab ``name``."""
     state = state_dir(name)
@@ -179,6 +221,7 @@ def _teardown(name: str) -> None:
     _hosts.remove_cgroups(name)
     for fname in ("lab.json", "ssh_config", "inventory.yml", "authorized_keys", "sources.list"):
         (state / fname).unlink(missing_ok=True)
+    shutil.rmtree(state / _packages.EXTRA, ignore_errors=True)
     shutil.rmtree(state / "pids", ignore_errors=True)
     for sock in state.glob("cm-*"):
         sock.unlink(missing_ok=True)
@@ -336,7 +379,11 @@ def _boot(name: str, net: ipaddress.IPv4Network, count: int, img: Path, *,
         _hosts.raise_limits()
         _network.create_bridge(name, net)
         logs, pids = state / "logs", state / "pids"
-        _mirror.start(name, br_addr, img / "mirror", logs / "mirror.log", pids / "mirror.pid")
+        extra = state / _packages.EXTRA  # an inventory's lab.packages (gitops.lab.packages)
+        shutil.rmtree(extra, ignore_errors=True)
+        extra.mkdir()
+        _mirror.start(name, br_addr, img / "mirror", logs / "mirror.log", pids / "mirror.pid",
+                      extra=extra)
         _network.create_host_nets(name, net, range(1, count + 1))
         procs = []
         for i in range(1, count + 1):

@@ -15,7 +15,7 @@ from typing import TypeVar
 import click
 
 import gitops.lab as api
-from gitops.lab.common import LabError
+from gitops.lab.common import DEFAULT_NAME, LabError
 
 EXIT_CODES = """
 Exit codes: 0 done; 1 runtime failure or lab already up; 2 not root, missing tools
@@ -57,8 +57,11 @@ def up(count: int, subnet: str | None, name: str | None) -> None:
     for host in info.hosts:
         click.echo(f"  {host.name}  {host.address}")
     click.echo(f"ssh_config: {info.ssh_config}   (ssh -F {info.ssh_config} lab-1)")
-    click.echo(f"inventory:  {info.inventory}")
+    click.echo(f"inventory:  {info.inventory}   (hosts only)")
     click.echo(f"mirror:     {info.mirror_url}")
+    env = "" if info.name == DEFAULT_NAME else f"GITOPS_LAB_NAME={info.name} "
+    click.echo(f"the sample on it (inventories/lab.yml, source: lab): "
+               f"{env}gitops reconcile --once --repo . -e lab")
 
 
 @lab.command(help="Remove every host, process, namespace, link and mount made.\n" + EXIT_CODES)

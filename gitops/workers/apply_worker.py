@@ -20,6 +20,7 @@ import os
 import socket
 import sys
 import time
+import traceback
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from typing import Any
 import gevent
 import pyinfra
 from pydantic import BaseModel
+from pyinfra import local as pyinfra_local
+from pyinfra.api.command import FunctionCommand
 from pyinfra.api.config import Config
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.exceptions import PyinfraError
@@ -35,6 +38,7 @@ from pyinfra.api.operation import OperationMeta
 from pyinfra.api.operations import run_ops
 from pyinfra.api.state import BaseStateCallback, State, StateStage
 from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
+from pyinfra_cli.exceptions import UnexpectedExternalError
 from pyinfra_cli.util import exec_file
 
 from gitops import journal
@@ -87,17 +91,27 @@ def _connector_data(host: DeclaredHost) -> dict[str, Any]:
     return data
 
 
+_NO_HOST_KEY = "No host key for %s found in known_hosts"
+"""What pyinfra's ``WarningPolicy`` (host key checking off) logs at every connection."""
+
+
 class _Capture(logging.Handler):
     """Keeps pyinfra's log: per-op diffs during prepare, per-host errors, everything else."""
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], unchecked: frozenset[str] = frozenset()) -> None:
         super().__init__(logging.INFO)
         self.diffs: dict[tuple[str, str], list[str]] = defaultdict(list)
         self.host_errors: dict[str, list[str]] = defaultdict(list)
         self.names = names
+        self.unchecked = unchecked
+        """Addresses whose host keys are not checked (``host_key_checking: "no"``)."""
         self.collecting = False
 
     def emit(self, record: logging.LogRecord) -> None:
+        if (record.msg == _NO_HOST_KEY and record.levelno == logging.WARNING
+                and isinstance(record.args, tuple) and record.args
+                and record.args[0] in self.unchecked):
+            return  # the key is not checked, as asked: nothing to warn about
         message = record.getMessage()
         host = ctx_host.get() if ctx_host.isset() else None
         if self.collecting and host is not None and host.current_op_hash:
@@ -130,6 +144,15 @@ def _no_delay(host: Any) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+def _stop_reason(state: State, capture: _Capture, exc: PyinfraError) -> str | None:
+    """Why pyinfra stopped, or None when its "No hosts remaining!" only sums up hosts that
+    each failed with their own error (reported per host: the summary would bury them)."""
+    if not state.active_hosts and all(capture.host_errors.get(h.name)
+                                      for h in state.failed_hosts):
+        return None
+    return str(exc)
+
+
 def _describe(exc: BaseException) -> str:
     """An exception as one line; some of pyinfra's (click-based) errors fail in ``str()``."""
     try:
@@ -137,6 +160,28 @@ def _describe(exc: BaseException) -> str:
     except Exception:
         text = ", ".join(str(a) for a in getattr(exc, "args", ()))
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _deploy_error(exc: BaseException, root: Path) -> str:
+    """An exception a deploy raised, at the user's line: ``deploys/web/deploy.py:12: NameError:
+    name 'x' is not defined``, the deepest frame inside the repository (an included task file,
+    not pyinfra's internals), paths relative to the repository, not to the snapshot."""
+    while isinstance(exc, UnexpectedExternalError):  # pyinfra's wrapper, once per exec'd file
+        exc = exc.exception
+    prefix = f"{root}{os.sep}"
+    where: tuple[str, int | None] | None = None
+    if isinstance(exc, SyntaxError) and exc.filename:
+        where = (exc.filename, exc.lineno)
+        text = f"SyntaxError: {exc.msg}"
+    else:
+        for frame in traceback.extract_tb(exc.__traceback__):
+            if frame.filename.startswith(prefix):
+                where = (frame.filename, frame.lineno)
+        text = _describe(exc)
+    text = text.replace(prefix, "")
+    if where is None or not where[0].startswith(prefix):
+        return text
+    return f"{where[0].removeprefix(prefix)}:{where[1]}: {text}"
 
 
 def _service_of(name: str) -> str | None:
@@ -223,15 +268,17 @@ class _Journal(BaseStateCallback):
 
 def run(job: Job) -> WorkerResult:
     declared = job.state
-    root = Path(declared.root)
+    root = Path(declared.root).absolute()  # deploys join __file__ with state.cwd
     names = [h.name for h in declared.hosts]
-    capture = _Capture(names)
+    capture = _Capture(names, frozenset(h.address for h in declared.hosts
+                                        if h.ssh.host_key_checking == "no"))
     pyinfra_logger = logging.getLogger("pyinfra")
     pyinfra_logger.handlers[:] = [capture]
     pyinfra_logger.setLevel(logging.INFO)
     pyinfra_logger.propagate = False
 
     pyinfra.is_cli = True  # operation order and file loading as the CLI does them
+    pyinfra_local.include = _include
     # A dry run evaluates every operation while preparing (change detection, diffs). An apply
     # does not: it executes each operation once, reading its facts once, as ``pyinfra -y``
     # does; the plan of an apply is what the execution changed, with the diffs it logged.
@@ -261,7 +308,7 @@ def run(job: Job) -> WorkerResult:
     try:
         connect_all(state)
     except PyinfraError as exc:
-        stopped = str(exc)
+        stopped = _stop_reason(state, capture, exc)
     for host in state.active_hosts:
         _no_delay(host)
     _progress(f"connected to {len(state.active_hosts)}/{len(names)} hosts")
@@ -282,7 +329,7 @@ def run(job: Job) -> WorkerResult:
                     _progress(f"{'planned' if job.dry else 'loaded'} {service} on "
                               f"{len(targets)} host(s)")
         except PyinfraError as exc:
-            stopped = str(exc)
+            stopped = _stop_reason(state, capture, exc)
 
     if job.dry:
         plan = _plan(state, declared, capture)
@@ -297,7 +344,7 @@ def run(job: Job) -> WorkerResult:
         try:
             run_ops(state)
         except PyinfraError as exc:
-            stopped = str(exc)
+            stopped = _stop_reason(state, capture, exc)
         except Exception as exc:  # a connection dying mid-run must not lose the other hosts'
             stopped = _describe(exc)
     state.set_stage(StateStage.Disconnect)
@@ -319,11 +366,27 @@ def _load_service(
     targets: list[DeclaredHost],
     by_name: dict[str, Any],
 ) -> None:
-    """Load ``deploys/<service>/deploy.py`` for each target host, as the CLI loads a file."""
-    filename = str(root / "deploys" / service / "deploy.py")
+    """Load ``deploys/<service>/deploy.py`` for each target host, as the CLI loads a file.
+
+    Relative paths in the deploy (``local.include("tasks/web.py")``,
+    ``files.template(src="templates/site.j2")``) resolve against the service's folder, as
+    the ``pyinfra`` CLI run in that folder resolves them, also when an apply executes them.
+    """
+    folder = str(root / "deploys" / service)
+    filename = str(Path(folder) / "deploy.py")
     config.lock_current_state()
     state.current_op_file_number = index
     state.current_deploy_filename = filename
+    state.cwd = folder
+    known = {h.name: set(state.ops[by_name[h.name]]) for h in targets}
+    calls: dict[str, str] = {}
+    record = state.set_op_data_for_host
+
+    def recording(host: Any, op_hash: str, op_data: Any) -> None:
+        calls.setdefault(op_hash, _call_site(root))
+        record(host, op_hash, op_data)
+
+    state.set_op_data_for_host = recording  # type: ignore[method-assign]
 
     def load(declared: DeclaredHost) -> BaseException | None:
         host = by_name[declared.name]
@@ -344,16 +407,123 @@ def _load_service(
         exc = greenlet.get()
         if exc is not None:
             host = by_name[greenlets[greenlet].name]
-            host.log(f"{service}/deploy.py: {_describe(exc)}", logging.getLogger("pyinfra").error)
+            host.log(_deploy_error(exc, root), logging.getLogger("pyinfra").error)
             failed.add(host)
     config.reset_locked_state()
+    del state.set_op_data_for_host
+    for declared in targets:
+        for op_hash, data in state.ops[by_name[declared.name]].items():
+            if op_hash not in known[declared.name]:
+                data.command_generator = _in_folder(state, folder, data.command_generator,
+                                                     root, calls.get(op_hash, ""))
     if failed:
         state.fail_hosts(failed)
+
+
+def _call_site(root: Path) -> str:
+    """``deploys/<svc>/FILE:LINE`` of the innermost repository frame calling an operation."""
+    prefix = f"{root}{os.sep}"
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(prefix):
+            return f"{frame.f_code.co_filename.removeprefix(prefix)}:{frame.f_lineno}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return ""
+
+
+def _in_folder(state: State, folder: str, generator: Any, root: Path, call: str) -> Any:
+    """``generator`` run with ``state.cwd`` at ``folder``: an apply runs an operation's body
+    (where pyinfra joins relative paths with ``state.cwd``) only when it executes it. An
+    exception there (a template that is not in the repository) fails that operation on that
+    host, reported at the user's line, instead of ending the whole apply."""
+
+    def in_folder() -> Any:
+        state.cwd = folder
+        try:
+            yield from generator()
+        except Exception as exc:
+            error = _deploy_error(exc, root)
+            if call and not error.startswith("deploys/"):
+                error = f"{call}: {error}"
+            yield FunctionCommand(_fail_operation, (error,), {})
+
+    return in_folder
+
+
+def _fail_operation(state: State, host: Any, message: str) -> bool:
+    host.log(message, logging.getLogger("pyinfra").error)
+    return False
+
+
+_pyinfra_include = pyinfra_local.include
+
+
+def _include(filename: str, data: dict[str, Any] | None = None) -> None:
+    """``local.include`` that hands the service's parameters on to the included file.
+
+    The parameters are the service's pyinfra deploy data, and pyinfra's own ``include``
+    replaces the deploy data with ``data`` (none by default): a task file would lose
+    ``host.data.port``. Given ``data`` is merged over them.
+    """
+    current = ctx_host.get().current_deploy_data or {}
+    _pyinfra_include(filename, {**current, **(data or {})})
 
 
 def _host_ops(state: State, host: Any) -> list[str]:
     """The hashes of the operations ``host`` has, in operation order."""
     return [op_hash for op_hash in state.get_op_order() if op_hash in state.ops[host]]
+
+
+def _conditions(data: Any) -> list[Any]:
+    ifs = data.global_arguments.get("_if")
+    if not ifs:
+        return []
+    return list(ifs) if isinstance(ifs, (list, tuple)) else [ifs]
+
+
+def _predict(state: State, host: Any) -> dict[str, tuple[bool, tuple[str, ...]]]:
+    """Per operation of ``host``: whether the apply would change it, and the operations its
+    ``_if=`` condition reads.
+
+    A dry run evaluates every operation as if its ``_if=`` held, so a handler such as
+    ``_if=unit.did_change`` always looks like a change. Here each condition is evaluated, in
+    operation order, with ``did_change()`` answering what the plan predicts for that operation
+    (pyinfra's ``any_changed``/``all_changed`` and hand-written lambdas alike). A condition
+    that reads something only an execution knows (a command's output) counts as holding.
+    """
+    predicted: dict[str, bool] = {}
+    result: dict[str, tuple[bool, tuple[str, ...]]] = {}
+    consulted: list[str] = []
+
+    def did_change(self: OperationMeta) -> bool:
+        consulted.append(self._hash)
+        return predicted.get(self._hash, bool(self._maybe_is_change))
+
+    original = OperationMeta.did_change
+    OperationMeta.did_change = did_change  # type: ignore[method-assign]
+    try:
+        with ctx_host.use(host):
+            for op_hash in _host_ops(state, host):
+                data = state.get_op_data_for_host(host, op_hash)
+                change = bool(data.operation_meta._maybe_is_change)
+                consulted.clear()
+                for condition in _conditions(data):
+                    meta = getattr(condition, "__self__", None)
+                    if isinstance(meta, OperationMeta):  # ``_if=op.did_change``, bound before
+                        condition = getattr(meta, condition.__func__.__name__)
+                    try:
+                        holds = bool(condition())
+                    except Exception:
+                        holds = True
+                    if not holds:
+                        change = False
+                        break
+                reads = tuple(dict.fromkeys(h for h in consulted if h != op_hash))
+                predicted[op_hash] = change
+                result[op_hash] = (change, reads)
+    finally:
+        OperationMeta.did_change = original  # type: ignore[method-assign]
+    return result
 
 
 def _plan(state: State, declared: DeclaredState, capture: _Capture) -> Plan:
@@ -363,17 +533,21 @@ def _plan(state: State, declared: DeclaredState, capture: _Capture) -> Plan:
         error = "; ".join(capture.host_errors.get(dh.name, [])) or None
         if host in state.failed_hosts and error is None:
             error = "failed while planning"
+        predictions = _predict(state, host)
         ops = []
         for op_hash in _host_ops(state, host):
             data = state.get_op_data_for_host(host, op_hash)
             name = _op_name(state, op_hash)
-            diff = capture.diffs.get((dh.name, op_hash))
+            change, reads = predictions[op_hash]
+            diff = capture.diffs.get((dh.name, op_hash)) if change else None
             ops.append(
                 OpPlan(
                     name=name,
                     service=_service_of(name),
-                    would_change=bool(data.operation_meta._maybe_is_change),
-                    conditional=bool(data.global_arguments.get("_if")),
+                    would_change=change,
+                    conditional=bool(_conditions(data)),
+                    depends_on=tuple(_op_name(state, h) for h in reads
+                                     if predictions.get(h, (False, ()))[0]),
                     diff="\n".join(diff) if diff else None,
                 )
             )
