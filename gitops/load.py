@@ -49,7 +49,11 @@ from gitops.model import (
     check_name,
     unsafe_reason,
 )
-from gitops.settings import SopsSettings
+from gitops.settings import SecretRef, SopsSettings
+
+DEMO_AGE_KEY = Path(__file__).resolve().parent / "lab" / "demo-age-key.txt"
+"""The throwaway age identity the lab gives its environments (``source: lab``) when the
+settings name no SOPS key: the sample's secrets are encrypted for it. Never for real hosts."""
 
 Loc = tuple[str | int, ...]
 _M = TypeVar("_M", bound=BaseModel)
@@ -254,6 +258,10 @@ def load(
             [Problem(rel, 1, "", "should be a mapping with settings, groups and hosts")], revision
         )
     text = path.read_text(encoding="utf-8-sig") if "sops" in data else ""  # read_yaml checked it
+    declared = data.get("settings")
+    if (keys is None or (keys.age_key is None and keys.pgp_key is None)) and \
+            isinstance(declared, dict) and declared.get("source") == "lab":
+        keys = SopsSettings(age_key=SecretRef(file=DEMO_AGE_KEY))  # the lab's demo key
     data, secrets = sops.open_inventory(root, rel, data, text, keys, revision)
 
     problems = _Problems(rel, lines)

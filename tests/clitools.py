@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mutations import explicit_hosts
 from statelab import PROJECT, git
 
 
@@ -20,7 +21,7 @@ def sample_repo(root: Path, *, invalid: bool = False) -> Path:
     shutil.copytree(PROJECT / "deploys", repo / "deploys",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "inventories").mkdir()
-    text = (PROJECT / "inventories/lab.yml").read_text()
+    text = explicit_hosts((PROJECT / "inventories/lab.yml").read_text())
     if invalid:
         text = text.replace("fail_percent: 34", "fail_percent: 340")
     (repo / "inventories/lab.yml").write_text(text)

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from mutations import explicit_hosts
 from pyrage import x25519
 
 from gitops import sops
@@ -200,7 +201,8 @@ def test_wrong_key_and_not_sops(tmp_path: Path, age: tuple[str, SopsSettings]) -
 def _sample(dest: Path, recipient: str, token: str = CANARY) -> Path:
     shutil.copytree(PROJECT / "deploys", dest / "deploys")
     (dest / "inventories").mkdir()
-    shutil.copy(PROJECT / "inventories/lab.yml", dest / "inventories/lab.yml")
+    (dest / "inventories/lab.yml").write_text(
+        explicit_hosts((PROJECT / "inventories/lab.yml").read_text()))
     secrets = {"groups": {"web": {"services": {"app": {"token": token}}}}}
     _write(dest / "inventories/lab.secrets.sops.yaml", sops.encrypt(secrets, [recipient]))
     return dest
@@ -222,7 +224,7 @@ def test_secretstr_parameter_is_redacted_even_in_plain_text(tmp_path: Path) -> N
     root = tmp_path
     shutil.copytree(PROJECT / "deploys", root / "deploys")
     (root / "inventories").mkdir()
-    inv = yaml.safe_load((PROJECT / "inventories/lab.yml").read_text())
+    inv = yaml.safe_load(explicit_hosts((PROJECT / "inventories/lab.yml").read_text()))
     inv["groups"]["web"]["services"]["app"]["token"] = CANARY
     (root / "inventories/lab.yml").write_text(yaml.safe_dump(inv))
     state = load(root, "lab")
@@ -233,7 +235,7 @@ def test_whole_inventory_encrypted_inline(tmp_path: Path, age: tuple[str, SopsSe
     """An inventory encrypted by sops (encrypted_regex: only the token) loads decrypted."""
     recipient, keys = age
     shutil.copytree(PROJECT / "deploys", tmp_path / "deploys")
-    inv = yaml.safe_load((PROJECT / "inventories/lab.yml").read_text())
+    inv = yaml.safe_load(explicit_hosts((PROJECT / "inventories/lab.yml").read_text()))
     inv["groups"]["web"]["services"]["app"]["token"] = CANARY
     doc = sops.encrypt(inv, [recipient], encrypted_regex="^token$")
     _write(tmp_path / "inventories/lab.yml", doc)
