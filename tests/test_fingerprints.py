@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import yaml
+from mutations import explicit_hosts
 
 from gitops.load import load
 from gitops.reconcile import fingerprints
@@ -18,7 +19,8 @@ KEY = b"k" * 32
 def _copy(dest: Path) -> Path:
     shutil.copytree(REPO / "deploys", dest / "deploys")
     (dest / "inventories").mkdir()
-    shutil.copy(REPO / "inventories/lab.yml", dest / "inventories/lab.yml")
+    (dest / "inventories/lab.yml").write_text(
+        explicit_hosts((REPO / "inventories/lab.yml").read_text()))
     return dest
 
 
