@@ -16,6 +16,7 @@ from clitools import gitops
 
 from gitops.errors import Suspended
 from gitops.loop import Daemon
+from gitops.page import page_data
 from gitops.schedule import Window
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import Store
@@ -99,6 +100,12 @@ def test_a_commit_outside_the_window_waits_and_is_applied_when_it_opens(
     shown = next(c for row in json.loads(status.stdout) for c in row["conditions"]
                  if c["type"] == "Reconciling")
     assert shown["reason"] == "WaitingForWindow" and "22:00 UTC" in shown["message"]
+    api = [c for row in d.status() for c in row["conditions"]]  # GET /api/status
+    assert {"type": "Reconciling", "status": "False", "reason": "WaitingForWindow",
+            "message": shown["message"]} in api
+    with Store(d.settings.state_dir) as store:
+        page = json.dumps(page_data(store))  # the status page's data
+    assert "waiting for the maintenance window that opens at 2026-12-01 22:00 UTC" in page
 
     clock.at = INSIDE
     d._cycle(d.envs["lab"], None)
