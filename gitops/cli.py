@@ -315,8 +315,10 @@ def reconcile(as_json: bool, once: bool, changed_only: bool, no_wait: bool, reas
         once = True
     if _guard(s, "reconcile", force, reason):
         once = True  # a suspended daemon applies nothing: the forced run happens here
-    if not once and _daemon_reconcile(s, reason, wait=not no_wait, as_json=as_json):
-        return
+    if not once and _daemon_reconcile(s, reason, wait=not no_wait, as_json=as_json,
+                                      force=force):
+        return  # the daemon refuses outside the window, or (--force) records and runs
+    _window_guard(s, force, reason)
     _run_here(s, pipeline.Request(reason=reason, changed_only=changed_only,
                                   actor=control.who()), as_json)
 
@@ -352,6 +354,35 @@ def _guard(s: Settings, action: str, force: bool, reason: str) -> bool:
     click.echo(f"{s.environment}: {action} forced by {control.who()} while {why} "
                f"(recorded as run #{event})", err=True)
     return True
+
+
+def _window_guard(s: Settings, force: bool, reason: str) -> None:
+    """Refuse a reconcile here outside the environment's maintenance window (the settings'
+    ``windows`` of its ``[[environments]]`` entry, else the inventory's) unless ``force``
+    (with a reason, recorded as an ``override`` event)."""
+    from datetime import UTC
+
+    from gitops.loop import declared_windows
+    from gitops.schedule import window_state
+
+    if force and not reason.strip():
+        raise UsageError("--force needs --reason: who overrode what, and why, is recorded")
+    entry = next((c for c in s.environments if c.environment == s.environment), None)
+    windows = list(entry.windows) if entry is not None else []
+    if not windows:
+        windows = declared_windows(s.repo, s.branch, s.environment, s.state_dir)
+    state = window_state(windows, datetime.now(UTC))
+    if state.open:
+        return
+    why = f"outside its maintenance window: {state.describe()}"
+    if not force:
+        raise UsageError(f"{s.environment} is {why}; `gitops reconcile --force --reason WHY` "
+                         "runs it now")
+    with Store(s.state_dir) as store:
+        event = store.record_event(s.environment, "override", actor=control.who(),
+                                   reason=f"reconcile --force {why}: {reason}")
+    click.echo(f"{s.environment}: reconcile forced by {control.who()} {why} "
+               f"(recorded as run #{event})", err=True)
 
 
 @main.command(epilog=EXIT_CODES)
@@ -735,11 +766,14 @@ _IDLE_GIVE_UP = 15.0
 """Seconds the daemon may sit idle, with no run for the request, before the wait gives up."""
 
 
-def _daemon_reconcile(s: Settings, reason: str, *, wait: bool, as_json: bool) -> bool:
+def _daemon_reconcile(s: Settings, reason: str, *, wait: bool, as_json: bool,
+                      force: bool = False) -> bool:
     """Ask the running daemon to reconcile and (``wait``) follow its run to the end through
     its API (``/api/runs``), printing each host as it is recorded, then the outcome; exits
-    with a local run's codes. False when no daemon watches the environment."""
-    return _through_daemon(s, "reconcile", {"reason": reason}, wait=wait, as_json=as_json)
+    with a local run's codes. ``force``: even outside the maintenance window (recorded).
+    False when no daemon watches the environment."""
+    body: dict[str, Any] = {"reason": reason, **({"force": True} if force else {})}
+    return _through_daemon(s, "reconcile", body, wait=wait, as_json=as_json)
 
 
 def _through_daemon(s: Settings, action: str, body: dict[str, Any], *, wait: bool,

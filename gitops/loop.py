@@ -9,7 +9,8 @@ commit until a newer one arrives; unreachable hosts are retried with backoff; a 
 declaration or an unsigned commit stalls the environment until a new commit. Drift checks run
 the checks on an interval and, by policy, re-apply; verifies keep each host's SSH connection
 open until the daemon stops (``verify.SshConnections``). What to run, what follows a run,
-the waits, rollback targets, drift and notifications are decided by the pure functions of
+the waits, rollback targets, drift, maintenance windows (an injected wall clock ``now``) and
+notifications are decided by the pure functions of
 ``policy``: this module gathers their inputs and carries their decisions out, and prunes the
 state folder after runs (``retention``). This process never imports pyinfra or testinfra: the
 stages run them in worker processes. Called by ``cli run``.
@@ -17,18 +18,21 @@ stages run them in worker processes. Called by ``cli run``.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
+import tarfile
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from gitops import control, notify, policy, retention, source
+from gitops import control, notify, policy, retention, schedule, source
 from gitops import verify as verify_stage
-from gitops.errors import GitopsError, Suspended, UsageError
+from gitops.errors import GitopsError, InvalidDeclaration, Suspended, UsageError
 from gitops.policy import After, Controls, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
 from gitops.settings import EnvironmentConfig, Settings
@@ -37,10 +41,12 @@ from gitops.store import now as store_now
 
 log = logging.getLogger("gitops.loop")
 
-__all__ = ["Daemon"]
+__all__ = ["Daemon", "declared_windows"]
 
 _PRUNE_EVERY = 3600.0
 """Seconds between prunings of the history and the mirrors."""
+WAITING = "WaitingForWindow"
+"""The reason of the ``Reconciling=False`` condition of a revision outside its window."""
 _DIFF_CACHE = 512
 """Diff summaries kept in memory (incident reports rewrite them after every run)."""
 
@@ -65,6 +71,8 @@ class _Env:
     """What the environment's thread is doing now (for health)."""
     diffs: dict[tuple[str, str], str] = field(default_factory=dict)
     """(old, new) -> ``git diff --stat`` in its repository, for incident reports."""
+    windows: tuple[str, tuple[schedule.Window, ...]] | None = None
+    """(sha, the inventory's maintenance windows at that commit), read once per commit."""
 
 
 class Daemon:
@@ -76,12 +84,15 @@ class Daemon:
         *,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         if not settings.environments:
             raise UsageError("no environments to watch: add [[environments]] to the settings")
         self.settings = settings
         self.clock = clock
         self.rand = rand
+        self.now = now
+        """The wall clock (aware) the maintenance windows are read against."""
         self.stop_event = threading.Event()
         self.connections = verify_stage.SshConnections()
         self.envs: dict[str, _Env] = {}
@@ -104,25 +115,38 @@ class Daemon:
     def environments(self) -> list[EnvironmentConfig]:
         return [e.config for e in self.envs.values()]
 
-    def trigger(self, environment: str, *, reason: str, actor: str) -> bool:
+    def trigger(self, environment: str, *, reason: str, actor: str,
+                force: bool = False) -> bool:
         """Ask for a reconcile now; False when one is already pending (coalesced).
 
         Raises ``Suspended`` (who, why, since when) for an operator's trigger of a suspended
-        environment; a webhook's is accepted and applies nothing until resumed."""
+        environment, or of one outside its maintenance window unless ``force`` (with a
+        reason; recorded as an ``override`` event); a webhook's is accepted and applies
+        nothing until resumed or the window opens."""
         env = self._env(environment)
-        trigger = Trigger(reason, actor)
+        if force and not reason.strip():
+            raise UsageError("force needs a reason: who overrode what, and why, is recorded")
+        trigger = Trigger(reason, actor, force=force)
+        window = None if trigger.look_only else self._window(env, read=False)
         with self._store() as store:
             controls = Controls.from_row(store.controls(env.target.environment))
-        refused = policy.refusal(environment, controls, trigger)
-        if refused is not None:
-            raise Suspended(refused)
+            refused = policy.refusal(environment, controls, trigger, window)
+            if refused is not None:
+                raise Suspended(refused)
+            if force and window is not None and not window.open:
+                event = store.record_event(
+                    env.target.environment, "override", actor=actor,
+                    reason=f"reconcile --force outside the maintenance window "
+                           f"({window.describe()}): {reason}")
+                log.warning("%s: %s forced a reconcile outside the maintenance window "
+                            "(recorded as run #%d)", environment, actor, event)
         return self._wake(env, trigger)
 
     def _wake(self, env: _Env, trigger: Trigger) -> bool:
         environment, reason, actor = env.config.name, trigger.reason, trigger.actor
         with env.lock:
             queued = env.pending is None
-            if queued:
+            if queued or trigger.force:  # a forced one is never folded into an unforced one
                 env.pending = trigger
         env.wake.set()
         log.info("%s: trigger from %s (%s)%s", environment, actor, reason,
@@ -262,15 +286,24 @@ class Daemon:
                 status=EnvStatus.from_row(store.environment_status(name)),
                 pending=pending, retry=retry)
             decision = policy.next_run(inputs)
+        if decision.run is not None and not (pending and pending.force):
+            window = self._window(env, head)  # only read when something would run
+            if window is not None:
+                inputs = dataclasses.replace(inputs, window=window)
+                decision = policy.next_run(inputs)
+        with self._store() as store:
             if decision.release_hold:
                 control.release_hold(store, name, head=head)
+            self._waiting(store, name, decision.waiting)
         order = decision.run
         if order is None:
-            if retry is not None and inputs.controls.suspended:
-                with env.lock:  # kept for after the resume
+            if retry is not None and (inputs.controls.suspended or decision.waiting):
+                with env.lock:  # kept for after the resume or the window's opening
                     env.retry_hosts = (env.retry_hosts or frozenset()) | retry
-            log.debug("%s: nothing to run: %s", cfg.name, decision.why)
-            return policy.jitter(cfg.interval, cfg.jitter, self.rand())
+            log.log(logging.INFO if decision.waiting else logging.DEBUG,
+                    "%s: nothing to run: %s", cfg.name, decision.why)
+            return policy.until_window(policy.jitter(cfg.interval, cfg.jitter, self.rand()),
+                                       decision.waiting, self.now())
         self._resend_statuses(env)
         reason = order.reason
         if order.previous:
@@ -366,8 +399,13 @@ class Daemon:
         env.running = f"drift check {sha[:10]}"
         outcome = run(env.target, Request(kind="verify", revision=sha, reason="drift check",
                                           actor=policy.DAEMON))
+        window = self._window(env, sha) if cfg.drift == "correct" else None
         action = policy.after_drift(
-            outcome.result, outcome.verify.failed_hosts if outcome.verify else [], cfg.drift)
+            outcome.result, outcome.verify.failed_hosts if outcome.verify else [], cfg.drift,
+            window)
+        if action.notify and not action.correct and cfg.drift == "correct":
+            log.info("%s: drift not corrected: %s", cfg.name,
+                     window.describe() if window else "")
         if action.notify:
             self._report(env, outcome, kind="drift")
         if action.correct:
@@ -450,6 +488,44 @@ class Daemon:
         except OSError as exc:
             log.warning("%s: cannot write incident reports: %s", cfg.name, exc)
 
+    # -- maintenance windows ------------------------------------------------------------
+
+    def _window(self, env: _Env, sha: str | None = None, *,
+                read: bool = True) -> schedule.WindowState | None:
+        """The environment's window state now; None without windows. The settings' windows
+        win; else the inventory's at ``sha`` (the branch head when None), read once per
+        commit (not ``read``: those of the commit last read, no Git). A commit whose
+        inventory cannot be read has none: its run says why."""
+        cfg = env.config
+        windows: tuple[schedule.Window, ...] = tuple(cfg.windows)
+        if not windows and not read:
+            windows = env.windows[1] if env.windows is not None else ()
+        elif not windows:
+            try:
+                sha = sha or source.head(cfg.repo, cfg.branch)
+                if env.windows is None or env.windows[0] != sha:
+                    env.windows = (sha, tuple(declared_windows(
+                        cfg.repo, cfg.branch, env.target.environment, env.target.state_dir,
+                        sha)))
+                windows = env.windows[1]
+            except (GitopsError, OSError, tarfile.TarError) as exc:
+                log.warning("%s: cannot read the inventory's maintenance windows: %s",
+                            cfg.name, exc)
+        return schedule.window_state(windows, self.now()) if windows else None
+
+    @staticmethod
+    def _waiting(store: Store, env: str, waiting: schedule.WindowState | None) -> None:
+        """Show ``Reconciling=False WaitingForWindow`` while a revision waits; clear it once
+        nothing waits any more (a run replaces it anyway)."""
+        row = store.environment_status(env)
+        shown = row.condition("Reconciling") if row is not None else None
+        if waiting is not None:
+            Daemon._condition(store, env, Condition(
+                "Reconciling", "False", WAITING, waiting.describe()))
+        elif row is not None and shown is not None and shown.reason == WAITING:
+            store.set_status(env, ENVIRONMENT,
+                             [c for c in row.conditions if c.type != "Reconciling"])
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _watch(self, env: _Env) -> None:
@@ -496,3 +572,33 @@ class Daemon:
         kept = [c for c in (row.conditions if row is not None else ())
                 if c.type != condition.type]
         store.set_status(env, ENVIRONMENT, [*kept, condition])
+
+
+def declared_windows(repo: str, branch: str, environment: str, state_dir: Path,
+                     sha: str | None = None) -> list[schedule.Window]:
+    """The inventory's ``settings.windows`` at ``sha`` (the fetched branch head when None);
+    empty when it declares none or cannot be read (validation reports that at file:line)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from gitops.load import read_yaml
+
+    revision = source.fetch(repo, branch, state_dir)
+    if sha is not None and sha != revision.sha:
+        revision = source.revision(repo, branch, sha, state_dir)
+    snap = source.snapshot(repo, revision, state_dir)
+    rel = f"inventories/{environment}.yml"
+    path = Path(snap.path) / rel
+    if "/" in environment or not path.is_file():
+        return []
+    try:
+        data, _ = read_yaml(path, rel, revision.ref)
+    except InvalidDeclaration:
+        return []
+    settings = data.get("settings") if isinstance(data, dict) else None
+    raw = settings.get("windows") if isinstance(settings, dict) else None
+    if not raw:
+        return []
+    try:
+        return TypeAdapter(list[schedule.Window]).validate_python(raw)
+    except ValidationError:
+        return []

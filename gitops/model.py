@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from gitops.schedule import Window
+
 ServiceParams = dict[str, Any]
 
 # --- the syntax of every value that reaches an ssh_config, a command line, a file name or
@@ -150,6 +152,9 @@ class EnvironmentSettings(_Strict):
     or a running ``gitops lab`` (see gitops.lab.inventory_hosts)."""
     lab: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,8}$")
     """With ``source: lab``: the lab's name (default: $GITOPS_LAB_NAME, else ``gitops``)."""
+    windows: list[Window] = []
+    """Maintenance windows: outside them the daemon applies no new revision (see
+    gitops.schedule); the daemon settings' ``windows`` of the environment win when set."""
     require_models: bool = False
     """A used service without ``deploys/<service>/model.py`` is an error (else a warning:
     its parameters, typos included, are passed on unchecked)."""

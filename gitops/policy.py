@@ -5,7 +5,9 @@ apply run, the quarantine, its status record), calls one of these and carries th
 out; nothing here touches a thread, the store, Git or a host, and randomness (jitter) comes
 in as a number in [0, 1], so each rule is a row of a table in ``tests/test_policy.py``.
 
-- ``next_run``: what a cycle runs (or why nothing), given the head, controls and history.
+- ``next_run``: what a cycle runs (or why nothing), given the head, controls and history;
+  outside the maintenance window (``CycleInput.window``) a new revision waits.
+- ``until_window``: the next cycle's delay, never past the opening of the window.
 - ``after_run``: what follows a run: done, stalled, rollback and quarantine, retry, backoff.
 - ``rollback_targets``: which revision each failed host goes back to.
 - ``after_drift``: tell people, and (``drift: correct``) re-apply on which hosts.
@@ -21,10 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Literal, cast
 
 from gitops import records
 from gitops.records import RunKind, RunResult
+from gitops.schedule import WindowState
 from gitops.settings import EnvironmentConfig, EventKind
 
 if TYPE_CHECKING:
@@ -50,6 +54,7 @@ __all__ = [
     "next_run",
     "refusal",
     "rollback_targets",
+    "until_window",
 ]
 
 DAEMON = "gitops-daemon"
@@ -118,6 +123,8 @@ class Trigger:
 
     reason: str
     actor: str
+    force: bool = False
+    """An operator's ``--force --reason``: runs outside the maintenance window (recorded)."""
 
     @property
     def look_only(self) -> bool:
@@ -137,6 +144,8 @@ class CycleInput:
     pending: Trigger | None = None
     retry: frozenset[str] | None = None
     """Hosts an operator (or the last run's unreachable hosts) asked to retry."""
+    window: WindowState | None = None
+    """The maintenance windows' state at the cycle's ``now``; None: no windows (open)."""
 
 
 # -- decisions -------------------------------------------------------------------------
@@ -164,6 +173,8 @@ class Cycle:
     run: RunOrder | None
     why: str = ""
     release_hold: bool = False
+    waiting: WindowState | None = None
+    """Set when a run is withheld until the maintenance window opens (``describe()``)."""
 
 
 def needs_run(wanted: str, last: LastRun | None, status: EnvStatus | None) -> bool:
@@ -177,7 +188,9 @@ def needs_run(wanted: str, last: LastRun | None, status: EnvStatus | None) -> bo
 
 
 def next_run(i: CycleInput) -> Cycle:
-    """What a cycle does. Suspended: nothing. A hold is kept until a newer commit."""
+    """What a cycle does. Suspended: nothing. A hold is kept until a newer commit. Outside
+    the maintenance window nothing is applied but an operator's rollback hold or a forced
+    trigger; the decision says when the window opens."""
     if i.controls.suspended:
         return Cycle(None, why=f"suspended by {i.controls.actor or '?'}")
     held = i.controls.held_sha
@@ -190,6 +203,10 @@ def next_run(i: CycleInput) -> Cycle:
     forced = i.pending is not None and not i.pending.look_only
     if not forced and i.retry is None and not needs_run(wanted, i.last, i.status):
         return Cycle(None, why=f"{wanted[:10]} is up to date", release_hold=release)
+    closed = i.window is not None and not i.window.open
+    if closed and not held and not (i.pending and i.pending.force):
+        assert i.window is not None
+        return Cycle(None, why=i.window.describe(), release_hold=release, waiting=i.window)
     kind: RunKind = "rollback" if held else "reconcile"
     trigger = i.pending or Trigger(f"new commit {wanted[:10]}", DAEMON)
     return Cycle(RunOrder(
@@ -301,11 +318,22 @@ class DriftAction:
 
 
 def after_drift(result: RunResult, failed_hosts: Iterable[str],
-                policy: Literal["report", "correct"]) -> DriftAction:
+                policy: Literal["report", "correct"],
+                window: WindowState | None = None) -> DriftAction:
+    """Drift is always reported; corrected (``drift: correct``) only inside the window."""
     if result != "failed":
         return DriftAction(notify=False)
-    return DriftAction(notify=True, correct=frozenset(failed_hosts) if policy == "correct"
+    correct = policy == "correct" and (window is None or window.open)
+    return DriftAction(notify=True, correct=frozenset(failed_hosts) if correct
                        else frozenset())
+
+
+def until_window(delay_s: float, window: WindowState | None, now: datetime) -> float:
+    """The next cycle's delay: ``delay_s``, but no later than the window's opening (so a
+    waiting revision is applied as it opens, never an interval after)."""
+    if window is None or window.open or window.opens_at is None:
+        return delay_s
+    return max(0.0, min(delay_s, (window.opens_at - now).total_seconds()))
 
 
 def event_kind(result: RunResult, *, was_ready: bool) -> EventKind | None:
@@ -317,11 +345,18 @@ def event_kind(result: RunResult, *, was_ready: bool) -> EventKind | None:
     return None  # interrupted: the next run says how it ended
 
 
-def refusal(environment: str, controls: Controls, trigger: Trigger) -> str | None:
+def refusal(environment: str, controls: Controls, trigger: Trigger,
+            window: WindowState | None = None) -> str | None:
     """Why an operator's "reconcile now" cannot be honoured, or None. A webhook's or the
-    watcher's "look now" is never refused: its cycle just applies nothing while suspended."""
-    if not controls.suspended or trigger.look_only:
+    watcher's "look now" is never refused: its cycle just applies nothing while suspended
+    or outside the window. ``--force`` overrides a closed window, not a suspension."""
+    if trigger.look_only:
         return None
+    if not controls.suspended:
+        if window is None or window.open or trigger.force:
+            return None
+        return (f"{environment} is outside its maintenance window: {window.describe()}; "
+                "`gitops reconcile --force --reason WHY` runs it now")
     why = f": {controls.reason}" if controls.reason else ""
     return (f"{environment} is suspended by {controls.actor or '?'} since "
             f"{controls.since or '?'}{why}; nothing is applied until it is resumed")

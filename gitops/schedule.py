@@ -17,7 +17,14 @@ from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+)
 
 __all__ = ["Window", "WindowState", "next_fire", "parse_duration", "window_state"]
 
@@ -45,7 +52,10 @@ def parse_duration(value: object) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Duration = Annotated[timedelta, BeforeValidator(parse_duration),
+                     PlainSerializer(lambda d: d.total_seconds(), return_type=float,
+                                     when_used="json")]
+"""In JSON (the worker's job) a number of seconds, which ``parse_duration`` reads back."""
 
 
 def _check_cron(expression: str) -> str:

@@ -11,6 +11,7 @@ Nothing here logs a request body, a header or a secret: one log line per webhook
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import json
@@ -55,8 +56,10 @@ class Controller(Protocol):
 
     def environments(self) -> list[EnvironmentConfig]: ...
 
-    def trigger(self, environment: str, *, reason: str, actor: str) -> bool:
-        """True: a reconcile is queued now; False: coalesced into an already pending one."""
+    def trigger(self, environment: str, *, reason: str, actor: str,
+                force: bool = False) -> bool:
+        """True: a reconcile is queued now; False: coalesced into an already pending one.
+        ``force`` (with a reason): run outside the maintenance window, recorded."""
         ...
 
     def operate(
@@ -231,7 +234,7 @@ def create_app(
         except _BodyTooLarge:
             return _error(413, f"body over {max_body} bytes")
         try:
-            options = _api_options(body)
+            options = _api_options(body, force=action == "reconcile")
         except UsageError as exc:
             return _error(400, str(exc))
         client = request.client.host if request.client else "unknown"
@@ -239,9 +242,10 @@ def create_app(
         reason = options.get("reason") or ""
         try:
             if action == "reconcile":
-                triggered = await run_in_threadpool(
-                    controller.trigger, name, reason=reason or "operator request", actor=actor
-                )
+                force = options.get("force") == "true"
+                triggered = await run_in_threadpool(functools.partial(
+                    controller.trigger, name, reason=reason or "operator request",
+                    actor=actor, **({"force": True} if force else {})))
                 return JSONResponse({"triggered": triggered}, status_code=202)
             result = await run_in_threadpool(
                 controller.operate,
@@ -271,8 +275,11 @@ def create_app(
     return Starlette(routes=routes)
 
 
-def _api_options(body: bytes) -> dict[str, str]:
-    """The optional JSON object of an API call: ``reason``, ``revision``, ``actor`` strings."""
+def _api_options(body: bytes, *, force: bool = False) -> dict[str, str]:
+    """The optional JSON object of an API call: ``reason``, ``revision``, ``actor`` strings
+    and, when ``force`` (a reconcile), ``force``: a boolean, run outside the maintenance
+    window (kept as "true")."""
+    allowed = {"reason", "revision", "actor", *(("force",) if force else ())}
     if not body.strip():
         return {}
     try:
@@ -282,6 +289,13 @@ def _api_options(body: bytes) -> dict[str, str]:
     if not isinstance(data, dict):
         raise UsageError("the body must be a JSON object")
     options: dict[str, str] = {}
+    forced = data.get("force") if force else None
+    if forced is not None and not isinstance(forced, bool):
+        raise UsageError("'force' must be true or false")
+    if forced:
+        if not str(data.get("reason") or "").strip():
+            raise UsageError("'force' needs a 'reason': who overrode what, and why, is recorded")
+        options["force"] = "true"
     for key in ("reason", "revision", "actor"):
         value = data.get(key)
         if value is None:
@@ -289,7 +303,7 @@ def _api_options(body: bytes) -> dict[str, str]:
         if not isinstance(value, str):
             raise UsageError(f"{key!r} must be a string")
         options[key] = value
-    unknown = sorted(set(data) - {"reason", "revision", "actor"})
+    unknown = sorted(set(data) - allowed)
     if unknown:
         raise UsageError(f"unknown field(s): {', '.join(map(str, unknown))}")
     return options

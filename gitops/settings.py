@@ -27,6 +27,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gitops.schedule import Window
+
 __all__ = ["EnvironmentConfig", "SecretRef", "Settings", "load", "settings_file"]
 
 
@@ -174,6 +176,10 @@ class EnvironmentConfig(BaseModel):
     """Where to report pending / success / failure on each applied commit."""
     retry_base: float = Field(default=5, gt=0)
     retry_max: float = Field(default=300, gt=0)
+    windows: list[Window] = []
+    """Maintenance windows (``schedule``, ``duration``, ``timezone``): outside them new
+    revisions wait and drift is reported, not corrected. When set, these win over the
+    inventory's ``settings.windows``; empty: the inventory's, else always open."""
 
     @property
     def environment(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from gitops.policy import (
     Trigger,
 )
 from gitops.records import Condition, Ref, RunRow, StatusRow
+from gitops.schedule import WindowState
 from gitops.settings import EnvironmentConfig
 from gitops.store import ENVIRONMENT
 
@@ -228,3 +230,92 @@ def test_status_rows_become_typed_inputs() -> None:
 
     history = [run("suspend", None, "succeeded"), run("retry", A, None)]
     assert LastRun.from_history(history) == LastRun(A, None)
+
+
+# -- maintenance windows ---------------------------------------------------------------
+
+NOW = datetime(2026, 12, 1, 21, 0, tzinfo=UTC)
+OPENS = datetime(2026, 12, 1, 22, 0, tzinfo=UTC)
+CLOSED = WindowState(open=False, opens_at=OPENS)
+OPEN = WindowState(open=True, closes_at=datetime(2026, 12, 1, 23, 0, tzinfo=UTC))
+FORCED = Trigger("hotfix for INC-7", "alice", force=True)
+WAITING = "waiting for the maintenance window that opens at 2026-12-01 22:00 UTC"
+
+
+def windowed(window: WindowState | None, **kw: Any) -> CycleInput:
+    return dataclasses.replace(cycle(**kw), window=window)
+
+
+WINDOWS = [
+    ("outside the window a new commit waits, saying when the window opens",
+     windowed(CLOSED, last=LastRun(A, "succeeded")), Cycle(None, why=WAITING, waiting=CLOSED)),
+    ("inside the window a new commit is applied",
+     windowed(OPEN, last=LastRun(A, "succeeded")), new_commit()),
+    ("without windows a new commit is applied at any time",
+     windowed(None, last=LastRun(A, "succeeded")), new_commit()),
+    ("outside the window the head already applied is just up to date (nothing waits)",
+     windowed(CLOSED, head=A, last=LastRun(A, "succeeded")),
+     Cycle(None, why="aaaaaaaaaa is up to date")),
+    ("outside the window an operator's unforced request waits too",
+     windowed(CLOSED, head=A, last=LastRun(A, "succeeded"), pending=OPERATOR),
+     Cycle(None, why=WAITING, waiting=CLOSED)),
+    ("outside the window a retry of unreachable hosts waits",
+     windowed(CLOSED, head=A, last=LastRun(A, "failed"), retry=frozenset({"h1"})),
+     Cycle(None, why=WAITING, waiting=CLOSED)),
+    ("an operator's --force --reason runs despite the window",
+     windowed(CLOSED, last=LastRun(A, "succeeded"), pending=FORCED),
+     new_commit(reason="hotfix for INC-7", actor="alice", changed_only=False)),
+    ("an operator's rollback hold is applied despite the window",
+     windowed(CLOSED, head=A, controls=Controls(held_sha=C, held_head=A)),
+     new_commit(C, kind="rollback", changed_only=False, previous=None)),
+    ("suspended outside the window: suspended is what it says",
+     windowed(CLOSED, controls=Controls(suspended=True, actor="bob")),
+     Cycle(None, why="suspended by bob")),
+]
+
+
+@pytest.mark.parametrize(("case", "given", "expected"), WINDOWS, ids=[c[0] for c in WINDOWS])
+def test_next_run_with_windows(case: str, given: CycleInput, expected: Cycle) -> None:
+    """Outside the maintenance window nothing new is applied but a forced run or a hold."""
+    assert policy.next_run(given) == expected
+
+
+@pytest.mark.parametrize(("delay", "window", "expected"), [
+    (60.0, CLOSED, 60.0),  # the window opens in an hour: the usual poll
+    (7200.0, CLOSED, 3600.0),  # a poll after the opening: woken at the opening instead
+    (7200.0, OPEN, 7200.0),
+    (7200.0, None, 7200.0),
+    (60.0, WindowState(open=False, opens_at=NOW), 0.0),
+])
+def test_until_window(delay: float, window: WindowState | None, expected: float) -> None:
+    """A waiting revision's next cycle is never later than the window's opening."""
+    assert policy.until_window(delay, window, NOW) == expected
+
+
+@pytest.mark.parametrize(("mode", "window", "correct"), [
+    ("correct", CLOSED, frozenset()),
+    ("correct", OPEN, frozenset({"h2"})),
+    ("correct", None, frozenset({"h2"})),
+    ("report", OPEN, frozenset()),
+])
+def test_drift_outside_the_window_is_reported_not_corrected(
+        mode: Any, window: WindowState | None, correct: frozenset[str]) -> None:
+    """Outside the window drift is reported (notified) but not re-applied."""
+    assert policy.after_drift("failed", ["h2"], mode, window) == policy.DriftAction(True, correct)
+
+
+@pytest.mark.parametrize(("trigger", "window", "refused"), [
+    (OPERATOR, CLOSED, True),
+    (FORCED, CLOSED, False),
+    (OPERATOR, OPEN, False),
+    (WEBHOOK, CLOSED, False),
+    (Trigger("commit", "watch"), CLOSED, False),
+])
+def test_refusal_outside_the_window(trigger: Trigger, window: WindowState,
+                                    refused: bool) -> None:
+    """An operator's unforced trigger outside the window is refused with the opening time."""
+    answer = policy.refusal("lab", Controls(), trigger, window)
+    assert (answer is not None) == refused
+    if refused:
+        assert answer == (f"lab is outside its maintenance window: {WAITING}; "
+                          "`gitops reconcile --force --reason WHY` runs it now")
