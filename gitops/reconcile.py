@@ -558,8 +558,13 @@ def _host_status(
     """The Ready condition of every host this run touched (others keep theirs)."""
     assert outcome.verify is not None
     failed_checks: dict[str, list[str]] = {}
+    waiting: dict[str, str] = {}  # host -> "; DependencyNotReady: web, proxy"
     for r in outcome.verify.failed:
-        failed_checks.setdefault(r.host, []).append(f"{r.service}/{r.check}")
+        if r.status == depends.NOT_READY:
+            waiting[r.host] = (waiting.get(r.host) or f"; {depends.NOT_READY}:") + \
+                f"{',' if r.host in waiting else ''} {r.service}"
+        else:
+            failed_checks.setdefault(r.host, []).append(f"{r.service}/{r.check}")
     applied_hosts = {h.host: h for h in outcome.apply.hosts} if outcome.apply else {}
     touched = set(applied_hosts) | {r.host for r in outcome.verify.results} | set(
         outcome.verify.host_errors)
@@ -567,13 +572,17 @@ def _host_status(
         h = applied_hosts.get(name)
         if h is not None and h.status != "ok":
             cond = Condition("Ready", "False", "ApplyFailed",
-                             (h.error or h.status).splitlines()[0][:300])
+                             (h.error or h.status).splitlines()[0][:300]
+                             + waiting.get(name, ""))
         elif name in outcome.verify.host_errors:
             cond = Condition("Ready", "False", "VerificationFailed",
                              outcome.verify.host_errors[name][:300])
         elif name in failed_checks:
             cond = Condition("Ready", "False", "VerificationFailed",
-                             "failed checks: " + ", ".join(failed_checks[name]))
+                             "failed checks: " + ", ".join(failed_checks[name])
+                             + waiting.get(name, ""))
+        elif name in waiting:
+            cond = Condition("Ready", "False", depends.NOT_READY, waiting[name][2:])
         else:
             cond = Condition("Ready", "True", "ReconciliationSucceeded",
                              f"{'applied and verified' if h else 'verified'} {ref}")
