@@ -5,9 +5,12 @@ kept, data that would be lost is an error), validates it strictly with pydantic,
 a schema cannot (services without a folder, unknown groups, shared addresses), compiles each
 used service's ``deploy.py``, ``checks.py`` and ``model.py`` (never running ``deploy.py`` or
 ``checks.py``), and validates each host's merged service parameters against the service's
-``deploys/<service>/model.py`` ``Params`` model. The one loader of a revision: called by
-``reconcile`` (plan, reconcile, the daemon) and ``gitops validate`` (also ``--worktree``).
-Every problem names a file and line; values are never echoed, so secrets cannot leak.
+``deploys/<service>/model.py`` ``Params`` model. Each service's optional
+``deploys/<service>/service.yml`` says what it requires; the services are ordered by that
+graph (``gitops.depends``), its cycles and unknown names refused. The one loader of a
+revision: called by ``reconcile`` (plan, reconcile, the daemon) and ``gitops validate``
+(also ``--worktree``). Every problem names a file and line; values are never echoed, so
+secrets cannot leak.
 """
 
 from __future__ import annotations

@@ -5,14 +5,17 @@ ready leaves undone."""
 from __future__ import annotations
 
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from mutations import make_sample
 
-from gitops import depends
+from gitops import depends, page
 from gitops.errors import InvalidDeclaration
 from gitops.load import load
+from gitops.records import ApplyReport, HostApply, Revision, VerifyReport
+from gitops.store import Condition, Store
 
 
 @pytest.fixture()
@@ -130,3 +133,26 @@ def test_cycles_are_found_once() -> None:
     assert depends.cycles(["a", "b", "c", "d"], {"a": ["b"], "b": ["c"], "c": ["a"],
                                                  "d": ["d2"]}) == [["a", "b", "c", "a"]]
     assert depends.cycles(["a", "b"], {"a": ["b"]}) == []
+
+
+def test_page_shows_dependency_not_ready(tmp_path: Path) -> None:
+    """The status page's grid puts a DependencyNotReady service in its host's cell, with
+    the reason, read back from the SQLite record."""
+    rev = Revision(sha="ab" * 20, branch="main", author="Ada <ada@example.org>",
+                   committed_at=datetime.now(UTC), message="web requires app")
+    waiting = depends.not_ready("lab-2", ["app", "web"], {"web": ["app"]},
+                                {"app": "failed its apply on this host"})
+    with Store(tmp_path) as store:
+        run_id = store.start_run("lab", "reconcile", None, actor="test", reason="")
+        store.set_revision(run_id, rev)
+        store.finish_run(run_id, "failed", apply=ApplyReport(hosts=(
+            HostApply(host="lab-2", status="failed", error="app failed"),)),
+            verify=VerifyReport(results=tuple(waiting)))
+        store.set_status("lab", "lab-2", [Condition("Ready", "False", "ApplyFailed",
+                                                    "app failed; DependencyNotReady: web")])
+        data = page.page_data(store)
+    (env,) = data["environments"]
+    (host,) = env["hosts"]
+    assert host["services"]["web"]["failing"] == [
+        {"check": "requires", "status": "DependencyNotReady",
+         "message": "requires app, which failed its apply on this host"}]
