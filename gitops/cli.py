@@ -603,7 +603,9 @@ def _print_outcome(outcome: pipeline.Outcome) -> None:
     if outcome.verify is not None:
         v = outcome.verify
         passed = sum(1 for r in v.results if r.status == "pass")
-        click.echo(f"checks: {passed} passed, {len(v.failed)} failed"
+        waiting = sum(1 for r in v.results if r.status == "DependencyNotReady")
+        click.echo(f"checks: {passed} passed, {len(v.failed) - waiting} failed"
+                   + (f", {waiting} service(s) DependencyNotReady" if waiting else "")
                    + (f", {len(v.host_errors)} host(s) unreachable" if v.host_errors else ""))
         for r in v.failed:
             _check_failure(r.host, r.service, r.check, r.status, r.message)

@@ -5,9 +5,12 @@ kept, data that would be lost is an error), validates it strictly with pydantic,
 a schema cannot (services without a folder, unknown groups, shared addresses), compiles each
 used service's ``deploy.py``, ``checks.py`` and ``model.py`` (never running ``deploy.py`` or
 ``checks.py``), and validates each host's merged service parameters against the service's
-``deploys/<service>/model.py`` ``Params`` model. The one loader of a revision: called by
-``reconcile`` (plan, reconcile, the daemon) and ``gitops validate`` (also ``--worktree``).
-Every problem names a file and line; values are never echoed, so secrets cannot leak.
+``deploys/<service>/model.py`` ``Params`` model. Each service's optional
+``deploys/<service>/service.yml`` says what it requires; the services are ordered by that
+graph (``gitops.depends``), its cycles and unknown names refused. The one loader of a
+revision: called by ``reconcile`` (plan, reconcile, the daemon) and ``gitops validate``
+(also ``--worktree``). Every problem names a file and line; values are never echoed, so
+secrets cannot leak.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import ast
 import contextlib
 import hashlib
 import importlib.util
+import itertools
 import json
 import os
 import sys
@@ -28,7 +32,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, SecretBytes, SecretStr, ValidationError
 
-from gitops import sops
+from gitops import depends, sops
 from gitops.errors import InvalidDeclaration, Problem
 from gitops.model import (
     ALL_GROUP,
@@ -42,6 +46,7 @@ from gitops.model import (
     InventoryFile,
     LabSpec,
     ResolvedSSH,
+    ServiceMeta,
     ServiceParams,
     SSHSettings,
     check_address,
@@ -269,6 +274,9 @@ def load(
 
     services = _service_order(inv)
     models = {name: _service_model(root, name, inv, problems) for name in services}
+    requires = _service_requires(root, services, revision, problems)
+    services = depends.apply_order(services, requires)
+    declared_on: dict[str, set[str]] = {}
     sources: dict[str, dict[str, Any]] = {}
     raw_settings = data.get("settings")
     # Settings that did not validate leave the source unknown: no host is blamed for it.
@@ -321,6 +329,8 @@ def load(
         if address:
             seen_addresses[key] = name
         group_names = [ALL_GROUP, *[g for g in spec.groups if g != ALL_GROUP]]
+        declared_on[name] = {s for g in group_names if g in inv.groups
+                             for s in inv.groups[g].services} | set(spec.services)
         params = _host_services(inv, name, group_names, services, models, problems)
         if not address:  # the source failed (reported once): the rest is still checked
             continue
@@ -340,6 +350,7 @@ def load(
             )
         )
 
+    _check_requires(requires, declared_on, problems)
     if problems.items:
         ordered = sorted(problems.items, key=lambda p: (p.file != rel, p.file, p.line or 0))
         raise InvalidDeclaration(ordered, revision)
@@ -351,6 +362,7 @@ def load(
         settings=inv.settings,
         hosts=tuple(hosts),
         service_order=tuple(services),
+        requires={s: tuple(r) for s, r in requires.items() if r},
         warnings=tuple(str(w) for w in problems.warnings),
         service_digests=_service_digests(root, services),
         redact=tuple(sorted(secrets)),
@@ -468,6 +480,84 @@ def _service_order(inv: InventoryFile) -> list[str]:
     for host in inv.hosts.values():
         see(iter(host.services))
     return order
+
+
+SERVICE_FILE = "service.yml"
+"""A service's metadata, besides its parameters: ``deploys/<service>/service.yml``."""
+
+
+class _Requires(dict[str, list[str]]):
+    """Service -> the services it requires, with where each requirement is written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.at: dict[tuple[str, str], tuple[str, int, str]] = {}
+        """(service, requirement) -> file, line and field of the requirement."""
+
+
+def _service_requires(root: Path, services: list[str], revision: str | None,
+                      problems: _Problems) -> _Requires:
+    """Read and validate each used service's ``service.yml`` (optional); a requirement that
+    names no service (no ``deploys/<name>/deploy.py``) is a problem at its line."""
+    out = _Requires()
+    for service in services:
+        path = root / "deploys" / service / SERVICE_FILE
+        if not (root / "deploys" / service / "deploy.py").is_file() or not path.is_file():
+            continue  # a missing deploy.py is reported where the inventory names the service
+        rel = f"deploys/{service}/{SERVICE_FILE}"
+        try:
+            data, lines = read_yaml(path, rel, revision)
+        except InvalidDeclaration as exc:
+            problems.items.extend(exc.problems)
+            continue
+        here = _Problems(rel, lines)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            here.add((), "should be a mapping (requires: [service, ...])")
+        else:
+            try:
+                meta = ServiceMeta.model_validate_json(json.dumps(data, default=str), strict=True)
+            except ValidationError as exc:
+                for err in exc.errors(include_url=False, include_input=False):
+                    here.add(tuple(err["loc"]), err["msg"].removeprefix("Value error, "))
+            else:
+                out[service] = []
+                for i, name in enumerate(meta.requires):
+                    loc: Loc = ("requires", i)
+                    if name == service:
+                        here.add(loc, f"service {service!r} cannot require itself")
+                    elif not (root / "deploys" / name / "deploy.py").is_file():
+                        here.add(loc, f"unknown service {name!r}: there is no "
+                                 f"deploys/{name}/deploy.py")
+                    elif name not in out[service]:
+                        out[service].append(name)
+                        out.at[(service, name)] = (rel, here.at(loc, "").line or 1, _field(loc))
+        problems.items.extend(here.items)
+    return out
+
+
+def _check_requires(requires: _Requires, declared_on: dict[str, set[str]],
+                    problems: _Problems) -> None:
+    """Cycles and requirements a host does not run are problems at the requiring line."""
+    for loop in depends.cycles(list(requires), requires):
+        path = " -> ".join(loop)
+        for service, name in itertools.pairwise(loop):
+            file, line, field = requires.at[(service, name)]
+            problems.items.append(Problem(file, line, field,
+                                          f"dependency cycle: {path}"))
+    for service, names in requires.items():
+        for name in names:
+            missing = sorted(h for h, used in declared_on.items()
+                             if service in used and name not in used)
+            if missing:
+                shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more"
+                                                  if len(missing) > 3 else "")
+                file, line, field = requires.at[(service, name)]
+                problems.items.append(Problem(
+                    file, line, field,
+                    f"{service!r} requires {name!r} on the same host, but {shown} "
+                    f"run{'s' if len(missing) == 1 else ''} {service!r} without {name!r}"))
 
 
 def _service_locs(inv: InventoryFile, service: str) -> list[Loc]:

@@ -181,6 +181,14 @@ class LabSpec(_Strict):
     """Debian packages the deploys install that the lab's built-in mirror lacks."""
 
 
+class ServiceMeta(_Strict):
+    """The schema of ``deploys/<service>/service.yml``: what the service is, besides its
+    parameters (``model.py``) and how it is applied and checked. Optional."""
+
+    requires: list[Annotated[str, AfterValidator(lambda v: check_name(v, "service name"))]] = []
+    """Services applied (and ready) on the same host before this one (see gitops.depends)."""
+
+
 class InventoryFile(_Strict):
     """The schema of ``inventories/<environment>.yml``."""
 
@@ -226,7 +234,11 @@ class DeclaredState(_Strict):
     settings: EnvironmentSettings
     hosts: tuple[DeclaredHost, ...]
     service_order: tuple[str, ...]
-    """Every service used, in the order they are applied (``all`` group's first, then by name)."""
+    """Every service used, in the order they are applied: after what it requires
+    (``deploys/<service>/service.yml``), else the ``all`` group's first, then other groups',
+    then hosts', each in the order written."""
+    requires: dict[str, tuple[str, ...]] = {}
+    """Service -> the services it requires (only services that require any)."""
     warnings: tuple[str, ...] = ()
     """What is allowed but probably wrong (a service without ``model.py``), one line each
     with file and line; printed by validate, plan and reconcile."""
@@ -239,6 +251,11 @@ class DeclaredState(_Strict):
     secret_files: dict[str, str] = {}
     """Each decrypted ``deploys/<service>/files/*.sops.*`` file: relative path -> plain content
     (base64); the apply worker uploads it from memory in place of the encrypted file."""
+
+    @property
+    def removal_order(self) -> tuple[str, ...]:
+        """The order services are removed in: dependents before what they require."""
+        return tuple(reversed(self.service_order))
 
     def host(self, name: str) -> DeclaredHost:
         for h in self.hosts:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gitops import apply as apply_stage
-from gitops import control, journal, retention, source
+from gitops import control, depends, journal, retention, source
 from gitops import load as load_stage
 from gitops import verify as verify_stage
 from gitops.errors import (
@@ -46,6 +46,7 @@ from gitops.model import DeclaredState
 from gitops.private import private_dir
 from gitops.records import (
     ApplyReport,
+    CheckResult,
     HostApply,
     HostPlan,
     Plan,
@@ -424,6 +425,7 @@ def _rollout(
         t = time.monotonic()
         batch_checks = verify_stage.verify(part.limit(ok), on_progress=say,
                                            connections=connections)
+        batch_checks = _not_applied(part, applied, batch_checks)
         stages["verify"] = stages.get("verify", 0) + time.monotonic() - t
         checks = _merge_verify(checks, batch_checks)
         batch_done(applied, batch_checks)
@@ -439,6 +441,27 @@ def _rollout(
     failed_any = bool(stopped or report.failed_hosts or checks.failed_hosts)
     return Outcome("failed" if failed_any else "succeeded", run_id=run_id, revision=revision,
                    plan=Plan(hosts=plan_hosts), apply=report, verify=checks, stopped_at=stopped)
+
+
+def _not_applied(part: DeclaredState, applied: ApplyReport,
+                 checks: VerifyReport) -> VerifyReport:
+    """``checks`` with a ``DependencyNotReady`` result for each service of a host whose apply
+    failed that requires (directly or not) a service whose apply failed there: one pyinfra
+    pass applies a host's services in ``service_order`` and stops that host at its first
+    failed operation, so those services' operations were skipped (see ``gitops.depends``)."""
+    extra: list[CheckResult] = []
+    for h in applied.hosts:
+        if h.status != "failed" or h.host not in {d.name for d in part.hosts}:
+            continue
+        failed = {op.service for op in h.ops if op.status == "failed" and op.service}
+        if h.error and h.error.startswith("deploys/"):  # an exception in a deploy file
+            failed.add(h.error.split("/", 2)[1])
+        services = part.host(h.host).services
+        extra += depends.not_ready(h.host, services, part.requires,
+                                   {s: "failed its apply on this host" for s in failed})
+    if not extra:
+        return checks
+    return checks.model_copy(update={"results": checks.results + tuple(extra)})
 
 
 def journal_folder(target: Target) -> Path:
@@ -535,8 +558,13 @@ def _host_status(
     """The Ready condition of every host this run touched (others keep theirs)."""
     assert outcome.verify is not None
     failed_checks: dict[str, list[str]] = {}
+    waiting: dict[str, str] = {}  # host -> "; DependencyNotReady: web, proxy"
     for r in outcome.verify.failed:
-        failed_checks.setdefault(r.host, []).append(f"{r.service}/{r.check}")
+        if r.status == depends.NOT_READY:
+            waiting[r.host] = (waiting.get(r.host) or f"; {depends.NOT_READY}:") + \
+                f"{',' if r.host in waiting else ''} {r.service}"
+        else:
+            failed_checks.setdefault(r.host, []).append(f"{r.service}/{r.check}")
     applied_hosts = {h.host: h for h in outcome.apply.hosts} if outcome.apply else {}
     touched = set(applied_hosts) | {r.host for r in outcome.verify.results} | set(
         outcome.verify.host_errors)
@@ -544,13 +572,17 @@ def _host_status(
         h = applied_hosts.get(name)
         if h is not None and h.status != "ok":
             cond = Condition("Ready", "False", "ApplyFailed",
-                             (h.error or h.status).splitlines()[0][:300])
+                             (h.error or h.status).splitlines()[0][:300]
+                             + waiting.get(name, ""))
         elif name in outcome.verify.host_errors:
             cond = Condition("Ready", "False", "VerificationFailed",
                              outcome.verify.host_errors[name][:300])
         elif name in failed_checks:
             cond = Condition("Ready", "False", "VerificationFailed",
-                             "failed checks: " + ", ".join(failed_checks[name]))
+                             "failed checks: " + ", ".join(failed_checks[name])
+                             + waiting.get(name, ""))
+        elif name in waiting:
+            cond = Condition("Ready", "False", depends.NOT_READY, waiting[name][2:])
         else:
             cond = Condition("Ready", "True", "ReconciliationSucceeded",
                              f"{'applied and verified' if h else 'verified'} {ref}")

@@ -48,7 +48,8 @@ class Snapshot(_Record):
 
 OpStatus = Literal["changed", "unchanged", "failed", "skipped"]
 HostStatus = Literal["ok", "failed", "unreachable", "skipped"]
-CheckStatus = Literal["pass", "fail", "error"]
+CheckStatus = Literal["pass", "fail", "error", "DependencyNotReady"]
+"""``DependencyNotReady``: not run, a service it requires is not ready (``gitops.depends``)."""
 
 
 class OpPlan(_Record):

@@ -34,7 +34,7 @@ import threading
 import time
 import traceback
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +46,7 @@ from pydantic import BaseModel
 from testinfra.backend.base import CommandResult
 from testinfra.backend.ssh import SshBackend
 
+from gitops import depends
 from gitops.model import (
     DeclaredHost,
     DeclaredState,
@@ -248,9 +249,13 @@ def connect(alias: str, ssh_config: Path, connect_timeout: int) -> Any:
 
 
 def verify_host(
-    declared: DeclaredHost, alias: str, ssh_config: Path, suites: Mapping[str, Suite]
+    declared: DeclaredHost, alias: str, ssh_config: Path, suites: Mapping[str, Suite],
+    requires: Mapping[str, Sequence[str]] | None = None,
 ) -> HostOutcome:
-    """Reach the host once, then run the checks of each of its services in order."""
+    """Reach the host once, then run the checks of each of its services in order; the
+    checks of a service that ``requires`` one whose checks failed are not run, each such
+    service recorded once as ``DependencyNotReady`` with the reason (``gitops.depends``)."""
+    requires = requires or {}
     start = time.monotonic()
     host = connect(alias, ssh_config, declared.ssh.connect_timeout)
     try:
@@ -259,10 +264,17 @@ def verify_host(
         except Exception as exc:
             return HostOutcome(declared.name, (), _describe(exc), time.monotonic() - start)
         results: list[CheckResult] = []
+        why: dict[str, str] = {}  # service -> why what requires it is not run
         for service, params in declared.services.items():
             suite = suites.get(service)
             if suite is None:
                 continue
+            blocked = depends.not_ready(declared.name, [service], requires, why)
+            if blocked:  # a requirement failed its checks: these are not run
+                results += blocked
+                why[service] = f"is not ready ({depends.NOT_READY})"
+                continue
+            first = len(results)
             if suite.error is not None:
                 results.append(
                     CheckResult(
@@ -273,10 +285,14 @@ def verify_host(
                         message=suite.error,
                     )
                 )
+                why[service] = "failed its checks on this host (checks.py cannot be loaded)"
                 continue
             available = {"host": host, "params": params}
             for name, func in suite.checks:
                 results.append(run_check(declared.name, suite, name, func, available))
+            bad = [f"{r.service}/{r.check}" for r in results[first:] if r.status != "pass"]
+            if bad:
+                why[service] = f"failed its checks on this host ({', '.join(bad)})"
     finally:
         host.backend.close()
     return HostOutcome(declared.name, tuple(results), None, time.monotonic() - start)
@@ -523,11 +539,14 @@ def ssh_config_text(hosts: Mapping[str, DeclaredHost], control_dir: str | None =
 def _summary(outcome: HostOutcome) -> str:
     if outcome.error is not None:
         return f"{outcome.host}: unreachable: {outcome.error.splitlines()[0]}"
-    counts = {s: sum(1 for r in outcome.results if r.status == s) for s in ("pass", "fail")}
-    errors = len(outcome.results) - counts["pass"] - counts["fail"]
+    counts = {s: sum(1 for r in outcome.results if r.status == s)
+              for s in ("pass", "fail", depends.NOT_READY)}
+    errors = len(outcome.results) - sum(counts.values())
+    waiting = counts[depends.NOT_READY]
     return (
         f"{outcome.host}: {counts['pass']} passed, {counts['fail']} failed, {errors} errors"
-        f" ({outcome.duration_s:.1f}s)"
+        + (f", {waiting} service(s) {depends.NOT_READY}" if waiting else "")
+        + f" ({outcome.duration_s:.1f}s)"
     )
 
 
@@ -555,7 +574,7 @@ def run(
         workers = max(1, min(state.settings.parallel, len(aliases)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
             futures = {
-                pool.submit(verify_host, h, alias, ssh_config, suites): h.name
+                pool.submit(verify_host, h, alias, ssh_config, suites, state.requires): h.name
                 for alias, h in aliases.items()
             }
             for future in as_completed(futures):
