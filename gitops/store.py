@@ -953,6 +953,9 @@ def _pg_rows(cursor: Any) -> Callable[[Sequence[Any]], _PgRow]:
     return make
 
 
+_LIBPQ_PREFIX = re.compile(r"^(connection failed: )?(connection to server .*? failed: )?"
+                           r"(FATAL: +)?")
+"""What libpq puts before its reason: the message names the database itself."""
 _JSON_EXTRACT = re.compile(r"json_extract\((\w+), '\$\.(\w+)'\)")
 
 
@@ -1015,8 +1018,9 @@ class PostgresStore(Store):
                                    connect_timeout=10, application_name="gitops",
                                    row_factory=_pg_rows)
         except psycopg.Error as exc:
-            reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-            reason = reason.split("FATAL:", 1)[-1].strip()
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = "; ".join(_LIBPQ_PREFIX.sub("", line) for line in lines)
+            reason = reason or type(exc).__name__
             if self._password:
                 reason = reason.replace(self._password, "***")
             raise StoreUnavailable(f"cannot open the database {self.where}: {reason}") from None
