@@ -1029,7 +1029,8 @@ class PostgresStore(Store):
         return _PgConnection(conn)
 
     def identity(self) -> tuple[str, int]:
-        row = self.db.execute("SELECT system_identifier FROM pg_control_system()").fetchone()
+        row = self.db.execute("SELECT oid FROM pg_database"  # a database made anew: a new oid
+                              " WHERE datname = current_database()").fetchone()
         return self.where, int(row[0])
 
     def _version(self) -> int:

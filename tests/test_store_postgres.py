@@ -1,16 +1,22 @@
-"""The CLI with ``database = "postgresql://..."``: recording and read commands as real
-subprocesses against the session's throwaway PostgreSQL cluster, nothing in SQLite, and a
-wrong password or a password in the URL refused without echoing it."""
+"""gitops with ``database = "postgresql://..."``: recording and read commands as real
+subprocesses against the session's throwaway PostgreSQL cluster, nothing in SQLite; the
+metrics, API and status page read it; a wrong password or a password in the URL is refused
+without echoing it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import httpx
 from clitools import gitops, sample_repo
 from pgserver import PgServer
+from starlette.applications import Starlette
 
-from gitops.store import PostgresStore
+from gitops import metrics, page
+from gitops.settings import SecretRef
+from gitops.store import ENVIRONMENT, Condition, Database, PostgresStore
 
 
 def _settings(tmp_path: Path, url: str) -> Path:
@@ -69,3 +75,29 @@ def test_a_password_in_the_url_is_refused_unechoed(tmp_path: Path) -> None:
     assert proc.returncode == 2, proc.stderr
     assert "database" in proc.stderr and str(path) in proc.stderr
     assert "hunter2secret" not in proc.stderr + proc.stdout
+
+
+def test_metrics_api_and_page_read_postgresql(tmp_path: Path, pg_server: PgServer) -> None:
+    """The daemon's routes over a PostgreSQL record: /metrics counts its runs, the API lists
+    its environment and the status page's data shows it, with no SQLite file in the state folder."""
+    secret = tmp_path / "password"
+    secret.write_text(pg_server.password)
+    database = Database(tmp_path / "state", pg_server.database(), SecretRef(file=secret))
+    with database.open() as store:
+        run_id = store.start_run("prod", "reconcile", None, actor="t")
+        store.finish_run(run_id, "succeeded")
+        store.set_status("prod", ENVIRONMENT, [Condition("Ready", "True", "Ok", "fine")])
+    app = Starlette(routes=[*metrics.routes(database.state_dir, None, database),
+                            *page.routes(database.state_dir, None, database)])
+
+    async def get(*paths: str) -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gitops") as http:
+            return [await http.get(p) for p in paths]
+
+    text, envs, shown = asyncio.run(get("/metrics", "/api/environments", "/api/page"))
+    assert 'gitops_runs_total{environment="prod",kind="reconcile",result="succeeded"} 1.0' \
+        in text.text
+    assert [e["environment"] for e in envs.json()] == ["prod"], envs.text
+    assert shown.status_code == 200 and '"prod"' in shown.text, shown.text
+    assert not (database.state_dir / "gitops.db").exists()
