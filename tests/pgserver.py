@@ -58,7 +58,8 @@ class PgServer:
 
     def _run(self, *args: str) -> None:
         as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        subprocess.run([*as_owner, *args], check=True, capture_output=True, timeout=120)
+        subprocess.run([*as_owner, *args], check=True, capture_output=True, timeout=120,
+                       cwd=self.root)  # a folder the postgres user may enter
 
     @classmethod
     def start(cls) -> PgServer:
@@ -70,7 +71,10 @@ class PgServer:
             shutil.chown(root, "postgres", "postgres")
         server = cls(root, _free_port(), binaries)
         server._run(str(binaries / "initdb"), "-D", str(server.data), "-U", "postgres",
-                    "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8")
+                    "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                    # a natural-language default collation, as on most servers: the
+                    # store must sort as SQLite does regardless
+                    "--locale=C.UTF-8", "--locale-provider=icu", "--icu-locale=en")
         server._run(str(binaries / "pg_ctl"), "-D", str(server.data), "-w", "-l",
                     str(root / "log"), "-o",
                     f"-k {root} -c listen_addresses=127.0.0.1 -p {server.port}"

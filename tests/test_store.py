@@ -304,6 +304,15 @@ def test_converged_is_replaced_per_host(store: Store) -> None:
     assert store.converged("prod") == {"web1": {"web": "f4"}}
 
 
+def test_hosts_sort_by_code_point_on_every_backend(store: Store) -> None:
+    """Hosts of a run come back in the same order on SQLite and PostgreSQL: by code point
+    (capitals first, "-" before digits), whatever the server's locale."""
+    names = ("web10", "web-2", "Web1", "web1", "db_1", "\u00e9cole")
+    run_id = store.start_run("prod", "reconcile", _revision(), actor="t")
+    store.finish_run(run_id, "succeeded", apply=_apply(*names))
+    assert [h.host for h in store.host_results(run_id)] == sorted(names)
+
+
 def test_a_reader_creates_nothing(tmp_path: Path) -> None:
     """A read-only open of a missing folder or database raises NoStore and creates nothing."""
     missing = tmp_path / "nowhere"
