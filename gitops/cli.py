@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from gitops.lab.cli import lab
 from gitops.load import load
 from gitops.records import OpPlan, Plan
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import Database, NoStore, Store, open_store
+from gitops.store import Database, NoStore, Store, database_errors, open_store
 
 EXIT_CODES = ("Exit codes: 0 all good; 1 apply or verify failed, or a temporary failure "
               "(Git remote, SSH, the environment locked by another run, the daemon gone); "
@@ -199,7 +198,7 @@ class _Main(click.Group):
             return super().invoke(ctx)
         except GitopsError as exc:
             _fail(exc, False)
-        except sqlite3.Error as exc:
+        except database_errors() as exc:
             click.secho(f"error: the state database: {exc}", fg="red", err=True)
             sys.exit(EXIT_FAILED)
         except OSError as exc:

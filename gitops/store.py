@@ -80,7 +80,8 @@ if TYPE_CHECKING:
     from gitops.settings import SecretRef, Settings
 
 __all__ = ["ENVIRONMENT", "MIGRATIONS", "Condition", "Database", "Migration", "NoStore",
-           "PostgresStore", "Store", "StoreOutdated", "StoreUnavailable", "now", "open_store"]
+           "PostgresStore", "Store", "StoreOutdated", "StoreUnavailable", "database_errors", "now",
+           "open_store"]
 
 DATABASE = "gitops.db"
 
@@ -1084,6 +1085,14 @@ class Database:
             return Store(self.state_dir, readonly=readonly, clock=clock)
         password = self.password.reveal() if self.password is not None else None
         return PostgresStore(self.url, password=password, readonly=readonly, clock=clock)
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """The errors either database may raise mid-command (the CLI reports them in one line;
+    their messages are the server's, which never holds the password)."""
+    import psycopg
+
+    return sqlite3.Error, psycopg.Error
 
 
 def open_store(settings: Settings, *, readonly: bool = False) -> Store:

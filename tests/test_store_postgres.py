@@ -101,3 +101,19 @@ def test_metrics_api_and_page_read_postgresql(tmp_path: Path, pg_server: PgServe
     assert [e["environment"] for e in envs.json()] == ["prod"], envs.text
     assert shown.status_code == 200 and '"prod"' in shown.text, shown.text
     assert not (database.state_dir / "gitops.db").exists()
+
+
+def test_a_database_the_user_may_not_read_is_one_line(tmp_path: Path,
+                                                       pg_server: PgServer) -> None:
+    """A record whose tables another role owns (no grant to gitops): status exits 1 with the
+    server's one-line refusal, no traceback."""
+    name = pg_server.database().rsplit("/", 1)[1]
+    owner = f"postgresql://postgres@/{name}?host={pg_server.root}&port={pg_server.port}"
+    with PostgresStore(owner) as store:
+        store.set_status("prod", ENVIRONMENT, [Condition("Ready", "True", "Ok", "")])
+    env = {"GITOPS_CONFIG": str(_settings(tmp_path, pg_server.url(name))),
+           "GITOPS_DB_PASSWORD": pg_server.password}
+    proc = gitops("status", "--state-dir", str(tmp_path / "state"), env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "error: the state database: permission denied for table" in proc.stderr
+    assert "Traceback" not in proc.stderr
