@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from gitops.errors import TemporaryError, UsageError
 from gitops.private import private_dir, private_file
@@ -926,9 +926,11 @@ def redacted(url: str) -> str:
     """``postgresql://user@host:port/db`` of ``url``: never a password, never a query."""
     parts = urlsplit(url)
     user = f"{parts.username}@" if parts.username else ""
-    host = parts.hostname or "localhost"
     port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+    socket = next(iter(parse_qs(parts.query).get("host", [])), "")
+    if parts.hostname is None and socket.startswith("/"):
+        return f"{parts.scheme}://{user}{parts.path} (socket in {socket})"
+    return f"{parts.scheme}://{user}{parts.hostname or 'localhost'}{port}{parts.path}"
 
 
 class _PgRow(tuple[Any, ...]):
