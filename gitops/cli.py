@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import sqlite3
 import sys
 import time
 from collections.abc import Callable
@@ -39,7 +38,7 @@ from gitops.lab.cli import lab
 from gitops.load import load
 from gitops.records import OpPlan, Plan
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import NoStore, Store
+from gitops.store import Database, NoStore, Store, database_errors, open_store
 
 EXIT_CODES = ("Exit codes: 0 all good; 1 apply or verify failed, or a temporary failure "
               "(Git remote, SSH, the environment locked by another run, the daemon gone); "
@@ -117,7 +116,7 @@ class _Finite(click.ParamType[float]):
 def _target(s: Settings) -> pipeline.Target:
     return pipeline.Target(repo=s.repo, branch=s.branch, environment=s.environment,
                            state_dir=s.state_dir, vagrant_dir=s.vagrant_dir,
-                           actor=control.who(), sops=s.sops)
+                           actor=control.who(), sops=s.sops, database=Database.of(s))
 
 
 def _target_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -199,7 +198,7 @@ class _Main(click.Group):
             return super().invoke(ctx)
         except GitopsError as exc:
             _fail(exc, False)
-        except sqlite3.Error as exc:
+        except database_errors() as exc:
             click.secho(f"error: the state database: {exc}", fg="red", err=True)
             sys.exit(EXIT_FAILED)
         except OSError as exc:
@@ -336,7 +335,7 @@ def _guard(s: Settings, action: str, force: bool, reason: str) -> bool:
     recorded as an ``override`` event naming who and why). True when it was overridden."""
     if force and not reason.strip():
         raise UsageError("--force needs --reason: who overrode what, and why, is recorded")
-    with Store(s.state_dir) as store:
+    with open_store(s) as store:
         controls = store.controls(s.environment)
         if controls["suspended"]:
             why = (f"suspended by {controls['actor'] or '?'} since {controls['since'] or '?'}"
@@ -417,7 +416,7 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
     """Conditions (Ready / Reconciling / Stalled) and revisions per environment and host."""
     s = _settings(state_dir=state_dir)
     name_ = _store_environment(s, environment)
-    store = _reader(s.state_dir, name_, as_json)
+    store = _reader(s, name_, as_json)
     if store is None:
         return
     with store:
@@ -454,7 +453,7 @@ def history(as_json: bool, environment: str | None, state_dir: Path | None, limi
     """Recorded runs and operator actions, newest first (--run ID: one run in full)."""
     s = _settings(state_dir=state_dir)
     name_ = _store_environment(s, environment)
-    store = _reader(s.state_dir, name_, as_json)
+    store = _reader(s, name_, as_json)
     if store is None:
         if run_id is not None:
             raise UsageError(f"no run {run_id} in {s.state_dir}")
@@ -483,13 +482,13 @@ def history(as_json: bool, environment: str | None, state_dir: Path | None, limi
                    f"changed={r['changed']} by {r['actor']}{failed}{why}")
 
 
-def _reader(state_dir: Path, environment: str | None, as_json: bool,
+def _reader(s: Settings, environment: str | None, as_json: bool,
             empty: Any = ()) -> Store | None:
     """The store opened read-only for a read command (creates nothing); None when the
     state folder holds no database yet ("no runs recorded yet" is printed). A missing state
     folder, or an environment the store does not know, is a usage error (exit 2)."""
     try:
-        store = Store(state_dir, readonly=True)
+        store = open_store(s, readonly=True)
     except NoStore as exc:
         if not exc.folder_exists:
             _fail(exc, as_json)
@@ -960,7 +959,8 @@ def run() -> None:
         daemon = Daemon(s)
         authorize = server.make_authorize(s)
         app = server.create_app(daemon, s, extra_routes=[
-            *metrics.routes(s.state_dir, authorize), *page.routes(s.state_dir, authorize)])
+            *metrics.routes(s.state_dir, authorize, Database.of(s)),
+            *page.routes(s.state_dir, authorize, Database.of(s))])
         http, thread = server.start_in_thread(app, s.listen)
     except GitopsError as exc:
         _fail(exc, False)
@@ -986,7 +986,7 @@ def _control(action: str, environment: str | None, state_dir: Path | None, as_js
     s = _settings(environment=environment, state_dir=state_dir)
     answer = _ask_daemon(s, _api_name(s), action, body)
     if answer is None:  # no daemon: the store is the shared record
-        store = Store(s.state_dir)
+        store = open_store(s)
         try:
             if action == "suspend":
                 answer = control.suspend(store, s.environment, actor=control.who(),
@@ -1056,7 +1056,7 @@ def rollback(revision: str | None, reason: str, no_wait: bool, force: bool, as_j
                                       wait=not no_wait, as_json=as_json):
         return
     target = _target(s)
-    with Store(s.state_dir) as store:
+    with open_store(s) as store:
         try:
             held = control.hold_rollback(
                 store, s.environment, repo=s.repo, branch=s.branch, state_dir=s.state_dir,
@@ -1093,7 +1093,7 @@ def retry(failed: bool, reason: str, no_wait: bool, force: bool, as_json: bool,
     if not forced and _through_daemon(s, "retry", {"reason": reason}, wait=not no_wait,
                                       as_json=as_json):
         return
-    with Store(s.state_dir) as store:
+    with open_store(s) as store:
         hosts = control.failed_hosts(store, s.environment)
         last = next((r for r in store.history(s.environment, 50)
                      if r.kind in _APPLY_KINDS), None)
@@ -1114,11 +1114,11 @@ def forget(environment: str, state_dir: Path | None, as_json: bool) -> None:
     """Remove ENVIRONMENT's status record, controls and quarantine (e.g. one made by a typo);
     its runs stay in history."""
     s = _settings(state_dir=state_dir)
-    store = _reader(s.state_dir, environment, as_json)
+    store = _reader(s, environment, as_json)
     if store is None:
         sys.exit(EXIT_INVALID)
     store.close()
-    with Store(s.state_dir) as store:
+    with open_store(s) as store:
         removed = store.forget(environment)
     if as_json:
         _emit({"environment": environment, "removed": {k: v for k, v in removed.items()
@@ -1141,7 +1141,7 @@ def metrics(environment: str | None, state_dir: Path | None, days: float, as_jso
 
     s = _settings(state_dir=state_dir)
     name_ = _store_environment(s, environment)
-    store = _reader(s.state_dir, name_, as_json, empty={})
+    store = _reader(s, name_, as_json, empty={})
     if store is None:
         return
     with store:
@@ -1183,7 +1183,7 @@ def incidents(environment: str | None, state_dir: Path | None, folder: Path | No
 
     s = _settings(state_dir=state_dir)
     name_ = _store_environment(s, environment)
-    store = _reader(s.state_dir, name_, as_json)
+    store = _reader(s, name_, as_json)
     if store is None:
         return
     with store:

@@ -36,7 +36,7 @@ from gitops.errors import GitopsError, InvalidDeclaration, Suspended, UsageError
 from gitops.policy import After, Controls, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import ENVIRONMENT, Condition, NoStore, Store
+from gitops.store import ENVIRONMENT, Condition, Database, NoStore, Store, open_store
 from gitops.store import now as store_now
 
 log = logging.getLogger("gitops.loop")
@@ -103,7 +103,8 @@ class Daemon:
                 repo=cfg.repo, branch=cfg.branch, environment=cfg.environment,
                 state_dir=settings.state_dir, actor=policy.DAEMON,
                 connections=self.connections.path,
-                keep_snapshots=settings.retention.snapshots, sops=settings.sops))
+                keep_snapshots=settings.retention.snapshots, sops=settings.sops,
+                database=Database.of(settings)))
         self.threads: list[threading.Thread] = []
         self.observers: list[Any] = []
         self.pruned_at: float | None = None
@@ -189,7 +190,7 @@ class Daemon:
 
     def status(self) -> list[dict[str, Any]]:
         try:
-            reader = Store(self.settings.state_dir, readonly=True)  # a reader: writes nothing
+            reader = open_store(self.settings, readonly=True)  # a reader: writes nothing
         except NoStore:
             return []  # nothing recorded yet
         with reader as store:
@@ -563,7 +564,7 @@ class Daemon:
         return self.envs[name]
 
     def _store(self) -> Store:
-        return Store(self.settings.state_dir)
+        return open_store(self.settings)
 
     @staticmethod
     def _condition(store: Store, env: str, condition: Condition) -> None:

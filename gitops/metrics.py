@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gitops.records import LatestCheck
-from gitops.store import ENVIRONMENT, NoStore, Store, StoreOutdated
+from gitops.store import ENVIRONMENT, Database, NoStore, Store, StoreOutdated
 
 __all__ = [
     "DELIVERY_WINDOW",
@@ -118,7 +118,7 @@ def _delivery(store: Store, environment: str | None = None,
         from gitops import delivery  # written alongside; optional until it lands
     except ImportError:
         return None
-    key = (str(store.path), environment, days)
+    key = (store.identity()[0], environment, days)
     fingerprint = store.change_mark()
     clock = time.monotonic()
     with _delivery_lock:
@@ -185,8 +185,7 @@ MAX_COUNTED = 10_000
 
 def _totals(store: Store) -> _Totals:
     """The up-to-date totals of ``store`` (kept per process and path, like a counter)."""
-    path = store.path
-    key = (str(path), path.stat().st_ino)  # a store made anew at the same path starts over
+    key = store.identity()  # a store made anew at the same path starts over
     top = store.max_run_id()
     with _totals_lock:
         totals = _totals_by_store.get(key)
@@ -454,12 +453,16 @@ def _json(data: Any) -> JSONResponse:
     return JSONResponse(json.loads(json.dumps(data, default=str)))
 
 
-def routes(state_dir: Path, authorize: Authorize | None = None) -> list[BaseRoute]:
-    """``GET /metrics`` and the read-only JSON API over the store in ``state_dir``.
+def routes(state_dir: Path, authorize: Authorize | None = None,
+           database: Database | None = None) -> list[BaseRoute]:
+    """``GET /metrics`` and the read-only JSON API over the store in ``state_dir`` (or
+    ``database``).
 
     Every route asks ``authorize`` first (the server's bearer-token-or-loopback check); with
     None, only loopback clients are answered. Each request opens the store and closes it.
     """
+
+    where = database or Database(state_dir)
 
     def refused(request: Request) -> Response | None:
         if authorize is not None:
@@ -480,7 +483,7 @@ def routes(state_dir: Path, authorize: Authorize | None = None) -> list[BaseRout
                 return refusal
 
             def call() -> Response:
-                with Store(state_dir, readonly=True) as store:
+                with where.open(readonly=True) as store:
                     return read(request, store)
 
             try:

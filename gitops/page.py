@@ -35,7 +35,7 @@ from starlette.routing import BaseRoute, Route
 
 from gitops.records import CheckRow, Ref, RunRow, StatusRow
 from gitops.server import _is_loopback
-from gitops.store import ENVIRONMENT, NoStore, Store, StoreOutdated
+from gitops.store import ENVIRONMENT, Database, NoStore, Store, StoreOutdated
 
 __all__ = ["COOKIE", "HISTORY", "page_data", "routes", "run_detail"]
 
@@ -311,9 +311,11 @@ def _refuse_html(refused: Response, again: bool) -> Response:
                     headers=_HEADERS)
 
 
-def routes(state_dir: Path, authorize: Authorize | None) -> list[BaseRoute]:
-    """The page's routes over the store in ``state_dir``; ``authorize`` is the API's check
-    (None: no token can be checked, so only loopback clients are served)."""
+def routes(state_dir: Path, authorize: Authorize | None,
+           database: Database | None = None) -> list[BaseRoute]:
+    """The page's routes over the store in ``state_dir`` (or ``database``); ``authorize`` is
+    the API's check (None: no token can be checked, so only loopback clients are served)."""
+    where = database or Database(state_dir)
 
     def check(request: Request) -> Response | None:
         host = request.client.host if request.client else None
@@ -329,7 +331,7 @@ def routes(state_dir: Path, authorize: Authorize | None) -> list[BaseRoute]:
         return authorize(request)
 
     def read(fn: Callable[[Store], Any]) -> Any:
-        with Store(state_dir, readonly=True) as store:
+        with where.open(readonly=True) as store:
             return fn(store)
 
     async def index(request: Request) -> Response:

@@ -56,7 +56,7 @@ from gitops.records import (
     VerifyReport,
 )
 from gitops.settings import SigningPolicy, SopsSettings
-from gitops.store import ENVIRONMENT, Condition, Store, now
+from gitops.store import ENVIRONMENT, Condition, Database, Store, now
 
 Progress = Callable[[str], None]
 
@@ -79,6 +79,8 @@ class Target:
     """Snapshots kept after a run besides those in use (``settings.Retention.snapshots``)."""
     sops: SopsSettings | None = None
     """The keys of the repository's SOPS-encrypted values and files."""
+    database: Database | None = None
+    """Where the record is (default: SQLite in ``state_dir``)."""
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,7 @@ def verify(target: Target, progress: Progress | None = None, *, reason: str = ""
 def run(target: Target, request: Request, progress: Progress | None = None) -> Outcome:
     """One run under the environment lock; a held lock is reported, not waited for."""
     say = progress or (lambda _: None)
-    store = Store(target.state_dir)
+    store = (target.database or Database(target.state_dir)).open()
     try:
         with environment_lock(target, request.kind):
             outcome = _locked_run(store, target, request, say)

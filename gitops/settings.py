@@ -15,8 +15,16 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args
+from urllib.parse import parse_qs, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -227,6 +235,28 @@ class Settings(BaseSettings):
     """What the daemon prunes from the state folder after runs."""
     sops: SopsSettings = SopsSettings()
     """Keys for SOPS-encrypted values and files in the state repository."""
+    database: str | None = None
+    """``postgresql://user@host[:port]/database``: the record in PostgreSQL (default: SQLite
+    in ``<state_dir>/gitops.db``). No password here: ``database_password`` names it."""
+    database_password: SecretRef | None = None
+    """Where the PostgreSQL password is (environment variable or file)."""
+
+    @field_validator("database")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            parts.port  # noqa: B018 (a bad port raises here)
+        except ValueError:
+            raise ValueError("not a URL: write postgresql://user@host[:port]/database") from None
+        if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+            raise ValueError("write postgresql://user@host[:port]/database")
+        if parts.password is not None or "password" in parse_qs(parts.query):
+            raise ValueError("a password does not belong in the URL: name it with "
+                             "database_password = {env = ...} or {file = ...}")
+        return value
 
     @classmethod
     def settings_customise_sources(

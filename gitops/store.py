@@ -16,29 +16,41 @@ transaction (a database made before the list existed is version 0 and migrates).
 raises ``NoStore`` when the folder or the database is missing, ``StoreOutdated`` when the
 database needs a migration that only a writer may apply.
 
-A second backend (PostgreSQL with psycopg 3) fits behind the same methods, which are the
-whole interface its callers see (they get rows from ``gitops.records``, never a cursor). The
-SQL here keeps to what both dialects share: ``?`` placeholders (psycopg wants ``%s``: one
-translation in the backend's execute), plain types (ISO-8601 UTC times and JSON kept in TEXT,
-INTEGER, REAL), ``ON CONFLICT`` upserts, explicit column lists. What is SQLite's own is marked
-``sqlite:`` (``BEGIN IMMEDIATE``, ``PRAGMA``, ``sqlite_master``, ``json_extract``,
-``lastrowid`` where PostgreSQL says ``RETURNING id``). Such a backend subclasses ``Store``,
-overrides ``_connect``, ``_tx``, ``_version`` and those few queries, and brings its own
-``MIGRATIONS`` list with the same version numbers, so ``schema_migrations`` means the same.
+The second backend, ``PostgresStore``, keeps the record in PostgreSQL through psycopg 3
+(``database = "postgresql://user@host/db"`` in the settings, its password a ``SecretRef``).
+It is the same class with another connection: ``_PgConnection`` is the one place where the
+dialects differ (``?`` placeholders become ``%s``, ``AUTOINCREMENT`` an identity column,
+``REAL`` a double, ``TEXT`` collated ``"C"`` (sorted as SQLite sorts), ``json_extract`` the
+``->`` operator, rows that read by name and by index like ``sqlite3.Row``); the SQL here
+keeps to what both share (``ON CONFLICT`` upserts, column lists, ``RETURNING id``, ISO-8601
+UTC times and JSON as TEXT). What is SQLite's own is marked
+``sqlite:``. Transactions are PostgreSQL's (read committed, each write method one
+transaction), readers set ``default_transaction_read_only``, and the migrations (the same
+numbered list, the same ``schema_migrations``) run under an advisory lock, so two controllers
+starting together do not both migrate. ``Database`` says where the record is (from the
+settings: ``open_store(settings)``); everything opens stores through it. Snapshots, locks and
+keys stay in the state folder whichever backend holds the record.
+
+Leases (several controllers sharing environments) fit here later: a ``leases`` table
+(environment, holder, expires_at) written with ``INSERT ... ON CONFLICT DO UPDATE ... WHERE
+expires_at < now`` in a migration of its own, both dialects alike; PostgreSQL's advisory locks
+(``_advisory``) can guard an environment for the length of a run the same way.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
-from gitops.errors import UsageError
+from gitops.errors import TemporaryError, UsageError
 from gitops.private import private_dir, private_file
 from gitops.records import (
     ApplyReport,
@@ -62,8 +74,14 @@ from gitops.records import (
     VerifyReport,
 )
 
-__all__ = ["ENVIRONMENT", "MIGRATIONS", "Condition", "Migration", "NoStore", "Store",
-           "StoreOutdated", "now"]
+if TYPE_CHECKING:
+    import psycopg
+
+    from gitops.settings import SecretRef, Settings
+
+__all__ = ["ENVIRONMENT", "MIGRATIONS", "Condition", "Database", "Migration", "NoStore",
+           "PostgresStore", "Store", "StoreOutdated", "StoreUnavailable", "database_errors", "now",
+           "open_store"]
 
 DATABASE = "gitops.db"
 
@@ -168,11 +186,15 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-def _columns(db: sqlite3.Connection, table: str) -> set[str]:
+def _columns(db: Any, table: str) -> set[str]:
+    if isinstance(db, _PgConnection):
+        return {r[0] for r in db.execute(
+            "SELECT column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ?", (table,))}
     return {r[1] for r in db.execute(f"PRAGMA table_info({table})")}  # sqlite: PRAGMA
 
 
-def _v1(db: sqlite3.Connection) -> None:
+def _v1(db: Any) -> None:
     """The tables of gitops before numbered migrations (an existing database keeps its own)."""
     for statement in _statements(_V1_TABLES):
         db.execute(statement)
@@ -180,14 +202,14 @@ def _v1(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE status ADD COLUMN last_verified_revision TEXT")
 
 
-def _v2(db: sqlite3.Connection) -> None:
+def _v2(db: Any) -> None:
     """``runs.event`` marks operator actions (readers used to guess them from empty fields)."""
     db.execute("ALTER TABLE runs ADD COLUMN event INTEGER NOT NULL DEFAULT 0")
     db.execute("UPDATE runs SET event = 1 WHERE branch IS NULL AND duration_s = 0"
                " AND stage_s = '{}' AND error IS NULL AND finished_at = started_at")
 
 
-def _v3(db: sqlite3.Connection) -> None:
+def _v3(db: Any) -> None:
     """An environment's verified revision: successful runs used to leave it empty although
     their Ready message said "Verified revision"."""
     db.execute(
@@ -203,7 +225,8 @@ class Migration:
 
     version: int
     description: str
-    apply: Callable[[sqlite3.Connection], None]
+    apply: Callable[[Any], None]
+    """Given the connection (``sqlite3.Connection`` or ``_PgConnection``)."""
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -257,7 +280,7 @@ def _ref_text(value: Ref | Revision | str | None) -> str | None:
     return value.ref
 
 
-def _run_row(row: sqlite3.Row) -> RunRow:
+def _run_row(row: Any) -> RunRow:
     started = _time(row["started_at"])
     assert started is not None
     return RunRow(
@@ -271,7 +294,7 @@ def _run_row(row: sqlite3.Row) -> RunRow:
     )
 
 
-def _controls(environment: str, row: sqlite3.Row | None) -> Controls:
+def _controls(environment: str, row: Any) -> Controls:
     if row is None:
         return Controls(environment)
     return Controls(environment, suspended=bool(row["suspended"]), reason=row["reason"],
@@ -290,9 +313,7 @@ def suspended_condition(controls: Controls) -> Condition:
 class Store:
     """The SQLite store of one state folder. Cheap to open; safe across processes (WAL).
 
-from gitops.errors import UsageError
-from gitops.private import private_dir, private_file
-into the record (injected by tests)."""
+    ``clock`` gives the times written into the record (injected by tests)."""
 
     def __init__(self, state_dir: Path, *, readonly: bool = False,
                  clock: Callable[[], datetime] = now) -> None:
@@ -307,19 +328,29 @@ into the record (injected by tests)."""
                 raise NoStore(f"no runs recorded yet in {state_dir}", folder_exists=True)
         else:
             private_file(private_dir(state_dir) / DATABASE)
-        self.db = self._connect()
-        if readonly:
-            version = self._version()
-            if version < SCHEMA_VERSION:
-                self.db.close()
-                raise StoreOutdated(
-                    f"{self.path} has schema version {version}, this gitops reads version "
-                    f"{SCHEMA_VERSION}: the daemon or the next command that records "
-                    "(reconcile, verify, suspend, resume) migrates it")
-        else:
-            self._migrate()
+        self.where = str(self.path)
+        """What messages name: the database file, or the PostgreSQL URL without password."""
+        self.db: Any = self._connect()
+        self._ready()
 
-    def _connect(self) -> sqlite3.Connection:
+    def _ready(self) -> None:
+        """A writer migrates; a reader refuses a database that needs a migration."""
+        if not self.readonly:
+            self._migrate()
+            return
+        version = self._version()
+        if version < SCHEMA_VERSION:
+            self.db.close()
+            raise StoreOutdated(
+                f"{self.where} has schema version {version}, this gitops reads version "
+                f"{SCHEMA_VERSION}: the daemon or the next command that records "
+                "(reconcile, verify, suspend, resume) migrates it")
+
+    def identity(self) -> tuple[str, int]:
+        """Which database this is, for per-database caches (a file made anew is another)."""
+        return str(self.path), self.path.stat().st_ino
+
+    def _connect(self) -> Any:
         if self.readonly:
             db = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
                                  timeout=30, isolation_level=None)
@@ -368,7 +399,7 @@ into the record (injected by tests)."""
         self.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Any]:
         self.db.execute("BEGIN IMMEDIATE")  # sqlite: take the write lock up front
         try:
             yield self.db
@@ -395,7 +426,7 @@ into the record (injected by tests)."""
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO runs (environment, kind, actor, reason, sha, branch, author,"
-                " committed_at, message, started_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " committed_at, message, started_at) VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING id",
                 (
                     environment, kind, actor, reason,
                     rev.sha if rev else None, rev.branch if rev else None,
@@ -404,8 +435,7 @@ into the record (injected by tests)."""
                     rev.message if rev else None, self._now(),
                 ),
             )
-            assert cur.lastrowid is not None  # sqlite: lastrowid
-            return cur.lastrowid
+            return int(cur.fetchall()[0][0])  # all: SQLite finishes the statement
 
     def set_revision(self, run_id: int, revision: Revision) -> None:
         self.db.execute(
@@ -454,7 +484,7 @@ into the record (injected by tests)."""
             self._record_hosts(db, run_id, apply, verify)
 
     @staticmethod
-    def _record_hosts(db: sqlite3.Connection, run_id: int, apply: ApplyReport | None,
+    def _record_hosts(db: Any, run_id: int, apply: ApplyReport | None,
                       verify: VerifyReport | None) -> None:
         checked = ({r.host for r in verify.results} | set(verify.host_errors)
                    if verify is not None else set())
@@ -514,10 +544,9 @@ into the record (injected by tests)."""
         stamp = self._now()
         cur = self.db.execute(
             "INSERT INTO runs (environment, kind, actor, reason, sha, started_at, finished_at,"
-            " duration_s, result, event) VALUES (?,?,?,?,?,?,?,0,?,1)",
+            " duration_s, result, event) VALUES (?,?,?,?,?,?,?,0,?,1) RETURNING id",
             (environment, kind, actor, reason, sha, stamp, stamp, result))
-        assert cur.lastrowid is not None
-        return cur.lastrowid
+        return int(cur.fetchall()[0][0])
 
     # -- writing the status record ---------------------------------------------------------
 
@@ -596,8 +625,8 @@ into the record (injected by tests)."""
         with self._tx() as db:
             for table in ("host_results", "op_results", "check_results"):
                 db.execute(f"DELETE FROM {table} WHERE run_id IN ({old})", (before.isoformat(),))
-            return db.execute(f"DELETE FROM runs WHERE id IN ({old})",
-                              (before.isoformat(),)).rowcount
+            return int(db.execute(f"DELETE FROM runs WHERE id IN ({old})",
+                                  (before.isoformat(),)).rowcount)
 
     # -- operator controls, quarantine, undelivered commit statuses --------------------------
 
@@ -882,3 +911,192 @@ into the record (injected by tests)."""
         return unfinished, top, [
             FinishedRun(r[0], r[1], r[2], r[3], bool(r[4]), json.loads(r[5] or "{}"))
             for r in rows]
+
+
+# -- PostgreSQL (psycopg 3) ---------------------------------------------------------------
+
+_MIGRATION_LOCK = 0x6769746F7073  # "gitops": the advisory lock key of migrations
+
+
+class StoreUnavailable(TemporaryError):
+    """The PostgreSQL server refused or could not be reached (named without the password)."""
+
+
+def redacted(url: str) -> str:
+    """``postgresql://user@host:port/db`` of ``url``: never a password, never a query."""
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    port = f":{parts.port}" if parts.port else ""
+    socket = next(iter(parse_qs(parts.query).get("host", [])), "")
+    if parts.hostname is None and socket.startswith("/"):
+        return f"{parts.scheme}://{user}{parts.path} (socket in {socket})"
+    return f"{parts.scheme}://{user}{parts.hostname or 'localhost'}{port}{parts.path}"
+
+
+class _PgRow(tuple[Any, ...]):
+    """A row read by index and by column name, like ``sqlite3.Row`` (``dict(row)`` works)."""
+
+    _names: tuple[str, ...]
+
+    def keys(self) -> tuple[str, ...]:
+        return self._names
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return tuple.__getitem__(self, self._names.index(key))
+        return tuple.__getitem__(self, key)
+
+
+def _pg_rows(cursor: Any) -> Callable[[Sequence[Any]], _PgRow]:
+    names = tuple(c.name for c in cursor.description or ())
+
+    def make(values: Sequence[Any]) -> _PgRow:
+        row = _PgRow(values)
+        row._names = names
+        return row
+    return make
+
+
+_LIBPQ_PREFIX = re.compile(r"^(connection failed: )?(connection to server .*? failed: )?"
+                           r"(FATAL: +)?")
+"""What libpq puts before its reason: the message names the database itself."""
+_JSON_EXTRACT = re.compile(r"json_extract\((\w+), '\$\.(\w+)'\)")
+
+
+def _pg_sql(sql: str) -> str:
+    """The one translation of this module's SQL to PostgreSQL's."""
+    if sql.lstrip().upper().startswith(("CREATE", "ALTER")):
+        sql = (sql.replace("INTEGER PRIMARY KEY AUTOINCREMENT",
+                           "INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY")
+               .replace(" REAL", " DOUBLE PRECISION"))
+        sql = re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', sql)  # ORDER BY as SQLite's: code points
+    sql = _JSON_EXTRACT.sub(r"(\1::json -> '\2')", sql)
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _PgConnection:
+    """A psycopg connection (autocommit, like the SQLite one) that takes this module's SQL."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> psycopg.Cursor[Any]:
+        return self.conn.execute(_pg_sql(sql), tuple(params))
+
+    def executemany(self, sql: str, params: Iterable[Sequence[Any]]) -> None:
+        rows = list(params)
+        if rows:
+            with self.conn.cursor() as cur:
+                cur.executemany(_pg_sql(sql), rows)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class PostgresStore(Store):
+    """The store in a PostgreSQL database: the same methods, rows and migrations.
+
+    ``url`` is ``postgresql://user@host[:port]/database`` (no password: it comes apart, from
+    a ``SecretRef``). Messages name ``redacted(url)``, never the password."""
+
+    def __init__(self, url: str, *, password: str | None = None, readonly: bool = False,
+                 clock: Callable[[], datetime] = now) -> None:
+        self.url = url
+        self.where = redacted(url)
+        self.readonly = readonly
+        self.clock = clock
+        self._password = password
+        self.db = self._connect()
+        try:
+            if readonly and self._version() == 0:
+                raise NoStore(f"no runs recorded yet in {self.where}", folder_exists=True)
+            self._ready()
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _connect(self) -> _PgConnection:
+        import psycopg
+
+        try:
+            conn = psycopg.connect(self.url, password=self._password, autocommit=True,
+                                   connect_timeout=10, application_name="gitops",
+                                   row_factory=_pg_rows)
+        except psycopg.Error as exc:
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            reason = "; ".join(_LIBPQ_PREFIX.sub("", line) for line in lines)
+            reason = reason or type(exc).__name__
+            if self._password:
+                reason = reason.replace(self._password, "***")
+            raise StoreUnavailable(f"cannot open the database {self.where}: {reason}") from None
+        if self.readonly:
+            conn.execute("SET default_transaction_read_only = on")
+        return _PgConnection(conn)
+
+    def identity(self) -> tuple[str, int]:
+        row = self.db.execute("SELECT oid FROM pg_database"  # a database made anew: a new oid
+                              " WHERE datname = current_database()").fetchone()
+        return self.where, int(row[0])
+
+    def _version(self) -> int:
+        if self.db.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+            return 0
+        return int(self.db.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0])
+
+    def _migrate(self) -> None:
+        if self._version() >= SCHEMA_VERSION:
+            return
+        with self._advisory(_MIGRATION_LOCK):  # another controller may be migrating
+            super()._migrate()  # each migration checks the version again in its transaction
+
+    @contextmanager
+    def _advisory(self, key: int) -> Iterator[None]:
+        """A session advisory lock on ``key``, waited for, released on leaving."""
+        self.db.execute("SELECT pg_advisory_lock(?)", (key,))
+        try:
+            yield
+        finally:
+            self.db.execute("SELECT pg_advisory_unlock(?)", (key,))
+
+    @contextmanager
+    def _tx(self) -> Iterator[Any]:
+        with self.db.conn.transaction():
+            yield self.db
+
+
+@dataclass(frozen=True)
+class Database:
+    """Where the record is: SQLite in ``state_dir`` (the default) or the PostgreSQL ``url``
+    with its ``password`` (a ``SecretRef``, revealed only when a store is opened)."""
+
+    state_dir: Path
+    url: str | None = None
+    password: SecretRef | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Database:
+        return cls(settings.state_dir, settings.database, settings.database_password)
+
+    @property
+    def where(self) -> str:
+        return redacted(self.url) if self.url else str(self.state_dir / DATABASE)
+
+    def open(self, *, readonly: bool = False, clock: Callable[[], datetime] = now) -> Store:
+        if self.url is None:
+            return Store(self.state_dir, readonly=readonly, clock=clock)
+        password = self.password.reveal() if self.password is not None else None
+        return PostgresStore(self.url, password=password, readonly=readonly, clock=clock)
+
+
+def database_errors() -> tuple[type[Exception], ...]:
+    """The errors either database may raise mid-command (the CLI reports them in one line;
+    their messages are the server's, which never holds the password)."""
+    import psycopg
+
+    return sqlite3.Error, psycopg.Error
+
+
+def open_store(settings: Settings, *, readonly: bool = False) -> Store:
+    """The store the settings name (``database``, else ``<state_dir>/gitops.db``)."""
+    return Database.of(settings).open(readonly=readonly)

@@ -1,4 +1,6 @@
-"""Shared pytest fixtures: ``lab``, a session-wide lab of 3 real hosts for ``@pytest.mark.lab``.
+"""Shared pytest fixtures: ``lab``, a session-wide lab of 3 real hosts for ``@pytest.mark.lab``;
+``pg_server``, a throwaway PostgreSQL cluster, and ``store_backend``, each store test run on
+SQLite and on PostgreSQL.
 
 Lab tests are skipped (with the reason) when not root or the lab's tools are missing, unless
 the environment variable CI is set: then they fail, so CI cannot pass without running them.
@@ -8,11 +10,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
+import pgserver
 import pytest
+from pgserver import PgServer
 
 import gitops.lab as lab_api
 from gitops.lab.common import missing_prerequisites, prerequisites_message
+from gitops.settings import SecretRef
+from gitops.store import Database
 
 LAB_HOSTS = 3
 
@@ -68,3 +75,31 @@ def lab() -> Iterator[lab_api.LabInfo]:
         yield info
     finally:
         lab_api.down(info.name)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL cluster for the session; skipped (failed under CI) without one."""
+    reason = pgserver.unavailable()
+    if reason is not None:
+        if in_ci():
+            pytest.fail(f"PostgreSQL tests cannot run under CI: {reason}", pytrace=False)
+        pytest.skip(reason)
+    server = PgServer.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    """Where a test's record is: SQLite in a new state folder, or a new PostgreSQL database
+    of the session's cluster (its password in a file named by a ``SecretRef``)."""
+    state = tmp_path / "state"
+    if request.param == "sqlite":
+        return Database(state)
+    server: PgServer = request.getfixturevalue("pg_server")
+    secret = tmp_path / "db-password"
+    secret.write_text(server.password + "\n")
+    return Database(state, server.database(), SecretRef(file=secret))

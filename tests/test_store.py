@@ -1,14 +1,19 @@
-"""The store on its own (real SQLite, no lab): runs, batches, the status record, controls,
-quarantine, deliveries, events, history, recovery, forgetting, read-only readers, migrations."""
+"""The store on its own (no lab), on real SQLite and on a real PostgreSQL server (the
+``store_backend`` fixture): runs, batches, the status record, controls, quarantine,
+deliveries, events, history, recovery, forgetting, read-only readers, migrations, and
+PostgreSQL's own: concurrent migrations, a wrong password named without the password."""
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
+from pgserver import PgServer
 
 from gitops import control
 from gitops.records import (
@@ -28,9 +33,12 @@ from gitops.store import (
     MIGRATIONS,
     UNCHANGED_SERVICE,
     Condition,
+    Database,
     NoStore,
+    PostgresStore,
     Store,
     StoreOutdated,
+    StoreUnavailable,
 )
 
 OLD_SCHEMA = Path(__file__).parent / "data" / "store_schema_before_migrations.sql"
@@ -57,8 +65,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Iterator[Store]:
-    with Store(tmp_path / "state", clock=clock) as s:
+def store(store_backend: Database, clock: Clock) -> Iterator[Store]:
+    with store_backend.open(clock=clock) as s:
         yield s
 
 
@@ -296,6 +304,15 @@ def test_converged_is_replaced_per_host(store: Store) -> None:
     assert store.converged("prod") == {"web1": {"web": "f4"}}
 
 
+def test_hosts_sort_by_code_point_on_every_backend(store: Store) -> None:
+    """Hosts of a run come back in the same order on SQLite and PostgreSQL: by code point
+    (capitals first, "-" before digits), whatever the server's locale."""
+    names = ("web10", "web-2", "Web1", "web1", "db_1", "\u00e9cole")
+    run_id = store.start_run("prod", "reconcile", _revision(), actor="t")
+    store.finish_run(run_id, "succeeded", apply=_apply(*names))
+    assert [h.host for h in store.host_results(run_id)] == sorted(names)
+
+
 def test_a_reader_creates_nothing(tmp_path: Path) -> None:
     """A read-only open of a missing folder or database raises NoStore and creates nothing."""
     missing = tmp_path / "nowhere"
@@ -308,14 +325,67 @@ def test_a_reader_creates_nothing(tmp_path: Path) -> None:
     assert info.value.folder_exists and list(missing.iterdir()) == []
 
 
-def test_a_reader_cannot_write(tmp_path: Path) -> None:
+def test_a_reader_cannot_write(store_backend: Database) -> None:
     """A read-only store reads what a writer wrote and refuses to write."""
-    with Store(tmp_path) as writer:
+    with store_backend.open() as writer:
         writer.set_status("prod", ENVIRONMENT, [Condition("Ready", "True", "Ok", "")])
-    with Store(tmp_path, readonly=True) as reader:
+    with store_backend.open(readonly=True) as reader:
         assert [r.environment for r in reader.status()] == ["prod"]
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        with pytest.raises((sqlite3.OperationalError, psycopg.errors.ReadOnlySqlTransaction),
+                           match=r"readonly|read-only"):
             reader.set_status("prod", ENVIRONMENT, [])
+
+
+def test_a_reader_of_an_empty_database_creates_nothing(pg_server: PgServer) -> None:
+    """A read-only open of a PostgreSQL database gitops never wrote raises NoStore, naming
+    the database without its password, and creates no table."""
+    url = pg_server.database()
+    with pytest.raises(NoStore, match="no runs recorded yet in postgresql://gitops@") as info:
+        PostgresStore(url, password=pg_server.password, readonly=True)
+    assert pg_server.password not in str(info.value)
+    with psycopg.connect(url, password=pg_server.password) as db:
+        assert db.execute("SELECT count(*) FROM information_schema.tables"
+                          " WHERE table_schema = 'public'").fetchone() == (0,)
+
+
+def test_a_wrong_password_is_named_without_the_password(pg_server: PgServer) -> None:
+    """A wrong PostgreSQL password gives a clear temporary error naming the host, port,
+    database and user, never the password tried nor the right one."""
+    url = pg_server.database()
+    wrong = "not-" + pg_server.password
+    with pytest.raises(StoreUnavailable) as info:
+        PostgresStore(url, password=wrong)
+    message = str(info.value)
+    assert f"postgresql://gitops@127.0.0.1:{pg_server.port}/" in message
+    assert "password authentication failed" in message and 'user "gitops"' in message
+    assert wrong not in message and pg_server.password not in message
+    assert info.value.exit_code == 1
+
+
+def test_two_controllers_starting_together_migrate_once(pg_server: PgServer) -> None:
+    """Writers opening a new PostgreSQL database at the same time all succeed, and each
+    migration is applied and recorded exactly once (the advisory lock)."""
+    url = pg_server.database()
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def open_writer() -> None:
+        try:
+            start.wait()
+            PostgresStore(url, password=pg_server.password).close()
+        except BaseException as exc:  # reported by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_writer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert errors == []
+    with PostgresStore(url, password=pg_server.password, readonly=True) as store:
+        versions = [r[0] for r in store.db.execute(
+            "SELECT version FROM schema_migrations ORDER BY version")]
+    assert versions == [m.version for m in MIGRATIONS]
 
 
 def _old_database(state: Path, *, without_verified: bool = False) -> None:
@@ -367,9 +437,9 @@ def test_an_existing_database_migrates(tmp_path: Path, without_verified: bool) -
         assert again.schema_version() == MIGRATIONS[-1].version
 
 
-def test_a_new_database_is_at_the_newest_version(tmp_path: Path) -> None:
+def test_a_new_database_is_at_the_newest_version(store_backend: Database) -> None:
     """A new store records every migration, numbered from 1 without gaps."""
-    with Store(tmp_path) as store:
+    with store_backend.open() as store:
         assert store.schema_version() == len(MIGRATIONS)
     assert [m.version for m in MIGRATIONS] == list(range(1, len(MIGRATIONS) + 1))
 
