@@ -377,7 +377,7 @@ def _window_guard(s: Settings, force: bool, reason: str) -> None:
     if not force:
         raise UsageError(f"{s.environment} is {why}; `gitops reconcile --force --reason WHY` "
                          "runs it now")
-    with Store(s.state_dir) as store:
+    with open_store(s) as store:
         event = store.record_event(s.environment, "override", actor=control.who(),
                                    reason=f"reconcile --force {why}: {reason}")
     click.echo(f"{s.environment}: reconcile forced by {control.who()} {why} "
