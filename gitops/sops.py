@@ -672,6 +672,16 @@ class _Session:
                 from pyrage import x25519
 
                 text = self.keys.age_key.reveal()
+                if "-----BEGIN OPENSSH PRIVATE KEY-----" in text:
+                    # an ssh-ed25519 key as an age identity (sops' SOPS_AGE_SSH_PRIVATE_KEY_FILE)
+                    from pyrage import ssh
+
+                    try:
+                        self._age.append(ssh.Identity.from_buffer((text.strip() + "\n").encode()))
+                    except Exception:
+                        raise UsageError(f"sops.age_key ({self.keys.age_key.where}): not an "
+                                         "unencrypted OpenSSH ed25519 or RSA key") from None
+                    return self._age
                 for line in text.splitlines():
                     line = line.strip()
                     if line.startswith("AGE-SECRET-KEY-"):

@@ -78,6 +78,29 @@ def test_sops_written_age_data_key_opens() -> None:
     assert session._age_open(enc) == b"data"
 
 
+SSH_AGE = SopsSettings(age_key=SecretRef(file=FIXTURES / "ssh-ed25519-key"))
+
+
+def test_sops_written_age_document_decrypts() -> None:
+    """A whole document that sops 3.13.3 wrote for an age recipient (an ssh-ed25519 key, as
+    sops-nix's tests do) decrypts with that key, its MAC checked."""
+    doc = sops.decrypt(FIXTURES / "sops-nix-native-ssh.enc.yaml", SSH_AGE)
+    assert doc.data == {"test_key": "test_value"}
+
+
+def test_tampered_sops_written_age_document_is_refused(tmp_path: Path) -> None:
+    """The same age document with its value changed, or a key that does not open it, is
+    refused with the file named."""
+    text = (FIXTURES / "sops-nix-native-ssh.enc.yaml").read_text()
+    bad = tmp_path / "bad.enc.yaml"
+    bad.write_text(text.replace("data:TqlrhelNtC0QxQ==", "data:TqlrhelNtC0QxA=="))
+    with pytest.raises(sops.SopsError, match="does not decrypt"):
+        sops.decrypt(bad, SSH_AGE)
+    other = SopsSettings(age_key=SecretRef(file=FIXTURES / "age_keysource_test.txt"))
+    with pytest.raises(sops.SopsError):
+        sops.decrypt(FIXTURES / "sops-nix-native-ssh.enc.yaml", other)
+
+
 @needs_gpg
 def test_tampered_sops_written_value_is_refused(tmp_path: Path) -> None:
     """Changing one encrypted byte of a sops-written file is refused, the file named."""
