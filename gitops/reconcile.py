@@ -439,7 +439,8 @@ def _rollout(
             if index < len(batches):
                 stopped += f"; {sum(len(b) for b in batches[index:])} host(s) not attempted"
             break
-    assert report is not None and checks is not None
+    report = report if report is not None else ApplyReport(hosts=())  # an inventory of no host
+    checks = checks if checks is not None else VerifyReport(results=())
     failed_any = bool(stopped or report.failed_hosts or checks.failed_hosts)
     return Outcome("failed" if failed_any else "succeeded", run_id=run_id, revision=revision,
                    plan=Plan(hosts=plan_hosts), apply=report, verify=checks, stopped_at=stopped)

@@ -178,12 +178,15 @@ def snapshot(url: str, revision: Revision, state_dir: Path) -> Snapshot:
         target.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         with _mirror(url, state_dir) as repo:
-            repo.archive(buffer, revision.sha, format="tar")
+            empty = not repo.git.ls_tree(revision.sha)  # its tar holds a pax header only
+            if not empty:
+                repo.archive(buffer, revision.sha, format="tar")
         buffer.seek(0)
         tmp = Path(tempfile.mkdtemp(prefix=f".{revision.sha[:10]}-", dir=target.parent))
         try:
-            with tarfile.open(fileobj=buffer) as tar:
-                tar.extractall(tmp, filter="data")
+            if not empty:  # a commit of an empty tree: an empty snapshot
+                with tarfile.open(fileobj=buffer) as tar:
+                    tar.extractall(tmp, filter="data")
             tmp.rename(target)
         except tarfile.FilterError as exc:  # a link out of the repository, a device file
             shutil.rmtree(tmp, ignore_errors=True)

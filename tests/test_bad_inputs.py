@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from clitools import gitops, sample_repo
+from statelab import git
 
 from gitops.store import Store
 
@@ -210,3 +211,36 @@ def test_bad_input_gets_a_message_and_an_exit_code(case: Case, world: dict[str, 
     if case.lines:
         assert len(re.findall(r"\.toml:\d+ ", message)) == case.lines, message
     assert "s3cret" not in output
+
+
+def _commit_all(repo: Path, *, empty: bool = False) -> None:
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=Tester", "commit", "-q",
+        "-m", "x", *(["--allow-empty"] if empty else []))
+
+
+def test_a_commit_of_an_empty_tree_is_a_message(tmp_path: Path) -> None:
+    """A branch whose head commits an empty tree: the inventory is missing (exit 2, the
+    inventories there listed), not a traceback from extracting it."""
+    repo = tmp_path / "empty"
+    repo.mkdir()
+    _commit_all(repo, empty=True)
+    proc = gitops("reconcile", "--once", "--repo", str(repo), "--state-dir",
+                  str(tmp_path / "state"))
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.returncode == 2
+    assert "inventories there: none" in proc.stderr
+
+
+def test_an_inventory_of_no_host_reconciles_nothing(tmp_path: Path) -> None:
+    """``hosts: {}`` is a run that applies and checks nothing (exit 0), not a traceback."""
+    repo = tmp_path / "nohosts"
+    (repo / "inventories").mkdir(parents=True)
+    (repo / "inventories/lab.yml").write_text("hosts: {}\n")
+    _commit_all(repo)
+    proc = gitops("reconcile", "--once", "--repo", str(repo), "-e", "lab", "--state-dir",
+                  str(tmp_path / "state"))
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "succeeded, 0 changed, 0 checks passed" in proc.stdout + proc.stderr
