@@ -260,10 +260,9 @@ class _Journal(BaseStateCallback):
                 self.writers.pop(host.name).close()
 
     def finish(self, report: ApplyReport) -> None:
-        """A host whose apply ran every operation has nothing pending any more (one the run
-        stopped before executing keeps its journal)."""
+        """A host whose apply completed has nothing pending any more."""
         for h in report.hosts:
-            if h.status == "ok" and h.ops and all(op.status != "skipped" for op in h.ops):
+            if h.status == "ok":
                 journal.clear(self.folder, h.host)
 
 
