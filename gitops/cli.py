@@ -348,11 +348,17 @@ def _guard(s: Settings, action: str, force: bool, reason: str) -> bool:
         if not force:
             raise UsageError(f"{s.environment} is {why}; `gitops resume` first, or "
                              f"`gitops {action} --force --reason WHY`")
-        event = store.record_event(s.environment, "override", actor=control.who(),
-                                   reason=f"{action} --force while {why}: {reason}")
-    click.echo(f"{s.environment}: {action} forced by {control.who()} while {why} "
-               f"(recorded as run #{event})", err=True)
+        _override(store, s, action, f"while {why}", reason)
     return True
+
+
+def _override(store: Store, s: Settings, action: str, why: str, reason: str) -> None:
+    """Record who forced ``action`` over which control (``why``) and their ``reason`` as an
+    ``override`` event, and say so on stderr."""
+    event = store.record_event(s.environment, "override", actor=control.who(),
+                               reason=f"{action} --force {why}: {reason}")
+    click.echo(f"{s.environment}: {action} forced by {control.who()} {why} "
+               f"(recorded as run #{event})", err=True)
 
 
 def _window_guard(s: Settings, force: bool, reason: str) -> None:
@@ -378,10 +384,7 @@ def _window_guard(s: Settings, force: bool, reason: str) -> None:
         raise UsageError(f"{s.environment} is {why}; `gitops reconcile --force --reason WHY` "
                          "runs it now")
     with open_store(s) as store:
-        event = store.record_event(s.environment, "override", actor=control.who(),
-                                   reason=f"reconcile --force {why}: {reason}")
-    click.echo(f"{s.environment}: reconcile forced by {control.who()} {why} "
-               f"(recorded as run #{event})", err=True)
+        _override(store, s, "reconcile", why, reason)
 
 
 @main.command(epilog=EXIT_CODES)
