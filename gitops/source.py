@@ -38,9 +38,11 @@ def redact(url: str) -> str:
 
 def _git_error(exc: git.GitCommandError) -> str:
     """git's own one-line reason (its ``fatal:`` line), credentials masked."""
-    stderr = [ln.strip(" '") for ln in redact(str(exc.stderr or "")).splitlines()]
+    lines = redact(str(exc.stderr or "")).splitlines()
+    stderr = [ln.strip().removeprefix("stderr:").strip(" '") for ln in lines]
+    stderr = [ln for ln in stderr if ln]
     fatal = [ln for ln in stderr if "fatal:" in ln]
-    return (fatal or stderr or [f"exit {exc.status}"])[0].replace("stderr: ", "")
+    return (fatal or stderr or [f"exit {exc.status}"])[0]
 
 
 def mirror_path(url: str, state_dir: Path) -> Path:

@@ -142,7 +142,8 @@ CASES = [
          env={"GITOPS_STATE_DIR": "/proc/gitops-test/state"}),
     # repositories and paths
     Case("repo-does-not-exist", ("validate", "--repo", "{root}/nowhere", "--state-dir",
-                                 "{state}"), 1, "cannot fetch .*nowhere"),
+                                 "{state}"), 1,
+         "cannot fetch .*nowhere main: fatal: '[^']*nowhere' does not appear to be a git"),
     Case("repo-is-not-git", ("validate", "--repo", "{cfg}", "--state-dir", "{state}"), 1,
          "cannot fetch"),
     Case("branch-does-not-exist", ("validate", "--repo", "{repo}", "--branch", "nosuch",

@@ -222,11 +222,12 @@ def test_verify_names_the_host_where_nginx_was_stopped(repo: StateRepo) -> None:
 @pytest.fixture
 def own_lab() -> Iterator[LabInfo]:
     """A separate lab, since this test stops one of its hosts."""
-    info = lab_api.up(hosts=3, name="e2estop")
+    name = (os.environ.get("GITOPS_LAB_NAME", "gitops")[:4] + "stop")[:8]
+    info = lab_api.up(hosts=3, name=name)
     try:
         yield info
     finally:
-        lab_api.down("e2estop")
+        lab_api.down(name)
 
 
 def test_host_stopped_mid_run_fails_alone(own_lab: LabInfo, tmp_path: Path) -> None:
