@@ -16,6 +16,7 @@ from mutations import make_sample
 from prometheus_client.parser import text_string_to_metric_families
 
 from gitops import page, prune
+from gitops.cli import _print_plan
 from gitops.errors import InvalidDeclaration
 from gitops.load import load
 from gitops.metrics import render
@@ -25,8 +26,11 @@ from gitops.records import (
     ApplyReport,
     CheckResult,
     HostApply,
+    HostPlan,
     Installed,
+    OpPlan,
     OpResult,
+    Plan,
     Removal,
     Revision,
     VerifyReport,
@@ -260,3 +264,22 @@ def test_record_and_status_of_a_batch(sample: Path, tmp_path: Path) -> None:
         assert hosts["lab-3"]["not_removed"] == [
             {"service": "web", "state": "not pruned", "revision": OLD}]
         assert hosts["lab-1"]["not_removed"] == []
+
+
+def test_plan_output_lists_each_removal_under_its_host(capsys: pytest.CaptureFixture[str]) -> None:
+    """gitops plan prints each removal under its host, and counts them in its summary."""
+    plan = Plan(hosts=(
+        HostPlan(host="lab-1", ops=(OpPlan(name="base | x", service="base",
+                                           would_change=False),)),
+        HostPlan(host="lab-3", ops=(OpPlan(name="web | Remove the nginx site", service="web",
+                                           would_change=True),))),
+        removals=(Removal(host="lab-3", service="web", action="remove", revision=OLD),
+                  Removal(host="lab-3", service="base", action="left in place", revision=OLD)))
+    _print_plan(plan)
+    out = capsys.readouterr().out.splitlines()
+    at = out.index("lab-3: 1 of 1 operation(s) would change")
+    assert out[at + 1:at + 3] == [
+        "  - web: removed with its remove.py (last applied main@1111111111)",
+        "  - base: left in place (no remove.py) (last applied main@1111111111)"]
+    assert out[-1] == ("plan: 1 change(s) on 1 of 2 host(s); 1 removal(s); 1 service(s) no "
+                       "longer declared stay on their host")
