@@ -19,9 +19,10 @@ from gitops import page, prune
 from gitops.cli import _print_plan
 from gitops.errors import InvalidDeclaration
 from gitops.load import load
+from gitops.loop import Daemon
 from gitops.metrics import render
 from gitops.model import DeclaredState
-from gitops.reconcile import Outcome, _host_status, _record_installed
+from gitops.reconcile import Outcome, Target, _host_status, _prunes, _record_installed
 from gitops.records import (
     ApplyReport,
     CheckResult,
@@ -35,6 +36,7 @@ from gitops.records import (
     Revision,
     VerifyReport,
 )
+from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import Condition, Database, Store
 
 OLD = "main@sha1:" + "1" * 40
@@ -283,3 +285,18 @@ def test_plan_output_lists_each_removal_under_its_host(capsys: pytest.CaptureFix
         "  - base: left in place (no remove.py) (last applied main@1111111111)"]
     assert out[-1] == ("plan: 1 change(s) on 1 of 2 host(s); 1 removal(s); 1 service(s) no "
                        "longer declared stay on their host")
+
+
+def test_daemon_settings_prune_wins_over_the_inventory(sample: Path, tmp_path: Path) -> None:
+    """An environment's ``prune`` in the daemon settings reaches its runs and wins over the
+    inventory's settings.prune; unset, the inventory's applies (default true)."""
+    state = load(sample, "lab")
+    assert state.settings.prune is True
+    for given, expected in ((False, False), (True, True), (None, True)):
+        settings = Settings(state_dir=tmp_path / "state", environments=[
+            EnvironmentConfig(name="lab", repo=str(sample), watch=False, prune=given)])
+        target = Daemon(settings).envs["lab"].target
+        assert target.prune is given
+        assert _prunes(target, state) is expected
+    _split_groups(sample, ["app", "web"], prune=False)
+    assert _prunes(Target(str(sample), "main", "lab", tmp_path), load(sample, "lab")) is False
