@@ -19,30 +19,34 @@ from gitops.worker import Progress, run_worker
 _WORKER = "gitops.workers.apply_worker"
 
 
-def _job(state: DeclaredState, *, dry: bool, diff: bool, journal: Path | None = None) -> str:
+def _job(state: DeclaredState, *, dry: bool, diff: bool, journal: Path | None = None,
+         remove: bool = False) -> str:
     return json.dumps({"state": state.model_dump(mode="json"), "dry": dry, "diff": diff,
-                       "journal": str(journal) if journal else None})
+                       "journal": str(journal) if journal else None, "remove": remove})
 
 
 def plan(
-    state: DeclaredState, *, timeout: float = 900, on_progress: Progress | None = None
+    state: DeclaredState, *, timeout: float = 900, on_progress: Progress | None = None,
+    remove: bool = False,
 ) -> Plan:
-    """What would change on each host; changes nothing."""
-    out = run_worker(_WORKER, _job(state, dry=True, diff=True), timeout=timeout,
+    """What would change on each host; changes nothing. ``remove``: what running each
+    service's ``remove.py`` would change (a removal state, ``gitops.prune.removal_state``)."""
+    out = run_worker(_WORKER, _job(state, dry=True, diff=True, remove=remove), timeout=timeout,
                      on_progress=on_progress)
     return WorkerResult.model_validate_json(out).plan
 
 
 def apply(
     state: DeclaredState, *, timeout: float = 1800, on_progress: Progress | None = None,
-    journal: Path | None = None,
+    journal: Path | None = None, remove: bool = False,
 ) -> tuple[Plan, ApplyReport]:
     """Apply; return what changed (as a plan, with diffs) and the per-operation results.
+    ``remove``: run each service's ``remove.py`` instead (``gitops.prune.removal_state``).
 
     With ``journal`` (a folder, ``gitops.journal``), each host's operations are journaled as
     they run, and what an interrupted apply changed counts as changed for what depends on it.
     """
-    out = run_worker(_WORKER, _job(state, dry=False, diff=True, journal=journal),
+    out = run_worker(_WORKER, _job(state, dry=False, diff=True, journal=journal, remove=remove),
                      timeout=timeout, on_progress=on_progress)
     result = WorkerResult.model_validate_json(out)
     assert result.apply is not None

@@ -552,6 +552,10 @@ def _print_plan(plan: Plan) -> None:
         if host.error:
             continue
         click.echo(f"{host.host}: {host.changes} of {len(host.ops)} operation(s) would change")
+        for removal in (r for r in plan.removals if r.host == host.host):
+            last = f" (last applied {_short(removal.revision)})" if removal.revision else ""
+            click.secho(f"  - {removal.note}{last}",
+                        fg="red" if removal.action == "remove" else "yellow")
         follow = [op for op in host.ops if op.would_change and op.depends_on]
         for op in host.ops:
             if op.would_change and not op.depends_on:
@@ -563,8 +567,12 @@ def _print_plan(plan: Plan) -> None:
     planned = [h for h in plan.hosts if not h.error]
     changes = sum(h.changes for h in planned)
     hosts = sum(1 for h in planned if h.changes)
+    removing = sum(1 for r in plan.removals if r.action == "remove")
+    kept = len(plan.removals) - removing
     click.echo((f"plan: {changes} change(s) on {hosts} of {len(plan.hosts)} host(s)"
                 if changes else "plan: no changes")
+               + (f"; {removing} removal(s)" if removing else "")
+               + (f"; {kept} service(s) no longer declared stay on their host" if kept else "")
                + (f"; {len(plan.hosts) - len(planned)} host(s) cannot plan"
                   if len(planned) < len(plan.hosts) else ""))
 

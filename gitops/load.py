@@ -5,7 +5,9 @@ kept, data that would be lost is an error), validates it strictly with pydantic,
 a schema cannot (services without a folder, unknown groups, shared addresses), compiles each
 used service's ``deploy.py``, ``checks.py`` and ``model.py`` (never running ``deploy.py`` or
 ``checks.py``), and validates each host's merged service parameters against the service's
-``deploys/<service>/model.py`` ``Params`` model. Each service's optional
+``deploys/<service>/model.py`` ``Params`` model. Every service folder's optional
+``remove.py`` (how a host that no longer declares the service is rid of it, see
+``gitops.prune``) is compiled too, used or not. Each service's optional
 ``deploys/<service>/service.yml`` says what it requires; the services are ordered by that
 graph (``gitops.depends``), its cycles and unknown names refused. The one loader of a
 revision: called by ``reconcile`` (plan, reconcile, the daemon) and ``gitops validate``
@@ -351,6 +353,7 @@ def load(
         )
 
     _check_requires(requires, declared_on, problems)
+    removable = _removable(root, problems)
     if problems.items:
         ordered = sorted(problems.items, key=lambda p: (p.file != rel, p.file, p.line or 0))
         raise InvalidDeclaration(ordered, revision)
@@ -363,6 +366,7 @@ def load(
         hosts=tuple(hosts),
         service_order=tuple(services),
         requires={s: tuple(r) for s, r in requires.items() if r},
+        removable=removable,
         warnings=tuple(str(w) for w in problems.warnings),
         service_digests=_service_digests(root, services),
         redact=tuple(sorted(secrets)),
@@ -615,6 +619,24 @@ def _compile(path: Path, rel: str, problems: _Problems) -> ast.Module | None:
     except OSError as exc:
         problems.items.append(Problem(rel, 1, "", f"cannot read: {exc.strerror}"))
     return None
+
+
+REMOVE_FILE = "remove.py"
+"""How a service is taken off a host: ``deploys/<service>/remove.py`` (see gitops.prune)."""
+
+
+def _removable(root: Path, problems: _Problems) -> tuple[str, ...]:
+    """Compile every ``deploys/<service>/remove.py`` (never running it): a service no host
+    declares any more may still be on hosts. The services whose file compiles."""
+    folder = root / "deploys"
+    found = []
+    for path in sorted(folder.glob(f"*/{REMOVE_FILE}")) if folder.is_dir() else []:
+        service = path.parent.name
+        if not NAME_RE.fullmatch(service) or not path.is_file():
+            continue
+        if _compile(path, f"deploys/{service}/{REMOVE_FILE}", problems) is not None:
+            found.append(service)
+    return tuple(found)
 
 
 def _check_checks(tree: ast.Module, rel: str, problems: _Problems) -> None:

@@ -104,7 +104,7 @@ class Daemon:
                 state_dir=settings.state_dir, actor=policy.DAEMON,
                 connections=self.connections.path,
                 keep_snapshots=settings.retention.snapshots, sops=settings.sops,
-                database=Database.of(settings)))
+                database=Database.of(settings), prune=cfg.prune))
         self.threads: list[threading.Thread] = []
         self.observers: list[Any] = []
         self.pruned_at: float | None = None

@@ -78,6 +78,7 @@ METRICS: dict[str, str] = {
     "gitops_drift": "gauge",
     "gitops_service_ready": "gauge",
     "gitops_check_result": "gauge",
+    "gitops_service_not_removed": "gauge",
     "gitops_last_success_timestamp_seconds": "gauge",
     "gitops_rollout_hosts": "gauge",
     "gitops_quarantined_revisions": "gauge",
@@ -213,6 +214,7 @@ class StoreCollector(Collector):
         yield from self._runs(totals)
         yield from self._status(store, latest)
         yield from self._checks(store, latest)
+        yield self._not_removed(store)
         yield from self._environment_gauges(store, store.environments())
         yield from self._delivery()
 
@@ -298,6 +300,18 @@ class StoreCollector(Collector):
                 service_ready.add_metric([latest.environment, latest.host, service], ready)
         yield service_ready
         yield check
+
+    @staticmethod
+    def _not_removed(store: Store) -> Metric:
+        family = GaugeMetricFamily(
+            "gitops_service_not_removed",
+            "1 for each service a host keeps that its revision no longer declares: reason"
+            " left_in_place (no remove.py) or prune_disabled (settings.prune is false).",
+            labels=["environment", "host", "service", "reason"])
+        for env, kept in store.not_removed():
+            reason = "left_in_place" if kept.state == "left in place" else "prune_disabled"
+            family.add_metric([env, kept.host, kept.service, reason], 1)
+        return family
 
     @staticmethod
     def _environment_gauges(store: Store, environments: list[str]) -> Iterator[Metric]:

@@ -158,6 +158,11 @@ class EnvironmentSettings(_Strict):
     require_models: bool = False
     """A used service without ``deploys/<service>/model.py`` is an error (else a warning:
     its parameters, typos included, are passed on unchecked)."""
+    prune: bool = True
+    """A service the record has on a host that the revision no longer declares there is
+    taken off with its ``deploys/<service>/remove.py`` (false: reported only, the host left
+    as it is; see gitops.prune); the daemon settings' ``prune`` of the environment wins when
+    set."""
 
 
 class GroupSpec(_Strict):
@@ -242,6 +247,9 @@ class DeclaredState(_Strict):
     warnings: tuple[str, ...] = ()
     """What is allowed but probably wrong (a service without ``model.py``), one line each
     with file and line; printed by validate, plan and reconcile."""
+    removable: tuple[str, ...] = ()
+    """Services of this revision whose folder has a ``remove.py`` (compiled by ``load``):
+    how a host that no longer declares one is rid of it (see ``gitops.prune``)."""
     service_digests: dict[str, str] = {}
     """Service name -> digest of its folder and of the repository outside ``deploys/`` and
     ``inventories/``: the files its apply can read (see ``reconcile`` for how it is used)."""

@@ -6,7 +6,9 @@
   ``/static/page.css``: plain files from ``gitops/static``, no build step, nothing external;
 - ``GET /api/page``: one JSON document with everything the page shows, fetched every few
   seconds: environments with their conditions and controls, the hosts x services grid of
-  the latest check results, desired vs applied revision per host, a running rollout's
+  the latest check results (and, per host, the services it keeps that its revision no longer
+  declares: left in place or not pruned, ``gitops.prune``), desired vs applied revision per
+  host, a running rollout's
   progress, the last 50 runs, activity per day, delivery metrics and incidents when
   ``gitops.delivery`` and ``gitops.incidents`` exist;
 - ``GET /api/page/runs/{id}``: one run with its per-host, per-operation and per-check detail.
@@ -125,6 +127,10 @@ def _environment(store: Store, name: str, rows: list[StatusRow],
     runs = store.history(name, limit=max(_SCAN, 1000))
     latest = _latest_checks(store, [r.host for r in host_rows], runs)
     services = sorted({s for entry in latest.values() for s in entry["services"]})
+    kept: dict[str, list[dict[str, str]]] = {}
+    for _, k in store.not_removed(name):
+        kept.setdefault(k.host, []).append({"service": k.service, "state": k.state,
+                                            "revision": k.revision})
     hosts = []
     for r in host_rows:
         entry = latest.get(r.host, {"run": None, "at": None, "error": None, "services": {}})
@@ -142,6 +148,7 @@ def _environment(store: Store, name: str, rows: list[StatusRow],
             "checks_at": entry["at"],
             "check_error": entry["error"],
             "services": entry["services"],
+            "not_removed": kept.get(r.host, []),
         })
     since = _iso(controls.since)
     return {

@@ -5,7 +5,9 @@ run and the status record are finalized before returning (Flux's deferred finali
 declaration is permanent (``Stalled``, nothing applied); a fetch or SSH failure is temporary.
 An apply a crash cut short is resumed from its journal (``journal``): every service applied on
 those hosts, and a failure only there is temporary. Snapshots are pruned after each run
-(``retention``).
+(``retention``). A service the record has on a host that the revision no longer declares
+there is removed by its ``remove.py`` before the batch's apply, or reported (``prune``); hosts
+that left the inventory leave the status record, untouched.
 Called by the CLI (and the daemon, later); the stages it calls keep pyinfra and testinfra in
 worker processes, so this module is safe in a long-lived process.
 """
@@ -29,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gitops import apply as apply_stage
-from gitops import control, depends, journal, retention, source
+from gitops import control, depends, journal, prune, retention, source
 from gitops import load as load_stage
 from gitops import verify as verify_stage
 from gitops.errors import (
@@ -49,14 +51,16 @@ from gitops.records import (
     CheckResult,
     HostApply,
     HostPlan,
+    Installed,
     Plan,
+    Removal,
     Revision,
     RunKind,
     RunResult,
     VerifyReport,
 )
 from gitops.settings import SigningPolicy, SopsSettings
-from gitops.store import ENVIRONMENT, Condition, Database, Store, now
+from gitops.store import ENVIRONMENT, Condition, Database, NoStore, Store, StoreOutdated, now
 
 Progress = Callable[[str], None]
 
@@ -81,6 +85,9 @@ class Target:
     """The keys of the repository's SOPS-encrypted values and files."""
     database: Database | None = None
     """Where the record is (default: SQLite in ``state_dir``)."""
+    prune: bool | None = None
+    """Run removals (``gitops.prune``): the daemon settings' ``prune`` of the environment;
+    None: the inventory's ``settings.prune``."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +105,8 @@ class Outcome:
     """Why a rollout stopped before its last batch."""
     recovering: frozenset[str] = frozenset()
     """Hosts whose previous apply was cut by a crash of the controller (see ``journal``)."""
+    removals: tuple[Removal, ...] = ()
+    """Services the record has on a host that the revision no longer declares (``prune``)."""
 
     @property
     def exit_code(self) -> int:
@@ -192,16 +201,88 @@ def _load(target: Target, revision: Revision, say: Progress) -> DeclaredState:
 
 
 def plan(target: Target, progress: Progress | None = None) -> Outcome:
-    """Fetch, validate and dry-run; changes nothing and records nothing."""
+    """Fetch, validate and dry-run; changes nothing and records nothing. The removals the
+    record calls for are listed, those that would run dry-run with their ``remove.py``."""
     try:
         revision, state = declared(target, progress)
         result = apply_stage.plan(state, on_progress=progress)
+        installed = _read_installed(target)
+        found = prune.removals(state, installed, _prunes(target, state))
+        doing = prune.removal_state(state, found, installed)
+        if doing.hosts:
+            removing = apply_stage.plan(doing, on_progress=progress, remove=True)
+            result = result.model_copy(update={"hosts": _merge_plan_hosts(removing.hosts,
+                                                                          result.hosts)})
+        result = result.model_copy(update={"removals": found})
     except InvalidDeclaration as exc:
         return Outcome("invalid", error=exc)
     except GitopsError as exc:
         return Outcome("error", error=exc)
     failed = any(h.error for h in result.hosts)
     return Outcome("failed" if failed else "succeeded", revision=revision, plan=result)
+
+
+def _prunes(target: Target, state: DeclaredState) -> bool:
+    """Whether removals run: the daemon settings' ``prune``, else the inventory's."""
+    return target.prune if target.prune is not None else state.settings.prune
+
+
+def _read_installed(target: Target) -> dict[str, dict[str, Installed]]:
+    """What the record says each host has (nothing when nothing was ever recorded)."""
+    try:
+        store = (target.database or Database(target.state_dir)).open(readonly=True)
+    except (NoStore, StoreOutdated):
+        return {}
+    try:
+        return store.installed(target.environment)
+    finally:
+        store.close()
+
+
+def _merge_plan_hosts(first: tuple[HostPlan, ...],
+                      then: tuple[HostPlan, ...]) -> tuple[HostPlan, ...]:
+    """Host plans of two passes (removals, then the apply) as one per host, ``then``'s order."""
+    by_host = {h.host: h for h in first}
+    out = []
+    for h in then:
+        r = by_host.pop(h.host, None)
+        if r is not None:
+            h = h.model_copy(update={"ops": r.ops + h.ops, "error": "; ".join(
+                e for e in (r.error, h.error) if e) or None})
+        out.append(h)
+    return tuple(out) + tuple(by_host.values())
+
+
+def _with_removals(removed: ApplyReport | None, applied: ApplyReport) -> ApplyReport:
+    """A batch's apply report with its removals' operations first on each host; a host whose
+    removal failed failed."""
+    if removed is None or not removed.hosts:
+        return applied
+    by_host = {h.host: h for h in removed.hosts}
+    hosts = []
+    for h in applied.hosts:
+        r = by_host.get(h.host)
+        if r is not None:
+            h = h.model_copy(update={
+                "ops": r.ops + h.ops, "status": h.status if r.status == "ok" else (
+                    "failed" if r.status == "skipped" else r.status),
+                "error": "; ".join(e for e in (r.error, h.error) if e) or None,
+                "duration_s": r.duration_s + h.duration_s})
+        hosts.append(h)
+    return applied.model_copy(update={"hosts": tuple(hosts),
+                                      "stopped": applied.stopped or removed.stopped,
+                                      "duration_s": applied.duration_s + removed.duration_s})
+
+
+def _pruned(removals: tuple[Removal, ...], host: str | None = None) -> list[Condition]:
+    """The ``Pruned`` condition of a host (or, with None, the environment): False naming what
+    the host keeps that the revision no longer declares; nothing when there is none."""
+    kept = [r for r in removals if r.action != "remove" and (host is None or r.host == host)]
+    if not kept:
+        return []
+    reason = "PruneDisabled" if all(r.action == "not pruned" for r in kept) else "LeftInPlace"
+    notes = [r.note if host is not None else f"{r.host}/{r.note}" for r in kept]
+    return [Condition("Pruned", "False", reason, "; ".join(notes)[:300])]
 
 
 @dataclass(frozen=True)
@@ -295,6 +376,8 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
         stages["source+load"] = time.monotonic() - t
         targeted = state.limit(set(request.hosts) if request.hosts is not None else None)
         prints = fingerprints(targeted, _fingerprint_key(target.state_dir))
+        installed = store.installed(env)
+        removals = prune.removals(targeted, installed, _prunes(target, state))
         if kind == "verify":
             t = time.monotonic()
             say(f"verifying {len(targeted.hosts)} host(s)")
@@ -302,9 +385,16 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
                                          connections=target.connections)
             stages["verify"] = time.monotonic() - t
             result: RunResult = "succeeded" if checks.ok else "failed"
-            outcome = Outcome(result, run_id=run_id, revision=revision, verify=checks)
+            outcome = Outcome(result, run_id=run_id, revision=revision, verify=checks,
+                              removals=removals)
         else:
             converged = store.converged(env) if request.changed_only else {}
+            gone = store.forget_hosts(env, {h.name for h in state.hosts})
+            if gone:
+                say(f"no longer in the inventory (not touched, left the status): "
+                    f"{', '.join(gone)}")
+            for r in removals:
+                say(f"{r.host}: {r.note if r.action != 'remove' else r.service + ': removing'}")
             folder = journal_folder(target)
             journal.forget_others(folder, {h.name for h in state.hosts})
             recovering = frozenset(journal.interrupted(folder) & {h.name for h in targeted.hosts})
@@ -316,12 +406,16 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
 
             def batch_done(applied: ApplyReport, checks: VerifyReport) -> None:
                 store.record_batch(run_id, applied, checks)
+                _record_installed(store, env, revision.ref, targeted, applied, removals)
                 _host_status(store, env, Outcome("succeeded", apply=applied, verify=checks),
-                             revision.ref, revision.ref, prints)
+                             revision.ref, revision.ref, prints, removals)
 
             outcome = _recovered(_rollout(targeted, revision, run_id, request, stages, say,
-                                          target.connections, unchanged, batch_done, folder),
+                                          target.connections, unchanged, batch_done, folder,
+                                          removals, installed),
                                  recovering)
+            outcome = replace(outcome, removals=removals, plan=outcome.plan.model_copy(
+                update={"removals": removals}) if outcome.plan is not None else None)
     except InvalidDeclaration as exc:
         outcome = Outcome("invalid", run_id=run_id, revision=outcome.revision, error=exc)
     except GitopsError as exc:
@@ -392,11 +486,15 @@ def _rollout(
     unchanged: dict[str, set[str]],
     batch_done: Callable[[ApplyReport, VerifyReport], None],
     journal_dir: Path | None = None,
+    removals: tuple[Removal, ...] = (),
+    installed: dict[str, dict[str, Installed]] | None = None,
 ) -> Outcome:
     """Apply then verify batch by batch (canary first); stop past the fail percentage.
 
     A host's services in ``unchanged`` are not applied (all of them are verified);
-    ``batch_done`` records each batch's hosts as soon as it is verified."""
+    ``removals`` to run (``gitops.prune``) run on each batch's hosts before its apply, with
+    the parameters ``installed`` (the record) has; ``batch_done`` records each batch's hosts
+    as soon as it is verified."""
     batches = state.settings.rollout.batches([h.name for h in state.hosts])
     plan_hosts: tuple[HostPlan, ...] = ()
     report: ApplyReport | None = None
@@ -416,10 +514,18 @@ def _rollout(
         skipped = sorted({s for h in part.hosts for s in unchanged.get(h.name, ())})
         say(f"{label}: applying on {', '.join(batch)}"
             + (f" (unchanged, not applied: {', '.join(skipped)})" if skipped else ""))
+        removing = prune.removal_state(part, [r for r in removals if r.host in batch],
+                                       installed or {})
+        removed: ApplyReport | None = None
+        if removing.hosts:
+            say(f"{label}: removing "
+                + "; ".join(f"{h.name}: {', '.join(h.services)}" for h in removing.hosts))
+            removed_plan, removed = apply_stage.apply(removing, on_progress=say, remove=True)
+            plan_hosts += removed_plan.hosts
         plan_, applied = (apply_stage.apply(todo, on_progress=say, journal=journal_dir)
                           if todo.hosts
                           else (Plan(hosts=()), ApplyReport(hosts=())))
-        applied = _with_unchanged(part, applied, unchanged)
+        applied = _with_removals(removed, _with_unchanged(part, applied, unchanged))
         stages["plan+apply"] = stages.get("plan+apply", 0) + time.monotonic() - t
         plan_hosts += plan_.hosts
         report = _merge_apply(report, applied)
@@ -509,6 +615,7 @@ def _finalize(
     interrupted_by: str | None,
 ) -> None:
     """Write the run and the status record: called on every path."""
+    removals = outcome.removals
     env = target.environment
     assert outcome.run_id is not None
     ref = outcome.revision.ref if outcome.revision else None
@@ -527,7 +634,7 @@ def _finalize(
         ], attempted=attempted)
         return
     if outcome.verify is not None:
-        _host_status(store, env, outcome, ref, attempted, prints)
+        _host_status(store, env, outcome, ref, attempted, prints, removals)
     if outcome.result in ("error", "interrupted"):
         reason = "Interrupted" if outcome.result == "interrupted" else (
             "ArtifactFailed" if outcome.revision is None else "ReconciliationFailed")
@@ -543,6 +650,7 @@ def _finalize(
         verb = "Verified" if kind == "verify" else "Applied and verified"
         store.set_status(env, ENVIRONMENT, [
             Condition("Ready", "True", "ReconciliationSucceeded", f"{verb} revision: {ref}"),
+            *_pruned(removals),
         ], applied=ref if applies else None, attempted=attempted, verified=ref)
     else:
         bad = sorted(set(outcome.verify.failed_hosts) |
@@ -551,14 +659,43 @@ def _finalize(
         store.set_status(env, ENVIRONMENT, [
             Condition("Ready", "False", "ReconciliationFailed",
                       f"{ref}: {len(bad)} host(s) failed: {', '.join(bad)}{why}"),
+            *_pruned(removals),
         ], attempted=attempted)
+
+
+def _record_installed(store: Store, env: str, ref: str, state: DeclaredState,
+                      applied: ApplyReport, removals: tuple[Removal, ...]) -> None:
+    """What a batch leaves each host with, in the record (``Store.installed``): the declared
+    services its apply ran (all on a host that applied, those with an operation run on one
+    that failed), parameters with secrets blanked; removed services gone, kept ones marked."""
+    declared = {h.name: h for h in state.hosts}
+    for h in applied.hosts:
+        host = declared.get(h.host)
+        if host is None or h.status in ("unreachable", "skipped"):
+            continue
+        ran = {op.service for op in h.ops if op.status != "skipped"}
+        services = {s: (prune.recordable(p, state.redact), state.requires.get(s, ()))
+                    for s, p in host.services.items()
+                    if h.status == "ok" or s in ran}
+        if services:
+            store.set_installed(env, h.host, services, ref)
+        for r in removals:
+            if r.host != h.host:
+                continue
+            if r.action == "remove":
+                ops = [op.status for op in h.ops if op.service == r.service]
+                if h.status == "ok" or (ops and set(ops) <= {"changed", "unchanged"}):
+                    store.mark_installed(env, r.host, r.service, None)
+            else:
+                store.mark_installed(env, r.host, r.service, r.action)
 
 
 def _host_status(
     store: Store, env: str, outcome: Outcome, ref: str | None, attempted: str | None,
-    prints: dict[str, dict[str, str]],
+    prints: dict[str, dict[str, str]], removals: tuple[Removal, ...] = (),
 ) -> None:
-    """The Ready condition of every host this run touched (others keep theirs)."""
+    """The Ready condition of every host this run touched (others keep theirs), and its
+    ``Pruned`` condition when it keeps services the revision no longer declares."""
     assert outcome.verify is not None
     failed_checks: dict[str, list[str]] = {}
     waiting: dict[str, str] = {}  # host -> "; DependencyNotReady: web, proxy"
@@ -591,8 +728,8 @@ def _host_status(
                              f"{'applied and verified' if h else 'verified'} {ref}")
         applied = ref if (h is not None and h.status == "ok") else None
         verified = ref if cond.status == "True" else None
-        store.set_status(env, name, [cond], applied=applied, attempted=attempted if h else None,
-                         verified=verified)
+        store.set_status(env, name, [cond, *_pruned(removals, name)], applied=applied,
+                         attempted=attempted if h else None, verified=verified)
         if cond.status != "True":
             store.set_converged(env, name, None)  # the next apply does every service
         elif applied is not None and ref is not None:

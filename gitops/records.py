@@ -77,8 +77,33 @@ class HostPlan(_Record):
         return sum(1 for op in self.ops if op.would_change)
 
 
+RemovalAction = Literal["remove", "left in place", "not pruned"]
+"""What a reconcile does with a service the record has on a host that the revision no
+longer declares there (``gitops.prune``): run its ``remove.py``; nothing, as the service has
+no ``remove.py`` (reported); nothing, as the environment's ``prune`` is off (reported)."""
+
+
+class Removal(_Record):
+    """One service taken off (or, reported, left on) one host (``gitops.prune``)."""
+
+    host: str
+    service: str
+    action: RemovalAction
+    revision: str = ""
+    """The revision that last applied the service on the host (``main@sha1:...``)."""
+
+    @property
+    def note(self) -> str:
+        """How the CLI, the status and the page say it."""
+        return {"remove": f"{self.service}: removed with its remove.py",
+                "left in place": f"{self.service}: left in place (no remove.py)",
+                "not pruned": f"{self.service}: not removed (prune is off)"}[self.action]
+
+
 class Plan(_Record):
     hosts: tuple[HostPlan, ...]
+    removals: tuple[Removal, ...] = ()
+    """Services the record has on a host that this revision no longer declares there."""
 
     @property
     def changes(self) -> int:
@@ -218,13 +243,15 @@ class Ref:
         return self.ref
 
 
-ConditionType = Literal["Ready", "Reconciling", "Stalled", "Suspended"]
+ConditionType = Literal["Ready", "Reconciling", "Stalled", "Suspended", "Pruned"]
 
 
 @dataclass(frozen=True)
 class Condition:
-    """A Flux-style condition: ``type`` is Ready, Reconciling or Stalled (stored), or
-    Suspended (derived by the store from the operator controls, never stored)."""
+    """A Flux-style condition: ``type`` is Ready, Reconciling, Stalled or Pruned (stored:
+    ``Pruned`` False names services a host keeps that the revision no longer declares, see
+    ``gitops.prune``), or Suspended (derived by the store from the operator controls, never
+    stored)."""
 
     type: ConditionType
     status: Literal["True", "False", "Unknown"]
@@ -505,3 +532,24 @@ class FinishedRun:
     result: str | None
     event: bool
     stage_s: Mapping[str, float]
+
+
+InstalledState = Literal["applied", "left in place", "not pruned"]
+"""``applied``: declared and applied; ``left in place``: no longer declared, and its folder
+has no ``remove.py``; ``not pruned``: no longer declared, and the environment's ``prune`` is
+off (see ``gitops.prune``)."""
+
+
+@dataclass(frozen=True)
+class Installed:
+    """One service the record says a host has: what it was last applied with, from which
+    revision (``Store.installed``), so it can be removed when the revision drops it."""
+
+    host: str
+    service: str
+    revision: str
+    params: Mapping[str, Any]
+    """Its parameters when last applied, secret values blanked (``<secret>``)."""
+    requires: tuple[str, ...] = ()
+    """What it required then (removal runs in reverse dependency order)."""
+    state: InstalledState = "applied"

@@ -188,6 +188,10 @@ class EnvironmentConfig(BaseModel):
     """Maintenance windows (``schedule``, ``duration``, ``timezone``): outside them new
     revisions wait and drift is reported, not corrected. When set, these win over the
     inventory's ``settings.windows``; empty: the inventory's, else always open."""
+    prune: bool | None = None
+    """Take services the revision no longer declares on a host off it with their
+    ``remove.py`` (false: report them only). When set, wins over the inventory's
+    ``settings.prune``; unset: the inventory's (default true). See gitops.prune."""
 
     @property
     def environment(self) -> str:

@@ -59,6 +59,8 @@ from gitops.records import (
     Controls,
     FinishedRun,
     HostRow,
+    Installed,
+    InstalledState,
     LatestCheck,
     OperationRow,
     Plan,
@@ -219,6 +221,18 @@ def _v3(db: Any) -> None:
         " AND conditions LIKE '%\"reason\": \"ReconciliationSucceeded\"%'")
 
 
+def _v4_installed(db: Any) -> None:
+    """``installed``: per host, each service the record says it has, with the parameters and
+    requirements it was last applied with (secrets blanked) and from which revision: what a
+    removal (``gitops.prune``) takes off, and what is reported when it cannot."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS installed ("
+        " environment TEXT NOT NULL, host TEXT NOT NULL, service TEXT NOT NULL,"
+        " revision TEXT NOT NULL, params TEXT NOT NULL, requires TEXT NOT NULL DEFAULT '[]',"
+        " state TEXT NOT NULL DEFAULT 'applied', updated_at TEXT NOT NULL,"
+        " PRIMARY KEY (environment, host, service))")
+
+
 @dataclass(frozen=True)
 class Migration:
     """One numbered step of the schema; ``apply`` runs inside a transaction."""
@@ -233,6 +247,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, host results, status record, controls, quarantine, deliveries", _v1),
     Migration(2, "runs.event marks operator actions", _v2),
     Migration(3, "environment rows record their verified revision", _v3),
+    Migration(4, "installed: the services each host has, for removals", _v4_installed),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -586,7 +601,8 @@ class Store:
         and ``runs``, the runs kept."""
         removed: dict[str, int] = {}
         with self._tx() as db:
-            for table in ("status", "controls", "quarantine", "converged", "undelivered"):
+            for table in ("status", "controls", "quarantine", "converged", "undelivered",
+                          "installed"):
                 removed[table] = db.execute(f"DELETE FROM {table} WHERE environment=?",
                                             (environment,)).rowcount
             removed["runs"] = db.execute("SELECT COUNT(*) FROM runs WHERE environment=?",
@@ -613,6 +629,75 @@ class Store:
                            " revision) VALUES (?,?,?,?,?)", [
                 (environment, host, service, fp, _ref_text(revision) or "")
                 for service, fp in (fingerprints or {}).items()])
+
+    # -- what each host has, per service (removals, ``gitops.prune``) ---------------------
+
+    def installed(self, environment: str) -> dict[str, dict[str, Installed]]:
+        """host -> service -> what the record says the host has."""
+        out: dict[str, dict[str, Installed]] = {}
+        for r in self.db.execute(
+                "SELECT host, service, revision, params, requires, state FROM installed"
+                " WHERE environment=? ORDER BY host, service", (environment,)):
+            out.setdefault(r["host"], {})[r["service"]] = Installed(
+                r["host"], r["service"], r["revision"], json.loads(r["params"]),
+                tuple(json.loads(r["requires"])), r["state"])
+        return out
+
+    def not_removed(self, environment: str | None = None) -> list[tuple[str, Installed]]:
+        """(environment, service) for each service a host keeps that its revision no longer
+        declares (left in place, not pruned): what the status page and the metrics report."""
+        sql = ("SELECT environment, host, service, revision, params, requires, state"
+               " FROM installed WHERE state != 'applied'")
+        args: tuple[str, ...] = ()
+        if environment is not None:
+            sql, args = sql + " AND environment=?", (environment,)
+        return [(r["environment"], Installed(r["host"], r["service"], r["revision"], {},
+                                             tuple(json.loads(r["requires"])), r["state"]))
+                for r in self.db.execute(sql + " ORDER BY environment, host, service", args)]
+
+    def set_installed(self, environment: str, host: str,
+                      services: dict[str, tuple[dict[str, Any], tuple[str, ...]]],
+                      revision: Ref | Revision | str) -> None:
+        """``host`` has each of ``services`` (name -> parameters, secrets already blanked,
+        and requirements) as ``revision`` applied it."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO installed (environment, host, service, revision, params, requires,"
+                " state, updated_at) VALUES (?,?,?,?,?,?,'applied',?)"
+                " ON CONFLICT (environment, host, service) DO UPDATE SET"
+                " revision=excluded.revision, params=excluded.params,"
+                " requires=excluded.requires, state='applied', updated_at=excluded.updated_at",
+                [(environment, host, service, _ref_text(revision) or "",
+                  json.dumps(params, sort_keys=True), json.dumps(list(requires)), self._now())
+                 for service, (params, requires) in services.items()])
+
+    def mark_installed(self, environment: str, host: str, service: str,
+                       state: InstalledState | None) -> None:
+        """A service no longer declared on ``host``: still there in ``state`` (left in
+        place, not pruned), or None: removed (the row goes)."""
+        with self._tx() as db:
+            if state is None:
+                db.execute("DELETE FROM installed WHERE environment=? AND host=? AND service=?",
+                           (environment, host, service))
+                db.execute("DELETE FROM converged WHERE environment=? AND host=? AND service=?",
+                           (environment, host, service))
+            else:
+                db.execute("UPDATE installed SET state=?, updated_at=? WHERE environment=?"
+                           " AND host=? AND service=?",
+                           (state, self._now(), environment, host, service))
+
+    def forget_hosts(self, environment: str, keep: Iterable[str]) -> list[str]:
+        """Hosts of ``environment``'s record not in ``keep`` (the inventory) leave its status,
+        convergence and installed services; their runs stay in the history. Returns them."""
+        wanted = set(keep)
+        with self._tx() as db:
+            known = {r[0] for table in ("status", "converged", "installed") for r in db.execute(
+                f"SELECT DISTINCT host FROM {table} WHERE environment=?", (environment,))}
+            gone = sorted(known - wanted - {ENVIRONMENT})
+            for table in ("status", "converged", "installed"):
+                db.executemany(f"DELETE FROM {table} WHERE environment=? AND host=?",
+                               [(environment, host) for host in gone])
+        return gone
 
     def prune_history(self, before: datetime) -> int:
         """Delete finished runs started before ``before`` (with their hosts, operations and

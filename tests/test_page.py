@@ -444,3 +444,20 @@ def test_without_authorize_only_loopback(tmp_path: Path) -> None:
     far = call(app, "192.0.2.7", [("/", {}), ("/api/page", {}), (f"/?token={TOKEN}", {})])
     assert [r.status_code for r in far] == [403, 403, 403]
     assert call(app, "127.0.0.1", [("/", {})])[0].status_code == 200
+
+
+def test_services_a_host_keeps_show_on_the_page(served: Served, browser_factory: Any) -> None:
+    """A service the revision no longer declares on a host but the host keeps (no remove.py,
+    or prune off) is named on that host's row, never silently dropped (gitops.prune)."""
+    with Store(served.state_dir) as store:
+        store.set_installed(ENV, "lab-3", {"web": ({}, ()), "app": ({}, ())}, revision(10).ref)
+        store.mark_installed(ENV, "lab-3", "web", "left in place")
+        store.mark_installed(ENV, "lab-3", "app", "not pruned")
+    p = browser_factory(served.url + "/")
+    row = p.locator('tr[data-host="lab-3"]')
+    assert row.locator('.not-removed[data-service="web"]').inner_text() == (
+        "web: left in place (no remove.py)")
+    assert row.locator('.not-removed[data-service="app"]').inner_text() == (
+        "app: not removed (prune is off)")
+    assert p.locator('tr[data-host="lab-1"] .not-removed').count() == 0
+    assert p.js_errors == []

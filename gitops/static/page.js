@@ -194,6 +194,11 @@
   function serviceCell(env, host, service) {
     const cell = host.services[service];
     const td = el("td", { class: "cell", "data-label": service, "data-service": service });
+    const kept = (host.not_removed || []).find((k) => k.service === service);
+    if (!cell && kept) {
+      td.append(badge(notRemoved(kept), "warn"));
+      return td;
+    }
     if (!cell) {
       td.append(el("span", { class: "muted", text: "—" }));
       return td;
@@ -218,6 +223,10 @@
     return td;
   }
 
+  function notRemoved(kept) {
+    return kept.state === "left in place" ? "left in place (no remove.py)" : "not removed (prune is off)";
+  }
+
   function hostsGrid(env) {
     if (!env.hosts.length) return el("p", { class: "muted", text: "no host has been reconciled yet" });
     const head = el("tr", {}, el("th", { text: "host" }), el("th", { text: "ready" }),
@@ -228,7 +237,9 @@
       return el("tr", { "data-host": h.name },
         el("th", { scope: "row", class: "host", "data-label": "host", text: h.name }),
         el("td", { "data-label": "ready", title: message }, readyBadge(h.ready),
-          h.check_error ? el("div", { class: "message", text: h.check_error }) : null),
+          h.check_error ? el("div", { class: "message", text: h.check_error }) : null,
+          (h.not_removed || []).map((k) => el("div", { class: "message not-removed", "data-service": k.service,
+            text: `${k.service}: ${notRemoved(k)}` }))),
         el("td", { class: "revs", "data-label": "applied / desired" },
           el("code", { class: "applied", text: shortRev(h.applied) }), " / ",
           el("code", { class: "desired", text: shortRev(env.desired) }), " ", sync),

@@ -7,7 +7,8 @@ Reads a job (JSON) on stdin, writes a ``WorkerResult`` (JSON) on stdout, progres
 
 Deploy files are loaded the way the ``pyinfra`` CLI loads them (``pyinfra.is_cli``: operation
 order from the call stack, one file after another, hosts in parallel), one service's
-``deploy.py`` at a time, with the service's parameters as pyinfra deploy data. A plan
+``deploy.py`` at a time, with the service's parameters as pyinfra deploy data (a removal
+job loads each service's ``remove.py`` instead, see ``gitops.prune``). A plan
 evaluates every operation without executing it (``pyinfra --dry``); an apply executes each
 operation once (``pyinfra -y``), so its plan is what it changed.
 """
@@ -64,6 +65,8 @@ class Job(BaseModel):
     diff: bool = True
     journal: str | None = None
     """An apply's interrupted-apply journal folder (``gitops.journal``)."""
+    remove: bool = False
+    """Load each service's ``remove.py`` (a removal, ``gitops.prune``), not its ``deploy.py``."""
 
 
 def _progress(message: str) -> None:
@@ -325,8 +328,10 @@ def run(job: Job) -> WorkerResult:
                     if service in h.services and by_name[h.name] in state.active_hosts
                 ]
                 if targets:
-                    _load_service(state, config, index, root, service, targets, by_name)
-                    _progress(f"{'planned' if job.dry else 'loaded'} {service} on "
+                    _load_service(state, config, index, root, service, targets, by_name,
+                                  script="remove.py" if job.remove else "deploy.py")
+                    _progress(f"{'planned' if job.dry else 'loaded'} "
+                              f"{'removal of ' if job.remove else ''}{service} on "
                               f"{len(targets)} host(s)")
         except PyinfraError as exc:
             stopped = _stop_reason(state, capture, exc)
@@ -365,15 +370,17 @@ def _load_service(
     service: str,
     targets: list[DeclaredHost],
     by_name: dict[str, Any],
+    script: str = "deploy.py",
 ) -> None:
-    """Load ``deploys/<service>/deploy.py`` for each target host, as the CLI loads a file.
+    """Load ``deploys/<service>/<script>`` (``deploy.py``, or ``remove.py`` for a removal)
+    for each target host, as the CLI loads a file.
 
     Relative paths in the deploy (``local.include("tasks/web.py")``,
     ``files.template(src="templates/site.j2")``) resolve against the service's folder, as
     the ``pyinfra`` CLI run in that folder resolves them, also when an apply executes them.
     """
     folder = str(root / "deploys" / service)
-    filename = str(Path(folder) / "deploy.py")
+    filename = str(Path(folder) / script)
     config.lock_current_state()
     state.current_op_file_number = index
     state.current_deploy_filename = filename
