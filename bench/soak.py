@@ -136,7 +136,8 @@ def slope_per_hour(xs: list[float], ys: list[float]) -> float:
         return 0.0
     mx, my = sum(xs) / n, sum(ys) / n
     den = sum((x - mx) ** 2 for x in xs)
-    return 0.0 if den == 0 else 60 * sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den
+    num = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
+    return 0.0 if den == 0 else 60 * num / den
 
 
 class Out:
@@ -213,9 +214,9 @@ def main() -> None:
         while True:
             if proc.poll() is not None:
                 sys.exit(f"gitops run exited {proc.returncode}; see {log}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                    break
+            with contextlib.suppress(OSError), \
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                break
             if time.monotonic() > deadline:
                 sys.exit("the daemon did not answer /healthz")
             time.sleep(0.5)
