@@ -4,7 +4,7 @@ Run as root: ``python bench/faults.py [--kills 100] [--net 20] [--power 10] [--d
 [--remote 10] [--second 5] [--name ftcamp] [--seed 1] [--out /tmp/gitops-faults.md]``
 (``--quick`` sets every count to 2). Brings up a lab of 3 hosts and a state repository from
 the committed sample (service ``base``) plus a ``probe`` service whose check a commit can
-break; canary rollout of one host. ``gitops run`` watches the repository (watch = true,
+break, in one batch. ``gitops run`` watches the repository (watch = true,
 interval 2 s) with its state folder on a small tmpfs, a generic webhook notifier and GitHub
 commit statuses aimed at a receiver in this script (``POST /hook``, ``POST
 /gh/repos/o/r/statuses/<sha>``, answered as GitHub does: 201).
@@ -173,10 +173,10 @@ def make_campaign_repo(info: lab.LabInfo, dest: Path) -> Repo:
     inv_file = dest / "inventories/lab.yml"
     inv = yaml.safe_load(inv_file.read_text())
     inv["groups"].setdefault("all", {}).setdefault("services", {})["probe"] = {"value": "ok"}
-    inv["settings"]["rollout"] = {"canary": 1, "batch": "100%"}
+    inv["settings"]["rollout"] = {"batch": "100%"}  # one batch: a fault's check is quicker
     inv_file.write_text(yaml.safe_dump(inv, sort_keys=False))
     git(dest, "add", "-A")
-    git(dest, "commit", "-q", "-m", "probe service, canary rollout")
+    git(dest, "commit", "-q", "-m", "probe service, one batch")
     return Repo(dest)
 
 
@@ -639,6 +639,8 @@ class Campaign:
                 self.streaming.clear()
             counts[kind] += 1
             self.injected[kind] += 1
+            self.out(f"{n}/{len(plan)} {time.monotonic() - t0:7.0f} s  {kind:6} "
+                     f"{fault['what']}: injected, checking")
             survived = self.check(kind, fault, before_max)
             if survived:
                 self.survived[kind] += 1
@@ -717,7 +719,7 @@ def main() -> None:
     parser.add_argument("--second", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="every count 2")
     parser.add_argument("--commit-every", type=float, default=3)
-    parser.add_argument("--converge-s", type=float, default=240,
+    parser.add_argument("--converge-s", type=float, default=300,
                         help="how long the next good commit may take to verify everywhere")
     parser.add_argument("--tmpfs-mb", type=int, default=96)
     parser.add_argument("--seed", type=int, default=1)
@@ -752,11 +754,15 @@ def main() -> None:
         campaign = Campaign(opts, info, work, out)
         campaign.run()
     finally:
-        if campaign is not None:
-            campaign.close()
-            report(campaign, out, time.monotonic() - start)
-        with contextlib.suppress(Exception):
-            lab_down(opts.name)
+        try:
+            if campaign is not None:
+                campaign.daemon.stop()
+                report(campaign, out, time.monotonic() - start)
+        finally:
+            if campaign is not None:
+                campaign.close()
+            with contextlib.suppress(Exception):
+                lab_down(opts.name)
 
 
 if __name__ == "__main__":
