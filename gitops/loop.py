@@ -18,6 +18,7 @@ stages run them in worker processes. Called by ``cli run``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import random
@@ -32,7 +33,7 @@ from typing import Any, cast
 
 from gitops import control, notify, policy, retention, schedule, source
 from gitops import verify as verify_stage
-from gitops.errors import GitopsError, InvalidDeclaration, Suspended, UsageError
+from gitops.errors import GitopsError, InvalidDeclaration, LockHeld, Suspended, UsageError
 from gitops.policy import After, Controls, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
 from gitops.settings import EnvironmentConfig, Settings
@@ -44,6 +45,8 @@ log = logging.getLogger("gitops.loop")
 __all__ = ["Daemon", "declared_windows"]
 
 _PRUNE_EVERY = 3600.0
+_STATUS_KINDS = frozenset({"reconcile", "retry"})
+"""The runs of a new commit or a retry, whose start reports "pending" on the commit."""
 """Seconds between prunings of the history and the mirrors."""
 WAITING = "WaitingForWindow"
 """The reason of the ``Reconciling=False`` condition of a revision outside its window."""
@@ -207,12 +210,19 @@ class Daemon:
         """Start one thread per environment (and the local-repository watchers)."""
         for gone in verify_stage.SshConnections.prune():
             log.info("removed the SSH connection folder of a stopped daemon: %s", gone)
+        cut: list[tuple[_Env, str]] = []
         with self._store() as store:
             for env in self.envs.values():
                 with environment_lock(env.target, "recover"):
                     for run_id in store.recover_unfinished(env.target.environment):
                         log.warning("%s: run %d was interrupted; reconciling again",
                                     env.config.name, run_id)
+                        detail = store.run(run_id)
+                        if detail and detail.run.sha and detail.run.kind in _STATUS_KINDS:
+                            cut.append((env, detail.run.sha))
+        for env, sha in cut:  # its "pending" must not stay the commit's last word
+            self._commit_status(env, sha, "error", "interrupted: the reconciler stopped",
+                                retries=1)
         for env in self.envs.values():
             thread = threading.Thread(target=self._loop, args=(env,), daemon=True,
                                       name=f"gitops-{env.config.name}")
@@ -280,9 +290,12 @@ class Daemon:
         with env.lock:  # taken now: a retry asked for during the run is kept for the next
             retry, env.retry_hosts = env.retry_hosts, None
         with self._store() as store:
+            history = store.history(name, limit=20)
+            if any(r.finished_at is None for r in history) and self._recover(env, store):
+                history = store.history(name, limit=20)
             inputs = CycleInput(
                 head=head, controls=Controls.from_row(store.controls(name)),
-                last=LastRun.from_history(store.history(name, limit=20)),
+                last=LastRun.from_history(history),
                 quarantined=frozenset(q.sha for q in store.quarantined(name)),
                 status=EnvStatus.from_row(store.environment_status(name)),
                 pending=pending, retry=retry)
@@ -315,11 +328,17 @@ class Daemon:
                            f"{order.revision[:10]})")
         env.running = f"{order.kind} {order.revision[:10]}"
         self._commit_status(env, order.revision, "pending", f"{order.kind} started", retries=1)
-        outcome = run(env.target, Request(
-            kind=order.kind, reason=reason, revision=order.revision, hosts=order.hosts,
-            signing=cfg.verify_commits, stop=self.stop_event, actor=order.actor,
-            changed_only=order.changed_only,
-        ), progress=lambda line: log.info("%s: %s", cfg.name, line))
+        try:
+            outcome = run(env.target, Request(
+                kind=order.kind, reason=reason, revision=order.revision, hosts=order.hosts,
+                signing=cfg.verify_commits, stop=self.stop_event, actor=order.actor,
+                changed_only=order.changed_only,
+            ), progress=lambda line: log.info("%s: %s", cfg.name, line))
+        except Exception:  # the record failed (a full disk): the commit still gets its end
+            with contextlib.suppress(Exception):
+                self._commit_status(env, order.revision, "error",
+                                    "reconciler error: the run could not be recorded")
+            raise
         state, description = notify.commit_state_for(outcome)
         self._commit_status(env, order.revision, state, description)
         was_ready = inputs.status is None or inputs.status.ready
@@ -328,6 +347,20 @@ class Daemon:
         delay = self._carry_out(env, after, order.revision)
         self._prune()
         return delay
+
+    def _recover(self, env: _Env, store: Store) -> bool:
+        """Record interrupted the runs left unfinished while no run holds the lock (a record
+        a full disk refused to finish, a killed CLI run), so their commit is reconciled
+        again; False when a run (a CLI's) is in progress."""
+        try:
+            with environment_lock(env.target, "recover"):
+                cut = store.recover_unfinished(env.target.environment)
+        except LockHeld:
+            return False
+        for run_id in cut:
+            log.warning("%s: run %d was cut before its end; reconciling again",
+                        env.config.name, run_id)
+        return bool(cut)
 
     def _carry_out(self, env: _Env, after: After, sha: str) -> float:
         """Do what ``policy.after_run`` decided; returns the seconds until the next poll."""

@@ -322,6 +322,10 @@ def run(target: Target, request: Request, progress: Progress | None = None) -> O
     store = (target.database or Database(target.state_dir)).open()
     try:
         with environment_lock(target, request.kind):
+            # under the lock no run of the environment is in progress: one left unfinished
+            # was cut (kill -9 of a CLI run, a record the full disk refused to finish)
+            for cut in store.recover_unfinished(target.environment):
+                say(f"run {cut} was cut before its end: recorded as interrupted")
             outcome = _locked_run(store, target, request, say)
             if request.kind != "verify":
                 retention.prune_snapshots(store, target.state_dir, target.keep_snapshots)

@@ -1,0 +1,158 @@
+"""What a crash or a failing record leaves behind is recovered: runs and commit statuses.
+
+Found by ``bench/faults.py``. No lab: a run cut by ``kill -9`` leaves exactly an unfinished
+row in the store, and a record the disk refuses is played by a real SQLite trigger that fails
+the write. Commit statuses go to a local stand-in for GitHub's "Create a commit status" API
+that checks the request against its documented form.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from gitops.loop import Daemon
+from gitops.reconcile import Request, Target, run
+from gitops.records import Revision
+from gitops.settings import CommitStatusConfig, EnvironmentConfig, SecretRef, Settings
+from gitops.store import Store
+
+TOKEN = "faults-test-token"
+STATUS_PATH = re.compile(r"^/gh/repos/o/r/statuses/([0-9a-f]{40})$")
+
+
+class GitHub:
+    """``POST /repos/{owner}/{repo}/statuses/{sha}``: Bearer token, JSON state; 201."""
+
+    def __init__(self) -> None:
+        self.statuses: list[tuple[str, str]] = []
+        github = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                match = STATUS_PATH.match(self.path)
+                ok = (match is not None and self.headers["Authorization"] == f"Bearer {TOKEN}"
+                      and self.headers["Accept"] == "application/vnd.github+json"
+                      and body.get("state") in ("pending", "success", "failure", "error"))
+                if ok and match:
+                    github.statuses.append((match.group(1), body["state"]))
+                self.send_response(201 if ok else 422)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/gh"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def states(self, sha: str) -> list[str]:
+        return [state for s, state in self.statuses if s == sha]
+
+
+@pytest.fixture
+def github(monkeypatch: pytest.MonkeyPatch) -> Iterator[GitHub]:
+    monkeypatch.setenv("FAULTS_TEST_TOKEN", TOKEN)
+    server = GitHub()
+    yield server
+    server.server.shutdown()
+
+
+def _repo(tmp_path: Path) -> tuple[Path, str]:
+    """A repository with no inventory: every run of it ends ``invalid`` without a host."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.invalid"],
+                 ["config", "user.name", "T"], ["commit", "-q", "--allow-empty", "-m", "one"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    sha = subprocess.check_output(["git", "-C", str(repo), "rev-parse", "HEAD"], text=True)
+    return repo, sha.strip()
+
+
+def _cut_run(state_dir: Path, sha: str) -> int:
+    """What a ``kill -9`` of the process running a reconcile of ``sha`` leaves in the store."""
+    revision = Revision(sha=sha, branch="main", author="T", committed_at=datetime.now(UTC),
+                        message="cut")
+    with Store(state_dir) as store:
+        return store.start_run("lab", "reconcile", revision, actor="test")
+
+
+def _result(state_dir: Path, run_id: int) -> str | None:
+    with Store(state_dir) as store:
+        detail = store.run(run_id)
+        assert detail is not None
+        return detail.run.result
+
+
+def _daemon(tmp_path: Path, repo: Path, github: GitHub) -> Daemon:
+    settings = Settings(state_dir=tmp_path / "state", environments=[EnvironmentConfig(
+        name="lab", repo=str(repo), watch=False, interval=3600, commit_status=[
+            CommitStatusConfig(provider="github", api_url=github.url, repository="o/r",
+                               token=SecretRef(env="FAULTS_TEST_TOKEN"))])])
+    return Daemon(settings)
+
+
+def test_a_cli_run_cut_by_kill_9_is_recorded_interrupted_by_the_next_run(tmp_path: Path) -> None:
+    """A run whose process was killed is not left running until a daemon starts: the next
+    run of the environment, from the CLI too, records it interrupted."""
+    repo, sha = _repo(tmp_path)
+    state = tmp_path / "state"
+    cut = _cut_run(state, sha)
+    said: list[str] = []
+    outcome = run(Target(repo=str(repo), branch="main", environment="lab", state_dir=state),
+                  Request(), said.append)
+    assert outcome.result == "invalid"  # the new run itself ran and ended
+    assert _result(state, cut) == "interrupted"
+    assert any(f"run {cut} was cut" in line for line in said)
+
+
+def test_a_commit_whose_run_was_killed_gets_a_final_status_when_the_daemon_starts(
+        tmp_path: Path, github: GitHub) -> None:
+    """The commit a killed daemon had marked pending is marked error at the next start,
+    not left pending (its run is recorded interrupted)."""
+    repo, _head = _repo(tmp_path)
+    cut_sha = "c" * 40
+    cut = _cut_run(tmp_path / "state", cut_sha)
+    d = _daemon(tmp_path, repo, github)
+    d.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not github.states(cut_sha) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        d.stop(30)
+    assert github.states(cut_sha) == ["error"]
+    assert _result(tmp_path / "state", cut) == "interrupted"
+
+
+def test_a_run_the_record_refuses_to_finish_still_ends_its_commit_status(
+        tmp_path: Path, github: GitHub) -> None:
+    """When the store cannot finish a run (a full disk), the commit still gets a final
+    status, and the next run records the unfinished run interrupted."""
+    repo, head = _repo(tmp_path)
+    state = tmp_path / "state"
+    with Store(state) as store:  # the record refuses to finish any run, as a full disk would
+        store.db.execute("CREATE TRIGGER refuse BEFORE UPDATE OF finished_at ON runs "
+                         "BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END")
+    d = _daemon(tmp_path, repo, github)
+    with pytest.raises(Exception, match="disk is full"):
+        d._cycle(d.envs["lab"], None)
+    assert github.states(head) == ["pending", "error"]
+    with Store(state) as store:
+        store.db.execute("DROP TRIGGER refuse")
+        unfinished = store.history("lab")[0]
+    assert unfinished.result is None
+    d._cycle(d.envs["lab"], None)  # space freed: the next run
+    assert _result(state, unfinished.id) == "interrupted"
