@@ -71,6 +71,7 @@ from gitops.records import (
     RunRow,
     StatusRow,
     Undelivered,
+    VerifiedRevision,
     VerifyReport,
 )
 
@@ -219,6 +220,19 @@ def _v3(db: Any) -> None:
         " AND conditions LIKE '%\"reason\": \"ReconciliationSucceeded\"%'")
 
 
+_VERIFIED_TABLE = """
+CREATE TABLE IF NOT EXISTS verified_revisions (
+    environment TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    committed_at TEXT NOT NULL,
+    verified_at TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    upstream TEXT,
+    PRIMARY KEY (environment, sha)
+)"""
+
+
 @dataclass(frozen=True)
 class Migration:
     """One numbered step of the schema; ``apply`` runs inside a transaction."""
@@ -233,6 +247,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "runs, host results, status record, controls, quarantine, deliveries", _v1),
     Migration(2, "runs.event marks operator actions", _v2),
     Migration(3, "environment rows record their verified revision", _v3),
+    Migration(4, "revisions verified on every host of an environment (promotion)",
+              lambda db: db.execute(_VERIFIED_TABLE)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -586,7 +602,8 @@ class Store:
         and ``runs``, the runs kept."""
         removed: dict[str, int] = {}
         with self._tx() as db:
-            for table in ("status", "controls", "quarantine", "converged", "undelivered"):
+            for table in ("status", "controls", "quarantine", "converged", "undelivered",
+                          "verified_revisions"):
                 removed[table] = db.execute(f"DELETE FROM {table} WHERE environment=?",
                                             (environment,)).rowcount
             removed["runs"] = db.execute("SELECT COUNT(*) FROM runs WHERE environment=?",
@@ -676,6 +693,33 @@ class Store:
             since = _time(r["since"])
             assert since is not None
             out.append(Quarantined(r["environment"], r["sha"], r["reason"], since))
+        return out
+
+    # -- promotion: revisions verified on every host ----------------------------------------
+
+    def record_verified(self, environment: str, revision: Revision, run_id: int, *,
+                        upstream: str | None = None) -> bool:
+        """``revision`` is now applied and verified on every host of ``environment``; the
+        first time is kept. True when it was not recorded before."""
+        cur = self.db.execute(
+            "INSERT INTO verified_revisions (environment, sha, branch, committed_at,"
+            " verified_at, run_id, upstream) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (environment, revision.sha, revision.branch, revision.committed_at.isoformat(),
+             self._now(), run_id, upstream))
+        return bool(cur.rowcount)
+
+    def verified_revisions(self, environment: str | None = None) -> list[VerifiedRevision]:
+        """Revisions verified on every host, oldest verification first."""
+        sql, args = "SELECT * FROM verified_revisions", ()
+        args_: tuple[str, ...] = args
+        if environment is not None:
+            sql, args_ = sql + " WHERE environment=?", (environment,)
+        out = []
+        for r in self.db.execute(sql + " ORDER BY verified_at, run_id", args_):
+            committed, verified = _time(r["committed_at"]), _time(r["verified_at"])
+            assert committed is not None and verified is not None
+            out.append(VerifiedRevision(r["environment"], r["sha"], r["branch"], committed,
+                                        verified, r["run_id"], r["upstream"]))
         return out
 
     def quarantine_counts(self) -> dict[str, int]:
