@@ -987,7 +987,8 @@ def run() -> None:
         authorize = server.make_authorize(s)
         app = server.create_app(daemon, s, extra_routes=[
             *metrics.routes(s.state_dir, authorize, Database.of(s)),
-            *page.routes(s.state_dir, authorize, Database.of(s))])
+            *page.routes(s.state_dir, authorize, Database.of(s),
+                         chain=daemon.chain)])
         http, thread = server.start_in_thread(app, s.listen)
     except GitopsError as exc:
         _fail(exc, False)
