@@ -565,11 +565,18 @@ class Daemon:
         if not cfg.promote_from:
             return None
         up = self.envs[cfg.promote_from]
-        if env.lineage is None or env.lineage[0] != head:
-            source.fetch(cfg.repo, cfg.branch, env.target.state_dir)
-            env.lineage = (head, source.lineage(cfg.repo, env.target.state_dir, head))
+        lineage = env.lineage[1] if env.lineage is not None and env.lineage[0] == head else None
+        if lineage is None:
+            try:  # another environment's run may be fetching the same mirror right now
+                source.fetch(cfg.repo, cfg.branch, env.target.state_dir)
+            except GitopsError as exc:
+                log.warning("%s: %s; the promotion is decided again at the next cycle",
+                            cfg.name, exc)
+            lineage = source.lineage(cfg.repo, env.target.state_dir, head)
+            if lineage and lineage[-1] == head:
+                env.lineage = (head, lineage)
         return policy.promotion(policy.PromotionInput(
-            upstream=cfg.promote_from, lineage=env.lineage[1],
+            upstream=cfg.promote_from, lineage=lineage,
             verified=frozenset(v.sha for v in store.verified_revisions(
                 up.target.environment)),
             quarantined=frozenset(q.sha for q in store.quarantined(up.target.environment)),

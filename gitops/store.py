@@ -929,10 +929,11 @@ class Store:
         return _time(row[0]) if row else None
 
     def change_mark(self) -> tuple[Any, ...]:
-        """Changes whenever a run starts or finishes or a revision is quarantined."""
+        """Changes whenever a run starts or finishes, a revision is quarantined or is
+        verified on every host of an environment."""
         return tuple(self.db.execute(
-            "SELECT MAX(id), MAX(finished_at), (SELECT COUNT(*) FROM quarantine) FROM runs"
-        ).fetchone())
+            "SELECT MAX(id), MAX(finished_at), (SELECT COUNT(*) FROM quarantine),"
+            " (SELECT COUNT(*) FROM verified_revisions) FROM runs").fetchone())
 
     def max_run_id(self) -> int:
         return int(self.db.execute("SELECT MAX(id) FROM runs").fetchone()[0] or 0)
