@@ -24,6 +24,7 @@ from statelab import git
 from test_daemon_e2e import PROBE_DEPLOY, PROBE_MODEL, _free_port, wait_for
 
 from gitops.lab import LabInfo
+from gitops.store import Store
 
 pytestmark = pytest.mark.lab
 
@@ -67,8 +68,7 @@ class Pipeline:
         """Both inventories with the probe at ``value``; the new commit's SHA."""
         for name, hosts in (("staging", self.staging), ("production", self.production)):
             inventory = {
-                "settings": {"source": "lab", "lab": self.lab.name,
-                             "rollout": {"canary": 1, "batch": "100%"}},
+                "settings": {"source": "lab", "lab": self.lab.name},
                 "groups": {"probe": {"services": {"probe": {"value": value}}}},
                 "hosts": {h: {"groups": ["probe"]} for h in hosts},
             }
@@ -171,8 +171,9 @@ def test_bad_commit_stops_at_staging_and_never_reaches_production(pipeline: Pipe
     wait_for(lambda: any(r["kind"] == "rollback" and r["result"] == "succeeded"
                          for r in pipeline.runs("staging")[:3]), 180,
              "the rollback on staging")
-    env_row = next(r for r in pipeline.cli("status", "-e", "staging") if r["host"] == "")
-    assert bad in env_row["quarantined"]
+    with Store(pipeline.state, readonly=True) as store:
+        assert bad in [q.sha for q in store.quarantined("staging")]
+        assert bad not in [v.sha for v in store.verified_revisions("staging")]
     assert pipeline.probe(pipeline.staging[0]) == "ok 2"  # rolled back
     time.sleep(6)  # several poll intervals of production
     assert not [r for r in pipeline.runs("production") if r["sha"] == bad]
