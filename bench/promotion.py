@@ -27,7 +27,7 @@ from pathlib import Path
 import yaml
 from _common import header, lab_down, lab_up, median, print_table, require_root
 
-from gitops.store import Store
+from gitops.store import NoStore, Store, StoreOutdated
 
 PROBE_DEPLOY = """\
 from pyinfra import host
@@ -116,14 +116,16 @@ def main() -> None:
             sha = shas[-1]
             deadline = time.monotonic() + 600
             while True:
-                if (state / "gitops.db").is_file():
+                try:
                     with Store(state, readonly=True) as store:
                         done = {v.environment: v for v in store.verified_revisions()
                                 if v.sha == sha}
                         runs = [r for r in store.history("production", 50)
                                 if r.sha == sha and not r.event]
-                    if "production" in done and "staging" in done and runs:
-                        break
+                except (NoStore, StoreOutdated):  # the daemon has not made it yet
+                    done, runs = {}, []
+                if "production" in done and "staging" in done and runs:
+                    break
                 if time.monotonic() > deadline or proc.poll() is not None:
                     sys.exit(f"commit {sha[:10]} did not reach production (see "
                              f"{root / 'daemon.log'})")

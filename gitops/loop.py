@@ -9,7 +9,9 @@ commit until a newer one arrives; unreachable hosts are retried with backoff; a 
 declaration or an unsigned commit stalls the environment until a new commit. Drift checks run
 the checks on an interval and, by policy, re-apply; verifies keep each host's SSH connection
 open until the daemon stops (``verify.SshConnections``). What to run, what follows a run,
-the waits, rollback targets, drift, maintenance windows (an injected wall clock ``now``) and
+the waits, rollback targets, drift, maintenance windows (an injected wall clock ``now``),
+promotion from another environment (``promote_from``: only what it verified on every host;
+a run that verifies a revision wakes the environments promoting from it) and
 notifications are decided by the pure functions of
 ``policy``: this module gathers their inputs and carries their decisions out, and prunes the
 state folder after runs (``retention``). This process never imports pyinfra or testinfra: the

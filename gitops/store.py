@@ -4,7 +4,8 @@ The only module that speaks SQL. One database in the state folder holds every ru
 stage reports, durations), and per environment and per host the status record in Flux's
 vocabulary: conditions ``Ready``, ``Reconciling`` and ``Stalled`` (each a status, a reason and a
 message) and the last applied, attempted and verified revision; beside them the operator
-controls, quarantined revisions, undelivered commit statuses and per-service convergence.
+controls, quarantined revisions, undelivered commit statuses, per-service convergence and
+the revisions verified on every host of an environment (what promotion reads).
 ``reconcile`` and the daemon write it; the CLI, the API, the metrics, the incidents, the
 delivery figures and the status page read it through the methods here and get frozen rows
 (``gitops.records``: ``StatusRow``, ``RunRow``, ``RunDetail``, ``Controls``...), never SQL rows.
