@@ -221,8 +221,10 @@ def next_run(i: CycleInput) -> Cycle:
         if wanted is None:
             return Cycle(None, why=waiting_for or "nothing verified upstream yet",
                          release_hold=release, waiting_for=waiting_for)
-        if promo.sha is not None and not (trigger and trigger.force):
-            trigger = Trigger(promo.reason, promo.actor)
+        by_hand = promo.actor != DAEMON
+        if promo.sha is not None and (trigger is None or trigger.look_only or by_hand) \
+                and not (trigger and trigger.force):
+            trigger = Trigger(promo.reason, promo.actor)  # an operator's "run now" stays theirs
     assert wanted is not None
     if wanted in i.quarantined and not held:
         return Cycle(None, why=f"{wanted[:10]} is quarantined", release_hold=release,

@@ -31,6 +31,7 @@ from gitops.policy import (
     Promotion,
     PromotionInput,
     RunOrder,
+    Trigger,
 )
 from gitops.promotion import links
 from gitops.records import Revision, RunRow, VerifiedRevision
@@ -153,6 +154,11 @@ NEXT_RUN = [
      _cycle(auto(C2, WAIT_C3)),
      Cycle(RunOrder("reconcile", C2, auto(C2).reason, "gitops-daemon", changed_only=True,
                     previous=C0), waiting_for=WAIT_C3)),
+    ("an operator's reconcile-now of a verified revision stays theirs",
+     CycleInput(C3, Controls(), LastRun(C0, "succeeded"), frozenset(),
+                EnvStatus(C0, C0, ready=True), pending=Trigger("operator request", "bob"),
+                promotion=auto(C2)),
+     Cycle(RunOrder("reconcile", C2, "operator request", "bob", previous=C0))),
     ("an operator's promotion: run by them, with their reason",
      _cycle(Promotion(C3, reason="promoted by alice: hotfix", actor="alice")),
      Cycle(RunOrder("reconcile", C3, "promoted by alice: hotfix", "alice", changed_only=True,
