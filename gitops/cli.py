@@ -442,6 +442,26 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
         if held:
             click.echo(f"    Held: {held['sha'][:10]} by {held['actor']} until `gitops resume` "
                        f"or a commit newer than {(held['head'] or '')[:10]}")
+    _print_pipeline(s)
+
+
+def _print_pipeline(s: Settings) -> None:
+    """The promotion pipeline of the settings' environments, when one promotes from another:
+    which revision is where, what waits for which environment."""
+    from gitops import promotion
+
+    chain = promotion.links(s.environments)
+    if not any(link.upstream for link in chain):
+        return
+    with open_store(s, readonly=True) as store:
+        stages = promotion.pipeline(store, chain)
+    click.echo("pipeline:")
+    for stage in stages:
+        name = stage["environment"] + (f" <- {stage['promote_from']}"
+                                       if stage["promote_from"] else "")
+        click.echo(f"  {name:<30} applied={(stage['applied'] or '-')[:10]} "
+                   f"verified everywhere={(stage['verified'] or '-')[:10]}"
+                   + (f"; {stage['waiting']}" if stage["waiting"] else ""))
 
 
 @main.command(epilog=EXIT_CODES)
@@ -846,6 +866,10 @@ def _daemon_answer(name: str, action: str, answer: dict[str, Any]) -> str:
         return f"{name}: the daemon holds {str(answer.get('held_sha'))[:10]}{event}"
     if action == "retry":
         return f"{name}: the daemon retries {', '.join(answer.get('retrying', []))}"
+    if action == "promote":
+        return (f"{name}: promoted {str(answer.get('sha'))[:10]} from "
+                f"{answer.get('promote_from')}{' (forced)' if answer.get('forced') else ''}"
+                f"{event}")
     return (f"{name}: the daemon will reconcile now" if answer.get("triggered") else
             f"{name}: a reconcile is already pending in the daemon")
 
@@ -971,7 +995,8 @@ def run() -> None:
         authorize = server.make_authorize(s)
         app = server.create_app(daemon, s, extra_routes=[
             *metrics.routes(s.state_dir, authorize, Database.of(s)),
-            *page.routes(s.state_dir, authorize, Database.of(s))])
+            *page.routes(s.state_dir, authorize, Database.of(s),
+                         chain=daemon.chain)])
         http, thread = server.start_in_thread(app, s.listen)
     except GitopsError as exc:
         _fail(exc, False)
@@ -1088,6 +1113,61 @@ def rollback(revision: str | None, reason: str, no_wait: bool, force: bool, as_j
 
 
 @main.command(epilog=EXIT_CODES)
+@click.option("--environment", "-e", "environment", required=True,
+              help="The environment to promote to: an [[environments]] entry with promote_from.")
+@click.option("--revision", required=True, help="The commit (SHA) to promote.")
+@click.option("--reason", required=True, help="Why: recorded in history with who.")
+@click.option("--force", is_flag=True, help="Promote a revision that is not verified on "
+              "every host of the upstream environment (recorded as forced).")
+@click.option("--no-wait", is_flag=True, help="Through a running daemon: return once it "
+              "has the request, without waiting for the run.")
+@state_option
+@config_option
+@json_option
+def promote(environment: str, revision: str, reason: str, force: bool, no_wait: bool,
+            state_dir: Path | None, as_json: bool) -> None:
+    """Promote one revision to an environment by hand (one verified on every host of the
+    environment it promotes from, unless --force); through the running daemon, else here."""
+    from gitops import promotion
+
+    s = _settings(environment=environment, state_dir=state_dir)
+    link = next((x for x in promotion.links(s.environments)
+                 if environment in (x.name, x.environment)), None)
+    if link is None:
+        raise UsageError(f"no [[environments]] entry named {environment!r} in the settings")
+    if link.upstream is None:
+        raise UsageError(f"{link.name} does not promote from another environment (set "
+                         "promote_from in its [[environments]] entry)")
+    if not reason.strip():
+        raise UsageError("--reason is empty: who promoted what, and why, is recorded")
+    body: dict[str, Any] = {"revision": revision, "reason": reason,
+                            **({"force": True} if force else {})}
+    if _through_daemon(s, "promote", body, wait=not no_wait, as_json=as_json):
+        return
+    with open_store(s) as store:
+        try:
+            answer = promotion.promote(store, link, repo=s.repo, branch=s.branch,
+                                       state_dir=s.state_dir, revision=revision,
+                                       actor=control.who(), reason=reason, force=force)
+        except GitopsError as exc:
+            _fail(exc, as_json)
+            return
+    if not as_json:
+        click.echo(_daemon_answer(link.name, "promote", answer).replace(
+            ": promoted", ": promoting", 1), err=True)
+    target = pipeline.Target(
+        repo=s.repo, branch=s.branch, environment=s.environment, state_dir=s.state_dir,
+        vagrant_dir=s.vagrant_dir, actor=control.who(), sops=s.sops,
+        database=Database.of(s), upstream=link.upstream_environment)
+    progress = _progress(as_json)
+    outcome = pipeline.run(target, pipeline.Request(
+        kind="reconcile", revision=answer["sha"], actor=control.who(),
+        reason=f"promoted by {control.who()}: {answer['reason']}"), progress)
+    progress.done()
+    _conclude(outcome, as_json)
+
+
+@main.command(epilog=EXIT_CODES)
 @_target_options
 @click.option("--failed", is_flag=True, required=True,
               help="Retry the hosts that failed in the latest run (required).")
@@ -1179,6 +1259,9 @@ def metrics(environment: str | None, state_dir: Path | None, days: float, as_jso
         click.echo(f"  time to restore       median {_duration(d['time_to_restore_median_s'])}"
                    + (f"; unrestored since {d['unrestored_since']}"
                       if d["unrestored_since"] else ""))
+        for stage in d.get("stages", []):
+            click.echo(f"  lead time, {stage['stage']}: median {_duration(stage['median_s'])}, "
+                       f"p90 {_duration(stage['p90_s'])} ({stage['count']} revision(s))")
 
 
 @main.command(epilog=EXIT_CODES)

@@ -30,6 +30,12 @@ timestamps):
   with the list of intervals; an interval not yet closed is ``unrestored_since``.
 - **Series**: per UTC day of the window, deployments (by verified time) and failed rollouts
   (by the time of the failure).
+- **Lead time per stage** (an environment with ``promote_from``): over the revisions it
+  verified on every host in the window (``Store.verified_revisions``) that its upstream
+  verified too, the wait of each stage: commit -> verified on every host of the first
+  environment of the chain, then -> verified on every host of each next one (commit ->
+  staging -> production); median, p90 and count per stage. A revision promoted by force
+  (never verified upstream) is left out.
 """
 
 from __future__ import annotations
@@ -38,13 +44,15 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from typing import Any
 
 from gitops.incidents import episodes, load_runs, verified_hosts
-from gitops.records import RunRow
+from gitops.records import RunRow, VerifiedRevision
 from gitops.store import Store
 
-__all__ = ["DayCount", "DeliveryMetrics", "Rollout", "delivery_metrics", "rollouts"]
+__all__ = ["DayCount", "DeliveryMetrics", "Rollout", "StageLeadTime", "delivery_metrics",
+           "rollouts", "stage_lead_times"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,25 @@ class DayCount:
     def as_dict(self) -> dict[str, Any]:
         return {"day": self.day.isoformat(), "deployments": self.deployments,
                 "failures": self.failures}
+
+
+@dataclass(frozen=True)
+class StageLeadTime:
+    """How long revisions waited in one stage of the promotion pipeline."""
+
+    start: str
+    """"commit", or the environment the stage starts at (verified on every host there)."""
+    end: str
+    """The environment the stage ends at (verified on every host there)."""
+    count: int
+    median_s: float | None
+    p90_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        start = "commit" if self.start == "commit" else f"verified on {self.start}"
+        return {"stage": f"{start} -> verified on {self.end}", "from": self.start,
+                "to": self.end, "count": self.count, "median_s": self.median_s,
+                "p90_s": self.p90_s}
 
 
 @dataclass
@@ -102,6 +129,8 @@ class DeliveryMetrics:
     unrestored_since: datetime | None
     lead_times_s: tuple[float, ...] = ()
     series: tuple[DayCount, ...] = field(default=())
+    stages: tuple[StageLeadTime, ...] = ()
+    """Lead time per stage of the promotion pipeline (``promote_from``); empty without."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -123,6 +152,7 @@ class DeliveryMetrics:
             "unrestored_since": self.unrestored_since.isoformat()
             if self.unrestored_since else None,
             "series": [d.as_dict() for d in self.series],
+            "stages": [st.as_dict() for st in self.stages],
         }
 
 
@@ -149,6 +179,52 @@ def rollouts(runs: list[RunRow]) -> list[Rollout]:
         if run.verified_success and run.sha:
             applied.add(run.sha)
     return list(by_sha.values())
+
+
+def stage_lead_times(verified: list[VerifiedRevision], environment: str, start: datetime,
+                     end: datetime) -> tuple[StageLeadTime, ...]:
+    """The lead time per stage of ``environment``'s revisions verified in ``[start, end]``
+    (every environment's verified revisions given, for the chain upstream)."""
+    by_env: dict[str, dict[str, VerifiedRevision]] = {}
+    for v in verified:
+        by_env.setdefault(v.environment, {})[v.sha] = v
+    waits: dict[tuple[str, str], list[float]] = {}
+    order: list[tuple[str, str]] = []
+    for v in by_env.get(environment, {}).values():
+        if v.upstream is None or not start <= v.verified_at <= end:
+            continue
+        chain = [v]
+        while chain[-1].upstream is not None and len(chain) <= len(by_env):
+            above = by_env.get(chain[-1].upstream, {}).get(v.sha)
+            if above is None:
+                break
+            chain.append(above)
+        if chain[-1].upstream is not None:
+            continue  # promoted by force somewhere: not verified all the way up
+        chain.reverse()
+        points = [("commit", v.committed_at)] + [(c.environment, c.verified_at) for c in chain]
+        for (a, t0), (b, t1) in pairwise(points):
+            if (a, b) not in waits:
+                order.append((a, b))
+            waits.setdefault((a, b), []).append((t1 - t0).total_seconds())
+    return tuple(StageLeadTime(a, b, len(waits[(a, b)]), statistics.median(waits[(a, b)]),
+                               _p90(waits[(a, b)])) for a, b in _chain_order(order))
+
+
+def _chain_order(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The stages from the commit onwards, each after the one it follows."""
+    out: list[tuple[str, str]] = []
+    at = "commit"
+    left = list(pairs)
+    while left:
+        nxt = next((p for p in left if p[0] == at), None)
+        if nxt is None:
+            out += left
+            break
+        out.append(nxt)
+        left.remove(nxt)
+        at = nxt[1]
+    return out
 
 
 def _failed_rollout(run: RunRow) -> str | None:
@@ -182,6 +258,7 @@ def delivery_metrics(
     if environment is not None:
         by_env.setdefault(environment, [])
     verified = verified_hosts(store, environment)
+    everywhere = store.verified_revisions()
 
     def inside(t: datetime | None) -> bool:
         return t is not None and start <= t <= end
@@ -221,6 +298,7 @@ def delivery_metrics(
             time_to_restore_median_s=statistics.median(intervals) if intervals else None,
             restore_intervals_s=tuple(intervals), unrestored_since=open_since,
             series=tuple(DayCount(d, c[0], c[1]) for d, c in per_day.items()),
+            stages=stage_lead_times(everywhere, env, start, end),
         )
     return out
 

@@ -9,7 +9,9 @@ commit until a newer one arrives; unreachable hosts are retried with backoff; a 
 declaration or an unsigned commit stalls the environment until a new commit. Drift checks run
 the checks on an interval and, by policy, re-apply; verifies keep each host's SSH connection
 open until the daemon stops (``verify.SshConnections``). What to run, what follows a run,
-the waits, rollback targets, drift, maintenance windows (an injected wall clock ``now``) and
+the waits, rollback targets, drift, maintenance windows (an injected wall clock ``now``),
+promotion from another environment (``promote_from``: only what it verified on every host;
+a run that verifies a revision wakes the environments promoting from it) and
 notifications are decided by the pure functions of
 ``policy``: this module gathers their inputs and carries their decisions out, and prunes the
 state folder after runs (``retention``). This process never imports pyinfra or testinfra: the
@@ -31,12 +33,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from gitops import control, notify, policy, retention, schedule, source
+from gitops import control, notify, policy, promotion, retention, schedule, source
 from gitops import verify as verify_stage
 from gitops.errors import GitopsError, InvalidDeclaration, LockHeld, Suspended, UsageError
 from gitops.policy import After, Controls, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
 from gitops.settings import EnvironmentConfig, Settings
+from gitops.settings import promotion_problems as settings_promotion_problems
 from gitops.store import ENVIRONMENT, Condition, Database, NoStore, Store, open_store
 from gitops.store import now as store_now
 
@@ -76,6 +79,8 @@ class _Env:
     """(old, new) -> ``git diff --stat`` in its repository, for incident reports."""
     windows: tuple[str, tuple[schedule.Window, ...]] | None = None
     """(sha, the inventory's maintenance windows at that commit), read once per commit."""
+    lineage: tuple[str, tuple[str, ...]] | None = None
+    """(head, the branch's commits oldest first) for promotion, read once per head."""
 
 
 class Daemon:
@@ -99,6 +104,12 @@ class Daemon:
         self.stop_event = threading.Event()
         self.connections = verify_stage.SshConnections()
         self.envs: dict[str, _Env] = {}
+        problems = settings_promotion_problems(settings.environments)
+        if problems:
+            raise UsageError("; ".join(f"{'.'.join(map(str, loc))}: {why}"
+                                       for loc, why in problems))
+        self.chain = promotion.links(settings.environments)
+        upstreams = {link.name: link.upstream_environment for link in self.chain}
         for cfg in settings.environments:
             if cfg.name in self.envs:
                 raise UsageError(f"environment {cfg.name!r} is listed twice")
@@ -107,7 +118,8 @@ class Daemon:
                 state_dir=settings.state_dir, actor=policy.DAEMON,
                 connections=self.connections.path,
                 keep_snapshots=settings.retention.snapshots, sops=settings.sops,
-                database=Database.of(settings), prune=cfg.prune))
+                database=Database.of(settings), prune=cfg.prune,
+                upstream=upstreams.get(cfg.name)))
         self.threads: list[threading.Thread] = []
         self.observers: list[Any] = []
         self.pruned_at: float | None = None
@@ -180,6 +192,32 @@ class Daemon:
                 raise UsageError(f"unknown action {action!r}")
         self._wake(env, Trigger(f"{action} by {actor}", actor))
         return result
+
+    def promote(self, environment: str, *, revision: str, actor: str, reason: str,
+                force: bool = False) -> dict[str, Any]:
+        """Record an operator's promotion of ``revision`` to ``environment`` (who, why) and
+        wake it to apply it; ``promotion.PromotionRefused`` for one not verified upstream
+        (unless ``force``) or quarantined here."""
+        env = self._env(environment)
+        link = next(link for link in self.chain if link.name == environment)
+        with self._store() as store:
+            result = promotion.promote(
+                store, link, repo=env.config.repo, branch=env.config.branch,
+                state_dir=env.target.state_dir, revision=revision, actor=actor,
+                reason=reason, force=force)
+        log.warning("%s: %s promoted %s by hand%s: %s", environment, actor,
+                    result["sha"][:10], " (forced)" if result["forced"] else "", reason)
+        self._wake(env, Trigger(f"promote by {actor}", actor))
+        return result
+
+    def pipeline(self) -> list[dict[str, Any]]:
+        """Which revision is where and what waits for which environment (``promotion``)."""
+        try:
+            reader = open_store(self.settings, readonly=True)
+        except NoStore:
+            return promotion.pipeline(None, self.chain)
+        with reader as store:
+            return promotion.pipeline(store, self.chain)
 
     def health(self) -> dict[str, Any]:
         return {
@@ -293,12 +331,13 @@ class Daemon:
             history = store.history(name, limit=20)
             if any(r.finished_at is None for r in history) and self._recover(env, store):
                 history = store.history(name, limit=20)
+            status = EnvStatus.from_row(store.environment_status(name))
             inputs = CycleInput(
                 head=head, controls=Controls.from_row(store.controls(name)),
                 last=LastRun.from_history(history),
                 quarantined=frozenset(q.sha for q in store.quarantined(name)),
-                status=EnvStatus.from_row(store.environment_status(name)),
-                pending=pending, retry=retry)
+                status=status, pending=pending, retry=retry,
+                promotion=self._promotion(env, store, head, history, status))
             decision = policy.next_run(inputs)
         if decision.run is not None and not (pending and pending.force):
             window = self._window(env, head)  # only read when something would run
@@ -309,6 +348,8 @@ class Daemon:
             if decision.release_hold:
                 control.release_hold(store, name, head=head)
             self._waiting(store, name, decision.waiting)
+            if decision.waiting is None and cfg.promote_from:
+                self._waiting_upstream(store, name, decision.waiting_for)
         order = decision.run
         if order is None:
             if retry is not None and (inputs.controls.suspended or decision.waiting):
@@ -341,6 +382,8 @@ class Daemon:
             raise
         state, description = notify.commit_state_for(outcome)
         self._commit_status(env, order.revision, state, description)
+        if outcome.result == "succeeded":
+            self._wake_downstream(env, order.revision)
         was_ready = inputs.status is None or inputs.status.ready
         self._report(env, outcome, kind=policy.event_kind(outcome.result, was_ready=was_ready))
         after = policy.after_run(RunSummary.of(outcome), cfg, env.failures, self.rand())
@@ -546,6 +589,56 @@ class Daemon:
                 log.warning("%s: cannot read the inventory's maintenance windows: %s",
                             cfg.name, exc)
         return schedule.window_state(windows, self.now()) if windows else None
+
+    # -- promotion ------------------------------------------------------------------------
+
+    def _promotion(self, env: _Env, store: Store, head: str, history: list[Any],
+                   status: EnvStatus | None) -> policy.Promotion | None:
+        """What ``policy.promotion`` allows ``env`` now; None without ``promote_from``. The
+        branch's commits are read from the mirror once per head (fetched then)."""
+        cfg = env.config
+        if not cfg.promote_from:
+            return None
+        up = self.envs[cfg.promote_from]
+        lineage = env.lineage[1] if env.lineage is not None and env.lineage[0] == head else None
+        if lineage is None:
+            try:  # another environment's run may be fetching the same mirror right now
+                source.fetch(cfg.repo, cfg.branch, env.target.state_dir)
+            except GitopsError as exc:
+                log.warning("%s: %s; the promotion is decided again at the next cycle",
+                            cfg.name, exc)
+            lineage = source.lineage(cfg.repo, env.target.state_dir, head)
+            if lineage and lineage[-1] == head:
+                env.lineage = (head, lineage)
+        return policy.promotion(policy.PromotionInput(
+            upstream=cfg.promote_from, lineage=lineage,
+            verified=frozenset(v.sha for v in store.verified_revisions(
+                up.target.environment)),
+            quarantined=frozenset(q.sha for q in store.quarantined(up.target.environment)),
+            applied=status.applied if status is not None else None,
+            by_hand=policy.pending_promotion(history)))
+
+    def _wake_downstream(self, env: _Env, sha: str) -> None:
+        """A run verified ``sha`` here: the environments promoting from this one look now
+        (so a promotion waits for no poll interval)."""
+        for other in self.envs.values():
+            if other.config.promote_from == env.config.name:
+                self._wake(other, Trigger(f"{env.config.name} verified {sha[:10]}",
+                                          "watch:promotion"))
+
+    @staticmethod
+    def _waiting_upstream(store: Store, env: str, waiting: str | None) -> None:
+        """Show ``Reconciling=False WaitingForPromotion`` while a revision waits for the
+        upstream environment; clear it once none does."""
+        row = store.environment_status(env)
+        shown = row.condition("Reconciling") if row is not None else None
+        if waiting is not None:
+            if shown is None or shown.message != waiting:
+                Daemon._condition(store, env, Condition(
+                    "Reconciling", "False", promotion.WAITING, waiting))
+        elif row is not None and shown is not None and shown.reason == promotion.WAITING:
+            store.set_status(env, ENVIRONMENT,
+                             [c for c in row.conditions if c.type != "Reconciling"])
 
     @staticmethod
     def _waiting(store: Store, env: str, waiting: schedule.WindowState | None) -> None:

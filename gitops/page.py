@@ -24,7 +24,7 @@ clients only. The page never renders settings; the store holds no secret, and op
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gitops.promotion import Link, pipeline
 from gitops.records import CheckRow, Ref, RunRow, StatusRow
 from gitops.server import _is_loopback
 from gitops.store import ENVIRONMENT, Database, NoStore, Store, StoreOutdated
@@ -77,9 +78,11 @@ _HEADERS = {
 # -- the data -------------------------------------------------------------------------------
 
 
-def page_data(store: Store | None, *, today: datetime | None = None) -> dict[str, Any]:
+def page_data(store: Store | None, *, today: datetime | None = None,
+              chain: Sequence[Link] = ()) -> dict[str, Any]:
     """The document behind ``GET /api/page`` (shape in the module's README section);
-    ``store`` None: nothing recorded yet."""
+    ``store`` None: nothing recorded yet. ``chain``: the daemon's environments, for the
+    promotion pipeline (``pipeline``: empty when none promotes from another)."""
     rows = store.status() if store is not None else []
     names = sorted({r.environment for r in rows} | {
         q.environment for q in (store.quarantined() if store is not None else [])})
@@ -87,6 +90,7 @@ def page_data(store: Store | None, *, today: datetime | None = None) -> dict[str
         "generated_at": (today or datetime.now(UTC)).isoformat(timespec="seconds"),
         "environments": [_environment(store, name, rows, today)
                          for name in names if store is not None],
+        "pipeline": pipeline(store, chain) if any(link.upstream for link in chain) else [],
     }
 
 
@@ -319,9 +323,10 @@ def _refuse_html(refused: Response, again: bool) -> Response:
 
 
 def routes(state_dir: Path, authorize: Authorize | None,
-           database: Database | None = None) -> list[BaseRoute]:
+           database: Database | None = None, chain: Sequence[Link] = ()) -> list[BaseRoute]:
     """The page's routes over the store in ``state_dir`` (or ``database``); ``authorize`` is
-    the API's check (None: no token can be checked, so only loopback clients are served)."""
+    the API's check (None: no token can be checked, so only loopback clients are served);
+    ``chain``: the daemon's environments, for the promotion pipeline."""
     where = database or Database(state_dir)
 
     def check(request: Request) -> Response | None:
@@ -376,9 +381,9 @@ def routes(state_dir: Path, authorize: Authorize | None,
         if refused is not None:
             return refused
         try:
-            data = await run_in_threadpool(read, page_data)
+            data = await run_in_threadpool(read, lambda store: page_data(store, chain=chain))
         except NoStore:  # nothing recorded yet: an empty page
-            data = page_data(None)
+            data = page_data(None, chain=chain)
         except StoreOutdated as exc:
             return JSONResponse({"error": str(exc)}, status_code=503, headers=_HEADERS)
         return JSONResponse(data, headers=_HEADERS)

@@ -13,6 +13,11 @@ in as a number in [0, 1], so each rule is a row of a table in ``tests/test_polic
 - ``after_drift``: tell people, and (``drift: correct``) re-apply on which hosts.
 - ``event_kind``: which notification a run's end is.
 - ``refusal``: whether an operator's trigger is refused now (suspended), and the answer.
+- ``promotion``: what an environment with ``promote_from`` may apply now (the newest
+  revision verified on every host upstream, in commit order; an operator's promotion first),
+  and what waits for the upstream environment; ``next_run`` applies it
+  (``CycleInput.promotion``). ``pending_promotion`` finds an operator's promotion not yet
+  run; ``promotion_refusal`` says why an operator's promotion is refused.
 - ``backoff`` and ``jitter``: the waits.
 
 A new rule (previews, promotion, maintenance windows, guards) is a field of the input it
@@ -42,6 +47,9 @@ __all__ = [
     "DriftAction",
     "EnvStatus",
     "LastRun",
+    "ManualPromotion",
+    "Promotion",
+    "PromotionInput",
     "RunOrder",
     "RunSummary",
     "Trigger",
@@ -52,6 +60,9 @@ __all__ = [
     "jitter",
     "needs_run",
     "next_run",
+    "pending_promotion",
+    "promotion",
+    "promotion_refusal",
     "refusal",
     "rollback_targets",
     "until_window",
@@ -146,6 +157,8 @@ class CycleInput:
     """Hosts an operator (or the last run's unreachable hosts) asked to retry."""
     window: WindowState | None = None
     """The maintenance windows' state at the cycle's ``now``; None: no windows (open)."""
+    promotion: Promotion | None = None
+    """For an environment with ``promote_from``: what it may apply (``promotion``)."""
 
 
 # -- decisions -------------------------------------------------------------------------
@@ -175,6 +188,8 @@ class Cycle:
     release_hold: bool = False
     waiting: WindowState | None = None
     """Set when a run is withheld until the maintenance window opens (``describe()``)."""
+    waiting_for: str | None = None
+    """What waits for the upstream environment (promotion), shown as a condition."""
 
 
 def needs_run(wanted: str, last: LastRun | None, status: EnvStatus | None) -> bool:
@@ -197,24 +212,144 @@ def next_run(i: CycleInput) -> Cycle:
     release = bool(held and i.head != i.controls.held_head)
     if release:
         held = None
-    wanted = held or i.head
+    wanted: str | None = held or i.head
+    promo = i.promotion
+    waiting_for = promo.waiting if promo is not None else None
+    trigger = i.pending
+    if promo is not None and not held:
+        wanted = promo.sha or (i.status.applied if i.status is not None else None)
+        if wanted is None:
+            return Cycle(None, why=waiting_for or "nothing verified upstream yet",
+                         release_hold=release, waiting_for=waiting_for)
+        by_hand = promo.actor != DAEMON
+        if promo.sha is not None and (trigger is None or trigger.look_only or by_hand) \
+                and not (trigger and trigger.force):
+            trigger = Trigger(promo.reason, promo.actor)  # an operator's "run now" stays theirs
+    assert wanted is not None
     if wanted in i.quarantined and not held:
-        return Cycle(None, why=f"{wanted[:10]} is quarantined", release_hold=release)
+        return Cycle(None, why=f"{wanted[:10]} is quarantined", release_hold=release,
+                     waiting_for=waiting_for)
     forced = i.pending is not None and not i.pending.look_only
     if not forced and i.retry is None and not needs_run(wanted, i.last, i.status):
-        return Cycle(None, why=f"{wanted[:10]} is up to date", release_hold=release)
+        return Cycle(None, why=f"{wanted[:10]} is up to date", release_hold=release,
+                     waiting_for=waiting_for)
     closed = i.window is not None and not i.window.open
     if closed and not held and not (i.pending and i.pending.force):
         assert i.window is not None
-        return Cycle(None, why=i.window.describe(), release_hold=release, waiting=i.window)
+        return Cycle(None, why=i.window.describe(), release_hold=release, waiting=i.window,
+                     waiting_for=waiting_for)
     kind: RunKind = "rollback" if held else "reconcile"
-    trigger = i.pending or Trigger(f"new commit {wanted[:10]}", DAEMON)
+    trigger = trigger or Trigger(f"new commit {wanted[:10]}", DAEMON)
     return Cycle(RunOrder(
         kind="retry" if i.retry is not None else kind, revision=wanted, reason=trigger.reason,
         actor=trigger.actor, hosts=i.retry,
         changed_only=kind == "reconcile" and i.retry is None and not forced,
         previous=None if held or i.status is None else i.status.applied,
-    ), release_hold=release)
+    ), release_hold=release, waiting_for=waiting_for)
+
+
+# -- promotion between environments ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ManualPromotion:
+    """An operator's ``gitops promote``: who, why, which revision (a history event)."""
+
+    sha: str
+    actor: str
+    reason: str
+    event: int
+
+    @classmethod
+    def from_row(cls, row: records.RunRow) -> ManualPromotion:
+        assert row.sha is not None
+        return cls(row.sha, row.actor, row.reason, row.id)
+
+
+@dataclass(frozen=True)
+class PromotionInput:
+    """What ``promotion`` needs: the downstream branch's commits, the upstream's record."""
+
+    upstream: str
+    """The upstream environment's name (for messages)."""
+    lineage: tuple[str, ...]
+    """The commits of the downstream branch, oldest first, ending with its head."""
+    verified: frozenset[str]
+    """Revisions applied and verified on every host upstream."""
+    quarantined: frozenset[str]
+    """Revisions quarantined upstream."""
+    applied: str | None
+    """The downstream environment's applied revision."""
+    by_hand: ManualPromotion | None = None
+    """An operator's promotion not run yet (``pending_promotion``)."""
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """What a downstream environment may apply now, and what waits for its upstream."""
+
+    sha: str | None
+    """The revision to apply; None: nothing new (keep the applied one)."""
+    reason: str = ""
+    actor: str = DAEMON
+    waiting: str | None = None
+    """"waiting for staging to verify <sha>" (or why the head is never promoted)."""
+
+
+def promotion(i: PromotionInput) -> Promotion:
+    """An operator's promotion first; else the newest commit of the branch, newer than the
+    applied revision in commit order, that the upstream verified on every host and did not
+    quarantine. A head beyond it waits for the upstream (or, quarantined there, never
+    comes). An applied revision no longer on the branch (a force-push) sets no floor."""
+    head = i.lineage[-1] if i.lineage else None
+    if i.by_hand is not None:
+        return Promotion(i.by_hand.sha, actor=i.by_hand.actor,
+                         reason=f"promoted by {i.by_hand.actor}"
+                                + (f": {i.by_hand.reason}" if i.by_hand.reason else ""))
+    position = {sha: n for n, sha in enumerate(i.lineage)}
+    floor = position.get(i.applied, -1) if i.applied else -1
+    newer = i.lineage[floor + 1:]
+    ready = [sha for sha in newer if sha in i.verified and sha not in i.quarantined]
+    target = ready[-1] if ready else None
+    waiting = None
+    if head is not None and head not in (target, i.applied) and head in newer:
+        if head in i.quarantined:
+            waiting = f"{head[:10]} is quarantined on {i.upstream}: it is not promoted"
+        else:
+            waiting = f"waiting for {i.upstream} to verify {head[:10]}"
+    reason = f"promoted from {i.upstream}: {target[:10]} verified on every host there" \
+        if target else ""
+    return Promotion(target, reason=reason, waiting=waiting)
+
+
+def pending_promotion(history: Iterable[records.RunRow]) -> ManualPromotion | None:
+    """The newest operator promotion (``promote`` event, newest first in ``history``) that
+    no later apply run of its revision has decided (succeeded, failed or invalid); one cut
+    short or in error is run again."""
+    decided: set[str] = set()
+    for row in history:
+        if row.event and row.kind == "promote" and row.sha:
+            return None if row.sha in decided else ManualPromotion.from_row(row)
+        if (not row.event and row.kind in ("reconcile", "rollback", "retry") and row.sha
+                and row.result in ("succeeded", "failed", "invalid")):
+            decided.add(row.sha)
+    return None
+
+
+def promotion_refusal(environment: str, upstream: str, sha: str, *,
+                      verified: frozenset[str], quarantined_here: frozenset[str],
+                      force: bool, reason: str) -> str | None:
+    """Why an operator's promotion of ``sha`` is refused, or None. Not verified on every
+    host upstream: refused unless forced with a reason; quarantined here: refused."""
+    if not reason.strip():
+        return "a promotion needs a reason: who promoted what, and why, is recorded"
+    if sha in quarantined_here:
+        return (f"{sha[:10]} is quarantined on {environment}: it failed there; promote a "
+                "newer revision")
+    if sha not in verified and not force:
+        return (f"{sha[:10]} is not verified on every host of {upstream}; wait for it, or "
+                "`gitops promote --force --reason WHY`")
+    return None
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,8 @@ class Target:
     prune: bool | None = None
     """Run removals (``gitops.prune``): the daemon settings' ``prune`` of the environment;
     None: the inventory's ``settings.prune``."""
+    upstream: str | None = None
+    """The environment this one promotes from (recorded with its verified revisions)."""
 
 
 @dataclass(frozen=True)
@@ -362,6 +364,7 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
     outcome = Outcome("error", run_id=run_id)
     stages: dict[str, float] = {}
     prints: dict[str, dict[str, str]] = {}
+    hosts: list[str] | None = None
     try:
         t = time.monotonic()
         revision = source.fetch(target.repo, target.branch, target.state_dir)
@@ -377,6 +380,7 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
             signer = signatures.verify_commit(mirror, revision.sha, request.signing)
             say(f"signed by {signer}")
         state = _load(target, revision, say)
+        hosts = [h.name for h in state.hosts]
         stages["source+load"] = time.monotonic() - t
         targeted = state.limit(set(request.hosts) if request.hosts is not None else None)
         prints = fingerprints(targeted, _fingerprint_key(target.state_dir))
@@ -429,7 +433,26 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
         _finalize(store, target, kind, interrupted, prints, stages, f"{type(exc).__name__}")
         raise
     _finalize(store, target, kind, outcome, prints, stages, None)
+    if kind != "verify" and outcome.result == "succeeded" and hosts is not None:
+        _record_verified(store, target, outcome, hosts)
     return outcome
+
+
+def _record_verified(store: Store, target: Target, outcome: Outcome, hosts: list[str]) -> None:
+    """Record the run's revision as verified on every host of the environment when each
+    host of the inventory now has it applied and verified (a retry of some hosts completes
+    an earlier run): what an environment promoting from this one may apply."""
+    revision = outcome.revision
+    assert revision is not None and outcome.run_id is not None
+    rows = {r.host: r for r in store.status(target.environment) if r.host != ENVIRONMENT}
+    for name in hosts:
+        row = rows.get(name)
+        if (row is None or row.last_applied is None or row.last_verified is None
+                or row.last_applied.sha != revision.sha
+                or row.last_verified.sha != revision.sha):
+            return
+    store.record_verified(target.environment, revision, outcome.run_id,
+                          upstream=target.upstream)
 
 
 def _fingerprint_key(state_dir: Path) -> bytes:

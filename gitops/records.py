@@ -553,3 +553,22 @@ class Installed:
     requires: tuple[str, ...] = ()
     """What it required then (removal runs in reverse dependency order)."""
     state: InstalledState = "applied"
+@dataclass(frozen=True)
+class VerifiedRevision(_Row):
+    """A revision applied and verified on every host of an environment: what an environment
+    that promotes from it may apply (``policy.promotion``). ``verified_at`` is the first
+    time; ``upstream`` the environment it was promoted from, if any (lead time per stage)."""
+
+    environment: str
+    sha: str
+    branch: str
+    committed_at: datetime
+    verified_at: datetime
+    run_id: int
+    upstream: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "sha": self.sha, "branch": self.branch,
+                "committed_at": self.committed_at.isoformat(),
+                "verified_at": self.verified_at.isoformat(), "run_id": self.run_id,
+                "upstream": self.upstream}

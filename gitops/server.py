@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import uvicorn
 from starlette.applications import Starlette
@@ -36,6 +36,7 @@ from gitops.webhooks import InvalidSignature, UnsupportedEvent, parse_webhook, w
 __all__ = [
     "OPERATIONS",
     "Controller",
+    "Promoter",
     "bind",
     "bound_port",
     "create_app",
@@ -77,6 +78,21 @@ class Controller(Protocol):
     def health(self) -> dict[str, Any]: ...
 
     def status(self) -> list[dict[str, Any]]: ...
+
+
+@runtime_checkable
+class Promoter(Protocol):
+    """A controller that promotes between environments (``promote_from``): the daemon."""
+
+    def promote(self, environment: str, *, revision: str, actor: str, reason: str,
+                force: bool = False) -> dict[str, Any]:
+        """Record an operator's promotion; raises ``GitopsError`` subclasses (a refusal is
+        ``promotion.PromotionRefused``)."""
+        ...
+
+    def pipeline(self) -> list[dict[str, Any]]:
+        """Per environment: applied, verified everywhere, promoted from, what waits."""
+        ...
 
 
 class _BodyTooLarge(Exception):
@@ -268,11 +284,70 @@ def create_app(
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/hooks/{environment}", hook, methods=["POST"]),
+        *(_promotion_routes(controller, environments, authorize, max_body)
+          if isinstance(controller, Promoter) else []),
         Route("/api/environments/{environment}/{action}", operate, methods=["POST"]),
         Route("/api/status", status, methods=["GET"]),
         *extra_routes,
     ]
     return Starlette(routes=routes)
+
+
+def _promotion_routes(controller: Promoter, environments: dict[str, EnvironmentConfig],
+                      authorize: Callable[[Request], JSONResponse | None],
+                      max_body: int) -> list[BaseRoute]:
+    """``POST /api/environments/{env}/promote`` (``revision``, ``reason``, ``force``,
+    ``actor``): 200 with the recorded promotion; 409 refused by the record (not verified
+    upstream, quarantined here); 422 a missing revision or reason, an unknown revision or
+    an environment without ``promote_from``. ``GET /api/pipeline``: the pipeline."""
+    from gitops.errors import RevisionNotFound
+    from gitops.promotion import PromotionRefused
+
+    async def promote(request: Request) -> Response:
+        refused = authorize(request)
+        if refused is not None:
+            return refused
+        name = request.path_params["environment"]
+        if name not in environments:
+            return _error(404, "unknown environment")
+        if environments[name].promote_from is None:
+            return _error(422, f"{name} does not promote from another environment "
+                               "(promote_from)")
+        try:
+            body = await _read_body(request, max_body)
+        except _BodyTooLarge:
+            return _error(413, f"body over {max_body} bytes")
+        try:
+            options = _api_options(body, force=True)
+        except UsageError as exc:
+            return _error(422, str(exc))
+        revision = options.get("revision", "").strip()
+        reason = options.get("reason", "").strip()
+        if not revision or not reason:
+            return _error(422, "a promotion needs 'revision' and 'reason': who promoted "
+                               "what, and why, is recorded")
+        client = request.client.host if request.client else "unknown"
+        try:
+            result = await run_in_threadpool(functools.partial(
+                controller.promote, name, revision=revision,
+                actor=options.get("actor") or f"api:{client}", reason=reason,
+                force=options.get("force") == "true"))
+        except PromotionRefused as exc:
+            return _error(409, str(exc))
+        except (RevisionNotFound, UsageError) as exc:
+            return _error(422, str(exc))
+        except GitopsError as exc:
+            return _error(_status_for(exc), str(exc))
+        return JSONResponse(result)
+
+    async def pipeline(request: Request) -> Response:
+        refused = authorize(request)
+        if refused is not None:
+            return refused
+        return JSONResponse(await run_in_threadpool(controller.pipeline))
+
+    return [Route("/api/environments/{environment}/promote", promote, methods=["POST"]),
+            Route("/api/pipeline", pipeline, methods=["GET"])]
 
 
 def _api_options(body: bytes, *, force: bool = False) -> dict[str, str]:

@@ -37,7 +37,8 @@ from pydantic_settings import (
 
 from gitops.schedule import Window
 
-__all__ = ["EnvironmentConfig", "SecretRef", "Settings", "load", "settings_file"]
+__all__ = ["EnvironmentConfig", "SecretRef", "Settings", "load", "promotion_problems",
+           "settings_file"]
 
 
 def _default_state_dir() -> Path:
@@ -192,6 +193,9 @@ class EnvironmentConfig(BaseModel):
     """Take services the revision no longer declares on a host off it with their
     ``remove.py`` (false: report them only). When set, wins over the inventory's
     ``settings.prune``; unset: the inventory's (default true). See gitops.prune."""
+    promote_from: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """The name of another environment here: apply only the revisions verified on every
+    host there, in commit order (``gitops promote`` for one by hand)."""
 
     @property
     def environment(self) -> str:
@@ -320,7 +324,9 @@ def load(**overrides: Any) -> Settings:
         except tomllib.TOMLDecodeError as exc:
             raise UsageError(f"settings file {path}: {_toml_message(exc)}") from None
     try:
-        return Settings(**given)
+        loaded = Settings(**given)
+        _promotion_check(loaded, path, text)
+        return loaded
     except SettingsError as exc:  # a GITOPS_* variable of a list or table that is not JSON
         field = re.search(r'field "([^"]+)"', str(exc))
         name = f"GITOPS_{field.group(1).upper()}" if field else "a GITOPS_* variable"
@@ -335,6 +341,55 @@ def load(**overrides: Any) -> Settings:
         if len(problems) == 1:
             raise UsageError(f"{head}: {problems[0]}") from None
         raise UsageError("\n  ".join([f"{head}:", *problems])) from None
+
+
+def promotion_problems(environments: list[EnvironmentConfig]
+                       ) -> list[tuple[tuple[str | int, ...], str]]:
+    """What is wrong with the environments' ``promote_from``: an unknown environment, the
+    environment itself, a cycle; each as (the field's path, the message)."""
+    names = {e.name: e for e in environments}
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    for index, env in enumerate(environments):
+        up = env.promote_from
+        if up is None:
+            continue
+        where: tuple[str | int, ...] = ("environments", index, "promote_from")
+        if up == env.name:
+            problems.append((where, f"{env.name!r} cannot promote from itself"))
+        elif up not in names:
+            problems.append((where, f"no environment named {up!r}; environments: "
+                                    f"{', '.join(sorted(names))}"))
+        else:
+            chain, seen = [env.name], {env.name}
+            while up is not None and up in names and up not in seen:
+                chain.append(up)
+                seen.add(up)
+                up = names[up].promote_from
+            if up == env.name:
+                problems.append((where, "promotion cycle: "
+                                        + " <- ".join([*chain, env.name])))
+    return problems
+
+
+def _promotion_check(settings: Settings, path: Path | None, text: str) -> None:
+    problems = promotion_problems(settings.environments)
+    if not problems:
+        return
+    from gitops.errors import UsageError
+
+    lines = _key_lines(text)
+    out = []
+    for loc, message in problems:
+        field = ".".join(str(p) for p in loc)
+        line = lines.get(loc) or lines.get(loc[:2])
+        if path is None:
+            out.append(f"{field}: {message}")
+        else:
+            out.append(f"{path}:{line} {field}: {message}" if line else
+                       f"{path} {field}: {message}")
+    if len(out) == 1:
+        raise UsageError(f"settings: {out[0]}")
+    raise UsageError("\n  ".join([f"{len(out)} problem(s) in the settings:", *out]))
 
 
 def _toml_message(exc: tomllib.TOMLDecodeError) -> str:

@@ -133,6 +133,20 @@ def rewrites_history(url: str, state_dir: Path, old: str, new: str) -> bool:
     return False
 
 
+def lineage(url: str, state_dir: Path, head: str, *, limit: int = 1000) -> tuple[str, ...]:
+    """The fetched commits reachable from ``head``, oldest first (topological: each after
+    its parents), at most the newest ``limit``; empty when the mirror does not know ``head``."""
+    path = mirror_path(url, state_dir)
+    if not path.is_dir():
+        return ()
+    with git.Repo(path) as repo:
+        try:
+            out = str(repo.git.rev_list("--topo-order", f"--max-count={limit}", head, "--"))
+        except git.GitCommandError:
+            return ()
+    return tuple(reversed(out.split()))
+
+
 def diff_summary(url: str, state_dir: Path, old: str, new: str) -> str:
     """``git diff --stat`` between two fetched commits (for incident reports); "" if unknown."""
     path = mirror_path(url, state_dir)

@@ -4,7 +4,8 @@ The only module that speaks SQL. One database in the state folder holds every ru
 stage reports, durations), and per environment and per host the status record in Flux's
 vocabulary: conditions ``Ready``, ``Reconciling`` and ``Stalled`` (each a status, a reason and a
 message) and the last applied, attempted and verified revision; beside them the operator
-controls, quarantined revisions, undelivered commit statuses and per-service convergence.
+controls, quarantined revisions, undelivered commit statuses, per-service convergence and
+the revisions verified on every host of an environment (what promotion reads).
 ``reconcile`` and the daemon write it; the CLI, the API, the metrics, the incidents, the
 delivery figures and the status page read it through the methods here and get frozen rows
 (``gitops.records``: ``StatusRow``, ``RunRow``, ``RunDetail``, ``Controls``...), never SQL rows.
@@ -73,6 +74,7 @@ from gitops.records import (
     RunRow,
     StatusRow,
     Undelivered,
+    VerifiedRevision,
     VerifyReport,
 )
 
@@ -231,6 +233,17 @@ def _v4_installed(db: Any) -> None:
         " revision TEXT NOT NULL, params TEXT NOT NULL, requires TEXT NOT NULL DEFAULT '[]',"
         " state TEXT NOT NULL DEFAULT 'applied', updated_at TEXT NOT NULL,"
         " PRIMARY KEY (environment, host, service))")
+_VERIFIED_TABLE = """
+CREATE TABLE IF NOT EXISTS verified_revisions (
+    environment TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    branch TEXT NOT NULL,
+    committed_at TEXT NOT NULL,
+    verified_at TEXT NOT NULL,
+    run_id INTEGER NOT NULL,
+    upstream TEXT,
+    PRIMARY KEY (environment, sha)
+)"""
 
 
 @dataclass(frozen=True)
@@ -248,6 +261,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "runs.event marks operator actions", _v2),
     Migration(3, "environment rows record their verified revision", _v3),
     Migration(4, "installed: the services each host has, for removals", _v4_installed),
+    Migration(5, "revisions verified on every host of an environment (promotion)",
+              lambda db: db.execute(_VERIFIED_TABLE)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -602,7 +617,7 @@ class Store:
         removed: dict[str, int] = {}
         with self._tx() as db:
             for table in ("status", "controls", "quarantine", "converged", "undelivered",
-                          "installed"):
+                          "installed", "verified_revisions"):
                 removed[table] = db.execute(f"DELETE FROM {table} WHERE environment=?",
                                             (environment,)).rowcount
             removed["runs"] = db.execute("SELECT COUNT(*) FROM runs WHERE environment=?",
@@ -761,6 +776,33 @@ class Store:
             since = _time(r["since"])
             assert since is not None
             out.append(Quarantined(r["environment"], r["sha"], r["reason"], since))
+        return out
+
+    # -- promotion: revisions verified on every host ----------------------------------------
+
+    def record_verified(self, environment: str, revision: Revision, run_id: int, *,
+                        upstream: str | None = None) -> bool:
+        """``revision`` is now applied and verified on every host of ``environment``; the
+        first time is kept. True when it was not recorded before."""
+        cur = self.db.execute(
+            "INSERT INTO verified_revisions (environment, sha, branch, committed_at,"
+            " verified_at, run_id, upstream) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (environment, revision.sha, revision.branch, revision.committed_at.isoformat(),
+             self._now(), run_id, upstream))
+        return bool(cur.rowcount)
+
+    def verified_revisions(self, environment: str | None = None) -> list[VerifiedRevision]:
+        """Revisions verified on every host, oldest verification first."""
+        sql, args = "SELECT * FROM verified_revisions", ()
+        args_: tuple[str, ...] = args
+        if environment is not None:
+            sql, args_ = sql + " WHERE environment=?", (environment,)
+        out = []
+        for r in self.db.execute(sql + " ORDER BY verified_at, run_id", args_):
+            committed, verified = _time(r["committed_at"]), _time(r["verified_at"])
+            assert committed is not None and verified is not None
+            out.append(VerifiedRevision(r["environment"], r["sha"], r["branch"], committed,
+                                        verified, r["run_id"], r["upstream"]))
         return out
 
     def quarantine_counts(self) -> dict[str, int]:
@@ -970,10 +1012,11 @@ class Store:
         return _time(row[0]) if row else None
 
     def change_mark(self) -> tuple[Any, ...]:
-        """Changes whenever a run starts or finishes or a revision is quarantined."""
+        """Changes whenever a run starts or finishes, a revision is quarantined or is
+        verified on every host of an environment."""
         return tuple(self.db.execute(
-            "SELECT MAX(id), MAX(finished_at), (SELECT COUNT(*) FROM quarantine) FROM runs"
-        ).fetchone())
+            "SELECT MAX(id), MAX(finished_at), (SELECT COUNT(*) FROM quarantine),"
+            " (SELECT COUNT(*) FROM verified_revisions) FROM runs").fetchone())
 
     def max_run_id(self) -> int:
         return int(self.db.execute("SELECT MAX(id) FROM runs").fetchone()[0] or 0)

@@ -293,8 +293,24 @@
       d.lead_times_s.length > 1 ? el("div", { class: "card" }, el("h4", { text: "Lead times, shortest to longest" }),
         lineChart("Lead times", d.lead_times_s.map((v, i) => ({ label: `#${i + 1}`, value: v / 3600, text: duration(v) }))),
         dayLabels(duration(d.lead_times_s[0]), duration(d.lead_times_s[d.lead_times_s.length - 1]))) : null);
-    section.append(tiles, cfrNote(env, d, days), cards);
+    section.append(tiles, cfrNote(env, d, days), stagesTable(d), cards);
     return section;
+  }
+
+  // Lead time per stage of the promotion pipeline (commit -> staging -> production).
+  function stagesTable(d) {
+    if (!d.stages || !d.stages.length) return null;
+    return el("div", { class: "card", "data-testid": "stages" }, el("h4", { text: "Lead time per stage" }),
+      table(["stage", "median", "p90", "revisions"], d.stages.map((st) => [
+        st.stage, duration(st.median_s), duration(st.p90_s), String(st.count)])));
+  }
+
+  // Which revision is where, and what waits for which environment (promote_from).
+  function pipelineSection(stages) {
+    return el("section", { class: "pipeline", "data-testid": "pipeline" }, el("h2", { text: "Pipeline" }),
+      table(["environment", "promotes from", "applied", "verified on every host", "waiting"],
+        stages.map((st) => [st.environment, st.promote_from || "—", st.applied ? st.applied.slice(0, 10) : "—",
+          st.verified ? st.verified.slice(0, 10) : "—", st.waiting || "—"])));
   }
 
   // Why an open failure can sit beside a rate that does not count it (gitops/delivery.py).
@@ -456,6 +472,7 @@
     const open = new Set([...app.querySelectorAll("details[open]")].map((d) => d.dataset.key));
     const sections = data.environments.map(environmentSection);
     if (!sections.length) sections.push(el("p", { class: "muted", text: "No environment has been reconciled yet." }));
+    if (data.pipeline && data.pipeline.length) sections.unshift(pipelineSection(data.pipeline));
     app.replaceChildren(...sections);
     for (const d of app.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
   }
