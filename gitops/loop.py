@@ -34,6 +34,7 @@ from gitops import control, notify, policy, retention, schedule, source
 from gitops import verify as verify_stage
 from gitops.errors import GitopsError, InvalidDeclaration, Suspended, UsageError
 from gitops.policy import After, Controls, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
+from gitops.preview import Previews
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import ENVIRONMENT, Condition, Database, NoStore, Store, open_store
@@ -110,6 +111,8 @@ class Daemon:
         self.pruned_at: float | None = None
         """When the history was last pruned (``retention``, at most once an hour)."""
         self.prune_lock = threading.Lock()
+        self.previews = Previews(settings)
+        """Pull/merge request previews on disposable hosts (fed by the HTTP server)."""
 
     # -- the Controller protocol (HTTP API) ------------------------------------------------
 
@@ -213,6 +216,8 @@ class Daemon:
                     for run_id in store.recover_unfinished(env.target.environment):
                         log.warning("%s: run %d was interrupted; reconciling again",
                                     env.config.name, run_id)
+        self.previews.recover()  # labs a crash left behind, found by their names
+        self.previews.start()
         for env in self.envs.values():
             thread = threading.Thread(target=self._loop, args=(env,), daemon=True,
                                       name=f"gitops-{env.config.name}")
@@ -224,6 +229,7 @@ class Daemon:
     def stop(self, timeout: float | None = None) -> None:
         """Stop: a run in progress finishes its current batch and is recorded interrupted."""
         self.stop_event.set()
+        self.previews.stop(timeout)
         for env in self.envs.values():
             env.wake.set()
         for observer in self.observers:
