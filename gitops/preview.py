@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,7 +40,8 @@ from gitops.errors import GitopsError, InvalidDeclaration, UsageError
 from gitops.lab.common import lab_parent, missing_prerequisites, prerequisites_message
 from gitops.load import load
 from gitops.model import DeclaredState
-from gitops.records import HostPlan, Plan, PreviewReport, PreviewResult, Revision
+from gitops.reconcile import fingerprints
+from gitops.records import ApplyReport, HostPlan, Plan, PreviewReport, PreviewResult, Revision
 from gitops.settings import CommitStatusConfig, EnvironmentConfig, Settings
 from gitops.store import Database
 from gitops.workers.secrets import redact
@@ -125,17 +127,28 @@ def _plan_lines(plan: Plan | None, hosts: dict[str, str], with_diffs: bool) -> l
     if changed:
         lines += ["| host | service | operation |", "|---|---|---|"]
         for h, op in changed:
-            where = f"{h.host} (as {hosts[h.host]})" if h.host in hosts else h.host
-            lines.append(f"| {where} | {op.service or '-'} | {_cell(op.name)} |")
+            lines.append(f"| {_where(h.host, hosts)} | {op.service or '-'} | "
+                         f"{_cell(_op_name(op.name, op.service))} |")
         lines.append("")
     for h in errors:
         lines += [f"- {h.host}: plan failed: {_cell(h.error or '')}"]
     if with_diffs:
         for h, op in changed:
             if op.diff:
-                lines += ["<details><summary>" + _html(f"{h.host}: {op.name}") + "</summary>",
+                title = f"{h.host}: {_op_name(op.name, op.service)}"
+                lines += ["<details><summary>" + _html(title) + "</summary>",
                           "", "```diff", op.diff.rstrip("\n"), "```", "</details>", ""]
     return lines
+
+
+def _where(host: str, hosts: dict[str, str]) -> str:
+    stand_in = hosts.get(host)
+    return f"{host} (as {stand_in})" if stand_in and stand_in != host else host
+
+
+def _op_name(name: str, service: str | None) -> str:
+    """pyinfra names a deploy's operation ``<service> | <name>``: the column says the service."""
+    return name.removeprefix(f"{service} | ") if service else name
 
 
 def _cell(text: str) -> str:
@@ -160,9 +173,12 @@ def render_comment(report: PreviewReport, *, mark: str, limit: int | None = None
             f"### {icon} gitops preview of `{report.branch}` on `{report.environment}`: "
             f"{report.result}", "",
             f"Commit `{short or '?'}` on top of `{report.base}` (`{(report.base_sha or '?')[:10]}`)"
-            + (f", on preview lab `{report.lab}`: "
-               + ", ".join(f"{h} as {p}" for h, p in report.hosts.items())
+            + (f", on preview lab `{report.lab}` ("
+               + ", ".join(f"{h} as {p}" for h, p in report.hosts.items()) + ")"
                if report.mode == "lab" else "") + ".", ""]
+    if report.unchanged:
+        head += ["Unchanged by the change, so not applied again: "
+                 + ", ".join(f"`{s}`" for s in report.unchanged) + ".", ""]
     if report.mode == "dry-run":
         head += [f"> **Dry run** (plan only, against the environment's hosts): "
                  f"{report.dry_reason}", ""]
@@ -373,10 +389,22 @@ def _preview(request: PreviewRequest, settings: Settings, hosts: _LabHosts | Non
                     f"({', '.join(sorted(why))}): nothing to preview on"), base_state.redact)
     state = _load(head_snap, request, head, settings, hosts)
     secrets = tuple(sorted(set(base_state.redact) | set(state.redact)))
+    # the hosts hold the base now: only the services the change touches are applied again,
+    # as the daemon's changed-only apply of a new commit does (every check still runs)
+    key = os.urandom(32)
+    before, after = fingerprints(base_state, key), fingerprints(state, key)
+    todo = {h.name: {s for s in h.services
+                     if before.get(h.name, {}).get(s) != after[h.name][s]}
+            for h in state.hosts}
+    fields["unchanged"] = tuple(s for s in state.service_order
+                                if all(s not in todo[h.name] for h in state.hosts))
     with clock.stage("change"):
         say(f"applying the change {head.sha[:10]}")
-        plan, applied = apply_stage.apply(state, timeout=clock.left("the change's apply"),
-                                          on_progress=say)
+        change = state.only_services(todo)
+        plan, applied = (apply_stage.apply(change, timeout=clock.left("the change's apply"),
+                                           on_progress=say)
+                         if any(h.services for h in change.hosts)
+                         else (Plan(hosts=()), ApplyReport(hosts=())))
     broken = {h.host: h.error or "failed" for h in applied.hosts if h.status == "failed"}
     if broken:
         return (PreviewReport(
@@ -455,7 +483,8 @@ class Previews:
             with slot_lock(name) as mine:
                 if not mine:
                     continue
-                if (lab_parent() / name).is_dir() or lab_api.current(name) is not None:
+                state = lab_parent() / name  # ``lab.up`` makes pids/ first, ``down`` removes it
+                if (state / "pids").is_dir() or (state / "lab.json").exists():
                     lab_api.down(name)
                     removed.append(name)
                     log.warning("preview lab %s was left by a stopped daemon: taken down", name)

@@ -528,6 +528,8 @@ class PreviewReport(_Record):
     hosts: dict[str, str] = {}
     """Environment host -> the preview host standing in for it (``lab-1``)."""
     lab: str | None = None
+    unchanged: tuple[str, ...] = ()
+    """Services the change leaves as the base has them: not applied again."""
     plan: Plan | None = None
     apply_failed: dict[str, str] = {}
     """Hosts whose apply failed (base or change), with why."""
