@@ -317,7 +317,7 @@ def run_preview(request: PreviewRequest, settings: Settings, *, lab_name: str | 
     if lab_name is None:
         missing = missing_prerequisites()
         dry_reason = (prerequisites_message(missing).removeprefix("gitops lab: ") if missing
-                      else "no preview lab was free")
+                      else "preview labs are not available here")
     base_fields: dict[str, Any] = {
         "environment": request.environment, "branch": request.branch, "base": request.base,
         "mode": "lab" if lab_name else "dry-run", "dry_reason": dry_reason,

@@ -5,12 +5,16 @@ Gitea APIs (``githost``), the record, and the daemon's webhook route queueing a 
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from githost import TOKEN, GitHost
+from statelab import PROJECT, git
 from test_server import RecordingController
 
 from gitops import notify
@@ -289,3 +293,54 @@ def test_previews_cut_by_a_crash_are_marked_interrupted(tmp_path: Path) -> None:
     with Database(settings.state_dir).open(readonly=True) as store:
         row = store.preview(left)
     assert row is not None and row.state == "interrupted" and row.lab == "pvp0"
+
+
+def _dry_repo(root: Path) -> Path:
+    """The sample's deploys and an inventory of one host on a closed loopback port."""
+    repo = root / "repo"
+    shutil.copytree(PROJECT / "deploys", repo / "deploys",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "inventories").mkdir()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    inventory = yaml.safe_load((PROJECT / "inventories/lab.yml").read_text())
+    inventory["settings"] = {"ssh": {"user": "root", "port": closed, "connect_timeout": 2}}
+    inventory["hosts"] = {"web-1": {"address": "127.0.0.1", "groups": ["web"]}}
+    (repo / "inventories/prod.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "-c", "user.name=T", "-c", "user.email=t@example.invalid", "add", "-A")
+    git(repo, "-c", "user.name=T", "-c", "user.email=t@example.invalid", "commit", "-qm", "s")
+    git(repo, "checkout", "-q", "-b", "feature")
+    return repo
+
+
+def test_daemon_without_labs_previews_as_a_dry_run(
+        tmp_path: Path, token: SecretRef, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daemon that cannot run labs plans the change against the environment's own hosts
+    and says it is a dry run, in the commit status and in the comment."""
+    github = GitHost("github")
+    repo = _dry_repo(tmp_path)
+    sha = git(repo, "rev-parse", "HEAD")
+    env = EnvironmentConfig(name="prod", repo=str(repo), commit_status=[_config(github, token)])
+    settings = Settings(state_dir=tmp_path / "state", environments=[env])
+    previews = Previews(settings, sleep=lambda _: None)
+    previews.can_lab = False  # as for a daemon not root, or without systemd-nspawn
+    previews.start()
+    try:
+        previews.request(env, provider="github", number=3, branch="feature", base="main",
+                         head_sha=sha)
+        assert github.wait(lambda g: g.comments, 120), github.requests
+    finally:
+        previews.stop(60)
+        github.close()
+    assert github.problems == []
+    final = github.statuses[-1]
+    assert final["context"] == "gitops/preview/prod" and final["state"] == "failure"
+    assert final["description"].endswith("(dry run)")
+    assert "plan failed on web-1" in final["description"]
+    body = github.comments[0].body
+    assert "**Dry run** (plan only, against the environment's hosts)" in body
+    with Database(settings.state_dir).open(readonly=True) as store:
+        [row] = store.previews()
+    assert (row.state, row.mode, row.lab) == ("finished", "dry-run", None)
