@@ -236,9 +236,13 @@ class PreviewTimeout(GitopsError):
 @dataclass
 class _Clock:
     deadline: float
+    stop: threading.Event | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     def left(self, stage: str) -> float:
+        """Seconds left for ``stage``; raises when the time is up or the daemon stops."""
+        if self.stop is not None and self.stop.is_set():
+            raise PreviewTimeout(f"the daemon stopped before {stage}")
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
             raise PreviewTimeout(f"the preview's time limit ran out before {stage}")
@@ -307,12 +311,13 @@ def _load(snapshot: Path, request: PreviewRequest, revision: Revision, settings:
 
 
 def run_preview(request: PreviewRequest, settings: Settings, *, lab_name: str | None,
-                say: Say | None = None, timeout: float | None = None) -> PreviewReport:
+                say: Say | None = None, timeout: float | None = None,
+                stop: threading.Event | None = None) -> PreviewReport:
     """Preview ``request``: on lab ``lab_name`` (taken down on every path) or, with None,
     as a dry run against the environment's hosts. Never raises a ``GitopsError``: a failure
-    is the report's ``error`` result."""
+    is the report's ``error`` result. ``stop`` set: it ends before its next stage."""
     say = say or (lambda _: None)
-    clock = _Clock(time.monotonic() + (timeout or settings.preview.timeout))
+    clock = _Clock(time.monotonic() + (timeout or settings.preview.timeout), stop)
     dry_reason = ""
     if lab_name is None:
         missing = missing_prerequisites()
@@ -335,8 +340,8 @@ def run_preview(request: PreviewRequest, settings: Settings, *, lab_name: str | 
     except (GitopsError, lab_api.LabError) as exc:
         report = PreviewReport(**base_fields, result="error", summary=str(exc).splitlines()[0])
     finally:
-        if hosts is not None and lab_name is not None:
-            with clock.stage("teardown"):
+        if hosts is not None and hosts.info is not None and lab_name is not None:
+            with clock.stage("teardown"):  # (a boot that failed took itself down)
                 try:
                     lab_api.down(lab_name)
                 except lab_api.LabError as exc:  # said in the log; recover() tries again
@@ -355,7 +360,7 @@ def _preview(request: PreviewRequest, settings: Settings, hosts: _LabHosts | Non
         if request.head_sha and request.head_sha != head.sha:
             head = source.revision(request.repo, request.branch, request.head_sha, state_dir)
         base = source.fetch(request.repo, request.base, state_dir)
-        fields = {**fields, "head_sha": head.sha, "base_sha": base.sha}
+        fields.update(head_sha=head.sha, base_sha=base.sha)  # also for the caller's errors
         head_snap = Path(source.snapshot(request.repo, head, state_dir).path)
         base_snap = Path(source.snapshot(request.repo, base, state_dir).path)
     say(f"preview of {request.branch} ({head.sha[:10]}) on top of {request.base} "
@@ -371,6 +376,9 @@ def _preview(request: PreviewRequest, settings: Settings, hosts: _LabHosts | Non
                    f"{sum(1 for h in plan.hosts if h.changes)} host(s); nothing verified")
         return (PreviewReport(**fields, result=result, summary=summary, plan=plan),
                        state.redact)
+    # the change is validated first (every host, none kept): an invalid one boots no lab
+    load(head_snap, request.inventory, revision=head.ref, keys=settings.sops,
+         hosts_from=lambda groups, packages: {})
     try:
         base_state = _load(base_snap, request, base, settings, hosts)
     except InvalidDeclaration as exc:
@@ -462,6 +470,8 @@ class Previews:
         self.running: dict[int, _Job] = {}
         self.cond = threading.Condition()
         self.stopping = False
+        self.stopped = threading.Event()
+        """Set by ``stop``: a running preview ends before its next stage."""
         self.threads: list[threading.Thread] = []
         self.database = Database.of(settings)
 
@@ -501,6 +511,7 @@ class Previews:
         """Stop taking previews; a running one ends at its next stage (its lab goes)."""
         with self.cond:
             self.stopping = True
+            self.stopped.set()
             self.cond.notify_all()
         for thread in self.threads:
             thread.join(timeout)
@@ -565,7 +576,8 @@ class Previews:
                                "pending", "preview running on a disposable lab" if lab_name
                                else "dry run: plan only")
             report = run_preview(job.request, self.settings, lab_name=lab_name,
-                                 say=lambda line: log.info("preview %d: %s", job.id, line))
+                                 say=lambda line: log.info("preview %d: %s", job.id, line),
+                                 stop=self.stopped)
         with self.database.open() as store:
             store.finish_preview(job.id, report)
         log.info("preview %d: %s (%s)", job.id, report.result, report.summary)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +20,15 @@ from statelab import PROJECT, git
 from test_server import RecordingController
 
 from gitops import notify
-from gitops.preview import Previews, admit, marker, pick_hosts, render_comment
+from gitops.preview import (
+    PreviewRequest,
+    Previews,
+    admit,
+    marker,
+    pick_hosts,
+    render_comment,
+    run_preview,
+)
 from gitops.records import CheckResult, HostPlan, OpPlan, Plan, PreviewReport, VerifyReport
 from gitops.server import bound_port, create_app, start_in_thread, stop
 from gitops.settings import CommitStatusConfig, EnvironmentConfig, SecretRef, Settings
@@ -344,3 +354,55 @@ def test_daemon_without_labs_previews_as_a_dry_run(
     with Database(settings.state_dir).open(readonly=True) as store:
         [row] = store.previews()
     assert (row.state, row.mode, row.lab) == ("finished", "dry-run", None)
+
+
+def test_preview_past_its_time_limit_is_an_error(tmp_path: Path) -> None:
+    """A preview whose time limit runs out stops at the next stage and reports an error."""
+    repo = _dry_repo(tmp_path)
+    settings = Settings(state_dir=tmp_path / "state",
+                        environments=[EnvironmentConfig(name="prod", repo=str(repo))])
+    request = PreviewRequest(environment="prod", inventory="prod", repo=str(repo),
+                             branch="feature", base="main")
+    report = run_preview(request, settings, lab_name=None, timeout=0.001)
+    assert report.result == "error"
+    assert report.summary == "the preview's time limit ran out before the plan"
+
+
+def test_previews_are_recorded_in_each_store(store_backend: Database) -> None:
+    """A preview is recorded queued, running on its lab, then finished with its report,
+    on SQLite and PostgreSQL alike; the list leaves the report out."""
+    with store_backend.open() as store:
+        pid = store.start_preview("prod", provider="gitlab", number=8, branch="b",
+                                  base="main", head_sha=None)
+        store.preview_running(pid, "pvp0")
+        store.finish_preview(pid, _report("failure"))
+        [listed] = store.previews("prod")
+        full = store.preview(pid)
+    assert (listed.state, listed.result, listed.mode, listed.report) == (
+        "finished", "failure", "lab", None)
+    assert full is not None and full.report == _report("failure")
+    assert full.head_sha == SHA and full.lab == "pvp0"
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gitops", "preview", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_preview_of_an_invalid_change_exits_2_and_boots_no_lab(tmp_path: Path) -> None:
+    """`gitops preview` of a branch with an invalid declaration lists the problem at its file
+    and line and exits 2, before any lab boots; a missing branch exits 1; no traceback."""
+    repo = _dry_repo(tmp_path)
+    inventory = (repo / "inventories/prod.yml").read_text()
+    (repo / "inventories/prod.yml").write_text(inventory.replace("port: 8000", "port: many"))
+    git(repo, "-c", "user.name=T", "-c", "user.email=t@example.invalid", "commit", "-qam", "x")
+    state = str(tmp_path / "state")
+    bad = _cli("--branch", "feature", "--repo", str(repo), "-e", "prod", "--state-dir", state)
+    assert bad.returncode == 2, bad.stderr
+    assert "inventories/prod.yml:" in bad.stdout and "port" in bad.stdout
+    assert "preview #1: failure: invalid declaration: 2 problem(s)" in bad.stdout
+    assert f"Commit `{git(repo, 'rev-parse', 'HEAD')[:10]}`" in bad.stdout
+    missing = _cli("--branch", "nosuch", "--repo", str(repo), "-e", "prod", "--state-dir", state)
+    assert missing.returncode == 1
+    assert "no branch 'nosuch'" in missing.stdout
+    assert "Traceback" not in bad.stderr + missing.stderr

@@ -205,3 +205,28 @@ def test_pull_request_is_previewed_and_second_push_edits_the_comment(setup: Setu
     assert ": failure" in body
     assert "| lab-1 | web/test_root_is_proxied_to_the_app | ❌ fail |" in body
     assert _lab_gone(f"{_lab_prefix()}0")
+
+
+def test_preview_lab_left_by_a_crash_is_taken_down_at_start(tmp_path: Path) -> None:
+    """A preview lab that a killed daemon left up is found by its name at the next start
+    and taken down; the preview it ran is recorded interrupted."""
+    from gitops.preview import Previews
+    from gitops.settings import EnvironmentConfig, Settings
+    from gitops.store import Database
+
+    name = f"{_lab_prefix()}1"
+    settings = Settings(state_dir=tmp_path / "state",
+                        environments=[EnvironmentConfig(name="lab", repo=str(tmp_path))])
+    with Database(settings.state_dir).open() as store:
+        cut = store.start_preview("lab", provider="github", number=1, branch="b", base="main",
+                                  head_sha=None)
+        store.preview_running(cut, name)
+    lab_api.up(hosts=1, name=name)
+    try:
+        assert name in Previews(settings).recover()
+        assert _lab_gone(name)
+    finally:
+        lab_api.down(name)
+    with Database(settings.state_dir).open(readonly=True) as store:
+        row = store.preview(cut)
+    assert row is not None and row.state == "interrupted"
