@@ -545,14 +545,17 @@ def upsert_comment(
         scrub = _Scrubber([token])
         headers = _api_headers(config, token)
         listing, create, edit = _comment_urls(config, number)
-        sending = {"scrub": scrub, "timeout": timeout, "retries": retries, "sleep": sleep,
-                   "backoff": backoff, "max_delay": max_delay}
+
+        def send(url: str, payload: dict[str, Any] | None, method: str) -> _Result:
+            return _send(url, headers, payload, scrub=scrub, timeout=timeout, retries=retries,
+                         sleep=sleep, backoff=backoff, max_delay=max_delay, method=method)
+
         found: Any = None
         result = _Result(True, None, 0, None)
         for page in range(1, _COMMENT_PAGES + 1):
             url = listing if config.provider == "gitea" else \
                 f"{listing}?per_page=100&page={page}"
-            result = _send(url, headers, None, method="GET", **sending)  # type: ignore[arg-type]
+            result = send(url, None, "GET")
             if not result.ok or not isinstance(result.data, list):
                 break
             found = next((c for c in result.data if isinstance(c, dict)
@@ -563,12 +566,11 @@ def upsert_comment(
             what = "comment lookup"
         elif found is not None and isinstance(found.get("id"), int):
             what = "comment edited"
-            method = "PUT" if config.provider == "gitlab" else "PATCH"
-            result = _send(f"{edit}{found['id']}", headers, {"body": body}, method=method,
-                           **sending)  # type: ignore[arg-type]
+            result = send(f"{edit}{found['id']}", {"body": body},
+                          "PUT" if config.provider == "gitlab" else "PATCH")
         else:
             what = "comment created"
-            result = _send(create, headers, {"body": body}, **sending)  # type: ignore[arg-type]
+            result = send(create, {"body": body}, "POST")
     except Exception as exc:
         result = _Result(False, None, 0, _Scrubber([token])(f"{type(exc).__name__}: {exc}"))
     delivery = Delivery(config.provider, index, result.ok, result.status, result.attempts,
