@@ -41,7 +41,7 @@ from gitops.lab.common import lab_parent, missing_prerequisites, prerequisites_m
 from gitops.load import load
 from gitops.model import DeclaredState
 from gitops.reconcile import fingerprints
-from gitops.records import ApplyReport, HostPlan, Plan, PreviewReport, PreviewResult, Revision
+from gitops.records import ApplyReport, Plan, PreviewReport, PreviewResult, Revision
 from gitops.settings import CommitStatusConfig, EnvironmentConfig, Settings
 from gitops.store import Database
 from gitops.workers.secrets import redact
@@ -157,10 +157,6 @@ def _cell(text: str) -> str:
 
 def _html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _host_lines(hosts: tuple[HostPlan, ...]) -> list[str]:
-    return [f"- {h.host}: {_cell(h.error or '')}" for h in hosts if h.error]
 
 
 def render_comment(report: PreviewReport, *, mark: str, limit: int | None = None,
@@ -339,6 +335,10 @@ def run_preview(request: PreviewRequest, settings: Settings, *, lab_name: str | 
                                problems=tuple(str(p) for p in exc.problems))
     except (GitopsError, lab_api.LabError) as exc:
         report = PreviewReport(**base_fields, result="error", summary=str(exc).splitlines()[0])
+    except Exception as exc:  # a bug: said in the log, the preview still ends and reports
+        log.exception("preview of %s failed unexpectedly", request.branch)
+        report = PreviewReport(**base_fields, result="error",
+                               summary=f"unexpected error ({type(exc).__name__}): see the log")
     finally:
         if hosts is not None and hosts.info is not None and lab_name is not None:
             with clock.stage("teardown"):  # (a boot that failed took itself down)

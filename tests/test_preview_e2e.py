@@ -71,7 +71,7 @@ class Setup:
         self.config.write_text(
             f'state_dir = "{self.state_dir}"\n'
             f'listen = "127.0.0.1:{self.port}"\n'
-            "[preview]\ntimeout = 240\n"
+            "[preview]\ntimeout = 600\n"
             "[[environments]]\n"
             'name = "lab"\n'
             f'repo = "{self.repo}"\n'
@@ -176,7 +176,7 @@ def test_pull_request_is_previewed_and_second_push_edits_the_comment(setup: Setu
     answer = setup.pull_request("opened", 7, "message", first)
     assert answer["decision"] == "queued"
 
-    assert setup.github.wait(lambda g: g.comments, 180), \
+    assert setup.github.wait(lambda g: g.comments, 480), \
         f"no comment; requests {setup.github.requests}, problems {setup.github.problems}"
     assert setup.github.problems == []
     status = setup.final_status(first)
@@ -194,7 +194,7 @@ def test_pull_request_is_previewed_and_second_push_edits_the_comment(setup: Setu
     second = setup.commit("web: proxy to the wrong port")
     setup.pull_request("synchronize", 7, "message", second)
 
-    assert setup.github.wait(lambda g: g.comments[0].edits == 1, 180), \
+    assert setup.github.wait(lambda g: g.comments[0].edits == 1, 480), \
         f"comment not edited; requests {setup.github.requests}"
     assert setup.github.problems == []
     assert len(setup.github.comments) == 1  # edited in place, not a second comment
