@@ -490,6 +490,8 @@ class Previews:
             return removed
         for slot in range(MAX_SLOTS):
             name = self.slot_name(slot)
+            if not (lab_parent() / name).is_dir():  # never used
+                continue
             with slot_lock(name) as mine:
                 if not mine:
                     continue
