@@ -74,10 +74,12 @@ def main() -> None:
         "commit", "-q", "-m", "sample")
     github = GitHost("github")
     port = free_port()
+    # preview labs <prefix>0..: named after $GITOPS_LAB_NAME, so two people's runs never meet
+    prefix = (os.environ.get("GITOPS_LAB_NAME") or "bench")[:5] + "b"
     config = root / "gitops.toml"
     config.write_text(
         f'state_dir = "{root / "state"}"\nlisten = "127.0.0.1:{port}"\n'
-        '[preview]\nlab_prefix = "benchp"\n'
+        f'[preview]\nlab_prefix = "{prefix}"\n'
         f'[[environments]]\nname = "lab"\nrepo = "{repo}"\ninterval = 3600\n'
         'drift_interval = 3600\nwatch = false\nwebhook_secret = {env = "BENCH_HOOK"}\n'
         f'[[environments.commit_status]]\nprovider = "github"\napi_url = "{github.base}"\n'
