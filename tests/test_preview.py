@@ -406,3 +406,31 @@ def test_cli_preview_of_an_invalid_change_exits_2_and_boots_no_lab(tmp_path: Pat
     assert missing.returncode == 1
     assert "no branch 'nosuch'" in missing.stdout
     assert "Traceback" not in bad.stderr + missing.stderr
+
+
+def test_status_page_lists_previews_and_serves_the_full_report(tmp_path: Path) -> None:
+    """The page's data lists the previews with their result; ``/previews/<id>`` (the link of
+    a cut comment) shows the whole report, HTML escaped."""
+    from starlette.applications import Starlette
+
+    from gitops import page
+
+    state = tmp_path / "state"
+    with Database(state).open() as store:
+        pid = store.start_preview("prod", provider="github", number=2, branch="feature",
+                                  base="main", head_sha=SHA)
+        store.finish_preview(pid, _report("failure", diff="-<b>old</b>\n+new"))
+    with Database(state).open(readonly=True) as store:
+        listed = page.page_data(store)["previews"]
+    assert [(p["id"], p["result"], p["number"]) for p in listed] == [(pid, "failure", 2)]
+    server, thread = start_in_thread(Starlette(routes=page.routes(state, None)), "127.0.0.1:0")
+    try:
+        base = f"http://127.0.0.1:{bound_port(server)}"
+        answer = httpx.get(f"{base}/previews/{pid}")
+        missing = httpx.get(f"{base}/previews/999")
+    finally:
+        stop(server, thread)
+    assert answer.status_code == 200
+    assert "| web-1 | app/test_answers | ❌ fail |" in answer.text
+    assert "-&lt;b&gt;old&lt;/b&gt;" in answer.text and "<b>old" not in answer.text
+    assert missing.status_code == 404
