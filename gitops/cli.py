@@ -29,6 +29,7 @@ from gitops import settings as settings_
 from gitops.errors import (
     EXIT_FAILED,
     EXIT_INVALID,
+    EXIT_OK,
     GitopsError,
     InvalidDeclaration,
     TemporaryError,
@@ -974,6 +975,48 @@ def _run_exit_code(daemon: _Daemon, run: dict[str, Any]) -> int:
 
 
 @main.command(epilog=EXIT_CODES)
+@click.option("--branch", "-b", required=True, help="The branch to preview.")
+@click.option("--base", help="The branch it would merge into [the environment's branch].")
+@click.option("--repo", "-r", help="State repository: URL or local path [GITOPS_REPO; .]")
+@click.option("--environment", "--inventory", "-e", "environment",
+              help="Environment whose shape the preview lab takes [GITOPS_ENVIRONMENT; lab]")
+@click.option("--state-dir", type=click.Path(path_type=Path),
+              help="Where runs, snapshots and locks live [GITOPS_STATE_DIR]")
+@config_option
+@json_option
+def preview(as_json: bool, branch: str, base: str | None, **opts: Any) -> None:
+    """Preview a branch on disposable hosts: a lab shaped like the environment (at most
+    settings.preview.hosts_per_group hosts per group) gets the base, then the change, then
+    the checks; it is taken down afterwards. Without root or systemd-nspawn: a dry run (the
+    change's plan against the environment's hosts). Prints the report (Markdown) and
+    records it."""
+    from gitops import preview as preview_
+
+    s = _settings(**opts)
+    request = preview_.PreviewRequest(
+        environment=_api_name(s), inventory=s.environment, repo=s.repo, branch=branch,
+        base=base or s.branch)
+    progress = _progress(as_json)
+    with open_store(s) as store:
+        preview_id = store.start_preview(request.environment, provider="cli", number=None,
+                                         branch=branch, base=request.base, head_sha=None)
+    with preview_.cli_slot(s) as lab_name:
+        with open_store(s) as store:
+            store.preview_running(preview_id, lab_name)
+        report = preview_.run_preview(request, s, lab_name=lab_name, say=progress)
+    progress.done()
+    with open_store(s) as store:
+        store.finish_preview(preview_id, report)
+    if as_json:
+        _emit({"id": preview_id, **report.model_dump(mode="json")})
+    else:
+        click.echo(preview_.render_comment(report, mark=preview_.marker(request.environment)))
+        click.echo(f"preview #{preview_id}: {report.result}: {report.summary}")
+    sys.exit(EXIT_OK if report.result == "success" else
+             EXIT_INVALID if report.problems else EXIT_FAILED)
+
+
+@main.command(epilog=EXIT_CODES)
 @config_option
 def run() -> None:
     """Run the daemon: watch the configured environments and reconcile them continuously.
@@ -996,7 +1039,7 @@ def run() -> None:
         app = server.create_app(daemon, s, extra_routes=[
             *metrics.routes(s.state_dir, authorize, Database.of(s)),
             *page.routes(s.state_dir, authorize, Database.of(s),
-                         chain=daemon.chain)])
+                         chain=daemon.chain)], previews=daemon.previews)
         http, thread = server.start_in_thread(app, s.listen)
     except GitopsError as exc:
         _fail(exc, False)

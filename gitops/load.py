@@ -232,6 +232,11 @@ def _field(loc: Loc) -> str:
                     if unsafe_reason(str(part)) else str(part) for part in loc)
 
 
+HostsFrom = Callable[[dict[str, list[str]], list[str]], dict[str, dict[str, Any]]]
+"""``load``'s ``hosts_from``: (each host's groups, ``lab.packages``) -> the kept hosts'
+``{"address": ..., "ssh": {...}}``."""
+
+
 class _TooBig(Exception):
     """Stops the walk of a document at the first node that expands too far."""
 
@@ -243,11 +248,16 @@ def load(
     revision: str | None = None,
     host_source: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None,
     keys: SopsSettings | None = None,
+    hosts_from: HostsFrom | None = None,
 ) -> DeclaredState:
     """Validate ``environment`` in the snapshot at ``root``; raise ``InvalidDeclaration``.
 
     ``host_source`` fills addresses and SSH settings for environments whose
     ``settings.source`` is not ``inventory`` (the Vagrant inventory passes one).
+    ``hosts_from`` stands other hosts in for the declared ones (a preview's lab,
+    ``gitops.preview``), whatever ``settings.source`` says: it is given each host's groups
+    (inventory order) and the inventory's ``lab.packages``, and returns the address and SSH
+    settings of the hosts to keep; every host is still validated, the others are not kept.
     ``keys`` open the SOPS-encrypted values and files (see ``gitops.sops``).
     """
     rel = f"inventories/{environment}.yml"
@@ -284,7 +294,10 @@ def load(
     # Settings that did not validate leave the source unknown: no host is blamed for it.
     unsourced = inv.settings.source == "inventory" and isinstance(raw_settings, dict) and \
         raw_settings.get("source", "inventory") != "inventory"
-    if inv.settings.source == "lab":  # the running lab's addresses and key (no Target needed)
+    if hosts_from is not None:  # its failures (a lab that does not boot) are its caller's
+        sources = hosts_from({n: list(h.groups) for n, h in inv.hosts.items()},
+                             list(inv.lab.packages))
+    elif inv.settings.source == "lab":  # the running lab's addresses and key (no Target needed)
         from gitops.lab import LabError, inventory_hosts, provide_packages
 
         try:
@@ -316,7 +329,10 @@ def load(
         if filled is None:
             continue
         address = spec.address or filled.get("address")
-        if not address and not unsourced:
+        if hosts_from is not None:  # the stand-in's address, or (left out) validated only
+            address = filled.get("address")
+            spec = spec.model_copy(update={"ssh": SSHSettings()})
+        if not address and not unsourced and hosts_from is None:
             why = {"vagrant": "not running in vagrant", "lab": "not in the lab"}.get(
                 inv.settings.source, "is required")
             problems.add(("hosts", name, "address"), f"address {why}")

@@ -37,6 +37,7 @@ from gitops import control, notify, policy, promotion, retention, schedule, sour
 from gitops import verify as verify_stage
 from gitops.errors import GitopsError, InvalidDeclaration, LockHeld, Suspended, UsageError
 from gitops.policy import After, Controls, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
+from gitops.preview import Previews
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.settings import promotion_problems as settings_promotion_problems
@@ -125,6 +126,8 @@ class Daemon:
         self.pruned_at: float | None = None
         """When the history was last pruned (``retention``, at most once an hour)."""
         self.prune_lock = threading.Lock()
+        self.previews = Previews(settings)
+        """Pull/merge request previews on disposable hosts (fed by the HTTP server)."""
 
     # -- the Controller protocol (HTTP API) ------------------------------------------------
 
@@ -261,6 +264,8 @@ class Daemon:
         for env, sha in cut:  # its "pending" must not stay the commit's last word
             self._commit_status(env, sha, "error", "interrupted: the reconciler stopped",
                                 retries=1)
+        self.previews.recover()  # labs a crash left behind, found by their names
+        self.previews.start()
         for env in self.envs.values():
             thread = threading.Thread(target=self._loop, args=(env,), daemon=True,
                                       name=f"gitops-{env.config.name}")
@@ -272,6 +277,7 @@ class Daemon:
     def stop(self, timeout: float | None = None) -> None:
         """Stop: a run in progress finishes its current batch and is recorded interrupted."""
         self.stop_event.set()
+        self.previews.stop(timeout)
         for env in self.envs.values():
             env.wake.set()
         for observer in self.observers:

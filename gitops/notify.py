@@ -70,6 +70,24 @@ Commit statuses, by provider (``state`` is ours: pending | success | failure | e
   (https://docs.gitea.com/development/api-usage); body ``{"state", "target_url",
   "description", "context"}`` with state in pending | success | error | failure | warning
   (ours map one to one); answers ``201`` with the status.
+
+Pull/merge request comments (``upsert_comment``; a preview's report, ``gitops.preview``): the
+earlier comment is found by a hidden marker in its body (an HTML comment, as Atlantis-like
+bots do) and edited in place; else one is created. Same headers as the statuses.
+
+- GitHub, issue comments (https://docs.github.com/en/rest/issues/comments): list ``GET
+  {api_url}/repos/{owner}/{repo}/issues/{number}/comments?per_page=100&page=N`` (an array of
+  ``{"id", "body"}``), edit ``PATCH .../issues/comments/{comment_id}`` (200), create ``POST
+  .../issues/{number}/comments`` (201), body ``{"body"}``; a body is at most 65536 characters.
+- GitLab, merge request notes (https://docs.gitlab.com/ee/api/notes.html#merge-requests):
+  list ``GET {api_url}/projects/{id}/merge_requests/{iid}/notes?per_page=100&page=N``, edit
+  ``PUT .../notes/{note_id}`` (200), create ``POST .../merge_requests/{iid}/notes`` (201),
+  body ``{"body"}``, at most 1,000,000 characters.
+- Gitea, issue comments (swagger ``issueGetComments``, ``issueEditComment``,
+  ``issueCreateComment``): list ``GET {api_url}/repos/{owner}/{repo}/issues/{index}/comments``,
+  edit ``PATCH .../issues/comments/{id}`` (200), create ``POST .../issues/{index}/comments``
+  (201), body ``{"body"}``; Gitea documents no limit, its column is a TEXT (64 KiB on MySQL),
+  so 65536 characters.
 """
 
 from __future__ import annotations
@@ -95,6 +113,7 @@ if TYPE_CHECKING:
     from gitops.reconcile import Outcome
 
 __all__ = [
+    "COMMENT_LIMITS",
     "EVENT_KINDS",
     "CommitState",
     "CommitStatusConfig",
@@ -107,6 +126,7 @@ __all__ = [
     "notify",
     "set_commit_status",
     "set_commit_statuses",
+    "upsert_comment",
 ]
 
 log = logging.getLogger("gitops.notify")
@@ -330,14 +350,20 @@ class _Result:
     status: int | None
     attempts: int
     error: str | None
+    data: Any = None
+    """The answer's JSON body, when it had one."""
+    link: str = ""
+    """The answer's ``Link`` header (GitHub's and Gitea's pagination)."""
 
 
 def _send(
-    url: str, headers: dict[str, str], body: dict[str, Any], *, scrub: _Scrubber, timeout: float,
-    retries: int, sleep: Sleep, backoff: float, max_delay: float,
+    url: str, headers: dict[str, str], body: dict[str, Any] | None, *, scrub: _Scrubber,
+    timeout: float, retries: int, sleep: Sleep, backoff: float, max_delay: float,
+    method: str = "POST",
 ) -> _Result:
-    """POST ``body`` as JSON; retry connection errors, 5xx and 429. Never raises."""
-    data = json.dumps(body).encode()
+    """Send ``body`` as JSON (POST unless ``method``); retry connection errors, 5xx and 429.
+    Never raises."""
+    data = json.dumps(body).encode() if body is not None else None
     attempts = 0
     status: int | None = None
     error = "not sent"
@@ -346,12 +372,17 @@ def _send(
         retry_after: float | None = None
         retryable = True
         try:
-            request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+            request = urllib.request.Request(url, data=data, headers=headers, method=method)
             with _opener.open(request, timeout=timeout) as response:
                 status = int(response.status)
-                response.read()
+                raw = response.read()
+                link = response.headers.get("Link") or ""
             if 200 <= status < 300:
-                return _Result(True, status, attempts, None)
+                try:
+                    answer = json.loads(raw) if raw.strip() else None
+                except ValueError:
+                    answer = None
+                return _Result(True, status, attempts, None, answer, link)
             error, retryable = f"HTTP {status}", False
         except urllib.error.HTTPError as exc:
             status = exc.code
@@ -456,6 +487,98 @@ def set_commit_statuses(
     """``set_commit_status`` for each configured Git host (the index names each one)."""
     return [set_commit_status(c, sha, state, description, index=i, **kwargs)
             for i, c in enumerate(configs)]
+
+
+COMMENT_LIMITS: dict[str, int] = {"github": 65536, "gitlab": 1_000_000, "gitea": 65536}
+"""The longest comment body each Git host takes, in characters (see the module doc)."""
+_COMMENT_PAGES = 20
+"""Pages of 100 comments read when looking for the earlier one."""
+
+
+def _comment_urls(config: CommitStatusConfig, number: int) -> tuple[str, str, str]:
+    """The URLs to list, create and (with the id appended) edit comments of pull request
+    ``number``, in the provider's documented form."""
+    base = config.api_url.rstrip("/")
+    if config.provider == "gitlab":
+        project = config.repository
+        if "%" not in project:
+            project = urllib.parse.quote(project, safe="")
+        notes = f"{base}/projects/{project}/merge_requests/{number}/notes"
+        return notes, notes, f"{notes}/"
+    owner, _, name = config.repository.partition("/")
+    repo = f"{base}/repos/{urllib.parse.quote(owner, safe='')}/{urllib.parse.quote(name, safe='')}"
+    comments = f"{repo}/issues/{number}/comments"
+    return comments, comments, f"{repo}/issues/comments/"
+
+
+def _api_headers(config: CommitStatusConfig, token: str) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    if config.provider == "gitlab":
+        headers["PRIVATE-TOKEN"] = token
+        headers["Accept"] = "application/json"
+    elif config.provider == "github":
+        headers["Authorization"] = f"Bearer {token}"
+        headers["Accept"] = "application/vnd.github+json"
+        headers["X-GitHub-Api-Version"] = "2022-11-28"
+    else:
+        headers["Authorization"] = f"token {token}"
+        headers["Accept"] = "application/json"
+    return headers
+
+
+def upsert_comment(
+    config: CommitStatusConfig, number: int, body: str, marker: str, *, index: int = 0,
+    timeout: float = 10, retries: int = 4, sleep: Sleep = time.sleep, backoff: float = 1.0,
+    max_delay: float = 60.0,
+) -> Delivery:
+    """Edit the comment on pull request ``number`` whose body holds ``marker``, or create
+    one; ``body`` must hold ``marker`` and fit ``COMMENT_LIMITS``. Never raises.
+
+    The delivery's ``what`` is ``comment edited`` or ``comment created``.
+    """
+    token = ""
+    what = "comment"
+    try:
+        if marker not in body:
+            raise ValueError("the comment does not hold its marker")
+        token = config.token.reveal()
+        scrub = _Scrubber([token])
+        headers = _api_headers(config, token)
+        listing, create, edit = _comment_urls(config, number)
+
+        def send(url: str, payload: dict[str, Any] | None, method: str) -> _Result:
+            return _send(url, headers, payload, scrub=scrub, timeout=timeout, retries=retries,
+                         sleep=sleep, backoff=backoff, max_delay=max_delay, method=method)
+
+        found: Any = None
+        result = _Result(True, None, 0, None)
+        for page in range(1, _COMMENT_PAGES + 1):
+            url = listing if config.provider == "gitea" else \
+                f"{listing}?per_page=100&page={page}"
+            result = send(url, None, "GET")
+            if not result.ok or not isinstance(result.data, list):
+                break
+            found = next((c for c in result.data if isinstance(c, dict)
+                          and marker in str(c.get("body") or "")), None)
+            if found is not None or config.provider == "gitea" or len(result.data) < 100:
+                break
+        if not result.ok:
+            what = "comment lookup"
+        elif found is not None and isinstance(found.get("id"), int):
+            what = "comment edited"
+            result = send(f"{edit}{found['id']}", {"body": body},
+                          "PUT" if config.provider == "gitlab" else "PATCH")
+        else:
+            what = "comment created"
+            result = send(create, {"body": body}, "POST")
+    except Exception as exc:
+        result = _Result(False, None, 0, _Scrubber([token])(f"{type(exc).__name__}: {exc}"))
+    delivery = Delivery(config.provider, index, result.ok, result.status, result.attempts,
+                        result.error, what=what)
+    if not delivery.ok:
+        log.warning("%s on pull request %d via %s[%d] not delivered: %s", what, number,
+                    config.provider, index, _last_words(delivery))
+    return delivery
 
 
 def _last_words(delivery: Delivery) -> str:

@@ -11,7 +11,9 @@
   host, a running rollout's
   progress, the last 50 runs, activity per day, delivery metrics and incidents when
   ``gitops.delivery`` and ``gitops.incidents`` exist;
-- ``GET /api/page/runs/{id}``: one run with its per-host, per-operation and per-check detail.
+- ``GET /api/page/runs/{id}``: one run with its per-host, per-operation and per-check detail;
+- ``GET /previews/{id}``: one preview's full report (what a pull request comment points to
+  when the host's size limit cut it), and the page lists the latest previews.
 
 Access: open to loopback clients. Beyond loopback a request needs what the API needs, checked
 by the ``authorize`` callable of ``gitops.server`` (a bearer token): either the header, or
@@ -91,6 +93,8 @@ def page_data(store: Store | None, *, today: datetime | None = None,
         "environments": [_environment(store, name, rows, today)
                          for name in names if store is not None],
         "pipeline": pipeline(store, chain) if any(link.upstream for link in chain) else [],
+        "previews": [p.as_dict() for p in store.previews(limit=20)] if store is not None
+        else [],
     }
 
 
@@ -404,7 +408,29 @@ def routes(state_dir: Path, authorize: Authorize | None,
             return JSONResponse({"error": "no such run"}, status_code=404, headers=_HEADERS)
         return JSONResponse(data, headers=_HEADERS)
 
+    async def preview_page(request: Request) -> Response:
+        refused = check(request)
+        if refused is not None:
+            return refused
+        try:
+            preview_id = int(request.path_params["preview_id"])
+            row = await run_in_threadpool(read, lambda store: store.preview(preview_id))
+        except (ValueError, NoStore, StoreOutdated):
+            row = None
+        if row is None:
+            return Response("no such preview", status_code=404, media_type="text/plain")
+        from gitops.preview import marker, render_comment
+
+        text = (render_comment(row.report, mark=marker(row.environment)) if row.report
+                else f"preview {row.id} of {row.branch}: {row.state}. {row.summary}")
+        escaped = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        html = (f"<!doctype html><html lang=en><meta charset=utf-8><title>gitops preview "
+                f"{row.id}</title><link rel=stylesheet href=/static/page.css><main>"
+                f"<h1>Preview #{row.id}</h1><pre class=report>{escaped}</pre></main></html>")
+        return Response(html, media_type="text/html; charset=utf-8", headers=_HEADERS)
+
     return [
+        Route("/previews/{preview_id}", preview_page, methods=["GET"]),
         Route("/", index, methods=["GET"]),
         Route("/static/{name}", static, methods=["GET"]),
         Route("/api/page", api_page, methods=["GET"]),

@@ -553,6 +553,8 @@ class Installed:
     requires: tuple[str, ...] = ()
     """What it required then (removal runs in reverse dependency order)."""
     state: InstalledState = "applied"
+
+
 @dataclass(frozen=True)
 class VerifiedRevision(_Row):
     """A revision applied and verified on every host of an environment: what an environment
@@ -572,3 +574,67 @@ class VerifiedRevision(_Row):
                 "committed_at": self.committed_at.isoformat(),
                 "verified_at": self.verified_at.isoformat(), "run_id": self.run_id,
                 "upstream": self.upstream}
+
+
+PreviewMode = Literal["lab", "dry-run"]
+PreviewResult = Literal["success", "failure", "error"]
+
+
+class PreviewReport(_Record):
+    """One preview of a branch (``gitops.preview``): the change's plan on top of the base,
+    per host and operation with file diffs, every check's result; secrets redacted."""
+
+    environment: str
+    branch: str
+    base: str
+    mode: PreviewMode
+    result: PreviewResult
+    summary: str
+    head_sha: str | None = None
+    base_sha: str | None = None
+    dry_reason: str = ""
+    """Why the preview is a dry run (plan only, against the environment's hosts)."""
+    hosts: dict[str, str] = {}
+    """Environment host -> the preview host standing in for it (``lab-1``)."""
+    lab: str | None = None
+    unchanged: tuple[str, ...] = ()
+    """Services the change leaves as the base has them: not applied again."""
+    plan: Plan | None = None
+    apply_failed: dict[str, str] = {}
+    """Hosts whose apply failed (base or change), with why."""
+    verify: VerifyReport | None = None
+    problems: tuple[str, ...] = ()
+    """An invalid change: every problem with its file and line."""
+    stages: dict[str, float] = {}
+    """Seconds per stage: lab_up, base, change, verify, teardown."""
+
+
+@dataclass(frozen=True)
+class PreviewRow(_Row):
+    """A recorded preview: what was asked, its state, its report once finished."""
+
+    id: int
+    environment: str
+    provider: str
+    number: int | None
+    branch: str
+    base: str
+    head_sha: str | None
+    state: str
+    """``queued``, ``running``, ``finished`` or ``interrupted``."""
+    result: str | None
+    mode: str | None
+    summary: str
+    lab: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    report: PreviewReport | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "environment": self.environment, "provider": self.provider,
+                "number": self.number, "branch": self.branch, "base": self.base,
+                "head_sha": self.head_sha, "state": self.state, "result": self.result,
+                "mode": self.mode, "summary": self.summary, "lab": self.lab,
+                "created_at": self.created_at.isoformat(),
+                "finished_at": _iso(self.finished_at),
+                "report": self.report.model_dump(mode="json") if self.report else None}

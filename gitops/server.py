@@ -31,11 +31,19 @@ from starlette.routing import BaseRoute, Route
 
 from gitops.errors import GitopsError, LockHeld, PermanentError, TemporaryError, UsageError
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.webhooks import InvalidSignature, UnsupportedEvent, parse_webhook, why_ignored
+from gitops.webhooks import (
+    InvalidSignature,
+    UnsupportedEvent,
+    WebhookEvent,
+    parse_webhook,
+    why_ignored,
+    why_no_preview,
+)
 
 __all__ = [
     "OPERATIONS",
     "Controller",
+    "Previewer",
     "Promoter",
     "bind",
     "bound_port",
@@ -92,6 +100,14 @@ class Promoter(Protocol):
 
     def pipeline(self) -> list[dict[str, Any]]:
         """Per environment: applied, verified everywhere, promoted from, what waits."""
+
+
+class Previewer(Protocol):
+    """What the server asks of the daemon's previews (``gitops.preview.Previews``)."""
+
+    def request(self, config: EnvironmentConfig, *, provider: str, number: int, branch: str,
+                base: str, head_sha: str | None) -> dict[str, Any]:
+        """Queue a preview of a pull request; raises ``GitopsError`` when refused."""
         ...
 
 
@@ -178,8 +194,12 @@ def create_app(
     settings: Settings,
     *,
     extra_routes: Sequence[BaseRoute] = (),
+    previews: Previewer | None = None,
 ) -> Starlette:
     """The ASGI app over ``controller``; webhook secrets and the API token are read now.
+
+    With ``previews``, a signed pull/merge request event into an environment's branch
+    queues a preview of it (202 with the preview's id).
 
     A secret that cannot be read raises ``UsageError`` here, so the daemon fails at start.
     """
@@ -216,6 +236,8 @@ def create_app(
         except UnsupportedEvent as exc:
             log.warning("webhook %s: rejected (%s)", name, exc)
             return _error(400, str(exc))
+        if event.is_pull_request:
+            return await preview(name, env, event)
         why = why_ignored(event, env.branch)
         if why is not None:
             log.info("webhook %s: %s ignored (%s)", name, event.provider, why)
@@ -234,6 +256,24 @@ def create_app(
             "queued" if triggered else "coalesced",
         )
         return JSONResponse({"triggered": triggered}, status_code=202)
+
+    async def preview(name: str, env: EnvironmentConfig, event: WebhookEvent) -> Response:
+        why = why_no_preview(event, env.branch)
+        if why is None and previews is None:
+            why = "previews are not enabled in this daemon"
+        if why is not None or previews is None or event.number is None:
+            log.info("webhook %s: %s ignored (%s)", name, event.provider, why)
+            return JSONResponse({"ignored": why})
+        try:
+            answer = await run_in_threadpool(functools.partial(
+                previews.request, env, provider=event.provider, number=event.number,
+                branch=event.branch or "", base=env.branch, head_sha=event.after))
+        except GitopsError as exc:
+            log.warning("webhook %s: %s preview refused (%s)", name, event.provider, exc)
+            return _error(503, str(exc))
+        log.info("webhook %s: %s pull request #%d (%s) queued for a preview", name,
+                 event.provider, event.number, event.branch)
+        return JSONResponse(answer, status_code=202)
 
     async def operate(request: Request) -> Response:
         refused = authorize(request)

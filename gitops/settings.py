@@ -218,6 +218,26 @@ class Retention(BaseModel):
     removed (one that is needed again is fetched again)."""
 
 
+class PreviewSettings(BaseModel):
+    """Previews of pull/merge requests on disposable hosts (``gitops.preview``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    hosts_per_group: int = Field(default=1, ge=1, le=20)
+    """At most this many hosts of each group stand in a preview lab."""
+    max_labs: int = Field(default=1, ge=1, le=9)
+    """Previews run at once (one lab each); the others wait in the queue."""
+    max_queued: int = Field(default=20, ge=1, le=1000)
+    """Previews waiting at most; a request beyond it is refused (503) until one starts."""
+    timeout: float = Field(default=900, gt=0)
+    """Seconds a preview may take, lab boot to teardown; past it, it fails and the lab goes."""
+    lab_prefix: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,6}$")
+    """Preview labs are named ``<prefix><slot>`` (found again by name after a crash);
+    default: the first 5 characters of ``$GITOPS_LAB_NAME`` (else ``gitops``) and ``p``."""
+    page_url: str | None = Field(default=None, pattern=r"^https?://")
+    """The status page's address, for the comment's link to the full report."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GITOPS_", extra="forbid")
 
@@ -248,6 +268,8 @@ class Settings(BaseSettings):
     in ``<state_dir>/gitops.db``). No password here: ``database_password`` names it."""
     database_password: SecretRef | None = None
     """Where the PostgreSQL password is (environment variable or file)."""
+    preview: PreviewSettings = PreviewSettings()
+    """Previews of pull/merge requests on disposable hosts."""
 
     @field_validator("database")
     @classmethod

@@ -65,6 +65,8 @@ from gitops.records import (
     LatestCheck,
     OperationRow,
     Plan,
+    PreviewReport,
+    PreviewRow,
     Quarantined,
     Ref,
     Revision,
@@ -233,6 +235,8 @@ def _v4_installed(db: Any) -> None:
         " revision TEXT NOT NULL, params TEXT NOT NULL, requires TEXT NOT NULL DEFAULT '[]',"
         " state TEXT NOT NULL DEFAULT 'applied', updated_at TEXT NOT NULL,"
         " PRIMARY KEY (environment, host, service))")
+
+
 _VERIFIED_TABLE = """
 CREATE TABLE IF NOT EXISTS verified_revisions (
     environment TEXT NOT NULL,
@@ -244,6 +248,18 @@ CREATE TABLE IF NOT EXISTS verified_revisions (
     upstream TEXT,
     PRIMARY KEY (environment, sha)
 )"""
+
+
+def _v6_previews(db: Any) -> None:
+    """Previews of branches on disposable hosts (``gitops.preview``) and their reports."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS previews ("
+        " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " environment TEXT NOT NULL, provider TEXT NOT NULL, number INTEGER,"
+        " branch TEXT NOT NULL, base TEXT NOT NULL, head_sha TEXT,"
+        " state TEXT NOT NULL, result TEXT, mode TEXT, summary TEXT NOT NULL DEFAULT '',"
+        " lab TEXT, created_at TEXT NOT NULL, finished_at TEXT, report TEXT)")
+    db.execute("CREATE INDEX IF NOT EXISTS previews_env ON previews (environment, id)")
 
 
 @dataclass(frozen=True)
@@ -263,6 +279,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, "installed: the services each host has, for removals", _v4_installed),
     Migration(5, "revisions verified on every host of an environment (promotion)",
               lambda db: db.execute(_VERIFIED_TABLE)),
+    Migration(6, "previews of branches on disposable hosts", _v6_previews),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -1039,6 +1056,73 @@ class Store:
         return unfinished, top, [
             FinishedRun(r[0], r[1], r[2], r[3], bool(r[4]), json.loads(r[5] or "{}"))
             for r in rows]
+
+    # -- previews (gitops.preview) ---------------------------------------------------------
+
+    def start_preview(self, environment: str, *, provider: str, number: int | None,
+                      branch: str, base: str, head_sha: str | None) -> int:
+        """A preview asked for (``queued``); its id."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO previews (environment, provider, number, branch, base, head_sha,"
+                " state, created_at) VALUES (?,?,?,?,?,?,'queued',?) RETURNING id",
+                (environment, provider, number, branch, base, head_sha, self._now()))
+            return int(cur.fetchall()[0][0])
+
+    def preview_running(self, preview_id: int, lab: str | None) -> None:
+        """The preview started, on lab ``lab`` (None: a dry run); found by it after a crash."""
+        self.db.execute("UPDATE previews SET state='running', lab=? WHERE id=?",
+                        (lab, preview_id))
+
+    def finish_preview(self, preview_id: int, report: PreviewReport | None, *,
+                       state: str = "finished", summary: str | None = None) -> None:
+        """The preview ended: its report (already redacted), or why there is none."""
+        self.db.execute(
+            "UPDATE previews SET state=?, result=?, mode=?, summary=?, head_sha="
+            " COALESCE(?, head_sha), finished_at=?, report=? WHERE id=?",
+            (state, report.result if report else None, report.mode if report else None,
+             summary if summary is not None else (report.summary if report else ""),
+             report.head_sha if report else None, self._now(),
+             report.model_dump_json() if report else None, preview_id))
+
+    def interrupt_previews(self) -> list[PreviewRow]:
+        """Mark the previews a crash cut short (queued or running) interrupted; return them
+        as they were (their labs are to be taken down)."""
+        cut = self.previews(unfinished=True)
+        for row in cut:
+            self.finish_preview(row.id, None, state="interrupted",
+                                summary="interrupted: the daemon stopped before it ended")
+        return cut
+
+    def previews(self, environment: str | None = None, *, limit: int = 50,
+                 unfinished: bool = False) -> list[PreviewRow]:
+        """Previews, newest first, without their reports (``preview(id)`` has it)."""
+        where, args = [], []
+        if environment is not None:
+            where.append("environment = ?")
+            args.append(environment)
+        if unfinished:
+            where.append("state IN ('queued', 'running')")
+        sql = ("SELECT * FROM previews" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY id DESC LIMIT ?")
+        return [_preview_row(r, report=False) for r in self.db.execute(sql, (*args, limit))]
+
+    def preview(self, preview_id: int) -> PreviewRow | None:
+        row = self.db.execute("SELECT * FROM previews WHERE id = ?", (preview_id,)).fetchone()
+        return _preview_row(row, report=True) if row is not None else None
+
+
+def _preview_row(row: Any, *, report: bool) -> PreviewRow:
+    created = _time(row["created_at"])
+    assert created is not None
+    return PreviewRow(
+        id=row["id"], environment=row["environment"], provider=row["provider"],
+        number=row["number"], branch=row["branch"], base=row["base"],
+        head_sha=row["head_sha"], state=row["state"], result=row["result"], mode=row["mode"],
+        summary=row["summary"] or "", lab=row["lab"], created_at=created,
+        finished_at=_time(row["finished_at"]),
+        report=PreviewReport.model_validate_json(row["report"])
+        if report and row["report"] else None)
 
 
 # -- PostgreSQL (psycopg 3) ---------------------------------------------------------------

@@ -3,8 +3,10 @@
 Pure functions over the request headers and the raw body bytes, no web framework: the HTTP
 server (``gitops.server``) calls ``parse_webhook`` with an environment's secret, then
 ``why_ignored`` with the environment's branch, and triggers a reconcile when nothing is in
-the way. The signature is checked over the exact bytes received, in constant time, before the
-body is parsed. No message raised here ever contains the secret or the received signature.
+the way; a pull/merge request event goes through ``why_no_preview`` instead and queues a
+preview (``gitops.preview``). The signature is checked over the exact bytes received, in
+constant time, before the body is parsed. No message raised here ever contains the secret or
+the received signature.
 
 Documented formats:
 
@@ -12,6 +14,17 @@ Documented formats:
 - GitLab: ``X-Gitlab-Event`` (``Push Hook``); ``X-Gitlab-Token`` is the secret itself.
 - Gitea (and Forgejo): ``X-Gitea-Event``; ``X-Gitea-Signature: <hex HMAC-SHA256 of the body>``.
   Gitea also sends ``X-GitHub-Event`` for compatibility, so its own header is looked at first.
+
+Pull/merge requests (previewed on ``opened``, new commits and ``reopened``):
+
+- GitHub ``pull_request`` (https://docs.github.com/en/webhooks/webhook-events-and-payloads
+  #pull_request): ``action`` (``opened``, ``synchronize``, ``reopened``, ...), ``number``,
+  ``pull_request.head.ref`` / ``.sha``, ``pull_request.base.ref``.
+- Gitea ``pull_request``: the same fields; new commits are ``synchronized``.
+- GitLab ``Merge Request Hook`` (https://docs.gitlab.com/ee/user/project/integrations/
+  webhook_events.html#merge-request-events): ``object_attributes.iid``, ``.source_branch``,
+  ``.target_branch``, ``.last_commit.id``, ``.action`` (``open``, ``reopen``, ``update``;
+  an ``update`` with ``oldrev`` brought new commits).
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ __all__ = [
     "hmac_sha256_hex",
     "parse_webhook",
     "why_ignored",
+    "why_no_preview",
 ]
 
 Provider = Literal["github", "gitlab", "gitea"]
@@ -42,6 +56,10 @@ _EVENT_HEADERS: tuple[tuple[Provider, str], ...] = (
     ("gitlab", "x-gitlab-event"),
     ("github", "x-github-event"),
 )
+_PULL_EVENTS: dict[Provider, str] = {
+    "github": "pull_request", "gitlab": "Merge Request Hook", "gitea": "pull_request"}
+_PREVIEW_ACTIONS = frozenset({"opened", "synchronize", "synchronized", "reopened",
+                              "open", "reopen", "update"})
 _ZERO_SHA = "0" * 40
 _BRANCH_PREFIX = "refs/heads/"
 
@@ -72,10 +90,22 @@ class WebhookEvent:
     """Whether the push rewrote history, when the provider says (GitHub does)."""
     ref: str | None = None
     """The pushed ref as sent (``refs/heads/main``, ``refs/tags/v1``)."""
+    number: int | None = None
+    """A pull request's number (GitLab: the merge request's ``iid``)."""
+    action: str | None = None
+    """What happened to the pull request, as sent (``opened``, ``synchronize``, ``update``)."""
+    base: str | None = None
+    """The branch a pull request would merge into."""
+    new_commits: bool = True
+    """False for a GitLab ``update`` that brought no commit (a title edit)."""
 
     @property
     def is_push(self) -> bool:
         return self.event == _PUSH_EVENTS[self.provider]
+
+    @property
+    def is_pull_request(self) -> bool:
+        return self.event == _PULL_EVENTS[self.provider]
 
 
 def hmac_sha256_hex(secret: str, body: bytes) -> str:
@@ -125,6 +155,8 @@ def parse_webhook(headers: Mapping[str, str], body: bytes, secret: str) -> Webho
     provider, event = _provider(lowered)
     if not _signature_valid(provider, lowered, body, secret):
         raise InvalidSignature(f"{provider} delivery with a missing or wrong signature")
+    if event == _PULL_EVENTS[provider]:
+        return _pull_request(provider, event, body)
     if event != _PUSH_EVENTS[provider]:
         return WebhookEvent(provider=provider, event=event)
     try:
@@ -156,4 +188,55 @@ def why_ignored(event: WebhookEvent, branch: str) -> str | None:
         return f"push to branch {event.branch!r}, not the watched {branch!r}"
     if event.after == _ZERO_SHA:
         return f"branch {branch!r} was deleted"
+    return None
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _pull_request(provider: Provider, event: str, body: bytes) -> WebhookEvent:
+    """A pull/merge request event's number, branches, head commit and action."""
+    what = "merge request" if provider == "gitlab" else "pull request"
+    try:
+        payload: Any = json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise UnsupportedEvent(f"{provider} {what}: the body is not JSON") from None
+    if not isinstance(payload, dict):
+        raise UnsupportedEvent(f"{provider} {what}: the body is not a JSON object")
+    if provider == "gitlab":
+        attrs = payload.get("object_attributes")
+        attrs = attrs if isinstance(attrs, dict) else {}
+        number, action = attrs.get("iid"), _text(attrs.get("action"))
+        branch, base = _text(attrs.get("source_branch")), _text(attrs.get("target_branch"))
+        last = attrs.get("last_commit")
+        head = _text(last.get("id")) if isinstance(last, dict) else None
+        new_commits = action != "update" or bool(_text(attrs.get("oldrev")))
+    else:
+        pull = payload.get("pull_request")
+        pull = pull if isinstance(pull, dict) else {}
+        number, action = payload.get("number", pull.get("number")), _text(payload.get("action"))
+        side = {k: v if isinstance(v := pull.get(k), dict) else {} for k in ("head", "base")}
+        branch, head = _text(side["head"].get("ref")), _text(side["head"].get("sha"))
+        base = _text(side["base"].get("ref"))
+        new_commits = True
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        raise UnsupportedEvent(f"{provider} {what}: the body has no number")
+    if branch is None or base is None:
+        raise UnsupportedEvent(f"{provider} {what}: the body has no source or target branch")
+    return WebhookEvent(provider=provider, event=event, branch=branch, after=head,
+                        number=number, action=action, base=base, new_commits=new_commits)
+
+
+def why_no_preview(event: WebhookEvent, branch: str) -> str | None:
+    """Why pull request ``event`` previews nothing for an environment of ``branch``; None
+    when it is to be previewed (opened, reopened or new commits, into ``branch``)."""
+    if not event.is_pull_request:
+        return f"{event.provider} event {event.event!r} is not a pull request"
+    if event.action not in _PREVIEW_ACTIONS:
+        return f"pull request action {event.action!r} brings no new commit"
+    if not event.new_commits:
+        return "merge request update without new commits"
+    if event.base != branch:
+        return f"pull request into {event.base!r}, not the watched {branch!r}"
     return None

@@ -467,12 +467,24 @@
 
   // -- refresh -----------------------------------------------------------------------------
 
+  function previewsSection(previews) {
+    if (!previews || !previews.length) return null;
+    return el("section", { class: "previews", "data-testid": "previews" },
+      el("h2", { text: "Previews" }),
+      table(["#", "environment", "branch", "request", "result", "mode", "summary", "report"], previews.map((p) => [
+        String(p.id), p.environment, p.branch, p.number ? `${p.provider} #${p.number}` : p.provider,
+        p.result ? badge(p.result, p.result === "success" ? "ok" : "bad") : badge(p.state, "running"),
+        p.mode, p.summary, el("a", { href: `/previews/${p.id}`, text: "report" })])));
+  }
+
   function render(data) {
     const app = document.getElementById("app");
     const open = new Set([...app.querySelectorAll("details[open]")].map((d) => d.dataset.key));
     const sections = data.environments.map(environmentSection);
     if (!sections.length) sections.push(el("p", { class: "muted", text: "No environment has been reconciled yet." }));
     if (data.pipeline && data.pipeline.length) sections.unshift(pipelineSection(data.pipeline));
+    const previews = previewsSection(data.previews);
+    if (previews) sections.push(previews);
     app.replaceChildren(...sections);
     for (const d of app.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
   }
