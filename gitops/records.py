@@ -82,6 +82,10 @@ class HostPlan(_Record):
 
 class Plan(_Record):
     hosts: tuple[HostPlan, ...]
+    guarded: tuple[str, ...] = ()
+    """The services whose applies are guarded (``gitops.guard``)."""
+    confirm_timeout: int | None = None
+    """Seconds a guarded host waits for the controller before it reverts by itself."""
 
     @property
     def changes(self) -> int:

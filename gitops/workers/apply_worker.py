@@ -727,7 +727,9 @@ def _plan(state: State, declared: DeclaredState, capture: _Capture,
             )
         hosts.append(HostPlan(host=dh.name, ops=tuple(ops), error=error,
                               guard_restores=tuple(restores)))
-    return Plan(hosts=tuple(hosts))
+    return Plan(hosts=tuple(hosts), guarded=declared.guarded,
+                confirm_timeout=declared.settings.guard.confirm_timeout
+                if declared.guarded else None)
 
 
 def _executed_plan(
