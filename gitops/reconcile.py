@@ -327,6 +327,7 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
                                           reverted),
                                  recovering)
             _quarantine_reverted(store, env, outcome, say)
+            _record_earlier_reverts(store, env, outcome, actor)
     except InvalidDeclaration as exc:
         outcome = Outcome("invalid", run_id=run_id, revision=outcome.revision, error=exc)
     except GitopsError as exc:
@@ -525,6 +526,15 @@ def _quarantine_reverted(store: Store, env: str, outcome: Outcome, say: Progress
                          f"RevertedByHost: {', '.join(hosts)} reverted its guarded apply")
         say(f"{outcome.revision.short} quarantined: {', '.join(hosts)} reverted its guarded "
             "apply by itself")
+
+
+def _record_earlier_reverts(store: Store, env: str, outcome: Outcome, actor: str) -> None:
+    """A revert an earlier run left on a host, run before this apply (or found fired), is
+    recorded in the history as a ``guard`` event: what it restored, on which host."""
+    for h in outcome.apply.hosts if outcome.apply else ():
+        if h.guard is not None and h.guard.earlier:
+            store.record_event(env, "guard", actor=actor, reason=f"{h.host}: {h.guard.earlier}",
+                               sha=outcome.revision.sha if outcome.revision else None)
 
 
 def journal_folder(target: Target) -> Path:

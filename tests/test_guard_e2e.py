@@ -151,6 +151,9 @@ def test_a_killed_reconcile_is_reverted_by_the_host_and_applied_again(repo: Stat
     record = _hosts(result)[canary]
     assert record["guard"]["result"] == "Confirmed", record
     assert "restored /etc/motd" in record["guard"]["earlier"], record
+    _, runs = repo.gitops_json("history")
+    assert any(r["kind"] == "guard" and r["reason"].startswith(f"{canary}: ")
+               and "restored /etc/motd" in r["reason"] for r in runs), runs[:3]
     assert "Guarded motd" in repo.ssh(canary, "cat /etc/motd")
     assert _guard_timers(repo, canary).strip() == ""
 
