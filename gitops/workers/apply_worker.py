@@ -364,7 +364,9 @@ class _Guards:
             self.units[host] += fresh
             parts.append(guard.unit_command(fresh))
         parts.append(guard.extend_command(self.timeout))
-        return "; ".join(f"( {p} )" for p in parts)
+        # a step that fails (no systemd-run, a file that cannot be saved) fails the
+        # operation before it changes anything: never a change without its guard
+        return " && ".join(f"( {p} )" for p in parts)
 
     def _beat(self, host: Any) -> None:
         """While the apply goes on, keep moving the host's deadline (an operation may take
@@ -382,7 +384,10 @@ class _Guards:
         """Before executing: a revert an earlier run armed on a host is run now (never two
         guards at once), and what any earlier revert restored is recorded once."""
         def one(host: Any) -> None:
-            ok, output = host.run_shell_command(StringCommand(guard.preflight_command()))
+            try:
+                ok, output = host.run_shell_command(StringCommand(guard.preflight_command()))
+            except Exception:  # the host's own operations report a lost connection
+                return
             answer = guard.parse_answer(output.stdout) if ok else None
             if answer is not None:
                 how = (f"a revert armed by an earlier apply ({answer.earlier}) was run before "
