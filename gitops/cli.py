@@ -585,6 +585,12 @@ def _print_plan(plan: Plan) -> None:
             click.echo("  and, because of those changes:")
             for op in follow:
                 show(op, f"  (runs if {' or '.join(op.depends_on)} changes)")
+        if host.guard_restores:
+            click.echo(f"  guarded: a revert would restore {', '.join(host.guard_restores)}")
+    if plan.guarded:
+        click.echo(f"guarded services: {', '.join(plan.guarded)} (a host they change reverts "
+                   f"by itself unless the controller reaches it again within "
+                   f"{plan.confirm_timeout} s)")
     planned = [h for h in plan.hosts if not h.error]
     changes = sum(h.changes for h in planned)
     hosts = sum(1 for h in planned if h.changes)

@@ -8,7 +8,9 @@ The apply worker (``workers/apply_worker.py``) therefore appends to
 starts (fsync'd before it runs: the worker dies with its parent) and one when it is done;
 the file is removed once that host's apply completes. A file found at the start of an apply
 says the last one was cut: ``pending`` is what it may have changed, and the worker makes
-those operations count as changed for the operations that depend on them, once. Called by
+those operations count as changed for the operations that depend on them, once; except, on a
+host whose guard reverted (``gitops.guard``: the cut apply's guarded changes were undone there),
+the guarded services' operations, which find their changes to make again. Called by
 ``reconcile`` (which hosts are recovering) and by the apply worker (reading and writing).
 """
 

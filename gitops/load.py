@@ -383,6 +383,8 @@ def load(
         service_order=tuple(services),
         requires={s: tuple(r) for s, r in requires.items() if r},
         removable=removable,
+        guarded=tuple(s for s in services if inv.settings.guard.all or s in requires.guards),
+        guard_files={s: f for s, f in requires.guards.items() if f},
         warnings=tuple(str(w) for w in problems.warnings),
         service_digests=_service_digests(root, services),
         redact=tuple(sorted(secrets)),
@@ -513,6 +515,8 @@ class _Requires(dict[str, list[str]]):
         super().__init__()
         self.at: dict[tuple[str, str], tuple[str, int, str]] = {}
         """(service, requirement) -> file, line and field of the requirement."""
+        self.guards: dict[str, tuple[str, ...]] = {}
+        """Service whose ``service.yml`` says ``guard: true`` -> its ``guard_files``."""
 
 
 def _service_requires(root: Path, services: list[str], revision: str | None,
@@ -543,6 +547,8 @@ def _service_requires(root: Path, services: list[str], revision: str | None,
                     here.add(tuple(err["loc"]), err["msg"].removeprefix("Value error, "))
             else:
                 out[service] = []
+                if meta.guard:
+                    out.guards[service] = tuple(meta.guard_files)
                 for i, name in enumerate(meta.requires):
                     loc: Loc = ("requires", i)
                     if name == service:

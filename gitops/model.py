@@ -89,6 +89,14 @@ def check_path(value: str) -> str:
     return value
 
 
+def check_guard_path(value: str) -> str:
+    """An absolute path on a host, one line, no ``..``: a file a guarded apply saves."""
+    if (not value.startswith("/") or len(value) > 4096 or "/../" in f"{value}/"
+            or any(ord(c) < 32 or ord(c) == 127 for c in value)):
+        raise ValueError("should be an absolute path on the host (one line, no ..)")
+    return value
+
+
 Address = Annotated[str, AfterValidator(check_address)]
 HostName = Annotated[str, AfterValidator(check_host_name)]
 User = Annotated[str, AfterValidator(check_user)]
@@ -138,6 +146,20 @@ class RolloutSettings(_Strict):
         return out
 
 
+class GuardSettings(_Strict):
+    """Guarded applies (``gitops.guard``): a change that cuts the controller off is undone
+    by the host itself unless the controller reaches it again in time."""
+
+    all: bool = False
+    """Guard every service of the environment (else only those whose ``service.yml`` says
+    ``guard: true``)."""
+    confirm_timeout: int = Field(default=60, ge=5, le=3600)
+    """Seconds the controller has, after a host's guarded apply, to reach it again over a new
+    SSH connection; then the host reverts by itself."""
+    margin: int = Field(default=30, ge=5, le=3600)
+    """Seconds the controller keeps trying after ``confirm_timeout`` (to read the revert)."""
+
+
 class EnvironmentSettings(_Strict):
     """Environment-wide policy."""
 
@@ -155,6 +177,8 @@ class EnvironmentSettings(_Strict):
     windows: list[Window] = []
     """Maintenance windows: outside them the daemon applies no new revision (see
     gitops.schedule); the daemon settings' ``windows`` of the environment win when set."""
+    guard: GuardSettings = GuardSettings()
+    """Guarded applies: which services, and how long a host waits for the controller."""
     require_models: bool = False
     """A used service without ``deploys/<service>/model.py`` is an error (else a warning:
     its parameters, typos included, are passed on unchecked)."""
@@ -192,6 +216,12 @@ class ServiceMeta(_Strict):
 
     requires: list[Annotated[str, AfterValidator(lambda v: check_name(v, "service name"))]] = []
     """Services applied (and ready) on the same host before this one (see gitops.depends)."""
+    guard: bool = False
+    """Guard this service's applies (``gitops.guard``): before it changes a host, what it may
+    change is saved there and a revert armed that the controller must disarm in time."""
+    guard_files: list[Annotated[str, AfterValidator(check_guard_path)]] = []
+    """Absolute paths a guarded apply also saves: files the service's commands write
+    (a ``server.shell`` that moves a file in place), which no file operation names."""
 
 
 class InventoryFile(_Strict):
@@ -256,6 +286,10 @@ class DeclaredState(_Strict):
     redact: tuple[str, ...] = ()
     """Plain secret values (decrypted from SOPS, or ``SecretStr`` parameters): the workers
     blank them out of every diff, error and progress line (see ``gitops.sops``)."""
+    guarded: tuple[str, ...] = ()
+    """The services whose applies are guarded (``gitops.guard``), in ``service_order``."""
+    guard_files: dict[str, tuple[str, ...]] = {}
+    """Guarded service -> the paths its ``service.yml`` names in ``guard_files``."""
     secret_files: dict[str, str] = {}
     """Each decrypted ``deploys/<service>/files/*.sops.*`` file: relative path -> plain content
     (base64); the apply worker uploads it from memory in place of the encrypted file."""

@@ -418,12 +418,17 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
                 _host_status(store, env, Outcome("succeeded", apply=applied, verify=checks),
                              revision.ref, revision.ref, prints, removals)
 
+            def reverted(applied: ApplyReport) -> ApplyReport:
+                return _check_reverts(store, target, revision, applied, say)
+
             outcome = _recovered(_rollout(targeted, revision, run_id, request, stages, say,
                                           target.connections, unchanged, batch_done, folder,
-                                          removals, installed),
+                                          removals, installed, reverted),
                                  recovering)
             outcome = replace(outcome, removals=removals, plan=outcome.plan.model_copy(
                 update={"removals": removals}) if outcome.plan is not None else None)
+            _quarantine_reverted(store, env, outcome, say)
+            _record_earlier_reverts(store, env, outcome, actor)
     except InvalidDeclaration as exc:
         outcome = Outcome("invalid", run_id=run_id, revision=outcome.revision, error=exc)
     except GitopsError as exc:
@@ -515,8 +520,11 @@ def _rollout(
     journal_dir: Path | None = None,
     removals: tuple[Removal, ...] = (),
     installed: dict[str, dict[str, Installed]] | None = None,
+    reverted: Callable[[ApplyReport], ApplyReport] | None = None,
 ) -> Outcome:
-    """Apply then verify batch by batch (canary first); stop past the fail percentage.
+    """Apply then verify batch by batch (canary first); stop past the fail percentage, or
+    at a guarded apply that was not confirmed (``gitops.guard``: the host reverted it, or
+    was not reached again), whose reverts ``reverted`` checks.
 
     A host's services in ``unchanged`` are not applied (all of them are verified);
     ``removals`` to run (``gitops.prune``) run on each batch's hosts before its apply, with
@@ -553,6 +561,8 @@ def _rollout(
                           if todo.hosts
                           else (Plan(hosts=()), ApplyReport(hosts=())))
         applied = _with_removals(removed, _with_unchanged(part, applied, unchanged))
+        if reverted is not None and applied.reverted_hosts:
+            applied = reverted(applied)
         stages["plan+apply"] = stages.get("plan+apply", 0) + time.monotonic() - t
         plan_hosts += plan_.hosts
         report = _merge_apply(report, applied)
@@ -566,7 +576,8 @@ def _rollout(
         batch_done(applied, batch_checks)
         failed = set(applied.failed_hosts) | set(batch_checks.failed_hosts)
         say(f"{label}: {applied.changed} change(s), failed: {', '.join(sorted(failed)) or 'none'}")
-        if applied.stopped or len(failed) * 100 > state.settings.fail_percent * len(batch):
+        if (applied.stopped or applied.guard_lost
+                or len(failed) * 100 > state.settings.fail_percent * len(batch)):
             stopped = (f"{label} failed on {', '.join(sorted(failed))}"
                        f"{'' if not applied.stopped else ': ' + applied.stopped}")
             if index < len(batches):
@@ -598,6 +609,64 @@ def _not_applied(part: DeclaredState, applied: ApplyReport,
     if not extra:
         return checks
     return checks.model_copy(update={"results": checks.results + tuple(extra)})
+
+
+def _check_reverts(store: Store, target: Target, revision: Revision, applied: ApplyReport,
+                   say: Progress) -> ApplyReport:
+    """Verify each host that reverted a guarded apply by itself: the guarded services'
+    checks of the revision last verified there (the one it went back to) must pass; the
+    result is added to the host's record."""
+    last = {r.host: r.last_verified.sha for r in store.status(target.environment)
+            if r.host and r.last_verified is not None and r.last_verified.sha != revision.sha}
+    hosts = []
+    for h in applied.hosts:
+        g = h.guard
+        if g is None or g.result != "RevertedByHost":
+            hosts.append(h)
+            continue
+        sha = last.get(h.host)
+        if sha is None:
+            note = "no earlier verified revision to check it against"
+        else:
+            try:
+                prev = source.revision(target.repo, revision.branch, sha, target.state_dir)
+                state = _load(target, prev, lambda _: None).limit({h.host})
+                wanted = {h.host: set(g.services)}
+                checks = verify_stage.verify(state.only_services(wanted),
+                                             connections=target.connections)
+            except GitopsError as exc:
+                note = f"the checks of the previous revision {sha[:10]} could not run: {exc}"
+            else:
+                bad = [f"{r.service}/{r.check}" for r in checks.failed]
+                bad += list(checks.host_errors)
+                note = (f"checks of {', '.join(sorted(g.services))} pass on the previous "
+                        f"revision {sha[:10]} ({len(checks.results)})" if not bad else
+                        f"checks FAIL on the previous revision {sha[:10]}: {', '.join(bad)}")
+        say(f"{h.host}: {note}")
+        detail = f"{g.detail}; {note}"
+        hosts.append(h.model_copy(update={
+            "error": detail, "guard": g.model_copy(update={"detail": detail})}))
+    return applied.model_copy(update={"hosts": tuple(hosts)})
+
+
+def _quarantine_reverted(store: Store, env: str, outcome: Outcome, say: Progress) -> None:
+    """A revision a host reverted by itself is quarantined, as a rollback quarantines one:
+    not applied again until a newer commit."""
+    hosts = outcome.apply.reverted_hosts if outcome.apply else []
+    if hosts and outcome.revision is not None:
+        store.quarantine(env, outcome.revision.sha,
+                         f"RevertedByHost: {', '.join(hosts)} reverted its guarded apply")
+        say(f"{outcome.revision.short} quarantined: {', '.join(hosts)} reverted its guarded "
+            "apply by itself")
+
+
+def _record_earlier_reverts(store: Store, env: str, outcome: Outcome, actor: str) -> None:
+    """A revert an earlier run left on a host, run before this apply (or found fired), is
+    recorded in the history as a ``guard`` event: what it restored, on which host."""
+    for h in outcome.apply.hosts if outcome.apply else ():
+        if h.guard is not None and h.guard.earlier:
+            store.record_event(env, "guard", actor=actor, reason=f"{h.host}: {h.guard.earlier}",
+                               sha=outcome.revision.sha if outcome.revision else None)
 
 
 def journal_folder(target: Target) -> Path:
@@ -737,7 +806,10 @@ def _host_status(
         outcome.verify.host_errors)
     for name in sorted(touched):
         h = applied_hosts.get(name)
-        if h is not None and h.status != "ok":
+        if h is not None and h.guard is not None and h.guard.result in (
+                "RevertedByHost", "Unreachable"):
+            cond = Condition("Ready", "False", h.guard.result, (h.error or h.status)[:300])
+        elif h is not None and h.status != "ok":
             cond = Condition("Ready", "False", "ApplyFailed",
                              (h.error or h.status).splitlines()[0][:300]
                              + waiting.get(name, ""))

@@ -69,6 +69,9 @@ class HostPlan(_Record):
     host: str
     ops: tuple[OpPlan, ...] = ()
     error: str | None = None
+    guard_restores: tuple[str, ...] = ()
+    """What a revert would restore on this host (``gitops.guard``): the files and units the
+    guarded services' changing operations write or restart, in order."""
 
     @property
     def changes(self) -> int:
@@ -104,6 +107,10 @@ class Plan(_Record):
     hosts: tuple[HostPlan, ...]
     removals: tuple[Removal, ...] = ()
     """Services the record has on a host that this revision no longer declares there."""
+    guarded: tuple[str, ...] = ()
+    """The services whose applies are guarded (``gitops.guard``)."""
+    confirm_timeout: int | None = None
+    """Seconds a guarded host waits for the controller before it reverts by itself."""
 
     @property
     def changes(self) -> int:
@@ -118,6 +125,28 @@ class OpResult(_Record):
     """Last lines of output of a failed operation (secrets are never passed as op args)."""
 
 
+class HostGuard(_Record):
+    """A guarded apply on one host (``gitops.guard``)."""
+
+    token: str = ""
+    """The armed revert's token; empty: nothing changed, nothing was armed."""
+    saved: tuple[str, ...] = ()
+    """Files saved on the host before they changed."""
+    units: tuple[str, ...] = ()
+    """Units the apply restarted or reloaded (the revert restarts them)."""
+    last_contact: str = ""
+    """When the apply last talked to the host (UTC, ISO 8601)."""
+    earlier: str = ""
+    """What a revert left by an earlier run had restored (run at this apply's start, or
+    fired by itself), recorded once."""
+    result: str = ""
+    """``Confirmed``, ``RevertedByHost``, ``Unreachable`` or ``Lost``; empty: not armed."""
+    detail: str = ""
+    """One line: what was restored, or when the host was last reached."""
+    services: tuple[str, ...] = ()
+    """The guarded services applied on the host."""
+
+
 class HostApply(_Record):
     host: str
     status: HostStatus
@@ -126,6 +155,8 @@ class HostApply(_Record):
     duration_s: float = 0.0
     unchanged_services: tuple[str, ...] = ()
     """Services not applied: unchanged since the host's last apply that verified."""
+    guard: HostGuard | None = None
+    """The host's guarded apply, if a guarded service was applied there."""
 
     @property
     def changed(self) -> int:
@@ -145,6 +176,18 @@ class ApplyReport(_Record):
     @property
     def changed(self) -> int:
         return sum(h.changed for h in self.hosts)
+
+    @property
+    def reverted_hosts(self) -> list[str]:
+        """Hosts that reverted a guarded apply by themselves (``RevertedByHost``)."""
+        return [h.host for h in self.hosts if h.guard and h.guard.result == "RevertedByHost"]
+
+    @property
+    def guard_lost(self) -> list[str]:
+        """Hosts whose guarded apply was not confirmed (reverted, or never reached again):
+        the rollout stops, whatever the fail percentage."""
+        return [h.host for h in self.hosts
+                if h.guard and h.guard.result in ("RevertedByHost", "Unreachable")]
 
 
 class CheckResult(_Record):

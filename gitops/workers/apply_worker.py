@@ -16,8 +16,10 @@ operation once (``pyinfra -y``), so its plan is what it changed.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
+import secrets as token_source
 import socket
 import sys
 import time
@@ -30,7 +32,7 @@ import gevent
 import pyinfra
 from pydantic import BaseModel
 from pyinfra import local as pyinfra_local
-from pyinfra.api.command import FunctionCommand
+from pyinfra.api.command import FunctionCommand, StringCommand
 from pyinfra.api.config import Config
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.exceptions import PyinfraError
@@ -42,11 +44,12 @@ from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 from pyinfra_cli.exceptions import UnexpectedExternalError
 from pyinfra_cli.util import exec_file
 
-from gitops import journal
+from gitops import guard, journal
 from gitops.model import DeclaredHost, DeclaredState
 from gitops.records import (
     ApplyReport,
     HostApply,
+    HostGuard,
     HostPlan,
     OpPlan,
     OpResult,
@@ -226,6 +229,14 @@ class _Journal(BaseStateCallback):
         # before the deploy files bind ``meta.did_change`` for their ``_if=`` arguments
         OperationMeta.did_change = _did_change_or_forced  # type: ignore[method-assign]
 
+    def undone(self, reverted: dict[str, str], services: frozenset[str]) -> None:
+        """Hosts where a guard's revert ran (``gitops.guard``): what the interrupted apply
+        changed in the guarded services was undone there, so it is not forced again; the
+        next apply finds those changes to make, and what depends on them follows."""
+        for host in reverted:
+            self.pending[host] = {name for name in self.pending.get(host, set())
+                                  if _service_of(name) not in services}
+
     def arm(self, state: State) -> None:
         """Before executing: journal from now on; force what the interrupted apply changed."""
         state.add_callback_handler(self)
@@ -269,6 +280,153 @@ class _Journal(BaseStateCallback):
                 journal.clear(self.folder, h.host)
 
 
+class _Guards:
+    """The guarded applies of one worker (``gitops.guard``): which operations of guarded
+    services change which files and units (read while the deploys load), and, per host, the
+    revert armed before its first change."""
+
+    def __init__(self, declared: DeclaredState) -> None:
+        self.services = frozenset(declared.guarded)
+        self.files = declared.guard_files
+        self.timeout = declared.settings.guard.confirm_timeout
+        self.targets: dict[tuple[str, str], tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+        """(host, op hash) -> the service, the files and the units the operation changes."""
+        self.token: dict[str, str] = {}
+        self.saved: dict[str, dict[str, int]] = defaultdict(dict)
+        self.units: dict[str, list[str]] = defaultdict(list)
+        self.earlier: dict[str, str] = {}
+        self.contact: dict[str, str] = {}
+        self.applied: dict[str, set[str]] = defaultdict(set)
+        self.beats: list[Any] = []
+
+    def note(self, host: str, op_hash: str, service: str) -> None:
+        """Called from inside an operation's call in a guarded service's deploy: read what
+        it changes from the operation's own arguments."""
+        frame = sys._getframe(2)  # recording() <- pyinfra's decorated operation
+        func, args, kwargs = (frame.f_locals.get(k) for k in ("func", "args", "kwargs"))
+        files: tuple[str, ...] = ()
+        units: tuple[str, ...] = ()
+        if callable(func) and isinstance(args, tuple) and isinstance(kwargs, dict):
+            try:
+                bound = inspect.signature(func).bind_partial(*args, **kwargs).arguments
+            except (TypeError, ValueError):
+                bound = {}
+            module = str(getattr(func, "__module__", "")).rsplit(".", 1)[-1]
+            files, units = guard.targets(module, getattr(func, "__name__", ""), bound)
+        self.targets[(host, op_hash)] = (service, files, units)
+        self.applied[host].add(service)
+
+    def restores(self, host: str, op_hash: str, seen: set[str]) -> list[str]:
+        """What a revert would restore for this operation (``gitops plan``)."""
+        service, files, units = self.targets.get((host, op_hash), ("", (), ()))
+        out = []
+        for path in (*self.files.get(service, ()), *files):
+            if path not in seen:
+                seen.add(path)
+                out.append(path)
+        for unit in units:
+            if f"restart {unit}" not in seen:
+                seen.add(f"restart {unit}")
+                out.append(f"restart {unit}")
+        return out
+
+    def wrap(self, host: str, op_hash: str, generator: Any) -> Any:
+        """``generator`` that, before its first command (the operation changes the host),
+        arms the host's revert and saves what the operation changes."""
+        if (host, op_hash) not in self.targets:
+            return generator
+
+        def guarded() -> Any:
+            inner = generator()
+            first = next(inner, None)
+            if first is None:
+                return  # nothing to change: nothing armed, nothing saved
+            yield StringCommand(self._before_change(host, op_hash))
+            yield first
+            yield from inner
+
+        return guarded
+
+    def _before_change(self, host: str, op_hash: str) -> str:
+        service, files, units = self.targets[(host, op_hash)]
+        parts = []
+        if host not in self.token:
+            self.token[host] = token_source.token_hex(8)
+            parts.append(guard.arm_command(self.token[host], self.timeout))
+            _progress(f"{host}: guard armed (reverts by itself {self.timeout} s after the "
+                      "apply unless the controller reaches it again)")
+            self.beats.append(gevent.spawn(self._beat, ctx_host.get()))
+        saved = self.saved[host]
+        new = [p for p in (*self.files.get(service, ()), *files) if p not in saved]
+        for path in new:
+            saved[path] = len(saved) + 1
+        if new:
+            parts.append(guard.save_command((saved[p], p) for p in new))
+        fresh = [u for u in units if u not in self.units[host]]
+        if fresh:
+            self.units[host] += fresh
+            parts.append(guard.unit_command(fresh))
+        parts.append(guard.extend_command(self.timeout))
+        # a step that fails (no systemd-run, a file that cannot be saved) fails the
+        # operation before it changes anything: never a change without its guard
+        return " && ".join(f"( {p} )" for p in parts)
+
+    def _beat(self, host: Any) -> None:
+        """While the apply goes on, keep moving the host's deadline (an operation may take
+        longer than the timeout: an install); stopped when the apply ends (``settle``) or
+        dies with the worker, so the timeout then runs from the last beat."""
+        while True:
+            gevent.sleep(max(1.0, self.timeout / 4))
+            with contextlib.suppress(Exception):
+                host.run_shell_command(StringCommand(guard.extend_command(self.timeout)))
+
+    def hosts(self, state: State) -> list[Any]:
+        return [h for h in state.active_hosts if self.applied.get(h.name)]
+
+    def preflight(self, state: State) -> None:
+        """Before executing: a revert an earlier run armed on a host is run now (never two
+        guards at once), and what any earlier revert restored is recorded once."""
+        def one(host: Any) -> None:
+            try:
+                ok, output = host.run_shell_command(StringCommand(guard.preflight_command()))
+            except Exception:  # the host's own operations report a lost connection
+                return
+            answer = guard.parse_answer(output.stdout) if ok else None
+            if answer is not None:
+                how = (f"a revert armed by an earlier apply ({answer.earlier}) was run before "
+                       "this one" if answer.earlier else
+                       "an earlier guarded apply had been reverted by the host")
+                self.earlier[host.name] = f"{how}: {'; '.join(answer.restored) or 'nothing'}"
+                _progress(f"{host.name}: {self.earlier[host.name]}")
+
+        hosts = self.hosts(state)
+        gevent.joinall([state.pool.spawn(one, h) for h in hosts])
+
+    def settle(self, state: State) -> None:
+        """After executing: the confirm window of each armed host starts now."""
+        gevent.killall(self.beats)
+
+        def one(host: Any) -> None:
+            with contextlib.suppress(Exception):
+                ok, _ = host.run_shell_command(StringCommand(guard.extend_command(self.timeout)))
+                if ok:
+                    self.contact[host.name] = guard.utc_now()
+
+        armed = [h for h in state.inventory if h.name in self.token]
+        for h in armed:
+            self.contact.setdefault(h.name, guard.utc_now())
+        gevent.joinall([state.pool.spawn(one, h) for h in armed])
+
+    def record(self, host: str) -> HostGuard | None:
+        if not self.applied.get(host):
+            return None
+        return HostGuard(token=self.token.get(host, ""), saved=tuple(self.saved.get(host, {})),
+                         units=tuple(self.units.get(host, ())),
+                         last_contact=self.contact.get(host, ""),
+                         earlier=self.earlier.get(host, ""),
+                         services=tuple(sorted(self.applied[host])))
+
+
 def run(job: Job) -> WorkerResult:
     declared = job.state
     root = Path(declared.root).absolute()  # deploys join __file__ with state.cwd
@@ -304,6 +462,7 @@ def run(job: Job) -> WorkerResult:
     ctx_inventory.set(inventory)
     state.init(inventory, config)
     recorder = _Journal(Path(job.journal), names) if job.journal and not job.dry else None
+    guards = _Guards(declared) if declared.guarded else None
 
     started = time.monotonic()
     stopped: str | None = None
@@ -329,7 +488,8 @@ def run(job: Job) -> WorkerResult:
                 ]
                 if targets:
                     _load_service(state, config, index, root, service, targets, by_name,
-                                  script="remove.py" if job.remove else "deploy.py")
+                                  guards if guards and service in guards.services else None,
+                                  job.dry, script="remove.py" if job.remove else "deploy.py")
                     _progress(f"{'planned' if job.dry else 'loaded'} "
                               f"{'removal of ' if job.remove else ''}{service} on "
                               f"{len(targets)} host(s)")
@@ -337,12 +497,16 @@ def run(job: Job) -> WorkerResult:
             stopped = _stop_reason(state, capture, exc)
 
     if job.dry:
-        plan = _plan(state, declared, capture)
+        plan = _plan(state, declared, capture, guards)
         _disconnect(state)
         return WorkerResult(plan=plan, apply=None)
 
     if stopped is None and state.active_hosts:
         _progress(f"applying on {len(state.active_hosts)} host(s)")
+        if guards is not None:
+            guards.preflight(state)
+            if recorder is not None:  # what a revert undid is not pending any more
+                recorder.undone(guards.earlier, guards.services)
         if recorder is not None:
             recorder.arm(state)
         state.set_stage(StateStage.Execute)
@@ -352,10 +516,12 @@ def run(job: Job) -> WorkerResult:
             stopped = _stop_reason(state, capture, exc)
         except Exception as exc:  # a connection dying mid-run must not lose the other hosts'
             stopped = _describe(exc)
+    if guards is not None:
+        guards.settle(state)
     state.set_stage(StateStage.Disconnect)
     if recorder is not None:
         recorder.stop(state)
-    report = _report(state, declared, capture, stopped, started)
+    report = _report(state, declared, capture, stopped, started, guards)
     if recorder is not None:
         recorder.finish(report)
     _disconnect(state)
@@ -370,6 +536,8 @@ def _load_service(
     service: str,
     targets: list[DeclaredHost],
     by_name: dict[str, Any],
+    guards: _Guards | None = None,
+    dry: bool = True,
     script: str = "deploy.py",
 ) -> None:
     """Load ``deploys/<service>/<script>`` (``deploy.py``, or ``remove.py`` for a removal)
@@ -391,6 +559,8 @@ def _load_service(
 
     def recording(host: Any, op_hash: str, op_data: Any) -> None:
         calls.setdefault(op_hash, _call_site(root))
+        if guards is not None:
+            guards.note(host.name, op_hash, service)
         record(host, op_hash, op_data)
 
     state.set_op_data_for_host = recording  # type: ignore[method-assign]
@@ -423,6 +593,9 @@ def _load_service(
             if op_hash not in known[declared.name]:
                 data.command_generator = _in_folder(state, folder, data.command_generator,
                                                      root, calls.get(op_hash, ""))
+                if guards is not None and not dry:
+                    data.command_generator = guards.wrap(declared.name, op_hash,
+                                                         data.command_generator)
     if failed:
         state.fail_hosts(failed)
 
@@ -533,7 +706,8 @@ def _predict(state: State, host: Any) -> dict[str, tuple[bool, tuple[str, ...]]]
     return result
 
 
-def _plan(state: State, declared: DeclaredState, capture: _Capture) -> Plan:
+def _plan(state: State, declared: DeclaredState, capture: _Capture,
+          guards: _Guards | None = None) -> Plan:
     hosts = []
     for dh in declared.hosts:
         host = state.inventory.get_host(dh.name)
@@ -542,7 +716,11 @@ def _plan(state: State, declared: DeclaredState, capture: _Capture) -> Plan:
             error = "failed while planning"
         predictions = _predict(state, host)
         ops = []
+        restores: list[str] = []
+        seen: set[str] = set()
         for op_hash in _host_ops(state, host):
+            if guards is not None and predictions[op_hash][0]:
+                restores += guards.restores(dh.name, op_hash, seen)
             data = state.get_op_data_for_host(host, op_hash)
             name = _op_name(state, op_hash)
             change, reads = predictions[op_hash]
@@ -558,8 +736,11 @@ def _plan(state: State, declared: DeclaredState, capture: _Capture) -> Plan:
                     diff="\n".join(diff) if diff else None,
                 )
             )
-        hosts.append(HostPlan(host=dh.name, ops=tuple(ops), error=error))
-    return Plan(hosts=tuple(hosts))
+        hosts.append(HostPlan(host=dh.name, ops=tuple(ops), error=error,
+                              guard_restores=tuple(restores)))
+    return Plan(hosts=tuple(hosts), guarded=declared.guarded,
+                confirm_timeout=declared.settings.guard.confirm_timeout
+                if declared.guarded else None)
 
 
 def _executed_plan(
@@ -591,6 +772,7 @@ def _report(
     capture: _Capture,
     stopped: str | None,
     started: float,
+    guards: _Guards | None = None,
 ) -> ApplyReport:
     hosts = []
     for dh in declared.hosts:
@@ -629,6 +811,7 @@ def _report(
                 status=status_h,
                 error=error if status_h != "ok" else None,
                 ops=tuple(results),
+                guard=guards.record(dh.name) if guards is not None else None,
             )
         )
     return ApplyReport(hosts=tuple(hosts), stopped=stopped, duration_s=time.monotonic() - started)

@@ -1,0 +1,172 @@
+"""End to end: guarded applies of the sample's ``base`` on the session lab (``gitops.guard``).
+
+The state repository guards ``base`` (the sample's ``service.yml``) with a short
+``confirm_timeout`` and a canary batch. A commit that moves sshd to another port cuts the
+controller off the canary, which reverts by itself; a reconcile killed with ``kill -9`` right
+after a guarded change leaves the host to revert it; a guarded apply with nothing to change
+arms nothing. The app's deploy (not guarded, applied after ``base``) gets a pause that a file
+on the host turns on, so the kill lands after the guarded change every time.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+from statelab import StateRepo, git, make_state_repo
+
+from gitops.lab import LabInfo
+from gitops.store import Store
+
+pytestmark = pytest.mark.lab
+
+TIMEOUT = 15
+"""``settings.guard.confirm_timeout`` of the test repository (seconds)."""
+DROPIN = "/etc/ssh/sshd_config.d/50-gitops-hardening.conf"
+PAUSE_FILE = "/etc/gitops-test-guard-pause"
+PAUSE = (f"\nserver.shell(name='Pause when {PAUSE_FILE} exists (test)',\n"
+         f"             commands=['if [ -e {PAUSE_FILE} ]; then sleep 300; fi'])\n")
+CLEANUP = ("rm -f " + PAUSE_FILE + "; systemctl stop gitops-guard.timer >/dev/null 2>&1; "
+           "rm -rf /var/lib/gitops-guard; true")
+
+
+def _guard_timers(repo: StateRepo, host: str) -> str:
+    return repo.ssh(host, "systemctl list-timers --all --no-legend | grep gitops-guard; "
+                    "ls /var/lib/gitops-guard 2>/dev/null; true")
+
+
+def _hosts(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {h["host"]: h for h in (result.get("apply") or {}).get("hosts", [])}
+
+
+def _wait(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StateRepo]:
+    repo = make_state_repo(tmp_path_factory.mktemp("guard"), lab)
+    inv = repo.inventory()
+    inv["settings"]["guard"] = {"confirm_timeout": TIMEOUT, "margin": 20}
+    inv["settings"]["rollout"] = {"canary": 1}
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    deploy = repo.path / "deploys/app/deploy.py"  # not guarded: applied after base
+    deploy.write_text(deploy.read_text() + PAUSE)
+    repo.commit("guard base with a short confirm timeout")
+    code, result = repo.gitops_json("reconcile", "--once")
+    assert code == 0, result
+    try:
+        yield repo
+    finally:  # whatever failed, leave the session's hosts with no guard and sshd on 22
+        for h in lab.hosts:
+            _wait(lambda h=h: subprocess.run(
+                ["ssh", "-F", str(lab.ssh_config), h.name, CLEANUP],
+                capture_output=True, timeout=30).returncode == 0, 60, f"{h.name} over SSH")
+
+
+def test_a_guarded_apply_with_nothing_to_change_arms_nothing(repo: StateRepo) -> None:
+    """A guarded apply that changes nothing leaves no timer and no saved copy on any host."""
+    code, result = repo.gitops_json("reconcile", "--once")
+    assert code == 0, result
+    for name, h in _hosts(result).items():
+        assert h["status"] == "ok" and h["guard"]["token"] == "", h
+        assert _guard_timers(repo, name).strip() == "", name
+
+
+def test_sshd_on_another_port_is_reverted_by_the_canary_itself(repo: StateRepo) -> None:
+    """sshd moved to port 2222: the controller cannot reconnect, the canary restores its sshd
+    configuration and restarts sshd by itself, SSH on 22 answers again; the record says
+    RevertedByHost with the restored file, the commit is quarantined, the rollout stopped
+    before the other hosts, an incident is open."""
+    canary, *others = [h.name for h in repo.lab.hosts]
+    before = {h: repo.ssh(h, f"cat {DROPIN}") for h in [canary, *others]}
+    conf = repo.path / "deploys/base/files/sshd-hardening.conf"
+    conf.write_text(conf.read_text() + "Port 2222\n")
+    bad = repo.commit("sshd: listen on 2222")
+    code, result = repo.gitops_json("reconcile", "--once")
+    assert code == 1, result
+    hosts = _hosts(result)
+    assert set(hosts) == {canary}, "the other hosts were never touched"
+    record = hosts[canary]
+    assert record["guard"]["result"] == "RevertedByHost", record
+    assert record["error"].startswith("RevertedByHost"), record
+    assert f"restored {DROPIN}" in record["error"] and "restarted ssh" in record["error"]
+    assert "every saved file is back" in record["error"]
+    assert "pass on the previous revision" in record["error"], record["error"]
+    assert "not attempted" in result["stopped"]
+    # SSH on port 22 answers again, with the configuration of before
+    for h in [canary, *others]:
+        assert repo.ssh(h, f"cat {DROPIN}") == before[h]
+    assert _guard_timers(repo, canary).strip() == ""
+    store = Store(repo.state_dir, readonly=True)
+    assert bad in [q.sha for q in store.quarantined("lab")]
+    status = {row.host: row for row in store.status("lab")}
+    assert status[canary].conditions[0].reason == "RevertedByHost"
+    proc = subprocess.run([sys.executable, "-m", "gitops", "incidents", "--json",
+                           "--state-dir", str(repo.state_dir)],
+                          capture_output=True, text=True, timeout=60)
+    incidents = json.loads(proc.stdout)
+    assert any(i["status"] == "open" and i["commit"]["sha"] == bad for i in incidents)
+    git(repo.path, "revert", "--no-edit", "HEAD")
+
+
+def test_a_killed_reconcile_is_reverted_by_the_host_and_applied_again(repo: StateRepo) -> None:
+    """kill -9 of ``gitops reconcile`` right after a guarded operation changed a file: the
+    host puts the file back within the timeout; the next reconcile applies and confirms."""
+    canary = repo.lab.hosts[0].name
+    old = repo.ssh(canary, "cat /etc/motd")
+    inv = repo.inventory()
+    inv["groups"]["all"]["services"]["base"]["motd"] = "Guarded motd"
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    repo.commit("motd: guarded")
+    repo.ssh(canary, f"touch {PAUSE_FILE}")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gitops", "reconcile", "--once", "--repo", str(repo.path),
+         "--state-dir", str(repo.state_dir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait(lambda: "Guarded motd" in repo.ssh(canary, "cat /etc/motd"), 120,
+              "the new motd on the canary")
+        assert "gitops-guard" in _guard_timers(repo, canary)  # armed
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    _wait(lambda: repo.ssh(canary, "cat /etc/motd") == old, TIMEOUT + 15,
+          "the host putting the old motd back by itself")
+    repo.ssh(canary, f"rm -f {PAUSE_FILE}")
+    code, result = repo.gitops_json("reconcile", "--once")
+    assert code == 0, result
+    record = _hosts(result)[canary]
+    assert record["guard"]["result"] == "Confirmed", record
+    assert "restored /etc/motd" in record["guard"]["earlier"], record
+    _, runs = repo.gitops_json("history")
+    assert any(r["kind"] == "guard" and r["reason"].startswith(f"{canary}: ")
+               and "restored /etc/motd" in r["reason"] for r in runs), runs[:3]
+    assert "Guarded motd" in repo.ssh(canary, "cat /etc/motd")
+    assert _guard_timers(repo, canary).strip() == ""
+
+
+def test_plan_names_the_guarded_services_and_what_a_revert_restores(repo: StateRepo) -> None:
+    """``gitops plan`` says which services are guarded and what a revert would restore."""
+    inv = repo.inventory()
+    inv["groups"]["all"]["services"]["base"]["motd"] = "Planned motd"
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    repo.commit("motd: planned")
+    proc = repo.gitops("plan")
+    assert proc.returncode == 0, proc.stderr
+    assert "guarded services: base" in proc.stdout
+    lines = [line for line in proc.stdout.splitlines()
+             if line.startswith("  guarded: a revert would restore ")]
+    assert len(lines) == len(repo.lab.hosts) and all("/etc/motd" in line for line in lines)
