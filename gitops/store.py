@@ -991,7 +991,8 @@ class Store:
 
     def notes(self, incident: str | None = None) -> list[PostmortemNote]:
         """Post-mortem entries (of ``incident``, or all), oldest first."""
-        sql, args = "SELECT * FROM postmortem_notes", ()
+        sql = "SELECT * FROM postmortem_notes"
+        args: tuple[str, ...] = ()
         if incident is not None:
             sql, args = sql + " WHERE incident=?", (incident,)
         return [PostmortemNote(r["id"], r["incident"], r["section"], r["text"], r["actor"],
@@ -1029,7 +1030,8 @@ class Store:
 
     def actions(self, incident: str | None = None) -> list[ActionItem]:
         """Action items (of ``incident``, or all), oldest first."""
-        sql, args = "SELECT * FROM postmortem_actions", ()
+        sql = "SELECT * FROM postmortem_actions"
+        args: tuple[str, ...] = ()
         if incident is not None:
             sql, args = sql + " WHERE incident=?", (incident,)
         return [ActionItem(r["id"], r["incident"], r["text"], r["team"], r["state"],
