@@ -12,6 +12,9 @@ the status page.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from gitops.settings import EnvironmentConfig
 from gitops.store import Store
 
 __all__ = ["environment_teams", "service_teams"]
@@ -19,9 +22,12 @@ __all__ = ["environment_teams", "service_teams"]
 _RANK = {"settings": 0, "inventory": 1}
 
 
-def environment_teams(store: Store) -> dict[str, str]:
-    """Environment -> its owning team (the daemon settings' over the inventory's)."""
-    found: dict[str, tuple[int, str]] = {}
+def environment_teams(store: Store,
+                      configs: Iterable[EnvironmentConfig] = ()) -> dict[str, str]:
+    """Environment -> its owning team: ``configs``' (the settings at hand), else the daemon
+    settings' recorded, else the inventory's recorded."""
+    found: dict[str, tuple[int, str]] = {
+        c.environment: (-1, c.team) for c in configs if c.team is not None}
     for owner in store.owners():
         if owner.service:
             continue
