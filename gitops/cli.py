@@ -1155,6 +1155,7 @@ def metrics(environment: str | None, state_dir: Path | None, days: float, by: st
     changes, change failure rate and time to restore (the DORA four keys)."""
     from gitops.delivery import delivery_metrics
 
+    _max_days(days)
     s = _settings(state_dir=state_dir)
     name_ = _store_environment(s, environment)
     store = _reader(s, name_, as_json, empty={})
@@ -1200,7 +1201,7 @@ def metrics(environment: str | None, state_dir: Path | None, days: float, by: st
 def incidents(ctx: click.Context, environment: str | None, state_dir: Path | None,
               folder: Path | None, as_json: bool) -> None:
     """Incidents (failed rollouts, rollbacks, drift corrections) with their timelines and
-    post-mortems (``annotate``, ``action``)."""
+    post-mortems (annotate, action)."""
     from gitops import incidents as incidents_
 
     if ctx.invoked_subcommand is not None:
@@ -1238,6 +1239,14 @@ def _writer_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return json_option(config_option(func))
 
 
+def _recorded(s: Settings, as_json: bool) -> None:
+    """A post-mortem writes only into a record that has incidents: none is a usage error."""
+    store = _reader(s, None, as_json)
+    if store is None:
+        raise UsageError(f"no runs recorded in {s.state_dir}: no incident to write into")
+    store.close()
+
+
 def _print_postmortem(incident: Any) -> None:
     from gitops.incidents import SECTIONS
 
@@ -1269,6 +1278,7 @@ def annotate(incident_id: str, summary: str | None, impact: str | None, causes: 
     s = _settings(state_dir=state_dir)
     sections = {k: v for k, v in (("summary", summary), ("impact", impact), ("causes", causes),
                                   ("went_well", went_well)) if v is not None}
+    _recorded(s, as_json)
     with open_store(s) as store:
         found = incidents_.annotate(store, incident_id, sections, actor=control.who())
     if as_json:
@@ -1302,6 +1312,7 @@ def action(incident_id: str, text: str | None, done: int | None, reopen: int | N
         raise UsageError("--assign N needs --team TEAM")
     s = _settings(state_dir=state_dir)
     who = control.who()
+    _recorded(s, as_json)
     with open_store(s) as store:
         teams = incidents_.known_teams(store, s.teams)
         if text is not None:
@@ -1330,6 +1341,8 @@ def digest(state_dir: Path | None, as_json: bool, days: float | None, send: bool
     restored, post-mortems not reviewed, open action items by team."""
     from gitops import digest as digest_
 
+    if days is not None:
+        _max_days(days)
     s = _settings(state_dir=state_dir)
     store = _reader(s, None, as_json, empty={})
     if store is None:
@@ -1351,6 +1364,15 @@ def digest(state_dir: Path | None, as_json: bool, days: float | None, send: bool
     click.echo(found.text())
 
 
+MAX_DAYS = 36600
+"""The longest window ``--days`` takes (a hundred years; the previous window is as long)."""
+
+
+def _max_days(days: float) -> None:
+    if days > MAX_DAYS:
+        raise UsageError(f"--days: at most {MAX_DAYS} (a hundred years)")
+
+
 _KEY_NAMES = {"deployment_frequency_per_day": "deployment frequency",
               "lead_time_median_s": "lead time (median)",
               "change_failure_rate": "change failure rate",
@@ -1369,7 +1391,8 @@ def _figure(key: str, value: float | None) -> str:
 
 def _trend_text(key: str, t: dict[str, Any]) -> str:
     if t["direction"] is None:
-        return "no figure to compare" if t["previous"] is None else "-"
+        return ("no figure to compare" if t["previous"] is None
+                else f"none now, {_figure(key, t['previous'])} before")
     if t["direction"] == "same":
         return "same as before"
     arrow = "up" if t["direction"] == "up" else "down"

@@ -30,6 +30,11 @@ timestamps):
   with the list of intervals; an interval not yet closed is ``unrestored_since``.
 - **Series**: per UTC day of the window, deployments (by verified time) and failed rollouts
   (by the time of the failure).
+
+``compare`` puts groups side by side: per owning team (``gitops.teams``) or per environment,
+the same keys pooled over the group's environments, this window against the one before
+(``trend``), in buckets for the charts; ``DORA_BANDS`` is what the page and the CLI show
+beside them as a reference.
 """
 
 from __future__ import annotations

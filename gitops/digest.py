@@ -112,7 +112,8 @@ def _figure(key: str, value: float | None) -> str:
 
 def _change(key: str, t: dict[str, Any]) -> str:
     if t["direction"] is None:
-        return "nothing to compare with" if t["previous"] is None else "-"
+        return ("nothing to compare with" if t["previous"] is None
+                else f"none now, {_figure(key, t['previous'])} before")
     if t["direction"] == "same":
         return "same as before"
     return (f"{t['direction']} from {_figure(key, t['previous'])}, "

@@ -366,7 +366,8 @@
   ];
 
   function trendText(key, t, show) {
-    if (!t || t.direction === null) return el("span", { class: "trend none", "data-trend": "none", text: "no figure to compare" });
+    if (!t || t.direction === null) return el("span", { class: "trend none", "data-trend": "none",
+      text: t && t.previous !== null ? `none now, ${show(t.previous)} before` : "no figure to compare" });
     if (t.direction === "same") return el("span", { class: "trend same", "data-trend": "same", text: "= same as before" });
     const arrow = t.direction === "up" ? "↑" : "↓";
     return el("span", { class: "trend " + (t.better ? "better" : "worse"), "data-trend": t.direction,
