@@ -523,3 +523,26 @@ def test_unknown_team_in_the_daemon_settings_is_named_at_its_line(
         settings_.load()
     assert str(caught.value) == (f"settings: {toml}:6 environments.0.team: unknown team "
                                  "'search' (teams: payments)")
+
+
+def test_owners_and_postmortems_in_either_database(store_backend: Any, now: datetime) -> None:
+    """SQLite and PostgreSQL keep owners, post-mortem entries and action items alike."""
+    with store_backend.open() as store:
+        two_teams(store, now)
+        store.set_owners("prod", "settings", "search", {"web": "payments"})
+        iid = incidents.incidents(store, "prod")[0].id
+        incidents.annotate(store, iid, {"summary": "s", "causes": "c1"}, actor="ann")
+        incidents.annotate(store, iid, {"summary": "s2", "causes": "c2"}, actor="bob")
+        item = incidents.add_action(store, iid, "do it", None, actor="ann")
+        incidents.update_action(store, iid, item.id, actor="bob", done=True, team="search",
+                                teams={"search"})
+    with store_backend.open(readonly=True) as store:
+        found = incidents.find(store, iid)
+        assert environment_teams(store)["prod"] == "search"
+        assert compare(store, environment_teams(store), days=DAYS, now=now)[
+            "search"].environments == ("prod", "search-prod")
+    pm = found.postmortem
+    assert pm["summary"]["text"] == "s2" and pm["summary"]["by"] == "bob"
+    assert [c["text"] for c in pm["causes"]] == ["c1", "c2"]
+    assert pm["actions"][0]["state"] == "done" and pm["actions"][0]["done_by"] == "bob"
+    assert found.reviewed and found.team == "search"
