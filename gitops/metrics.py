@@ -5,8 +5,8 @@ they are (``StoreCollector``), so the CLI, the API and the metrics can never dis
 restarted daemon loses no counts; the run totals are added up once and then only for the runs
 finished since the last scrape (``_Totals``), so a scrape does not grow with the history.
 
-Labels hold only bounded values (environment, host, service, check, stage, kind, result) and
-never a message; the one SHA is the current applied revision, in ``gitops_applied_revision_info``.
+Labels hold only bounded values (environment, host, service, check, stage, kind, result, and
+team: declared names only) and never a message; the one SHA is the current applied revision, in ``gitops_applied_revision_info``.
 
 ``routes(state_dir, authorize)`` gives the daemon's ``GET /metrics`` and the read-only API:
 ``/api/environments``, ``/api/hosts``, ``/api/runs``, ``/api/runs/{id}``, ``/api/delivery``
@@ -88,6 +88,11 @@ METRICS: dict[str, str] = {
     "gitops_lead_time_seconds": "gauge",
     "gitops_change_failure_ratio": "gauge",
     "gitops_time_to_restore_seconds": "gauge",
+    "gitops_environment_team_info": "info",
+    "gitops_team_deployment_frequency_per_day": "gauge",
+    "gitops_team_lead_time_seconds": "gauge",
+    "gitops_team_change_failure_ratio": "gauge",
+    "gitops_team_time_to_restore_seconds": "gauge",
 }
 """Every metric exported, by its exposed name (counters with ``_total``, info with ``_info``)."""
 
