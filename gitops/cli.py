@@ -423,8 +423,12 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
     store = _reader(s, name_, as_json)
     if store is None:
         return
+    from gitops.teams import environment_teams
+
     with store:
-        rows = [row.as_dict() for row in store.status(name_)]
+        owners = environment_teams(store, s.environments)
+        rows = [row.as_dict() | {"team": owners.get(row.environment)}
+                for row in store.status(name_)]
     if as_json:
         _emit(rows)
         return
@@ -435,8 +439,9 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
         name = row["environment"] + (f"/{row['host']}" if row["host"] else "")
         ready = next((c for c in row["conditions"] if c["type"] == "Ready"), None)
         flags = " ".join(f"{c['type']}={c['status']}" for c in row["conditions"])
+        owner = f" team={row['team']}" if row["team"] and not row["host"] else ""
         click.echo(f"{name:<24} {flags:<32} {ready['reason'] if ready else '':<26} "
-                   f"applied={_short(row['last_applied_revision'])}")
+                   f"applied={_short(row['last_applied_revision'])}{owner}")
         for c in row["conditions"]:
             click.echo(f"    {c['type']}: {c['message']}")
         held = row.get("held")
@@ -492,7 +497,11 @@ def history(as_json: bool, environment: str | None, state_dir: Path | None, limi
             else:
                 _print_run(detail.as_dict())
             return
-        runs = [r.as_dict() for r in store.history(name_, limit)]
+        from gitops.teams import environment_teams
+
+        owners = environment_teams(store, s.environments)
+        runs = [r.as_dict() | {"team": owners.get(r.environment)}
+                for r in store.history(name_, limit)]
     if as_json:
         _emit(runs)
         return
@@ -1273,16 +1282,25 @@ def forget(environment: str, state_dir: Path | None, as_json: bool) -> None:
 @_store_options
 @click.option("--days", default=90.0, show_default=True, type=_Finite(),
               help="The window, in days (a positive number).")
+@click.option("--by", type=click.Choice(["team", "environment"]),
+              help="Side by side per owning team (or environment), each key with its trend "
+                   "against the previous window.")
 @json_option
-def metrics(environment: str | None, state_dir: Path | None, days: float, as_json: bool) -> None:
+def metrics(environment: str | None, state_dir: Path | None, days: float, by: str | None,
+            as_json: bool) -> None:
     """Delivery metrics from the recorded history: deployment frequency, lead time for
     changes, change failure rate and time to restore (the DORA four keys)."""
     from gitops.delivery import delivery_metrics
 
+    _max_days(days)
     s = _settings(state_dir=state_dir)
     name_ = _store_environment(s, environment)
     store = _reader(s, name_, as_json, empty={})
     if store is None:
+        return
+    if by is not None:
+        with store:
+            _compare(store, s, by, days, as_json)
         return
     with store:
         result = delivery_metrics(store, environment=name_, days=days)
@@ -1313,17 +1331,21 @@ def metrics(environment: str | None, state_dir: Path | None, days: float, as_jso
                        f"p90 {_duration(stage['p90_s'])} ({stage['count']} revision(s))")
 
 
-@main.command(epilog=EXIT_CODES)
+@main.group(epilog=EXIT_CODES, invoke_without_command=True)
 @_store_options
 @click.option("--write", "folder",
               type=click.Path(path_type=Path, file_okay=False, writable=True),
               help="Also write one Markdown report per incident into this folder.")
 @json_option
-def incidents(environment: str | None, state_dir: Path | None, folder: Path | None,
-              as_json: bool) -> None:
-    """Incidents (failed rollouts, rollbacks, drift corrections) with their timelines."""
+@click.pass_context
+def incidents(ctx: click.Context, environment: str | None, state_dir: Path | None,
+              folder: Path | None, as_json: bool) -> None:
+    """Incidents (failed rollouts, rollbacks, drift corrections) with their timelines and
+    post-mortems (annotate, action)."""
     from gitops import incidents as incidents_
 
+    if ctx.invoked_subcommand is not None:
+        return
     s = _settings(state_dir=state_dir)
     name_ = _store_environment(s, environment)
     store = _reader(s, name_, as_json)
@@ -1340,11 +1362,212 @@ def incidents(environment: str | None, state_dir: Path | None, folder: Path | No
         click.echo("no incidents")
     for i in found:
         d = i.as_dict()
+        pm = d["postmortem"]
+        review = "reviewed" if d["reviewed"] else "not reviewed"
+        actions = f", {pm['open_actions']} open action(s)" if pm.get("open_actions") else ""
         click.echo(f"{d['id']:<16} {d['status']:<7} {d['cause']:<17} "
                    f"{(d['commit'].get('sha') or '')[:10]:<10} opened {d['opened_at'][:19]} "
-                   f"{'restored after ' + _duration(d['duration_s']) if d['closed_at'] else ''}")
+                   f"{'restored after ' + _duration(d['duration_s']) if d['closed_at'] else ''}"
+                   f" [{d['team'] or 'no team'}; {review}{actions}]")
     if folder is not None:
         click.echo(f"reports written to {folder}")
+
+
+def _writer_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    func = click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
+                        help="Where runs, snapshots and locks live [GITOPS_STATE_DIR]")(func)
+    return json_option(config_option(func))
+
+
+def _recorded(s: Settings, as_json: bool) -> None:
+    """A post-mortem writes only into a record that has incidents: none is a usage error."""
+    store = _reader(s, None, as_json)
+    if store is None:
+        raise UsageError(f"no runs recorded in {s.state_dir}: no incident to write into")
+    store.close()
+
+
+def _print_postmortem(incident: Any) -> None:
+    from gitops.incidents import SECTIONS
+
+    d = incident.as_dict()
+    pm = d["postmortem"]
+    click.echo(f"{d['id']}: post-mortem {'reviewed' if d['reviewed'] else 'not reviewed yet'}")
+    for key, title in SECTIONS.items():
+        value = pm[key]
+        entries = value if isinstance(value, list) else ([value] if value else [])
+        for e in entries:
+            click.echo(f"  {title}: {e['text']} ({e['by']}, {e['at'][:16]})")
+    for a in pm["actions"]:
+        click.echo(f"  action {a['id']} [{a['state']}] {a['text']} "
+                   f"(team: {a['team'] or 'no owner yet'})")
+
+
+@incidents.command(epilog=EXIT_CODES)
+@click.argument("incident_id", metavar="ID")
+@click.option("--summary", help="What happened, in a few sentences (replaces the last).")
+@click.option("--impact", help="What users or other teams noticed (replaces the last).")
+@click.option("--causes", help="One contributing cause: what, not who (added to the list).")
+@click.option("--went-well", "went_well", help="One thing that went well (added to the list).")
+@_writer_options
+def annotate(incident_id: str, summary: str | None, impact: str | None, causes: str | None,
+             went_well: str | None, state_dir: Path | None, as_json: bool) -> None:
+    """Write into incident ID's post-mortem (recorded with who and when)."""
+    from gitops import incidents as incidents_
+
+    s = _settings(state_dir=state_dir)
+    sections = {k: v for k, v in (("summary", summary), ("impact", impact), ("causes", causes),
+                                  ("went_well", went_well)) if v is not None}
+    _recorded(s, as_json)
+    with open_store(s) as store:
+        found = incidents_.annotate(store, incident_id, sections, actor=control.who())
+    if as_json:
+        _emit(found.as_dict())
+        return
+    _print_postmortem(found)
+
+
+@incidents.command(epilog=EXIT_CODES)
+@click.argument("incident_id", metavar="ID")
+@click.option("--add", "text", help="A new action item (with --team: the team that owns it).")
+@click.option("--done", "done", type=click.IntRange(min=1), metavar="N",
+              help="Mark action item N done.")
+@click.option("--reopen", type=click.IntRange(min=1), metavar="N",
+              help="Mark action item N open again.")
+@click.option("--assign", type=click.IntRange(min=1), metavar="N",
+              help="Give action item N the owning --team.")
+@click.option("--team", help="The owning team (one of the settings' teams or a recorded owner).")
+@_writer_options
+def action(incident_id: str, text: str | None, done: int | None, reopen: int | None,
+           assign: int | None, team: str | None, state_dir: Path | None,
+           as_json: bool) -> None:
+    """Add an action item to incident ID's post-mortem, or mark one done (--done N)."""
+    from gitops import incidents as incidents_
+
+    chosen = [name for name, v in (("--add", text), ("--done", done), ("--reopen", reopen),
+                                   ("--assign", assign)) if v is not None]
+    if len(chosen) != 1:
+        raise UsageError("give exactly one of --add TEXT, --done N, --reopen N, --assign N")
+    if assign is not None and team is None:
+        raise UsageError("--assign N needs --team TEAM")
+    s = _settings(state_dir=state_dir)
+    who = control.who()
+    _recorded(s, as_json)
+    with open_store(s) as store:
+        teams = incidents_.known_teams(store, s.teams)
+        if text is not None:
+            item = incidents_.add_action(store, incident_id, text, team, actor=who, teams=teams)
+        else:
+            number = done or reopen or assign
+            assert number is not None
+            item = incidents_.update_action(
+                store, incident_id, number, actor=who, teams=teams, team=team,
+                done=True if done else (False if reopen else None))
+        found = incidents_.find(store, incident_id)
+    if as_json:
+        _emit({"action": item.as_dict(), "incident": found.as_dict()})
+        return
+    click.echo(f"action {item.id} [{item.state}] {item.text} "
+               f"(team: {item.team or 'no owner yet'})")
+    _print_postmortem(found)
+
+
+@main.command(epilog=EXIT_CODES)
+@_writer_options
+@click.option("--days", type=_Finite(), help="The period (default: the digest settings').")
+@click.option("--send", is_flag=True, help="Also send it to the digest's notifiers.")
+def digest(state_dir: Path | None, as_json: bool, days: float | None, send: bool) -> None:
+    """The digest: the four keys per team against the previous period, incidents opened and
+    restored, post-mortems not reviewed, open action items by team."""
+    from gitops import digest as digest_
+
+    if days is not None:
+        _max_days(days)
+    s = _settings(state_dir=state_dir)
+    store = _reader(s, None, as_json, empty={})
+    if store is None:
+        return
+    with store:
+        found = digest_.build(store, s, days=days)
+    if send:
+        deliveries = digest_.send(found, digest_.receivers(s))
+        failed = [d for d in deliveries if not d.ok]
+        for d in deliveries:
+            click.echo(str(d), err=True)
+        if failed:
+            if as_json:
+                _emit(found.as_json())
+            sys.exit(1)
+    if as_json:
+        _emit(found.as_json())
+        return
+    click.echo(found.text())
+
+
+MAX_DAYS = 36600
+"""The longest window ``--days`` takes (a hundred years; the previous window is as long)."""
+
+
+def _max_days(days: float) -> None:
+    if days > MAX_DAYS:
+        raise UsageError(f"--days: at most {MAX_DAYS} (a hundred years)")
+
+
+_KEY_NAMES = {"deployment_frequency_per_day": "deployment frequency",
+              "lead_time_median_s": "lead time (median)",
+              "change_failure_rate": "change failure rate",
+              "time_to_restore_median_s": "time to restore (median)"}
+
+
+def _figure(key: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if key == "deployment_frequency_per_day":
+        return f"{value:.2f}/day"
+    if key == "change_failure_rate":
+        return f"{value:.0%}"
+    return _duration(value)
+
+
+def _trend_text(key: str, t: dict[str, Any]) -> str:
+    if t["direction"] is None:
+        return ("no figure to compare" if t["previous"] is None
+                else f"none now, {_figure(key, t['previous'])} before")
+    if t["direction"] == "same":
+        return "same as before"
+    arrow = "up" if t["direction"] == "up" else "down"
+    return (f"{arrow} from {_figure(key, t['previous'])} "
+            f"({'better' if t['better'] else 'worse'})")
+
+
+def _compare(store: Store, s: Settings, by: str, days: float, as_json: bool) -> None:
+    """``gitops metrics --by team|environment``: the groups side by side, with trends."""
+    from gitops.delivery import DORA_BANDS, compare
+    from gitops.teams import environment_teams
+
+    groups = compare(store, environment_teams(store, s.environments), by=by, days=days)
+    if as_json:  # the shape of GET /api/delivery?by=...
+        _emit({"by": by, "days": days, "groups": {n: g.as_dict() for n, g in groups.items()},
+               "bands": DORA_BANDS})
+        return
+    if not groups:
+        click.echo("no runs recorded yet")
+    for name, g in groups.items():
+        d = g.as_dict()
+        envs = f" (environments: {', '.join(g.environments)})" if by == "team" else ""
+        click.echo(f"{by} {name}{envs}: last {days:g} days, against the {days:g} before")
+        for key, label in _KEY_NAMES.items():
+            extra = ""
+            if key == "deployment_frequency_per_day":
+                extra = f" ({d['deployments']})"
+            elif key == "change_failure_rate" and d["rollouts"]:
+                extra = f" ({d['failed_rollouts']} of {d['rollouts']})"
+            click.echo(f"  {label:<26} {_figure(key, d[key]) + extra:<16} "
+                       f"{_trend_text(key, d['trends'][key])}")
+    click.echo("what good looks like (DORA 2021 bands; a reference, not a verdict):")
+    for key, label in _KEY_NAMES.items():
+        bands = "; ".join(f"{band}: {text}" for band, text in DORA_BANDS[key])
+        click.echo(f"  {label}: {bands}")
 
 
 def _duration(seconds: float | None) -> str:

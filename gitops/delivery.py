@@ -36,6 +36,11 @@ timestamps):
   environment of the chain, then -> verified on every host of each next one (commit ->
   staging -> production); median, p90 and count per stage. A revision promoted by force
   (never verified upstream) is left out.
+
+``compare`` puts groups side by side: per owning team (``gitops.teams``) or per environment,
+the same keys pooled over the group's environments, this window against the one before
+(``trend``), in buckets for the charts; ``DORA_BANDS`` is what the page and the CLI show
+beside them as a reference.
 """
 
 from __future__ import annotations
@@ -47,12 +52,13 @@ from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-from gitops.incidents import episodes, load_runs, verified_hosts
+from gitops.incidents import Episode, episodes, load_runs, verified_hosts
 from gitops.records import RunRow, VerifiedRevision
 from gitops.store import Store
 
-__all__ = ["DayCount", "DeliveryMetrics", "Rollout", "StageLeadTime", "delivery_metrics",
-           "rollouts", "stage_lead_times"]
+__all__ = ["DORA_BANDS", "NO_TEAM", "DayCount", "DeliveryMetrics", "Group", "Keys", "Rollout",
+           "StageLeadTime", "compare", "delivery_metrics", "rollouts", "stage_lead_times",
+           "trend"]
 
 
 @dataclass(frozen=True)
@@ -302,3 +308,169 @@ def delivery_metrics(
         )
     return out
 
+
+
+# -- teams and environments side by side ------------------------------------------------------
+
+NO_TEAM = "(none)"
+"""The group of environments no team owns (not a valid team name, so it never collides)."""
+
+LOWER_IS_BETTER = {"deployment_frequency_per_day": False, "lead_time_median_s": True,
+                   "change_failure_rate": True, "time_to_restore_median_s": True}
+"""The four keys as compared, and which way is an improvement."""
+
+DORA_BANDS: dict[str, list[tuple[str, str]]] = {
+    "deployment_frequency_per_day": [
+        ("elite", "on demand (several deployments a day)"),
+        ("high", "between once a week and once a month"),
+        ("medium", "between once a month and once every six months"),
+        ("low", "fewer than once every six months")],
+    "lead_time_median_s": [
+        ("elite", "less than one hour"), ("high", "between one day and one week"),
+        ("medium", "between one month and six months"), ("low", "more than six months")],
+    "change_failure_rate": [
+        ("elite", "0-15%"), ("high", "16-30%"), ("medium", "16-30%"), ("low", "16-30%")],
+    "time_to_restore_median_s": [
+        ("elite", "less than one hour"), ("high", "less than one day"),
+        ("medium", "between one day and one week"), ("low", "more than six months")],
+}
+"""What good looks like: the performance bands of the DORA "Accelerate State of DevOps"
+report (2021), per key. Shown beside the figures as a reference, never as a verdict."""
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The four keys of a group of environments over one interval (pooled: the medians are
+    over all the group's lead times and restores, the rate over all its rollouts)."""
+
+    start: datetime
+    end: datetime
+    deployments: int
+    deployment_frequency_per_day: float
+    lead_time_median_s: float | None
+    rollouts: int
+    failed_rollouts: int
+    change_failure_rate: float | None
+    restores: int
+    time_to_restore_median_s: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"start": self.start.isoformat(), "end": self.end.isoformat(),
+                "deployments": self.deployments,
+                "deployment_frequency_per_day": self.deployment_frequency_per_day,
+                "lead_time_median_s": self.lead_time_median_s, "rollouts": self.rollouts,
+                "failed_rollouts": self.failed_rollouts,
+                "change_failure_rate": self.change_failure_rate, "restores": self.restores,
+                "time_to_restore_median_s": self.time_to_restore_median_s}
+
+
+def trend(key: str, now: float | None, before: float | None) -> dict[str, Any]:
+    """How ``key`` moved from the previous window: ``change`` (now - before), ``direction``
+    (up, down, same) and ``better`` (True, False; None when either side has no figure or it
+    did not move)."""
+    if now is None or before is None:
+        return {"previous": before, "change": None, "direction": None, "better": None}
+    change = now - before
+    direction = "same" if abs(change) < 1e-9 else ("up" if change > 0 else "down")
+    better = None if direction == "same" else (direction == "down") == LOWER_IS_BETTER[key]
+    return {"previous": before, "change": change, "direction": direction, "better": better}
+
+
+@dataclass(frozen=True)
+class Group:
+    """One team (or environment) compared: this window, the one before, a trend per key and
+    the keys per bucket of the window (for the charts)."""
+
+    name: str
+    environments: tuple[str, ...]
+    current: Keys
+    previous: Keys
+    series: tuple[Keys, ...]
+
+    def trends(self) -> dict[str, dict[str, Any]]:
+        return {key: trend(key, getattr(self.current, key), getattr(self.previous, key))
+                for key in LOWER_IS_BETTER}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "environments": list(self.environments),
+                **self.current.as_dict(), "previous": self.previous.as_dict(),
+                "trends": self.trends(), "series": [k.as_dict() for k in self.series]}
+
+
+@dataclass(frozen=True)
+class _History:
+    rollouts: list[Rollout]
+    restores: list[Episode]
+
+
+def _keys(parts: list[_History], start: datetime, end: datetime, *, closed: bool = True) -> Keys:
+    """The pooled keys of ``parts`` over ``[start, end]`` (``[start, end)`` unless closed),
+    by the module's definitions (the same as ``delivery_metrics``)."""
+
+    def inside(t: datetime | None) -> bool:
+        return t is not None and start <= t and (t <= end if closed else t < end)
+
+    lead: list[float] = []
+    deployments = decided = failed = 0
+    intervals: list[float] = []
+    for part in parts:
+        for r in part.rollouts:
+            if inside(r.deployed_at):
+                deployments += 1
+                if (t := r.lead_time_s) is not None:
+                    lead.append(t)
+            if inside(r.first_attempt.started_at) and r.decided:
+                decided += 1
+                failed += r.failed_at is not None
+        intervals += [(e.closed_at - e.opened_at).total_seconds() for e in part.restores
+                      if inside(e.opened_at) and e.closed_at is not None]
+    days = (end - start).total_seconds() / 86400
+    return Keys(start, end, deployments, deployments / days if days > 0 else 0.0,
+                statistics.median(lead) if lead else None, decided, failed,
+                failed / decided if decided else None, len(intervals),
+                statistics.median(intervals) if intervals else None)
+
+
+def compare(
+    store: Store,
+    owners: dict[str, str],
+    *,
+    by: str = "team",
+    days: float = 90,
+    now: datetime | None = None,
+) -> dict[str, Group]:
+    """The four keys per team (``by="team"``, from ``owners``: environment -> team; an
+    environment without one is in ``NO_TEAM``) or per environment, over the last ``days``
+    and the ``days`` before, with a series of buckets (a day each for windows up to 14 days,
+    else a week) for the charts."""
+    if days <= 0:
+        raise ValueError("days must be positive")
+    if by not in ("team", "environment"):
+        raise ValueError("by is team or environment")
+    end = now or datetime.now(UTC)
+    if end.tzinfo is None:
+        end = end.replace(tzinfo=UTC)
+    start = end - timedelta(days=days)
+    by_env = load_runs(store)
+    verified = verified_hosts(store)
+    members: dict[str, list[str]] = {}
+    histories: dict[str, _History] = {}
+    for env, runs in sorted(by_env.items()):
+        histories[env] = _History(rollouts(runs), episodes(runs, verified, _failed_rollout))
+        group = (owners.get(env) or NO_TEAM) if by == "team" else env
+        members.setdefault(group, []).append(env)
+    step = timedelta(days=1 if days <= 14 else 7)
+    buckets: list[tuple[datetime, datetime]] = []
+    edge = end
+    while edge > start:
+        buckets.append((max(start, edge - step), edge))
+        edge -= step
+    buckets.reverse()
+    out: dict[str, Group] = {}
+    for name, envs in sorted(members.items()):
+        parts = [histories[e] for e in envs]
+        out[name] = Group(
+            name, tuple(envs), _keys(parts, start, end), _keys(parts, start - (end - start), start,
+                                                           closed=False),
+            tuple(_keys(parts, a, b, closed=b != end) for a, b in buckets))
+    return out

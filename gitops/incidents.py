@@ -23,6 +23,7 @@ Markdown file per incident in a reports folder. Only what the store holds is sho
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
@@ -31,18 +32,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gitops.records import APPLY_KINDS, RunRow
+from gitops.errors import UsageError
+from gitops.records import APPLY_KINDS, ActionItem, PostmortemNote, RunRow
 from gitops.store import Store
 
 __all__ = [
     "APPLY_KINDS",
+    "SECTIONS",
     "Episode",
     "Incident",
     "RunRow",
+    "add_action",
+    "annotate",
     "episodes",
+    "find",
     "incidents",
     "load_runs",
+    "postmortem",
     "render_markdown",
+    "update_action",
     "verified_hosts",
     "write_reports",
 ]
@@ -156,6 +164,14 @@ class Incident:
     """The restoring run: run_id, kind, sha, author, message, finished_at."""
     timeline: list[dict[str, Any]] = field(default_factory=list)
     """``at`` (ISO time), ``run_id``, ``event`` (one line)."""
+    team: str | None = None
+    """The team owning the environment (``gitops.teams``), if one is recorded."""
+    postmortem: dict[str, Any] = field(default_factory=dict)
+    """What people wrote (see ``postmortem``): sections, action items, ``reviewed``."""
+
+    @property
+    def reviewed(self) -> bool:
+        return bool(self.postmortem.get("reviewed"))
 
     @property
     def open(self) -> bool:
@@ -176,20 +192,146 @@ class Incident:
             "duration_s": self.duration_s, "commit": self.commit, "plan": self.plan,
             "failures": self.failures, "rollbacks": self.rollbacks,
             "restored_by": self.restored_by, "timeline": self.timeline,
+            "team": self.team, "postmortem": self.postmortem, "reviewed": self.reviewed,
         }
 
 
 def incidents(store: Store, environment: str | None = None, *,
               diff_summary: DiffSummary | None = None) -> list[Incident]:
     """Every incident (oldest first) of ``environment`` or of all environments."""
+    from gitops.teams import environment_teams
+
     by_env = load_runs(store, environment)
     verified = verified_hosts(store, environment)
+    owners = environment_teams(store)
+    notes: dict[str, list[PostmortemNote]] = {}
+    for note in store.notes():
+        notes.setdefault(note.incident, []).append(note)
+    actions: dict[str, list[ActionItem]] = {}
+    for action in store.actions():
+        actions.setdefault(action.incident, []).append(action)
     out: list[Incident] = []
-    for runs in by_env.values():
+    for env, runs in by_env.items():
         for ep in episodes(runs, verified):
-            out.append(_incident(store, ep, runs, diff_summary))
+            found = _incident(store, ep, runs, diff_summary)
+            out.append(dataclasses.replace(
+                found, team=owners.get(env),
+                postmortem=postmortem(notes.get(found.id, []), actions.get(found.id, []))))
     out.sort(key=lambda i: (i.opened_at, i.id))
     return out
+
+
+# -- post-mortems: what people write into an incident -------------------------------------
+
+SECTIONS: dict[str, str] = {
+    "summary": "Summary",
+    "impact": "Impact",
+    "causes": "Contributing causes",
+    "went_well": "What went well",
+}
+"""The sections people fill, by key. ``summary`` and ``impact`` are one text (the latest
+entry); ``causes`` and ``went_well`` are lists (every entry)."""
+_LISTS = ("causes", "went_well")
+
+
+def postmortem(notes: list[PostmortemNote], actions: list[ActionItem]) -> dict[str, Any]:
+    """The post-mortem of one incident from its entries (oldest first) and action items.
+
+    Reviewed once it has a summary and every action item has an owning team."""
+    out: dict[str, Any] = {key: [] if key in _LISTS else None for key in SECTIONS}
+    for note in notes:
+        entry = {"text": note.text, "by": note.actor, "at": note.at.isoformat()}
+        if note.section in _LISTS:
+            out[note.section].append(entry)
+        elif note.section in SECTIONS:
+            out[note.section] = entry
+    out["actions"] = [a.as_dict() for a in actions]
+    out["open_actions"] = sum(a.state == "open" for a in actions)
+    out["reviewed"] = out["summary"] is not None and all(a.team for a in actions)
+    return out
+
+
+def find(store: Store, incident_id: str) -> Incident:
+    """The incident ``incident_id``; a ``UsageError`` listing a few known ids if none."""
+    found = incidents(store)
+    for incident in found:
+        if incident.id == incident_id:
+            return incident
+    known = ", ".join(i.id for i in found[-5:]) or "none recorded"
+    raise UsageError(f"no incident {incident_id!r} (latest: {known})")
+
+
+MAX_TEXT = 4000
+"""Longest entry or action text accepted (characters)."""
+
+
+def _text(text: str, what: str) -> str:
+    body = text.strip()
+    if not body:
+        raise UsageError(f"the {what} is empty")
+    if len(body) > MAX_TEXT:
+        raise UsageError(f"the {what} is over {MAX_TEXT} characters")
+    if any(ord(c) < 0x20 and c not in "\n\t" for c in body):
+        raise UsageError(f"the {what} holds a control character")
+    return body
+
+
+def _team(team: str | None, known: Iterable[str]) -> str | None:
+    if team is None:
+        return None
+    from gitops.model import check_team
+
+    try:
+        check_team(team)
+    except ValueError as exc:
+        raise UsageError(f"team: {exc}") from None
+    teams = sorted(set(known))
+    if teams and team not in teams:
+        raise UsageError(f"unknown team {team!r} (known: {', '.join(teams)})")
+    return team
+
+
+def known_teams(store: Store, declared: Iterable[str] = ()) -> set[str]:
+    """The teams an action item may name: ``declared`` (the settings' ``teams``) and every
+    team the record knows as an owner."""
+    return set(declared) | {o.team for o in store.owners()}
+
+
+def annotate(store: Store, incident_id: str, sections: Mapping[str, str], *,
+             actor: str) -> Incident:
+    """Write entries into ``incident_id``'s post-mortem (section key -> text); every entry
+    is recorded with ``actor`` and the store's time. Usage errors for an unknown incident,
+    section or an empty text; nothing is written then."""
+    find(store, incident_id)
+    if not sections:
+        raise UsageError(f"name a section to write: {', '.join(SECTIONS)}")
+    checked = []
+    for key, text in sections.items():
+        if key not in SECTIONS:
+            raise UsageError(f"unknown section {key!r} (one of {', '.join(SECTIONS)})")
+        checked.append((key, _text(text, SECTIONS[key].lower())))
+    for key, text in checked:
+        store.add_note(incident_id, key, text, actor=actor)
+    return find(store, incident_id)
+
+
+def add_action(store: Store, incident_id: str, text: str, team: str | None, *, actor: str,
+               teams: Iterable[str] = ()) -> ActionItem:
+    """A new open action item of ``incident_id`` owned by ``team`` (one of ``teams``)."""
+    find(store, incident_id)
+    body = _text(text, "action")
+    return store.add_action(incident_id, body, _team(team, teams), actor=actor)
+
+
+def update_action(store: Store, incident_id: str, action_id: int, *, actor: str,
+                  done: bool | None = None, team: str | None = None,
+                  teams: Iterable[str] = ()) -> ActionItem:
+    """Mark an action item of ``incident_id`` done (or open again), or give it a team."""
+    if not any(a.id == action_id for a in store.actions(incident_id)):
+        raise UsageError(f"incident {incident_id!r} has no action {action_id}")
+    updated = store.update_action(action_id, actor=actor, done=done, team=_team(team, teams))
+    assert updated is not None
+    return updated
 
 
 def _short(sha: str | None) -> str:
@@ -385,6 +527,7 @@ def render_markdown(incident: Incident) -> str:
             lines += [f"Check {chk['status']}: `{chk['service']}/{chk['check']}`", ""]
             if chk["message"]:
                 lines += [_fence(chk["message"]), ""]
+    lines += _postmortem_markdown(i)
     lines += [
         "## Questions for the post-mortem", "",
         "- What did the change intend, and why did the checks not catch it before it shipped?",
@@ -395,6 +538,45 @@ def render_markdown(incident: Incident) -> str:
         "of it?", "",
     ]
     return "\n".join(lines)
+
+
+_PROMPTS = {
+    "summary": "What happened, in a few sentences?",
+    "impact": "What did users or other teams notice, for how long?",
+    "causes": "What made this possible: conditions, gaps, surprises (what, not who)?",
+    "went_well": "What helped detect or restore it?",
+}
+
+
+def _entry(entry: dict[str, Any]) -> str:
+    return f"{entry['text']} _({entry['by']}, {entry['at'][:16]})_"
+
+
+def _postmortem_markdown(i: Incident) -> list[str]:
+    pm = i.postmortem or postmortem([], [])
+    state = ("reviewed" if pm["reviewed"] else
+             "not reviewed yet (it needs a summary, and an owning team for every action item)")
+    lines = ["## Post-mortem", "", f"Status: {state}." + (f" Owning team: {i.team}."
+                                                        if i.team else ""), ""]
+    for key, title in SECTIONS.items():
+        lines += [f"### {title}", ""]
+        value = pm.get(key)
+        if not value:
+            lines += [f"_Not written yet: {_PROMPTS[key]}_ "
+                      f"(`gitops incidents annotate {i.id} --{key.replace('_', '-')} TEXT`)", ""]
+        elif isinstance(value, list):
+            lines += [f"- {_entry(e)}" for e in value] + [""]
+        else:
+            lines += [_entry(value), ""]
+    lines += ["### Action items", ""]
+    if not pm["actions"]:
+        lines += [f"_None yet_ (`gitops incidents action {i.id} --add TEXT --team TEAM`)", ""]
+    else:
+        lines += ["| # | action | owning team | state |", "|---|---|---|---|"]
+        lines += [f"| {a['id']} | {_cell(a['text'])} | {_cell(a['team'] or 'no owner yet')} | "
+                  f"{a['state']}{' (' + a['done_at'][:10] + ')' if a['done_at'] else ''} |"
+                  for a in pm["actions"]] + [""]
+    return lines
 
 
 def write_reports(store: Store, folder: Path,

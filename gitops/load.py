@@ -40,6 +40,7 @@ from gitops.model import (
     ALL_GROUP,
     NAME_RE,
     SSH_DEFAULTS,
+    TEAMS_FILE,
     DeclaredHost,
     DeclaredState,
     EnvironmentSettings,
@@ -51,6 +52,7 @@ from gitops.model import (
     ServiceMeta,
     ServiceParams,
     SSHSettings,
+    TeamsFile,
     check_address,
     check_host_name,
     check_name,
@@ -65,7 +67,7 @@ settings name no SOPS key: the sample's secrets are encrypted for it. Never for 
 Loc = tuple[str | int, ...]
 _M = TypeVar("_M", bound=BaseModel)
 
-__all__ = ["environments", "load", "read_yaml"]
+__all__ = ["environments", "load", "read_yaml", "teams"]
 
 MAX_DEPTH = 50
 """Deepest nesting of YAML collections accepted (deeper is surely a mistake)."""
@@ -287,6 +289,7 @@ def load(
     services = _service_order(inv)
     models = {name: _service_model(root, name, inv, problems) for name in services}
     requires = _service_requires(root, services, revision, problems)
+    _check_teams(root, inv, services, revision, problems)
     services = depends.apply_order(services, requires)
     declared_on: dict[str, set[str]] = {}
     sources: dict[str, dict[str, Any]] = {}
@@ -561,6 +564,57 @@ def _service_requires(root: Path, services: list[str], revision: str | None,
                         out.at[(service, name)] = (rel, here.at(loc, "").line or 1, _field(loc))
         problems.items.extend(here.items)
     return out
+
+
+def teams(root: Path, revision: str | None = None) -> tuple[list[str], list[Problem]]:
+    """The teams ``teams.yml`` at the snapshot's root declares (none without the file), and
+    its problems (each at its file and line)."""
+    path = root / TEAMS_FILE
+    if not path.is_file():
+        return [], []
+    try:
+        data, lines = read_yaml(path, TEAMS_FILE, revision)
+    except InvalidDeclaration as exc:
+        return [], list(exc.problems)
+    here = _Problems(TEAMS_FILE, lines)
+    if not isinstance(data, dict):
+        here.add((), "should be a mapping: teams: [name, ...]")
+        return [], here.items
+    try:
+        found = TeamsFile.model_validate_json(json.dumps(data, default=str), strict=True)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False, include_input=False):
+            here.add(tuple(err["loc"]), err["msg"].removeprefix("Value error, "))
+        return [], here.items
+    for i, name in enumerate(found.teams):
+        if name in found.teams[:i]:
+            here.add(("teams", i), f"team {name!r} is listed twice")
+    return list(dict.fromkeys(found.teams)), here.items
+
+
+def _check_teams(root: Path, inv: InventoryFile, services: list[str], revision: str | None,
+                 problems: _Problems) -> None:
+    """An owning team the inventory names must be declared in ``teams.yml``; a service given
+    an owner must be one the inventory uses."""
+    named: list[tuple[Loc, str]] = []
+    if inv.settings.team is not None:
+        named.append((("settings", "team"), inv.settings.team))
+    for service, team in inv.settings.service_teams.items():
+        loc: Loc = ("settings", "service_teams", service)
+        if service not in services:
+            problems.add(loc, f"service {service!r} is not used by this inventory")
+        named.append((loc, team))
+    if not named:
+        return
+    known, found = teams(root, revision)
+    problems.items.extend(p for p in found if p not in problems.items)
+    if found:
+        return
+    for loc, team in named:
+        if team not in known:
+            hint = (f"declared in {TEAMS_FILE}: {', '.join(known)}" if known
+                    else f"there is no {TEAMS_FILE} declaring the teams")
+            problems.add(loc, f"unknown team {team!r} ({hint})")
 
 
 def _check_requires(requires: _Requires, declared_on: dict[str, set[str]],

@@ -128,6 +128,12 @@ class Daemon:
         self.prune_lock = threading.Lock()
         self.previews = Previews(settings)
         """Pull/merge request previews on disposable hosts (fed by the HTTP server)."""
+        self.digest_schedule: Any = None
+        """When the next digest is due (``gitops.digest.Schedule``), with a schedule set."""
+        if settings.digest.schedule is not None:
+            from gitops.digest import Schedule
+
+            self.digest_schedule = Schedule(settings.digest)
 
     # -- the Controller protocol (HTTP API) ------------------------------------------------
 
@@ -253,6 +259,8 @@ class Daemon:
             log.info("removed the SSH connection folder of a stopped daemon: %s", gone)
         cut: list[tuple[_Env, str]] = []
         with self._store() as store:
+            for env in self.envs.values():  # the settings' owner wins over the inventory's
+                store.set_owners(env.target.environment, "settings", env.config.team)
             for env in self.envs.values():
                 with environment_lock(env.target, "recover"):
                     for run_id in store.recover_unfinished(env.target.environment):
@@ -273,6 +281,34 @@ class Daemon:
             self.threads.append(thread)
             if env.config.watch and Path(env.config.repo).expanduser().is_dir():
                 self._watch(env)
+        if self.digest_schedule is not None:
+            self.digest_tick(self.now())  # learns when the first one is due
+            thread = threading.Thread(target=self._digest_loop, daemon=True,
+                                      name="gitops-digest")
+            thread.start()
+            self.threads.append(thread)
+
+    # -- the digest ------------------------------------------------------------------------
+
+    def digest_tick(self, now: datetime) -> list[Any] | None:
+        """Send the digest if its schedule is due at ``now`` (the deliveries), else None."""
+        if self.digest_schedule is None or not self.digest_schedule.due(now):
+            return None
+        from gitops import digest
+
+        try:
+            with self._store() as store:
+                found = digest.build(store, self.settings, now=now)
+        except Exception:  # a digest must never stop the daemon
+            log.exception("digest: could not read the record")
+            return []
+        deliveries = digest.send(found, digest.receivers(self.settings))
+        log.info("digest of %s sent to %d receiver(s)", found.title, len(deliveries))
+        return deliveries
+
+    def _digest_loop(self) -> None:
+        while not self.stop_event.wait(30):
+            self.digest_tick(self.now())
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop: a run in progress finishes its current batch and is recorded interrupted."""

@@ -5,12 +5,15 @@ they are (``StoreCollector``), so the CLI, the API and the metrics can never dis
 restarted daemon loses no counts; the run totals are added up once and then only for the runs
 finished since the last scrape (``_Totals``), so a scrape does not grow with the history.
 
-Labels hold only bounded values (environment, host, service, check, stage, kind, result) and
-never a message; the one SHA is the current applied revision, in ``gitops_applied_revision_info``.
+Labels hold only bounded values (environment, host, service, check, stage, kind, result, and
+team: declared names only) and never a message; the one SHA is the current applied
+revision, in ``gitops_applied_revision_info``.
 
 ``routes(state_dir, authorize)`` gives the daemon's ``GET /metrics`` and the read-only API:
 ``/api/environments``, ``/api/hosts``, ``/api/runs``, ``/api/runs/{id}``, ``/api/delivery``
-and ``/api/incidents``; each answers what ``gitops status --json`` / ``history --json`` print.
+(``?by=team`` or ``environment``: side by side with trends, as ``gitops metrics --by``),
+``/api/incidents`` and ``/api/teams``; each answers what ``gitops status --json`` /
+``history --json`` print.
 """
 
 from __future__ import annotations
@@ -87,6 +90,11 @@ METRICS: dict[str, str] = {
     "gitops_lead_time_seconds": "gauge",
     "gitops_change_failure_ratio": "gauge",
     "gitops_time_to_restore_seconds": "gauge",
+    "gitops_environment_team_info": "info",
+    "gitops_team_deployment_frequency_per_day": "gauge",
+    "gitops_team_lead_time_seconds": "gauge",
+    "gitops_team_change_failure_ratio": "gauge",
+    "gitops_team_time_to_restore_seconds": "gauge",
 }
 """Every metric exported, by its exposed name (counters with ``_total``, info with ``_info``)."""
 
@@ -217,6 +225,7 @@ class StoreCollector(Collector):
         yield self._not_removed(store)
         yield from self._environment_gauges(store, store.environments())
         yield from self._delivery()
+        yield from self._teams()
 
     @staticmethod
     def _durations(totals: _Totals) -> Metric:
@@ -396,6 +405,67 @@ class StoreCollector(Collector):
         yield from (frequency, lead, failure, restore)
 
 
+    def _teams(self) -> Iterator[Metric]:
+        """The owning team of each environment, and the four keys per team (the ``team``
+        label holds declared team names only: ``teams.yml`` or the settings' ``teams``)."""
+        from gitops.teams import environment_teams
+
+        owners = environment_teams(self.store)
+        info = GaugeMetricFamily(
+            "gitops_environment_team_info", "1 per environment, labelled with its owning team.",
+            labels=["environment", "team"])
+        for env, team in owners.items():
+            info.add_metric([env, team], 1)
+        yield info
+        groups = _team_figures(self.store, owners)
+        window = f"{DELIVERY_WINDOW}d"
+        families = {
+            "deployment_frequency_per_day": GaugeMetricFamily(
+                "gitops_team_deployment_frequency_per_day",
+                "Verified rollouts per day of the team's environments.",
+                labels=["team", "window"]),
+            "lead_time_median_s": GaugeMetricFamily(
+                "gitops_team_lead_time_seconds",
+                "Median commit-to-verified time over the team's environments.",
+                labels=["team", "window"]),
+            "change_failure_rate": GaugeMetricFamily(
+                "gitops_team_change_failure_ratio",
+                "Failed rollouts over decided rollouts of the team's environments.",
+                labels=["team", "window"]),
+            "time_to_restore_median_s": GaugeMetricFamily(
+                "gitops_team_time_to_restore_seconds",
+                "Median time to restore over the team's environments.",
+                labels=["team", "window"]),
+        }
+        for team, data in groups.items():
+            for key, family in families.items():
+                value = _number(data, key)
+                if value is not None:
+                    family.add_metric([team, window], value)
+        yield from families.values()
+
+
+_team_cache: dict[str, tuple[tuple[Any, ...], float, dict[str, dict[str, Any]]]] = {}
+
+
+def _team_figures(store: Store, owners: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """``gitops.delivery.compare`` by team as dicts, cached as ``_delivery`` is."""
+    from gitops import delivery
+
+    key = store.identity()[0]
+    fingerprint = (*store.change_mark(), tuple(sorted(owners.items())))
+    clock = time.monotonic()
+    with _delivery_lock:
+        cached = _team_cache.get(key)
+    if cached is not None and cached[0] == fingerprint and clock - cached[1] < DELIVERY_CACHE_S:
+        return cached[2]
+    figures = {name: g.current.as_dict() for name, g in delivery.compare(
+        store, owners, by="team", days=DELIVERY_WINDOW).items() if name != delivery.NO_TEAM}
+    with _delivery_lock:
+        _team_cache[key] = (fingerprint, clock, figures)
+    return figures
+
+
 def render(store: Store) -> bytes:
     """The Prometheus text exposition of every gitops metric, read from ``store`` now."""
     registry = CollectorRegistry(auto_describe=False)
@@ -427,6 +497,24 @@ def api_delivery(store: Store, environment: str | None = None,
                  days: int = DELIVERY_WINDOW) -> dict[str, dict[str, Any]] | None:
     """Delivery metrics per environment; None until ``gitops.delivery`` exists."""
     return _delivery(store, environment, days)
+
+
+def api_compare(store: Store, by: str, days: int = DELIVERY_WINDOW) -> dict[str, Any]:
+    """The four keys per team (or environment) with trends and series
+    (``gitops metrics --by``), and the DORA bands shown beside them."""
+    from gitops import delivery
+    from gitops.teams import environment_teams
+
+    groups = delivery.compare(store, environment_teams(store), by=by, days=days)
+    return {"by": by, "days": days, "groups": {n: g.as_dict() for n, g in groups.items()},
+            "bands": delivery.DORA_BANDS}
+
+
+def api_teams(store: Store) -> dict[str, Any]:
+    """Who owns what: environment -> team, environment -> service -> team."""
+    from gitops.teams import environment_teams, service_teams
+
+    return {"environments": environment_teams(store), "services": service_teams(store)}
 
 
 def api_incidents(store: Store, environment: str | None = None) -> list[Any] | None:
@@ -535,6 +623,11 @@ def routes(state_dir: Path, authorize: Authorize | None = None,
 
     def delivery(request: Request, store: Store) -> Response:
         days = _int_param(request, "days", DELIVERY_WINDOW, 1, 3660)
+        by = request.query_params.get("by") or None
+        if by is not None:
+            if by not in ("team", "environment"):
+                raise _BadQuery("by must be team or environment")
+            return _json(api_compare(store, by, days))
         figures = api_delivery(store, request.query_params.get("environment") or None, days)
         if figures is None:
             return JSONResponse({"error": "delivery metrics are not available"},
@@ -555,5 +648,6 @@ def routes(state_dir: Path, authorize: Authorize | None = None,
         ("/api/runs/{id}", one_run),
         ("/api/delivery", delivery),
         ("/api/incidents", incidents),
+        ("/api/teams", lambda request, store: _json(api_teams(store))),
     ]
     return [Route(path, reading(read), methods=["GET"]) for path, read in table]

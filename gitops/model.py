@@ -103,6 +103,14 @@ User = Annotated[str, AfterValidator(check_user)]
 KeyPath = Annotated[str, AfterValidator(check_path)]
 
 
+def check_team(value: str) -> str:
+    """``value`` if it is a valid team name (the syntax of group names), else ValueError."""
+    return check_name(value, "team name")
+
+
+TeamName = Annotated[str, AfterValidator(check_team)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
@@ -187,6 +195,12 @@ class EnvironmentSettings(_Strict):
     taken off with its ``deploys/<service>/remove.py`` (false: reported only, the host left
     as it is; see gitops.prune); the daemon settings' ``prune`` of the environment wins when
     set."""
+    team: TeamName | None = None
+    """The team that owns this environment: one of the repository's ``teams.yml`` (see
+    ``TeamsFile``); the daemon settings' ``team`` of the environment wins when set."""
+    service_teams: dict[str, TeamName] = {}
+    """Service -> the team that owns it here, for services another team than the
+    environment's owns (each service named must be used by the inventory)."""
 
 
 class GroupSpec(_Strict):
@@ -222,6 +236,17 @@ class ServiceMeta(_Strict):
     guard_files: list[Annotated[str, AfterValidator(check_guard_path)]] = []
     """Absolute paths a guarded apply also saves: files the service's commands write
     (a ``server.shell`` that moves a file in place), which no file operation names."""
+
+
+TEAMS_FILE = "teams.yml"
+"""The repository's teams, at its root: the names inventories may give as owners."""
+
+
+class TeamsFile(_Strict):
+    """The schema of ``teams.yml``: ``teams: [payments, search]``. A team name is bounded
+    (declared here), so it can be a metrics label."""
+
+    teams: list[TeamName] = Field(max_length=100)
 
 
 class InventoryFile(_Strict):

@@ -124,6 +124,7 @@ __all__ = [
     "commit_state_for",
     "event_from_outcome",
     "notify",
+    "notify_digest",
     "set_commit_status",
     "set_commit_statuses",
     "upsert_comment",
@@ -446,6 +447,46 @@ def notify(
         if not delivery.ok:
             log.warning("notification %s for %s in %s not delivered: %s", f"{config.type}"
                         f"[{index}]", event.kind, event.environment, _last_words(delivery))
+        deliveries.append(delivery)
+    return deliveries
+
+
+def notify_digest(
+    configs: Sequence[NotifierConfig], body: dict[str, Any], text: str, title: str, *,
+    timeout: float = 10, retries: int = 4, sleep: Sleep = time.sleep, backoff: float = 1.0,
+    max_delay: float = 60.0,
+) -> list[Delivery]:
+    """Send a digest (``gitops.digest``) to every receiver in ``configs``: the JSON ``body``
+    to a generic webhook (``X-Gitops-Event: digest``), ``text`` (mrkdwn, escaped here) in
+    sections of at most 3000 characters to a Slack hook, ``title`` its fallback. Never raises."""
+    deliveries: list[Delivery] = []
+    for index, config in enumerate(configs):
+        url = ""
+        try:
+            url = config.url.reveal()
+            headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+            payload = body
+            if config.type == "webhook":
+                headers["X-Gitops-Event"] = "digest"
+            else:
+                chunks: list[str] = []
+                for line in _slack_escape(text).splitlines():
+                    if chunks and len(chunks[-1]) + len(line) + 1 <= _SLACK_TEXT_MAX:
+                        chunks[-1] += "\n" + line
+                    else:
+                        chunks.append(line[:_SLACK_TEXT_MAX])
+                payload = {"text": _slack_escape(title)[:_SLACK_TEXT_MAX],
+                           "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": c}}
+                                      for c in chunks[:50]]}
+            result = _send(url, headers, payload, scrub=_Scrubber([url]), timeout=timeout,
+                           retries=retries, sleep=sleep, backoff=backoff, max_delay=max_delay)
+        except Exception as exc:  # a bad secret reference, or anything unforeseen
+            result = _Result(False, None, 0, _Scrubber([url])(f"{type(exc).__name__}: {exc}"))
+        delivery = Delivery(config.type, index, result.ok, result.status, result.attempts,
+                            result.error, what="digest")
+        if not delivery.ok:
+            log.warning("digest to %s not delivered: %s", f"{config.type}[{index}]",
+                        _last_words(delivery))
         deliveries.append(delivery)
     return deliveries
 

@@ -88,13 +88,18 @@ def page_data(store: Store | None, *, today: datetime | None = None,
     rows = store.status() if store is not None else []
     names = sorted({r.environment for r in rows} | {
         q.environment for q in (store.quarantined() if store is not None else [])})
+    environments = [_environment(store, name, rows, today)
+                    for name in names if store is not None]
+    owners = _owners(store)
+    for env in environments:
+        env["team"] = owners.get(env["name"])
     return {
         "generated_at": (today or datetime.now(UTC)).isoformat(timespec="seconds"),
-        "environments": [_environment(store, name, rows, today)
-                         for name in names if store is not None],
+        "environments": environments,
         "pipeline": pipeline(store, chain) if any(link.upstream for link in chain) else [],
         "previews": [p.as_dict() for p in store.previews(limit=20)] if store is not None
         else [],
+        "comparison": _comparison(store, owners, today),
     }
 
 
@@ -272,6 +277,33 @@ def _delivery(store: Store, environment: str) -> dict[str, Any]:
     if metrics is None:
         return {"available": False, "reason": "no rollout recorded yet"}
     return {"available": True, "data": metrics.as_dict()}
+
+
+def _owners(store: Store | None) -> dict[str, str]:
+    if store is None:
+        return {}
+    from gitops.teams import environment_teams
+
+    return environment_teams(store)
+
+
+def _comparison(store: Store | None, owners: dict[str, str],
+                today: datetime | None) -> dict[str, Any]:
+    """Teams and environments side by side over ``_DELIVERY_DAYS`` days: the four keys,
+    their trends against the days before, a series per key, and the DORA bands."""
+    if store is None:
+        return {"available": False, "reason": "nothing recorded yet"}
+    from gitops import delivery
+
+    try:
+        teams = delivery.compare(store, owners, by="team", days=_DELIVERY_DAYS, now=today)
+        envs = delivery.compare(store, owners, by="environment", days=_DELIVERY_DAYS, now=today)
+    except Exception as exc:  # a bug there must not take the page down
+        return {"available": False, "reason": f"failed ({type(exc).__name__})"}
+    return {"available": bool(envs), "days": _DELIVERY_DAYS,
+            "teams": [g.as_dict() for g in teams.values()],
+            "environments": [g.as_dict() | {"team": owners.get(g.name)} for g in envs.values()],
+            "bands": delivery.DORA_BANDS}
 
 
 def _incidents(store: Store, environment: str) -> dict[str, Any]:

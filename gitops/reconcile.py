@@ -381,6 +381,7 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
             say(f"signed by {signer}")
         state = _load(target, revision, say)
         hosts = [h.name for h in state.hosts]
+        store.set_owners(env, "inventory", state.settings.team, state.settings.service_teams)
         stages["source+load"] = time.monotonic() - t
         targeted = state.limit(set(request.hosts) if request.hosts is not None else None)
         prints = fingerprints(targeted, _fingerprint_key(target.state_dir))

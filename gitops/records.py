@@ -681,3 +681,57 @@ class PreviewRow(_Row):
                 "created_at": self.created_at.isoformat(),
                 "finished_at": _iso(self.finished_at),
                 "report": self.report.model_dump(mode="json") if self.report else None}
+
+
+@dataclass(frozen=True)
+class Owner(_Row):
+    """Who owns an environment (``service`` "") or one of its services there, as declared
+    by the inventory (``source`` "inventory") or the daemon settings ("settings")."""
+
+    environment: str
+    service: str
+    team: str
+    source: str
+    updated_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "service": self.service, "team": self.team,
+                "source": self.source, "updated_at": self.updated_at.isoformat()}
+
+
+@dataclass(frozen=True)
+class PostmortemNote(_Row):
+    """One entry people wrote into an incident's post-mortem (a section's text)."""
+
+    id: int
+    incident: str
+    section: str
+    text: str
+    actor: str
+    at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "incident": self.incident, "section": self.section,
+                "text": self.text, "by": self.actor, "at": self.at.isoformat()}
+
+
+@dataclass(frozen=True)
+class ActionItem(_Row):
+    """A follow-up action of a post-mortem: what, which team owns it, open or done."""
+
+    id: int
+    incident: str
+    text: str
+    team: str | None
+    state: str
+    """``open`` or ``done``."""
+    created_by: str
+    created_at: datetime
+    done_by: str | None
+    done_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "incident": self.incident, "text": self.text,
+                "team": self.team, "state": self.state, "created_by": self.created_by,
+                "created_at": self.created_at.isoformat(), "done_by": self.done_by,
+                "done_at": _iso(self.done_at)}

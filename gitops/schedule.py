@@ -140,6 +140,17 @@ def window_state(windows: list[Window] | tuple[Window, ...], now: datetime) -> W
                        opens_at=min(w.next_opening(now) for w in windows).astimezone(UTC))
 
 
+def check_cron(expression: str) -> str:
+    """``expression`` if it is a five-field cron expression, else ValueError (settings)."""
+    return _check_cron(expression)
+
+
+def check_timezone(name: str) -> str:
+    """``name`` if it is an IANA time zone, else ValueError (settings)."""
+    _zone(name)
+    return name
+
+
 def next_fire(schedule: str, timezone: str, after: datetime) -> datetime:
     """The first match of a cron ``schedule`` (read in ``timezone``) strictly after ``after``."""
     _check_cron(schedule)

@@ -321,8 +321,32 @@ def create_app(
             return refused
         return JSONResponse(await run_in_threadpool(controller.status))
 
+    async def postmortem(request: Request) -> Response:
+        """Write into a post-mortem: ``annotate`` (sections), ``actions`` (a new item) or
+        ``actions/{n}`` (done, open again, or an owning team); recorded with the actor."""
+        refused = authorize(request)
+        if refused is not None:
+            return refused
+        try:
+            body = await _read_body(request, max_body)
+        except _BodyTooLarge:
+            return _error(413, f"body over {max_body} bytes")
+        client = request.client.host if request.client else "unknown"
+        try:
+            data = _postmortem_body(body, request.path_params.get("what", "annotate"),
+                                    "number" in request.path_params)
+            return JSONResponse(await run_in_threadpool(
+                _write_postmortem, settings, request.path_params["id"],
+                request.path_params.get("what", "annotate"), request.path_params.get("number"),
+                data, data.pop("actor", None) or f"api:{client}"))
+        except UsageError as exc:
+            return _error(404 if str(exc).startswith(("no incident", "incident ")) else 400,
+                          str(exc))
+
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/api/incidents/{id}/{what:str}", postmortem, methods=["POST"]),
+        Route("/api/incidents/{id}/{what:str}/{number:int}", postmortem, methods=["POST"]),
         Route("/hooks/{environment}", hook, methods=["POST"]),
         *(_promotion_routes(controller, environments, authorize, max_body)
           if isinstance(controller, Promoter) else []),
@@ -388,6 +412,57 @@ def _promotion_routes(controller: Promoter, environments: dict[str, EnvironmentC
 
     return [Route("/api/environments/{environment}/promote", promote, methods=["POST"]),
             Route("/api/pipeline", pipeline, methods=["GET"])]
+
+
+_POSTMORTEM_FIELDS = {
+    "annotate": {"summary", "impact", "causes", "went_well"},
+    "actions": {"text", "team"},
+    "action": {"done", "team"},
+}
+
+
+def _postmortem_body(body: bytes, what: str, numbered: bool) -> dict[str, Any]:
+    """The JSON object of a post-mortem write: its fields strings (``done`` a boolean)."""
+    kind = "action" if numbered else what
+    if kind not in _POSTMORTEM_FIELDS or (numbered and what != "actions"):
+        raise UsageError("no incident route: POST .../annotate, .../actions or .../actions/N")
+    try:
+        data: Any = json.loads(body) if body.strip() else {}
+    except (UnicodeDecodeError, ValueError):
+        raise UsageError("the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise UsageError("the body must be a JSON object")
+    unknown = sorted(set(data) - _POSTMORTEM_FIELDS[kind] - {"actor"})
+    if unknown:
+        raise UsageError(f"unknown field(s): {', '.join(map(str, unknown))}")
+    for key, value in data.items():
+        wanted = bool if key == "done" else str
+        if value is not None and not isinstance(value, wanted):
+            raise UsageError(f"{key!r} must be {'true or false' if wanted is bool else 'a string'}")
+    return {k: v for k, v in data.items() if v is not None}
+
+
+def _write_postmortem(settings: Settings, incident_id: str, what: str, number: int | None,
+                      data: dict[str, Any], actor: str) -> dict[str, Any]:
+    from gitops import incidents
+    from gitops.store import open_store
+
+    with open_store(settings) as store:
+        teams = incidents.known_teams(store, settings.teams)
+        if what == "annotate":
+            found = incidents.annotate(store, incident_id, data, actor=actor)
+            return found.as_dict()
+        if number is None:
+            if "text" not in data:
+                raise UsageError("'text' is required: what is to be done")
+            item = incidents.add_action(store, incident_id, data["text"], data.get("team"),
+                                        actor=actor, teams=teams)
+        else:
+            item = incidents.update_action(store, incident_id, number, actor=actor,
+                                           done=data.get("done"), team=data.get("team"),
+                                           teams=teams)
+        return {"action": item.as_dict(),
+                "incident": incidents.find(store, incident_id).as_dict()}
 
 
 def _api_options(body: bytes, *, force: bool = False) -> dict[str, str]:

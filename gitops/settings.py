@@ -14,10 +14,11 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 from urllib.parse import parse_qs, urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -26,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -35,7 +37,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from gitops.schedule import Window
+from gitops.schedule import Window, check_cron, check_timezone
 
 __all__ = ["EnvironmentConfig", "SecretRef", "Settings", "load", "promotion_problems",
            "settings_file"]
@@ -122,6 +124,12 @@ class SigningPolicy(BaseModel):
         return self
 
 
+def _team_name(value: str) -> str:
+    from gitops.model import check_team
+
+    return check_team(value)
+
+
 EventKind = Literal["failure", "recovery", "drift", "rollback", "quarantine", "success"]
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 
@@ -196,10 +204,28 @@ class EnvironmentConfig(BaseModel):
     promote_from: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     """The name of another environment here: apply only the revisions verified on every
     host there, in commit order (``gitops promote`` for one by hand)."""
+    team: Annotated[str, AfterValidator(_team_name)] | None = None
+    """The team that owns this environment, one of the settings' ``teams``; wins over the
+    inventory's ``settings.team``."""
 
     @property
     def environment(self) -> str:
         return self.inventory or self.name
+
+
+class DigestSettings(BaseModel):
+    """The periodic digest (see gitops.digest): when, over what period, to whom."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schedule: Annotated[str, AfterValidator(check_cron)] | None = None
+    """A cron expression (``0 9 * * 1``: Mondays at 09:00); none: no digest is sent."""
+    timezone: Annotated[str, AfterValidator(check_timezone)] = "UTC"
+    """The IANA time zone the schedule is read in."""
+    days: float = Field(default=7, gt=0, le=366)
+    """The period the digest covers, compared with the period before it."""
+    notifiers: list[NotifierConfig] = []
+    """Who gets it; empty: every notifier of the environments (each URL once)."""
 
 
 class Retention(BaseModel):
@@ -270,6 +296,25 @@ class Settings(BaseSettings):
     """Where the PostgreSQL password is (environment variable or file)."""
     preview: PreviewSettings = PreviewSettings()
     """Previews of pull/merge requests on disposable hosts."""
+    teams: list[Annotated[str, AfterValidator(_team_name)]] = Field(default=[], max_length=100)
+    """The teams an environment's ``team`` may name (the repository's ``teams.yml`` lists
+    those its inventories may name)."""
+    digest: DigestSettings = DigestSettings()
+    """The periodic summary of the four keys per team, incidents and post-mortems."""
+
+    @model_validator(mode="after")
+    def _known_teams(self) -> Settings:
+        unknown = [
+            InitErrorDetails(type=PydanticCustomError(
+                "unknown_team", "unknown team {team} ({hint})",
+                {"team": repr(env.team), "hint": f"teams: {', '.join(self.teams)}" if self.teams
+                 else "list the teams in teams = [...]"}),
+                loc=("environments", i, "team"), input=env.team)
+            for i, env in enumerate(self.environments)
+            if env.team is not None and env.team not in self.teams]
+        if unknown:
+            raise ValidationError.from_exception_data("Settings", unknown)
+        return self
 
     @field_validator("database")
     @classmethod

@@ -54,6 +54,7 @@ from urllib.parse import parse_qs, urlsplit
 from gitops.errors import TemporaryError, UsageError
 from gitops.private import private_dir, private_file
 from gitops.records import (
+    ActionItem,
     ApplyReport,
     CheckRow,
     Condition,
@@ -64,7 +65,9 @@ from gitops.records import (
     InstalledState,
     LatestCheck,
     OperationRow,
+    Owner,
     Plan,
+    PostmortemNote,
     PreviewReport,
     PreviewRow,
     Quarantined,
@@ -262,6 +265,45 @@ def _v6_previews(db: Any) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS previews_env ON previews (environment, id)")
 
 
+_V4_TABLES = """
+CREATE TABLE IF NOT EXISTS owners (
+    environment TEXT NOT NULL,
+    service TEXT NOT NULL,
+    source TEXT NOT NULL,
+    team TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    PRIMARY KEY (environment, service, source)
+);
+CREATE TABLE IF NOT EXISTS postmortem_notes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident TEXT NOT NULL,
+    section TEXT NOT NULL,
+    text TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS postmortem_notes_incident ON postmortem_notes (incident, id);
+CREATE TABLE IF NOT EXISTS postmortem_actions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    incident TEXT NOT NULL,
+    text TEXT NOT NULL,
+    team TEXT,
+    state TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    done_by TEXT,
+    done_at TEXT
+);
+CREATE INDEX IF NOT EXISTS postmortem_actions_incident ON postmortem_actions (incident, id)
+"""
+
+
+def _v7_teams(db: Any) -> None:
+    """Owning teams of environments and services; what people write into post-mortems."""
+    for statement in _statements(_V4_TABLES):
+        db.execute(statement)
+
+
 @dataclass(frozen=True)
 class Migration:
     """One numbered step of the schema; ``apply`` runs inside a transaction."""
@@ -280,6 +322,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, "revisions verified on every host of an environment (promotion)",
               lambda db: db.execute(_VERIFIED_TABLE)),
     Migration(6, "previews of branches on disposable hosts", _v6_previews),
+    Migration(7, "owning teams; post-mortem notes and action items", _v7_teams),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -634,7 +677,7 @@ class Store:
         removed: dict[str, int] = {}
         with self._tx() as db:
             for table in ("status", "controls", "quarantine", "converged", "undelivered",
-                          "installed", "verified_revisions"):
+                          "installed", "verified_revisions", "owners"):
                 removed[table] = db.execute(f"DELETE FROM {table} WHERE environment=?",
                                             (environment,)).rowcount
             removed["runs"] = db.execute("SELECT COUNT(*) FROM runs WHERE environment=?",
@@ -1112,6 +1155,96 @@ class Store:
         return _preview_row(row, report=True) if row is not None else None
 
 
+
+    # -- owning teams ----------------------------------------------------------------------
+
+    def set_owners(self, environment: str, source: str, team: str | None,
+                   services: dict[str, str] | None = None) -> None:
+        """Replace what ``source`` (``inventory`` or ``settings``) declares of who owns
+        ``environment`` (``team``) and its services (``services``: service -> team)."""
+        rows = ([("", team)] if team else []) + sorted((services or {}).items())
+        with self._tx() as db:
+            db.execute("DELETE FROM owners WHERE environment=? AND source=?",
+                       (environment, source))
+            db.executemany(
+                "INSERT INTO owners (environment, service, source, team, updated_at)"
+                " VALUES (?,?,?,?,?)",
+                [(environment, service, source, owner, self._now()) for service, owner in rows])
+
+    def owners(self) -> list[Owner]:
+        """Every recorded owner, by environment, service, source."""
+        return [Owner(r["environment"], r["service"], r["team"], r["source"],
+                      datetime.fromisoformat(r["updated_at"]))
+                for r in self.db.execute("SELECT * FROM owners ORDER BY environment, service,"
+                                         " source").fetchall()]
+
+    # -- post-mortems ------------------------------------------------------------------------
+
+    def add_note(self, incident: str, section: str, text: str, *, actor: str) -> PostmortemNote:
+        """Record one entry of a post-mortem's ``section``, with who and when."""
+        stamp = self._now()
+        cur = self.db.execute(
+            "INSERT INTO postmortem_notes (incident, section, text, actor, at)"
+            " VALUES (?,?,?,?,?) RETURNING id", (incident, section, text, actor, stamp))
+        return PostmortemNote(int(cur.fetchall()[0][0]), incident, section, text, actor,
+                              datetime.fromisoformat(stamp))
+
+    def notes(self, incident: str | None = None) -> list[PostmortemNote]:
+        """Post-mortem entries (of ``incident``, or all), oldest first."""
+        sql = "SELECT * FROM postmortem_notes"
+        args: tuple[str, ...] = ()
+        if incident is not None:
+            sql, args = sql + " WHERE incident=?", (incident,)
+        return [PostmortemNote(r["id"], r["incident"], r["section"], r["text"], r["actor"],
+                               datetime.fromisoformat(r["at"]))
+                for r in self.db.execute(sql + " ORDER BY id", args).fetchall()]
+
+    def add_action(self, incident: str, text: str, team: str | None, *,
+                   actor: str) -> ActionItem:
+        """A new open action item of ``incident``'s post-mortem."""
+        stamp = self._now()
+        cur = self.db.execute(
+            "INSERT INTO postmortem_actions (incident, text, team, state, created_by,"
+            " created_at) VALUES (?,?,?,'open',?,?) RETURNING id",
+            (incident, text, team, actor, stamp))
+        return ActionItem(int(cur.fetchall()[0][0]), incident, text, team, "open", actor,
+                          datetime.fromisoformat(stamp), None, None)
+
+    def update_action(self, action_id: int, *, actor: str, done: bool | None = None,
+                      team: str | None = None) -> ActionItem | None:
+        """Mark action ``action_id`` done (or open again) and/or give it an owning team;
+        None when there is no such action."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM postmortem_actions WHERE id=?",
+                          (action_id,)).fetchone() is None:
+                return None
+            if team is not None:
+                db.execute("UPDATE postmortem_actions SET team=? WHERE id=?", (team, action_id))
+            if done is True:
+                db.execute("UPDATE postmortem_actions SET state='done', done_by=?, done_at=?"
+                           " WHERE id=?", (actor, self._now(), action_id))
+            elif done is False:
+                db.execute("UPDATE postmortem_actions SET state='open', done_by=NULL,"
+                           " done_at=NULL WHERE id=?", (action_id,))
+        return next(a for a in self.actions() if a.id == action_id)
+
+    def actions(self, incident: str | None = None) -> list[ActionItem]:
+        """Action items (of ``incident``, or all), oldest first."""
+        sql = "SELECT * FROM postmortem_actions"
+        args: tuple[str, ...] = ()
+        if incident is not None:
+            sql, args = sql + " WHERE incident=?", (incident,)
+        return [ActionItem(r["id"], r["incident"], r["text"], r["team"], r["state"],
+                           r["created_by"], datetime.fromisoformat(r["created_at"]),
+                           r["done_by"], _time(r["done_at"]))
+                for r in self.db.execute(sql + " ORDER BY id", args).fetchall()]
+
+
+# -- PostgreSQL (psycopg 3) ---------------------------------------------------------------
+
+_MIGRATION_LOCK = 0x6769746F7073  # "gitops": the advisory lock key of migrations
+
+
 def _preview_row(row: Any, *, report: bool) -> PreviewRow:
     created = _time(row["created_at"])
     assert created is not None
@@ -1123,11 +1256,6 @@ def _preview_row(row: Any, *, report: bool) -> PreviewRow:
         finished_at=_time(row["finished_at"]),
         report=PreviewReport.model_validate_json(row["report"])
         if report and row["report"] else None)
-
-
-# -- PostgreSQL (psycopg 3) ---------------------------------------------------------------
-
-_MIGRATION_LOCK = 0x6769746F7073  # "gitops": the advisory lock key of migrations
 
 
 class StoreUnavailable(TemporaryError):

@@ -172,6 +172,7 @@
       notes.push(el("p", { class: "note bad" }, "Quarantined ", el("code", { text: shortRev(q.sha) }),
         " ", time(q.since), ": ", el("span", { text: q.reason })));
     }
+    if (env.team) flags.push(badge("team " + env.team, "team"));
     return [el("div", { class: "env-title" }, el("h2", { text: env.name }), ...flags), facts,
       conditionsList(env.conditions), ...notes];
   }
@@ -353,7 +354,118 @@
         el("dt", { text: "rollbacks" }), el("dd", { text: String((incident.rollbacks || []).length) })),
       failures.length ? el("h4", { text: "What failed" }) : null,
       failures.length ? el("ul", { class: "failures" }, failures) : null,
-      el("h4", { text: "Timeline" }), el("ol", { class: "timeline" }, timeline)));
+      el("h4", { text: "Timeline" }), el("ol", { class: "timeline" }, timeline),
+      postmortemBlock(incident)));
+  }
+
+  // -- post-mortems: what people wrote into an incident (gitops incidents annotate / action) --
+
+  const SECTIONS = [["summary", "Summary"], ["impact", "Impact"], ["causes", "Contributing causes"],
+    ["went_well", "What went well"]];
+
+  function postmortemBlock(incident) {
+    const pm = incident.postmortem;
+    if (!pm) return null;
+    const entry = (e) => el("li", {}, el("span", { class: "pm-text", text: e.text }), " ",
+      el("span", { class: "muted", text: `(${e.by}, ${String(e.at).replace("T", " ").slice(0, 16)})` }));
+    const parts = SECTIONS.map(([key, title]) => {
+      const value = pm[key];
+      const entries = Array.isArray(value) ? value : value ? [value] : [];
+      return el("div", { "data-section": key }, el("h5", { text: title }),
+        entries.length ? el("ul", {}, entries.map(entry)) : el("p", { class: "muted", text: "not written yet" }));
+    });
+    const actions = (pm.actions || []).map((a) => el("li", { "data-action": a.id },
+      badge(a.state, a.state === "done" ? "ok" : "warn"), " ", el("span", { class: "pm-text", text: a.text }), " ",
+      el("span", { class: "muted", text: "team: " + (a.team || "no owner yet") })));
+    return el("div", { class: "postmortem", "data-testid": "postmortem" },
+      el("h4", {}, "Post-mortem ", badge(pm.reviewed ? "reviewed" : "not reviewed", pm.reviewed ? "ok" : "warn")),
+      ...parts, el("h5", { text: "Action items" }),
+      actions.length ? el("ul", { class: "actions" }, actions) : el("p", { class: "muted", text: "none yet" }));
+  }
+
+  // -- teams and environments side by side -------------------------------------------------
+
+  const KEYS = [
+    ["deployment_frequency_per_day", "Deployment frequency", (v) => v.toFixed(2) + "/day", (v) => v],
+    ["lead_time_median_s", "Lead time (median)", duration, (v) => v / 3600],
+    ["change_failure_rate", "Change failure rate", (v) => (v * 100).toFixed(0) + " %", (v) => v * 100],
+    ["time_to_restore_median_s", "Time to restore (median)", duration, (v) => v / 3600],
+  ];
+
+  function trendText(key, t, show) {
+    if (!t || t.direction === null) return el("span", { class: "trend none", "data-trend": "none",
+      text: t && t.previous !== null ? `none now, ${show(t.previous)} before` : "no figure to compare" });
+    if (t.direction === "same") return el("span", { class: "trend same", "data-trend": "same", text: "= same as before" });
+    const arrow = t.direction === "up" ? "↑" : "↓";
+    return el("span", { class: "trend " + (t.better ? "better" : "worse"), "data-trend": t.direction,
+      text: `${arrow} from ${show(t.previous)} (${t.better ? "better" : "worse"})` });
+  }
+
+  function groupCard(g, kind) {
+    const rows = KEYS.map(([key, label, show]) => el("div", { class: "key-row", "data-key": key },
+      el("span", { class: "key-label", text: label }),
+      el("strong", { class: "key-value", text: g[key] === null ? "—" : show(g[key]) }),
+      trendText(key, g.trends[key], show)));
+    return el("div", { class: "card team-card", ["data-" + kind]: g.name },
+      el("h4", { text: g.name }),
+      kind === "team" ? el("p", { class: "muted", text: "environments: " + g.environments.join(", ") })
+        : el("p", { class: "muted", text: "team: " + (g.team || "none") }),
+      ...rows);
+  }
+
+  // One chart per key: a line per team over the window's buckets (SVG drawn here).
+  function keyChart(key, label, scale, groups) {
+    const width = 300, height = 90;
+    const buckets = groups.length ? groups[0].series.length : 0;
+    const values = groups.flatMap((g) => g.series.map((p) => p[key])).filter((v) => typeof v === "number").map(scale);
+    const max = Math.max(...values, 0) || 1;
+    const step = buckets > 1 ? width / (buckets - 1) : width;
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "data-chart": key });
+    chart.append(svg("title", {}, document.createTextNode(label + ", one line per team")));
+    groups.forEach((g, n) => {
+      let segment = [];
+      const flush = () => {
+        if (segment.length > 1) chart.append(svg("polyline", { points: segment.join(" "), class: "series s" + (n % 6) }));
+        segment = [];
+      };
+      g.series.forEach((p, i) => {
+        const v = p[key];
+        if (typeof v !== "number") { flush(); return; }
+        const x = buckets > 1 ? i * step : width / 2;
+        const y = height - 4 - (scale(v) / max) * (height - 8);
+        segment.push(`${x.toFixed(1)},${y.toFixed(1)}`);
+        const dot = svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 2.5, class: "dot s" + (n % 6) });
+        dot.append(svg("title", {}, document.createTextNode(`${g.name}, from ${p.start.slice(0, 10)}: ${v}`)));
+        chart.append(dot);
+      });
+      flush();
+    });
+    chart.append(svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, class: "axis" }));
+    return chart;
+  }
+
+  function comparisonSection(data) {
+    const c = data.comparison;
+    if (!c || !c.available) return null;
+    const legend = el("p", { class: "legend" }, c.teams.map((g, n) =>
+      el("span", { class: "legend-item" }, el("span", { class: "swatch s" + (n % 6) }), g.name)));
+    const first = c.teams.length && c.teams[0].series.length ? c.teams[0].series[0].start.slice(0, 10) : "";
+    const charts = KEYS.map(([key, label, , scale]) => el("div", { class: "card" },
+      el("h4", { text: label + (key.endsWith("_s") ? " (hours)" : key === "change_failure_rate" ? " (%)" : "") }),
+      keyChart(key, label, scale, c.teams), dayLabels(first, "now")));
+    const bands = el("details", { class: "bands", "data-key": "bands", "data-testid": "bands" },
+      el("summary", { text: "What good looks like (DORA performance bands, a reference, not a verdict)" }),
+      el("dl", { class: "facts" }, KEYS.flatMap(([key, label]) => [el("dt", { text: label }),
+        el("dd", { text: (c.bands[key] || []).map(([band, text]) => `${band}: ${text}`).join("; ") })])),
+      el("p", { class: "muted", text: "From the DORA \"Accelerate State of DevOps\" report (2021). Teams differ in what they " +
+        "run and how often it changes; compare a team with its own trend first." }));
+    return el("section", { class: "comparison", "data-testid": "comparison" },
+      el("h2", { text: `Teams side by side (last ${c.days} days, against the ${c.days} before)` }),
+      el("div", { class: "cards teams" }, c.teams.map((g) => groupCard(g, "team"))),
+      legend, el("div", { class: "cards" }, charts),
+      el("h3", { text: "Environments side by side" }),
+      el("div", { class: "cards teams" }, c.environments.map((g) => groupCard(g, "environment"))),
+      bands);
   }
 
   function incidentsSection(env) {
@@ -485,6 +597,8 @@
     if (data.pipeline && data.pipeline.length) sections.unshift(pipelineSection(data.pipeline));
     const previews = previewsSection(data.previews);
     if (previews) sections.push(previews);
+    const comparison = comparisonSection(data);
+    if (comparison) sections.unshift(comparison);
     app.replaceChildren(...sections);
     for (const d of app.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
   }
