@@ -130,7 +130,7 @@ def _tree_rss(root: int) -> int:
 
 
 def measure(hosts: Hosts, cmd: Sequence[str] | Callable[[], None], *,
-            count_processes: bool = True) -> Sample:
+            count_processes: bool = True, env: dict[str, str] | None = None) -> Sample:
     """Run ``cmd`` (a command line, or a function for the SSH floor) and measure it."""
     before_pids = hosts.pids() if count_processes else []
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -141,7 +141,7 @@ def measure(hosts: Hosts, cmd: Sequence[str] | Callable[[], None], *,
         cmd()
     else:
         proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+                                text=True, env={**os.environ, **(env or {})})
         done = threading.Event()
 
         def sample() -> None:
@@ -211,7 +211,13 @@ def lab_of(name: str, size: int, work: Path) -> Iterator[tuple[Hosts, Path]]:
             hosts.cleanup()
 
 
-def run_size(name: str, size: int, rounds: int) -> Figures:
+PYINFRA_SSH_ENV = "GITOPS_BENCH_PYINFRA_SSH"  # gitops.workers.connector (imports pyinfra)
+BASELINE = "no-change reconcile, pyinfra's ssh connector"
+"""At the smallest size: the same reconcile with pyinfra's own connector and facts
+(``gitops.workers.connector.PYINFRA_SSH_ENV``), the cost before the one-shell connector."""
+
+
+def run_size(name: str, size: int, rounds: int, baseline: bool = False) -> Figures:
     work = Path("/tmp") / f"gitops-bench-{name}-{size}"
     state_dir = work / "state"
     figures = Figures()
@@ -222,6 +228,10 @@ def run_size(name: str, size: int, rounds: int) -> Figures:
         for r in range(rounds):
             figures.add("no-change reconcile",
                         measure(hosts, gitops(repo, state_dir, "reconcile", "--once")))
+            if baseline:
+                figures.add(BASELINE, measure(hosts, gitops(repo, state_dir, "reconcile",
+                                                             "--once"),
+                                              env={PYINFRA_SSH_ENV: "1"}))
             set_inventory(repo, lambda inv, r=r: inv["groups"]["web"]["services"]["app"]
                           .update(message=f"Hello, round {r}"), f"app message {r}")
             figures.add("changed-only reconcile (app)",
@@ -270,9 +280,6 @@ def main() -> None:
     header("scale: per-host cost of reconcile and verify (sample: base, app, web)",
            f"python bench/scale.py --name {opts.name} --sizes {opts.sizes} "
            f"--rounds {opts.rounds} --fanout {opts.fanout}")
-    results = {size: run_size(opts.name, size, opts.rounds) for size in sizes}
-    fanout = run_fanout(opts.name, opts.fanout, opts.rounds) if opts.fanout else None
-
     labels = ["no-change reconcile", "changed-only reconcile (app)", "verify", "SSH floor"]
     print(f"Medians of {opts.rounds} alternating rounds. Controller CPU: the gitops process "
           "tree; host CPU: all the hosts' processes (cgroups); processes: started per host "
@@ -280,35 +287,54 @@ def main() -> None:
     print()
     print("| hosts | measure | wall (s) | x floor | controller CPU (s) | per host | all CPU "
           "(s) | per host | processes per host | peak RSS (MB) | per host |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for size, fig in results.items():
+    print("|---|---|---|---|---|---|---|---|---|---|---|", flush=True)
+    results: dict[int, Figures] = {}
+    for size in sizes:
+        fig = results[size] = run_size(opts.name, size, opts.rounds,
+                                       baseline=size == min(sizes))
         floor = fig.median("SSH floor", "wall")
-        for label in labels:
+        for label in [*labels, BASELINE]:
+            if label not in fig.samples:
+                continue
             wall = fig.median(label, "wall")
             cpu = fig.median(label, "controller_cpu")
             every = cpu + fig.median(label, "host_cpu")
             rss = fig.median(label, "peak_rss_mb")
             print(f"| {size} | {label} | {wall:.2f} | {wall / floor:.2f} | {cpu:.2f} | "
                   f"{cpu / size:.3f} | {every:.2f} | {every / size:.3f} | "
-                  f"{fig.median(label, 'processes'):.0f} | {rss:.0f} | {rss / size:.1f} |")
+                  f"{fig.median(label, 'processes'):.0f} | {rss:.0f} | {rss / size:.1f} |",
+                  flush=True)
     print()
+    fanout = run_fanout(opts.name, opts.fanout, opts.rounds) if opts.fanout else None
 
-    print("Goals (no-change reconcile; judged at each size):")
-    print()
-    print("| hosts | processes per host (≤ 150) | controller CPU per host (≤ 0.15 s) | all CPU "
-          "per host (≤ 0.4 s) | reconcile / floor (≤ 3) | verify / floor (≤ 1.5) |")
-    print("|---|---|---|---|---|---|")
-    for size, fig in results.items():
-        label = "no-change reconcile"
-        floor = fig.median("SSH floor", "wall")
-        cpu = fig.median(label, "controller_cpu") / size
-        every = cpu + fig.median(label, "host_cpu") / size
-        values = [fig.median(label, "processes"), cpu, every,
-                  fig.median(label, "wall") / floor, fig.median("verify", "wall") / floor]
-        cells = [f"{v:.3g} {'met' if v <= goal else 'NOT met'}"
-                 for v, goal in zip(values, GOALS.values(), strict=True)]
-        print(f"| {size} | " + " | ".join(cells) + " |")
-    print()
+    small = min(results) if results else 0
+    if results and BASELINE in results[small].samples:
+        fig = results[small]
+        ratios = ", ".join(
+            f"{what} {fig.median('no-change reconcile', attr) / fig.median(BASELINE, attr):.2f}"
+            for what, attr in (("wall", "wall"), ("controller CPU", "controller_cpu"),
+                               ("host CPU", "host_cpu"), ("processes", "processes")))
+        print(f"Side by side at {small} hosts, no-change reconcile with the one-shell connector "
+              f"/ with pyinfra's ssh connector: {ratios}.")
+        print()
+
+    if results:
+        print("Goals (no-change reconcile; judged at each size):")
+        print()
+        print("| hosts | processes per host (≤ 150) | controller CPU per host (≤ 0.15 s) | all CPU "
+              "per host (≤ 0.4 s) | reconcile / floor (≤ 3) | verify / floor (≤ 1.5) |")
+        print("|---|---|---|---|---|---|")
+        for size, fig in results.items():
+            label = "no-change reconcile"
+            floor = fig.median("SSH floor", "wall")
+            cpu = fig.median(label, "controller_cpu") / size
+            every = cpu + fig.median(label, "host_cpu") / size
+            values = [fig.median(label, "processes"), cpu, every,
+                      fig.median(label, "wall") / floor, fig.median("verify", "wall") / floor]
+            cells = [f"{v:.3g} {'met' if v <= goal else 'NOT met'}"
+                     for v, goal in zip(values, GOALS.values(), strict=True)]
+            print(f"| {size} | " + " | ".join(cells) + " |")
+        print()
 
     if len(results) >= 2:
         small, big = min(results), max(results)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -234,9 +235,15 @@ def _copy(value: Any) -> Any:
         return value
 
 
+PYINFRA_SSH_ENV = "GITOPS_BENCH_PYINFRA_SSH"
+"""Set (by ``bench/scale.py`` only): leave pyinfra's own connector and facts, to compare."""
+
+
 def install(inventory: Any) -> None:
     """Make every host of ``inventory`` use ``ShellConnector`` (before ``State.init``), and
     pyinfra's fact layer memoize and read ``Users`` cheaply (for this process)."""
+    if os.environ.get(PYINFRA_SSH_ENV):
+        return
     for host in inventory:
         host.connector_cls = ShellConnector
     pyinfra_facts._get_fact = _memoized_get_fact
