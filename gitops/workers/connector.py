@@ -1,7 +1,7 @@
 """The apply worker's connection and fact layer: one remote shell per host, facts read once.
 
 Used by ``gitops.workers.apply_worker`` (``install(inventory)`` before pyinfra connects);
-runs only in that worker process. Three cuts of what a pyinfra apply costs each host:
+runs only in that worker process. Four cuts of what a pyinfra apply costs each host:
 
 - ``ShellConnector``: pyinfra's ``ssh`` connector (paramiko, one SSH connection per host),
   but every command is written to one long-lived ``sh`` on the host instead of opening an
@@ -14,6 +14,8 @@ runs only in that worker process. Three cuts of what a pyinfra apply costs each 
   and answered from that first reading until anything could have changed the host: every
   command an operation runs and every file it uploads forgets the host's facts. A no-change
   run reads each fact once; a run that changes something reads again what it reads after.
+- Operation order: pyinfra's CLI mode orders operations by the call stack's line numbers,
+  read here from the frames instead of ``inspect.stack()`` (``operation_order``).
 - ``Users``: pyinfra's fact forks a dozen processes per account (``lastlog -u``, ``grep``,
   ``id`` twice, ...); ``USERS_COMMAND`` reads the same files once, with one ``lastlog``,
   and prints the same lines.
@@ -23,16 +25,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import os
 import secrets
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import pyinfra
 from paramiko import Channel
 from pyinfra.api import facts as pyinfra_facts
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.command import StringCommand
+from pyinfra.api.util import PYINFRA_INSTALL_DIR
 from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.connectors.util import (
     CommandOutput,
@@ -206,11 +212,10 @@ def _memoized_get_fact(state: Any, host: Any, cls: Any, args: Any = None, kwargs
     if not isinstance(connector, ShellConnector):
         return _get_fact(state, host, cls, args, kwargs, ensure_hosts, apply_failed_hosts)
     try:
-        fact_kwargs, global_kwargs = pyinfra_facts._handle_fact_kwargs(state, host, cls, args,
-                                                                       kwargs)
+        context = host.current_op_global_arguments or {}
         key: tuple[Any, ...] | None = (
-            cls, repr(sorted(fact_kwargs.items())),
-            repr(sorted((k, v) for k, v in global_kwargs.items() if k in CONNECTOR_ARGUMENT_KEYS)),
+            cls, repr(args), repr(sorted((kwargs or {}).items())),
+            repr(sorted((k, v) for k, v in context.items() if k in CONNECTOR_ARGUMENT_KEYS)),
         )
         hash(key)
     except Exception:  # pyinfra reports a bad fact call itself, below
@@ -239,6 +244,29 @@ PYINFRA_SSH_ENV = "GITOPS_BENCH_PYINFRA_SSH"
 """Set (by ``bench/scale.py`` only): leave pyinfra's own connector and facts, to compare."""
 
 
+def operation_order(state: Any) -> list[int]:
+    """What ``pyinfra.api.util.get_operation_order_from_stack`` returns (the file number,
+    then the line numbers of the calling frames outside pyinfra, outermost first from the
+    deploy file on), read from the frames themselves: pyinfra's builds ``inspect.stack()``,
+    which reads every frame's source and searches ``sys.modules`` for its module, per
+    operation call (a quarter of the apply worker's CPU in a profile)."""
+    frames = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back  # type: ignore[assignment]
+    frames.reverse()
+    start = 0
+    if state.current_deploy_filename:
+        for start, item in enumerate(frames):  # noqa: B007  # the index is the result
+            if item.f_code.co_filename == state.current_deploy_filename:
+                break
+    numbers = [state.current_op_file_number] if pyinfra.is_cli else []
+    numbers += [f.f_lineno for f in frames[start:]
+                if not f.f_code.co_filename.startswith(PYINFRA_INSTALL_DIR)]
+    return numbers
+
+
 def install(inventory: Any) -> None:
     """Make every host of ``inventory`` use ``ShellConnector`` (before ``State.init``), and
     pyinfra's fact layer memoize and read ``Users`` cheaply (for this process)."""
@@ -247,4 +275,7 @@ def install(inventory: Any) -> None:
     for host in inventory:
         host.connector_cls = ShellConnector
     pyinfra_facts._get_fact = _memoized_get_fact
+    # the module, which ``pyinfra.api.operation`` (the decorator) hides
+    module: Any = importlib.import_module("pyinfra.api.operation")
+    module.get_operation_order_from_stack = operation_order
     Users.command = lambda self: USERS_COMMAND  # type: ignore[method-assign]
