@@ -30,3 +30,13 @@ def test_operation_order_is_pyinfras(deploy_file: str | None, cli: bool,
     theirs, ours = _nested(state)
     assert ours == theirs
     assert len(ours) >= 3
+
+
+def test_global_arguments_are_pyinfras() -> None:
+    """The apply worker's cached list of pyinfra's global arguments is pyinfra's list."""
+    from pyinfra.api.arguments import all_global_arguments
+
+    from gitops.workers.connector import _global_arguments
+
+    assert _global_arguments() == all_global_arguments()
+    assert _global_arguments() == all_global_arguments()  # the cached answer too
