@@ -1,27 +1,39 @@
-"""Stages 3 and 4: plan (pyinfra dry run) and apply, through the pyinfra worker process.
+"""Stages 3 and 4: plan (pyinfra dry run) and apply, through pyinfra worker processes.
 
 ``plan`` reports per host and operation whether it would change, with file diffs; ``apply``
 executes every operation once (each fact read once, like ``pyinfra -y``) and returns what
 changed, with diffs, as its plan, and the per-operation results. Hosts
 run in parallel; a failed host stops the others only past the environment's fail percentage.
-A guarded apply (``gitops.guard``) is confirmed here, after the worker has gone: each host
-where the worker armed a revert is reached again over a new SSH connection, which disarms it;
-a host that reverted by itself is ``RevertedByHost``, one never reached again ``Unreachable``.
 Called by ``reconcile`` and the CLI; never imports pyinfra itself.
+
+A big batch is split across worker processes (``settings.workers``, by default as many as
+the controller has cores, each with at least ``MIN_HOSTS_PER_WORKER`` hosts): one worker
+process runs on one core, and its cost per host is mostly the controller's CPU. Each worker
+applies its share of the hosts; the results are put back in the state's host order. The fail
+percentage holds within each worker's share.
+
+A guarded apply (``gitops.guard``) is confirmed here, after the workers have gone: each host
+where a worker armed a revert is reached again over a new SSH connection, which disarms it;
+a host that reverted by itself is ``RevertedByHost``, one never reached again ``Unreachable``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from gitops import guard
+from gitops.errors import WorkerError
 from gitops.model import DeclaredState
 from gitops.records import ApplyReport, HostApply, Plan, WorkerResult
 from gitops.worker import Progress, run_worker
 
 _WORKER = "gitops.workers.apply_worker"
+MIN_HOSTS_PER_WORKER = 10
+"""Below this many hosts per worker another worker costs more (its start) than it saves."""
 
 
 def _job(state: DeclaredState, *, dry: bool, diff: bool, journal: Path | None = None,
@@ -30,15 +42,71 @@ def _job(state: DeclaredState, *, dry: bool, diff: bool, journal: Path | None = 
                        "journal": str(journal) if journal else None, "remove": remove})
 
 
+def shares(state: DeclaredState) -> list[DeclaredState]:
+    """``state`` split into the parts the worker processes apply: ``settings.workers``
+    parts when set, else one per core with at least ``MIN_HOSTS_PER_WORKER`` hosts each;
+    consecutive hosts, sizes differing by one at most."""
+    hosts = [h.name for h in state.hosts]
+    wanted = state.settings.workers
+    if wanted is None:
+        wanted = min(os.cpu_count() or 1, len(hosts) // MIN_HOSTS_PER_WORKER)
+    count = max(1, min(wanted, len(hosts)))
+    if count == 1:
+        return [state]
+    size, extra = divmod(len(hosts), count)
+    parts, start = [], 0
+    for i in range(count):
+        end = start + size + (1 if i < extra else 0)
+        parts.append(state.limit(set(hosts[start:end])))
+        start = end
+    return parts
+
+
+def _run(state: DeclaredState, timeout: float, on_progress: Progress | None, *, dry: bool,
+         journal: Path | None = None, remove: bool = False) -> list[WorkerResult]:
+    """Each share's worker result, in share order; a failed worker fails the whole stage
+    once every other worker has finished (none is stopped halfway through an apply)."""
+    parts = shares(state)
+    if len(parts) == 1:
+        out = run_worker(_WORKER, _job(state, dry=dry, diff=True, journal=journal, remove=remove),
+                         timeout=timeout, on_progress=on_progress)
+        return [WorkerResult.model_validate_json(out)]
+    lock = threading.Lock()
+
+    def one(index: int, part: DeclaredState) -> WorkerResult:
+        def say(line: str) -> None:
+            if on_progress is not None:
+                with lock:
+                    on_progress(f"worker {index}/{len(parts)}: {line}")
+
+        out = run_worker(_WORKER, _job(part, dry=dry, diff=True, journal=journal, remove=remove),
+                         timeout=timeout, on_progress=say)
+        return WorkerResult.model_validate_json(out)
+
+    with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="apply") as pool:
+        futures = [pool.submit(one, i, part) for i, part in enumerate(parts, 1)]
+        errors = [f.exception() for f in futures]
+    failed = [e for e in errors if e is not None]
+    if failed:
+        if len(failed) == 1 or not all(isinstance(e, WorkerError) for e in failed):
+            raise failed[0]
+        raise WorkerError("\n".join(str(e) for e in failed))
+    return [f.result() for f in futures]
+
+
+def _merged_plan(state: DeclaredState, results: list[WorkerResult]) -> Plan:
+    by_host = {h.host: h for r in results for h in r.plan.hosts}
+    return results[0].plan.model_copy(update={
+        "hosts": tuple(by_host[h.name] for h in state.hosts if h.name in by_host)})
+
+
 def plan(
     state: DeclaredState, *, timeout: float = 900, on_progress: Progress | None = None,
     remove: bool = False,
 ) -> Plan:
     """What would change on each host; changes nothing. ``remove``: what running each
     service's ``remove.py`` would change (a removal state, ``gitops.prune.removal_state``)."""
-    out = run_worker(_WORKER, _job(state, dry=True, diff=True, remove=remove), timeout=timeout,
-                     on_progress=on_progress)
-    return WorkerResult.model_validate_json(out).plan
+    return _merged_plan(state, _run(state, timeout, on_progress, dry=True, remove=remove))
 
 
 def apply(
@@ -51,11 +119,17 @@ def apply(
     With ``journal`` (a folder, ``gitops.journal``), each host's operations are journaled as
     they run, and what an interrupted apply changed counts as changed for what depends on it.
     """
-    out = run_worker(_WORKER, _job(state, dry=False, diff=True, journal=journal, remove=remove),
-                     timeout=timeout, on_progress=on_progress)
-    result = WorkerResult.model_validate_json(out)
-    assert result.apply is not None
-    return result.plan, confirm_guards(state, result.apply, on_progress=on_progress)
+    results = _run(state, timeout, on_progress, dry=False, journal=journal, remove=remove)
+    reports = [r.apply for r in results]
+    assert all(r is not None for r in reports)
+    by_host = {h.host: h for r in reports if r is not None for h in r.hosts}
+    stopped = "; ".join(r.stopped for r in reports if r is not None and r.stopped) or None
+    report = ApplyReport(
+        hosts=tuple(by_host[h.name] for h in state.hosts if h.name in by_host),
+        stopped=stopped,
+        duration_s=max(r.duration_s for r in reports if r is not None),
+    )
+    return _merged_plan(state, results), confirm_guards(state, report, on_progress=on_progress)
 
 
 def confirm_guards(state: DeclaredState, report: ApplyReport, *,

@@ -175,6 +175,9 @@ class EnvironmentSettings(_Strict):
     """Percentage of hosts that may fail before the rollout stops (0: any failure stops)."""
     parallel: int = Field(default=20, ge=1, le=1000)
     """How many hosts are worked on at once."""
+    workers: int | None = Field(default=None, ge=1, le=256)
+    """Apply worker processes a batch's hosts are split across (see ``gitops.apply``); by
+    default as many as the controller has cores, each with at least 10 hosts."""
     rollout: RolloutSettings = RolloutSettings()
     ssh: SSHSettings = SSHSettings()
     source: Literal["inventory", "vagrant", "lab"] = "inventory"

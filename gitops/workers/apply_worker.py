@@ -57,7 +57,7 @@ from gitops.records import (
     WorkerResult,
 )
 from gitops.worker import PROGRESS_PREFIX, die_with_parent
-from gitops.workers import secrets
+from gitops.workers import connector, secrets
 
 
 class Job(BaseModel):
@@ -460,6 +460,7 @@ def run(job: Job) -> WorkerResult:
         ([(h.name, _connector_data(h)) for h in declared.hosts], {}), **dict(groups)
     )
     ctx_inventory.set(inventory)
+    connector.install(inventory)  # one remote shell per host, facts read once
     state.init(inventory, config)
     recorder = _Journal(Path(job.journal), names) if job.journal and not job.dry else None
     guards = _Guards(declared) if declared.guarded else None

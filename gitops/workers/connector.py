@@ -1,0 +1,297 @@
+"""The apply worker's connection and fact layer: one remote shell per host, facts read once.
+
+Used by ``gitops.workers.apply_worker`` (``install(inventory)`` before pyinfra connects);
+runs only in that worker process. Cuts of what a pyinfra apply costs each host:
+
+- ``ShellConnector``: pyinfra's ``ssh`` connector (paramiko, one SSH connection per host),
+  but every command is written to one long-lived ``sh`` on the host instead of opening an
+  SSH session per command (each of which costs the host an sshd session process, a login
+  shell and pyinfra's ``sh -c``). The shell runs each command as ``{ CMD } </dev/null``
+  followed by a random marker with its exit status on stdout and on stderr, as
+  ``gitops.workers.verify_worker.ShellBackend`` does for testinfra. File transfers keep
+  pyinfra's SFTP channel; a command that needs a terminal or stdin gets its own session.
+- Fact memoization: within one run a host's fact (same fact, same arguments) is read once
+  and answered from that first reading until anything could have changed the host: every
+  command an operation runs and every file it uploads forgets the host's facts. A no-change
+  run reads each fact once; a run that changes something reads again what it reads after.
+- Operation order: pyinfra's CLI mode orders operations by the call stack's line numbers,
+  read here from the frames instead of ``inspect.stack()`` (``operation_order``); the
+  global arguments' type hints are evaluated once, not at every operation and fact.
+- ``Users``: pyinfra's fact forks a dozen processes per account (``lastlog -u``, ``grep``,
+  ``id`` twice, ...); ``USERS_COMMAND`` reads the same files once, with one ``lastlog``,
+  and prints the same lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import os
+import secrets
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import pyinfra
+from paramiko import Channel
+from pyinfra.api import arguments as pyinfra_arguments
+from pyinfra.api import facts as pyinfra_facts
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.api.arguments import all_global_arguments as _all_global_arguments
+from pyinfra.api.command import StringCommand
+from pyinfra.api.util import PYINFRA_INSTALL_DIR
+from pyinfra.connectors.ssh import SSHConnector
+from pyinfra.connectors.util import (
+    CommandOutput,
+    OutputLine,
+    execute_command_with_sudo_retry,
+    make_unix_command_for_host,
+)
+from pyinfra.facts.server import Users
+
+SHELL = "exec sh"
+"""What the one session per host runs: a POSIX shell reading commands on its stdin."""
+
+USERS_COMMAND = r"""{ cat /etc/group; echo '#gitops-shadow'; cat /etc/shadow 2>/dev/null ||
+cat /etc/master.passwd 2>/dev/null; echo '#gitops-lastlog'; lastlog 2>/dev/null ||
+lastlogin 2>/dev/null; echo '#gitops-passwd'; cat /etc/passwd; } | awk '
+$0 == "#gitops-shadow" { part = 1; next }
+$0 == "#gitops-lastlog" { part = 2; next }
+$0 == "#gitops-passwd" { part = 3; FS = ":"; next }
+part == 0 { split($0, g, ":"); gname[g[3]] = g[1]; n = split(g[4], m, ",");
+            for (i = 1; i <= n; i++) sup[m[i]] = sup[m[i]] " " g[1]; next }
+part == 1 { split($0, s, ":"); pw[s[1]] = s[2]; next }
+part == 2 { line = $0; gsub(/ +/, " ", line); split(line, w, " ");
+            if (w[1] != "Username") last[w[1]] = line; next }
+part == 3 { p = gname[$4]; if (p == "") p = $4;
+            print $0 "|" p "|" p sup[$1] "|" last[$1] "|" pw[$1] }'"""
+"""pyinfra's ``Users`` output (``passwd entry|group|groups|lastlog|password`` per account)
+from one ``awk`` over the local account files: a primary group unknown to ``/etc/group``
+shows as its number, as ``id -gn`` does."""
+
+
+class ShellConnector(SSHConnector):
+    """pyinfra's ``ssh`` connector whose commands all run in one remote shell per host."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._shell: Channel | None = None
+        self._token = f"__gitops_{secrets.token_hex(8)}__"
+        self.facts: dict[tuple[Any, ...], Any] = {}
+        """This host's fact readings since the last thing that could change it."""
+        self.reading_fact = False
+        self.commands = 0
+        """Commands sent to the host (facts and operations), for the benchmarks."""
+
+    def disconnect(self) -> None:
+        shell, self._shell = self._shell, None
+        if shell is not None:
+            with contextlib.suppress(Exception):
+                shell.close()
+        super().disconnect()
+
+    def run_shell_command(
+        self,
+        command: StringCommand,
+        print_output: bool = False,
+        print_input: bool = False,
+        **arguments: Any,
+    ) -> tuple[bool, CommandOutput]:
+        if not self.reading_fact:
+            self.facts.clear()  # an operation's command: what was read may be out of date
+        if arguments.get("_get_pty") or arguments.get("_stdin"):
+            return super().run_shell_command(command, print_output, print_input, **arguments)
+        self.commands += 1
+        timeout = arguments.pop("_timeout", None)
+        arguments.pop("_stdin", None)
+        arguments.pop("_get_pty", None)
+        success = arguments.pop("_success_exit_codes", None)
+
+        def execute() -> tuple[int, CommandOutput]:
+            unix = make_unix_command_for_host(self.state, self.host, command, **arguments)
+            raw = unix.get_raw_value()
+            if print_input:
+                from pyinfra.api.output import echo
+
+                echo(f"{self.host.print_prefix}>>> {unix}", err=True)
+            # a command pyinfra wraps (``sh -c '...'``, ``sudo ...``) cannot end this shell;
+            # a raw one (``_shell_executable=None``) runs in a subshell of its own
+            grouped = f"{{ {raw}\n}}" if arguments.get("_shell_executable", "sh") else \
+                f"( {raw}\n)"
+            return self._run(grouped, timeout)
+
+        code, output = execute_command_with_sudo_retry(self.host, arguments, execute)  # type: ignore[arg-type]
+        if print_output:
+            from pyinfra.api.output import echo
+
+            for line in output:
+                echo(f"{self.host.print_prefix}{line.line}", err=True)
+        return (code in success) if success else code == 0, output
+
+    def _open(self) -> Channel:
+        assert self.client is not None
+        transport = self.client.get_transport()
+        assert transport is not None
+        channel = transport.open_session()
+        channel.exec_command(SHELL)
+        return channel
+
+    def _run(self, script: str, timeout: float | None) -> tuple[int, CommandOutput]:
+        if self._shell is None or self._shell.closed or self._shell.exit_status_ready():
+            self._shell = self._open()
+        shell = self._shell
+        token = self._token
+        shell.sendall(
+            f"{script} </dev/null; printf '\\n%s %d\\n' {token} $?; "
+            f"printf '\\n%s\\n' {token} >&2\n".encode()
+        )
+        marker = f"\n{token}".encode()
+        out = gevent.spawn(_read_until, shell.recv, marker)
+        err = gevent.spawn(_read_until, shell.recv_stderr, marker)
+        done = gevent.joinall([out, err], timeout=timeout)
+        if len(done) != 2 or not out.successful() or not err.successful():
+            out.kill()
+            err.kill()
+            self._lost()
+            if len(done) != 2:
+                raise TimeoutError
+            raise OSError("the remote shell ended")
+        stdout, status = out.value
+        stderr, _ = err.value
+        try:
+            code = int(status)
+        except ValueError:
+            code = 255
+        lines = [OutputLine("stdout", line) for line in _lines(stdout)]
+        lines += [OutputLine("stderr", line) for line in _lines(stderr)]
+        return code, CommandOutput(lines)
+
+    def _lost(self) -> None:
+        """The shell is gone or out of step: the next command opens a new one."""
+        shell, self._shell = self._shell, None
+        if shell is not None:
+            with contextlib.suppress(Exception):
+                shell.close()
+
+    def put_file(self, *args: Any, **kwargs: Any) -> bool:
+        self.facts.clear()
+        return bool(super().put_file(*args, **kwargs))
+
+    def rsync(self, *args: Any, **kwargs: Any) -> bool:
+        self.facts.clear()
+        return bool(super().rsync(*args, **kwargs))
+
+
+def _read_until(recv: Any, marker: bytes) -> tuple[bytes, bytes]:
+    """Read from ``recv`` until ``marker`` and the rest of its line: (what came before, the
+    rest of that line). EOFError when the channel ends first."""
+    buf = bytearray()
+    while True:
+        at = buf.find(marker)
+        end = buf.find(b"\n", at + len(marker)) if at >= 0 else -1
+        if end >= 0:
+            return bytes(buf[:at]), bytes(buf[at + len(marker):end])
+        chunk = recv(65536)
+        if not chunk:
+            raise EOFError
+        buf.extend(chunk)
+
+
+def _lines(data: bytes) -> Iterator[str]:
+    if not data:
+        return
+    text = data.decode("utf-8", errors="replace")
+    yield from text.removesuffix("\n").split("\n")
+
+
+_get_fact = pyinfra_facts._get_fact
+
+
+def _memoized_get_fact(state: Any, host: Any, cls: Any, args: Any = None, kwargs: Any = None,
+                       ensure_hosts: Any = None, apply_failed_hosts: bool = True) -> Any:
+    connector = host.connector
+    if not isinstance(connector, ShellConnector):
+        return _get_fact(state, host, cls, args, kwargs, ensure_hosts, apply_failed_hosts)
+    try:
+        context = host.current_op_global_arguments or {}
+        key: tuple[Any, ...] | None = (
+            cls, repr(args), repr(sorted((kwargs or {}).items())),
+            repr(sorted((k, v) for k, v in context.items() if k in CONNECTOR_ARGUMENT_KEYS)),
+        )
+        hash(key)
+    except Exception:  # pyinfra reports a bad fact call itself, below
+        key = None
+    if key is not None and key in connector.facts:
+        return _copy(connector.facts[key])
+    connector.reading_fact = True
+    try:
+        value = _get_fact(state, host, cls, args, kwargs, ensure_hosts, apply_failed_hosts)
+    finally:
+        connector.reading_fact = False
+    if key is not None and host not in state.failed_hosts:
+        connector.facts[key] = _copy(value)
+    return value
+
+
+def _copy(value: Any) -> Any:
+    """A reading handed out is the caller's own (an operation may change what it got)."""
+    try:
+        return copy.deepcopy(value)
+    except Exception:
+        return value
+
+
+PYINFRA_SSH_ENV = "GITOPS_BENCH_PYINFRA_SSH"
+"""Set (by ``bench/scale.py`` only): leave pyinfra's own connector and facts, to compare."""
+
+
+def operation_order(state: Any) -> list[int]:
+    """What ``pyinfra.api.util.get_operation_order_from_stack`` returns (the file number,
+    then the line numbers of the calling frames outside pyinfra, outermost first from the
+    deploy file on), read from the frames themselves: pyinfra's builds ``inspect.stack()``,
+    which reads every frame's source and searches ``sys.modules`` for its module, per
+    operation call (a quarter of the apply worker's CPU in a profile)."""
+    frames = []
+    frame = sys._getframe(1)
+    while frame is not None:
+        frames.append(frame)
+        frame = frame.f_back  # type: ignore[assignment]
+    frames.reverse()
+    start = 0
+    if state.current_deploy_filename:
+        for start, item in enumerate(frames):  # noqa: B007  # the index is the result
+            if item.f_code.co_filename == state.current_deploy_filename:
+                break
+    numbers = [state.current_op_file_number] if pyinfra.is_cli else []
+    numbers += [f.f_lineno for f in frames[start:]
+                if not f.f_code.co_filename.startswith(PYINFRA_INSTALL_DIR)]
+    return numbers
+
+
+_ARGUMENTS: list[tuple[str, type]] = []
+
+
+def _global_arguments() -> list[tuple[str, type]]:
+    """pyinfra's ``all_global_arguments()`` once: it evaluates the type hints of every
+    global argument (``typing.get_type_hints``) at each operation and each fact read, about
+    a third of a plan's CPU after the stack reading. The list does not change in a run."""
+    if not _ARGUMENTS:
+        _ARGUMENTS.extend(_all_global_arguments())
+    return list(_ARGUMENTS)
+
+
+def install(inventory: Any) -> None:
+    """Make every host of ``inventory`` use ``ShellConnector`` (before ``State.init``), and
+    pyinfra's fact layer memoize and read ``Users`` cheaply (for this process)."""
+    if os.environ.get(PYINFRA_SSH_ENV):
+        return
+    for host in inventory:
+        host.connector_cls = ShellConnector
+    pyinfra_facts._get_fact = _memoized_get_fact
+    # the module, which ``pyinfra.api.operation`` (the decorator) hides
+    module: Any = importlib.import_module("pyinfra.api.operation")
+    module.get_operation_order_from_stack = operation_order
+    pyinfra_arguments.all_global_arguments = _global_arguments
+    Users.command = lambda self: USERS_COMMAND  # type: ignore[method-assign]
