@@ -81,9 +81,12 @@ def page_data(store: Store | None, *, today: datetime | None = None) -> dict[str
     rows = store.status() if store is not None else []
     names = sorted({r.environment for r in rows} | {
         q.environment for q in (store.quarantined() if store is not None else [])})
+    holders = ({lease.environment: lease.holder for lease in store.leases() if lease.live}
+               if store is not None else {})
     return {
         "generated_at": (today or datetime.now(UTC)).isoformat(timespec="seconds"),
-        "environments": [_environment(store, name, rows, today)
+        "environments": [{**_environment(store, name, rows, today),
+                          "controller": holders.get(name)}
                          for name in names if store is not None],
     }
 
