@@ -104,13 +104,17 @@ class Leases:
 
     def try_acquire(self, environment: str) -> int | None:
         """Take ``environment`` when its lease is free or expired; its token, else None."""
-        sent = self.clock()
-        token = self._call("acquire", lambda s: s.acquire_lease(
-            environment, self.controller, self.ttl))
+        sent = [0.0]
+
+        def acquire(store: Store) -> int | None:
+            sent[0] = self.clock()  # once connected: the statement's sending time
+            return store.acquire_lease(environment, self.controller, self.ttl)
+
+        token = self._call("acquire", acquire)
         if token is None:
             return None
         with self._lock:
-            self._held[environment] = _Held(token, sent + FENCE * self.ttl)
+            self._held[environment] = _Held(token, sent[0] + FENCE * self.ttl)
         return token
 
     def renew(self) -> list[str]:
@@ -120,8 +124,13 @@ class Leases:
             tokens = {e: h.token for e, h in self._held.items()}
         if not tokens:
             return []
-        sent = self.clock()
-        kept = self._call("renew", lambda s: s.renew_leases(self.controller, tokens, self.ttl))
+        sent = [0.0]
+
+        def renew(store: Store) -> set[str]:
+            sent[0] = self.clock()
+            return store.renew_leases(self.controller, tokens, self.ttl)
+
+        kept = self._call("renew", renew)
         lost: list[str] = []
         with self._lock:
             for environment, token in tokens.items():
@@ -129,7 +138,7 @@ class Leases:
                 if held is None or held.token != token:
                     continue
                 if kept is not None and environment in kept:
-                    held.valid_until = sent + FENCE * self.ttl
+                    held.valid_until = sent[0] + FENCE * self.ttl
                 elif kept is not None:  # the database says another holds it
                     del self._held[environment]
                     lost.append(environment)

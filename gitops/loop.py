@@ -247,7 +247,7 @@ class Daemon:
         log.info("%s: held by this controller (%s, lease %d)", env.config.name,
                  self.controller, token)
         env.next_poll = self.clock()
-        return True
+        return self.leases.holds(name)  # still valid after the recovery
 
     def _holding(self, env: _Env) -> bool:
         """``_take``, or else: look again in ``retry_s`` (nothing runs meanwhile)."""
