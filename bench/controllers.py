@@ -17,8 +17,9 @@ running controller chosen at random is killed with SIGKILL and started again 5 s
 every ``--commit-every`` seconds a commit changes one environment's value (round robin).
 
 Figures:
-- takeover time: from the SIGKILL to a live lease of another controller, for each
-  environment the killed one held (the leases table, polled every 0.2 s); median and max;
+- takeover time: from the SIGKILL to the ``acquired_at`` of another controller's lease, for
+  each environment the killed one held (the leases table, polled every 0.2 s; both times by
+  this machine's clock); median and max;
 - double applies (goal 0): pairs of runs of one environment overlapping in time in the
   record, plus the lines in the hosts' ``.double`` markers;
 - lost runs (goal 0): runs cut by a kill (recorded interrupted) with no later successful
@@ -55,6 +56,7 @@ from _common import ROOT, lab_down, lab_up
 sys.path.insert(0, str(ROOT / "tests"))
 from pgserver import PgServer
 
+from gitops.records import Lease
 from gitops.settings import SecretRef
 from gitops.store import Database
 
@@ -109,8 +111,8 @@ def make_repo(dest: Path, lab_name: str, hosts: list[str], environments: int) ->
 
 def write_env(repo: Path, env: str, lab_name: str, host: str, value: str) -> None:
     inv = {"settings": {"source": "lab", "lab": lab_name},
-           "groups": {"all": {"services": {"marker": {"env": env, "value": value}}}},
-           "hosts": {host: {}}}
+           "groups": {"bench": {"services": {"marker": {"env": env, "value": value}}}},
+           "hosts": {host: {"groups": ["bench"]}}}
     (repo / "inventories" / f"{env}.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
 
 
@@ -176,6 +178,11 @@ def live_holders(database: Database) -> dict[str, str]:
         return {lease.environment: lease.holder for lease in store.leases() if lease.live}
 
 
+def live_leases(database: Database) -> dict[str, Lease]:
+    with database.open(readonly=True) as store:
+        return {lease.environment: lease for lease in store.leases() if lease.live}
+
+
 def overlaps(runs: list[Any]) -> list[tuple[int, int]]:
     """Pairs of runs of one environment whose [start, finish] intervals overlap."""
     found = []
@@ -222,7 +229,7 @@ def campaign(opts: argparse.Namespace, work: Path) -> dict[str, Any]:
         next_kill = start + opts.kill_every
         next_commit = start + opts.commit_every
         restart_at: dict[str, float] = {}
-        watching: list[tuple[str, str, float]] = []  # (env, killed, at)
+        watching: list[tuple[str, str, datetime]] = []  # (env, killed, at)
         while time.monotonic() - start < opts.duration:
             now = time.monotonic()
             if now >= next_kill:
@@ -230,14 +237,14 @@ def campaign(opts: argparse.Namespace, work: Path) -> dict[str, Any]:
                 victim = rng.choice(running)
                 held = [e for e, h in live_holders(database).items() if h == victim.name]
                 victim.kill()
-                at = time.monotonic()
+                at = datetime.now(UTC)
+                since = time.monotonic() - start
                 kills.append({"controller": victim.name, "held": held,
-                              "at_s": round(at - start, 1)})
+                              "at_s": round(since, 1)})
                 watching += [(e, victim.name, at) for e in held]
-                restart_at[victim.name] = at + 5
+                restart_at[victim.name] = time.monotonic() + 5
                 next_kill += opts.kill_every
-                print(f"{at - start:6.1f} s: killed {victim.name} holding {held}",
-                      file=sys.stderr)
+                print(f"{since:6.1f} s: killed {victim.name} holding {held}", file=sys.stderr)
             for c in controllers:
                 if c.name in restart_at and time.monotonic() >= restart_at[c.name]:
                     c.start()
@@ -251,12 +258,13 @@ def campaign(opts: argparse.Namespace, work: Path) -> dict[str, Any]:
                 commits += 1
                 next_commit += opts.commit_every
             if watching:
-                holders = live_holders(database)
+                leases = live_leases(database)
                 still = []
                 for env, killed, at in watching:
-                    holder = holders.get(env)
-                    if holder is not None and holder != killed:
-                        takeovers.append(time.monotonic() - at)
+                    lease = leases.get(env)
+                    if lease is not None and lease.holder != killed:
+                        # the new holder's own stamp of the takeover (same machine's clock)
+                        takeovers.append((lease.acquired_at - at).total_seconds())
                     else:
                         still.append((env, killed, at))
                 watching = still
@@ -266,10 +274,11 @@ def campaign(opts: argparse.Namespace, work: Path) -> dict[str, Any]:
                 c.start()
         print("campaign over; waiting for every environment to converge", file=sys.stderr)
         converged_in = converge(database, repo, envs, 300, strict=False)
-        for env, _, at in watching:  # kills at the very end
-            holders = live_holders(database)
-            if env in holders:
-                takeovers.append(time.monotonic() - at)
+        leases = live_leases(database)
+        for env, killed, at in watching:  # kills at the very end
+            lease = leases.get(env)
+            if lease is not None and lease.holder != killed:
+                takeovers.append((lease.acquired_at - at).total_seconds())
         with database.open(readonly=True) as store:
             runs = {env: [r for r in store.history(env, limit=100000) if not r.event]
                     for env in envs}

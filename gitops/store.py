@@ -31,10 +31,12 @@ starting together do not both migrate. ``Database`` says where the record is (fr
 settings: ``open_store(settings)``); everything opens stores through it. Snapshots, locks and
 keys stay in the state folder whichever backend holds the record.
 
-Leases (several controllers sharing environments) fit here later: a ``leases`` table
-(environment, holder, expires_at) written with ``INSERT ... ON CONFLICT DO UPDATE ... WHERE
-expires_at < now`` in a migration of its own, both dialects alike; PostgreSQL's advisory locks
-(``_advisory``) can guard an environment for the length of a run the same way.
+Several controllers sharing environments (``gitops.lease``) keep their leases here: the
+``leases`` table (environment, holder, fencing token, expiry in the database's epoch
+seconds, ``_EPOCH``: one clock for every controller) is taken with ``INSERT ... ON CONFLICT
+DO UPDATE ... WHERE expires < now`` and renewed only with the holder's token; the
+``requests`` table keeps the triggers and retries that reached a controller not holding the
+environment until its holder takes them. Both dialects alike.
 """
 
 from __future__ import annotations

@@ -24,7 +24,8 @@ from gitops.page import page_data
 from gitops.settings import EnvironmentConfig, SecretRef, Settings
 from gitops.store import Database
 
-TTL = 2.0
+TTL = 5.0
+"""Seconds: long enough that a loaded machine still renews in time, short for the takeovers."""
 
 
 @pytest.fixture()
@@ -55,7 +56,7 @@ def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
 def test_two_controllers_never_both_hold_an_environment(database: Database) -> None:
     """Eight controllers racing for one environment: exactly one gets it, and the others
     still cannot while its lease lives."""
-    contenders = [_leases(database, f"c{i}") for i in range(8)]
+    contenders = [_leases(database, f"c{i}", ttl=60) for i in range(8)]
     barrier = threading.Barrier(len(contenders))
     won: list[str] = []
 
