@@ -87,7 +87,10 @@ class Leases:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._stores: dict[str, Store] = {}
-        """One open connection per thread that uses it (by thread name)."""
+        """One open connection per purpose (acquire, renew, requests, release), each used
+        under its own lock: the environments' threads share the one that acquires."""
+        self._uses = {purpose: threading.Lock()
+                      for purpose in ("acquire", "renew", "requests", "release")}
 
     # -- holding ---------------------------------------------------------------------------
 
@@ -210,18 +213,18 @@ class Leases:
     def _call(self, purpose: str, fn: Callable[[Store], _T]) -> _T | None:
         """``fn`` on this purpose's kept connection, opened again after an error; None when
         the database cannot be reached (logged: the lease's validity runs out meanwhile)."""
-        key = purpose if purpose in ("renew", "requests") else threading.current_thread().name
-        try:
-            store = self._stores.get(key)
-            if store is None:
-                store = self.database.open(timeout=max(1.0, self.ttl / 3))
-                self._stores[key] = store
-            return fn(store)
-        except _ERRORS as exc:
-            log.warning("leases: %s failed: %s", purpose, str(exc).splitlines()[0] if str(exc)
-                        else type(exc).__name__)
-            broken = self._stores.pop(key, None)
-            if broken is not None:
-                with contextlib.suppress(Exception):  # a broken connection may not close
-                    broken.close()
-            return None
+        with self._uses[purpose]:
+            try:
+                store = self._stores.get(purpose)
+                if store is None:
+                    store = self.database.open(timeout=max(1.0, self.ttl / 3))
+                    self._stores[purpose] = store
+                return fn(store)
+            except _ERRORS as exc:
+                log.warning("leases: %s failed: %s", purpose,
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+                broken = self._stores.pop(purpose, None)
+                if broken is not None:
+                    with contextlib.suppress(Exception):  # a broken connection may not close
+                        broken.close()
+                return None
