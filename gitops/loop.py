@@ -14,8 +14,12 @@ promotion from another environment (``promote_from``: only what it verified on e
 a run that verifies a revision wakes the environments promoting from it) and
 notifications are decided by the pure functions of
 ``policy``: this module gathers their inputs and carries their decisions out, and prunes the
-state folder after runs (``retention``). This process never imports pyinfra or testinfra: the
-stages run them in worker processes. Called by ``cli run``.
+state folder after runs (``retention``). With the record in PostgreSQL, several daemons share
+the environments: each runs only those it holds the lease of (``lease``), takes one over
+when its holder's lease expires (runs left unfinished recorded interrupted, then a cycle from
+the record), and passes requests for the others to their holder through the database. This
+process never imports pyinfra or testinfra: the stages run them in worker processes. Called
+by ``cli run``.
 """
 
 from __future__ import annotations
@@ -33,12 +37,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
-from gitops import control, notify, policy, promotion, retention, schedule, source
+from gitops import control, lease, notify, policy, promotion, retention, schedule, source
 from gitops import verify as verify_stage
 from gitops.errors import GitopsError, InvalidDeclaration, LockHeld, Suspended, UsageError
 from gitops.policy import After, Controls, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
 from gitops.preview import Previews
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
+from gitops.records import ControllerRequest
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.settings import promotion_problems as settings_promotion_problems
 from gitops.store import ENVIRONMENT, Condition, Database, NoStore, Store, open_store
@@ -82,6 +87,8 @@ class _Env:
     """(sha, the inventory's maintenance windows at that commit), read once per commit."""
     lineage: tuple[str, tuple[str, ...]] | None = None
     """(head, the branch's commits oldest first) for promotion, read once per head."""
+    fence: threading.Event = field(default_factory=threading.Event)
+    """Set to stop a run before its next batch: the daemon stops, or its lease was lost."""
 
 
 class Daemon:
@@ -134,6 +141,10 @@ class Daemon:
             from gitops.digest import Schedule
 
             self.digest_schedule = Schedule(settings.digest)
+        self.controller = lease.controller_id(settings.controller_name)
+        self.leases = (lease.Leases(Database.of(settings), self.controller, settings.lease_ttl,
+                                    clock=clock) if settings.database else None)
+        """The environments' leases when several controllers may share the record."""
 
     # -- the Controller protocol (HTTP API) ------------------------------------------------
 
@@ -165,7 +176,7 @@ class Daemon:
                            f"({window.describe()}): {reason}")
                 log.warning("%s: %s forced a reconcile outside the maintenance window "
                             "(recorded as run #%d)", environment, actor, event)
-        return self._wake(env, trigger)
+        return self._route(env, trigger)
 
     def _wake(self, env: _Env, trigger: Trigger) -> bool:
         environment, reason, actor = env.config.name, trigger.reason, trigger.actor
@@ -194,12 +205,11 @@ class Daemon:
                 hosts = control.failed_hosts(store, env.target.environment)
                 if not hosts:
                     raise UsageError(f"{environment}: no failed hosts to retry")
-                with env.lock:
-                    env.retry_hosts = (env.retry_hosts or frozenset()) | frozenset(hosts)
-                result = {"retrying": hosts}
+                self._route(env, Trigger(f"{action} by {actor}", actor), retry=hosts)
+                return {"retrying": hosts}
             else:
                 raise UsageError(f"unknown action {action!r}")
-        self._wake(env, Trigger(f"{action} by {actor}", actor))
+        self._route(env, Trigger(f"{action} by {actor}", actor))
         return result
 
     def promote(self, environment: str, *, revision: str, actor: str, reason: str,
@@ -216,7 +226,7 @@ class Daemon:
                 reason=reason, force=force)
         log.warning("%s: %s promoted %s by hand%s: %s", environment, actor,
                     result["sha"][:10], " (forced)" if result["forced"] else "", reason)
-        self._wake(env, Trigger(f"promote by {actor}", actor))
+        self._route(env, Trigger(f"promote by {actor}", actor))
         return result
 
     def pipeline(self) -> list[dict[str, Any]]:
@@ -227,10 +237,98 @@ class Daemon:
             return promotion.pipeline(None, self.chain)
         with reader as store:
             return promotion.pipeline(store, self.chain)
+    def _route(self, env: _Env, trigger: Trigger, retry: list[str] | None = None) -> bool:
+        """Wake ``env`` here when this controller holds it (or is the only one); else leave
+        the request in the database for its holder (``lease``): True, queued there."""
+        if self.leases is None or self.leases.holds(env.target.environment):
+            if retry:
+                with env.lock:
+                    env.retry_hosts = (env.retry_hosts or frozenset()) | frozenset(retry)
+            return self._wake(env, trigger)
+        self.leases.post(env.target.environment, "retry" if retry else "trigger",
+                         actor=trigger.actor, reason=trigger.reason, force=trigger.force,
+                         hosts=retry or ())
+        log.info("%s: trigger from %s (%s) left for the controller holding it",
+                 env.config.name, trigger.actor, trigger.reason)
+        return True
+
+    def _requested(self, request: ControllerRequest) -> None:
+        """A request another controller left for an environment held here."""
+        env = self._by_record.get(request.environment)
+        if env is None:
+            return
+        self._route(env, Trigger(request.reason, request.actor, force=request.force),
+                    retry=list(request.hosts) if request.action == "retry" else None)
+
+    def _lost(self, environment: str) -> None:
+        """The lease of ``environment`` is gone: its run stops before its next batch."""
+        env = self._by_record.get(environment)
+        if env is not None:
+            env.fence.set()
+            log.warning("%s: lease lost (not renewed within %.0f s, or taken over): "
+                        "stopping its run before the next batch", env.config.name,
+                        lease.FENCE * self.settings.lease_ttl)
+
+    @property
+    def _by_record(self) -> dict[str, _Env]:
+        return {e.target.environment: e for e in self.envs.values()}
+
+    def _interrupted(self, env: _Env, store: Store, by: str = "") -> list[str]:
+        """Record the runs of ``env`` left unfinished (by a crash, or ``by`` a controller
+        that lost its lease) as interrupted; the commits of those that set a commit status."""
+        cut = []
+        for run_id in store.recover_unfinished(env.target.environment):
+            log.warning("%s: run %d was %s; reconciling again", env.config.name, run_id,
+                        f"left unfinished by {by}" if by else "interrupted")
+            detail = store.run(run_id)
+            if detail and detail.run.sha and detail.run.kind in _STATUS_KINDS:
+                cut.append(detail.run.sha)
+        return cut
+
+    def _take(self, env: _Env) -> bool:
+        """True when this controller may run ``env`` now: it holds the lease, or just took
+        it (then runs left unfinished by the last holder are recorded interrupted and a
+        cycle starts at once, from the record)."""
+        assert self.leases is not None
+        name = env.target.environment
+        if self.leases.holds(name):
+            return True
+        token = self.leases.try_acquire(name)
+        if token is None:
+            return False
+        env.fence.clear()
+        try:
+            with self._store() as store:
+                cut = self._interrupted(env, store, by="the last holder")
+        except Exception:
+            log.exception("%s: cannot recover after taking the lease", env.config.name)
+            return False  # the lease runs out; someone takes it again
+        for sha in cut:  # its "pending" must not stay the commit's last word
+            self._commit_status(env, sha, "error", "interrupted: the reconciler stopped",
+                                retries=1)
+        log.info("%s: held by this controller (%s, lease %d)", env.config.name,
+                 self.controller, token)
+        env.next_poll = self.clock()
+        return self.leases.holds(name)  # still valid after the recovery
+
+    def _holding(self, env: _Env) -> bool:
+        """``_take``, or else: look again in ``retry_s`` (nothing runs meanwhile)."""
+        assert self.leases is not None
+        try:
+            if self._take(env):
+                return True
+        except Exception:  # a bug must not kill the environment's loop
+            log.exception("%s: cannot take the lease", env.config.name)
+        env.next_poll = self.clock() + self.leases.retry_s
+        env.next_drift = max(env.next_drift, env.next_poll)
+        return False
 
     def health(self) -> dict[str, Any]:
         return {
             "status": "stopping" if self.stop_event.is_set() else "ok",
+            "controller": self.controller,
+            "holds": self.leases.held() if self.leases is not None else sorted(
+                e.target.environment for e in self.envs.values()),
             "environments": {
                 name: {"running": env.running, "pending": env.pending is not None,
                        "consecutive_failures": env.failures}
@@ -245,8 +343,12 @@ class Daemon:
             return []  # nothing recorded yet
         with reader as store:
             rows = [row.as_dict() for row in store.status()]
+            holders = ({ls.environment: ls.holder for ls in store.leases() if ls.live}
+                       if self.leases is not None else {})
             for row in rows:
                 if row["host"] == ENVIRONMENT:
+                    row["controller"] = (holders.get(row["environment"])
+                                         if self.leases is not None else self.controller)
                     row["controls"] = store.controls(row["environment"]).as_dict()
                     row["quarantined"] = [q.sha for q in store.quarantined(row["environment"])]
             return rows
@@ -261,17 +363,17 @@ class Daemon:
         with self._store() as store:
             for env in self.envs.values():  # the settings' owner wins over the inventory's
                 store.set_owners(env.target.environment, "settings", env.config.team)
-            for env in self.envs.values():
-                with environment_lock(env.target, "recover"):
-                    for run_id in store.recover_unfinished(env.target.environment):
-                        log.warning("%s: run %d was interrupted; reconciling again",
-                                    env.config.name, run_id)
-                        detail = store.run(run_id)
-                        if detail and detail.run.sha and detail.run.kind in _STATUS_KINDS:
-                            cut.append((env, detail.run.sha))
+            if self.leases is None:  # with leases, each environment recovers when taken
+                for env in self.envs.values():
+                    with environment_lock(env.target, "recover"):
+                        cut += [(env, sha) for sha in self._interrupted(env, store)]
         for env, sha in cut:  # its "pending" must not stay the commit's last word
             self._commit_status(env, sha, "error", "interrupted: the reconciler stopped",
                                 retries=1)
+        if self.leases is not None:
+            self.leases.start(on_lost=self._lost, on_request=self._requested)
+            log.info("controller %s: sharing %d environment(s) through leases of %g s",
+                     self.controller, len(self.envs), self.settings.lease_ttl)
         self.previews.recover()  # labs a crash left behind, found by their names
         self.previews.start()
         for env in self.envs.values():
@@ -315,6 +417,7 @@ class Daemon:
         self.stop_event.set()
         self.previews.stop(timeout)
         for env in self.envs.values():
+            env.fence.set()
             env.wake.set()
         for observer in self.observers:
             observer.stop()
@@ -324,6 +427,8 @@ class Daemon:
             observer.join(5)
         if all(not t.is_alive() for t in self.threads):
             self.connections.close()
+        if self.leases is not None:  # released only when no run of them is left
+            self.leases.stop(release=all(not t.is_alive() for t in self.threads))
 
     def _loop(self, env: _Env) -> None:
         env.next_poll = self.clock()
@@ -335,6 +440,8 @@ class Daemon:
             env.wake.clear()
             if self.stop_event.is_set():
                 break
+            if self.leases is not None and not self._holding(env):
+                continue
             with env.lock:
                 pending, env.pending = env.pending, None
             now = self.clock()
@@ -414,7 +521,7 @@ class Daemon:
         try:
             outcome = run(env.target, Request(
                 kind=order.kind, reason=reason, revision=order.revision, hosts=order.hosts,
-                signing=cfg.verify_commits, stop=self.stop_event, actor=order.actor,
+                signing=cfg.verify_commits, stop=env.fence, actor=order.actor,
                 changed_only=order.changed_only,
             ), progress=lambda line: log.info("%s: %s", cfg.name, line))
         except Exception:  # the record failed (a full disk): the commit still gets its end
@@ -495,7 +602,7 @@ class Daemon:
             outcome = run(env.target, Request(
                 kind="rollback", revision=sha, hosts=names,
                 reason=f"automatic rollback of {bad[:10]}", actor=policy.DAEMON,
-                stop=self.stop_event))
+                stop=env.fence))
             self._report(env, outcome, kind="rollback")
 
     def _hold(self, store: Store, env: _Env, revision: str | None, *, actor: str,
@@ -530,7 +637,7 @@ class Daemon:
         if action.correct:
             corrected = run(env.target, Request(
                 kind="reconcile", revision=sha, hosts=action.correct,
-                reason="drift correction", actor=policy.DAEMON, stop=self.stop_event))
+                reason="drift correction", actor=policy.DAEMON, stop=env.fence))
             self._report(env, corrected,
                          kind=policy.event_kind(corrected.result, was_ready=False))
 

@@ -86,6 +86,7 @@ METRICS: dict[str, str] = {
     "gitops_rollout_hosts": "gauge",
     "gitops_quarantined_revisions": "gauge",
     "gitops_suspended": "gauge",
+    "gitops_environment_controller": "gauge",
     "gitops_deployment_frequency_per_day": "gauge",
     "gitops_lead_time_seconds": "gauge",
     "gitops_change_failure_ratio": "gauge",
@@ -224,8 +225,24 @@ class StoreCollector(Collector):
         yield from self._checks(store, latest)
         yield self._not_removed(store)
         yield from self._environment_gauges(store, store.environments())
+        yield from self._leases(store)
         yield from self._delivery()
         yield from self._teams()
+
+    @staticmethod
+    def _leases(store: Store) -> Iterator[Metric]:
+        """Which controller holds each environment (several controllers on PostgreSQL; no
+        series without leases): 1 for the live holder; an expired lease, a takeover due,
+        shows ``controller=""`` at 0."""
+        held = GaugeMetricFamily(
+            "gitops_environment_controller",
+            "1 for the controller holding the environment's lease (several controllers on"
+            " one PostgreSQL); controller=\"\" 0 while nobody holds it.",
+            labels=["environment", "controller"])
+        for lease in store.leases():
+            held.add_metric([lease.environment, lease.holder if lease.live else ""],
+                            int(lease.live))
+        yield held
 
     @staticmethod
     def _durations(totals: _Totals) -> Metric:
@@ -477,11 +494,14 @@ def render(store: Store) -> bytes:
 
 
 def api_environments(store: Store) -> list[dict[str, Any]]:
-    """Environment status rows (as ``gitops status --json``) with controls and quarantine."""
+    """Environment status rows (as ``gitops status --json``) with controls, quarantine and
+    the controller holding the environment (None: one controller, or nobody holds it now)."""
+    holders = {lease.environment: lease.holder for lease in store.leases() if lease.live}
     rows = []
     for row in store.status():
         if row.host == ENVIRONMENT:
             rows.append({**row.as_dict(),
+                         "controller": holders.get(row.environment),
                          "controls": store.controls(row.environment).as_dict(),
                          "quarantined": [q.as_dict()
                                          for q in store.quarantined(row.environment)]})

@@ -88,7 +88,9 @@ def page_data(store: Store | None, *, today: datetime | None = None,
     rows = store.status() if store is not None else []
     names = sorted({r.environment for r in rows} | {
         q.environment for q in (store.quarantined() if store is not None else [])})
-    environments = [_environment(store, name, rows, today)
+    holders = ({lease.environment: lease.holder for lease in store.leases() if lease.live}
+               if store is not None else {})
+    environments = [{**_environment(store, name, rows, today), "controller": holders.get(name)}
                     for name in names if store is not None]
     owners = _owners(store)
     for env in environments:

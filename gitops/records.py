@@ -735,3 +735,39 @@ class ActionItem(_Row):
                 "team": self.team, "state": self.state, "created_by": self.created_by,
                 "created_at": self.created_at.isoformat(), "done_by": self.done_by,
                 "done_at": _iso(self.done_at)}
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Which controller holds an environment (``gitops.lease``): ``expires_in`` seconds by the
+    database's clock (negative: expired, free to take); ``token`` grows at each takeover."""
+
+    environment: str
+    holder: str
+    token: int
+    acquired_at: datetime
+    expires_in: float
+
+    @property
+    def live(self) -> bool:
+        return self.expires_in > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"environment": self.environment, "holder": self.holder, "token": self.token,
+                "acquired_at": self.acquired_at.isoformat(),
+                "expires_in": round(self.expires_in, 3), "live": self.live}
+
+
+@dataclass(frozen=True)
+class ControllerRequest:
+    """A trigger or retry that reached a controller other than the environment's holder,
+    kept in the database until the holder takes it (``gitops.lease``)."""
+
+    id: int
+    environment: str
+    action: str
+    """``trigger``, ``retry`` or ``wake`` (after a resume or a rollback hold)."""
+    actor: str
+    reason: str
+    force: bool
+    hosts: tuple[str, ...]

@@ -315,6 +315,12 @@ class Settings(BaseSettings):
         if unknown:
             raise ValidationError.from_exception_data("Settings", unknown)
         return self
+    controller_name: str | None = Field(default=None, min_length=1, max_length=200)
+    """This ``gitops run``'s name in the leases of several controllers on one PostgreSQL
+    (default ``hostname:pid``); unique per running controller."""
+    lease_ttl: float = Field(default=15.0, ge=1, le=3600)
+    """Seconds after its holder's last renewal before another controller takes an
+    environment (PostgreSQL only: ``gitops.lease``)."""
 
     @field_validator("database")
     @classmethod

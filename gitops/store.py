@@ -32,10 +32,12 @@ starting together do not both migrate. ``Database`` says where the record is (fr
 settings: ``open_store(settings)``); everything opens stores through it. Snapshots, locks and
 keys stay in the state folder whichever backend holds the record.
 
-Leases (several controllers sharing environments) fit here later: a ``leases`` table
-(environment, holder, expires_at) written with ``INSERT ... ON CONFLICT DO UPDATE ... WHERE
-expires_at < now`` in a migration of its own, both dialects alike; PostgreSQL's advisory locks
-(``_advisory``) can guard an environment for the length of a run the same way.
+Several controllers sharing environments (``gitops.lease``) keep their leases here: the
+``leases`` table (environment, holder, fencing token, expiry in the database's epoch
+seconds, ``_EPOCH``: one clock for every controller) is taken with ``INSERT ... ON CONFLICT
+DO UPDATE ... WHERE expires < now`` and renewed only with the holder's token; the
+``requests`` table keeps the triggers and retries that reached a controller not holding the
+environment until its holder takes them. Both dialects alike.
 """
 
 from __future__ import annotations
@@ -43,10 +45,10 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -58,12 +60,14 @@ from gitops.records import (
     ApplyReport,
     CheckRow,
     Condition,
+    ControllerRequest,
     Controls,
     FinishedRun,
     HostRow,
     Installed,
     InstalledState,
     LatestCheck,
+    Lease,
     OperationRow,
     Owner,
     Plan,
@@ -304,6 +308,20 @@ def _v7_teams(db: Any) -> None:
         db.execute(statement)
 
 
+def _v8_leases(db: Any) -> None:
+    """Which controller holds each environment (``expires`` in the database's epoch seconds,
+    ``token`` counts the takeovers: a fencing token), and the requests that reached a
+    controller other than the holder (``gitops.lease``)."""
+    db.execute("CREATE TABLE leases (environment TEXT PRIMARY KEY, holder TEXT NOT NULL,"
+               " token INTEGER NOT NULL, acquired_at TEXT NOT NULL, expires REAL NOT NULL)")
+    db.execute("CREATE TABLE requests (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+               " environment TEXT NOT NULL, action TEXT NOT NULL, actor TEXT NOT NULL,"
+               " reason TEXT NOT NULL DEFAULT '', force INTEGER NOT NULL DEFAULT 0,"
+               " hosts TEXT, created_at TEXT NOT NULL, taken_by TEXT, taken_at TEXT)")
+    db.execute("CREATE INDEX requests_open ON requests (environment, id)"
+               " WHERE taken_at IS NULL")
+
+
 @dataclass(frozen=True)
 class Migration:
     """One numbered step of the schema; ``apply`` runs inside a transaction."""
@@ -323,6 +341,7 @@ MIGRATIONS: tuple[Migration, ...] = (
               lambda db: db.execute(_VERIFIED_TABLE)),
     Migration(6, "previews of branches on disposable hosts", _v6_previews),
     Migration(7, "owning teams; post-mortem notes and action items", _v7_teams),
+    Migration(8, "leases and requests of several controllers", _v8_leases),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -1238,11 +1257,81 @@ class Store:
                            r["created_by"], datetime.fromisoformat(r["created_at"]),
                            r["done_by"], _time(r["done_at"]))
                 for r in self.db.execute(sql + " ORDER BY id", args).fetchall()]
+    # -- leases and requests of several controllers (``gitops.lease``) ----------------------
 
+    _EPOCH = "((julianday('now') - 2440587.5) * 86400.0)"  # sqlite: the database's clock
+    """The database's clock in epoch seconds: every controller reads the same one."""
 
-# -- PostgreSQL (psycopg 3) ---------------------------------------------------------------
+    def acquire_lease(self, environment: str, holder: str, ttl: float) -> int | None:
+        """Take ``environment`` for ``holder`` for ``ttl`` seconds when nobody holds it or its
+        lease has expired (by the database's clock); the new fencing token, None when another
+        holds it. Concurrent calls: the row's lock lets one win, the others see it live."""
+        e = self._EPOCH
+        with self._tx() as db:
+            rows = db.execute(
+                "INSERT INTO leases (environment, holder, token, acquired_at, expires)"
+                f" VALUES (?, ?, 1, ?, {e} + ?) ON CONFLICT (environment) DO UPDATE SET"
+                " holder = excluded.holder, token = leases.token + 1,"
+                " acquired_at = excluded.acquired_at, expires = excluded.expires"
+                f" WHERE leases.expires < {e} RETURNING token",
+                (environment, holder, self._now(), ttl)).fetchall()
+        return int(rows[0][0]) if rows else None
 
-_MIGRATION_LOCK = 0x6769746F7073  # "gitops": the advisory lock key of migrations
+    def renew_leases(self, holder: str, tokens: Mapping[str, int], ttl: float) -> set[str]:
+        """Extend by ``ttl`` the leases (environment -> token) ``holder`` still holds; returns
+        those renewed. One taken over meanwhile has another token and is not."""
+        kept: set[str] = set()
+        with self._tx() as db:
+            for environment, token in sorted(tokens.items()):
+                if db.execute(
+                        f"UPDATE leases SET expires = {self._EPOCH} + ? WHERE environment = ?"
+                        " AND holder = ? AND token = ? RETURNING environment",
+                        (ttl, environment, holder, token)).fetchall():
+                    kept.add(environment)
+        return kept
+
+    def release_lease(self, environment: str, holder: str, token: int) -> None:
+        """Give the lease up now (a clean stop): another controller may take it at once."""
+        with self._tx() as db:
+            db.execute("UPDATE leases SET expires = 0 WHERE environment = ? AND holder = ?"
+                       " AND token = ?", (environment, holder, token))
+
+    def leases(self) -> list[Lease]:
+        """Every environment's lease, live or expired, by environment."""
+        return [Lease(r["environment"], r["holder"], int(r["token"]),
+                      datetime.fromisoformat(r["acquired_at"]), float(r["remaining"]))
+                for r in self.db.execute(
+                    "SELECT environment, holder, token, acquired_at,"
+                    f" expires - {self._EPOCH} AS remaining FROM leases ORDER BY environment")]
+
+    def post_request(self, environment: str, action: str, *, actor: str, reason: str = "",
+                     force: bool = False, hosts: Sequence[str] = ()) -> int:
+        """Keep a request for the environment's holder (whoever holds it now or next)."""
+        cur = self.db.execute(
+            "INSERT INTO requests (environment, action, actor, reason, force, hosts,"
+            " created_at) VALUES (?,?,?,?,?,?,?) RETURNING id",
+            (environment, action, actor, reason, int(force), json.dumps(sorted(hosts)),
+             self._now()))
+        return int(cur.fetchall()[0][0])
+
+    def take_requests(self, environments: Sequence[str], holder: str) -> list[ControllerRequest]:
+        """The requests not yet taken for ``environments``, oldest first, now taken by
+        ``holder`` (each is taken once); taken ones older than a day are removed."""
+        if not environments:
+            return []
+        stamp = self.clock()
+        marks = ",".join("?" for _ in environments)
+        with self._tx() as db:
+            rows = db.execute(
+                f"UPDATE requests SET taken_by = ?, taken_at = ? WHERE taken_at IS NULL"
+                f" AND environment IN ({marks}) RETURNING id, environment, action, actor,"
+                " reason, force, hosts", (holder, stamp.isoformat(), *environments)).fetchall()
+            db.execute("DELETE FROM requests WHERE taken_at < ?",
+                       ((stamp - timedelta(days=1)).isoformat(),))
+        return sorted((ControllerRequest(int(r["id"]), r["environment"], r["action"],
+                                         r["actor"], r["reason"], bool(r["force"]),
+                                         tuple(json.loads(r["hosts"] or "[]")))
+                       for r in rows), key=lambda r: r.id)
 
 
 def _preview_row(row: Any, *, report: bool) -> PreviewRow:
@@ -1256,6 +1345,12 @@ def _preview_row(row: Any, *, report: bool) -> PreviewRow:
         finished_at=_time(row["finished_at"]),
         report=PreviewReport.model_validate_json(row["report"])
         if report and row["report"] else None)
+
+
+# -- PostgreSQL (psycopg 3) ---------------------------------------------------------------
+
+_MIGRATION_LOCK = 0x6769746F7073  # "gitops": the advisory lock key of migrations
+
 
 
 class StoreUnavailable(TemporaryError):
@@ -1340,8 +1435,10 @@ class PostgresStore(Store):
     a ``SecretRef``). Messages name ``redacted(url)``, never the password."""
 
     def __init__(self, url: str, *, password: str | None = None, readonly: bool = False,
-                 clock: Callable[[], datetime] = now) -> None:
+                 clock: Callable[[], datetime] = now, timeout: float = 10) -> None:
         self.url = url
+        self.timeout = timeout
+        """Seconds to connect, and before unacknowledged data gives the connection up."""
         self.where = redacted(url)
         self.readonly = readonly
         self.clock = clock
@@ -1360,7 +1457,9 @@ class PostgresStore(Store):
 
         try:
             conn = psycopg.connect(self.url, password=self._password, autocommit=True,
-                                   connect_timeout=10, application_name="gitops",
+                                   connect_timeout=max(2, round(self.timeout)),
+                                   tcp_user_timeout=int(self.timeout * 1000),
+                                   application_name="gitops",
                                    row_factory=_pg_rows)
         except psycopg.Error as exc:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -1389,6 +1488,8 @@ class PostgresStore(Store):
             return
         with self._advisory(_MIGRATION_LOCK):  # another controller may be migrating
             super()._migrate()  # each migration checks the version again in its transaction
+
+    _EPOCH = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
 
     @contextmanager
     def _advisory(self, key: int) -> Iterator[None]:
@@ -1422,11 +1523,14 @@ class Database:
     def where(self) -> str:
         return redacted(self.url) if self.url else str(self.state_dir / DATABASE)
 
-    def open(self, *, readonly: bool = False, clock: Callable[[], datetime] = now) -> Store:
+    def open(self, *, readonly: bool = False, clock: Callable[[], datetime] = now,
+             timeout: float = 10) -> Store:
+        """A store; ``timeout``: PostgreSQL's connect and unacknowledged-data timeout."""
         if self.url is None:
             return Store(self.state_dir, readonly=readonly, clock=clock)
         password = self.password.reveal() if self.password is not None else None
-        return PostgresStore(self.url, password=password, readonly=readonly, clock=clock)
+        return PostgresStore(self.url, password=password, readonly=readonly, clock=clock,
+                             timeout=timeout)
 
 
 def database_errors() -> tuple[type[Exception], ...]:

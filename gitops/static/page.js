@@ -157,7 +157,9 @@
       el("dt", { text: "applied" }), el("dd", { class: "rev", text: shortRev(env.applied) }),
       env.verified ? el("dt", { text: "verified" }) : null,
       env.verified ? el("dd", { class: "rev", text: shortRev(env.verified) }) : null,
-      el("dt", { text: "updated" }), el("dd", {}, time(env.updated_at)));
+      el("dt", { text: "updated" }), el("dd", {}, time(env.updated_at)),
+      env.controller ? el("dt", { text: "controller" }) : null,
+      env.controller ? el("dd", { text: env.controller }) : null);
     const notes = [];
     if (env.suspended) {
       notes.push(el("p", { class: "note warn" }, "Suspended by ", el("strong", { text: env.suspended_by }),

@@ -1,0 +1,232 @@
+"""Several controllers on one real PostgreSQL: leases, their expiry and fencing, takeovers
+that resume from the record, and requests routed to the holder (``gitops.lease``).
+
+No hosts: the environments' inventories declare none, so a run applies nothing and needs no
+SSH; the daemons run in this process, each with its own state folder (as on two machines).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pgserver import PgServer
+
+from gitops.lease import FENCE, Leases
+from gitops.loop import Daemon
+from gitops.metrics import api_environments, render
+from gitops.page import page_data
+from gitops.settings import EnvironmentConfig, SecretRef, Settings
+from gitops.store import Database
+
+TTL = 5.0
+"""Seconds: long enough that a loaded machine still renews in time, short for the takeovers."""
+
+
+@pytest.fixture()
+def database(pg_server: PgServer, tmp_path: Path) -> Database:
+    """A fresh PostgreSQL database of the session's cluster."""
+    secret = tmp_path / "db-password"
+    secret.write_text(pg_server.password + "\n")
+    db = Database(tmp_path / "unused", pg_server.database(), SecretRef(file=secret))
+    db.open().close()  # migrated
+    return db
+
+
+def _leases(database: Database, name: str, ttl: float = TTL,
+            clock: Callable[[], float] = time.monotonic) -> Leases:
+    return Leases(database, name, ttl, clock=clock)
+
+
+def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_two_controllers_never_both_hold_an_environment(database: Database) -> None:
+    """Eight controllers racing for one environment: exactly one gets it, and the others
+    still cannot while its lease lives."""
+    contenders = [_leases(database, f"c{i}", ttl=60) for i in range(8)]
+    barrier = threading.Barrier(len(contenders))
+    won: list[str] = []
+
+    def race(leases: Leases) -> None:
+        barrier.wait()
+        if leases.try_acquire("prod") is not None:
+            won.append(leases.controller)
+
+    threads = [threading.Thread(target=race, args=(c,)) for c in contenders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1
+    holders = [c for c in contenders if c.holds("prod")]
+    assert [c.controller for c in holders] == won
+    assert all(c.try_acquire("prod") is None for c in contenders if c.controller not in won)
+    with database.open() as store:
+        (lease,) = store.leases()
+    assert lease.holder == won[0] and lease.live
+
+
+def test_an_unrenewed_lease_expires_and_the_old_holder_learns_it_lost(
+        database: Database) -> None:
+    """A holder that stops renewing loses the environment after ``lease_ttl`` (by the
+    database's clock) to another, with a new fencing token; its next renewal says so."""
+    a, b = _leases(database, "a", ttl=1.0), _leases(database, "b", ttl=30)
+    first = a.try_acquire("prod")
+    assert first is not None and b.try_acquire("prod") is None
+    time.sleep(1.2)
+    second = b.try_acquire("prod")
+    assert second is not None and second > first
+    assert a.renew() == ["prod"]  # the token is stale: taken over
+    assert not a.holds("prod") and b.holds("prod")
+    assert b.renew() == [] and b.holds("prod")
+
+
+def test_a_holder_stops_acting_before_its_lease_can_be_taken(database: Database) -> None:
+    """Cut off from the database, a holder stops claiming the environment at FENCE of the
+    ttl after its last renewal was sent, while the database still refuses others until the
+    whole ttl: the two never overlap."""
+    now = [1000.0]
+    a = _leases(database, "a", ttl=TTL, clock=lambda: now[0])
+    b = _leases(database, "b", ttl=TTL)
+    assert a.try_acquire("prod") is not None
+    now[0] += FENCE * TTL - 0.01
+    assert a.holds("prod")
+    now[0] += 0.02
+    assert not a.holds("prod")
+    assert a.expire() == ["prod"]
+    assert b.try_acquire("prod") is None  # the database's lease still lives
+    _wait(lambda: b.try_acquire("prod") is not None, 3 * TTL, "the takeover")
+
+
+def test_a_released_lease_is_taken_at_once(database: Database) -> None:
+    """A clean stop gives the environments up: another controller takes them at once."""
+    a, b = _leases(database, "a", ttl=60), _leases(database, "b", ttl=60)
+    assert a.try_acquire("prod") is not None
+    a.release_all()
+    assert b.try_acquire("prod") is not None
+
+
+# -- daemons --------------------------------------------------------------------------------
+
+
+def _repo(root: Path) -> Path:
+    """A repository whose ``lab`` inventory declares no host: a run applies nothing."""
+    repo = root / "repo"
+    (repo / "inventories").mkdir(parents=True)
+    (repo / "inventories/lab.yml").write_text("hosts: {}\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
+                 ["-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "-q",
+                  "-m", "no hosts"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    return repo
+
+
+def _commit(repo: Path, text: str) -> str:
+    (repo / "NOTES").write_text(text)
+    for args in (["add", "-A"], ["-c", "user.email=t@example.invalid", "-c", "user.name=T",
+                                 "commit", "-q", "-m", text]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    return subprocess.check_output(["git", "-C", str(repo), "rev-parse", "HEAD"],
+                                   text=True).strip()
+
+
+def _settings(database: Database, repo: Path, state: Path, name: str,
+              ttl: float) -> Settings:
+    return Settings(state_dir=state, database=database.url,
+                    database_password=database.password, controller_name=name,
+                    lease_ttl=ttl, environments=[EnvironmentConfig(
+                        name="lab", repo=str(repo), watch=False, interval=3600,
+                        drift_interval=3600)])
+
+
+@pytest.fixture()
+def daemons(database: Database, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    repo = _repo(tmp_path)
+    started: list[Daemon] = []
+
+    def start(name: str, ttl: float = TTL) -> Daemon:
+        daemon = Daemon(_settings(database, repo, tmp_path / f"state-{name}", name, ttl))
+        daemon.start()
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.stop(10)
+
+
+def _runs(database: Database) -> list[Any]:
+    with database.open() as store:
+        return store.history("lab", limit=100)
+
+
+def test_a_takeover_records_the_dead_holders_run_interrupted_and_runs_again(
+        database: Database, daemons: Callable[..., Daemon]) -> None:
+    """A controller that died mid-run left its run unfinished and its lease to expire: the
+    next holder takes the environment within the ttl, records that run interrupted, and
+    runs from the record (a new run of the branch head)."""
+    dead = _leases(database, "dead")
+    assert dead.try_acquire("lab") is not None
+    with database.open() as store:
+        left = store.start_run("lab", "reconcile", None, actor="gitops-daemon", reason="x")
+    started = time.monotonic()
+    daemon = daemons("b")
+    _wait(lambda: daemon.leases is not None and daemon.leases.holds("lab"), 3 * TTL,
+          "the takeover")
+    assert time.monotonic() - started < TTL + 2
+    runs = _wait(lambda: [r for r in _runs(database) if r.id > left and r.result], 30,
+                 "the new holder's run")
+    assert runs[0].result == "succeeded"
+    (old,) = [r for r in _runs(database) if r.id == left]
+    assert old.result == "interrupted"
+
+
+def test_a_request_to_another_controller_is_run_by_the_holder(
+        database: Database, daemons: Callable[..., Daemon]) -> None:
+    """An operator's reconcile sent to a controller that does not hold the environment is
+    run by the one that does; every controller's API, page and metrics name the holder."""
+    a = daemons("a", ttl=60)  # no expiry meant here, however loaded the machine
+    _wait(lambda: a.leases is not None and a.leases.holds("lab"), 3 * TTL, "a holds lab")
+    b = daemons("b", ttl=60)
+    _wait(lambda: any(r.result == "succeeded" for r in _runs(database)), 60, "a's first run")
+    assert b.trigger("lab", reason="please", actor="api:test") is True
+    run = _wait(lambda: next((r for r in _runs(database) if r.actor == "api:test"
+                              and r.result), None), 60, "the routed run")
+    assert run.result == "succeeded" and run.reason == "please"
+    for daemon in (a, b):
+        (row,) = [r for r in daemon.status() if r["host"] == ""]
+        assert row["controller"] == "a"
+        assert daemon.health()["controller"] in ("a", "b")
+    with database.open(readonly=True) as store:
+        assert [e["controller"] for e in page_data(store)["environments"]] == ["a"]
+        assert [e["controller"] for e in api_environments(store)] == ["a"]
+        text = render(store).decode()
+    assert 'gitops_environment_controller{controller="a",environment="lab"} 1.0' in text
+
+
+def test_a_commit_is_applied_by_the_survivor_after_its_holder_stops(
+        database: Database, daemons: Callable[..., Daemon], tmp_path: Path) -> None:
+    """The holder stops (its leases released): the other controller takes the environment
+    at once and applies the next commit."""
+    a = daemons("a")
+    _wait(lambda: a.leases is not None and a.leases.holds("lab"), 3 * TTL, "a holds lab")
+    b = daemons("b")
+    a.stop(10)
+    _wait(lambda: b.leases is not None and b.leases.holds("lab"), TTL, "b takes lab")
+    sha = _commit(tmp_path / "repo", "second")
+    assert b.trigger("lab", reason="new commit", actor="api:test")
+    _wait(lambda: any(r.sha == sha and r.result == "succeeded" for r in _runs(database)), 20,
+          "the commit applied by b")
