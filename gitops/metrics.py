@@ -6,8 +6,8 @@ restarted daemon loses no counts; the run totals are added up once and then only
 finished since the last scrape (``_Totals``), so a scrape does not grow with the history.
 
 Labels hold only bounded values (environment, host, service, check, stage, kind, result, and
-team: declared names only) and never a message; the one SHA is the current applied
-revision, in ``gitops_applied_revision_info``.
+team: declared names only) and never a message; the one SHA is the current applied revision,
+in ``gitops_applied_revision_info``.
 
 ``routes(state_dir, authorize)`` gives the daemon's ``GET /metrics`` and the read-only API:
 ``/api/environments``, ``/api/hosts``, ``/api/runs``, ``/api/runs/{id}``, ``/api/delivery``

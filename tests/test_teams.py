@@ -421,14 +421,21 @@ def test_digest_arrives_in_slack_format_on_schedule(
         incidents.add_action(store, iid, "Alert on 502s", None, actor="ann")
     settings = Settings(state_dir=state, environments=[{"name": "prod", "repo": str(tmp_path)}],
                         digest={"schedule": "0 9 * * 1", "days": DAYS,
-                                "notifiers": [{"type": "slack", "url": {"env": "TM_SLACK"}}]})
+                                "notifiers": [{"type": "slack", "url": {"env": "TM_SLACK"}},
+                                              {"type": "webhook", "url": {"env": "TM_SLACK"}}]})
     daemon = Daemon(settings)
     assert daemon.digest_tick(nine - timedelta(hours=1)) is None  # learns the next match
     assert daemon.digest_tick(nine - timedelta(seconds=1)) is None and got == []
     deliveries = daemon.digest_tick(nine)
-    assert deliveries is not None and [d.ok for d in deliveries] == [True]
+    assert deliveries is not None and [d.ok for d in deliveries] == [True, True]
     assert daemon.digest_tick(nine + timedelta(minutes=1)) is None  # once per match
-    assert len(got) == 1
+    assert len(got) == 2
+    hook_headers, hook = got[1]
+    assert hook_headers["X-Gitops-Event"] == "digest" and hook["schema"] == "gitops.digest/v1"
+    assert hook["teams"]["payments"]["deployments"] == 3
+    assert hook["teams"]["search"]["trends"]["change_failure_rate"]["better"] is False
+    assert hook["open_actions"] == {"no owner yet": [{"incident": hook["incidents"]["opened"][0][
+        "id"], "id": 1, "text": "Alert on 502s"}]}
     headers, body = got[0]
     assert headers["Content-Type"] == "application/json"
     assert body["text"] == ("Delivery digest 2026-03-09 to 2026-03-16 (7 days, against the 7 "
