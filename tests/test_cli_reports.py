@@ -22,13 +22,13 @@ def _history(tmp_path: Path) -> Path:
 def test_metrics_prints_the_four_keys(tmp_path: Path) -> None:
     """Good, bad (rolled back), fix: the CLI shows 2 rollouts verified, 33% and 70 s."""
     state = _history(tmp_path)
-    result = CliRunner().invoke(main, ["metrics", "--state-dir", str(state), "--days", "100000"])
+    result = CliRunner().invoke(main, ["metrics", "--state-dir", str(state), "--days", "36600"])
     assert result.exit_code == 0, result.output
     assert "2 verified rollouts" in result.output
     assert "33% (1 of 3 rollouts)" in result.output
     assert "time to restore       median 70s" in result.output
     data = json.loads(CliRunner().invoke(
-        main, ["metrics", "--json", "--state-dir", str(state), "--days", "100000"]).output)
+        main, ["metrics", "--json", "--state-dir", str(state), "--days", "36600"]).output)
     assert data["lab"]["deployments"] == 2
 
 

@@ -254,7 +254,7 @@ def test_host_stopped_mid_run_fails_alone(own_lab: LabInfo, tmp_path: Path) -> N
         if re.search(r"applying on \d+ host\(s\)", line):  # the worker has planned
             break
     time.sleep(1.5)  # every host is inside the long step now
-    victims = [pid for pid, index in lab_hosts.find_nspawn("e2estop").items() if index == 3]
+    victims = [pid for pid, index in lab_hosts.find_nspawn(own_lab.name).items() if index == 3]
     assert victims
     for pid in victims:
         os.kill(pid, signal.SIGTERM)  # the host halts, as a real one would

@@ -437,7 +437,7 @@ def status(name: str | None = None) -> list[HostStatus]:
 
     def one(index: int, host: LabHost) -> HostStatus:
         up_now = index in running
-        ok = up_now and _ssh_ok(info.ssh_config, host.name, timeout=5)
+        ok = up_now and _ssh_ok(info.ssh_config, host.name, timeout=20)  # a loaded machine
         return HostStatus(host.name, host.address, up_now, ok)
 
     with ThreadPoolExecutor(max_workers=min(len(info.hosts), 32) or 1) as pool:
