@@ -18,7 +18,8 @@ moment (for the apply faults: while an apply worker runs) one fault is injected:
 - ``net``: a host's veth down for 3-12 s mid-apply, then up;
 - ``power``: a host's systemd-nspawn killed mid-apply, then booted again (a fresh host: the
   lab's overlay is volatile);
-- ``disk``: the state folder's tmpfs filled during a run for 3-8 s, then freed;
+- ``disk``: the state folder's tmpfs filled during a run until its workers are done and
+  2-6 s more, then freed;
 - ``remote``: the watched repository moved away for 5-10 s, or its branch force-pushed;
 - ``second``: a second ``gitops run`` on the same state folder for 5-15 s, then stopped.
 
@@ -481,7 +482,9 @@ class Campaign:
                 with contextlib.suppress(OSError):
                     while True:
                         os.write(fd, b"\0" * size)
-            time.sleep(self.rng.uniform(3, 8))
+            # full until the run in progress has tried to record its end, then a while more
+            self.wait_for(lambda: not workers(self.daemon), 90, 0.2)
+            time.sleep(self.rng.uniform(2, 6))
         finally:
             os.close(fd)
             filler.unlink()
