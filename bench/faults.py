@@ -18,7 +18,8 @@ moment (for the apply faults: while an apply worker runs) one fault is injected:
 - ``net``: a host's veth down for 3-12 s mid-apply, then up;
 - ``power``: a host's systemd-nspawn killed mid-apply, then booted again (a fresh host: the
   lab's overlay is volatile);
-- ``disk``: the state folder's tmpfs filled during a run for 3-8 s, then freed;
+- ``disk``: the state folder's tmpfs filled during a run until its workers are done and
+  2-6 s more, then freed;
 - ``remote``: the watched repository moved away for 5-10 s, or its branch force-pushed;
 - ``second``: a second ``gitops run`` on the same state folder for 5-15 s, then stopped.
 
@@ -361,6 +362,7 @@ class Campaign:
         self.reached: set[str] = set()
         self.second_logs: list[Path] = []
         self.status_keys: dict[str, bool] = {}
+        self.cut_runs = 0
 
     def write_config(self, path: Path, port: int) -> Path:
         path.write_text(
@@ -480,7 +482,9 @@ class Campaign:
                 with contextlib.suppress(OSError):
                     while True:
                         os.write(fd, b"\0" * size)
-            time.sleep(self.rng.uniform(3, 8))
+            # full until the run in progress has tried to record its end, then a while more
+            self.wait_for(lambda: not workers(self.daemon), 90, 0.2)
+            time.sleep(self.rng.uniform(2, 6))
         finally:
             os.close(fd)
             filler.unlink()
@@ -553,6 +557,7 @@ class Campaign:
         left = [r for r in self.db.unfinished() if r <= before_max]
         if left:
             self.loss("run left running", f"after {fault['what']}: runs {left}")
+        self.cut_runs += len(fault["cut"])
         for run_id in fault["cut"]:
             row = self.db.query("SELECT result FROM runs WHERE id=?", (run_id,))
             if row and row[0]["result"] != "interrupted":
@@ -631,6 +636,10 @@ class Campaign:
         counts: Counter[str] = Counter()
         t0 = time.monotonic()
         for n, kind in enumerate(plan, 1):
+            if self.opts.minutes and time.monotonic() - t0 > self.opts.minutes * 60:
+                self.out(f"time budget of {self.opts.minutes:g} min spent: {n - 1} of "
+                         f"{len(plan)} faults injected")
+                break
             before_max = self.db.max_id()
             self.streaming.set()
             try:
@@ -690,6 +699,10 @@ def report(c: Campaign, out: Out, seconds: float) -> None:
     out(f"Campaign: {sum(c.injected.values())} faults in {seconds / 60:.0f} min, "
         f"{len(c.repo.kinds)} commits made ({Counter(c.repo.kinds.values())}), "
         f"{c.db.max_id()} runs recorded, {len(c.reached)} commits reached the daemon.")
+    results = Counter(f"{r['kind']} {r['result']}" for r in c.db.query(
+        "SELECT kind, result FROM runs WHERE event = 0"))
+    out(f"Runs by kind and result: {', '.join(f'{k}: {v}' for k, v in sorted(results.items()))}; "
+        f"{c.cut_runs} run(s) cut by a kill of the daemon.")
     out()
     out("| fault | injected | survived (no loss) |")
     out("|---|---|---|")
@@ -723,6 +736,8 @@ def main() -> None:
                         help="how long the next good commit may take to verify everywhere")
     parser.add_argument("--tmpfs-mb", type=int, default=96)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--minutes", type=float, default=0,
+                        help="stop injecting after this long (0: every fault of the counts)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/gitops-faults.md"))
     opts = parser.parse_args()
     if opts.quick:
