@@ -20,6 +20,7 @@ from clitools import gitops
 from gitops import policy
 from gitops.delivery import delivery_metrics, stage_lead_times
 from gitops.loop import Daemon
+from gitops.metrics import api_delivery
 from gitops.page import page_data
 from gitops.policy import (
     Controls,
@@ -214,9 +215,11 @@ def test_delivery_metrics_carry_the_stages_from_the_store(tmp_path: Path) -> Non
         assert store.record_verified("staging", revision, 3) is False  # the first time stays
         found = delivery_metrics(store, environment="production", days=1,
                                  now=T0 + timedelta(hours=4))["production"].as_dict()
+        api = api_delivery(store, "production", 36500)  # GET /api/delivery
     assert [(s["stage"], s["median_s"]) for s in found["stages"]] == [
         ("commit -> verified on staging", 600.0),
         ("verified on staging -> verified on production", 1800.0)]
+    assert api is not None and api["production"]["stages"] == found["stages"]
 
 
 # -- settings ------------------------------------------------------------------------------
