@@ -1513,36 +1513,23 @@ def _max_days(days: float) -> None:
         raise UsageError(f"--days: at most {MAX_DAYS} (a hundred years)")
 
 
-_KEY_NAMES = {"deployment_frequency_per_day": "deployment frequency",
-              "lead_time_median_s": "lead time (median)",
-              "change_failure_rate": "change failure rate",
-              "time_to_restore_median_s": "time to restore (median)"}
-
-
-def _figure(key: str, value: float | None) -> str:
-    if value is None:
-        return "-"
-    if key == "deployment_frequency_per_day":
-        return f"{value:.2f}/day"
-    if key == "change_failure_rate":
-        return f"{value:.0%}"
-    return _duration(value)
-
-
 def _trend_text(key: str, t: dict[str, Any]) -> str:
+    from gitops.digest import figure
+
     if t["direction"] is None:
         return ("no figure to compare" if t["previous"] is None
-                else f"none now, {_figure(key, t['previous'])} before")
+                else f"none now, {figure(key, t['previous'])} before")
     if t["direction"] == "same":
         return "same as before"
     arrow = "up" if t["direction"] == "up" else "down"
-    return (f"{arrow} from {_figure(key, t['previous'])} "
+    return (f"{arrow} from {figure(key, t['previous'])} "
             f"({'better' if t['better'] else 'worse'})")
 
 
 def _compare(store: Store, s: Settings, by: str, days: float, as_json: bool) -> None:
     """``gitops metrics --by team|environment``: the groups side by side, with trends."""
     from gitops.delivery import DORA_BANDS, compare
+    from gitops.digest import KEY_LABELS, figure
     from gitops.teams import environment_teams
 
     groups = compare(store, environment_teams(store, s.environments), by=by, days=days)
@@ -1556,16 +1543,16 @@ def _compare(store: Store, s: Settings, by: str, days: float, as_json: bool) -> 
         d = g.as_dict()
         envs = f" (environments: {', '.join(g.environments)})" if by == "team" else ""
         click.echo(f"{by} {name}{envs}: last {days:g} days, against the {days:g} before")
-        for key, label in _KEY_NAMES.items():
+        for key, label in KEY_LABELS.items():
             extra = ""
             if key == "deployment_frequency_per_day":
                 extra = f" ({d['deployments']})"
             elif key == "change_failure_rate" and d["rollouts"]:
                 extra = f" ({d['failed_rollouts']} of {d['rollouts']})"
-            click.echo(f"  {label:<26} {_figure(key, d[key]) + extra:<16} "
+            click.echo(f"  {label:<26} {figure(key, d[key]) + extra:<16} "
                        f"{_trend_text(key, d['trends'][key])}")
     click.echo("what good looks like (DORA 2021 bands; a reference, not a verdict):")
-    for key, label in _KEY_NAMES.items():
+    for key, label in KEY_LABELS.items():
         bands = "; ".join(f"{band}: {text}" for band, text in DORA_BANDS[key])
         click.echo(f"  {label}: {bands}")
 

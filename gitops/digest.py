@@ -24,7 +24,7 @@ from gitops.settings import DigestSettings, NotifierConfig, Settings
 from gitops.store import Store
 from gitops.teams import environment_teams
 
-__all__ = ["SCHEMA", "Digest", "Schedule", "build", "receivers", "send"]
+__all__ = ["KEY_LABELS", "SCHEMA", "Digest", "Schedule", "build", "figure", "receivers", "send"]
 
 SCHEMA = "gitops.digest/v1"
 NO_OWNER = "no owner yet"
@@ -76,7 +76,7 @@ class Digest:
         for name, g in self.teams.items():
             lines.append(f"*{name}* ({', '.join(g.environments)})")
             for key, t in g.trends().items():
-                lines.append(f"  {_LABELS[key]}: {_figure(key, getattr(g.current, key))}"
+                lines.append(f"  {KEY_LABELS[key]}: {figure(key, getattr(g.current, key))}"
                              f" ({_change(key, t)})")
         lines.append(f"Incidents: {len(self.opened)} opened, {len(self.restored)} restored"
                      + (": " + ", ".join(i.id for i in self.opened[:_SHOWN]) if self.opened
@@ -89,14 +89,15 @@ class Digest:
         return "\n".join(lines)
 
 
-_LABELS = {"deployment_frequency_per_day": "deployment frequency",
+KEY_LABELS = {"deployment_frequency_per_day": "deployment frequency",
            "lead_time_median_s": "lead time (median)",
            "change_failure_rate": "change failure rate",
            "time_to_restore_median_s": "time to restore (median)"}
-assert set(_LABELS) == set(LOWER_IS_BETTER)
+assert set(KEY_LABELS) == set(LOWER_IS_BETTER)
 
 
-def _figure(key: str, value: float | None) -> str:
+def figure(key: str, value: float | None) -> str:
+    """One of the four keys as the digest and ``gitops metrics --by`` print it."""
     if value is None:
         return "-"
     if key == "deployment_frequency_per_day":
@@ -113,10 +114,10 @@ def _figure(key: str, value: float | None) -> str:
 def _change(key: str, t: dict[str, Any]) -> str:
     if t["direction"] is None:
         return ("nothing to compare with" if t["previous"] is None
-                else f"none now, {_figure(key, t['previous'])} before")
+                else f"none now, {figure(key, t['previous'])} before")
     if t["direction"] == "same":
         return "same as before"
-    return (f"{t['direction']} from {_figure(key, t['previous'])}, "
+    return (f"{t['direction']} from {figure(key, t['previous'])}, "
             f"{'better' if t['better'] else 'worse'}")
 
 

@@ -269,27 +269,18 @@ def _status_request(
     context = config.context_for(environment)
     description = description if len(description) <= _DESCRIPTION_MAX else (
         description[: _DESCRIPTION_MAX - 1] + "…")
-    headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+    headers = _api_headers(config, token)
     body: dict[str, Any]
     if config.provider == "gitlab":
         project = config.repository
         if "%" not in project:
             project = urllib.parse.quote(project, safe="")
         url = f"{base}/projects/{project}/statuses/{sha}"
-        headers["PRIVATE-TOKEN"] = token
-        headers["Accept"] = "application/json"
         body = {"state": _GITLAB_STATES[state], "name": context, "description": description}
     else:
         owner, _, name = config.repository.partition("/")
         path = f"{urllib.parse.quote(owner, safe='')}/{urllib.parse.quote(name, safe='')}"
         url = f"{base}/repos/{path}/statuses/{sha}"
-        if config.provider == "github":
-            headers["Authorization"] = f"Bearer {token}"
-            headers["Accept"] = "application/vnd.github+json"
-            headers["X-GitHub-Api-Version"] = "2022-11-28"
-        else:
-            headers["Authorization"] = f"token {token}"
-            headers["Accept"] = "application/json"
         body = {"state": state, "context": context, "description": description}
     if config.target_url:
         body["target_url"] = config.target_url
