@@ -9,6 +9,7 @@ a half-written folder (extract to a temporary name, then rename). Called by ``re
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -17,6 +18,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
 
@@ -64,10 +66,39 @@ def _mirror(url: str, state_dir: Path) -> git.Repo:
     return repo
 
 
+@contextlib.contextmanager
+def _mirror_lock(url: str, state_dir: Path, timeout: float) -> Iterator[None]:
+    """One fetch at a time into a mirror: environments (and previews) that watch the same
+    repository share it, and two ``git fetch`` into one repository fail on each other's ref
+    locks. The kernel frees the lock when its holder dies."""
+    path = mirror_path(url, state_dir).with_suffix(".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise SourceError(f"cannot fetch {redact(url)}: another fetch of it has "
+                                      f"held its mirror for over {timeout:.0f} s") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
 def fetch(url: str, branch: str, state_dir: Path, *, timeout: float = 120) -> Revision:
     """Fetch ``branch`` of ``url`` (a remote URL or a local path) and return its head."""
     if Path(url).expanduser().is_dir():
         url = str(Path(url).expanduser().resolve())
+    with _mirror_lock(url, state_dir, timeout):
+        return _fetch(url, branch, state_dir, timeout)
+
+
+def _fetch(url: str, branch: str, state_dir: Path, timeout: float) -> Revision:
     repo = _mirror(url, state_dir)
     try:
         with repo:
@@ -249,5 +280,6 @@ def prune_sources(state_dir: Path, keep: list[str], older_than_s: float) -> list
                        if p.exists()), default=0.0)
         if child not in wanted and time.time() - fetched > older_than_s:
             shutil.rmtree(child, ignore_errors=True)
+            child.with_suffix(".lock").unlink(missing_ok=True)
             removed.append(child)
     return removed
