@@ -840,18 +840,20 @@ class Store:
                  current["since"], current["held_sha"], current["held_head"]))
         return self.controls(environment)
 
+    def _of_environment(self, table: str, environment: str | None, order: str) -> Any:
+        """The rows of ``table`` (of ``environment`` only, when given) ordered by ``order``."""
+        where, args = ((" WHERE environment=?", (environment,)) if environment is not None
+                       else ("", ()))
+        return self.db.execute(f"SELECT * FROM {table}{where} ORDER BY {order}", args)
+
     def quarantine(self, environment: str, sha: str, reason: str) -> None:
         self.db.execute("INSERT INTO quarantine (environment, sha, reason, since)"
                         " VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                         (environment, sha, reason, self._now()))
 
     def quarantined(self, environment: str | None = None) -> list[Quarantined]:
-        sql, args = "SELECT * FROM quarantine", ()
-        args_: tuple[str, ...] = args
-        if environment is not None:
-            sql, args_ = sql + " WHERE environment=?", (environment,)
         out = []
-        for r in self.db.execute(sql + " ORDER BY since", args_):
+        for r in self._of_environment("quarantine", environment, "since"):
             since = _time(r["since"])
             assert since is not None
             out.append(Quarantined(r["environment"], r["sha"], r["reason"], since))
@@ -872,12 +874,8 @@ class Store:
 
     def verified_revisions(self, environment: str | None = None) -> list[VerifiedRevision]:
         """Revisions verified on every host, oldest verification first."""
-        sql, args = "SELECT * FROM verified_revisions", ()
-        args_: tuple[str, ...] = args
-        if environment is not None:
-            sql, args_ = sql + " WHERE environment=?", (environment,)
         out = []
-        for r in self.db.execute(sql + " ORDER BY verified_at, run_id", args_):
+        for r in self._of_environment("verified_revisions", environment, "verified_at, run_id"):
             committed, verified = _time(r["committed_at"]), _time(r["verified_at"])
             assert committed is not None and verified is not None
             out.append(VerifiedRevision(r["environment"], r["sha"], r["branch"], committed,
