@@ -375,10 +375,15 @@ class _Guards:
         """While the apply goes on, keep moving the host's deadline (an operation may take
         longer than the timeout: an install); stopped when the apply ends (``settle``) or
         dies with the worker, so the timeout then runs from the last beat."""
+        beat = StringCommand(guard.extend_command(self.timeout))
+        aside = getattr(host.connector, "run_aside", None)  # beside a long command
         while True:
             gevent.sleep(max(1.0, self.timeout / 4))
             with contextlib.suppress(Exception):
-                host.run_shell_command(StringCommand(guard.extend_command(self.timeout)))
+                if aside is not None:
+                    aside(beat)
+                else:
+                    host.run_shell_command(beat)
 
     def hosts(self, state: State) -> list[Any]:
         return [h for h in state.active_hosts if self.applied.get(h.name)]

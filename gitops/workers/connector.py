@@ -10,6 +10,9 @@ runs only in that worker process. Cuts of what a pyinfra apply costs each host:
   followed by a random marker with its exit status on stdout and on stderr, as
   ``gitops.workers.verify_worker.ShellBackend`` does for testinfra. File transfers keep
   pyinfra's SFTP channel; a command that needs a terminal or stdin gets its own session.
+  One command at a time uses the shell (a lock: another greenlet of the same host waits);
+  ``run_aside`` runs a command in a session of its own, beside a long command in the
+  shell (the guard's deadline beats, which must not wait behind an install).
 - Fact memoization: within one run a host's fact (same fact, same arguments) is read once
   and answered from that first reading until anything could have changed the host: every
   command an operation runs and every file it uploads forgets the host's facts. A no-change
@@ -34,6 +37,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import gevent.lock
 import pyinfra
 from paramiko import Channel
 from pyinfra.api import arguments as pyinfra_arguments
@@ -84,6 +88,8 @@ class ShellConnector(SSHConnector):
         self.reading_fact = False
         self.commands = 0
         """Commands sent to the host (facts and operations), for the benchmarks."""
+        self._busy = gevent.lock.BoundedSemaphore()
+        """Held while a command runs in the shell: its output is read by one reader."""
 
     def disconnect(self) -> None:
         shell, self._shell = self._shell, None
@@ -130,6 +136,11 @@ class ShellConnector(SSHConnector):
                 echo(f"{self.host.print_prefix}{line.line}", err=True)
         return (code in success) if success else code == 0, output
 
+    def run_aside(self, command: StringCommand, **arguments: Any) -> tuple[bool, CommandOutput]:
+        """``command`` in an SSH session of its own (pyinfra's way), not in the shell: it
+        runs now, even while the shell is busy with a long command."""
+        return super().run_shell_command(command, **arguments)
+
     def _open(self) -> Channel:
         assert self.client is not None
         transport = self.client.get_transport()
@@ -139,6 +150,10 @@ class ShellConnector(SSHConnector):
         return channel
 
     def _run(self, script: str, timeout: float | None) -> tuple[int, CommandOutput]:
+        with self._busy:
+            return self._run_alone(script, timeout)
+
+    def _run_alone(self, script: str, timeout: float | None) -> tuple[int, CommandOutput]:
         if self._shell is None or self._shell.closed or self._shell.exit_status_ready():
             self._shell = self._open()
         shell = self._shell
