@@ -200,7 +200,7 @@ def test_event_kind(result: Any, was_ready: bool, expected: str | None) -> None:
 
 
 SUSPENDED = Controls(suspended=True, actor="alice", reason="change freeze",
-                     since="2026-12-01T10:00:00+00:00")
+                     since=datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=UTC))
 
 
 @pytest.mark.parametrize(("controls", "trigger", "expected"), [
@@ -213,6 +213,22 @@ SUSPENDED = Controls(suspended=True, actor="alice", reason="change freeze",
 def test_refusal(controls: Controls, trigger: Trigger, expected: str | None) -> None:
     """An operator's trigger of a suspended environment is refused with who, why and since."""
     assert policy.refusal("lab", controls, trigger) == expected
+
+
+def test_the_stores_controls_are_the_decisions_input(tmp_path: Any) -> None:
+    """The controls the store reads go into the decision as they are (one type, no
+    conversion), and the refusal names who suspended it and since when, to the second."""
+    from gitops import control
+    from gitops.store import Store
+
+    with Store(tmp_path) as store:
+        control.suspend(store, "lab", actor="alice", reason="change freeze")
+        controls = store.controls("lab")
+    assert isinstance(controls, Controls) and controls.suspended
+    assert controls.since is not None
+    assert policy.refusal("lab", controls, OPERATOR) == (
+        f"lab is suspended by alice since {controls.since.isoformat(timespec='seconds')}: "
+        "change freeze; nothing is applied until it is resumed")
 
 
 def test_status_rows_become_typed_inputs() -> None:
