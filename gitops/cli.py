@@ -1380,10 +1380,15 @@ def _writer_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _recorded(s: Settings, as_json: bool) -> None:
-    """A post-mortem writes only into a record that has incidents: none is a usage error."""
-    store = _reader(s, None, as_json)
-    if store is None:
-        raise UsageError(f"no runs recorded in {s.state_dir}: no incident to write into")
+    """A post-mortem writes only into a record that has incidents: a missing state folder or
+    one with no record yet is one usage error (exit 2), nothing else printed."""
+    try:
+        store = open_store(s, readonly=True)
+    except NoStore as exc:
+        _fail(exc if not exc.folder_exists else UsageError(
+            f"no runs recorded in {s.state_dir}: no incident to write into"), as_json)
+    except GitopsError as exc:
+        _fail(exc, as_json)
     store.close()
 
 

@@ -178,3 +178,22 @@ def test_the_daemon_status_api_reads_only(tmp_path: Path) -> None:
     (row,) = daemon.status()
     assert row["conditions"][-1]["type"] == "Suspended"
     assert row["controls"]["suspended"] == 1 and row["suspended"]["actor"] == "alice"
+
+
+@pytest.mark.parametrize("command", [["incidents", "annotate", "prod-1", "--summary", "x"],
+                                     ["incidents", "action", "prod-1", "--add", "x"]])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_postmortem_write_on_an_empty_folder_is_one_usage_error(
+        tmp_path: Path, command: list[str], as_json: bool) -> None:
+    """Writing into a post-mortem where nothing is recorded yet prints one message saying
+    there is no incident to write into (one JSON document with --json), exits 2 and creates
+    nothing."""
+    result = CliRunner().invoke(main, [*command, "--state-dir", str(tmp_path),
+                                       *(["--json"] if as_json else [])])
+    assert result.exit_code == 2, result.output
+    message = f"no runs recorded in {tmp_path}: no incident to write into"
+    if as_json:
+        assert json.loads(result.output) == {"result": "error", "error": message}
+    else:
+        assert result.output.strip().splitlines() == [f"error: {message}"]
+    assert list(tmp_path.iterdir()) == []
