@@ -382,7 +382,16 @@ def after_run(s: RunSummary, cfg: EnvironmentConfig, failures: int, rand: float)
     """Done, stalled until a new commit, rollback and quarantine, retry, or backoff.
 
     A host that fails right after recovering from an interrupted apply is retried, never
-    rolled back: the crash was the controller's, not the commit's."""
+    rolled back: the crash was the controller's, not the commit's.
+
+    A host that reverted its guarded apply by itself (``RevertedByHost``, a failed host) is
+    rolled back like any failed host, its unguarded services of that pass too: the revert
+    restored only the guarded services' files, so the host runs half of a revision that is
+    quarantined (never applied again) and verified nowhere. The rollback gives the whole host
+    its last verified revision, one state the record can name (every service is applied:
+    a failed host's convergence record is cleared); the guarded services are already back
+    there, so for them it changes nothing. Without ``auto_rollback`` the host
+    stays as the revert left it, as any failed host stays."""
     if s.result == "succeeded":
         return After("done", jitter(cfg.interval, cfg.jitter, rand), 0)
     if s.result == "invalid" or s.permanent:

@@ -335,3 +335,24 @@ def test_refusal_outside_the_window(trigger: Trigger, window: WindowState,
     if refused:
         assert answer == (f"lab is outside its maintenance window: {WAITING}; "
                           "`gitops reconcile --force --reason WHY` runs it now")
+
+
+def test_a_host_that_reverted_its_guarded_apply_is_rolled_back_whole() -> None:
+    """A host that reverted its guarded apply by itself is rolled back, all its services, to
+    its last verified revision (auto_rollback); a host that confirmed is left alone, and
+    without auto_rollback nothing is rolled back."""
+    from gitops.reconcile import Outcome
+    from gitops.records import ApplyReport, HostApply, HostGuard, Revision
+
+    reverted = HostApply(host="h1", status="failed", error="RevertedByHost: restored ...",
+                         guard=HostGuard(result="RevertedByHost", services=("ssh",)))
+    confirmed = HostApply(host="h2", status="ok", guard=HostGuard(result="Confirmed"))
+    outcome = Outcome("failed", revision=Revision(sha=B, branch="main", author="T",
+                                                  committed_at=datetime.now(UTC), message="m"),
+                      apply=ApplyReport(hosts=(reverted, confirmed)))
+    summary = RunSummary.of(outcome)
+    assert policy.after_run(summary, CFG, 0, HALF).rollback == {"h1"}
+    assert policy.after_run(summary, CFG, 0, HALF).next == "rollback"
+    assert policy.after_run(summary, NO_ROLLBACK, 0, HALF).rollback == frozenset()
+    assert policy.rollback_targets(B, {"h1"}, [HostRevision("h1", A), HostRevision("h2", B)]
+                                   ) == {A: {"h1"}}
