@@ -420,8 +420,8 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
     """Conditions (Ready / Reconciling / Stalled) and revisions per environment and host,
     the revisions quarantined there, and the promotion pipeline.
 
-    ``--json``: the status rows; each environment's own row (``host`` empty) also has
-    ``quarantined`` (sha, reason, since) and ``pipeline`` (its stage, or null when no
+    --json: the status rows; each environment's own row (host empty) also has
+    "quarantined" (sha, reason, since) and "pipeline" (its stage, or null when no
     environment promotes from another)."""
     from gitops import promotion
 
