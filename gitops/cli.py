@@ -417,7 +417,14 @@ def _store_environment(s: Settings, environment: str | None) -> str | None:
 @_store_options
 @json_option
 def status(as_json: bool, environment: str | None, state_dir: Path | None) -> None:
-    """Conditions (Ready / Reconciling / Stalled) and revisions per environment and host."""
+    """Conditions (Ready / Reconciling / Stalled) and revisions per environment and host,
+    the revisions quarantined there, and the promotion pipeline.
+
+    --json: the status rows; each environment's own row (host empty) also has
+    "quarantined" (sha, reason, since) and "pipeline" (its stage, or null when no
+    environment promotes from another)."""
+    from gitops import promotion
+
     s = _settings(state_dir=state_dir)
     name_ = _store_environment(s, environment)
     store = _reader(s, name_, as_json)
@@ -425,10 +432,22 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
         return
     from gitops.teams import environment_teams
 
+    chain = promotion.links(s.environments)
     with store:
         owners = environment_teams(store, s.environments)
         rows = [row.as_dict() | {"team": owners.get(row.environment)}
                 for row in store.status(name_)]
+        quarantined: dict[str, list[dict[str, Any]]] = {}
+        for q in store.quarantined(name_):
+            quarantined.setdefault(q.environment, []).append(
+                {"sha": q.sha, "reason": q.reason, "since": q.since.isoformat()})
+        stages = (promotion.pipeline(store, chain) if any(link.upstream for link in chain)
+                  else [])
+    stage_of = {link.environment: stage for link, stage in zip(chain, stages, strict=False)}
+    for row in rows:
+        if not row["host"]:
+            row["quarantined"] = quarantined.get(row["environment"], [])
+            row["pipeline"] = stage_of.get(row["environment"])
     if as_json:
         _emit(rows)
         return
@@ -448,19 +467,22 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
         if held:
             click.echo(f"    Held: {held['sha'][:10]} by {held['actor']} until `gitops resume` "
                        f"or a commit newer than {(held['head'] or '')[:10]}")
-    _print_pipeline(s)
+        _print_quarantined(row["environment"], row.get("quarantined") or [])
+    _print_stages(stages)
 
 
-def _print_pipeline(s: Settings) -> None:
-    """The promotion pipeline of the settings' environments, when one promotes from another:
-    which revision is where, what waits for which environment."""
-    from gitops import promotion
+def _print_quarantined(environment: str, entries: list[dict[str, Any]]) -> None:
+    """Each quarantined revision of ``environment``: which, since when, why, and the way out."""
+    for q in entries:
+        click.echo(f"    Quarantined: {q['sha'][:10]} since {q['since'][:19]}: {q['reason']}")
+    if entries:
+        click.echo(f"    (not applied again; a newer commit is applied as usual; `gitops forget "
+                   f"{environment}` clears the quarantine, with the status and controls)")
 
-    chain = promotion.links(s.environments)
-    if not any(link.upstream for link in chain):
+
+def _print_stages(stages: list[dict[str, Any]]) -> None:
+    if not stages:
         return
-    with open_store(s, readonly=True) as store:
-        stages = promotion.pipeline(store, chain)
     click.echo("pipeline:")
     for stage in stages:
         name = stage["environment"] + (f" <- {stage['promote_from']}"
@@ -1380,10 +1402,15 @@ def _writer_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _recorded(s: Settings, as_json: bool) -> None:
-    """A post-mortem writes only into a record that has incidents: none is a usage error."""
-    store = _reader(s, None, as_json)
-    if store is None:
-        raise UsageError(f"no runs recorded in {s.state_dir}: no incident to write into")
+    """A post-mortem writes only into a record that has incidents: a missing state folder or
+    one with no record yet is one usage error (exit 2), nothing else printed."""
+    try:
+        store = open_store(s, readonly=True)
+    except NoStore as exc:
+        _fail(exc if not exc.folder_exists else UsageError(
+            f"no runs recorded in {s.state_dir}: no incident to write into"), as_json)
+    except GitopsError as exc:
+        _fail(exc, as_json)
     store.close()
 
 

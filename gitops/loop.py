@@ -40,7 +40,7 @@ from typing import Any, cast
 from gitops import control, lease, notify, policy, promotion, retention, schedule, source
 from gitops import verify as verify_stage
 from gitops.errors import GitopsError, InvalidDeclaration, LockHeld, Suspended, UsageError
-from gitops.policy import After, Controls, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
+from gitops.policy import After, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
 from gitops.preview import Previews
 from gitops.reconcile import Outcome, Request, Target, environment_lock, run
 from gitops.records import ControllerRequest
@@ -165,7 +165,7 @@ class Daemon:
         trigger = Trigger(reason, actor, force=force)
         window = None if trigger.look_only else self._window(env, read=False)
         with self._store() as store:
-            controls = Controls.from_row(store.controls(env.target.environment))
+            controls = store.controls(env.target.environment)
             refused = policy.refusal(environment, controls, trigger, window)
             if refused is not None:
                 raise Suspended(refused)
@@ -482,7 +482,7 @@ class Daemon:
                 history = store.history(name, limit=20)
             status = EnvStatus.from_row(store.environment_status(name))
             inputs = CycleInput(
-                head=head, controls=Controls.from_row(store.controls(name)),
+                head=head, controls=store.controls(name),
                 last=LastRun.from_history(history),
                 quarantined=frozenset(q.sha for q in store.quarantined(name)),
                 status=status, pending=pending, retry=retry,
@@ -616,7 +616,7 @@ class Daemon:
         """Verify the last applied revision; with ``drift: correct``, re-apply it on drift."""
         cfg, name = env.config, env.target.environment
         with self._store() as store:
-            if Controls.from_row(store.controls(name)).suspended:
+            if store.controls(name).suspended:
                 return
             status = EnvStatus.from_row(store.environment_status(name))
         sha = status.applied if status else None

@@ -11,6 +11,10 @@
   host, a running rollout's
   progress, the last 50 runs, activity per day, delivery metrics and incidents when
   ``gitops.delivery`` and ``gitops.incidents`` exist;
+  the team comparison (``delivery.compare``) is kept between polls in a ``ComparisonCache``
+  until the record changes (a run starts or finishes, a revision is quarantined or verified
+  everywhere, a team owns other environments) or the hour turns, so a poll with no new run
+  recomputes nothing;
 - ``GET /api/page/runs/{id}``: one run with its per-host, per-operation and per-check detail;
 - ``GET /previews/{id}``: one preview's full report (what a pull request comment points to
   when the host's size limit cut it), and the page lists the latest previews.
@@ -25,8 +29,9 @@ clients only. The page never renders settings; the store holds no secret, and op
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
@@ -42,7 +47,7 @@ from gitops.records import CheckRow, Ref, RunRow, StatusRow
 from gitops.server import _is_loopback
 from gitops.store import ENVIRONMENT, Database, NoStore, Store, StoreOutdated
 
-__all__ = ["COOKIE", "HISTORY", "page_data", "routes", "run_detail"]
+__all__ = ["COOKIE", "HISTORY", "ComparisonCache", "page_data", "routes", "run_detail"]
 
 Authorize = Callable[[Request], Response | None]
 
@@ -80,11 +85,38 @@ _HEADERS = {
 # -- the data -------------------------------------------------------------------------------
 
 
+class ComparisonCache:
+    """The team comparison of one store, kept while the record does not change: the key is
+    the store's ``change_mark`` (the newest run id and finish, the quarantine and verified
+    revision counts), the owners and the hour (the 30-day window moves on). ``computed``
+    counts the computations. Safe to share between the page's request threads."""
+
+    def __init__(self) -> None:
+        self.computed = 0
+        self._key: Hashable = None
+        self._value: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, store: Store, owners: dict[str, str], today: datetime | None
+            ) -> dict[str, Any]:
+        when = today or datetime.now(UTC)
+        key = (tuple(store.change_mark()), tuple(sorted(owners.items())),
+               today.isoformat() if today is not None else when.strftime("%Y-%m-%dT%H"))
+        with self._lock:
+            if self._value is None or key != self._key:
+                self._value = _comparison(store, owners, today)
+                self._key = key
+                self.computed += 1
+            return self._value
+
+
 def page_data(store: Store | None, *, today: datetime | None = None,
-              chain: Sequence[Link] = ()) -> dict[str, Any]:
+              chain: Sequence[Link] = (), cache: ComparisonCache | None = None
+              ) -> dict[str, Any]:
     """The document behind ``GET /api/page`` (shape in the module's README section);
     ``store`` None: nothing recorded yet. ``chain``: the daemon's environments, for the
-    promotion pipeline (``pipeline``: empty when none promotes from another)."""
+    promotion pipeline (``pipeline``: empty when none promotes from another). ``cache``:
+    the comparison of an earlier call while the record is unchanged (``routes`` keeps one)."""
     rows = store.status() if store is not None else []
     names = sorted({r.environment for r in rows} | {
         q.environment for q in (store.quarantined() if store is not None else [])})
@@ -101,7 +133,8 @@ def page_data(store: Store | None, *, today: datetime | None = None,
         "pipeline": pipeline(store, chain) if any(link.upstream for link in chain) else [],
         "previews": [p.as_dict() for p in store.previews(limit=20)] if store is not None
         else [],
-        "comparison": _comparison(store, owners, today),
+        "comparison": (cache.get(store, owners, today) if cache is not None
+                       and store is not None else _comparison(store, owners, today)),
     }
 
 
@@ -366,6 +399,7 @@ def routes(state_dir: Path, authorize: Authorize | None,
     the API's check (None: no token can be checked, so only loopback clients are served);
     ``chain``: the daemon's environments, for the promotion pipeline."""
     where = database or Database(state_dir)
+    cache = ComparisonCache()
 
     def check(request: Request) -> Response | None:
         host = request.client.host if request.client else None
@@ -419,7 +453,8 @@ def routes(state_dir: Path, authorize: Authorize | None,
         if refused is not None:
             return refused
         try:
-            data = await run_in_threadpool(read, lambda store: page_data(store, chain=chain))
+            data = await run_in_threadpool(read, lambda store: page_data(store, chain=chain,
+                                                                    cache=cache))
         except NoStore:  # nothing recorded yet: an empty page
             data = page_data(None, chain=chain)
         except StoreOutdated as exc:

@@ -32,7 +32,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Literal, cast
 
 from gitops import records
-from gitops.records import RunKind, RunResult
+from gitops.records import Controls, RunKind, RunResult
 from gitops.schedule import WindowState
 from gitops.settings import EnvironmentConfig, EventKind
 
@@ -73,25 +73,6 @@ DAEMON = "gitops-daemon"
 
 
 # -- inputs --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Controls:
-    """The operator's controls of one environment (``control.py`` writes them)."""
-
-    suspended: bool = False
-    reason: str = ""
-    actor: str = ""
-    since: str | None = None
-    held_sha: str | None = None
-    held_head: str | None = None
-    """A rollback hold: apply ``held_sha`` until a commit newer than ``held_head``."""
-
-    @classmethod
-    def from_row(cls, row: records.Controls) -> Controls:
-        since = row.since.isoformat(timespec="seconds") if row.since is not None else None
-        return cls(suspended=row.suspended, reason=row.reason, actor=row.actor, since=since,
-                   held_sha=row.held_sha, held_head=row.held_head)
 
 
 @dataclass(frozen=True)
@@ -401,7 +382,16 @@ def after_run(s: RunSummary, cfg: EnvironmentConfig, failures: int, rand: float)
     """Done, stalled until a new commit, rollback and quarantine, retry, or backoff.
 
     A host that fails right after recovering from an interrupted apply is retried, never
-    rolled back: the crash was the controller's, not the commit's."""
+    rolled back: the crash was the controller's, not the commit's.
+
+    A host that reverted its guarded apply by itself (``RevertedByHost``, a failed host) is
+    rolled back like any failed host, its unguarded services of that pass too: the revert
+    restored only the guarded services' files, so the host runs half of a revision that is
+    quarantined (never applied again) and verified nowhere. The rollback gives the whole host
+    its last verified revision, one state the record can name (every service is applied:
+    a failed host's convergence record is cleared); the guarded services are already back
+    there, so for them it changes nothing. Without ``auto_rollback`` the host
+    stays as the revert left it, as any failed host stays."""
     if s.result == "succeeded":
         return After("done", jitter(cfg.interval, cfg.jitter, rand), 0)
     if s.result == "invalid" or s.permanent:
@@ -493,8 +483,9 @@ def refusal(environment: str, controls: Controls, trigger: Trigger,
         return (f"{environment} is outside its maintenance window: {window.describe()}; "
                 "`gitops reconcile --force --reason WHY` runs it now")
     why = f": {controls.reason}" if controls.reason else ""
+    since = controls.since.isoformat(timespec="seconds") if controls.since else "?"
     return (f"{environment} is suspended by {controls.actor or '?'} since "
-            f"{controls.since or '?'}{why}; nothing is applied until it is resumed")
+            f"{since}{why}; nothing is applied until it is resumed")
 
 
 def jitter(seconds: float, fraction: float, rand: float) -> float:

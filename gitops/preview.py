@@ -36,7 +36,7 @@ from gitops import apply as apply_stage
 from gitops import lab as lab_api
 from gitops import notify, source
 from gitops import verify as verify_stage
-from gitops.errors import GitopsError, InvalidDeclaration, UsageError
+from gitops.errors import GitopsError, InvalidDeclaration, RevisionNotFound, UsageError
 from gitops.lab.common import lab_parent, missing_prerequisites, prerequisites_message
 from gitops.load import load
 from gitops.model import DeclaredState
@@ -47,7 +47,7 @@ from gitops.store import Database
 from gitops.workers.secrets import redact
 
 __all__ = ["PreviewRequest", "Previews", "admit", "lab_prefix", "marker", "pick_hosts",
-           "render_comment", "run_preview", "slot_lock"]
+           "pull_ref", "render_comment", "run_preview", "slot_lock"]
 
 log = logging.getLogger("gitops.preview")
 
@@ -306,6 +306,37 @@ def _load(snapshot: Path, request: PreviewRequest, revision: Revision, settings:
                 hosts_from=hosts)
 
 
+def pull_ref(provider: str, number: int | None) -> str | None:
+    """The ref under which the base repository publishes a pull request's head: GitHub and
+    Gitea ``refs/pull/<n>/head``, GitLab ``refs/merge-requests/<iid>/head`` (a fork's
+    commits too); None for a branch previewed by hand (``gitops preview``)."""
+    if number is None:
+        return None
+    if provider in ("github", "gitea"):
+        return f"refs/pull/{number}/head"
+    if provider == "gitlab":
+        return f"refs/merge-requests/{number}/head"
+    return None
+
+
+def _fetch_head(request: PreviewRequest, state_dir: Path) -> Revision:
+    """The change to preview: the pull request's head as its host publishes it in the base
+    repository (``pull_ref``: a pull request from a fork has no branch there, or one of the
+    same name that is another line of work); at ``head_sha`` when the request names it.
+    A host that does not publish the ref: the branch of that name (the commit the webhook
+    named must then be in the base repository: ``RevisionNotFound`` otherwise)."""
+    ref = pull_ref(request.provider, request.number)
+    head: Revision | None = None
+    if ref is not None:
+        with contextlib.suppress(RevisionNotFound):
+            head = source.fetch_ref(request.repo, ref, request.branch, state_dir)
+    if head is None:
+        head = source.fetch(request.repo, request.branch, state_dir)
+    if request.head_sha and request.head_sha != head.sha:
+        head = source.revision(request.repo, request.branch, request.head_sha, state_dir)
+    return head
+
+
 def run_preview(request: PreviewRequest, settings: Settings, *, lab_name: str | None,
                 say: Say | None = None, timeout: float | None = None,
                 stop: threading.Event | None = None) -> PreviewReport:
@@ -356,9 +387,7 @@ def _preview(request: PreviewRequest, settings: Settings, hosts: _LabHosts | Non
     """The stages of a preview; the report and the secrets to blank out of it."""
     state_dir = settings.state_dir
     with clock.stage("fetch"):
-        head = source.fetch(request.repo, request.branch, state_dir)
-        if request.head_sha and request.head_sha != head.sha:
-            head = source.revision(request.repo, request.branch, request.head_sha, state_dir)
+        head = _fetch_head(request, state_dir)
         base = source.fetch(request.repo, request.base, state_dir)
         fields.update(head_sha=head.sha, base_sha=base.sha)  # also for the caller's errors
         head_snap = Path(source.snapshot(request.repo, head, state_dir).path)

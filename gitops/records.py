@@ -308,15 +308,18 @@ class Condition:
 
 @dataclass(frozen=True)
 class Controls(_Row):
-    """The operator controls of one environment: suspension and rollback hold."""
+    """The operator controls of one environment: suspension and rollback hold (the store
+    reads them, ``control.py`` writes them, ``policy``'s decisions take them as they are)."""
 
-    environment: str
+    environment: str = ""
+    """Empty only in a value made for a decision alone (``tests/test_policy.py``)."""
     suspended: bool = False
     reason: str = ""
     actor: str = ""
     since: datetime | None = None
     held_sha: str | None = None
     held_head: str | None = None
+    """A rollback hold: apply ``held_sha`` until a commit newer than ``held_head``."""
     event: int | None = None
     """The history entry of the change just made (set by ``control``'s functions only)."""
 

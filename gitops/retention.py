@@ -4,6 +4,11 @@
 the database history, the incident reports only pruned runs made, and unused repository
 mirrors after its runs (at most once an hour). README ("The state folder") lists every
 thing the folder holds and its bound.
+
+A post-mortem is what people wrote, so retention never deletes it: the runs of an incident
+with a post-mortem (its notes or action items, ``gitops.incidents``) are kept past
+``history_days`` with the run before it that its report names (``postmortem_spans``), so the
+incident, its id, its timeline and its report stay whole and no note points at a deleted run.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from gitops import source
+from gitops import incidents, source
 from gitops.settings import Retention
 from gitops.store import Store
 
-__all__ = ["prune_history", "prune_reports", "prune_snapshots", "snapshots_in_use"]
+__all__ = ["postmortem_spans", "prune_history", "prune_reports", "prune_snapshots",
+           "snapshots_in_use"]
 
 
 def snapshots_in_use(store: Store) -> set[str]:
@@ -49,7 +55,33 @@ def prune_history(store: Store, state_dir: Path, retention: Retention, *, repos:
     """Delete the runs older than ``history_days`` and the mirrors of repositories not in
     ``repos`` unused for ``sources_days``; return the runs deleted."""
     source.prune_sources(state_dir, repos, retention.sources_days * 86400)
-    return store.prune_history(now - timedelta(days=retention.history_days))
+    return store.prune_history(now - timedelta(days=retention.history_days),
+                               keep=postmortem_spans(store))
+
+
+def postmortem_spans(store: Store) -> list[tuple[str, int, int]]:
+    """(environment, first run id, last run id) of each incident someone wrote into: from
+    the runs before it its report names (the commit rolled back, the previous verified
+    commit) to its last run (an open incident's: the newest run)."""
+    written = {n.incident for n in store.notes()} | {a.incident for a in store.actions()}
+    if not written:
+        return []
+    verified = incidents.verified_hosts(store)
+    spans = []
+    for env, runs in incidents.load_runs(store).items():
+        for ep in incidents.episodes(runs, verified):
+            first = ep.runs[0].id
+            if f"{env}-{first}" not in written:
+                continue
+            before = [r for r in runs if r.id < first and r.verified_success]
+            commit = ep.opener  # the commit the report names, as ``incidents`` finds it
+            if ep.cause == "rollback":
+                commit = next((r for r in reversed(before) if r.kind == "reconcile"), commit)
+            previous = next((r for r in reversed(before) if r.sha and r.sha != commit.sha),
+                            None)
+            start = min(first, commit.id, previous.id if previous else first)
+            spans.append((env, start, ep.runs[-1].id))
+    return spans
 
 
 def prune_reports(folder: Path, environment: str, written: list[Path]) -> list[Path]:

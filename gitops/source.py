@@ -28,7 +28,8 @@ from gitops.errors import InvalidDeclaration, Problem, RevisionNotFound, SourceE
 from gitops.private import private_dir
 from gitops.records import Revision, Snapshot
 
-__all__ = ["fetch", "mirror_path", "prune_snapshots", "prune_sources", "redact", "snapshot"]
+__all__ = ["fetch", "fetch_ref", "mirror_path", "prune_snapshots", "prune_sources", "redact",
+           "snapshot"]
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
@@ -98,23 +99,37 @@ def fetch(url: str, branch: str, state_dir: Path, *, timeout: float = 120) -> Re
         return _fetch(url, branch, state_dir, timeout)
 
 
-def _fetch(url: str, branch: str, state_dir: Path, timeout: float) -> Revision:
+def fetch_ref(url: str, ref: str, branch: str, state_dir: Path, *,
+              timeout: float = 120) -> Revision:
+    """Fetch the full ref ``ref`` of ``url`` (e.g. a pull request's ``refs/pull/7/head``)
+    into the mirror under the same name and return its head, labelled ``branch``;
+    ``RevisionNotFound`` when ``url`` has no such ref."""
+    if Path(url).expanduser().is_dir():
+        url = str(Path(url).expanduser().resolve())
+    with _mirror_lock(url, state_dir, timeout):
+        return _fetch(url, branch, state_dir, timeout, ref=ref)
+
+
+def _fetch(url: str, branch: str, state_dir: Path, timeout: float,
+           ref: str | None = None) -> Revision:
     repo = _mirror(url, state_dir)
+    full = ref or f"refs/heads/{branch}"
     try:
         with repo:
             repo.git.fetch(
                 "origin",
-                f"+refs/heads/{branch}:refs/heads/{branch}",
+                f"+{full}:{full}",
                 "--prune",
                 "--no-tags",
                 kill_after_timeout=timeout,
             )
-            return _revision(repo, branch, branch)
+            return _revision(repo, full, branch)
     except git.GitCommandError as exc:
         detail = _git_error(exc)
         if "couldn't find remote ref" in detail:
-            raise RevisionNotFound(_no_branch(url, branch, repo)) from None
-        raise SourceError(f"cannot fetch {redact(url)} {branch}: {detail}") from None
+            raise RevisionNotFound(_no_branch(url, branch, repo) if ref is None
+                                   else f"{redact(url)}: no ref {ref!r}") from None
+        raise SourceError(f"cannot fetch {redact(url)} {ref or branch}: {detail}") from None
 
 
 NO_COMMIT = "has no commit yet: commit first, or validate the files on disk with --worktree"

@@ -793,19 +793,23 @@ class Store:
                                [(environment, host) for host in gone])
         return gone
 
-    def prune_history(self, before: datetime) -> int:
+    def prune_history(self, before: datetime,
+                      keep: Iterable[tuple[str, int, int]] = ()) -> int:
         """Delete finished runs started before ``before`` (with their hosts, operations and
-        checks), except each environment's newest succeeded apply (the rollback target);
-        return how many. Retention (``gitops.retention``)."""
-        keep = ("SELECT MAX(id) FROM runs WHERE result='succeeded' AND kind IN"
-                " ('reconcile', 'rollback', 'retry') GROUP BY environment")
+        checks), except each environment's newest succeeded apply (the rollback target) and
+        the runs of ``keep`` (environment, first and last run id: the runs of an incident
+        with a post-mortem); return how many. Retention (``gitops.retention``)."""
+        newest = ("SELECT MAX(id) FROM runs WHERE result='succeeded' AND kind IN"
+                  " ('reconcile', 'rollback', 'retry') GROUP BY environment")
+        spans = list(keep)
         old = ("SELECT id FROM runs WHERE finished_at IS NOT NULL AND started_at < ?"
-               f" AND id NOT IN ({keep})")
+               f" AND id NOT IN ({newest})"
+               + " AND NOT (environment=? AND id BETWEEN ? AND ?)" * len(spans))
+        args = (before.isoformat(), *(v for span in spans for v in span))
         with self._tx() as db:
             for table in ("host_results", "op_results", "check_results"):
-                db.execute(f"DELETE FROM {table} WHERE run_id IN ({old})", (before.isoformat(),))
-            return int(db.execute(f"DELETE FROM runs WHERE id IN ({old})",
-                                  (before.isoformat(),)).rowcount)
+                db.execute(f"DELETE FROM {table} WHERE run_id IN ({old})", args)
+            return int(db.execute(f"DELETE FROM runs WHERE id IN ({old})", args).rowcount)
 
     # -- operator controls, quarantine, undelivered commit statuses --------------------------
 

@@ -178,3 +178,66 @@ def test_the_daemon_status_api_reads_only(tmp_path: Path) -> None:
     (row,) = daemon.status()
     assert row["conditions"][-1]["type"] == "Suspended"
     assert row["controls"]["suspended"] == 1 and row["suspended"]["actor"] == "alice"
+
+
+@pytest.mark.parametrize("command", [["incidents", "annotate", "prod-1", "--summary", "x"],
+                                     ["incidents", "action", "prod-1", "--add", "x"]])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_a_postmortem_write_on_an_empty_folder_is_one_usage_error(
+        tmp_path: Path, command: list[str], as_json: bool) -> None:
+    """Writing into a post-mortem where nothing is recorded yet prints one message saying
+    there is no incident to write into (one JSON document with --json), exits 2 and creates
+    nothing."""
+    result = CliRunner().invoke(main, [*command, "--state-dir", str(tmp_path),
+                                       *(["--json"] if as_json else [])])
+    assert result.exit_code == 2, result.output
+    message = f"no runs recorded in {tmp_path}: no incident to write into"
+    if as_json:
+        assert json.loads(result.output) == {"result": "error", "error": message}
+    else:
+        assert result.output.strip().splitlines() == [f"error: {message}"]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_status_shows_quarantined_revisions_and_the_pipeline(tmp_path: Path) -> None:
+    """``gitops status`` lists each environment's quarantined revisions (sha, since, why, and
+    how to clear it); ``--json`` has them, and the pipeline stage, on the environment's row,
+    the keys it had before unchanged."""
+    state = tmp_path / "state"
+    config = tmp_path / "gitops.toml"
+    config.write_text(f'state_dir = "{state}"\n[[environments]]\nname = "staging"\n'
+                      f'repo = "/srv/state"\n[[environments]]\nname = "production"\n'
+                      'repo = "/srv/state"\npromote_from = "staging"\n')
+    bad = "b" * 40
+    when = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    with Store(state, clock=lambda: when) as store:
+        for env in ("staging", "production"):
+            store.set_status(env, ENVIRONMENT, [Condition("Ready", "True", "Ok", "fine")],
+                             applied=f"main@sha1:{SHA}")
+        store.set_status("staging", "web1", [Condition("Ready", "True", "Ok", "fine")],
+                         applied=f"main@sha1:{SHA}")
+        store.quarantine("staging", bad, "RevertedByHost: web1 reverted its guarded apply")
+    with Store(state, readonly=True) as store:  # the keys ``status --json`` had
+        before = {r.host: set(r.as_dict()) | {"team"} for r in store.status("staging")}
+    text = _cli("status", "--config", str(config))
+    assert text.exit_code == 0, text.output
+    lines = text.output.splitlines()
+    at = lines.index("    Quarantined: bbbbbbbbbb since 2026-12-01T09:30:00: RevertedByHost: "
+                     "web1 reverted its guarded apply")
+    assert lines[at - 2].startswith("staging ")  # under staging's own row
+    assert "`gitops forget staging` clears the quarantine" in lines[at + 1]
+    assert sum("Quarantined:" in line for line in lines) == 1
+    assert "pipeline:" in lines and any(line.startswith("  production <- staging")
+                                        for line in lines)
+    rows = json.loads(_cli("status", "--json", "--config", str(config)).output)
+    staging = {r["host"]: r for r in rows if r["environment"] == "staging"}
+    assert staging[""]["quarantined"] == [{
+        "sha": bad, "reason": "RevertedByHost: web1 reverted its guarded apply",
+        "since": when.isoformat()}]
+    assert set(staging[""]) - before[""] == {"quarantined", "pipeline"}
+    assert set(staging["web1"]) == before["web1"]  # a host's row is as it was
+    production = next(r for r in rows if r["environment"] == "production" and not r["host"])
+    assert production["quarantined"] == []
+    assert production["pipeline"]["promote_from"] == "staging"
+    assert production["pipeline"]["applied"] == SHA
+    assert staging[""]["pipeline"]["promote_from"] is None

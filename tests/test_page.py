@@ -239,10 +239,13 @@ def test_page_lists_hosts_with_failing_check_and_revisions(
 
 def test_page_changes_after_a_new_run_without_reload(
         served: Served, browser_factory: Any) -> None:
-    """A run recorded while the page is open shows up by the page's own refresh."""
+    """A run recorded while the page is open shows up by the page's own refresh, in the
+    team comparison too (kept between polls until a run lands)."""
     p = browser_factory(served.url + "/")
     p.evaluate("window.__notReloaded = true")
     assert p.locator('tr.run-row[data-run="3"]').count() == 0
+    assert p.locator('[data-testid="comparison"] [data-environment="lab"]'
+                     ' [data-key="change_failure_rate"] .key-value').inner_text() == "50 %"
     with Store(served.state_dir) as store:
         record_run(store, revision(12, "fix the web service"))
     p.wait_for_selector('tr.run-row[data-run="3"]')
@@ -256,6 +259,9 @@ def test_page_changes_after_a_new_run_without_reload(
     incidents = p.locator('[data-testid="incidents"]')
     assert "Open (0)" in incidents.inner_text() and "Closed (1)" in incidents.inner_text()
     assert "restored after" in incidents.inner_text()
+    rate = ('[data-testid="comparison"] [data-environment="lab"]'
+            ' [data-key="change_failure_rate"] .key-value')
+    p.wait_for_function(f"""() => document.querySelector('{rate}').textContent === '33 %'""")
     assert p.evaluate("window.__notReloaded") is True
     assert p.js_errors == []
 
@@ -400,6 +406,28 @@ def call(app: Starlette, client: str, requests: list[tuple[str, dict[str, str]]]
             return [await http.get(path, headers=headers) for path, headers in requests]
 
     return asyncio.run(go())
+
+
+def test_the_comparison_is_computed_again_only_when_a_run_lands(tmp_path: Path) -> None:
+    """Polls of an unchanged record reuse the team comparison; a new run makes the next
+    poll compute it again, with the new run counted."""
+    state = tmp_path / "state"
+    seed(state)
+    cache = page.ComparisonCache()
+
+    def rate() -> Any:
+        with Store(state, readonly=True) as store:
+            data = page.page_data(store, cache=cache)
+        (lab,) = data["comparison"]["environments"]
+        return lab["change_failure_rate"]
+
+    assert rate() == 0.5 and rate() == 0.5 and rate() == 0.5
+    assert cache.computed == 1
+    with Store(state) as store:
+        record_run(store, revision(12, "fix the web service"))
+    assert rate() == pytest.approx(1 / 3)
+    assert cache.computed == 2
+    assert rate() == pytest.approx(1 / 3) and cache.computed == 2
 
 
 def test_loopback_is_open(tmp_path: Path) -> None:

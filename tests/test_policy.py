@@ -200,7 +200,7 @@ def test_event_kind(result: Any, was_ready: bool, expected: str | None) -> None:
 
 
 SUSPENDED = Controls(suspended=True, actor="alice", reason="change freeze",
-                     since="2026-12-01T10:00:00+00:00")
+                     since=datetime(2026, 12, 1, 10, 0, 0, 123456, tzinfo=UTC))
 
 
 @pytest.mark.parametrize(("controls", "trigger", "expected"), [
@@ -213,6 +213,22 @@ SUSPENDED = Controls(suspended=True, actor="alice", reason="change freeze",
 def test_refusal(controls: Controls, trigger: Trigger, expected: str | None) -> None:
     """An operator's trigger of a suspended environment is refused with who, why and since."""
     assert policy.refusal("lab", controls, trigger) == expected
+
+
+def test_the_stores_controls_are_the_decisions_input(tmp_path: Any) -> None:
+    """The controls the store reads go into the decision as they are (one type, no
+    conversion), and the refusal names who suspended it and since when, to the second."""
+    from gitops import control
+    from gitops.store import Store
+
+    with Store(tmp_path) as store:
+        control.suspend(store, "lab", actor="alice", reason="change freeze")
+        controls = store.controls("lab")
+    assert isinstance(controls, Controls) and controls.suspended
+    assert controls.since is not None
+    assert policy.refusal("lab", controls, OPERATOR) == (
+        f"lab is suspended by alice since {controls.since.isoformat(timespec='seconds')}: "
+        "change freeze; nothing is applied until it is resumed")
 
 
 def test_status_rows_become_typed_inputs() -> None:
@@ -319,3 +335,24 @@ def test_refusal_outside_the_window(trigger: Trigger, window: WindowState,
     if refused:
         assert answer == (f"lab is outside its maintenance window: {WAITING}; "
                           "`gitops reconcile --force --reason WHY` runs it now")
+
+
+def test_a_host_that_reverted_its_guarded_apply_is_rolled_back_whole() -> None:
+    """A host that reverted its guarded apply by itself is rolled back, all its services, to
+    its last verified revision (auto_rollback); a host that confirmed is left alone, and
+    without auto_rollback nothing is rolled back."""
+    from gitops.reconcile import Outcome
+    from gitops.records import ApplyReport, HostApply, HostGuard, Revision
+
+    reverted = HostApply(host="h1", status="failed", error="RevertedByHost: restored ...",
+                         guard=HostGuard(result="RevertedByHost", services=("ssh",)))
+    confirmed = HostApply(host="h2", status="ok", guard=HostGuard(result="Confirmed"))
+    outcome = Outcome("failed", revision=Revision(sha=B, branch="main", author="T",
+                                                  committed_at=datetime.now(UTC), message="m"),
+                      apply=ApplyReport(hosts=(reverted, confirmed)))
+    summary = RunSummary.of(outcome)
+    assert policy.after_run(summary, CFG, 0, HALF).rollback == {"h1"}
+    assert policy.after_run(summary, CFG, 0, HALF).next == "rollback"
+    assert policy.after_run(summary, NO_ROLLBACK, 0, HALF).rollback == frozenset()
+    assert policy.rollback_targets(B, {"h1"}, [HostRevision("h1", A), HostRevision("h2", B)]
+                                   ) == {A: {"h1"}}

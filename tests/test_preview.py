@@ -26,6 +26,7 @@ from gitops.preview import (
     admit,
     marker,
     pick_hosts,
+    pull_ref,
     render_comment,
     run_preview,
 )
@@ -434,3 +435,46 @@ def test_status_page_lists_previews_and_serves_the_full_report(tmp_path: Path) -
     assert "| web-1 | app/test_answers | ❌ fail |" in answer.text
     assert "-&lt;b&gt;old&lt;/b&gt;" in answer.text and "<b>old" not in answer.text
     assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(("provider", "number", "ref"), [
+    ("github", 7, "refs/pull/7/head"),
+    ("gitea", 7, "refs/pull/7/head"),
+    ("gitlab", 7, "refs/merge-requests/7/head"),
+    ("cli", None, None),
+])
+def test_pull_ref_is_where_each_host_publishes_the_head(provider: str, number: int | None,
+                                                        ref: str | None) -> None:
+    """A pull request's head is fetched from the ref its host keeps in the base repository;
+    a branch previewed by hand has none."""
+    assert pull_ref(provider, number) == ref
+
+
+@pytest.mark.parametrize(("provider", "ref"), [("github", "refs/pull/7/head"),
+                                               ("gitlab", "refs/merge-requests/7/head")])
+def test_a_pull_request_from_a_fork_is_previewed_at_its_own_commit(
+        tmp_path: Path, provider: str, ref: str) -> None:
+    """A pull request from a fork, whose branch has the name of another branch of the base
+    repository, is previewed at the fork's commit: the one the host publishes under the pull
+    request's ref in the base repository."""
+    base = _dry_repo(tmp_path)
+    ours = git(base, "rev-parse", "feature")
+    fork = tmp_path / "fork"
+    git(tmp_path, "clone", "-q", str(base), str(fork))
+    git(fork, "checkout", "-q", "feature")
+    inventory = fork / "inventories/prod.yml"
+    inventory.write_text(inventory.read_text().replace("port: 8000", "port: 8001"))
+    git(fork, "-c", "user.name=F", "-c", "user.email=f@example.invalid", "commit", "-qam",
+        "the fork's change")
+    theirs = git(fork, "rev-parse", "HEAD")
+    git(fork, "push", "-q", str(base), f"HEAD:{ref}")  # what the host does on a pull request
+    assert git(base, "rev-parse", "feature") == ours != theirs
+    settings = Settings(state_dir=tmp_path / "state",
+                        environments=[EnvironmentConfig(name="prod", repo=str(base))])
+    request = PreviewRequest(environment="prod", inventory="prod", repo=str(base),
+                             branch="feature", base="main", head_sha=theirs,
+                             provider=provider, number=7)
+    report = run_preview(request, settings, lab_name=None)
+    assert report.result != "error" and "plan" in report.stages, report.summary
+    assert report.head_sha == theirs and report.base_sha == git(base, "rev-parse", "main")
+    assert (tmp_path / "state" / "snapshots" / theirs).is_dir()  # the fork's files, planned

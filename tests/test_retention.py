@@ -7,9 +7,10 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from test_loop import _commit, _record_failure, _record_success, _repo
 
-from gitops import retention, source
+from gitops import incidents, retention, source
 from gitops.loop import Daemon
 from gitops.reconcile import Request, Target, run
 from gitops.settings import EnvironmentConfig, Retention, Settings
@@ -125,3 +126,37 @@ def test_status_row_revisions_are_kept(tmp_path: Path) -> None:
         store.set_status("lab", "h1", [], verified="main@sha1:" + "c" * 40)
         store.set_controls("lab", held_sha="d" * 40)
         assert retention.snapshots_in_use(store) == {"a" * 40, "b" * 40, "c" * 40, "d" * 40}
+
+
+@pytest.mark.parametrize("written", ["note", "action"])
+def test_a_postmortem_keeps_its_incident_past_history_retention(tmp_path: Path,
+                                                                 written: str) -> None:
+    """Pruning the history keeps the runs of an incident someone wrote a post-mortem for
+    (and the earlier commit its report names): the incident, its report and what people
+    wrote stay whole, no note points at a deleted run; an incident nobody wrote into goes
+    with its runs as before."""
+    repo, a = _repo(tmp_path)
+    b, c, d = (_commit(repo, "notes.txt", f"{n}\n") for n in ("b", "c", "d"))
+    state = tmp_path / "state"
+    _record_success(state, a)  # run 1
+    _record_failure(state, b)  # run 2: incident lab-2 (its report's previous commit: a)
+    _record_success(state, b)  # run 3: restores it
+    _record_failure(state, c)  # run 4: incident lab-4, nobody writes into it
+    _record_success(state, c)  # run 5
+    _record_success(state, d)  # run 6: the newest good apply, always kept
+    with Store(state) as store:
+        if written == "note":
+            incidents.annotate(store, "lab-2", {"summary": "b broke the app"}, actor="ann")
+        else:
+            incidents.add_action(store, "lab-2", "alert on app/up", None, actor="ann")
+        before = {i.id: i.as_dict() for i in incidents.incidents(store)}
+        assert set(before) == {"lab-2", "lab-4"}
+        assert before["lab-2"]["commit"]["previous_sha"] == a
+        removed = retention.prune_history(store, state, Retention(), repos=[],
+                                          now=now() + timedelta(days=500))
+        assert removed == 2
+        assert [r["id"] for r in store.history("lab")] == [6, 3, 2, 1]
+        after = {i.id: i.as_dict() for i in incidents.incidents(store)}
+        assert after == {"lab-2": before["lab-2"]}
+        ids = {n.incident for n in store.notes()} | {x.incident for x in store.actions()}
+        assert ids == {"lab-2"} and ids <= set(after)
