@@ -100,6 +100,12 @@ class Leases:
             held = self._held.get(environment)
             return held is not None and self.clock() < held.valid_until
 
+    def token(self, environment: str) -> int | None:
+        """The fencing token of ``environment`` while this controller may act on it."""
+        with self._lock:
+            held = self._held.get(environment)
+            return held.token if held is not None and self.clock() < held.valid_until else None
+
     def held(self) -> list[str]:
         with self._lock:
             now = self.clock()

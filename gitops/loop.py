@@ -34,10 +34,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-from gitops import control, lease, notify, policy, promotion, retention, schedule, source
+from gitops import control, fanout, lease, notify, policy, promotion, retention, schedule, source
 from gitops import verify as verify_stage
 from gitops.errors import GitopsError, InvalidDeclaration, LockHeld, Suspended, UsageError
 from gitops.policy import After, Controls, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
@@ -145,6 +146,9 @@ class Daemon:
         self.leases = (lease.Leases(Database.of(settings), self.controller, settings.lease_ttl,
                                     clock=clock) if settings.database else None)
         """The environments' leases when several controllers may share the record."""
+        self.fanout = (fanout.Service(settings, self.controller)
+                       if settings.fanout.remote and settings.database else None)
+        """The batches' shares across controllers' workers (``fanout.remote``)."""
 
     # -- the Controller protocol (HTTP API) ------------------------------------------------
 
@@ -370,6 +374,8 @@ class Daemon:
         for env, sha in cut:  # its "pending" must not stay the commit's last word
             self._commit_status(env, sha, "error", "interrupted: the reconciler stopped",
                                 retries=1)
+        if self.fanout is not None:
+            self.fanout.start()
         if self.leases is not None:
             self.leases.start(on_lost=self._lost, on_request=self._requested)
             log.info("controller %s: sharing %d environment(s) through leases of %g s",
@@ -427,6 +433,8 @@ class Daemon:
             observer.join(5)
         if all(not t.is_alive() for t in self.threads):
             self.connections.close()
+        if self.fanout is not None:  # after the runs: their shares are done
+            self.fanout.stop(timeout)
         if self.leases is not None:  # released only when no run of them is left
             self.leases.stop(release=all(not t.is_alive() for t in self.threads))
 
@@ -445,6 +453,7 @@ class Daemon:
             with env.lock:
                 pending, env.pending = env.pending, None
             now = self.clock()
+            spread = fanout.enter(self._spread(env))
             try:
                 if pending is not None or now >= env.next_poll:
                     delay = self._cycle(env, pending)
@@ -460,6 +469,14 @@ class Daemon:
                     env.failures, env.config.retry_base, env.config.retry_max, self.rand())
             finally:
                 env.running = None
+                fanout.leave(spread)
+
+    def _spread(self, env: _Env) -> fanout.Spread | None:
+        """The fan-out of ``env``'s batches across the controllers' workers, else None."""
+        if self.fanout is None or self.leases is None:
+            return None
+        name = env.target.environment
+        return self.fanout.spread(name, partial(self.leases.token, name))
 
     def _cycle(self, env: _Env, pending: Trigger | None) -> float:
         """One poll: gather the inputs, let ``policy.next_run`` decide, carry it out; returns
