@@ -36,16 +36,17 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from gitops.errors import TemporaryError
 from gitops.records import ControllerRequest
 from gitops.store import Database, Store, StoreUnavailable, database_errors
 
 log = logging.getLogger("gitops.lease")
 
-__all__ = ["FENCE", "POLL", "Leases", "controller_id"]
+__all__ = ["FENCE", "POLL", "LeaseHeld", "Leases", "controller_id", "hold"]
 
 _T = TypeVar("_T")
 _ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, *database_errors())
@@ -54,6 +55,10 @@ FENCE = 2 / 3
 """The part of ``lease_ttl`` after its last renewal during which a holder acts on its lease."""
 POLL = 0.5
 """Seconds between the holder's looks at its requests and at its leases' validity."""
+
+
+class LeaseHeld(TemporaryError):
+    """A run here was refused: a live controller holds the environment's lease."""
 
 
 def controller_id(name: str | None = None) -> str:
@@ -234,3 +239,49 @@ class Leases:
                     with contextlib.suppress(Exception):  # a broken connection may not close
                         broken.close()
                 return None
+
+
+@contextlib.contextmanager
+def hold(database: Database, environment: str, holder: str, ttl: float, *,
+         wait: float = 0, clock: Callable[[], float] = time.monotonic
+         ) -> Iterator[threading.Event]:
+    """Hold ``environment``'s lease for one run outside a daemon (``gitops reconcile --once``
+    and the other runs the CLI makes here), renewed every ``ttl / 3`` s and released on
+    leaving; yields an event set when the lease is lost (the run stops before its next
+    batch). Waits up to ``wait`` seconds for a live holder to let it go, then raises
+    ``LeaseHeld`` naming that holder. It takes no requests: those stay for the daemons."""
+    leases = Leases(database, holder, ttl, clock=clock)
+    deadline = clock() + wait
+    while leases.try_acquire(environment) is None:
+        if clock() >= deadline:
+            raise LeaseHeld(_held_by(database, environment, wait))
+        time.sleep(min(leases.retry_s, max(0.0, deadline - clock())))
+    lost = threading.Event()
+    stop = threading.Event()
+
+    def renewing() -> None:
+        while not stop.wait(ttl / 3):
+            if leases.renew() or not leases.holds(environment):
+                lost.set()
+        leases.expire()
+
+    thread = threading.Thread(target=renewing, daemon=True, name="gitops-lease-cli")
+    thread.start()
+    try:
+        yield lost
+    finally:
+        stop.set()
+        thread.join(ttl)
+        leases.stop(release=True)
+
+
+def _held_by(database: Database, environment: str, waited: float) -> str:
+    with database.open(readonly=True) as store:
+        lease = next((x for x in store.leases() if x.environment == environment), None)
+    who = (f"controller {lease.holder!r} (lease token {lease.token}, expiring in "
+           f"{max(0.0, lease.expires_in):.0f} s unless renewed)" if lease is not None
+           else "another controller")
+    waited_text = f" after waiting {waited:g} s" if waited else ""
+    return (f"environment {environment!r} is held by {who}{waited_text}: its daemon applies it. "
+            "`gitops reconcile` without --once asks that daemon (through its API), "
+            "--lease-timeout SECONDS waits for the lease")
