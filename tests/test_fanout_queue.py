@@ -111,7 +111,8 @@ def test_two_controllers_workers_apply_the_shares_of_one_batch_each_host_once(
     """The holder of the lease splits a batch of four hosts into one share per controller;
     the queue workers of the two controllers apply them, each host in one share, once,
     and the holder gets every host's result in the inventory's order."""
-    a, b = services("a"), services("b")
+    a = services("a")
+    services("b")
     leases = Leases(database, "a", TTL)
     token = leases.try_acquire("lab")
     assert token is not None
