@@ -44,7 +44,8 @@ from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import Database, NoStore, Store, database_errors, open_store
 
 EXIT_CODES = ("Exit codes: 0 all good; 1 apply or verify failed, or a temporary failure "
-              "(Git remote, SSH, the environment locked by another run, the daemon gone); "
+              "(Git remote, SSH, the environment locked by another run or held by another "
+              "controller, the daemon gone); "
               "2 invalid declaration, settings or usage, or refused by an operator control "
               "(suspended or held: --force --reason).")
 

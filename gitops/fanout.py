@@ -214,25 +214,44 @@ class Spread:
         if not _SHA.match(sha) or token is None:
             return None
         service = self.service
-        with service.database.open() as store:
-            controllers = store.queue_workers(3 * HEARTBEAT)
-            if controllers < 2:
+        jobs: list[ShareJob] = []
+        errors = (*_ERRORS, *_queue_errors())
+        try:
+            with service.database.open() as store:
+                controllers = store.queue_workers(3 * HEARTBEAT)
+                if controllers < 2:
+                    return None
+                parts = apply_stage.shares(state, controllers)
+                if len(parts) < 2:
+                    return None
+                for part in parts:
+                    share = store.add_share(self.environment, token,
+                                            [h.name for h in part.hosts])
+                    jobs.append(ShareJob.of(share, self.environment, sha, part, dry=dry,
+                                            journal=journal, timeout=timeout))
+                for job in jobs:
+                    store.set_share_job(job.share, service.defer(job))
+        except errors as exc:
+            if not jobs:  # nothing queued: the batch is applied here
+                log.warning("%s: no fan-out across controllers (%s): applying here",
+                            self.environment, _line(exc))
                 return None
-            parts = apply_stage.shares(state, controllers)
-            if len(parts) < 2:
-                return None
-            jobs = []
-            for part in parts:
-                share = store.add_share(self.environment, token, [h.name for h in part.hosts])
-                jobs.append(ShareJob.of(share, self.environment, sha, part, dry=dry,
-                                        journal=journal, timeout=timeout))
-            for job in jobs:
-                store.set_share_job(job.share, service.defer(job))
+            self._abandon([j.share for j in jobs])
+            raise WorkerError(f"{self.environment}: the shares could not be queued: "
+                              f"{_line(exc)}") from None
         say = on_progress or (lambda _: None)
         say(f"{len(jobs)} shares for {controllers} controllers' workers: "
             + "; ".join(f"share {j.share}: {', '.join(j.hosts)}" for j in jobs))
-        return self._collect(jobs, dict(zip((j.share for j in jobs), parts, strict=True)),
-                             token, timeout, say)
+        try:
+            return self._collect(jobs, dict(zip((j.share for j in jobs), parts, strict=True)),
+                                 token, timeout, say)
+        except errors as exc:
+            raise WorkerError(f"{self.environment}: the shares' results could not be read: "
+                              f"{_line(exc)}") from None
+
+    def _abandon(self, ids: list[int]) -> None:
+        with contextlib.suppress(*_ERRORS), self.service.database.open() as store:
+            store.abandon_shares(ids)
 
     def _collect(self, jobs: list[ShareJob], parts: dict[int, DeclaredState], token: int,
                  timeout: float, say: Progress) -> list[WorkerResult]:
@@ -285,8 +304,7 @@ class Spread:
                 finished = True
         finally:
             if not finished:
-                with contextlib.suppress(*_ERRORS), service.database.open() as store:
-                    store.abandon_shares(ids)
+                self._abandon(ids)
             pool.shutdown(wait=finished)
         failed = [r for r in rows if r.state != "done"]
         if failed:
@@ -458,6 +476,9 @@ class Service:
             result = out
         except (GitopsError, ValidationError) as exc:
             error = str(exc)[:4000]
+        except Exception as exc:  # recorded, so that the holder does not retry it forever
+            log.exception("share %d failed", job.share)
+            error = f"{self.controller}: {type(exc).__name__}: {_line(exc)}"[:4000]
         finally:
             done.set()
             renewer.join()
@@ -530,6 +551,12 @@ class Service:
         revision = source.revision(target.repo, target.branch, job.sha, target.state_dir)
         state = reconcile._load(target, revision, lambda _: None)
         return job.select(state), reconcile.journal_folder(target)
+
+
+def _queue_errors() -> tuple[type[Exception], ...]:
+    from procrastinate.exceptions import ProcrastinateException
+
+    return (ProcrastinateException,)
 
 
 def _line(exc: BaseException) -> str:
