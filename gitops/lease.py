@@ -23,9 +23,17 @@ A request (trigger, retry, resume, rollback) that reaches a controller not holdi
 environment is written to the ``requests`` table and taken by the holder within ``POLL``
 seconds (the table outlives a holder's death: whoever holds the environment next takes it).
 
-Used by the daemon (``loop.Daemon``) only when the record is in PostgreSQL; with SQLite one
-controller owns the state folder and ``reconcile.environment_lock`` (a kernel-freed lock)
-keeps one run at a time. All the SQL is in ``store``.
+Rebalancing: each daemon says every ``lease_ttl / 3`` that it runs (the ``controllers``
+table); one holding more than its fair share, ``ceil(environments / running controllers)``
+(``fair_share``), gives the extra ones up at a clean point between their runs and tries them
+again only after ``lease_ttl``, so the others take them (after kills, the survivor would
+otherwise keep every environment). ``hold`` takes one environment's lease for a run outside
+a daemon (``gitops reconcile --once`` on PostgreSQL): refused, naming the holder, while a
+live controller holds it.
+
+Used by the daemon (``loop.Daemon``) and the CLI only when the record is in PostgreSQL; with
+SQLite one controller owns the state folder and ``reconcile.environment_lock`` (a
+kernel-freed lock) keeps one run at a time. All the SQL is in ``store``.
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ from gitops.store import Database, Store, StoreUnavailable, database_errors
 
 log = logging.getLogger("gitops.lease")
 
-__all__ = ["FENCE", "POLL", "LeaseHeld", "Leases", "controller_id", "hold"]
+__all__ = ["FENCE", "POLL", "LeaseHeld", "Leases", "controller_id", "fair_share", "hold",
+           "surplus"]
 
 _T = TypeVar("_T")
 _ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, *database_errors())
@@ -59,6 +68,17 @@ POLL = 0.5
 
 class LeaseHeld(TemporaryError):
     """A run here was refused: a live controller holds the environment's lease."""
+
+
+def fair_share(environments: int, controllers: int) -> int:
+    """The most environments one controller should hold: ``ceil(environments / controllers)``."""
+    return -(-environments // max(1, controllers))
+
+
+def surplus(held: Sequence[str], environments: int, controllers: int) -> list[str]:
+    """The held environments beyond this controller's fair share (to give up between runs,
+    so that the others take them): the last ones by name."""
+    return sorted(held)[fair_share(environments, controllers):]
 
 
 def controller_id(name: str | None = None) -> str:
@@ -167,6 +187,18 @@ class Leases:
                 del self._held[environment]
         return gone
 
+    def release(self, environment: str) -> None:
+        """Give ``environment``'s lease up now (rebalancing): another controller may take it."""
+        with self._lock:
+            held = self._held.pop(environment, None)
+        if held is not None:
+            self._call("release", lambda s: s.release_lease(environment, self.controller,
+                                                            held.token))
+
+    def heartbeat(self) -> int | None:
+        """This controller is running (for ``lease_ttl``); how many are, None when unknown."""
+        return self._call("renew", lambda s: s.heartbeat_controller(self.controller, self.ttl))
+
     def release_all(self) -> None:
         """Give every held lease up (a clean stop): the others take them at once."""
         with self._lock:
@@ -192,11 +224,19 @@ class Leases:
     # -- the threads -----------------------------------------------------------------------
 
     def start(self, on_lost: Callable[[str], None],
-              on_request: Callable[[ControllerRequest], None]) -> None:
+              on_request: Callable[[ControllerRequest], None], *,
+              on_surplus: Callable[[str], None] | None = None, environments: int = 0) -> None:
+        """``on_surplus(environment)``: this controller holds more than its fair share of the
+        ``environments`` (``fair_share``, by the controllers running): give that one up at
+        a clean point between runs (called again each round until it is)."""
         def renewing() -> None:
             while not self._stop.wait(self.ttl / 3):
                 for environment in self.renew():
                     on_lost(environment)
+                running = self.heartbeat()
+                if on_surplus is not None and running:
+                    for environment in surplus(self.held(), environments, running):
+                        on_surplus(environment)
 
         def polling() -> None:
             while not self._stop.wait(POLL):
@@ -205,6 +245,7 @@ class Leases:
                 for request in self.take_requests():
                     on_request(request)
 
+        self.heartbeat()  # counted by the others at once
         for name, target in (("renew", renewing), ("requests", polling)):
             thread = threading.Thread(target=target, daemon=True, name=f"gitops-lease-{name}")
             thread.start()

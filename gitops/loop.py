@@ -90,6 +90,9 @@ class _Env:
     """(head, the branch's commits oldest first) for promotion, read once per head."""
     fence: threading.Event = field(default_factory=threading.Event)
     """Set to stop a run before its next batch: the daemon stops, or its lease was lost."""
+    shed: threading.Event = field(default_factory=threading.Event)
+    """Set when this controller holds more than its fair share: give the lease up between
+    runs (``lease.surplus``)."""
 
 
 class Daemon:
@@ -273,6 +276,30 @@ class Daemon:
                         "stopping its run before the next batch", env.config.name,
                         lease.FENCE * self.settings.lease_ttl)
 
+    def _surplus(self, environment: str) -> None:
+        """This controller holds more than its fair share: ``environment`` goes at the next
+        clean point between its runs (``_shed``)."""
+        env = self._by_record.get(environment)
+        if env is not None:
+            env.shed.set()
+            env.wake.set()
+
+    def _shed(self, env: _Env) -> bool:
+        """Give ``env``'s lease up (no run of it is in progress here) unless a request waits
+        for it; try to take it again only after ``lease_ttl``, so another controller does.
+        True when it was given up."""
+        assert self.leases is not None
+        with env.lock:
+            if (env.pending is not None or env.retry_hosts
+                    or not self.leases.holds(env.target.environment)):
+                return False
+            self.leases.release(env.target.environment)
+        env.next_poll = self.clock() + self.settings.lease_ttl
+        env.next_drift = max(env.next_drift, env.next_poll)
+        log.info("%s: released for another controller (more than a fair share held here)",
+                 env.config.name)
+        return True
+
     @property
     def _by_record(self) -> dict[str, _Env]:
         return {e.target.environment: e for e in self.envs.values()}
@@ -377,7 +404,8 @@ class Daemon:
         if self.fanout is not None:
             self.fanout.start()
         if self.leases is not None:
-            self.leases.start(on_lost=self._lost, on_request=self._requested)
+            self.leases.start(on_lost=self._lost, on_request=self._requested,
+                              on_surplus=self._surplus, environments=len(self.envs))
             log.info("controller %s: sharing %d environment(s) through leases of %g s",
                      self.controller, len(self.envs), self.settings.lease_ttl)
         self.previews.recover()  # labs a crash left behind, found by their names
@@ -448,6 +476,10 @@ class Daemon:
             env.wake.clear()
             if self.stop_event.is_set():
                 break
+            if env.shed.is_set():  # between runs: a clean point to give the lease up
+                env.shed.clear()
+                if self._shed(env):
+                    continue
             if self.leases is not None and not self._holding(env):
                 continue
             with env.lock:

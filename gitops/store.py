@@ -358,6 +358,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(7, "owning teams; post-mortem notes and action items", _v7_teams),
     Migration(8, "leases and requests of several controllers", _v8_leases),
     Migration(9, "shares of batches across controllers' workers", _v9_shares),
+    Migration(10, "controllers seen running, for the leases' fair shares",
+              lambda db: db.execute("CREATE TABLE controllers (name TEXT PRIMARY KEY,"
+                                    " expires REAL NOT NULL)")),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -1317,6 +1320,19 @@ class Store:
                 for r in self.db.execute(
                     "SELECT environment, holder, token, acquired_at,"
                     f" expires - {self._EPOCH} AS remaining FROM leases ORDER BY environment")]
+
+    def heartbeat_controller(self, name: str, ttl: float) -> int:
+        """``name`` is running for ``ttl`` more seconds (by the database's clock); returns
+        how many controllers are running now (it included). Long-gone ones are removed."""
+        e = self._EPOCH
+        with self._tx() as db:
+            db.execute("INSERT INTO controllers (name, expires) VALUES (?, " + e + " + ?)"
+                       " ON CONFLICT (name) DO UPDATE SET expires = excluded.expires",
+                       (name, ttl))
+            db.execute(f"DELETE FROM controllers WHERE expires < {e} - 86400")
+            rows = db.execute(f"SELECT count(*) FROM controllers WHERE expires > {e}"
+                              ).fetchall()
+        return int(rows[0][0])
 
     def post_request(self, environment: str, action: str, *, actor: str, reason: str = "",
                      force: bool = False, hosts: Sequence[str] = ()) -> int:
