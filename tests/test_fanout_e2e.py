@@ -80,8 +80,11 @@ def test_two_controllers_workers_apply_one_batch_each_host_once_recorded_by_the_
 
     _wait(lambda: store_call(lambda s: s.queue_workers(3 * fanout.HEARTBEAT)) == 2, 30,
           "both controllers' queue workers")
-    _wait(lambda: any(r.result == "succeeded" for r in store_call(lambda s: s.history("lab"))),
-          300, "the first rollout")
+    first = _wait(lambda: next((r for r in store_call(lambda s: s.history("lab")) if r.result),
+                               None), 600, "the first rollout")
+    assert first.result == "succeeded", (first.error, [
+        (h.host, h.apply_status, h.error, h.verify_status)
+        for h in store_call(lambda s: s.host_results(first.id))])
     holder = next(d for d in daemons if d.leases is not None and d.leases.holds("lab"))
     before = {r.id for r in store_call(lambda s: s.shares(list(range(1, 200))))}
     motd = repo.path / "deploys/base/templates/motd.j2"
