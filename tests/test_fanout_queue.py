@@ -116,6 +116,7 @@ def test_two_controllers_workers_apply_the_shares_of_one_batch_each_host_once(
     leases = Leases(database, "a", TTL)
     token = leases.try_acquire("lab")
     assert token is not None
+    leases.start(on_lost=lambda _: None, on_request=lambda _: None)  # renewed, as a daemon's
 
     def workers() -> bool:
         with database.open() as store:
@@ -126,8 +127,11 @@ def test_two_controllers_workers_apply_the_shares_of_one_batch_each_host_once(
                     state_dir=a.settings.state_dir, database=database)
     _, state = declared(target)
     lines: list[str] = []
-    with fanout.spreading(a.spread("lab", lambda: leases.token("lab"))):
-        _, report = apply.apply(state, timeout=120, on_progress=lines.append)
+    try:
+        with fanout.spreading(a.spread("lab", lambda: leases.token("lab"))):
+            _, report = apply.apply(state, timeout=120, on_progress=lines.append)
+    finally:
+        leases.stop(release=True)
     assert [h.host for h in report.hosts] == HOSTS
     assert {h.status for h in report.hosts} == {"unreachable"}
     with database.open() as store:
