@@ -25,31 +25,34 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gitops import guard
+from gitops import fanout, guard
 from gitops.errors import WorkerError
 from gitops.model import DeclaredState
-from gitops.records import ApplyReport, HostApply, Plan, WorkerResult
+from gitops.records import ApplyReport, Plan, WorkerResult
 from gitops.worker import Progress, run_worker
 
-_WORKER = "gitops.workers.apply_worker"
+WORKER = "gitops.workers.apply_worker"
 MIN_HOSTS_PER_WORKER = 10
 """Below this many hosts per worker another worker costs more (its start) than it saves."""
 
 
-def _job(state: DeclaredState, *, dry: bool, diff: bool, journal: Path | None = None,
+def job(state: DeclaredState, *, dry: bool, diff: bool, journal: Path | None = None,
          remove: bool = False) -> str:
     return json.dumps({"state": state.model_dump(mode="json"), "dry": dry, "diff": diff,
                        "journal": str(journal) if journal else None, "remove": remove})
 
 
-def shares(state: DeclaredState) -> list[DeclaredState]:
+def shares(state: DeclaredState, controllers: int = 1) -> list[DeclaredState]:
     """``state`` split into the parts the worker processes apply: ``settings.workers``
-    parts when set, else one per core with at least ``MIN_HOSTS_PER_WORKER`` hosts each;
-    consecutive hosts, sizes differing by one at most."""
+    parts per controller when set, else one per core (of each of ``controllers``, this
+    one's count) with at least ``MIN_HOSTS_PER_WORKER`` hosts each; consecutive hosts,
+    sizes differing by one at most."""
     hosts = [h.name for h in state.hosts]
     wanted = state.settings.workers
     if wanted is None:
-        wanted = min(os.cpu_count() or 1, len(hosts) // MIN_HOSTS_PER_WORKER)
+        wanted = min((os.cpu_count() or 1) * controllers, len(hosts) // MIN_HOSTS_PER_WORKER)
+    else:
+        wanted *= controllers
     count = max(1, min(wanted, len(hosts)))
     if count == 1:
         return [state]
@@ -65,10 +68,17 @@ def shares(state: DeclaredState) -> list[DeclaredState]:
 def _run(state: DeclaredState, timeout: float, on_progress: Progress | None, *, dry: bool,
          journal: Path | None = None, remove: bool = False) -> list[WorkerResult]:
     """Each share's worker result, in share order; a failed worker fails the whole stage
-    once every other worker has finished (none is stopped halfway through an apply)."""
+    once every other worker has finished (none is stopped halfway through an apply). With
+    a fan-out across controllers in force (``gitops.fanout``), the shares go to their
+    workers through the database."""
+    spread = fanout.current()
+    if spread is not None and not remove:
+        remote = spread.apply(state, timeout, on_progress, dry=dry, journal=journal is not None)
+        if remote is not None:
+            return remote
     parts = shares(state)
     if len(parts) == 1:
-        out = run_worker(_WORKER, _job(state, dry=dry, diff=True, journal=journal, remove=remove),
+        out = run_worker(WORKER, job(state, dry=dry, diff=True, journal=journal, remove=remove),
                          timeout=timeout, on_progress=on_progress)
         return [WorkerResult.model_validate_json(out)]
     lock = threading.Lock()
@@ -79,7 +89,7 @@ def _run(state: DeclaredState, timeout: float, on_progress: Progress | None, *, 
                 with lock:
                     on_progress(f"worker {index}/{len(parts)}: {line}")
 
-        out = run_worker(_WORKER, _job(part, dry=dry, diff=True, journal=journal, remove=remove),
+        out = run_worker(WORKER, job(part, dry=dry, diff=True, journal=journal, remove=remove),
                          timeout=timeout, on_progress=say)
         return WorkerResult.model_validate_json(out)
 
@@ -129,36 +139,5 @@ def apply(
         stopped=stopped,
         duration_s=max(r.duration_s for r in reports if r is not None),
     )
-    return _merged_plan(state, results), confirm_guards(state, report, on_progress=on_progress)
-
-
-def confirm_guards(state: DeclaredState, report: ApplyReport, *,
-                   on_progress: Progress | None = None) -> ApplyReport:
-    """Reach each host where the apply armed a revert again, over a new SSH connection, in
-    parallel; record how each guarded apply ended (``HostGuard.result``)."""
-    armed = [h for h in report.hosts if h.guard is not None and h.guard.token]
-    if not armed:
-        return report
-    say = on_progress or (lambda _: None)
-    settings = state.settings.guard
-    say(f"confirming the guarded apply on {', '.join(h.host for h in armed)} over new SSH "
-        f"connections (each host reverts by itself after {settings.confirm_timeout} s)")
-
-    def one(h: HostApply) -> HostApply:
-        assert h.guard is not None
-        done = guard.confirm(state.host(h.host), h.guard.token,
-                             timeout=settings.confirm_timeout, margin=settings.margin)
-        detail = done.describe(h.guard.last_contact or "unknown")
-        say(f"{h.host}: {detail}")
-        update: dict[str, object] = {"guard": h.guard.model_copy(
-            update={"result": done.result, "detail": detail})}
-        if done.result == "Unreachable":
-            update.update(status="unreachable", error=detail)
-        elif done.result != "Confirmed":
-            update.update(status="failed", error=detail)
-        return h.model_copy(update=update)
-
-    with ThreadPoolExecutor(max_workers=min(len(armed), state.settings.parallel)) as pool:
-        confirmed = {h.host: h for h in pool.map(one, armed)}
-    return report.model_copy(update={"hosts": tuple(confirmed.get(h.host, h)
-                                                    for h in report.hosts)})
+    return _merged_plan(state, results), guard.confirm_guards(state, report,
+                                                              on_progress=on_progress)

@@ -10,10 +10,12 @@ succeeded, 3 changed, 42 checks passed``). Errors are one clear message, never a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +44,8 @@ from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import Database, NoStore, Store, database_errors, open_store
 
 EXIT_CODES = ("Exit codes: 0 all good; 1 apply or verify failed, or a temporary failure "
-              "(Git remote, SSH, the environment locked by another run, the daemon gone); "
+              "(Git remote, SSH, the environment locked by another run or held by another "
+              "controller, the daemon gone); "
               "2 invalid declaration, settings or usage, or refused by an operator control "
               "(suspended or held: --force --reason).")
 
@@ -304,10 +307,13 @@ def _with_force(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--no-wait", is_flag=True, help="Through a running daemon: return once it "
               "has the request, without waiting for the run.")
 @click.option("--reason", default="", help="Why: recorded in history.")
+@click.option("--lease-timeout", type=float, default=0.0, show_default=True,
+              help="With the record in PostgreSQL: seconds to wait for the environment's "
+              "lease while a daemon holds it, before refusing (exit 1).")
 @_with_force
 @json_option
 def reconcile(as_json: bool, once: bool, changed_only: bool, no_wait: bool, reason: str,
-              force: bool, **opts: Any) -> None:
+              force: bool, lease_timeout: float, **opts: Any) -> None:
     """Reconcile now: through the running daemon (waiting for its run), or, with no daemon
     or --once, apply and verify here."""
     s = _settings(**opts)
@@ -319,16 +325,35 @@ def reconcile(as_json: bool, once: bool, changed_only: bool, no_wait: bool, reas
                                       force=force):
         return  # the daemon refuses outside the window, or (--force) records and runs
     _window_guard(s, force, reason)
+    if not math.isfinite(lease_timeout) or lease_timeout < 0:
+        raise UsageError("--lease-timeout: a number of seconds, 0 or more")
     _run_here(s, pipeline.Request(reason=reason, changed_only=changed_only,
-                                  actor=control.who()), as_json)
+                                  actor=control.who()), as_json, lease_timeout=lease_timeout)
 
 
-def _run_here(s: Settings, request: pipeline.Request, as_json: bool) -> None:
+def _run_here(s: Settings, request: pipeline.Request, as_json: bool, *,
+              lease_timeout: float = 0) -> None:
     _known_environment(s, as_json)
     progress = _progress(as_json)
-    outcome = pipeline.run(_target(s), request, progress)
+    outcome = _leased_run(s, _target(s), request, progress, lease_timeout)
     progress.done()
     _conclude(outcome, as_json)
+
+
+def _leased_run(s: Settings, target: pipeline.Target, request: pipeline.Request,
+                progress: Callable[[str], None], lease_timeout: float = 0) -> pipeline.Outcome:
+    """``pipeline.run`` here; with the record in PostgreSQL, under the environment's lease
+    (``lease.hold``): refused (``LeaseHeld``, exit 1) while a live daemon holds it, after
+    waiting ``lease_timeout`` seconds; a lease lost mid-run stops it before its next batch.
+    A verify changes nothing and takes no lease."""
+    if s.database is None or request.kind == "verify":
+        return pipeline.run(target, request, progress)
+    from gitops import lease
+
+    holder = lease.controller_id(f"cli:{control.who()}@{socket.gethostname()}:{os.getpid()}")
+    with lease.hold(Database.of(s), target.environment, holder, s.lease_ttl,
+                    wait=lease_timeout) as lost:
+        return pipeline.run(target, dataclasses.replace(request, stop=lost), progress)
 
 
 def _guard(s: Settings, action: str, force: bool, reason: str) -> bool:
@@ -1182,7 +1207,7 @@ def rollback(revision: str | None, reason: str, no_wait: bool, force: bool, as_j
             return
     sha = str(held.held_sha)
     progress = _progress(as_json)
-    outcome = pipeline.run(target, pipeline.Request(
+    outcome = _leased_run(s, target, pipeline.Request(
         kind="rollback", revision=sha, reason=reason or f"rollback to {sha[:10]}",
         actor=control.who()), progress)
     progress.done()
@@ -1240,7 +1265,7 @@ def promote(environment: str, revision: str, reason: str, force: bool, no_wait: 
         vagrant_dir=s.vagrant_dir, actor=control.who(), sops=s.sops,
         database=Database.of(s), upstream=link.upstream_environment)
     progress = _progress(as_json)
-    outcome = pipeline.run(target, pipeline.Request(
+    outcome = _leased_run(s, target, pipeline.Request(
         kind="reconcile", revision=answer["sha"], actor=control.who(),
         reason=f"promoted by {control.who()}: {answer['reason']}"), progress)
     progress.done()

@@ -25,12 +25,15 @@ import shlex
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from gitops.model import DeclaredHost
+from gitops.model import DeclaredHost, DeclaredState
+from gitops.records import ApplyReport, HostApply
+from gitops.worker import Progress
 
 __all__ = [
     "FOLDER",
@@ -39,6 +42,7 @@ __all__ = [
     "arm_command",
     "confirm",
     "confirm_command",
+    "confirm_guards",
     "extend_command",
     "parse_answer",
     "preflight_command",
@@ -360,3 +364,35 @@ def _run(argv: list[str], timeout: float) -> tuple[int, str, str]:
 def utc_now() -> str:
     """Now, as the record writes a time of last contact."""
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def confirm_guards(state: DeclaredState, report: ApplyReport, *,
+                   on_progress: Progress | None = None) -> ApplyReport:
+    """Reach each host where the apply armed a revert again, over a new SSH connection, in
+    parallel; record how each guarded apply ended (``HostGuard.result``)."""
+    armed = [h for h in report.hosts if h.guard is not None and h.guard.token]
+    if not armed:
+        return report
+    say = on_progress or (lambda _: None)
+    settings = state.settings.guard
+    say(f"confirming the guarded apply on {', '.join(h.host for h in armed)} over new SSH "
+        f"connections (each host reverts by itself after {settings.confirm_timeout} s)")
+
+    def one(h: HostApply) -> HostApply:
+        assert h.guard is not None
+        done = confirm(state.host(h.host), h.guard.token,
+                             timeout=settings.confirm_timeout, margin=settings.margin)
+        detail = done.describe(h.guard.last_contact or "unknown")
+        say(f"{h.host}: {detail}")
+        update: dict[str, object] = {"guard": h.guard.model_copy(
+            update={"result": done.result, "detail": detail})}
+        if done.result == "Unreachable":
+            update.update(status="unreachable", error=detail)
+        elif done.result != "Confirmed":
+            update.update(status="failed", error=detail)
+        return h.model_copy(update=update)
+
+    with ThreadPoolExecutor(max_workers=min(len(armed), state.settings.parallel)) as pool:
+        confirmed = {h.host: h for h in pool.map(one, armed)}
+    return report.model_copy(update={"hosts": tuple(confirmed.get(h.host, h)
+                                                    for h in report.hosts)})

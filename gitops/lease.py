@@ -23,9 +23,17 @@ A request (trigger, retry, resume, rollback) that reaches a controller not holdi
 environment is written to the ``requests`` table and taken by the holder within ``POLL``
 seconds (the table outlives a holder's death: whoever holds the environment next takes it).
 
-Used by the daemon (``loop.Daemon``) only when the record is in PostgreSQL; with SQLite one
-controller owns the state folder and ``reconcile.environment_lock`` (a kernel-freed lock)
-keeps one run at a time. All the SQL is in ``store``.
+Rebalancing: each daemon says every ``lease_ttl / 3`` that it runs (the ``controllers``
+table); one holding more than its fair share, ``ceil(environments / running controllers)``
+(``fair_share``), gives the extra ones up at a clean point between their runs and tries them
+again only after ``lease_ttl``, so the others take them (after kills, the survivor would
+otherwise keep every environment). ``hold`` takes one environment's lease for a run outside
+a daemon (``gitops reconcile --once`` on PostgreSQL): refused, naming the holder, while a
+live controller holds it.
+
+Used by the daemon (``loop.Daemon``) and the CLI only when the record is in PostgreSQL; with
+SQLite one controller owns the state folder and ``reconcile.environment_lock`` (a
+kernel-freed lock) keeps one run at a time. All the SQL is in ``store``.
 """
 
 from __future__ import annotations
@@ -36,16 +44,18 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from gitops.errors import TemporaryError
 from gitops.records import ControllerRequest
 from gitops.store import Database, Store, StoreUnavailable, database_errors
 
 log = logging.getLogger("gitops.lease")
 
-__all__ = ["FENCE", "POLL", "Leases", "controller_id"]
+__all__ = ["FENCE", "POLL", "LeaseHeld", "Leases", "controller_id", "fair_share", "hold",
+           "surplus"]
 
 _T = TypeVar("_T")
 _ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, *database_errors())
@@ -54,6 +64,21 @@ FENCE = 2 / 3
 """The part of ``lease_ttl`` after its last renewal during which a holder acts on its lease."""
 POLL = 0.5
 """Seconds between the holder's looks at its requests and at its leases' validity."""
+
+
+class LeaseHeld(TemporaryError):
+    """A run here was refused: a live controller holds the environment's lease."""
+
+
+def fair_share(environments: int, controllers: int) -> int:
+    """The most environments one controller should hold: ``ceil(environments / controllers)``."""
+    return -(-environments // max(1, controllers))
+
+
+def surplus(held: Sequence[str], environments: int, controllers: int) -> list[str]:
+    """The held environments beyond this controller's fair share (to give up between runs,
+    so that the others take them): the last ones by name."""
+    return sorted(held)[fair_share(environments, controllers):]
 
 
 def controller_id(name: str | None = None) -> str:
@@ -99,6 +124,12 @@ class Leases:
         with self._lock:
             held = self._held.get(environment)
             return held is not None and self.clock() < held.valid_until
+
+    def token(self, environment: str) -> int | None:
+        """The fencing token of ``environment`` while this controller may act on it."""
+        with self._lock:
+            held = self._held.get(environment)
+            return held.token if held is not None and self.clock() < held.valid_until else None
 
     def held(self) -> list[str]:
         with self._lock:
@@ -156,6 +187,18 @@ class Leases:
                 del self._held[environment]
         return gone
 
+    def release(self, environment: str) -> None:
+        """Give ``environment``'s lease up now (rebalancing): another controller may take it."""
+        with self._lock:
+            held = self._held.pop(environment, None)
+        if held is not None:
+            self._call("release", lambda s: s.release_lease(environment, self.controller,
+                                                            held.token))
+
+    def heartbeat(self) -> int | None:
+        """This controller is running (for ``lease_ttl``); how many are, None when unknown."""
+        return self._call("renew", lambda s: s.heartbeat_controller(self.controller, self.ttl))
+
     def release_all(self) -> None:
         """Give every held lease up (a clean stop): the others take them at once."""
         with self._lock:
@@ -181,11 +224,19 @@ class Leases:
     # -- the threads -----------------------------------------------------------------------
 
     def start(self, on_lost: Callable[[str], None],
-              on_request: Callable[[ControllerRequest], None]) -> None:
+              on_request: Callable[[ControllerRequest], None], *,
+              on_surplus: Callable[[str], None] | None = None, environments: int = 0) -> None:
+        """``on_surplus(environment)``: this controller holds more than its fair share of the
+        ``environments`` (``fair_share``, by the controllers running): give that one up at
+        a clean point between runs (called again each round until it is)."""
         def renewing() -> None:
             while not self._stop.wait(self.ttl / 3):
                 for environment in self.renew():
                     on_lost(environment)
+                running = self.heartbeat()
+                if on_surplus is not None and running:
+                    for environment in surplus(self.held(), environments, running):
+                        on_surplus(environment)
 
         def polling() -> None:
             while not self._stop.wait(POLL):
@@ -194,6 +245,7 @@ class Leases:
                 for request in self.take_requests():
                     on_request(request)
 
+        self.heartbeat()  # counted by the others at once
         for name, target in (("renew", renewing), ("requests", polling)):
             thread = threading.Thread(target=target, daemon=True, name=f"gitops-lease-{name}")
             thread.start()
@@ -228,3 +280,49 @@ class Leases:
                     with contextlib.suppress(Exception):  # a broken connection may not close
                         broken.close()
                 return None
+
+
+@contextlib.contextmanager
+def hold(database: Database, environment: str, holder: str, ttl: float, *,
+         wait: float = 0, clock: Callable[[], float] = time.monotonic
+         ) -> Iterator[threading.Event]:
+    """Hold ``environment``'s lease for one run outside a daemon (``gitops reconcile --once``
+    and the other runs the CLI makes here), renewed every ``ttl / 3`` s and released on
+    leaving; yields an event set when the lease is lost (the run stops before its next
+    batch). Waits up to ``wait`` seconds for a live holder to let it go, then raises
+    ``LeaseHeld`` naming that holder. It takes no requests: those stay for the daemons."""
+    leases = Leases(database, holder, ttl, clock=clock)
+    deadline = clock() + wait
+    while leases.try_acquire(environment) is None:
+        if clock() >= deadline:
+            raise LeaseHeld(_held_by(database, environment, wait))
+        time.sleep(min(leases.retry_s, max(0.0, deadline - clock())))
+    lost = threading.Event()
+    stop = threading.Event()
+
+    def renewing() -> None:
+        while not stop.wait(ttl / 3):
+            if leases.renew() or not leases.holds(environment):
+                lost.set()
+        leases.expire()
+
+    thread = threading.Thread(target=renewing, daemon=True, name="gitops-lease-cli")
+    thread.start()
+    try:
+        yield lost
+    finally:
+        stop.set()
+        thread.join(ttl)
+        leases.stop(release=True)
+
+
+def _held_by(database: Database, environment: str, waited: float) -> str:
+    with database.open(readonly=True) as store:
+        lease = next((x for x in store.leases() if x.environment == environment), None)
+    who = (f"controller {lease.holder!r} (lease token {lease.token}, expiring in "
+           f"{max(0.0, lease.expires_in):.0f} s unless renewed)" if lease is not None
+           else "another controller")
+    waited_text = f" after waiting {waited:g} s" if waited else ""
+    return (f"environment {environment!r} is held by {who}{waited_text}: its daemon applies it. "
+            "`gitops reconcile` without --once asks that daemon (through its API), "
+            "--lease-timeout SECONDS waits for the lease")

@@ -34,10 +34,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, cast
 
-from gitops import control, lease, notify, policy, promotion, retention, schedule, source
+from gitops import control, fanout, lease, notify, policy, promotion, retention, schedule, source
 from gitops import verify as verify_stage
 from gitops.errors import GitopsError, InvalidDeclaration, LockHeld, Suspended, UsageError
 from gitops.policy import After, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
@@ -89,6 +90,9 @@ class _Env:
     """(head, the branch's commits oldest first) for promotion, read once per head."""
     fence: threading.Event = field(default_factory=threading.Event)
     """Set to stop a run before its next batch: the daemon stops, or its lease was lost."""
+    shed: threading.Event = field(default_factory=threading.Event)
+    """Set when this controller holds more than its fair share: give the lease up between
+    runs (``lease.surplus``)."""
 
 
 class Daemon:
@@ -145,6 +149,9 @@ class Daemon:
         self.leases = (lease.Leases(Database.of(settings), self.controller, settings.lease_ttl,
                                     clock=clock) if settings.database else None)
         """The environments' leases when several controllers may share the record."""
+        self.fanout = (fanout.Service(settings, self.controller)
+                       if settings.fanout.remote and settings.database else None)
+        """The batches' shares across controllers' workers (``fanout.remote``)."""
 
     # -- the Controller protocol (HTTP API) ------------------------------------------------
 
@@ -269,6 +276,30 @@ class Daemon:
                         "stopping its run before the next batch", env.config.name,
                         lease.FENCE * self.settings.lease_ttl)
 
+    def _surplus(self, environment: str) -> None:
+        """This controller holds more than its fair share: ``environment`` goes at the next
+        clean point between its runs (``_shed``)."""
+        env = self._by_record.get(environment)
+        if env is not None:
+            env.shed.set()
+            env.wake.set()
+
+    def _shed(self, env: _Env) -> bool:
+        """Give ``env``'s lease up (no run of it is in progress here) unless a request waits
+        for it; try to take it again only after ``lease_ttl``, so another controller does.
+        True when it was given up."""
+        assert self.leases is not None
+        with env.lock:
+            if (env.pending is not None or env.retry_hosts
+                    or not self.leases.holds(env.target.environment)):
+                return False
+            self.leases.release(env.target.environment)
+        env.next_poll = self.clock() + self.settings.lease_ttl
+        env.next_drift = max(env.next_drift, env.next_poll)
+        log.info("%s: released for another controller (more than a fair share held here)",
+                 env.config.name)
+        return True
+
     @property
     def _by_record(self) -> dict[str, _Env]:
         return {e.target.environment: e for e in self.envs.values()}
@@ -370,8 +401,11 @@ class Daemon:
         for env, sha in cut:  # its "pending" must not stay the commit's last word
             self._commit_status(env, sha, "error", "interrupted: the reconciler stopped",
                                 retries=1)
+        if self.fanout is not None:
+            self.fanout.start()
         if self.leases is not None:
-            self.leases.start(on_lost=self._lost, on_request=self._requested)
+            self.leases.start(on_lost=self._lost, on_request=self._requested,
+                              on_surplus=self._surplus, environments=len(self.envs))
             log.info("controller %s: sharing %d environment(s) through leases of %g s",
                      self.controller, len(self.envs), self.settings.lease_ttl)
         self.previews.recover()  # labs a crash left behind, found by their names
@@ -427,6 +461,8 @@ class Daemon:
             observer.join(5)
         if all(not t.is_alive() for t in self.threads):
             self.connections.close()
+        if self.fanout is not None:  # after the runs: their shares are done
+            self.fanout.stop(timeout)
         if self.leases is not None:  # released only when no run of them is left
             self.leases.stop(release=all(not t.is_alive() for t in self.threads))
 
@@ -440,11 +476,16 @@ class Daemon:
             env.wake.clear()
             if self.stop_event.is_set():
                 break
+            if env.shed.is_set():  # between runs: a clean point to give the lease up
+                env.shed.clear()
+                if self._shed(env):
+                    continue
             if self.leases is not None and not self._holding(env):
                 continue
             with env.lock:
                 pending, env.pending = env.pending, None
             now = self.clock()
+            spread = fanout.enter(self._spread(env))
             try:
                 if pending is not None or now >= env.next_poll:
                     delay = self._cycle(env, pending)
@@ -460,6 +501,14 @@ class Daemon:
                     env.failures, env.config.retry_base, env.config.retry_max, self.rand())
             finally:
                 env.running = None
+                fanout.leave(spread)
+
+    def _spread(self, env: _Env) -> fanout.Spread | None:
+        """The fan-out of ``env``'s batches across the controllers' workers, else None."""
+        if self.fanout is None or self.leases is None:
+            return None
+        name = env.target.environment
+        return self.fanout.spread(name, partial(self.leases.token, name))
 
     def _cycle(self, env: _Env, pending: Trigger | None) -> float:
         """One poll: gather the inputs, let ``policy.next_run`` decide, carry it out; returns

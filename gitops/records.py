@@ -774,3 +774,26 @@ class ControllerRequest:
     reason: str
     force: bool
     hosts: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ShareRow:
+    """One share of a batch's hosts applied through another controller's worker
+    (``gitops.fanout``): ``state`` is queued, running (claimed by ``worker``, attempt
+    ``attempt``, the claim ``expires_in`` seconds by the database's clock), done (``result``,
+    a worker's JSON result) or failed (``error``); ``token`` is the environment's lease token
+    of the holder that asked for it."""
+
+    id: int
+    environment: str
+    token: int
+    hosts: tuple[str, ...]
+    state: str
+    attempt: int
+    worker: str | None
+    job: int | None
+    expires_in: float | None
+    age_s: float
+    """Seconds since it was queued (or queued again)."""
+    result: str | None
+    error: str | None

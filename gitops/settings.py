@@ -264,6 +264,21 @@ class PreviewSettings(BaseModel):
     """The status page's address, for the comment's link to the full report."""
 
 
+class FanoutSettings(BaseModel):
+    """A batch's hosts shared with the other controllers' workers (``gitops.fanout``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    remote: bool = False
+    """With PostgreSQL and more than one controller running: split each batch across every
+    live controller's workers, not only this one's (every controller needs it set, as each
+    one's worker applies the others' shares)."""
+    concurrency: int | None = Field(default=None, ge=1, le=64)
+    """Shares this controller's worker applies at once (default: its cores)."""
+    start_timeout: float = Field(default=60, ge=1, le=3600)
+    """Seconds a share may wait for a worker; past it, the holder applies it itself."""
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GITOPS_", extra="forbid")
 
@@ -321,6 +336,18 @@ class Settings(BaseSettings):
     lease_ttl: float = Field(default=15.0, ge=1, le=3600)
     """Seconds after its holder's last renewal before another controller takes an
     environment (PostgreSQL only: ``gitops.lease``)."""
+    fanout: FanoutSettings = FanoutSettings()
+    """Sharing a batch's hosts with the other controllers' workers (PostgreSQL only)."""
+
+    @model_validator(mode="after")
+    def _fanout_needs_postgresql(self) -> Settings:
+        if self.fanout.remote and self.database is None:
+            raise ValidationError.from_exception_data("Settings", [InitErrorDetails(
+                type=PydanticCustomError(
+                    "fanout_sqlite", "needs database = \"postgresql://...\" (the shares go "
+                    "through the record's database; with SQLite one controller applies all)"),
+                loc=("fanout", "remote"), input=True)])
+        return self
 
     @field_validator("database")
     @classmethod

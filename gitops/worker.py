@@ -47,12 +47,14 @@ def die_with_parent() -> None:
 
 
 def run_worker(
-    module: str, job: str, *, timeout: float, on_progress: Progress | None = None
+    module: str, job: str, *, timeout: float, on_progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> str:
     """Run ``python -m <module>`` with ``job`` on stdin; return what it wrote on stdout.
 
-    ``on_progress`` is called in this thread with each progress line.
-    """
+    ``on_progress`` is called in this thread with each progress line. ``stop`` set: the
+    worker is killed within ``STOP_POLL`` seconds (a ``WorkerError``; ``gitops.fanout``
+    stops a share whose claim it can no longer renew)."""
     deadline = time.monotonic() + timeout
     proc = subprocess.Popen(
         [sys.executable, "-m", module],
@@ -75,7 +77,7 @@ def run_worker(
         thread.start()
     name = module.rsplit(".", 1)[-1]
     try:
-        while (line := lines.get(timeout=max(0.0, deadline - time.monotonic()))) is not None:
+        while (line := _next_line(lines, deadline, stop)) is not None:
             if line.startswith(PROGRESS_PREFIX):
                 if on_progress is not None:
                     on_progress(line.removeprefix(PROGRESS_PREFIX))
@@ -85,6 +87,9 @@ def run_worker(
     except (queue.Empty, subprocess.TimeoutExpired):
         _kill(proc)
         raise WorkerError(_message(f"{name} timed out after {timeout:g}s", tail)) from None
+    except _Stopped:
+        _kill(proc)
+        raise WorkerError(_message(f"{name} {STOPPED}", tail)) from None
     finally:
         if proc.poll() is None:
             _kill(proc)
@@ -94,6 +99,31 @@ def run_worker(
     if returncode != 0 or not out.strip():
         raise WorkerError(_message(f"{name} exited with status {returncode}", tail))
     return out
+
+
+STOP_POLL = 0.2
+STOPPED = "stopped on request"
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _next_line(lines: queue.Queue[str | None], deadline: float,
+               stop: threading.Event | None) -> str | None:
+    """The worker's next stderr line (None at its end); ``queue.Empty`` past ``deadline``,
+    ``_Stopped`` once ``stop`` is set."""
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        if stop is None:
+            return lines.get(timeout=left)
+        if stop.is_set():
+            raise _Stopped
+        try:
+            return lines.get(timeout=min(left, STOP_POLL))
+        except queue.Empty:
+            if left <= STOP_POLL:
+                raise
 
 
 def _feed(pipe: IO[bytes], data: bytes) -> None:

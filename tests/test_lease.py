@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from pgserver import PgServer
 
-from gitops.lease import FENCE, Leases
+from gitops.lease import FENCE, Leases, surplus
 from gitops.loop import Daemon
 from gitops.metrics import api_environments, render
 from gitops.page import page_data
@@ -230,3 +230,52 @@ def test_a_commit_is_applied_by_the_survivor_after_its_holder_stops(
     assert b.trigger("lab", reason="new commit", actor="api:test")
     _wait(lambda: any(r.sha == sha and r.result == "succeeded" for r in _runs(database)), 20,
           "the commit applied by b")
+
+
+# -- rebalancing: a controller holding more than its fair share gives the extra ones up ------
+
+
+@pytest.mark.parametrize(("held", "environments", "controllers", "extra"), [
+    (["a", "b", "c", "d", "e", "f"], 6, 3, ["c", "d", "e", "f"]),
+    (["a", "b", "c", "d", "e", "f"], 6, 1, []),
+    (["b", "a"], 6, 3, []),
+    (["a", "b", "c"], 5, 2, []),   # ceil(5 / 2) = 3
+    (["a", "b", "c"], 4, 2, ["c"]),
+])
+def test_a_controller_gives_up_what_exceeds_its_fair_share(
+        held: list[str], environments: int, controllers: int, extra: list[str]) -> None:
+    """The fair share is ceil(environments / running controllers); beyond it, the last held
+    environments by name are given up."""
+    assert surplus(held, environments, controllers) == extra
+
+
+def test_after_a_restart_the_environments_are_shared_out_again(
+        database: Database, tmp_path: Path) -> None:
+    """One controller took all four environments while alone; once a second one runs, the
+    first gives two up between runs and the second takes them: two each, none unheld."""
+    repo = _repo(tmp_path)
+    for name in ("e1", "e2", "e3", "e4"):
+        (repo / "inventories" / f"{name}.yml").write_text("hosts: {}\n")
+    _commit(repo, "four environments")
+
+    def daemon(name: str) -> Daemon:
+        return Daemon(Settings(
+            state_dir=tmp_path / f"state-{name}", database=database.url,
+            database_password=database.password, controller_name=name, lease_ttl=3.0,
+            environments=[EnvironmentConfig(name=e, repo=str(repo), watch=False,
+                                            interval=3600, drift_interval=3600)
+                          for e in ("e1", "e2", "e3", "e4")]))
+
+    a = daemon("a")
+    a.start()
+    b = daemon("b")
+    try:
+        assert a.leases is not None and b.leases is not None
+        _wait(lambda: len(a.leases.held()) == 4, 30, "a holding all four")
+        b.start()
+        _wait(lambda: len(a.leases.held()) == 2 and len(b.leases.held()) == 2, 60,
+              "two environments each")
+        assert set(a.leases.held()) | set(b.leases.held()) == {"e1", "e2", "e3", "e4"}
+    finally:
+        b.stop(10)
+        a.stop(10)

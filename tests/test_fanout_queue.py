@@ -1,0 +1,204 @@
+"""A batch's shares across several controllers' workers on one real PostgreSQL (``gitops.fanout``):
+claims that one attempt wins, taken back from a dead worker, fenced by the holder's lease,
+and two controllers' queue workers applying the shares of one batch.
+
+No lab: the inventory's hosts are loopback addresses on a closed port, so each host's apply
+ends at once as unreachable, a real result of the real apply worker; the controllers' queue
+workers run in this process, each with its own state folder (as on two machines).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pgserver import PgServer
+
+from gitops import apply, fanout
+from gitops.fanout import Service, next_steps
+from gitops.lease import Leases
+from gitops.reconcile import Target, declared
+from gitops.settings import EnvironmentConfig, FanoutSettings, SecretRef, Settings
+from gitops.store import Database
+
+PROJECT = Path(__file__).resolve().parent.parent
+TTL = 30.0
+HOSTS = [f"h{i}" for i in range(1, 5)]
+
+
+@pytest.fixture()
+def database(pg_server: PgServer, tmp_path: Path) -> Database:
+    """A fresh PostgreSQL database of the session's cluster, migrated."""
+    secret = tmp_path / "db-password"
+    secret.write_text(pg_server.password + "\n")
+    db = Database(tmp_path / "unused", pg_server.database(), SecretRef(file=secret))
+    db.open().close()
+    return db
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _repo(root: Path) -> Path:
+    """The sample's deploys and an inventory of four loopback hosts nothing answers on."""
+    repo = root / "repo"
+    shutil.copytree(PROJECT / "deploys", repo / "deploys",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    sample = yaml.safe_load((PROJECT / "inventories/lab.yml").read_text())
+    port = _closed_port()
+    inventory = {
+        "settings": {"workers": 1, "fail_percent": 100},
+        "groups": {"all": {"services": {"base": sample["groups"]["all"]["services"]["base"]}},
+                   "edge": {}},
+        "hosts": {h: {"address": f"127.0.0.{i}", "groups": ["edge"],
+                      "ssh": {"port": port, "connect_timeout": 2, "user": "root"}}
+                  for i, h in enumerate(HOSTS, 1)},
+    }
+    (repo / "inventories").mkdir()
+    (repo / "inventories/lab.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
+                 ["-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "-q",
+                  "-m", "four hosts"]):
+        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+    return repo
+
+
+def _settings(database: Database, repo: Path, state: Path, name: str) -> Settings:
+    return Settings(state_dir=state, database=database.url,
+                    database_password=database.password, controller_name=name,
+                    lease_ttl=TTL, fanout=FanoutSettings(remote=True, concurrency=1),
+                    environments=[EnvironmentConfig(name="lab", repo=str(repo), watch=False)])
+
+
+@pytest.fixture()
+def services(database: Database, tmp_path: Path) -> Iterator[Callable[[str], Service]]:
+    repo = _repo(tmp_path)
+    started: list[Service] = []
+
+    def start(name: str) -> Service:
+        service = Service(_settings(database, repo, tmp_path / f"state-{name}", name), name)
+        service.start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop(30)
+
+
+def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_two_controllers_workers_apply_the_shares_of_one_batch_each_host_once(
+        database: Database, services: Callable[[str], Service], tmp_path: Path) -> None:
+    """The holder of the lease splits a batch of four hosts into one share per controller;
+    the queue workers of the two controllers apply them, each host in one share, once,
+    and the holder gets every host's result in the inventory's order."""
+    a = services("a")
+    services("b")
+    leases = Leases(database, "a", TTL)
+    token = leases.try_acquire("lab")
+    assert token is not None
+    leases.start(on_lost=lambda _: None, on_request=lambda _: None)  # renewed, as a daemon's
+
+    def workers() -> bool:
+        with database.open() as store:
+            return store.queue_workers(3 * fanout.HEARTBEAT) == 2
+
+    _wait(workers, 30, "both queue workers")
+    target = Target(repo=str(tmp_path / "repo"), branch="main", environment="lab",
+                    state_dir=a.settings.state_dir, database=database)
+    _, state = declared(target)
+    lines: list[str] = []
+    try:
+        with fanout.spreading(a.spread("lab", lambda: leases.token("lab"))):
+            _, report = apply.apply(state, timeout=120, on_progress=lines.append)
+    finally:
+        leases.stop(release=True)
+    assert [h.host for h in report.hosts] == HOSTS
+    assert {h.status for h in report.hosts} == {"unreachable"}
+    with database.open() as store:
+        rows = store.shares(list(range(1, 10)))
+    assert [r.state for r in rows] == ["done", "done"]
+    assert sorted(h for r in rows for h in r.hosts) == HOSTS  # every host in one share
+    assert [r.attempt for r in rows] == [1, 1]  # each applied once
+    assert {r.token for r in rows} == {token}
+    assert {r.worker for r in rows} <= {"a", "b"}
+    assert any("2 shares for 2 controllers' workers" in line for line in lines), lines
+
+
+def test_with_one_controller_the_batch_stays_in_its_own_workers(
+        database: Database, services: Callable[[str], Service], tmp_path: Path) -> None:
+    """One controller's queue worker alone: nothing is queued, the batch is applied here."""
+    a = services("a")
+    leases = Leases(database, "a", TTL)
+    assert leases.try_acquire("lab") is not None
+    target = Target(repo=str(tmp_path / "repo"), branch="main", environment="lab",
+                    state_dir=a.settings.state_dir, database=database)
+    _, state = declared(target)
+    with fanout.spreading(a.spread("lab", lambda: leases.token("lab"))):
+        _, report = apply.apply(state, timeout=120)
+    assert [h.host for h in report.hosts] == HOSTS
+    with database.open() as store:
+        assert store.shares(list(range(1, 10))) == []
+
+
+def test_a_dead_workers_share_is_taken_back_and_its_stale_attempt_refused(
+        database: Database) -> None:
+    """A share claimed by a worker that stopped renewing is taken back once the claim
+    expired and claimed again; the dead attempt can neither renew nor record a result."""
+    with database.open() as store:
+        token = store.acquire_lease("lab", "a", TTL)
+        assert token is not None
+        share = store.add_share("lab", token, ["h1", "h2"])
+        first = store.claim_share(share, "dead", 1)
+        assert first is not None and first[0] == 1
+        assert store.claim_share(share, "b", TTL) is None  # one attempt at a time
+        (row,) = store.shares([share])
+        assert next_steps([row], holding=True, start_timeout=60)[0][1] == "wait"
+        time.sleep(1.2)
+        (row,) = store.shares([share])
+        assert next_steps([row], holding=True, start_timeout=60)[0][1] == "requeue"
+        assert store.requeue_share(share) is not None
+        second = store.claim_share(share, "b", TTL)
+        assert second is not None and second[0] == 2
+        assert store.renew_share(share, 1, TTL) is None
+        assert store.finish_share(share, 1, result="{}") is False
+        assert store.finish_share(share, 2, result='{"from": "b"}') is True
+        (row,) = store.shares([share])
+    assert (row.state, row.worker, row.attempt, row.result) == ("done", "b", 2,
+                                                                 '{"from": "b"}')
+
+
+def test_a_share_cannot_be_claimed_or_renewed_once_its_holders_lease_is_gone(
+        database: Database) -> None:
+    """The lease that asked for a share was released (or taken over): no worker starts it,
+    and one applying it can no longer renew its claim (it stops)."""
+    with database.open() as store:
+        token = store.acquire_lease("lab", "a", TTL)
+        assert token is not None
+        running = store.add_share("lab", token, ["h1"])
+        waiting = store.add_share("lab", token, ["h2"])
+        claimed = store.claim_share(running, "b", TTL)
+        assert claimed is not None and claimed[1] > TTL - 5  # the lease's time left
+        assert store.renew_share(running, 1, TTL) is not None
+        store.release_lease("lab", "a", token)
+        assert store.renew_share(running, 1, TTL) is None
+        assert store.claim_share(waiting, "b", TTL) is None
