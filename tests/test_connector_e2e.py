@@ -89,6 +89,10 @@ from pyinfra.operations import files, server
 
 files.put(name="Put the marker", src="files/marker", dest="/tmp/gitops-connector-marker")
 files.file(name="Remove the marker", path="/tmp/gitops-connector-marker", present=False)
+files.directory(name="A folder through sudo", path="/tmp/gitops-connector-dir", _sudo=True)
+files.link(name="A link in it", path="/tmp/gitops-connector-dir/link", target="/etc/hostname")
+server.shell(name="Where, who, with what", _chdir="/tmp/gitops-connector-dir", _sudo=True,
+             _env={"GITOPS_X": "y"}, commands=['echo "$PWD $(id -un) $GITOPS_X" > where'])
 server.shell(name="Say something and fail", commands=["echo said; echo complained >&2; exit 3"])
 '''
 
@@ -96,8 +100,9 @@ server.shell(name="Say something and fail", commands=["echo said; echo complaine
 def test_facts_are_read_again_after_a_change_and_failures_keep_their_output(
     lab: LabInfo, tmp_path: Path
 ) -> None:
-    """An operation sees what an earlier one changed (the file it put is removed), and a
-    failing command's exit status and stderr reach the report."""
+    """An operation sees what an earlier one changed (the file it put is removed, a link is
+    made in the folder just made), sudo, a folder and an environment reach the commands, and
+    a failing command's exit status and stderr reach the report."""
     root = tmp_path / "repo"
     (root / "deploys/marker/files").mkdir(parents=True)
     (root / "deploys/marker/deploy.py").write_text(DEPLOY)
@@ -110,11 +115,15 @@ def test_facts_are_read_again_after_a_change_and_failures_keep_their_output(
         "groups": {"all": {"services": {"marker": {}}}},
         "hosts": {host.name: {"address": host.address, "groups": ["all"]}},
     }))
+    _ssh(lab, host.name, "rm -rf /tmp/gitops-connector-dir")
     _plan, report = apply(load(root, "lab"))
     ops = {o.name: o for o in report.hosts[0].ops}
     assert ops["marker | Put the marker"].status == "changed"
     assert ops["marker | Remove the marker"].status == "changed"
     assert _ssh(lab, host.name, "test -e /tmp/gitops-connector-marker || echo gone") == "gone\n"
+    assert ops["marker | A link in it"].status == "changed"
+    made = _ssh(lab, host.name, "cd /tmp/gitops-connector-dir && readlink link && cat where")
+    assert made == "/etc/hostname\n/tmp/gitops-connector-dir root y\n"
     failed = ops["marker | Say something and fail"]
     assert failed.status == "failed"
     assert "complained" in failed.stderr
