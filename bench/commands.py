@@ -31,7 +31,7 @@ from _common import header, load_state, require_root, sample_on_lab
 
 from gitops.apply import apply
 
-PROBE = "read __gitops_pid </proc/sys/kernel/ns_last_pid; echo $__gitops_pid"
+PROBE = "read _ _ _ _ __gitops_pid </proc/loadavg; echo $__gitops_pid"
 
 
 def _last_pid(ssh_config: Path, host: str) -> int:

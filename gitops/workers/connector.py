@@ -221,7 +221,10 @@ class ShellConnector(SSHConnector):
         arguments.pop("_stdin", None)
         arguments.pop("_get_pty", None)
         success = arguments.pop("_success_exit_codes", None)
-        direct = shell_form(self.reading_fact, command.get_raw_value()) \
+        # a fact's command may be a plain string (``Hostname``: "uname -n")
+        raw_command = command.get_raw_value() if isinstance(command, StringCommand) \
+            else str(command)
+        direct = shell_form(self.reading_fact, raw_command) \
             if self.reading_fact is not None and plain(arguments) else None
 
         def execute() -> tuple[int, CommandOutput]:
