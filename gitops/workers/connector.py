@@ -46,6 +46,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import gevent.lock
 import pyinfra
 from paramiko import Channel
 from pyinfra.api import arguments as pyinfra_arguments
@@ -191,6 +192,9 @@ class ShellConnector(SSHConnector):
         super().__init__(*args, **kwargs)
         self._shell: Channel | None = None
         self._token = f"__gitops_{secrets.token_hex(8)}__"
+        self._turn = gevent.lock.Semaphore()
+        """One command at a time in the shell: a guard's heartbeat (``apply_worker._Guards``)
+        runs from a greenlet of its own while an operation's command may be in flight."""
         self.facts: dict[tuple[Any, ...], Any] = {}
         """This host's fact readings since the last thing that could change it."""
         self.reading_fact: Any = None
@@ -264,6 +268,10 @@ class ShellConnector(SSHConnector):
         return channel
 
     def _run(self, script: str, timeout: float | None) -> tuple[int, CommandOutput]:
+        with self._turn:
+            return self._run_alone(script, timeout)
+
+    def _run_alone(self, script: str, timeout: float | None) -> tuple[int, CommandOutput]:
         if self._shell is None or self._shell.closed or self._shell.exit_status_ready():
             self._shell = self._open()
         shell = self._shell
