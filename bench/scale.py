@@ -23,7 +23,8 @@ counted per host).
 
 With ``--before DIR`` (a checkout of earlier code, e.g. ``git archive COMMIT | tar -x -C DIR``)
 the smallest size also measures the no-change reconcile and the verify with that code
-(``PYTHONPATH=DIR``, the workers too), alternating with the others in the same rounds on the
+(run in DIR with ``PYTHONPATH=DIR``, the workers too: ``python -m`` puts the current
+folder first), alternating with the others in the same rounds on the
 same hosts: the before and after of a change, side by side.
 
 With ``--fanout N`` (0: skip), it then compares a no-change reconcile of N hosts with one
@@ -135,7 +136,8 @@ def _tree_rss(root: int) -> int:
 
 
 def measure(hosts: Hosts, cmd: Sequence[str] | Callable[[], None], *,
-            count_processes: bool = True, env: dict[str, str] | None = None) -> Sample:
+            count_processes: bool = True, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> Sample:
     """Run ``cmd`` (a command line, or a function for the SSH floor) and measure it."""
     before_pids = hosts.pids() if count_processes else []
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -146,7 +148,7 @@ def measure(hosts: Hosts, cmd: Sequence[str] | Callable[[], None], *,
         cmd()
     else:
         proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env={**os.environ, **(env or {})})
+                                text=True, env={**os.environ, **(env or {})}, cwd=cwd)
         done = threading.Event()
 
         def sample() -> None:
@@ -245,7 +247,8 @@ def run_size(name: str, size: int, rounds: int, baseline: bool = False,
             if baseline and before is not None:
                 figures.add(BEFORE_RECONCILE, measure(hosts, gitops(repo, state_dir,
                                                                     "reconcile", "--once"),
-                                                      env={"PYTHONPATH": str(before)}))
+                                                      env={"PYTHONPATH": str(before)},
+                                                      cwd=before))
             set_inventory(repo, lambda inv, r=r: inv["groups"]["web"]["services"]["app"]
                           .update(message=f"Hello, round {r}"), f"app message {r}")
             figures.add("changed-only reconcile (app)",
@@ -254,7 +257,8 @@ def run_size(name: str, size: int, rounds: int, baseline: bool = False,
             figures.add("verify", measure(hosts, gitops(repo, state_dir, "verify")))
             if baseline and before is not None:
                 figures.add(BEFORE_VERIFY, measure(hosts, gitops(repo, state_dir, "verify"),
-                                                   env={"PYTHONPATH": str(before)}))
+                                                   env={"PYTHONPATH": str(before)},
+                                                   cwd=before))
             figures.add("SSH floor", measure(hosts, lambda: ssh_floor(hosts)))
             print(f"{size} hosts: round {r + 1}/{rounds} done", file=sys.stderr)
     return figures
