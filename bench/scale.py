@@ -21,6 +21,12 @@ and a paper extrapolation to 1,000 and 10,000 hosts from the marginal per-host c
 (the difference between the largest and the smallest size, so a worker's start is not
 counted per host).
 
+With ``--before DIR`` (a checkout of earlier code, e.g. ``git archive COMMIT | tar -x -C DIR``)
+the smallest size also measures the no-change reconcile and the verify with that code
+(run in DIR with ``PYTHONPATH=DIR``, the workers too: ``python -m`` puts the current
+folder first), alternating with the others in the same rounds on the
+same hosts: the before and after of a change, side by side.
+
 With ``--fanout N`` (0: skip), it then compares a no-change reconcile of N hosts with one
 apply worker process and with two (``settings.workers``), alternating, ROUNDS each.
 """
@@ -130,7 +136,8 @@ def _tree_rss(root: int) -> int:
 
 
 def measure(hosts: Hosts, cmd: Sequence[str] | Callable[[], None], *,
-            count_processes: bool = True, env: dict[str, str] | None = None) -> Sample:
+            count_processes: bool = True, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> Sample:
     """Run ``cmd`` (a command line, or a function for the SSH floor) and measure it."""
     before_pids = hosts.pids() if count_processes else []
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -141,7 +148,7 @@ def measure(hosts: Hosts, cmd: Sequence[str] | Callable[[], None], *,
         cmd()
     else:
         proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env={**os.environ, **(env or {})})
+                                text=True, env={**os.environ, **(env or {})}, cwd=cwd)
         done = threading.Event()
 
         def sample() -> None:
@@ -217,7 +224,12 @@ BASELINE = "no-change reconcile, pyinfra's ssh connector"
 (``gitops.workers.connector.PYINFRA_SSH_ENV``), the cost before the one-shell connector."""
 
 
-def run_size(name: str, size: int, rounds: int, baseline: bool = False) -> Figures:
+BEFORE_RECONCILE = "no-change reconcile, code before (--before)"
+BEFORE_VERIFY = "verify, code before (--before)"
+
+
+def run_size(name: str, size: int, rounds: int, baseline: bool = False,
+             before: Path | None = None) -> Figures:
     work = Path("/tmp") / f"gitops-bench-{name}-{size}"
     state_dir = work / "state"
     figures = Figures()
@@ -232,12 +244,21 @@ def run_size(name: str, size: int, rounds: int, baseline: bool = False) -> Figur
                 figures.add(BASELINE, measure(hosts, gitops(repo, state_dir, "reconcile",
                                                              "--once"),
                                               env={PYINFRA_SSH_ENV: "1"}))
+            if baseline and before is not None:
+                figures.add(BEFORE_RECONCILE, measure(hosts, gitops(repo, state_dir,
+                                                                    "reconcile", "--once"),
+                                                      env={"PYTHONPATH": str(before)},
+                                                      cwd=before))
             set_inventory(repo, lambda inv, r=r: inv["groups"]["web"]["services"]["app"]
                           .update(message=f"Hello, round {r}"), f"app message {r}")
             figures.add("changed-only reconcile (app)",
                         measure(hosts, gitops(repo, state_dir, "reconcile", "--once",
                                               "--changed-only")))
             figures.add("verify", measure(hosts, gitops(repo, state_dir, "verify")))
+            if baseline and before is not None:
+                figures.add(BEFORE_VERIFY, measure(hosts, gitops(repo, state_dir, "verify"),
+                                                   env={"PYTHONPATH": str(before)},
+                                                   cwd=before))
             figures.add("SSH floor", measure(hosts, lambda: ssh_floor(hosts)))
             print(f"{size} hosts: round {r + 1}/{rounds} done", file=sys.stderr)
     return figures
@@ -274,12 +295,14 @@ def main() -> None:
     parser.add_argument("--sizes", default="10,50,100")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fanout", type=int, default=20)
+    parser.add_argument("--before", type=Path, help="a checkout of earlier code to compare")
     opts = parser.parse_args()
     require_root()
     sizes = [int(s) for s in opts.sizes.split(",") if s.strip()]
     header("scale: per-host cost of reconcile and verify (sample: base, app, web)",
            f"python bench/scale.py --name {opts.name} --sizes {opts.sizes} "
-           f"--rounds {opts.rounds} --fanout {opts.fanout}")
+           f"--rounds {opts.rounds} --fanout {opts.fanout}"
+           + (f" --before {opts.before}" if opts.before else ""))
     labels = ["no-change reconcile", "changed-only reconcile (app)", "verify", "SSH floor"]
     print(f"Medians of {opts.rounds} alternating rounds. Controller CPU: the gitops process "
           "tree; host CPU: all the hosts' processes (cgroups); processes: started per host "
@@ -291,9 +314,10 @@ def main() -> None:
     results: dict[int, Figures] = {}
     for size in sizes:
         fig = results[size] = run_size(opts.name, size, opts.rounds,
-                                       baseline=size == min(sizes))
+                                       baseline=size == min(sizes),
+                                       before=opts.before.resolve() if opts.before else None)
         floor = fig.median("SSH floor", "wall")
-        for label in [*labels, BASELINE]:
+        for label in [*labels, BASELINE, BEFORE_RECONCILE, BEFORE_VERIFY]:
             if label not in fig.samples:
                 continue
             wall = fig.median(label, "wall")
@@ -316,6 +340,16 @@ def main() -> None:
                                ("host CPU", "host_cpu"), ("processes", "processes")))
         print(f"Side by side at {small} hosts, no-change reconcile with the one-shell connector "
               f"/ with pyinfra's ssh connector: {ratios}.")
+        print()
+    if results and BEFORE_RECONCILE in results[small].samples:
+        fig = results[small]
+        for now, then in (("no-change reconcile", BEFORE_RECONCILE), ("verify", BEFORE_VERIFY)):
+            ratios = ", ".join(
+                f"{what} {fig.median(now, attr) / max(fig.median(then, attr), 1e-9):.2f}"
+                for what, attr in (("wall", "wall"), ("controller CPU", "controller_cpu"),
+                                   ("host CPU", "host_cpu"), ("processes", "processes")))
+            print(f"Side by side at {small} hosts, {now}, this code / the code before: "
+                  f"{ratios}.")
         print()
 
     if results:

@@ -15,6 +15,9 @@ operation once (``pyinfra -y``), so its plan is what it changed.
 
 from __future__ import annotations
 
+# isort: off
+from gitops.workers import startup  # noqa: F401  # first: gevent's patching (see there)
+# isort: on
 import contextlib
 import inspect
 import logging

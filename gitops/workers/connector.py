@@ -23,6 +23,17 @@ runs only in that worker process. Cuts of what a pyinfra apply costs each host:
 - ``Users``: pyinfra's fact forks a dozen processes per account (``lastlog -u``, ``grep``,
   ``id`` twice, ...); ``USERS_COMMAND`` reads the same files once, with one ``lastlog``,
   and prints the same lines.
+- Facts in the shell itself: a fact's command runs in the one shell without the ``sh -c``
+  pyinfra wraps each command in (a process per command: Debian's ``sh`` forks even for the
+  last one) when it is one written or read here (``shell_form``): ``File``, ``Link``,
+  ``Directory``, ``Socket`` and the ``Sha1File`` family as subshell-free commands of their
+  own (``FILE_COMMAND``, ``hash_command``: the same output and exit status as pyinfra's; a
+  ``File`` fact starts one process, ``stat``, instead of four), ``Which``, ``Users``, and
+  pyinfra's own ``Hostname``, ``Os``, ``Date``, ``Groups``, ``DebPackages`` and systemd
+  unit facts (``_REVIEWED``). Every argument is quoted, nothing ends or changes the shell
+  (no ``exit``, ``cd``, assignment); ``hash -r`` first, so programs are looked up afresh.
+  With ``_sudo``, ``_su_user``, ``_env``, ``_chdir`` and the like (``plain``), and for
+  every other command, pyinfra's wrapper stays.
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ import contextlib
 import copy
 import importlib
 import os
+import re
 import secrets
 import sys
 from collections.abc import Iterator
@@ -44,7 +56,7 @@ from pyinfra.api import arguments as pyinfra_arguments
 from pyinfra.api import facts as pyinfra_facts
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.arguments import all_global_arguments as _all_global_arguments
-from pyinfra.api.command import StringCommand
+from pyinfra.api.command import QuoteString, StringCommand, make_formatted_string_command
 from pyinfra.api.util import PYINFRA_INSTALL_DIR
 from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.connectors.util import (
@@ -53,7 +65,18 @@ from pyinfra.connectors.util import (
     execute_command_with_sudo_retry,
     make_unix_command_for_host,
 )
-from pyinfra.facts.server import Users
+from pyinfra.facts.files import (
+    BSD_STAT_COMMAND,
+    LINUX_STAT_COMMAND,
+    LS_COMMAND,
+    File,
+    HashFileFactBase,
+    Md5File,
+    Sha1File,
+    Sha256File,
+    Sha384File,
+)
+from pyinfra.facts.server import Users, Which
 
 SHELL = "exec sh"
 """What the one session per host runs: a POSIX shell reading commands on its stdin."""
@@ -75,6 +98,95 @@ part == 3 { p = gname[$4]; if (p == "") p = $4;
 from one ``awk`` over the local account files: a primary group unknown to ``/etc/group``
 shows as its number, as ``id -gn`` does."""
 
+FILE_COMMAND = (
+    "if test -e {0} || test -L {0}; then {linux_stat_command} {0} 2> /dev/null || "
+    "{bsd_stat_command} {0} || {ls_command} {0}; fi"
+)
+"""pyinfra's ``File`` command (``! (test -e P || test -L P ) || ( stat ... )``: two
+subshells and a ``stat``) as one ``if``: the same output and exit status, one process."""
+
+PYINFRA_FILE_COMMAND = File.command
+"""pyinfra's own ``File.command`` (``install`` replaces it in the apply worker)."""
+
+_HASH_HEAD, _HASH_TAIL = "test -e {0} && ( ", " ) || true"
+
+
+def hash_command(raw: str) -> str | None:
+    """pyinfra's ``Sha1File``-family command (``test -e P && ( sha1sum P || ... ) || true``:
+    a subshell and the program) without the subshell, or None if it has another shape."""
+    if not (raw.startswith(_HASH_HEAD) and raw.endswith(_HASH_TAIL)):
+        return None
+    return f"if test -e {{0}}; then {raw[len(_HASH_HEAD):-len(_HASH_TAIL)]} || true; fi"
+
+
+_HASH_FACTS = (Sha1File, Sha256File, Sha384File, Md5File)
+_HASH_COMMANDS = {cls: (cls._raw_cmd, hash_command(cls._raw_cmd)) for cls in _HASH_FACTS}
+"""Each hash fact's (pyinfra's command, the one run here)."""
+_WHICH_COMMAND = Which.command
+"""pyinfra's ``command -v 'NAME' || true``: a builtin, run in the shell as it is."""
+
+
+def _file_command(self: Any, path: str) -> StringCommand:
+    if path.startswith("~/"):  # as pyinfra: the tilde unquoted so the shell expands it
+        quoted: Any = StringCommand("~/", QuoteString(path[2:]), _separator="")
+    else:
+        quoted = QuoteString(path)
+    return make_formatted_string_command(
+        FILE_COMMAND, quoted, linux_stat_command=LINUX_STAT_COMMAND,
+        bsd_stat_command=BSD_STAT_COMMAND, ls_command=LS_COMMAND)
+
+
+def _users_command(self: Any) -> str:
+    return USERS_COMMAND
+
+
+def in_shell(cls: Any) -> bool:
+    """Whether fact ``cls``'s command may run in the one shell itself: a command written (or
+    read) here, its arguments quoted, that neither ends the shell nor changes it (no
+    ``exit``, ``cd``, ``exec``, assignment, ``set``, ``trap``)."""
+    command = getattr(cls, "command", None)
+    if command in (_file_command, _users_command, _WHICH_COMMAND):
+        return True
+    ours = _HASH_COMMANDS.get(cls, (None, None))[1]
+    return (ours is not None and command is HashFileFactBase.command
+            and getattr(cls, "_raw_cmd", None) == ours)
+
+
+_REVIEWED = re.compile(
+    r"uname -[nsmr]|cat /etc/group|date \+'%Y-%m-%dT%H:%M:%S%z'|dpkg -l"
+    r"|systemctl show --all --property Id --property (?:SubState|UnitFileState)"
+    r"(?: [A-Za-z0-9@%+=:,./_-]+)+")
+"""pyinfra's fact commands (``Hostname``, ``Os``, ``Date``, ``Groups``, ``DebPackages``,
+``SystemdStatus``/``SystemdEnabled`` of named units) read here: one program, plain words."""
+_REQUIRES = re.compile(r"if command -v [A-Za-z0-9_.-]+ >/dev/null 2>&1; "
+                       r"then \( (?P<command>.*) \); else echo '##PYINFRA_NOCMD##'; fi")
+"""pyinfra's wrapper of a fact that needs a program (``requires_command``)."""
+
+
+def shell_form(cls: Any, raw: str) -> str | None:
+    """What to run in the one shell itself for fact ``cls``'s command ``raw``, or None
+    (pyinfra's ``sh -c``): the commands written here (``in_shell``), and pyinfra's that match
+    ``_REVIEWED`` (the subshell of a ``requires_command`` wrapper dropped)."""
+    if in_shell(cls):
+        return raw
+    wrapped = _REQUIRES.fullmatch(raw)
+    inner = wrapped["command"] if wrapped else raw
+    if not _REVIEWED.fullmatch(inner):
+        return None
+    return raw.replace(f"( {inner} );", f"{inner};", 1) if wrapped else raw
+
+
+_PLAIN = frozenset({"_timeout", "_success_exit_codes", "_retries", "_retry_delay",
+                    "_retry_until", "_temp_dir", "_shell_executable"})
+"""Connector arguments that do not change how a command is wrapped."""
+
+
+def plain(arguments: dict[str, Any]) -> bool:
+    """No sudo, su, doas, dzdo, environment, folder or other shell: pyinfra would run the
+    command as ``sh -c 'COMMAND'`` and nothing else."""
+    return (arguments.get("_shell_executable", "sh") == "sh"
+            and not any(v for k, v in arguments.items() if k not in _PLAIN))
+
 
 class ShellConnector(SSHConnector):
     """pyinfra's ``ssh`` connector whose commands all run in one remote shell per host."""
@@ -83,13 +195,15 @@ class ShellConnector(SSHConnector):
         super().__init__(*args, **kwargs)
         self._shell: Channel | None = None
         self._token = f"__gitops_{secrets.token_hex(8)}__"
+        self._turn = gevent.lock.Semaphore()
+        """One command at a time in the shell (its output has one reader): a greenlet other
+        than the operation's waits; a guard's heartbeat uses ``run_aside`` instead."""
         self.facts: dict[tuple[Any, ...], Any] = {}
         """This host's fact readings since the last thing that could change it."""
-        self.reading_fact = False
+        self.reading_fact: Any = None
+        """The fact class being read, None for an operation's command."""
         self.commands = 0
         """Commands sent to the host (facts and operations), for the benchmarks."""
-        self._busy = gevent.lock.BoundedSemaphore()
-        """Held while a command runs in the shell: its output is read by one reader."""
 
     def disconnect(self) -> None:
         shell, self._shell = self._shell, None
@@ -105,7 +219,7 @@ class ShellConnector(SSHConnector):
         print_input: bool = False,
         **arguments: Any,
     ) -> tuple[bool, CommandOutput]:
-        if not self.reading_fact:
+        if self.reading_fact is None:
             self.facts.clear()  # an operation's command: what was read may be out of date
         if arguments.get("_get_pty") or arguments.get("_stdin"):
             return super().run_shell_command(command, print_output, print_input, **arguments)
@@ -114,8 +228,20 @@ class ShellConnector(SSHConnector):
         arguments.pop("_stdin", None)
         arguments.pop("_get_pty", None)
         success = arguments.pop("_success_exit_codes", None)
+        # a fact's command may be a plain string (``Hostname``: "uname -n")
+        raw_command = command.get_raw_value() if isinstance(command, StringCommand) \
+            else str(command)
+        direct = shell_form(self.reading_fact, raw_command) \
+            if self.reading_fact is not None and plain(arguments) else None
 
         def execute() -> tuple[int, CommandOutput]:
+            if direct is not None:  # a fact command that runs in the shell itself
+                if print_input:
+                    from pyinfra.api.output import echo
+
+                    echo(f"{self.host.print_prefix}>>> {command}", err=True)
+                # ``hash -r``: programs are looked up afresh, as by a new ``sh -c``
+                return self._run(f"{{ hash -r; {direct}\n}}", timeout)
             unix = make_unix_command_for_host(self.state, self.host, command, **arguments)
             raw = unix.get_raw_value()
             if print_input:
@@ -150,7 +276,7 @@ class ShellConnector(SSHConnector):
         return channel
 
     def _run(self, script: str, timeout: float | None) -> tuple[int, CommandOutput]:
-        with self._busy:
+        with self._turn:
             return self._run_alone(script, timeout)
 
     def _run_alone(self, script: str, timeout: float | None) -> tuple[int, CommandOutput]:
@@ -240,11 +366,11 @@ def _memoized_get_fact(state: Any, host: Any, cls: Any, args: Any = None, kwargs
         key = None
     if key is not None and key in connector.facts:
         return _copy(connector.facts[key])
-    connector.reading_fact = True
+    connector.reading_fact = cls
     try:
         value = _get_fact(state, host, cls, args, kwargs, ensure_hosts, apply_failed_hosts)
     finally:
-        connector.reading_fact = False
+        connector.reading_fact = None
     if key is not None and host not in state.failed_hosts:
         connector.facts[key] = _copy(value)
     return value
@@ -299,7 +425,8 @@ def _global_arguments() -> list[tuple[str, type]]:
 
 def install(inventory: Any) -> None:
     """Make every host of ``inventory`` use ``ShellConnector`` (before ``State.init``), and
-    pyinfra's fact layer memoize and read ``Users`` cheaply (for this process)."""
+    pyinfra's fact layer memoize and read ``Users``, ``File`` and the hash facts cheaply
+    (for this process)."""
     if os.environ.get(PYINFRA_SSH_ENV):
         return
     for host in inventory:
@@ -309,4 +436,8 @@ def install(inventory: Any) -> None:
     module: Any = importlib.import_module("pyinfra.api.operation")
     module.get_operation_order_from_stack = operation_order
     pyinfra_arguments.all_global_arguments = _global_arguments
-    Users.command = lambda self: USERS_COMMAND  # type: ignore[method-assign]
+    Users.command = _users_command  # type: ignore[method-assign]
+    File.command = _file_command  # type: ignore[method-assign]  # Link, Directory, Socket too
+    for cls, (_theirs, ours) in _HASH_COMMANDS.items():
+        if ours is not None:
+            cls._raw_cmd = ours
