@@ -162,7 +162,7 @@ def arm_command(token: str, seconds: int) -> str:
     """Arm the revert on a host: the folder, the script, the deadline, the timer."""
     d, u = FOLDER, UNIT
     script = revert_script()
-    return (f"set -e; umask 077; rm -rf {d}; mkdir -p {d}/saved; "
+    return (f"set -e; umask 077; rm -rf {d} {d}.confirmed; mkdir -p {d}/saved; "
             f"printf '%s' {shlex.quote(script)} > {d}/revert.sh; "
             f": > {d}/files.sh; : > {d}/units.sh; "
             f"echo {_DEADLINE.format(seconds=seconds)} > {d}/deadline; "
@@ -200,13 +200,19 @@ def extend_command(seconds: int) -> str:
 
 def confirm_command(token: str) -> str:
     """Run by the controller over a new connection: disarm this apply's revert and remove
-    the copies; or, if the host reverted, say what was restored and whether it is back."""
+    the copies; or, if the host reverted, say what was restored and whether it is back.
+    The disarm leaves the token in ``FOLDER.confirmed``, so an attempt whose answer was lost
+    on the way (the client timed out after the host had disarmed) is answered again."""
     d, u = FOLDER, UNIT
     check = _CHECK.replace("$D", d)
-    return (f"D={d}; [ -d $D ] || {{ echo '{_MARK} none'; exit 0; }}; "
+    tok = shlex.quote(token)
+    return (f"D={d}; if [ -e $D.confirmed ] && [ \"$(cat $D.confirmed)\" = {tok} ]; then "
+            f"echo '{_MARK} confirmed'; exit 0; fi; "
+            f"[ -d $D ] || {{ echo '{_MARK} none'; exit 0; }}; "
             f"exec 9>>$D/lock; flock 9; "
-            f"if [ -e $D/armed ] && [ \"$(cat $D/armed)\" = {shlex.quote(token)} ]; then "
-            f"systemctl stop {u}.timer >/dev/null 2>&1 || true; rm -rf $D; "
+            f"if [ -e $D/armed ] && [ \"$(cat $D/armed)\" = {tok} ]; then "
+            f"systemctl stop {u}.timer >/dev/null 2>&1 || true; "
+            f"echo {tok} > $D.confirmed; rm -rf $D; "
             f"echo '{_MARK} confirmed'; exit 0; fi; "
             f"if [ -e $D/result ]; then echo '{_MARK} reverted'; cat $D/result; "
             f"echo '{_MARK} check'; {check} . $D/files.sh; rm -rf $D; exit 0; fi; "

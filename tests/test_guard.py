@@ -5,6 +5,7 @@ The host side (arming, reverting, confirming) runs on lab hosts in test_guard_e2
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -155,3 +156,31 @@ def test_a_host_that_never_answers_is_unreachable_with_its_last_contact() -> Non
     line = done.describe("2026-12-02T00:00:00+00:00")
     assert line.startswith("Unreachable") and "last contact 2026-12-02T00:00:00+00:00" in line
     assert "refused" in line.lower()
+
+
+def test_a_confirm_whose_answer_was_lost_is_confirmed_on_the_retry(tmp_path: Path) -> None:
+    """The host disarmed on the first attempt but the client timed out before reading the
+    answer (a loaded controller): the retry is answered Confirmed, not Lost."""
+    folder = tmp_path / "gitops-guard"
+    folder.mkdir()
+    (folder / "armed").write_text("tok123\n")
+    calls: list[str] = []
+
+    def on_the_host(argv: list[str], timeout: float) -> tuple[int, str, str]:
+        script = argv[-1].replace(guard.FOLDER, str(folder))
+        done = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                              timeout=30, check=False)
+        calls.append(done.stdout)
+        if len(calls) == 1:
+            raise subprocess.TimeoutExpired(argv, timeout)  # the answer never arrived
+        return done.returncode, done.stdout, done.stderr
+
+    host = DeclaredHost(
+        name="slow", address="127.0.0.1", groups=("all",), vars={}, services={},
+        ssh=ResolvedSSH(user="root", port=22, key_file=None, known_hosts_file="/dev/null",
+                        host_key_checking="no", connect_timeout=2))
+    done = guard.confirm(host, "tok123", timeout=5, margin=5, run=on_the_host,
+                         sleep=lambda _: None)
+    assert "confirmed" in calls[0] and not folder.exists()  # disarmed by the first attempt
+    assert done.result == "Confirmed", done
+    assert done.attempts == 2
