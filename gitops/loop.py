@@ -42,7 +42,7 @@ from gitops import verify as verify_stage
 from gitops.errors import GitopsError, InvalidDeclaration, LockHeld, Suspended, UsageError
 from gitops.policy import After, Controls, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
 from gitops.preview import Previews
-from gitops.reconcile import Outcome, Request, Target, environment_lock, run
+from gitops.reconcile import Outcome, Request, Target, recover_unfinished, run
 from gitops.records import ControllerRequest
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.settings import promotion_problems as settings_promotion_problems
@@ -273,17 +273,17 @@ class Daemon:
     def _by_record(self) -> dict[str, _Env]:
         return {e.target.environment: e for e in self.envs.values()}
 
-    def _interrupted(self, env: _Env, store: Store, by: str = "") -> list[str]:
-        """Record the runs of ``env`` left unfinished (by a crash, or ``by`` a controller
-        that lost its lease) as interrupted; the commits of those that set a commit status."""
-        cut = []
-        for run_id in store.recover_unfinished(env.target.environment):
-            log.warning("%s: run %d was %s; reconciling again", env.config.name, run_id,
-                        f"left unfinished by {by}" if by else "interrupted")
-            detail = store.run(run_id)
-            if detail and detail.run.sha and detail.run.kind in _STATUS_KINDS:
-                cut.append(detail.run.sha)
-        return cut
+    def _interrupted(self, env: _Env, store: Store, taken_from: str = "") -> list[str]:
+        """Record the runs of ``env`` left unfinished as interrupted (by a crash: under the
+        environment lock; or by the controller its lease was ``taken_from``: the lease keeps
+        every other run away); the commits of those that set a commit status."""
+        cuts = recover_unfinished(store, env.target, self._said(env), held=bool(taken_from),
+                                  by=taken_from)
+        return [c.sha for c in cuts if c.sha and c.kind in _STATUS_KINDS]
+
+    @staticmethod
+    def _said(env: _Env) -> Callable[[str], None]:
+        return lambda line: log.warning("%s: %s; reconciling again", env.config.name, line)
 
     def _take(self, env: _Env) -> bool:
         """True when this controller may run ``env`` now: it holds the lease, or just took
@@ -299,7 +299,7 @@ class Daemon:
         env.fence.clear()
         try:
             with self._store() as store:
-                cut = self._interrupted(env, store, by="the last holder")
+                cut = self._interrupted(env, store, taken_from="the last holder")
         except Exception:
             log.exception("%s: cannot recover after taking the lease", env.config.name)
             return False  # the lease runs out; someone takes it again
@@ -365,8 +365,7 @@ class Daemon:
                 store.set_owners(env.target.environment, "settings", env.config.team)
             if self.leases is None:  # with leases, each environment recovers when taken
                 for env in self.envs.values():
-                    with environment_lock(env.target, "recover"):
-                        cut += [(env, sha) for sha in self._interrupted(env, store)]
+                    cut += [(env, sha) for sha in self._interrupted(env, store)]
         for env, sha in cut:  # its "pending" must not stay the commit's last word
             self._commit_status(env, sha, "error", "interrupted: the reconciler stopped",
                                 retries=1)
@@ -545,14 +544,9 @@ class Daemon:
         a full disk refused to finish, a killed CLI run), so their commit is reconciled
         again; False when a run (a CLI's) is in progress."""
         try:
-            with environment_lock(env.target, "recover"):
-                cut = store.recover_unfinished(env.target.environment)
+            return bool(recover_unfinished(store, env.target, self._said(env)))
         except LockHeld:
             return False
-        for run_id in cut:
-            log.warning("%s: run %d was cut before its end; reconciling again",
-                        env.config.name, run_id)
-        return bool(cut)
 
     def _carry_out(self, env: _Env, after: After, sha: str) -> float:
         """Do what ``policy.after_run`` decided; returns the seconds until the next poll."""
