@@ -215,12 +215,14 @@ class Out:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.lock = threading.Lock()  # lines of several threads stay whole
         path.write_text("")
 
     def __call__(self, line: str = "") -> None:
-        print(line, flush=True)
-        with self.path.open("a") as f:
-            f.write(line + "\n")
+        with self.lock:
+            print(line, flush=True)
+            with self.path.open("a") as f:
+                f.write(line + "\n")
 
     def start(self, title: str, command: str) -> None:
         """The header (date, command, machine, load) and the code's commit."""

@@ -78,6 +78,8 @@ from gitops.lab import common as lab_common
 from gitops.lab import hosts as lab_hosts
 
 TOKEN = "faults-campaign-operator-token"
+HALT = threading.Event()
+"""Set by SIGTERM: no fault after the one in progress; the report follows."""
 
 # -- the repository and its commits ---------------------------------------------------------
 
@@ -213,8 +215,7 @@ class Campaign:
         self.planned: Counter[str] = Counter()
         self.seconds: dict[str, list[float]] = defaultdict(list)
         self.load_start = os.getloadavg()[0]
-        self.halt = threading.Event()
-        """Set (SIGTERM, ``--stop-at``): no fault after the one in progress."""
+        self.halt = HALT
 
     def write_config(self, path: Path, port: int) -> Path:
         path.write_text(
@@ -646,13 +647,13 @@ def main() -> None:
     if opts.shards > 1:
         sharded(opts, out)
         return
+    signal.signal(signal.SIGTERM, lambda *_: HALT.set())
     work = fresh_work(opts.name)
     info = lab_up(opts.name, 3)
     campaign = None
     start = time.monotonic()
     try:
         campaign = Campaign(opts, info, work, out)
-        signal.signal(signal.SIGTERM, lambda *_: campaign.halt.set() if campaign else None)
         campaign.run()
     finally:
         try:
