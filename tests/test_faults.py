@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from gitops import notify
 from gitops.errors import LockHeld
 from gitops.loop import Daemon
 from gitops.reconcile import Cut, Request, Target, environment_lock, recover_unfinished, run
@@ -205,3 +206,52 @@ def test_recovery_under_a_taken_lease_names_whom_the_run_was_left_by(tmp_path: P
         cuts = recover_unfinished(store, target, said.append, held=True, by="the last holder")
     assert [c.run_id for c in cuts] == [left] and _result(state, left) == "interrupted"
     assert said == [f"run {left} was left unfinished by the last holder: recorded as interrupted"]
+
+
+def _restarted(tmp_path: Path, repo: Path, github: GitHub, sha: str, count: int) -> list[str]:
+    """The statuses of ``sha`` once a daemon started again on the state folder sent ``count``."""
+    d = _daemon(tmp_path, repo, github)
+    d.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(github.states(sha)) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        d.stop(30)
+    return github.states(sha)
+
+
+def test_a_run_recorded_but_not_reported_gets_its_end_at_the_next_start(
+        tmp_path: Path, github: GitHub) -> None:
+    """A daemon killed after a run's record is finished but before its commit's end is sent:
+    the next start sends that run's end (here a failure), not leaving the commit pending."""
+    repo, head = _repo(tmp_path)
+    d = _daemon(tmp_path, repo, github)
+
+    def killed(outcome: object) -> tuple[str, str]:
+        raise KeyboardInterrupt  # the process stops here, as a kill -9 would stop it
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(notify, "commit_state_for", killed)
+        d._cycle(d.envs["lab"], None)
+    assert github.states(head) == ["pending"]
+    assert _restarted(tmp_path, repo, github, head, 2) == ["pending", "failure"]
+
+
+def test_a_commit_marked_pending_before_its_run_started_gets_an_end_at_the_next_start(
+        tmp_path: Path, github: GitHub) -> None:
+    """A daemon killed between a commit's "pending" and its run's first record: the next
+    start sends "error" for it (there is no run to recover), before reconciling it again."""
+    repo, head = _repo(tmp_path)
+    d = _daemon(tmp_path, repo, github)
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr("gitops.loop.run", killed)
+        d._cycle(d.envs["lab"], None)
+    assert github.states(head) == ["pending"]
+    with Store(tmp_path / "state") as store:
+        assert store.history("lab") == []
+    assert _restarted(tmp_path, repo, github, head, 2)[:2] == ["pending", "error"]
