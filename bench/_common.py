@@ -350,17 +350,21 @@ class Daemon:
     def api(self, path: str, body: dict[str, Any], token: str) -> int:
         """POST ``body`` to the daemon's API as the operator of ``token``: the HTTP status
         (0 when it does not answer)."""
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
-            method="POST", headers={"Authorization": f"Bearer {token}",
-                                    "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return int(r.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
+            return post(f"http://127.0.0.1:{self.port}{path}", json.dumps(body).encode(),
+                        {"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
         except OSError:
             return 0
+
+
+def post(url: str, body: bytes, headers: dict[str, str]) -> int:
+    """POST ``body``: the HTTP status, an error's too (OSError when nothing answers)."""
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 FINAL = ("success", "failure", "error")

@@ -44,8 +44,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +58,7 @@ from _common import (
     lab_up,
     make_repo,
     median,
+    post,
     print_table,
     save_section,
     verified_everywhere,
@@ -236,15 +235,9 @@ def daemon_process(config: Path, log: Path, port: int) -> Iterator[subprocess.Po
 def post_hook(port: int, sha: str, before: str) -> int:
     body = json.dumps({"ref": "refs/heads/main", "before": before, "after": sha}).encode()
     sig = hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/hooks/lab", data=body, method="POST",
-                                 headers={"X-GitHub-Event": "push",
-                                          "X-Hub-Signature-256": f"sha256={sig}",
-                                          "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+    return post(f"http://127.0.0.1:{port}/hooks/lab", body,
+                {"X-GitHub-Event": "push", "X-Hub-Signature-256": f"sha256={sig}",
+                 "Content-Type": "application/json"})
 
 
 def proc_cpu(pid: int) -> tuple[float, float]:
