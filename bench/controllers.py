@@ -40,7 +40,6 @@ import platform
 import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import ROOT, lab_down, lab_up
+from _common import ROOT, free_port, git, lab_down, lab_up, save_section
 
 sys.path.insert(0, str(ROOT / "tests"))
 from pgserver import PgServer
@@ -90,9 +89,7 @@ class Params(BaseModel):
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=bench", "-c",
-                           "user.email=bench@localhost", *args], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return git(repo, *args)
 
 
 def make_repo(dest: Path, lab_name: str, hosts: list[str], environments: int) -> Path:
@@ -116,17 +113,11 @@ def write_env(repo: Path, env: str, lab_name: str, host: str, value: str) -> Non
     (repo / "inventories" / f"{env}.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Controller:
     def __init__(self, name: str, work: Path, repo: Path, url: str, secret: Path, ttl: float,
                  environments: int) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.config = work / f"{name}.toml"
         lines = [f'state_dir = "{work / ("state-" + name)}"',
                  f'listen = "127.0.0.1:{self.port}"', f'database = "{url}"',
@@ -391,16 +382,7 @@ def report(opts: argparse.Namespace, figures: dict[str, Any], load: float) -> st
 
 
 def save(text: str) -> None:
-    results = ROOT / "bench" / "RESULTS.md"
-    current = results.read_text()
-    text = re.sub(r"^# ", "### ", text, flags=re.M)
-    section = "## controllers\n\n" + text.rstrip() + "\n"
-    match = re.search(r"^## controllers\n.*?(?=^## |\Z)", current, flags=re.S | re.M)
-    if match:
-        current = current[: match.start()] + section + "\n" + current[match.end():].lstrip("\n")
-    else:
-        current = current.rstrip("\n") + "\n\n" + section
-    results.write_text(current.rstrip("\n") + "\n")
+    save_section("controllers", re.sub(r"^# ", "### ", text, flags=re.M))
 
 
 def main() -> None:

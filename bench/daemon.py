@@ -39,20 +39,30 @@ import os
 import re
 import resource
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
-from _common import ROOT, header, lab_down, lab_up, make_repo, median, print_table
+from _common import (
+    Daemon,
+    code_line,
+    free_port,
+    header,
+    lab_down,
+    lab_up,
+    make_repo,
+    median,
+    post,
+    print_table,
+    save_section,
+    verified_everywhere,
+)
 from verify_vs_floor import ssh_floor
 
 import gitops.lab as lab
@@ -177,12 +187,6 @@ def write_config(path: Path, state_dir: Path, repo: Path, port: int, *, watch: b
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Db:
     """A read-only view of a state folder's store (never writes, unlike ``Store()``)."""
 
@@ -199,20 +203,8 @@ class Db:
         return list(self.db.execute("SELECT * FROM runs WHERE id > ? ORDER BY id", (run_id,)))
 
     def done_everywhere(self, sha: str, hosts: list[str]) -> bool:
-        rows = {r["host"]: r for r in self.db.execute(
-            "SELECT * FROM status WHERE environment='lab'")}
-        for h in hosts:
-            row = rows.get(h)
-            if row is None:
-                return False
-            if not (row["last_applied_revision"] or "").endswith(sha):
-                return False
-            if not (row["last_verified_revision"] or "").endswith(sha):
-                return False
-            conditions = json.loads(row["conditions"])
-            if not any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
-                return False
-        return True
+        return verified_everywhere(
+            self.db.execute("SELECT * FROM status WHERE environment='lab'"), sha, hosts)
 
 
 def wait_until(cond: Any, timeout: float, what: str, step: float = 0.05) -> float:
@@ -226,45 +218,26 @@ def wait_until(cond: Any, timeout: float, what: str, step: float = 0.05) -> floa
 
 @contextlib.contextmanager
 def daemon_process(config: Path, log: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
-    env = {**os.environ, "GITOPS_BENCH_HOOK_SECRET": HOOK_SECRET, "GITOPS_CONFIG": str(config)}
-    proc = subprocess.Popen([sys.executable, "-m", "gitops", "run", "--config", str(config)],
-                            stdout=subprocess.DEVNULL, stderr=log.open("ab"), env=env,
-                            cwd=str(config.parent))
-
-    def healthy() -> bool:
-        if proc.poll() is not None:
-            raise SystemExit(f"gitops run exited {proc.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
+    daemon = Daemon(config, port, log, {"GITOPS_BENCH_HOOK_SECRET": HOOK_SECRET,
+                                        "GITOPS_CONFIG": str(config)},
+                    cwd=config.parent, session=False)
     try:
-        wait_until(healthy, 60, "daemon health", 0.1)
-        yield proc
+        try:
+            daemon.start(timeout=60, step=0.1)
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
+        assert daemon.proc is not None
+        yield daemon.proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        daemon.stop()
 
 
 def post_hook(port: int, sha: str, before: str) -> int:
     body = json.dumps({"ref": "refs/heads/main", "before": before, "after": sha}).encode()
     sig = hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/hooks/lab", data=body, method="POST",
-                                 headers={"X-GitHub-Event": "push",
-                                          "X-Hub-Signature-256": f"sha256={sig}",
-                                          "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
+    return post(f"http://127.0.0.1:{port}/hooks/lab", body,
+                {"X-GitHub-Event": "push", "X-Hub-Signature-256": f"sha256={sig}",
+                 "Content-Type": "application/json"})
 
 
 def proc_cpu(pid: int) -> tuple[float, float]:
@@ -565,18 +538,9 @@ def report(big: dict[str, Any], small: dict[str, Any], opts: argparse.Namespace)
 
 
 def save(text: str) -> None:
-    results = ROOT / "bench" / "RESULTS.md"
-    current = results.read_text()
     # under "## daemon", like the other sections: the title one level down, parts two
     text = re.sub(r"^### ", "#### ", text, flags=re.M)
-    text = re.sub(r"^# ", "### ", text, flags=re.M)
-    section = "## daemon\n\n" + text.rstrip() + "\n"
-    match = re.search(r"^## daemon\n.*?(?=^## |\Z)", current, flags=re.S | re.M)
-    if match:
-        current = current[: match.start()] + section + "\n" + current[match.end():].lstrip("\n")
-    else:
-        current = current.rstrip("\n") + "\n\n" + section
-    results.write_text(current.rstrip("\n") + "\n")
+    save_section("daemon", re.sub(r"^# ", "### ", text, flags=re.M))
 
 
 def main() -> None:
@@ -598,12 +562,7 @@ def main() -> None:
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         header("daemon: `gitops run` against the Speed goals of issue 4", command.strip())
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True, check=False).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "gitops"],
-                           capture_output=True, text=True, check=False).stdout.strip()
-    note = " (gitops/ modified in the working tree)" if dirty else ""
-    buf.write(f"gitops code: commit {rev}{note}\n\n")
+    buf.write(f"{code_line()}\n\n")
     print(buf.getvalue(), end="", flush=True)
 
     root = Path("/tmp/gitops-bench-daemon")

@@ -1,8 +1,14 @@
 """Fault campaign: the daemon under faults, and what each fault lost (issue 15).
 
 Run as root: ``python bench/faults.py [--kills 100] [--net 20] [--power 10] [--disk 5]
-[--remote 10] [--second 5] [--name ftcamp] [--seed 1] [--out /tmp/gitops-faults.md]``
-(``--quick`` sets every count to 2). Brings up a lab of 3 hosts and a state repository from
+[--remote 10] [--second 5] [--name ftcamp] [--seed 1] [--shards 1] [--stop-at UNIX_TIME]
+[--out /tmp/gitops-faults.md]`` (``--quick`` sets every count to 2). ``--shards N`` runs N
+independent campaigns of this script at once (labs ``ft1``..``ftN`` from ``$GITOPS_LAB_NAME``),
+each count divided among them, each with its own seed, and merges their figures into one
+report with the same tables plus one row per shard; SIGTERM (or ``--stop-at``) stops each
+after the fault in progress, and the report says how many of each kind ran.
+
+Each campaign brings up a lab of 3 hosts and a state repository from
 the committed sample (service ``base``) plus a ``probe`` service whose check a commit can
 break, in one batch. ``gitops run`` watches the repository (watch = true,
 interval 2 s) with its state folder on a small tmpfs, a generic webhook notifier and GitHub
@@ -37,103 +43,48 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import io
 import json
 import os
 import random
 import re
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter, defaultdict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import _common
 import yaml
-from _common import ROOT, header, lab_down, lab_up, make_repo
+from _common import (
+    Daemon,
+    Out,
+    Receiver,
+    descendants,
+    free_port,
+    fresh_work,
+    lab_down,
+    lab_up,
+    make_repo,
+    verified_everywhere,
+    write_probe,
+)
 
 import gitops.lab as lab
 from gitops.lab import common as lab_common
 from gitops.lab import hosts as lab_hosts
 
-GIT_ID = ["-c", "user.name=faults", "-c", "user.email=faults@localhost"]
 TOKEN = "faults-campaign-operator-token"
-PROBE_DEPLOY = """\
-from pyinfra import host
-from pyinfra.operations import files
-
-files.put(name="Probe file", src=__import__("io").StringIO(host.data.get("value") + "\\n"),
-          dest="/etc/gitops-probe", mode="0644")
-"""
-PROBE_CHECKS = """\
-def test_probe_is_ok(host):
-    \"\"\"The probe file says ok.\"\"\"
-    assert host.file("/etc/gitops-probe").content_string.strip() == "ok"
-"""
-PROBE_MODEL = """\
-from pydantic import BaseModel, ConfigDict
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    value: str = "ok"
-"""
-FINAL = ("success", "failure", "error")
-
-
-# -- the receiver ---------------------------------------------------------------------------
-
-class Receiver:
-    """Notifications and GitHub commit statuses, as they arrive."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.statuses: dict[str, list[str]] = defaultdict(list)
-        self.events: list[dict[str, Any]] = []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                m = re.fullmatch(r"/gh/repos/o/r/statuses/([0-9a-f]{40})", self.path)
-                ok = False
-                with contextlib.suppress(ValueError):
-                    data = json.loads(body)
-                    if m and self.headers.get("Authorization") == f"Bearer {TOKEN}" and \
-                            data.get("state") in ("pending", *FINAL):
-                        with receiver.lock:
-                            receiver.statuses[m.group(1)].append(data["state"])
-                        ok = True
-                    elif self.path == "/hook" and data.get("schema") == "gitops.notification/v1":
-                        with receiver.lock:
-                            receiver.events.append(data)
-                        ok = True
-                self.send_response(201 if ok and m else 200 if ok else 422)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"{}")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
+HALT = threading.Event()
+"""Set by SIGTERM: no fault after the one in progress; the report follows."""
 
 # -- the repository and its commits ---------------------------------------------------------
 
 def git(repo: Path, *args: str, check: bool = True) -> str:
-    return subprocess.run(["git", "-C", str(repo), *GIT_ID, *args], check=check,
-                          capture_output=True, text=True, timeout=60).stdout.strip()
+    return _common.git(repo, *args, check=check, who="faults")
 
 
 class Repo:
@@ -166,15 +117,14 @@ class Repo:
 
 def make_campaign_repo(info: lab.LabInfo, dest: Path) -> Repo:
     make_repo(info, dest, services=["base"])
-    probe = dest / "deploys/probe"
-    probe.mkdir()
-    (probe / "deploy.py").write_text(PROBE_DEPLOY)
-    (probe / "checks.py").write_text(PROBE_CHECKS)
-    (probe / "model.py").write_text(PROBE_MODEL)
+    write_probe(dest)
     inv_file = dest / "inventories/lab.yml"
     inv = yaml.safe_load(inv_file.read_text())
     inv["groups"].setdefault("all", {}).setdefault("services", {})["probe"] = {"value": "ok"}
     inv["settings"]["rollout"] = {"batch": "100%"}  # one batch: a fault's check is quicker
+    # the sample's guarded base: at a load of 40+ a first apply outlasts the default 60 s
+    # confirm window and the hosts revert it by themselves (README, "Guarded applies")
+    inv["settings"]["guard"] = {"confirm_timeout": 600, "margin": 60}
     inv_file.write_text(yaml.safe_dump(inv, sort_keys=False))
     git(dest, "add", "-A")
     git(dest, "commit", "-q", "-m", "probe service, one batch")
@@ -183,101 +133,11 @@ def make_campaign_repo(info: lab.LabInfo, dest: Path) -> Repo:
 
 # -- the daemon -----------------------------------------------------------------------------
 
-class Daemon:
-    def __init__(self, config: Path, port: int, log: Path, env: dict[str, str]) -> None:
-        self.config, self.port, self.log, self.env = config, port, log, env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.unexpected_exits: list[str] = []
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gitops", "run", "--config", str(self.config)],
-            stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env=self.env,
-            start_new_session=True)
-        deadline = time.monotonic() + 90
-        while not self.healthy():
-            if self.proc.poll() is not None:
-                self.unexpected_exits.append(f"exited {self.proc.returncode} at start")
-                raise RuntimeError(f"gitops run exited {self.proc.returncode}; see {self.log}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("the daemon did not answer /healthz in 90 s")
-            time.sleep(0.2)
-
-    def healthy(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=3) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
-
-    def alive(self) -> bool:
-        """Whether it runs; an exit nobody asked for is recorded."""
-        if self.proc is None:
-            return False
-        if self.proc.poll() is not None:
-            self.unexpected_exits.append(f"exited {self.proc.returncode}")
-            self.proc = None
-            return False
-        return True
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def api(self, path: str, body: dict[str, Any]) -> int:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=json.dumps(body).encode(),
-            method="POST", headers={"Authorization": f"Bearer {TOKEN}",
-                                    "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return int(r.status)
-        except urllib.error.HTTPError as exc:
-            return int(exc.code)
-        except OSError:
-            return 0
-
-
-def descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, command line) of every process below ``pid``."""
-    parents, cmds = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            after = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        parents[int(entry)], cmds[int(entry)] = int(after[1]), cmd
-    out = []
-    for child in parents:
-        cur, hops = child, 0
-        while cur in parents and hops < 64:
-            cur, hops = parents[cur], hops + 1
-            if cur == pid:
-                out.append((child, cmds[child]))
-                break
-    return out
-
-
 def workers(daemon: Daemon, kinds: tuple[str, ...] = ("apply", "verify")) -> list[int]:
     if daemon.proc is None:
         return []
-    return [p for p, cmd in descendants(daemon.proc.pid)
-            if any(f"gitops.workers.{k}" in cmd for k in kinds)]
+    return [p.pid for p in descendants(daemon.proc.pid)
+            if any(f"gitops.workers.{k}" in p.cmd for k in kinds)]
 
 
 # -- the record -----------------------------------------------------------------------------
@@ -306,16 +166,8 @@ class Db:
         return [r[0] for r in self.query("SELECT id FROM runs WHERE finished_at IS NULL")]
 
     def converged(self, sha: str, hosts: list[str]) -> bool:
-        rows = {r["host"]: r for r in self.query("SELECT * FROM status WHERE environment='lab'")}
-        for h in hosts:
-            row = rows.get(h)
-            if row is None or not (row["last_applied_revision"] or "").endswith(sha) \
-                    or not (row["last_verified_revision"] or "").endswith(sha):
-                return False
-            if not any(c["type"] == "Ready" and c["status"] == "True"
-                       for c in json.loads(row["conditions"])):
-                return False
-        return True
+        return verified_everywhere(
+            self.query("SELECT * FROM status WHERE environment='lab'"), sha, hosts)
 
 
 def lock_free(state_dir: Path) -> bool:
@@ -341,7 +193,7 @@ class Campaign:
         self.opts, self.info, self.work, self.out = opts, info, work, out
         self.rng = random.Random(opts.seed)
         self.hosts = [h.name for h in info.hosts]
-        self.receiver = Receiver()
+        self.receiver = Receiver(TOKEN)
         self.state_dir = work / "state"
         self.state_dir.mkdir()
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={opts.tmpfs_mb}m", "tmpfs",
@@ -349,7 +201,7 @@ class Campaign:
         self.repo = make_campaign_repo(info, work / "repo")
         self.port = free_port()
         self.config = self.write_config(work / "gitops.toml", self.port)
-        self.env = {**os.environ, "FAULTS_TOKEN": TOKEN,
+        self.env = {"FAULTS_TOKEN": TOKEN,
                     "FAULTS_HOOK": f"http://127.0.0.1:{self.receiver.port}/hook"}
         self.daemon = Daemon(self.config, self.port, work / "daemon.log", self.env)
         self.db = Db(self.state_dir)
@@ -363,6 +215,10 @@ class Campaign:
         self.second_logs: list[Path] = []
         self.status_keys: dict[str, bool] = {}
         self.cut_runs = 0
+        self.planned: Counter[str] = Counter()
+        self.seconds: dict[str, list[float]] = defaultdict(list)
+        self.load_start = os.getloadavg()[0]
+        self.halt = HALT
 
     def write_config(self, path: Path, port: int) -> Path:
         path.write_text(
@@ -511,10 +367,7 @@ class Campaign:
         config = self.write_config(self.work / f"gitops-second-{i}.toml", port)
         log = self.work / f"second-{i}.log"
         self.second_logs.append(log)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gitops", "run", "--config", str(config)],
-            stdout=subprocess.DEVNULL, stderr=log.open("wb"), env=self.env,
-            start_new_session=True)
+        proc = Daemon(config, port, log, self.env).spawn()
         time.sleep(self.rng.uniform(5, 15))
         early = proc.poll()
         if early is None:
@@ -543,7 +396,7 @@ class Campaign:
         hosts = self.hosts
         converged = self.wait_for(lambda: self.db.converged(sha, hosts), self.opts.converge_s, 0.5)
         if not converged and fault.get("replaced"):
-            self.daemon.api("/api/environments/lab/reconcile", {"reason": "host replaced"})
+            self.daemon.api("/api/environments/lab/reconcile", {"reason": "host replaced"}, TOKEN)
             converged = self.wait_for(lambda: self.db.converged(sha, hosts),
                                       self.opts.converge_s, 0.5)
         if not converged:
@@ -606,7 +459,7 @@ class Campaign:
     def check_incidents(self) -> None:
         proc = subprocess.run([sys.executable, "-m", "gitops", "incidents", "--state-dir",
                                str(self.state_dir), "--json"], capture_output=True, text=True,
-                              env=self.env, check=False)
+                              env=self.daemon.env, check=False)
         try:
             found = json.loads(proc.stdout or "[]")
         except ValueError:
@@ -633,6 +486,7 @@ class Campaign:
                 + ["power"] * self.opts.power + ["disk"] * self.opts.disk
                 + ["remote"] * self.opts.remote + ["second"] * self.opts.second)
         self.rng.shuffle(plan)
+        self.planned = Counter(plan)
         counts: Counter[str] = Counter()
         t0 = time.monotonic()
         for n, kind in enumerate(plan, 1):
@@ -640,6 +494,11 @@ class Campaign:
                 self.out(f"time budget of {self.opts.minutes:g} min spent: {n - 1} of "
                          f"{len(plan)} faults injected")
                 break
+            if self.halt.is_set() or (self.opts.stop_at and time.time() >= self.opts.stop_at):
+                self.out(f"stopped ({'SIGTERM' if self.halt.is_set() else '--stop-at'}): "
+                         f"{n - 1} of {len(plan)} faults injected")
+                break
+            began = time.monotonic()
             before_max = self.db.max_id()
             self.streaming.set()
             try:
@@ -653,6 +512,7 @@ class Campaign:
             survived = self.check(kind, fault, before_max)
             if survived:
                 self.survived[kind] += 1
+            self.seconds[kind].append(time.monotonic() - began)
             self.out(f"{n}/{len(plan)} {time.monotonic() - t0:7.0f} s  {kind:6} "
                      f"{fault['what']}: {'survived' if survived else 'LOSS'}")
         self.check_statuses("at the end", timeout=60)
@@ -671,59 +531,81 @@ class Campaign:
         subprocess.run(["umount", "-l", str(self.state_dir)], check=False)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Out:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.write_text("")
-
-    def __call__(self, line: str = "") -> None:
-        print(line, flush=True)
-        with self.path.open("a") as f:
-            f.write(line + "\n")
-
-
 LOSS_KINDS = ["run left running", "cut run not recorded interrupted", "lock held",
               "next reconcile did not verify every host", "commit status",
               "failed rollout without incident", "integrity_check", "daemon exited",
               "traceback", "second controller did not stop"]
+KINDS = ("kill", "net", "power", "disk", "remote", "second")
+COUNT_OPTION = {"kill": "kills", "net": "net", "power": "power", "disk": "disk",
+                "remote": "remote", "second": "second"}
 
 
-def report(c: Campaign, out: Out, seconds: float) -> None:
-    out()
-    out(f"Campaign: {sum(c.injected.values())} faults in {seconds / 60:.0f} min, "
-        f"{len(c.repo.kinds)} commits made ({Counter(c.repo.kinds.values())}), "
-        f"{c.db.max_id()} runs recorded, {len(c.reached)} commits reached the daemon.")
+def figures(c: Campaign, seconds: float) -> dict[str, Any]:
+    """What one campaign (one lab) found, as JSON a sharded run merges."""
     results = Counter(f"{r['kind']} {r['result']}" for r in c.db.query(
         "SELECT kind, result FROM runs WHERE event = 0"))
-    out(f"Runs by kind and result: {', '.join(f'{k}: {v}' for k, v in sorted(results.items()))}; "
-        f"{c.cut_runs} run(s) cut by a kill of the daemon.")
+    return {"lab": c.info.name, "minutes": seconds / 60, "planned": dict(c.planned),
+            "injected": dict(c.injected), "survived": dict(c.survived),
+            "losses": dict(c.losses), "examples": dict(c.examples),
+            "seconds": dict(c.seconds), "commits": dict(Counter(c.repo.kinds.values())),
+            "runs": c.db.max_id(), "reached": len(c.reached), "results": dict(results),
+            "cut_runs": c.cut_runs, "load": [c.load_start, os.getloadavg()[0]]}
+
+
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of several shards as one campaign's: counts summed, examples joined."""
+    total: dict[str, Any] = {"lab": ", ".join(p["lab"] for p in parts),
+                             "minutes": max(p["minutes"] for p in parts)}
+    for key in ("planned", "injected", "survived", "losses", "commits", "results"):
+        total[key] = dict(sum((Counter(p[key]) for p in parts), Counter()))
+    for key in ("examples", "seconds"):
+        joined: dict[str, list[Any]] = defaultdict(list)
+        for p in parts:
+            for k, v in p[key].items():
+                joined[k] += v
+        total[key] = dict(joined)
+    for key in ("runs", "reached", "cut_runs"):
+        total[key] = sum(p[key] for p in parts)
+    total["load"] = [max(p["load"][0] for p in parts), max(p["load"][1] for p in parts)]
+    return total
+
+
+def report(f: dict[str, Any], out: Out) -> None:
+    injected, survived, losses = Counter(f["injected"]), Counter(f["survived"]), \
+        Counter(f["losses"])
     out()
-    out("| fault | injected | survived (no loss) |")
-    out("|---|---|---|")
-    for kind in ("kill", "net", "power", "disk", "remote", "second"):
-        out(f"| {kind} | {c.injected[kind]} | {c.survived[kind]} |")
+    out(f"Campaign: {sum(injected.values())} faults in {f['minutes']:.0f} min, "
+        f"{sum(f['commits'].values())} commits made ({dict(sorted(f['commits'].items()))}), "
+        f"{f['runs']} runs recorded, {f['reached']} commits reached the daemon.")
+    out(f"Runs by kind and result: "
+        f"{', '.join(f'{k}: {v}' for k, v in sorted(f['results'].items()))}; "
+        f"{f['cut_runs']} run(s) cut by a kill of the daemon.")
+    out()
+    out("| fault | planned | injected | survived (no loss) | median s per fault (with checks) |")
+    out("|---|---|---|---|---|")
+    for kind in KINDS:
+        times = sorted(f["seconds"].get(kind, []))
+        med = f"{times[len(times) // 2]:.0f}" if times else "-"
+        out(f"| {kind} | {f['planned'].get(kind, 0)} | {injected[kind]} | {survived[kind]} "
+            f"| {med} |")
     out()
     out("| loss | count | examples |")
     out("|---|---|---|")
-    for kind in LOSS_KINDS + sorted(set(c.losses) - set(LOSS_KINDS)):
-        examples = "; ".join(c.examples.get(kind, [])[:3]).replace("|", "/")
-        out(f"| {kind} | {c.losses[kind]} | {examples} |")
+    for kind in LOSS_KINDS + sorted(set(losses) - set(LOSS_KINDS)):
+        examples = "; ".join(f["examples"].get(kind, [])[:3]).replace("|", "/")
+        out(f"| {kind} | {losses[kind]} | {examples} |")
     out()
-    out(f"**faults**: {sum(c.injected.values())} injected, {sum(c.survived.values())} "
-        f"survived without loss, {sum(c.losses.values())} losses")
+    out(f"**faults**: {sum(injected.values())} injected, {sum(survived.values())} "
+        f"survived without loss, {sum(losses.values())} losses")
 
 
-def main() -> None:
+def options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    default_name = (os.environ.get("GITOPS_LAB_NAME", "fa")[:2] + "camp")[:8]
-    parser.add_argument("--name", default=default_name, help="the lab (<= 8 characters)")
+    prefix = os.environ.get("GITOPS_LAB_NAME", "fa")[:2]
+    parser.add_argument("--name", default=None,
+                        help="the lab (<= 8 characters; default PREFIXcamp, with --shards: "
+                        "PREFIX1, PREFIX2... where PREFIX is $GITOPS_LAB_NAME's first two)")
     parser.add_argument("--kills", type=int, default=100)
     parser.add_argument("--net", type=int, default=20)
     parser.add_argument("--power", type=int, default=10)
@@ -731,6 +613,10 @@ def main() -> None:
     parser.add_argument("--remote", type=int, default=10)
     parser.add_argument("--second", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="every count 2")
+    parser.add_argument("--shards", type=int, default=1,
+                        help="run the faults as this many independent campaigns at once, each "
+                        "its own lab of 3 hosts, repository, state tmpfs, daemon and receiver "
+                        "(each count divided among them); one merged report")
     parser.add_argument("--commit-every", type=float, default=3)
     parser.add_argument("--converge-s", type=float, default=300,
                         help="how long the next good commit may take to verify everywhere")
@@ -738,30 +624,34 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--minutes", type=float, default=0,
                         help="stop injecting after this long (0: every fault of the counts)")
+    parser.add_argument("--stop-at", type=float, default=0,
+                        help="stop injecting at this Unix time (0: no such limit)")
     parser.add_argument("--out", type=Path, default=Path("/tmp/gitops-faults.md"))
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write the figures as JSON here (what --shards merges)")
     opts = parser.parse_args()
     if opts.quick:
-        for key in ("kills", "net", "power", "disk", "remote", "second"):
+        for key in COUNT_OPTION.values():
             setattr(opts, key, 2)
+    if opts.name is None:
+        opts.name = prefix if opts.shards > 1 else (prefix + "camp")[:8]
+    if len(opts.name) > 8 - (len(str(opts.shards)) if opts.shards > 1 else 0):
+        parser.error(f"--name {opts.name!r}: a lab name has at most 8 characters")
+    return opts
+
+
+def main() -> None:
+    opts = options()
     if os.geteuid() != 0:
         sys.exit("this benchmark needs root (it brings up a gitops lab)")
     out = Out(opts.out)
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        header("faults: the daemon under a fault campaign",
-               "python bench/faults.py " + " ".join(sys.argv[1:]))
-    for line in buf.getvalue().splitlines():
-        out(line)
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True, check=False).stdout.strip()
-    out(f"gitops code: commit {rev}")
-    out()
-    work = Path("/tmp") / f"gitops-bench-{opts.name}"
-    if work.exists():
-        subprocess.run(["umount", "-l", str(work / "state")], check=False,
-                       capture_output=True)
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
+    out.start("faults: the daemon under a fault campaign",
+              "python bench/faults.py " + " ".join(sys.argv[1:]))
+    if opts.shards > 1:
+        sharded(opts, out)
+        return
+    signal.signal(signal.SIGTERM, lambda *_: HALT.set())
+    work = fresh_work(opts.name)
     info = lab_up(opts.name, 3)
     campaign = None
     start = time.monotonic()
@@ -772,12 +662,82 @@ def main() -> None:
         try:
             if campaign is not None:
                 campaign.daemon.stop()
-                report(campaign, out, time.monotonic() - start)
+                found = figures(campaign, time.monotonic() - start)
+                report(found, out)
+                if opts.json:
+                    opts.json.write_text(json.dumps(found))
         finally:
             if campaign is not None:
                 campaign.close()
             with contextlib.suppress(Exception):
                 lab_down(opts.name)
+
+
+def sharded(opts: argparse.Namespace, out: Out) -> None:
+    """``--shards N``: N campaigns of this script at once (labs NAME1..NAMEN), each with its
+    share of every count and its own seed; their lines prefixed by their lab; one report."""
+    work = fresh_work(f"{opts.name}-shards")
+    names = [f"{opts.name}{i}" for i in range(1, opts.shards + 1)]
+    procs: list[tuple[str, subprocess.Popen[str]]] = []
+    for i, name in enumerate(names):
+        share = {key: getattr(opts, key) // opts.shards
+                 + (1 if i < getattr(opts, key) % opts.shards else 0)
+                 for key in COUNT_OPTION.values()}
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--name", name,
+               "--seed", str(opts.seed * 100 + i + 1), "--commit-every", str(opts.commit_every),
+               "--converge-s", str(opts.converge_s), "--tmpfs-mb", str(opts.tmpfs_mb),
+               "--minutes", str(opts.minutes), "--stop-at", str(opts.stop_at),
+               "--out", str(work / f"{name}.md"), "--json", str(work / f"{name}.json"),
+               *[f"--{k}={v}" for k, v in share.items()]]
+        out(f"shard {name}: {' '.join(f'{k} {v}' for k, v in share.items())}")
+        procs.append((name, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                             stderr=subprocess.STDOUT, text=True)))
+    out()
+
+    def relay(name: str, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() and not line.startswith(("#", "Date:", "Machine:", "gitops code:")):
+                out(f"[{name}] {line.rstrip()}")
+
+    def stop(*_: Any) -> None:  # each shard stops after its fault in progress, and reports
+        for _name, proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    loads: list[float] = []
+    relays = [threading.Thread(target=relay, args=p, daemon=True) for p in procs]
+    for t in relays:
+        t.start()
+    while any(p.poll() is None for _, p in procs):
+        loads.append(os.getloadavg()[0])
+        time.sleep(10)
+    for t in relays:
+        t.join(10)
+    parts = []
+    for name, proc in procs:
+        path = work / f"{name}.json"
+        if path.exists():
+            parts.append(json.loads(path.read_text()))
+        else:
+            out(f"shard {name} exited {proc.returncode} without figures (see {work / name}.md)")
+    if not parts:
+        sys.exit("no shard reported")
+    out()
+    out(f"Sharded: {len(parts)} of {opts.shards} shards reported, each its own lab of 3 hosts, "
+        "repository, state tmpfs, daemon and receiver, run at once on this machine; load "
+        f"average (1 min) while they ran: min {min(loads, default=0):.1f}, median "
+        f"{sorted(loads)[len(loads) // 2] if loads else 0:.1f}, max {max(loads, default=0):.1f}.")
+    out()
+    out("| shard | faults planned | injected | survived | losses | minutes | commits | runs |")
+    out("|---|---|---|---|---|---|---|---|")
+    for p in parts:
+        out(f"| {p['lab']} | {sum(p['planned'].values())} | {sum(p['injected'].values())} | "
+            f"{sum(p['survived'].values())} | {sum(p['losses'].values())} | "
+            f"{p['minutes']:.0f} | {sum(p['commits'].values())} | {p['runs']} |")
+    report(merge(parts), out)
 
 
 if __name__ == "__main__":

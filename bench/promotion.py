@@ -17,44 +17,30 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import _common
 import yaml
-from _common import header, lab_down, lab_up, median, print_table, require_root
+from _common import (
+    free_port,
+    header,
+    lab_down,
+    lab_up,
+    median,
+    print_table,
+    require_root,
+    write_probe,
+)
 
 from gitops.store import NoStore, Store, StoreOutdated
 
-PROBE_DEPLOY = """\
-from pyinfra import host
-from pyinfra.operations import files
-
-files.put(name="Probe file", src=__import__("io").StringIO(host.data.get("value") + "\\n"),
-          dest="/etc/gitops-probe", mode="0644")
-"""
-PROBE_CHECKS = """\
-def test_probe_is_ok(host):
-    \"\"\"The probe file says ok.\"\"\"
-    assert host.file("/etc/gitops-probe").content_string.startswith("ok")
-"""
-PROBE_MODEL = """\
-from pydantic import BaseModel, ConfigDict
-
-
-class Params(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    value: str = "ok"
-"""
-GIT_ID = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]
-
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *GIT_ID, *args], check=True,
-                          capture_output=True, text=True, timeout=60).stdout.strip()
+    return _common.git(repo, *args)
 
 
 def commit(repo: Path, lab_name: str, hosts: dict[str, str], value: str) -> str:
@@ -66,12 +52,6 @@ def commit(repo: Path, lab_name: str, hosts: dict[str, str], value: str) -> str:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", f"probe: {value}")
     return git(repo, "rev-parse", "HEAD")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:
@@ -88,11 +68,7 @@ def main() -> None:
     try:
         root = Path(tempfile.mkdtemp(prefix="gitops-bench-promotion-"))
         repo, state = root / "repo", root / "state"
-        probe = repo / "deploys/probe"
-        probe.mkdir(parents=True)
-        (probe / "deploy.py").write_text(PROBE_DEPLOY)
-        (probe / "checks.py").write_text(PROBE_CHECKS)
-        (probe / "model.py").write_text(PROBE_MODEL)
+        write_probe(repo, exact=False)  # its values are "ok 1", "ok 2"...
         (repo / "inventories").mkdir()
         git(repo, "init", "-q", "-b", "main")
         hosts = {"staging": info.hosts[0].name, "production": info.hosts[1].name}

@@ -22,25 +22,20 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
-from _common import ROOT, header, lab_down, lab_up, make_repo
-
-GIT_ID = ["-c", "user.name=soak", "-c", "user.email=soak@localhost"]
+import _common
+from _common import Daemon, Out, descendants, free_port, fresh_work, lab_down, lab_up, make_repo
 
 
 def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), *GIT_ID, *args], check=True,
-                          capture_output=True, text=True).stdout.strip()
+    return _common.git(repo, *args, who="soak")
 
 
 def commit_motd(repo: Path, tag: str) -> str:
@@ -50,37 +45,6 @@ def commit_motd(repo: Path, tag: str) -> str:
     motd.write_text("\n".join([*lines, marker + tag]) + "\n")
     git(repo, "commit", "-q", "-am", f"soak {tag}")
     return git(repo, "rev-parse", "HEAD")
-
-
-def free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def descendants(pid: int) -> list[tuple[int, str]]:
-    """(pid, state) of every live process below ``pid``."""
-    parents: dict[int, int] = {}
-    states: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            after = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(after[1])
-        states[int(entry)] = after[0]
-    out = []
-    for child in parents:
-        cur, seen = child, 0
-        while cur in parents and seen < 64:
-            cur, seen = parents[cur], seen + 1
-            if cur == pid:
-                out.append((child, states[child]))
-                break
-    return out
 
 
 def folder_bytes(path: Path) -> int:
@@ -112,7 +76,7 @@ def sample(pid: int, state_dir: Path, start: float) -> dict[str, float]:
         "fds": len(os.listdir(f"/proc/{pid}/fd")),
         "threads": int(status["Threads"]),
         "children": len(kids),
-        "zombies": sum(1 for _, st in kids if st == "Z"),
+        "zombies": sum(1 for p in kids if p.state == "Z"),
         "state_mb": folder_bytes(state_dir) / 2**20,
         "snapshots": len(list(snaps.iterdir())) if snaps.is_dir() else 0,
         "db_mb": sum(folder_bytes(p) if p.is_dir() else p.stat().st_size
@@ -140,19 +104,6 @@ def slope_per_hour(xs: list[float], ys: list[float]) -> float:
     return 0.0 if den == 0 else 60 * num / den
 
 
-class Out:
-    """Each line to stdout and appended to a file at once."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        path.write_text("")
-
-    def __call__(self, line: str = "") -> None:
-        print(line, flush=True)
-        with self.path.open("a") as f:
-            f.write(line + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -169,23 +120,12 @@ def main() -> None:
     if os.geteuid() != 0:
         sys.exit("this benchmark needs root (it brings up a gitops lab)")
     out = Out(opts.out)
-    work = Path("/tmp") / f"gitops-bench-{opts.name}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    import io
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        header("soak: the daemon for an hour, sampled every minute",
-               "python bench/soak.py " + " ".join(sys.argv[1:]))
-    for line in buf.getvalue().splitlines():
-        out(line)
-    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                         capture_output=True, text=True, check=False).stdout.strip()
-    out(f"gitops code: commit {rev}")
-    out()
+    work = fresh_work(opts.name)
+    out.start("soak: the daemon for an hour, sampled every minute",
+              "python bench/soak.py " + " ".join(sys.argv[1:]))
 
     info = lab_up(opts.name, opts.hosts)
-    proc: subprocess.Popen[bytes] | None = None
+    daemon: Daemon | None = None
     stop = threading.Event()
     commits = [0]
     try:
@@ -207,19 +147,13 @@ def main() -> None:
             "watch = true\n"
         )
         log = work / "daemon.log"
-        proc = subprocess.Popen([sys.executable, "-m", "gitops", "run", "--config", str(config)],
-                                stdout=subprocess.DEVNULL, stderr=log.open("ab"),
-                                cwd=str(work), start_new_session=True)
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                sys.exit(f"gitops run exited {proc.returncode}; see {log}")
-            with contextlib.suppress(OSError), \
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                break
-            if time.monotonic() > deadline:
-                sys.exit("the daemon did not answer /healthz")
-            time.sleep(0.5)
+        daemon = Daemon(config, port, log, cwd=work)
+        try:
+            daemon.start(timeout=120, step=0.5)
+        except RuntimeError as exc:
+            sys.exit(str(exc))
+        proc = daemon.proc
+        assert proc is not None
         out(f"Lab `{opts.name}` ({opts.hosts} hosts), daemon pid {proc.pid}, a commit every "
             f"{opts.commit_every:g} s, interval 60 s, drift_interval 60 s, retention "
             "snapshots = 5, history_days = 0.02 (29 min; the history is pruned hourly). "
@@ -257,13 +191,8 @@ def main() -> None:
         report(out, rows, opts, alive)
     finally:
         stop.set()
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if daemon is not None:
+            daemon.stop()
         with contextlib.suppress(Exception):
             lab_down(opts.name)
 

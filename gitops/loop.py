@@ -43,7 +43,7 @@ from gitops import verify as verify_stage
 from gitops.errors import GitopsError, InvalidDeclaration, LockHeld, Suspended, UsageError
 from gitops.policy import After, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
 from gitops.preview import Previews
-from gitops.reconcile import Outcome, Request, Target, environment_lock, run
+from gitops.reconcile import Outcome, Request, Target, recover_unfinished, run
 from gitops.records import ControllerRequest
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.settings import promotion_problems as settings_promotion_problems
@@ -57,6 +57,8 @@ __all__ = ["Daemon", "declared_windows"]
 _PRUNE_EVERY = 3600.0
 _STATUS_KINDS = frozenset({"reconcile", "retry"})
 """The runs of a new commit or a retry, whose start reports "pending" on the commit."""
+_CUT = "interrupted: the reconciler stopped"
+"""The end a commit gets when its run (or the daemon) stopped before reporting one."""
 """Seconds between prunings of the history and the mirrors."""
 WAITING = "WaitingForWindow"
 """The reason of the ``Reconciling=False`` condition of a revision outside its window."""
@@ -304,17 +306,28 @@ class Daemon:
     def _by_record(self) -> dict[str, _Env]:
         return {e.target.environment: e for e in self.envs.values()}
 
-    def _interrupted(self, env: _Env, store: Store, by: str = "") -> list[str]:
-        """Record the runs of ``env`` left unfinished (by a crash, or ``by`` a controller
-        that lost its lease) as interrupted; the commits of those that set a commit status."""
-        cut = []
-        for run_id in store.recover_unfinished(env.target.environment):
-            log.warning("%s: run %d was %s; reconciling again", env.config.name, run_id,
-                        f"left unfinished by {by}" if by else "interrupted")
-            detail = store.run(run_id)
-            if detail and detail.run.sha and detail.run.kind in _STATUS_KINDS:
-                cut.append(detail.run.sha)
-        return cut
+    def _interrupted(self, env: _Env, store: Store,
+                     taken_from: str = "") -> dict[str, tuple[notify.CommitState, str]]:
+        """Record the runs of ``env`` left unfinished as interrupted (by a crash: under the
+        environment lock; or by the controller its lease was ``taken_from``: the lease keeps
+        every other run away); the commit statuses they (and a cycle a crash stopped before
+        it sent its commit's end, ``_cycle``) still owe: by commit, the state to send."""
+        cuts = recover_unfinished(store, env.target, self._said(env), held=bool(taken_from),
+                                  by=taken_from)
+        owed: dict[str, tuple[notify.CommitState, str]] = {
+            c.sha: ("error", _CUT) for c in cuts if c.sha and c.kind in _STATUS_KINDS}
+        ends = {}  # the newest finished status-setting run of each commit: its end
+        for r in reversed(store.history(env.target.environment, limit=50)):
+            if r.sha and r.kind in _STATUS_KINDS and r.result and not r.event:
+                ends[r.sha] = notify.commit_state_for(Outcome(cast(Any, r.result)))
+        for item in store.undelivered(env.target.environment):
+            if item.description == _CUT and item.sha not in owed:
+                owed[item.sha] = ends.get(item.sha, ("error", _CUT))
+        return owed
+
+    @staticmethod
+    def _said(env: _Env) -> Callable[[str], None]:
+        return lambda line: log.warning("%s: %s; reconciling again", env.config.name, line)
 
     def _take(self, env: _Env) -> bool:
         """True when this controller may run ``env`` now: it holds the lease, or just took
@@ -330,13 +343,12 @@ class Daemon:
         env.fence.clear()
         try:
             with self._store() as store:
-                cut = self._interrupted(env, store, by="the last holder")
+                owed = self._interrupted(env, store, taken_from="the last holder")
         except Exception:
             log.exception("%s: cannot recover after taking the lease", env.config.name)
             return False  # the lease runs out; someone takes it again
-        for sha in cut:  # its "pending" must not stay the commit's last word
-            self._commit_status(env, sha, "error", "interrupted: the reconciler stopped",
-                                retries=1)
+        for sha, (state, description) in owed.items():  # "pending" must not stay its last word
+            self._commit_status(env, sha, state, description, retries=1)
         log.info("%s: held by this controller (%s, lease %d)", env.config.name,
                  self.controller, token)
         env.next_poll = self.clock()
@@ -390,17 +402,15 @@ class Daemon:
         """Start one thread per environment (and the local-repository watchers)."""
         for gone in verify_stage.SshConnections.prune():
             log.info("removed the SSH connection folder of a stopped daemon: %s", gone)
-        cut: list[tuple[_Env, str]] = []
+        owed: list[tuple[_Env, str, notify.CommitState, str]] = []
         with self._store() as store:
             for env in self.envs.values():  # the settings' owner wins over the inventory's
                 store.set_owners(env.target.environment, "settings", env.config.team)
             if self.leases is None:  # with leases, each environment recovers when taken
                 for env in self.envs.values():
-                    with environment_lock(env.target, "recover"):
-                        cut += [(env, sha) for sha in self._interrupted(env, store)]
-        for env, sha in cut:  # its "pending" must not stay the commit's last word
-            self._commit_status(env, sha, "error", "interrupted: the reconciler stopped",
-                                retries=1)
+                    owed += [(env, sha, *end) for sha, end in self._interrupted(env, store).items()]
+        for env, sha, state, description in owed:  # "pending" must not stay its last word
+            self._commit_status(env, sha, state, description, retries=1)
         if self.fanout is not None:
             self.fanout.start()
         if self.leases is not None:
@@ -567,6 +577,7 @@ class Daemon:
                            f"{order.revision[:10]})")
         env.running = f"{order.kind} {order.revision[:10]}"
         self._commit_status(env, order.revision, "pending", f"{order.kind} started", retries=1)
+        self._owe_end(env, order.revision)
         try:
             outcome = run(env.target, Request(
                 kind=order.kind, reason=reason, revision=order.revision, hosts=order.hosts,
@@ -594,14 +605,9 @@ class Daemon:
         a full disk refused to finish, a killed CLI run), so their commit is reconciled
         again; False when a run (a CLI's) is in progress."""
         try:
-            with environment_lock(env.target, "recover"):
-                cut = store.recover_unfinished(env.target.environment)
+            return bool(recover_unfinished(store, env.target, self._said(env)))
         except LockHeld:
             return False
-        for run_id in cut:
-            log.warning("%s: run %d was cut before its end; reconciling again",
-                        env.config.name, run_id)
-        return bool(cut)
 
     def _carry_out(self, env: _Env, after: After, sha: str) -> float:
         """Do what ``policy.after_run`` decided; returns the seconds until the next poll."""
@@ -718,6 +724,16 @@ class Daemon:
                 elif state != "pending":
                     store.keep_undelivered(env.target.environment, d.index, sha, state,
                                            description)
+
+    def _owe_end(self, env: _Env, sha: str) -> None:
+        """Keep, until the run's end is delivered, that ``sha`` is owed one: a crash before
+        (a kill -9 during the run, or after its record is finished) leaves it for the next
+        start (``_interrupted``), which sends the end of the run, or ``error``."""
+        if not env.config.commit_status:
+            return
+        with self._store() as store:
+            for index in range(len(env.config.commit_status)):
+                store.keep_undelivered(env.target.environment, index, sha, "error", _CUT)
 
     def _resend_statuses(self, env: _Env) -> None:
         if not env.config.commit_status:

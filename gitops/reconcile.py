@@ -64,7 +64,8 @@ from gitops.store import ENVIRONMENT, Condition, Database, NoStore, Store, Store
 
 Progress = Callable[[str], None]
 
-__all__ = ["Outcome", "Request", "Target", "declared", "plan", "reconcile", "run", "verify"]
+__all__ = ["Cut", "Outcome", "Request", "Target", "declared", "plan", "reconcile",
+           "recover_unfinished", "run", "verify"]
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,36 @@ def environment_lock(target: Target, kind: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A run left unfinished (its process killed, its end refused by a full disk, its
+    controller's lease lost), now recorded interrupted."""
+
+    run_id: int
+    kind: str
+    sha: str | None
+
+
+def recover_unfinished(store: Store, target: Target, say: Progress, *, held: bool = False,
+                       by: str = "") -> list[Cut]:
+    """Record interrupted the runs of ``target``'s environment left unfinished, saying each;
+    returns them. Under the environment lock, no run of the environment is in progress, so
+    an unfinished one was cut: the lock is taken here unless ``held`` (the caller holds it,
+    or holds the environment's lease, ``by`` naming whom the runs were left by). Raises
+    ``LockHeld`` when a run holds the lock (its row is not touched). Called by ``run``, and by
+    the daemon at its start, when it takes a lease and before a cycle reads the history."""
+    with contextlib.nullcontext() if held else environment_lock(target, "recover"):
+        cuts = []
+        for run_id in store.recover_unfinished(target.environment):
+            detail = store.run(run_id)
+            cuts.append(Cut(run_id, detail.run.kind if detail else "",
+                            detail.run.sha if detail else None))
+    for cut in cuts:
+        say(f"run {cut.run_id} was {f'left unfinished by {by}' if by else 'cut before its end'}"
+            ": recorded as interrupted")
+    return cuts
 
 
 def _read_holder(path: Path) -> dict[str, Any]:
@@ -324,10 +355,7 @@ def run(target: Target, request: Request, progress: Progress | None = None) -> O
     store = (target.database or Database(target.state_dir)).open()
     try:
         with environment_lock(target, request.kind):
-            # under the lock no run of the environment is in progress: one left unfinished
-            # was cut (kill -9 of a CLI run, a record the full disk refused to finish)
-            for cut in store.recover_unfinished(target.environment):
-                say(f"run {cut} was cut before its end: recorded as interrupted")
+            recover_unfinished(store, target, say, held=True)
             outcome = _locked_run(store, target, request, say)
             if request.kind != "verify":
                 retention.prune_snapshots(store, target.state_dir, target.keep_snapshots)

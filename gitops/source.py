@@ -3,7 +3,8 @@
 The only GitPython user. A bare mirror per repository lives in the state folder; a fetch
 force-updates the watched branch (a force-push is followed, not refused) and the commit is
 extracted with ``git archive`` into ``snapshots/<sha>/``: never the user's working copy, never
-a half-written folder (extract to a temporary name, then rename). Called by ``reconcile``.
+a half-written folder (extract to a temporary name, then rename). A fetch that leaves the mirror
+over ``LOOSE_OBJECTS`` loose objects packs them. Called by ``reconcile``.
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ def fetch(url: str, branch: str, state_dir: Path, *, timeout: float = 120) -> Re
         return _fetch(url, branch, state_dir, timeout)
 
 
+LOOSE_OBJECTS = 256
+"""A fetch that leaves a mirror more loose objects than this packs them (``_pack``): each
+commit fetched adds a few, a disk block each, and git's own ``gc --auto`` waits for 6700."""
+
+
 def fetch_ref(url: str, ref: str, branch: str, state_dir: Path, *,
               timeout: float = 120) -> Revision:
     """Fetch the full ref ``ref`` of ``url`` (e.g. a pull request's ``refs/pull/7/head``)
@@ -123,6 +129,7 @@ def _fetch(url: str, branch: str, state_dir: Path, timeout: float,
                 "--no-tags",
                 kill_after_timeout=timeout,
             )
+            _pack(repo, timeout)
             return _revision(repo, full, branch)
     except git.GitCommandError as exc:
         detail = _git_error(exc)
@@ -130,6 +137,19 @@ def _fetch(url: str, branch: str, state_dir: Path, timeout: float,
             raise RevisionNotFound(_no_branch(url, branch, repo) if ref is None
                                    else f"{redact(url)}: no ref {ref!r}") from None
         raise SourceError(f"cannot fetch {redact(url)} {ref or branch}: {detail}") from None
+
+
+def _pack(repo: git.Repo, timeout: float) -> None:
+    """Pack the mirror's loose objects once there are more than ``LOOSE_OBJECTS``
+    (``git gc``): the mirror stays the size of the repository's packed history. Commits a
+    force-push left behind (a rollback may still want one) go to a cruft pack and last git's
+    ``gc.pruneExpire`` (two weeks), as they would loose. A failure (a full disk) leaves the
+    objects loose for the next fetch to pack."""
+    with contextlib.suppress(git.GitCommandError, ValueError):
+        counts = dict(line.split(": ", 1) for line in
+                      str(repo.git.count_objects("-v")).splitlines() if ": " in line)
+        if int(counts.get("count", 0)) > LOOSE_OBJECTS:
+            repo.git.gc("--quiet", "--cruft", kill_after_timeout=timeout)
 
 
 NO_COMMIT = "has no commit yet: commit first, or validate the files on disk with --worktree"

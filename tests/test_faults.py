@@ -20,9 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from gitops import notify
+from gitops.errors import LockHeld
 from gitops.loop import Daemon
-from gitops.reconcile import Request, Target, run
-from gitops.records import Revision
+from gitops.reconcile import Cut, Request, Target, environment_lock, recover_unfinished, run
+from gitops.records import Revision, RunKind
 from gitops.settings import CommitStatusConfig, EnvironmentConfig, SecretRef, Settings
 from gitops.store import Store
 
@@ -81,12 +83,13 @@ def _repo(tmp_path: Path) -> tuple[Path, str]:
     return repo, sha.strip()
 
 
-def _cut_run(state_dir: Path, sha: str) -> int:
+def _cut_run(state_dir: Path, sha: str, environment: str = "lab",
+             kind: RunKind = "reconcile") -> int:
     """What a ``kill -9`` of the process running a reconcile of ``sha`` leaves in the store."""
     revision = Revision(sha=sha, branch="main", author="T", committed_at=datetime.now(UTC),
                         message="cut")
     with Store(state_dir) as store:
-        return store.start_run("lab", "reconcile", revision, actor="test")
+        return store.start_run(environment, kind, revision, actor="test")
 
 
 def _result(state_dir: Path, run_id: int) -> str | None:
@@ -156,3 +159,99 @@ def test_a_run_the_record_refuses_to_finish_still_ends_its_commit_status(
     assert unfinished.result is None
     d._cycle(d.envs["lab"], None)  # space freed: the next run
     assert _result(state, unfinished.id) == "interrupted"
+
+
+def _target(tmp_path: Path) -> Target:
+    return Target(repo=str(tmp_path / "repo"), branch="main", environment="lab",
+                  state_dir=tmp_path / "state")
+
+
+def test_recovery_records_the_cut_runs_of_one_environment_with_their_commits(
+        tmp_path: Path) -> None:
+    """Recovery records every unfinished run of the environment interrupted, says so, and
+    names each one's kind and commit; another environment's run is left alone."""
+    state = tmp_path / "state"
+    first, second = _cut_run(state, "a" * 40), _cut_run(state, "b" * 40, kind="verify")
+    other = _cut_run(state, "c" * 40, environment="staging")
+    said: list[str] = []
+    with Store(state) as store:
+        cuts = recover_unfinished(store, _target(tmp_path), said.append)
+    assert cuts == [Cut(first, "reconcile", "a" * 40), Cut(second, "verify", "b" * 40)]
+    assert [_result(state, r) for r in (first, second, other)] == ["interrupted",
+                                                                  "interrupted", None]
+    assert said == [f"run {first} was cut before its end: recorded as interrupted",
+                    f"run {second} was cut before its end: recorded as interrupted"]
+
+
+def test_recovery_leaves_a_run_in_progress_alone(tmp_path: Path) -> None:
+    """While a run holds the environment lock its unfinished row is not a cut run: recovery
+    refuses (LockHeld) and the row stays unfinished."""
+    state = tmp_path / "state"
+    running = _cut_run(state, "a" * 40)
+    target = _target(tmp_path)
+    with (environment_lock(target, "reconcile"), Store(state) as store,
+          pytest.raises(LockHeld)):
+        recover_unfinished(store, target, lambda _: None)
+    assert _result(state, running) is None
+
+
+def test_recovery_under_a_taken_lease_names_whom_the_run_was_left_by(tmp_path: Path) -> None:
+    """A controller that took the lease (it keeps every other run away) recovers without the
+    lock and says which controller left the run."""
+    state = tmp_path / "state"
+    left = _cut_run(state, "a" * 40)
+    target = _target(tmp_path)
+    said: list[str] = []
+    with environment_lock(target, "reconcile"), Store(state) as store:
+        cuts = recover_unfinished(store, target, said.append, held=True, by="the last holder")
+    assert [c.run_id for c in cuts] == [left] and _result(state, left) == "interrupted"
+    assert said == [f"run {left} was left unfinished by the last holder: recorded as interrupted"]
+
+
+def _restarted(tmp_path: Path, repo: Path, github: GitHub, sha: str, count: int) -> list[str]:
+    """The statuses of ``sha`` once a daemon started again on the state folder sent ``count``."""
+    d = _daemon(tmp_path, repo, github)
+    d.start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(github.states(sha)) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        d.stop(30)
+    return github.states(sha)
+
+
+def test_a_run_recorded_but_not_reported_gets_its_end_at_the_next_start(
+        tmp_path: Path, github: GitHub) -> None:
+    """A daemon killed after a run's record is finished but before its commit's end is sent:
+    the next start sends that run's end (here a failure), not leaving the commit pending."""
+    repo, head = _repo(tmp_path)
+    d = _daemon(tmp_path, repo, github)
+
+    def killed(outcome: object) -> tuple[str, str]:
+        raise KeyboardInterrupt  # the process stops here, as a kill -9 would stop it
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(notify, "commit_state_for", killed)
+        d._cycle(d.envs["lab"], None)
+    assert github.states(head) == ["pending"]
+    assert _restarted(tmp_path, repo, github, head, 2) == ["pending", "failure"]
+
+
+def test_a_commit_marked_pending_before_its_run_started_gets_an_end_at_the_next_start(
+        tmp_path: Path, github: GitHub) -> None:
+    """A daemon killed between a commit's "pending" and its run's first record: the next
+    start sends "error" for it (there is no run to recover), before reconciling it again."""
+    repo, head = _repo(tmp_path)
+    d = _daemon(tmp_path, repo, github)
+
+    def killed(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr("gitops.loop.run", killed)
+        d._cycle(d.envs["lab"], None)
+    assert github.states(head) == ["pending"]
+    with Store(tmp_path / "state") as store:
+        assert store.history("lab") == []
+    assert _restarted(tmp_path, repo, github, head, 2)[:2] == ["pending", "error"]
