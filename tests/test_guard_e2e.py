@@ -1,11 +1,11 @@
 """End to end: guarded applies of the sample's ``base`` on the session lab (``gitops.guard``).
 
-The state repository guards ``base`` (the sample's ``service.yml``) with a short
-``confirm_timeout`` and a canary batch. A commit that moves sshd to another port cuts the
-controller off the canary, which reverts by itself; a reconcile killed with ``kill -9`` right
-after a guarded change leaves the host to revert it; a guarded apply with nothing to change
-arms nothing. The app's deploy (not guarded, applied after ``base``) gets a pause that a file
-on the host turns on, so the kill lands after the guarded change every time.
+The state repository holds the sample's ``base`` alone (guarded by its ``service.yml``) with
+a short ``confirm_timeout`` and a canary batch, and a ``pause`` service (not guarded, applied
+after ``base``) that waits while a file on the host says so, so a kill lands after the guarded
+change every time. A commit that moves sshd to another port cuts the controller off the canary,
+which reverts by itself; a reconcile killed with ``kill -9`` right after a guarded change leaves
+the host to revert it; a guarded apply with nothing to change arms nothing.
 """
 
 from __future__ import annotations
@@ -27,12 +27,17 @@ from gitops.store import Store
 
 pytestmark = pytest.mark.lab
 
-TIMEOUT = 15
-"""``settings.guard.confirm_timeout`` of the test repository (seconds)."""
+TIMEOUT = 10
+"""``settings.guard.confirm_timeout`` of the test repository (seconds): two tests wait for a
+revert by the host, so it is short, yet long enough for the controller's confirmation and for
+the killed test to see the revert armed before it runs."""
 DROPIN = "/etc/ssh/sshd_config.d/50-gitops-hardening.conf"
 PAUSE_FILE = "/etc/gitops-test-guard-pause"
-PAUSE = (f"\nserver.shell(name='Pause when {PAUSE_FILE} exists (test)',\n"
+PAUSE = ("from pyinfra.operations import server\n\n"
+         f"server.shell(name='Pause when {PAUSE_FILE} exists (test)',\n"
          f"             commands=['if [ -e {PAUSE_FILE} ]; then sleep 300; fi'])\n")
+NO_PARAMS = ("from pydantic import BaseModel, ConfigDict\n\n\n"
+             "class Params(BaseModel):\n    model_config = ConfigDict(extra='forbid')\n")
 CLEANUP = ("rm -f " + PAUSE_FILE + "; systemctl stop gitops-guard.timer >/dev/null 2>&1; "
            "rm -rf /var/lib/gitops-guard; true")
 
@@ -57,13 +62,15 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StateRepo]:
-    repo = make_state_repo(tmp_path_factory.mktemp("guard"), lab)
+    repo = make_state_repo(tmp_path_factory.mktemp("guard"), lab, services=("base",))
     inv = repo.inventory()
     inv["settings"]["guard"] = {"confirm_timeout": TIMEOUT, "margin": 20}
     inv["settings"]["rollout"] = {"canary": 1}
+    inv["groups"]["all"]["services"]["pause"] = {}  # not guarded: applied after base
     (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
-    deploy = repo.path / "deploys/app/deploy.py"  # not guarded: applied after base
-    deploy.write_text(deploy.read_text() + PAUSE)
+    (repo.path / "deploys/pause").mkdir()
+    (repo.path / "deploys/pause/deploy.py").write_text(PAUSE)
+    (repo.path / "deploys/pause/model.py").write_text(NO_PARAMS)
     repo.commit("guard base with a short confirm timeout")
     code, result = repo.gitops_json("reconcile", "--once")
     assert code == 0, result

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from statelab import git
-from test_daemon_e2e import PROBE_DEPLOY, PROBE_MODEL, _free_port, wait_for
+from test_daemon_e2e import PROBE_DEPLOY, PROBE_MODEL, _free_port, record, wait_for
 
 from gitops.lab import LabInfo
 from gitops.store import Store
@@ -112,8 +112,16 @@ class Pipeline:
     def runs(self, env: str) -> list[dict[str, Any]]:
         return [r for r in self.cli("history", "-e", env, "-n", "100") if r["kind"] != "promote"]
 
+    def runs_now(self, env: str) -> list[dict[str, Any]]:
+        """What ``runs`` gives, read in this process (for waits)."""
+        rows = record(self.state, lambda store: store.history(env, 100)) or []
+        return [r.as_dict() for r in rows if r.kind != "promote"]
+
     def verified_everywhere(self, env: str, hosts: list[str], sha: str) -> bool:
-        rows = {r["host"]: r for r in self.cli("status", "-e", env)}
+        """Each of ``hosts`` applied and verified ``sha`` (read in this process, as
+        ``gitops status`` reads it: for waits)."""
+        rows = {r.host: r.as_dict()
+                for r in record(self.state, lambda store: store.status(env)) or []}
         return all((rows.get(h) or {}).get("last_verified_revision", "").endswith(sha)
                    and (rows.get(h) or {}).get("last_applied_revision", "").endswith(sha)
                    for h in hosts)
@@ -169,7 +177,7 @@ def test_bad_commit_stops_at_staging_and_never_reaches_production(pipeline: Pipe
              180, "production on the last good commit")
     bad = pipeline.commit("broken")
     wait_for(lambda: any(r["kind"] == "rollback" and r["result"] == "succeeded"
-                         for r in pipeline.runs("staging")[:3]), 180,
+                         for r in pipeline.runs_now("staging")[:3]), 180,
              "the rollback on staging")
     with Store(pipeline.state, readonly=True) as store:
         assert bad in [q.sha for q in store.quarantined("staging")]
