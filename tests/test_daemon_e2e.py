@@ -81,7 +81,7 @@ class Daemon:
             "[[environments]]\n"
             'name = "lab"\n'
             f'repo = "{repo.path}"\n'
-            "interval = 2\n"
+            "interval = 1\n"  # a poll a second: the waits for nothing to happen are short
             "drift_interval = 3600\n"
             "retry_base = 1\n"
             'webhook_secret = {env = "GITOPS_TEST_HOOK_SECRET"}\n'
@@ -167,7 +167,7 @@ def applied_everywhere(d: Daemon, sha: str) -> bool:
     status = d.status_now()
     hosts = [h.name for h in d.repo.lab.hosts]
     return all(
-        (status.get(h) or {}).get("last_applied_revision", "").endswith(sha)
+        ((status.get(h) or {}).get("last_applied_revision") or "").endswith(sha)
         and any(c["type"] == "Ready" and c["status"] == "True"
                 for c in status[h]["conditions"])
         for h in hosts
@@ -252,7 +252,7 @@ def test_a_commit_breaking_the_canary_is_rolled_back_and_quarantined(daemon: Dae
     runs = daemon.history()
     failed = next(r for r in runs if r["sha"] == bad and r["kind"] == "reconcile")
     assert failed["result"] == "failed" and failed["failed_hosts"] == [canary]
-    time.sleep(5)  # several poll intervals: the quarantined head is not applied again
+    time.sleep(2.5)  # several poll intervals: the quarantined head is not applied again
     assert not [r for r in daemon.history() if r["sha"] == bad and r["id"] > failed["id"]
                 and r["kind"] == "reconcile"]
     good = _set_probe(daemon.repo, "ok")
@@ -264,7 +264,7 @@ def test_suspend_stops_applies_until_resume(daemon: Daemon) -> None:
     code, answer = daemon.api("suspend", reason="change freeze for the test")
     assert code == 200 and answer["suspended"] == 1
     sha = _set_probe(daemon.repo, note="written while suspended")
-    time.sleep(6)  # three poll intervals and a watch trigger
+    time.sleep(3)  # three poll intervals and a watch trigger
     assert not [r for r in daemon.history() if r["sha"] == sha]
     assert "written while suspended" not in _note(daemon.repo, "lab-1")
     code, _ = daemon.api("resume")

@@ -61,7 +61,7 @@ def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> StateRepo:
 
 def _verified(daemon: Daemon, sha: str) -> bool:
     status = daemon.status_now()
-    return all((status.get(h) or {}).get("last_verified_revision", "").endswith(sha)
+    return all(((status.get(h) or {}).get("last_verified_revision") or "").endswith(sha)
                for h in HOSTS)
 
 

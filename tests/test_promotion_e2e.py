@@ -57,9 +57,9 @@ class Pipeline:
         self.config = root / "gitops.toml"
         self.config.write_text(
             f'state_dir = "{self.state}"\nlisten = "127.0.0.1:{self.port}"\n'
-            f'[[environments]]\nname = "staging"\nrepo = "{self.repo}"\ninterval = 2\n'
+            f'[[environments]]\nname = "staging"\nrepo = "{self.repo}"\ninterval = 1\n'
             "drift_interval = 3600\nretry_base = 1\n"
-            f'[[environments]]\nname = "production"\nrepo = "{self.repo}"\ninterval = 2\n'
+            f'[[environments]]\nname = "production"\nrepo = "{self.repo}"\ninterval = 1\n'
             'drift_interval = 3600\nretry_base = 1\npromote_from = "staging"\n')
         self.log = root / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -122,8 +122,8 @@ class Pipeline:
         ``gitops status`` reads it: for waits)."""
         rows = {r.host: r.as_dict()
                 for r in record(self.state, lambda store: store.status(env)) or []}
-        return all((rows.get(h) or {}).get("last_verified_revision", "").endswith(sha)
-                   and (rows.get(h) or {}).get("last_applied_revision", "").endswith(sha)
+        return all(((rows.get(h) or {}).get("last_verified_revision") or "").endswith(sha)
+                   and ((rows.get(h) or {}).get("last_applied_revision") or "").endswith(sha)
                    for h in hosts)
 
     def probe(self, host: str) -> str:
@@ -183,7 +183,7 @@ def test_bad_commit_stops_at_staging_and_never_reaches_production(pipeline: Pipe
         assert bad in [q.sha for q in store.quarantined("staging")]
         assert bad not in [v.sha for v in store.verified_revisions("staging")]
     assert pipeline.probe(pipeline.staging[0]) == "ok 2"  # rolled back
-    time.sleep(6)  # several poll intervals of production
+    time.sleep(3)  # several poll intervals of production
     assert not [r for r in pipeline.runs("production") if r["sha"] == bad]
     for host in pipeline.production:
         assert pipeline.probe(host) == "ok 2"
