@@ -92,7 +92,8 @@ def test_a_guarded_apply_with_nothing_to_change_arms_nothing(repo: StateRepo) ->
         assert _guard_timers(repo, name).strip() == "", name
 
 
-def test_sshd_on_another_port_is_reverted_by_the_canary_itself(repo: StateRepo) -> None:
+def test_sshd_on_another_port_is_reverted_by_the_canary_itself(
+        repo: StateRepo, request: pytest.FixtureRequest) -> None:
     """sshd moved to port 2222: the controller cannot reconnect, the canary restores its sshd
     configuration and restarts sshd by itself, SSH on 22 answers again; the record says
     RevertedByHost with the restored file, the commit is quarantined, the rollout stopped
@@ -102,6 +103,9 @@ def test_sshd_on_another_port_is_reverted_by_the_canary_itself(repo: StateRepo) 
     conf = repo.path / "deploys/base/files/sshd-hardening.conf"
     conf.write_text(conf.read_text() + "Port 2222\n")
     bad = repo.commit("sshd: listen on 2222")
+    # reverted after the test, passed or not: a failure here must not leave the next tests
+    # applying sshd on 2222
+    request.addfinalizer(lambda: git(repo.path, "revert", "--no-edit", bad) and None)
     code, result = repo.gitops_json("reconcile", "--once")
     assert code == 1, result
     hosts = _hosts(result)
@@ -126,7 +130,6 @@ def test_sshd_on_another_port_is_reverted_by_the_canary_itself(repo: StateRepo) 
                           capture_output=True, text=True, timeout=60)
     incidents = json.loads(proc.stdout)
     assert any(i["status"] == "open" and i["commit"]["sha"] == bad for i in incidents)
-    git(repo.path, "revert", "--no-edit", "HEAD")
 
 
 def test_a_killed_reconcile_is_reverted_by_the_host_and_applied_again(repo: StateRepo) -> None:
