@@ -105,7 +105,7 @@ def test_sshd_on_another_port_is_reverted_by_the_canary_itself(
     bad = repo.commit("sshd: listen on 2222")
     # reverted after the test, passed or not: a failure here must not leave the next tests
     # applying sshd on 2222
-    request.addfinalizer(lambda: git(repo.path, "revert", "--no-edit", bad) and None)
+    request.addfinalizer(lambda: git(repo.path, "revert", "--no-edit", bad))
     code, result = repo.gitops_json("reconcile", "--once")
     assert code == 1, result
     hosts = _hosts(result)
