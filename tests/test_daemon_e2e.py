@@ -96,7 +96,11 @@ class Daemon:
             [sys.executable, "-m", "gitops", "run", "--config", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env=env,
         )
-        wait_for(lambda: self.http("GET", "/healthz")[0] == 200, 30, "daemon health")
+        try:
+            wait_for(lambda: self.http("GET", "/healthz")[0] == 200, 30, "daemon health")
+        except AssertionError:  # never leave a daemon behind (its callers' finally is later)
+            self.stop(signal.SIGKILL)
+            raise
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:

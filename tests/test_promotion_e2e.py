@@ -83,7 +83,13 @@ class Pipeline:
         self.proc = subprocess.Popen([sys.executable, "-m", "gitops", "run"],
                                      stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
                                      env=env)
-        wait_for(lambda: self.http_ok(), 30, "daemon health")
+        try:
+            wait_for(lambda: self.http_ok(), 30, "daemon health")
+        except AssertionError:  # never leave a daemon behind
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+            raise
 
     def http_ok(self) -> bool:
         import urllib.request
