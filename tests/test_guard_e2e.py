@@ -64,16 +64,20 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
 def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StateRepo]:
     repo = make_state_repo(tmp_path_factory.mktemp("guard"), lab, services=("base",))
     inv = repo.inventory()
-    inv["settings"]["guard"] = {"confirm_timeout": TIMEOUT, "margin": 20}
     inv["settings"]["rollout"] = {"canary": 1}
     inv["groups"]["all"]["services"]["pause"] = {}  # not guarded: applied after base
     (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
     (repo.path / "deploys/pause").mkdir()
     (repo.path / "deploys/pause/deploy.py").write_text(PAUSE)
     (repo.path / "deploys/pause/model.py").write_text(NO_PARAMS)
-    repo.commit("guard base with a short confirm timeout")
+    repo.commit("base and a pause, canary of one")
+    # converged under the default confirm timeout: on fresh hosts base installs packages,
+    # longer than the short timeout the tests use
     code, result = repo.gitops_json("reconcile", "--once")
     assert code == 0, result
+    inv["settings"]["guard"] = {"confirm_timeout": TIMEOUT, "margin": 20}
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    repo.commit("guard base with a short confirm timeout")
     try:
         yield repo
     finally:  # whatever failed, leave the session's hosts with no guard and sshd on 22
