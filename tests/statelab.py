@@ -73,14 +73,22 @@ class StateRepo:
         return next(h.address for h in self.lab.hosts if h.name == host)
 
 
-def make_state_repo(root: Path, lab: LabInfo, hosts: int | None = None) -> StateRepo:
-    """The sample state repository, its ``lab`` inventory aimed at ``lab``'s hosts."""
+def make_state_repo(root: Path, lab: LabInfo, hosts: int | None = None,
+                    services: tuple[str, ...] | None = None) -> StateRepo:
+    """The sample state repository, its ``lab`` inventory aimed at ``lab``'s hosts.
+
+    ``services``: keep only those of the sample's services (their folders and parameters;
+    the groups stay, emptied of the others), for a test that needs no more: each reconcile
+    then plans, applies and checks only what the test is about.
+    """
     repo = root / "state-repo"
     repo.mkdir(parents=True)
     shutil.copytree(PROJECT / "deploys", repo / "deploys",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (repo / "inventories").mkdir()
     inventory = yaml.safe_load((PROJECT / "inventories/lab.yml").read_text())
+    if services is not None:
+        _keep_services(repo, inventory, services)
     template = dict(next(iter(inventory["hosts"].values())))
     overrides = {name: spec.get("services") for name, spec in inventory["hosts"].items()}
     chosen = lab.hosts[:hosts] if hosts else lab.hosts
@@ -99,6 +107,19 @@ def make_state_repo(root: Path, lab: LabInfo, hosts: int | None = None) -> State
     state = StateRepo(repo, root / "state", lab)
     state.commit("sample state for the lab")
     return state
+
+
+def _keep_services(repo: Path, inventory: dict[str, Any], services: tuple[str, ...]) -> None:
+    """Drop the sample's services not in ``services`` from ``repo``'s deploys and from the
+    ``inventory``'s groups and hosts."""
+    unknown = set(services) - {p.name for p in (repo / "deploys").iterdir()}
+    assert not unknown, f"not services of the sample: {sorted(unknown)}"
+    for folder in (repo / "deploys").iterdir():
+        if folder.name not in services:
+            shutil.rmtree(folder)
+    for spec in [*inventory["groups"].values(), *inventory["hosts"].values()]:
+        if spec.get("services") is not None:
+            spec["services"] = {k: v for k, v in spec["services"].items() if k in services}
 
 
 def http_get(url: str, timeout: float = 10) -> tuple[int, str]:

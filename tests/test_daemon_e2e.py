@@ -1,7 +1,9 @@
 """End to end: ``gitops run`` reconciling a watched local repository onto real lab hosts.
 
-One daemon per test module, watching a fresh state repository (the sample plus a small
-``probe`` service whose check a commit can break), with a canary batch of one host.
+One daemon per test module, watching a fresh state repository of one small ``probe`` service
+on the lab's hosts (its check a commit can break; a note file any commit can change), with a
+canary batch of one host: what the daemon does is the same for any service, and each rollout
+then applies and checks two files.
 """
 
 from __future__ import annotations
@@ -26,17 +28,22 @@ import yaml
 from statelab import StateRepo, make_state_repo
 
 from gitops.lab import LabInfo
+from gitops.store import NoStore, Store, StoreOutdated
 
 pytestmark = pytest.mark.lab
 
 TOKEN = "operator-token-for-tests"
 HOOK_SECRET = "webhook-secret-for-tests"
+NOTE = "/etc/gitops-probe-note"
+"""The file the probe service writes its ``note`` parameter to (``PROBE_DEPLOY``)."""
 PROBE_DEPLOY = """\
 from pyinfra import host
 from pyinfra.operations import files
 
 files.put(name="Probe file", src=__import__("io").StringIO(host.data.get("value") + "\\n"),
           dest="/etc/gitops-probe", mode="0644")
+files.put(name="Probe note", src=__import__("io").StringIO(host.data.get("note") + "\\n"),
+          dest="/etc/gitops-probe-note", mode="0644")
 """
 PROBE_CHECKS = """\
 def test_probe_is_ok(host):
@@ -50,6 +57,7 @@ from pydantic import BaseModel, ConfigDict
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
     value: str = "ok"
+    note: str = ""
 """
 
 
@@ -73,7 +81,7 @@ class Daemon:
             "[[environments]]\n"
             'name = "lab"\n'
             f'repo = "{repo.path}"\n'
-            "interval = 2\n"
+            "interval = 1\n"  # a poll a second: the waits for nothing to happen are short
             "drift_interval = 3600\n"
             "retry_base = 1\n"
             'webhook_secret = {env = "GITOPS_TEST_HOOK_SECRET"}\n'
@@ -88,7 +96,11 @@ class Daemon:
             [sys.executable, "-m", "gitops", "run", "--config", str(self.config)],
             stdout=subprocess.DEVNULL, stderr=self.log.open("ab"), env=env,
         )
-        wait_for(lambda: self.http("GET", "/healthz")[0] == 200, 30, "daemon health")
+        try:
+            wait_for(lambda: self.http("GET", "/healthz")[0] == 200, 30, "daemon health")
+        except AssertionError:  # never leave a daemon behind (its callers' finally is later)
+            self.stop(signal.SIGKILL)
+            raise
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -112,11 +124,36 @@ class Daemon:
                          {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"})
 
     def env_status(self) -> dict[str, Any]:
+        """``gitops status --json`` by host."""
         _, rows = self.repo.gitops_json("status")
         return {row["host"]: row for row in rows}
 
     def history(self) -> list[dict[str, Any]]:
+        """``gitops history --json``: the last 20 runs, newest first."""
         return list(self.repo.gitops_json("history")[1])
+
+    def status_now(self) -> dict[str, Any]:
+        """What ``env_status`` gives, read in this process: for the waits, which read it
+        every half second (a ``gitops`` command costs a second of CPU, taken from the
+        daemon under test)."""
+        rows = record(self.repo.state_dir, lambda store: store.status("lab")) or []
+        return {row.host: row.as_dict() for row in rows}
+
+    def runs_now(self) -> list[dict[str, Any]]:
+        """What ``history`` gives, read in this process (for the waits)."""
+        rows = record(self.repo.state_dir, lambda store: store.history("lab", 20)) or []
+        return [row.as_dict() for row in rows]
+
+
+def record(state_dir: Path, read: Callable[[Store], Any]) -> Any:
+    """``read`` of the record in ``state_dir``, opened read-only as the CLI's readers open
+    it; None while there is no record yet (or the daemon is migrating it)."""
+    try:
+        store = Store(state_dir, readonly=True)
+    except (NoStore, StoreOutdated):
+        return None
+    with store:
+        return read(store)
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -125,15 +162,16 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
         value = condition()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(0.25)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def applied_everywhere(d: Daemon, sha: str) -> bool:
-    status = d.env_status()
+    """Every lab host applied ``sha`` and is Ready (read in this process: for waits)."""
+    status = d.status_now()
     hosts = [h.name for h in d.repo.lab.hosts]
     return all(
-        (status.get(h) or {}).get("last_applied_revision", "").endswith(sha)
+        ((status.get(h) or {}).get("last_applied_revision") or "").endswith(sha)
         and any(c["type"] == "Ready" and c["status"] == "True"
                 for c in status[h]["conditions"])
         for h in hosts
@@ -141,8 +179,9 @@ def applied_everywhere(d: Daemon, sha: str) -> bool:
 
 
 def make_probe_repo(root: Path, lab: LabInfo) -> StateRepo:
-    """The sample plus a ``probe`` service whose check a commit can break; canary of one."""
-    repo = make_state_repo(root, lab)
+    """The ``probe`` service alone on the lab's hosts (its check a commit can break, its note
+    any commit can change); canary of one."""
+    repo = make_state_repo(root, lab, services=())
     probe = repo.path / "deploys/probe"
     probe.mkdir()
     (probe / "deploy.py").write_text(PROBE_DEPLOY)
@@ -168,11 +207,20 @@ def daemon(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
         d.stop()
 
 
-def _set_probe(repo: StateRepo, value: str) -> str:
+def _set_probe(repo: StateRepo, value: str | None = None, *, note: str | None = None) -> str:
+    """Commit the probe's ``value`` (its check passes on ``ok`` only) or its ``note``."""
     inv = repo.inventory()
-    inv["groups"]["all"]["services"]["probe"] = {"value": value}
+    params = inv["groups"]["all"]["services"]["probe"]
+    if value is not None:
+        params["value"] = value
+    if note is not None:
+        params["note"] = note
     (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
-    return repo.commit(f"probe: {value}")
+    return repo.commit(f"probe: {value}" if value is not None else f"probe note: {note}")
+
+
+def _note(repo: StateRepo, host: str) -> str:
+    return repo.ssh(host, f"cat {NOTE}")
 
 
 def test_a_commit_reaches_every_host_verified_unattended(daemon: Daemon) -> None:
@@ -180,12 +228,10 @@ def test_a_commit_reaches_every_host_verified_unattended(daemon: Daemon) -> None
     head = subprocess.check_output(["git", "-C", str(daemon.repo.path), "rev-parse", "HEAD"],
                                    text=True).strip()
     wait_for(lambda: applied_everywhere(daemon, head), 300, "the first rollout")
-    motd = daemon.repo.path / "deploys/base/templates/motd.j2"
-    motd.write_text(motd.read_text() + "\n  deployed by the daemon\n")
-    sha = daemon.repo.commit("motd: a line from the daemon test")
+    sha = _set_probe(daemon.repo, note="deployed by the daemon")
     wait_for(lambda: applied_everywhere(daemon, sha), 120, "the new commit on every host")
     for host in daemon.repo.lab.hosts:
-        assert "deployed by the daemon" in daemon.repo.ssh(host.name, "cat /etc/motd")
+        assert "deployed by the daemon" in _note(daemon.repo, host.name)
     runs = daemon.history()
     assert runs[0]["sha"] == sha and runs[0]["actor"] in ("watch", "gitops-daemon")
 
@@ -196,9 +242,9 @@ def test_a_commit_breaking_the_canary_is_rolled_back_and_quarantined(daemon: Dae
     canary, *others = [h.name for h in daemon.repo.lab.hosts]
     before = {h: daemon.repo.ssh(h, "cat /etc/gitops-probe").strip() for h in others}
     bad = _set_probe(daemon.repo, "broken")
-    wait_for(lambda: any(q == bad for row in daemon.env_status().values()
+    wait_for(lambda: any(q == bad for row in daemon.status_now().values()
                          for q in row.get("quarantined", [])) or
-             any(r["kind"] == "rollback" and r["result"] for r in daemon.history()[:3]),
+             any(r["kind"] == "rollback" and r["result"] for r in daemon.runs_now()[:3]),
              180, "the rollback of the canary")
     wait_for(lambda: daemon.repo.ssh(canary, "cat /etc/gitops-probe").strip() == "ok", 120,
              "the canary back on the last verified revision")
@@ -210,7 +256,7 @@ def test_a_commit_breaking_the_canary_is_rolled_back_and_quarantined(daemon: Dae
     runs = daemon.history()
     failed = next(r for r in runs if r["sha"] == bad and r["kind"] == "reconcile")
     assert failed["result"] == "failed" and failed["failed_hosts"] == [canary]
-    time.sleep(5)  # several poll intervals: the quarantined head is not applied again
+    time.sleep(2.5)  # several poll intervals: the quarantined head is not applied again
     assert not [r for r in daemon.history() if r["sha"] == bad and r["id"] > failed["id"]
                 and r["kind"] == "reconcile"]
     good = _set_probe(daemon.repo, "ok")
@@ -221,12 +267,10 @@ def test_suspend_stops_applies_until_resume(daemon: Daemon) -> None:
     """While suspended nothing is applied; resume applies the waiting commit."""
     code, answer = daemon.api("suspend", reason="change freeze for the test")
     assert code == 200 and answer["suspended"] == 1
-    motd = daemon.repo.path / "deploys/base/templates/motd.j2"
-    motd.write_text(motd.read_text() + "\n  written while suspended\n")
-    sha = daemon.repo.commit("motd while suspended")
-    time.sleep(6)  # three poll intervals and a watch trigger
+    sha = _set_probe(daemon.repo, note="written while suspended")
+    time.sleep(3)  # three poll intervals and a watch trigger
     assert not [r for r in daemon.history() if r["sha"] == sha]
-    assert "written while suspended" not in daemon.repo.ssh("lab-1", "cat /etc/motd")
+    assert "written while suspended" not in _note(daemon.repo, "lab-1")
     code, _ = daemon.api("resume")
     assert code == 200
     wait_for(lambda: applied_everywhere(daemon, sha), 120, "the commit after resume")
@@ -263,7 +307,7 @@ def test_kill_9_mid_rollout_then_restart_completes_it(daemon: Daemon) -> None:
     slow.write_text(PROBE_DEPLOY + "\nfrom pyinfra.operations import server\n"
                     "server.shell(name='Slow step', commands=['sleep 3'])\n")
     sha = daemon.repo.commit("probe: a slow step")
-    wait_for(lambda: any(r["sha"] == sha and r["result"] is None for r in daemon.history()),
+    wait_for(lambda: any(r["sha"] == sha and r["result"] is None for r in daemon.runs_now()),
              60, "the rollout to start")
     time.sleep(1)
     daemon.stop(signal.SIGKILL)
@@ -271,7 +315,7 @@ def test_kill_9_mid_rollout_then_restart_completes_it(daemon: Daemon) -> None:
     assert cut["result"] is None
     daemon.start()
     wait_for(lambda: applied_everywhere(daemon, sha), 180, "the rollout after restart")
-    wait_for(lambda: all(r["result"] is not None for r in daemon.history()), 60,
+    wait_for(lambda: all(r["result"] is not None for r in daemon.runs_now()), 60,
              "every run to be finished")
     runs = {r["id"]: r for r in daemon.history()}
     assert runs[cut["id"]]["result"] == "interrupted"

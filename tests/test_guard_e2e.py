@@ -1,11 +1,11 @@
 """End to end: guarded applies of the sample's ``base`` on the session lab (``gitops.guard``).
 
-The state repository guards ``base`` (the sample's ``service.yml``) with a short
-``confirm_timeout`` and a canary batch. A commit that moves sshd to another port cuts the
-controller off the canary, which reverts by itself; a reconcile killed with ``kill -9`` right
-after a guarded change leaves the host to revert it; a guarded apply with nothing to change
-arms nothing. The app's deploy (not guarded, applied after ``base``) gets a pause that a file
-on the host turns on, so the kill lands after the guarded change every time.
+The state repository holds the sample's ``base`` alone (guarded by its ``service.yml``) with
+a short ``confirm_timeout`` and a canary batch, and a ``pause`` service (not guarded, applied
+after ``base``) that waits while a file on the host says so, so a kill lands after the guarded
+change every time. A commit that moves sshd to another port cuts the controller off the canary,
+which reverts by itself; a reconcile killed with ``kill -9`` right after a guarded change leaves
+the host to revert it; a guarded apply with nothing to change arms nothing.
 """
 
 from __future__ import annotations
@@ -27,12 +27,17 @@ from gitops.store import Store
 
 pytestmark = pytest.mark.lab
 
-TIMEOUT = 15
-"""``settings.guard.confirm_timeout`` of the test repository (seconds)."""
+TIMEOUT = 10
+"""``settings.guard.confirm_timeout`` of the test repository (seconds): two tests wait for a
+revert by the host, so it is short, yet long enough for the controller's confirmation and for
+the killed test to see the revert armed before it runs."""
 DROPIN = "/etc/ssh/sshd_config.d/50-gitops-hardening.conf"
 PAUSE_FILE = "/etc/gitops-test-guard-pause"
-PAUSE = (f"\nserver.shell(name='Pause when {PAUSE_FILE} exists (test)',\n"
+PAUSE = ("from pyinfra.operations import server\n\n"
+         f"server.shell(name='Pause when {PAUSE_FILE} exists (test)',\n"
          f"             commands=['if [ -e {PAUSE_FILE} ]; then sleep 300; fi'])\n")
+NO_PARAMS = ("from pydantic import BaseModel, ConfigDict\n\n\n"
+             "class Params(BaseModel):\n    model_config = ConfigDict(extra='forbid')\n")
 CLEANUP = ("rm -f " + PAUSE_FILE + "; systemctl stop gitops-guard.timer >/dev/null 2>&1; "
            "rm -rf /var/lib/gitops-guard; true")
 
@@ -57,16 +62,22 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
 
 @pytest.fixture(scope="module")
 def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StateRepo]:
-    repo = make_state_repo(tmp_path_factory.mktemp("guard"), lab)
+    repo = make_state_repo(tmp_path_factory.mktemp("guard"), lab, services=("base",))
     inv = repo.inventory()
-    inv["settings"]["guard"] = {"confirm_timeout": TIMEOUT, "margin": 20}
     inv["settings"]["rollout"] = {"canary": 1}
+    inv["groups"]["all"]["services"]["pause"] = {}  # not guarded: applied after base
     (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
-    deploy = repo.path / "deploys/app/deploy.py"  # not guarded: applied after base
-    deploy.write_text(deploy.read_text() + PAUSE)
-    repo.commit("guard base with a short confirm timeout")
+    (repo.path / "deploys/pause").mkdir()
+    (repo.path / "deploys/pause/deploy.py").write_text(PAUSE)
+    (repo.path / "deploys/pause/model.py").write_text(NO_PARAMS)
+    repo.commit("base and a pause, canary of one")
+    # converged under the default confirm timeout: on fresh hosts base installs packages,
+    # longer than the short timeout the tests use
     code, result = repo.gitops_json("reconcile", "--once")
     assert code == 0, result
+    inv["settings"]["guard"] = {"confirm_timeout": TIMEOUT, "margin": 20}
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    repo.commit("guard base with a short confirm timeout")
     try:
         yield repo
     finally:  # whatever failed, leave the session's hosts with no guard and sshd on 22
@@ -85,7 +96,8 @@ def test_a_guarded_apply_with_nothing_to_change_arms_nothing(repo: StateRepo) ->
         assert _guard_timers(repo, name).strip() == "", name
 
 
-def test_sshd_on_another_port_is_reverted_by_the_canary_itself(repo: StateRepo) -> None:
+def test_sshd_on_another_port_is_reverted_by_the_canary_itself(
+        repo: StateRepo, request: pytest.FixtureRequest) -> None:
     """sshd moved to port 2222: the controller cannot reconnect, the canary restores its sshd
     configuration and restarts sshd by itself, SSH on 22 answers again; the record says
     RevertedByHost with the restored file, the commit is quarantined, the rollout stopped
@@ -95,6 +107,9 @@ def test_sshd_on_another_port_is_reverted_by_the_canary_itself(repo: StateRepo) 
     conf = repo.path / "deploys/base/files/sshd-hardening.conf"
     conf.write_text(conf.read_text() + "Port 2222\n")
     bad = repo.commit("sshd: listen on 2222")
+    # reverted after the test, passed or not: a failure here must not leave the next tests
+    # applying sshd on 2222
+    request.addfinalizer(lambda: git(repo.path, "revert", "--no-edit", bad))
     code, result = repo.gitops_json("reconcile", "--once")
     assert code == 1, result
     hosts = _hosts(result)
@@ -119,7 +134,6 @@ def test_sshd_on_another_port_is_reverted_by_the_canary_itself(repo: StateRepo) 
                           capture_output=True, text=True, timeout=60)
     incidents = json.loads(proc.stdout)
     assert any(i["status"] == "open" and i["commit"]["sha"] == bad for i in incidents)
-    git(repo.path, "revert", "--no-edit", "HEAD")
 
 
 def test_a_killed_reconcile_is_reverted_by_the_host_and_applied_again(repo: StateRepo) -> None:

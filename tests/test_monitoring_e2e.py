@@ -68,7 +68,7 @@ def story(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
         wait_for(lambda: applied_everywhere(daemon, s.good), 300, "the good commit")
         s.bad = _set_probe(repo, "broken")
         wait_for(lambda: any(r["kind"] == "rollback" and r["result"] and r["actor"] ==
-                             "gitops-daemon" for r in daemon.history()), 180, "the rollback")
+                             "gitops-daemon" for r in daemon.runs_now()), 180, "the rollback")
         s.fix = _set_probe(repo, "ok")
         wait_for(lambda: applied_everywhere(daemon, s.fix), 180, "the fix")
         yield s
@@ -155,9 +155,7 @@ def test_the_status_page_shows_it_all(story: Story, browser_factory: Any) -> Non
     history = p.locator('[data-testid="history"]').inner_text()
     assert "rollback" in history
     runs_shown = p.locator("tr.run-row").count()
-    motd = story.daemon.repo.path / "deploys/base/templates/motd.j2"
-    motd.write_text(motd.read_text() + "\n  seen on the status page\n")
-    sha = story.daemon.repo.commit("motd: a change the open page must show")
+    sha = _set_probe(story.daemon.repo, note="a change the open page must show")
     wait_for(lambda: applied_everywhere(story.daemon, sha), 180, "the new commit")
     wait_for(lambda: p.locator("tr.run-row").count() > runs_shown
              and sha[:7] in p.locator('[data-testid="history"]').inner_text(), 30,

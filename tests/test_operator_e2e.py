@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 from statelab import StateRepo
-from test_daemon_e2e import TOKEN, Daemon, applied_everywhere, make_probe_repo, wait_for
+from test_daemon_e2e import (
+    TOKEN,
+    Daemon,
+    _note,
+    _set_probe,
+    applied_everywhere,
+    make_probe_repo,
+    wait_for,
+)
 
 from gitops.lab import LabInfo
 
@@ -24,14 +32,6 @@ def test_probe_is_ok(host):
     \"\"\"The probe file says ok.\"\"\"
     assert host.file("/etc/gitops-probe").contains("^ok$")
 """
-
-
-def _probe(repo_path: Path, value: str) -> None:
-    import yaml
-
-    inv = yaml.safe_load((repo_path / "inventories/lab.yml").read_text())
-    inv["groups"]["all"]["services"]["probe"] = {"value": value}
-    (repo_path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
 
 
 def _control(repo: StateRepo, *args: str) -> subprocess.CompletedProcess[str]:
@@ -52,23 +52,20 @@ def test_suspended_environment_refuses_reconcile_once_on_lab_hosts(
     assert first.returncode == 0, first.stdout + first.stderr
     assert "run #1: succeeded, " in first.stdout and " checks passed" in first.stdout
     assert _control(repo, "suspend", "--reason", "change freeze").returncode == 0
-    motd = repo.path / "deploys/base/templates/motd.j2"
-    motd.write_text(motd.read_text() + "\n  written while suspended\n")
-    repo.commit("motd while suspended")
+    _set_probe(repo, note="written while suspended")
     refused = repo.gitops("reconcile", "--once")
     assert refused.returncode == 2 and "change freeze" in refused.stderr
     for host in lab.hosts:
-        assert "written while suspended" not in repo.ssh(host.name, "cat /etc/motd")
+        assert "written while suspended" not in _note(repo, host.name)
     forced = repo.gitops("reconcile", "--once", "--force", "--reason", "security fix")
     assert forced.returncode == 0, forced.stdout + forced.stderr
     for host in lab.hosts:
-        assert "written while suspended" in repo.ssh(host.name, "cat /etc/motd")
+        assert "written while suspended" in _note(repo, host.name)
     _, runs = repo.gitops_json("history")
     override = next(r for r in runs if r["kind"] == "override")
     assert "security fix" in override["reason"] and override["actor"] not in ("", "unknown")
     assert _control(repo, "resume").returncode == 0
-    _probe(repo.path, "broken")
-    repo.commit("probe: broken")
+    _set_probe(repo, "broken")
     broken = repo.gitops("reconcile", "--once")
     assert broken.returncode == 1
     assert "where False = " in broken.stdout and "contains" in broken.stdout
@@ -98,9 +95,7 @@ def test_reconcile_through_the_daemon_waits_and_prints_the_run(
         assert f"run #{mine['id']}: succeeded" in proc.stdout
         for host in lab.hosts:
             assert f"{host.name}: apply ok" in proc.stdout
-        motd = repo.path / "deploys/base/templates/motd.j2"
-        motd.write_text(motd.read_text() + "\n  to be rolled back\n")
-        newer = repo.commit("motd: a line to roll back")
+        newer = _set_probe(repo, note="to be rolled back")
         wait_for(lambda: applied_everywhere(daemon, newer), 300, "the newer commit")
         env = {**os.environ, "GITOPS_TEST_TOKEN": TOKEN}
         back = subprocess.run(
@@ -113,6 +108,6 @@ def test_reconcile_through_the_daemon_waits_and_prints_the_run(
         assert rollback is not None, (back.stdout, back.stderr, daemon.history()[:4])
         assert rollback["sha"] == head and f"run #{rollback['id']}: succeeded" in back.stdout
         for host in lab.hosts:
-            assert "to be rolled back" not in repo.ssh(host.name, "cat /etc/motd")
+            assert "to be rolled back" not in _note(repo, host.name)
     finally:
         daemon.stop()

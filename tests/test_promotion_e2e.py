@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 from statelab import git
-from test_daemon_e2e import PROBE_DEPLOY, PROBE_MODEL, _free_port, wait_for
+from test_daemon_e2e import PROBE_DEPLOY, PROBE_MODEL, _free_port, record, wait_for
 
 from gitops.lab import LabInfo
 from gitops.store import Store
@@ -57,9 +57,9 @@ class Pipeline:
         self.config = root / "gitops.toml"
         self.config.write_text(
             f'state_dir = "{self.state}"\nlisten = "127.0.0.1:{self.port}"\n'
-            f'[[environments]]\nname = "staging"\nrepo = "{self.repo}"\ninterval = 2\n'
+            f'[[environments]]\nname = "staging"\nrepo = "{self.repo}"\ninterval = 1\n'
             "drift_interval = 3600\nretry_base = 1\n"
-            f'[[environments]]\nname = "production"\nrepo = "{self.repo}"\ninterval = 2\n'
+            f'[[environments]]\nname = "production"\nrepo = "{self.repo}"\ninterval = 1\n'
             'drift_interval = 3600\nretry_base = 1\npromote_from = "staging"\n')
         self.log = root / "daemon.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -83,7 +83,13 @@ class Pipeline:
         self.proc = subprocess.Popen([sys.executable, "-m", "gitops", "run"],
                                      stdout=subprocess.DEVNULL, stderr=self.log.open("ab"),
                                      env=env)
-        wait_for(lambda: self.http_ok(), 30, "daemon health")
+        try:
+            wait_for(lambda: self.http_ok(), 30, "daemon health")
+        except AssertionError:  # never leave a daemon behind
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+            raise
 
     def http_ok(self) -> bool:
         import urllib.request
@@ -112,10 +118,18 @@ class Pipeline:
     def runs(self, env: str) -> list[dict[str, Any]]:
         return [r for r in self.cli("history", "-e", env, "-n", "100") if r["kind"] != "promote"]
 
+    def runs_now(self, env: str) -> list[dict[str, Any]]:
+        """What ``runs`` gives, read in this process (for waits)."""
+        rows = record(self.state, lambda store: store.history(env, 100)) or []
+        return [r.as_dict() for r in rows if r.kind != "promote"]
+
     def verified_everywhere(self, env: str, hosts: list[str], sha: str) -> bool:
-        rows = {r["host"]: r for r in self.cli("status", "-e", env)}
-        return all((rows.get(h) or {}).get("last_verified_revision", "").endswith(sha)
-                   and (rows.get(h) or {}).get("last_applied_revision", "").endswith(sha)
+        """Each of ``hosts`` applied and verified ``sha`` (read in this process, as
+        ``gitops status`` reads it: for waits)."""
+        rows = {r.host: r.as_dict()
+                for r in record(self.state, lambda store: store.status(env)) or []}
+        return all(((rows.get(h) or {}).get("last_verified_revision") or "").endswith(sha)
+                   and ((rows.get(h) or {}).get("last_applied_revision") or "").endswith(sha)
                    for h in hosts)
 
     def probe(self, host: str) -> str:
@@ -169,13 +183,13 @@ def test_bad_commit_stops_at_staging_and_never_reaches_production(pipeline: Pipe
              180, "production on the last good commit")
     bad = pipeline.commit("broken")
     wait_for(lambda: any(r["kind"] == "rollback" and r["result"] == "succeeded"
-                         for r in pipeline.runs("staging")[:3]), 180,
+                         for r in pipeline.runs_now("staging")[:3]), 180,
              "the rollback on staging")
     with Store(pipeline.state, readonly=True) as store:
         assert bad in [q.sha for q in store.quarantined("staging")]
         assert bad not in [v.sha for v in store.verified_revisions("staging")]
     assert pipeline.probe(pipeline.staging[0]) == "ok 2"  # rolled back
-    time.sleep(6)  # several poll intervals of production
+    time.sleep(3)  # several poll intervals of production
     assert not [r for r in pipeline.runs("production") if r["sha"] == bad]
     for host in pipeline.production:
         assert pipeline.probe(host) == "ok 2"

@@ -1,11 +1,11 @@
 """End to end on lab hosts: SOPS secrets reach the hosts and nothing else.
 
-The daemon watches the sample (its ``inventories/lab.secrets.sops.yaml`` encrypted for the
-throwaway demo age key, plus an encrypted file the app deploy uploads and a ``probe`` service
-whose secret a commit makes fail its check) and reports to a local receiver. After a good
-commit, a bad one (rolled back, an incident) and a fix, the canary secrets are on the hosts
-and in none of: the state folder, the database, the daemon's log, /metrics, /api/*, the status
-page, the receiver's requests, the incident reports.
+The daemon watches the sample's base and app (its ``inventories/lab.secrets.sops.yaml``
+encrypted for the throwaway demo age key, plus an encrypted file the app deploy uploads and a
+``probe`` service whose secret a commit makes fail its check) and reports to a local
+receiver. After a good commit, a bad one (rolled back, an incident) and a fix, the canary
+secrets are on the hosts and in none of: the state folder, the database, the daemon's log,
+/metrics, /api/*, the status page, the receiver's requests, the incident reports.
 """
 
 from __future__ import annotations
@@ -64,8 +64,9 @@ files.put(name="Encrypted settings file", src=str(HERE / "files" / "canary.sops.
 
 
 def applied_everywhere(d: Daemon, sha: str) -> bool:
-    """Every lab host applied ``sha`` and is Ready (hosts not applied yet have no revision)."""
-    status = d.env_status()
+    """Every lab host applied ``sha`` and is Ready (hosts not applied yet have no revision;
+    read in this process: for waits)."""
+    status = d.status_now()
     return all(
         ((status.get(h.name) or {}).get("last_applied_revision") or "").endswith(sha)
         and any(c["type"] == "Ready" and c["status"] == "True"
@@ -113,7 +114,7 @@ def _commit_secrets(story: Story, *, token: str, probe: str, file: str, message:
 @pytest.fixture(scope="module")
 def story(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     root = tmp_path_factory.mktemp("sops")
-    repo = make_state_repo(root, lab)
+    repo = make_state_repo(root, lab, services=("base", "app"))  # web holds no secret
     probe = repo.path / "deploys/probe"
     probe.mkdir()
     (probe / "deploy.py").write_text(PROBE_DEPLOY)
@@ -145,7 +146,7 @@ def story(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
         s.shas["bad"] = _commit_secrets(s, token=_canary("token2"), probe=_canary("probe"),
                                         file=_canary("file2"), message="secrets: broken probe")
         wait_for(lambda: any(r["kind"] == "rollback" and r["result"] and r["actor"] ==
-                             "gitops-daemon" for r in daemon.history()), 180, "the rollback")
+                             "gitops-daemon" for r in daemon.runs_now()), 180, "the rollback")
         s.shas["fix"] = _commit_secrets(s, token=s.canaries[2], probe="ok",
                                         file=_canary("file3"), message="secrets: fixed")
         wait_for(lambda: applied_everywhere(daemon, s.shas["fix"]), 180, "the fix")
