@@ -211,7 +211,10 @@ def next_run(i: CycleInput) -> Cycle:
         return Cycle(None, why=f"{wanted[:10]} is quarantined", release_hold=release,
                      waiting_for=waiting_for)
     forced = i.pending is not None and not i.pending.look_only
-    if not forced and i.retry is None and not needs_run(wanted, i.last, i.status):
+    # a retry of some hosts is of the revision the last run applied; once the head moved on,
+    # every host needs the new one: a reconcile of all of them (the retried ones get all)
+    retry = i.retry if i.last is None or i.last.sha == wanted else None
+    if not forced and retry is None and not needs_run(wanted, i.last, i.status):
         return Cycle(None, why=f"{wanted[:10]} is up to date", release_hold=release,
                      waiting_for=waiting_for)
     closed = i.window is not None and not i.window.open
@@ -222,9 +225,9 @@ def next_run(i: CycleInput) -> Cycle:
     kind: RunKind = "rollback" if held else "reconcile"
     trigger = trigger or Trigger(f"new commit {wanted[:10]}", DAEMON)
     return Cycle(RunOrder(
-        kind="retry" if i.retry is not None else kind, revision=wanted, reason=trigger.reason,
-        actor=trigger.actor, hosts=i.retry,
-        changed_only=kind == "reconcile" and i.retry is None and not forced,
+        kind="retry" if retry is not None else kind, revision=wanted, reason=trigger.reason,
+        actor=trigger.actor, hosts=retry,
+        changed_only=kind == "reconcile" and retry is None and not forced,
         previous=None if held or i.status is None else i.status.applied,
     ), release_hold=release, waiting_for=waiting_for)
 

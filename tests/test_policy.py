@@ -84,6 +84,8 @@ NEXT_RUN = [
     ("a retry of some hosts: everything on those hosts only",
      cycle(head=A, last=LastRun(A, "failed"), retry=frozenset({"h2"})),
      new_commit(A, kind="retry", hosts=frozenset({"h2"}), changed_only=False)),
+    ("a retry of some hosts when the head moved on: the new head on every host",
+     cycle(last=LastRun(A, "failed"), retry=frozenset({"h2"})), new_commit()),
     ("a rollback hold: the held revision, no force-push check",
      cycle(controls=HELD, last=LastRun(B, "failed")),
      new_commit(A, kind="rollback", changed_only=False, previous=None)),
