@@ -185,9 +185,17 @@ def recover_unfinished(store: Store, target: Target, say: Progress, *, held: boo
             detail = store.run(run_id)
             cuts.append(Cut(run_id, detail.run.kind if detail else "",
                             detail.run.sha if detail else None))
+        # a cut apply may have changed a host after its verified fingerprints were recorded
+        # (cut during the verify): nothing is known converged, the next apply does it all
+        forget = list(store.converged(target.environment)) if any(
+            c.kind in ("reconcile", "rollback", "retry") for c in cuts) else []
+        for host in forget:
+            store.set_converged(target.environment, host, None)
     for cut in cuts:
         say(f"run {cut.run_id} was {f'left unfinished by {by}' if by else 'cut before its end'}"
             ": recorded as interrupted")
+    if forget:
+        say("a cut apply may have changed what was verified: every service is applied next")
     return cuts
 
 

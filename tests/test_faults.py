@@ -255,3 +255,24 @@ def test_a_commit_marked_pending_before_its_run_started_gets_an_end_at_the_next_
     with Store(tmp_path / "state") as store:
         assert store.history("lab") == []
     assert _restarted(tmp_path, repo, github, head, 2)[:2] == ["pending", "error"]
+
+
+def test_a_cut_apply_forgets_what_the_hosts_were_converged_to(tmp_path: Path) -> None:
+    """An apply cut after it changed a host (during its verify) leaves that host's verified
+    fingerprints in the record: recovery forgets them, so the next changed-only reconcile
+    applies every service instead of skipping one the cut run changed; a cut verify (it
+    changes nothing) forgets nothing."""
+    state = tmp_path / "state"
+    with Store(state) as store:
+        store.set_converged("lab", "lab-1", {"probe": "f1", "base": "f2"})
+    _cut_run(state, "b" * 40, kind="verify")
+    with Store(state) as store:
+        recover_unfinished(store, _target(tmp_path), lambda _: None)
+        assert store.converged("lab") == {"lab-1": {"probe": "f1", "base": "f2"}}
+    _cut_run(state, "a" * 40)
+    said: list[str] = []
+    with Store(state) as store:
+        recover_unfinished(store, _target(tmp_path), said.append)
+        assert store.converged("lab") == {}
+    assert said[-1] == ("a cut apply may have changed what was verified: every service is "
+                        "applied next")
