@@ -39,7 +39,7 @@ from gitops.errors import (
 )
 from gitops.lab.cli import lab
 from gitops.load import load
-from gitops.records import OpPlan, Plan
+from gitops.records import APPLY_KINDS, OpPlan, Plan
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import Database, NoStore, Store, database_errors, open_store
 
@@ -49,7 +49,6 @@ EXIT_CODES = ("Exit codes: 0 all good; 1 apply or verify failed, or a temporary 
               "2 invalid declaration, settings or usage, or refused by an operator control "
               "(suspended or held: --force --reason).")
 
-_APPLY_KINDS = ("reconcile", "rollback", "retry")
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -760,7 +759,7 @@ def _print_run(run: dict[str, Any]) -> None:
             for line in c["message"].strip().splitlines():
                 click.echo(f"          {line}")
     passed = sum(1 for c in run["checks"] if c["status"] == "pass")
-    if run["kind"] in (*_APPLY_KINDS, "verify"):
+    if run["kind"] in (*APPLY_KINDS, "verify"):
         click.echo(_summary(run["id"], run["result"] or "running", run["changed"], passed,
                             len(run["checks"]) - passed))
 
@@ -950,7 +949,7 @@ def _follow(daemon: _Daemon, environment: str, name: str, before: int, actor: st
     while True:
         if mine is None:
             found = sorted((r for r in _recent(daemon, environment, 20) if r["id"] > before
-                            and r["kind"] in _APPLY_KINDS and not _event(r) and (
+                            and r["kind"] in APPLY_KINDS and not _event(r) and (
                                 asked_at is None or (r["actor"] == actor
                                                      and _since(r, asked_at)))),
                            key=lambda r: int(r["id"]))
@@ -964,7 +963,7 @@ def _follow(daemon: _Daemon, environment: str, name: str, before: int, actor: st
             _, health = daemon.call("GET", "/healthz")
             state = ((health or {}).get("environments") or {}).get(name) or {}
             busy = state.get("pending") or str(state.get("running") or "").startswith(
-                _APPLY_KINDS)
+                tuple(APPLY_KINDS))
             if busy:
                 idle_since = None
             elif idle_since is None:
@@ -1292,7 +1291,7 @@ def retry(failed: bool, reason: str, no_wait: bool, force: bool, as_json: bool,
     with open_store(s) as store:
         hosts = control.failed_hosts(store, s.environment)
         last = next((r for r in store.history(s.environment, 50)
-                     if r.kind in _APPLY_KINDS), None)
+                     if r.kind in APPLY_KINDS), None)
     if not hosts or last is None:
         raise UsageError(f"{s.environment}: no failed hosts to retry")
     _run_here(s, pipeline.Request(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gitops import source
 from gitops.errors import UsageError
-from gitops.records import Controls
+from gitops.records import APPLY_KINDS, Controls
 from gitops.store import Store
 
 __all__ = ["failed_hosts", "hold", "hold_rollback", "last_good_revision", "release_hold",
@@ -97,7 +97,7 @@ def release_hold(store: Store, environment: str, *, head: str) -> None:
 def failed_hosts(store: Store, environment: str) -> list[str]:
     """The hosts that failed in the latest apply run of ``environment``."""
     for run in store.history(environment, limit=50):
-        if (run.kind in ("reconcile", "rollback", "retry") and run.result is not None
+        if (run.kind in APPLY_KINDS and run.result is not None
                 and not run.event):
             return list(run.failed_hosts)
     return []

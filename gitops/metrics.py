@@ -99,8 +99,6 @@ METRICS: dict[str, str] = {
 }
 """Every metric exported, by its exposed name (counters with ``_total``, info with ``_info``)."""
 
-ROLLOUT_KINDS = ("reconcile", "rollback", "retry")
-
 
 # -- reading the store ------------------------------------------------------------------
 
@@ -367,7 +365,7 @@ class StoreCollector(Collector):
                 success.add_metric([env], stamp)
             quarantined.add_metric([env], counts.get(env, 0))
             suspended.add_metric([env], int(env in controls and controls[env].suspended))
-            latest = store.latest_rollout(env, ROLLOUT_KINDS)
+            latest = store.latest_rollout(env)
             if latest is None:
                 continue
             done = failed = 0

@@ -43,7 +43,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gitops.promotion import Link, pipeline
-from gitops.records import CheckRow, Ref, RunRow, StatusRow
+from gitops.records import APPLY_KINDS, CheckRow, Ref, RunRow, StatusRow
 from gitops.server import _is_loopback
 from gitops.store import ENVIRONMENT, Database, NoStore, Store, StoreOutdated
 
@@ -63,8 +63,7 @@ _SCAN = 200
 _ACTIVITY_DAYS = 14
 _DELIVERY_DAYS = 30
 _CLOSED_INCIDENTS = 10
-_APPLY_KINDS = ("reconcile", "rollback", "retry")
-_CHECK_KINDS = (*_APPLY_KINDS, "verify")
+_CHECK_KINDS = (*APPLY_KINDS, "verify")
 
 _STATIC = {
     "page.js": "text/javascript; charset=utf-8",
@@ -288,7 +287,7 @@ def _activity(runs: list[RunRow], today: datetime) -> list[dict[str, Any]]:
     good: Counter[str] = Counter()
     bad: Counter[str] = Counter()
     for run in runs:
-        if run.kind not in _APPLY_KINDS or run.result is None or not run.sha:
+        if run.kind not in APPLY_KINDS or run.result is None or not run.sha:
             continue
         day = run.started_at.astimezone(UTC).date()
         if day < first:

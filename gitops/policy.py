@@ -86,7 +86,7 @@ class LastRun:
     @classmethod
     def from_history(cls, rows: Iterable[records.RunRow]) -> LastRun | None:
         for row in rows:
-            if row.kind in ("reconcile", "rollback", "retry"):
+            if row.kind in records.APPLY_KINDS:
                 return cls(sha=row.sha, result=cast("RunResult | None", row.result))
         return None
 
@@ -314,7 +314,7 @@ def pending_promotion(history: Iterable[records.RunRow]) -> ManualPromotion | No
     for row in history:
         if row.event and row.kind == "promote" and row.sha:
             return None if row.sha in decided else ManualPromotion.from_row(row)
-        if (not row.event and row.kind in ("reconcile", "rollback", "retry") and row.sha
+        if (not row.event and row.kind in records.APPLY_KINDS and row.sha
                 and row.result in ("succeeded", "failed", "invalid")):
             decided.add(row.sha)
     return None

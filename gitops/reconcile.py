@@ -47,6 +47,7 @@ from gitops.errors import (
 from gitops.model import DeclaredState
 from gitops.private import private_dir
 from gitops.records import (
+    APPLY_KINDS,
     ApplyReport,
     CheckResult,
     HostApply,
@@ -180,17 +181,15 @@ def recover_unfinished(store: Store, target: Target, say: Progress, *, held: boo
     ``LockHeld`` when a run holds the lock (its row is not touched). Called by ``run``, and by
     the daemon at its start, when it takes a lease and before a cycle reads the history."""
     with contextlib.nullcontext() if held else environment_lock(target, "recover"):
-        cuts = []
+        cuts: list[Cut] = []
         for run_id in store.recover_unfinished(target.environment):
             detail = store.run(run_id)
             cuts.append(Cut(run_id, detail.run.kind if detail else "",
                             detail.run.sha if detail else None))
         # a cut apply may have changed a host after its verified fingerprints were recorded
         # (cut during the verify): nothing is known converged, the next apply does it all
-        forget = list(store.converged(target.environment)) if any(
-            c.kind in ("reconcile", "rollback", "retry") for c in cuts) else []
-        for host in forget:
-            store.set_converged(target.environment, host, None)
+        forget = (any(c.kind in APPLY_KINDS for c in cuts)
+                  and store.forget_converged(target.environment))
     for cut in cuts:
         say(f"run {cut.run_id} was {f'left unfinished by {by}' if by else 'cut before its end'}"
             ": recorded as interrupted")

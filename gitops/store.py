@@ -56,6 +56,7 @@ from urllib.parse import parse_qs, urlsplit
 from gitops.errors import TemporaryError, UsageError
 from gitops.private import private_dir, private_file
 from gitops.records import (
+    APPLY_KINDS,
     ActionItem,
     ApplyReport,
     CheckRow,
@@ -743,6 +744,13 @@ class Store:
                 (environment, host, service, fp, _ref_text(revision) or "")
                 for service, fp in (fingerprints or {}).items()])
 
+    def forget_converged(self, environment: str) -> bool:
+        """Nothing is known converged on any host of ``environment`` (a cut apply); whether
+        anything was."""
+        with self._tx() as db:
+            return bool(db.execute("DELETE FROM converged WHERE environment=?",
+                                   (environment,)).rowcount)
+
     # -- what each host has, per service (removals, ``gitops.prune``) ---------------------
 
     def installed(self, environment: str) -> dict[str, dict[str, Installed]]:
@@ -1093,7 +1101,7 @@ class Store:
         return {k: frozenset(v) for k, v in hosts.items()}
 
     def latest_rollout(self, environment: str,
-                       kinds: Iterable[str] = ("reconcile", "rollback", "retry")
+                       kinds: Iterable[str] = APPLY_KINDS
                        ) -> RunRow | None:
         """The newest run of ``kinds`` that is not an operator action."""
         kinds = tuple(kinds)

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 from pgserver import PgServer
+from polling import wait_for
 from statelab import StateRepo, make_state_repo
-from test_daemon_e2e import _free_port, wait_for
+from test_daemon_e2e import _free_port
 
 from gitops.lab import LabInfo
 from gitops.settings import SecretRef

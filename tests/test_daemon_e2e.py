@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import yaml
+from polling import wait_for
 from statelab import StateRepo, make_state_repo
 
 from gitops.lab import LabInfo
@@ -154,16 +155,6 @@ def record(state_dir: Path, read: Callable[[Store], Any]) -> Any:
         return None
     with store:
         return read(store)
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def applied_everywhere(d: Daemon, sha: str) -> bool:

@@ -8,7 +8,6 @@ splits the 3 hosts into 2 shares, and the record (kept by the holder) has every 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 from pgserver import PgServer
+from polling import wait_for
 from statelab import StateRepo, make_state_repo
 
 from gitops import fanout
@@ -28,15 +28,6 @@ pytestmark = pytest.mark.lab
 
 TTL = 30.0
 
-
-def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture()
@@ -78,9 +69,9 @@ def test_two_controllers_workers_apply_one_batch_each_host_once_recorded_by_the_
         with database.open() as store:
             return fn(store)
 
-    _wait(lambda: store_call(lambda s: s.queue_workers(3 * fanout.HEARTBEAT)) == 2, 30,
-          "both controllers' queue workers")
-    first = _wait(lambda: next((r for r in store_call(lambda s: s.history("lab")) if r.result),
+    wait_for(lambda: store_call(lambda s: s.queue_workers(3 * fanout.HEARTBEAT)) == 2, 30,
+             "both controllers' queue workers")
+    first = wait_for(lambda: next((r for r in store_call(lambda s: s.history("lab")) if r.result),
                                None), 600, "the first rollout")
     assert first.result == "succeeded", (first.error, [
         (h.host, h.apply_status, h.error, h.verify_status)
@@ -91,7 +82,7 @@ def test_two_controllers_workers_apply_one_batch_each_host_once_recorded_by_the_
     motd.write_text(motd.read_text() + "\n  applied through the fan-out\n")
     sha = repo.commit("motd: a line for the fan-out")
     assert holder.trigger("lab", reason="fan-out", actor="api:test")
-    run = _wait(lambda: next((r for r in store_call(lambda s: s.history("lab"))
+    run = wait_for(lambda: next((r for r in store_call(lambda s: s.history("lab"))
                               if r.sha == sha and r.result), None), 300, "the commit's run")
     assert run.result == "succeeded", run.error
     rows = [r for r in store_call(lambda s: s.shares(list(range(1, 200)))) if r.id not in before]

@@ -15,11 +15,11 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 from pgserver import PgServer
+from polling import wait_for
 
 from gitops import apply, fanout
 from gitops.fanout import Service, next_steps
@@ -96,15 +96,6 @@ def services(database: Database, tmp_path: Path) -> Iterator[Callable[[str], Ser
         service.stop(30)
 
 
-def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
 
 def test_two_controllers_workers_apply_the_shares_of_one_batch_each_host_once(
         database: Database, services: Callable[[str], Service], tmp_path: Path) -> None:
@@ -122,7 +113,7 @@ def test_two_controllers_workers_apply_the_shares_of_one_batch_each_host_once(
         with database.open() as store:
             return store.queue_workers(3 * fanout.HEARTBEAT) == 2
 
-    _wait(workers, 30, "both queue workers")
+    wait_for(workers, 30, "both queue workers")
     target = Target(repo=str(tmp_path / "repo"), branch="main", environment="lab",
                     state_dir=a.settings.state_dir, database=database)
     _, state = declared(target)

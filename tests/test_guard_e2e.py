@@ -14,12 +14,12 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
+from polling import wait_for
 from statelab import StateRepo, git, make_state_repo
 
 from gitops.lab import LabInfo
@@ -51,14 +51,6 @@ def _hosts(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {h["host"]: h for h in (result.get("apply") or {}).get("hosts", [])}
 
 
-def _wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
 
 @pytest.fixture(scope="module")
 def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StateRepo]:
@@ -82,7 +74,7 @@ def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
         yield repo
     finally:  # whatever failed, leave the session's hosts with no guard and sshd on 22
         for h in lab.hosts:
-            _wait(lambda h=h: subprocess.run(
+            wait_for(lambda h=h: subprocess.run(
                 ["ssh", "-F", str(lab.ssh_config), h.name, CLEANUP],
                 capture_output=True, timeout=30).returncode == 0, 60, f"{h.name} over SSH")
 
@@ -151,14 +143,14 @@ def test_a_killed_reconcile_is_reverted_by_the_host_and_applied_again(repo: Stat
          "--state-dir", str(repo.state_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: "Guarded motd" in repo.ssh(canary, "cat /etc/motd"), 120,
-              "the new motd on the canary")
+        wait_for(lambda: "Guarded motd" in repo.ssh(canary, "cat /etc/motd"), 120,
+                 "the new motd on the canary")
         assert "gitops-guard" in _guard_timers(repo, canary)  # armed
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
-    _wait(lambda: repo.ssh(canary, "cat /etc/motd") == old, TIMEOUT + 15,
-          "the host putting the old motd back by itself")
+    wait_for(lambda: repo.ssh(canary, "cat /etc/motd") == old, TIMEOUT + 15,
+             "the host putting the old motd back by itself")
     repo.ssh(canary, f"rm -f {PAUSE_FILE}")
     code, result = repo.gitops_json("reconcile", "--once")
     assert code == 0, result

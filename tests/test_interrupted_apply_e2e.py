@@ -13,12 +13,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
+from polling import wait_for
 from statelab import StateRepo, git, make_state_repo
-from test_daemon_e2e import TOKEN, Daemon, wait_for
+from test_daemon_e2e import TOKEN, Daemon
 
 from gitops.lab import LabInfo
 
@@ -65,14 +65,6 @@ def _verified(daemon: Daemon, sha: str) -> bool:
                for h in HOSTS)
 
 
-def _wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
 
 def _kill_between_change_and_restart(repo: StateRepo, message: str) -> None:
     """Commit ``message``, reconcile, kill -9 once every host has the new configuration and
@@ -85,8 +77,8 @@ def _kill_between_change_and_restart(repo: StateRepo, message: str) -> None:
          "--state-dir", str(repo.state_dir)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait(lambda: all(message in _config(repo, h) for h in HOSTS), 240,
-              "the new configuration on every host")
+        wait_for(lambda: all(message in _config(repo, h) for h in HOSTS), 240,
+                 "the new configuration on every host")
         time.sleep(1)  # inside the pause now: the restart has not run
         assert proc.poll() is None
     finally:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from pgserver import PgServer
+from polling import wait_for
 
 from gitops.lease import FENCE, Leases, surplus
 from gitops.loop import Daemon
@@ -42,15 +43,6 @@ def _leases(database: Database, name: str, ttl: float = TTL,
             clock: Callable[[], float] = time.monotonic) -> Leases:
     return Leases(database, name, ttl, clock=clock)
 
-
-def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def test_two_controllers_never_both_hold_an_environment(database: Database) -> None:
@@ -108,7 +100,7 @@ def test_a_holder_stops_acting_before_its_lease_can_be_taken(database: Database)
     assert not a.holds("prod")
     assert a.expire() == ["prod"]
     assert b.try_acquire("prod") is None  # the database's lease still lives
-    _wait(lambda: b.try_acquire("prod") is not None, 3 * TTL, "the takeover")
+    wait_for(lambda: b.try_acquire("prod") is not None, 3 * TTL, "the takeover")
 
 
 def test_a_released_lease_is_taken_at_once(database: Database) -> None:
@@ -184,11 +176,11 @@ def test_a_takeover_records_the_dead_holders_run_interrupted_and_runs_again(
         left = store.start_run("lab", "reconcile", None, actor="gitops-daemon", reason="x")
     started = time.monotonic()
     daemon = daemons("b")
-    _wait(lambda: daemon.leases is not None and daemon.leases.holds("lab"), 3 * TTL,
-          "the takeover")
+    wait_for(lambda: daemon.leases is not None and daemon.leases.holds("lab"), 3 * TTL,
+             "the takeover")
     assert time.monotonic() - started < TTL + 2
-    runs = _wait(lambda: [r for r in _runs(database) if r.id > left and r.result], 30,
-                 "the new holder's run")
+    runs = wait_for(lambda: [r for r in _runs(database) if r.id > left and r.result], 30,
+                    "the new holder's run")
     assert runs[0].result == "succeeded"
     (old,) = [r for r in _runs(database) if r.id == left]
     assert old.result == "interrupted"
@@ -199,11 +191,11 @@ def test_a_request_to_another_controller_is_run_by_the_holder(
     """An operator's reconcile sent to a controller that does not hold the environment is
     run by the one that does; every controller's API, page and metrics name the holder."""
     a = daemons("a", ttl=60)  # no expiry meant here, however loaded the machine
-    _wait(lambda: a.leases is not None and a.leases.holds("lab"), 3 * TTL, "a holds lab")
+    wait_for(lambda: a.leases is not None and a.leases.holds("lab"), 3 * TTL, "a holds lab")
     b = daemons("b", ttl=60)
-    _wait(lambda: any(r.result == "succeeded" for r in _runs(database)), 60, "a's first run")
+    wait_for(lambda: any(r.result == "succeeded" for r in _runs(database)), 60, "a's first run")
     assert b.trigger("lab", reason="please", actor="api:test") is True
-    run = _wait(lambda: next((r for r in _runs(database) if r.actor == "api:test"
+    run = wait_for(lambda: next((r for r in _runs(database) if r.actor == "api:test"
                               and r.result), None), 60, "the routed run")
     assert run.result == "succeeded" and run.reason == "please"
     for daemon in (a, b):
@@ -222,14 +214,14 @@ def test_a_commit_is_applied_by_the_survivor_after_its_holder_stops(
     """The holder stops (its leases released): the other controller takes the environment
     at once and applies the next commit."""
     a = daemons("a")
-    _wait(lambda: a.leases is not None and a.leases.holds("lab"), 3 * TTL, "a holds lab")
+    wait_for(lambda: a.leases is not None and a.leases.holds("lab"), 3 * TTL, "a holds lab")
     b = daemons("b")
     a.stop(10)
-    _wait(lambda: b.leases is not None and b.leases.holds("lab"), TTL, "b takes lab")
+    wait_for(lambda: b.leases is not None and b.leases.holds("lab"), TTL, "b takes lab")
     sha = _commit(tmp_path / "repo", "second")
     assert b.trigger("lab", reason="new commit", actor="api:test")
-    _wait(lambda: any(r.sha == sha and r.result == "succeeded" for r in _runs(database)), 20,
-          "the commit applied by b")
+    wait_for(lambda: any(r.sha == sha and r.result == "succeeded" for r in _runs(database)), 20,
+             "the commit applied by b")
 
 
 # -- rebalancing: a controller holding more than its fair share gives the extra ones up ------
@@ -271,10 +263,10 @@ def test_after_a_restart_the_environments_are_shared_out_again(
     b = daemon("b")
     try:
         assert a.leases is not None and b.leases is not None
-        _wait(lambda: len(a.leases.held()) == 4, 30, "a holding all four")
+        wait_for(lambda: len(a.leases.held()) == 4, 30, "a holding all four")
         b.start()
-        _wait(lambda: len(a.leases.held()) == 2 and len(b.leases.held()) == 2, 60,
-              "two environments each")
+        wait_for(lambda: len(a.leases.held()) == 2 and len(b.leases.held()) == 2, 60,
+                 "two environments each")
         assert set(a.leases.held()) | set(b.leases.held()) == {"e1", "e2", "e3", "e4"}
     finally:
         b.stop(10)

@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 import yaml
+from polling import wait_for
 from statelab import git
-from test_daemon_e2e import PROBE_DEPLOY, PROBE_MODEL, _free_port, record, wait_for
+from test_daemon_e2e import PROBE_DEPLOY, PROBE_MODEL, _free_port, record
 
 from gitops.lab import LabInfo
 from gitops.store import Store

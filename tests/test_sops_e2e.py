@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 import pytest
 import yaml
+from polling import wait_for
 from statelab import PROJECT, StateRepo, make_state_repo
-from test_daemon_e2e import TOKEN, Daemon, wait_for
+from test_daemon_e2e import TOKEN, Daemon
 from test_notify import HOOK_SECRET, Receiver
 from test_notify import TOKEN as GIT_HOST_TOKEN
 

@@ -304,6 +304,17 @@ def test_converged_is_replaced_per_host(store: Store) -> None:
     assert store.converged("prod") == {"web1": {"web": "f4"}}
 
 
+def test_forget_converged_is_per_environment(store: Store) -> None:
+    """After a cut apply nothing is known converged in that environment; others keep theirs."""
+    store.set_converged("prod", "web1", {"web": "f1"})
+    store.set_converged("prod", "web2", {"web": "f2"})
+    store.set_converged("staging", "web1", {"web": "f3"})
+    assert store.forget_converged("prod") is True
+    assert store.converged("prod") == {}
+    assert store.forget_converged("prod") is False
+    assert store.converged("staging") == {"web1": {"web": "f3"}}
+
+
 def test_hosts_sort_by_code_point_on_every_backend(store: Store) -> None:
     """Hosts of a run come back in the same order on SQLite and PostgreSQL: by code point
     (capitals first, "-" before digits), whatever the server's locale."""
