@@ -77,7 +77,10 @@ TASK = "gitops.fanout.apply_share"
 HEARTBEAT = 5.0
 """Seconds between the queue worker's heartbeats; ``3 *`` that without one: not counted."""
 _SHA = re.compile(r"^[0-9a-f]{40}$")
-_ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, *database_errors())
+
+def _errors() -> tuple[type[Exception], ...]:
+    """What a database call may raise here (read at the call: psycopg loads on first use)."""
+    return (StoreUnavailable, *database_errors())
 
 
 class LeaseLost(TemporaryError):
@@ -215,7 +218,7 @@ class Spread:
             return None
         service = self.service
         jobs: list[ShareJob] = []
-        errors = (*_ERRORS, *_queue_errors())
+        errors = (*_errors(), *_queue_errors())
         try:
             with service.database.open() as store:
                 controllers = store.queue_workers(3 * HEARTBEAT)
@@ -250,7 +253,7 @@ class Spread:
                               f"{_line(exc)}") from None
 
     def _abandon(self, ids: list[int]) -> None:
-        with contextlib.suppress(*_ERRORS), self.service.database.open() as store:
+        with contextlib.suppress(*_errors()), self.service.database.open() as store:
             store.abandon_shares(ids)
 
     def _collect(self, jobs: list[ShareJob], parts: dict[int, DeclaredState], token: int,
@@ -441,7 +444,7 @@ class Service:
         try:
             with self.database.open() as store:
                 claimed = store.claim_share(job.share, self.controller, self.ttl)
-        except _ERRORS as exc:
+        except _errors() as exc:
             log.warning("share %d: cannot claim it: %s", job.share, _line(exc))
             raise  # the job fails; the holder applies the share after start_timeout
         if claimed is None:
@@ -487,7 +490,7 @@ class Service:
                 if not store.finish_share(job.share, attempt, result=result, error=error):
                     log.warning("share %d: attempt %d was taken back; its result is dropped",
                                 job.share, attempt)
-        except _ERRORS as exc:
+        except _errors() as exc:
             log.warning("share %d: result not kept (%s): the holder applies it again",
                         job.share, _line(exc))
 
@@ -513,7 +516,7 @@ class Service:
                 try:
                     store = store or self.database.open(timeout=max(1.0, self.ttl / 3))
                     left_now = store.renew_share(share, attempt, self.ttl)
-                except _ERRORS as exc:
+                except _errors() as exc:
                     log.warning("share %d: claim renewal failed: %s", share, _line(exc))
                     with contextlib.suppress(Exception):
                         if store is not None:

@@ -58,7 +58,11 @@ __all__ = ["FENCE", "POLL", "LeaseHeld", "Leases", "controller_id", "fair_share"
            "surplus"]
 
 _T = TypeVar("_T")
-_ERRORS: tuple[type[Exception], ...] = (StoreUnavailable, *database_errors())
+
+def _errors() -> tuple[type[Exception], ...]:
+    """What a database call may raise here (read at the call: psycopg loads on first use)."""
+    return (StoreUnavailable, *database_errors())
+
 
 FENCE = 2 / 3
 """The part of ``lease_ttl`` after its last renewal during which a holder acts on its lease."""
@@ -272,7 +276,7 @@ class Leases:
                     store = self.database.open(timeout=max(1.0, self.ttl / 3))
                     self._stores[purpose] = store
                 return fn(store)
-            except _ERRORS as exc:
+            except _errors() as exc:
                 log.warning("leases: %s failed: %s", purpose,
                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
                 broken = self._stores.pop(purpose, None)

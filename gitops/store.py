@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -1685,10 +1686,10 @@ class Database:
 
 def database_errors() -> tuple[type[Exception], ...]:
     """The errors either database may raise mid-command (the CLI reports them in one line;
-    their messages are the server's, which never holds the password)."""
-    import psycopg
-
-    return sqlite3.Error, psycopg.Error
+    their messages are the server's, which never holds the password). psycopg's only once
+    something imported it: a command on SQLite does not pay for its import."""
+    psycopg = sys.modules.get("psycopg")
+    return (sqlite3.Error, psycopg.Error) if psycopg is not None else (sqlite3.Error,)
 
 
 def open_store(settings: Settings, *, readonly: bool = False) -> Store:
