@@ -11,10 +11,11 @@
   host, a running rollout's
   progress, the last 50 runs, activity per day, delivery metrics and incidents when
   ``gitops.delivery`` and ``gitops.incidents`` exist;
-  the team comparison (``delivery.compare``) is kept between polls in a ``ComparisonCache``
-  until the record changes (a run starts or finishes, a revision is quarantined or verified
-  everywhere, a team owns other environments) or the hour turns, so a poll with no new run
-  recomputes nothing;
+  the team comparison (``delivery.compare``), each environment's delivery metrics and its
+  incidents are kept between polls in a ``RecordCache`` until the record changes (a run
+  starts or finishes, a revision is quarantined or verified everywhere, someone writes into
+  a post-mortem, a team owns other environments) or the hour turns, so a poll with no new
+  run recomputes none of them;
 - ``GET /api/page/runs/{id}``: one run with its per-host, per-operation and per-check detail;
 - ``GET /previews/{id}``: one preview's full report (what a pull request comment points to
   when the host's size limit cut it), and the page lists the latest previews.
@@ -35,7 +36,7 @@ from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -47,7 +48,9 @@ from gitops.records import APPLY_KINDS, CheckRow, Ref, RunRow, StatusRow
 from gitops.server import _is_loopback
 from gitops.store import ENVIRONMENT, Database, NoStore, Store, StoreOutdated
 
-__all__ = ["COOKIE", "HISTORY", "ComparisonCache", "page_data", "routes", "run_detail"]
+__all__ = ["COOKIE", "HISTORY", "RecordCache", "page_data", "routes", "run_detail"]
+
+_T = TypeVar("_T")
 
 Authorize = Callable[[Request], Response | None]
 
@@ -84,45 +87,52 @@ _HEADERS = {
 # -- the data -------------------------------------------------------------------------------
 
 
-class ComparisonCache:
-    """The team comparison of one store, kept while the record does not change: the key is
-    the store's ``change_mark`` (the newest run id and finish, the quarantine and verified
-    revision counts), the owners and the hour (the 30-day window moves on). ``computed``
+class RecordCache:
+    """What the page computes from the record, kept while the record does not change: each
+    value under its name (the comparison, an environment's delivery or incidents), with a
+    key of the store's ``change_mark`` (the newest run id and finish, the quarantine and
+    verified revision counts), the post-mortems' ``postmortem_mark`` (what people wrote) and
+    what the caller adds (the owners, the hour: the 30-day windows move on). ``computed``
     counts the computations. Safe to share between the page's request threads."""
 
     def __init__(self) -> None:
         self.computed = 0
-        self._key: Hashable = None
-        self._value: dict[str, Any] | None = None
+        self._values: dict[Hashable, tuple[Hashable, Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, store: Store, owners: dict[str, str], today: datetime | None
-            ) -> dict[str, Any]:
-        when = today or datetime.now(UTC)
-        key = (tuple(store.change_mark()), tuple(sorted(owners.items())),
-               today.isoformat() if today is not None else when.strftime("%Y-%m-%dT%H"))
+    def get(self, store: Store, name: Hashable, compute: Callable[[], _T],
+            extra: Hashable = ()) -> _T:
+        key = (tuple(store.change_mark()), store.postmortem_mark(), extra)
         with self._lock:
-            if self._value is None or key != self._key:
-                self._value = _comparison(store, owners, today)
-                self._key = key
-                self.computed += 1
-            return self._value
+            found = self._values.get(name)
+            if found is not None and found[0] == key:
+                return cast(_T, found[1])
+            value = compute()
+            self._values[name] = (key, value)
+            self.computed += 1
+            return value
+
+
+def _hour(today: datetime | None) -> str:
+    """The cache's clock: the hour now, or the fixed ``today`` a caller gave."""
+    return today.isoformat() if today is not None else datetime.now(UTC).strftime("%Y-%m-%dT%H")
 
 
 def page_data(store: Store | None, *, today: datetime | None = None,
-              chain: Sequence[Link] = (), cache: ComparisonCache | None = None
+              chain: Sequence[Link] = (), cache: RecordCache | None = None
               ) -> dict[str, Any]:
     """The document behind ``GET /api/page`` (shape in the module's README section);
     ``store`` None: nothing recorded yet. ``chain``: the daemon's environments, for the
     promotion pipeline (``pipeline``: empty when none promotes from another). ``cache``:
-    the comparison of an earlier call while the record is unchanged (``routes`` keeps one)."""
+    what an earlier call computed while the record is unchanged (``routes`` keeps one)."""
+    cache = cache or RecordCache()  # a cache of one call: nothing is kept
     rows = store.status() if store is not None else []
     names = sorted({r.environment for r in rows} | {
         q.environment for q in (store.quarantined() if store is not None else [])})
     holders = ({lease.environment: lease.holder for lease in store.leases() if lease.live}
                if store is not None else {})
-    environments = [{**_environment(store, name, rows, today), "controller": holders.get(name)}
-                    for name in names if store is not None]
+    environments = [{**_environment(store, name, rows, today, cache),
+                     "controller": holders.get(name)} for name in names if store is not None]
     owners = _owners(store)
     for env in environments:
         env["team"] = owners.get(env["name"])
@@ -132,8 +142,9 @@ def page_data(store: Store | None, *, today: datetime | None = None,
         "pipeline": pipeline(store, chain) if any(link.upstream for link in chain) else [],
         "previews": [p.as_dict() for p in store.previews(limit=20)] if store is not None
         else [],
-        "comparison": (cache.get(store, owners, today) if cache is not None
-                       and store is not None else _comparison(store, owners, today)),
+        "comparison": (cache.get(store, "comparison", lambda: _comparison(store, owners, today),
+                                 (tuple(sorted(owners.items())), _hour(today)))
+                       if store is not None else _comparison(store, owners, today)),
     }
 
 
@@ -162,7 +173,7 @@ def _ref(ref: Ref | None) -> str | None:
 
 
 def _environment(store: Store, name: str, rows: list[StatusRow],
-                 today: datetime | None) -> dict[str, Any]:
+                 today: datetime | None, cache: RecordCache) -> dict[str, Any]:
     env_row = next((r for r in rows if r.environment == name and r.host == ENVIRONMENT),
                    None)
     host_rows = [r for r in rows if r.environment == name and r.host != ENVIRONMENT]
@@ -221,8 +232,9 @@ def _environment(store: Store, name: str, rows: list[StatusRow],
         "rollout": _rollout(runs, host_rows),
         "history": [r.as_dict() for r in runs[:HISTORY]],
         "activity": _activity(runs, today or datetime.now(UTC)),
-        "delivery": _delivery(store, name),
-        "incidents": _incidents(store, name),
+        "delivery": cache.get(store, ("delivery", name), lambda: _delivery(store, name),
+                              _hour(today)),
+        "incidents": cache.get(store, ("incidents", name), lambda: _incidents(store, name)),
     }
 
 
@@ -299,10 +311,8 @@ def _activity(runs: list[RunRow], today: datetime) -> list[dict[str, Any]]:
 
 def _delivery(store: Store, environment: str) -> dict[str, Any]:
     """The four keys over the last ``_DELIVERY_DAYS`` days, with their per-day series."""
-    try:
-        from gitops import delivery  # written alongside the page; optional until it lands
-    except ImportError:
-        return {"available": False, "reason": "not available yet"}
+    from gitops import delivery
+
     try:
         found = delivery.delivery_metrics(store, environment=environment, days=_DELIVERY_DAYS)
     except Exception as exc:  # a bug there must not take the page down
@@ -342,10 +352,8 @@ def _comparison(store: Store | None, owners: dict[str, str],
 
 def _incidents(store: Store, environment: str) -> dict[str, Any]:
     """Open incidents and the newest closed ones, newest first."""
-    try:
-        from gitops import incidents  # written alongside the page; optional until it lands
-    except ImportError:
-        return {"available": False, "reason": "not available yet"}
+    from gitops import incidents
+
     try:
         found = [i.as_dict() for i in incidents.incidents(store, environment=environment)]
     except Exception as exc:  # a bug there must not take the page down
@@ -398,7 +406,7 @@ def routes(state_dir: Path, authorize: Authorize | None,
     the API's check (None: no token can be checked, so only loopback clients are served);
     ``chain``: the daemon's environments, for the promotion pipeline."""
     where = database or Database(state_dir)
-    cache = ComparisonCache()
+    cache = RecordCache()
 
     def check(request: Request) -> Response | None:
         host = request.client.host if request.client else None

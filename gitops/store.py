@@ -1229,6 +1229,14 @@ class Store:
 
     # -- post-mortems ------------------------------------------------------------------------
 
+    def postmortem_mark(self) -> tuple[Any, ...]:
+        """Changes whenever someone writes into a post-mortem: a note, an action item, an
+        item done or open again, given to a team."""
+        notes = self.db.execute("SELECT COUNT(*), MAX(id) FROM postmortem_notes").fetchone()
+        actions = self.db.execute("SELECT id, state, team FROM postmortem_actions"
+                                  " ORDER BY id").fetchall()
+        return (*notes, *(tuple(a) for a in actions))
+
     def add_note(self, incident: str, section: str, text: str, *, actor: str) -> PostmortemNote:
         """Record one entry of a post-mortem's ``section``, with who and when."""
         stamp = self._now()

@@ -413,7 +413,7 @@ def test_the_comparison_is_computed_again_only_when_a_run_lands(tmp_path: Path) 
     poll compute it again, with the new run counted."""
     state = tmp_path / "state"
     seed(state)
-    cache = page.ComparisonCache()
+    cache = page.RecordCache()
 
     def rate() -> Any:
         with Store(state, readonly=True) as store:
@@ -422,12 +422,46 @@ def test_the_comparison_is_computed_again_only_when_a_run_lands(tmp_path: Path) 
         return lab["change_failure_rate"]
 
     assert rate() == 0.5 and rate() == 0.5 and rate() == 0.5
-    assert cache.computed == 1
+    assert cache.computed == 3  # the comparison, lab's delivery and lab's incidents, once
     with Store(state) as store:
         record_run(store, revision(12, "fix the web service"))
     assert rate() == pytest.approx(1 / 3)
-    assert cache.computed == 2
-    assert rate() == pytest.approx(1 / 3) and cache.computed == 2
+    assert cache.computed == 6
+    assert rate() == pytest.approx(1 / 3) and cache.computed == 6
+
+
+def test_incidents_are_kept_until_a_run_lands_or_someone_writes_into_a_post_mortem(
+        tmp_path: Path) -> None:
+    """A poll of an unchanged record reuses the incidents it computed; a note written into
+    the post-mortem (from another process: the CLI), an action item given to a team, or a
+    new run shows at the next poll."""
+    state = tmp_path / "state"
+    seed(state)
+    cache = page.RecordCache()
+
+    def incidents() -> dict[str, Any]:
+        with Store(state, readonly=True) as store:
+            data = page.page_data(store, cache=cache)
+        (lab,) = data["environments"]
+        return dict(lab["incidents"])
+
+    first = incidents()
+    (opened,) = first["open"]
+    computed = cache.computed
+    assert incidents() == first and cache.computed == computed
+    with Store(state) as store:
+        store.add_note(opened["id"], "summary", "lab-3 lost its link", actor="cli:ops")
+        item = store.add_action(opened["id"], "alert on the link", None, actor="cli:ops")
+    (noted,) = incidents()["open"]
+    assert noted["postmortem"]["summary"]["text"] == "lab-3 lost its link"
+    assert cache.computed > computed
+    with Store(state) as store:
+        store.update_action(item.id, actor="cli:ops", team="network")
+    (given,) = incidents()["open"]
+    assert [a["team"] for a in given["postmortem"]["actions"]] == ["network"]
+    with Store(state) as store:
+        record_run(store, revision(12, "fix the web service"))
+    assert incidents()["open"] == []
 
 
 def test_loopback_is_open(tmp_path: Path) -> None:
