@@ -737,7 +737,10 @@ def sharded(opts: argparse.Namespace, out: Out) -> None:
         out(f"| {p['lab']} | {sum(p['planned'].values())} | {sum(p['injected'].values())} | "
             f"{sum(p['survived'].values())} | {sum(p['losses'].values())} | "
             f"{p['minutes']:.0f} | {sum(p['commits'].values())} | {p['runs']} |")
-    report(merge(parts), out)
+    merged = merge(parts)
+    report(merged, out)
+    if opts.json:
+        opts.json.write_text(json.dumps(merged))
 
 
 if __name__ == "__main__":
