@@ -620,8 +620,9 @@ class Daemon:
         return after.delay_s
 
     def _prune(self) -> None:
-        """Bound the database history and the repository mirrors (``Settings.retention``),
-        at most once an hour; the snapshots are pruned by every run."""
+        """Bound the database history, the repository mirrors and the pull requests' refs in
+        them (``Settings.retention``), at most once an hour; the snapshots are pruned by
+        every run."""
         with self.prune_lock:
             if self.pruned_at is not None and self.clock() - self.pruned_at < _PRUNE_EVERY:
                 return
@@ -630,7 +631,8 @@ class Daemon:
                 with self._store() as store:
                     removed = retention.prune_history(
                         store, self.settings.state_dir, self.settings.retention,
-                        repos=[e.config.repo for e in self.envs.values()], now=store_now())
+                        repos={name: e.config.repo for name, e in self.envs.items()},
+                        now=store_now())
             except OSError as exc:
                 log.warning("cannot prune the state folder: %s", exc)
                 return

@@ -43,6 +43,7 @@ from gitops.model import DeclaredState
 from gitops.reconcile import fingerprints
 from gitops.records import ApplyReport, Plan, PreviewReport, PreviewResult, Revision
 from gitops.settings import CommitStatusConfig, EnvironmentConfig, Settings
+from gitops.source import pull_ref
 from gitops.store import Database
 from gitops.workers.secrets import redact
 
@@ -304,19 +305,6 @@ def _load(snapshot: Path, request: PreviewRequest, revision: Revision, settings:
           hosts: _LabHosts | None) -> DeclaredState:
     return load(snapshot, request.inventory, revision=revision.ref, keys=settings.sops,
                 hosts_from=hosts)
-
-
-def pull_ref(provider: str, number: int | None) -> str | None:
-    """The ref under which the base repository publishes a pull request's head: GitHub and
-    Gitea ``refs/pull/<n>/head``, GitLab ``refs/merge-requests/<iid>/head`` (a fork's
-    commits too); None for a branch previewed by hand (``gitops preview``)."""
-    if number is None:
-        return None
-    if provider in ("github", "gitea"):
-        return f"refs/pull/{number}/head"
-    if provider == "gitlab":
-        return f"refs/merge-requests/{number}/head"
-    return None
 
 
 def _fetch_head(request: PreviewRequest, state_dir: Path) -> Revision:

@@ -1,9 +1,10 @@
 """What the state folder keeps: pruning it to the bounds of ``settings.Retention``.
 
 ``reconcile.run`` prunes snapshots after each run (CLI and daemon alike); the daemon prunes
-the database history, the incident reports only pruned runs made, and unused repository
-mirrors after its runs (at most once an hour). README ("The state folder") lists every
-thing the folder holds and its bound.
+the database history, the incident reports only pruned runs made, unused repository
+mirrors and the pull requests' refs no recent preview wants (``preview_refs``) after its
+runs (at most once an hour). README ("The state folder") lists every thing the folder holds
+and its bound.
 
 A post-mortem is what people wrote, so retention never deletes it: the runs of an incident
 with a post-mortem (its notes or action items, ``gitops.incidents``) are kept past
@@ -13,16 +14,20 @@ incident, its id, its timeline and its report stay whole and no note points at a
 
 from __future__ import annotations
 
+import logging
 import re
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from gitops import incidents, source
+from gitops.errors import SourceError
 from gitops.settings import Retention
 from gitops.store import Store
 
-__all__ = ["postmortem_spans", "prune_history", "prune_reports", "prune_snapshots",
-           "snapshots_in_use"]
+__all__ = ["postmortem_spans", "preview_refs", "prune_history", "prune_reports",
+           "prune_snapshots", "snapshots_in_use"]
+
+log = logging.getLogger("gitops.retention")
 
 
 def snapshots_in_use(store: Store) -> set[str]:
@@ -50,13 +55,37 @@ def prune_snapshots(store: Store, state_dir: Path, newest: int) -> list[str]:
     return source.prune_snapshots(state_dir, snapshots_in_use(store), newest)
 
 
-def prune_history(store: Store, state_dir: Path, retention: Retention, *, repos: list[str],
-                  now: datetime) -> int:
-    """Delete the runs older than ``history_days`` and the mirrors of repositories not in
-    ``repos`` unused for ``sources_days``; return the runs deleted."""
-    source.prune_sources(state_dir, repos, retention.sources_days * 86400)
-    return store.prune_history(now - timedelta(days=retention.history_days),
-                               keep=postmortem_spans(store))
+def prune_history(store: Store, state_dir: Path, retention: Retention, *,
+                  repos: dict[str, str], now: datetime) -> int:
+    """Delete the runs older than ``history_days``, the mirrors of repositories not in
+    ``repos`` (environment name: repository URL) unused for ``sources_days``, and from the
+    mirrors of ``repos`` the pull requests' refs ``preview_refs`` does not keep; return the
+    runs deleted."""
+    source.prune_sources(state_dir, list(repos.values()), retention.sources_days * 86400)
+    removed = store.prune_history(now - timedelta(days=retention.history_days),
+                                  keep=postmortem_spans(store))
+    keep = preview_refs(store, state_dir, repos, now - timedelta(days=retention.sources_days))
+    for url in sorted(set(repos.values())):
+        try:
+            source.prune_refs(url, state_dir, keep.get(source.mirror_path(url, state_dir),
+                                                       set()))
+        except SourceError as exc:  # this mirror's refs wait for the next prune
+            log.warning("%s", exc)
+    return removed
+
+
+def preview_refs(store: Store, state_dir: Path, repos: dict[str, str],
+                 since: datetime) -> dict[Path, set[str]]:
+    """The pull requests' refs to keep in each mirror (``source.mirror_path``): those of a
+    preview not finished (queued or running), or asked for or finished since ``since``, of an
+    environment of ``repos`` (environment name: repository URL). Environments watching one
+    repository share its mirror: the refs any of them wants stay."""
+    keep: dict[Path, set[str]] = {}
+    for environment, provider, number in store.previewed_since(since):
+        ref = source.pull_ref(provider, number)
+        if ref is not None and environment in repos:
+            keep.setdefault(source.mirror_path(repos[environment], state_dir), set()).add(ref)
+    return keep
 
 
 def postmortem_spans(store: Store) -> list[tuple[str, int, int]]:

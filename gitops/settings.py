@@ -241,7 +241,8 @@ class Retention(BaseModel):
     apply stays), and the incident reports only they made leave the reports folder."""
     sources_days: float = Field(default=30, gt=0)
     """A repository mirror that no environment watches and nothing fetched for this long is
-    removed (one that is needed again is fetched again)."""
+    removed (one that is needed again is fetched again); so is, from a watched one, the ref of
+    a pull request with no preview asked for or finished for this long (none in progress)."""
 
 
 class PreviewSettings(BaseModel):

@@ -4,7 +4,9 @@ The only GitPython user. A bare mirror per repository lives in the state folder;
 force-updates the watched branch (a force-push is followed, not refused) and the commit is
 extracted with ``git archive`` into ``snapshots/<sha>/``: never the user's working copy, never
 a half-written folder (extract to a temporary name, then rename). A fetch that leaves the mirror
-over ``LOOSE_OBJECTS`` loose objects packs them. Called by ``reconcile``.
+over ``LOOSE_OBJECTS`` loose objects packs them. A pull request's head is fetched under its own
+ref (``fetch_ref``, ``pull_ref``) and deleted by ``prune_refs`` once no preview wants it.
+Called by ``reconcile``, ``preview`` and ``retention``.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from gitops.errors import InvalidDeclaration, Problem, RevisionNotFound, SourceE
 from gitops.private import private_dir
 from gitops.records import Revision, Snapshot
 
-__all__ = ["fetch", "fetch_ref", "mirror_path", "prune_snapshots", "prune_sources", "redact",
-           "snapshot"]
+__all__ = ["PULL_REFS", "fetch", "fetch_ref", "mirror_path", "prune_refs", "prune_snapshots",
+           "prune_sources", "pull_ref", "redact", "snapshot"]
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
@@ -114,6 +116,23 @@ def fetch_ref(url: str, ref: str, branch: str, state_dir: Path, *,
         url = str(Path(url).expanduser().resolve())
     with _mirror_lock(url, state_dir, timeout):
         return _fetch(url, branch, state_dir, timeout, ref=ref)
+
+
+def pull_ref(provider: str, number: int | None) -> str | None:
+    """The ref under which the base repository publishes a pull request's head: GitHub and
+    Gitea ``refs/pull/<n>/head``, GitLab ``refs/merge-requests/<iid>/head`` (a fork's
+    commits too); None for a branch previewed by hand (``gitops preview``)."""
+    if number is None:
+        return None
+    if provider in ("github", "gitea"):
+        return f"refs/pull/{number}/head"
+    if provider == "gitlab":
+        return f"refs/merge-requests/{number}/head"
+    return None
+
+
+PULL_REFS = ("refs/pull/", "refs/merge-requests/")
+"""Where ``fetch_ref`` keeps the pull requests' heads in a mirror (``pull_ref``)."""
 
 
 def _fetch(url: str, branch: str, state_dir: Path, timeout: float,
@@ -318,3 +337,34 @@ def prune_sources(state_dir: Path, keep: list[str], older_than_s: float) -> list
             child.with_suffix(".lock").unlink(missing_ok=True)
             removed.append(child)
     return removed
+
+
+def prune_refs(url: str, state_dir: Path, keep: set[str],
+               prefixes: tuple[str, ...] = PULL_REFS, *, timeout: float = 10) -> list[str]:
+    """Delete from ``url``'s mirror the refs under ``prefixes`` (the pull requests' heads
+    ``fetch_ref`` kept) not in ``keep``; return them. Branches (``refs/heads/``) are never
+    deleted. Unreachable once their ref is gone, a pull request's commits leave the mirror
+    at its next packing, after git's ``gc.pruneExpire``. Under the mirror's lock: a fetch
+    finishes first; one that holds it over ``timeout`` seconds skips this prune (none
+    deleted, the next prune does it). A pull request previewed again is fetched again."""
+    if Path(url).expanduser().is_dir():
+        url = str(Path(url).expanduser().resolve())
+    if not mirror_path(url, state_dir).is_dir():
+        return []
+    try:
+        with _mirror_lock(url, state_dir, timeout):
+            repo = _mirror(url, state_dir)
+            with repo:
+                names = str(repo.git.for_each_ref("--format=%(refname)", *prefixes)).split()
+                gone = [n for n in names if n not in keep and not n.startswith("refs/heads/")
+                        and n.startswith(prefixes)]
+                if gone:
+                    with tempfile.TemporaryFile() as fh:
+                        fh.write("".join(f"delete {n}\n" for n in gone).encode())
+                        fh.seek(0)
+                        repo.git.update_ref("--stdin", istream=fh)
+                return gone
+    except SourceError:  # the lock: a fetch held it too long
+        return []
+    except git.GitCommandError as exc:
+        raise SourceError(f"cannot prune the refs of {redact(url)}: {_git_error(exc)}") from None

@@ -1199,6 +1199,16 @@ class Store:
                + " ORDER BY id DESC LIMIT ?")
         return [_preview_row(r, report=False) for r in self.db.execute(sql, (*args, limit))]
 
+    def previewed_since(self, since: datetime) -> set[tuple[str, str, int]]:
+        """(environment, provider, number) of the pull requests with a preview not finished
+        (queued or running) or asked for or finished since ``since``: their refs stay in the
+        mirror (``gitops.retention.preview_refs``)."""
+        rows = self.db.execute(
+            "SELECT DISTINCT environment, provider, number FROM previews WHERE number IS NOT"
+            " NULL AND (state IN ('queued', 'running') OR created_at >= ? OR finished_at >= ?)",
+            (since.isoformat(), since.isoformat()))
+        return {(r["environment"], r["provider"], int(r["number"])) for r in rows}
+
     def preview(self, preview_id: int) -> PreviewRow | None:
         row = self.db.execute("SELECT * FROM previews WHERE id = ?", (preview_id,)).fetchone()
         return _preview_row(row, report=True) if row is not None else None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from test_loop import _commit, _record_failure, _record_success, _repo
+from test_source import _pull_request, _refs
 
 from gitops import incidents, retention, source
 from gitops.loop import Daemon
@@ -79,6 +81,41 @@ def test_unused_mirrors_are_removed_after_a_while(tmp_path: Path) -> None:
     assert removed == [source.mirror_path(str(other), state)]
     assert source.mirror_path(str(watched), state).is_dir()
     assert source.prune_sources(state, [str(watched)], 30 * 86400) == []
+
+
+def test_the_daemon_prunes_the_refs_of_pull_requests_no_longer_previewed(
+        tmp_path: Path) -> None:
+    """The hourly prune deletes from the mirror the ref of a pull request with no preview
+    for sources_days, so its commits can leave the mirror at the next packing; the refs of a
+    recent preview and of one still in progress (however old) stay, and so do the branches."""
+    repo, _ = _repo(tmp_path)
+    state = tmp_path / "state"
+    refs = ("refs/pull/7/head", "refs/pull/8/head", "refs/merge-requests/9/head")
+    shas = {ref: _pull_request(repo, ref) for ref in refs}
+    source.fetch(str(repo), "main", state)
+    for ref in refs:
+        source.fetch_ref(str(repo), ref, "feature", state)
+    with Store(state, clock=lambda: now() - timedelta(days=40)) as old:
+        done = old.start_preview("lab", provider="github", number=7, branch="feature",
+                                 base="main", head_sha=None)
+        old.finish_preview(done, None, summary="planned")
+        running = old.start_preview("lab", provider="gitlab", number=9, branch="feature",
+                                    base="main", head_sha=None)
+        old.preview_running(running, None)
+    with Store(state) as store:
+        store.start_preview("lab", provider="github", number=8, branch="feature",
+                            base="main", head_sha=None)
+    settings = Settings(state_dir=state, environments=[
+        EnvironmentConfig(name="lab", repo=str(repo), watch=False)])
+    Daemon(settings, rand=lambda: 0.5)._prune()
+    mirror = source.mirror_path(str(repo), state)
+    assert _refs(mirror) == {"refs/heads/main", "refs/pull/8/head",
+                             "refs/merge-requests/9/head"}
+    subprocess.run(["git", "-C", str(mirror), "gc", "-q", "--prune=now"], check=True)
+    present = {ref: subprocess.run(["git", "-C", str(mirror), "cat-file", "-e", sha],
+                                   check=False).returncode == 0 for ref, sha in shas.items()}
+    assert present == {"refs/pull/7/head": False, "refs/pull/8/head": True,
+                       "refs/merge-requests/9/head": True}
 
 
 def test_daemon_prunes_old_runs_and_their_incident_reports(tmp_path: Path) -> None:
@@ -152,7 +189,7 @@ def test_a_postmortem_keeps_its_incident_past_history_retention(tmp_path: Path,
         before = {i.id: i.as_dict() for i in incidents.incidents(store)}
         assert set(before) == {"lab-2", "lab-4"}
         assert before["lab-2"]["commit"]["previous_sha"] == a
-        removed = retention.prune_history(store, state, Retention(), repos=[],
+        removed = retention.prune_history(store, state, Retention(), repos={},
                                           now=now() + timedelta(days=500))
         assert removed == 2
         assert [r["id"] for r in store.history("lab")] == [6, 3, 2, 1]

@@ -73,3 +73,70 @@ def test_a_commit_a_force_push_left_behind_survives_the_packing(
     assert source.fetch(str(repo), "main", state).sha == head
     assert _loose(source.mirror_path(str(repo), state)) == 0
     assert source.revision(str(repo), "main", gone, state).sha == gone
+
+
+def _pull_request(repo: Path, ref: str) -> str:
+    """A commit of its own published under ``ref``, as a host does for a pull request."""
+    sha = subprocess.check_output(["git", "-C", str(repo), "commit-tree", "-p", "main", "-m",
+                                   ref, "main^{tree}"], text=True).strip()
+    subprocess.run(["git", "-C", str(repo), "update-ref", ref, sha], check=True)
+    return sha
+
+
+def _refs(mirror: Path) -> set[str]:
+    """The mirror's branches and pull requests' refs."""
+    return set(subprocess.check_output(["git", "-C", str(mirror), "for-each-ref",
+                                        "--format=%(refname)", "refs/heads/", "refs/pull/",
+                                        "refs/merge-requests/"], text=True).split())
+
+
+def test_pruning_refs_waits_for_a_fetch_holding_the_mirror(tmp_path: Path) -> None:
+    """A prune of the pull requests' refs while a fetch holds the mirror's lock deletes
+    nothing until the fetch lets go, then deletes; one kept waiting past its timeout skips
+    (nothing deleted, no error) and leaves it to the next prune."""
+    import fcntl
+    import time
+
+    repo, _ = _repo(tmp_path)
+    state = tmp_path / "state"
+    url = str(repo)
+    _pull_request(repo, "refs/pull/1/head")
+    source.fetch(url, "main", state)
+    source.fetch_ref(url, "refs/pull/1/head", "feature", state)
+    mirror = source.mirror_path(url, state)
+    fd = os.open(mirror.with_suffix(".lock"), os.O_RDWR)  # another process fetching
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert source.prune_refs(url, state, set(), timeout=0.2) == []
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            waiting = pool.submit(source.prune_refs, url, state, set(), timeout=30)
+            time.sleep(0.5)
+            assert not waiting.done()
+            assert "refs/pull/1/head" in _refs(mirror)
+            os.close(fd)
+            fd = -1
+            assert waiting.result(timeout=30) == ["refs/pull/1/head"]
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    assert _refs(mirror) == {"refs/heads/main"}
+
+
+def test_pruning_refs_never_deletes_a_branch_or_a_kept_ref(tmp_path: Path) -> None:
+    """A prune deletes no branch, even under a prefix it is given, and no ref it was told to
+    keep; a pull request pruned is fetched again when previewed again."""
+    repo, _ = _repo(tmp_path)
+    state = tmp_path / "state"
+    url = str(repo)
+    shas = {ref: _pull_request(repo, ref) for ref in (
+        "refs/pull/1/head", "refs/pull/2/head", "refs/merge-requests/3/head")}
+    source.fetch(url, "main", state)
+    for ref in shas:
+        source.fetch_ref(url, ref, "feature", state)
+    mirror = source.mirror_path(url, state)
+    removed = source.prune_refs(url, state, {"refs/pull/2/head"},
+                                prefixes=(*source.PULL_REFS, "refs/heads/"))
+    assert sorted(removed) == ["refs/merge-requests/3/head", "refs/pull/1/head"]
+    assert _refs(mirror) == {"refs/heads/main", "refs/pull/2/head"}
+    again = source.fetch_ref(url, "refs/pull/1/head", "feature", state)
+    assert again.sha == shas["refs/pull/1/head"]
