@@ -238,7 +238,8 @@ class Retention(BaseModel):
     (or a run uses, or a rollback hold names): the most recently used ones."""
     history_days: float = Field(default=400, gt=0)
     """Finished runs older than this leave the database (each environment's newest succeeded
-    apply stays), and the incident reports only they made leave the reports folder."""
+    apply stays), and the incident reports only they made leave the reports folder; so do
+    the previews finished before it, with their reports."""
     sources_days: float = Field(default=30, gt=0)
     """A repository mirror that no environment watches and nothing fetched for this long is
     removed (one that is needed again is fetched again); so is, from a watched one, the ref of

@@ -105,6 +105,10 @@ def fetch(url: str, branch: str, state_dir: Path, *, timeout: float = 120) -> Re
 LOOSE_OBJECTS = 256
 """A fetch that leaves a mirror more loose objects than this packs them (``_pack``): each
 commit fetched adds a few, a disk block each, and git's own ``gc --auto`` waits for 6700."""
+PACKS = 50
+"""A fetch that leaves a mirror more packs than this packs them into one (``_pack``): a fetch
+of 100 objects or more (a pull request's, a large commit's) arrives as a pack of its own;
+git's ``gc.autoPackLimit``."""
 
 
 def fetch_ref(url: str, ref: str, branch: str, state_dir: Path, *,
@@ -159,15 +163,16 @@ def _fetch(url: str, branch: str, state_dir: Path, timeout: float,
 
 
 def _pack(repo: git.Repo, timeout: float) -> None:
-    """Pack the mirror's loose objects once there are more than ``LOOSE_OBJECTS``
-    (``git gc``): the mirror stays the size of the repository's packed history. Commits a
+    """Pack the mirror's loose objects once there are more than ``LOOSE_OBJECTS``, or its
+    packs once there are more than ``PACKS`` (``git gc``): the mirror stays the size of the
+    repository's packed history. Commits a
     force-push left behind (a rollback may still want one) go to a cruft pack and last git's
     ``gc.pruneExpire`` (two weeks), as they would loose. A failure (a full disk) leaves the
     objects loose for the next fetch to pack."""
     with contextlib.suppress(git.GitCommandError, ValueError):
         counts = dict(line.split(": ", 1) for line in
                       str(repo.git.count_objects("-v")).splitlines() if ": " in line)
-        if int(counts.get("count", 0)) > LOOSE_OBJECTS:
+        if int(counts.get("count", 0)) > LOOSE_OBJECTS or int(counts.get("packs", 0)) > PACKS:
             repo.git.gc("--quiet", "--cruft", kill_after_timeout=timeout)
 
 

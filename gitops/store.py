@@ -826,7 +826,8 @@ class Store:
         """Delete finished runs started before ``before`` (with their hosts, operations and
         checks), except each environment's newest succeeded apply (the rollback target) and
         the runs of ``keep`` (environment, first and last run id: the runs of an incident
-        with a post-mortem); return how many. Retention (``gitops.retention``)."""
+        with a post-mortem), and the previews finished before ``before`` (with their
+        reports); return how many runs. Retention (``gitops.retention``)."""
         newest = ("SELECT MAX(id) FROM runs WHERE result='succeeded' AND kind IN"
                   " ('reconcile', 'rollback', 'retry') GROUP BY environment")
         spans = list(keep)
@@ -837,6 +838,8 @@ class Store:
         with self._tx() as db:
             for table in ("host_results", "op_results", "check_results"):
                 db.execute(f"DELETE FROM {table} WHERE run_id IN ({old})", args)
+            db.execute("DELETE FROM previews WHERE finished_at IS NOT NULL AND finished_at < ?",
+                       (before.isoformat(),))
             return int(db.execute(f"DELETE FROM runs WHERE id IN ({old})", args).rowcount)
 
     # -- operator controls, quarantine, undelivered commit statuses --------------------------

@@ -66,6 +66,29 @@ def test_history_retention_keeps_the_newest_good_apply_and_unfinished_runs(
                                     (ids[2],)).fetchall()
 
 
+def test_history_retention_removes_old_finished_previews_with_their_reports(
+    tmp_path: Path,
+) -> None:
+    """A preview finished before the cut-off leaves the record with its report; a newer one
+    and one still queued stay (the page lists them, the hourly prune bounds the table)."""
+    state = tmp_path / "state"
+    with Store(state) as store:
+        old = store.start_preview("lab", provider="github", number=7, branch="fix", base="main",
+                                  head_sha="a" * 40)
+        store.finish_preview(old, None, summary="done")
+        time.sleep(0.01)
+        cut = now()
+        time.sleep(0.01)
+        queued = store.start_preview("lab", provider="github", number=8, branch="more",
+                                     base="main", head_sha="b" * 40)
+        assert store.prune_history(cut) == 0
+        assert [p.id for p in store.previews()] == [queued]
+        assert store.preview(old) is None
+        store.finish_preview(queued, None, summary="done")
+        assert store.prune_history(cut) == 0
+        assert [p.id for p in store.previews()] == [queued]
+
+
 def test_unused_mirrors_are_removed_after_a_while(tmp_path: Path) -> None:
     """A mirror of a repository no environment watches, not fetched for sources_days, goes;
     the watched one stays, however old."""

@@ -59,6 +59,26 @@ def test_many_fetches_leave_the_mirror_bounded(tmp_path: Path,
     assert sizes[-1] - sizes[17] < 18 * 3 * 4096 // 4  # loose: 18 commits x 3 blocks
 
 
+def test_fetches_that_arrive_as_packs_leave_the_mirror_few_packs(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fetches that each arrive as a pack of their own (100 objects or more: here every one,
+    ``transfer.unpackLimit = 1``) leave no loose object to count; past PACKS packs the mirror
+    is packed into one, and every commit is still there."""
+    monkeypatch.setattr(source, "PACKS", 3)
+    repo, _ = _repo(tmp_path)
+    state = tmp_path / "state"
+    source.fetch(str(repo), "main", state)
+    mirror = source.mirror_path(str(repo), state)
+    subprocess.run(["git", "-C", str(mirror), "config", "transfer.unpackLimit", "1"], check=True)
+    packs, shas = [], []
+    for n in range(8):
+        shas.append(_commit(repo, "motd", f"commit {n}\n"))
+        source.fetch(str(repo), "main", state)
+        packs.append(len(list((mirror / "objects/pack").glob("*.pack"))))
+    assert max(packs) <= 3 + 1 and packs[-1] <= 3
+    assert all(source.revision(str(repo), "main", sha, state).sha == sha for sha in shas)
+
+
 def test_a_commit_a_force_push_left_behind_survives_the_packing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Packing the mirror keeps a commit the branch no longer reaches (force-pushed away):
