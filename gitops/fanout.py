@@ -33,8 +33,13 @@ A claim that was not renewed for ``lease_ttl`` (its controller died, or was cut 
 back by the holder and its job retried (procrastinate's ``retry_job``); a share that no
 worker started within ``fanout.start_timeout`` is applied by the holder itself. A stale
 attempt's result is refused (``finish_share`` checks the attempt). The apply journal
-(``gitops.journal``) of a share is kept by the controller that applied it: a share cut by
-its controller's death is applied again elsewhere without that journal (the README says so).
+(``gitops.journal``) of a share is kept by the controller that applied it, so a share cut by
+its controller's death is applied again elsewhere without that journal: what the cut attempt
+changed is unknown. Any attempt after the first (``run_claimed``: the job retried, or the
+holder applying it itself after another controller's claim lapsed) therefore journals the
+share's hosts as cut elsewhere (``journal.cut_elsewhere``): every operation there counts as
+changed once for what depends on it (the restart after a configuration change runs; an
+operation with nothing to do still does nothing). A first attempt forces nothing.
 
 Used by ``apply`` (``current``: the fan-out of the run in this thread) and the daemon
 (``loop``: ``Service`` and ``spreading``). The only module that imports procrastinate.
@@ -59,6 +64,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from gitops import journal
 from gitops.errors import GitopsError, TemporaryError, WorkerError
 from gitops.lease import FENCE, POLL
 from gitops.model import DeclaredState
@@ -260,6 +266,7 @@ class Spread:
                  timeout: float, say: Progress) -> list[WorkerResult]:
         service = self.service
         ids = [j.share for j in jobs]
+        journaled = any(j.journal and not j.dry for j in jobs)
         deadline = time.monotonic() + timeout + service.settings.fanout.start_timeout
         seen: dict[int, tuple[str, int]] = {}
         here: list[Future[None]] = []
@@ -276,7 +283,11 @@ class Spread:
                             seen[row.id] = (row.state, row.attempt)
                             say(f"share {row.id}: {row.state}"
                                 + (f" by {row.worker}" if row.worker else "")
-                                + (f" (attempt {row.attempt})" if row.attempt > 1 else ""))
+                                + (f" (attempt {row.attempt})" if row.attempt > 1 else "")
+                                + ("; an interrupted apply of it may have changed anything: "
+                                   "what depends on any operation runs again"
+                                   if row.state == "running" and row.attempt > 1
+                                   and journaled else ""))
                         if action == "lost":
                             raise LeaseLost(f"{self.environment}: the lease was lost while its "
                                             "shares were applied; nothing of them is recorded")
@@ -456,7 +467,9 @@ class Service:
     def run_claimed(self, job: ShareJob, attempt: int, left: float,
                     state: DeclaredState | None, *, sent: float | None = None) -> None:
         """Apply a share this controller claimed (``attempt``), renewing the claim; keep the
-        result (or the error) in its row. ``state``: the holder's own part, else loaded."""
+        result (or the error) in its row. ``state``: the holder's own part, else loaded.
+        After ``attempt`` 1 (an earlier one was cut) its hosts are journaled as cut
+        elsewhere (``journal.cut_elsewhere``) before the apply."""
         from gitops import apply as apply_stage
 
         stop = threading.Event()
@@ -472,6 +485,12 @@ class Service:
                 state, folder = self._load(job)
             else:
                 folder = self._journal(job.environment)
+            if attempt > 1 and job.journal and not job.dry:
+                # an earlier attempt was cut elsewhere, its journal with it: anything may
+                # have changed, so what depends on any operation runs again, once
+                for host in state.hosts:
+                    journal.cut_elsewhere(folder, host.name,
+                                          f"attempt {attempt - 1} of share {job.share}")
             out = run_worker(apply_stage.WORKER, apply_stage.job(
                 state, dry=job.dry, diff=True, journal=folder if job.journal else None),
                 timeout=job.timeout, stop=stop)

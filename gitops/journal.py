@@ -10,8 +10,16 @@ the file is removed once that host's apply completes. A file found at the start 
 says the last one was cut: ``pending`` is what it may have changed, and the worker makes
 those operations count as changed for the operations that depend on them, once; except, on a
 host whose guard reverted (``gitops.guard``: the cut apply's guarded changes were undone there),
-the guarded services' operations, which find their changes to make again. Called by
-``reconcile`` (which hosts are recovering) and by the apply worker (reading and writing).
+the guarded services' operations, which find their changes to make again.
+
+A share of a batch applied by another controller (``gitops.fanout``) and cut there (that
+controller died or was cut off) is applied again here without that controller's journal, which
+is on its machine: what the cut attempt changed is unknown. ``cut_elsewhere`` marks each of
+the share's hosts so (a line ``{"unknown": ...}``), and ``pending`` then holds ``ANY``: every
+operation of the host counts as changed once for what depends on it (an operation with
+nothing to do still does nothing), until an apply of that host here completes. Called by
+``reconcile`` (which hosts are recovering), by ``fanout`` (``cut_elsewhere``) and by the apply
+worker (reading and writing).
 """
 
 from __future__ import annotations
@@ -22,9 +30,12 @@ import os
 from pathlib import Path
 from typing import IO
 
-__all__ = ["Writer", "clear", "forget_others", "interrupted", "pending"]
+__all__ = ["ANY", "Writer", "clear", "cut_elsewhere", "forget_others", "interrupted",
+           "pending"]
 
 _SUFFIX = ".jsonl"
+ANY = "*"
+"""In ``pending``: an apply cut on another controller may have changed any operation."""
 
 
 def _path(folder: Path, host: str) -> Path:
@@ -40,7 +51,8 @@ def interrupted(folder: Path) -> set[str]:
 
 def pending(folder: Path, host: str) -> set[str]:
     """The operations (by name) an interrupted apply of ``host`` changed or may have changed:
-    those done with a change, and those started and never done (cut while running)."""
+    those done with a change, and those started and never done (cut while running); with
+    ``ANY`` when an apply of it on another controller was cut (``cut_elsewhere``)."""
     out: set[str] = set()
     started: set[str] = set()
     try:
@@ -57,6 +69,8 @@ def pending(folder: Path, host: str) -> set[str]:
         if "run" in entry:  # an earlier cut apply's operations stay pending
             out |= started
             started = set()
+        elif "unknown" in entry:
+            out.add(ANY)
         elif "start" in entry:
             started.add(str(entry["start"]))
         elif "done" in entry:
@@ -79,6 +93,29 @@ def forget_others(folder: Path, hosts: set[str]) -> None:
         clear(folder, host)
 
 
+def _sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def cut_elsewhere(folder: Path, host: str, why: str = "an apply on another controller") -> None:
+    """An apply of ``host`` was cut where its journal cannot be read (``why``: another
+    controller's): anything may have changed there, so every operation is pending (``ANY``)
+    until an apply of ``host`` here completes. On disk before the apply that follows."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = _path(folder, host)
+    created = not path.exists()
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"unknown": why}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    if created:
+        _sync_folder(folder)
+
+
 class Writer:
     """Appends one host's journal; each start is on disk before the operation runs."""
 
@@ -89,11 +126,7 @@ class Writer:
         self._file: IO[str] = path.open("a", encoding="utf-8")
         self._write({"run": os.getpid()}, sync=True)
         if created:  # the file's name on disk too
-            fd = os.open(folder, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            _sync_folder(folder)
 
     def _write(self, entry: dict[str, object], *, sync: bool) -> None:
         self._file.write(json.dumps(entry) + "\n")

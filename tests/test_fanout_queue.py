@@ -1,6 +1,7 @@
 """A batch's shares across several controllers' workers on one real PostgreSQL (``gitops.fanout``):
 claims that one attempt wins, taken back from a dead worker, fenced by the holder's lease,
-and two controllers' queue workers applying the shares of one batch.
+two controllers' queue workers applying the shares of one batch, and a share applied again
+after a cut attempt counting everything as changed on its hosts (a first attempt: nothing).
 
 No lab: the inventory's hosts are loopback addresses on a closed port, so each host's apply
 ends at once as unreachable, a real result of the real apply worker; the controllers' queue
@@ -21,7 +22,7 @@ import yaml
 from pgserver import PgServer
 from polling import wait_for
 
-from gitops import apply, fanout
+from gitops import apply, fanout, journal
 from gitops.fanout import Service, next_steps
 from gitops.lease import Leases
 from gitops.reconcile import Target, declared
@@ -193,3 +194,68 @@ def test_a_share_cannot_be_claimed_or_renewed_once_its_holders_lease_is_gone(
         store.release_lease("lab", "a", token)
         assert store.renew_share(running, 1, TTL) is None
         assert store.claim_share(waiting, "b", TTL) is None
+
+
+def test_a_share_applied_again_after_a_cut_attempt_counts_everything_as_changed_there(
+        database: Database, tmp_path: Path) -> None:
+    """A share whose first attempt's controller died is applied again by another controller,
+    which has no journal of that attempt: the queue task journals its hosts as cut elsewhere
+    (everything pending, so each restart runs once); a share's first attempt marks nothing."""
+    b = Service(_settings(database, _repo(tmp_path), tmp_path / "state-b", "b"), "b")
+    folder = b.settings.state_dir / "journal" / "lab"
+    target = Target(repo=str(tmp_path / "repo"), branch="main", environment="lab",
+                    state_dir=tmp_path / "state-a", database=database)
+    _, state = declared(target)
+    sha = Path(state.root).name
+    with database.open() as store:
+        token = store.acquire_lease("lab", "a", TTL)
+        assert token is not None
+        first = store.add_share("lab", token, ["h1", "h2"])
+        again = store.add_share("lab", token, ["h3", "h4"])
+        assert store.claim_share(again, "dead", 1) is not None  # attempt 1, then it dies
+    jobs = {share: fanout.ShareJob.of(share, "lab", sha, state.limit(set(hosts)), dry=False,
+                                      journal=True, timeout=120)
+            for share, hosts in ((first, {"h1", "h2"}), (again, {"h3", "h4"}))}
+    b._task_body(**jobs[first].args())
+    assert journal.interrupted(folder) == set()  # a first attempt forces nothing
+    time.sleep(1.2)
+    with database.open() as store:
+        assert store.requeue_share(again) is not None  # the holder takes the claim back
+    b._task_body(**jobs[again].args())
+    with database.open() as store:
+        rows = store.shares([first, again])
+    assert [(r.state, r.attempt, r.worker) for r in rows] == [("done", 1, "b"),
+                                                              ("done", 2, "b")]
+    # unreachable, so not completed: the mark stays for b's next apply of these hosts
+    assert journal.interrupted(folder) == {"h3", "h4"}
+    assert journal.pending(folder, "h3") == {journal.ANY}
+
+
+def test_the_holder_says_a_share_applied_again_counts_everything_as_changed(
+        database: Database, services: Callable[[str], Service], tmp_path: Path) -> None:
+    """The holder takes back the share of a worker that died mid-apply, its job is retried
+    and applied again (attempt 2): the run's progress says what depends on any operation runs
+    again there, and the hosts are journaled so on the controller that applied it."""
+    a = services("a")
+    target = Target(repo=str(tmp_path / "repo"), branch="main", environment="lab",
+                    state_dir=a.settings.state_dir, database=database)
+    _, state = declared(target)
+    with database.open() as store:
+        token = store.acquire_lease("lab", "a", TTL)
+        assert token is not None
+        share = store.add_share("lab", token, ["h1", "h2"])
+        assert store.claim_share(share, "dead", 1) is not None
+    part = state.limit({"h1", "h2"})
+    job = fanout.ShareJob.of(share, "lab", Path(state.root).name, part, dry=False,
+                             journal=True, timeout=120)
+    with database.open() as store:  # its job, which finds the share claimed by the dead one
+        store.set_share_job(share, a.defer(job))
+    time.sleep(1.2)
+    lines: list[str] = []
+    (result,) = a.spread("lab", lambda: token)._collect([job], {share: part}, token, 120,
+                                                         lines.append)
+    assert result.apply is not None and [h.host for h in result.apply.hosts] == ["h1", "h2"]
+    assert any(f"share {share}: running by a (attempt 2); an interrupted apply of it may have "
+               "changed anything: what depends on any operation runs again" in line
+               for line in lines), lines
+    assert journal.interrupted(a.settings.state_dir / "journal" / "lab") == {"h1", "h2"}

@@ -4,6 +4,8 @@ recovering from one means."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,98 @@ def test_writer_then_clear(tmp_path: Path) -> None:
     journal.clear(folder, "lab-2")
     assert journal.interrupted(folder) == set()
     assert journal.pending(folder, "lab-2") == set()
+
+
+def _lines(folder: Path, host: str, entries: list[dict[str, object]]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / f"{host}.jsonl").open("a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(e) + "\n" for e in entries))
+
+
+def test_a_host_whose_apply_was_cut_on_another_controller_has_everything_pending(
+        tmp_path: Path) -> None:
+    """A share applied again after its controller died: what that attempt changed is on the
+    dead machine, so every operation of each of its hosts is pending (``ANY``), the host is
+    recovering; the others are not, and nothing is pending once its apply here completes."""
+    folder = tmp_path / "journal" / "lab"
+    journal.cut_elsewhere(folder, "lab-1", "attempt 1 of share 7")
+    assert journal.pending(folder, "lab-1") == {journal.ANY}
+    assert journal.pending(folder, "lab-2") == set()
+    assert journal.interrupted(folder) == {"lab-1"}
+    w = journal.Writer(folder, "lab-1")  # the apply here, until it completes
+    w.start(CODE)
+    w.done(CODE, changed=False)
+    w.close()
+    assert journal.pending(folder, "lab-1") == {journal.ANY}
+    journal.clear(folder, "lab-1")
+    assert journal.pending(folder, "lab-1") == set()
+    assert journal.interrupted(folder) == set()
+
+
+def test_a_cut_elsewhere_and_an_ordinary_cut_add_up(tmp_path: Path) -> None:
+    """A host cut here earlier and then cut on another controller (or the other way round):
+    what the cut here changed, what it left started, and everything else, all pending; an
+    apply here cut after the mark keeps the mark."""
+    folder = tmp_path / "journal" / "lab"
+    _lines(folder, "lab-1", [{"run": 1}, {"start": CONFIG}, {"done": CONFIG, "changed": True},
+                             {"start": RESTART}])
+    journal.cut_elsewhere(folder, "lab-1")
+    assert journal.pending(folder, "lab-1") == {CONFIG, RESTART, journal.ANY}
+    journal.cut_elsewhere(folder, "lab-2")
+    _lines(folder, "lab-2", [{"run": 2}, {"start": CODE}, {"done": CODE, "changed": False},
+                             {"start": CONFIG}])
+    assert journal.pending(folder, "lab-2") == {CONFIG, journal.ANY}
+
+
+ARMED = """
+from gitops.workers import apply_worker as w  # first, as in the worker (gevent's patching)
+import json, sys
+from pathlib import Path
+from pyinfra.api import Config, Inventory, State
+from pyinfra.api.operation import add_op
+from pyinfra.api.state import StateStage
+from pyinfra.operations import server
+
+folder, hosts, ops = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+recorder = w._Journal(folder, hosts)  # as the worker makes it: before the deploys load
+state = State(Inventory((hosts, {})), Config())
+state.set_stage(StateStage.Prepare)
+for host in state.inventory:
+    state.activate_host(host)
+for name in ops:  # loaded, not connected: nothing runs
+    add_op(state, server.shell, name=name, commands=["true"])
+recorder.undone({"lab-2": "a revert armed by an earlier apply was run"}, frozenset({"web"}))
+recorder.arm(state)
+forced = {h.name: sorted(w._op_name(state, op) for op in state.ops[h]
+                         if id(state.ops[h][op].operation_meta) in w._forced)
+          for h in state.inventory}
+recorder.stop(state)
+print(json.dumps({"forced": forced, "after": len(w._forced)}))
+"""
+
+
+def test_the_apply_worker_forces_every_operation_of_a_host_cut_elsewhere(
+        tmp_path: Path) -> None:
+    """The apply worker's journal (``_Journal``), in a worker process of its own, before
+    executing: on a host whose apply was cut on another controller every operation counts as
+    changed once (said in the progress), but for a guarded service whose revert ran there
+    (lab-2); a host with no journal (lab-3): nothing."""
+    folder = tmp_path / "journal" / "lab"
+    journal.cut_elsewhere(folder, "lab-1")
+    journal.cut_elsewhere(folder, "lab-2")
+    hosts, ops = ["lab-1", "lab-2", "lab-3"], [CONFIG, RESTART, "web | Site"]
+    proc = subprocess.run([sys.executable, "-c", ARMED, str(folder), json.dumps(hosts),
+                           json.dumps(ops)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["forced"] == {"lab-1": sorted(ops), "lab-2": sorted([CONFIG, RESTART]),
+                             "lab-3": []}
+    assert out["after"] == 0  # once: nothing forced after this apply
+    assert ("lab-1: an interrupted apply on another controller may have changed any of its 3 "
+            "operations; what depends on them runs again") in proc.stderr
+    assert "lab-2: an interrupted apply on another controller may have changed any of its 2 " \
+        "operations" in proc.stderr
+    assert "lab-3:" not in proc.stderr
 
 
 def _failed(*hosts: str) -> Outcome:

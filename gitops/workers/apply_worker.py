@@ -222,11 +222,14 @@ def _did_change_or_forced(self: OperationMeta) -> bool:
 class _Journal(BaseStateCallback):
     """Journals each host's operations as they run (``gitops.journal``), and makes the
     operations an interrupted apply changed count as changed once, so what depends on them
-    (``_if=``: a restart after a configuration change) runs although the change is done."""
+    (``_if=``: a restart after a configuration change) runs although the change is done;
+    every operation of a host whose apply was cut on another controller (``journal.ANY``)."""
 
     def __init__(self, folder: Path, names: list[str]) -> None:
         self.folder = folder
         self.pending = {name: journal.pending(folder, name) for name in names}
+        self.undone_services: dict[str, frozenset[str]] = {}
+        """host -> the guarded services whose operations are not forced there (reverted)."""
         self.writers: dict[str, journal.Writer] = {}
         self.current: dict[str, str] = {}
         # before the deploy files bind ``meta.did_change`` for their ``_if=`` arguments
@@ -237,18 +240,31 @@ class _Journal(BaseStateCallback):
         changed in the guarded services was undone there, so it is not forced again; the
         next apply finds those changes to make, and what depends on them follows."""
         for host in reverted:
-            self.pending[host] = {name for name in self.pending.get(host, set())
-                                  if _service_of(name) not in services}
+            self.undone_services[host] = services
+
+    def forced(self, state: State, host: Any) -> list[str]:
+        """The hashes of ``host``'s operations that count as changed once: those the
+        interrupted apply changed (all of them after a cut elsewhere), but for the services
+        a guard's revert undid."""
+        wanted = self.pending.get(host.name) or set()
+        undone = self.undone_services.get(host.name, frozenset())
+        return [op_hash for op_hash in _host_ops(state, host)
+                if (journal.ANY in wanted or _op_name(state, op_hash) in wanted)
+                and _service_of(_op_name(state, op_hash)) not in undone]
 
     def arm(self, state: State) -> None:
         """Before executing: journal from now on; force what the interrupted apply changed."""
         state.add_callback_handler(self)
         for host in state.inventory:
-            wanted = self.pending.get(host.name) or set()
-            forced = [op_hash for op_hash in _host_ops(state, host)
-                      if _op_name(state, op_hash) in wanted]
-            if forced:
-                _forced.update(id(state.ops[host][h].operation_meta) for h in forced)
+            forced = self.forced(state, host)
+            if not forced:
+                continue
+            _forced.update(id(state.ops[host][h].operation_meta) for h in forced)
+            if journal.ANY in self.pending.get(host.name, set()):
+                _progress(f"{host.name}: an interrupted apply on another controller may have "
+                          f"changed any of its {len(forced)} operations; what depends on them "
+                          "runs again")
+            else:
                 _progress(f"{host.name}: an interrupted apply changed "
                           f"{', '.join(_op_name(state, h) for h in forced)}; what depends on "
                           "it runs again")
