@@ -500,7 +500,8 @@ def _print_quarantined(environment: str, entries: list[dict[str, Any]]) -> None:
     for q in entries:
         click.echo(f"    Quarantined: {q['sha'][:10]} since {q['since'][:19]}: {q['reason']}")
     if entries:
-        click.echo(f"    (not applied again; a newer commit is applied as usual; `gitops forget "
+        click.echo(f"    (not applied again; a newer commit is applied as usual; `gitops "
+                   f"unquarantine {environment} SHA --reason WHY` releases one; `gitops forget "
                    f"{environment}` clears the quarantine, with the status and controls)")
 
 
@@ -1322,6 +1323,60 @@ def forget(environment: str, state_dir: Path | None, as_json: bool) -> None:
         return
     click.echo(f"{environment}: status, controls and quarantine removed; its "
                f"{removed['runs']} run(s) stay in history (gitops history -e {environment})")
+
+
+@main.command(epilog=EXIT_CODES)
+@click.argument("environment")
+@click.argument("sha")
+@click.option("--reason", required=True, help="Why (e.g. a host was down, not the commit's "
+              "fault): recorded in history with who.")
+@state_option
+@config_option
+@json_option
+def unquarantine(environment: str, sha: str, reason: str, state_dir: Path | None,
+                 as_json: bool) -> None:
+    """Release one quarantined revision of ENVIRONMENT (SHA: a unique prefix of 7 or more
+    hex digits) whose rollout failed for a reason not the commit's; the daemon applies it
+    again at its next cycle if it is still the branch head. Through a running daemon, else
+    in the store."""
+    if not reason.strip():
+        _fail(UsageError("--reason is empty: who released what, and why, is recorded"),
+              as_json)
+    try:
+        control.sha_prefix(sha)  # before asking anyone
+    except GitopsError as exc:
+        _fail(exc, as_json)
+    s = _settings(environment=environment, state_dir=state_dir)
+    try:
+        answer = _ask_daemon(s, _api_name(s), "unquarantine",
+                             {"revision": sha, "reason": reason})
+    except GitopsError as exc:
+        _fail(exc, as_json)
+    if answer is None:  # no daemon watches it: the store is the shared record
+        try:
+            with open_store(s, readonly=True) as reader:
+                known = reader.environments()
+        except NoStore:
+            known = []
+        except GitopsError as exc:
+            _fail(exc, as_json)
+        if s.environment not in known:
+            _fail(UsageError(f"unknown environment {s.environment!r}; known: "
+                             f"{', '.join(known) or 'none recorded yet'}"), as_json)
+        with open_store(s) as store:
+            try:
+                answer = control.unquarantine(store, s.environment, sha,
+                                              actor=control.who(), reason=reason)
+            except GitopsError as exc:
+                _fail(exc, as_json)
+    assert answer is not None
+    if as_json:
+        _emit(answer)
+        return
+    click.echo(f"{s.environment}: {str(answer['sha'])[:10]} released from quarantine by "
+               f"{answer.get('actor')}: {answer.get('reason')} (recorded as run "
+               f"#{answer.get('event')}); applied again at the daemon's next cycle if it is "
+               "still the branch head")
 
 
 @main.command(epilog=EXIT_CODES)

@@ -1,4 +1,5 @@
-"""Operator controls: suspend, resume, rollback holds, retry targets; each one in history.
+"""Operator controls: suspend, resume, rollback holds, retry targets, releasing a quarantined
+revision; each one in history.
 
 Kept in the store, so the CLI (with or without a daemon) and the daemon's API act on the same
 record: a daemon reads the controls at every cycle. Called by ``cli`` and ``loop``.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from gitops.records import APPLY_KINDS, Controls
 from gitops.store import Store
 
 __all__ = ["failed_hosts", "hold", "hold_rollback", "last_good_revision", "release_hold",
-           "resume", "suspend", "who"]
+           "resume", "sha_prefix", "suspend", "unquarantine", "who"]
 
 
 def who() -> str:
@@ -92,6 +94,45 @@ def release_hold(store: Store, environment: str, *, head: str) -> None:
     store.set_controls(environment, held_sha=None, held_head=None)
     store.record_event(environment, "resume", actor="gitops",
                        reason=f"hold released: new commit {head[:10]}")
+
+
+_SHA_PREFIX = re.compile(r"[0-9a-fA-F]{7,40}")
+
+
+def sha_prefix(sha: str) -> str:
+    """``sha`` as a lower-case commit sha or prefix of one (7 to 40 hex digits), else a
+    ``UsageError`` quoting it on one line."""
+    if not _SHA_PREFIX.fullmatch(sha):
+        raise UsageError(f"{sha[:60]!r} is not a commit sha: 7 to 40 hex digits")
+    return sha.lower()
+
+
+def unquarantine(store: Store, environment: str, sha: str, *, actor: str,
+                 reason: str) -> dict[str, object]:
+    """Release one quarantined revision of ``environment`` (``sha``: a unique prefix of 7 to
+    40 hex digits) because its failure was not the commit's (a host was down): the daemon
+    applies it again, at its next cycle, if it is still the branch head (``policy.next_run``).
+    Who and why are recorded as an ``unquarantine`` event; ``UsageError`` for a malformed,
+    unknown or ambiguous prefix, or an empty reason."""
+    if not reason.strip():
+        raise UsageError("unquarantine needs a reason (--reason): who released what, and why, "
+                         "is recorded")
+    prefix = sha_prefix(sha)
+    entries = store.quarantined(environment)
+    matches = [q for q in entries if q.sha.startswith(prefix)]
+    if not matches:
+        listed = ", ".join(q.sha[:10] for q in entries) or "none"
+        raise UsageError(f"{environment}: {prefix} is not quarantined (quarantined there: "
+                         f"{listed})")
+    if len(matches) > 1:
+        raise UsageError(f"{environment}: {prefix} is ambiguous: it begins "
+                         f"{', '.join(q.sha[:12] for q in matches)}; give more digits")
+    (entry,) = matches
+    event = store.release_quarantine(environment, entry.sha, actor=actor, reason=reason)
+    if event is None:  # released by someone else meanwhile
+        raise UsageError(f"{environment}: {prefix} is not quarantined (any more)")
+    return {"environment": environment, "sha": entry.sha, "actor": actor, "reason": reason,
+            "quarantined": entry.as_dict(), "event": event}
 
 
 def failed_hosts(store: Store, environment: str) -> list[str]:

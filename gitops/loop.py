@@ -210,6 +210,15 @@ class Daemon:
                                         reason=reason).as_dict()
             elif action == "rollback":
                 result = self._hold(store, env, revision, actor=actor, reason=reason)
+            elif action == "unquarantine":
+                result = control.unquarantine(store, env.target.environment, revision or "",
+                                              actor=actor, reason=reason)
+                log.warning("%s: %s released %s from quarantine: %s", environment, actor,
+                            str(result["sha"])[:10], reason)
+                # a "look now": the cycle applies it if it is still the head (the release
+                # is in the history, so it is theirs and in full)
+                self._route(env, Trigger(f"unquarantine by {actor}", "watch:unquarantine"))
+                return result
             elif action == "retry":
                 hosts = control.failed_hosts(store, env.target.environment)
                 if not hosts:
@@ -545,7 +554,8 @@ class Daemon:
                 last=LastRun.from_history(history),
                 quarantined=frozenset(q.sha for q in store.quarantined(name)),
                 status=status, pending=pending, retry=retry,
-                promotion=self._promotion(env, store, head, history, status))
+                promotion=self._promotion(env, store, head, history, status),
+                released=policy.Release.from_history(history))
             decision = policy.next_run(inputs)
         if decision.run is not None and not (pending and pending.force):
             window = self._window(env, head)  # only read when something would run

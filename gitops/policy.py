@@ -50,6 +50,7 @@ __all__ = [
     "ManualPromotion",
     "Promotion",
     "PromotionInput",
+    "Release",
     "RunOrder",
     "RunSummary",
     "Trigger",
@@ -88,6 +89,26 @@ class LastRun:
         for row in rows:
             if row.kind in records.APPLY_KINDS:
                 return cls(sha=row.sha, result=cast("RunResult | None", row.result))
+        return None
+
+
+@dataclass(frozen=True)
+class Release:
+    """An operator's release of a quarantined revision (``gitops unquarantine``) that no
+    apply run has followed yet: the revision is applied again, in full, as theirs."""
+
+    sha: str
+    actor: str
+    reason: str
+
+    @classmethod
+    def from_history(cls, rows: Iterable[records.RunRow]) -> Release | None:
+        """The newest ``unquarantine`` event, unless an apply run came after it."""
+        for row in rows:
+            if row.event and row.kind == "unquarantine" and row.sha:
+                return cls(row.sha, row.actor, row.reason)
+            if not row.event and row.kind in records.APPLY_KINDS:
+                return None
         return None
 
 
@@ -140,6 +161,8 @@ class CycleInput:
     """The maintenance windows' state at the cycle's ``now``; None: no windows (open)."""
     promotion: Promotion | None = None
     """For an environment with ``promote_from``: what it may apply (``promotion``)."""
+    released: Release | None = None
+    """A quarantined revision an operator released, not applied since (``Release``)."""
 
 
 # -- decisions -------------------------------------------------------------------------
@@ -184,9 +207,11 @@ def needs_run(wanted: str, last: LastRun | None, status: EnvStatus | None) -> bo
 
 
 def next_run(i: CycleInput) -> Cycle:
-    """What a cycle does. Suspended: nothing. A hold is kept until a newer commit. Outside
-    the maintenance window nothing is applied but an operator's rollback hold or a forced
-    trigger; the decision says when the window opens."""
+    """What a cycle does. Suspended: nothing. A hold is kept until a newer commit. A
+    quarantined head is left alone until an operator releases it (then it runs as theirs,
+    even after a failure of its own). Outside the maintenance window nothing is applied but
+    an operator's rollback hold or a forced trigger; the decision says when the window
+    opens."""
     if i.controls.suspended:
         return Cycle(None, why=f"suspended by {i.controls.actor or '?'}")
     held = i.controls.held_sha
@@ -210,7 +235,12 @@ def next_run(i: CycleInput) -> Cycle:
     if wanted in i.quarantined and not held:
         return Cycle(None, why=f"{wanted[:10]} is quarantined", release_hold=release,
                      waiting_for=waiting_for)
-    forced = i.pending is not None and not i.pending.look_only
+    # released from quarantine by an operator: theirs, in full, even if it failed last time
+    released = i.released is not None and i.released.sha == wanted and not held
+    if released and i.released is not None and (trigger is None or trigger.look_only):
+        trigger = Trigger(f"released from quarantine by {i.released.actor}: "
+                          f"{i.released.reason}", i.released.actor)
+    forced = (i.pending is not None and not i.pending.look_only) or released
     # a retry of some hosts is of the revision the last run applied; once the head moved on,
     # every host needs the new one: a reconcile of all of them (the retried ones get all)
     retry = i.retry if i.last is None or i.last.sha == wanted else None

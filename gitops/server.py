@@ -56,7 +56,7 @@ __all__ = [
 
 log = logging.getLogger("gitops.server")
 
-OPERATIONS = ("suspend", "resume", "rollback", "retry")
+OPERATIONS = ("suspend", "resume", "rollback", "retry", "unquarantine")
 """Actions the API passes to ``Controller.operate``; ``reconcile`` calls ``trigger``."""
 
 
@@ -80,7 +80,8 @@ class Controller(Protocol):
         reason: str = "",
         revision: str | None = None,
     ) -> dict[str, Any]:
-        """Suspend, resume, rollback or retry; raises ``GitopsError`` subclasses."""
+        """Suspend, resume, rollback, retry or unquarantine (``revision``: the quarantined
+        sha or a unique prefix); raises ``GitopsError`` subclasses."""
         ...
 
     def health(self) -> dict[str, Any]: ...

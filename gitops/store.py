@@ -886,6 +886,24 @@ class Store:
                         " VALUES (?,?,?,?) ON CONFLICT DO NOTHING",
                         (environment, sha, reason, self._now()))
 
+    def release_quarantine(self, environment: str, sha: str, *, actor: str,
+                           reason: str) -> int | None:
+        """Release one quarantined revision (an operator found the failure was not the
+        commit's) and record who and why as an ``unquarantine`` event, in one transaction;
+        the event's run id, or None when ``sha`` was not quarantined there."""
+        with self._tx() as db:
+            removed = db.execute("DELETE FROM quarantine WHERE environment=? AND sha=?",
+                                 (environment, sha)).rowcount
+            if not removed:
+                return None
+            stamp = self._now()
+            cur = db.execute(
+                "INSERT INTO runs (environment, kind, actor, reason, sha, started_at,"
+                " finished_at, duration_s, result, event) VALUES (?,?,?,?,?,?,?,0,?,1)"
+                " RETURNING id",
+                (environment, "unquarantine", actor, reason, sha, stamp, stamp, "succeeded"))
+            return int(cur.fetchall()[0][0])
+
     def quarantined(self, environment: str | None = None) -> list[Quarantined]:
         out = []
         for r in self._of_environment("quarantine", environment, "since"):

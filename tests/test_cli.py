@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from gitops.cli import LiveProgress, main
 from gitops.store import Store
 
 COMMANDS = ("validate", "plan", "reconcile", "verify", "status", "history", "run", "suspend",
-            "resume", "rollback", "retry", "metrics", "incidents")
+            "resume", "rollback", "retry", "unquarantine", "metrics", "incidents")
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -214,6 +215,44 @@ def test_daemon_refusals_exit_2_with_its_message(daemon: tuple[Path, Path]) -> N
     proc = gitops("retry", "--failed", cwd=folder)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "daemon at 127.0.0.1:" in proc.stderr and "no failed hosts to retry" in proc.stderr
+
+
+def test_unquarantine_through_the_daemon_reconciles_the_head_again(
+        daemon: tuple[Path, Path]) -> None:
+    """``gitops unquarantine staging SHA`` (the daemon's entry name) goes through its API: the
+    quarantined head is released with the operator as actor, and the daemon reconciles it
+    again at once as their run, though its last run of that head failed; a sha the daemon has
+    not quarantined is its refusal, one line, exit 2."""
+    folder, state = daemon
+    head = subprocess.run(["git", "-C", str(folder / "repo"), "rev-parse", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _runs(state)[0]["result"] is None:
+        time.sleep(0.2)  # its first run of the head has ended (invalid)
+    with Store(state) as store:  # as a rollback after a failed verification leaves it
+        store.quarantine("lab", head, "verification failed on lab-1")
+    before = len(_runs(state))
+    proc = gitops("unquarantine", "staging", head[:9], "--reason", "lab-1 was down",
+                  cwd=folder, env={"USER": "alice"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith(f"lab: {head[:10]} released from quarantine by alice: "
+                                  "lab-1 was down (recorded as run #")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(_runs(state)) < before + 2:
+        time.sleep(0.2)
+    rerun, event = _runs(state)[:2]
+    assert (event["kind"], event["actor"], event["reason"]) == (
+        "unquarantine", "alice", "lab-1 was down")
+    assert (rerun["kind"], rerun["sha"], rerun["actor"]) == ("reconcile", head, "alice")
+    again = gitops("unquarantine", "staging", head[:9], "--reason", "twice", cwd=folder)
+    assert again.returncode == 2 and again.stdout == ""
+    assert again.stderr.splitlines() == [
+        f"error: daemon at {_listen(folder)}: lab: {head[:9]} is not quarantined "
+        "(quarantined there: none)"]
+
+
+def _listen(folder: Path) -> str:
+    return str(tomllib.loads((folder / "gitops.toml").read_text())["listen"])
 
 
 def test_once_takes_the_daemon_entrys_repository(daemon: tuple[Path, Path]) -> None:

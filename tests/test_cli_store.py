@@ -4,12 +4,16 @@ status record shows suspensions and holds, and its verified revision agrees with
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from clitools import gitops
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gitops import control
 from gitops.cli import main
@@ -226,6 +230,7 @@ def test_status_shows_quarantined_revisions_and_the_pipeline(tmp_path: Path) -> 
                      "web1 reverted its guarded apply")
     assert lines[at - 2].startswith("staging ")  # under staging's own row
     assert "`gitops forget staging` clears the quarantine" in lines[at + 1]
+    assert "`gitops unquarantine staging SHA --reason WHY` releases one" in lines[at + 1]
     assert sum("Quarantined:" in line for line in lines) == 1
     assert "pipeline:" in lines and any(line.startswith("  production <- staging")
                                         for line in lines)
@@ -241,3 +246,109 @@ def test_status_shows_quarantined_revisions_and_the_pipeline(tmp_path: Path) -> 
     assert production["pipeline"]["promote_from"] == "staging"
     assert production["pipeline"]["applied"] == SHA
     assert staging[""]["pipeline"]["promote_from"] is None
+
+
+# -- gitops unquarantine ENV SHA --reason WHY ------------------------------------------------
+
+BAD1, BAD2 = "abcdef1" + "1" * 33, "abcdef1" + "2" * 33
+
+
+def _quarantined(state: Path) -> Path:
+    """A state folder where ``lab``'s reconcile of BAD1 failed and BAD1 and BAD2 (one 7-digit
+    prefix) are quarantined."""
+    with Store(state) as store:
+        run_id = store.start_run("lab", "reconcile", None, actor="gitops-daemon")
+        store.finish_run(run_id, "failed")
+        store.quarantine("lab", BAD1, "verification failed on web1")
+        store.quarantine("lab", BAD2, "verification failed on web2")
+    return state
+
+
+def _closed_port() -> str:
+    """A listen address where no daemon answers (so the command acts on the store)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_unquarantine_releases_one_revision_and_history_shows_who_and_why(
+        tmp_path: Path) -> None:
+    """``gitops unquarantine lab PREFIX --reason WHY`` (no daemon: in the store) releases that
+    revision only, says so with the history entry, and ``history``/``status`` show it; bad
+    input (unknown environment, a sha not quarantined, an ambiguous or malformed prefix, an
+    empty reason) is one error line, exit 2, no traceback, nothing changed."""
+    state = _quarantined(tmp_path / "state")
+    env = {"USER": "alice", "GITOPS_LISTEN": _closed_port(), "GITOPS_STATE_DIR": str(state)}
+    refused = {
+        ("prod", BAD1[:8]): "error: unknown environment 'prod'; known: lab",
+        ("lab", "abcdef1"): "error: lab: abcdef1 is ambiguous: it begins abcdef111111, "
+                            "abcdef122222; give more digits",
+        ("lab", "1234567"): "error: lab: 1234567 is not quarantined (quarantined there: "
+                            "abcdef1111, abcdef1222)",
+        ("lab", "abc12"): "error: 'abc12' is not a commit sha: 7 to 40 hex digits",
+        ("lab", "HEAD~1"): "error: 'HEAD~1' is not a commit sha: 7 to 40 hex digits",
+    }
+    for (environment, sha), message in refused.items():
+        proc = gitops("unquarantine", environment, sha, "--reason", "host down", env=env,
+                      cwd=tmp_path)
+        assert (proc.returncode, proc.stderr.splitlines(), proc.stdout) == (2, [message], "")
+    empty = gitops("unquarantine", "lab", BAD1[:8], "--reason", " ", env=env, cwd=tmp_path)
+    assert empty.returncode == 2 and len(empty.stderr.splitlines()) == 1
+    assert "--reason is empty" in empty.stderr
+    with Store(state, readonly=True) as store:
+        assert [q.sha for q in store.quarantined("lab")] == [BAD1, BAD2]
+        assert [r.kind for r in store.history("lab")] == ["reconcile"]
+
+    proc = gitops("unquarantine", "lab", BAD1[:8].upper(), "--reason",
+                  "web1 was down, not the commit", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "lab: abcdef1111 released from quarantine by alice: web1 was down, not the commit "
+        "(recorded as run #2); applied again at the daemon's next cycle if it is still the "
+        "branch head"]
+    history = gitops("history", "-e", "lab", env=env, cwd=tmp_path)
+    newest = history.stdout.splitlines()[0]
+    assert newest.startswith("#2 ") and " unquarantine abcdef1111 succeeded " in newest
+    assert newest.endswith("by alice: web1 was down, not the commit")
+    with Store(state, readonly=True) as store:
+        assert [q.sha for q in store.quarantined("lab")] == [BAD2]
+    again = gitops("unquarantine", "lab", BAD1, "--reason", "twice", "--json", env=env,
+                   cwd=tmp_path)
+    assert again.returncode == 2
+    assert json.loads(again.stdout) == {
+        "result": "error",
+        "error": f"lab: {BAD1} is not quarantined (quarantined there: abcdef1222)"}
+
+
+_HEXISH = st.text(alphabet="0123456789abcdefABCDEFg-~^ \n", max_size=45)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sha=st.one_of(st.text(max_size=60), _HEXISH,
+                    st.integers(0, 40).map(lambda n: BAD1[:n]),
+                    st.integers(0, 40).map(lambda n: BAD2[:n].upper())))
+def test_unquarantine_sha_argument_fuzz_is_one_line_never_a_traceback(
+        tmp_path: Path, sha: str) -> None:
+    """Whatever text the SHA argument holds, ``gitops unquarantine`` either releases the one
+    revision it names uniquely (exit 0) or refuses with exit 2 and one error line; never a
+    traceback, never another exit code."""
+    state = tmp_path / "state"
+    if not state.exists():
+        _quarantined(state)
+    env = {"GITOPS_LISTEN": _closed_port(), "GITOPS_STATE_DIR": str(state)}
+    result = CliRunner().invoke(main, ["unquarantine", "--reason", "fuzz", "lab", "--", sha],
+                                env=env)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        sha, result.exception)
+    assert "Traceback" not in result.output and "settings file" not in result.output
+    unique = (7 <= len(sha) <= 40 and all(c in "0123456789abcdefABCDEF" for c in sha)
+              and sum(q.startswith(sha.lower()) for q in (BAD1, BAD2)) == 1)
+    if unique:
+        assert result.exit_code == 0, (sha, result.output)
+        with Store(state) as store:  # quarantined again for the next example
+            store.quarantine("lab", BAD1 if BAD1.startswith(sha.lower()) else BAD2, "again")
+        return
+    assert result.exit_code == 2, (sha, result.output)
+    assert len(result.output.strip().splitlines()) == 1, (sha, result.output)
+    assert result.output.startswith("error: "), (sha, result.output)

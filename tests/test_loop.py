@@ -265,3 +265,78 @@ def test_api_reconcile_of_a_suspended_environment_is_409(tmp_path: Path) -> None
     assert answer.status_code == 409
     assert answer.json()["error"].startswith("lab is suspended by alice since ")
     assert "change freeze" in answer.json()["error"]
+
+
+def test_api_unquarantine_releases_the_head_and_the_next_cycle_applies_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST /api/environments/lab/unquarantine (bearer token, ``revision``: a sha prefix,
+    ``reason``) releases the quarantined head: the cycle that left it alone now reconciles
+    it, as the operator's run with their reason. No token: 401; a sha not quarantined, an
+    ambiguous or malformed one: 400 with one line; an unknown environment: 404; nothing
+    changes on a refusal."""
+    import httpx
+
+    from gitops.server import bound_port, create_app, start_in_thread, stop
+    from gitops.settings import SecretRef
+
+    monkeypatch.setenv("TEST_GITOPS_API_TOKEN", "t0ken-for-the-test")
+    repo, head = _repo(tmp_path)
+    state = tmp_path / "state"
+    _record_failure(state, head)  # the head's rollout failed (a host was down) ...
+    with Store(state) as store:  # ... and was quarantined
+        store.quarantine("lab", head, "verification failed on h1")
+    d = Daemon(Settings(state_dir=state, api_token=SecretRef(env="TEST_GITOPS_API_TOKEN"),
+                        environments=[EnvironmentConfig(name="lab", repo=str(repo),
+                                                        watch=False)]),
+               rand=lambda: 0.5)
+    d._cycle(d.envs["lab"], None)
+    with Store(state) as store:
+        assert len(store.history("lab")) == 1  # quarantined: nothing ran
+    server, thread = start_in_thread(create_app(d, d.settings), "127.0.0.1:0")
+    url = f"http://127.0.0.1:{bound_port(server)}/api/environments"
+    auth = {"Authorization": "Bearer t0ken-for-the-test"}
+    release = {"revision": head[:8], "reason": "h1 was down, not the commit", "actor": "alice"}
+    try:
+        with httpx.Client(timeout=10) as http:
+            anonymous = http.post(f"{url}/lab/unquarantine", json=release)
+            refused = {
+                "unknown": http.post(f"{url}/prod/unquarantine", json=release, headers=auth),
+                "not quarantined": http.post(f"{url}/lab/unquarantine", headers=auth,
+                                             json={**release, "revision": "1234567"}),
+                "malformed": http.post(f"{url}/lab/unquarantine", headers=auth,
+                                       json={**release, "revision": "HEAD\nx"}),
+                "no revision": http.post(f"{url}/lab/unquarantine", headers=auth,
+                                         json={"reason": "r"}),
+                "no reason": http.post(f"{url}/lab/unquarantine", headers=auth,
+                                       json={"revision": head}),
+            }
+            with Store(state) as store:
+                assert [q.sha for q in store.quarantined("lab")] == [head]
+            released = http.post(f"{url}/lab/unquarantine", json=release, headers=auth)
+            twice = http.post(f"{url}/lab/unquarantine", json=release, headers=auth)
+    finally:
+        stop(server, thread)
+    assert anonymous.status_code == 401
+    assert {k: r.status_code for k, r in refused.items()} == {
+        "unknown": 404, "not quarantined": 400, "malformed": 400, "no revision": 400,
+        "no reason": 400}
+    assert refused["not quarantined"].json()["error"] == (
+        f"lab: 1234567 is not quarantined (quarantined there: {head[:10]})")
+    assert refused["malformed"].json()["error"] == (
+        "'HEAD\\nx' is not a commit sha: 7 to 40 hex digits")
+    assert released.status_code == 200, released.text
+    answer = released.json()
+    assert (answer["sha"], answer["actor"], answer["reason"]) == (
+        head, "alice", "h1 was down, not the commit")
+    assert twice.status_code == 400 and "is not quarantined" in twice.json()["error"]
+    pending = d.envs["lab"].pending
+    assert pending is not None  # the daemon looks at once
+    d.envs["lab"].pending = None
+    d._cycle(d.envs["lab"], pending)
+    with Store(state) as store:
+        newest, event = store.history("lab")[:2]
+        assert store.quarantined("lab") == []
+    assert (event.kind, event.id, event.actor) == ("unquarantine", answer["event"], "alice")
+    assert (newest.kind, newest.sha, newest.actor, newest.event) == (
+        "reconcile", head, "alice", False)
+    assert newest.reason == "released from quarantine by alice: h1 was down, not the commit"

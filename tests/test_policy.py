@@ -39,8 +39,10 @@ WEBHOOK = Trigger("github push bbbbbbbbbb", "webhook:github")
 
 def cycle(head: str = B, controls: Controls = Controls(), last: LastRun | None = None,
           quarantined: frozenset[str] = frozenset(), status: EnvStatus | None = APPLIED_A,
-          pending: Trigger | None = None, retry: frozenset[str] | None = None) -> CycleInput:
-    return CycleInput(head, controls, last, quarantined, status, pending, retry)
+          pending: Trigger | None = None, retry: frozenset[str] | None = None,
+          released: policy.Release | None = None) -> CycleInput:
+    return CycleInput(head, controls, last, quarantined, status, pending, retry,
+                      released=released)
 
 
 def new_commit(sha: str = B, **kw: Any) -> Cycle:
@@ -248,6 +250,60 @@ def test_status_rows_become_typed_inputs() -> None:
 
     history = [run("suspend", None, "succeeded"), run("retry", A, None)]
     assert LastRun.from_history(history) == LastRun(A, None)
+
+
+# -- an operator's release of a quarantined revision (gitops unquarantine) ---------------
+
+RELEASED_B = policy.Release(B, "alice", "web1 was down, not the commit's fault")
+BY_ALICE = {"reason": "released from quarantine by alice: web1 was down, not the commit's "
+            "fault", "actor": "alice", "changed_only": False}
+FAILED_B_ROLLED_BACK = {"last": LastRun(A, "succeeded")}  # the rollback after B failed
+FAILED_B_NOT_ROLLED_BACK = {"last": LastRun(B, "failed")}  # e.g. no verified revision to go to
+RELEASES = [
+    ("a released head is reconciled, in full, as the operator's",
+     cycle(released=RELEASED_B, **FAILED_B_ROLLED_BACK), new_commit(**BY_ALICE)),
+    ("a released head whose own run was the last (failed) one is reconciled again",
+     cycle(released=RELEASED_B, **FAILED_B_NOT_ROLLED_BACK), new_commit(**BY_ALICE)),
+    ("a webhook's look at a released head: still the operator's run",
+     cycle(released=RELEASED_B, pending=WEBHOOK, **FAILED_B_NOT_ROLLED_BACK),
+     new_commit(**BY_ALICE)),
+    ("the same head still quarantined is left alone, released or not",
+     cycle(quarantined=frozenset({B}), **FAILED_B_NOT_ROLLED_BACK),
+     Cycle(None, why="bbbbbbbbbb is quarantined")),
+    ("a release of another revision does not free the quarantined head",
+     cycle(quarantined=frozenset({B}), released=policy.Release(C, "alice", "x"),
+           **FAILED_B_NOT_ROLLED_BACK), Cycle(None, why="bbbbbbbbbb is quarantined")),
+    ("the head moved on since the release: the new commit as usual",
+     cycle(head=C, released=RELEASED_B, **FAILED_B_NOT_ROLLED_BACK), new_commit(C, previous=A)),
+    ("a released head of a suspended environment: nothing",
+     cycle(controls=Controls(suspended=True, actor="bob"), released=RELEASED_B),
+     Cycle(None, why="suspended by bob")),
+]
+
+
+@pytest.mark.parametrize(("case", "given", "expected"), RELEASES, ids=[c[0] for c in RELEASES])
+def test_next_run_of_a_released_quarantined_head(case: str, given: CycleInput,
+                                                 expected: Cycle) -> None:
+    """An operator's release of the quarantined head makes the next cycle reconcile it (even
+    after a failed run of its own), as the operator's run; one still quarantined is not."""
+    assert policy.next_run(given) == expected
+
+
+def test_a_release_counts_until_an_apply_run_follows_it() -> None:
+    """The history gives the pending release: the newest ``unquarantine`` event, unless an
+    apply run (the released one) came after it; other events do not hide it."""
+    def run(kind: str, sha: str | None, *, event: bool = False) -> RunRow:
+        return RunRow(1, "lab", kind, "alice", "web1 was down", sha, "main", None, None, None,
+                      datetime.now(UTC), None, "succeeded", None, (), event=event)
+
+    release = run("unquarantine", B, event=True)
+    pending = policy.Release(B, "alice", "web1 was down")
+    assert policy.Release.from_history([release, run("reconcile", B)]) == pending
+    assert policy.Release.from_history([run("suspend", None, event=True), release]) == pending
+    assert policy.Release.from_history([run("verify", A), release]) == pending
+    assert policy.Release.from_history([run("reconcile", B), release]) is None
+    assert policy.Release.from_history([run("rollback", A), release]) is None
+    assert policy.Release.from_history([run("reconcile", A)]) is None
 
 
 # -- maintenance windows ---------------------------------------------------------------

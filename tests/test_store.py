@@ -16,6 +16,7 @@ import pytest
 from pgserver import PgServer
 
 from gitops import control
+from gitops.errors import UsageError
 from gitops.records import (
     ApplyReport,
     CheckResult,
@@ -235,6 +236,53 @@ def test_quarantine_is_idempotent_and_per_environment(store: Store, clock: Clock
     assert (q.sha, q.reason, q.since) == (SHA1, "verification failed on web1", T0)
     assert store.quarantine_counts() == {"prod": 1, "staging": 1}
     assert [q.environment for q in store.quarantined()] == ["prod", "staging"]
+
+
+def test_unquarantine_releases_one_revision_and_records_who_and_why(store: Store,
+                                                                    clock: Clock) -> None:
+    """Releasing a quarantined revision by a unique prefix removes that one only (the
+    environment's other quarantined revisions, other environments and the controls stay)
+    and records an ``unquarantine`` event with the operator, the reason and the full sha;
+    a prefix that is malformed, unknown, ambiguous, or already released is refused
+    with one line and changes nothing."""
+    bad1, bad2 = "abcdef1" + "1" * 33, "abcdef1" + "2" * 33
+    store.quarantine("prod", bad1, "verification failed on web1")
+    store.quarantine("prod", bad2, "verification failed on web2")
+    store.quarantine("staging", bad1, "verification failed on web9")
+    control.suspend(store, "prod", actor="bob", reason="freeze")
+    clock.tick(60)
+    with pytest.raises(UsageError, match=r"^prod: abcdef1 is ambiguous: it begins "
+                                         r"abcdef111111, abcdef122222; give more digits$"):
+        control.unquarantine(store, "prod", "abcdef1", actor="alice", reason="why")
+    answer = control.unquarantine(store, "prod", "ABCDEF11", actor="alice",
+                                  reason="web1 was down, not the commit")
+    assert answer["sha"] == bad1 and answer["actor"] == "alice"
+    assert answer["quarantined"]["reason"] == "verification failed on web1"
+    assert [q.sha for q in store.quarantined("prod")] == [bad2]
+    assert [q.sha for q in store.quarantined("staging")] == [bad1]
+    assert store.controls("prod")["suspended"] == 1
+    event = store.history("prod", limit=1)[0]
+    assert (event.id, event.kind, event.event, event.actor, event.reason, event.sha,
+            event.result, event.started_at) == (
+        answer["event"], "unquarantine", True, "alice", "web1 was down, not the commit",
+        bad1, "succeeded", T0 + timedelta(seconds=60))
+    refused = {
+        "abcdef11": "prod: abcdef11 is not quarantined (quarantined there: abcdef1222)",
+        "1234567": "prod: 1234567 is not quarantined",
+        "abc12": "'abc12' is not a commit sha: 7 to 40 hex digits",
+        "abcdef1 ": "'abcdef1 ' is not a commit sha",
+        "g" * 40: "is not a commit sha",
+        "a" * 41: "is not a commit sha",
+    }
+    for prefix, message in refused.items():
+        with pytest.raises(UsageError) as caught:
+            control.unquarantine(store, "prod", prefix, actor="alice", reason="why")
+        assert message in str(caught.value) and "\n" not in str(caught.value), prefix
+    with pytest.raises(UsageError, match="needs a reason"):
+        control.unquarantine(store, "prod", bad2, actor="alice", reason="  ")
+    assert [q.sha for q in store.quarantined("prod")] == [bad2]
+    assert store.release_quarantine("prod", bad1, actor="alice", reason="again") is None
+    assert [r.kind for r in store.history("prod")] == ["unquarantine", "suspend"]
 
 
 def test_undelivered_statuses_are_replaced_and_cleared(store: Store) -> None:
