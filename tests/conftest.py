@@ -45,6 +45,18 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _config_stays_with_its_test() -> Iterator[None]:
+    """``--config`` sets ``GITOPS_CONFIG`` in the process for the workers it starts; run in
+    process (click's test runner) that must not leak into the tests after it."""
+    before = os.environ.get("GITOPS_CONFIG")
+    yield
+    if before is None:
+        os.environ.pop("GITOPS_CONFIG", None)
+    else:
+        os.environ["GITOPS_CONFIG"] = before
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[lab_api.LabInfo]:
     """A lab of 3 hosts (name from $GITOPS_LAB_NAME, default gitops), down at session end.
