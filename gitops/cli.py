@@ -26,7 +26,6 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar
 import click
 
 from gitops import control
-from gitops import settings as settings_
 from gitops.errors import (
     EXIT_FAILED,
     EXIT_INVALID,
@@ -37,11 +36,12 @@ from gitops.errors import (
     UsageError,
 )
 from gitops.records import APPLY_KINDS, OpPlan, Plan
-from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import Database, NoStore, Store, database_errors, open_store
 
-if TYPE_CHECKING:  # the pipeline (loader, SOPS, fan-out) is imported by the commands that run it
+if TYPE_CHECKING:  # the pipeline (loader, SOPS, fan-out) and the settings (pydantic-settings)
+    # are imported by the commands that use them: not by `gitops --help`
     from gitops import reconcile as pipeline
+    from gitops.settings import EnvironmentConfig, Settings
 
 EXIT_CODES = ("Exit codes: 0 all good; 1 apply or verify failed, or a temporary failure "
               "(Git remote, SSH, the environment locked by another run or held by another "
@@ -55,6 +55,8 @@ def _settings(**overrides: Any) -> Settings:
     """The settings (``overrides``: the command line's); ``-e NAME`` naming one of the
     daemon's ``[[environments]]`` (by name or inventory) takes its repository, branch and
     inventory as defaults; with one entry and no environment named anywhere, that one."""
+    from gitops import settings as settings_
+
     s = settings_.load(**overrides)
     entry = _entry(s, overrides.get("environment"))
     if entry is None:
@@ -215,6 +217,19 @@ class _Main(click.Group):
             module = importlib.import_module(self.LAZY[cmd_name][0])
             self.add_command(getattr(module, cmd_name), cmd_name)
         return super().get_command(ctx, cmd_name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str],
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        """As click's; a mistyped name's "Did you mean" (click >= 8.2) names the lazy ones too."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            name = getattr(exc, "command_name", None)
+            if not isinstance(name, str):
+                raise
+            from click.exceptions import NoSuchCommand
+
+            raise NoSuchCommand(name, possibilities=self.list_commands(ctx), ctx=ctx) from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         """The command list, as click writes it, without importing the lazy subcommands."""

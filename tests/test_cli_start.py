@@ -16,18 +16,25 @@ HEAVY = ("git", "psycopg", "croniter", "gitops.lab")
 """Top-level packages (and their submodules) a command that does not use them must not load."""
 
 
-def _loaded(code: str) -> list[str]:
-    """The modules of ``HEAVY`` that a fresh interpreter has loaded after running ``code``."""
+def _loaded(code: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
+    """The modules of ``heavy`` that a fresh interpreter has loaded after running ``code``."""
     probe = (f"{code}\nimport json, sys\n"
              f"print(json.dumps(sorted(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     modules = json.loads(out.splitlines()[-1])
-    return [m for m in modules if any(m == h or m.startswith(h + ".") for h in HEAVY)]
+    return [m for m in modules if any(m == h or m.startswith(h + ".") for h in heavy)]
 
 
 def test_import_of_the_cli_loads_no_git_psycopg_croniter_or_lab() -> None:
     assert _loaded("import gitops.cli") == []
+
+
+def test_help_loads_neither_the_pipeline_nor_the_settings() -> None:
+    """``gitops --help`` needs no loader, fan-out or pydantic-settings (a command that runs
+    loads them)."""
+    code = "from gitops.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    assert _loaded(code, ("gitops.reconcile", "gitops.load", "pydantic_settings", "yaml")) == []
 
 
 @pytest.mark.parametrize("args", [["--help"], ["status", "--state-dir", "{tmp}"]])
@@ -55,3 +62,10 @@ def test_lab_still_runs_and_lists_as_its_own_help_says() -> None:
     assert result.returncode == 0
     assert "Disposable real Debian hosts" in result.stdout
     assert "status" in result.stdout
+
+
+def test_a_mistyped_lab_is_still_suggested() -> None:
+    result = subprocess.run([sys.executable, "-m", "gitops", "labb"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert "No such command 'labb'. Did you mean 'lab'?" in result.stderr
