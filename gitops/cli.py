@@ -21,13 +21,11 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 import click
 
 from gitops import control
-from gitops import reconcile as pipeline
-from gitops import settings as settings_
 from gitops.errors import (
     EXIT_FAILED,
     EXIT_INVALID,
@@ -37,11 +35,13 @@ from gitops.errors import (
     TemporaryError,
     UsageError,
 )
-from gitops.lab.cli import lab
-from gitops.load import load
 from gitops.records import APPLY_KINDS, OpPlan, Plan
-from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import Database, NoStore, Store, database_errors, open_store
+
+if TYPE_CHECKING:  # the pipeline (loader, SOPS, fan-out) and the settings (pydantic-settings)
+    # are imported by the commands that use them: not by `gitops --help`
+    from gitops import reconcile as pipeline
+    from gitops.settings import EnvironmentConfig, Settings
 
 EXIT_CODES = ("Exit codes: 0 all good; 1 apply or verify failed, or a temporary failure "
               "(Git remote, SSH, the environment locked by another run or held by another "
@@ -55,6 +55,8 @@ def _settings(**overrides: Any) -> Settings:
     """The settings (``overrides``: the command line's); ``-e NAME`` naming one of the
     daemon's ``[[environments]]`` (by name or inventory) takes its repository, branch and
     inventory as defaults; with one entry and no environment named anywhere, that one."""
+    from gitops import settings as settings_
+
     s = settings_.load(**overrides)
     entry = _entry(s, overrides.get("environment"))
     if entry is None:
@@ -117,6 +119,8 @@ class _Finite(click.ParamType[float]):
 
 
 def _target(s: Settings) -> pipeline.Target:
+    from gitops import reconcile as pipeline
+
     return pipeline.Target(repo=s.repo, branch=s.branch, environment=s.environment,
                            state_dir=s.state_dir, vagrant_dir=s.vagrant_dir,
                            actor=control.who(), sops=s.sops, database=Database.of(s))
@@ -192,7 +196,50 @@ def _emit(data: Any) -> None:
 
 class _Main(click.Group):
     """The command group: ``NO_COLOR`` turns colours off; an error a user caused (settings,
-    a secret not set, an unwritable path, a damaged database) is one line, never a traceback."""
+    a secret not set, an unwritable path, a damaged database) is one line, never a traceback.
+
+    ``lab`` (``gitops.lab.cli``) is imported only when it is run or its help is asked for:
+    ``gitops --help`` lists it with ``LAZY``'s short help (``tests/test_cli_start.py`` checks
+    it is the group's own)."""
+
+    LAZY: ClassVar[dict[str, tuple[str, str]]] = {
+        "lab": ("gitops.lab.cli", "Disposable real Debian hosts for development, tests and CI.")}
+    """Subcommands loaded on first use: name -> (module defining it by that name, the first
+    sentence of its help, which `gitops --help` shows)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            import importlib
+
+            module = importlib.import_module(self.LAZY[cmd_name][0])
+            self.add_command(getattr(module, cmd_name), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def resolve_command(self, ctx: click.Context, args: list[str],
+                        ) -> tuple[str | None, click.Command | None, list[str]]:
+        """As click's; a mistyped name's "Did you mean" (click >= 8.2) names the lazy ones too."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            name = getattr(exc, "command_name", None)
+            if not isinstance(name, str):
+                raise
+            from click.exceptions import NoSuchCommand
+
+            raise NoSuchCommand(name, possibilities=self.list_commands(ctx), ctx=ctx) from None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list, as click writes it, without importing the lazy subcommands."""
+        loaded = dict(self.commands)
+        for name, (_, short) in self.LAZY.items():
+            self.commands.setdefault(name, click.Command(name, help=short))
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self.commands = loaded
 
     def invoke(self, ctx: click.Context) -> Any:
         if os.environ.get("NO_COLOR"):
@@ -217,9 +264,6 @@ def main() -> None:
     """GitOps for plain Linux hosts: Git -> validate -> plan -> apply -> verify -> record."""
 
 
-main.add_command(lab)
-
-
 @main.command(epilog=EXIT_CODES)
 @_target_options
 @click.option("--worktree", is_flag=True,
@@ -227,6 +271,9 @@ main.add_command(lab)
 @json_option
 def validate(as_json: bool, worktree: bool, **opts: Any) -> None:
     """Validate the declared state of an environment; apply nothing."""
+    from gitops import reconcile as pipeline
+    from gitops.load import load
+
     s = _settings(**opts)
     target = _target(s)
     try:
@@ -271,6 +318,8 @@ def plan(as_json: bool, exit_code: bool, **opts: Any) -> None:
     the unit changed) are counted when their condition would hold, and listed with what
     makes them run.
     """
+    from gitops import reconcile as pipeline
+
     progress = _progress(as_json)
     outcome = pipeline.plan(_target(_settings(**opts)), progress)
     progress.done()
@@ -315,6 +364,8 @@ def reconcile(as_json: bool, once: bool, changed_only: bool, no_wait: bool, reas
               force: bool, lease_timeout: float, **opts: Any) -> None:
     """Reconcile now: through the running daemon (waiting for its run), or, with no daemon
     or --once, apply and verify here."""
+    from gitops import reconcile as pipeline
+
     s = _settings(**opts)
     if changed_only:
         once = True
@@ -345,6 +396,8 @@ def _leased_run(s: Settings, target: pipeline.Target, request: pipeline.Request,
     (``lease.hold``): refused (``LeaseHeld``, exit 1) while a live daemon holds it, after
     waiting ``lease_timeout`` seconds; a lease lost mid-run stops it before its next batch.
     A verify changes nothing and takes no lease."""
+    from gitops import reconcile as pipeline
+
     if s.database is None or request.kind == "verify":
         return pipeline.run(target, request, progress)
     from gitops import lease
@@ -417,6 +470,8 @@ def _window_guard(s: Settings, force: bool, reason: str) -> None:
 @json_option
 def verify(as_json: bool, **opts: Any) -> None:
     """Run the checks of every service on every host (changes nothing); record the run."""
+    from gitops import reconcile as pipeline
+
     s = _settings(**opts)
     _run_here(s, pipeline.Request(kind="verify", actor=control.who()), as_json)
 
@@ -1191,6 +1246,8 @@ def rollback(revision: str | None, reason: str, no_wait: bool, force: bool, as_j
              **opts: Any) -> None:
     """Apply an earlier verified revision (default: the one before the current) and hold it
     until gitops resume or a newer commit."""
+    from gitops import reconcile as pipeline
+
     s = _settings(**opts)
     forced = _guard(s, "rollback", force, reason)
     if not forced and _through_daemon(s, "rollback", {"revision": revision, "reason": reason},
@@ -1234,6 +1291,7 @@ def promote(environment: str, revision: str, reason: str, force: bool, no_wait: 
     """Promote one revision to an environment by hand (one verified on every host of the
     environment it promotes from, unless --force); through the running daemon, else here."""
     from gitops import promotion
+    from gitops import reconcile as pipeline
 
     s = _settings(environment=environment, state_dir=state_dir)
     link = next((x for x in promotion.links(s.environments)
@@ -1284,6 +1342,8 @@ def promote(environment: str, revision: str, reason: str, force: bool, no_wait: 
 def retry(failed: bool, reason: str, no_wait: bool, force: bool, as_json: bool,
           **opts: Any) -> None:
     """Run the latest revision again on the hosts that failed, only those."""
+    from gitops import reconcile as pipeline
+
     s = _settings(**opts)
     forced = _guard(s, "retry", force, reason)
     if not forced and _through_daemon(s, "retry", {"reason": reason}, wait=not no_wait,

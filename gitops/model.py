@@ -112,7 +112,8 @@ TeamName = Annotated[str, AfterValidator(check_team)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # defer_build: each schema is built by the first load, not by every command's import
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, defer_build=True)
 
 
 class SSHSettings(_Strict):

@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # defer_build: each schema is built at its first validation, not by every command's import
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class Revision(_Record):

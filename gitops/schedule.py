@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -59,6 +58,8 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration),
 
 
 def _check_cron(expression: str) -> str:
+    from croniter import croniter  # imported by the commands that read a cron expression
+
     if len(expression.split()) != 5 or not croniter.is_valid(expression):
         raise ValueError("a five-field cron expression (minute hour day month weekday)")
     return expression
@@ -74,7 +75,7 @@ def _zone(name: str) -> ZoneInfo:
 class Window(BaseModel):
     """When changes may be applied: from each match of ``schedule`` for ``duration``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     schedule: str = Field(min_length=1, max_length=200)
     """A five-field cron expression: ``0 22 * * 1-5`` opens at 22:00 on weekdays."""
@@ -96,12 +97,16 @@ class Window(BaseModel):
 
     def last_opening(self, now: datetime) -> datetime:
         """The latest time at or before ``now`` that this window opened."""
+        from croniter import croniter
+
         local = now.astimezone(_zone(self.timezone)).replace(second=0, microsecond=0)
         start: datetime = croniter(self.schedule, local + _MINUTE).get_prev(datetime)
         return start
 
     def next_opening(self, now: datetime) -> datetime:
         """The first time after ``now`` that this window opens."""
+        from croniter import croniter
+
         local = now.astimezone(_zone(self.timezone))
         start: datetime = croniter(self.schedule, local).get_next(datetime)
         return start
@@ -153,6 +158,8 @@ def check_timezone(name: str) -> str:
 
 def next_fire(schedule: str, timezone: str, after: datetime) -> datetime:
     """The first match of a cron ``schedule`` (read in ``timezone``) strictly after ``after``."""
+    from croniter import croniter
+
     _check_cron(schedule)
     fire: datetime = croniter(schedule, after.astimezone(_zone(timezone))).get_next(datetime)
     return fire.astimezone(UTC)

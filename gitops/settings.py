@@ -62,7 +62,7 @@ def settings_file() -> Path | None:
 class SecretRef(BaseModel):
     """Where a secret is: an environment variable or a file. Never the secret itself."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     env: str | None = None
     file: Path | None = None
@@ -98,7 +98,7 @@ class SopsSettings(BaseModel):
     """The private keys that open SOPS-encrypted files of the state repository (see
     gitops.sops). Named by file or environment variable; never in the repository."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     age_key: SecretRef | None = None
     """An age identity file: one or more ``AGE-SECRET-KEY-1...`` lines (``age-keygen``)."""
@@ -110,7 +110,7 @@ class SopsSettings(BaseModel):
 class SigningPolicy(BaseModel):
     """Which keys may sign the commits an environment applies."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     gpg_keys: list[Path] = []
     """ASCII-armoured public keys (files) of the allowed GPG signers."""
@@ -137,7 +137,7 @@ EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 class NotifierConfig(BaseModel):
     """One notification receiver: a generic JSON webhook or a Slack-compatible incoming webhook."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     type: Literal["webhook", "slack"]
     url: SecretRef
@@ -149,7 +149,7 @@ class NotifierConfig(BaseModel):
 class CommitStatusConfig(BaseModel):
     """Where commit statuses go: the Git host's API, the repository there, a token."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     provider: Literal["github", "gitlab", "gitea"]
     api_url: str = Field(pattern=r"^https?://")
@@ -169,7 +169,7 @@ class CommitStatusConfig(BaseModel):
 class EnvironmentConfig(BaseModel):
     """One environment the daemon watches: a repository, a branch, an inventory, policies."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     repo: str
@@ -216,7 +216,7 @@ class EnvironmentConfig(BaseModel):
 class DigestSettings(BaseModel):
     """The periodic digest (see gitops.digest): when, over what period, to whom."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     schedule: Annotated[str, AfterValidator(check_cron)] | None = None
     """A cron expression (``0 9 * * 1``: Mondays at 09:00); none: no digest is sent."""
@@ -231,7 +231,7 @@ class DigestSettings(BaseModel):
 class Retention(BaseModel):
     """How much the state folder keeps (README, "The state folder")."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     snapshots: int = Field(default=20, ge=1)
     """Snapshot folders kept besides those of revisions a host still has applied or verified
@@ -249,7 +249,7 @@ class Retention(BaseModel):
 class PreviewSettings(BaseModel):
     """Previews of pull/merge requests on disposable hosts (``gitops.preview``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     hosts_per_group: int = Field(default=1, ge=1, le=20)
     """At most this many hosts of each group stand in a preview lab."""
@@ -269,7 +269,7 @@ class PreviewSettings(BaseModel):
 class FanoutSettings(BaseModel):
     """A batch's hosts shared with the other controllers' workers (``gitops.fanout``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     remote: bool = False
     """With PostgreSQL and more than one controller running: split each batch across every
@@ -282,7 +282,8 @@ class FanoutSettings(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GITOPS_", extra="forbid")
+    # defer_build (here and in the sections above): built by the first load, not at import
+    model_config = SettingsConfigDict(env_prefix="GITOPS_", extra="forbid", defer_build=True)
 
     repo: str = "."
     """The state repository: a remote URL or a local path (its commits, not its work tree)."""

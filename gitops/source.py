@@ -24,12 +24,14 @@ import time
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
-
-import git
+from typing import TYPE_CHECKING
 
 from gitops.errors import InvalidDeclaration, Problem, RevisionNotFound, SourceError
 from gitops.private import private_dir
 from gitops.records import Revision, Snapshot
+
+if TYPE_CHECKING:  # GitPython is imported by the functions that call git: not by every command
+    import git
 
 __all__ = ["PULL_REFS", "fetch", "fetch_ref", "mirror_path", "prune_refs", "prune_snapshots",
            "prune_sources", "pull_ref", "redact", "snapshot"]
@@ -60,6 +62,8 @@ def mirror_path(url: str, state_dir: Path) -> Path:
 
 
 def _mirror(url: str, state_dir: Path) -> git.Repo:
+    import git
+
     path = mirror_path(url, state_dir)
     if path.is_dir():
         return git.Repo(path)
@@ -141,6 +145,8 @@ PULL_REFS = ("refs/pull/", "refs/merge-requests/")
 
 def _fetch(url: str, branch: str, state_dir: Path, timeout: float,
            ref: str | None = None) -> Revision:
+    import git
+
     repo = _mirror(url, state_dir)
     full = ref or f"refs/heads/{branch}"
     try:
@@ -169,6 +175,8 @@ def _pack(repo: git.Repo, timeout: float) -> None:
     force-push left behind (a rollback may still want one) go to a cruft pack and last git's
     ``gc.pruneExpire`` (two weeks), as they would loose. A failure (a full disk) leaves the
     objects loose for the next fetch to pack."""
+    import git
+
     with contextlib.suppress(git.GitCommandError, ValueError):
         counts = dict(line.split(": ", 1) for line in
                       str(repo.git.count_objects("-v")).splitlines() if ": " in line)
@@ -181,6 +189,8 @@ NO_COMMIT = "has no commit yet: commit first, or validate the files on disk with
 
 def _no_branch(url: str, branch: str, repo: git.Repo) -> str:
     """Why ``branch`` is missing: the repository has no commit at all, or not that branch."""
+    import git
+
     try:
         empty = not str(repo.git.ls_remote("--heads", "origin", kill_after_timeout=30)).strip()
     except git.GitCommandError:
@@ -193,6 +203,8 @@ def head(url: str, branch: str, *, timeout: float = 30) -> str:
 
     The daemon's cheap "anything new?" question: no mirror, no object transfer.
     """
+    import git
+
     if Path(url).expanduser().is_dir():
         url = str(Path(url).expanduser().resolve())
     try:
@@ -212,6 +224,8 @@ def head(url: str, branch: str, *, timeout: float = 30) -> str:
 def rewrites_history(url: str, state_dir: Path, old: str, new: str) -> bool:
     """Whether moving from ``old`` to ``new`` drops commits (a force-push), as far as the
     mirror knows; False when it cannot tell."""
+    import git
+
     path = mirror_path(url, state_dir)
     if not path.is_dir():
         return False
@@ -226,6 +240,8 @@ def rewrites_history(url: str, state_dir: Path, old: str, new: str) -> bool:
 def lineage(url: str, state_dir: Path, head: str, *, limit: int = 1000) -> tuple[str, ...]:
     """The fetched commits reachable from ``head``, oldest first (topological: each after
     its parents), at most the newest ``limit``; empty when the mirror does not know ``head``."""
+    import git
+
     path = mirror_path(url, state_dir)
     if not path.is_dir():
         return ()
@@ -239,6 +255,8 @@ def lineage(url: str, state_dir: Path, head: str, *, limit: int = 1000) -> tuple
 
 def diff_summary(url: str, state_dir: Path, old: str, new: str) -> str:
     """``git diff --stat`` between two fetched commits (for incident reports); "" if unknown."""
+    import git
+
     path = mirror_path(url, state_dir)
     if not path.is_dir():
         return ""
@@ -258,6 +276,8 @@ def revision(url: str, branch: str, rev: str, state_dir: Path) -> Revision:
 
 
 def _revision(repo: git.Repo, rev: str, branch: str) -> Revision:
+    import git
+
     try:
         commit = repo.commit(rev)
     except (git.BadName, ValueError):
@@ -352,6 +372,8 @@ def prune_refs(url: str, state_dir: Path, keep: set[str],
     at its next packing, after git's ``gc.pruneExpire``. Under the mirror's lock: a fetch
     finishes first; one that holds it over ``timeout`` seconds skips this prune (none
     deleted, the next prune does it). A pull request previewed again is fetched again."""
+    import git
+
     if Path(url).expanduser().is_dir():
         url = str(Path(url).expanduser().resolve())
     if not mirror_path(url, state_dir).is_dir():
