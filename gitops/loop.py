@@ -555,7 +555,8 @@ class Daemon:
                 quarantined=frozenset(q.sha for q in store.quarantined(name)),
                 status=status, pending=pending, retry=retry,
                 promotion=self._promotion(env, store, head, history, status),
-                released=policy.Release.from_history(history))
+                released=policy.Release.from_history(
+                    store.since_last_apply(name, "unquarantine")))
             decision = policy.next_run(inputs)
         if decision.run is not None and not (pending and pending.force):
             window = self._window(env, head)  # only read when something would run

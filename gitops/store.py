@@ -1045,6 +1045,20 @@ class Store:
         rows = self.db.execute(sql + " ORDER BY id DESC LIMIT ?", (*args, limit)).fetchall()
         return [_run_row(row) for row in rows]
 
+    def since_last_apply(self, environment: str, kind: str) -> list[RunRow]:
+        """The operator actions of ``kind`` recorded after the environment's newest apply run
+        (``records.APPLY_KINDS``; all of them if none), newest first: however many other runs
+        came since (a release, ``gitops unquarantine``, waiting behind a suspension's
+        verifies)."""
+        kinds = tuple(APPLY_KINDS)
+        marks = ",".join("?" * len(kinds))
+        rows = self.db.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE environment=? AND kind=? AND event<>0"
+            f" AND id > COALESCE((SELECT MAX(id) FROM runs WHERE environment=? AND event=0"
+            f" AND kind IN ({marks})), 0) ORDER BY id DESC",
+            (environment, kind, environment, *kinds)).fetchall()
+        return [_run_row(row) for row in rows]
+
     def runs(self, environment: str | None = None) -> dict[str, list[RunRow]]:
         """Every run (oldest first) per environment, in one query."""
         sql = f"SELECT {_RUN_COLUMNS} FROM runs"

@@ -238,6 +238,31 @@ def test_quarantine_is_idempotent_and_per_environment(store: Store, clock: Clock
     assert [q.environment for q in store.quarantined()] == ["prod", "staging"]
 
 
+def test_a_release_is_found_however_many_runs_came_after_it(store: Store) -> None:
+    """The daemon finds an operator's release behind any number of other runs (drift
+    verifies, other actions) until an apply run follows it; an older release before that
+    apply is not found again."""
+    bad = "abcdef1" + "1" * 33
+    old = store.start_run("prod", "reconcile", _revision(SHA1), actor="t")
+    store.finish_run(old, "succeeded")
+    store.record_event("prod", "unquarantine", actor="ann", reason="before", sha=SHA2)
+    after = store.start_run("prod", "reconcile", _revision(SHA1), actor="t")
+    store.finish_run(after, "failed")
+    store.quarantine("prod", bad, "verification failed on web1")
+    assert store.since_last_apply("prod", "unquarantine") == []
+    control.unquarantine(store, "prod", bad[:8], actor="alice", reason="web1 was down")
+    for _ in range(25):
+        verify = store.start_run("prod", "verify", None, actor="gitops-daemon")
+        store.finish_run(verify, "succeeded")
+    store.record_event("prod", "suspend", actor="bob", reason="freeze")
+    (found,) = store.since_last_apply("prod", "unquarantine")
+    assert (found.sha, found.actor, found.reason) == (bad, "alice", "web1 was down")
+    assert store.since_last_apply("staging", "unquarantine") == []
+    applied = store.start_run("prod", "reconcile", _revision(bad), actor="alice")
+    store.finish_run(applied, "succeeded")
+    assert store.since_last_apply("prod", "unquarantine") == []
+
+
 def test_unquarantine_releases_one_revision_and_records_who_and_why(store: Store,
                                                                     clock: Clock) -> None:
     """Releasing a quarantined revision by a unique prefix removes that one only (the
