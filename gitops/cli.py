@@ -1364,18 +1364,19 @@ def retry(failed: bool, reason: str, no_wait: bool, force: bool, as_json: bool,
 @click.argument("environment")
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where runs, snapshots and locks live [GITOPS_STATE_DIR]")
+@click.option("--reason", default="", help="Why: recorded in history with who.")
 @config_option
 @json_option
-def forget(environment: str, state_dir: Path | None, as_json: bool) -> None:
+def forget(environment: str, state_dir: Path | None, reason: str, as_json: bool) -> None:
     """Remove ENVIRONMENT's status record, controls and quarantine (e.g. one made by a typo);
-    its runs stay in history."""
+    its runs stay in history, with a `forget` entry saying who."""
     s = _settings(state_dir=state_dir)
     store = _reader(s, environment, as_json)
     if store is None:
         sys.exit(EXIT_INVALID)
     store.close()
     with open_store(s) as store:
-        removed = store.forget(environment)
+        removed = store.forget(environment, actor=control.who(), reason=reason)
     if as_json:
         _emit({"environment": environment, "removed": {k: v for k, v in removed.items()
                                                        if k != "runs"},

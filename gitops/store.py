@@ -671,8 +671,13 @@ class Store:
     def record_event(self, environment: str, kind: str, *, actor: str, reason: str,
                      result: str = "succeeded", sha: str | None = None) -> int:
         """An operator action (suspend, resume, rollback, retry) in the run history."""
+        return self._event(self.db, environment, kind, actor=actor, reason=reason,
+                           result=result, sha=sha)
+
+    def _event(self, db: Any, environment: str, kind: str, *, actor: str, reason: str,
+               result: str = "succeeded", sha: str | None = None) -> int:
         stamp = self._now()
-        cur = self.db.execute(
+        cur = db.execute(
             "INSERT INTO runs (environment, kind, actor, reason, sha, started_at, finished_at,"
             " duration_s, result, event) VALUES (?,?,?,?,?,?,?,0,?,1) RETURNING id",
             (environment, kind, actor, reason, sha, stamp, stamp, result))
@@ -710,10 +715,10 @@ class Store:
                  _ref_text(attempted), _ref_text(verified), self._now()),
             )
 
-    def forget(self, environment: str) -> dict[str, int]:
+    def forget(self, environment: str, *, actor: str = "", reason: str = "") -> dict[str, int]:
         """Remove an environment's status record, controls, quarantine, convergence and
-        undelivered statuses; its runs stay in the history. Returns rows removed per table
-        and ``runs``, the runs kept."""
+        undelivered statuses; its runs stay in the history, and a ``forget`` event with
+        ``actor`` joins them. Returns rows removed per table and ``runs``, the runs kept."""
         removed: dict[str, int] = {}
         with self._tx() as db:
             for table in ("status", "controls", "quarantine", "converged", "undelivered",
@@ -722,6 +727,7 @@ class Store:
                                             (environment,)).rowcount
             removed["runs"] = db.execute("SELECT COUNT(*) FROM runs WHERE environment=?",
                                          (environment,)).fetchone()[0]
+            self._event(db, environment, "forget", actor=actor, reason=reason)
         return removed
 
     # -- what each host was last verified with, per service (changed-only applies) -------
@@ -896,13 +902,8 @@ class Store:
                                  (environment, sha)).rowcount
             if not removed:
                 return None
-            stamp = self._now()
-            cur = db.execute(
-                "INSERT INTO runs (environment, kind, actor, reason, sha, started_at,"
-                " finished_at, duration_s, result, event) VALUES (?,?,?,?,?,?,?,0,?,1)"
-                " RETURNING id",
-                (environment, "unquarantine", actor, reason, sha, stamp, stamp, "succeeded"))
-            return int(cur.fetchall()[0][0])
+            return self._event(db, environment, "unquarantine", actor=actor, reason=reason,
+                               sha=sha)
 
     def quarantined(self, environment: str | None = None) -> list[Quarantined]:
         out = []

@@ -113,13 +113,16 @@ def test_forget_removes_the_status_and_keeps_the_history(tmp_path: Path) -> None
         store.finish_run(run_id, "invalid", error="no such environment")
         store.set_status("typo", ENVIRONMENT, [Condition("Stalled", "True", "ValidationFailed",
                                                          "waiting for a new commit")])
-    result = _cli("forget", "typo", "--state-dir", str(state))
+    result = _cli("forget", "typo", "--reason", "made by a typo", "--state-dir", str(state))
     assert result.exit_code == 0, result.output
     assert "1 run(s) stay in history" in result.output
     rows = json.loads(_cli("status", "--json", "--state-dir", str(state)).output)
     assert {r["environment"] for r in rows} == {"prod"}
     runs = json.loads(_cli("history", "--json", "-e", "typo", "--state-dir", str(state)).output)
-    assert [r["id"] for r in runs] == [run_id]
+    assert [r["id"] for r in runs][1:] == [run_id]
+    assert (runs[0]["kind"], runs[0]["event"], runs[0]["reason"]) == (
+        "forget", True, "made by a typo")
+    assert runs[0]["actor"]  # who: the operator's name, as suspend records it
     again = _cli("forget", "nothere", "--state-dir", str(state))
     assert again.exit_code == 2 and "unknown environment 'nothere'" in again.output
 

@@ -360,11 +360,14 @@ def test_forget_removes_status_and_keeps_history(store: Store) -> None:
     store.quarantine("typo", SHA1, "x")
     store.set_converged("typo", "web1", {"web": "f1"}, _revision())
     store.set_status("prod", ENVIRONMENT, [Condition("Ready", "True", "Ok", "")])
-    removed = store.forget("typo")
+    removed = store.forget("typo", actor="ann", reason="made by a typo")
     assert removed["status"] == 1 and removed["quarantine"] == 1 and removed["runs"] == 1
     assert [r.environment for r in store.status()] == ["prod"]
     assert store.converged("typo") == {} and store.quarantined("typo") == []
-    assert [r.id for r in store.history("typo")] == [run_id]
+    forgot, kept = store.history("typo")
+    assert kept.id == run_id
+    assert (forgot.kind, forgot.event, forgot.actor, forgot.reason) == (
+        "forget", True, "ann", "made by a typo")
 
 
 def test_converged_is_replaced_per_host(store: Store) -> None:
