@@ -3,11 +3,12 @@
 Four commands, each a fresh interpreter (this venv's Python) from an empty folder, with no
 GITOPS_* variable: ``python -c pass`` (the interpreter floor), ``python -c "import gitops.cli"``,
 ``python -m gitops --help`` and ``python -m gitops status --state-dir <empty folder>``. The
-base commit (default: the merge-base with ``tidy``) is checked out into a temporary
-``git worktree`` and imported through PYTHONPATH, as is this checkout; before timing, each side
-shows that ``import gitops`` finds its own files. Rounds alternate the sides; the figure is the
-minimum over the rounds of the child's CPU time (user + system, ``resource.getrusage``), the
-least disturbed by a loaded machine. Both sides' ``--help`` and ``status`` outputs are compared.
+base commit (default: ``6530a49``, the last before the commands' imports were made lazy) is
+checked out into a temporary ``git worktree`` and imported through PYTHONPATH, as is this
+checkout; before timing, each side shows that ``import gitops`` finds its own files. Rounds
+alternate the sides; the figure is the minimum over the rounds of the child's CPU time (user +
+system, ``resource.getrusage``), the least disturbed by a loaded machine. Both sides' ``--help``
+and ``status`` outputs are compared.
 
     python bench/cli_start.py [--base REV] [--runs 10] [--no-results]
 """
@@ -56,12 +57,12 @@ def _cpu(argv: list[str], env: dict[str, str], cwd: Path) -> tuple[float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default=None,
-                        help="commit to compare with (default: the merge-base with tidy)")
+                        help="commit to compare with (default: 6530a49, before the lazy imports)")
     parser.add_argument("--runs", type=int, default=10, help="runs of each command per side")
     parser.add_argument("--no-results", action="store_true",
                         help="do not write the section of bench/RESULTS.md")
     args = parser.parse_args()
-    base_rev = args.base or _git("merge-base", "HEAD", "tidy")
+    base_rev = args.base or "6530a49"
     base_sha = _git("rev-parse", "--short", f"{base_rev}^{{commit}}")
     head_sha = _git("rev-parse", "--short", "HEAD")
     dirty = " (with uncommitted changes)" if _git("status", "--porcelain", "--", "gitops") else ""
