@@ -493,7 +493,9 @@ class Service:
                                           f"attempt {attempt - 1} of share {job.share}")
             out = run_worker(apply_stage.WORKER, apply_stage.job(
                 state, dry=job.dry, diff=True, journal=folder if job.journal else None),
-                timeout=job.timeout, stop=stop)
+                timeout=job.timeout, stop=stop,
+                on_progress=lambda line: log.info("%s share %d: %s", job.environment,
+                                                  job.share, line))
             WorkerResult.model_validate_json(out)
             result = out
         except (GitopsError, ValidationError) as exc:

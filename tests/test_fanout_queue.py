@@ -10,6 +10,7 @@ workers run in this process, each with its own state folder (as on two machines)
 
 from __future__ import annotations
 
+import logging
 import shutil
 import socket
 import subprocess
@@ -197,10 +198,12 @@ def test_a_share_cannot_be_claimed_or_renewed_once_its_holders_lease_is_gone(
 
 
 def test_a_share_applied_again_after_a_cut_attempt_counts_everything_as_changed_there(
-        database: Database, tmp_path: Path) -> None:
+        database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """A share whose first attempt's controller died is applied again by another controller,
     which has no journal of that attempt: the queue task journals its hosts as cut elsewhere
-    (everything pending, so each restart runs once); a share's first attempt marks nothing."""
+    (everything pending, so each restart runs once); a share's first attempt marks nothing.
+    The apply's progress lines go to the applying controller's log, named by share."""
+    caplog.set_level(logging.INFO, logger="gitops.fanout")
     b = Service(_settings(database, _repo(tmp_path), tmp_path / "state-b", "b"), "b")
     folder = b.settings.state_dir / "journal" / "lab"
     target = Target(repo=str(tmp_path / "repo"), branch="main", environment="lab",
@@ -218,6 +221,8 @@ def test_a_share_applied_again_after_a_cut_attempt_counts_everything_as_changed_
             for share, hosts in ((first, {"h1", "h2"}), (again, {"h3", "h4"}))}
     b._task_body(**jobs[first].args())
     assert journal.interrupted(folder) == set()  # a first attempt forces nothing
+    said = [r.getMessage() for r in caplog.records if r.name == "gitops.fanout"]
+    assert f"lab share {first}: connected to 0/2 hosts" in said, said
     time.sleep(1.2)
     with database.open() as store:
         assert store.requeue_share(again) is not None  # the holder takes the claim back
