@@ -23,7 +23,9 @@ gitops=.venv/bin/gitops
 # deployment names its own key file here (settings [sops] age_key), never a committed one.
 export GITOPS_SOPS="{\"age_key\": {\"file\": \"$PWD/gitops/lab/demo-age-key.txt\"}}"
 
-# The sample state lives in this repository's commits: inventories/lab.yml + deploys/.
+# The sample state lives in this repository's commits: inventories/lab.yml + deploys/, on
+# the branch checked out here (main in a fresh clone).
+export GITOPS_BRANCH="${GITOPS_BRANCH:-$(git symbolic-ref --short -q HEAD || echo main)}"
 $gitops lab status --json | grep -q '"up": true' || $gitops lab up --hosts 3
 $gitops validate --repo . --environment lab
 $gitops reconcile --once --repo . --environment lab
