@@ -93,16 +93,29 @@ class RecordCache:
     key of the store's ``change_mark`` (the newest run id and finish, the quarantine and
     verified revision counts), the post-mortems' ``postmortem_mark`` (what people wrote) and
     what the caller adds (the owners, the hour: the 30-day windows move on). ``computed``
-    counts the computations. Safe to share between the page's request threads."""
+    counts the computations. Safe to share between the page's request threads. ``bind``
+    reads the record's marks once for all the values of one page."""
 
     def __init__(self) -> None:
         self.computed = 0
         self._values: dict[Hashable, tuple[Hashable, Any]] = {}
         self._lock = threading.Lock()
 
-    def get(self, store: Store, name: Hashable, compute: Callable[[], _T],
+    def bind(self, store: Store | None) -> Cached:
+        """``get`` for one page's values, at the record's marks read now (no store: nothing
+        to keep, each value computed)."""
+        if store is None:
+            return lambda name, compute, extra: compute()
+        mark = (tuple(store.change_mark()), store.postmortem_mark())
+
+        def cached(name: Hashable, compute: Callable[[], Any], extra: Hashable) -> Any:
+            return self.get(mark, name, compute, extra)
+
+        return cached
+
+    def get(self, mark: Hashable, name: Hashable, compute: Callable[[], _T],
             extra: Hashable = ()) -> _T:
-        key = (tuple(store.change_mark()), store.postmortem_mark(), extra)
+        key = (mark, extra)
         with self._lock:
             found = self._values.get(name)
             if found is not None and found[0] == key:
@@ -111,6 +124,10 @@ class RecordCache:
             self._values[name] = (key, value)
             self.computed += 1
             return value
+
+
+Cached = Callable[[Hashable, Callable[[], Any], Hashable], Any]
+"""``RecordCache.bind``: (name, compute, extra) -> the value, kept or computed."""
 
 
 def _hour(today: datetime | None) -> str:
@@ -125,13 +142,13 @@ def page_data(store: Store | None, *, today: datetime | None = None,
     ``store`` None: nothing recorded yet. ``chain``: the daemon's environments, for the
     promotion pipeline (``pipeline``: empty when none promotes from another). ``cache``:
     what an earlier call computed while the record is unchanged (``routes`` keeps one)."""
-    cache = cache or RecordCache()  # a cache of one call: nothing is kept
+    cached = (cache or RecordCache()).bind(store)
     rows = store.status() if store is not None else []
     names = sorted({r.environment for r in rows} | {
         q.environment for q in (store.quarantined() if store is not None else [])})
     holders = ({lease.environment: lease.holder for lease in store.leases() if lease.live}
                if store is not None else {})
-    environments = [{**_environment(store, name, rows, today, cache),
+    environments = [{**_environment(store, name, rows, today, cached),
                      "controller": holders.get(name)} for name in names if store is not None]
     owners = _owners(store)
     for env in environments:
@@ -142,9 +159,8 @@ def page_data(store: Store | None, *, today: datetime | None = None,
         "pipeline": pipeline(store, chain) if any(link.upstream for link in chain) else [],
         "previews": [p.as_dict() for p in store.previews(limit=20)] if store is not None
         else [],
-        "comparison": (cache.get(store, "comparison", lambda: _comparison(store, owners, today),
-                                 (tuple(sorted(owners.items())), _hour(today)))
-                       if store is not None else _comparison(store, owners, today)),
+        "comparison": cached("comparison", lambda: _comparison(store, owners, today),
+                             (tuple(sorted(owners.items())), _hour(today))),
     }
 
 
@@ -173,7 +189,7 @@ def _ref(ref: Ref | None) -> str | None:
 
 
 def _environment(store: Store, name: str, rows: list[StatusRow],
-                 today: datetime | None, cache: RecordCache) -> dict[str, Any]:
+                 today: datetime | None, cached: Cached) -> dict[str, Any]:
     env_row = next((r for r in rows if r.environment == name and r.host == ENVIRONMENT),
                    None)
     host_rows = [r for r in rows if r.environment == name and r.host != ENVIRONMENT]
@@ -232,9 +248,8 @@ def _environment(store: Store, name: str, rows: list[StatusRow],
         "rollout": _rollout(runs, host_rows),
         "history": [r.as_dict() for r in runs[:HISTORY]],
         "activity": _activity(runs, today or datetime.now(UTC)),
-        "delivery": cache.get(store, ("delivery", name), lambda: _delivery(store, name),
-                              _hour(today)),
-        "incidents": cache.get(store, ("incidents", name), lambda: _incidents(store, name)),
+        "delivery": cached(("delivery", name), lambda: _delivery(store, name), _hour(today)),
+        "incidents": cached(("incidents", name), lambda: _incidents(store, name), ()),
     }
 
 
