@@ -372,6 +372,8 @@ UNCHANGED_SERVICE = "not applied: unchanged since its last apply that verified"
 ENVIRONMENT = ""
 """The ``host`` key of an environment's own status row."""
 
+_APPLY_IN = "(" + ", ".join(f"'{kind}'" for kind in sorted(APPLY_KINDS)) + ")"
+"""``records.APPLY_KINDS`` as an SQL list, for ``kind IN _APPLY_IN``."""
 _RUN_COLUMNS = ("id, environment, kind, actor, reason, sha, branch, author, committed_at,"
                 " message, started_at, finished_at, result, error, failed_hosts, duration_s,"
                 " changed, stage_s, event")
@@ -835,7 +837,7 @@ class Store:
         with a post-mortem), and the previews finished before ``before`` (with their
         reports); return how many runs. Retention (``gitops.retention``)."""
         newest = ("SELECT MAX(id) FROM runs WHERE result='succeeded' AND kind IN"
-                  " ('reconcile', 'rollback', 'retry') GROUP BY environment")
+                  f" {_APPLY_IN} GROUP BY environment")
         spans = list(keep)
         old = ("SELECT id FROM runs WHERE finished_at IS NOT NULL AND started_at < ?"
                f" AND id NOT IN ({newest})"
@@ -1051,13 +1053,11 @@ class Store:
         (``records.APPLY_KINDS``; all of them if none), newest first: however many other runs
         came since (a release, ``gitops unquarantine``, waiting behind a suspension's
         verifies)."""
-        kinds = tuple(APPLY_KINDS)
-        marks = ",".join("?" * len(kinds))
         rows = self.db.execute(
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE environment=? AND kind=? AND event<>0"
-            f" AND id > COALESCE((SELECT MAX(id) FROM runs WHERE environment=? AND event=0"
-            f" AND kind IN ({marks})), 0) ORDER BY id DESC",
-            (environment, kind, environment, *kinds)).fetchall()
+            " AND id > COALESCE((SELECT MAX(id) FROM runs WHERE environment=? AND event=0"
+            f" AND kind IN {_APPLY_IN}), 0) ORDER BY id DESC",
+            (environment, kind, environment)).fetchall()
         return [_run_row(row) for row in rows]
 
     def runs(self, environment: str | None = None) -> dict[str, list[RunRow]]:
@@ -1128,7 +1128,7 @@ class Store:
     def verified_hosts(self, environment: str | None = None) -> dict[int, frozenset[str]]:
         """The hosts of each succeeded apply run (a succeeded run verified every host it has)."""
         sql = ("SELECT h.run_id, h.host FROM host_results h JOIN runs r ON r.id = h.run_id"
-               " WHERE r.result = 'succeeded' AND r.kind IN ('reconcile', 'rollback', 'retry')")
+               f" WHERE r.result = 'succeeded' AND r.kind IN {_APPLY_IN}")
         args: tuple[str, ...] = ()
         if environment is not None:
             sql, args = sql + " AND r.environment=?", (environment,)
