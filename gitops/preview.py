@@ -565,6 +565,14 @@ class Previews:
                            "preview queued" if self.can_lab else "dry run queued")
         return {"preview": preview_id, "position": position, "decision": decision}
 
+    def refuse(self, config: EnvironmentConfig, *, provider: str, head_sha: str | None,
+               reason: str) -> None:
+        """A pull request not previewed (``gitops.webhooks.why_untrusted``): its commit's
+        ``gitops/preview/<env>`` status says why, in one line."""
+        if head_sha:
+            self._statuses(config, provider, head_sha, "error",
+                           f"not previewed: {reason}")
+
     def _runner(self, slot: int) -> None:
         name = self.slot_name(slot)
         while True:
