@@ -278,6 +278,9 @@ class PreviewSettings(BaseModel):
     runs as, in worker processes (``gitops.sandbox``); it must exist. Used when the daemon
     runs as root; otherwise the workers run as the daemon's user, still with an empty home
     and no settings, keys or tokens."""
+    python: Path | None = None
+    """The interpreter of the preview's workers (default: the daemon's): ``user`` must be
+    able to run it and import gitops with it."""
     sops: SopsSettings | None = None
     """The keys a preview decrypts SOPS values with: never the environment's ``[sops]``.
     Unset: none (a preview of an inventory with encrypted values is invalid, except the

@@ -478,7 +478,7 @@ def test_preview_past_its_time_limit_is_an_error(tmp_path: Path) -> None:
                              branch="feature", base="main")
     report = run_preview(request, settings, lab_name=None, timeout=0.001)
     assert report.result == "error"
-    assert report.summary == "the preview's time limit ran out before the plan"
+    assert report.summary == "the preview's time limit ran out before the change's load"
 
 
 def test_previews_are_recorded_in_each_store(store_backend: Database) -> None:
