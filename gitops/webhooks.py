@@ -229,8 +229,8 @@ def _pull_request(provider: Provider, event: str, body: bytes) -> WebhookEvent:
         head = _text(last.get("id")) if isinstance(last, dict) else None
         new_commits = action != "update" or bool(_text(attrs.get("oldrev")))
         source, target = attrs.get("source_project_id"), attrs.get("target_project_id")
-        fork = not (isinstance(source, int) and source == target)
-        head_repo = str(source) if isinstance(source, int) else None
+        fork = not (type(source) is int and type(target) is int and source == target)
+        head_repo = str(source) if type(source) is int else None
         user = payload.get("user")
         author = _text(user.get("username")) if isinstance(user, dict) else None
         labels = _names(payload.get("labels"), "title")

@@ -16,6 +16,9 @@ import httpx
 import pytest
 import yaml
 from githost import TOKEN, GitHost
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from statelab import PROJECT, git
 from test_server import RecordingController
 
@@ -43,6 +46,7 @@ from gitops.store import Database
 from gitops.webhooks import (
     InvalidSignature,
     UnsupportedEvent,
+    WebhookError,
     WebhookEvent,
     hmac_sha256_hex,
     parse_webhook,
@@ -167,6 +171,47 @@ def test_payload_that_does_not_say_where_the_head_is_counts_as_a_fork() -> None:
         "base": {"ref": "main", "repo": {"full_name": "acme/state"}}}}).encode()
     event = parse_webhook(_signed("github", body), body, SECRET)
     assert event.fork and "previews of forks are off" in (_trust(event) or "")
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.sampled_from(
+                         ["repo", "full_name", "user", "login", "username", "labels", "name",
+                          "title", "head", "base", "ref", "sha", "id"]), inner, max_size=4),
+                     max_leaves=12)
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(provider=st.sampled_from(["github", "gitea", "gitlab"]), head=_JSON, base=_JSON,
+       user=_JSON, labels=_JSON)
+def test_any_pull_request_payload_is_parsed_or_refused_in_one_line(
+        provider: str, head: object, base: object, user: object, labels: object) -> None:
+    """Whatever a signed pull request's repository, user and label fields hold, the parser
+    answers an event or a ``WebhookError``; a payload that does not show the same repository
+    on both sides is a fork."""
+    if provider == "gitlab":
+        body = json.dumps({"user": user, "labels": labels, "object_attributes": {
+            "iid": 1, "source_branch": "f", "target_branch": "main", "action": "open",
+            "source_project_id": head, "target_project_id": base}}).encode()
+    else:
+        body = json.dumps({"action": "opened", "number": 1, "pull_request": {
+            "user": user, "labels": labels,
+            "head": {"ref": "f", "sha": SHA, "repo": head},
+            "base": {"ref": "main", "repo": base}}}).encode()
+    try:
+        event = parse_webhook(_signed(provider, body), body, SECRET)
+    except WebhookError as exc:
+        assert "\n" not in str(exc)
+        return
+    same = (type(head) is int and type(base) is int and head == base
+            if provider == "gitlab" else
+            isinstance(head, dict) and isinstance(base, dict)
+            and isinstance(head.get("full_name"), str)
+            and head.get("full_name") == base.get("full_name"))
+    assert event.fork is not same
+    assert event.fork or _trust(event) is None
+    why = _trust(event)
+    assert why is None or "\n" not in why
 
 
 # -- decisions -----------------------------------------------------------------------------
