@@ -339,10 +339,12 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _tls_pair(self) -> Settings:
         if (self.tls_cert is None) != (self.tls_key is None):
-            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            given, missing = (("tls_cert", "tls_key") if self.tls_key is None
+                              else ("tls_key", "tls_cert"))
             raise ValidationError.from_exception_data("Settings", [InitErrorDetails(
-                type=PydanticCustomError("tls_pair", "tls_cert and tls_key go together"),
-                loc=(missing,), input=None)])
+                type=PydanticCustomError("tls_pair", "needs {missing} too (HTTPS takes both)",
+                                         {"missing": missing}),
+                loc=(given,), input=None)])
         return self
     reports_dir: Path | None = None
     """Where incident reports (Markdown) are written; default ``<state_dir>/reports``."""

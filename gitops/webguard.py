@@ -98,7 +98,8 @@ def parse_host(value: str) -> tuple[str, int | None] | None:
             port = after
     if port is not None and (not port.isdigit() or not 0 < int(port) < 65536):
         return None
-    host = host.rstrip(".") if not value.startswith("[") else host
+    if not value.startswith("[") and host.endswith("."):
+        host = host[:-1]  # the absolute form of a name: the same host
     if not host or not all(c.isalnum() or c in "-._:" for c in host) or not host.isascii():
         return None
     return host, int(port) if port is not None else None
