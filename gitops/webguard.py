@@ -204,7 +204,7 @@ class Guard:
             return None
         origin = _header(scope, b"origin")
         if origin is not None:
-            if not _same_origin(origin, name, port, scheme):
+            if not _same_origin(origin, name, host[1], scheme):
                 return 403, "cross-origin request refused: the Origin is not this server"
         elif (_header(scope, b"sec-fetch-site") or "none").strip().lower() not in (
                 "same-origin", "none"):
@@ -215,16 +215,21 @@ class Guard:
         return None
 
 
-def _same_origin(origin: str, host: str, port: int, scheme: str) -> bool:
+def _same_origin(origin: str, host: str, port: int | None, scheme: str) -> bool:
     """``origin`` is ``scheme://host[:port]`` of this very server: the Host's name and port,
-    the request's scheme (or https: TLS ended by a proxy in front)."""
+    the request's scheme (or https: TLS ended by a proxy in front). A Host without a port
+    (a proxy's ``$host``) matches an origin without one, whatever the scheme."""
     origin_scheme, sep, rest = origin.strip().lower().partition("://")
     if not sep or origin_scheme not in (scheme, "https") or "/" in rest:
         return False
     parsed = parse_host(rest)
     if parsed is None:
         return False
-    return parsed[0] == host and (parsed[1] or _default_port(origin_scheme)) == port
+    if parsed[0] != host:
+        return False
+    if port is None:
+        return parsed[1] is None or parsed[1] == _default_port(origin_scheme)
+    return (parsed[1] or _default_port(origin_scheme)) == port
 
 
 async def _answer(send: Send, status: int, message: str) -> None:

@@ -178,6 +178,11 @@ def test_state_changing_routes_need_json_and_this_origin(tmp_path: Path) -> None
                     {**JSON, "Origin": BASE, "Sec-Fetch-Site": "same-origin"}):
         assert send(app, "POST", path, headers=headers, content=body).status_code == 200
     assert len(controller.operations) == 5
+    proxied, _ = app_and_controller(tmp_path, allowed_hosts=["gitops.example.com"])
+    behind = {**JSON, "Host": "gitops.example.com", "Origin": "https://gitops.example.com"}
+    assert send(proxied, "POST", path, headers=behind, content=body).status_code == 200
+    elsewhere = {**behind, "Origin": "https://evil.example.com"}
+    assert send(proxied, "POST", path, headers=elsewhere, content=body).status_code == 403
 
 
 HOSTS = st.sampled_from(["127.0.0.1:9469", "localhost:9469", "[::1]:9469", "127.0.0.1",
