@@ -5,7 +5,8 @@ served by uvicorn on 127.0.0.1 with no API token, the default that trusts loopba
 attacker's page is served by ``http.server`` from another origin on loopback (another port
 of 127.0.0.1: same site, other origin; and ``localhost``: another site). It posts a form
 (``text/plain`` crafted to be JSON) to suspend and a ``no-cors`` fetch to reconcile; the
-environment stays unsuspended and no reconcile is queued.
+environment stays unsuspended and no reconcile is queued. And the page's sign-in form works
+for a browser beyond loopback (through a trusted proxy's forwarded address).
 """
 
 from __future__ import annotations
@@ -126,3 +127,50 @@ def test_the_same_requests_from_the_command_line_work(daemon: tuple[Daemon, str]
     with Store(d.settings.state_dir, readonly=True) as store:
         assert not store.controls("lab").suspended
     assert d.envs["lab"].pending is not None
+
+
+def test_a_browser_beyond_loopback_signs_in_with_the_form(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, browser: Any) -> None:
+    """Through a proxy (trusted_proxies 127.0.0.1, the browser's address forwarded as
+    192.0.2.9) the page asks for the token; a wrong one is refused on the form, the right
+    one signs in and the page shows the record; the cookie is a session id, not the token,
+    HttpOnly, SameSite=Strict, with an expiry, and no URL ever held the token."""
+    from test_page import TOKEN, seed
+    from test_server import RecordingController, environments
+
+    from gitops import page as page_module
+    from gitops.server import make_authorize
+    from gitops.settings import SecretRef
+
+    monkeypatch.setenv("GITOPS_CONFIG", str(tmp_path / "absent.toml"))
+    monkeypatch.setenv("TEST_PAGE_TOKEN", TOKEN)
+    monkeypatch.setenv("TEST_GITOPS_HOOK_SECRET", "hook-secret")
+    seed(tmp_path / "state")
+    s = Settings(api_token=SecretRef(env="TEST_PAGE_TOKEN"), trusted_proxies=["127.0.0.1"],
+                 state_dir=tmp_path / "state")
+    app = create_app(RecordingController(environments()), s, extra_routes=page_module.routes(
+        tmp_path / "state", make_authorize(s)))
+    server, thread = start_in_thread(app, "127.0.0.1:0")
+    url = f"http://127.0.0.1:{bound_port(server)}"
+    urls: list[str] = []
+    try:
+        context = browser.new_context(extra_http_headers={"X-Forwarded-For": "192.0.2.9"})
+        p = context.new_page()
+        p.set_default_timeout(15_000)
+        p.on("request", lambda r: urls.append(r.url))
+        p.goto(url + "/")
+        p.wait_for_url("**/?again=1")
+        p.fill("#signin input[name=token]", "wrong-token")
+        p.click("#signin button")
+        p.locator("#signin-error", has_text="wrong API token").wait_for()
+        p.fill("#signin input[name=token]", TOKEN)
+        p.click("#signin button")
+        p.wait_for_selector("tr[data-host]")
+        (cookie,) = context.cookies()
+        context.close()
+    finally:
+        stop(server, thread)
+    assert cookie["name"] == "gitops_session" and TOKEN not in cookie["value"]
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
+    assert cookie["expires"] > 0
+    assert not [u for u in urls if TOKEN in u]
