@@ -255,6 +255,12 @@ class _Main(click.Group):
             where = f": {exc.filename}" if exc.filename else ""
             click.secho(f"error: {exc.strerror or exc}{where}", fg="red", err=True)
             sys.exit(EXIT_FAILED)
+        except Exception as exc:
+            lab = sys.modules.get("gitops.lab.common")  # loaded if it raised: no import here
+            if lab is None or not isinstance(exc, lab.LabError):
+                raise
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(int(getattr(exc, "exit_code", 2)))
 
 
 @click.group(cls=_Main, epilog=EXIT_CODES)
