@@ -1152,6 +1152,7 @@ def run() -> None:
     import signal
 
     from gitops import metrics, page, server
+    from gitops.limits import HttpLimits
     from gitops.loop import Daemon
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -1163,7 +1164,8 @@ def run() -> None:
             *metrics.routes(s.state_dir, authorize, Database.of(s)),
             *page.routes(s.state_dir, authorize, Database.of(s),
                          chain=daemon.chain)], previews=daemon.previews)
-        http, thread = server.start_in_thread(app, s.listen)
+        http, thread = server.start_in_thread(
+            app, s.listen, limits=HttpLimits(per_client=s.max_client_requests))
     except GitopsError as exc:
         _fail(exc, False)
     stopping: list[int] = []

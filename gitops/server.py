@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import anyio
+import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -30,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gitops.errors import GitopsError, LockHeld, PermanentError, TemporaryError, UsageError
+from gitops.limits import ClientLimit, HttpLimits
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.webhooks import (
     InvalidSignature,
@@ -213,8 +216,11 @@ def create_app(
     max_body = settings.max_body
     authorize = make_authorize(settings)
 
+    health_threads = anyio.CapacityLimiter(2)  # not the shared pool page builds may fill
+
     async def healthz(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(controller.health))
+        return JSONResponse(await anyio.to_thread.run_sync(controller.health,
+                                                           limiter=health_threads))
 
     async def hook(request: Request) -> Response:
         name = request.path_params["environment"]
@@ -526,10 +532,10 @@ def bind(listen: str) -> socket.socket:
     return sock
 
 
-def _server(app: Starlette, sock: socket.socket) -> uvicorn.Server:
+def _server(app: Starlette, sock: socket.socket, limits: HttpLimits) -> uvicorn.Server:
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
-        app,
+        ClientLimit(app, limits),
         host=host,
         port=port,
         log_level="warning",
@@ -537,6 +543,8 @@ def _server(app: Starlette, sock: socket.socket) -> uvicorn.Server:
         access_log=False,
         lifespan="off",
         server_header=False,
+        limit_concurrency=limits.connections,
+        timeout_keep_alive=limits.keep_alive,
     )
     return uvicorn.Server(config)
 
@@ -555,27 +563,30 @@ def _run(server: uvicorn.Server, sock: socket.socket, stop_event: threading.Even
         sock.close()
 
 
-def serve(app: Starlette, listen: str, stop_event: threading.Event | None = None) -> None:
-    """Serve ``app`` on ``listen`` until ``stop_event`` is set (or, in the main thread, a signal).
+def serve(app: Starlette, listen: str, stop_event: threading.Event | None = None,
+          limits: HttpLimits = HttpLimits()) -> None:
+    """Serve ``app`` on ``listen`` until ``stop_event`` is set (or, in the main thread, a signal),
+    within ``limits`` (``gitops.limits``).
 
     In the main thread uvicorn handles SIGINT/SIGTERM itself; the daemon, which has its own
     SIGTERM handling, should rather use ``start_in_thread``.
     """
     sock = bind(listen)
-    _run(_server(app, sock), sock, stop_event)
+    _run(_server(app, sock, limits), sock, stop_event)
 
 
 def start_in_thread(
-    app: Starlette, listen: str, *, timeout: float = 10.0
+    app: Starlette, listen: str, *, timeout: float = 10.0, limits: HttpLimits = HttpLimits()
 ) -> tuple[uvicorn.Server, threading.Thread]:
-    """Serve ``app`` from a daemon thread; returns once it accepts connections.
+    """Serve ``app`` from a daemon thread, within ``limits`` (``gitops.limits``); returns
+    once it accepts connections.
 
     The address is bound here, so a port in use raises ``UsageError`` in the caller. Stop it
     with ``stop(server, thread)``; ``bound_port(server)`` tells the port when ``listen`` ends
     in ``:0``.
     """
     sock = bind(listen)
-    server = _server(app, sock)
+    server = _server(app, sock, limits)
     thread = threading.Thread(
         target=_run, args=(server, sock, None), name="gitops-http", daemon=True
     )

@@ -332,6 +332,10 @@ class Settings(BaseSettings):
     """Where incident reports (Markdown) are written; default ``<state_dir>/reports``."""
     max_body: int = Field(default=1_048_576, gt=0)
     """Largest webhook body accepted (bytes); larger gets 413."""
+    max_client_requests: int = Field(default=16, ge=1, le=10_000)
+    """Requests one client address may have in flight at once; more get 429 with
+    Retry-After (``/healthz`` is not counted). Behind a proxy not named as trusted, every
+    client has the proxy's address: raise it."""
     retention: Retention = Retention()
     """What the daemon prunes from the state folder after runs."""
     sops: SopsSettings = SopsSettings()
