@@ -5,17 +5,21 @@
 next one, while other clients are served. ``/healthz`` is not counted, so a monitor is
 answered whatever a client does. The connection limits (``HttpLimits``) are uvicorn's own:
 at most ``connections`` connections and requests at once (more get 503), idle kept-alive
-connections closed after ``keep_alive`` seconds.
+connections closed after ``keep_alive`` seconds; ``protocol`` adds what uvicorn lacks: a
+connection whose request line and headers have not all arrived ``request_head`` seconds after
+it opened (or after its previous answer) is closed, so clients that connect and send nothing,
+or send their headers a byte at a time, cannot hold the connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["UNLIMITED_PATHS", "ClientLimit", "HttpLimits"]
+__all__ = ["UNLIMITED_PATHS", "ClientLimit", "HttpLimits", "protocol"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -41,6 +45,9 @@ class HttpLimits:
     """Seconds an idle kept-alive connection stays open (uvicorn's ``timeout_keep_alive``)."""
     retry_after: int = 1
     """Seconds a refused client is told to wait (``Retry-After``)."""
+    request_head: float = 10.0
+    """Seconds a connection has to send a whole request line and headers, from its opening
+    or its previous answer; past it, it is closed."""
 
 
 class ClientLimit:
@@ -82,3 +89,52 @@ class ClientLimit:
             (b"cache-control", b"no-store"),
         ]})
         await send({"type": "http.response.body", "body": body})
+
+
+def protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol with the ``request_head`` deadline (for ``uvicorn.Config``'s
+    ``http``)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    deadline_s = limits.request_head
+
+    class Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _waiting_for: object = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._deadline is not None and self.cycle is not self._waiting_for:
+                self._disarm()  # a request's head arrived
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._waiting_for = self.cycle
+            self._deadline = self.loop.call_later(deadline_s, self._expire)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expire(self) -> None:
+            self._deadline = None
+            answering = self.cycle is not None and not self.cycle.response_complete
+            if self.cycle is self._waiting_for and not answering \
+                    and not self.transport.is_closing():
+                self.transport.close()
+
+    return Protocol

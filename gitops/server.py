@@ -32,7 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gitops.errors import GitopsError, LockHeld, PermanentError, TemporaryError, UsageError
-from gitops.limits import ClientLimit, HttpLimits
+from gitops.limits import ClientLimit, HttpLimits, protocol
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.webhooks import (
     InvalidSignature,
@@ -545,6 +545,7 @@ def _server(app: Starlette, sock: socket.socket, limits: HttpLimits) -> uvicorn.
         server_header=False,
         limit_concurrency=limits.connections,
         timeout_keep_alive=limits.keep_alive,
+        http=protocol(limits),
     )
     return uvicorn.Server(config)
 

@@ -176,3 +176,18 @@ def test_healthz_answers_while_page_builds_fill_the_thread_pool(
         assert {f.result().status_code for f in futures} == {200}
     assert health.status_code == 200 and health.json() == {"status": "ok"}
     assert waiting > 0  # some page requests were still waiting for a thread
+
+
+@pytest.mark.parametrize("sent", [b"", b"GET /api/page HTTP/1.1\r\nHost: x\r\n"])
+def test_a_connection_that_never_finishes_its_request_head_is_closed(
+        state: Path, serve: Any, sent: bytes) -> None:
+    """A client that connects and sends nothing, or only part of its headers, is
+    disconnected after ``request_head`` seconds instead of holding the connection."""
+    import socket
+
+    url = serve(Starlette(routes=page.routes(state, None)), HttpLimits(request_head=0.5))
+    port = int(url.rpartition(":")[2])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(sent)
+        assert sock.recv(1024) == b""  # closed by the server (a timeout error otherwise)
+    assert client(url).get("/api/page").status_code == 200
