@@ -2,7 +2,10 @@
 
 Each runs as the README says (``python bench/NAME.py``, this interpreter), with one round at
 its smallest size, and must exit 0, print its summary and leave ``bench/RESULTS*.md`` as they
-were. Those on lab hosts are marked ``lab`` and use labs named after the session's lab.
+were. Those on lab hosts are marked ``lab`` and use labs named after the session's lab. The
+module takes about 8 minutes on the 2-core machine (the daemon's 2 min and its 20-host lab,
+the faults' 1.5 min with one fault of each kind). Not run here: ``verify_vs_floor.py`` (20
+converged hosts, 2 min) and ``controllers.py`` (PostgreSQL, minutes of kills).
 """
 
 from __future__ import annotations
@@ -80,3 +83,28 @@ def test_a_benchmark_on_lab_hosts_runs(script: str, tag: str, summary: str) -> N
     out = run_bench(script, "--name", name, "--rounds", "1")
     assert summary in out
     assert lab_api.current(name) is None
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize(("script", "args", "summary"), [
+    ("commands.py", ["--name", "{bcm}", "--hosts", "1"], "Processes started on lab-1"),
+    ("promotion.py", ["--name", "{bpr}", "--commits", "1", "--interval", "2"],
+     "Promotion wait"),
+    ("preview.py", ["--runs", "1"], "| 1 | success |"),  # its labs: the session's name + "b"
+    ("lab_boot.py", ["--name", "{blb}", "--runs", "1"], "`lab down` of 20 hosts"),
+    ("scale.py", ["--name", "{bsc}", "--sizes", "2", "--rounds", "1", "--fanout", "0"],
+     "| 2 | "),
+    ("soak.py", ["--name", "{bsk}", "--hosts", "1", "--minutes", "0.3", "--commit-every", "5",
+                 "--sample", "5", "--warmup", "1", "--out", "{tmp}/soak.md"], "**soak**"),
+    ("daemon.py", ["--idle", "2", "--idle-nowatch", "2", "--cycles", "2", "--rounds", "1",
+                   "--commits", "1", "--hooks", "2", "--no-results"], "**daemon**"),
+    ("faults.py", ["--name", "{bfa}", "--kills", "1", "--net", "1", "--power", "1", "--disk",
+                   "1", "--remote", "1", "--second", "1"], "6 survived without loss, 0 losses"),
+])
+def test_a_daemon_or_command_benchmark_runs(script: str, args: list[str], summary: str,
+                                            tmp_path: Path) -> None:
+    """A benchmark of the daemon or of the commands runs once to its summary (the soak for
+    18 s)."""
+    names = {tag: side_lab(tag) for tag in ("bcm", "bpr", "blb", "bsc", "bsk", "bfa")}
+    out = run_bench(script, *(a.format(tmp=tmp_path, **names) for a in args))
+    assert summary in out
