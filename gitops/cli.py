@@ -63,7 +63,7 @@ def _settings(**overrides: Any) -> Settings:
         return s
     update: dict[str, Any] = {"environment": entry.environment}
     for name, value in (("repo", entry.repo), ("branch", entry.branch)):
-        if overrides.get(name) is None and f"GITOPS_{name.upper()}" not in os.environ:
+        if overrides.get(name) is None and not os.environ.get(f"GITOPS_{name.upper()}"):
             update[name] = value
     return s.model_copy(update=update)
 
