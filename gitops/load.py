@@ -324,9 +324,13 @@ def load(
 
     hosts: list[DeclaredHost] = []
     seen_addresses: dict[tuple[str, int], str] = {}
+    # a group declared but invalid is one problem (said at the group), not one per host
+    raw_groups = data.get("groups") or {}
+    named = set(raw_groups) if isinstance(raw_groups, dict) else None
     for name, spec in inv.hosts.items():
         for i, group in enumerate(spec.groups):
-            if group != ALL_GROUP and group not in inv.groups:
+            if group != ALL_GROUP and group not in inv.groups and named is not None \
+                    and group not in named:
                 problems.add(("hosts", name, "groups", i), f"unknown group {group!r}")
         filled = _filled(sources.get(name, {}), inv.settings.source, ("hosts", name), problems)
         if filled is None:
@@ -444,7 +448,7 @@ def _validate_inventory(data: dict[str, Any], problems: _Problems) -> InventoryF
             except ValueError as exc:
                 problems.add((section, name), str(exc))
                 continue
-            item = check(model, value, (section, name))
+            item = check(model, _empty_when_null(value), (section, name))
             if item is None:
                 continue
             for service in item.services:
@@ -460,6 +464,17 @@ def _validate_inventory(data: dict[str, Any], problems: _Problems) -> InventoryF
         groups=sections["groups"],
         hosts=sections["hosts"],
     )
+
+
+def _empty_when_null(value: Any) -> Any:
+    """``web:`` with nothing under it, as a group or as a service of a group or host: empty,
+    not null (a service so listed has no parameters; its model says if it needs some)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict) and isinstance(value.get("services"), dict):
+        return {**value, "services": {k: {} if v is None else v
+                                      for k, v in value["services"].items()}}
+    return value
 
 
 class _Problems:

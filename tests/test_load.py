@@ -208,6 +208,19 @@ def test_yaml_that_would_lose_data_is_a_problem_at_its_line(
     assert message in problems[0], problems
 
 
+def test_a_service_or_group_listed_with_nothing_under_it_is_empty(sample: Path) -> None:
+    """``web:`` with nothing under it lists the service with no parameters (its model needs
+    none: valid, its defaults), and ``edge:`` so declared is a group of no services."""
+    _edit(sample, "      web:\n        listen_port: 80\n        app_port: 8000\n",
+          "      web:\n")
+    _edit(sample, "  web:\n    services:", "  edge:\n  web:\n    services:")
+    _edit(sample, "groups: [web]", "groups: [web, edge]")
+    state = load(sample, "lab")
+    lab1 = next(h for h in state.hosts if h.name == "lab-1")
+    assert lab1.groups == ("web", "edge")
+    assert lab1.services["web"]["listen_port"] == 80
+
+
 def test_unquoted_dates_stay_strings(sample: Path) -> None:
     """A value that looks like a date is kept as the string written (no silent date)."""
     _edit(sample, "        environment: lab", "        environment: 2024-01-01")
