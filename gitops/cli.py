@@ -281,7 +281,7 @@ def validate(as_json: bool, worktree: bool, **opts: Any) -> None:
             state = load(Path(s.repo), s.environment, keys=s.sops)
             where = f"{s.repo} (work tree)"
         else:
-            revision, state = pipeline.declared(target, _progress(as_json))
+            revision, state = pipeline.declared(target, _progress(as_json), keep=False)
             where = revision.ref
     except InvalidDeclaration as exc:
         if as_json:

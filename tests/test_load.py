@@ -106,6 +106,20 @@ def test_deploy_syntax_error_is_invalid_before_any_host(sample: Path, tmp_path: 
     assert out.get("plan") is None and out.get("apply") is None
 
 
+def test_validate_leaves_no_snapshot_behind(sample: Path, tmp_path: Path) -> None:
+    """Commits validated one by one (as CI validates each pull request), valid or not,
+    leave nothing in the state folder's snapshots: validate keeps no extraction."""
+    state = tmp_path / "state"
+    for n in range(3):
+        _edit(sample, f"parallel: {20 + n}", f"parallel: {21 + n}")
+        _commit(sample)
+        assert _gitops(sample, state, "validate").returncode == 0
+    _edit(sample, "fail_percent: 34", "fail_percent: 340")
+    _commit(sample)
+    assert _gitops(sample, state, "validate").returncode == 2
+    assert list((state / "snapshots").iterdir()) == []
+
+
 def test_daemon_path_loads_with_the_same_checks(sample: Path, tmp_path: Path) -> None:
     """The reconcile the daemon runs (reconcile.run) refuses the same deploy.py syntax error."""
     from gitops import reconcile
