@@ -281,7 +281,13 @@ def load(
     if (keys is None or (keys.age_key is None and keys.pgp_key is None)) and \
             isinstance(declared, dict) and declared.get("source") == "lab":
         keys = SopsSettings(age_key=SecretRef(file=DEMO_AGE_KEY))  # the lab's demo key
-    data, secrets = sops.open_inventory(root, rel, data, text, keys, revision)
+    unopened: list[Problem] = []  # secrets no key opens: the rest is checked without them
+    try:
+        data, secrets = sops.open_inventory(root, rel, data, text, keys, revision)
+    except InvalidDeclaration as exc:
+        if "sops" in data:  # the inventory itself: nothing of it can be read
+            raise
+        unopened, secrets = list(exc.problems), set()  # its secrets file, left out
 
     problems = _Problems(rel, lines)
     inv = _validate_inventory(data, problems)
@@ -356,7 +362,9 @@ def load(
         group_names = [ALL_GROUP, *[g for g in spec.groups if g != ALL_GROUP]]
         declared_on[name] = {s for g in group_names if g in inv.groups
                              for s in inv.groups[g].services} | set(spec.services)
-        params = _host_services(inv, name, group_names, services, models, problems)
+        # without the secrets the parameters are not whole: their models are not asked
+        params = _host_services(inv, name, group_names, services, models,
+                                _Problems(rel, lines) if unopened else problems)
         if not address:  # the source failed (reported once): the rest is still checked
             continue
         variables: dict[str, Any] = {}
@@ -377,10 +385,15 @@ def load(
 
     _check_requires(requires, declared_on, problems)
     removable = _removable(root, problems)
-    if problems.items:
-        ordered = sorted(problems.items, key=lambda p: (p.file != rel, p.file, p.line or 0))
+    secret_files: dict[str, str] = {}
+    try:
+        secret_files, file_secrets = sops.deploy_files(root, services, keys, revision)
+    except InvalidDeclaration as exc:
+        unopened += exc.problems
+    if problems.items or unopened:
+        ordered = sorted([*unopened, *problems.items],
+                         key=lambda p: (p.file != rel, p.file, p.line or 0))
         raise InvalidDeclaration(ordered, revision)
-    secret_files, file_secrets = sops.deploy_files(root, services, keys, revision)
     secrets |= file_secrets | sops.secret_params(models, hosts)
     return DeclaredState(
         environment=environment,
