@@ -1,0 +1,85 @@
+"""End to end: an ordinary failed apply (apt cannot find a package) is a failure, not a crash.
+
+A service of one's own (``note``) on two lab hosts: it writes a file, then installs a package
+no apt source has. The run fails; the next commit's run is an ordinary one (not "recovering
+from an interrupted apply"), its own failure is a counted change failure, and the fixed commit
+after it verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from statelab import StateRepo, make_state_repo
+
+from gitops import journal
+from gitops.lab import LabInfo
+
+pytestmark = pytest.mark.lab
+
+MISSING = "gitops-no-such-package"
+DEPLOY = '''\
+from pyinfra import host
+from pyinfra.operations import apt, files
+
+files.line(name="Note", path="/etc/gitops-note", line=host.data.get("text", "note"))
+{install}
+'''
+INSTALL = f'apt.packages(name="Install the note tool", packages=["{MISSING}"])'
+CHECKS = '''\
+def test_the_note_is_written(host, params):
+    """The note holds the declared text."""
+    assert host.file("/etc/gitops-note").contains({wanted!r})
+'''
+
+
+def _note(repo: StateRepo, *, install: bool, wanted: str, message: str) -> str:
+    folder = repo.path / "deploys/note"
+    folder.mkdir(exist_ok=True)
+    (folder / "deploy.py").write_text(DEPLOY.format(install=INSTALL if install else ""))
+    (folder / "checks.py").write_text(CHECKS.format(wanted=wanted))
+    inv = repo.inventory()
+    inv["groups"]["all"]["services"]["note"] = {}
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    return repo.commit(message)
+
+
+def test_a_failed_apply_is_not_recovered_as_a_crash(lab: LabInfo, tmp_path: Path) -> None:
+    """Run 1 fails on apt; run 2 (a commit whose check then fails) is an ordinary reconcile,
+    recorded failed (no "interrupted", no "crash"); run 3 verifies. Both failures are counted
+    change failures: no rollout is left "not counted yet"."""
+    repo = make_state_repo(tmp_path, lab, hosts=2, services=("base",))
+    _note(repo, install=True, wanted="note", message="note: install the note tool")
+    first = repo.gitops("reconcile", "--once")
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert MISSING in first.stdout + first.stderr
+    folder = repo.state_dir / "journal" / "lab"
+    assert journal.interrupted(folder) == set()  # it failed; nothing cut it
+
+    _note(repo, install=False, wanted="a stricter note", message="note: without the tool")
+    second = repo.gitops("reconcile", "--once")
+    said = second.stdout + second.stderr
+    assert second.returncode == 1, said
+    assert "interrupted" not in said and "crash" not in said, said
+    assert "note/test_the_note_is_written" in said or "test_the_note_is_written" in said, said
+
+    _note(repo, install=False, wanted="note", message="note: the check as it was")
+    third = repo.gitops("reconcile", "--once")
+    assert third.returncode == 0, third.stdout + third.stderr
+
+    code, history = repo.gitops_json("history")
+    assert code == 0
+    assert [r["result"] for r in history if r["kind"] == "reconcile"][:3] == [
+        "succeeded", "failed", "failed"]
+    proc = subprocess.run([sys.executable, "-m", "gitops", "metrics", "--json", "--state-dir",
+                           str(repo.state_dir)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lab_metrics = json.loads(proc.stdout)["lab"]
+    assert lab_metrics["rollouts_pending"] == 0, lab_metrics
+    assert lab_metrics["failed_rollouts"] == 2, lab_metrics
+    assert lab_metrics["deployments"] == 1, lab_metrics
