@@ -776,7 +776,7 @@ def _outcome_summary(outcome: pipeline.Outcome) -> str:
     v = outcome.verify
     if v is None and outcome.apply is None:
         return f"run #{outcome.run_id}: {outcome.result}, nothing applied"
-    unchecked = pipeline.not_verified(outcome)
+    unchecked = v.not_verified(outcome.apply) if v else []
     return _summary(outcome.run_id, outcome.result,
                     outcome.apply.changed if outcome.apply else 0,
                     sum(1 for r in v.results if r.status == "pass") if v else 0,

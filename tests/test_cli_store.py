@@ -201,6 +201,19 @@ def test_a_host_no_check_ran_on_is_applied_not_verified(tmp_path: Path) -> None:
     assert "not verified" in text
 
 
+def test_a_run_summary_says_which_hosts_are_not_verified() -> None:
+    """``reconcile`` ends with "applied, not verified on web2" when no check ran there."""
+    from gitops.cli import _outcome_summary
+
+    applied = ApplyReport(hosts=(HostApply(host="web1", status="ok"),
+                                 HostApply(host="web2", status="ok")))
+    checks = VerifyReport(results=(CheckResult(host="web1", service="web", check="port",
+                                               status="pass"),))
+    line = _outcome_summary(Outcome("succeeded", run_id=3, apply=applied, verify=checks))
+    assert line == ("run #3: succeeded, 0 changed, 1 checks passed; applied, not verified on "
+                    "web2: no check ran there")
+
+
 def test_the_daemon_status_api_reads_only(tmp_path: Path) -> None:
     """The daemon's ``/api/status`` reader answers [] before anything is recorded, creating
     nothing, and shows a suspension as a Suspended condition with its controls."""
