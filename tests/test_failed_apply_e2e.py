@@ -28,10 +28,9 @@ pytestmark = pytest.mark.lab
 
 MISSING = "gitops-no-such-package"
 DEPLOY = '''\
-from pyinfra import host
 from pyinfra.operations import apt, files
 
-files.line(name="Note", path="/etc/gitops-note", line=host.data.get("text", "note"))
+files.line(name="Note", path="/etc/gitops-note", line={line!r})
 {install}
 '''
 INSTALL = f'apt.packages(name="Install the note tool", packages=["{MISSING}"])'
@@ -42,10 +41,12 @@ def test_the_note_is_written(host, params):
 '''
 
 
-def _note(repo: StateRepo, *, install: bool, wanted: str, message: str) -> str:
+def _note(repo: StateRepo, *, install: bool, wanted: str, message: str,
+          line: str = "note") -> str:
     folder = repo.path / "deploys/note"
     folder.mkdir(exist_ok=True)
-    (folder / "deploy.py").write_text(DEPLOY.format(install=INSTALL if install else ""))
+    (folder / "deploy.py").write_text(DEPLOY.format(install=INSTALL if install else "",
+                                                    line=line))
     (folder / "checks.py").write_text(CHECKS.format(wanted=wanted))
     inv = repo.inventory()
     inv["groups"]["all"]["services"]["note"] = {}
@@ -54,9 +55,9 @@ def _note(repo: StateRepo, *, install: bool, wanted: str, message: str) -> str:
 
 
 def test_a_failed_apply_is_not_recovered_as_a_crash(lab: LabInfo, tmp_path: Path) -> None:
-    """Run 1 fails on apt; run 2 (a commit whose check then fails) is an ordinary reconcile,
-    recorded failed (no "interrupted", no "crash"); run 3 verifies. Both failures are counted
-    change failures: no rollout is left "not counted yet"."""
+    """Run 1 fails on apt; run 2 (a commit that changes the note, whose check then fails) is
+    an ordinary reconcile, recorded failed (no "interrupted", no "crash"); run 3 verifies.
+    Both failures are counted change failures: no rollout is left "not counted yet"."""
     repo = make_state_repo(tmp_path, lab, hosts=2, services=("base",))
     _note(repo, install=True, wanted="note", message="note: install the note tool")
     first = repo.gitops("reconcile", "--once")
@@ -65,7 +66,8 @@ def test_a_failed_apply_is_not_recovered_as_a_crash(lab: LabInfo, tmp_path: Path
     folder = repo.state_dir / "journal" / "lab"
     assert journal.interrupted(folder) == set()  # it failed; nothing cut it
 
-    _note(repo, install=False, wanted="a stricter note", message="note: without the tool")
+    _note(repo, install=False, wanted="another note", line="a new note",
+          message="note: without the tool, a new note")
     second = repo.gitops("reconcile", "--once")
     said = second.stdout + second.stderr
     assert second.returncode == 1, said
