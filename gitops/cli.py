@@ -2,7 +2,8 @@
 
 Exit codes: 0 all good; 1 apply or verify failed (or a temporary failure: Git remote, SSH,
 lock held, the daemon unreachable mid-wait); 2 invalid declaration or usage (also an operator
-control refusing the command). ``--json`` prints one JSON document on stdout; progress goes
+control refusing the command); 0 also when the reader of stdout closes it (``| head``).
+``--json`` prints one JSON document on stdout; progress goes
 to stderr, live per host on a terminal, plain lines otherwise (``NO_COLOR`` is honoured).
 Every command that records something ends with one line naming the run (``run #12:
 succeeded, 3 changed, 42 checks passed``). Errors are one clear message, never a traceback.
@@ -10,6 +11,7 @@ succeeded, 3 changed, 42 checks passed``). Errors are one clear message, never a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -246,6 +248,8 @@ class _Main(click.Group):
             ctx.color = False
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # `gitops history | head -1`: the reader had enough
+            _closed_pipe()
         except GitopsError as exc:
             _fail(exc, False)
         except database_errors() as exc:
@@ -255,6 +259,15 @@ class _Main(click.Group):
             where = f": {exc.filename}" if exc.filename else ""
             click.secho(f"error: {exc.strerror or exc}{where}", fg="red", err=True)
             sys.exit(EXIT_FAILED)
+
+
+def _closed_pipe() -> None:
+    """End quietly with exit 0 when the reader of stdout closed it (``| head``): a normal
+    end for a command line, not an error; what is left unwritten goes nowhere."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_OK)
 
 
 @click.group(cls=_Main, epilog=EXIT_CODES)
