@@ -16,9 +16,11 @@ never loses one and a changed definition applies to the past too.
   every host still failing (a run with no host rows covers all). That run and its commit are
   what restored it. ``invalid`` and ``error`` runs never open or close one.
 
-``id`` is ``<environment>-<first run id>``: stable as long as the history is. Called by the CLI
-(``gitops incidents``), the API and the status page (wired elsewhere); ``write_reports`` keeps one
-Markdown file per incident in a reports folder. Only what the store holds is shown: no secrets.
+``id`` is ``INC-<environment>-<first run id>`` (``INC-lab-6``: never read as a host's name;
+the older ``lab-6`` is still accepted where an id is typed): stable as long as the history
+is. Called by the CLI (``gitops incidents``), the API and the status page (wired elsewhere);
+``write_reports`` keeps one Markdown file per incident in a reports folder. Only what the
+store holds is shown: no secrets.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "RunRow",
     "add_action",
     "annotate",
+    "canonical_id",
     "episodes",
     "find",
     "incidents",
@@ -54,6 +57,17 @@ __all__ = [
     "verified_hosts",
     "write_reports",
 ]
+
+ID_PREFIX = "INC-"
+"""What starts an incident's id: ``INC-lab-6`` is incident 6 of ``lab``, not host ``lab-6``."""
+
+
+def canonical_id(incident_id: str) -> str:
+    """``incident_id`` as ids are now written: the older form ``lab-6`` (still in typed
+    commands and in post-mortems recorded before) becomes ``INC-lab-6``."""
+    text = incident_id.strip()
+    return text if text.startswith(ID_PREFIX) else ID_PREFIX + text
+
 
 DiffSummary = Callable[[str, str], str]
 """``diff_summary(old_sha, new_sha)``: e.g. ``git diff --stat``, supplied by the caller."""
@@ -206,10 +220,10 @@ def incidents(store: Store, environment: str | None = None, *,
     owners = environment_teams(store)
     notes: dict[str, list[PostmortemNote]] = {}
     for note in store.notes():
-        notes.setdefault(note.incident, []).append(note)
+        notes.setdefault(canonical_id(note.incident), []).append(note)
     actions: dict[str, list[ActionItem]] = {}
     for action in store.actions():
-        actions.setdefault(action.incident, []).append(action)
+        actions.setdefault(canonical_id(action.incident), []).append(action)
     out: list[Incident] = []
     for env, runs in by_env.items():
         for ep in episodes(runs, verified):
@@ -252,10 +266,12 @@ def postmortem(notes: list[PostmortemNote], actions: list[ActionItem]) -> dict[s
 
 
 def find(store: Store, incident_id: str) -> Incident:
-    """The incident ``incident_id``; a ``UsageError`` listing a few known ids if none."""
+    """The incident ``incident_id`` (either form, see ``canonical_id``); a ``UsageError``
+    listing a few known ids if none."""
     found = incidents(store)
+    wanted = canonical_id(incident_id)
     for incident in found:
-        if incident.id == incident_id:
+        if incident.id == wanted:
             return incident
     known = ", ".join(i.id for i in found[-5:]) or "none recorded"
     raise UsageError(f"no incident {incident_id!r} (latest: {known})")
@@ -302,7 +318,7 @@ def annotate(store: Store, incident_id: str, sections: Mapping[str, str], *,
     """Write entries into ``incident_id``'s post-mortem (section key -> text); every entry
     is recorded with ``actor`` and the store's time. Usage errors for an unknown incident,
     section or an empty text; nothing is written then."""
-    find(store, incident_id)
+    incident_id = find(store, incident_id).id
     if not sections:
         raise UsageError(f"name a section to write: {', '.join(SECTIONS)}")
     checked = []
@@ -318,7 +334,7 @@ def annotate(store: Store, incident_id: str, sections: Mapping[str, str], *,
 def add_action(store: Store, incident_id: str, text: str, team: str | None, *, actor: str,
                teams: Iterable[str] = ()) -> ActionItem:
     """A new open action item of ``incident_id`` owned by ``team`` (one of ``teams``)."""
-    find(store, incident_id)
+    incident_id = find(store, incident_id).id
     body = _text(text, "action")
     return store.add_action(incident_id, body, _team(team, teams), actor=actor)
 
@@ -327,7 +343,9 @@ def update_action(store: Store, incident_id: str, action_id: int, *, actor: str,
                   done: bool | None = None, team: str | None = None,
                   teams: Iterable[str] = ()) -> ActionItem:
     """Mark an action item of ``incident_id`` done (or open again), or give it a team."""
-    if not any(a.id == action_id for a in store.actions(incident_id)):
+    wanted = canonical_id(incident_id)
+    if not any(a.id == action_id and canonical_id(a.incident) == wanted
+               for a in store.actions()):
         raise UsageError(f"incident {incident_id!r} has no action {action_id}")
     updated = store.update_action(action_id, actor=actor, done=done, team=_team(team, teams))
     assert updated is not None
@@ -373,7 +391,8 @@ def _incident(store: Store, ep: Episode, runs: list[RunRow],
                     "message": r.message, "actor": r.actor,
                     "finished_at": r.at.isoformat()}
     return Incident(
-        id=f"{ep.environment}-{ep.runs[0].id}", environment=ep.environment, cause=ep.cause,
+        id=f"{ID_PREFIX}{ep.environment}-{ep.runs[0].id}", environment=ep.environment,
+        cause=ep.cause,
         opened_at=ep.opened_at, closed_at=ep.closed_at, commit=commit,
         plan=_plan(store, commit_run.id),
         failures=[f for r in failed_runs for f in _failures(store, r)],

@@ -30,7 +30,7 @@ def test_failed_rollout_incident_full_record(store: Store) -> None:
 
     [inc] = incidents(store, diff_summary=diff)
     day1 = T0 + timedelta(days=1)
-    assert inc.id == f"{ENV}-{ids.bad}"
+    assert inc.id == f"INC-{ENV}-{ids.bad}"
     assert inc.cause == "failed rollout"
     assert inc.opened_at == day1 + timedelta(seconds=120)
     assert inc.closed_at == day1 + timedelta(seconds=190)
@@ -114,7 +114,7 @@ def test_drift_correction_opens_at_the_failed_drift_check(store: Store) -> None:
     fix = record(store, "reconcile", "good", start=T0 + timedelta(hours=1, seconds=10),
                  seconds=20, result="succeeded", hosts=("host3",), reason="drift correction")
     [inc] = incidents(store)
-    assert inc.id == f"{ENV}-{check}" and inc.cause == "drift correction"
+    assert inc.id == f"INC-{ENV}-{check}" and inc.cause == "drift correction"
     assert inc.opened_at == T0 + timedelta(hours=1, seconds=5)
     assert inc.duration_s == 25.0
     assert inc.restored_by is not None and inc.restored_by["run_id"] == fix
@@ -146,7 +146,7 @@ def test_operator_rollback_request_opens_and_names_rolled_back_commit(store: Sto
     run = record(store, "rollback", "good", start=T0 + timedelta(hours=2, seconds=5),
                  seconds=30, result="succeeded")
     [inc] = incidents(store)
-    assert inc.id == f"{ENV}-{request}" and inc.cause == "rollback"
+    assert inc.id == f"INC-{ENV}-{request}" and inc.cause == "rollback"
     assert inc.commit["sha"] == sha("meh") and inc.commit["previous_sha"] == sha("good")
     assert [r["request"] for r in inc.rollbacks] == [True, False]
     assert inc.restored_by is not None and inc.restored_by["run_id"] == run
@@ -159,7 +159,7 @@ def test_write_reports_atomic_and_only_when_changed(tmp_path: Path, store: Store
     ids = good_bad_fix(store)
     folder = tmp_path / "reports"
     [path] = write_reports(store, folder)
-    assert path == folder / f"{ENV}-{ids.bad}.md"
+    assert path == folder / f"INC-{ENV}-{ids.bad}.md"
     first = path.read_text()
     os.utime(path, ns=(1, 1))
     assert write_reports(store, folder) == [path]
@@ -178,3 +178,21 @@ def test_incidents_filter_and_large_history(store: Store) -> None:
     assert causes == {"failed rollout", "drift correction"}
     assert incidents(store, "other") == []
     assert len({i.id for i in found}) == len(found)
+
+
+def test_incident_ids_are_not_host_names_and_the_older_form_still_finds_one(
+        store: Store) -> None:
+    """An incident's id reads as one (``INC-lab-6``, not ``lab-6`` beside host ``lab-6``); the
+    older form typed still finds it, and post-mortem entries recorded under it stay with it."""
+    from gitops.incidents import annotate, find
+
+    ids = good_bad_fix(store)
+    [inc] = incidents(store)
+    assert inc.id == f"INC-{ENV}-{ids.bad}"
+    store.add_note(f"{ENV}-{ids.bad}", "impact", "written before the ids changed", actor="ann")
+    assert find(store, f"{ENV}-{ids.bad}").id == inc.id
+    found = annotate(store, f"{ENV}-{ids.bad}", {"summary": "b broke it"}, actor="bo")
+    assert found.id == inc.id
+    assert found.postmortem["summary"]["text"] == "b broke it"
+    assert found.postmortem["impact"]["text"] == "written before the ids changed"
+    assert render_markdown(found).startswith(f"# Incident INC-{ENV}-{ids.bad}: ")
