@@ -92,7 +92,8 @@ def postmortem_spans(store: Store) -> list[tuple[str, int, int]]:
     """(environment, first run id, last run id) of each incident someone wrote into: from
     the runs before it its report names (the commit rolled back, the previous verified
     commit) to its last run (an open incident's: the newest run)."""
-    written = {incidents.canonical_id(x.incident) for x in [*store.notes(), *store.actions()]}
+    written = ({incidents.canonical_id(n.incident) for n in store.notes()}
+               | {incidents.canonical_id(a.incident) for a in store.actions()})
     if not written:
         return []
     verified = incidents.verified_hosts(store)
