@@ -1567,6 +1567,17 @@ def _recorded(s: Settings, as_json: bool) -> None:
     store.close()
 
 
+def _rewrite_report(s: Settings, store: Store, incident_id: str) -> None:
+    """The incident's report in ``reports/`` says what was just written (a folder that
+    cannot be written is said on stderr: the entry is recorded all the same)."""
+    from gitops import reports
+
+    try:
+        reports.after_postmortem(s, store, incident_id)
+    except OSError as exc:
+        click.secho(f"warning: cannot write the incident report: {exc}", fg="yellow", err=True)
+
+
 def _print_postmortem(incident: Any) -> None:
     from gitops.incidents import SECTIONS
 
@@ -1601,6 +1612,7 @@ def annotate(incident_id: str, summary: str | None, impact: str | None, causes: 
     _recorded(s, as_json)
     with open_store(s) as store:
         found = incidents_.annotate(store, incident_id, sections, actor=control.who())
+        _rewrite_report(s, store, found.id)
     if as_json:
         _emit(found.as_dict())
         return
@@ -1644,6 +1656,7 @@ def action(incident_id: str, text: str | None, done: int | None, reopen: int | N
                 store, incident_id, number, actor=who, teams=teams, team=team,
                 done=True if done else (False if reopen else None))
         found = incidents_.find(store, incident_id)
+        _rewrite_report(s, store, found.id)
     if as_json:
         _emit({"action": item.as_dict(), "incident": found.as_dict()})
         return
