@@ -591,10 +591,15 @@ def _print_stages(stages: list[dict[str, Any]]) -> None:
               help="How many runs.")
 @click.option("--run", "run_id", type=click.IntRange(min=1),
               help="Show one run in full: hosts, operations, every check and its message.")
+@click.option("--diff", "diffs", is_flag=True,
+              help="With --run: also what each changed file operation wrote (its diff, "
+                   "secrets redacted).")
 @json_option
 def history(as_json: bool, environment: str | None, state_dir: Path | None, limit: int,
-            run_id: int | None) -> None:
+            run_id: int | None, diffs: bool) -> None:
     """Recorded runs and operator actions, newest first (--run ID: one run in full)."""
+    if diffs and run_id is None:
+        raise UsageError("--diff shows the diffs of one run: give --run ID")
     s = _settings(state_dir=state_dir)
     name_ = _store_environment(s, environment)
     store = _reader(s, name_, as_json)
@@ -611,6 +616,7 @@ def history(as_json: bool, environment: str | None, state_dir: Path | None, limi
                 _emit(detail.as_dict())
             else:
                 _print_run(detail.as_dict())
+                _print_diffs(detail.as_dict(), diffs)
             return
         from gitops.teams import environment_teams
 
@@ -831,6 +837,23 @@ def _print_run(run: dict[str, Any]) -> None:
     if run["kind"] in (*APPLY_KINDS, "verify"):
         click.echo(_summary(run["id"], run["result"] or "running", run["changed"], passed,
                             len(run["checks"]) - passed))
+
+
+def _print_diffs(run: dict[str, Any], shown: bool) -> None:
+    """The diffs of a run's changed files (``--diff``), the same diff on several hosts once;
+    without ``--diff``, how many there are and how to see them."""
+    from gitops.incidents import changed_files
+
+    plan = run.get("plan") or {"hosts": []}
+    found = changed_files([{"host": h["host"], "diffs": [
+        {"change": f"{op['service'] or '-'}: {op['name']}", "diff": op["diff"]}
+        for op in h["ops"] if op["would_change"] and op.get("diff")]} for h in plan["hosts"]])
+    if found and not shown:
+        click.echo(f"  {len(found)} file diff(s): gitops history --run {run['id']} --diff")
+    for change, hosts, diff in found if shown else []:
+        click.echo(f"diff of {change} on {', '.join(hosts)}:")
+        for line in diff.splitlines():
+            click.echo(f"    {line}")
 
 
 def _fail(exc: GitopsError, as_json: bool) -> None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ __all__ = [
     "add_action",
     "annotate",
     "canonical_id",
+    "changed_files",
     "episodes",
     "find",
     "incidents",
@@ -169,7 +171,9 @@ class Incident:
     commit: dict[str, Any]
     """sha, branch, author, committed_at, message, previous_sha, diff_summary."""
     plan: list[dict[str, Any]]
-    """Per host of the opening run's plan: ``host``, ``changes`` (``service: op``), ``error``."""
+    """Per host of the opening run's plan: ``host``, ``changes`` (``service: op``), ``error``,
+    ``diffs`` (``change``, ``diff``: what each changed file operation wrote, secrets redacted
+    by the workers)."""
     failures: list[dict[str, Any]]
     """Per failed run and host: ``run_id``, ``host``, ``error``, ``ops`` (name, stderr),
     ``checks`` (service, check, status, message)."""
@@ -411,7 +415,24 @@ def _plan(store: Store, run_id: int) -> list[dict[str, Any]]:
     return [{"host": host.host,
              "changes": [f"{op.service or '-'}: {op.name}" for op in host.ops
                          if op.would_change],
-             "error": host.error} for host in plan.hosts]
+             "error": host.error,
+             "diffs": [{"change": f"{op.service or '-'}: {op.name}",
+                        "diff": _ANSI.sub("", op.diff)}
+                       for op in host.ops if op.would_change and op.diff]}
+            for host in plan.hosts]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def changed_files(plan: list[dict[str, Any]]) -> list[tuple[str, list[str], str]]:
+    """(change, hosts, diff) of ``plan`` (``Incident.plan``'s shape), the same diff on
+    several hosts once, in the plan's order; without terminal colours."""
+    hosts: dict[tuple[str, str], list[str]] = {}
+    for host in plan:
+        for d in host.get("diffs", ()):
+            hosts.setdefault((d["change"], _ANSI.sub("", d["diff"])), []).append(host["host"])
+    return [(change, names, diff) for (change, diff), names in hosts.items()]
 
 
 def _failures(store: Store, run: RunRow) -> list[dict[str, Any]]:
@@ -478,12 +499,12 @@ def _duration(seconds: float | None) -> str:
     return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s"
 
 
-def _fence(text: str) -> str:
+def _fence(text: str, lang: str = "text") -> str:
     body = text.rstrip("\n")
     fence = "```"
     while fence in body:
         fence += "`"
-    return f"{fence}text\n{body}\n{fence}"
+    return f"{fence}{lang}\n{body}\n{fence}"
 
 
 def _cell(text: str | None) -> str:
@@ -531,6 +552,8 @@ def render_markdown(incident: Incident) -> str:
             lines.append(f"- **{host['host']}**: {changes}"
                          + (f" (plan error: {host['error']})" if host.get("error") else ""))
         lines.append("")
+        for change, hosts, diff in changed_files(i.plan):
+            lines += [f"Diff of `{change}` on {', '.join(hosts)}:", "", _fence(diff, "diff"), ""]
     lines += ["## What failed", ""]
     if not i.failures:
         lines += ["No failed run is recorded in this incident.", ""]

@@ -42,7 +42,8 @@ def test_failed_rollout_incident_full_record(store: Store) -> None:
         "message": "bad: change the app\n\nbody of bad", "previous_sha": sha("good"),
         "diff_summary": " app/config.yml | 2 +-\n 1 file changed",
     }
-    assert inc.plan == [{"host": "host1", "changes": ["app: Deploy app config"], "error": None}]
+    assert inc.plan == [{"host": "host1", "changes": ["app: Deploy app config"], "error": None,
+                         "diffs": []}]
     assert inc.failures == [{
         "run_id": ids.bad, "kind": "reconcile", "sha": sha("bad"), "host": "host1",
         "error": None, "ops": [],
@@ -196,3 +197,36 @@ def test_incident_ids_are_not_host_names_and_the_older_form_still_finds_one(
     assert found.postmortem["summary"]["text"] == "b broke it"
     assert found.postmortem["impact"]["text"] == "written before the ids changed"
     assert render_markdown(found).startswith(f"# Incident INC-{ENV}-{ids.bad}: ")
+
+
+def test_the_report_and_history_show_what_the_change_wrote(tmp_path: Path,
+                                                           store: Store) -> None:
+    """The incident's plan shows the diff of each changed file (the same on two hosts once,
+    without terminal colours), and ``history --run N --diff`` shows it too."""
+    from click.testing import CliRunner
+
+    from gitops.cli import main
+    from gitops.records import HostPlan, OpPlan, Plan
+
+    ids = good_bad_fix(store)
+    diff = ("Will modify /etc/redis/redis.conf\n  \x1b[31m- maxmemory 64mb\x1b[0m\n"
+            "  \x1b[32m+ maxmemory 6400mb\x1b[0m")
+    plan = Plan(hosts=tuple(HostPlan(host=h, ops=(OpPlan(
+        name="redis.conf", service="redis", would_change=True, diff=diff),)) for h in
+        ("lab-1", "lab-2")))
+    store.db.execute("UPDATE runs SET plan=? WHERE id=?", (plan.model_dump_json(), ids.bad))
+    [inc] = incidents(store)
+    text = render_markdown(inc)
+    assert ("Diff of `redis: redis.conf` on lab-1, lab-2:\n\n```diff\nWill modify "
+            "/etc/redis/redis.conf\n  - maxmemory 64mb\n  + maxmemory 6400mb\n```") in text
+    store.close()
+    state = tmp_path / "state"
+    out = CliRunner().invoke(main, ["history", "--state-dir", str(state), "--run",
+                                    str(ids.bad)])
+    assert out.exit_code == 0, out.output
+    assert f"1 file diff(s): gitops history --run {ids.bad} --diff" in out.output
+    out = CliRunner().invoke(main, ["history", "--state-dir", str(state), "--run",
+                                    str(ids.bad), "--diff"])
+    assert out.exit_code == 0, out.output
+    assert ("diff of redis: redis.conf on lab-1, lab-2:\n    Will modify /etc/redis/redis.conf"
+            "\n      - maxmemory 64mb\n      + maxmemory 6400mb\n") in out.output
