@@ -535,6 +535,9 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
                 {"sha": q.sha, "reason": q.reason, "since": q.since.isoformat()})
         stages = (promotion.pipeline(store, chain) if any(link.upstream for link in chain)
                   else [])
+        invalid = {row["environment"]: _invalid_run(store, row["environment"]) for row in rows
+                   if not row["host"] and any(c["reason"] == "ValidationFailed"
+                                              for c in row["conditions"])}
     stage_of = {link.environment: stage for link, stage in zip(chain, stages, strict=False)}
     for row in rows:
         if not row["host"]:
@@ -555,12 +558,36 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
                    f"applied={_short(row['last_applied_revision'])}{owner}")
         for c in row["conditions"]:
             click.echo(f"    {c['type']}: {c['message']}")
+        found = invalid.get(row["environment"]) if not row["host"] else None
+        if found is not None:
+            _print_problems(*found)
         held = row.get("held")
         if held:
             click.echo(f"    Held: {held['sha'][:10]} by {held['actor']} until `gitops resume` "
                        f"or a commit newer than {(held['head'] or '')[:10]}")
         _print_quarantined(row["environment"], row.get("quarantined") or [])
     _print_stages(stages)
+
+
+_PROBLEMS_SHOWN = 10
+"""Problems of an invalid revision ``gitops status`` prints (``history --run N``: all)."""
+
+
+def _invalid_run(store: Store, environment: str) -> tuple[int, list[str]] | None:
+    """The newest invalid run of ``environment`` among its last 50: its id and problems."""
+    run = next((r for r in store.history(environment, 50) if r.result == "invalid"), None)
+    if run is None:
+        return None
+    return run.id, [line.strip() for line in (run.error or "").splitlines()[1:] if line.strip()]
+
+
+def _print_problems(run_id: int, problems: list[str]) -> None:
+    """The problems that make the environment's revision invalid, where each one is."""
+    click.echo(f"    Problems (run #{run_id}; all of them: gitops history --run {run_id}):")
+    for line in problems[:_PROBLEMS_SHOWN]:
+        click.secho(f"      {line}", fg="red")
+    if len(problems) > _PROBLEMS_SHOWN:
+        click.echo(f"      ... and {len(problems) - _PROBLEMS_SHOWN} more")
 
 
 def _print_quarantined(environment: str, entries: list[dict[str, Any]]) -> None:
