@@ -105,8 +105,11 @@ def main() -> None:
                 "commit", "-qam", f"message {run}")
             sha = git(repo, "rev-parse", "HEAD")
             body = json.dumps({"action": "opened" if run == 1 else "synchronize", "number": 1,
-                               "pull_request": {"head": {"ref": "change", "sha": sha},
-                                                "base": {"ref": "main"}}}).encode()
+                               "pull_request": {
+                                   "head": {"ref": "change", "sha": sha,
+                                            "repo": {"full_name": "acme/state"}},
+                                   "base": {"ref": "main",
+                                            "repo": {"full_name": "acme/state"}}}}).encode()
             signature = hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
             edits = github.comments[0].edits if github.comments else -1
             start = time.monotonic()

@@ -29,7 +29,7 @@ from gitops import fanout, guard
 from gitops.errors import WorkerError
 from gitops.model import DeclaredState
 from gitops.records import ApplyReport, Plan, WorkerResult
-from gitops.worker import Progress, run_worker
+from gitops.worker import Confined, Progress, run_worker
 
 WORKER = "gitops.workers.apply_worker"
 MIN_HOSTS_PER_WORKER = 10
@@ -66,20 +66,21 @@ def shares(state: DeclaredState, controllers: int = 1) -> list[DeclaredState]:
 
 
 def _run(state: DeclaredState, timeout: float, on_progress: Progress | None, *, dry: bool,
-         journal: Path | None = None, remove: bool = False) -> list[WorkerResult]:
+         journal: Path | None = None, remove: bool = False,
+         confined: Confined | None = None) -> list[WorkerResult]:
     """Each share's worker result, in share order; a failed worker fails the whole stage
     once every other worker has finished (none is stopped halfway through an apply). With
     a fan-out across controllers in force (``gitops.fanout``), the shares go to their
-    workers through the database."""
+    workers through the database (never ``confined`` ones: a preview's)."""
     spread = fanout.current()
-    if spread is not None and not remove:
+    if spread is not None and not remove and confined is None:
         remote = spread.apply(state, timeout, on_progress, dry=dry, journal=journal is not None)
         if remote is not None:
             return remote
     parts = shares(state)
     if len(parts) == 1:
         out = run_worker(WORKER, job(state, dry=dry, diff=True, journal=journal, remove=remove),
-                         timeout=timeout, on_progress=on_progress)
+                         timeout=timeout, on_progress=on_progress, confined=confined)
         return [WorkerResult.model_validate_json(out)]
     lock = threading.Lock()
 
@@ -90,7 +91,7 @@ def _run(state: DeclaredState, timeout: float, on_progress: Progress | None, *, 
                     on_progress(f"worker {index}/{len(parts)}: {line}")
 
         out = run_worker(WORKER, job(part, dry=dry, diff=True, journal=journal, remove=remove),
-                         timeout=timeout, on_progress=say)
+                         timeout=timeout, on_progress=say, confined=confined)
         return WorkerResult.model_validate_json(out)
 
     with ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="apply") as pool:
@@ -112,16 +113,18 @@ def _merged_plan(state: DeclaredState, results: list[WorkerResult]) -> Plan:
 
 def plan(
     state: DeclaredState, *, timeout: float = 900, on_progress: Progress | None = None,
-    remove: bool = False,
+    remove: bool = False, confined: Confined | None = None,
 ) -> Plan:
     """What would change on each host; changes nothing. ``remove``: what running each
-    service's ``remove.py`` would change (a removal state, ``gitops.prune.removal_state``)."""
-    return _merged_plan(state, _run(state, timeout, on_progress, dry=True, remove=remove))
+    service's ``remove.py`` would change (a removal state, ``gitops.prune.removal_state``).
+    ``confined``: the workers run untrusted code (a preview's, ``gitops.sandbox``)."""
+    return _merged_plan(state, _run(state, timeout, on_progress, dry=True, remove=remove,
+                                    confined=confined))
 
 
 def apply(
     state: DeclaredState, *, timeout: float = 1800, on_progress: Progress | None = None,
-    journal: Path | None = None, remove: bool = False,
+    journal: Path | None = None, remove: bool = False, confined: Confined | None = None,
 ) -> tuple[Plan, ApplyReport]:
     """Apply; return what changed (as a plan, with diffs) and the per-operation results.
     ``remove``: run each service's ``remove.py`` instead (``gitops.prune.removal_state``).
@@ -129,7 +132,8 @@ def apply(
     With ``journal`` (a folder, ``gitops.journal``), each host's operations are journaled as
     they run, and what an interrupted apply changed counts as changed for what depends on it.
     """
-    results = _run(state, timeout, on_progress, dry=False, journal=journal, remove=remove)
+    results = _run(state, timeout, on_progress, dry=False, journal=journal, remove=remove,
+                   confined=confined)
     reports = [r.apply for r in results]
     assert all(r is not None for r in reports)
     by_host = {h.host: h for r in reports if r is not None for h in r.hosts}

@@ -1110,9 +1110,10 @@ def preview(as_json: bool, branch: str, base: str | None, **opts: Any) -> None:
     from gitops import preview as preview_
 
     s = _settings(**opts)
+    signing = next((e.verify_commits for e in s.environments if e.name == _api_name(s)), None)
     request = preview_.PreviewRequest(
         environment=_api_name(s), inventory=s.environment, repo=s.repo, branch=branch,
-        base=base or s.branch)
+        base=base or s.branch, signing=signing)
     progress = _progress(as_json)
     with open_store(s) as store:
         preview_id = store.start_preview(request.environment, provider="cli", number=None,

@@ -73,7 +73,12 @@ Commit statuses, by provider (``state`` is ours: pending | success | failure | e
 
 Pull/merge request comments (``upsert_comment``; a preview's report, ``gitops.preview``): the
 earlier comment is found by a hidden marker in its body (an HTML comment, as Atlantis-like
-bots do) and edited in place; else one is created. Same headers as the statuses.
+bots do) and edited in place; else one is created. Same headers as the statuses. The marker
+alone is no proof (anyone can write it, and a token of an admin could edit their comment):
+only a comment whose author is the token's own user is edited, that user asked first with
+``GET {api_url}/user`` (GitHub, GitLab and Gitea alike: ``{"id", "login"}``, GitLab
+``{"id", "username"}``); a comment's author is its ``user.id`` (GitHub, Gitea) or
+``author.id`` (GitLab).
 
 - GitHub, issue comments (https://docs.github.com/en/rest/issues/comments): list ``GET
   {api_url}/repos/{owner}/{repo}/issues/{number}/comments?per_page=100&page=N`` (an array of
@@ -583,15 +588,21 @@ def upsert_comment(
                          sleep=sleep, backoff=backoff, max_delay=max_delay, method=method)
 
         found: Any = None
-        result = _Result(True, None, 0, None)
-        for page in range(1, _COMMENT_PAGES + 1):
+        result = send(f"{config.api_url.rstrip('/')}/user", None, "GET")
+        me = _user_id(result.data) if result.ok else None
+        if me is None and result.ok:
+            result = _Result(False, result.status, result.attempts,
+                             "GET /user did not say who the token is")
+        for page in range(1, _COMMENT_PAGES + 1 if result.ok else 1):
             url = listing if config.provider == "gitea" else \
                 f"{listing}?per_page=100&page={page}"
             result = send(url, None, "GET")
             if not result.ok or not isinstance(result.data, list):
                 break
             found = next((c for c in result.data if isinstance(c, dict)
-                          and marker in str(c.get("body") or "")), None)
+                          and marker in str(c.get("body") or "")
+                          and _user_id(c.get("author" if config.provider == "gitlab"
+                                             else "user")) == me), None)
             if found is not None or config.provider == "gitea" or len(result.data) < 100:
                 break
         if not result.ok:
@@ -611,6 +622,14 @@ def upsert_comment(
         log.warning("%s on pull request %d via %s[%d] not delivered: %s", what, number,
                     config.provider, index, _last_words(delivery))
     return delivery
+
+
+def _user_id(user: Any) -> int | None:
+    """A user's id as the hosts give it (``{"id": 1, ...}``); None if there is none."""
+    if isinstance(user, dict) and isinstance(user.get("id"), int) \
+            and not isinstance(user.get("id"), bool):
+        return int(user["id"])
+    return None
 
 
 def _last_words(delivery: Delivery) -> str:

@@ -16,7 +16,11 @@ edited in place (``render_comment``, ``gitops.notify.upsert_comment``). Labs are
 ``<prefix><slot>`` and held by a lock per slot, so a daemon that crashed finds its labs by
 name at its next start (``Previews.recover``) and takes them down.
 
-This module never imports pyinfra or testinfra: the stages run them in worker processes.
+This module never imports pyinfra or testinfra, nor any of the previewed revision's code: a
+preview's loads, plans, applies and checks run in worker processes of its sandbox
+(``gitops.sandbox``: an unprivileged user, a folder of its own, no secret of the daemon),
+with the preview's own SOPS keys (``[preview] sops``), never the environment's. The change's
+head must be signed as the environment's ``verify_commits`` says, before anything of it runs.
 """
 
 from __future__ import annotations
@@ -34,15 +38,13 @@ from typing import Any, Literal
 
 from gitops import apply as apply_stage
 from gitops import lab as lab_api
-from gitops import notify, source
+from gitops import notify, sandbox, source
 from gitops import verify as verify_stage
 from gitops.errors import GitopsError, InvalidDeclaration, RevisionNotFound, UsageError
 from gitops.lab.common import lab_parent, missing_prerequisites, prerequisites_message
-from gitops.load import load
-from gitops.model import DeclaredState
 from gitops.reconcile import fingerprints
 from gitops.records import ApplyReport, Plan, PreviewReport, PreviewResult, Revision
-from gitops.settings import CommitStatusConfig, EnvironmentConfig, Settings
+from gitops.settings import CommitStatusConfig, EnvironmentConfig, Settings, SigningPolicy
 from gitops.source import pull_ref
 from gitops.store import Database
 from gitops.workers.secrets import redact
@@ -69,6 +71,8 @@ class PreviewRequest:
     head_sha: str | None = None
     provider: str = "cli"
     number: int | None = None
+    signing: SigningPolicy | None = None
+    """The environment's ``verify_commits``: the head must be signed so to be previewed."""
 
 
 # -- pure decisions ------------------------------------------------------------------------
@@ -301,12 +305,6 @@ class _LabHosts:
         return kept
 
 
-def _load(snapshot: Path, request: PreviewRequest, revision: Revision, settings: Settings,
-          hosts: _LabHosts | None) -> DeclaredState:
-    return load(snapshot, request.inventory, revision=revision.ref, keys=settings.sops,
-                hosts_from=hosts)
-
-
 def _fetch_head(request: PreviewRequest, state_dir: Path) -> Revision:
     """The change to preview: the pull request's head as its host publishes it in the base
     repository (``pull_ref``: a pull request from a fork has no branch there, or one of the
@@ -347,7 +345,8 @@ def run_preview(request: PreviewRequest, settings: Settings, *, lab_name: str | 
              if lab_name else None)
     report: PreviewReport
     try:
-        report, secrets = _preview(request, settings, hosts, clock, say, base_fields)
+        with sandbox.open_sandbox(settings) as box:
+            report, secrets = _preview(request, settings, hosts, clock, say, base_fields, box)
     except InvalidDeclaration as exc:
         report = PreviewReport(**base_fields, result="failure",
                                summary=f"invalid declaration: {len(exc.problems)} problem(s)",
@@ -370,22 +369,39 @@ def run_preview(request: PreviewRequest, settings: Settings, *, lab_name: str | 
 
 
 def _preview(request: PreviewRequest, settings: Settings, hosts: _LabHosts | None,
-             clock: _Clock, say: Say, fields: dict[str, Any]
+             clock: _Clock, say: Say, fields: dict[str, Any], box: sandbox.Sandbox
              ) -> tuple[PreviewReport, tuple[str, ...]]:
-    """The stages of a preview; the report and the secrets to blank out of it."""
+    """The stages of a preview; the report and the secrets to blank out of it. Every load,
+    plan, apply and check runs in ``box``'s workers."""
     state_dir = settings.state_dir
     with clock.stage("fetch"):
         head = _fetch_head(request, state_dir)
+        fields.update(head_sha=head.sha)  # also for the caller's errors
+        if request.signing is not None:  # before anything of the head is read
+            from gitops import signatures
+
+            mirror = source.mirror_path(request.repo, state_dir)
+            say(f"signed by {signatures.verify_commit(mirror, head.sha, request.signing)}")
         base = source.fetch(request.repo, request.base, state_dir)
-        fields.update(head_sha=head.sha, base_sha=base.sha)  # also for the caller's errors
-        head_snap = Path(source.snapshot(request.repo, head, state_dir).path)
-        base_snap = Path(source.snapshot(request.repo, base, state_dir).path)
+        fields.update(base_sha=base.sha)
+        head_snap = box.copy(Path(source.snapshot(request.repo, head, state_dir).path), "head")
+        base_snap = box.copy(Path(source.snapshot(request.repo, base, state_dir).path), "base")
     say(f"preview of {request.branch} ({head.sha[:10]}) on top of {request.base} "
         f"({base.sha[:10]})")
+    confined = box.confined
+
+    def load(snapshot: Path, revision: Revision, stand_ins: dict[str, Any] | None
+             ) -> sandbox.Loaded:
+        what = "the base's load" if revision is base else "the change's load"
+        with clock.stage("load"):
+            return box.load(snapshot, request.inventory, revision=revision.ref,
+                            hosts=stand_ins, timeout=clock.left(what))
+
     if hosts is None:  # a dry run: the change's plan against the environment's own hosts
-        state = _load(head_snap, request, head, settings, None)
+        state = load(head_snap, head, None).state
         with clock.stage("plan"):
-            plan = apply_stage.plan(state, timeout=clock.left("the plan"), on_progress=say)
+            plan = apply_stage.plan(state, timeout=clock.left("the plan"), on_progress=say,
+                                    confined=confined)
         failed = [h.host for h in plan.hosts if h.error]
         result: PreviewResult = "failure" if failed else "success"
         summary = (f"plan failed on {', '.join(failed)}" if failed else
@@ -394,10 +410,11 @@ def _preview(request: PreviewRequest, settings: Settings, hosts: _LabHosts | Non
         return (PreviewReport(**fields, result=result, summary=summary, plan=plan),
                        state.redact)
     # the change is validated first (every host, none kept): an invalid one boots no lab
-    load(head_snap, request.inventory, revision=head.ref, keys=settings.sops,
-         hosts_from=lambda groups, packages: {})
+    head_shape = load(head_snap, head, {})
     try:
-        base_state = _load(base_snap, request, base, settings, hosts)
+        base_shape = load(base_snap, base, {})
+        base_state = load(base_snap, base, box.stand_ins(
+            hosts(base_shape.groups, base_shape.packages))).state
     except InvalidDeclaration as exc:
         raise UsageError(f"the base {request.base} ({base.sha[:10]}) is invalid "
                          f"({len(exc.problems)} problem(s)): nothing to preview on") from None
@@ -405,14 +422,15 @@ def _preview(request: PreviewRequest, settings: Settings, hosts: _LabHosts | Non
     with clock.stage("base"):
         say(f"applying the base {base.sha[:10]}")
         _, base_apply = apply_stage.apply(base_state, timeout=clock.left("the base's apply"),
-                                          on_progress=say)
+                                          on_progress=say, confined=confined)
     if base_apply.failed_hosts:
         why = {h.host: h.error or "failed" for h in base_apply.hosts if h.status == "failed"}
         return (PreviewReport(
             **fields, result="error", apply_failed=why,
             summary=f"the base {request.base} does not apply on the preview lab "
                     f"({', '.join(sorted(why))}): nothing to preview on"), base_state.redact)
-    state = _load(head_snap, request, head, settings, hosts)
+    state = load(head_snap, head, box.stand_ins(
+        hosts(head_shape.groups, head_shape.packages))).state
     secrets = tuple(sorted(set(base_state.redact) | set(state.redact)))
     # the hosts hold the base now: only the services the change touches are applied again,
     # as the daemon's changed-only apply of a new commit does (every check still runs)
@@ -427,7 +445,7 @@ def _preview(request: PreviewRequest, settings: Settings, hosts: _LabHosts | Non
         say(f"applying the change {head.sha[:10]}")
         change = state.only_services(todo)
         plan, applied = (apply_stage.apply(change, timeout=clock.left("the change's apply"),
-                                           on_progress=say)
+                                           on_progress=say, confined=confined)
                          if any(h.services for h in change.hosts)
                          else (Plan(hosts=()), ApplyReport(hosts=())))
     broken = {h.host: h.error or "failed" for h in applied.hosts if h.status == "failed"}
@@ -436,7 +454,8 @@ def _preview(request: PreviewRequest, settings: Settings, hosts: _LabHosts | Non
             **fields, result="failure", plan=plan, apply_failed=broken,
             summary=f"apply failed on {', '.join(sorted(broken))}"), secrets)
     with clock.stage("verify"):
-        checked = verify_stage.verify(state, timeout=clock.left("the checks"), on_progress=say)
+        checked = verify_stage.verify(state, timeout=clock.left("the checks"), on_progress=say,
+                                      confined=confined)
     passed = sum(1 for r in checked.results if r.status == "pass")
     if checked.ok:
         summary = (f"{plan.changes} operation(s) changed on {len(state.hosts)} host(s), "
@@ -540,7 +559,8 @@ class Previews:
         """Queue a preview of pull request ``number``; raises ``QueueFull``."""
         request = PreviewRequest(environment=config.name, inventory=config.environment,
                                  repo=config.repo, branch=branch, base=base,
-                                 head_sha=head_sha, provider=provider, number=number)
+                                 head_sha=head_sha, provider=provider, number=number,
+                                 signing=config.verify_commits)
         key = (config.name, provider, number)
         with self.cond:
             decision = admit([j.key for j in self.waiting], key,
@@ -564,6 +584,14 @@ class Previews:
             self._statuses(config, provider, head_sha, "pending",
                            "preview queued" if self.can_lab else "dry run queued")
         return {"preview": preview_id, "position": position, "decision": decision}
+
+    def refuse(self, config: EnvironmentConfig, *, provider: str, head_sha: str | None,
+               reason: str) -> None:
+        """A pull request not previewed (``gitops.webhooks.why_untrusted``): its commit's
+        ``gitops/preview/<env>`` status says why, in one line."""
+        if head_sha:
+            self._statuses(config, provider, head_sha, "error",
+                           f"not previewed: {reason}")
 
     def _runner(self, slot: int) -> None:
         name = self.slot_name(slot)

@@ -38,6 +38,7 @@ from gitops.webhooks import (
     parse_webhook,
     why_ignored,
     why_no_preview,
+    why_untrusted,
 )
 
 __all__ = [
@@ -109,6 +110,11 @@ class Previewer(Protocol):
     def request(self, config: EnvironmentConfig, *, provider: str, number: int, branch: str,
                 base: str, head_sha: str | None) -> dict[str, Any]:
         """Queue a preview of a pull request; raises ``GitopsError`` when refused."""
+        ...
+
+    def refuse(self, config: EnvironmentConfig, *, provider: str, head_sha: str | None,
+               reason: str) -> None:
+        """Say on the pull request's commit why it is not previewed."""
         ...
 
 
@@ -200,7 +206,8 @@ def create_app(
     """The ASGI app over ``controller``; webhook secrets and the API token are read now.
 
     With ``previews``, a signed pull/merge request event into an environment's branch
-    queues a preview of it (202 with the preview's id).
+    queues a preview of it (202 with the preview's id); one from a fork the settings do not
+    trust (``why_untrusted``) is refused with 403 and ``{"refused": <reason>}``.
 
     A secret that cannot be read raises ``UsageError`` here, so the daemon fails at start.
     """
@@ -265,6 +272,15 @@ def create_app(
         if why is not None or previews is None or event.number is None:
             log.info("webhook %s: %s ignored (%s)", name, event.provider, why)
             return JSONResponse({"ignored": why})
+        untrusted = why_untrusted(event, allow_forks=settings.preview.allow_forks,
+                                  authors=settings.preview.trusted_authors,
+                                  labels=settings.preview.trusted_labels)
+        if untrusted is not None:
+            log.warning("webhook %s: %s preview refused: %s", name, event.provider, untrusted)
+            await run_in_threadpool(functools.partial(
+                previews.refuse, env, provider=event.provider, head_sha=event.after,
+                reason=untrusted))
+            return JSONResponse({"refused": untrusted}, status_code=403)
         try:
             answer = await run_in_threadpool(functools.partial(
                 previews.request, env, provider=event.provider, number=event.number,

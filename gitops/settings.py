@@ -264,6 +264,27 @@ class PreviewSettings(BaseModel):
     default: the first 5 characters of ``$GITOPS_LAB_NAME`` (else ``gitops``) and ``p``."""
     page_url: str | None = Field(default=None, pattern=r"^https?://")
     """The status page's address, for the comment's link to the full report."""
+    allow_forks: bool = False
+    """Preview pull requests from forks (another repository than the environment's); off by
+    default, as Atlantis's ``--allow-fork-prs``. Even then only those of ``trusted_authors``
+    or carrying one of ``trusted_labels`` are previewed."""
+    trusted_authors: list[str] = []
+    """Logins (GitLab: usernames) whose pull requests from forks are previewed."""
+    trusted_labels: list[str] = []
+    """Labels that make a pull request from a fork previewed (set by someone with write
+    access: GitHub, GitLab and Gitea let only them label)."""
+    user: str = Field(default="nobody", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    """The unprivileged user a preview's code (its ``model.py``, ``deploy.py`` and checks)
+    runs as, in worker processes (``gitops.sandbox``); it must exist. Used when the daemon
+    runs as root; otherwise the workers run as the daemon's user, still with an empty home
+    and no settings, keys or tokens."""
+    python: Path | None = None
+    """The interpreter of the preview's workers (default: the daemon's): ``user`` must be
+    able to run it and import gitops with it."""
+    sops: SopsSettings | None = None
+    """The keys a preview decrypts SOPS values with: never the environment's ``[sops]``.
+    Unset: none (a preview of an inventory with encrypted values is invalid, except the
+    lab's demo key for ``source: lab``)."""
 
 
 class FanoutSettings(BaseModel):

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from gitops.errors import WorkerError
 from gitops.model import DeclaredState
 from gitops.records import VerifyReport
-from gitops.worker import run_worker
+from gitops.worker import Confined, run_worker
 
 __all__ = ["SshConnections", "verify"]
 
@@ -44,19 +44,21 @@ def verify(
     timeout: float = 600,
     on_progress: Callable[[str], None] | None = None,
     connections: Path | None = None,
+    confined: Confined | None = None,
 ) -> VerifyReport:
     """Run the checks of every service on every host of ``state``, in a worker process.
 
     ``on_progress`` is called (in this thread) with one line per host as it finishes.
     ``connections``: a folder from ``SshConnections`` to keep (and reuse) SSH connections in.
     Raises WorkerError, with the worker's last stderr lines, if it crashes or takes longer
-    than ``timeout`` seconds (it is then killed with its SSH clients).
+    than ``timeout`` seconds (it is then killed with its SSH clients). ``confined``: the
+    checks are untrusted code (a preview's, ``gitops.sandbox``).
     """
     if connections is not None:
         _private_folder(connections)
     job = json.dumps({"state": state.model_dump(mode="json"),
                       "control_dir": str(connections) if connections else None})
-    out = run_worker(WORKER, job, timeout=timeout, on_progress=on_progress)
+    out = run_worker(WORKER, job, timeout=timeout, on_progress=on_progress, confined=confined)
     try:
         return VerifyReport.model_validate_json(out)
     except ValidationError as exc:

@@ -25,6 +25,14 @@ Pull/merge requests (previewed on ``opened``, new commits and ``reopened``):
   webhook_events.html#merge-request-events): ``object_attributes.iid``, ``.source_branch``,
   ``.target_branch``, ``.last_commit.id``, ``.action`` (``open``, ``reopen``, ``update``;
   an ``update`` with ``oldrev`` brought new commits).
+
+Who and where from (``why_untrusted``): a pull request is from a fork when its head is in
+another repository than its base. GitHub and Gitea: ``pull_request.head.repo.full_name`` !=
+``pull_request.base.repo.full_name`` (a deleted fork's ``head.repo`` is null), author
+``pull_request.user.login``, labels ``pull_request.labels[].name``. GitLab:
+``object_attributes.source_project_id`` != ``.target_project_id``, author ``user.username``
+(who sent the event: who pushed, opened or reopened), labels ``labels[].title``. A payload
+that does not say is taken as a fork.
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ __all__ = [
     "parse_webhook",
     "why_ignored",
     "why_no_preview",
+    "why_untrusted",
 ]
 
 Provider = Literal["github", "gitlab", "gitea"]
@@ -98,6 +107,13 @@ class WebhookEvent:
     """The branch a pull request would merge into."""
     new_commits: bool = True
     """False for a GitLab ``update`` that brought no commit (a title edit)."""
+    fork: bool = True
+    """Whether a pull request's head is in another repository (True unless the payload
+    shows the same repository on both sides)."""
+    head_repo: str | None = None
+    """Where a pull request's head is (GitHub, Gitea: ``owner/name``; GitLab: project id)."""
+    author: str | None = None
+    labels: tuple[str, ...] = ()
 
     @property
     def is_push(self) -> bool:
@@ -212,6 +228,12 @@ def _pull_request(provider: Provider, event: str, body: bytes) -> WebhookEvent:
         last = attrs.get("last_commit")
         head = _text(last.get("id")) if isinstance(last, dict) else None
         new_commits = action != "update" or bool(_text(attrs.get("oldrev")))
+        source, target = attrs.get("source_project_id"), attrs.get("target_project_id")
+        fork = not (type(source) is int and type(target) is int and source == target)
+        head_repo = str(source) if type(source) is int else None
+        user = payload.get("user")
+        author = _text(user.get("username")) if isinstance(user, dict) else None
+        labels = _names(payload.get("labels"), "title")
     else:
         pull = payload.get("pull_request")
         pull = pull if isinstance(pull, dict) else {}
@@ -220,12 +242,27 @@ def _pull_request(provider: Provider, event: str, body: bytes) -> WebhookEvent:
         branch, head = _text(side["head"].get("ref")), _text(side["head"].get("sha"))
         base = _text(side["base"].get("ref"))
         new_commits = True
+        repos = [r.get("full_name") if isinstance(r := side[k].get("repo"), dict) else None
+                 for k in ("head", "base")]
+        fork = not (isinstance(repos[0], str) and repos[0] == repos[1])
+        head_repo = _text(repos[0])
+        user = pull.get("user")
+        author = _text(user.get("login")) if isinstance(user, dict) else None
+        labels = _names(pull.get("labels"), "name")
     if isinstance(number, bool) or not isinstance(number, int) or number < 1:
         raise UnsupportedEvent(f"{provider} {what}: the body has no number")
     if branch is None or base is None:
         raise UnsupportedEvent(f"{provider} {what}: the body has no source or target branch")
     return WebhookEvent(provider=provider, event=event, branch=branch, after=head,
-                        number=number, action=action, base=base, new_commits=new_commits)
+                        number=number, action=action, base=base, new_commits=new_commits,
+                        fork=fork, head_repo=head_repo, author=author, labels=labels)
+
+
+def _names(items: Any, key: str) -> tuple[str, ...]:
+    """The names of a payload's labels (``[{"name": ...}]``), the odd ones left out."""
+    if not isinstance(items, list):
+        return ()
+    return tuple(n for i in items if isinstance(i, dict) and (n := _text(i.get(key))))
 
 
 def why_no_preview(event: WebhookEvent, branch: str) -> str | None:
@@ -240,3 +277,21 @@ def why_no_preview(event: WebhookEvent, branch: str) -> str | None:
     if event.base != branch:
         return f"pull request into {event.base!r}, not the watched {branch!r}"
     return None
+
+
+def why_untrusted(event: WebhookEvent, *, allow_forks: bool, authors: list[str],
+                  labels: list[str]) -> str | None:
+    """Why pull request ``event`` is not trusted to run its code in a preview; None when
+    it is: not from a fork, or from a fork that the settings allow (``allow_forks``) by one
+    of ``authors`` or with one of ``labels``."""
+    if not event.fork:
+        return None
+    where = f"pull request #{event.number} from fork {event.head_repo or '(unknown)'!r}"
+    if not allow_forks:
+        return f"{where}: previews of forks are off ([preview] allow_forks)"
+    if event.author is not None and event.author in authors:
+        return None
+    if set(event.labels) & set(labels):
+        return None
+    return (f"{where} by {event.author or '(unknown)'!r}: neither a trusted author nor a "
+            "trusted label ([preview] trusted_authors, trusted_labels)")

@@ -19,6 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import IO
 
 from gitops.errors import WorkerError
@@ -31,6 +32,20 @@ STDERR_TAIL = 20
 
 
 PARENT_ENV = "GITOPS_WORKER_PARENT"
+
+
+@dataclass(frozen=True)
+class Confined:
+    """How a worker that runs untrusted code starts (``gitops.sandbox``): as ``user`` and
+    ``group`` (None: this process's), with only ``env`` (no variable of this process), in
+    ``cwd``, with no supplementary group and a umask of 077."""
+
+    env: dict[str, str]
+    cwd: str
+    user: int | None = None
+    group: int | None = None
+    python: str = sys.executable
+    """The interpreter (the user must be able to run it and import gitops with it)."""
 
 
 def die_with_parent() -> None:
@@ -48,22 +63,23 @@ def die_with_parent() -> None:
 
 def run_worker(
     module: str, job: str, *, timeout: float, on_progress: Progress | None = None,
-    stop: threading.Event | None = None,
+    stop: threading.Event | None = None, confined: Confined | None = None,
 ) -> str:
     """Run ``python -m <module>`` with ``job`` on stdin; return what it wrote on stdout.
 
     ``on_progress`` is called in this thread with each progress line. ``stop`` set: the
     worker is killed within ``STOP_POLL`` seconds (a ``WorkerError``; ``gitops.fanout``
-    stops a share whose claim it can no longer renew)."""
+    stops a share whose claim it can no longer renew). ``confined``: started as it says."""
     deadline = time.monotonic() + timeout
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        env={**os.environ, PARENT_ENV: str(os.getpid())},
-    )
+    env = {**(os.environ if confined is None else confined.env), PARENT_ENV: str(os.getpid())}
+    name = module.rsplit(".", 1)[-1]
+    try:
+        proc = _start(module, env, confined)
+    except OSError as exc:  # a confined worker's user may lack the right to start it
+        if confined is None:
+            raise
+        raise WorkerError(f"{name} could not start as the sandbox's user: {exc.strerror}: "
+                          f"{exc.filename} ([preview] user, python)") from None
     assert proc.stdin and proc.stdout and proc.stderr
     lines: queue.Queue[str | None] = queue.Queue()
     stdout: list[bytes] = []
@@ -75,7 +91,6 @@ def run_worker(
     ]
     for thread in threads:
         thread.start()
-    name = module.rsplit(".", 1)[-1]
     try:
         while (line := _next_line(lines, deadline, stop)) is not None:
             if line.startswith(PROGRESS_PREFIX):
@@ -99,6 +114,19 @@ def run_worker(
     if returncode != 0 or not out.strip():
         raise WorkerError(_message(f"{name} exited with status {returncode}", tail))
     return out
+
+
+def _start(module: str, env: dict[str, str], confined: Confined | None
+           ) -> subprocess.Popen[bytes]:
+    pipe = subprocess.PIPE
+    if confined is None:
+        return subprocess.Popen([sys.executable, "-m", module], stdin=pipe, stdout=pipe,
+                                stderr=pipe, start_new_session=True, env=env)
+    return subprocess.Popen(
+        [confined.python, "-m", module], stdin=pipe, stdout=pipe, stderr=pipe,
+        start_new_session=True, env=env, cwd=confined.cwd, user=confined.user,
+        group=confined.group, extra_groups=[] if confined.user is not None else None,
+        umask=0o077)
 
 
 STOP_POLL = 0.2

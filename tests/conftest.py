@@ -8,7 +8,12 @@ the environment variable CI is set: then they fail, so CI cannot pass without ru
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -115,3 +120,38 @@ def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
     secret = tmp_path / "db-password"
     secret.write_text(server.password + "\n")
     return Database(state, server.database(), SecretRef(file=secret))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sandbox_python() -> Iterator[None]:
+    """A preview's workers run as ``nobody`` (``gitops.sandbox``), which must be able to run
+    the interpreter: one under root's home (pyenv) it cannot, so the tests name, as
+    ``[preview] python`` (``GITOPS_PREVIEW``), a venv of the system's Python of the same
+    version that reads this project and its packages (no file of root's home)."""
+    system = Path(f"/usr/bin/python{sys.version_info[0]}.{sys.version_info[1]}")
+    if os.geteuid() != 0 or "GITOPS_PREVIEW" in os.environ or not system.exists() or \
+            _runs_as_nobody(sys.executable):
+        yield
+        return
+    folder = Path(tempfile.mkdtemp(prefix="gitops-test-sandbox-py-"))
+    try:
+        folder.chmod(0o755)
+        subprocess.run([str(system), "-m", "venv", "--without-pip", str(folder / "py")],
+                       check=True, timeout=60)
+        [site] = (folder / "py/lib").glob("python3*/site-packages")
+        project = Path(__file__).resolve().parent.parent
+        (site / "gitops-tests.pth").write_text(
+            "\n".join([*(p for p in sys.path if p.endswith("site-packages")), str(project)]))
+        os.environ["GITOPS_PREVIEW"] = json.dumps({"python": str(folder / "py/bin/python")})
+        yield
+    finally:
+        os.environ.pop("GITOPS_PREVIEW", None)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _runs_as_nobody(python: str) -> bool:
+    try:
+        return subprocess.run([python, "-c", "import gitops"], user="nobody", cwd="/",
+                              capture_output=True, timeout=60).returncode == 0
+    except OSError:
+        return False

@@ -17,6 +17,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 TOKEN = "api-token-for-tests"
+BOT_ID, BOT_LOGIN = 1, "gitops-bot"
+"""The user ``TOKEN`` authenticates as (``GET /user``); the comments it creates are its."""
 
 _STATES = {
     "github": {"error", "failure", "pending", "success"},
@@ -34,6 +36,7 @@ class Comment:
     number: int
     body: str
     edits: int = 0
+    author_id: int = BOT_ID
 
 
 @dataclass
@@ -47,6 +50,7 @@ class GitHost:
     requests: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     changed: threading.Condition = field(default_factory=threading.Condition)
+    logins: dict[int, str] = field(default_factory=lambda: {BOT_ID: BOT_LOGIN})
 
     def __post_init__(self) -> None:
         host = self
@@ -74,6 +78,13 @@ class GitHost:
         elif self.provider == "gitea":
             self.base += "/api/v1"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def add_comment(self, number: int, body: str, *, author_id: int, login: str) -> Comment:
+        """A comment someone else wrote (as through the host's page)."""
+        comment = Comment(len(self.comments) + 1, number, body, author_id=author_id)
+        self.logins[author_id] = login
+        self.comments.append(comment)
+        return comment
 
     def close(self) -> None:
         self.server.shutdown()
@@ -137,6 +148,8 @@ class GitHost:
             if headers.get("content-type") != "application/json":
                 return self._fail("a JSON body without Content-Type: application/json")
             body = json.loads(raw)
+        if method == "GET" and path == "/user":  # the token's own user, as each documents
+            return 200, self._user(BOT_ID)
         owner = _PROJECT if self.provider == "gitlab" else _REPO
         if method == "POST" and (m := re.fullmatch(owner + r"/statuses/(?P<sha>[0-9a-f]{40})",
                                                     path)):
@@ -151,7 +164,9 @@ class GitHost:
             edit_method = "PATCH"
         if listing and method == "GET":
             number = int(listing.group("n"))
-            found = [{"id": c.id, "body": c.body} for c in self.comments if c.number == number]
+            author = "author" if self.provider == "gitlab" else "user"
+            found = [{"id": c.id, "body": c.body, author: self._user(c.author_id)}
+                     for c in self.comments if c.number == number]
             if self.provider != "gitea":
                 params = urllib.parse.parse_qs(query)
                 page = int(params.get("page", ["1"])[0])
@@ -177,6 +192,11 @@ class GitHost:
             comment.body, comment.edits = body["body"], comment.edits + 1
             return 200, {"id": comment.id, "body": comment.body}
         return self._fail(f"{self.provider} has no {method} {path}")
+
+    def _user(self, user_id: int) -> dict[str, Any]:
+        """A user as GitHub and Gitea (``login``) or GitLab (``username``) show one."""
+        name = "username" if self.provider == "gitlab" else "login"
+        return {"id": user_id, name: self.logins[user_id]}
 
     def _comment_body(self, body: Any) -> str | None:
         if not isinstance(body, dict) or set(body) != {"body"} or not isinstance(body["body"], str):

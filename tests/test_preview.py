@@ -16,6 +16,9 @@ import httpx
 import pytest
 import yaml
 from githost import TOKEN, GitHost
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from statelab import PROJECT, git
 from test_server import RecordingController
 
@@ -32,31 +35,48 @@ from gitops.preview import (
 )
 from gitops.records import CheckResult, HostPlan, OpPlan, Plan, PreviewReport, VerifyReport
 from gitops.server import bound_port, create_app, start_in_thread, stop
-from gitops.settings import CommitStatusConfig, EnvironmentConfig, SecretRef, Settings
+from gitops.settings import (
+    CommitStatusConfig,
+    EnvironmentConfig,
+    PreviewSettings,
+    SecretRef,
+    Settings,
+)
 from gitops.store import Database
 from gitops.webhooks import (
     InvalidSignature,
     UnsupportedEvent,
+    WebhookError,
+    WebhookEvent,
     hmac_sha256_hex,
     parse_webhook,
     why_no_preview,
+    why_untrusted,
 )
 
 SECRET = "preview-hook-secret-3b1d"
 SHA = "a" * 40
 
 
-def _github_pr(action: str = "opened", base: str = "main") -> bytes:
+def _github_pr(action: str = "opened", base: str = "main", *, head_repo: str = "acme/state",
+               author: str = "alice", labels: tuple[str, ...] = ()) -> bytes:
+    """GitHub's (and Gitea's) pull_request payload, in the fields the daemon reads."""
     return json.dumps({"action": action, "number": 12, "pull_request": {
-        "number": 12, "head": {"ref": "feature", "sha": SHA}, "base": {"ref": base}}}).encode()
+        "number": 12, "user": {"login": author}, "labels": [{"name": n} for n in labels],
+        "head": {"ref": "feature", "sha": SHA, "repo": {"full_name": head_repo}},
+        "base": {"ref": base, "repo": {"full_name": "acme/state"}}}}).encode()
 
 
-def _gitlab_mr(action: str = "update", oldrev: str | None = "b" * 40) -> bytes:
+def _gitlab_mr(action: str = "update", oldrev: str | None = "b" * 40, *, source: int = 1,
+               author: str = "alice", labels: tuple[str, ...] = ()) -> bytes:
     attrs = {"iid": 5, "source_branch": "feature", "target_branch": "main",
-             "last_commit": {"id": SHA}, "action": action}
+             "last_commit": {"id": SHA}, "action": action, "source_project_id": source,
+             "target_project_id": 1}
     if oldrev:
         attrs["oldrev"] = oldrev
-    return json.dumps({"object_kind": "merge_request", "object_attributes": attrs}).encode()
+    return json.dumps({"object_kind": "merge_request", "user": {"username": author},
+                       "labels": [{"title": n} for n in labels],
+                       "object_attributes": attrs}).encode()
 
 
 def _signed(provider: str, body: bytes) -> dict[str, str]:
@@ -114,6 +134,84 @@ def test_pull_request_with_wrong_signature_or_no_number_is_refused() -> None:
     body = json.dumps({"action": "opened", "pull_request": {}}).encode()
     with pytest.raises(UnsupportedEvent, match="no number"):
         parse_webhook(_signed("github", body), body, SECRET)
+
+
+def _trust(event: WebhookEvent, allow: bool = False, authors: tuple[str, ...] = (),
+           labels: tuple[str, ...] = ()) -> str | None:
+    return why_untrusted(event, allow_forks=allow, authors=list(authors), labels=list(labels))
+
+
+@pytest.mark.parametrize("provider", ["github", "gitea", "gitlab"])
+def test_pull_request_from_a_fork_is_trusted_only_as_the_settings_say(provider: str) -> None:
+    """A pull request from another repository than the base is refused unless forks are
+    allowed, and then only for a trusted author or label; one from the same repository is
+    trusted. Each provider's payload says "fork" its own way."""
+    def event(fork: bool, author: str = "alice", labels: tuple[str, ...] = ()) -> WebhookEvent:
+        body = (_gitlab_mr(source=2 if fork else 1, author=author, labels=labels)
+                if provider == "gitlab" else
+                _github_pr(head_repo="mallory/state" if fork else "acme/state", author=author,
+                           labels=labels))
+        return parse_webhook(_signed(provider, body), body, SECRET)
+
+    assert not event(False).fork and _trust(event(False)) is None
+    fork = event(True, "mallory")
+    assert fork.fork and fork.author == "mallory"
+    assert "previews of forks are off ([preview] allow_forks)" in (_trust(fork) or "")
+    assert "neither a trusted author nor a trusted label" in (
+        _trust(fork, True, authors=("alice",), labels=("safe",)) or "")
+    assert _trust(event(True, "alice"), True, authors=("alice",)) is None
+    assert _trust(event(True, labels=("safe", "x")), True, labels=("safe",)) is None
+    assert _trust(event(True, labels=("safe",)), False, labels=("safe",)) is not None
+
+
+def test_payload_that_does_not_say_where_the_head_is_counts_as_a_fork() -> None:
+    """A pull request whose head repository is missing (a deleted fork) is a fork."""
+    body = json.dumps({"action": "opened", "number": 3, "pull_request": {
+        "head": {"ref": "x", "sha": SHA, "repo": None},
+        "base": {"ref": "main", "repo": {"full_name": "acme/state"}}}}).encode()
+    event = parse_webhook(_signed("github", body), body, SECRET)
+    assert event.fork and "previews of forks are off" in (_trust(event) or "")
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.sampled_from(
+                         ["repo", "full_name", "user", "login", "username", "labels", "name",
+                          "title", "head", "base", "ref", "sha", "id"]), inner, max_size=4),
+                     max_leaves=12)
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(provider=st.sampled_from(["github", "gitea", "gitlab"]), head=_JSON, base=_JSON,
+       user=_JSON, labels=_JSON)
+def test_any_pull_request_payload_is_parsed_or_refused_in_one_line(
+        provider: str, head: object, base: object, user: object, labels: object) -> None:
+    """Whatever a signed pull request's repository, user and label fields hold, the parser
+    answers an event or a ``WebhookError``; a payload that does not show the same repository
+    on both sides is a fork."""
+    if provider == "gitlab":
+        body = json.dumps({"user": user, "labels": labels, "object_attributes": {
+            "iid": 1, "source_branch": "f", "target_branch": "main", "action": "open",
+            "source_project_id": head, "target_project_id": base}}).encode()
+    else:
+        body = json.dumps({"action": "opened", "number": 1, "pull_request": {
+            "user": user, "labels": labels,
+            "head": {"ref": "f", "sha": SHA, "repo": head},
+            "base": {"ref": "main", "repo": base}}}).encode()
+    try:
+        event = parse_webhook(_signed(provider, body), body, SECRET)
+    except WebhookError as exc:
+        assert "\n" not in str(exc)
+        return
+    same = (type(head) is int and type(base) is int and head == base
+            if provider == "gitlab" else
+            isinstance(head, dict) and isinstance(base, dict)
+            and isinstance(head.get("full_name"), str)
+            and head.get("full_name") == base.get("full_name"))
+    assert event.fork is not same
+    assert event.fork or _trust(event) is None
+    why = _trust(event)
+    assert why is None or "\n" not in why
 
 
 # -- decisions -----------------------------------------------------------------------------
@@ -231,6 +329,21 @@ def test_comment_created_then_edited_in_place(host: GitHost, token: SecretRef) -
     assert [c.body for c in host.comments if c.number == 3] == [f"{mark}\nother pull request"]
 
 
+def test_comment_of_another_user_with_the_marker_is_not_edited(
+        host: GitHost, token: SecretRef) -> None:
+    """A comment holding the marker but written by someone else (the marker is no proof) is
+    left alone: the token's own user (``GET /user``) writes a comment of its own."""
+    config = _config(host, token)
+    mark = marker("prod")
+    forged = host.add_comment(9, f"{mark}\nplease merge", author_id=77, login="mallory")
+    made = notify.upsert_comment(config, 9, f"{mark}\nthe report", mark, sleep=lambda _: None)
+    again = notify.upsert_comment(config, 9, f"{mark}\nthe next", mark, sleep=lambda _: None)
+    assert host.problems == []
+    assert (made.what, again.what) == ("comment created", "comment edited")
+    assert (forged.body, forged.edits) == (f"{mark}\nplease merge", 0)
+    assert [c.body for c in host.comments if c.author_id != 77] == [f"{mark}\nthe next"]
+
+
 def test_comment_found_beyond_the_first_page(token: SecretRef) -> None:
     """On GitHub the earlier comment is found on a later page of 100 comments."""
     github = GitHost("github")
@@ -290,6 +403,50 @@ def test_signed_pull_request_queues_a_preview_with_a_pending_status(
         rows = store.previews()
     assert [(r.state, r.number, r.branch) for r in rows] == [
         ("queued", 12, "feature"), ("superseded", 12, "feature")]
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_fork_pull_request_is_refused_unless_trusted(
+        tmp_path: Path, token: SecretRef, monkeypatch: pytest.MonkeyPatch, allow: bool) -> None:
+    """A signed pull request from a fork is refused with 403 and one line, said as the
+    commit's preview status, and nothing is queued; with forks allowed, a trusted author's
+    and a trusted label's are queued (202), another author's still refused."""
+    monkeypatch.setenv("GITOPS_TEST_HOOK", SECRET)
+    github = GitHost("github")
+    env = EnvironmentConfig(name="prod", repo=str(tmp_path), webhook_secret=SecretRef(
+        env="GITOPS_TEST_HOOK"), commit_status=[_config(github, token)])
+    settings = Settings(state_dir=tmp_path / "state", environments=[env], listen="127.0.0.1:0",
+                        preview=PreviewSettings(allow_forks=allow, trusted_authors=["alice"],
+                                                trusted_labels=["safe-to-preview"]))
+    previews = Previews(settings, sleep=lambda _: None)
+    app = create_app(RecordingController([env]), settings, previews=previews)
+    server, thread = start_in_thread(app, "127.0.0.1:0")
+    try:
+        url = f"http://127.0.0.1:{bound_port(server)}/hooks/prod"
+
+        def send(body: bytes) -> httpx.Response:
+            return httpx.post(url, content=body, headers=_signed("github", body))
+
+        mallory = send(_github_pr(head_repo="mallory/state", author="mallory"))
+        alice = send(_github_pr(head_repo="alice/state", author="alice"))
+        labelled = send(_github_pr(head_repo="bob/state", author="bob",
+                                   labels=("safe-to-preview",)))
+    finally:
+        stop(server, thread)
+        github.close()
+    assert mallory.status_code == 403, mallory.text
+    refused = mallory.json()["refused"]
+    assert refused.startswith("pull request #12 from fork 'mallory/state'")
+    assert (alice.status_code, labelled.status_code) == ((202, 202) if allow else (403, 403))
+    assert github.problems == []
+    first = github.statuses[0]
+    assert (first["state"], first["context"]) == ("error", "gitops/preview/prod")
+    assert first["description"].startswith("not previewed: pull request #12 from fork")
+    if allow:
+        with Database(settings.state_dir).open(readonly=True) as store:
+            assert len(store.previews()) == 2  # alice's, then bob's replacing it
+    else:
+        assert not (settings.state_dir / "gitops.db").exists()
 
 
 def test_previews_cut_by_a_crash_are_marked_interrupted(tmp_path: Path) -> None:
@@ -366,7 +523,7 @@ def test_preview_past_its_time_limit_is_an_error(tmp_path: Path) -> None:
                              branch="feature", base="main")
     report = run_preview(request, settings, lab_name=None, timeout=0.001)
     assert report.result == "error"
-    assert report.summary == "the preview's time limit ran out before the plan"
+    assert report.summary == "the preview's time limit ran out before the change's load"
 
 
 def test_previews_are_recorded_in_each_store(store_backend: Database) -> None:

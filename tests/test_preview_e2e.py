@@ -3,7 +3,9 @@ disposable lab and reports it at a local stand-in for the GitHub API (``githost`
 
 One daemon, one pull request, two pushes (two lab boots): a change of the app's message
 (success, a new comment), then a commit that breaks nginx's proxying (failure, the same
-comment edited). The sample with one host per group: one preview host.
+comment edited). The sample with one host per group: one preview host. Then a fork's pull
+request whose ``deploy.py`` tries to reach the daemon (refused, then previewed with a
+trusted label: its code ran as ``nobody`` and found nothing).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +30,9 @@ from typing import Any
 import pytest
 import yaml
 from githost import TOKEN, GitHost
+from pyrage import x25519
 from statelab import PROJECT, git
+from test_preview_sandbox import PAYLOAD
 
 import gitops.lab as lab_api
 
@@ -68,10 +74,15 @@ class Setup:
         self.port = _free_port()
         self.state_dir = root / "state"
         self.config = root / "gitops.toml"
+        self.key = root / "environment-age.key"  # the environment's own SOPS key
+        self.key.write_text(f"{x25519.Identity.generate()}\n")
+        self.key.chmod(0o600)
         self.config.write_text(
             f'state_dir = "{self.state_dir}"\n'
             f'listen = "127.0.0.1:{self.port}"\n'
+            f'[sops]\nage_key = {{file = "{self.key}"}}\n'
             "[preview]\ntimeout = 600\n"
+            'allow_forks = true\ntrusted_labels = ["preview-ok"]\n'
             "[[environments]]\n"
             'name = "lab"\n'
             f'repo = "{self.repo}"\n'
@@ -113,22 +124,33 @@ class Setup:
                 time.sleep(0.1)
         raise AssertionError("the daemon did not answer /healthz")
 
-    def pull_request(self, action: str, number: int, branch: str, sha: str) -> dict[str, Any]:
-        """Send GitHub's ``pull_request`` delivery, signed as GitHub signs it."""
+    def pull_request(self, action: str, number: int, branch: str, sha: str, *,
+                     head_repo: str = "acme/state", labels: tuple[str, ...] = (),
+                     status: int = 202) -> dict[str, Any]:
+        """Send GitHub's ``pull_request`` delivery, signed as GitHub signs it; its answer
+        (of ``status``)."""
         body = json.dumps({
             "action": action, "number": number,
-            "pull_request": {"number": number, "state": "open",
-                             "head": {"ref": branch, "sha": sha},
-                             "base": {"ref": "main"}}}).encode()
+            "pull_request": {"number": number, "state": "open", "user": {"login": "someone"},
+                             "labels": [{"name": n} for n in labels],
+                             "head": {"ref": branch, "sha": sha,
+                                      "repo": {"full_name": head_repo}},
+                             "base": {"ref": "main", "repo": {"full_name": "acme/state"}}}
+        }).encode()
         signature = hmac.new(HOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}/hooks/lab", data=body, method="POST",
             headers={"Content-Type": "application/json", "X-GitHub-Event": "pull_request",
                      "X-GitHub-Delivery": "1", "X-Hub-Signature-256": f"sha256={signature}"})
-        with urllib.request.urlopen(request, timeout=10) as response:
-            assert response.status == 202
-            answer: dict[str, Any] = json.loads(response.read())
-            return answer
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == status
+                answer: dict[str, Any] = json.loads(response.read())
+                return answer
+        except urllib.error.HTTPError as exc:
+            assert exc.code == status, exc
+            refused: dict[str, Any] = json.loads(exc.read())
+            return refused
 
     def final_status(self, sha: str) -> dict[str, Any] | None:
         done = [s for s in self.github.statuses if s["sha"] == sha
@@ -205,6 +227,46 @@ def test_pull_request_is_previewed_and_second_push_edits_the_comment(setup: Setu
     assert ": failure" in body
     assert "| lab-1 | web/test_root_is_proxied_to_the_app | ❌ fail |" in body
     assert _lab_gone(f"{_lab_prefix()}0")
+
+
+def test_fork_deploy_py_runs_as_nobody_and_finds_nothing_of_the_daemon(setup: Setup) -> None:
+    """A fork's pull request is refused (403) until it carries a trusted label; then its
+    ``deploy.py``, applied on the preview lab, ran as ``nobody``: it could not read the
+    daemon's environment (``/proc/<pid>/environ``, its tokens), the settings, the state
+    database or folder, the environment's SOPS key, nor write beside the state folder, and
+    had no token in its own environment; no secret is in the comment."""
+    sink = Path(tempfile.mkdtemp(prefix="gitops-test-sink-"))
+    sink.chmod(0o777)
+    try:
+        git(setup.repo, "checkout", "-q", "main")
+        git(setup.repo, "checkout", "-q", "-b", "fork")
+        deploy = setup.repo / "deploys/app/deploy.py"
+        deploy.write_text(deploy.read_text() + PAYLOAD.format(
+            token=f"/proc/{setup.proc.pid}/environ", config=str(setup.config),
+            db=str(setup.state_dir / "gitops.db"), key=str(setup.key),
+            state=str(setup.state_dir), outside=str(setup.state_dir.parent / "written"),
+            in_state=str(setup.state_dir / "written"), sink=str(sink / "deploy.json")))
+        sha = setup.commit("app: a fork's change")
+        git(setup.repo, "update-ref", "refs/pull/9/head", sha)  # as GitHub publishes it
+        refused = setup.pull_request("opened", 9, "fork", sha, head_repo="mallory/state",
+                                     status=403)
+        assert "neither a trusted author nor a trusted label" in refused["refused"]
+        setup.pull_request("reopened", 9, "fork", sha,
+                           head_repo="mallory/state", labels=("preview-ok",))
+        assert setup.github.wait(lambda g: any(c.number == 9 for c in g.comments), 480), \
+            f"no comment; requests {setup.github.requests}"
+        found = json.loads((sink / "deploy.json").read_text())  # deploy.py did run
+        assert found["uid"] != 0
+        for what in ("token", "settings", "db", "key", "state", "outside", "in_state"):
+            assert str(found[what]).startswith("denied: PermissionError"), (what, found[what])
+        assert not (setup.state_dir.parent / "written").exists()
+        assert not [k for k in found["environ"] if k.startswith("GITOPS_TEST")]
+        [comment] = [c for c in setup.github.comments if c.number == 9]
+        for secret in (TOKEN, HOOK_SECRET, setup.key.read_text().strip()):
+            assert secret not in comment.body and secret not in json.dumps(found)
+        assert _lab_gone(f"{_lab_prefix()}0")
+    finally:
+        subprocess.run(["rm", "-rf", str(sink)], check=False)
 
 
 def test_preview_lab_left_by_a_crash_is_taken_down_at_start(tmp_path: Path) -> None:
