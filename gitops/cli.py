@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar
 
 import click
 
-from gitops import control
+from gitops import control, freetext
 from gitops.errors import (
     EXIT_FAILED,
     EXIT_INVALID,
@@ -188,6 +188,17 @@ class LiveProgress:
             self.hosts[m.group(1)] = f"✗ {bad} failed" if bad else f"✓ {m.group(2)} passed"
         elif (m := _UNREACHABLE.match(line)) is not None:
             self.hosts[m.group(1)] = "✗ unreachable"
+
+
+def _one_line(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: the option's text one clean line (``freetext.line``), else exit 2
+    with one line naming the option."""
+    return None if value is None else freetext.line(param.opts[0], value)
+
+
+def _a_note(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: a post-mortem text, newlines allowed (``freetext.note``)."""
+    return None if value is None else freetext.note(param.opts[0], value)
 
 
 def _emit(data: Any) -> None:
@@ -354,7 +365,7 @@ def _with_force(func: Callable[..., Any]) -> Callable[..., Any]:
               "daemon does this for new commits.")
 @click.option("--no-wait", is_flag=True, help="Through a running daemon: return once it "
               "has the request, without waiting for the run.")
-@click.option("--reason", default="", help="Why: recorded in history.")
+@click.option("--reason", callback=_one_line, default="", help="Why: recorded in history.")
 @click.option("--lease-timeout", type=float, default=0.0, show_default=True,
               help="With the record in PostgreSQL: seconds to wait for the environment's "
               "lease while a daemon holds it, before refusing (exit 1).")
@@ -435,7 +446,7 @@ def _override(store: Store, s: Settings, action: str, why: str, reason: str) -> 
     ``override`` event, and say so on stderr."""
     event = store.record_event(s.environment, "override", actor=control.who(),
                                reason=f"{action} --force {why}: {reason}")
-    click.echo(f"{s.environment}: {action} forced by {control.who()} {why} "
+    click.echo(f"{s.environment}: {action} forced by {control.who()} {freetext.shown(why)} "
                f"(recorded as run #{event})", err=True)
 
 
@@ -541,11 +552,11 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
         click.echo(f"{name:<24} {flags:<32} {ready['reason'] if ready else '':<26} "
                    f"applied={_short(row['last_applied_revision'])}{owner}")
         for c in row["conditions"]:
-            click.echo(f"    {c['type']}: {c['message']}")
+            click.echo(f"    {c['type']}: {freetext.shown(c['message'])}")
         held = row.get("held")
         if held:
-            click.echo(f"    Held: {held['sha'][:10]} by {held['actor']} until `gitops resume` "
-                       f"or a commit newer than {(held['head'] or '')[:10]}")
+            click.echo(f"    Held: {held['sha'][:10]} by {freetext.shown(held['actor'])} until "
+                       f"`gitops resume` or a commit newer than {(held['head'] or '')[:10]}")
         _print_quarantined(row["environment"], row.get("quarantined") or [])
     _print_stages(stages)
 
@@ -553,7 +564,8 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
 def _print_quarantined(environment: str, entries: list[dict[str, Any]]) -> None:
     """Each quarantined revision of ``environment``: which, since when, why, and the way out."""
     for q in entries:
-        click.echo(f"    Quarantined: {q['sha'][:10]} since {q['since'][:19]}: {q['reason']}")
+        click.echo(f"    Quarantined: {q['sha'][:10]} since {q['since'][:19]}: "
+                   f"{freetext.shown(q['reason'])}")
     if entries:
         click.echo(f"    (not applied again; a newer commit is applied as usual; `gitops "
                    f"unquarantine {environment} SHA --reason WHY` releases one; `gitops forget "
@@ -611,10 +623,10 @@ def history(as_json: bool, environment: str | None, state_dir: Path | None, limi
         sha = (r["sha"] or "")[:10] or "-"
         took = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "running"
         failed = f" failed: {', '.join(r['failed_hosts'])}" if r["failed_hosts"] else ""
-        why = f": {r['reason']}" if r["reason"] else ""
+        why = f": {freetext.shown(r['reason'])}" if r["reason"] else ""
         click.echo(f"#{r['id']:<4} {r['started_at'][:19]} {r['environment']:<10} "
                    f"{r['kind']:<9} {sha:<10} {r['result'] or 'running':<11} {took:>7} "
-                   f"changed={r['changed']} by {r['actor']}{failed}{why}")
+                   f"changed={r['changed']} by {freetext.shown(r['actor'])}{failed}{why}")
 
 
 def _reader(s: Settings, environment: str | None, as_json: bool,
@@ -722,9 +734,9 @@ _MESSAGE_LINES = 15
 def _check_failure(host: str, service: str, check: str, status: str, message: str) -> None:
     """A failing check with its message: the assertion, pytest's explanation, where."""
     lines = message.strip().splitlines() or [""]
-    click.secho(f"  ✗ {host} {service}/{check}: {status}: {lines[0]}", fg="red")
+    click.secho(f"  ✗ {host} {service}/{check}: {status}: {freetext.shown(lines[0])}", fg="red")
     for line in lines[1:_MESSAGE_LINES]:
-        click.echo(f"      {line}")
+        click.echo(f"      {freetext.shown(line)}")
     if len(lines) > _MESSAGE_LINES:
         click.echo(f"      ... ({len(lines) - _MESSAGE_LINES} more line(s): gitops history "
                    "--run ID --json)")
@@ -743,7 +755,7 @@ def _print_outcome(outcome: pipeline.Outcome) -> None:
                 elif op.status == "failed":
                     click.secho(f"  ✗ {op.name}", fg="red")
                     for line in op.stderr.splitlines()[-5:]:
-                        click.echo(f"      {line}")
+                        click.echo(f"      {freetext.shown(line)}")
             if h.error:
                 click.secho(f"  {h.error}", fg="red")
         if outcome.apply.stopped:
@@ -784,15 +796,17 @@ def _outcome_summary(outcome: pipeline.Outcome) -> str:
 
 def _print_run(run: dict[str, Any]) -> None:
     """One recorded run in full: what the JSON says, as text."""
-    click.echo(f"run #{run['id']} {run['kind']} of {run['environment']} by {run['actor']}: "
+    click.echo(f"run #{run['id']} {run['kind']} of {run['environment']} by "
+               f"{freetext.shown(run['actor'])}: "
                f"{run['result'] or 'running'} ({run['sha'] or '-'})")
     click.echo(f"  started {run['started_at'][:19]}"
                + (f", took {run['duration_s']:.1f}s" if run["duration_s"] is not None else "")
-               + (f"; reason: {run['reason']}" if run["reason"] else ""))
+               + (f"; reason: {freetext.shown(run['reason'])}" if run["reason"] else ""))
     if run.get("message"):
-        click.echo(f"  commit: {run['message'].splitlines()[0]} ({run.get('author') or '?'})")
+        click.echo(f"  commit: {freetext.shown(run['message'].splitlines()[0])} "
+                   f"({freetext.shown(run.get('author') or '?')})")
     if run["error"]:
-        click.echo(f"  error: {run['error']}")
+        click.echo(f"  error: {freetext.shown_text(run['error'])}")
     ops: dict[str, list[dict[str, Any]]] = {}
     for op in run.get("operations", []):
         ops.setdefault(op["host"], []).append(op)
@@ -802,18 +816,18 @@ def _print_run(run: dict[str, Any]) -> None:
     for h in run["hosts"]:
         click.echo(f"  {h['host']}: apply={h['apply_status'] or '-'} changed={h['changed']} "
                    f"verify={h['verify_status'] or '-'}"
-                   + (f" error={h['error']}" if h["error"] else ""))
+                   + (f" error={freetext.shown(h['error'])}" if h["error"] else ""))
         for op in ops.get(h["host"], []):
             service = f"{op['service']}: " if op["service"] else ""
             click.echo(f"    {op['status']:<9} {service}{op['name']}")
             if op["status"] == "failed":
                 for line in op["stderr"].splitlines()[-5:]:
-                    click.echo(f"          {line}")
+                    click.echo(f"          {freetext.shown(line)}")
         for c in checks.get(h["host"], []):
             mark = "✓" if c["status"] == "pass" else "✗"
             click.echo(f"    {mark} {c['service']}/{c['check']}: {c['status']}")
             for line in c["message"].strip().splitlines():
-                click.echo(f"          {line}")
+                click.echo(f"          {freetext.shown(line)}")
     passed = sum(1 for c in run["checks"] if c["status"] == "pass")
     if run["kind"] in (*APPLY_KINDS, "verify"):
         click.echo(_summary(run["id"], run["result"] or "running", run["changed"], passed,
@@ -824,7 +838,7 @@ def _fail(exc: GitopsError, as_json: bool) -> None:
     if as_json:
         _emit({"result": "error", "error": str(exc)})
     else:
-        click.secho(f"error: {exc}", fg="red", err=True)
+        click.secho(f"error: {freetext.shown_text(exc)}", fg="red", err=True)
     sys.exit(exc.exit_code)
 
 
@@ -971,7 +985,7 @@ def _through_daemon(s: Settings, action: str, body: dict[str, Any], *, wait: boo
             if c["status"] != "pass":
                 _check_failure(c["host"], c["service"], c["check"], c["status"], c["message"])
         if run["error"]:
-            click.secho(f"error: {run['error']}", fg="red", err=True)
+            click.secho(f"error: {freetext.shown_text(run['error'])}", fg="red", err=True)
         click.secho(_summary(run["id"], run["result"], run["changed"], passed,
                              len(run["checks"]) - passed),
                     fg="green" if run["result"] == "succeeded" else "red")
@@ -1200,8 +1214,8 @@ def _control(action: str, environment: str | None, state_dir: Path | None, as_js
     if as_json:
         _emit(answer)
     elif action == "suspend":
-        click.echo(f"{s.environment}: suspended by {answer.get('actor')}: "
-                   f"{answer.get('reason')}{event}")
+        click.echo(f"{s.environment}: suspended by {freetext.shown(answer.get('actor'))}: "
+                   f"{freetext.shown(answer.get('reason'))}{event}")
     else:
         click.echo(f"{s.environment}: resumed{event}")
 
@@ -1216,7 +1230,8 @@ state_option = click.option("--state-dir", type=click.Path(path_type=Path, file_
 @env_option
 @state_option
 @config_option
-@click.option("--reason", required=True, help="Why (shown in status and history).")
+@click.option("--reason", callback=_one_line, required=True,
+              help="Why (shown in status and history).")
 @json_option
 def suspend(environment: str | None, state_dir: Path | None, reason: str, as_json: bool) -> None:
     """Stop all applies to an environment until gitops resume (reconcile --once, retry and
@@ -1228,7 +1243,7 @@ def suspend(environment: str | None, state_dir: Path | None, reason: str, as_jso
 @env_option
 @state_option
 @config_option
-@click.option("--reason", default="", help="Why (shown in history).")
+@click.option("--reason", callback=_one_line, default="", help="Why (shown in history).")
 @json_option
 def resume(environment: str | None, state_dir: Path | None, reason: str, as_json: bool) -> None:
     """Resume applies (and release a rollback hold): the branch head is reconciled again."""
@@ -1238,7 +1253,7 @@ def resume(environment: str | None, state_dir: Path | None, reason: str, as_json
 @main.command(epilog=EXIT_CODES)
 @_target_options
 @click.argument("revision", required=False)
-@click.option("--reason", default="", help="Why: recorded in history.")
+@click.option("--reason", callback=_one_line, default="", help="Why: recorded in history.")
 @click.option("--no-wait", is_flag=True, help="Through a running daemon: return once it "
               "has the request, without waiting for the run.")
 @_with_force
@@ -1279,7 +1294,8 @@ def rollback(revision: str | None, reason: str, no_wait: bool, force: bool, as_j
 @click.option("--environment", "-e", "environment", required=True,
               help="The environment to promote to: an [[environments]] entry with promote_from.")
 @click.option("--revision", required=True, help="The commit (SHA) to promote.")
-@click.option("--reason", required=True, help="Why: recorded in history with who.")
+@click.option("--reason", callback=_one_line, required=True,
+              help="Why: recorded in history with who.")
 @click.option("--force", is_flag=True, help="Promote a revision that is not verified on "
               "every host of the upstream environment (recorded as forced).")
 @click.option("--no-wait", is_flag=True, help="Through a running daemon: return once it "
@@ -1335,7 +1351,8 @@ def promote(environment: str, revision: str, reason: str, force: bool, no_wait: 
 @_target_options
 @click.option("--failed", is_flag=True, required=True,
               help="Retry the hosts that failed in the latest run (required).")
-@click.option("--reason", default="", help="Why: recorded in history (needed with --force).")
+@click.option("--reason", callback=_one_line, default="",
+              help="Why: recorded in history (needed with --force).")
 @click.option("--no-wait", is_flag=True, help="Through a running daemon: return once it "
               "has the request, without waiting for the run.")
 @_with_force
@@ -1365,7 +1382,7 @@ def retry(failed: bool, reason: str, no_wait: bool, force: bool, as_json: bool,
 @click.argument("environment")
 @click.option("--state-dir", type=click.Path(path_type=Path, file_okay=False),
               help="Where runs, snapshots and locks live [GITOPS_STATE_DIR]")
-@click.option("--reason", default="", help="Why: recorded in history with who.")
+@click.option("--reason", callback=_one_line, default="", help="Why: recorded in history with who.")
 @config_option
 @json_option
 def forget(environment: str, state_dir: Path | None, reason: str, as_json: bool) -> None:
@@ -1390,7 +1407,8 @@ def forget(environment: str, state_dir: Path | None, reason: str, as_json: bool)
 @main.command(epilog=EXIT_CODES)
 @click.argument("environment")
 @click.argument("sha")
-@click.option("--reason", required=True, help="Why (e.g. a host was down, not the commit's "
+@click.option("--reason", callback=_one_line, required=True,
+              help="Why (e.g. a host was down, not the commit's "
               "fault): recorded in history with who.")
 @state_option
 @config_option
@@ -1436,7 +1454,8 @@ def unquarantine(environment: str, sha: str, reason: str, state_dir: Path | None
         _emit(answer)
         return
     click.echo(f"{s.environment}: {str(answer['sha'])[:10]} released from quarantine by "
-               f"{answer.get('actor')}: {answer.get('reason')} (recorded as run "
+               f"{freetext.shown(answer.get('actor'))}: {freetext.shown(answer.get('reason'))} "
+               "(recorded as run "
                f"#{answer.get('event')}); applied again at the daemon's next cycle if it is "
                "still the branch head")
 
@@ -1565,18 +1584,23 @@ def _print_postmortem(incident: Any) -> None:
         value = pm[key]
         entries = value if isinstance(value, list) else ([value] if value else [])
         for e in entries:
-            click.echo(f"  {title}: {e['text']} ({e['by']}, {e['at'][:16]})")
+            click.echo(f"  {title}: {freetext.shown_text(e['text'])} "
+                       f"({freetext.shown(e['by'])}, {e['at'][:16]})")
     for a in pm["actions"]:
-        click.echo(f"  action {a['id']} [{a['state']}] {a['text']} "
+        click.echo(f"  action {a['id']} [{a['state']}] {freetext.shown_text(a['text'])} "
                    f"(team: {a['team'] or 'no owner yet'})")
 
 
 @incidents.command(epilog=EXIT_CODES)
 @click.argument("incident_id", metavar="ID")
-@click.option("--summary", help="What happened, in a few sentences (replaces the last).")
-@click.option("--impact", help="What users or other teams noticed (replaces the last).")
-@click.option("--causes", help="One contributing cause: what, not who (added to the list).")
-@click.option("--went-well", "went_well", help="One thing that went well (added to the list).")
+@click.option("--summary", callback=_a_note,
+              help="What happened, in a few sentences (replaces the last).")
+@click.option("--impact", callback=_a_note,
+              help="What users or other teams noticed (replaces the last).")
+@click.option("--causes", callback=_a_note,
+              help="One contributing cause: what, not who (added to the list).")
+@click.option("--went-well", "went_well", callback=_a_note,
+              help="One thing that went well (added to the list).")
 @_writer_options
 def annotate(incident_id: str, summary: str | None, impact: str | None, causes: str | None,
              went_well: str | None, state_dir: Path | None, as_json: bool) -> None:
@@ -1597,14 +1621,16 @@ def annotate(incident_id: str, summary: str | None, impact: str | None, causes: 
 
 @incidents.command(epilog=EXIT_CODES)
 @click.argument("incident_id", metavar="ID")
-@click.option("--add", "text", help="A new action item (with --team: the team that owns it).")
+@click.option("--add", "text", callback=_a_note,
+              help="A new action item (with --team: the team that owns it).")
 @click.option("--done", "done", type=click.IntRange(min=1), metavar="N",
               help="Mark action item N done.")
 @click.option("--reopen", type=click.IntRange(min=1), metavar="N",
               help="Mark action item N open again.")
 @click.option("--assign", type=click.IntRange(min=1), metavar="N",
               help="Give action item N the owning --team.")
-@click.option("--team", help="The owning team (one of the settings' teams or a recorded owner).")
+@click.option("--team", callback=_one_line,
+              help="The owning team (one of the settings' teams or a recorded owner).")
 @_writer_options
 def action(incident_id: str, text: str | None, done: int | None, reopen: int | None,
            assign: int | None, team: str | None, state_dir: Path | None,
@@ -1635,7 +1661,7 @@ def action(incident_id: str, text: str | None, done: int | None, reopen: int | N
     if as_json:
         _emit({"action": item.as_dict(), "incident": found.as_dict()})
         return
-    click.echo(f"action {item.id} [{item.state}] {item.text} "
+    click.echo(f"action {item.id} [{item.state}] {freetext.shown_text(item.text)} "
                f"(team: {item.team or 'no owner yet'})")
     _print_postmortem(found)
 
@@ -1669,7 +1695,7 @@ def digest(state_dir: Path | None, as_json: bool, days: float | None, send: bool
     if as_json:
         _emit(found.as_json())
         return
-    click.echo(found.text())
+    click.echo(freetext.shown_text(found.text()))
 
 
 MAX_DAYS = 36600

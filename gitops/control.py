@@ -13,7 +13,7 @@ import re
 from dataclasses import replace
 from pathlib import Path
 
-from gitops import source
+from gitops import freetext, source, targets
 from gitops.errors import UsageError
 from gitops.records import APPLY_KINDS, Controls
 from gitops.store import Store
@@ -23,9 +23,12 @@ __all__ = ["failed_hosts", "hold", "hold_rollback", "last_good_revision", "relea
 
 
 def who() -> str:
-    """The person acting: the user behind sudo, else the login name, else the uid's name."""
+    """The person acting: the user behind sudo, else the login name, else the uid's name.
+    A variable that is not one clean line (``freetext.problem``) is passed over."""
     for variable in ("SUDO_USER", "USER", "LOGNAME"):
         name = os.environ.get(variable, "").strip()
+        if freetext.problem(name) is not None:
+            continue
         if name and not (variable == "SUDO_USER" and name == "root" and os.getuid() != 0):
             return name
     try:
@@ -76,7 +79,9 @@ def hold_rollback(store: Store, environment: str, *, repo: str, branch: str,
                   state_dir: Path, revision: str | None, actor: str,
                   reason: str) -> Controls:
     """Resolve ``revision`` (default: the last verified one before the applied revision) to a
-    full SHA and hold it; the controls returned carry it as ``held_sha``."""
+    full SHA and hold it; the controls returned carry it as ``held_sha``. Only a commit on
+    ``branch`` verified in ``environment`` is held (``targets.rollback_target``): anything
+    else is ``TargetRefused`` and nothing is held."""
     head = source.head(repo, branch)
     source.fetch(repo, branch, state_dir)
     current = store.environment_status(environment)
@@ -85,7 +90,8 @@ def hold_rollback(store: Store, environment: str, *, repo: str, branch: str,
                                          before=applied.sha if applied else None)
     if sha is None:
         raise UsageError(f"{environment}: no earlier verified revision to roll back to")
-    full = source.revision(repo, branch, sha, state_dir).sha
+    full = targets.rollback_target(store, environment, repo=repo, branch=branch,
+                                   state_dir=state_dir, revision=sha).sha
     return hold(store, environment, full, head=head, actor=actor, reason=reason)
 
 

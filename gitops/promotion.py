@@ -4,10 +4,10 @@ An environment with ``promote_from = "staging"`` applies only revisions that sta
 and verified on every host (``Store.verified_revisions``, written by ``reconcile``), in commit
 order; the decision is ``policy.promotion``, carried out by the daemon (``loop``). Here: the
 operator's promotion of one revision by hand (recorded as a ``promote`` event with who and
-why; refused for a revision not verified upstream unless forced with a reason), and the
-pipeline as ``gitops status``, the API (``GET /api/pipeline``) and the page show it: which
-revision is where, and what waits for which environment. Called by ``cli``, ``loop`` and
-``page``.
+why; refused for a commit not on the branch, and for one not verified upstream unless
+forced with a reason), and the pipeline as ``gitops status``, the API (``GET /api/pipeline``)
+and the page show it: which revision is where, and what waits for which environment. Called
+by ``cli``, ``loop`` and ``page``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitops import policy, source
+from gitops import policy, source, targets
 from gitops.errors import GitopsError
 from gitops.store import Store
 
@@ -61,12 +61,17 @@ def promote(store: Store, link: Link, *, repo: str, branch: str, state_dir: Path
             revision: str, actor: str, reason: str, force: bool = False) -> dict[str, Any]:
     """Record ``actor``'s promotion of ``revision`` (resolved to a full SHA on ``branch``)
     to ``link``'s environment, for the daemon (or the caller) to apply; raises
-    ``PromotionRefused`` (``policy.promotion_refusal``) or ``RevisionNotFound``."""
+    ``PromotionRefused`` (``policy.promotion_refusal``; a commit off ``branch``, even
+    forced) or ``RevisionNotFound`` (unknown, or a short sha of several commits)."""
     if link.upstream is None or link.upstream_environment is None:
         raise PromotionRefused(f"{link.name} does not promote from another environment "
                                "(set promote_from in its [[environments]] entry)")
     source.fetch(repo, branch, state_dir)
-    sha = source.revision(repo, branch, revision, state_dir).sha
+    found = targets.branch_commit(repo, branch, revision, state_dir)
+    if found is None:  # a pull request's ref, a commit off the branch: --force cannot
+        raise PromotionRefused(f"{link.name}: {revision[:60]!r} is not a commit of branch "
+                               f"{branch!r}: only the branch's commits are promoted")
+    sha = found.sha
     verified = frozenset(v.sha for v in store.verified_revisions(link.upstream_environment))
     quarantined = frozenset(q.sha for q in store.quarantined(link.environment))
     refused = policy.promotion_refusal(link.name, link.upstream, sha, verified=verified,

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gitops import freetext
 from gitops.errors import GitopsError, LockHeld, PermanentError, TemporaryError, UsageError
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.webhooks import (
@@ -400,6 +401,8 @@ def _promotion_routes(controller: Promoter, environments: dict[str, EnvironmentC
             return _error(413, f"body over {max_body} bytes")
         try:
             options = _api_options(body, force=True)
+        except freetext.BadText as exc:
+            return _error(400, str(exc))
         except UsageError as exc:
             return _error(422, str(exc))
         revision = options.get("revision", "").strip()
@@ -456,6 +459,9 @@ def _postmortem_body(body: bytes, what: str, numbered: bool) -> dict[str, Any]:
         wanted = bool if key == "done" else str
         if value is not None and not isinstance(value, wanted):
             raise UsageError(f"{key!r} must be {'true or false' if wanted is bool else 'a string'}")
+        if isinstance(value, str):
+            check = freetext.line if key in ("actor", "team") else freetext.note
+            check(repr(key), value)
     return {k: v for k, v in data.items() if v is not None}
 
 
@@ -484,7 +490,8 @@ def _write_postmortem(settings: Settings, incident_id: str, what: str, number: i
 
 def _api_options(body: bytes, *, force: bool = False) -> dict[str, str]:
     """The optional JSON object of an API call: ``reason``, ``revision``, ``actor`` strings
-    and, when ``force`` (a reconcile), ``force``: a boolean, run outside the maintenance
+    (a reason and an actor one clean line each, ``freetext.line``: else ``BadText``) and,
+    when ``force`` (a reconcile), ``force``: a boolean, run outside the maintenance
     window (kept as "true")."""
     allowed = {"reason", "revision", "actor", *(("force",) if force else ())}
     if not body.strip():
@@ -509,7 +516,7 @@ def _api_options(body: bytes, *, force: bool = False) -> dict[str, str]:
             continue
         if not isinstance(value, str):
             raise UsageError(f"{key!r} must be a string")
-        options[key] = value
+        options[key] = freetext.line(repr(key), value) if key != "revision" else value
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise UsageError(f"unknown field(s): {', '.join(map(str, unknown))}")

@@ -33,8 +33,8 @@ from gitops.records import Revision, Snapshot
 if TYPE_CHECKING:  # GitPython is imported by the functions that call git: not by every command
     import git
 
-__all__ = ["PULL_REFS", "fetch", "fetch_ref", "mirror_path", "prune_refs", "prune_snapshots",
-           "prune_sources", "pull_ref", "redact", "snapshot"]
+__all__ = ["PULL_REFS", "fetch", "fetch_ref", "mirror_path", "on_branch", "prune_refs",
+           "prune_snapshots", "prune_sources", "pull_ref", "redact", "resolve", "snapshot"]
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
@@ -273,6 +273,45 @@ def revision(url: str, branch: str, rev: str, state_dir: Path) -> Revision:
         url = str(Path(url).expanduser().resolve())
     with _mirror(url, state_dir) as repo:
         return _revision(repo, rev, branch)
+
+
+def resolve(url: str, branch: str, rev: str, state_dir: Path) -> Revision:
+    """``rev`` as git itself resolves it to one commit in the mirror (``rev-parse --verify``):
+    ``RevisionNotFound`` for an unknown revision or a short sha that begins several commits.
+    Where the commit came from is not checked here: ``on_branch`` tells."""
+    import git
+
+    if Path(url).expanduser().is_dir():
+        url = str(Path(url).expanduser().resolve())
+    with _mirror(url, state_dir) as repo:
+        try:
+            sha = str(repo.git.rev_parse("--verify", "--end-of-options", f"{rev}^{{commit}}"))
+        except git.GitCommandError as exc:
+            if "ambiguous" in str(exc.stderr or ""):
+                raise RevisionNotFound(f"{rev[:60]!r} is ambiguous: it begins more than one "
+                                       "commit; give more digits") from None
+            raise RevisionNotFound(f"no revision {rev[:60]!r}") from None
+        except ValueError:  # a NUL byte: not an argument a process can take
+            raise RevisionNotFound(f"no revision {rev[:60]!r}") from None
+        return _revision(repo, sha.strip(), branch)
+
+
+def on_branch(url: str, branch: str, sha: str, state_dir: Path) -> bool:
+    """Whether the commit ``sha`` is the mirror's ``branch`` head or one of its ancestors
+    (not a pull request's ref, a tag elsewhere, a commit a force-push left behind)."""
+    import git
+
+    if Path(url).expanduser().is_dir():
+        url = str(Path(url).expanduser().resolve())
+    path = mirror_path(url, state_dir)
+    if not path.is_dir():
+        return False
+    with git.Repo(path) as repo:
+        try:
+            repo.git.merge_base("--is-ancestor", sha, f"refs/heads/{branch}")
+        except git.GitCommandError:
+            return False
+    return True
 
 
 def _revision(repo: git.Repo, rev: str, branch: str) -> Revision:

@@ -61,6 +61,7 @@ def _record_success(state_dir: Path, sha: str, env: str = "lab") -> None:
                          applied=revision.ref, attempted=revision.ref)
         store.set_status(env, "h1", [Condition("Ready", "True", "Ok", "")],
                          applied=revision.ref, attempted=revision.ref, verified=revision.ref)
+        store.record_verified(env, revision, run_id)  # as reconcile does after such a run
 
 
 def _record_failure(state_dir: Path, sha: str, env: str = "lab") -> None:
