@@ -115,7 +115,7 @@ def main() -> None:
             start = time.monotonic()
             urllib.request.urlopen(urllib.request.Request(
                 f"http://127.0.0.1:{port}/hooks/lab", data=body, method="POST",
-                headers={"X-GitHub-Event": "pull_request",
+                headers={"X-GitHub-Event": "pull_request", "Content-Type": "application/json",
                          "X-Hub-Signature-256": f"sha256={signature}"}), timeout=10)
             if not github.wait(lambda g, e=edits: bool(g.comments) and g.comments[0].edits > e,
                                600):

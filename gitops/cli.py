@@ -874,6 +874,8 @@ class _Daemon:
 
         host, self.port = parse_listen(s.listen)
         self.host = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        self.tls_cert = s.tls_cert
+        """With TLS: the daemon's own certificate, the one trusted (hostnames unchecked)."""
         self.headers = {"Content-Type": "application/json"}
         self.date: str | None = None
         """The Date header of the last answer: the daemon's clock."""
@@ -885,7 +887,17 @@ class _Daemon:
         """(status, JSON answer); ``OSError`` or ``ValueError`` when no daemon answers."""
         import http.client
 
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        conn: http.client.HTTPConnection
+        if self.tls_cert is not None:
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(self.tls_cert))
+            context.check_hostname = False  # the listen address, not the certificate's name
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
+                                               context=context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             conn.request(method, path, body=json.dumps(body) if body is not None else None,
                          headers=self.headers)
@@ -1162,6 +1174,7 @@ def run() -> None:
 
     from gitops import metrics, page, server
     from gitops.loop import Daemon
+    from gitops.sessions import Sessions
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     s = _settings()
@@ -1170,8 +1183,9 @@ def run() -> None:
         authorize = server.make_authorize(s)
         app = server.create_app(daemon, s, extra_routes=[
             *metrics.routes(s.state_dir, authorize, Database.of(s)),
-            *page.routes(s.state_dir, authorize, Database.of(s),
-                         chain=daemon.chain)], previews=daemon.previews)
+            *page.routes(s.state_dir, authorize, Database.of(s), chain=daemon.chain,
+                         sessions=Sessions(s.session_hours * 3600))],
+            previews=daemon.previews)
         http, thread = server.start_in_thread(app, s.listen)
     except GitopsError as exc:
         _fail(exc, False)
@@ -1184,7 +1198,7 @@ def run() -> None:
     signal.signal(signal.SIGINT, on_signal)
     daemon.start()
     click.echo(f"gitops daemon: watching {', '.join(e.name for e in s.environments)}; "
-               f"http://{s.listen}/healthz", err=True)
+               f"{'https' if s.tls_cert else 'http'}://{s.listen}/healthz", err=True)
     while not stopping:
         time.sleep(0.2)
     click.echo("gitops daemon: stopping (the batch in progress finishes)", err=True)

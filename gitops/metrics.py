@@ -587,9 +587,9 @@ def routes(state_dir: Path, authorize: Authorize | None = None,
     def refused(request: Request) -> Response | None:
         if authorize is not None:
             return authorize(request)
-        from gitops.server import _is_loopback  # the server's own loopback test
+        from gitops.webguard import is_local  # the server's own loopback test
 
-        if _is_loopback(request.client.host if request.client else None):
+        if is_local(request):
             return None
         return JSONResponse({"error": "the API answers loopback clients only"},
                             status_code=403)
@@ -634,7 +634,7 @@ def routes(state_dir: Path, authorize: Authorize | None = None,
             run_id = int(request.path_params["id"])
         except ValueError:
             return JSONResponse({"error": "run id must be an integer"}, status_code=400)
-        run = store.run(run_id)
+        run = store.run(run_id) if 0 < run_id < 2**63 else None
         if run is None:
             return JSONResponse({"error": f"no run {run_id}"}, status_code=404)
         return _json(run.as_dict())

@@ -22,10 +22,11 @@
 
 Access: open to loopback clients. Beyond loopback a request needs what the API needs, checked
 by the ``authorize`` callable of ``gitops.server`` (a bearer token): either the header, or
-a cookie set once from ``/?token=<API token>`` (HttpOnly, SameSite=Strict; the token then
-leaves the address bar through a redirect). Without ``authorize`` the page answers loopback
-clients only. The page never renders settings; the store holds no secret, and operation diffs
-(file contents) are left out of the run detail all the same.
+the session cookie of a browser signed in with the token through the page's sign-in form
+(``gitops.sessions``: a random id with an expiry, never the token; no token in any URL).
+Without ``authorize`` the page answers loopback clients only. The page never renders
+settings; the store holds no secret, and operation diffs (file contents) are left out of the
+run detail all the same.
 """
 
 from __future__ import annotations
@@ -40,22 +41,21 @@ from typing import Any, TypeVar, cast
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from gitops.promotion import Link, pipeline
 from gitops.records import APPLY_KINDS, CheckRow, Ref, RunRow, StatusRow
-from gitops.server import _is_loopback
+from gitops.sessions import COOKIE, Sessions
+from gitops.sessions import routes as session_routes
 from gitops.store import ENVIRONMENT, Database, NoStore, Store, StoreOutdated
+from gitops.webguard import is_local
 
 __all__ = ["COOKIE", "HISTORY", "RecordCache", "page_data", "routes", "run_detail"]
 
 _T = TypeVar("_T")
 
 Authorize = Callable[[Request], Response | None]
-
-COOKIE = "gitops_token"
-"""The cookie that carries the API token of a browser beyond loopback."""
 
 HISTORY = 50
 """Runs listed per environment."""
@@ -71,7 +71,11 @@ _CHECK_KINDS = (*APPLY_KINDS, "verify")
 _STATIC = {
     "page.js": "text/javascript; charset=utf-8",
     "page.css": "text/css; charset=utf-8",
+    "signin.js": "text/javascript; charset=utf-8",
 }
+_PUBLIC = frozenset({"page.css", "signin.js"})
+"""Files the sign-in page needs before the browser is signed in (nothing of the record)."""
+_MAX_ID = 2**63
 
 _HEADERS = {
     "Content-Security-Policy": (
@@ -387,53 +391,52 @@ def _static_file(name: str) -> Any:
     return resources.files("gitops").joinpath("static", name)
 
 
-def _with_bearer(request: Request, token: str) -> Request:
-    """``request`` as if it had sent ``Authorization: Bearer <token>``."""
-    headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
-    headers.append((b"authorization", b"Bearer " + token.encode("latin-1")))
-    return Request({**request.scope, "headers": headers})
-
-
-def _usable(token: str) -> bool:
-    return 0 < len(token) <= 4096 and token.isprintable() and token.isascii() \
-        and " " not in token
-
-
 def _refuse_html(refused: Response, again: bool) -> Response:
-    """The browser's version of a refusal; one same-site reload so a SameSite=Strict cookie
-    is sent when the page was opened from a link on another site."""
+    """The browser's version of a refusal: the sign-in form (401) or why there is none
+    (403); one same-site reload first, so a SameSite=Strict cookie is sent when the page was
+    opened from a link on another site."""
     refresh = "" if again else '<meta http-equiv="refresh" content="0; url=/?again=1">'
+    if refused.status_code == 401:
+        text = (
+            "<p>This status page needs the daemon's API token beyond loopback.</p>"
+            '<form id="signin" method="post" action="/api/session">'
+            '<label>API token <input type="password" name="token" required '
+            'autocomplete="current-password"></label> <button type="submit">Sign in</button>'
+            '</form><p id="signin-error" class="error" role="alert"></p>'
+            '<script src="/static/signin.js" defer></script>')
+    else:
+        text = "<p>This status page answers loopback clients only (no API token is set).</p>"
     body = (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"{refresh}<title>gitops: sign in</title></head><body>"
-        f"<h1>{refused.status_code}</h1><p>This status page needs the daemon's API token "
-        "beyond loopback. Open <code>/?token=&lt;API token&gt;</code> once: the browser keeps "
-        "it in a cookie.</p></body></html>"
+        f'{refresh}<title>gitops: sign in</title><link rel="stylesheet" '
+        f'href="/static/page.css"></head><body><main><h1>gitops: sign in</h1>{text}</main>'
+        "</body></html>"
     )
     return Response(body, status_code=refused.status_code, media_type="text/html",
                     headers=_HEADERS)
 
 
 def routes(state_dir: Path, authorize: Authorize | None,
-           database: Database | None = None, chain: Sequence[Link] = ()) -> list[BaseRoute]:
+           database: Database | None = None, chain: Sequence[Link] = (),
+           sessions: Sessions | None = None) -> list[BaseRoute]:
     """The page's routes over the store in ``state_dir`` (or ``database``); ``authorize`` is
     the API's check (None: no token can be checked, so only loopback clients are served);
-    ``chain``: the daemon's environments, for the promotion pipeline."""
+    ``chain``: the daemon's environments, for the promotion pipeline; ``sessions``: the
+    signed-in browsers (default: a table of 12-hour sessions)."""
     where = database or Database(state_dir)
     cache = RecordCache()
+    sessions = sessions or Sessions(12 * 3600)
 
     def check(request: Request) -> Response | None:
-        host = request.client.host if request.client else None
-        if _is_loopback(host):
+        if is_local(request):
             return None
         if authorize is None:
             return JSONResponse({"error": "the status page answers loopback clients only"},
                                 status_code=403)
-        if "authorization" not in request.headers:
-            cookie = request.cookies.get(COOKIE)
-            if cookie and _usable(cookie):
-                return authorize(_with_bearer(request, cookie))
+        if "authorization" not in request.headers and sessions.valid(
+                request.cookies.get(COOKIE)):
+            return None
         return authorize(request)
 
     def read(fn: Callable[[Store], Any]) -> Any:
@@ -441,22 +444,9 @@ def routes(state_dir: Path, authorize: Authorize | None,
             return fn(store)
 
     async def index(request: Request) -> Response:
-        token = request.query_params.get("token")
-        if token is not None:
-            if authorize is None or not _usable(token):
-                refused: Response = JSONResponse({}, status_code=403 if authorize is None
-                                                 else 401)
-                return _refuse_html(refused, again=True)
-            refused_ = authorize(_with_bearer(request, token))
-            if refused_ is not None:
-                return _refuse_html(refused_, again=True)
-            response = RedirectResponse("/", status_code=303, headers=_HEADERS)
-            response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/",
-                                secure=request.url.scheme == "https")
-            return response
-        refused__ = check(request)
-        if refused__ is not None:
-            return _refuse_html(refused__, again="again" in request.query_params)
+        refused = check(request)
+        if refused is not None:
+            return _refuse_html(refused, again="again" in request.query_params)
         html = _static_file("index.html").read_bytes()
         return Response(html, media_type="text/html; charset=utf-8", headers=_HEADERS)
 
@@ -464,7 +454,7 @@ def routes(state_dir: Path, authorize: Authorize | None,
         name = request.path_params["name"]
         if name not in _STATIC:
             return Response("not found", status_code=404, media_type="text/plain")
-        refused = check(request)
+        refused = check(request) if name not in _PUBLIC else None
         if refused is not None:
             return refused
         data = _static_file(name).read_bytes()
@@ -491,6 +481,8 @@ def routes(state_dir: Path, authorize: Authorize | None,
             run_id = int(request.path_params["run_id"])
         except ValueError:
             return JSONResponse({"error": "not a run id"}, status_code=404)
+        if not 0 < run_id < _MAX_ID:
+            return JSONResponse({"error": "no such run"}, status_code=404, headers=_HEADERS)
         try:
             data = await run_in_threadpool(read, lambda store: run_detail(store, run_id))
         except (NoStore, StoreOutdated):
@@ -505,7 +497,8 @@ def routes(state_dir: Path, authorize: Authorize | None,
             return refused
         try:
             preview_id = int(request.path_params["preview_id"])
-            row = await run_in_threadpool(read, lambda store: store.preview(preview_id))
+            row = (await run_in_threadpool(read, lambda store: store.preview(preview_id))
+                   if 0 < preview_id < _MAX_ID else None)
         except (ValueError, NoStore, StoreOutdated):
             row = None
         if row is None:
@@ -521,6 +514,7 @@ def routes(state_dir: Path, authorize: Authorize | None,
         return Response(html, media_type="text/html; charset=utf-8", headers=_HEADERS)
 
     return [
+        *session_routes(sessions, authorize),
         Route("/previews/{preview_id}", preview_page, methods=["GET"]),
         Route("/", index, methods=["GET"]),
         Route("/static/{name}", static, methods=["GET"]),

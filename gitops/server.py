@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import functools
 import hmac
-import ipaddress
 import json
 import logging
 import socket
@@ -25,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -32,15 +32,20 @@ from starlette.routing import BaseRoute, Route
 from gitops import freetext
 from gitops.errors import GitopsError, LockHeld, PermanentError, TemporaryError, UsageError
 from gitops.settings import EnvironmentConfig, Settings
+from gitops.webguard import Guard, is_local
+from gitops.webguard import is_loopback as _is_loopback  # noqa: F401 (page, tests)
 from gitops.webhooks import (
     InvalidSignature,
+    RecentDeliveries,
     UnsupportedEvent,
     WebhookEvent,
+    delivery_id,
     parse_webhook,
     why_ignored,
     why_no_preview,
     why_untrusted,
 )
+from gitops.weblisten import Transport
 
 __all__ = [
     "OPERATIONS",
@@ -123,6 +128,14 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class _BadBody(Exception):
+    """A request body refused: ``status`` (400 or 413) and a message to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -150,16 +163,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
+async def _json_body(request: Request, limit: int) -> Any:
+    """The request's JSON value (None for an empty body); ``_BadBody`` 413 past ``limit``
+    bytes, 400 when it is not JSON or nests too deep for the parser."""
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+        body = await _read_body(request, limit)
+    except _BodyTooLarge:
+        raise _BadBody(413, f"body over {limit} bytes") from None
+    if not body.strip():
+        return None
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, ValueError):
+        raise _BadBody(400, "the body is not JSON") from None
+    except RecursionError:
+        raise _BadBody(400, "the body's JSON nests too deep") from None
 
 
 def _status_for(exc: GitopsError) -> int:
@@ -189,8 +207,7 @@ def make_authorize(settings: Settings) -> Callable[[Request], JSONResponse | Non
             ):
                 return None
             return _error(401, "missing or wrong API token", {"WWW-Authenticate": "Bearer"})
-        host = request.client.host if request.client else None
-        if _is_loopback(host):
+        if is_local(request):
             return None
         return _error(403, "no API token is configured: the API answers loopback clients only")
 
@@ -220,6 +237,7 @@ def create_app(
     }
     max_body = settings.max_body
     authorize = make_authorize(settings)
+    deliveries = RecentDeliveries()
 
     async def healthz(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(controller.health))
@@ -245,6 +263,22 @@ def create_app(
         except UnsupportedEvent as exc:
             log.warning("webhook %s: rejected (%s)", name, exc)
             return _error(400, str(exc))
+        delivery = delivery_id(request.headers, event.provider)
+        key = (name, event.provider, delivery or "")
+        if delivery is not None and not deliveries.claim(key):
+            log.info("webhook %s: %s delivery %s is a duplicate, ignored", name,
+                     event.provider, delivery)
+            return JSONResponse({"duplicate": delivery})
+        try:
+            answer = await act(name, env, event)
+        except BaseException:
+            deliveries.release(key)
+            raise
+        if answer.status_code >= 500:  # not done: the provider's redelivery may try again
+            deliveries.release(key)
+        return answer
+
+    async def act(name: str, env: EnvironmentConfig, event: WebhookEvent) -> Response:
         if event.is_pull_request:
             return await preview(name, env, event)
         why = why_ignored(event, env.branch)
@@ -304,11 +338,10 @@ def create_app(
         if action != "reconcile" and action not in OPERATIONS:
             return _error(404, f"unknown action; one of reconcile, {', '.join(OPERATIONS)}")
         try:
-            body = await _read_body(request, max_body)
-        except _BodyTooLarge:
-            return _error(413, f"body over {max_body} bytes")
-        try:
-            options = _api_options(body, force=action == "reconcile")
+            options = _api_options(await _json_body(request, max_body),
+                                   force=action == "reconcile")
+        except _BadBody as exc:
+            return _error(exc.status, str(exc))
         except UsageError as exc:
             return _error(400, str(exc))
         client = request.client.host if request.client else "unknown"
@@ -346,9 +379,9 @@ def create_app(
         if refused is not None:
             return refused
         try:
-            body = await _read_body(request, max_body)
-        except _BodyTooLarge:
-            return _error(413, f"body over {max_body} bytes")
+            body = await _json_body(request, max_body)
+        except _BadBody as exc:
+            return _error(exc.status, str(exc))
         client = request.client.host if request.client else "unknown"
         try:
             data = _postmortem_body(body, request.path_params.get("what", "annotate"),
@@ -372,7 +405,11 @@ def create_app(
         Route("/api/status", status, methods=["GET"]),
         *extra_routes,
     ]
-    return Starlette(routes=routes)
+    guard = Middleware(Guard, listen=settings.listen, allowed_hosts=settings.allowed_hosts,
+                       trusted_proxies=bool(settings.trusted_proxies))
+    app = Starlette(routes=routes, middleware=[guard])
+    app.state.transport = Transport.of(settings)
+    return app
 
 
 def _promotion_routes(controller: Promoter, environments: dict[str, EnvironmentConfig],
@@ -396,11 +433,9 @@ def _promotion_routes(controller: Promoter, environments: dict[str, EnvironmentC
             return _error(422, f"{name} does not promote from another environment "
                                "(promote_from)")
         try:
-            body = await _read_body(request, max_body)
-        except _BodyTooLarge:
-            return _error(413, f"body over {max_body} bytes")
-        try:
-            options = _api_options(body, force=True)
+            options = _api_options(await _json_body(request, max_body), force=True)
+        except _BadBody as exc:
+            return _error(exc.status, str(exc))
         except freetext.BadText as exc:
             return _error(400, str(exc))
         except UsageError as exc:
@@ -441,15 +476,13 @@ _POSTMORTEM_FIELDS = {
 }
 
 
-def _postmortem_body(body: bytes, what: str, numbered: bool) -> dict[str, Any]:
-    """The JSON object of a post-mortem write: its fields strings (``done`` a boolean)."""
+def _postmortem_body(body: Any, what: str, numbered: bool) -> dict[str, Any]:
+    """The JSON object of a post-mortem write (``body`` parsed, None when empty): its
+    fields strings (``done`` a boolean)."""
     kind = "action" if numbered else what
     if kind not in _POSTMORTEM_FIELDS or (numbered and what != "actions"):
         raise UsageError("no incident route: POST .../annotate, .../actions or .../actions/N")
-    try:
-        data: Any = json.loads(body) if body.strip() else {}
-    except (UnicodeDecodeError, ValueError):
-        raise UsageError("the body is not JSON") from None
+    data = {} if body is None else body
     if not isinstance(data, dict):
         raise UsageError("the body must be a JSON object")
     unknown = sorted(set(data) - _POSTMORTEM_FIELDS[kind] - {"actor"})
@@ -488,18 +521,14 @@ def _write_postmortem(settings: Settings, incident_id: str, what: str, number: i
                 "incident": incidents.find(store, incident_id).as_dict()}
 
 
-def _api_options(body: bytes, *, force: bool = False) -> dict[str, str]:
-    """The optional JSON object of an API call: ``reason``, ``revision``, ``actor`` strings
-    (a reason and an actor one clean line each, ``freetext.line``: else ``BadText``) and,
-    when ``force`` (a reconcile), ``force``: a boolean, run outside the maintenance
-    window (kept as "true")."""
+def _api_options(data: Any, *, force: bool = False) -> dict[str, str]:
+    """The optional JSON object of an API call (parsed; None when the body is empty):
+    ``reason``, ``revision``, ``actor`` strings (a reason and an actor one clean line each,
+    ``freetext.line``: else ``BadText``) and, when ``force`` (a reconcile), ``force``: a
+    boolean, run outside the maintenance window (kept as "true")."""
     allowed = {"reason", "revision", "actor", *(("force",) if force else ())}
-    if not body.strip():
+    if data is None:
         return {}
-    try:
-        data: Any = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
-        raise UsageError("the body is not JSON") from None
     if not isinstance(data, dict):
         raise UsageError("the body must be a JSON object")
     options: dict[str, str] = {}
@@ -550,7 +579,13 @@ def bind(listen: str) -> socket.socket:
 
 
 def _server(app: Starlette, sock: socket.socket) -> uvicorn.Server:
+    """uvicorn over ``sock``; TLS and trusted proxies from the ``Transport`` that
+    ``create_app`` kept in the app's state (none for another app: plain HTTP, no proxy)."""
     host, port = sock.getsockname()[:2]
+    transport = getattr(app.state, "transport", None) or Transport()
+    transport.check()
+    for line in transport.describe():
+        log.info("http %s: %s", f"{host}:{port}", line)
     config = uvicorn.Config(
         app,
         host=host,
@@ -560,6 +595,7 @@ def _server(app: Starlette, sock: socket.socket) -> uvicorn.Server:
         access_log=False,
         lifespan="off",
         server_header=False,
+        **transport.uvicorn_options(),
     )
     return uvicorn.Server(config)
 
@@ -585,7 +621,12 @@ def serve(app: Starlette, listen: str, stop_event: threading.Event | None = None
     SIGTERM handling, should rather use ``start_in_thread``.
     """
     sock = bind(listen)
-    _run(_server(app, sock), sock, stop_event)
+    try:
+        server = _server(app, sock)
+    except BaseException:
+        sock.close()
+        raise
+    _run(server, sock, stop_event)
 
 
 def start_in_thread(
@@ -598,7 +639,11 @@ def start_in_thread(
     in ``:0``.
     """
     sock = bind(listen)
-    server = _server(app, sock)
+    try:
+        server = _server(app, sock)
+    except BaseException:
+        sock.close()
+        raise
     thread = threading.Thread(
         target=_run, args=(server, sock, None), name="gitops-http", daemon=True
     )

@@ -320,6 +320,53 @@ class Settings(BaseSettings):
     """host:port of the daemon's HTTP server (webhooks, API, health)."""
     api_token: SecretRef | None = None
     """Bearer token for the operator API; without one, the API answers loopback clients only."""
+    allowed_hosts: list[str] | None = Field(default=None, max_length=100)
+    """Host headers the HTTP server answers (``name`` or ``name:port``; a name alone allows
+    any port); any other gets 400. Default: the listen address and localhost, 127.0.0.1,
+    [::1], each with the listen port. Name here what clients and proxies put in ``Host``."""
+    trusted_proxies: list[str] = Field(default=[], max_length=100)
+    """Addresses or networks (``10.0.0.5``, ``10.0.0.0/24``) of reverse proxies whose
+    ``X-Forwarded-For`` and ``X-Forwarded-Proto`` are believed; default none, and uvicorn's
+    ``FORWARDED_ALLOW_IPS`` is ignored."""
+    tls_cert: Path | None = None
+    """A PEM certificate (chain) file: the HTTP server speaks HTTPS only (with ``tls_key``)."""
+    tls_key: Path | None = None
+    """The PEM private key of ``tls_cert``."""
+    session_hours: float = Field(default=12, gt=0, le=720)
+    """How long a browser stays signed in to the status page (beyond loopback)."""
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: list[str] | None) -> list[str] | None:
+        from gitops.webguard import parse_host
+
+        bad = [h for h in value or [] if parse_host(h) is None]
+        if bad:
+            raise ValueError(f"not a host or host:port: {', '.join(map(repr, bad))}")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        import ipaddress
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {entry!r}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = (("tls_cert", "tls_key") if self.tls_key is None
+                              else ("tls_key", "tls_cert"))
+            raise ValidationError.from_exception_data("Settings", [InitErrorDetails(
+                type=PydanticCustomError("tls_pair", "needs {missing} too (HTTPS takes both)",
+                                         {"missing": missing}),
+                loc=(given,), input=None)])
+        return self
     reports_dir: Path | None = None
     """Where incident reports (Markdown) are written; default ``<state_dir>/reports``."""
     max_body: int = Field(default=1_048_576, gt=0)

@@ -15,6 +15,11 @@ Documented formats:
 - Gitea (and Forgejo): ``X-Gitea-Event``; ``X-Gitea-Signature: <hex HMAC-SHA256 of the body>``.
   Gitea also sends ``X-GitHub-Event`` for compatibility, so its own header is looked at first.
 
+Each delivery carries an id that a redelivery repeats (``delivery_id``): GitHub's
+``X-GitHub-Delivery``, Gitea's ``X-Gitea-Delivery``, GitLab's ``Idempotency-Key`` (else
+``X-Gitlab-Event-UUID``). The server keeps the recent ones (``RecentDeliveries``) and answers a
+repeated one "duplicate" without acting on it again.
+
 Pull/merge requests (previewed on ``opened``, new commits and ``reopened``):
 
 - GitHub ``pull_request`` (https://docs.github.com/en/webhooks/webhook-events-and-payloads
@@ -40,16 +45,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
     "InvalidSignature",
     "Provider",
+    "RecentDeliveries",
     "UnsupportedEvent",
     "WebhookError",
     "WebhookEvent",
+    "delivery_id",
     "hmac_sha256_hex",
     "parse_webhook",
     "why_ignored",
@@ -70,6 +79,11 @@ _PULL_EVENTS: dict[Provider, str] = {
 _PREVIEW_ACTIONS = frozenset({"opened", "synchronize", "synchronized", "reopened",
                               "open", "reopen", "update"})
 _ZERO_SHA = "0" * 40
+_DELIVERY_HEADERS: dict[Provider, tuple[str, ...]] = {
+    "github": ("x-github-delivery",),
+    "gitea": ("x-gitea-delivery",),
+    "gitlab": ("idempotency-key", "x-gitlab-event-uuid"),
+}
 _BRANCH_PREFIX = "refs/heads/"
 
 
@@ -177,7 +191,7 @@ def parse_webhook(headers: Mapping[str, str], body: bytes, secret: str) -> Webho
         return WebhookEvent(provider=provider, event=event)
     try:
         payload: Any = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise UnsupportedEvent(f"{provider} push: the body is not JSON") from None
     if not isinstance(payload, dict) or not isinstance(payload.get("ref"), str):
         raise UnsupportedEvent(f"{provider} push: the body has no 'ref'")
@@ -216,7 +230,7 @@ def _pull_request(provider: Provider, event: str, body: bytes) -> WebhookEvent:
     what = "merge request" if provider == "gitlab" else "pull request"
     try:
         payload: Any = json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise UnsupportedEvent(f"{provider} {what}: the body is not JSON") from None
     if not isinstance(payload, dict):
         raise UnsupportedEvent(f"{provider} {what}: the body is not a JSON object")
@@ -295,3 +309,41 @@ def why_untrusted(event: WebhookEvent, *, allow_forks: bool, authors: list[str],
         return None
     return (f"{where} by {event.author or '(unknown)'!r}: neither a trusted author nor a "
             "trusted label ([preview] trusted_authors, trusted_labels)")
+
+
+def delivery_id(headers: Mapping[str, str], provider: Provider) -> str | None:
+    """The id ``provider`` gives this delivery (the same in a redelivery); None when it sent
+    none or one that is not a short printable ASCII string."""
+    lowered = _lower(headers)
+    for header in _DELIVERY_HEADERS[provider]:
+        value = lowered.get(header, "").strip()
+        if value:
+            usable = len(value) <= 200 and value.isascii() and value.isprintable()
+            return value if usable else None
+    return None
+
+
+class RecentDeliveries:
+    """The last ``size`` delivery keys acted on, oldest forgotten first. Kept in memory: a
+    redelivery after the daemon restarted is acted on again (a reconcile of the same head,
+    or a preview of the same commit, is harmless)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def claim(self, key: Hashable) -> bool:
+        """True and remembered when ``key`` is new; False for a duplicate."""
+        with self._lock:
+            if key in self._keys:
+                return False
+            self._keys[key] = None
+            while len(self._keys) > self.size:
+                self._keys.popitem(last=False)
+            return True
+
+    def release(self, key: Hashable) -> None:
+        """Forget ``key``: its delivery was not acted on after all (a redelivery may be)."""
+        with self._lock:
+            self._keys.pop(key, None)

@@ -13,7 +13,7 @@ import asyncio
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +39,7 @@ from gitops.records import (
     VerifyReport,
 )
 from gitops.server import bound_port, start_in_thread, stop
+from gitops.sessions import Sessions
 from gitops.store import ENVIRONMENT, Condition, Store
 
 CHROMIUM = "/usr/bin/chromium"
@@ -477,26 +478,77 @@ def test_loopback_is_open(tmp_path: Path) -> None:
                 )[0].status_code == 404
 
 
+def session(app: Starlette, client: str, steps: Callable[[httpx.AsyncClient], Any],
+            base_url: str = "http://gitops") -> Any:
+    """Run ``steps`` (an async function of a client with one cookie jar) against ``app``."""
+
+    async def go() -> Any:
+        transport = httpx.ASGITransport(app=app, client=(client, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as http:
+            return await steps(http)
+
+    return asyncio.run(go())
+
+
 def test_beyond_loopback_needs_the_token(tmp_path: Path) -> None:
-    """Beyond loopback: refused without the token; the header works; ``?token=`` sets an
-    HttpOnly SameSite=Strict cookie and redirects to ``/``, and the cookie then works."""
+    """Beyond loopback: refused without the token (the sign-in form, its script public);
+    the header works; ``?token=`` in a URL signs nobody in; the form's POST of the token
+    sets a session cookie that is not the token (HttpOnly, SameSite=Strict, an expiry), and
+    the cookie then works until signed out."""
     seed(tmp_path)
     app = Starlette(routes=page.routes(tmp_path, bearer))
     far = "10.213.0.99"
     refused = call(app, far, [("/", {}), ("/api/page", {}), ("/static/page.js", {}),
-                              ("/?token=wrong", {})])
-    assert [r.status_code for r in refused] == [401] * 4
-    assert "http-equiv" in refused[0].text and "http-equiv" not in refused[3].text
-    assert "set-cookie" not in refused[3].headers
-    assert TOKEN not in "".join(r.text for r in refused)
+                              (f"/?token={TOKEN}", {}), ("/?again=1", {})])
+    assert [r.status_code for r in refused] == [401] * 5
+    assert "http-equiv" in refused[0].text and "http-equiv" not in refused[4].text
+    assert 'id="signin"' in refused[4].text and "/static/signin.js" in refused[4].text
+    assert all("set-cookie" not in r.headers for r in refused)
+    assert TOKEN not in "".join(r.text for r in refused[:3] + refused[4:])
+    assert call(app, far, [("/static/signin.js", {})])[0].status_code == 200
     ok = call(app, far, [("/api/page", {"authorization": f"Bearer {TOKEN}"})])
     assert ok[0].status_code == 200
-    signed = call(app, far, [(f"/?token={TOKEN}", {}), ("/", {}), ("/api/page", {})])
-    assert signed[0].status_code == 303 and signed[0].headers["location"] == "/"
-    cookie = signed[0].headers["set-cookie"].lower()
-    assert f"{page.COOKIE}={TOKEN}".lower() in cookie
-    assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
-    assert [r.status_code for r in signed[1:]] == [200, 200]
+
+    async def sign_in(http: httpx.AsyncClient) -> list[httpx.Response]:
+        wrong = await http.post("/api/session", json={"token": "wrong"})
+        right = await http.post("/api/session", json={"token": TOKEN})
+        after = [await http.get(p) for p in ("/", "/api/page", "/static/page.js")]
+        out = await http.delete("/api/session")
+        gone = await http.get("/api/page")
+        return [wrong, right, *after, out, gone]
+
+    wrong, right, *after, out, gone = session(app, far, sign_in)
+    assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+    assert right.status_code == 204
+    cookie = right.headers["set-cookie"]
+    assert TOKEN not in cookie and cookie.startswith(f"{page.COOKIE}=")
+    lowered = cookie.lower()
+    assert "httponly" in lowered and "samesite=strict" in lowered and "path=/" in lowered
+    assert "max-age=43200" in lowered and "secure" not in lowered
+    assert [r.status_code for r in after] == [200, 200, 200]
+    assert out.status_code == 204 and gone.status_code == 401
+    assert TOKEN not in "".join(r.text for r in (wrong, right, *after, out, gone))
+
+
+def test_session_cookie_is_secure_over_https_and_expires(tmp_path: Path) -> None:
+    """Over HTTPS the session cookie is Secure; past its lifetime the session is refused."""
+    seed(tmp_path)
+    now = [1000.0]
+    sessions = Sessions(60, clock=lambda: now[0])
+    app = Starlette(routes=page.routes(tmp_path, bearer, sessions=sessions))
+
+    async def sign_in(http: httpx.AsyncClient) -> list[httpx.Response]:
+        right = await http.post("/api/session", headers={"authorization": f"Bearer {TOKEN}"})
+        fresh = await http.get("/api/page")
+        now[0] += 61
+        stale = await http.get("/api/page")
+        return [right, fresh, stale]
+
+    right, fresh, stale = session(app, "10.213.0.99", sign_in, base_url="https://gitops")
+    assert right.status_code == 204
+    assert "secure" in right.headers["set-cookie"].lower()
+    assert "max-age=60" in right.headers["set-cookie"].lower()
+    assert fresh.status_code == 200 and stale.status_code == 401
 
 
 def test_without_authorize_only_loopback(tmp_path: Path) -> None:

@@ -80,13 +80,14 @@ def _gitlab_mr(action: str = "update", oldrev: str | None = "b" * 40, *, source:
 
 
 def _signed(provider: str, body: bytes) -> dict[str, str]:
+    json_ = {"Content-Type": "application/json"}  # as every provider sends a JSON delivery
     if provider == "github":
-        return {"X-GitHub-Event": "pull_request",
+        return {**json_, "X-GitHub-Event": "pull_request",
                 "X-Hub-Signature-256": "sha256=" + hmac_sha256_hex(SECRET, body)}
     if provider == "gitea":
-        return {"X-Gitea-Event": "pull_request", "X-GitHub-Event": "pull_request",
+        return {**json_, "X-Gitea-Event": "pull_request", "X-GitHub-Event": "pull_request",
                 "X-Gitea-Signature": hmac_sha256_hex(SECRET, body)}
-    return {"X-Gitlab-Event": "Merge Request Hook", "X-Gitlab-Token": SECRET}
+    return {**json_, "X-Gitlab-Event": "Merge Request Hook", "X-Gitlab-Token": SECRET}
 
 
 # -- webhooks ------------------------------------------------------------------------------

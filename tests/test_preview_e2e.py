@@ -141,7 +141,8 @@ class Setup:
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.port}/hooks/lab", data=body, method="POST",
             headers={"Content-Type": "application/json", "X-GitHub-Event": "pull_request",
-                     "X-GitHub-Delivery": "1", "X-Hub-Signature-256": f"sha256={signature}"})
+                     "X-GitHub-Delivery": f"{number}-{action}-{sha}",  # one per delivery
+                     "X-Hub-Signature-256": f"sha256={signature}"})
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 assert response.status == status

@@ -84,7 +84,9 @@ class Running:
     url: str
 
     def client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10)
+        """A client as the CLI is: every request says its body is JSON."""
+        return httpx.Client(base_url=self.url, timeout=10,
+                            headers={"Content-Type": "application/json"})
 
 
 @pytest.fixture(autouse=True)
@@ -381,8 +383,9 @@ def test_api_without_configured_token_refuses_other_clients() -> None:
 
     async def call() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=("10.213.0.99", 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://gitops") as http:
-            return await http.post("/api/environments/prod/reconcile")
+        async with httpx.AsyncClient(transport=transport,
+                                     base_url="http://127.0.0.1:9469") as http:
+            return await http.post("/api/environments/prod/reconcile", json={})
 
     response = asyncio.run(call())
     assert response.status_code == 403

@@ -271,7 +271,8 @@ def test_postmortem_api_needs_the_token_and_records_the_actor(
     async def post(path: str, body: Any, token: str | None) -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 40000))
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with httpx.AsyncClient(transport=transport, base_url="http://gitops") as http:
+        async with httpx.AsyncClient(transport=transport,
+                                     base_url="http://127.0.0.1:9469") as http:
             return await http.post(path, json=body, headers=headers)
 
     refused = asyncio.run(post(f"/api/incidents/{iid}/annotate", {"summary": "x"}, None))

@@ -609,6 +609,10 @@
     const updated = document.getElementById("updated");
     try {
       const response = await fetch("/api/page", { credentials: "same-origin", cache: "no-store" });
+      if (response.status === 401) {  // the session expired: the page shows the sign-in form
+        window.location.reload();
+        return;
+      }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       const text = await response.text();
       if (text !== lastText) {
