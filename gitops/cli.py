@@ -266,6 +266,12 @@ class _Main(click.Group):
             where = f": {exc.filename}" if exc.filename else ""
             click.secho(f"error: {exc.strerror or exc}{where}", fg="red", err=True)
             sys.exit(EXIT_FAILED)
+        except Exception as exc:
+            lab = sys.modules.get("gitops.lab.common")  # loaded if it raised: no import here
+            if lab is None or not isinstance(exc, lab.LabError):
+                raise
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(int(getattr(exc, "exit_code", 2)))
 
 
 @click.group(cls=_Main, epilog=EXIT_CODES)
@@ -1173,6 +1179,7 @@ def run() -> None:
     import signal
 
     from gitops import metrics, page, server
+    from gitops.limits import HttpLimits
     from gitops.loop import Daemon
     from gitops.sessions import Sessions
 
@@ -1186,7 +1193,8 @@ def run() -> None:
             *page.routes(s.state_dir, authorize, Database.of(s), chain=daemon.chain,
                          sessions=Sessions(s.session_hours * 3600))],
             previews=daemon.previews)
-        http, thread = server.start_in_thread(app, s.listen)
+        http, thread = server.start_in_thread(
+            app, s.listen, limits=HttpLimits(per_client=s.max_client_requests))
     except GitopsError as exc:
         _fail(exc, False)
     stopping: list[int] = []

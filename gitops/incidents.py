@@ -459,6 +459,15 @@ def _duration(seconds: float | None) -> str:
     return f"{h}h {m:02d}m {sec:02d}s" if h else f"{m}m {sec:02d}s"
 
 
+def _code(text: str) -> str:
+    """``text`` as inline code (backticks inside it lengthen the delimiters)."""
+    body = text.replace("\n", " ")
+    tick = "`"
+    while tick in body:
+        tick += "`"
+    return f"{tick} {body} {tick}" if tick != "`" else f"`{body}`"
+
+
 def _fence(text: str) -> str:
     body = text.rstrip("\n")
     fence = "```"
@@ -467,8 +476,14 @@ def _fence(text: str) -> str:
     return f"{fence}text\n{body}\n{fence}"
 
 
+def _inline(text: str | None) -> str:
+    """``text`` (from a commit, a run or a person) for Markdown outside a code block: its HTML
+    escaped, so a viewer that renders HTML shows ``<script>`` rather than running it."""
+    return (text or "").replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _cell(text: str | None) -> str:
-    return (text or "").replace("|", "\\|").replace("\n", " ")
+    return _inline(text).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(incident: Incident) -> str:
@@ -476,7 +491,7 @@ def render_markdown(incident: Incident) -> str:
     i = incident
     c = i.commit
     title = _first_line(c.get("message")) or "no commit message"
-    lines = [f"# Incident {i.id}: {i.cause} of {_short(c.get('sha'))} ({title})", ""]
+    lines = [f"# Incident {i.id}: {i.cause} of {_short(c.get('sha'))} ({_cell(title)})", ""]
     restored = i.restored_by
     rows = [
         ("Environment", i.environment),
@@ -508,23 +523,27 @@ def render_markdown(incident: Incident) -> str:
     if i.plan:
         lines += ["## Plan", ""]
         for host in i.plan:
-            changes = ", ".join(host["changes"]) or "no changes"
-            lines.append(f"- **{host['host']}**: {changes}"
-                         + (f" (plan error: {host['error']})" if host.get("error") else ""))
+            changes = _cell(", ".join(host["changes"])) or "no changes"
+            lines.append(f"- **{_cell(host['host'])}**: {changes}"
+                         + (f" (plan error: {_cell(host['error'])})" if host.get("error")
+                            else ""))
         lines.append("")
     lines += ["## What failed", ""]
     if not i.failures:
         lines += ["No failed run is recorded in this incident.", ""]
     for f in i.failures:
-        lines += [f"### {f['host']} ({f['kind']} run {f['run_id']} of {_short(f['sha'])})", ""]
+        lines += [f"### {_cell(f['host'])} ({f['kind']} run {f['run_id']} of "
+                  f"{_short(f['sha'])})", ""]
         if f["error"]:
             lines += ["Host error:", "", _fence(f["error"]), ""]
         for op in f["ops"]:
-            lines += [f"Operation failed: `{op['service'] or '-'}: {op['name']}`", ""]
+            what = f"{op['service'] or '-'}: {op['name']}"
+            lines += [f"Operation failed: {_code(what)}", ""]
             if op["stderr"]:
                 lines += [_fence(op["stderr"]), ""]
         for chk in f["checks"]:
-            lines += [f"Check {chk['status']}: `{chk['service']}/{chk['check']}`", ""]
+            lines += [f"Check {_cell(chk['status'])}: "
+                      f"{_code(chk['service'] + '/' + chk['check'])}", ""]
             if chk["message"]:
                 lines += [_fence(chk["message"]), ""]
     lines += _postmortem_markdown(i)
@@ -549,14 +568,14 @@ _PROMPTS = {
 
 
 def _entry(entry: dict[str, Any]) -> str:
-    return f"{entry['text']} _({entry['by']}, {entry['at'][:16]})_"
+    return f"{_inline(entry['text'])} _({_cell(entry['by'])}, {entry['at'][:16]})_"
 
 
 def _postmortem_markdown(i: Incident) -> list[str]:
     pm = i.postmortem or postmortem([], [])
     state = ("reviewed" if pm["reviewed"] else
              "not reviewed yet (it needs a summary, and an owning team for every action item)")
-    lines = ["## Post-mortem", "", f"Status: {state}." + (f" Owning team: {i.team}."
+    lines = ["## Post-mortem", "", f"Status: {state}." + (f" Owning team: {_cell(i.team)}."
                                                         if i.team else ""), ""]
     for key, title in SECTIONS.items():
         lines += [f"### {title}", ""]

@@ -15,7 +15,9 @@
   incidents are kept between polls in a ``RecordCache`` until the record changes (a run
   starts or finishes, a revision is quarantined or verified everywhere, someone writes into
   a post-mortem, a team owns other environments) or the hour turns, so a poll with no new
-  run recomputes none of them;
+  run recomputes none of them; the whole answer, its long texts cut (``page_answer``), is
+  kept as bytes until anything it shows changes (``Store.page_mark``), so N viewers cost
+  one build;
 - ``GET /api/page/runs/{id}``: one run with its per-host, per-operation and per-check detail;
 - ``GET /previews/{id}``: one preview's full report (what a pull request comment points to
   when the host's size limit cut it), and the page lists the latest previews.
@@ -44,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gitops.page_answer import PageAnswers, bounded, serialize
 from gitops.promotion import Link, pipeline
 from gitops.records import APPLY_KINDS, CheckRow, Ref, RunRow, StatusRow
 from gitops.sessions import COOKIE, Sessions
@@ -180,7 +183,7 @@ def run_detail(store: Store, run_id: int) -> dict[str, Any] | None:
              "ops": [op.model_dump(mode="json", exclude={"diff"}) for op in h.ops]}
             for h in detail.plan.hosts
         ]}
-    return run
+    return cast(dict[str, Any], bounded(run))
 
 
 def _ready(row: StatusRow | None) -> str:
@@ -419,14 +422,17 @@ def _refuse_html(refused: Response, again: bool) -> Response:
 
 def routes(state_dir: Path, authorize: Authorize | None,
            database: Database | None = None, chain: Sequence[Link] = (),
-           sessions: Sessions | None = None) -> list[BaseRoute]:
+           sessions: Sessions | None = None,
+           answers: PageAnswers | None = None) -> list[BaseRoute]:
     """The page's routes over the store in ``state_dir`` (or ``database``); ``authorize`` is
     the API's check (None: no token can be checked, so only loopback clients are served);
     ``chain``: the daemon's environments, for the promotion pipeline; ``sessions``: the
-    signed-in browsers (default: a table of 12-hour sessions)."""
+    signed-in browsers (default: a table of 12-hour sessions); ``answers``: where the
+    ``/api/page`` answer is kept (default: a new ``PageAnswers``)."""
     where = database or Database(state_dir)
     cache = RecordCache()
     sessions = sessions or Sessions(12 * 3600)
+    kept = answers or PageAnswers()
 
     def check(request: Request) -> Response | None:
         if is_local(request):
@@ -465,13 +471,14 @@ def routes(state_dir: Path, authorize: Authorize | None,
         if refused is not None:
             return refused
         try:
-            data = await run_in_threadpool(read, lambda store: page_data(store, chain=chain,
-                                                                    cache=cache))
+            body = await run_in_threadpool(read, lambda store: kept.get(
+                (store.page_mark(), _hour(None)),
+                lambda: page_data(store, chain=chain, cache=cache)))
         except NoStore:  # nothing recorded yet: an empty page
-            data = page_data(None, chain=chain)
+            body = serialize(page_data(None, chain=chain))
         except StoreOutdated as exc:
             return JSONResponse({"error": str(exc)}, status_code=503, headers=_HEADERS)
-        return JSONResponse(data, headers=_HEADERS)
+        return Response(body, media_type="application/json", headers=_HEADERS)
 
     async def api_run(request: Request) -> Response:
         refused = check(request)

@@ -21,6 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import anyio
+import anyio.to_thread
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -31,6 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from gitops import freetext
 from gitops.errors import GitopsError, LockHeld, PermanentError, TemporaryError, UsageError
+from gitops.limits import ClientLimit, HttpLimits, protocol
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.webguard import Guard, is_local
 from gitops.webguard import is_loopback as _is_loopback  # noqa: F401 (page, tests)
@@ -239,8 +242,11 @@ def create_app(
     authorize = make_authorize(settings)
     deliveries = RecentDeliveries()
 
+    health_threads = anyio.CapacityLimiter(2)  # not the shared pool page builds may fill
+
     async def healthz(request: Request) -> Response:
-        return JSONResponse(await run_in_threadpool(controller.health))
+        return JSONResponse(await anyio.to_thread.run_sync(controller.health,
+                                                           limiter=health_threads))
 
     async def hook(request: Request) -> Response:
         name = request.path_params["environment"]
@@ -578,16 +584,17 @@ def bind(listen: str) -> socket.socket:
     return sock
 
 
-def _server(app: Starlette, sock: socket.socket) -> uvicorn.Server:
-    """uvicorn over ``sock``; TLS and trusted proxies from the ``Transport`` that
-    ``create_app`` kept in the app's state (none for another app: plain HTTP, no proxy)."""
+def _server(app: Starlette, sock: socket.socket, limits: HttpLimits) -> uvicorn.Server:
+    """uvicorn over ``sock`` within ``limits``; TLS and trusted proxies from the
+    ``Transport`` that ``create_app`` kept in the app's state (none for another app: plain
+    HTTP, no proxy)."""
     host, port = sock.getsockname()[:2]
     transport = getattr(app.state, "transport", None) or Transport()
     transport.check()
     for line in transport.describe():
         log.info("http %s: %s", f"{host}:{port}", line)
     config = uvicorn.Config(
-        app,
+        ClientLimit(app, limits),
         host=host,
         port=port,
         log_level="warning",
@@ -596,6 +603,9 @@ def _server(app: Starlette, sock: socket.socket) -> uvicorn.Server:
         lifespan="off",
         server_header=False,
         **transport.uvicorn_options(),
+        limit_concurrency=limits.connections,
+        timeout_keep_alive=limits.keep_alive,
+        http=protocol(limits),
     )
     return uvicorn.Server(config)
 
@@ -614,15 +624,17 @@ def _run(server: uvicorn.Server, sock: socket.socket, stop_event: threading.Even
         sock.close()
 
 
-def serve(app: Starlette, listen: str, stop_event: threading.Event | None = None) -> None:
-    """Serve ``app`` on ``listen`` until ``stop_event`` is set (or, in the main thread, a signal).
+def serve(app: Starlette, listen: str, stop_event: threading.Event | None = None,
+          limits: HttpLimits = HttpLimits()) -> None:
+    """Serve ``app`` on ``listen`` until ``stop_event`` is set (or, in the main thread, a signal),
+    within ``limits`` (``gitops.limits``).
 
     In the main thread uvicorn handles SIGINT/SIGTERM itself; the daemon, which has its own
     SIGTERM handling, should rather use ``start_in_thread``.
     """
     sock = bind(listen)
     try:
-        server = _server(app, sock)
+        server = _server(app, sock, limits)
     except BaseException:
         sock.close()
         raise
@@ -630,9 +642,10 @@ def serve(app: Starlette, listen: str, stop_event: threading.Event | None = None
 
 
 def start_in_thread(
-    app: Starlette, listen: str, *, timeout: float = 10.0
+    app: Starlette, listen: str, *, timeout: float = 10.0, limits: HttpLimits = HttpLimits()
 ) -> tuple[uvicorn.Server, threading.Thread]:
-    """Serve ``app`` from a daemon thread; returns once it accepts connections.
+    """Serve ``app`` from a daemon thread, within ``limits`` (``gitops.limits``); returns
+    once it accepts connections.
 
     The address is bound here, so a port in use raises ``UsageError`` in the caller. Stop it
     with ``stop(server, thread)``; ``bound_port(server)`` tells the port when ``listen`` ends
@@ -640,7 +653,7 @@ def start_in_thread(
     """
     sock = bind(listen)
     try:
-        server = _server(app, sock)
+        server = _server(app, sock, limits)
     except BaseException:
         sock.close()
         raise

@@ -10,8 +10,10 @@ named by file or environment variable, and a ``GITOPS_*`` variable of a secret s
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -59,6 +61,32 @@ def settings_file() -> Path | None:
     return None
 
 
+_warned: set[Path] = set()
+_warned_lock = threading.Lock()
+_PUBLIC_KEY = Path(__file__).resolve().parent / "lab" / "demo-age-key.txt"
+"""The lab's demo age key: public by design (``gitops.load.DEMO_AGE_KEY``), never warned of."""
+
+
+def _warn_if_open(path: Path) -> None:
+    """Say once (logger ``gitops.settings``) when a secret file can be read or written by
+    others than its owner, as ssh does for a private key; it is used all the same."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        public = path.resolve() == _PUBLIC_KEY
+    except OSError:
+        return  # reading it says why
+    if not mode & 0o077 or public:
+        return
+    with _warned_lock:
+        if path in _warned:
+            return
+        _warned.add(path)
+    who = "everyone" if mode & 0o007 else "its group"
+    logging.getLogger("gitops.settings").warning(
+        "warning: secret file %s has mode %04o: %s can reach it (chmod 600 %s)",
+        path, mode, who, path)
+
+
 class SecretRef(BaseModel):
     """Where a secret is: an environment variable or a file. Never the secret itself."""
 
@@ -86,6 +114,7 @@ class SecretRef(BaseModel):
         else:
             assert self.file is not None
             try:
+                _warn_if_open(self.file)
                 value = self.file.read_text().strip()
             except OSError as exc:
                 raise UsageError(f"secret {self.where}: {exc.strerror}") from None
@@ -371,6 +400,10 @@ class Settings(BaseSettings):
     """Where incident reports (Markdown) are written; default ``<state_dir>/reports``."""
     max_body: int = Field(default=1_048_576, gt=0)
     """Largest webhook body accepted (bytes); larger gets 413."""
+    max_client_requests: int = Field(default=16, ge=1, le=10_000)
+    """Requests one client address may have in flight at once; more get 429 with
+    Retry-After (``/healthz`` is not counted). Behind a proxy not named as trusted, every
+    client has the proxy's address: raise it."""
     retention: Retention = Retention()
     """What the daemon prunes from the state folder after runs."""
     sops: SopsSettings = SopsSettings()

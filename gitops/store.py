@@ -1163,6 +1163,23 @@ class Store:
             "SELECT MAX(id), MAX(finished_at), (SELECT COUNT(*) FROM quarantine),"
             " (SELECT COUNT(*) FROM verified_revisions) FROM runs").fetchone())
 
+    def page_mark(self) -> tuple[Any, ...]:
+        """``change_mark`` and ``postmortem_mark``, and whatever else the status page shows
+        that changes without them: a host's status, the controls, the quarantine, the live
+        leases' holders, the previews, the services kept, the owners."""
+        one = self.db.execute(
+            "SELECT (SELECT MAX(updated_at) FROM status), (SELECT COUNT(*) FROM status),"
+            " (SELECT MAX(updated_at) FROM installed), (SELECT COUNT(*) FROM installed),"
+            " (SELECT MAX(updated_at) FROM owners), (SELECT COUNT(*) FROM owners),"
+            " (SELECT MAX(id) FROM previews)").fetchone()
+        tables = tuple(tuple(tuple(r) for r in self.db.execute(sql).fetchall()) for sql in (
+            "SELECT * FROM controls ORDER BY environment",
+            "SELECT environment, sha FROM quarantine ORDER BY environment, sha",
+            "SELECT id, state FROM previews WHERE state IN ('queued', 'running')"
+            " OR finished_at IS NULL ORDER BY id"))
+        holders = tuple((ls.environment, ls.holder) for ls in self.leases() if ls.live)
+        return (tuple(self.change_mark()), self.postmortem_mark(), tuple(one), tables, holders)
+
     def max_run_id(self) -> int:
         return int(self.db.execute("SELECT MAX(id) FROM runs").fetchone()[0] or 0)
 

@@ -178,3 +178,28 @@ def test_incidents_filter_and_large_history(store: Store) -> None:
     assert causes == {"failed rollout", "drift correction"}
     assert incidents(store, "other") == []
     assert len({i.id for i in found}) == len(found)
+
+
+def test_markdown_escapes_html_from_commits_and_postmortems(tmp_path: Path,
+                                                           store: Store) -> None:
+    """HTML in a commit message, its author, a post-mortem note and an action item reaches
+    the report escaped (shown as text by a viewer that renders HTML), not as markup."""
+    from gitops.incidents import add_action, annotate
+
+    hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>"
+    record(store, "reconcile", "good", start=T0, seconds=10, result="succeeded")
+    record(store, "reconcile", hostile, start=T0 + timedelta(hours=1), seconds=10,
+           result="failed", failed_checks={"host1": "check said <b>no</b>"})
+    [inc] = incidents(store)
+    annotate(store, inc.id, {"summary": "it broke <img src=y onerror=alert(3)>"},
+             actor="<script>who</script>")
+    add_action(store, inc.id, "fix <script>alert(4)</script>", None, actor="ann")
+    [path] = write_reports(store, tmp_path / "reports")
+    text = path.read_text()
+    outside_code = text.split("```")[::2]  # fenced blocks are shown verbatim by any viewer
+    for part in outside_code:
+        assert "<script" not in part.lower() and "<img" not in part.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x onerror=alert(2)&gt;" in text
+    assert "it broke &lt;img src=y onerror=alert(3)&gt;" in text
+    assert "fix &lt;script&gt;alert(4)&lt;/script&gt;" in text
+    assert "&lt;script&gt;who&lt;/script&gt;" in text

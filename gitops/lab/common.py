@@ -75,8 +75,9 @@ def resolve_name(name: str | None) -> str:
     """The lab name: ``name``, else ``$GITOPS_LAB_NAME``, else ``gitops``; validated."""
     value = name if name is not None else os.environ.get("GITOPS_LAB_NAME") or DEFAULT_NAME
     if not _NAME_RE.match(value):
+        where = " (GITOPS_LAB_NAME)" if name is None else ""
         raise LabError(
-            f"invalid lab name {value!r}: use 1 to 8 characters of [a-z0-9]", exit_code=2
+            f"invalid lab name {value!r}{where}: use 1 to 8 characters of [a-z0-9]", exit_code=2
         )
     return value
 
