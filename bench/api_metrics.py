@@ -161,7 +161,7 @@ def main() -> None:
 
     with built_store(args) as (state_dir, built_s, size_mb):
         paths = ["/metrics", "/api/hosts", "/api/environments", "/api/runs?limit=20",
-                 "/api/runs/500", "/api/delivery"]
+                 f"/api/runs/{max(1, args.runs // 2)}", "/api/delivery"]
         app = Starlette(routes=[*routes(state_dir, None),
                                 Route("/api/trivial", trivial, methods=["GET"])])
         server, thread = start_in_thread(app, "127.0.0.1:0")

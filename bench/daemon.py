@@ -1,8 +1,9 @@
 """Benchmark: the daemon (``gitops run``) against the "Speed" goals of issue 4.
 
 Run as root: ``python bench/daemon.py [--idle 600] [--cycles 50] [--rounds 5] [--commits 5]
-[--hooks 20] [--no-results]``. Brings up lab ``dbench2`` (20 hosts) and lab ``dbench1`` (3 hosts),
-builds temporary state repositories from the committed sample and measures:
+[--hooks 20] [--no-results]``. Brings up lab ``dbench2`` (20 hosts) and lab ``dbench1`` (3 hosts)
+(with $GITOPS_LAB_NAME set: its first five characters + ``d2``, ``d1``), builds temporary state
+repositories from the committed sample and measures:
 
 1. No new commit: CPU of one ``Daemon._cycle`` (in this process: ``time.process_time()`` plus
    the ``RUSAGE_CHILDREN`` delta, i.e. ``git ls-remote``), over CYCLES cycles on the converged
@@ -67,7 +68,8 @@ from verify_vs_floor import ssh_floor
 
 import gitops.lab as lab
 
-BIG, SMALL = "dbench2", "dbench1"
+_OWN = os.environ.get("GITOPS_LAB_NAME", "")[:5]  # the labs of the caller's name, if named
+BIG, SMALL = (f"{_OWN}d2", f"{_OWN}d1") if _OWN else ("dbench2", "dbench1")
 BIG_HOSTS, SMALL_HOSTS = 20, 3
 HOOK_SECRET = "bench-daemon-webhook-secret"
 GIT_ID = ["-c", "user.name=bench", "-c", "user.email=bench@localhost"]

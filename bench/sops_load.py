@@ -23,6 +23,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 from pyrage import x25519
@@ -38,11 +39,15 @@ GOAL_MS = 100.0
 FILE_TEXT = "".join(f"SETTING_{i}=value-{i}-{'x' * 24}\n" for i in range(40))
 
 
-def _sample(dest: Path) -> dict[str, object]:
+def _sample(dest: Path) -> dict[str, Any]:
     shutil.copytree(ROOT / "deploys", dest / "deploys",
                     ignore=shutil.ignore_patterns("__pycache__"))
     (dest / "inventories").mkdir()
-    inventory: dict[str, object] = yaml.safe_load((ROOT / "inventories/lab.yml").read_text())
+    inventory: dict[str, Any] = yaml.safe_load((ROOT / "inventories/lab.yml").read_text())
+    # addresses of its own (TEST-NET, never contacted): loading needs no lab up
+    inventory["settings"]["source"] = "inventory"
+    for i, host in enumerate(inventory["hosts"].values(), start=1):
+        host["address"] = f"192.0.2.{i}"
     return inventory
 
 
@@ -51,7 +56,7 @@ def build(base: Path, recipient: str) -> tuple[Path, Path]:
     values = {f"secret_{i}": f"s3cret-value-{i}-{os.urandom(8).hex()}" for i in range(VALUES)}
     plain, encrypted = base / "plain", base / "encrypted"
     inv = _sample(plain)
-    inv["groups"]["all"]["vars"] = dict(values)  # type: ignore[index]
+    inv["groups"]["all"]["vars"] = dict(values)
     (plain / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
     (plain / "deploys/app/files/settings.conf").write_text(FILE_TEXT)
 

@@ -26,7 +26,6 @@ head must be signed as the environment's ``verify_commits`` says, before anythin
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import threading
@@ -41,6 +40,7 @@ from gitops import lab as lab_api
 from gitops import notify, sandbox, source
 from gitops import verify as verify_stage
 from gitops.errors import GitopsError, InvalidDeclaration, RevisionNotFound, UsageError
+from gitops.lab import locks
 from gitops.lab.common import lab_parent, missing_prerequisites, prerequisites_message
 from gitops.reconcile import fingerprints
 from gitops.records import ApplyReport, Plan, PreviewReport, PreviewResult, Revision
@@ -261,16 +261,10 @@ class _Clock:
 
 @contextlib.contextmanager
 def slot_lock(name: str, *, wait: bool = False) -> Iterator[bool]:
-    """Hold preview lab ``name`` (True) or learn that another process does (False)."""
-    parent = lab_parent()
-    parent.mkdir(parents=True, exist_ok=True)
-    with open(parent / f"{name}.preview.lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        yield True
+    """Hold preview lab ``name`` (True) or learn that another process does (False); the
+    lock file goes with the lock (``gitops lab prune`` keeps it while it is held)."""
+    with locks.held(locks.slot_lock_path(name), None if wait else 0) as mine:
+        yield mine
 
 
 class _LabHosts:

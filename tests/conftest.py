@@ -4,6 +4,7 @@ SQLite and on PostgreSQL.
 
 Lab tests are skipped (with the reason) when not root or the lab's tools are missing, unless
 the environment variable CI is set: then they fail, so CI cannot pass without running them.
+A session fails at its end when a lab it made is down but left files in the lab folder.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import pytest
 from pgserver import PgServer
 
 import gitops.lab as lab_api
-from gitops.lab.common import missing_prerequisites, prerequisites_message
+from gitops.lab import leftovers
+from gitops.lab.common import lab_parent, missing_prerequisites, prerequisites_message
 from gitops.settings import SecretRef
 from gitops.store import Database
 
@@ -37,6 +39,37 @@ def in_ci() -> bool:
 def _lab_unavailable() -> str | None:
     missing = missing_prerequisites()
     return prerequisites_message(missing) if missing else None
+
+
+_LABS_AT_START: set[str] = set()
+
+
+def _session_labs() -> list[str]:
+    """Labs in the lab folder whose names derive from the session lab's (the side, preview
+    and benchmark labs the tests make), down (or a preview's) and held by no process."""
+    prefix = lab_api.resolve_name(None)[:5]
+    return [e.name for e in leftovers.labs() if e.name.startswith(prefix) and e.prunable]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Note the labs left before the session: only those it makes must be gone at its end."""
+    if _lab_unavailable() is None:
+        _LABS_AT_START.update(_session_labs())
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the session when a lab it made is down but left a folder or lock file behind."""
+    if _lab_unavailable() is not None or not session.items:
+        return
+    left = [name for name in _session_labs() if name not in _LABS_AT_START]
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        line = (f"labs the tests made are down but left files in {lab_parent()}: "
+                f"{', '.join(left)} (`gitops lab list`; `gitops lab prune` removes them)")
+        if reporter is not None:
+            reporter.write("\n")
+            reporter.write_line(f"FAILED {line}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

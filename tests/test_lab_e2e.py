@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -29,6 +30,18 @@ def side_lab(tag: str) -> str:
     """A lab name of its own for one test, derived from the session lab's name, so that two
     engineers running the suite with different GITOPS_LAB_NAME never share it."""
     return lab_api.resolve_name(None)[:5] + tag
+
+
+def _same_subnet_pair(prefix: str) -> tuple[str, str]:
+    """Two lab names ``prefix`` + two letters whose names hash to one /24."""
+    seen: dict[object, str] = {}
+    for tag in (a + b for a in string.ascii_lowercase for b in string.ascii_lowercase):
+        name = prefix + tag
+        net = lab_api.default_subnet(name)
+        if net in seen:
+            return seen[net], name
+        seen[net] = name
+    raise AssertionError(f"no two names {prefix}xx share a subnet")
 
 
 def ssh(info: lab_api.LabInfo, host: str, command: str, timeout: float = 120) -> str:
@@ -182,12 +195,16 @@ def test_failed_boot_names_the_host_and_rolls_back(monkeypatch: pytest.MonkeyPat
     lab_api.down(name)
     before = snapshot(name)
     monkeypatch.setattr(lab_api, "BOOT_TIMEOUT", -1000.0)  # the deadline has passed already
-    with pytest.raises(lab_api.LabError, match=r"host lab-\d \(10\.213\.\d+\.1\d\) did not"):
+    with pytest.raises(lab_api.LabError, match=r"host lab-\d \(10\.213\.\d+\.1\d\) did not") as exc:
         lab_api.up(hosts=2, name=name)
     assert lab_hosts.find_nspawn(name) == {}
     assert lab_hosts.find_helpers(name, lab_api.common.state_dir(name)) == []
     assert lab_api.current(name) is None
     assert snapshot(name) == before
+    log = Path(str(exc.value).rsplit("see ", 1)[1])
+    assert log.is_file()  # the log the message names stays until `lab down`
+    lab_api.down(name)
+    assert not lab_api.common.state_dir(name).exists()
 
 
 def test_unknown_lab_status_and_down_are_harmless() -> None:
@@ -205,7 +222,7 @@ def test_unknown_lab_status_and_down_are_harmless() -> None:
 def test_two_labs_started_together_get_different_subnets() -> None:
     """Two labs whose names hash to one /24, started at the same moment, both come up, each
     on its own subnet (the second moves to the next free one)."""
-    names = ("raceak", "racear")  # both hash to 10.213.250.0/24
+    names = _same_subnet_pair(side_lab("r"))
     assert lab_api.default_subnet(names[0]) == lab_api.default_subnet(names[1])
     for name in names:
         lab_api.down(name)

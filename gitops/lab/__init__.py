@@ -7,15 +7,16 @@ with ``LabInfo``/``LabHost``/``HostStatus`` and ``LabError``.
 Lab NAME prefixes everything it makes with ``NAME-``: bridge ``NAME-br``, veths ``NAME-vI``,
 namespaces, machines and cgroups ``NAME-lab-I``; its mirror runs with ``--lab=NAME``. Its
 files are in ``$GITOPS_LAB_DIR/NAME/`` (default ``/var/lib/gitops/lab/NAME/``):
-``id_ed25519`` (+ ``.pub``, kept across runs), ``authorized_keys``, ``ssh_config``,
+``id_ed25519`` (+ ``.pub``), ``authorized_keys``, ``ssh_config``,
 ``inventory.yml``, ``sources.list`` (the hosts' apt source), ``lab.json`` (present while the
-lab is up), ``pids/*.pid``, ``logs/*.log`` (kept) and SSH control sockets ``cm-*``.
+lab is up), ``pids/*.pid``, ``logs/*.log`` and SSH control sockets ``cm-*``. ``down`` removes
+the folder; an ``up`` that fails leaves only the key and the logs its message names, until
+``down`` (or ``gitops lab prune``, ``gitops.lab.leftovers``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -25,7 +26,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import yaml
 
 from gitops.lab import hosts as _hosts
 from gitops.lab import image as _image
+from gitops.lab import locks as _locks
 from gitops.lab import mirror as _mirror
 from gitops.lab import network as _network
 from gitops.lab import packages as _packages
@@ -40,6 +42,7 @@ from gitops.lab.common import (
     DEFAULT_NAME,
     MAX_HOSTS,
     HostStatus,
+    LabBusy,
     LabError,
     LabHost,
     LabInfo,
@@ -49,7 +52,6 @@ from gitops.lab.common import (
     default_subnet,
     host_address,
     host_name,
-    lab_parent,
     machine_name,
     parse_subnet,
     resolve_name,
@@ -61,6 +63,7 @@ from gitops.lab.image import MIRROR_PACKAGES
 __all__ = [
     "MIRROR_PACKAGES",
     "HostStatus",
+    "LabBusy",
     "LabError",
     "LabHost",
     "LabInfo",
@@ -121,19 +124,11 @@ def render_inventory(key_file: Path, hosts: tuple[LabHost, ...]) -> str:
 
 @contextlib.contextmanager
 def _locked(name: str, wait: float) -> Iterator[None]:
-    """Hold the lab's lock (one up/down at a time per name); a killed holder releases it."""
-    parent = lab_parent()
-    parent.mkdir(parents=True, exist_ok=True)
-    with open(parent / f"{name}.lock", "w") as fh:
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError as exc:
-                if time.monotonic() >= deadline:
-                    raise LabError(f"lab {name}: another `gitops lab up/down` is running") from exc
-                time.sleep(0.1)
+    """Hold the lab's lock (one up/down at a time per name); a killed holder releases it.
+    The lock file goes when it is released (``gitops.lab.locks``)."""
+    with _locks.held(_locks.lab_lock(name), wait) as mine:
+        if not mine:
+            raise LabBusy(f"lab {name}: another `gitops lab up/down` is running")
         yield
 
 
@@ -418,14 +413,25 @@ def _boot(name: str, net: ipaddress.IPv4Network, count: int, img: Path, *,
     return _info(name, data)
 
 
-def down(name: str | None = None) -> None:
-    """Remove everything lab ``name`` made (also after a crash); a no-op if nothing is left."""
+def down(name: str | None = None, *, wait: float = 30,
+         unless: Callable[[], bool] | None = None) -> bool:
+    """Remove everything lab ``name`` made (also after a crash), its folder and lock file
+    included; a no-op if nothing is left. The shared base image and package cache stay.
+
+    Waits ``wait`` seconds for an ``up``/``down`` of that name (then LabBusy). ``unless``,
+    asked once the lab's lock is held, keeps the lab when it returns True; returns whether
+    the lab was taken down.
+    """
     name = resolve_name(name)
     check_prerequisites(tools=("ip",))
-    with _locked(name, wait=30):
+    with _locked(name, wait=wait):
+        if unless is not None and unless():
+            return False
         _teardown(name)
         with _network.machine_lock():
             _network.release_mounts(any_lab_left=_hosts.any_nspawn_running())
+        shutil.rmtree(state_dir(name), ignore_errors=True)  # its key and logs too
+    return True
 
 
 def status(name: str | None = None) -> list[HostStatus]:

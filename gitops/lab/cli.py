@@ -1,4 +1,4 @@
-"""``gitops lab up|down|status``: thin click commands over the ``gitops.lab`` API.
+"""``gitops lab up|down|status|list|prune``: thin click commands over the ``gitops.lab`` API.
 
 Registered in ``gitops.cli``. Errors print one line (no traceback) to stderr.
 """
@@ -15,7 +15,9 @@ from typing import TypeVar
 import click
 
 import gitops.lab as api
-from gitops.lab.common import DEFAULT_NAME, LabError
+from gitops.lab import leftovers
+from gitops.lab.common import DEFAULT_NAME, LabError, lab_parent
+from gitops.lab.leftovers import LabEntry
 
 EXIT_CODES = """
 Exit codes: 0 done; 1 runtime failure or lab already up; 2 not root, missing tools
@@ -94,3 +96,57 @@ def status(as_json: bool, name: str | None) -> None:
     for r in rows:
         state = "ssh ok" if r.ssh else ("running, no ssh" if r.running else "not running")
         click.echo(f"  {r.name}  {r.address}  {state}")
+
+
+def _describe(entry: LabEntry) -> dict[str, object]:
+    return {**asdict(entry), "files": list(entry.files),
+            "held_by": [asdict(h) for h in entry.held_by]}
+
+
+def _line(entry: LabEntry) -> str:
+    if entry.up:
+        state = f"up, {entry.running}/{entry.hosts} hosts running"
+    elif entry.running:
+        state = f"down, {entry.running} hosts running"
+    else:
+        state = "down"
+    held = ", ".join(f"{h.what} pid {h.pid}" if h.pid else f"{h.what}, pid unknown"
+                     for h in entry.held_by)
+    kind = " (preview)" if entry.preview else ""
+    return (f"  {entry.name:<8}  {state}{kind}; held by {held or 'no process'}; "
+            f"files: {' '.join(entry.files) or '-'}")
+
+
+@lab.command(name="list", help="Every lab in the lab folder: up or down, what of it is left "
+             "(folder, lock files), which process holds it.\n" + EXIT_CODES)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_labs(as_json: bool) -> None:
+    found = _call(leftovers.labs)
+    if as_json:
+        click.echo(json.dumps([_describe(e) for e in found], indent=2))
+        return
+    if not found:
+        click.echo(f"no lab in {lab_parent()}")
+        return
+    click.echo(f"labs in {lab_parent()}:")
+    for entry in found:
+        click.echo(_line(entry))
+
+
+@lab.command(help="Take down every lab no process holds: each lab that is down (its folder "
+             "and lock files) and each preview lab no preview holds. A lab that is up stays "
+             "(`lab down` removes it); so does one whose up/down or preview runs.\n"
+             + EXIT_CODES)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def prune(as_json: bool) -> None:
+    removed, kept = _call(leftovers.prune)
+    if as_json:
+        click.echo(json.dumps({"removed": [_describe(e) for e in removed],
+                               "kept": [_describe(e) for e in kept]}, indent=2))
+        return
+    for entry in removed:
+        click.echo(f"lab {entry.name}: taken down ({' '.join(entry.files) or 'nothing left'})")
+    for entry in kept:
+        click.echo(f"kept:{_line(entry)}")
+    if not removed:
+        click.echo("nothing to prune")

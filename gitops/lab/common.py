@@ -40,6 +40,10 @@ class LabError(Exception):
         self.exit_code = exit_code
 
 
+class LabBusy(LabError):
+    """Another process runs an ``up`` or ``down`` of the lab."""
+
+
 @dataclass(frozen=True)
 class LabHost:
     """One lab host: its SSH/inventory name (``lab-i``) and its address."""

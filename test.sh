@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh Debian 12 machine, as root: install the system packages the
+# tests use (the lab's tools, chromium for the page, promtool, PostgreSQL), the project in
+# .venv, then run pytest. Arguments go to pytest (default: tests/); its exit code is this
+# script's. .ci/run runs this script with CI=true. Without root the packages are not
+# installed, and the tests that need them (lab, browser) are skipped.
+set -euo pipefail
+cd "$(dirname "$0")"
+export DEBIAN_FRONTEND=noninteractive
+
+# The one list of the suite's system packages.
+PACKAGES=(debootstrap systemd-container dpkg-dev openssh-client git python3-venv iproute2
+          vagrant gnupg chromium prometheus postgresql)
+
+if [ "$(id -u)" -eq 0 ]; then
+    missing=()
+    for pkg in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+            || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt-get update
+        apt-get install -y "${missing[@]}"
+    fi
+else
+    echo "test.sh: not root: system packages not installed; lab and browser tests skip" >&2
+fi
+
+if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+    .venv/bin/pip install --upgrade pip
+fi
+.venv/bin/pip install -q -e '.[dev,bench]'  # bench: ansible-core, for tests/test_bench_quick.py
+
+if [ "$#" -eq 0 ]; then
+    set -- tests/
+fi
+exec .venv/bin/python -m pytest "$@"
