@@ -63,7 +63,7 @@ def _settings(**overrides: Any) -> Settings:
         return s
     update: dict[str, Any] = {"environment": entry.environment}
     for name, value in (("repo", entry.repo), ("branch", entry.branch)):
-        if overrides.get(name) is None and f"GITOPS_{name.upper()}" not in os.environ:
+        if overrides.get(name) is None and not os.environ.get(f"GITOPS_{name.upper()}"):
             update[name] = value
     return s.model_copy(update=update)
 
@@ -298,7 +298,7 @@ def validate(as_json: bool, worktree: bool, **opts: Any) -> None:
             state = load(Path(s.repo), s.environment, keys=s.sops)
             where = f"{s.repo} (work tree)"
         else:
-            revision, state = pipeline.declared(target, _progress(as_json))
+            revision, state = pipeline.declared(target, _progress(as_json), keep=False)
             where = revision.ref
     except InvalidDeclaration as exc:
         if as_json:

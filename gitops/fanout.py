@@ -269,6 +269,7 @@ class Spread:
         journaled = any(j.journal and not j.dry for j in jobs)
         deadline = time.monotonic() + timeout + service.settings.fanout.start_timeout
         seen: dict[int, tuple[str, int]] = {}
+        noted: set[tuple[int, int]] = set()
         here: list[Future[None]] = []
         finished = False
         pool = ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="share-here")
@@ -281,13 +282,17 @@ class Spread:
                     for row, action in steps:
                         if seen.get(row.id) != (row.state, row.attempt):
                             seen[row.id] = (row.state, row.attempt)
+                            # said once per attempt after the first, the first time it is
+                            # seen running or over (a short one ends between two polls)
+                            again = (journaled and row.attempt > 1 and row.state != "queued"
+                                     and (row.id, row.attempt) not in noted)
+                            if again:
+                                noted.add((row.id, row.attempt))
                             say(f"share {row.id}: {row.state}"
                                 + (f" by {row.worker}" if row.worker else "")
                                 + (f" (attempt {row.attempt})" if row.attempt > 1 else "")
                                 + ("; an interrupted apply of it may have changed anything: "
-                                   "what depends on any operation runs again"
-                                   if row.state == "running" and row.attempt > 1
-                                   and journaled else ""))
+                                   "what depends on any operation runs again" if again else ""))
                         if action == "lost":
                             raise LeaseLost(f"{self.environment}: the lease was lost while its "
                                             "shares were applied; nothing of them is recorded")

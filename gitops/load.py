@@ -281,7 +281,13 @@ def load(
     if (keys is None or (keys.age_key is None and keys.pgp_key is None)) and \
             isinstance(declared, dict) and declared.get("source") == "lab":
         keys = SopsSettings(age_key=SecretRef(file=DEMO_AGE_KEY))  # the lab's demo key
-    data, secrets = sops.open_inventory(root, rel, data, text, keys, revision)
+    unopened: list[Problem] = []  # secrets no key opens: the rest is checked without them
+    try:
+        data, secrets = sops.open_inventory(root, rel, data, text, keys, revision)
+    except InvalidDeclaration as exc:
+        if "sops" in data:  # the inventory itself: nothing of it can be read
+            raise
+        unopened, secrets = list(exc.problems), set()  # its secrets file, left out
 
     problems = _Problems(rel, lines)
     inv = _validate_inventory(data, problems)
@@ -324,9 +330,13 @@ def load(
 
     hosts: list[DeclaredHost] = []
     seen_addresses: dict[tuple[str, int], str] = {}
+    # a group declared but invalid is one problem (said at the group), not one per host
+    raw_groups = data.get("groups") or {}
+    named = set(raw_groups) if isinstance(raw_groups, dict) else None
     for name, spec in inv.hosts.items():
         for i, group in enumerate(spec.groups):
-            if group != ALL_GROUP and group not in inv.groups:
+            if group != ALL_GROUP and group not in inv.groups and named is not None \
+                    and group not in named:
                 problems.add(("hosts", name, "groups", i), f"unknown group {group!r}")
         filled = _filled(sources.get(name, {}), inv.settings.source, ("hosts", name), problems)
         if filled is None:
@@ -352,7 +362,9 @@ def load(
         group_names = [ALL_GROUP, *[g for g in spec.groups if g != ALL_GROUP]]
         declared_on[name] = {s for g in group_names if g in inv.groups
                              for s in inv.groups[g].services} | set(spec.services)
-        params = _host_services(inv, name, group_names, services, models, problems)
+        # without the secrets the parameters are not whole: their models are not asked
+        params = _host_services(inv, name, group_names, services, models,
+                                _Problems(rel, lines) if unopened else problems)
         if not address:  # the source failed (reported once): the rest is still checked
             continue
         variables: dict[str, Any] = {}
@@ -373,10 +385,15 @@ def load(
 
     _check_requires(requires, declared_on, problems)
     removable = _removable(root, problems)
-    if problems.items:
-        ordered = sorted(problems.items, key=lambda p: (p.file != rel, p.file, p.line or 0))
+    secret_files: dict[str, str] = {}
+    try:
+        secret_files, file_secrets = sops.deploy_files(root, services, keys, revision)
+    except InvalidDeclaration as exc:
+        unopened += exc.problems
+    if problems.items or unopened:
+        ordered = sorted([*unopened, *problems.items],
+                         key=lambda p: (p.file != rel, p.file, p.line or 0))
         raise InvalidDeclaration(ordered, revision)
-    secret_files, file_secrets = sops.deploy_files(root, services, keys, revision)
     secrets |= file_secrets | sops.secret_params(models, hosts)
     return DeclaredState(
         environment=environment,
@@ -444,7 +461,7 @@ def _validate_inventory(data: dict[str, Any], problems: _Problems) -> InventoryF
             except ValueError as exc:
                 problems.add((section, name), str(exc))
                 continue
-            item = check(model, value, (section, name))
+            item = check(model, _empty_when_null(value), (section, name))
             if item is None:
                 continue
             for service in item.services:
@@ -460,6 +477,17 @@ def _validate_inventory(data: dict[str, Any], problems: _Problems) -> InventoryF
         groups=sections["groups"],
         hosts=sections["hosts"],
     )
+
+
+def _empty_when_null(value: Any) -> Any:
+    """``web:`` with nothing under it, as a group or as a service of a group or host: empty,
+    not null (a service so listed has no parameters; its model says if it needs some)."""
+    if value is None:
+        return {}
+    if isinstance(value, dict) and isinstance(value.get("services"), dict):
+        return {**value, "services": {k: {} if v is None else v
+                                      for k, v in value["services"].items()}}
+    return value
 
 
 class _Problems:

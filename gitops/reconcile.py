@@ -223,17 +223,22 @@ def _host_source(target: Target) -> Callable[[list[str]], dict[str, dict[str, An
     return from_vagrant
 
 
-def declared(target: Target, progress: Progress | None = None) -> tuple[Revision, DeclaredState]:
-    """Stages 1 and 2: fetch, snapshot, load. Raises on a bad source or declaration."""
+def declared(target: Target, progress: Progress | None = None, *,
+             keep: bool = True) -> tuple[Revision, DeclaredState]:
+    """Stages 1 and 2: fetch, snapshot, load. Raises on a bad source or declaration.
+    ``keep=False`` (``gitops validate``): no snapshot is left behind (the state's ``root``
+    is gone when this returns, unless a snapshot of that revision was already there)."""
     revision = source.fetch(target.repo, target.branch, target.state_dir)
-    return revision, _load(target, revision, progress or (lambda _: None))
+    return revision, _load(target, revision, progress or (lambda _: None), keep=keep)
 
 
-def _load(target: Target, revision: Revision, say: Progress) -> DeclaredState:
+def _load(target: Target, revision: Revision, say: Progress, *,
+          keep: bool = True) -> DeclaredState:
     say(f"revision {revision.ref} by {revision.author}: {revision.message.splitlines()[0]}")
-    snap = source.snapshot(target.repo, revision, target.state_dir)
-    state = load_stage.load(Path(snap.path), target.environment, revision=revision.ref,
-                            host_source=_host_source(target), keys=target.sops)
+    with (contextlib.nullcontext(source.snapshot(target.repo, revision, target.state_dir))
+          if keep else source.passing_snapshot(target.repo, revision, target.state_dir)) as snap:
+        state = load_stage.load(Path(snap.path), target.environment, revision=revision.ref,
+                                host_source=_host_source(target), keys=target.sops)
     say(f"{len(state.hosts)} hosts, services: {', '.join(state.service_order)}")
     for warning in state.warnings:
         say(f"warning: {warning}")

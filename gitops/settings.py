@@ -333,7 +333,9 @@ class FanoutSettings(BaseModel):
 
 class Settings(BaseSettings):
     # defer_build (here and in the sections above): built by the first load, not at import
-    model_config = SettingsConfigDict(env_prefix="GITOPS_", extra="forbid", defer_build=True)
+    # env_ignore_empty: ``GITOPS_SOPS=`` (set but empty, as CI templates leave it) is unset
+    model_config = SettingsConfigDict(env_prefix="GITOPS_", extra="forbid", defer_build=True,
+                                      env_ignore_empty=True)
 
     repo: str = "."
     """The state repository: a remote URL or a local path (its commits, not its work tree)."""
@@ -615,7 +617,7 @@ def _where(error: Any, given: dict[str, Any], path: Path | None,
     if top in given:
         return f"option --{top.replace('_', '-')}: {message}"
     variable = f"GITOPS_{top}".upper()
-    if top and any(k.upper() == variable for k in os.environ):
+    if top and any(k.upper() == variable and v for k, v in os.environ.items()):
         return f"environment variable {variable}: {message}"
     if path is None:
         return f"{field}: {message}"

@@ -33,8 +33,9 @@ from gitops.records import Revision, Snapshot
 if TYPE_CHECKING:  # GitPython is imported by the functions that call git: not by every command
     import git
 
-__all__ = ["PULL_REFS", "fetch", "fetch_ref", "mirror_path", "on_branch", "prune_refs",
-           "prune_snapshots", "prune_sources", "pull_ref", "redact", "resolve", "snapshot"]
+__all__ = ["PULL_REFS", "fetch", "fetch_ref", "mirror_path", "on_branch", "passing_snapshot",
+           "prune_refs", "prune_snapshots", "prune_sources", "pull_ref", "redact", "resolve",
+           "snapshot"]
 
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
@@ -339,30 +340,59 @@ def snapshot(url: str, revision: Revision, state_dir: Path) -> Snapshot:
         with contextlib.suppress(OSError):  # most recently used first, for pruning
             os.utime(target)
     else:
-        private_dir(state_dir)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        with _mirror(url, state_dir) as repo:
-            empty = not repo.git.ls_tree(revision.sha)  # its tar holds a pax header only
-            if not empty:
-                repo.archive(buffer, revision.sha, format="tar")
-        buffer.seek(0)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{revision.sha[:10]}-", dir=target.parent))
+        tmp = _extract(url, revision, state_dir)
         try:
-            if not empty:  # a commit of an empty tree: an empty snapshot
-                with tarfile.open(fileobj=buffer) as tar:
-                    tar.extractall(tmp, filter="data")
             tmp.rename(target)
-        except tarfile.FilterError as exc:  # a link out of the repository, a device file
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise InvalidDeclaration([Problem(exc.tarinfo.name, None, "", "a link to an "
-                                              "absolute path or outside the repository, or a "
-                                              "special file: not allowed")], revision.ref) from None
         except OSError:
             shutil.rmtree(tmp, ignore_errors=True)
             if not target.is_dir():  # another process won the same rename: fine
                 raise
     return Snapshot(revision=revision, path=str(target))
+
+
+@contextlib.contextmanager
+def passing_snapshot(url: str, revision: Revision, state_dir: Path) -> Iterator[Snapshot]:
+    """``revision`` for one look (``gitops validate``): its snapshot when one is there, else
+    extracted into a hidden folder removed afterwards, so nothing stays behind."""
+    if Path(url).expanduser().is_dir():
+        url = str(Path(url).expanduser().resolve())
+    target = state_dir / "snapshots" / revision.sha
+    if target.is_dir():
+        yield Snapshot(revision=revision, path=str(target))
+        return
+    tmp = _extract(url, revision, state_dir)
+    try:
+        yield Snapshot(revision=revision, path=str(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extract(url: str, revision: Revision, state_dir: Path) -> Path:
+    """``revision``'s tree in a new hidden folder of ``<state_dir>/snapshots`` (pruning
+    skips it); an ``InvalidDeclaration`` for a link out of it or a special file."""
+    target = state_dir / "snapshots" / revision.sha
+    private_dir(state_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    with _mirror(url, state_dir) as repo:
+        empty = not repo.git.ls_tree(revision.sha)  # its tar holds a pax header only
+        if not empty:
+            repo.archive(buffer, revision.sha, format="tar")
+    buffer.seek(0)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{revision.sha[:10]}-", dir=target.parent))
+    try:
+        if not empty:  # a commit of an empty tree: an empty snapshot
+            with tarfile.open(fileobj=buffer) as tar:
+                tar.extractall(tmp, filter="data")
+    except tarfile.FilterError as exc:  # a link out of the repository, a device file
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InvalidDeclaration([Problem(exc.tarinfo.name, None, "", "a link to an "
+                                          "absolute path or outside the repository, or a "
+                                          "special file: not allowed")], revision.ref) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
 
 
 def prune_snapshots(state_dir: Path, keep: set[str], newest: int = 0) -> list[str]:

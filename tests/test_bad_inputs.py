@@ -27,7 +27,8 @@ class Case:
     """A regular expression the message (stderr, else stdout) matches on one line."""
     env: dict[str, str] = field(default_factory=dict)
     lines: int = 0
-    """When more than one: how many lines must carry ``file:line`` (every problem at once)."""
+    """When set: how many lines must carry ``file:line`` (every problem at once; or one
+    mistake, one problem)."""
 
 
 SETTINGS = {
@@ -53,6 +54,16 @@ SETTINGS = {
     "badnotifier.toml": ('state_dir = "{state}"\n[[environments]]\nname = "lab"\n'
                          'repo = "{repo}"\nnotifiers = [{{ type = "pager", url = '
                          '{{ env = "X" }} }}]\n'),
+}
+
+SAMPLE_WEB = ("  web:\n    services:\n      app:\n        port: 8000\n"
+              "        message: Hello from the gitops lab\n      web:\n"
+              "        listen_port: 80\n        app_port: 8000\n")
+EDITS = {
+    # the sample's inventory with one mistake (old text, new text): a repository each
+    "basebare": ("      base:\n        admin_user: ops\n        admin_keys:\n          - ",
+                 "      base:\n      nobase:\n        admin_keys:\n          - "),
+    "grouplist": (SAMPLE_WEB, "  web: [app, web]\n"),
 }
 
 CASES = [
@@ -156,6 +167,13 @@ CASES = [
     Case("invalid-declaration-reconcile", ("reconcile", "--once", "--repo", "{invalid}",
                                            "--state-dir", "{state}"), 2,
          r"inventories/lab\.yml:\d+ settings\.fail_percent"),
+    # one mistake, one problem: not again for each host of the group it is in
+    Case("service-listed-bare-needs-parameters", ("validate", "--repo", "{basebare}",
+                                                  "--state-dir", "{state}"), 2,
+         r"lab\.yml:\d+ groups\.all\.services\.base\.admin_keys: Field required", lines=2),
+    Case("group-not-a-mapping", ("validate", "--repo", "{grouplist}", "--state-dir",
+                                 "{state}"), 2,
+         r"lab\.yml:\d+ groups\.web: Input should be an object", lines=1),
     Case("corrupt-database", ("status", "--state-dir", "{corrupt}"), 1,
          "the state database: file is not a database"),
     Case("suspended-reconcile", ("reconcile", "--once", "--repo", "{repo}", "--state-dir",
@@ -187,10 +205,24 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     names = {"root": str(root), "repo": str(repo), "invalid": str(invalid), "state": str(state),
              "file": str(root / "a-file"), "suspended": str(suspended),
              "corrupt": str(corrupt), "cfg": str(cfg)}
+    for name, (old, new) in EDITS.items():
+        names[name] = str(_edited(root / name, old, new))
     for name, text in SETTINGS.items():
         (cfg / name).write_text(text.format(**names))
     (cfg / "latin1.toml").write_bytes('state_dir = "/tmp/caf\xe9"\n'.encode("latin-1"))
     return names
+
+
+def _edited(root: Path, old: str, new: str) -> Path:
+    """The sample repository with ``old`` replaced by ``new`` in its inventory, committed."""
+    repo = sample_repo(root)
+    inventory = repo / "inventories/lab.yml"
+    text = inventory.read_text()
+    assert old in text
+    inventory.write_text(text.replace(old, new, 1))
+    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=Tester", "commit", "-q",
+        "-am", "one mistake")
+    return repo
 
 
 def test_there_are_at_least_forty_cases() -> None:
@@ -210,7 +242,7 @@ def test_bad_input_gets_a_message_and_an_exit_code(case: Case, world: dict[str, 
     message = proc.stderr or proc.stdout
     assert any(re.search(case.says, line) for line in message.splitlines()), message
     if case.lines:
-        assert len(re.findall(r"\.toml:\d+ ", message)) == case.lines, message
+        assert len(re.findall(r"\.(?:toml|yml):\d+ ", message)) == case.lines, message
     assert "s3cret" not in output
 
 

@@ -13,13 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from clitools import gitops, sample_repo
+from polling import wait_for
 from statelab import PROJECT
 from test_page import record_run, revision
 
@@ -177,10 +177,10 @@ def daemon(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     proc = subprocess.Popen([sys.executable, "-m", "gitops", "run"], cwd=tmp_path,
                             stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not _runs(state):
-            time.sleep(0.2)  # its first cycle reconciles the head once
-        assert _runs(state), (tmp_path / "daemon.log").read_text()
+        try:  # its first cycle reconciles the head once
+            wait_for(lambda: _runs(state), 30, "the daemon's first run")
+        except AssertionError as exc:
+            raise AssertionError((tmp_path / "daemon.log").read_text()) from exc
         yield tmp_path, state
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -226,9 +226,8 @@ def test_unquarantine_through_the_daemon_reconciles_the_head_again(
     folder, state = daemon
     head = subprocess.run(["git", "-C", str(folder / "repo"), "rev-parse", "HEAD"],
                           capture_output=True, text=True, check=True).stdout.strip()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _runs(state)[0]["result"] is None:
-        time.sleep(0.2)  # its first run of the head has ended (invalid)
+    wait_for(lambda: _runs(state)[0]["result"] is not None, 30,
+             "the daemon's first run of the head to end (invalid)")
     with Store(state) as store:  # as a rollback after a failed verification leaves it
         store.quarantine("lab", head, "verification failed on lab-1")
     before = len(_runs(state))
@@ -237,9 +236,7 @@ def test_unquarantine_through_the_daemon_reconciles_the_head_again(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith(f"lab: {head[:10]} released from quarantine by alice: "
                                   "lab-1 was down (recorded as run #")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and len(_runs(state)) < before + 2:
-        time.sleep(0.2)
+    wait_for(lambda: len(_runs(state)) >= before + 2, 30, "the unquarantine and its run")
     rerun, event = _runs(state)[:2]
     assert (event["kind"], event["actor"], event["reason"]) == (
         "unquarantine", "alice", "lab-1 was down")

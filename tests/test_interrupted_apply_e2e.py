@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -79,7 +78,9 @@ def _kill_between_change_and_restart(repo: StateRepo, message: str) -> None:
     try:
         wait_for(lambda: all(message in _config(repo, h) for h in HOSTS), 240,
                  "the new configuration on every host")
-        time.sleep(1)  # inside the pause now: the restart has not run
+        wait_for(lambda: all(repo.ssh(h, "pgrep -f '^sleep 300'", check=False).strip()
+                             for h in HOSTS), 60,
+                 "every host inside the pause (the restart has not run)")
         assert proc.poll() is None
     finally:
         os.kill(proc.pid, signal.SIGKILL)

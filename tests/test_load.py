@@ -106,6 +106,20 @@ def test_deploy_syntax_error_is_invalid_before_any_host(sample: Path, tmp_path: 
     assert out.get("plan") is None and out.get("apply") is None
 
 
+def test_validate_leaves_no_snapshot_behind(sample: Path, tmp_path: Path) -> None:
+    """Commits validated one by one (as CI validates each pull request), valid or not,
+    leave nothing in the state folder's snapshots: validate keeps no extraction."""
+    state = tmp_path / "state"
+    for n in range(3):
+        _edit(sample, f"parallel: {20 + n}", f"parallel: {21 + n}")
+        _commit(sample)
+        assert _gitops(sample, state, "validate").returncode == 0
+    _edit(sample, "fail_percent: 34", "fail_percent: 340")
+    _commit(sample)
+    assert _gitops(sample, state, "validate").returncode == 2
+    assert list((state / "snapshots").iterdir()) == []
+
+
 def test_daemon_path_loads_with_the_same_checks(sample: Path, tmp_path: Path) -> None:
     """The reconcile the daemon runs (reconcile.run) refuses the same deploy.py syntax error."""
     from gitops import reconcile
@@ -206,6 +220,19 @@ def test_yaml_that_would_lose_data_is_a_problem_at_its_line(
     problems = _problems(sample)
     assert problems[0].startswith(f"inventories/lab.yml:{line}"), problems
     assert message in problems[0], problems
+
+
+def test_a_service_or_group_listed_with_nothing_under_it_is_empty(sample: Path) -> None:
+    """``web:`` with nothing under it lists the service with no parameters (its model needs
+    none: valid, its defaults), and ``edge:`` so declared is a group of no services."""
+    _edit(sample, "      web:\n        listen_port: 80\n        app_port: 8000\n",
+          "      web:\n")
+    _edit(sample, "  web:\n    services:", "  edge:\n  web:\n    services:")
+    _edit(sample, "groups: [web]", "groups: [web, edge]")
+    state = load(sample, "lab")
+    lab1 = next(h for h in state.hosts if h.name == "lab-1")
+    assert lab1.groups == ("web", "edge")
+    assert lab1.services["web"]["listen_port"] == 80
 
 
 def test_unquoted_dates_stay_strings(sample: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -54,6 +55,17 @@ CHECKS = {"base": ("packages", "ntp running"), "app": ("unit active",),
 ENV = "lab"
 TOKEN = "page-token-never-shown-5d1e"
 XSS = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
+
+
+BROKEN = re.compile(r"(?<![A-Za-z])(?:null|undefined|NaN)")
+"""What the page shows when its script writes a value it lacks (``nullnull``, ``NaN %``)."""
+
+
+def no_broken_text(p: Any) -> None:
+    """No visible text of the page reads ``null``, ``undefined`` or ``NaN``."""
+    text = p.locator("body").inner_text()
+    lines = [line for line in text.splitlines() if BROKEN.search(line)]
+    assert not lines, lines
 
 
 def _browser_unavailable() -> str | None:
@@ -129,9 +141,13 @@ def record_run(
 def seed(state_dir: Path) -> None:
     """Run 1: A on all hosts. Run 2: B, lab-2's web fails a check, lab-3 is unreachable."""
     with Store(state_dir) as store:
-        record_run(store, revision(10))
-        record_run(store, revision(11), unreachable=("lab-3",), failing={
-            ("lab-2", "web", "port 80 listening"): "nothing listens on 0.0.0.0:80"})
+        seed_store(store)
+
+
+def seed_store(store: Store) -> None:
+    record_run(store, revision(10))
+    record_run(store, revision(11), unreachable=("lab-3",), failing={
+        ("lab-2", "web", "port 80 listening"): "nothing listens on 0.0.0.0:80"})
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -170,7 +186,8 @@ def browser_factory() -> Iterator[Any]:
     dirs: list[str] = []
     with sync_playwright() as pw:
 
-        def open_page(url: str, width: int = 1280, height: int = 900) -> Any:
+        def open_page(url: str, width: int = 1280, height: int = 900,
+                      ready: str = "tr[data-host]") -> Any:
             user_data = tempfile.mkdtemp(prefix="gitops-page-chromium-")
             dirs.append(user_data)
             context = pw.chromium.launch_persistent_context(
@@ -183,11 +200,15 @@ def browser_factory() -> Iterator[Any]:
             p.on("pageerror", lambda exc: errors.append(str(exc)))
             p.js_errors = errors
             p.goto(url)
-            p.wait_for_selector("tr[data-host]")
+            p.wait_for_selector(ready)
+            pages.append(p)
             return p
 
+        pages: list[Any] = []
         try:
             yield open_page
+            for p in pages:  # whatever state the test left the page in
+                no_broken_text(p)
         finally:
             for context in contexts:
                 context.close()
@@ -244,6 +265,7 @@ def test_page_changes_after_a_new_run_without_reload(
     team comparison too (kept between polls until a run lands)."""
     p = browser_factory(served.url + "/")
     p.evaluate("window.__notReloaded = true")
+    no_broken_text(p)  # before the run; the fixture checks the page after it
     assert p.locator('tr.run-row[data-run="3"]').count() == 0
     assert p.locator('[data-testid="comparison"] [data-environment="lab"]'
                      ' [data-key="change_failure_rate"] .key-value').inner_text() == "50 %"
@@ -575,3 +597,52 @@ def test_services_a_host_keeps_show_on_the_page(served: Served, browser_factory:
         "app: not removed (prune is off)")
     assert p.locator('tr[data-host="lab-1"] .not-removed').count() == 0
     assert p.js_errors == []
+
+
+def _three_verified(store: Store) -> None:
+    for n in (10, 11, 12):
+        record_run(store, revision(n))
+
+
+def _running(store: Store) -> None:
+    seed_store(store)
+    run_id = store.start_run(ENV, "reconcile", None, actor="test", reason="webhook")
+    store.set_revision(run_id, revision(13, "roll out 13"))
+
+
+def _previews(store: Store) -> None:
+    _three_verified(store)
+    done = store.start_preview(ENV, provider="github", number=7, branch="fix", base="main",
+                               head_sha="a" * 40)
+    store.finish_preview(done, None, summary="done")
+    store.start_preview(ENV, provider="github", number=8, branch="more", base="main",
+                        head_sha="b" * 40)
+
+
+STATES: dict[str, Any] = {
+    "empty": lambda store: None,
+    "three-verified": _three_verified,
+    "failed-with-incident": lambda store: seed_store(store),
+    "running": _running,
+    "previews": _previews,
+}
+
+
+@pytest.mark.parametrize("state", list(STATES))
+def test_no_null_undefined_or_nan_in_any_state(state: str, tmp_path: Path,
+                                               browser_factory: Any) -> None:
+    """Whatever the record holds, no visible text reads null, undefined or NaN (three
+    verified runs, no change-failure note nor stage table, showed "nullnull")."""
+    state_dir = tmp_path / "state"
+    with Store(state_dir) as store:
+        STATES[state](store)
+    server, thread = start_in_thread(Starlette(routes=page.routes(state_dir, None)),
+                                     "127.0.0.1:0")
+    try:
+        p = browser_factory(f"http://127.0.0.1:{bound_port(server)}/",
+                            ready="tr[data-host]" if state != "empty" else "main")
+        p.wait_for_selector('[data-testid="delivery"]' if state != "empty" else "body")
+        no_broken_text(p)
+        assert p.js_errors == []
+    finally:
+        stop(server, thread)

@@ -12,7 +12,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from polling import wait_for
 from statelab import StateRepo, http_get, make_state_repo
 
 import gitops.lab as lab_api
@@ -257,7 +257,9 @@ def test_host_stopped_mid_run_fails_alone(own_lab: LabInfo, tmp_path: Path) -> N
     for line in proc.stderr:
         if re.search(r"applying on \d+ host\(s\)", line):  # the worker has planned
             break
-    time.sleep(1.5)  # every host is inside the long step now
+    wait_for(lambda: all(repo.ssh(h, "pgrep -f '^sleep 4'", check=False).strip()
+                         for h in ("lab-1", "lab-2", "lab-3")), 60,
+             "every host inside the long step")
     victims = [pid for pid, index in lab_hosts.find_nspawn(own_lab.name).items() if index == 3]
     assert victims
     for pid in victims:

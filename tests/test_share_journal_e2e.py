@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -62,7 +61,8 @@ def _cut_between_change_and_restart(repo: StateRepo, message: str) -> None:
     try:
         wait_for(lambda: message in repo.ssh(HOST, "cat /etc/app/config.json", check=False),
                  240, "the new configuration on the host")
-        time.sleep(1)  # inside the pause: the restart has not run
+        wait_for(lambda: repo.ssh(HOST, "pgrep -f '^sleep 300'", check=False).strip(), 60,
+                 "the apply inside the pause (the restart has not run)")
         assert proc.poll() is None
     finally:
         os.kill(proc.pid, signal.SIGKILL)
@@ -100,8 +100,8 @@ def test_a_share_cut_on_its_controller_is_restarted_by_the_next_attempt_elsewher
         assert token is not None
         share = store.add_share("lab", token, [HOST])
         assert store.claim_share(share, "a", 1) is not None  # a's attempt; a dies
-        time.sleep(1.2)
-        attempt = store.requeue_share(share, worker="b", ttl=30)  # the holder's own re-apply
+        attempt = wait_for(lambda: store.requeue_share(share, worker="b", ttl=30), 30,
+                           "a's claim to expire")  # then the holder's own re-apply
     assert attempt == 2
     job = ShareJob.of(share, "lab", Path(state.root).name, state, dry=False, journal=True,
                       timeout=600)

@@ -287,6 +287,28 @@ def test_tampered_secrets_file_is_an_invalid_declaration(tmp_path: Path,
     assert CANARY not in str(err.value)
 
 
+def test_secrets_no_key_opens_hide_no_other_problem(tmp_path: Path,
+                                                    age: tuple[str, SopsSettings]) -> None:
+    """A secrets file and a deploy file that no configured key opens are reported with a
+    syntax error in a deploy.py of the same commit, all at once (the rest is checked
+    without the secrets)."""
+    recipient, _ = age
+    root = _sample(tmp_path, recipient)
+    enc = root / "deploys/app/files/extra.sops.conf"
+    _write(enc, sops.encrypt({"data": f"key={CANARY}\n"}, [recipient]), "json")
+    deploy = root / "deploys/web/deploy.py"
+    deploy.write_text("if broken\n" + deploy.read_text())
+    other = tmp_path / "other.key"
+    other.write_text(f"{x25519.Identity.generate()}\n")
+    with pytest.raises(InvalidDeclaration) as err:
+        load(root, "lab", keys=SopsSettings(age_key=SecretRef(file=other)))
+    files = sorted({p.file for p in err.value.problems})
+    assert files == ["deploys/app/files/extra.sops.conf", "deploys/web/deploy.py",
+                     "inventories/lab.secrets.sops.yaml"], err.value
+    assert len(err.value.problems) == 3, err.value  # the parameters are not asked without it
+    assert CANARY not in str(err.value)
+
+
 def test_deploy_file_decrypted_in_memory(tmp_path: Path, age: tuple[str, SopsSettings]) -> None:
     """A deploys/<svc>/files/*.sops.* file is decrypted into the state, the snapshot untouched."""
     recipient, keys = age

@@ -169,7 +169,7 @@ def inventory_hosts(name: str | None, names: list[str]) -> dict[str, dict[str, o
     info = current(name)
     if info is None:
         raise LabError(f"lab {name} is not up: run `gitops lab up --name {name}`"
-                       + ("" if "GITOPS_LAB_NAME" in os.environ else
+                       + ("" if os.environ.get("GITOPS_LAB_NAME") else
                           " (or name another lab with GITOPS_LAB_NAME)"))
     have = {h.name: h for h in info.hosts}
     missing = [n for n in names if n not in have]

@@ -20,6 +20,12 @@
       else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
       else node.setAttribute(key, value === true ? "" : String(value));
     }
+    return add(node, ...children);
+  }
+
+  // Appends children to node, skipping null, undefined and false as el() does (a bare
+  // add(node, null) shows the text "null"): every append of this script goes through it.
+  function add(node, ...children) {
     for (const child of children.flat()) {
       if (child === null || child === undefined || child === false) continue;
       node.append(child instanceof Node ? child : document.createTextNode(String(child)));
@@ -27,10 +33,16 @@
     return node;
   }
 
+  // Replaces node's children with these, skipping nulls as add() does.
+  function put(node, ...children) {
+    node.replaceChildren();
+    return add(node, ...children);
+  }
+
   function svg(tag, attrs, ...children) {
     const node = document.createElementNS(SVG, tag);
     for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
-    for (const child of children) node.append(child);
+    for (const child of children) add(node, child);
     return node;
   }
 
@@ -92,7 +104,7 @@
     const max = Math.max(1, ...rows.map((r) => Object.values(r.parts).reduce((a, b) => a + b, 0)));
     const step = width / Math.max(1, rows.length);
     const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
-    chart.append(svg("title", {}, document.createTextNode(title)));
+    add(chart, svg("title", {}, document.createTextNode(title)));
     rows.forEach((row, i) => {
       let y = height;
       for (const [name, value] of Object.entries(row.parts)) {
@@ -104,11 +116,11 @@
           width: Math.max(1, step - 2 * pad).toFixed(1), height: h.toFixed(1),
           class: classes[name] || "",
         });
-        bar.append(svg("title", {}, document.createTextNode(`${row.label}: ${value} ${name}`)));
-        chart.append(bar);
+        add(bar, svg("title", {}, document.createTextNode(`${row.label}: ${value} ${name}`)));
+        add(chart, bar);
       }
     });
-    chart.append(svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, class: "axis" }));
+    add(chart, svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, class: "axis" }));
     return chart;
   }
 
@@ -119,7 +131,7 @@
     const span = max - min || 1;
     const step = points.length > 1 ? width / (points.length - 1) : width;
     const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img" });
-    chart.append(svg("title", {}, document.createTextNode(title)));
+    add(chart, svg("title", {}, document.createTextNode(title)));
     const coords = [];
     points.forEach((p, i) => {
       if (typeof p.value !== "number") return;
@@ -127,8 +139,8 @@
       const y = height - 4 - ((p.value - min) / span) * (height - 8);
       coords.push(`${x.toFixed(1)},${y.toFixed(1)}`);
       const dot = svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 2.5, class: "dot" });
-      dot.append(svg("title", {}, document.createTextNode(`${p.label}: ${p.text}`)));
-      chart.append(dot);
+      add(dot, svg("title", {}, document.createTextNode(`${p.label}: ${p.text}`)));
+      add(chart, dot);
     });
     chart.prepend(svg("polyline", { points: coords.join(" "), class: "line" }));
     chart.prepend(svg("title", {}, document.createTextNode(title)));
@@ -199,11 +211,11 @@
     const td = el("td", { class: "cell", "data-label": service, "data-service": service });
     const kept = (host.not_removed || []).find((k) => k.service === service);
     if (!cell && kept) {
-      td.append(badge(notRemoved(kept), "warn"));
+      add(td, badge(notRemoved(kept), "warn"));
       return td;
     }
     if (!cell) {
-      td.append(el("span", { class: "muted", text: "—" }));
+      add(td, el("span", { class: "muted", text: "—" }));
       return td;
     }
     const counts = el("span", { class: "counts" },
@@ -211,7 +223,7 @@
       cell.fail ? el("span", { class: "fail", text: " ✗ " + cell.fail }) : null);
     if (!cell.failing.length) {
       td.classList.add("ok");
-      td.append(counts);
+      add(td, counts);
       return td;
     }
     td.classList.add("bad");
@@ -222,7 +234,7 @@
         el("li", { "data-check": f.check },
           el("strong", { text: f.check }), el("span", { class: "muted", text: ` (${f.status})` }),
           el("pre", { text: f.message })))));
-    td.append(details);
+    add(td, details);
     return td;
   }
 
@@ -266,7 +278,7 @@
     if (!env.delivery.available) {
       const rows = env.activity.map((d) => ({ label: d.day, parts: { succeeded: d.succeeded, failed: d.failed } }));
       const total = env.activity.reduce((a, d) => a + d.succeeded + d.failed, 0);
-      section.append(el("p", { class: "muted", text: "Delivery metrics (DORA): " + env.delivery.reason }),
+      add(section, el("p", { class: "muted", text: "Delivery metrics (DORA): " + env.delivery.reason }),
         el("div", { class: "cards" }, el("div", { class: "card" },
           el("h4", { text: "Apply runs per day (14 days)" }),
           barChart("Apply runs per day", rows, { succeeded: "bar-ok", failed: "bar-bad" }),
@@ -296,7 +308,7 @@
       d.lead_times_s.length > 1 ? el("div", { class: "card" }, el("h4", { text: "Lead times, shortest to longest" }),
         lineChart("Lead times", d.lead_times_s.map((v, i) => ({ label: `#${i + 1}`, value: v / 3600, text: duration(v) }))),
         dayLabels(duration(d.lead_times_s[0]), duration(d.lead_times_s[d.lead_times_s.length - 1]))) : null);
-    section.append(tiles, cfrNote(env, d, days), stagesTable(d), cards);
+    add(section, tiles, cfrNote(env, d, days), stagesTable(d), cards);
     return section;
   }
 
@@ -423,11 +435,11 @@
     const max = Math.max(...values, 0) || 1;
     const step = buckets > 1 ? width / (buckets - 1) : width;
     const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "data-chart": key });
-    chart.append(svg("title", {}, document.createTextNode(label + ", one line per team")));
+    add(chart, svg("title", {}, document.createTextNode(label + ", one line per team")));
     groups.forEach((g, n) => {
       let segment = [];
       const flush = () => {
-        if (segment.length > 1) chart.append(svg("polyline", { points: segment.join(" "), class: "series s" + (n % 6) }));
+        if (segment.length > 1) add(chart, svg("polyline", { points: segment.join(" "), class: "series s" + (n % 6) }));
         segment = [];
       };
       g.series.forEach((p, i) => {
@@ -437,12 +449,12 @@
         const y = height - 4 - (scale(v) / max) * (height - 8);
         segment.push(`${x.toFixed(1)},${y.toFixed(1)}`);
         const dot = svg("circle", { cx: x.toFixed(1), cy: y.toFixed(1), r: 2.5, class: "dot s" + (n % 6) });
-        dot.append(svg("title", {}, document.createTextNode(`${g.name}, from ${p.start.slice(0, 10)}: ${v}`)));
-        chart.append(dot);
+        add(dot, svg("title", {}, document.createTextNode(`${g.name}, from ${p.start.slice(0, 10)}: ${v}`)));
+        add(chart, dot);
       });
       flush();
     });
-    chart.append(svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, class: "axis" }));
+    add(chart, svg("line", { x1: 0, y1: height - 0.5, x2: width, y2: height - 0.5, class: "axis" }));
     return chart;
   }
 
@@ -474,11 +486,11 @@
     const section = el("section", { class: "incidents", "data-testid": "incidents" }, el("h3", { text: "Incidents" }));
     const inc = env.incidents;
     if (!inc.available) {
-      section.append(el("p", { class: "muted", text: "Incident timelines: " + inc.reason }));
+      add(section, el("p", { class: "muted", text: "Incident timelines: " + inc.reason }));
       return section;
     }
     const more = inc.closed_total > inc.closed.length ? `, newest ${inc.closed.length} shown` : "";
-    section.append(el("h4", { text: `Open (${inc.open.length})` }),
+    add(section, el("h4", { text: `Open (${inc.open.length})` }),
       inc.open.length ? el("ul", { class: "incident-list" }, inc.open.map(incidentItem)) : el("p", { class: "muted", text: "none" }),
       el("h4", { text: `Closed (${inc.closed_total}${more})` }),
       inc.closed.length ? el("ul", { class: "incident-list" }, inc.closed.map(incidentItem)) : el("p", { class: "muted", text: "none" }));
@@ -527,7 +539,7 @@
     document.getElementById("run-title").textContent = `Run #${run.id}: ${run.kind}`;
     const checks = [...run.checks].sort((a, b) => (a.status === "pass") - (b.status === "pass"));
     const ops = run.operations.filter((o) => o.status !== "unchanged");
-    body.replaceChildren(
+    put(body,
       el("dl", { class: "facts" },
         el("dt", { text: "environment" }), el("dd", { text: run.environment }),
         el("dt", { text: "result" }), el("dd", {}, resultBadge(run.result)),
@@ -559,7 +571,7 @@
     const panel = document.getElementById("run");
     panel.hidden = false;
     document.getElementById("run-title").textContent = `Run #${id}`;
-    document.getElementById("run-body").replaceChildren(el("p", { class: "muted", text: "loading…" }));
+    put(document.getElementById("run-body"), el("p", { class: "muted", text: "loading…" }));
     for (const row of document.querySelectorAll(".run-row")) {
       row.classList.toggle("selected", Number(row.dataset.run) === id);
     }
@@ -569,7 +581,7 @@
       const run = await response.json();
       if (selectedRun === id) renderRun(run);
     } catch (err) {
-      document.getElementById("run-body").replaceChildren(el("p", { class: "error", text: `could not load run #${id}: ${err.message}` }));
+      put(document.getElementById("run-body"), el("p", { class: "error", text: `could not load run #${id}: ${err.message}` }));
     }
   }
 
@@ -601,7 +613,7 @@
     if (previews) sections.push(previews);
     const comparison = comparisonSection(data);
     if (comparison) sections.unshift(comparison);
-    app.replaceChildren(...sections);
+    put(app, ...sections);
     for (const d of app.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
   }
 
