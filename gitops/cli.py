@@ -794,10 +794,13 @@ def _outcome_summary(outcome: pipeline.Outcome) -> str:
     v = outcome.verify
     if v is None and outcome.apply is None:
         return f"run #{outcome.run_id}: {outcome.result}, nothing applied"
+    unchecked = v.not_verified(outcome.apply) if v else []
     return _summary(outcome.run_id, outcome.result,
                     outcome.apply.changed if outcome.apply else 0,
                     sum(1 for r in v.results if r.status == "pass") if v else 0,
-                    len(v.failed) if v else 0, len(v.host_errors) if v else 0)
+                    len(v.failed) if v else 0, len(v.host_errors) if v else 0) + (
+        f"; applied, not verified on {', '.join(unchecked)}: no check ran there"
+        if unchecked else "")
 
 
 def _print_run(run: dict[str, Any]) -> None:
@@ -1526,7 +1529,10 @@ def metrics(environment: str | None, state_dir: Path | None, days: float, by: st
                       if rate is not None else "-")
                    + (f"; {d['rollouts_pending']} not counted yet (errored, interrupted or "
                       "running: counted once verified or failed)"
-                      if d["rollouts_pending"] else ""))
+                      if d["rollouts_pending"] else "")
+                   + (f"; {d['short_of_checks']} short of a new check (checks failed, nothing "
+                      "changed on the hosts: not a failed change)"
+                      if d["short_of_checks"] else ""))
         click.echo(f"  time to restore       median {_duration(d['time_to_restore_median_s'])}"
                    + (f"; unrestored since {d['unrestored_since']}"
                       if d["unrestored_since"] else ""))

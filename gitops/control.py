@@ -57,10 +57,13 @@ def resume(store: Store, environment: str, *, actor: str, reason: str = "") -> C
 
 def last_good_revision(store: Store, environment: str, *, before: str | None) -> str | None:
     """The newest revision that an apply verified on every host it targeted, other than
-    ``before`` (the revision to move away from)."""
+    ``before`` (the revision to move away from); a run with a host no check ran on verified
+    nothing there (``Store.unverified_runs``)."""
+    unverified = store.unverified_runs(environment)
     for run in store.history(environment, limit=500):
         if (run.kind in ("reconcile", "rollback") and run.result == "succeeded"
-                and not run.event and run.sha and run.sha != before):
+                and not run.event and run.sha and run.sha != before
+                and run.id not in unverified):
             return run.sha
     return None
 

@@ -22,7 +22,11 @@ timestamps):
   the window. A rollout *failed* when an attempt ended ``failed`` before it was verified, or when
   a ``rollback`` (run or operator request) came while it was the latest rollout. A rollout is
   *decided* once deployed or failed; rollouts that only errored, were interrupted or are still
-  running are counted in ``rollouts_pending`` and left out of the rate.
+  running are counted in ``rollouts_pending`` and left out of the rate. An attempt that failed
+  only because hosts fell short of the checks while nothing changed on them
+  (``policy.checks_only``: a commit that made a check stricter) is no failed change: such a
+  rollout, not deployed since, is counted in ``short_of_checks``, left out of the rate, and
+  opens no restore interval.
 - **Time to restore**: from a failed rollout (the failed run's ``finished_at``; later failures
   before the restore belong to the same interval) to the next verified success in the
   environment: a ``succeeded`` reconcile/rollback/retry run that verified every host still
@@ -47,18 +51,20 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
+from gitops import policy
 from gitops.incidents import Episode, episodes, load_runs, verified_hosts
 from gitops.records import RunRow, VerifiedRevision
 from gitops.store import Store
 
 __all__ = ["DORA_BANDS", "NO_TEAM", "DayCount", "DeliveryMetrics", "Group", "Keys", "Rollout",
-           "StageLeadTime", "compare", "delivery_metrics", "rollouts", "stage_lead_times",
-           "trend"]
+           "StageLeadTime", "checks_only_runs", "compare", "delivery_metrics", "rollouts",
+           "stage_lead_times", "trend"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,8 @@ class Rollout:
     deployed_at: datetime | None = None
     deployed_by: int | None = None
     failed_at: datetime | None = None
+    short_at: datetime | None = None
+    """When an attempt failed only because hosts fell short of the checks (``checks_only``)."""
 
     @property
     def decided(self) -> bool:
@@ -137,6 +145,9 @@ class DeliveryMetrics:
     series: tuple[DayCount, ...] = field(default=())
     stages: tuple[StageLeadTime, ...] = ()
     """Lead time per stage of the promotion pipeline (``promote_from``); empty without."""
+    short_of_checks: int = 0
+    """Rollouts first attempted in the window that failed only because hosts fell short of
+    the checks (nothing changed on them) and were not deployed since: not in the rate."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -153,6 +164,7 @@ class DeliveryMetrics:
             "failed_rollouts": self.failed_rollouts,
             "change_failure_rate": self.change_failure_rate,
             "rollouts_pending": self.rollouts_pending,
+            "short_of_checks": self.short_of_checks,
             "time_to_restore_median_s": self.time_to_restore_median_s,
             "restore_intervals_s": list(self.restore_intervals_s),
             "unrestored_since": self.unrestored_since.isoformat()
@@ -162,8 +174,10 @@ class DeliveryMetrics:
         }
 
 
-def rollouts(runs: list[RunRow]) -> list[Rollout]:
-    """The rollouts of one environment's runs (oldest first), per the module's definitions."""
+def rollouts(runs: list[RunRow], short: Collection[int] = ()) -> list[Rollout]:
+    """The rollouts of one environment's runs (oldest first), per the module's definitions;
+    ``short``: the ids of the failed runs that failed only because hosts fell short of the
+    checks (``checks_only_runs``)."""
     applied: set[str] = set()
     by_sha: dict[str, Rollout] = {}
     current: Rollout | None = None
@@ -178,7 +192,9 @@ def rollouts(runs: list[RunRow]) -> list[Rollout]:
                 rollout = by_sha[run.sha] = Rollout(run.sha, run, run.committed_at)
                 current = rollout
             if rollout is not None and rollout.deployed_at is None:
-                if run.result == "failed" and rollout.failed_at is None:
+                if run.result == "failed" and run.id in short:
+                    rollout.short_at = rollout.short_at or run.at
+                elif run.result == "failed" and rollout.failed_at is None:
                     rollout.failed_at = run.at
                 elif run.verified_success:
                     rollout.deployed_at, rollout.deployed_by = run.at, run.id
@@ -239,6 +255,19 @@ def _failed_rollout(run: RunRow) -> str | None:
     return None
 
 
+def checks_only_runs(store: Store, runs: Iterable[RunRow]) -> set[int]:
+    """The failed reconcile and retry runs of ``runs`` that failed only because hosts fell
+    short of the checks while nothing changed on them (``policy.checks_only``)."""
+    return {run.id for run in runs if _failed_rollout(run) is not None and policy.checks_only(
+        policy.RunSummary.from_hosts("failed", store.host_results(run.id)))}
+
+
+def _failed_change(short: Collection[int]) -> Callable[[RunRow], str | None]:
+    """What opens a restore interval: a failed rollout, but one that only fell short of the
+    checks."""
+    return lambda run: None if run.id in short else _failed_rollout(run)
+
+
 def _p90(values: list[float]) -> float | None:
     if not values:
         return None
@@ -271,13 +300,15 @@ def delivery_metrics(
 
     out: dict[str, DeliveryMetrics] = {}
     for env, runs in sorted(by_env.items()):
-        found = rollouts(runs)
+        short = checks_only_runs(store, runs)
+        found = rollouts(runs, short)
         deployed = [r for r in found if inside(r.deployed_at)]
         lead = [t for r in deployed if (t := r.lead_time_s) is not None]
         attempted = [r for r in found if inside(r.first_attempt.started_at)]
         decided = [r for r in attempted if r.decided]
         failed = [r for r in decided if r.failed_at is not None]
-        restores = [e for e in episodes(runs, verified, _failed_rollout)
+        fell_short = [r for r in attempted if not r.decided and r.short_at is not None]
+        restores = [e for e in episodes(runs, verified, _failed_change(short))
                     if inside(e.opened_at)]
         intervals = [(e.closed_at - e.opened_at).total_seconds()
                      for e in restores if e.closed_at is not None]
@@ -300,11 +331,12 @@ def delivery_metrics(
             lead_time_p90_s=_p90(lead), lead_times_s=tuple(sorted(lead)),
             rollouts=len(decided), failed_rollouts=len(failed),
             change_failure_rate=len(failed) / len(decided) if decided else None,
-            rollouts_pending=len(attempted) - len(decided),
+            rollouts_pending=len(attempted) - len(decided) - len(fell_short),
             time_to_restore_median_s=statistics.median(intervals) if intervals else None,
             restore_intervals_s=tuple(intervals), unrestored_since=open_since,
             series=tuple(DayCount(d, c[0], c[1]) for d, c in per_day.items()),
             stages=stage_lead_times(everywhere, env, start, end),
+            short_of_checks=len(fell_short),
         )
     return out
 
@@ -456,7 +488,9 @@ def compare(
     members: dict[str, list[str]] = {}
     histories: dict[str, _History] = {}
     for env, runs in sorted(by_env.items()):
-        histories[env] = _History(rollouts(runs), episodes(runs, verified, _failed_rollout))
+        short = checks_only_runs(store, runs)
+        histories[env] = _History(rollouts(runs, short),
+                                  episodes(runs, verified, _failed_change(short)))
         group = (owners.get(env) or NO_TEAM) if by == "team" else env
         members.setdefault(group, []).append(env)
     step = timedelta(days=1 if days <= 14 else 7)

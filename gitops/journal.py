@@ -6,11 +6,15 @@ consequences, and the next apply finds the file up to date, so pyinfra sees noth
 The apply worker (``workers/apply_worker.py``) therefore appends to
 ``<state-dir>/journal/<environment>/<host>.jsonl``, as it goes, a line when an operation
 starts (fsync'd before it runs: the worker dies with its parent) and one when it is done;
-the file is removed once that host's apply completes. A file found at the start of an apply
-says the last one was cut: ``pending`` is what it may have changed, and the worker makes
-those operations count as changed for the operations that depend on them, once; except, on a
-host whose guard reverted (``gitops.guard``: the cut apply's guarded changes were undone there),
-the guarded services' operations, which find their changes to make again.
+the file is removed once that host's apply completes. An apply that ended with the host
+failed (an operation failed, a deploy file raised) ends its file with a ``{"failed": ...}``
+line (``failed``): the host is not ``interrupted`` (nothing was cut, the next run is an
+ordinary one), but what that apply changed stays ``pending``. A file found at the start of an
+apply whose last line is not that says the last one was cut. ``pending`` is what the last
+applies may have changed, and the worker makes those operations count as changed for the
+operations that depend on them, once; except, on a host whose guard reverted
+(``gitops.guard``: the cut apply's guarded changes were undone there), the guarded services'
+operations, which find their changes to make again.
 
 A share of a batch applied by another controller (``gitops.fanout``) and cut there (that
 controller died or was cut off) is applied again here without that controller's journal, which
@@ -30,8 +34,8 @@ import os
 from pathlib import Path
 from typing import IO
 
-__all__ = ["ANY", "Writer", "clear", "cut_elsewhere", "forget_others", "interrupted",
-           "pending"]
+__all__ = ["ANY", "Writer", "clear", "cut_elsewhere", "failed", "forget_others",
+           "interrupted", "journaled", "pending"]
 
 _SUFFIX = ".jsonl"
 ANY = "*"
@@ -42,30 +46,48 @@ def _path(folder: Path, host: str) -> Path:
     return folder / f"{host}{_SUFFIX}"
 
 
-def interrupted(folder: Path) -> set[str]:
-    """The hosts whose last apply did not complete (their journal is still there)."""
+def journaled(folder: Path) -> set[str]:
+    """The hosts with a journal: their last apply did not complete (it was cut, or failed)."""
     if not folder.is_dir():
         return set()
     return {p.name[: -len(_SUFFIX)] for p in folder.glob(f"*{_SUFFIX}")}
 
 
-def pending(folder: Path, host: str) -> set[str]:
-    """The operations (by name) an interrupted apply of ``host`` changed or may have changed:
-    those done with a change, and those started and never done (cut while running); with
-    ``ANY`` when an apply of it on another controller was cut (``cut_elsewhere``)."""
-    out: set[str] = set()
-    started: set[str] = set()
+def interrupted(folder: Path) -> set[str]:
+    """The hosts whose last apply was cut (their journal does not end with its failure)."""
+    return {host for host in journaled(folder) if not _ended(folder, host)}
+
+
+def _entries(folder: Path, host: str) -> list[dict[str, object]]:
     try:
         lines = _path(folder, host).read_text(encoding="utf-8").splitlines()
     except OSError:
-        return out
+        return []
+    out = []
     for line in lines:
         try:
             entry = json.loads(line)
         except ValueError:
             continue  # a line cut by the crash
-        if not isinstance(entry, dict):
-            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+def _ended(folder: Path, host: str) -> bool:
+    """Whether ``host``'s journal ends with the failure of its apply (``failed``)."""
+    entries = _entries(folder, host)
+    return bool(entries) and "failed" in entries[-1]
+
+
+def pending(folder: Path, host: str) -> set[str]:
+    """The operations (by name) the unfinished applies of ``host`` (cut, or failed) changed or
+    may have changed: those done with a change, and those started and never done (cut while
+    running); with ``ANY`` when an apply of it on another controller was cut
+    (``cut_elsewhere``)."""
+    out: set[str] = set()
+    started: set[str] = set()
+    for entry in _entries(folder, host):
         if "run" in entry:  # an earlier cut apply's operations stay pending
             out |= started
             started = set()
@@ -87,9 +109,21 @@ def clear(folder: Path, host: str) -> None:
         _path(folder, host).unlink()
 
 
+def failed(folder: Path, host: str, why: str) -> None:
+    """``host``'s apply ended with the host failed (``why``): not cut, so the next apply is
+    an ordinary one; what it changed stays pending. Only a journal that exists is marked."""
+    path = _path(folder, host)
+    if not path.exists():
+        return
+    with path.open("a", encoding="utf-8") as f:
+        f.write(json.dumps({"failed": why[:200]}) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def forget_others(folder: Path, hosts: set[str]) -> None:
     """Remove the journals of hosts no longer declared."""
-    for host in interrupted(folder) - hosts:
+    for host in journaled(folder) - hosts:
         clear(folder, host)
 
 
@@ -140,6 +174,7 @@ class Writer:
     def done(self, name: str, changed: bool) -> None:
         # no fsync: a lost "done" leaves the operation started, which counts as changed
         self._write({"done": name, "changed": changed}, sync=False)
+
 
     def close(self) -> None:
         self._file.close()

@@ -689,6 +689,14 @@ def _service_model(root: Path, service: str, inv: InventoryFile,
                 for name in ("deploy.py", "checks.py", "model.py") if (folder / name).is_file()}
     if "checks.py" in compiled and compiled["checks.py"] is not None:
         _check_checks(compiled["checks.py"], f"deploys/{service}/checks.py", problems)
+    if "checks.py" not in compiled:
+        message = (f"service {service!r} has no deploys/{service}/checks.py: a host it is "
+                   "applied to is not verified by it (with no other check there: applied, "
+                   "not verified)")
+        if inv.settings.require_checks:
+            problems.add(locs[0], f"{message} (settings.require_checks)")
+        else:
+            problems.warn(locs[0], message)
     model_file = folder / "model.py"
     if not model_file.is_file():
         message = (f"service {service!r} has no deploys/{service}/model.py: its parameters, "

@@ -623,8 +623,12 @@ class Daemon:
     def _carry_out(self, env: _Env, after: After, sha: str) -> float:
         """Do what ``policy.after_run`` decided; returns the seconds until the next poll."""
         env.failures = after.failures
+        if after.short:
+            log.warning("%s: the checks found %s short of the checks of %s (nothing changed "
+                        "there in this run): not rolled back", env.config.name,
+                        ", ".join(sorted(after.short)), sha[:10])
         if after.rollback:
-            self._rollback(env, sha, sorted(after.rollback))
+            self._rollback(env, sha, sorted(after.rollback), after.quarantine)
         if after.retry:
             with env.lock:  # with any retry an operator asked for meanwhile
                 env.retry_hosts = (env.retry_hosts or frozenset()) | after.retry
@@ -654,17 +658,18 @@ class Daemon:
             if removed:
                 self._write_incidents(env)  # and remove the reports of the runs gone
 
-    def _rollback(self, env: _Env, bad: str, hosts: list[str]) -> None:
-        """Give ``hosts`` the revision last verified on each, and quarantine ``bad``."""
+    def _rollback(self, env: _Env, bad: str, hosts: list[str], why: str) -> None:
+        """Give ``hosts`` the revision last verified on each, and quarantine ``bad`` (``why``:
+        ``policy.quarantine_reason``)."""
         name = env.target.environment
         with self._store() as store:
-            store.quarantine(name, bad, f"verification failed on {', '.join(hosts)}")
+            store.quarantine(name, bad, why)
             targets = policy.rollback_targets(
                 bad, hosts, [policy.HostRevision.from_row(r) for r in store.status(name)])
         log.warning("%s: quarantined %s; rolling back %s", env.config.name, bad[:10], hosts)
         self._notify(env, notify.Event(
             kind="quarantine", environment=env.config.name, sha=bad,
-            summary=f"{bad[:10]} quarantined: verification failed on {', '.join(hosts)}",
+            summary=f"{bad[:10]} quarantined: {why}",
             failed_hosts=tuple(hosts)))
         for sha, names in targets.items():
             outcome = run(env.target, Request(

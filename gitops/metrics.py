@@ -91,6 +91,7 @@ METRICS: dict[str, str] = {
     "gitops_lead_time_seconds": "gauge",
     "gitops_change_failure_ratio": "gauge",
     "gitops_time_to_restore_seconds": "gauge",
+    "gitops_rollouts_short_of_checks": "gauge",
     "gitops_environment_team_info": "info",
     "gitops_team_deployment_frequency_per_day": "gauge",
     "gitops_team_lead_time_seconds": "gauge",
@@ -345,7 +346,8 @@ class StoreCollector(Collector):
         rollout = GaugeMetricFamily(
             "gitops_rollout_hosts",
             "Hosts of the latest rollout (reconcile, rollback, retry) by state:"
-            " done, failed, pending (not reached yet, or not attempted).",
+            " done (applied and verified), failed, not_verified (applied, no check ran),"
+            " pending (not reached yet, or not attempted).",
             labels=["environment", "state"])
         quarantined = GaugeMetricFamily(
             "gitops_quarantined_revisions", "Revisions quarantined after a failed rollout.",
@@ -368,7 +370,7 @@ class StoreCollector(Collector):
             latest = store.latest_rollout(env)
             if latest is None:
                 continue
-            done = failed = 0
+            done = failed = unchecked = 0
             reached: set[str] = set()
             for host in store.host_results(latest.id):
                 reached.add(host.host)
@@ -376,9 +378,12 @@ class StoreCollector(Collector):
                     failed += 1
                 elif host.verify_status == "pass":
                     done += 1
+                elif host.apply_status == "ok":
+                    unchecked += 1
             pending = 0 if latest.result == "succeeded" else len(
                 known_hosts.get(env, set()) - reached)
-            for state, value in (("done", done), ("failed", failed), ("pending", pending)):
+            for state, value in (("done", done), ("failed", failed),
+                                 ("not_verified", unchecked), ("pending", pending)):
                 rollout.add_metric([env, state], value)
         yield from (success, rollout, quarantined, suspended)
 
@@ -403,7 +408,15 @@ class StoreCollector(Collector):
             "gitops_time_to_restore_seconds",
             "Median time from a failed rollout to the next verified success.",
             labels=["environment", "window"])
+        short = GaugeMetricFamily(
+            "gitops_rollouts_short_of_checks",
+            "Rollouts whose checks failed while nothing changed on the hosts (a stricter"
+            " check): not failed changes, not in the change failure ratio.",
+            labels=["environment", "window"])
         for env, data in sorted(figures.items()):
+            value = _number(data, "short_of_checks")
+            if value is not None:
+                short.add_metric([env, window], value)
             value = _number(data, "deployment_frequency_per_day")
             if value is not None:
                 frequency.add_metric([env, window], value)
@@ -417,7 +430,7 @@ class StoreCollector(Collector):
             value = _number(data, "time_to_restore_median_s")
             if value is not None:
                 restore.add_metric([env, window], value)
-        yield from (frequency, lead, failure, restore)
+        yield from (frequency, lead, failure, restore, short)
 
 
     def _teams(self) -> Iterator[Metric]:

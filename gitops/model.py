@@ -194,6 +194,9 @@ class EnvironmentSettings(_Strict):
     require_models: bool = False
     """A used service without ``deploys/<service>/model.py`` is an error (else a warning:
     its parameters, typos included, are passed on unchecked)."""
+    require_checks: bool = False
+    """A used service without ``deploys/<service>/checks.py`` is an error (else a warning:
+    a host whose services have no checks is applied, not verified)."""
     prune: bool = True
     """A service the record has on a host that the revision no longer declares there is
     taken off with its ``deploys/<service>/remove.py`` (false: reported only, the host left

@@ -642,7 +642,9 @@ def _last_words(delivery: Delivery) -> str:
 def commit_state_for(outcome: Outcome) -> tuple[CommitState, str]:
     """The commit status a finished run reports, with a short description."""
     if outcome.result == "succeeded":
-        return "success", "applied and verified"
+        unchecked = outcome.verify.not_verified(outcome.apply) if outcome.verify else []
+        return "success", ("applied, not verified on " + ", ".join(unchecked)
+                           + ": no check ran" if unchecked else "applied and verified")
     if outcome.result == "invalid":
         return "failure", "invalid declaration: nothing applied"
     if outcome.result == "failed":

@@ -8,7 +8,10 @@ in as a number in [0, 1], so each rule is a row of a table in ``tests/test_polic
 - ``next_run``: what a cycle runs (or why nothing), given the head, controls and history;
   outside the maintenance window (``CycleInput.window``) a new revision waits.
 - ``until_window``: the next cycle's delay, never past the opening of the window.
-- ``after_run``: what follows a run: done, stalled, rollback and quarantine, retry, backoff.
+- ``after_run``: what follows a run: done, stalled, rollback and quarantine (and why:
+  ``quarantine_reason``), retry, backoff; hosts that only fell short of the checks
+  (``short_of_checks``) are not rolled back, and a run that failed only so (``checks_only``)
+  is no failed change.
 - ``rollback_targets``: which revision each failed host goes back to.
 - ``after_drift``: tell people, and (``drift: correct``) re-apply on which hosts.
 - ``event_kind``: which notification a run's end is.
@@ -57,6 +60,7 @@ __all__ = [
     "after_drift",
     "after_run",
     "backoff",
+    "checks_only",
     "event_kind",
     "jitter",
     "needs_run",
@@ -64,8 +68,10 @@ __all__ = [
     "pending_promotion",
     "promotion",
     "promotion_refusal",
+    "quarantine_reason",
     "refusal",
     "rollback_targets",
+    "short_of_checks",
     "until_window",
 ]
 
@@ -378,6 +384,10 @@ class RunSummary:
     unreachable: frozenset[str] = frozenset()
     recovering: frozenset[str] = frozenset()
     """Hosts whose previous apply was cut by a crash of the controller (``journal``)."""
+    apply_failed: frozenset[str] = frozenset()
+    """Of ``broken``: the hosts whose apply failed (the others failed their checks)."""
+    unchanged: frozenset[str] = frozenset()
+    """Hosts whose apply succeeded and changed nothing (or that were not applied)."""
 
     @classmethod
     def of(cls, outcome: Outcome) -> RunSummary:
@@ -388,10 +398,29 @@ class RunSummary:
             unreachable |= {h.host for h in outcome.apply.hosts if h.status == "unreachable"}
         broken = set(outcome.verify.failed_hosts if outcome.verify else []) | set(
             outcome.apply.failed_hosts if outcome.apply else [])
+        applied = outcome.apply.hosts if outcome.apply else ()
         return cls(result=outcome.result, permanent=isinstance(outcome.error, PermanentError),
                    revision=outcome.revision.sha if outcome.revision else None,
                    broken=frozenset(broken - unreachable), unreachable=frozenset(unreachable),
-                   recovering=outcome.recovering)
+                   recovering=outcome.recovering,
+                   apply_failed=frozenset(set(outcome.apply.failed_hosts if outcome.apply
+                                              else []) - unreachable),
+                   unchanged=frozenset(h.host for h in applied
+                                       if h.status == "ok" and h.changed == 0))
+
+
+    @classmethod
+    def from_hosts(cls, result: RunResult, hosts: Iterable[records.HostRow]) -> RunSummary:
+        """The summary of a recorded run, from its hosts' rows (``Store.host_results``)."""
+        rows = list(hosts)
+        unreachable = {h.host for h in rows if h.apply_status == "unreachable"}
+        apply_failed = {h.host for h in rows
+                        if h.apply_status not in (None, "ok", "unreachable")}
+        broken = apply_failed | {h.host for h in rows if h.verify_status == "fail"}
+        return cls(result=result, broken=frozenset(broken - unreachable),
+                   unreachable=frozenset(unreachable), apply_failed=frozenset(apply_failed),
+                   unchanged=frozenset(h.host for h in rows
+                                       if h.apply_status == "ok" and h.changed == 0))
 
 
 Next = Literal["done", "stalled", "backoff", "rollback", "retry"]
@@ -409,6 +438,37 @@ class After:
     """Roll these hosts back to their last verified revision and quarantine the run's."""
     retry: frozenset[str] | None = None
     """Retry only these hosts at the next cycle."""
+    quarantine: str = ""
+    """With ``rollback``: why the run's revision is quarantined (``quarantine_reason``)."""
+    short: frozenset[str] = frozenset()
+    """Hosts that failed checks although nothing changed on them (``short_of_checks``):
+    the checks found them short (a stricter check, or drift); not rolled back."""
+
+
+def short_of_checks(s: RunSummary) -> frozenset[str]:
+    """The failed hosts whose apply succeeded and changed nothing: the commit did not change
+    them, so their failed checks are not its change's (a stricter check found the hosts
+    short of it, or they drifted); rolling the commit back would not change them either."""
+    return (s.broken - s.apply_failed - s.recovering) & s.unchanged
+
+
+def checks_only(s: RunSummary) -> bool:
+    """Whether a failed run failed only because hosts fell short of the checks: every failed
+    host is ``short_of_checks`` (nothing changed on it), none unreachable. Not a failed
+    change: delivery metrics count it apart (``gitops.delivery``)."""
+    return (s.result == "failed" and bool(s.broken) and not s.unreachable
+            and short_of_checks(s) == s.broken)
+
+
+def quarantine_reason(s: RunSummary, hosts: Iterable[str]) -> str:
+    """Why a revision rolled back from ``hosts`` is quarantined: its apply failed there, its
+    verification failed there, or both (each with its hosts)."""
+    wanted = set(hosts)
+    apply = sorted(wanted & s.apply_failed)
+    verify = sorted(wanted - s.apply_failed)
+    parts = ([f"apply failed on {', '.join(apply)}"] if apply else []) + (
+        [f"verification failed on {', '.join(verify)}"] if verify else [])
+    return "; ".join(parts)
 
 
 def after_run(s: RunSummary, cfg: EnvironmentConfig, failures: int, rand: float) -> After:
@@ -424,7 +484,10 @@ def after_run(s: RunSummary, cfg: EnvironmentConfig, failures: int, rand: float)
     its last verified revision, one state the record can name (every service is applied:
     a failed host's convergence record is cleared); the guarded services are already back
     there, so for them it changes nothing. Without ``auto_rollback`` the host
-    stays as the revert left it, as any failed host stays."""
+    stays as the revert left it, as any failed host stays.
+
+    A host that failed its checks although nothing changed on it (``short_of_checks``: the
+    commit only made a check stricter) is not rolled back: the commit did not change it."""
     if s.result == "succeeded":
         return After("done", jitter(cfg.interval, cfg.jitter, rand), 0)
     if s.result == "invalid" or s.permanent:
@@ -433,13 +496,15 @@ def after_run(s: RunSummary, cfg: EnvironmentConfig, failures: int, rand: float)
         return After("backoff", backoff(failures + 1, cfg.retry_base, cfg.retry_max, rand),
                      failures + 1)
     retry = s.unreachable | (s.broken & s.recovering)
-    broken = s.broken - s.recovering
+    short = short_of_checks(s)
+    broken = s.broken - s.recovering - short
     rollback = broken if cfg.auto_rollback and s.revision is not None else frozenset()
+    why = quarantine_reason(s, rollback) if rollback else ""
     if retry:
         return After("retry", backoff(failures + 1, cfg.retry_base, cfg.retry_max, rand),
-                     failures + 1, rollback=rollback, retry=retry)
+                     failures + 1, rollback=rollback, retry=retry, quarantine=why, short=short)
     return After("rollback" if rollback else "done", jitter(cfg.interval, cfg.jitter, rand), 0,
-                 rollback=rollback)
+                 rollback=rollback, quarantine=why, short=short)
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,12 @@ from gitops.store import ENVIRONMENT, Condition, Database, NoStore, Store, Store
 
 Progress = Callable[[str], None]
 
-__all__ = ["Cut", "Outcome", "Request", "Target", "declared", "plan", "reconcile",
-           "recover_unfinished", "run", "verify"]
+NOT_VERIFIED = "AppliedNotVerified"
+"""The Ready reason of a host (or environment) applied without a failure on which no check
+ran: not verified, so never a rollback target nor promoted (``not_verified``)."""
+
+__all__ = ["NOT_VERIFIED", "Cut", "Outcome", "Request", "Target", "declared", "not_verified",
+           "plan", "reconcile", "recover_unfinished", "run", "verify"]
 
 
 @dataclass(frozen=True)
@@ -499,6 +503,17 @@ def _record_verified(store: Store, target: Target, outcome: Outcome, hosts: list
             return
     store.record_verified(target.environment, revision, outcome.run_id,
                           upstream=target.upstream)
+    _drop_superseded(store, target, revision)
+
+
+def _drop_superseded(store: Store, target: Target, revision: Revision) -> None:
+    """The quarantined revisions ``revision`` (now verified on every host) descends from
+    leave the quarantine: a newer commit fixed what they broke, and no cycle applies an
+    older commit than the head again."""
+    quarantined = {q.sha for q in store.quarantined(target.environment)} - {revision.sha}
+    if quarantined:
+        before = set(source.lineage(target.repo, target.state_dir, revision.sha))
+        store.drop_quarantined(target.environment, sorted(quarantined & before))
 
 
 def _fingerprint_key(state_dir: Path) -> bytes:
@@ -784,11 +799,16 @@ def _finalize(
         return
     assert outcome.verify is not None
     if outcome.result == "succeeded":
+        unchecked = not_verified(outcome)
         verb = "Verified" if kind == "verify" else "Applied and verified"
-        store.set_status(env, ENVIRONMENT, [
-            Condition("Ready", "True", "ReconciliationSucceeded", f"{verb} revision: {ref}"),
-            *_pruned(removals),
-        ], applied=ref if applies else None, attempted=attempted, verified=ref)
+        ready = Condition("Ready", "True", "ReconciliationSucceeded", f"{verb} revision: {ref}")
+        if unchecked:
+            ready = Condition("Ready", "True", NOT_VERIFIED,
+                              f"Applied revision: {ref}; not verified on "
+                              f"{', '.join(unchecked)}: no check ran there")
+        store.set_status(env, ENVIRONMENT, [ready, *_pruned(removals)],
+                         applied=ref if applies else None, attempted=attempted,
+                         verified=None if unchecked else ref)
     else:
         bad = sorted(set(outcome.verify.failed_hosts) |
                      set(outcome.apply.failed_hosts if outcome.apply else []))
@@ -798,6 +818,12 @@ def _finalize(
                       f"{ref}: {len(bad)} host(s) failed: {', '.join(bad)}{why}"),
             *_pruned(removals),
         ], attempted=attempted)
+
+
+def not_verified(outcome: Outcome) -> list[str]:
+    """The hosts the run applied (without a failure) on which no check ran: applied, not
+    verified (``VerifyReport.not_verified``)."""
+    return outcome.verify.not_verified(outcome.apply) if outcome.verify else []
 
 
 def _record_installed(store: Store, env: str, ref: str, state: DeclaredState,
@@ -843,8 +869,8 @@ def _host_status(
         else:
             failed_checks.setdefault(r.host, []).append(f"{r.service}/{r.check}")
     applied_hosts = {h.host: h for h in outcome.apply.hosts} if outcome.apply else {}
-    touched = set(applied_hosts) | {r.host for r in outcome.verify.results} | set(
-        outcome.verify.host_errors)
+    checked = {r.host for r in outcome.verify.results}
+    touched = set(applied_hosts) | checked | set(outcome.verify.host_errors)
     for name in sorted(touched):
         h = applied_hosts.get(name)
         if h is not None and h.guard is not None and h.guard.result in (
@@ -858,16 +884,22 @@ def _host_status(
             cond = Condition("Ready", "False", "VerificationFailed",
                              outcome.verify.host_errors[name][:300])
         elif name in failed_checks:
+            short = (" (nothing changed on this host in this run: the checks found it short "
+                     "of them)" if h is not None and h.changed == 0 else "")
             cond = Condition("Ready", "False", "VerificationFailed",
                              "failed checks: " + ", ".join(failed_checks[name])
-                             + waiting.get(name, ""))
+                             + waiting.get(name, "") + short)
         elif name in waiting:
             cond = Condition("Ready", "False", depends.NOT_READY, waiting[name][2:])
+        elif name not in checked:
+            cond = Condition("Ready", "True", NOT_VERIFIED,
+                             f"{'applied' if h else 'reached'} {ref}, not verified: no check "
+                             "ran on this host (its services have no checks.py)")
         else:
             cond = Condition("Ready", "True", "ReconciliationSucceeded",
                              f"{'applied and verified' if h else 'verified'} {ref}")
         applied = ref if (h is not None and h.status == "ok") else None
-        verified = ref if cond.status == "True" else None
+        verified = ref if cond.status == "True" and name in checked else None
         store.set_status(env, name, [cond, *_pruned(removals, name)], applied=applied,
                          attempted=attempted if h else None, verified=verified)
         if cond.status != "True":

@@ -218,6 +218,13 @@ class VerifyReport(_Record):
     def ok(self) -> bool:
         return not self.failed and not self.host_errors
 
+    def not_verified(self, applied: ApplyReport | None) -> list[str]:
+        """The hosts ``applied`` without a failure on which no check ran: applied, not
+        verified (their services have no ``checks.py``)."""
+        checked = {r.host for r in self.results}
+        return sorted(h.host for h in (applied.hosts if applied else ())
+                      if h.status == "ok" and h.host not in checked)
+
 
 class WorkerResult(_Record):
     """What the pyinfra worker hands back: the plan and, unless dry, the apply report."""

@@ -907,6 +907,13 @@ class Store:
             return self._event(db, environment, "unquarantine", actor=actor, reason=reason,
                                sha=sha)
 
+    def drop_quarantined(self, environment: str, shas: Iterable[str]) -> None:
+        """Take ``shas`` out of the quarantine without an event (superseded: a newer revision
+        they lead to is verified on every host)."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM quarantine WHERE environment=? AND sha=?",
+                           [(environment, sha) for sha in shas])
+
     def quarantined(self, environment: str | None = None) -> list[Quarantined]:
         out = []
         for r in self._of_environment("quarantine", environment, "since"):
@@ -1126,9 +1133,11 @@ class Store:
             (run_id, host))]
 
     def verified_hosts(self, environment: str | None = None) -> dict[int, frozenset[str]]:
-        """The hosts of each succeeded apply run (a succeeded run verified every host it has)."""
+        """The hosts each succeeded apply run verified: whose checks ran and passed (a host
+        on which no check ran was applied, not verified)."""
         sql = ("SELECT h.run_id, h.host FROM host_results h JOIN runs r ON r.id = h.run_id"
-               f" WHERE r.result = 'succeeded' AND r.kind IN {_APPLY_IN}")
+               f" WHERE r.result = 'succeeded' AND r.kind IN {_APPLY_IN}"
+               " AND h.verify_status = 'pass'")
         args: tuple[str, ...] = ()
         if environment is not None:
             sql, args = sql + " AND r.environment=?", (environment,)
@@ -1136,6 +1145,14 @@ class Store:
         for run_id, host in self.db.execute(sql, args):
             hosts.setdefault(run_id, set()).add(host)
         return {k: frozenset(v) for k, v in hosts.items()}
+
+    def unverified_runs(self, environment: str) -> set[int]:
+        """The succeeded apply runs of ``environment`` with a host on which no check ran:
+        applied there, not verified (no revision of theirs is a verified one)."""
+        return {r[0] for r in self.db.execute(
+            "SELECT DISTINCT h.run_id FROM host_results h JOIN runs r ON r.id = h.run_id"
+            f" WHERE r.environment = ? AND r.result = 'succeeded' AND r.kind IN {_APPLY_IN}"
+            " AND h.verify_status IS NULL", (environment,))}
 
     def latest_rollout(self, environment: str,
                        kinds: Iterable[str] = APPLY_KINDS

@@ -19,7 +19,7 @@ from gitops import control
 from gitops.cli import main
 from gitops.loop import Daemon
 from gitops.reconcile import Outcome, Target, _finalize
-from gitops.records import CheckResult, Revision, VerifyReport
+from gitops.records import ApplyReport, CheckResult, HostApply, Revision, VerifyReport
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.store import ENVIRONMENT, Condition, Store
 
@@ -169,6 +169,49 @@ def test_a_verified_run_records_the_verified_revision(tmp_path: Path) -> None:
         env = next(r for r in rows if r["host"] == "")
         assert "verified revision" in env["conditions"][0]["message"].lower()
         assert env["last_verified_revision"] == revision.ref
+
+
+def test_a_host_no_check_ran_on_is_applied_not_verified(tmp_path: Path) -> None:
+    """A run that applied two hosts and ran checks on one (the other's services have no
+    checks.py): ``status`` says the second is applied, not verified, and neither it nor the
+    environment has the revision as verified; the first host has."""
+    state = tmp_path / "state"
+    revision = Revision(sha=SHA, branch="main", author="Ann", message="m",
+                        committed_at=datetime(2026, 12, 1, tzinfo=UTC))
+    target = Target(repo=str(tmp_path), branch="main", environment="prod", state_dir=state)
+    applied = ApplyReport(hosts=(HostApply(host="web1", status="ok"),
+                                 HostApply(host="web2", status="ok")))
+    checks = VerifyReport(results=(CheckResult(host="web1", service="web", check="port",
+                                               status="pass"),))
+    with Store(state) as store:
+        run_id = store.start_run("prod", "reconcile", revision, actor="t")
+        _finalize(store, target, "reconcile", Outcome(
+            "succeeded", run_id=run_id, revision=revision, apply=applied, verify=checks),
+            {}, {}, None)
+    rows = {r["host"]: r for r in json.loads(
+        _cli("status", "--json", "--state-dir", str(state)).output)}
+    assert rows["web1"]["last_verified_revision"] == revision.ref
+    assert rows["web2"]["last_applied_revision"] == revision.ref
+    assert rows["web2"]["last_verified_revision"] is None
+    assert rows["web2"]["conditions"][0]["reason"] == "AppliedNotVerified"
+    assert "not verified" in rows["web2"]["conditions"][0]["message"]
+    assert rows[""]["last_verified_revision"] is None
+    assert "not verified on web2" in rows[""]["conditions"][0]["message"]
+    text = _cli("status", "--state-dir", str(state)).output
+    assert "not verified" in text
+
+
+def test_a_run_summary_says_which_hosts_are_not_verified() -> None:
+    """``reconcile`` ends with "applied, not verified on web2" when no check ran there."""
+    from gitops.cli import _outcome_summary
+
+    applied = ApplyReport(hosts=(HostApply(host="web1", status="ok"),
+                                 HostApply(host="web2", status="ok")))
+    checks = VerifyReport(results=(CheckResult(host="web1", service="web", check="port",
+                                               status="pass"),))
+    line = _outcome_summary(Outcome("succeeded", run_id=3, apply=applied, verify=checks))
+    assert line == ("run #3: succeeded, 0 changed, 1 checks passed; applied, not verified on "
+                    "web2: no check ran there")
 
 
 def test_the_daemon_status_api_reads_only(tmp_path: Path) -> None:

@@ -54,9 +54,11 @@ def record(
     reason: str = "",
     actor: str = "gitops-daemon",
     env: str = ENV,
+    changed: bool = True,
 ) -> int:
     """Record one run of ``commit`` (a name; its sha is ``sha_of(name)``) as the reconciler
-    would: plan, apply and verify per host, then fix its times."""
+    would: plan, apply and verify per host, then fix its times. Not ``changed``: the apply
+    changed nothing on the hosts."""
     failed_checks = failed_checks or {}
     failed_ops = failed_ops or {}
     revision = Revision(sha=sha_of(commit), branch="main", author=f"{commit.title()} Author",
@@ -74,7 +76,8 @@ def record(
             HostApply(host=h, status="failed" if h in failed_ops else "ok",
                       error="operation failed" if h in failed_ops else None,
                       ops=(OpResult(name="Deploy app config", service="app",
-                                    status="failed" if h in failed_ops else "changed",
+                                    status="failed" if h in failed_ops else
+                                    "changed" if changed else "unchanged",
                                     stderr=failed_ops.get(h, "")),))
             for h in hosts))
         checks = VerifyReport(results=tuple(
@@ -232,6 +235,26 @@ def test_retry_completes_a_rollout_and_errors_stay_pending(store: Store) -> None
     assert m.lead_times_s == (180.0,)
     assert (m.rollouts, m.failed_rollouts, m.rollouts_pending) == (1, 1, 1)
     assert m.restore_intervals_s == (50.0,)
+
+
+def test_a_commit_that_only_made_a_check_stricter_is_counted_apart(store: Store) -> None:
+    """A commit whose checks failed while its apply changed nothing on the hosts (it only
+    made a check stricter) found the hosts short of the new check: not a failed change (not
+    in the rate, no restore interval, not pending), counted in ``short_of_checks``; a commit
+    that changed a host and broke it is a failed change."""
+    good_bad_fix(store)
+    day3 = T0 + timedelta(days=2, hours=2)
+    record(store, "reconcile", "stricter", start=day3, seconds=30, result="failed",
+           failed_checks={"host1": "maxmemory is 0", "host2": "maxmemory is 0"},
+           changed=False, reason="new commit")
+    m = delivery_metrics(store, days=7, now=T0 + timedelta(days=3))[ENV]
+    assert (m.rollouts, m.failed_rollouts, m.rollouts_pending) == (3, 1, 0)
+    assert m.short_of_checks == 1 and m.as_dict()["short_of_checks"] == 1
+    assert m.restore_intervals_s == (70.0,) and m.unrestored_since is None
+    record(store, "reconcile", "broke", start=day3 + timedelta(hours=1), seconds=30,
+           result="failed", failed_checks={"host1": "maxmemory is 0"}, reason="new commit")
+    m = delivery_metrics(store, days=7, now=T0 + timedelta(days=3))[ENV]
+    assert (m.rollouts, m.failed_rollouts, m.short_of_checks) == (4, 2, 1)
 
 
 def test_unrestored_failure_is_reported_open(store: Store) -> None:

@@ -57,6 +57,7 @@ def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sta
     repo = make_state_repo(tmp_path_factory.mktemp("guard"), lab, services=("base",))
     inv = repo.inventory()
     inv["settings"]["rollout"] = {"canary": 1}
+    inv["settings"]["require_checks"] = False  # the pause has nothing to check
     inv["groups"]["all"]["services"]["pause"] = {}  # not guarded: applied after base
     (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
     (repo.path / "deploys/pause").mkdir()

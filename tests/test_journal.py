@@ -101,6 +101,32 @@ def test_a_cut_elsewhere_and_an_ordinary_cut_add_up(tmp_path: Path) -> None:
     assert journal.pending(folder, "lab-2") == {CONFIG, journal.ANY}
 
 
+def test_an_apply_that_failed_is_not_read_as_cut(tmp_path: Path) -> None:
+    """An apply that ended with the host failed (an apt error) marks its journal so: the host
+    is not interrupted (the next run is an ordinary one, no crash to recover from), what
+    that apply changed is still pending for what depends on it; an apply cut after that is
+    interrupted again, and a failed apply of a host with no journal writes none."""
+    folder = tmp_path / "journal" / "lab"
+    w = journal.Writer(folder, "lab-1")
+    w.start(CONFIG)
+    w.done(CONFIG, changed=True)
+    w.start("app | Install packages")
+    w.done("app | Install packages", changed=False)
+    w.close()
+    journal.failed(folder, "lab-1", "Unable to locate package redis-server")
+    journal.failed(folder, "lab-2", "an error before any operation started")
+    assert journal.interrupted(folder) == set()
+    assert journal.journaled(folder) == {"lab-1"}
+    assert journal.pending(folder, "lab-1") == {CONFIG}
+    w = journal.Writer(folder, "lab-1")  # the next apply, cut this time
+    w.start(RESTART)
+    w.close()
+    assert journal.interrupted(folder) == {"lab-1"}
+    assert journal.pending(folder, "lab-1") == {CONFIG, RESTART}
+    journal.forget_others(folder, set())
+    assert journal.journaled(folder) == set()
+
+
 ARMED = """
 from gitops.workers import apply_worker as w  # first, as in the worker (gevent's patching)
 import json, sys

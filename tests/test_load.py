@@ -305,6 +305,24 @@ def test_service_without_model_warns_or_fails(sample: Path, tmp_path: Path) -> N
                for p in problems), problems
 
 
+def test_service_without_checks_warns_or_fails(sample: Path, tmp_path: Path) -> None:
+    """A used service without checks.py is valid with a warning (printed by validate): its
+    hosts are applied, not verified by it; with settings.require_checks (on in the sample) it
+    is an error at the inventory line that uses it."""
+    (sample / "deploys/web/checks.py").unlink()
+    problems = _problems(sample)
+    assert any(p.startswith("inventories/lab.yml:") and "'web' has no deploys/web/checks.py"
+               in p and "require_checks" in p for p in problems), problems
+    _edit(sample, "  require_checks: true", "  require_checks: false")
+    state = load(sample, "lab")
+    assert len(state.warnings) == 1
+    assert "'web' has no deploys/web/checks.py" in state.warnings[0]
+    assert "not verified" in state.warnings[0]
+    proc = _gitops(sample, tmp_path / "state", "validate", "--worktree")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: inventories/lab.yml:" in proc.stderr and "checks.py" in proc.stderr
+
+
 # --- the second line of defence: the ssh_config writer ----------------------------------------
 
 

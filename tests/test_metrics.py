@@ -166,10 +166,26 @@ def test_values_read_from_the_store(store: Store) -> None:
     assert _value(s, rollout, environment="prod", state="done") == 1
     assert _value(s, rollout, environment="prod", state="failed") == 1
     assert _value(s, rollout, environment="prod", state="pending") == 0
+    assert _value(s, rollout, environment="prod", state="not_verified") == 0
     assert _value(s, "gitops_quarantined_revisions", environment="prod") == 1
     assert _value(s, "gitops_quarantined_revisions", environment="staging") == 0
     assert _value(s, "gitops_suspended", environment="prod") == 1
     assert _value(s, "gitops_suspended", environment="staging") == 0
+
+
+def test_a_host_no_check_ran_on_is_applied_not_verified(tmp_path: Path) -> None:
+    """A succeeded rollout whose second host ran no check (its services have no checks.py):
+    one host done, one applied and not verified, none counted verified by the store."""
+    with Store(tmp_path / "state") as store:
+        run = store.start_run("lab", "reconcile", _revision(SHA1), actor="t")
+        store.finish_run(run, "succeeded", apply=_apply(HOSTS), verify=_verify(("web1",)),
+                         stage_s={"verify": 0.1})
+        s = _samples(render(store).decode())
+        assert store.verified_hosts("lab") == {run: frozenset({"web1"})}
+        assert store.unverified_runs("lab") == {run}
+    rollout = "gitops_rollout_hosts"
+    assert _value(s, rollout, environment="lab", state="done") == 1
+    assert _value(s, rollout, environment="lab", state="not_verified") == 1
 
 
 def test_applied_revision_is_the_current_short_sha(store: Store) -> None:

@@ -123,7 +123,31 @@ AFTER_RUN = [
      RunSummary("interrupted"), 3, After("backoff", 8, 4)),
     ("a failed check: roll that host back and quarantine",
      RunSummary("failed", revision=B, broken=frozenset({"h1"})), 0,
-     After("rollback", 60, 0, rollback=frozenset({"h1"}))),
+     After("rollback", 60, 0, rollback=frozenset({"h1"}),
+           quarantine="verification failed on h1")),
+    ("a failed apply: quarantined as an apply failure, not a verification failure",
+     RunSummary("failed", revision=B, broken=frozenset({"h1", "h2"}),
+                apply_failed=frozenset({"h1", "h2"})), 0,
+     After("rollback", 60, 0, rollback=frozenset({"h1", "h2"}),
+           quarantine="apply failed on h1, h2")),
+    ("one host's apply failed, another's checks: each reason with its hosts",
+     RunSummary("failed", revision=B, broken=frozenset({"h1", "h2"}),
+                apply_failed=frozenset({"h2"}), unchanged=frozenset({"h3"})), 0,
+     After("rollback", 60, 0, rollback=frozenset({"h1", "h2"}),
+           quarantine="apply failed on h2; verification failed on h1")),
+    ("only a stricter check failed, nothing changed on the hosts: not rolled back",
+     RunSummary("failed", revision=B, broken=frozenset({"h1", "h2"}),
+                unchanged=frozenset({"h1", "h2", "h3"})), 0,
+     After("done", 60, 0, short=frozenset({"h1", "h2"}))),
+    ("a host that changed and failed is rolled back, one that only fell short is not",
+     RunSummary("failed", revision=B, broken=frozenset({"h1", "h2"}),
+                unchanged=frozenset({"h2"})), 0,
+     After("rollback", 60, 0, rollback=frozenset({"h1"}), quarantine="verification failed on h1",
+           short=frozenset({"h2"}))),
+    ("a failed apply that changed nothing is still the commit's: rolled back",
+     RunSummary("failed", revision=B, broken=frozenset({"h1"}), apply_failed=frozenset({"h1"}),
+                unchanged=frozenset({"h1"})), 0,
+     After("rollback", 60, 0, rollback=frozenset({"h1"}), quarantine="apply failed on h1")),
     ("a failed check without auto_rollback: nothing more",
      RunSummary("failed", revision=B, broken=frozenset({"h1"})), 0, After("done", 60, 0)),
     ("unreachable hosts: retried with backoff, never rolled back",
@@ -131,11 +155,13 @@ AFTER_RUN = [
      After("retry", 2, 2, retry=frozenset({"h3"}))),
     ("broken and unreachable: roll back one, retry the other",
      RunSummary("failed", revision=B, broken=frozenset({"h1"}), unreachable=frozenset({"h3"})),
-     0, After("retry", 1, 1, rollback=frozenset({"h1"}), retry=frozenset({"h3"}))),
+     0, After("retry", 1, 1, rollback=frozenset({"h1"}), retry=frozenset({"h3"}),
+              quarantine="verification failed on h1")),
     ("a host failing right after a controller crash is retried, not rolled back",
      RunSummary("failed", revision=B, broken=frozenset({"h1", "h2"}),
                 recovering=frozenset({"h2"})), 0,
-     After("retry", 1, 1, rollback=frozenset({"h1"}), retry=frozenset({"h2"}))),
+     After("retry", 1, 1, rollback=frozenset({"h1"}), retry=frozenset({"h2"}),
+           quarantine="verification failed on h1")),
 ]
 
 
@@ -414,3 +440,28 @@ def test_a_host_that_reverted_its_guarded_apply_is_rolled_back_whole() -> None:
     assert policy.after_run(summary, NO_ROLLBACK, 0, HALF).rollback == frozenset()
     assert policy.rollback_targets(B, {"h1"}, [HostRevision("h1", A), HostRevision("h2", B)]
                                    ) == {A: {"h1"}}
+
+
+def test_a_run_summary_tells_apply_failures_and_hosts_nothing_changed_on() -> None:
+    """From a run's outcome: which failed hosts failed their apply (an exception in
+    ``deploy.py``), and which applied with no change (a commit that only made a check
+    stricter): the first are quarantined as an apply failure, the second not rolled back."""
+    from gitops.reconcile import Outcome
+    from gitops.records import ApplyReport, CheckResult, HostApply, OpResult, Revision, VerifyReport
+
+    raised = HostApply(host="h1", status="failed", error="deploys/app/deploy.py:3: boom")
+    same = HostApply(host="h2", status="ok",
+                     ops=(OpResult(name="app | Config", service="app", status="unchanged"),))
+    changed = HostApply(host="h3", status="ok",
+                        ops=(OpResult(name="app | Config", service="app", status="changed"),))
+    checks = VerifyReport(results=(
+        CheckResult(host="h2", service="app", check="test_strict", status="fail"),
+        CheckResult(host="h3", service="app", check="test_strict", status="fail")))
+    outcome = Outcome("failed", revision=Revision(sha=B, branch="main", author="T",
+                                                  committed_at=datetime.now(UTC), message="m"),
+                      apply=ApplyReport(hosts=(raised, same, changed)), verify=checks)
+    summary = RunSummary.of(outcome)
+    assert summary.apply_failed == {"h1"} and summary.unchanged == {"h2"}
+    after = policy.after_run(summary, CFG, 0, HALF)
+    assert after.rollback == {"h1", "h3"} and after.short == {"h2"}
+    assert after.quarantine == "apply failed on h1; verification failed on h3"

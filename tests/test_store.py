@@ -226,6 +226,20 @@ def test_last_good_revision_skips_operator_actions(store: Store) -> None:
     assert control.last_good_revision(store, "prod", before=None) == SHA1
 
 
+def test_a_revision_no_check_ran_on_is_not_the_last_good_one(store: Store) -> None:
+    """A succeeded apply during which no check ran on one host (its services have no
+    checks.py) applied that revision, verified nothing there: the revision to roll back to is
+    the one before, whose checks ran on every host; its hosts are not counted verified."""
+    good = store.start_run("prod", "reconcile", _revision(SHA1), actor="t")
+    store.finish_run(good, "succeeded", apply=_apply("web1", "web2"),
+                     verify=_verify("web1", "web2"))
+    unchecked = store.start_run("prod", "reconcile", _revision(SHA2), actor="t")
+    store.finish_run(unchecked, "succeeded", apply=_apply("web1", "web2"),
+                     verify=_verify("web1"))
+    assert control.last_good_revision(store, "prod", before=None) == SHA1
+    assert store.verified_hosts("prod") == {good: {"web1", "web2"}, unchecked: {"web1"}}
+
+
 def test_quarantine_is_idempotent_and_per_environment(store: Store, clock: Clock) -> None:
     """Quarantining twice keeps the first reason and time; counts are per environment."""
     store.quarantine("prod", SHA1, "verification failed on web1")

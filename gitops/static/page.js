@@ -299,7 +299,8 @@
       tile(d.time_to_restore_median_s === null ? "—" : duration(d.time_to_restore_median_s),
         `time to restore, median (${d.restore_intervals_s.length} restored)`),
       d.unrestored_since ? tile(ago(d.unrestored_since), "failing since, not restored", "bad") : null,
-      d.rollouts_pending ? tile(String(d.rollouts_pending), "rollouts not decided yet") : null);
+      d.rollouts_pending ? tile(String(d.rollouts_pending), "rollouts not decided yet") : null,
+      d.short_of_checks ? tile(String(d.short_of_checks), "rollouts short of a new check (not failed changes)") : null);
     const rows = d.series.map((x) => ({ label: x.day, parts: { deployments: x.deployments, "failed rollouts": x.failures } }));
     const cards = el("div", { class: "cards" },
       el("div", { class: "card" }, el("h4", { text: `Deployments and failed rollouts per day (${days} days)` }),
@@ -331,13 +332,15 @@
   // Why an open failure can sit beside a rate that does not count it (gitops/delivery.py).
   function cfrNote(env, d, days) {
     const open = env.incidents && env.incidents.available ? env.incidents.open.length : 0;
-    if (!open && !d.unrestored_since && !d.rollouts_pending) return null;
+    if (!open && !d.unrestored_since && !d.rollouts_pending && !d.short_of_checks) return null;
     return el("p", { class: "muted", "data-testid": "cfr-note", text:
       `The change failure rate counts rollouts: the first attempts of a commit not yet verified here, ` +
       `first tried in the last ${days} days, once decided (verified, or failed before it was verified, ` +
       `or rolled back). A failed re-run of a commit already verified (reconcile --once, retry) opens ` +
       `an incident and counts in time to restore, not in the rate; a rollout that only errored, ` +
-      `was interrupted or is still running counts once it is decided.` });
+      `was interrupted or is still running counts once it is decided. A rollout whose checks failed ` +
+      `while nothing changed on the hosts (a commit that made a check stricter) found the hosts short ` +
+      `of the new check: it is counted apart, not as a failed change, and not in time to restore.` });
   }
 
   function incidentItem(incident) {

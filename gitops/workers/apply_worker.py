@@ -231,6 +231,9 @@ class _Journal(BaseStateCallback):
         self.undone_services: dict[str, frozenset[str]] = {}
         """host -> the guarded services whose operations are not forced there (reverted)."""
         self.writers: dict[str, journal.Writer] = {}
+        self.journaled: set[str] = set()
+        """The hosts this apply journaled (an operation started)."""
+        self.interrupted = journal.interrupted(folder)
         self.current: dict[str, str] = {}
         # before the deploy files bind ``meta.did_change`` for their ``_if=`` arguments
         OperationMeta.did_change = _did_change_or_forced  # type: ignore[method-assign]
@@ -265,7 +268,9 @@ class _Journal(BaseStateCallback):
                           f"changed any of its {len(forced)} operations; what depends on them "
                           "runs again")
             else:
-                _progress(f"{host.name}: an interrupted apply changed "
+                earlier = ("an interrupted apply" if host.name in self.interrupted
+                           else "the last apply, which failed,")
+                _progress(f"{host.name}: {earlier} changed "
                           f"{', '.join(_op_name(state, h) for h in forced)}; what depends on "
                           "it runs again")
 
@@ -274,6 +279,7 @@ class _Journal(BaseStateCallback):
         if op_hash in state.ops[host]:
             if host.name not in self.writers:
                 self.writers[host.name] = journal.Writer(self.folder, host.name)
+                self.journaled.add(host.name)
             self.writers[host.name].start(_op_name(state, op_hash))
             self.current[host.name] = op_hash
 
@@ -293,10 +299,14 @@ class _Journal(BaseStateCallback):
                 self.writers.pop(host.name).close()
 
     def finish(self, report: ApplyReport) -> None:
-        """A host whose apply completed has nothing pending any more."""
+        """A host whose apply completed has nothing pending any more; one whose apply ended
+        failed is marked so (not cut: the next run is an ordinary one)."""
         for h in report.hosts:
             if h.status == "ok":
                 journal.clear(self.folder, h.host)
+            elif h.host in self.journaled:
+                why = (h.error or h.status).splitlines()
+                journal.failed(self.folder, h.host, why[0] if why else h.status)
 
 
 class _Guards:
