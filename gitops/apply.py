@@ -25,7 +25,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from gitops import fanout, guard
+from gitops import fanout, guard, hints
 from gitops.errors import WorkerError
 from gitops.model import DeclaredState
 from gitops.records import ApplyReport, Plan, WorkerResult
@@ -143,5 +143,6 @@ def apply(
         stopped=stopped,
         duration_s=max(r.duration_s for r in reports if r is not None),
     )
+    report = hints.lab_packages(state, report)  # apt's "Unable to locate" on a lab host
     return _merged_plan(state, results), guard.confirm_guards(state, report,
                                                               on_progress=on_progress)

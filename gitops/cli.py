@@ -2,7 +2,8 @@
 
 Exit codes: 0 all good; 1 apply or verify failed (or a temporary failure: Git remote, SSH,
 lock held, the daemon unreachable mid-wait); 2 invalid declaration or usage (also an operator
-control refusing the command). ``--json`` prints one JSON document on stdout; progress goes
+control refusing the command); 0 also when the reader of stdout closes it (``| head``).
+``--json`` prints one JSON document on stdout; progress goes
 to stderr, live per host on a terminal, plain lines otherwise (``NO_COLOR`` is honoured).
 Every command that records something ends with one line naming the run (``run #12:
 succeeded, 3 changed, 42 checks passed``). Errors are one clear message, never a traceback.
@@ -10,6 +11,7 @@ succeeded, 3 changed, 42 checks passed``). Errors are one clear message, never a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -257,6 +259,8 @@ class _Main(click.Group):
             ctx.color = False
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:  # `gitops history | head -1`: the reader had enough
+            _closed_pipe()
         except GitopsError as exc:
             _fail(exc, False)
         except database_errors() as exc:
@@ -272,6 +276,15 @@ class _Main(click.Group):
                 raise
             click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(int(getattr(exc, "exit_code", 2)))
+
+
+def _closed_pipe() -> None:
+    """End quietly with exit 0 when the reader of stdout closed it (``| head``): a normal
+    end for a command line, not an error; what is left unwritten goes nowhere."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_OK)
 
 
 @click.group(cls=_Main, epilog=EXIT_CODES)
@@ -539,6 +552,9 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
                 {"sha": q.sha, "reason": q.reason, "since": q.since.isoformat()})
         stages = (promotion.pipeline(store, chain) if any(link.upstream for link in chain)
                   else [])
+        invalid = {row["environment"]: _invalid_run(store, row["environment"]) for row in rows
+                   if not row["host"] and any(c["reason"] == "ValidationFailed"
+                                              for c in row["conditions"])}
     stage_of = {link.environment: stage for link, stage in zip(chain, stages, strict=False)}
     for row in rows:
         if not row["host"]:
@@ -559,12 +575,36 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
                    f"applied={_short(row['last_applied_revision'])}{owner}")
         for c in row["conditions"]:
             click.echo(f"    {c['type']}: {freetext.shown(c['message'])}")
+        found = invalid.get(row["environment"]) if not row["host"] else None
+        if found is not None:
+            _print_problems(*found)
         held = row.get("held")
         if held:
             click.echo(f"    Held: {held['sha'][:10]} by {freetext.shown(held['actor'])} until "
                        f"`gitops resume` or a commit newer than {(held['head'] or '')[:10]}")
         _print_quarantined(row["environment"], row.get("quarantined") or [])
     _print_stages(stages)
+
+
+_PROBLEMS_SHOWN = 10
+"""Problems of an invalid revision ``gitops status`` prints (``history --run N``: all)."""
+
+
+def _invalid_run(store: Store, environment: str) -> tuple[int, list[str]] | None:
+    """The newest invalid run of ``environment`` among its last 50: its id and problems."""
+    run = next((r for r in store.history(environment, 50) if r.result == "invalid"), None)
+    if run is None:
+        return None
+    return run.id, [line.strip() for line in (run.error or "").splitlines()[1:] if line.strip()]
+
+
+def _print_problems(run_id: int, problems: list[str]) -> None:
+    """The problems that make the environment's revision invalid, where each one is."""
+    click.echo(f"    Problems (run #{run_id}; all of them: gitops history --run {run_id}):")
+    for line in problems[:_PROBLEMS_SHOWN]:
+        click.secho(f"      {line}", fg="red")
+    if len(problems) > _PROBLEMS_SHOWN:
+        click.echo(f"      ... and {len(problems) - _PROBLEMS_SHOWN} more")
 
 
 def _print_quarantined(environment: str, entries: list[dict[str, Any]]) -> None:
@@ -596,10 +636,15 @@ def _print_stages(stages: list[dict[str, Any]]) -> None:
               help="How many runs.")
 @click.option("--run", "run_id", type=click.IntRange(min=1),
               help="Show one run in full: hosts, operations, every check and its message.")
+@click.option("--diff", "diffs", is_flag=True,
+              help="With --run: also what each changed file operation wrote (its diff, "
+                   "secrets redacted).")
 @json_option
 def history(as_json: bool, environment: str | None, state_dir: Path | None, limit: int,
-            run_id: int | None) -> None:
+            run_id: int | None, diffs: bool) -> None:
     """Recorded runs and operator actions, newest first (--run ID: one run in full)."""
+    if diffs and run_id is None:
+        raise UsageError("--diff shows the diffs of one run: give --run ID")
     s = _settings(state_dir=state_dir)
     name_ = _store_environment(s, environment)
     store = _reader(s, name_, as_json)
@@ -616,6 +661,7 @@ def history(as_json: bool, environment: str | None, state_dir: Path | None, limi
                 _emit(detail.as_dict())
             else:
                 _print_run(detail.as_dict())
+                _print_diffs(detail.as_dict(), diffs)
             return
         from gitops.teams import environment_teams
 
@@ -841,6 +887,23 @@ def _print_run(run: dict[str, Any]) -> None:
     if run["kind"] in (*APPLY_KINDS, "verify"):
         click.echo(_summary(run["id"], run["result"] or "running", run["changed"], passed,
                             len(run["checks"]) - passed))
+
+
+def _print_diffs(run: dict[str, Any], shown: bool) -> None:
+    """The diffs of a run's changed files (``--diff``), the same diff on several hosts once;
+    without ``--diff``, how many there are and how to see them."""
+    from gitops.incidents import changed_files
+
+    plan = run.get("plan") or {"hosts": []}
+    found = changed_files([{"host": h["host"], "diffs": [
+        {"change": f"{op['service'] or '-'}: {op['name']}", "diff": op["diff"]}
+        for op in h["ops"] if op["would_change"] and op.get("diff")]} for h in plan["hosts"]])
+    if found and not shown:
+        click.echo(f"  {len(found)} file diff(s): gitops history --run {run['id']} --diff")
+    for change, hosts, diff in found if shown else []:
+        click.echo(f"diff of {change} on {', '.join(hosts)}:")
+        for line in diff.splitlines():
+            click.echo(f"    {line}")
 
 
 def _fail(exc: GitopsError, as_json: bool) -> None:
@@ -1602,6 +1665,17 @@ def _recorded(s: Settings, as_json: bool) -> None:
     store.close()
 
 
+def _rewrite_report(s: Settings, store: Store, incident_id: str) -> None:
+    """The incident's report in ``reports/`` says what was just written (a folder that
+    cannot be written is said on stderr: the entry is recorded all the same)."""
+    from gitops import reports
+
+    try:
+        reports.after_postmortem(s, store, incident_id)
+    except OSError as exc:
+        click.secho(f"warning: cannot write the incident report: {exc}", fg="yellow", err=True)
+
+
 def _print_postmortem(incident: Any) -> None:
     from gitops.incidents import SECTIONS
 
@@ -1641,6 +1715,7 @@ def annotate(incident_id: str, summary: str | None, impact: str | None, causes: 
     _recorded(s, as_json)
     with open_store(s) as store:
         found = incidents_.annotate(store, incident_id, sections, actor=control.who())
+        _rewrite_report(s, store, found.id)
     if as_json:
         _emit(found.as_dict())
         return
@@ -1686,6 +1761,7 @@ def action(incident_id: str, text: str | None, done: int | None, reopen: int | N
                 store, incident_id, number, actor=who, teams=teams, team=team,
                 done=True if done else (False if reopen else None))
         found = incidents_.find(store, incident_id)
+        _rewrite_report(s, store, found.id)
     if as_json:
         _emit({"action": item.as_dict(), "incident": found.as_dict()})
         return

@@ -16,15 +16,18 @@ never loses one and a changed definition applies to the past too.
   every host still failing (a run with no host rows covers all). That run and its commit are
   what restored it. ``invalid`` and ``error`` runs never open or close one.
 
-``id`` is ``<environment>-<first run id>``: stable as long as the history is. Called by the CLI
-(``gitops incidents``), the API and the status page (wired elsewhere); ``write_reports`` keeps one
-Markdown file per incident in a reports folder. Only what the store holds is shown: no secrets.
+``id`` is ``INC-<environment>-<first run id>`` (``INC-lab-6``: never read as a host's name;
+the older ``lab-6`` is still accepted where an id is typed): stable as long as the history
+is. Called by the CLI (``gitops incidents``), the API and the status page (wired elsewhere);
+``write_reports`` keeps one Markdown file per incident in a reports folder. Only what the
+store holds is shown: no secrets.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,6 +47,8 @@ __all__ = [
     "RunRow",
     "add_action",
     "annotate",
+    "canonical_id",
+    "changed_files",
     "episodes",
     "find",
     "incidents",
@@ -54,6 +59,17 @@ __all__ = [
     "verified_hosts",
     "write_reports",
 ]
+
+ID_PREFIX = "INC-"
+"""What starts an incident's id: ``INC-lab-6`` is incident 6 of ``lab``, not host ``lab-6``."""
+
+
+def canonical_id(incident_id: str) -> str:
+    """``incident_id`` as ids are now written: the older form ``lab-6`` (still in typed
+    commands and in post-mortems recorded before) becomes ``INC-lab-6``."""
+    text = incident_id.strip()
+    return text if text.startswith(ID_PREFIX) else ID_PREFIX + text
+
 
 DiffSummary = Callable[[str, str], str]
 """``diff_summary(old_sha, new_sha)``: e.g. ``git diff --stat``, supplied by the caller."""
@@ -155,7 +171,9 @@ class Incident:
     commit: dict[str, Any]
     """sha, branch, author, committed_at, message, previous_sha, diff_summary."""
     plan: list[dict[str, Any]]
-    """Per host of the opening run's plan: ``host``, ``changes`` (``service: op``), ``error``."""
+    """Per host of the opening run's plan: ``host``, ``changes`` (``service: op``), ``error``,
+    ``diffs`` (``change``, ``diff``: what each changed file operation wrote, secrets redacted
+    by the workers)."""
     failures: list[dict[str, Any]]
     """Per failed run and host: ``run_id``, ``host``, ``error``, ``ops`` (name, stderr),
     ``checks`` (service, check, status, message)."""
@@ -206,10 +224,10 @@ def incidents(store: Store, environment: str | None = None, *,
     owners = environment_teams(store)
     notes: dict[str, list[PostmortemNote]] = {}
     for note in store.notes():
-        notes.setdefault(note.incident, []).append(note)
+        notes.setdefault(canonical_id(note.incident), []).append(note)
     actions: dict[str, list[ActionItem]] = {}
     for action in store.actions():
-        actions.setdefault(action.incident, []).append(action)
+        actions.setdefault(canonical_id(action.incident), []).append(action)
     out: list[Incident] = []
     for env, runs in by_env.items():
         for ep in episodes(runs, verified):
@@ -252,10 +270,12 @@ def postmortem(notes: list[PostmortemNote], actions: list[ActionItem]) -> dict[s
 
 
 def find(store: Store, incident_id: str) -> Incident:
-    """The incident ``incident_id``; a ``UsageError`` listing a few known ids if none."""
+    """The incident ``incident_id`` (either form, see ``canonical_id``); a ``UsageError``
+    listing a few known ids if none."""
     found = incidents(store)
+    wanted = canonical_id(incident_id)
     for incident in found:
-        if incident.id == incident_id:
+        if incident.id == wanted:
             return incident
     known = ", ".join(i.id for i in found[-5:]) or "none recorded"
     raise UsageError(f"no incident {incident_id!r} (latest: {known})")
@@ -302,7 +322,7 @@ def annotate(store: Store, incident_id: str, sections: Mapping[str, str], *,
     """Write entries into ``incident_id``'s post-mortem (section key -> text); every entry
     is recorded with ``actor`` and the store's time. Usage errors for an unknown incident,
     section or an empty text; nothing is written then."""
-    find(store, incident_id)
+    incident_id = find(store, incident_id).id
     if not sections:
         raise UsageError(f"name a section to write: {', '.join(SECTIONS)}")
     checked = []
@@ -318,7 +338,7 @@ def annotate(store: Store, incident_id: str, sections: Mapping[str, str], *,
 def add_action(store: Store, incident_id: str, text: str, team: str | None, *, actor: str,
                teams: Iterable[str] = ()) -> ActionItem:
     """A new open action item of ``incident_id`` owned by ``team`` (one of ``teams``)."""
-    find(store, incident_id)
+    incident_id = find(store, incident_id).id
     body = _text(text, "action")
     return store.add_action(incident_id, body, _team(team, teams), actor=actor)
 
@@ -327,7 +347,9 @@ def update_action(store: Store, incident_id: str, action_id: int, *, actor: str,
                   done: bool | None = None, team: str | None = None,
                   teams: Iterable[str] = ()) -> ActionItem:
     """Mark an action item of ``incident_id`` done (or open again), or give it a team."""
-    if not any(a.id == action_id for a in store.actions(incident_id)):
+    wanted = canonical_id(incident_id)
+    if not any(a.id == action_id and canonical_id(a.incident) == wanted
+               for a in store.actions()):
         raise UsageError(f"incident {incident_id!r} has no action {action_id}")
     updated = store.update_action(action_id, actor=actor, done=done, team=_team(team, teams))
     assert updated is not None
@@ -373,7 +395,8 @@ def _incident(store: Store, ep: Episode, runs: list[RunRow],
                     "message": r.message, "actor": r.actor,
                     "finished_at": r.at.isoformat()}
     return Incident(
-        id=f"{ep.environment}-{ep.runs[0].id}", environment=ep.environment, cause=ep.cause,
+        id=f"{ID_PREFIX}{ep.environment}-{ep.runs[0].id}", environment=ep.environment,
+        cause=ep.cause,
         opened_at=ep.opened_at, closed_at=ep.closed_at, commit=commit,
         plan=_plan(store, commit_run.id),
         failures=[f for r in failed_runs for f in _failures(store, r)],
@@ -392,7 +415,24 @@ def _plan(store: Store, run_id: int) -> list[dict[str, Any]]:
     return [{"host": host.host,
              "changes": [f"{op.service or '-'}: {op.name}" for op in host.ops
                          if op.would_change],
-             "error": host.error} for host in plan.hosts]
+             "error": host.error,
+             "diffs": [{"change": f"{op.service or '-'}: {op.name}",
+                        "diff": _ANSI.sub("", op.diff)}
+                       for op in host.ops if op.would_change and op.diff]}
+            for host in plan.hosts]
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def changed_files(plan: list[dict[str, Any]]) -> list[tuple[str, list[str], str]]:
+    """(change, hosts, diff) of ``plan`` (``Incident.plan``'s shape), the same diff on
+    several hosts once, in the plan's order; without terminal colours."""
+    hosts: dict[tuple[str, str], list[str]] = {}
+    for host in plan:
+        for d in host.get("diffs", ()):
+            hosts.setdefault((d["change"], _ANSI.sub("", d["diff"])), []).append(host["host"])
+    return [(change, names, diff) for (change, diff), names in hosts.items()]
 
 
 def _failures(store: Store, run: RunRow) -> list[dict[str, Any]]:
@@ -468,12 +508,12 @@ def _code(text: str) -> str:
     return f"{tick} {body} {tick}" if tick != "`" else f"`{body}`"
 
 
-def _fence(text: str) -> str:
+def _fence(text: str, lang: str = "text") -> str:
     body = text.rstrip("\n")
     fence = "```"
     while fence in body:
         fence += "`"
-    return f"{fence}text\n{body}\n{fence}"
+    return f"{fence}{lang}\n{body}\n{fence}"
 
 
 def _inline(text: str | None) -> str:
@@ -528,6 +568,9 @@ def render_markdown(incident: Incident) -> str:
                          + (f" (plan error: {_cell(host['error'])})" if host.get("error")
                             else ""))
         lines.append("")
+        for change, hosts, diff in changed_files(i.plan):
+            lines += [f"Diff of {_code(change)} on {_cell(', '.join(hosts))}:", "",
+                      _fence(diff, "diff"), ""]
     lines += ["## What failed", ""]
     if not i.failures:
         lines += ["No failed run is recorded in this incident.", ""]

@@ -717,7 +717,14 @@ class Daemon:
     # -- telling people: notifications, commit statuses, incident reports ---------------
 
     def _report(self, env: _Env, outcome: Outcome, *, kind: notify.EventKind | None) -> None:
-        """Notify ``kind`` (``policy.event_kind``; None: nobody) and rewrite incident reports."""
+        """Log why a run failed (``explain``), notify ``kind`` (``policy.event_kind``; None:
+        nobody) and rewrite incident reports."""
+        from gitops import explain
+
+        for line in explain.failure_lines(
+                result=outcome.result, ref=outcome.revision.ref if outcome.revision else None,
+                error=outcome.error, apply=outcome.apply, verify=outcome.verify):
+            log.warning("%s: %s", env.config.name, line)
         if kind is not None and env.config.notifiers:
             self._notify(env, notify.event_from_outcome(kind, env.config.name, outcome))
         self._write_incidents(env)

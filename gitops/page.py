@@ -367,6 +367,7 @@ def _comparison(store: Store | None, owners: dict[str, str],
     except Exception as exc:  # a bug there must not take the page down
         return {"available": False, "reason": f"failed ({type(exc).__name__})"}
     return {"available": bool(envs), "days": _DELIVERY_DAYS,
+            "teams_declared": any(name != delivery.NO_TEAM for name in teams),
             "teams": [g.as_dict() for g in teams.values()],
             "environments": [g.as_dict() | {"team": owners.get(g.name)} for g in envs.values()],
             "bands": delivery.DORA_BANDS}

@@ -92,7 +92,8 @@ def postmortem_spans(store: Store) -> list[tuple[str, int, int]]:
     """(environment, first run id, last run id) of each incident someone wrote into: from
     the runs before it its report names (the commit rolled back, the previous verified
     commit) to its last run (an open incident's: the newest run)."""
-    written = {n.incident for n in store.notes()} | {a.incident for a in store.actions()}
+    written = ({incidents.canonical_id(n.incident) for n in store.notes()}
+               | {incidents.canonical_id(a.incident) for a in store.actions()})
     if not written:
         return []
     verified = incidents.verified_hosts(store)
@@ -100,7 +101,7 @@ def postmortem_spans(store: Store) -> list[tuple[str, int, int]]:
     for env, runs in incidents.load_runs(store).items():
         for ep in incidents.episodes(runs, verified):
             first = ep.runs[0].id
-            if f"{env}-{first}" not in written:
+            if f"{incidents.ID_PREFIX}{env}-{first}" not in written:
                 continue
             before = [r for r in runs if r.id < first and r.verified_success]
             commit = ep.opener  # the commit the report names, as ``incidents`` finds it
@@ -116,10 +117,10 @@ def postmortem_spans(store: Store) -> list[tuple[str, int, int]]:
 def prune_reports(folder: Path, environment: str, written: list[Path]) -> list[Path]:
     """Remove ``environment``'s incident reports that were not just ``written`` (their runs
     left the history); return them."""
-    pattern = re.compile(rf"{re.escape(environment)}-\d+\.md")
+    pattern = re.compile(rf"(INC-)?{re.escape(environment)}-\d+\.md")  # and the older name
     kept = {p.name for p in written}
     removed = []
-    for path in folder.glob(f"{environment}-*.md"):
+    for path in [*folder.glob(f"{environment}-*.md"), *folder.glob(f"INC-{environment}-*.md")]:
         if pattern.fullmatch(path.name) and path.name not in kept:
             path.unlink(missing_ok=True)
             removed.append(path)

@@ -513,6 +513,7 @@ def _write_postmortem(settings: Settings, incident_id: str, what: str, number: i
         teams = incidents.known_teams(store, settings.teams)
         if what == "annotate":
             found = incidents.annotate(store, incident_id, data, actor=actor)
+            _rewrite_report(settings, store, found.id)
             return found.as_dict()
         if number is None:
             if "text" not in data:
@@ -523,8 +524,20 @@ def _write_postmortem(settings: Settings, incident_id: str, what: str, number: i
             item = incidents.update_action(store, incident_id, number, actor=actor,
                                            done=data.get("done"), team=data.get("team"),
                                            teams=teams)
+        _rewrite_report(settings, store, incident_id)
         return {"action": item.as_dict(),
                 "incident": incidents.find(store, incident_id).as_dict()}
+
+
+def _rewrite_report(settings: Settings, store: Any, incident_id: str) -> None:
+    """The incident's report says what was just written (``gitops.reports``); a folder that
+    cannot be written is logged: the entry is recorded all the same."""
+    from gitops import reports
+
+    try:
+        reports.after_postmortem(settings, store, incident_id)
+    except OSError as exc:
+        log.warning("cannot write the report of incident %s: %s", incident_id, exc)
 
 
 def _api_options(data: Any, *, force: bool = False) -> dict[str, str]:

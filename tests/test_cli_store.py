@@ -398,3 +398,25 @@ def test_unquarantine_sha_argument_fuzz_is_one_line_never_a_traceback(
     assert result.exit_code == 2, (sha, result.output)
     assert len(result.output.strip().splitlines()) == 1, (sha, result.output)
     assert result.output.startswith("error: "), (sha, result.output)
+
+
+def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    """``gitops history | head -1``: stdout closed by its reader is a normal end (exit 0,
+    nothing on stderr), not ``error: Broken pipe``."""
+    import os
+    import sys
+
+    state = tmp_path / "state"
+    with Store(state) as store:
+        for _ in range(30):
+            store.finish_run(store.start_run("prod", "reconcile", None, actor="t"), "succeeded")
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GITOPS_")}
+        proc = subprocess.run([sys.executable, "-m", "gitops", "history", "--state-dir",
+                               str(state)], stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=60, env=env)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (0, "")

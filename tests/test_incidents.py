@@ -30,7 +30,7 @@ def test_failed_rollout_incident_full_record(store: Store) -> None:
 
     [inc] = incidents(store, diff_summary=diff)
     day1 = T0 + timedelta(days=1)
-    assert inc.id == f"{ENV}-{ids.bad}"
+    assert inc.id == f"INC-{ENV}-{ids.bad}"
     assert inc.cause == "failed rollout"
     assert inc.opened_at == day1 + timedelta(seconds=120)
     assert inc.closed_at == day1 + timedelta(seconds=190)
@@ -42,7 +42,8 @@ def test_failed_rollout_incident_full_record(store: Store) -> None:
         "message": "bad: change the app\n\nbody of bad", "previous_sha": sha("good"),
         "diff_summary": " app/config.yml | 2 +-\n 1 file changed",
     }
-    assert inc.plan == [{"host": "host1", "changes": ["app: Deploy app config"], "error": None}]
+    assert inc.plan == [{"host": "host1", "changes": ["app: Deploy app config"], "error": None,
+                         "diffs": []}]
     assert inc.failures == [{
         "run_id": ids.bad, "kind": "reconcile", "sha": sha("bad"), "host": "host1",
         "error": None, "ops": [],
@@ -114,7 +115,7 @@ def test_drift_correction_opens_at_the_failed_drift_check(store: Store) -> None:
     fix = record(store, "reconcile", "good", start=T0 + timedelta(hours=1, seconds=10),
                  seconds=20, result="succeeded", hosts=("host3",), reason="drift correction")
     [inc] = incidents(store)
-    assert inc.id == f"{ENV}-{check}" and inc.cause == "drift correction"
+    assert inc.id == f"INC-{ENV}-{check}" and inc.cause == "drift correction"
     assert inc.opened_at == T0 + timedelta(hours=1, seconds=5)
     assert inc.duration_s == 25.0
     assert inc.restored_by is not None and inc.restored_by["run_id"] == fix
@@ -146,7 +147,7 @@ def test_operator_rollback_request_opens_and_names_rolled_back_commit(store: Sto
     run = record(store, "rollback", "good", start=T0 + timedelta(hours=2, seconds=5),
                  seconds=30, result="succeeded")
     [inc] = incidents(store)
-    assert inc.id == f"{ENV}-{request}" and inc.cause == "rollback"
+    assert inc.id == f"INC-{ENV}-{request}" and inc.cause == "rollback"
     assert inc.commit["sha"] == sha("meh") and inc.commit["previous_sha"] == sha("good")
     assert [r["request"] for r in inc.rollbacks] == [True, False]
     assert inc.restored_by is not None and inc.restored_by["run_id"] == run
@@ -159,7 +160,7 @@ def test_write_reports_atomic_and_only_when_changed(tmp_path: Path, store: Store
     ids = good_bad_fix(store)
     folder = tmp_path / "reports"
     [path] = write_reports(store, folder)
-    assert path == folder / f"{ENV}-{ids.bad}.md"
+    assert path == folder / f"INC-{ENV}-{ids.bad}.md"
     first = path.read_text()
     os.utime(path, ns=(1, 1))
     assert write_reports(store, folder) == [path]
@@ -203,3 +204,54 @@ def test_markdown_escapes_html_from_commits_and_postmortems(tmp_path: Path,
     assert "it broke &lt;img src=y onerror=alert(3)&gt;" in text
     assert "fix &lt;script&gt;alert(4)&lt;/script&gt;" in text
     assert "&lt;script&gt;who&lt;/script&gt;" in text
+
+
+def test_incident_ids_are_not_host_names_and_the_older_form_still_finds_one(
+        store: Store) -> None:
+    """An incident's id reads as one (``INC-lab-6``, not ``lab-6`` beside host ``lab-6``); the
+    older form typed still finds it, and post-mortem entries recorded under it stay with it."""
+    from gitops.incidents import annotate, find
+
+    ids = good_bad_fix(store)
+    [inc] = incidents(store)
+    assert inc.id == f"INC-{ENV}-{ids.bad}"
+    store.add_note(f"{ENV}-{ids.bad}", "impact", "written before the ids changed", actor="ann")
+    assert find(store, f"{ENV}-{ids.bad}").id == inc.id
+    found = annotate(store, f"{ENV}-{ids.bad}", {"summary": "b broke it"}, actor="bo")
+    assert found.id == inc.id
+    assert found.postmortem["summary"]["text"] == "b broke it"
+    assert found.postmortem["impact"]["text"] == "written before the ids changed"
+    assert render_markdown(found).startswith(f"# Incident INC-{ENV}-{ids.bad}: ")
+
+
+def test_the_report_and_history_show_what_the_change_wrote(tmp_path: Path,
+                                                           store: Store) -> None:
+    """The incident's plan shows the diff of each changed file (the same on two hosts once,
+    without terminal colours), and ``history --run N --diff`` shows it too."""
+    from click.testing import CliRunner
+
+    from gitops.cli import main
+    from gitops.records import HostPlan, OpPlan, Plan
+
+    ids = good_bad_fix(store)
+    diff = ("Will modify /etc/redis/redis.conf\n  \x1b[31m- maxmemory 64mb\x1b[0m\n"
+            "  \x1b[32m+ maxmemory 6400mb\x1b[0m")
+    plan = Plan(hosts=tuple(HostPlan(host=h, ops=(OpPlan(
+        name="redis.conf", service="redis", would_change=True, diff=diff),)) for h in
+        ("lab-1", "lab-2")))
+    store.db.execute("UPDATE runs SET plan=? WHERE id=?", (plan.model_dump_json(), ids.bad))
+    [inc] = incidents(store)
+    text = render_markdown(inc)
+    assert ("Diff of `redis: redis.conf` on lab-1, lab-2:\n\n```diff\nWill modify "
+            "/etc/redis/redis.conf\n  - maxmemory 64mb\n  + maxmemory 6400mb\n```") in text
+    store.close()
+    state = tmp_path / "state"
+    out = CliRunner().invoke(main, ["history", "--state-dir", str(state), "--run",
+                                    str(ids.bad)])
+    assert out.exit_code == 0, out.output
+    assert f"1 file diff(s): gitops history --run {ids.bad} --diff" in out.output
+    out = CliRunner().invoke(main, ["history", "--state-dir", str(state), "--run",
+                                    str(ids.bad), "--diff"])
+    assert out.exit_code == 0, out.output
+    assert ("diff of redis: redis.conf on lab-1, lab-2:\n    Will modify /etc/redis/redis.conf"
+            "\n      - maxmemory 64mb\n      + maxmemory 6400mb\n") in out.output

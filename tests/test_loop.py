@@ -227,7 +227,7 @@ def test_incident_reports_use_each_environments_own_repository(tmp_path: Path) -
         EnvironmentConfig(name="alpha", repo=str(alpha), watch=False),
         EnvironmentConfig(name="beta", repo=str(beta), watch=False)]))
     d._write_incidents(d.envs["beta"])
-    [report] = (state / "reports").glob("beta-*.md")
+    [report] = (state / "reports").glob("INC-beta-*.md")
     written = report.read_text()
     assert "config.yml | 2 +-" in written
     before = report.stat().st_mtime_ns

@@ -263,6 +263,8 @@ def test_page_changes_after_a_new_run_without_reload(
         served: Served, browser_factory: Any) -> None:
     """A run recorded while the page is open shows up by the page's own refresh, in the
     team comparison too (kept between polls until a run lands)."""
+    with Store(served.state_dir) as store:
+        store.set_owners(ENV, "inventory", "web")  # the team panel shows with a team only
     p = browser_factory(served.url + "/")
     p.evaluate("window.__notReloaded = true")
     no_broken_text(p)  # before the run; the fixture checks the page after it

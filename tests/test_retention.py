@@ -154,7 +154,7 @@ def test_daemon_prunes_old_runs_and_their_incident_reports(tmp_path: Path) -> No
         EnvironmentConfig(name="lab", repo=str(repo), watch=False)])
     d = Daemon(settings, rand=lambda: 0.5)
     d._write_incidents(d.envs["lab"])
-    [report] = (state / "reports").glob("lab-*.md")
+    [report] = (state / "reports").glob("INC-lab-*.md")
     _commit(repo, "notes.txt", "a new commit\n")
     time.sleep(0.2)  # the recorded runs are now older than history_days
     d._cycle(d.envs["lab"], None)
@@ -169,12 +169,13 @@ def test_reports_of_other_environments_are_left(tmp_path: Path) -> None:
     """Pruning one environment's reports leaves other environments' and other files alone."""
     folder = tmp_path / "reports"
     folder.mkdir()
-    for name in ("lab-3.md", "lab-7.md", "lab-2-5.md", "lab-notes.md", "prod-1.md"):
+    for name in ("INC-lab-3.md", "INC-lab-7.md", "INC-lab-2-5.md", "lab-notes.md",
+                 "INC-prod-1.md", "lab-4.md"):
         (folder / name).write_text("x")
-    removed = retention.prune_reports(folder, "lab", [folder / "lab-7.md"])
-    assert removed == [folder / "lab-3.md"]
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "lab-2-5.md", "lab-7.md", "lab-notes.md", "prod-1.md"]
+    removed = retention.prune_reports(folder, "lab", [folder / "INC-lab-7.md"])
+    assert sorted(removed) == [folder / "INC-lab-3.md", folder / "lab-4.md"]  # and the
+    assert sorted(p.name for p in folder.iterdir()) == [  # older name of a report
+        "INC-lab-2-5.md", "INC-lab-7.md", "INC-prod-1.md", "lab-notes.md"]
 
 
 def test_status_row_revisions_are_kept(tmp_path: Path) -> None:
@@ -210,13 +211,13 @@ def test_a_postmortem_keeps_its_incident_past_history_retention(tmp_path: Path,
         else:
             incidents.add_action(store, "lab-2", "alert on app/up", None, actor="ann")
         before = {i.id: i.as_dict() for i in incidents.incidents(store)}
-        assert set(before) == {"lab-2", "lab-4"}
-        assert before["lab-2"]["commit"]["previous_sha"] == a
+        assert set(before) == {"INC-lab-2", "INC-lab-4"}
+        assert before["INC-lab-2"]["commit"]["previous_sha"] == a
         removed = retention.prune_history(store, state, Retention(), repos={},
                                           now=now() + timedelta(days=500))
         assert removed == 2
         assert [r["id"] for r in store.history("lab")] == [6, 3, 2, 1]
         after = {i.id: i.as_dict() for i in incidents.incidents(store)}
-        assert after == {"lab-2": before["lab-2"]}
+        assert after == {"INC-lab-2": before["INC-lab-2"]}
         ids = {n.incident for n in store.notes()} | {x.incident for x in store.actions()}
-        assert ids == {"lab-2"} and ids <= set(after)
+        assert ids == {"INC-lab-2"} and ids <= set(after)

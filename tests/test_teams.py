@@ -297,6 +297,49 @@ def test_postmortem_api_needs_the_token_and_records_the_actor(
     assert missing.status_code == 404
 
 
+
+def test_a_postmortem_entry_rewrites_the_report_at_once(
+        state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``incidents annotate`` / ``action`` (CLI) and ``POST /api/incidents/ID/...``
+    write is in ``reports/ID.md`` at once, not "Not written yet" until the next run."""
+    with Store(state) as store:
+        iid = incidents.incidents(store, "search-prod")[0].id
+        incidents.write_reports(store, state / "reports")  # as the daemon left it
+    report = state / "reports" / f"{iid}.md"
+    assert "_Not written yet: What happened" in report.read_text()
+    run = CliRunner()
+    out = run.invoke(main, ["incidents", "annotate", iid, "--state-dir", str(state),
+                            "--summary", "The canary's app did not start."])
+    assert out.exit_code == 0, out.output
+    text = report.read_text()
+    assert "The canary's app did not start." in text
+    assert "_Not written yet: What happened" not in text
+    out = run.invoke(main, ["incidents", "action", iid, "--state-dir", str(state), "--add",
+                            "Wait for the unit before the HTTP check"])
+    assert out.exit_code == 0, out.output
+    assert "| 1 | Wait for the unit before the HTTP check |" in report.read_text()
+
+    monkeypatch.setenv("TM_TOKEN", "pm-token-0f3a")
+    settings = Settings(state_dir=state, api_token={"env": "TM_TOKEN"}, teams=["search"],
+                        environments=[{"name": "search-prod", "repo": str(tmp_path)}])
+    app = create_app(Daemon(settings), settings)
+
+    async def post(path: str, body: Any) -> httpx.Response:
+        transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://gitops") as http:
+            return await http.post(path, json=body,
+                                   headers={"Authorization": "Bearer pm-token-0f3a"})
+
+    ok = asyncio.run(post(f"/api/incidents/{iid}/annotate",
+                          {"impact": "search answered 502 for 2 h"}))
+    assert ok.status_code == 200, ok.text
+    assert "search answered 502 for 2 h" in report.read_text()
+    done = asyncio.run(post(f"/api/incidents/{iid}/actions/1", {"done": True}))
+    assert done.status_code == 200, done.text
+    assert "| 1 | Wait for the unit before the HTTP check | no owner yet | done (" \
+        in report.read_text()
+
+
 # -- the page -------------------------------------------------------------------------------
 
 

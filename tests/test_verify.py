@@ -538,3 +538,32 @@ def test_connection_folders_of_gone_processes_are_pruned() -> None:
     finally:
         live.close()
         shutil.rmtree(left, ignore_errors=True)
+
+
+def test_a_failing_command_shows_its_command_exit_code_and_output(tmp_path: Path) -> None:
+    """A check failing on a command's result shows the command, its exit code and output,
+    not ``CommandResult(backend=<...ShellBackend object at 0x...>``."""
+    import testinfra.host
+
+    vw.install_assertion_explanations()
+    path = _write_checks(tmp_path, "redis", """
+        def test_ping(host):
+            assert host.run("echo 'Could not connect' >&2; exit 3").rc == 0
+
+        def test_output(host):
+            host.check_output("printf PONG; exit 4")
+        """)
+    suite = vw.load_suite("redis", path, 0)
+    backend = _LocalShellBackend("local-test")
+    try:
+        host = testinfra.host.Host(backend)
+        ping, output = (vw.run_check("h1", suite, name, func, {"host": host})
+                        for name, func in suite.checks)
+    finally:
+        backend.close()
+    assert "`echo 'Could not connect' >&2; exit 3` (exit 3" in ping.message
+    assert "stderr: 'Could not connect\\n'" in ping.message
+    assert "Unexpected exit code 4 for `printf PONG; exit 4` (exit 4, stdout: 'PONG'" \
+        in output.message
+    assert not any("backend=" in m or "object at 0x" in m for m in (ping.message,
+                                                                     output.message))

@@ -463,7 +463,7 @@
 
   function comparisonSection(data) {
     const c = data.comparison;
-    if (!c || !c.available) return null;
+    if (!c || !c.available || !c.teams_declared) return null;  // no teams: nothing to compare
     const legend = el("p", { class: "legend" }, c.teams.map((g, n) =>
       el("span", { class: "legend-item" }, el("span", { class: "swatch s" + (n % 6) }), g.name)));
     const first = c.teams.length && c.teams[0].series.length ? c.teams[0].series[0].start.slice(0, 10) : "";
@@ -612,10 +612,10 @@
     const sections = data.environments.map(environmentSection);
     if (!sections.length) sections.push(el("p", { class: "muted", text: "No environment has been reconciled yet." }));
     if (data.pipeline && data.pipeline.length) sections.unshift(pipelineSection(data.pipeline));
+    const comparison = comparisonSection(data);
+    if (comparison) sections.push(comparison);  // after the environments' health
     const previews = previewsSection(data.previews);
     if (previews) sections.push(previews);
-    const comparison = comparisonSection(data);
-    if (comparison) sections.unshift(comparison);
     put(app, ...sections);
     for (const d of app.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
   }

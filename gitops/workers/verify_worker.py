@@ -115,9 +115,33 @@ def _reprcompare(op: str, left: object, right: object) -> str | None:
     return "\n~".join(lines).replace("%", "%%")
 
 
+_OUTPUT_SHOWN = 300
+"""Characters of a command's stdout and of its stderr (the last ones) a check message shows."""
+
+
+def _tail(text: str) -> str:
+    return text if len(text) <= _OUTPUT_SHOWN else "..." + text[-_OUTPUT_SHOWN:]
+
+
+def _command_repr(result: CommandResult) -> str:
+    """A command's result as a check message shows it (``host.run(...).rc == 0`` failing,
+    ``run_expect``, ``check_output``): the command, its exit code, the end of its output;
+    not the dataclass's ``CommandResult(backend=<...ShellBackend object at 0x...>, ...)``."""
+    try:
+        command = result.command.decode(errors="replace") if isinstance(
+            result.command, bytes) else str(result.command)
+        out, err = result.stdout, result.stderr
+    except Exception:  # undecodable output: the codes still say what ran
+        return f"`{result.command!r}` (exit {result.exit_status})"
+    return (f"`{command}` (exit {result.exit_status}, stdout: {_tail(out)!r}, "
+            f"stderr: {_tail(err)!r})")
+
+
 def install_assertion_explanations() -> None:
-    """Make rewritten asserts explain comparisons as pytest does (process-wide)."""
+    """Make rewritten asserts explain comparisons as pytest does, and show a command's result
+    as its command, exit code and output (process-wide)."""
     util._reprcompare = _reprcompare
+    CommandResult.__repr__ = _command_repr
 
 
 def compile_checks(source: bytes, path: str) -> types.CodeType:
