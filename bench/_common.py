@@ -39,8 +39,8 @@ from typing import Any, NamedTuple
 import yaml
 
 import gitops.lab as lab
-from gitops.load import load
 from gitops.model import DeclaredState
+from gitops.pipeline.load import load
 
 ROOT = Path(__file__).resolve().parent.parent
 """The project checkout: its ``deploys/`` and ``inventories/lab.yml`` are the sample."""

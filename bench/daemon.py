@@ -291,7 +291,7 @@ def verdict(met: bool) -> str:
 # -- part A: in-process Daemon on 20 hosts (1 and 2) ------------------------------------------
 
 def part_big(info: lab.LabInfo, work: Path, opts: argparse.Namespace) -> dict[str, Any]:
-    from gitops.loop import Daemon
+    from gitops.daemon.loop import Daemon
     from gitops.settings import Settings
 
     repo = make_repo(info, work / "repo")

@@ -50,7 +50,8 @@ class Snapshot(_Record):
 OpStatus = Literal["changed", "unchanged", "failed", "skipped"]
 HostStatus = Literal["ok", "failed", "unreachable", "skipped"]
 CheckStatus = Literal["pass", "fail", "error", "DependencyNotReady"]
-"""``DependencyNotReady``: not run, a service it requires is not ready (``gitops.depends``)."""
+"""``DependencyNotReady``: not run, a service it requires is not ready
+(``gitops.pipeline.depends``)."""
 
 
 class OpPlan(_Record):
@@ -71,7 +72,7 @@ class HostPlan(_Record):
     ops: tuple[OpPlan, ...] = ()
     error: str | None = None
     guard_restores: tuple[str, ...] = ()
-    """What a revert would restore on this host (``gitops.guard``): the files and units the
+    """What a revert would restore on this host (``gitops.pipeline.guard``): the files and units the
     guarded services' changing operations write or restart, in order."""
 
     @property
@@ -83,12 +84,13 @@ class HostPlan(_Record):
 
 RemovalAction = Literal["remove", "left in place", "not pruned"]
 """What a reconcile does with a service the record has on a host that the revision no
-longer declares there (``gitops.prune``): run its ``remove.py``; nothing, as the service has
+longer declares there (``gitops.pipeline.prune``): run its ``remove.py``; nothing, as the service
+has
 no ``remove.py`` (reported); nothing, as the environment's ``prune`` is off (reported)."""
 
 
 class Removal(_Record):
-    """One service taken off (or, reported, left on) one host (``gitops.prune``)."""
+    """One service taken off (or, reported, left on) one host (``gitops.pipeline.prune``)."""
 
     host: str
     service: str
@@ -109,7 +111,7 @@ class Plan(_Record):
     removals: tuple[Removal, ...] = ()
     """Services the record has on a host that this revision no longer declares there."""
     guarded: tuple[str, ...] = ()
-    """The services whose applies are guarded (``gitops.guard``)."""
+    """The services whose applies are guarded (``gitops.pipeline.guard``)."""
     confirm_timeout: int | None = None
     """Seconds a guarded host waits for the controller before it reverts by itself."""
 
@@ -127,7 +129,7 @@ class OpResult(_Record):
 
 
 class HostGuard(_Record):
-    """A guarded apply on one host (``gitops.guard``)."""
+    """A guarded apply on one host (``gitops.pipeline.guard``)."""
 
     token: str = ""
     """The armed revert's token; empty: nothing changed, nothing was armed."""
@@ -301,7 +303,7 @@ ConditionType = Literal["Ready", "Reconciling", "Stalled", "Suspended", "Pruned"
 class Condition:
     """A Flux-style condition: ``type`` is Ready, Reconciling, Stalled or Pruned (stored:
     ``Pruned`` False names services a host keeps that the revision no longer declares, see
-    ``gitops.prune``), or Suspended (derived by the store from the operator controls, never
+    ``gitops.pipeline.prune``), or Suspended (derived by the store from the operator controls, never
     stored)."""
 
     type: ConditionType
@@ -591,7 +593,7 @@ class FinishedRun:
 InstalledState = Literal["applied", "left in place", "not pruned"]
 """``applied``: declared and applied; ``left in place``: no longer declared, and its folder
 has no ``remove.py``; ``not pruned``: no longer declared, and the environment's ``prune`` is
-off (see ``gitops.prune``)."""
+off (see ``gitops.pipeline.prune``)."""
 
 
 @dataclass(frozen=True)
@@ -635,7 +637,7 @@ PreviewResult = Literal["success", "failure", "error"]
 
 
 class PreviewReport(_Record):
-    """One preview of a branch (``gitops.preview``): the change's plan on top of the base,
+    """One preview of a branch (``gitops.daemon.preview``): the change's plan on top of the base,
     per host and operation with file diffs, every check's result; secrets redacted."""
 
     environment: str
@@ -750,7 +752,8 @@ class ActionItem(_Row):
 
 @dataclass(frozen=True)
 class Lease:
-    """Which controller holds an environment (``gitops.lease``): ``expires_in`` seconds by the
+    """Which controller holds an environment (``gitops.record.lease``): ``expires_in`` seconds by
+    the
     database's clock (negative: expired, free to take); ``token`` grows at each takeover."""
 
     environment: str
@@ -772,7 +775,7 @@ class Lease:
 @dataclass(frozen=True)
 class ControllerRequest:
     """A trigger or retry that reached a controller other than the environment's holder,
-    kept in the database until the holder takes it (``gitops.lease``)."""
+    kept in the database until the holder takes it (``gitops.record.lease``)."""
 
     id: int
     environment: str
@@ -787,7 +790,7 @@ class ControllerRequest:
 @dataclass(frozen=True)
 class ShareRow:
     """One share of a batch's hosts applied through another controller's worker
-    (``gitops.fanout``): ``state`` is queued, running (claimed by ``worker``, attempt
+    (``gitops.daemon.fanout``): ``state`` is queued, running (claimed by ``worker``, attempt
     ``attempt``, the claim ``expires_in`` seconds by the database's clock), done (``result``,
     a worker's JSON result) or failed (``error``); ``token`` is the environment's lease token
     of the holder that asked for it."""

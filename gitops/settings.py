@@ -64,7 +64,8 @@ def settings_file() -> Path | None:
 _warned: set[Path] = set()
 _warned_lock = threading.Lock()
 _PUBLIC_KEY = Path(__file__).resolve().parent / "lab" / "demo-age-key.txt"
-"""The lab's demo age key: public by design (``gitops.load.DEMO_AGE_KEY``), never warned of."""
+"""The lab's demo age key: public by design (``gitops.pipeline.load.DEMO_AGE_KEY``), never warned
+of."""
 
 
 def _warn_if_open(path: Path) -> None:
@@ -125,7 +126,7 @@ class SecretRef(BaseModel):
 
 class SopsSettings(BaseModel):
     """The private keys that open SOPS-encrypted files of the state repository (see
-    gitops.sops). Named by file or environment variable; never in the repository."""
+    gitops.pipeline.sops). Named by file or environment variable; never in the repository."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
@@ -229,7 +230,7 @@ class EnvironmentConfig(BaseModel):
     prune: bool | None = None
     """Take services the revision no longer declares on a host off it with their
     ``remove.py`` (false: report them only). When set, wins over the inventory's
-    ``settings.prune``; unset: the inventory's (default true). See gitops.prune."""
+    ``settings.prune``; unset: the inventory's (default true). See gitops.pipeline.prune."""
     promote_from: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     """The name of another environment here: apply only the revisions verified on every
     host there, in commit order (``gitops promote`` for one by hand)."""
@@ -243,7 +244,7 @@ class EnvironmentConfig(BaseModel):
 
 
 class DigestSettings(BaseModel):
-    """The periodic digest (see gitops.digest): when, over what period, to whom."""
+    """The periodic digest (see gitops.daemon.digest): when, over what period, to whom."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
@@ -276,7 +277,7 @@ class Retention(BaseModel):
 
 
 class PreviewSettings(BaseModel):
-    """Previews of pull/merge requests on disposable hosts (``gitops.preview``)."""
+    """Previews of pull/merge requests on disposable hosts (``gitops.daemon.preview``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
@@ -304,7 +305,7 @@ class PreviewSettings(BaseModel):
     access: GitHub, GitLab and Gitea let only them label)."""
     user: str = Field(default="nobody", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     """The unprivileged user a preview's code (its ``model.py``, ``deploy.py`` and checks)
-    runs as, in worker processes (``gitops.sandbox``); it must exist. Used when the daemon
+    runs as, in worker processes (``gitops.pipeline.sandbox``); it must exist. Used when the daemon
     runs as root; otherwise the workers run as the daemon's user, still with an empty home
     and no settings, keys or tokens."""
     python: Path | None = None
@@ -317,7 +318,7 @@ class PreviewSettings(BaseModel):
 
 
 class FanoutSettings(BaseModel):
-    """A batch's hosts shared with the other controllers' workers (``gitops.fanout``)."""
+    """A batch's hosts shared with the other controllers' workers (``gitops.daemon.fanout``)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
@@ -369,7 +370,7 @@ class Settings(BaseSettings):
     @field_validator("allowed_hosts")
     @classmethod
     def _hosts(cls, value: list[str] | None) -> list[str] | None:
-        from gitops.webguard import parse_host
+        from gitops.web.webguard import parse_host
 
         bad = [h for h in value or [] if parse_host(h) is None]
         if bad:
@@ -441,7 +442,7 @@ class Settings(BaseSettings):
     (default ``hostname:pid``); unique per running controller."""
     lease_ttl: float = Field(default=15.0, ge=1, le=3600)
     """Seconds after its holder's last renewal before another controller takes an
-    environment (PostgreSQL only: ``gitops.lease``)."""
+    environment (PostgreSQL only: ``gitops.record.lease``)."""
     fanout: FanoutSettings = FanoutSettings()
     """Sharing a batch's hosts with the other controllers' workers (PostgreSQL only)."""
 

@@ -12,7 +12,7 @@ import pytest
 from clitools import gitops, sample_repo
 from statelab import git
 
-from gitops.store import Store
+from gitops.record.store import Store
 
 
 @dataclass(frozen=True)

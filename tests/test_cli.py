@@ -24,7 +24,7 @@ from statelab import PROJECT
 from test_page import record_run, revision
 
 from gitops.cli import LiveProgress, main
-from gitops.store import Store
+from gitops.record.store import Store
 
 COMMANDS = ("validate", "plan", "reconcile", "verify", "status", "history", "run", "suspend",
             "resume", "rollback", "retry", "unquarantine", "metrics", "incidents")

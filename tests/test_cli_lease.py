@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from pgserver import PgServer
 
-from gitops.lease import Leases
+from gitops.record.lease import Leases
+from gitops.record.store import Database
 from gitops.settings import SecretRef
-from gitops.store import Database
 
 TTL = 30.0
 

@@ -15,13 +15,13 @@ from clitools import gitops
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gitops import control
 from gitops.cli import main
-from gitops.loop import Daemon
-from gitops.reconcile import Outcome, Target, _finalize
+from gitops.daemon import control
+from gitops.daemon.loop import Daemon
+from gitops.pipeline.reconcile import Outcome, Target, _finalize
+from gitops.record.store import ENVIRONMENT, Condition, Store
 from gitops.records import ApplyReport, CheckResult, HostApply, Revision, VerifyReport
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import ENVIRONMENT, Condition, Store
 
 SHA = "c" * 40
 READERS = (["status"], ["history"], ["metrics"], ["incidents"])

@@ -25,8 +25,8 @@ from statelab import StateRepo, make_state_repo
 from test_daemon_e2e import _free_port
 
 from gitops.lab import LabInfo
+from gitops.record.store import Database
 from gitops.settings import SecretRef
-from gitops.store import Database
 
 pytestmark = pytest.mark.lab
 

@@ -29,7 +29,7 @@ from polling import wait_for
 from statelab import StateRepo, make_state_repo
 
 from gitops.lab import LabInfo
-from gitops.store import NoStore, Store, StoreOutdated
+from gitops.record.store import NoStore, Store, StoreOutdated
 
 pytestmark = pytest.mark.lab
 

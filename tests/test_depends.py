@@ -1,4 +1,4 @@
-"""Dependencies between services (gitops.depends, deploys/<service>/service.yml): the apply
+"""Dependencies between services (gitops.pipeline.depends, deploys/<service>/service.yml): the apply
 order, the declarations refused at their file and line, and what a requirement that is not
 ready leaves undone."""
 
@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 from mutations import make_sample
 
-from gitops import depends, page
 from gitops.errors import InvalidDeclaration
-from gitops.load import load
+from gitops.pipeline import depends
+from gitops.pipeline.load import load
+from gitops.record.store import Condition, Store
 from gitops.records import ApplyReport, HostApply, Revision, VerifyReport
-from gitops.store import Condition, Store
+from gitops.web import page
 
 
 @pytest.fixture()

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from clitools import sample_repo
 
 from gitops.cli import main
-from gitops.explain import failure_lines
-from gitops.loop import Daemon
+from gitops.daemon.loop import Daemon
 from gitops.records import ApplyReport, CheckResult, HostApply, OpResult, VerifyReport
+from gitops.report.explain import failure_lines
 from gitops.settings import EnvironmentConfig, Settings
 
 PROBLEM = ("inventories/lab.yml:{line} settings.fail_percent: Input should be less than or "

@@ -1,4 +1,5 @@
-"""A batch's shares across several controllers' workers on one real PostgreSQL (``gitops.fanout``):
+"""A batch's shares across several controllers' workers on one real PostgreSQL
+(``gitops.daemon.fanout``):
 claims that one attempt wins, taken back from a dead worker, fenced by the holder's lease,
 two controllers' queue workers applying the shares of one batch, and a share applied again
 after a cut attempt counting everything as changed on its hosts (a first attempt: nothing).
@@ -22,12 +23,13 @@ import yaml
 from pgserver import PgServer
 from polling import wait_for
 
-from gitops import apply, fanout, journal
-from gitops.fanout import Service, next_steps
-from gitops.lease import Leases
-from gitops.reconcile import Target, declared
+from gitops.daemon import fanout
+from gitops.daemon.fanout import Service, next_steps
+from gitops.pipeline import apply, journal
+from gitops.pipeline.reconcile import Target, declared
+from gitops.record.lease import Leases
+from gitops.record.store import Database
 from gitops.settings import EnvironmentConfig, FanoutSettings, SecretRef, Settings
-from gitops.store import Database
 
 PROJECT = Path(__file__).resolve().parent.parent
 TTL = 30.0
@@ -212,7 +214,7 @@ def test_a_share_applied_again_after_a_cut_attempt_counts_everything_as_changed_
     which has no journal of that attempt: the queue task journals its hosts as cut elsewhere
     (everything pending, so each restart runs once); a share's first attempt marks nothing.
     The apply's progress lines go to the applying controller's log, named by share."""
-    caplog.set_level(logging.INFO, logger="gitops.fanout")
+    caplog.set_level(logging.INFO, logger="gitops.daemon.fanout")
     b = Service(_settings(database, _repo(tmp_path), tmp_path / "state-b", "b"), "b")
     folder = b.settings.state_dir / "journal" / "lab"
     target = Target(repo=str(tmp_path / "repo"), branch="main", environment="lab",
@@ -230,7 +232,7 @@ def test_a_share_applied_again_after_a_cut_attempt_counts_everything_as_changed_
             for share, hosts in ((first, {"h1", "h2"}), (again, {"h3", "h4"}))}
     b._task_body(**jobs[first].args())
     assert journal.interrupted(folder) == set()  # a first attempt forces nothing
-    said = [r.getMessage() for r in caplog.records if r.name == "gitops.fanout"]
+    said = [r.getMessage() for r in caplog.records if r.name == "gitops.daemon.fanout"]
     assert f"lab share {first}: connected to 0/2 hosts" in said, said
     _expired(database, again)
     with database.open() as store:

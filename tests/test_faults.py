@@ -20,13 +20,20 @@ from pathlib import Path
 
 import pytest
 
-from gitops import notify
+from gitops.daemon import notify
+from gitops.daemon.loop import Daemon
 from gitops.errors import LockHeld
-from gitops.loop import Daemon
-from gitops.reconcile import Cut, Request, Target, environment_lock, recover_unfinished, run
+from gitops.pipeline.reconcile import (
+    Cut,
+    Request,
+    Target,
+    environment_lock,
+    recover_unfinished,
+    run,
+)
+from gitops.record.store import Store
 from gitops.records import Revision, RunKind
 from gitops.settings import CommitStatusConfig, EnvironmentConfig, SecretRef, Settings
-from gitops.store import Store
 
 TOKEN = "faults-test-token"
 STATUS_PATH = re.compile(r"^/gh/repos/o/r/statuses/([0-9a-f]{40})$")
@@ -249,7 +256,7 @@ def test_a_commit_marked_pending_before_its_run_started_gets_an_end_at_the_next_
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
-        mp.setattr("gitops.loop.run", killed)
+        mp.setattr("gitops.daemon.loop.run", killed)
         d._cycle(d.envs["lab"], None)
     assert github.states(head) == ["pending"]
     with Store(tmp_path / "state") as store:

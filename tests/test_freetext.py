@@ -19,11 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gitops import freetext
-from gitops.loop import Daemon
+from gitops.daemon.loop import Daemon
+from gitops.record.store import Store
 from gitops.records import Revision
-from gitops.server import bound_port, create_app, start_in_thread, stop
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import Store
+from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
 LINES = [
     # (value, what is wrong, or None)

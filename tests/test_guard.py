@@ -1,4 +1,4 @@
-"""Guarded applies (gitops.guard): which services are guarded, what an operation's revert
+"""Guarded applies (gitops.pipeline.guard): which services are guarded, what an operation's revert
 saves, the controller's reading of a host's answer, and a host that never answers again.
 The host side (arming, reverting, confirming) runs on lab hosts in test_guard_e2e.py."""
 
@@ -12,10 +12,10 @@ import pytest
 import yaml
 from mutations import make_sample
 
-from gitops import guard
 from gitops.errors import InvalidDeclaration
-from gitops.load import load
 from gitops.model import DeclaredHost, ResolvedSSH
+from gitops.pipeline import guard
+from gitops.pipeline.load import load
 
 
 @pytest.fixture()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from gitops import journal
 from gitops.errors import InterruptedApply
-from gitops.reconcile import Outcome, _recovered
+from gitops.pipeline import journal
+from gitops.pipeline.reconcile import Outcome, _recovered
 from gitops.records import ApplyReport, CheckResult, HostApply, VerifyReport
 
 CONFIG, RESTART, CODE = "app | App configuration", "app | Restart app", "app | App code"

@@ -70,7 +70,7 @@ class SlotHolder:
     """Another process holding the preview slot lock of lab ``name`` until closed."""
 
     def __init__(self, name: str) -> None:
-        code = ("import sys\nfrom gitops.preview import slot_lock\n"
+        code = ("import sys\nfrom gitops.daemon.preview import slot_lock\n"
                 f"with slot_lock({name!r}) as mine:\n"
                 "    print(mine, flush=True)\n    sys.stdin.read()\n")
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,

@@ -1,5 +1,5 @@
 """Several controllers on one real PostgreSQL: leases, their expiry and fencing, takeovers
-that resume from the record, and requests routed to the holder (``gitops.lease``).
+that resume from the record, and requests routed to the holder (``gitops.record.lease``).
 
 No hosts: the environments' inventories declare none, so a run applies nothing and needs no
 SSH; the daemons run in this process, each with its own state folder (as on two machines).
@@ -18,12 +18,12 @@ import pytest
 from pgserver import PgServer
 from polling import wait_for
 
-from gitops.lease import FENCE, Leases, surplus
-from gitops.loop import Daemon
-from gitops.metrics import api_environments, render
-from gitops.page import page_data
+from gitops.daemon.loop import Daemon
+from gitops.record.lease import FENCE, Leases, surplus
+from gitops.record.store import Database
 from gitops.settings import EnvironmentConfig, SecretRef, Settings
-from gitops.store import Database
+from gitops.web.metrics import api_environments, render
+from gitops.web.page import page_data
 
 TTL = 5.0
 """Seconds: long enough that a loaded machine still renews in time, short for the takeovers."""

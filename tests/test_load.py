@@ -1,4 +1,5 @@
-"""Validation of a state repository (gitops.load): the syntax of every value that reaches an
+"""Validation of a state repository (gitops.pipeline.load): the syntax of every value that reaches
+an
 ssh_config or a command line, YAML that would lose data, services' Python files, warnings,
 and the same checks in validate, validate --worktree, plan, reconcile and the daemon."""
 
@@ -15,10 +16,10 @@ from typing import Any
 import pytest
 from mutations import make_sample
 
-from gitops import load as load_module
 from gitops.errors import InvalidDeclaration
-from gitops.load import load
 from gitops.model import DeclaredHost, ResolvedSSH, check_address, check_path, check_user
+from gitops.pipeline import load as load_module
+from gitops.pipeline.load import load
 from gitops.workers import verify_worker
 
 INJECTED = "10.213.0.11\\n  ProxyCommand sh -c 'touch {marker}'"
@@ -122,7 +123,7 @@ def test_validate_leaves_no_snapshot_behind(sample: Path, tmp_path: Path) -> Non
 
 def test_daemon_path_loads_with_the_same_checks(sample: Path, tmp_path: Path) -> None:
     """The reconcile the daemon runs (reconcile.run) refuses the same deploy.py syntax error."""
-    from gitops import reconcile
+    from gitops.pipeline import reconcile
 
     _edit(sample, "from pyinfra", "from pyinfra import (", "deploys/app/deploy.py")
     _commit(sample)

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from gitops.errors import InvalidDeclaration
-from gitops.load import load
+from gitops.pipeline.load import load
 
 PROJECT = Path(__file__).resolve().parent.parent
 

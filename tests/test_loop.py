@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gitops import source
+from gitops.daemon.loop import Daemon
+from gitops.daemon.policy import Trigger
 from gitops.errors import Suspended, UsageError
-from gitops.loop import Daemon
-from gitops.policy import Trigger
+from gitops.pipeline import source
+from gitops.record.store import ENVIRONMENT, Condition, Store
 from gitops.records import (
     ApplyReport,
     CheckResult,
@@ -27,7 +28,6 @@ from gitops.records import (
     VerifyReport,
 )
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import ENVIRONMENT, Condition, Store
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -143,7 +143,7 @@ def test_example_settings_file_is_valid() -> None:
 
 def test_force_push_is_recognised(tmp_path: Path) -> None:
     """A head that drops the applied commit is a force-push; a fast-forward is not."""
-    from gitops import source
+    from gitops.pipeline import source
 
     repo, first = _repo(tmp_path)
     git = ["git", "-C", str(repo)]
@@ -163,7 +163,7 @@ def test_rollback_holds_the_last_verified_revision_before_the_applied_one(
 ) -> None:
     """Without a revision, rollback holds the newest verified commit other than the applied
     one, as a full SHA, until a commit newer than the current head."""
-    from gitops import control
+    from gitops.daemon import control
 
     repo, first = _repo(tmp_path)
     git = ["git", "-C", str(repo)]
@@ -197,7 +197,7 @@ def test_a_retry_asked_for_during_a_run_is_kept_for_the_next(tmp_path: Path) -> 
             if "revision main@sha1:" in record.getMessage():  # the run has started
                 d.operate("lab", "retry", actor="alice")
 
-    handler, logger = RetryDuringRun(logging.INFO), logging.getLogger("gitops.loop")
+    handler, logger = RetryDuringRun(logging.INFO), logging.getLogger("gitops.daemon.loop")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -252,7 +252,7 @@ def test_api_reconcile_of_a_suspended_environment_is_409(tmp_path: Path) -> None
     """POST /api/environments/lab/reconcile while suspended: 409 with who, why and since."""
     import httpx
 
-    from gitops.server import bound_port, create_app, start_in_thread, stop
+    from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
     repo, _ = _repo(tmp_path)
     d = _daemon(tmp_path, repo)
@@ -277,8 +277,8 @@ def test_api_unquarantine_releases_the_head_and_the_next_cycle_applies_it(
     changes on a refusal."""
     import httpx
 
-    from gitops.server import bound_port, create_app, start_in_thread, stop
     from gitops.settings import SecretRef
+    from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
     monkeypatch.setenv("TEST_GITOPS_API_TOKEN", "t0ken-for-the-test")
     repo, head = _repo(tmp_path)

@@ -1,4 +1,5 @@
-"""The daemon's decisions (``gitops.policy``) as tables: inputs in, the decision expected out."""
+"""The daemon's decisions (``gitops.daemon.policy``) as tables: inputs in, the decision expected
+out."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gitops import policy
-from gitops.policy import (
+from gitops.daemon import policy
+from gitops.daemon.policy import (
     After,
     Controls,
     Cycle,
@@ -21,10 +22,10 @@ from gitops.policy import (
     RunSummary,
     Trigger,
 )
+from gitops.record.store import ENVIRONMENT
 from gitops.records import Condition, Ref, RunRow, StatusRow
 from gitops.schedule import WindowState
 from gitops.settings import EnvironmentConfig
-from gitops.store import ENVIRONMENT
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 CFG = EnvironmentConfig(name="lab", repo="/srv/state", interval=60, jitter=0.1, retry_base=2,
@@ -248,8 +249,8 @@ def test_refusal(controls: Controls, trigger: Trigger, expected: str | None) -> 
 def test_the_stores_controls_are_the_decisions_input(tmp_path: Any) -> None:
     """The controls the store reads go into the decision as they are (one type, no
     conversion), and the refusal names who suspended it and since when, to the second."""
-    from gitops import control
-    from gitops.store import Store
+    from gitops.daemon import control
+    from gitops.record.store import Store
 
     with Store(tmp_path) as store:
         control.suspend(store, "lab", actor="alice", reason="change freeze")
@@ -425,7 +426,7 @@ def test_a_host_that_reverted_its_guarded_apply_is_rolled_back_whole() -> None:
     """A host that reverted its guarded apply by itself is rolled back, all its services, to
     its last verified revision (auto_rollback); a host that confirmed is left alone, and
     without auto_rollback nothing is rolled back."""
-    from gitops.reconcile import Outcome
+    from gitops.pipeline.reconcile import Outcome
     from gitops.records import ApplyReport, HostApply, HostGuard, Revision
 
     reverted = HostApply(host="h1", status="failed", error="RevertedByHost: restored ...",
@@ -446,7 +447,7 @@ def test_a_run_summary_tells_apply_failures_and_hosts_nothing_changed_on() -> No
     """From a run's outcome: which failed hosts failed their apply (an exception in
     ``deploy.py``), and which applied with no change (a commit that only made a check
     stricter): the first are quarantined as an apply failure, the second not rolled back."""
-    from gitops.reconcile import Outcome
+    from gitops.pipeline.reconcile import Outcome
     from gitops.records import ApplyReport, CheckResult, HostApply, OpResult, Revision, VerifyReport
 
     raised = HostApply(host="h1", status="failed", error="deploys/app/deploy.py:3: boom")

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 from statelab import PROJECT, git
 from test_server import RecordingController
 
-from gitops import notify
-from gitops.preview import (
+from gitops.daemon import notify
+from gitops.daemon.preview import (
     PreviewRequest,
     Previews,
     admit,
@@ -33,8 +33,8 @@ from gitops.preview import (
     render_comment,
     run_preview,
 )
+from gitops.record.store import Database
 from gitops.records import CheckResult, HostPlan, OpPlan, Plan, PreviewReport, VerifyReport
-from gitops.server import bound_port, create_app, start_in_thread, stop
 from gitops.settings import (
     CommitStatusConfig,
     EnvironmentConfig,
@@ -42,8 +42,8 @@ from gitops.settings import (
     SecretRef,
     Settings,
 )
-from gitops.store import Database
-from gitops.webhooks import (
+from gitops.web.server import bound_port, create_app, start_in_thread, stop
+from gitops.web.webhooks import (
     InvalidSignature,
     UnsupportedEvent,
     WebhookError,
@@ -572,7 +572,7 @@ def test_status_page_lists_previews_and_serves_the_full_report(tmp_path: Path) -
     a cut comment) shows the whole report, HTML escaped."""
     from starlette.applications import Starlette
 
-    from gitops import page
+    from gitops.web import page
 
     state = tmp_path / "state"
     with Database(state).open() as store:

@@ -273,9 +273,9 @@ def test_fork_deploy_py_runs_as_nobody_and_finds_nothing_of_the_daemon(setup: Se
 def test_preview_lab_left_by_a_crash_is_taken_down_at_start(tmp_path: Path) -> None:
     """A preview lab that a killed daemon left up is found by its name at the next start
     and taken down; the preview it ran is recorded interrupted."""
-    from gitops.preview import Previews
+    from gitops.daemon.preview import Previews
+    from gitops.record.store import Database
     from gitops.settings import EnvironmentConfig, Settings
-    from gitops.store import Database
 
     name = f"{_lab_prefix()}1"
     settings = Settings(state_dir=tmp_path / "state",

@@ -1,4 +1,5 @@
-"""A pull request's code in a preview runs in the sandbox (``gitops.sandbox``): as ``nobody``,
+"""A pull request's code in a preview runs in the sandbox (``gitops.pipeline.sandbox``): as
+``nobody``,
 with no token, settings, state, SOPS key or environment variable of the daemon, and never
 the environment's decrypted secrets; its head must be signed when the environment says so.
 
@@ -21,10 +22,10 @@ from statelab import git
 from test_preview import _dry_repo
 from test_sops import _write
 
-from gitops import sops
-from gitops.preview import PreviewRequest, marker, render_comment, run_preview
+from gitops.daemon.preview import PreviewRequest, marker, render_comment, run_preview
+from gitops.pipeline import sops
+from gitops.record.store import Database
 from gitops.settings import EnvironmentConfig, SecretRef, Settings, SigningPolicy, SopsSettings
-from gitops.store import Database
 
 TOKEN = "api-token-3c9e-never-leaks"
 SECRET = "db-password-71af-never-leaks"

@@ -17,12 +17,9 @@ import httpx
 import pytest
 from clitools import gitops
 
-from gitops import policy
-from gitops.delivery import delivery_metrics, stage_lead_times
-from gitops.loop import Daemon
-from gitops.metrics import api_delivery
-from gitops.page import page_data
-from gitops.policy import (
+from gitops.daemon import policy
+from gitops.daemon.loop import Daemon
+from gitops.daemon.policy import (
     Controls,
     Cycle,
     CycleInput,
@@ -34,10 +31,13 @@ from gitops.policy import (
     RunOrder,
     Trigger,
 )
-from gitops.promotion import links
+from gitops.daemon.promotion import links
+from gitops.record.store import Store
 from gitops.records import Revision, RunRow, VerifiedRevision
+from gitops.report.delivery import delivery_metrics, stage_lead_times
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import Store
+from gitops.web.metrics import api_delivery
+from gitops.web.page import page_data
 
 C0, C1, C2, C3 = ("0" * 40, "1" * 40, "2" * 40, "3" * 40)
 LINE = (C0, C1, C2, C3)
@@ -324,8 +324,8 @@ def test_promote_by_hand_over_the_api(tmp_path: Path) -> None:
     """POST promote: 409 for a revision not verified on staging, 422 without a reason or for
     an unknown revision, 401 without the token; forced with a reason it is recorded with who
     and why, and the next cycle runs it as theirs."""
-    from gitops.server import bound_port, create_app, start_in_thread, stop
     from gitops.settings import SecretRef
+    from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
     repo = _repo(tmp_path)
     head = _git(repo, "rev-parse", "HEAD")

@@ -25,7 +25,7 @@ from statelab import git
 from test_daemon_e2e import PROBE_DEPLOY, PROBE_MODEL, _free_port, record
 
 from gitops.lab import LabInfo
-from gitops.store import Store
+from gitops.record.store import Store
 
 pytestmark = pytest.mark.lab
 

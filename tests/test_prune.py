@@ -1,4 +1,4 @@
-"""Removal (gitops.prune, no lab): which services a revision takes off which hosts, with
+"""Removal (gitops.pipeline.prune, no lab): which services a revision takes off which hosts, with
 prune on and off, left in place without a remove.py, hosts that left the inventory; the
 record of what each host has (store), and how the status, the metrics and the page
 report what stays."""
@@ -15,14 +15,14 @@ import yaml
 from mutations import make_sample
 from prometheus_client.parser import text_string_to_metric_families
 
-from gitops import page, prune
 from gitops.cli import _print_plan
+from gitops.daemon.loop import Daemon
 from gitops.errors import InvalidDeclaration
-from gitops.load import load
-from gitops.loop import Daemon
-from gitops.metrics import render
 from gitops.model import DeclaredState
-from gitops.reconcile import Outcome, Target, _host_status, _prunes, _record_installed
+from gitops.pipeline import prune
+from gitops.pipeline.load import load
+from gitops.pipeline.reconcile import Outcome, Target, _host_status, _prunes, _record_installed
+from gitops.record.store import Condition, Database, Store
 from gitops.records import (
     ApplyReport,
     CheckResult,
@@ -37,7 +37,8 @@ from gitops.records import (
     VerifyReport,
 )
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import Condition, Database, Store
+from gitops.web import page
+from gitops.web.metrics import render
 
 OLD = "main@sha1:" + "1" * 40
 NEW = "main@sha1:" + "2" * 40

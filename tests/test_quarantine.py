@@ -7,9 +7,9 @@ from pathlib import Path
 
 from test_loop import _commit, _repo
 
-from gitops import source
-from gitops.reconcile import Target, _drop_superseded
-from gitops.store import Database
+from gitops.pipeline import source
+from gitops.pipeline.reconcile import Target, _drop_superseded
+from gitops.record.store import Database
 
 
 def test_quarantined_ancestors_leave_once_a_newer_revision_is_verified(tmp_path: Path) -> None:

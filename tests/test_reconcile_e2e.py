@@ -25,8 +25,8 @@ from statelab import StateRepo, http_get, make_state_repo
 import gitops.lab as lab_api
 from gitops.lab import LabInfo
 from gitops.lab import hosts as lab_hosts
-from gitops.reconcile import Request, Target, run
-from gitops.store import Store
+from gitops.pipeline.reconcile import Request, Target, run
+from gitops.record.store import Store
 
 pytestmark = pytest.mark.lab
 

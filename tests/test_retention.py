@@ -12,11 +12,13 @@ import pytest
 from test_loop import _commit, _record_failure, _record_success, _repo
 from test_source import _pull_request, _refs
 
-from gitops import incidents, retention, source
-from gitops.loop import Daemon
-from gitops.reconcile import Request, Target, run
+from gitops.daemon import retention
+from gitops.daemon.loop import Daemon
+from gitops.pipeline import source
+from gitops.pipeline.reconcile import Request, Target, run
+from gitops.record.store import ENVIRONMENT, Condition, Store, now
+from gitops.report import incidents
 from gitops.settings import EnvironmentConfig, Retention, Settings
-from gitops.store import ENVIRONMENT, Condition, Store, now
 
 
 def _snapshots(state: Path) -> set[str]:

@@ -17,12 +17,12 @@ import httpx
 import pytest
 from clitools import gitops
 
-from gitops import source
-from gitops.loop import Daemon
+from gitops.daemon.loop import Daemon
+from gitops.pipeline import source
+from gitops.record.store import Store
 from gitops.records import Revision
-from gitops.server import bound_port, create_app, start_in_thread, stop
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import Store
+from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
 WHEN = "1764583200 +0000"
 

@@ -22,13 +22,13 @@ from pgserver import PgServer
 from polling import wait_for
 from statelab import StateRepo, make_state_repo
 
-from gitops import journal
-from gitops.fanout import Service, ShareJob
+from gitops.daemon.fanout import Service, ShareJob
 from gitops.lab import LabInfo
-from gitops.reconcile import Target, declared
+from gitops.pipeline import journal
+from gitops.pipeline.reconcile import Target, declared
+from gitops.record.store import Database
 from gitops.records import WorkerResult
 from gitops.settings import EnvironmentConfig, SecretRef, Settings
-from gitops.store import Database
 
 pytestmark = pytest.mark.lab
 

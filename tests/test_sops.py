@@ -18,9 +18,9 @@ import yaml
 from mutations import explicit_hosts
 from pyrage import x25519
 
-from gitops import sops
 from gitops.errors import InvalidDeclaration
-from gitops.load import load
+from gitops.pipeline import sops
+from gitops.pipeline.load import load
 from gitops.settings import SecretRef, SopsSettings
 from gitops.workers.secrets import CHANGED, HIDDEN, RedactingStream, redact, redact_text
 

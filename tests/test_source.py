@@ -1,4 +1,4 @@
-"""Stage 1 (gitops.source) under concurrency: environments and previews that watch one
+"""Stage 1 (gitops.pipeline.source) under concurrency: environments and previews that watch one
 repository share its mirror in the state folder, and fetch into it at the same time; and the
 mirror's size over many fetches."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_loop import _commit, _repo
 
-from gitops import source
+from gitops.pipeline import source
 
 
 def test_simultaneous_fetches_of_one_repository_all_succeed(tmp_path: Path) -> None:

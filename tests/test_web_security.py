@@ -36,11 +36,11 @@ from test_server import (
 )
 from test_webhooks import GITHUB_PUSH, GITLAB_PUSH
 
-from gitops import metrics, page
 from gitops.errors import UsageError
-from gitops.server import bound_port, create_app, make_authorize, start_in_thread, stop
 from gitops.settings import SecretRef, Settings
-from gitops.webhooks import hmac_sha256_hex
+from gitops.web import metrics, page
+from gitops.web.server import bound_port, create_app, make_authorize, start_in_thread, stop
+from gitops.web.webhooks import hmac_sha256_hex
 
 BASE = "http://127.0.0.1:9469"
 JSON = {"Content-Type": "application/json"}
@@ -394,7 +394,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
     forwarded = {"X-Forwarded-For": "192.0.2.1"}
     token = SecretRef(env="TEST_GITOPS_API_TOKEN")
-    with caplog.at_level(logging.INFO, logger="gitops.server"):
+    with caplog.at_level(logging.INFO, logger="gitops.web.server"):
         plain, done = _serve(Settings(api_token=token))
     try:
         assert _reconcile_actor(plain, {**auth, **forwarded}) == (202, "api:127.0.0.1")
@@ -409,7 +409,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(
     finally:
         done()
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="gitops.server"):
+    with caplog.at_level(logging.INFO, logger="gitops.web.server"):
         proxied, done = _serve(Settings(api_token=token, trusted_proxies=["127.0.0.0/8"]))
     try:
         assert _reconcile_actor(proxied, {**auth, **forwarded}) == (202, "api:192.0.2.1")

@@ -14,12 +14,12 @@ import httpx
 import pytest
 from clitools import gitops
 
+from gitops.daemon.loop import Daemon
 from gitops.errors import Suspended
-from gitops.loop import Daemon
-from gitops.page import page_data
+from gitops.record.store import Store
 from gitops.schedule import Window
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import Store
+from gitops.web.page import page_data
 
 EVENING = "0 22 * * *"
 """Opens at 22:00 UTC every day (the windows below stay open an hour)."""
@@ -151,7 +151,7 @@ def test_operator_trigger_outside_the_window_is_refused_unless_forced(tmp_path: 
 def test_api_reconcile_force_outside_the_window(tmp_path: Path) -> None:
     """POST reconcile outside the window: 409 with the opening; with force and a reason,
     202 and an override recorded; force without a reason: 400."""
-    from gitops.server import bound_port, create_app, start_in_thread, stop
+    from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
     repo = _repo(tmp_path)
     d = _daemon(tmp_path, repo, Clock(BEFORE))

@@ -1,6 +1,7 @@
 """The load worker: one revision's snapshot -> its ``DeclaredState``, in a process of its own.
 
-Runs as ``python -m gitops.workers.load_worker``, started by ``gitops.sandbox`` for previews:
+Runs as ``python -m gitops.workers.load_worker``, started by ``gitops.pipeline.sandbox`` for
+previews:
 loading imports each service's ``model.py``, which is a pull request's code there, so it runs
 as the sandbox's user, never in the daemon. Reads a job (JSON) on stdin: the snapshot, the
 inventory, the revision, the preview's own SOPS keys, the stand-in hosts (None: the
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gitops.worker import die_with_parent
+from gitops.pipeline.worker import die_with_parent
 
 __all__ = ["main", "readable"]
 
@@ -42,7 +43,7 @@ def readable(paths: list[str]) -> str | None:
 
 def _answer(job: dict[str, Any]) -> dict[str, Any]:
     from gitops.errors import GitopsError, InvalidDeclaration
-    from gitops.load import load
+    from gitops.pipeline.load import load
     from gitops.settings import SecretRef, SopsSettings
 
     found = readable(job["private"])

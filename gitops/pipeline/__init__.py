@@ -1,0 +1,2 @@
+"""The pipeline: source -> declared state -> plan -> apply -> verify, run in the controller and its
+workers."""

@@ -1,0 +1,2 @@
+"""The record: the store (SQLite or PostgreSQL), its schema and migrations, and leases between
+controllers."""

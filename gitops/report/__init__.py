@@ -1,0 +1,1 @@
+"""What the record tells people: incidents, delivery figures, owning teams, reports."""
