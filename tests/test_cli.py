@@ -236,7 +236,8 @@ def test_unquarantine_through_the_daemon_reconciles_the_head_again(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.startswith(f"lab: {head[:10]} released from quarantine by alice: "
                                   "lab-1 was down (recorded as run #")
-    wait_for(lambda: len(_runs(state)) >= before + 2, 30, "the unquarantine and its run")
+    wait_for(lambda: len(_runs(state)) >= before + 2 and _runs(state)[0]["sha"] is not None,
+             30, "the unquarantine and its run, once that run resolved the head")
     rerun, event = _runs(state)[:2]
     assert (event["kind"], event["actor"], event["reason"]) == (
         "unquarantine", "alice", "lab-1 was down")
