@@ -264,7 +264,6 @@ def test_postmortem_api_needs_the_token_and_records_the_actor(
     they write is recorded with the caller's actor name."""
     monkeypatch.setenv("TM_TOKEN", "pm-token-0f3a")
     settings = Settings(state_dir=state, api_token={"env": "TM_TOKEN"}, teams=["search"],
-                        allowed_hosts=["gitops"],
                         environments=[{"name": "search-prod", "repo": str(tmp_path)}])
     app = create_app(Daemon(settings), settings)
     with Store(state, readonly=True) as store:
