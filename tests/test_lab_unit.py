@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from polling import wait_for
 
 import gitops.lab as lab_api
 from gitops.cli import main
@@ -255,7 +256,9 @@ def test_old_images_are_pruned_unless_a_running_lab_uses_them(
     for folder in (keep, old, used):
         (folder / "rootfs").mkdir(parents=True)
     holder = subprocess.Popen(["sh", "-c", "sleep 30", "host", f"--directory={used}/rootfs"])
-    try:
+    try:  # Popen returns once forked: the holder names the image only after its exec
+        wait_for(lambda: str(used) in " ".join(common.cmdlines().get(holder.pid, [])), 10,
+                 "the holder process to run")
         assert image.prune_images(keep=keep) == [old]
         assert keep.is_dir() and used.is_dir() and not old.exists()
     finally:
