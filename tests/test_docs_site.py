@@ -66,6 +66,7 @@ def test_the_cli_reference_is_generated_from_the_commands(site: Path) -> None:
         assert f"gitops {name}" in text, name
     assert "--changed-only" in text
     assert "--lease-timeout" in text
+    assert "Sentinel" not in text
 
 
 def test_the_settings_reference_is_generated_from_the_models(site: Path) -> None:

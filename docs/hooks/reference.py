@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-__all__ = ["on_config", "on_page_markdown", "render"]
+__all__ = ["on_config", "on_page_content", "on_page_markdown", "render"]
 
 MARKER = re.compile(r"^<!-- reference: (?P<module>[\w.]+):(?P<model>\w+) -->$", re.MULTILINE)
 
@@ -55,6 +55,12 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         return render(getattr(module, match["model"]))
 
     return MARKER.sub(replace, markdown)
+
+
+def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
+    """An option without a default has an empty Default cell: click 8.3 and later say so with a
+    sentinel, which mkdocs-click would print as ``Sentinel.UNSET``."""
+    return html.replace("<td><code>Sentinel.UNSET</code></td>", "<td></td>")
 
 
 def render(root: type[BaseModel]) -> str:
