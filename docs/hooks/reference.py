@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-__all__ = ["on_config", "on_page_content", "on_page_markdown", "render"]
+__all__ = ["HTML_TAGS", "on_config", "on_page_content", "on_page_markdown", "render"]
 
 MARKER = re.compile(r"^<!-- reference: (?P<module>[\w.]+):(?P<model>\w+) -->$", re.MULTILINE)
 
@@ -57,9 +57,28 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
     return MARKER.sub(replace, markdown)
 
 
+HTML_TAGS = frozenset({
+    "a", "abbr", "b", "blockquote", "br", "caption", "code", "col", "colgroup", "dd", "del",
+    "details", "div", "dl", "dt", "em", "figcaption", "figure", "h1", "h2", "h3", "h4", "h5",
+    "h6", "hr", "i", "img", "ins", "kbd", "li", "mark", "ol", "p", "pre", "q", "s", "samp",
+    "small", "span", "strong", "sub", "summary", "sup", "table", "tbody", "td", "tfoot", "th",
+    "thead", "tr", "u", "ul", "var"})
+"""The elements Markdown makes; any other bare ``<word>`` in a page is a placeholder of a
+command's help text (``inventories/<NAME>.yml``), which mkdocs-click passes on as HTML."""
+
+_BARE_TAG = re.compile(r"</?([A-Za-z][\w-]*)>")
+
+
 def on_page_content(html: str, page: Any, config: Any, files: Any) -> str:
-    """An option without a default has an empty Default cell: click 8.3 and later say so with a
-    sentinel, which mkdocs-click would print as ``Sentinel.UNSET``."""
+    """Placeholders of the commands' help shown as text, not swallowed as unknown elements;
+    an option without a default has an empty Default cell (click 8.3 and later say so with a
+    sentinel, which mkdocs-click would print as ``Sentinel.UNSET``)."""
+    def escape(match: re.Match[str]) -> str:
+        if match[1].lower() in HTML_TAGS:
+            return match[0]
+        return match[0].replace("<", "&lt;").replace(">", "&gt;")
+
+    html = _BARE_TAG.sub(escape, html)
     return html.replace("<td><code>Sentinel.UNSET</code></td>", "<td></td>")
 
 
