@@ -4,9 +4,7 @@
 from __future__ import annotations
 
 from gitops.record.base import StoreBase, parse_time
-from gitops.records import (
-    Undelivered,
-)
+from gitops.records import Undelivered
 
 __all__ = ["CommitStatusesMixin"]
 

@@ -10,10 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from gitops.record.base import StoreBase
-from gitops.records import (
-    ControllerRequest,
-    Lease,
-)
+from gitops.records import ControllerRequest, Lease
 
 __all__ = ["ControllersMixin"]
 

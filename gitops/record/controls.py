@@ -7,9 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from gitops.record.base import StoreBase, parse_time
-from gitops.records import (
-    Controls,
-)
+from gitops.records import Controls
 
 __all__ = ["ControlsMixin"]
 

@@ -10,12 +10,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gitops.record.base import ENVIRONMENT, StoreBase, ref_text
-from gitops.records import (
-    Installed,
-    InstalledState,
-    Ref,
-    Revision,
-)
+from gitops.records import Installed, InstalledState, Ref, Revision
 
 __all__ = ["HostsMixin"]
 

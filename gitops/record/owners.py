@@ -6,9 +6,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from gitops.record.base import StoreBase
-from gitops.records import (
-    Owner,
-)
+from gitops.records import Owner
 
 __all__ = ["OwnersMixin"]
 

@@ -8,10 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from gitops.record.base import StoreBase, parse_time
-from gitops.records import (
-    ActionItem,
-    PostmortemNote,
-)
+from gitops.records import ActionItem, PostmortemNote
 
 __all__ = ["PostmortemsMixin"]
 

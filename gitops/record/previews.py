@@ -8,10 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from gitops.record.base import StoreBase, parse_time
-from gitops.records import (
-    PreviewReport,
-    PreviewRow,
-)
+from gitops.records import PreviewReport, PreviewRow
 
 __all__ = ["PreviewsMixin"]
 

@@ -8,11 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gitops.record.base import StoreBase, parse_time
-from gitops.records import (
-    Quarantined,
-    Revision,
-    VerifiedRevision,
-)
+from gitops.records import Quarantined, Revision, VerifiedRevision
 
 __all__ = ["RevisionsMixin"]
 

@@ -9,14 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from gitops.record.base import StoreBase
-from gitops.records import (
-    ApplyReport,
-    Plan,
-    Revision,
-    RunKind,
-    RunResult,
-    VerifyReport,
-)
+from gitops.records import ApplyReport, Plan, Revision, RunKind, RunResult, VerifyReport
 
 __all__ = ["UNCHANGED_SERVICE", "RunsMixin"]
 

@@ -9,9 +9,7 @@ from collections.abc import Sequence
 
 from gitops.record.base import StoreBase
 from gitops.record.dialect import PgConnection
-from gitops.records import (
-    ShareRow,
-)
+from gitops.records import ShareRow
 
 __all__ = ["SharesMixin"]
 

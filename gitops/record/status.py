@@ -10,14 +10,7 @@ from collections.abc import Sequence
 
 from gitops.record.base import ENVIRONMENT, parse_time, ref_text
 from gitops.record.controls import ControlsMixin
-from gitops.records import (
-    Condition,
-    Controls,
-    LatestCheck,
-    Ref,
-    Revision,
-    StatusRow,
-)
+from gitops.records import Condition, Controls, LatestCheck, Ref, Revision, StatusRow
 
 __all__ = ["StatusMixin", "suspended_condition"]
 
