@@ -71,6 +71,7 @@ from gitops.model import DeclaredState
 from gitops.pipeline import journal
 from gitops.pipeline.worker import Progress, run_worker
 from gitops.record.lease import FENCE, POLL
+from gitops.record.queue import queue_schema
 from gitops.record.store import Database, StoreUnavailable, database_errors
 from gitops.records import ShareRow, WorkerResult
 from gitops.settings import Settings
@@ -93,13 +94,6 @@ def _errors() -> tuple[type[Exception], ...]:
 
 class LeaseLost(TemporaryError):
     """The holder lost the environment's lease while its shares were applied elsewhere."""
-
-
-def queue_schema() -> str:
-    """procrastinate's schema (its tables, functions, triggers), one SQL script."""
-    from procrastinate.schema import SchemaManager
-
-    return str(SchemaManager.get_schema())
 
 
 # -- the job ---------------------------------------------------------------------------------
