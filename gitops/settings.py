@@ -370,7 +370,7 @@ class Settings(BaseSettings):
     @field_validator("allowed_hosts")
     @classmethod
     def _hosts(cls, value: list[str] | None) -> list[str] | None:
-        from gitops.web.webguard import parse_host
+        from gitops.hostnames import parse_host
 
         bad = [h for h in value or [] if parse_host(h) is None]
         if bad:

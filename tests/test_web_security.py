@@ -282,7 +282,7 @@ def test_the_page_script_writes_text_only(tmp_path: Path) -> None:
     from importlib import resources
 
     for name in ("page.js", "signin.js"):
-        text = resources.files("gitops").joinpath("static", name).read_text()
+        text = resources.files("gitops.web").joinpath("static", name).read_text()
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
                      "eval(", "new Function"):
             assert sink not in text, (name, sink)

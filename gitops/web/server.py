@@ -36,7 +36,6 @@ from gitops.errors import GitopsError, LockHeld, PermanentError, TemporaryError,
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.web.limits import ClientLimit, HttpLimits, protocol
 from gitops.web.webguard import Guard, is_local
-from gitops.web.webguard import is_loopback as _is_loopback  # noqa: F401 (page, tests)
 from gitops.web.webhooks import (
     InvalidSignature,
     RecentDeliveries,
