@@ -59,7 +59,7 @@ from typing import Any
 
 from gitops.record.store import Store
 from gitops.records import RunRow, VerifiedRevision
-from gitops.report.incidents import Episode, episodes, load_runs, verified_hosts
+from gitops.report.episodes import Episode, episodes, load_runs, verified_hosts
 from gitops.report.summary import RunSummary, checks_only
 
 __all__ = ["DORA_BANDS", "NO_TEAM", "DayCount", "DeliveryMetrics", "Group", "Keys", "Rollout",
