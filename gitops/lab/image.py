@@ -21,6 +21,19 @@ from pathlib import Path
 
 from gitops.lab.common import LabError, cache_dir, cmdlines, run
 
+__all__ = [
+    "INCLUDE",
+    "MIRROR_PACKAGES",
+    "MIRROR_SOURCES",
+    "RECIPE_VERSION",
+    "SUITE",
+    "ensure_image",
+    "image_dir",
+    "prune_images",
+    "recipe",
+    "recipe_hash",
+]
+
 SUITE = "bookworm"
 INCLUDE = ("systemd", "systemd-sysv", "openssh-server", "python3", "iproute2", "dbus", "sudo")
 
