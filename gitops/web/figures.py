@@ -24,7 +24,7 @@ _delivery_lock = threading.Lock()
 
 
 def delivery_figures(store: Store, environment: str | None = None,
-              days: int = DELIVERY_WINDOW) -> dict[str, dict[str, Any]] | None:
+                     days: int = DELIVERY_WINDOW) -> dict[str, dict[str, Any]] | None:
     """``gitops.report.delivery`` figures per environment as dicts; None until that module exists.
 
     Computing them reads the whole window (over 100 ms for 1,000 runs), so the result is kept

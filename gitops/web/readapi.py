@@ -102,6 +102,8 @@ class BadQuery(ValueError):
 
 
 def int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
+    """The query parameter ``name`` as an integer in [low, high] (``default`` when absent);
+    ``BadQuery`` otherwise."""
     raw = request.query_params.get(name)
     if raw is None or raw == "":
         return default
@@ -115,6 +117,7 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
 
 
 def as_json(data: Any) -> JSONResponse:
+    """``data`` as a JSON answer, values JSON cannot hold (datetimes) as their text."""
     return JSONResponse(json.loads(json.dumps(data, default=str)))
 
 

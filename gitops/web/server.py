@@ -262,7 +262,7 @@ def create_app(
             return error(404, f"unknown action; one of reconcile, {', '.join(OPERATIONS)}")
         try:
             options = api_options(await json_body(request, max_body),
-                                   force=action == "reconcile")
+                                  force=action == "reconcile")
         except BadBody as exc:
             return error(exc.status, str(exc))
         except UsageError as exc:
