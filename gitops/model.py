@@ -15,6 +15,42 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gitops.schedule import Window
 
+__all__ = [
+    "ALL_GROUP",
+    "HOST_NAME_RE",
+    "NAME_RE",
+    "SSH_DEFAULTS",
+    "TEAMS_FILE",
+    "USER_RE",
+    "Address",
+    "DeclaredHost",
+    "DeclaredState",
+    "EnvironmentSettings",
+    "GroupSpec",
+    "GuardSettings",
+    "HostName",
+    "HostSpec",
+    "InventoryFile",
+    "KeyPath",
+    "LabSpec",
+    "ResolvedSSH",
+    "RolloutSettings",
+    "SSHSettings",
+    "ServiceMeta",
+    "ServiceParams",
+    "TeamName",
+    "TeamsFile",
+    "User",
+    "check_address",
+    "check_guard_path",
+    "check_host_name",
+    "check_name",
+    "check_path",
+    "check_team",
+    "check_user",
+    "unsafe_reason",
+]
+
 ServiceParams = dict[str, Any]
 
 # --- the syntax of every value that reaches an ssh_config, a command line, a file name or

@@ -19,6 +19,8 @@ from gitops.lab import leftovers
 from gitops.lab.common import DEFAULT_NAME, LabError, lab_parent
 from gitops.lab.leftovers import LabEntry
 
+__all__ = ["lab"]
+
 EXIT_CODES = """
 Exit codes: 0 done; 1 runtime failure or lab already up; 2 not root, missing tools
 (apt-get install debootstrap systemd-container dpkg-dev) or bad usage.

@@ -24,7 +24,7 @@ timestamps):
   *decided* once deployed or failed; rollouts that only errored, were interrupted or are still
   running are counted in ``rollouts_pending`` and left out of the rate. An attempt that failed
   only because hosts fell short of the checks while nothing changed on them
-  (``policy.checks_only``: a commit that made a check stricter) is no failed change: such a
+  (``summary.checks_only``: a commit that made a check stricter) is no failed change: such a
   rollout, not deployed since, is counted in ``short_of_checks``, left out of the rate, and
   opens no restore interval.
 - **Time to restore**: from a failed rollout (the failed run's ``finished_at``; later failures
@@ -57,10 +57,10 @@ from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from typing import Any
 
-from gitops.daemon import policy
 from gitops.record.store import Store
 from gitops.records import RunRow, VerifiedRevision
-from gitops.report.incidents import Episode, episodes, load_runs, verified_hosts
+from gitops.report.episodes import Episode, episodes, load_runs, verified_hosts
+from gitops.report.summary import RunSummary, checks_only
 
 __all__ = ["DORA_BANDS", "NO_TEAM", "DayCount", "DeliveryMetrics", "Group", "Keys", "Rollout",
            "StageLeadTime", "checks_only_runs", "compare", "delivery_metrics", "rollouts",
@@ -257,9 +257,9 @@ def _failed_rollout(run: RunRow) -> str | None:
 
 def checks_only_runs(store: Store, runs: Iterable[RunRow]) -> set[int]:
     """The failed reconcile and retry runs of ``runs`` that failed only because hosts fell
-    short of the checks while nothing changed on them (``policy.checks_only``)."""
-    return {run.id for run in runs if _failed_rollout(run) is not None and policy.checks_only(
-        policy.RunSummary.from_hosts("failed", store.host_results(run.id)))}
+    short of the checks while nothing changed on them (``checks_only``)."""
+    return {run.id for run in runs if _failed_rollout(run) is not None and checks_only(
+        RunSummary.from_hosts("failed", store.host_results(run.id)))}
 
 
 def _failed_change(short: Collection[int]) -> Callable[[RunRow], str | None]:

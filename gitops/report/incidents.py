@@ -38,6 +38,13 @@ from typing import Any
 from gitops.errors import UsageError
 from gitops.record.store import Store
 from gitops.records import APPLY_KINDS, ActionItem, PostmortemNote, RunRow
+from gitops.report.episodes import (
+    Episode,
+    default_cause,
+    episodes,
+    load_runs,
+    verified_hosts,
+)
 
 __all__ = [
     "APPLY_KINDS",
@@ -49,6 +56,7 @@ __all__ = [
     "annotate",
     "canonical_id",
     "changed_files",
+    "default_cause",
     "episodes",
     "find",
     "incidents",
@@ -73,86 +81,6 @@ def canonical_id(incident_id: str) -> str:
 
 DiffSummary = Callable[[str, str], str]
 """``diff_summary(old_sha, new_sha)``: e.g. ``git diff --stat``, supplied by the caller."""
-
-
-def load_runs(store: Store, environment: str | None = None) -> dict[str, list[RunRow]]:
-    """Every run (oldest first) per environment (``Store.runs``)."""
-    return store.runs(environment)
-
-
-def verified_hosts(store: Store, environment: str | None = None) -> dict[int, frozenset[str]]:
-    """The hosts of each succeeded apply run (``Store.verified_hosts``)."""
-    return store.verified_hosts(environment)
-
-
-def default_cause(run: RunRow) -> str | None:
-    """What incident, if any, ``run`` opens: the definition in the module docstring."""
-    if run.kind not in APPLY_KINDS or run.result in ("invalid", None):
-        return None
-    if run.drift_correction:
-        return "drift correction"
-    if run.kind == "rollback":
-        return "rollback"
-    if run.result == "failed":
-        return "failed rollout"
-    return None
-
-
-@dataclass(frozen=True)
-class Episode:
-    """An interval from a failure to its restoring run, with every run in between."""
-
-    environment: str
-    cause: str
-    opener: RunRow
-    runs: tuple[RunRow, ...]
-    opened_at: datetime
-    closed_at: datetime | None
-    restorer: RunRow | None
-
-
-def episodes(
-    runs: Iterable[RunRow],
-    verified: Mapping[int, frozenset[str]],
-    opens: Callable[[RunRow], str | None] = default_cause,
-) -> list[Episode]:
-    """Scan one environment's runs (oldest first): the open/close rules of the module."""
-    found: list[Episode] = []
-    current: dict[str, Any] | None = None
-    failed_check: RunRow | None = None
-    for run in runs:
-        if run.drift_check and run.result in ("failed", "succeeded"):
-            failed_check = run if run.result == "failed" else None
-        cause = opens(run)
-        if current is None:
-            if cause is None:
-                continue
-            members = [run]
-            pending: set[str] = set(run.failed_hosts) if run.result == "failed" else set()
-            opened = run.at if run.result == "failed" else run.started_at
-            if cause == "drift correction" and failed_check is not None:
-                members = [failed_check, run]
-                opened = failed_check.at
-                pending |= set(failed_check.failed_hosts)
-            failed_check = None
-            current = {"cause": cause, "opener": run, "runs": members, "opened": opened,
-                       "pending": pending}
-        else:
-            current["runs"].append(run)
-            if run.real and run.kind in APPLY_KINDS and run.result == "failed":
-                current["pending"] |= set(run.failed_hosts)
-        if run.verified_success:
-            hosts = verified.get(run.id)
-            current["pending"] = set() if hosts is None else current["pending"] - hosts
-            if not current["pending"]:
-                found.append(Episode(run.environment, current["cause"], current["opener"],
-                                     tuple(current["runs"]), current["opened"], run.at, run))
-                current = None
-    if current is not None:
-        opener = current["opener"]
-        found.append(Episode(opener.environment, current["cause"], opener,
-                             tuple(current["runs"]), current["opened"], None, None))
-    return found
 
 
 # -- incidents --------------------------------------------------------------------------------

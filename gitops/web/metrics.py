@@ -9,20 +9,19 @@ Labels hold only bounded values (environment, host, service, check, stage, kind,
 team: declared names only) and never a message; the one SHA is the current applied revision,
 in ``gitops_applied_revision_info``.
 
-``routes(state_dir, authorize)`` gives the daemon's ``GET /metrics`` and the read-only API:
-``/api/environments``, ``/api/hosts``, ``/api/runs``, ``/api/runs/{id}``, ``/api/delivery``
-(``?by=team`` or ``environment``: side by side with trends, as ``gitops metrics --by``),
-``/api/incidents`` and ``/api/teams``; each answers what ``gitops status --json`` /
-``history --json`` print.
+``routes(state_dir, authorize)`` gives the daemon's ``GET /metrics`` and the read-only API
+(``gitops.web.readapi``): ``/api/environments``, ``/api/hosts``, ``/api/runs``,
+``/api/runs/{id}``, ``/api/delivery`` (``?by=team`` or ``environment``: side by side with
+trends, as ``gitops metrics --by``), ``/api/incidents`` and ``/api/teams``; each answers what
+``gitops status --json`` / ``history --json`` print. Delivery figures come from
+``gitops.web.figures``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,13 +35,22 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from gitops.record.store import ENVIRONMENT, Database, NoStore, Store, StoreOutdated
+from gitops.record.store import ENVIRONMENT, Database, Store
 from gitops.records import LatestCheck
+from gitops.web import readapi
+from gitops.web.access import Authorize, loopback_only
+from gitops.web.figures import DELIVERY_WINDOW, delivery_figures, team_figures
+from gitops.web.readapi import (
+    api_delivery,
+    api_environments,
+    api_hosts,
+    api_incidents,
+    reader,
+)
 
 __all__ = [
     "DELIVERY_WINDOW",
@@ -58,15 +66,9 @@ __all__ = [
     "routes",
 ]
 
-Authorize = Callable[[Request], Response | None]
-"""The server's check of an API request: None to let it through, else the refusal to send."""
-
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
                     1200.0, 1800.0)
 """Upper bounds (seconds) of the stage duration histogram: 0.1 s to 30 min, then +Inf."""
-
-DELIVERY_WINDOW = 90
-"""Days of history behind the delivery gauges (label ``window="90d"``)."""
 
 SHORT_SHA = 10
 """Characters of the applied SHA in ``gitops_applied_revision_info`` (``Revision.short``)."""
@@ -106,39 +108,6 @@ METRICS: dict[str, str] = {
 
 def _epoch(stamp: datetime | None) -> float | None:
     return stamp.timestamp() if stamp is not None else None
-
-
-DELIVERY_CACHE_S = 60.0
-"""How long computed delivery figures are reused while no run starts or finishes."""
-
-_delivery_cache: dict[tuple[str, str | None, int], tuple[tuple[Any, ...], float,
-                                                         dict[str, dict[str, Any]]]] = {}
-_delivery_lock = threading.Lock()
-
-
-def _delivery(store: Store, environment: str | None = None,
-              days: int = DELIVERY_WINDOW) -> dict[str, dict[str, Any]] | None:
-    """``gitops.report.delivery`` figures per environment as dicts; None until that module exists.
-
-    Computing them reads the whole window (over 100 ms for 1,000 runs), so the result is kept
-    for ``DELIVERY_CACHE_S`` seconds unless a run has started or finished since.
-    """
-    try:
-        from gitops.report import delivery  # written alongside; optional until it lands
-    except ImportError:
-        return None
-    key = (store.identity()[0], environment, days)
-    fingerprint = store.change_mark()
-    clock = time.monotonic()
-    with _delivery_lock:
-        cached = _delivery_cache.get(key)
-    if cached is not None and cached[0] == fingerprint and clock - cached[1] < DELIVERY_CACHE_S:
-        return cached[2]
-    found = delivery.delivery_metrics(store, environment=environment, days=days)
-    figures = {name: dict(m.as_dict()) for name, m in found.items()}
-    with _delivery_lock:
-        _delivery_cache[key] = (fingerprint, clock, figures)
-    return figures
 
 
 def _number(data: dict[str, Any], key: str) -> float | None:
@@ -388,7 +357,7 @@ class StoreCollector(Collector):
         yield from (success, rollout, quarantined, suspended)
 
     def _delivery(self) -> Iterator[Metric]:
-        figures = _delivery(self.store)
+        figures = delivery_figures(self.store)
         if figures is None:
             return
         window = f"{DELIVERY_WINDOW}d"
@@ -445,7 +414,7 @@ class StoreCollector(Collector):
         for env, team in owners.items():
             info.add_metric([env, team], 1)
         yield info
-        groups = _team_figures(self.store, owners)
+        groups = team_figures(self.store, owners)
         window = f"{DELIVERY_WINDOW}d"
         families = {
             "deployment_frequency_per_day": GaugeMetricFamily(
@@ -473,27 +442,6 @@ class StoreCollector(Collector):
         yield from families.values()
 
 
-_team_cache: dict[str, tuple[tuple[Any, ...], float, dict[str, dict[str, Any]]]] = {}
-
-
-def _team_figures(store: Store, owners: dict[str, str]) -> dict[str, dict[str, Any]]:
-    """``gitops.report.delivery.compare`` by team as dicts, cached as ``_delivery`` is."""
-    from gitops.report import delivery
-
-    key = store.identity()[0]
-    fingerprint = (*store.change_mark(), tuple(sorted(owners.items())))
-    clock = time.monotonic()
-    with _delivery_lock:
-        cached = _team_cache.get(key)
-    if cached is not None and cached[0] == fingerprint and clock - cached[1] < DELIVERY_CACHE_S:
-        return cached[2]
-    figures = {name: g.current.as_dict() for name, g in delivery.compare(
-        store, owners, by="team", days=DELIVERY_WINDOW).items() if name != delivery.NO_TEAM}
-    with _delivery_lock:
-        _team_cache[key] = (fingerprint, clock, figures)
-    return figures
-
-
 def render(store: Store) -> bytes:
     """The Prometheus text exposition of every gitops metric, read from ``store`` now."""
     registry = CollectorRegistry(auto_describe=False)
@@ -501,184 +449,18 @@ def render(store: Store) -> bytes:
     return generate_latest(registry)
 
 
-# -- the JSON API -----------------------------------------------------------------------
-
-
-def api_environments(store: Store) -> list[dict[str, Any]]:
-    """Environment status rows (as ``gitops status --json``) with controls, quarantine and
-    the controller holding the environment (None: one controller, or nobody holds it now)."""
-    holders = {lease.environment: lease.holder for lease in store.leases() if lease.live}
-    rows = []
-    for row in store.status():
-        if row.host == ENVIRONMENT:
-            rows.append({**row.as_dict(),
-                         "controller": holders.get(row.environment),
-                         "controls": store.controls(row.environment).as_dict(),
-                         "quarantined": [q.as_dict()
-                                         for q in store.quarantined(row.environment)]})
-    return rows
-
-
-def api_hosts(store: Store, environment: str | None = None) -> list[dict[str, Any]]:
-    """Host status rows (as ``gitops status --json``, environment rows left out)."""
-    return [row.as_dict() for row in store.status(environment) if row.host != ENVIRONMENT]
-
-
-def api_delivery(store: Store, environment: str | None = None,
-                 days: int = DELIVERY_WINDOW) -> dict[str, dict[str, Any]] | None:
-    """Delivery metrics per environment; None until ``gitops.report.delivery`` exists."""
-    return _delivery(store, environment, days)
-
-
-def api_compare(store: Store, by: str, days: int = DELIVERY_WINDOW) -> dict[str, Any]:
-    """The four keys per team (or environment) with trends and series
-    (``gitops metrics --by``), and the DORA bands shown beside them."""
-    from gitops.report import delivery
-    from gitops.report.teams import environment_teams
-
-    groups = delivery.compare(store, environment_teams(store), by=by, days=days)
-    return {"by": by, "days": days, "groups": {n: g.as_dict() for n, g in groups.items()},
-            "bands": delivery.DORA_BANDS}
-
-
-def api_teams(store: Store) -> dict[str, Any]:
-    """Who owns what: environment -> team, environment -> service -> team."""
-    from gitops.report.teams import environment_teams, service_teams
-
-    return {"environments": environment_teams(store), "services": service_teams(store)}
-
-
-def api_incidents(store: Store, environment: str | None = None) -> list[Any] | None:
-    """Incidents, newest first as ``gitops.report.incidents`` orders them; None until it exists."""
-    try:
-        from gitops.report import incidents  # written alongside; optional until it lands
-    except ImportError:
-        return None
-    return [_plain(i) for i in incidents.incidents(store, environment=environment)]
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "as_dict"):
-        return value.as_dict()
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return value
-
-
-class _BadQuery(ValueError):
-    pass
-
-
-def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _BadQuery(f"{name} must be an integer") from None
-    if not low <= value <= high:
-        raise _BadQuery(f"{name} must be between {low} and {high}")
-    return value
-
-
-def _json(data: Any) -> JSONResponse:
-    return JSONResponse(json.loads(json.dumps(data, default=str)))
-
-
 def routes(state_dir: Path, authorize: Authorize | None = None,
            database: Database | None = None) -> list[BaseRoute]:
-    """``GET /metrics`` and the read-only JSON API over the store in ``state_dir`` (or
-    ``database``).
+    """``GET /metrics`` and the read-only JSON API (``gitops.web.readapi``) over the store in
+    ``state_dir`` (or ``database``).
 
     Every route asks ``authorize`` first (the server's bearer-token-or-loopback check); with
     None, only loopback clients are answered. Each request opens the store and closes it.
     """
-
-    where = database or Database(state_dir)
-
-    def refused(request: Request) -> Response | None:
-        if authorize is not None:
-            return authorize(request)
-        from gitops.web.webguard import is_local  # the server's own loopback test
-
-        if is_local(request):
-            return None
-        return JSONResponse({"error": "the API answers loopback clients only"},
-                            status_code=403)
-
-    def reading(
-        read: Callable[[Request, Store], Response],
-    ) -> Callable[[Request], Awaitable[Response]]:
-        async def endpoint(request: Request) -> Response:
-            refusal = refused(request)
-            if refusal is not None:
-                return refusal
-
-            def call() -> Response:
-                with where.open(readonly=True) as store:
-                    return read(request, store)
-
-            try:
-                return await run_in_threadpool(call)
-            except _BadQuery as exc:
-                return JSONResponse({"error": str(exc)}, status_code=400)
-            except (NoStore, StoreOutdated) as exc:  # nothing recorded (yet): nothing to read
-                return JSONResponse({"error": str(exc)}, status_code=503)
-
-        return endpoint
+    read = reader(database or Database(state_dir),
+                  authorize or loopback_only("the API answers loopback clients only"))
 
     def metrics(request: Request, store: Store) -> Response:
         return Response(render(store), media_type=CONTENT_TYPE_LATEST)
 
-    def environments(request: Request, store: Store) -> Response:
-        return _json(api_environments(store))
-
-    def hosts(request: Request, store: Store) -> Response:
-        return _json(api_hosts(store, request.query_params.get("environment") or None))
-
-    def runs(request: Request, store: Store) -> Response:
-        limit = _int_param(request, "limit", 20, 1, 1000)
-        return _json([r.as_dict() for r in store.history(
-            request.query_params.get("environment") or None, limit)])
-
-    def one_run(request: Request, store: Store) -> Response:
-        try:
-            run_id = int(request.path_params["id"])
-        except ValueError:
-            return JSONResponse({"error": "run id must be an integer"}, status_code=400)
-        run = store.run(run_id) if 0 < run_id < 2**63 else None
-        if run is None:
-            return JSONResponse({"error": f"no run {run_id}"}, status_code=404)
-        return _json(run.as_dict())
-
-    def delivery(request: Request, store: Store) -> Response:
-        days = _int_param(request, "days", DELIVERY_WINDOW, 1, 3660)
-        by = request.query_params.get("by") or None
-        if by is not None:
-            if by not in ("team", "environment"):
-                raise _BadQuery("by must be team or environment")
-            return _json(api_compare(store, by, days))
-        figures = api_delivery(store, request.query_params.get("environment") or None, days)
-        if figures is None:
-            return JSONResponse({"error": "delivery metrics are not available"},
-                                status_code=501)
-        return _json(figures)
-
-    def incidents(request: Request, store: Store) -> Response:
-        found = api_incidents(store, request.query_params.get("environment") or None)
-        if found is None:
-            return JSONResponse({"error": "incidents are not available"}, status_code=501)
-        return _json(found)
-
-    table: list[tuple[str, Callable[[Request, Store], Response]]] = [
-        ("/metrics", metrics),
-        ("/api/environments", environments),
-        ("/api/hosts", hosts),
-        ("/api/runs", runs),
-        ("/api/runs/{id}", one_run),
-        ("/api/delivery", delivery),
-        ("/api/incidents", incidents),
-        ("/api/teams", lambda request, store: _json(api_teams(store))),
-    ]
-    return [Route(path, reading(read), methods=["GET"]) for path, read in table]
+    return [Route("/metrics", read(metrics), methods=["GET"]), *readapi.routes(read)]

@@ -41,7 +41,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -49,6 +48,7 @@ from starlette.routing import BaseRoute, Route
 from gitops.daemon.promotion import Link, pipeline
 from gitops.record.store import ENVIRONMENT, Database, NoStore, Store, StoreOutdated
 from gitops.records import APPLY_KINDS, CheckRow, Ref, RunRow, StatusRow
+from gitops.web.access import Authorize, guarded
 from gitops.web.page_answer import PageAnswers, bounded, serialize
 from gitops.web.sessions import COOKIE, Sessions
 from gitops.web.sessions import routes as session_routes
@@ -58,7 +58,6 @@ __all__ = ["COOKIE", "HISTORY", "RecordCache", "page_data", "routes", "run_detai
 
 _T = TypeVar("_T")
 
-Authorize = Callable[[Request], Response | None]
 
 HISTORY = 50
 """Runs listed per environment."""
@@ -450,29 +449,25 @@ def routes(state_dir: Path, authorize: Authorize | None,
         with where.open(readonly=True) as store:
             return fn(store)
 
+    @guarded(check, refusal=lambda request, refused: _refuse_html(
+        refused, again="again" in request.query_params))
     async def index(request: Request) -> Response:
-        refused = check(request)
-        if refused is not None:
-            return _refuse_html(refused, again="again" in request.query_params)
         html = _static_file("index.html").read_bytes()
         return Response(html, media_type="text/html; charset=utf-8", headers=_HEADERS)
 
+    @guarded(check, exempt=lambda request: request.path_params["name"] not in _STATIC
+             or request.path_params["name"] in _PUBLIC)
     async def static(request: Request) -> Response:
         name = request.path_params["name"]
         if name not in _STATIC:
             return Response("not found", status_code=404, media_type="text/plain")
-        refused = check(request) if name not in _PUBLIC else None
-        if refused is not None:
-            return refused
         data = _static_file(name).read_bytes()
         return Response(data, media_type=_STATIC[name], headers=_HEADERS)
 
-    async def api_page(request: Request) -> Response:
-        refused = check(request)
-        if refused is not None:
-            return refused
+    @guarded(check)
+    def api_page(request: Request) -> Response:
         try:
-            body = await run_in_threadpool(read, lambda store: kept.get(
+            body = read(lambda store: kept.get(
                 (store.page_mark(), _hour(None)),
                 lambda: page_data(store, chain=chain, cache=cache)))
         except NoStore:  # nothing recorded yet: an empty page
@@ -481,10 +476,8 @@ def routes(state_dir: Path, authorize: Authorize | None,
             return JSONResponse({"error": str(exc)}, status_code=503, headers=_HEADERS)
         return Response(body, media_type="application/json", headers=_HEADERS)
 
-    async def api_run(request: Request) -> Response:
-        refused = check(request)
-        if refused is not None:
-            return refused
+    @guarded(check)
+    def api_run(request: Request) -> Response:
         try:
             run_id = int(request.path_params["run_id"])
         except ValueError:
@@ -492,20 +485,18 @@ def routes(state_dir: Path, authorize: Authorize | None,
         if not 0 < run_id < _MAX_ID:
             return JSONResponse({"error": "no such run"}, status_code=404, headers=_HEADERS)
         try:
-            data = await run_in_threadpool(read, lambda store: run_detail(store, run_id))
+            data = read(lambda store: run_detail(store, run_id))
         except (NoStore, StoreOutdated):
             data = None
         if data is None:
             return JSONResponse({"error": "no such run"}, status_code=404, headers=_HEADERS)
         return JSONResponse(data, headers=_HEADERS)
 
-    async def preview_page(request: Request) -> Response:
-        refused = check(request)
-        if refused is not None:
-            return refused
+    @guarded(check)
+    def preview_page(request: Request) -> Response:
         try:
             preview_id = int(request.path_params["preview_id"])
-            row = (await run_in_threadpool(read, lambda store: store.preview(preview_id))
+            row = (read(lambda store: store.preview(preview_id))
                    if 0 < preview_id < _MAX_ID else None)
         except (ValueError, NoStore, StoreOutdated):
             row = None

@@ -22,12 +22,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gitops.web.access import Authorize
+
 __all__ = ["COOKIE", "Sessions", "routes"]
 
 COOKIE = "gitops_session"
 """The cookie that carries a signed-in browser's session id."""
-
-Authorize = Callable[[Request], Response | None]
 
 
 def _digest(session_id: str) -> bytes:
