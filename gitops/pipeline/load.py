@@ -58,11 +58,8 @@ from gitops.model import (
     unsafe_reason,
 )
 from gitops.pipeline import depends, sops
-from gitops.settings import SecretRef, SopsSettings
-
-DEMO_AGE_KEY = Path(__file__).resolve().parent.parent / "lab" / "demo-age-key.txt"
-"""The throwaway age identity the lab gives its environments (``source: lab``) when the
-settings name no SOPS key: the sample's secrets are encrypted for it. Never for real hosts."""
+from gitops.pipeline.hostsource import HostSource, SourceUnavailable
+from gitops.settings import SopsSettings
 
 Loc = tuple[str | int, ...]
 _M = TypeVar("_M", bound=BaseModel)
@@ -251,6 +248,7 @@ def load(
     host_source: Callable[[list[str]], dict[str, dict[str, Any]]] | None = None,
     keys: SopsSettings | None = None,
     hosts_from: HostsFrom | None = None,
+    lab: HostSource | None = None,
 ) -> DeclaredState:
     """Validate ``environment`` in the snapshot at ``root``; raise ``InvalidDeclaration``.
 
@@ -261,6 +259,8 @@ def load(
     (inventory order) and the inventory's ``lab.packages``, and returns the address and SSH
     settings of the hosts to keep; every host is still validated, the others are not kept.
     ``keys`` open the SOPS-encrypted values and files (see ``gitops.pipeline.sops``).
+    ``lab`` gives the hosts of ``settings.source: lab``, and its keys when ``keys`` has none
+    (``gitops.pipeline.hostsource``; without it that source is not available).
     """
     rel = f"inventories/{environment}.yml"
     path = root / rel
@@ -279,8 +279,8 @@ def load(
     text = path.read_text(encoding="utf-8-sig") if "sops" in data else ""  # read_yaml checked it
     declared = data.get("settings")
     if (keys is None or (keys.age_key is None and keys.pgp_key is None)) and \
-            isinstance(declared, dict) and declared.get("source") == "lab":
-        keys = SopsSettings(age_key=SecretRef(file=DEMO_AGE_KEY))  # the lab's demo key
+            isinstance(declared, dict) and declared.get("source") == "lab" and lab is not None:
+        keys = lab.keys  # the lab's demo key
     unopened: list[Problem] = []  # secrets no key opens: the rest is checked without them
     try:
         data, secrets = sops.open_inventory(root, rel, data, text, keys, revision)
@@ -306,18 +306,19 @@ def load(
     if hosts_from is not None:  # its failures (a lab that does not boot) are its caller's
         sources = hosts_from({n: list(h.groups) for n, h in inv.hosts.items()},
                              list(inv.lab.packages))
-    elif inv.settings.source == "lab":  # the running lab's addresses and key (no Target needed)
-        from gitops.lab import LabError, inventory_hosts, provide_packages
-
+    elif inv.settings.source == "lab" and lab is None:  # its caller has no lab to hand in
+        problems.add(("settings", "source"), "source 'lab' is not available")
+        unsourced = True
+    elif inv.settings.source == "lab" and lab is not None:  # the running lab's addresses, key
         try:
-            sources = inventory_hosts(inv.settings.lab, list(inv.hosts))
-        except LabError as exc:
+            sources = lab.hosts(inv.settings.lab, list(inv.hosts))
+        except SourceUnavailable as exc:
             problems.add(("settings", "source"), str(exc))
             unsourced = True  # said once, not again for each host's missing address
         else:
             try:  # the packages the deploys install that the lab's mirror lacks
-                provide_packages(inv.settings.lab, inv.lab.packages)
-            except LabError as exc:
+                lab.provide_packages(inv.settings.lab, list(inv.lab.packages))
+            except SourceUnavailable as exc:
                 problems.add(("lab", "packages"), str(exc))
     elif inv.settings.source != "inventory":
         if host_source is None:
