@@ -1,7 +1,5 @@
-"""The lab as a host source of the pipeline (``gitops.pipeline.hostsource.HostSource``).
-
-The cli, the daemon and its previews hand ``LAB`` to the pipeline for inventories with
-``settings.source: lab``: the running lab's addresses, its SSH key and the demo age key.
+"""The lab as the pipeline's host source (``gitops.pipeline.hostsource.HostSource``): ``LAB``,
+handed in by the cli, the daemon and its previews for ``source: lab`` inventories.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""What a run leaves in the record: its end, the conditions of each host and of the
-environment, what each host has installed, the revisions verified on every host, and the
-quarantines a host's own revert calls for. Called by ``reconcile`` on every path.
+"""What a run leaves in the record: its end, each host's and the environment's conditions, what
+each host has installed, the revisions verified everywhere, the quarantines of reverts.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Fingerprints: what a service's apply on a host reads, as one keyed digest.
-
-Equal fingerprints mean the same apply: a changed-only run leaves out the services whose
-fingerprint is the one their last verified apply had (``unchanged``).
+"""Fingerprints: what a service's apply on a host reads, as one keyed digest; equal means the
+same apply, so a changed-only run leaves out the ``unchanged`` services.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""Hosts an inventory does not list: what a host source hands the loader for ``source: lab``.
-
-An inventory with ``settings.source: lab`` takes its hosts' addresses and SSH settings, and
-its SOPS key when the settings name none, from a ``HostSource`` its caller passes in (the
-lab's is ``gitops.lab.hostsource.LAB``); the pipeline never imports the lab itself.
+"""What a host source hands the loader for ``settings.source: lab`` (``HostSource``): addresses,
+SSH settings and a default SOPS key; the caller passes the lab's in, the pipeline never imports it.
 """
 
 from __future__ import annotations

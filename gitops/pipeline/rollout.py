@@ -1,8 +1,5 @@
-"""A run's apply, batch by batch: removals, then the apply, then the verify of each batch.
-
-``rollout`` stops past the fail percentage or at a guarded apply not confirmed; the reports
-of the batches (and of their removals) are merged into the run's; ``recovered`` says when a
-failure is the crash's an interrupted apply left, not the commit's.
+"""A run's apply, batch by batch (removals, apply, verify), stopped past the fail percentage or
+at an unconfirmed guarded apply; the batches' reports merged into the run's.
 """
 
 from __future__ import annotations

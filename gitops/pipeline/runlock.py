@@ -1,7 +1,5 @@
-"""One run per environment at a time, and the runs a dead holder left unfinished.
-
-``environment_lock`` is the kernel's lock of an environment (dropped when its holder dies);
-``recover_unfinished`` records interrupted the runs left unfinished (``Cut``).
+"""One run per environment at a time (``environment_lock``, the kernel's lock, dropped when
+its holder dies); the runs a dead holder left unfinished recorded interrupted.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""What a run is given and what it gives back: ``Target``, ``Request`` and ``Outcome``.
+"""What a run is given and gives back: ``Target``, ``Request``, ``Outcome`` (and ``who`` acts).
 
-``Target`` names the repository, branch and environment (and what the caller hands the
-pipeline: the lab's hosts, the daemon's fan-out); ``Request`` what one run does beyond the
-branch head on every host; ``Outcome`` what it did. ``who`` is the person acting by default.
+A ``Target`` also carries what its caller hands the pipeline: the lab's hosts, the daemon's fan-out.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""A revision's service folders, checked: ``deploys/<service>/`` as the loader reads them.
-
-Each service's ``service.yml`` (what it requires, its guard), ``model.py`` (its ``Params``
-model, imported), ``deploy.py``, ``checks.py`` and ``remove.py`` (compiled, never run), the
-teams file, and a digest of each folder's files; every problem at a file and line.
+"""A revision's service folders (``deploys/<service>/``) checked as the loader reads them:
+``service.yml``, ``model.py``'s ``Params``, the compiled deploy, checks and remove files, teams.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Which snapshots stay in the state folder: those the record uses, and the newest others.
-
-``reconcile.run`` prunes snapshots after each run (the CLI's and the daemon's alike) with
-``prune_snapshots``; ``snapshots_in_use`` reads what the record still needs.
+"""Which snapshots stay in the state folder: those the record uses and the newest others;
+``reconcile.run`` prunes the rest after each run (the CLI's and the daemon's alike).
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""SOPS's cipher: the values of a document and their MAC, and the data key that opens them.
-
-``Tree`` decrypts a document's ``ENC[AES256_GCM,...]`` values and checks its MAC; ``Session``
-opens the data key with the configured age or PGP key (a throwaway GnuPG home); ``encrypt``
-writes values as ``sops encrypt`` does. The only user of pyrage, python-gnupg and AES-GCM.
+"""SOPS's cipher: a document's values and MAC (``Tree``, ``encrypt``), and its data key opened
+with the configured age or PGP key (``Session``); the only user of pyrage, gnupg and AES-GCM.
 """
 
 from __future__ import annotations

@@ -1,7 +1,5 @@
-"""Reading a declaration file: YAML loaded safely and losslessly, every problem at a line.
-
-``read_yaml`` is the one reader of the repository's YAML (only JSON's types, no alias bomb,
-no silent loss); ``Problems`` collects a file's problems and warnings at their lines.
+"""Reading a declaration file: YAML loaded safely and losslessly (``read_yaml``), and its
+problems and warnings collected at their lines (``Problems``).
 """
 
 from __future__ import annotations
