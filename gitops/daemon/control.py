@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gitops.errors import UsageError
 from gitops.pipeline import source, targets
-from gitops.pipeline.runs import who
+from gitops.pipeline.actor import who
 from gitops.record.store import Store
 from gitops.records import APPLY_KINDS, Controls
 

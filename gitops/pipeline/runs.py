@@ -1,19 +1,16 @@
-"""What a run is given and gives back: ``Target``, ``Request``, ``Outcome`` (and ``who`` acts).
+"""What a run is given and gives back: ``Target``, ``Request`` and ``Outcome``.
 
 A ``Target`` also carries what its caller hands the pipeline: the lab's hosts, the daemon's fan-out.
 """
 
 from __future__ import annotations
 
-import os
-import pwd
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitops import freetext
 from gitops.errors import (
     EXIT_FAILED,
     EXIT_INVALID,
@@ -23,6 +20,7 @@ from gitops.errors import (
     PermanentError,
 )
 from gitops.model import DeclaredState
+from gitops.pipeline.actor import who
 from gitops.pipeline.apply import Spread
 from gitops.pipeline.hostsource import HostSource
 from gitops.record.store import Database
@@ -30,28 +28,13 @@ from gitops.records import ApplyReport, Plan, Removal, Revision, RunKind, RunRes
 from gitops.settings import SigningPolicy, SopsSettings
 
 __all__ = ["NOT_VERIFIED", "Outcome", "Progress", "Request", "Target", "journal_folder",
-           "not_verified", "who"]
+           "not_verified"]
 
 Progress = Callable[[str], None]
 
 NOT_VERIFIED = "AppliedNotVerified"
 """The Ready reason of a host (or environment) applied without a failure on which no check
 ran: not verified, so never a rollback target nor promoted (``not_verified``)."""
-
-
-def who() -> str:
-    """The person acting: the user behind sudo, else the login name, else the uid's name.
-    A variable that is not one clean line (``freetext.problem``) is passed over."""
-    for variable in ("SUDO_USER", "USER", "LOGNAME"):
-        name = os.environ.get(variable, "").strip()
-        if freetext.problem(name) is not None:
-            continue
-        if name and not (variable == "SUDO_USER" and name == "root" and os.getuid() != 0):
-            return name
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return f"uid {os.getuid()}"
 
 
 @dataclass(frozen=True)
