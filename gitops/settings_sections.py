@@ -39,8 +39,8 @@ __all__ = [
 _warned: set[Path] = set()
 _warned_lock = threading.Lock()
 _PUBLIC_KEY = Path(__file__).resolve().parent / "lab" / "demo-age-key.txt"
-"""The lab's demo age key: public by design (``gitops.pipeline.load.DEMO_AGE_KEY``), never warned
-of."""
+"""The lab's demo age key: public by design (``gitops.lab.hostsource.DEMO_AGE_KEY``), never
+warned of."""
 
 
 def _warn_if_open(path: Path) -> None:

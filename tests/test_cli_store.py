@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from gitops.cli import main
 from gitops.daemon import control
 from gitops.daemon.loop import Daemon
-from gitops.pipeline.reconcile import Outcome, Target, _finalize
+from gitops.pipeline.finalize import finalize
+from gitops.pipeline.reconcile import Outcome, Target
 from gitops.record.store import ENVIRONMENT, Condition, Store
 from gitops.records import ApplyReport, CheckResult, HostApply, Revision, VerifyReport
 from gitops.settings import EnvironmentConfig, Settings
@@ -162,7 +163,7 @@ def test_a_verified_run_records_the_verified_revision(tmp_path: Path) -> None:
     for kind in ("reconcile", "verify"):
         with Store(state) as store:
             run_id = store.start_run("prod", kind, revision, actor="t")
-            _finalize(store, target, kind, Outcome("succeeded", run_id=run_id,
+            finalize(store, target, kind, Outcome("succeeded", run_id=run_id,
                                                    revision=revision, verify=checks),
                       {}, {}, None)
         rows = json.loads(_cli("status", "--json", "--state-dir", str(state)).output)
@@ -185,7 +186,7 @@ def test_a_host_no_check_ran_on_is_applied_not_verified(tmp_path: Path) -> None:
                                                status="pass"),))
     with Store(state) as store:
         run_id = store.start_run("prod", "reconcile", revision, actor="t")
-        _finalize(store, target, "reconcile", Outcome(
+        finalize(store, target, "reconcile", Outcome(
             "succeeded", run_id=run_id, revision=revision, apply=applied, verify=checks),
             {}, {}, None)
     rows = {r["host"]: r for r in json.loads(

@@ -132,8 +132,8 @@ def test_two_controllers_workers_apply_the_shares_of_one_batch_each_host_once(
     _, state = declared(target)
     lines: list[str] = []
     try:
-        with fanout.spreading(a.spread("lab", lambda: leases.token("lab"))):
-            _, report = apply.apply(state, timeout=120, on_progress=lines.append)
+        _, report = apply.apply(state, timeout=120, on_progress=lines.append,
+                                spread=a.spread("lab", lambda: leases.token("lab")))
     finally:
         leases.stop(release=True)
     assert [h.host for h in report.hosts] == HOSTS
@@ -157,8 +157,8 @@ def test_with_one_controller_the_batch_stays_in_its_own_workers(
     target = Target(repo=str(tmp_path / "repo"), branch="main", environment="lab",
                     state_dir=a.settings.state_dir, database=database)
     _, state = declared(target)
-    with fanout.spreading(a.spread("lab", lambda: leases.token("lab"))):
-        _, report = apply.apply(state, timeout=120)
+    _, report = apply.apply(state, timeout=120,
+                            spread=a.spread("lab", lambda: leases.token("lab")))
     assert [h.host for h in report.hosts] == HOSTS
     with database.open() as store:
         assert store.shares(list(range(1, 10))) == []

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from gitops.errors import InvalidDeclaration
+from gitops.lab.hostsource import LAB
 from gitops.pipeline.load import load
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -29,7 +30,7 @@ def sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _problems(root: Path) -> list[str]:
     with pytest.raises(InvalidDeclaration) as caught:
-        load(root, "lab")
+        load(root, "lab", lab=LAB)
     return [str(p) for p in caught.value.problems]
 
 

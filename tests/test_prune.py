@@ -20,8 +20,9 @@ from gitops.daemon.loop import Daemon
 from gitops.errors import InvalidDeclaration
 from gitops.model import DeclaredState
 from gitops.pipeline import prune
+from gitops.pipeline.finalize import host_status, record_installed
 from gitops.pipeline.load import load
-from gitops.pipeline.reconcile import Outcome, Target, _host_status, _prunes, _record_installed
+from gitops.pipeline.reconcile import Outcome, Target
 from gitops.record.store import Condition, Database, Store
 from gitops.records import (
     ApplyReport,
@@ -242,14 +243,14 @@ def test_record_and_status_of_a_batch(sample: Path, tmp_path: Path) -> None:
         checks = VerifyReport(results=tuple(
             CheckResult(host=h.name, service="base", check="test_x", status="pass")
             for h in state.hosts))
-        _record_installed(store, "lab", NEW, state, applied, removals)
+        record_installed(store, "lab", NEW, state, applied, removals)
         kept = store.installed("lab")
         assert set(kept["lab-3"]) == {"base", "app", "web"}
         assert kept["lab-3"]["web"].state == "not pruned"
         assert "gone" not in kept["lab-2"] and kept["lab-2"]["web"].state == "applied"
         assert kept["lab-1"]["app"].revision == NEW
-        _host_status(store, "lab", Outcome("succeeded", apply=applied, verify=checks), NEW, NEW,
-                     {}, removals)
+        host_status(store, "lab", Outcome("succeeded", apply=applied, verify=checks), NEW, NEW,
+                    {}, removals)
         rows = {r.host: r for r in store.status("lab")}
         pruned = rows["lab-3"].condition("Pruned")
         assert pruned is not None and pruned.status == "False"
@@ -298,6 +299,6 @@ def test_daemon_settings_prune_wins_over_the_inventory(sample: Path, tmp_path: P
             EnvironmentConfig(name="lab", repo=str(sample), watch=False, prune=given)])
         target = Daemon(settings).envs["lab"].target
         assert target.prune is given
-        assert _prunes(target, state) is expected
+        assert target.prunes(state) is expected
     _split_groups(sample, ["app", "web"], prune=False)
-    assert _prunes(Target(str(sample), "main", "lab", tmp_path), load(sample, "lab")) is False
+    assert Target(str(sample), "main", "lab", tmp_path).prunes(load(sample, "lab")) is False

@@ -8,7 +8,8 @@ from pathlib import Path
 from test_loop import _commit, _repo
 
 from gitops.pipeline import source
-from gitops.pipeline.reconcile import Target, _drop_superseded
+from gitops.pipeline.finalize import drop_superseded
+from gitops.pipeline.reconcile import Target
 from gitops.record.store import Database
 
 
@@ -30,5 +31,5 @@ def test_quarantined_ancestors_leave_once_a_newer_revision_is_verified(tmp_path:
     with Database(target.state_dir).open() as store:
         for sha in [*broken, elsewhere]:
             store.quarantine("lab", sha, f"apply failed on lab-1 ({sha[:7]})")
-        _drop_superseded(store, target, revision)
+        drop_superseded(store, target, revision)
         assert [q.sha for q in store.quarantined("lab")] == [elsewhere]

@@ -24,6 +24,7 @@ from statelab import StateRepo, make_state_repo
 
 from gitops.daemon.fanout import Service, ShareJob
 from gitops.lab import LabInfo
+from gitops.lab.hostsource import LAB
 from gitops.pipeline import journal
 from gitops.pipeline.reconcile import Target, declared
 from gitops.record.store import Database
@@ -94,7 +95,7 @@ def test_a_share_cut_on_its_controller_is_restarted_by_the_next_attempt_elsewher
                          lease_ttl=30, environments=[EnvironmentConfig(
                              name="lab", repo=str(repo.path), watch=False)]), "b")
     _, state = declared(Target(repo=str(repo.path), branch="main", environment="lab",
-                               state_dir=state_b, database=database))
+                               state_dir=state_b, database=database, lab=LAB))
     with database.open() as store:
         token = store.acquire_lease("lab", "b", 300)
         assert token is not None

@@ -122,11 +122,12 @@ class _Finite(click.ParamType[float]):
 
 
 def _target(s: Settings) -> pipeline.Target:
+    from gitops.lab.hostsource import LAB
     from gitops.pipeline import reconcile as pipeline
 
     return pipeline.Target(repo=s.repo, branch=s.branch, environment=s.environment,
                            state_dir=s.state_dir, vagrant_dir=s.vagrant_dir,
-                           actor=control.who(), sops=s.sops, database=Database.of(s))
+                           actor=control.who(), sops=s.sops, database=Database.of(s), lab=LAB)
 
 
 def _target_options(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -309,7 +310,7 @@ def validate(as_json: bool, worktree: bool, **opts: Any) -> None:
     target = _target(s)
     try:
         if worktree:
-            state = load(Path(s.repo), s.environment, keys=s.sops)
+            state = load(Path(s.repo), s.environment, keys=s.sops, lab=target.lab)
             where = f"{s.repo} (work tree)"
         else:
             revision, state = pipeline.declared(target, _progress(as_json), keep=False)
@@ -1424,10 +1425,7 @@ def promote(environment: str, revision: str, reason: str, force: bool, no_wait: 
     if not as_json:
         click.echo(_daemon_answer(link.name, "promote", answer).replace(
             ": promoted", ": promoting", 1), err=True)
-    target = pipeline.Target(
-        repo=s.repo, branch=s.branch, environment=s.environment, state_dir=s.state_dir,
-        vagrant_dir=s.vagrant_dir, actor=control.who(), sops=s.sops,
-        database=Database.of(s), upstream=link.upstream_environment)
+    target = dataclasses.replace(_target(s), upstream=link.upstream_environment)
     progress = _progress(as_json)
     outcome = _leased_run(s, target, pipeline.Request(
         kind="reconcile", revision=answer["sha"], actor=control.who(),

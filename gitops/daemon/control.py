@@ -7,35 +7,18 @@ record: a daemon reads the controls at every cycle. Called by ``cli`` and ``loop
 
 from __future__ import annotations
 
-import os
-import pwd
 import re
 from dataclasses import replace
 from pathlib import Path
 
-from gitops import freetext
 from gitops.errors import UsageError
 from gitops.pipeline import source, targets
+from gitops.pipeline.actor import who
 from gitops.record.store import Store
 from gitops.records import APPLY_KINDS, Controls
 
 __all__ = ["failed_hosts", "hold", "hold_rollback", "last_good_revision", "release_hold",
            "resume", "sha_prefix", "suspend", "unquarantine", "who"]
-
-
-def who() -> str:
-    """The person acting: the user behind sudo, else the login name, else the uid's name.
-    A variable that is not one clean line (``freetext.problem``) is passed over."""
-    for variable in ("SUDO_USER", "USER", "LOGNAME"):
-        name = os.environ.get(variable, "").strip()
-        if freetext.problem(name) is not None:
-            continue
-        if name and not (variable == "SUDO_USER" and name == "root" and os.getuid() != 0):
-            return name
-    try:
-        return pwd.getpwuid(os.getuid()).pw_name
-    except KeyError:
-        return f"uid {os.getuid()}"
 
 
 def suspend(store: Store, environment: str, *, actor: str, reason: str) -> Controls:

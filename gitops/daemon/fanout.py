@@ -43,8 +43,8 @@ share's hosts as cut elsewhere (``journal.cut_elsewhere``): every operation ther
 changed once for what depends on it (the restart after a configuration change runs; an
 operation with nothing to do still does nothing). A first attempt forces nothing.
 
-Used by ``apply`` (``current``: the fan-out of the run in this thread) and the daemon
-(``loop``: ``Service`` and ``spreading``). The only module that imports procrastinate.
+Used by the daemon (``loop``: ``Service``, and each environment's ``Spread``, which it hands
+the pipeline in its ``Target``: ``apply.Spread``). The only module that imports procrastinate.
 """
 
 from __future__ import annotations
@@ -56,9 +56,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -67,8 +66,10 @@ from typing import Any, Literal
 from pydantic import ValidationError
 
 from gitops.errors import GitopsError, TemporaryError, WorkerError
+from gitops.lab.hostsource import LAB
 from gitops.model import DeclaredState
-from gitops.pipeline import journal
+from gitops.pipeline import apply as apply_stage
+from gitops.pipeline import journal, reconcile, source
 from gitops.pipeline.worker import Progress, run_worker
 from gitops.record.lease import FENCE, POLL
 from gitops.record.queue import queue_schema
@@ -78,8 +79,7 @@ from gitops.settings import Settings
 
 log = logging.getLogger("gitops.daemon.fanout")
 
-__all__ = ["QUEUE", "LeaseLost", "Service", "ShareJob", "Spread", "current", "enter", "leave",
-           "next_steps", "queue_schema", "spreading"]
+__all__ = ["QUEUE", "LeaseLost", "Service", "ShareJob", "Spread", "next_steps", "queue_schema"]
 
 QUEUE = "gitops_shares"
 TASK = "gitops.daemon.fanout.apply_share"
@@ -169,36 +169,6 @@ def next_steps(rows: Sequence[ShareRow], *, holding: bool,
     return out
 
 
-# -- the context of a run ---------------------------------------------------------------------
-
-_current: ContextVar[Spread | None] = ContextVar("gitops_fanout", default=None)
-
-
-def current() -> Spread | None:
-    """The fan-out across controllers of the run in this thread (None: apply here)."""
-    return _current.get()
-
-
-def enter(spread: Spread | None) -> Token[Spread | None]:
-    """From now on, runs in this thread share their batches through ``spread`` (``leave``
-    with what this returns ends it)."""
-    return _current.set(spread)
-
-
-def leave(mark: Token[Spread | None]) -> None:
-    _current.reset(mark)
-
-
-@contextlib.contextmanager
-def spreading(spread: Spread | None) -> Iterator[None]:
-    """Runs in this block (this thread) share their batches through ``spread``."""
-    mark = enter(spread)
-    try:
-        yield
-    finally:
-        leave(mark)
-
-
 @dataclass
 class Spread:
     """One environment's fan-out, for the runs of its holder (``Service.spread``)."""
@@ -212,8 +182,6 @@ class Spread:
               dry: bool, journal: bool) -> list[WorkerResult] | None:
         """Each share's worker result, in share order, applied by the controllers' workers;
         None when this batch stays here (one controller, one share, not holding)."""
-        from gitops.pipeline import apply as apply_stage
-
         sha = Path(state.root).name
         token = self.token()
         if not _SHA.match(sha) or token is None:
@@ -471,8 +439,6 @@ class Service:
         result (or the error) in its row. ``state``: the holder's own part, else loaded.
         After ``attempt`` 1 (an earlier one was cut) its hosts are journaled as cut
         elsewhere (``journal.cut_elsewhere``) before the apply."""
-        from gitops.pipeline import apply as apply_stage
-
         stop = threading.Event()
         done = threading.Event()
         renewer = threading.Thread(target=self._renew, daemon=True, name="gitops-share-claim",
@@ -562,8 +528,6 @@ class Service:
     def _load(self, job: ShareJob) -> tuple[DeclaredState, Path]:
         """The share's state, from this controller's own fetch of the commit, decrypted
         with its own keys; and its journal folder."""
-        from gitops.pipeline import reconcile, source
-
         cfg = next((c for c in self.settings.environments if c.environment == job.environment),
                    None)
         if cfg is None:
@@ -571,10 +535,10 @@ class Service:
                               f"controller {self.controller}")
         target = reconcile.Target(repo=cfg.repo, branch=cfg.branch,
                                   environment=cfg.environment, state_dir=self.settings.state_dir,
-                                  sops=self.settings.sops, database=self.database)
+                                  sops=self.settings.sops, database=self.database, lab=LAB)
         source.fetch(target.repo, target.branch, target.state_dir)
         revision = source.revision(target.repo, target.branch, job.sha, target.state_dir)
-        state = reconcile._load(target, revision, lambda _: None)
+        state = reconcile.load_revision(target, revision, lambda _: None)
         return job.select(state), reconcile.journal_folder(target)
 
 

@@ -43,6 +43,7 @@ from gitops.daemon import control, fanout, notify, policy, promotion, retention
 from gitops.daemon.policy import After, CycleInput, EnvStatus, LastRun, RunSummary, Trigger
 from gitops.daemon.preview import Previews
 from gitops.errors import GitopsError, InvalidDeclaration, LockHeld, Suspended, UsageError
+from gitops.lab.hostsource import LAB
 from gitops.pipeline import source
 from gitops.pipeline import verify as verify_stage
 from gitops.pipeline.reconcile import Outcome, Request, Target, recover_unfinished, run
@@ -136,7 +137,7 @@ class Daemon:
                 connections=self.connections.path,
                 keep_snapshots=settings.retention.snapshots, sops=settings.sops,
                 database=Database.of(settings), prune=cfg.prune,
-                upstream=upstreams.get(cfg.name)))
+                upstream=upstreams.get(cfg.name), lab=LAB))
         self.threads: list[threading.Thread] = []
         self.observers: list[Any] = []
         self.pruned_at: float | None = None
@@ -507,7 +508,7 @@ class Daemon:
             with env.lock:
                 pending, env.pending = env.pending, None
             now = self.clock()
-            spread = fanout.enter(self._spread(env))
+            env.target = dataclasses.replace(env.target, spread=self._spread(env))
             try:
                 if pending is not None or now >= env.next_poll:
                     delay = self._cycle(env, pending)
@@ -523,10 +524,10 @@ class Daemon:
                     env.failures, env.config.retry_base, env.config.retry_max, self.rand())
             finally:
                 env.running = None
-                fanout.leave(spread)
 
     def _spread(self, env: _Env) -> fanout.Spread | None:
-        """The fan-out of ``env``'s batches across the controllers' workers, else None."""
+        """The fan-out of ``env``'s batches across the controllers' workers, else None: its
+        runs' ``Target.spread``."""
         if self.fanout is None or self.leases is None:
             return None
         name = env.target.environment

@@ -41,6 +41,7 @@ from gitops.daemon import notify
 from gitops.errors import GitopsError, InvalidDeclaration, RevisionNotFound, UsageError
 from gitops.lab import locks
 from gitops.lab.common import lab_parent, missing_prerequisites, prerequisites_message
+from gitops.lab.hostsource import LAB
 from gitops.pipeline import apply as apply_stage
 from gitops.pipeline import sandbox, source
 from gitops.pipeline import verify as verify_stage
@@ -341,7 +342,7 @@ def run_preview(request: PreviewRequest, settings: Settings, *, lab_name: str | 
              if lab_name else None)
     report: PreviewReport
     try:
-        with sandbox.open_sandbox(settings) as box:
+        with sandbox.open_sandbox(settings, lab=LAB) as box:
             report, secrets = _preview(request, settings, hosts, clock, say, base_fields, box)
     except InvalidDeclaration as exc:
         report = PreviewReport(**base_fields, result="failure",

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from gitops.errors import SourceError
 from gitops.pipeline import source
+from gitops.pipeline.snapshots import prune_snapshots, snapshots_in_use
 from gitops.record.store import Store
 from gitops.report import incidents
 from gitops.settings import Retention
@@ -29,31 +30,6 @@ __all__ = ["postmortem_spans", "preview_refs", "prune_history", "prune_reports",
            "prune_snapshots", "snapshots_in_use"]
 
 log = logging.getLogger("gitops.daemon.retention")
-
-
-def snapshots_in_use(store: Store) -> set[str]:
-    """The revisions whose snapshots must stay: applied, verified or attempted on some host
-    (or environment), held by a rollback hold, or used by a run not finished."""
-    keep: set[str] = set()
-    environments = set()
-    for row in store.status():
-        environments.add(row.environment)
-        for ref in (row.last_applied, row.last_verified, row.last_attempted):
-            if ref is not None:
-                keep.add(ref.sha)
-    for environment in environments:
-        held = store.controls(environment).held_sha
-        if held:
-            keep.add(held)
-    keep |= {r.sha for r in store.history(None, limit=200)
-             if r.result is None and r.sha}
-    return keep
-
-
-def prune_snapshots(store: Store, state_dir: Path, newest: int) -> list[str]:
-    """Remove the snapshots not in use beyond the ``newest`` most recently used; return
-    their revisions."""
-    return source.prune_snapshots(state_dir, snapshots_in_use(store), newest)
 
 
 def prune_history(store: Store, state_dir: Path, retention: Retention, *,

@@ -12,10 +12,11 @@ process runs on one core, and its cost per host is mostly the controller's CPU. 
 applies its share of the hosts; the results are put back in the state's host order. The fail
 percentage holds within each worker's share.
 
-A guarded apply (``gitops.pipeline.guard``) is confirmed here, after the workers have gone: each
-host
-where a worker armed a revert is reached again over a new SSH connection, which disarms it;
-a host that reverted by itself is ``RevertedByHost``, one never reached again ``Unreachable``.
+A guarded apply (``gitops.pipeline.guard``) is confirmed here, after the workers have gone:
+each host where a worker armed a revert is reached again over a new SSH connection, which
+disarms it; a host that reverted by itself is ``RevertedByHost``, one never reached again
+``Unreachable``. A ``Spread`` handed in (the daemon's fan-out across controllers) may take a
+batch's shares to other controllers' workers instead.
 """
 
 from __future__ import annotations
@@ -25,17 +26,30 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Protocol
 
-from gitops.daemon import fanout
 from gitops.errors import WorkerError
 from gitops.model import DeclaredState
 from gitops.pipeline import guard, hints
 from gitops.pipeline.worker import Confined, Progress, run_worker
 from gitops.records import ApplyReport, Plan, WorkerResult
 
+__all__ = ["MIN_HOSTS_PER_WORKER", "WORKER", "Spread", "apply", "job", "plan", "shares"]
+
 WORKER = "gitops.workers.apply_worker"
 MIN_HOSTS_PER_WORKER = 10
 """Below this many hosts per worker another worker costs more (its start) than it saves."""
+
+
+class Spread(Protocol):
+    """A fan-out of batches across controllers' workers (the daemon's
+    ``gitops.daemon.fanout.Spread``): what ``apply`` and ``plan`` need of it."""
+
+    def apply(self, state: DeclaredState, timeout: float, on_progress: Progress | None, *,
+              dry: bool, journal: bool) -> list[WorkerResult] | None:
+        """Each share's worker result, in share order, applied by the controllers'
+        workers; None when this batch stays here."""
+        ...
 
 
 def job(state: DeclaredState, *, dry: bool, diff: bool, journal: Path | None = None,
@@ -69,12 +83,11 @@ def shares(state: DeclaredState, controllers: int = 1) -> list[DeclaredState]:
 
 def _run(state: DeclaredState, timeout: float, on_progress: Progress | None, *, dry: bool,
          journal: Path | None = None, remove: bool = False,
-         confined: Confined | None = None) -> list[WorkerResult]:
+         confined: Confined | None = None, spread: Spread | None = None) -> list[WorkerResult]:
     """Each share's worker result, in share order; a failed worker fails the whole stage
     once every other worker has finished (none is stopped halfway through an apply). With
-    a fan-out across controllers in force (``gitops.daemon.fanout``), the shares go to their
-    workers through the database (never ``confined`` ones: a preview's)."""
-    spread = fanout.current()
+    a ``spread`` (the daemon's fan-out across controllers), the shares go to their workers
+    through the database (never ``confined`` ones: a preview's, nor removals)."""
     if spread is not None and not remove and confined is None:
         remote = spread.apply(state, timeout, on_progress, dry=dry, journal=journal is not None)
         if remote is not None:
@@ -115,28 +128,31 @@ def _merged_plan(state: DeclaredState, results: list[WorkerResult]) -> Plan:
 
 def plan(
     state: DeclaredState, *, timeout: float = 900, on_progress: Progress | None = None,
-    remove: bool = False, confined: Confined | None = None,
+    remove: bool = False, confined: Confined | None = None, spread: Spread | None = None,
 ) -> Plan:
     """What would change on each host; changes nothing. ``remove``: what running each
-    service's ``remove.py`` would change (a removal state, ``gitops.pipeline.prune.removal_state``).
-    ``confined``: the workers run untrusted code (a preview's, ``gitops.pipeline.sandbox``)."""
+    service's ``remove.py`` would change (a removal state,
+    ``gitops.pipeline.prune.removal_state``). ``confined``: the workers run untrusted code (a
+    preview's, ``gitops.pipeline.sandbox``). ``spread``: see ``Spread``."""
     return _merged_plan(state, _run(state, timeout, on_progress, dry=True, remove=remove,
-                                    confined=confined))
+                                    confined=confined, spread=spread))
 
 
 def apply(
     state: DeclaredState, *, timeout: float = 1800, on_progress: Progress | None = None,
     journal: Path | None = None, remove: bool = False, confined: Confined | None = None,
+    spread: Spread | None = None,
 ) -> tuple[Plan, ApplyReport]:
     """Apply; return what changed (as a plan, with diffs) and the per-operation results.
-    ``remove``: run each service's ``remove.py`` instead (``gitops.pipeline.prune.removal_state``).
+    ``remove``: run each service's ``remove.py`` instead
+    (``gitops.pipeline.prune.removal_state``). ``spread``: see ``Spread``.
 
-    With ``journal`` (a folder, ``gitops.pipeline.journal``), each host's operations are journaled
-    as
-    they run, and what an interrupted apply changed counts as changed for what depends on it.
+    With ``journal`` (a folder, ``gitops.pipeline.journal``), each host's operations are
+    journaled as they run, and what an interrupted apply changed counts as changed for what
+    depends on it.
     """
     results = _run(state, timeout, on_progress, dry=False, journal=journal, remove=remove,
-                   confined=confined)
+                   confined=confined, spread=spread)
     reports = [r.apply for r in results]
     assert all(r is not None for r in reports)
     by_host = {h.host: h for r in reports if r is not None for h in r.hosts}

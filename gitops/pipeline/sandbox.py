@@ -36,6 +36,7 @@ from pydantic import BaseModel, ValidationError
 
 from gitops.errors import InvalidDeclaration, Problem, UsageError, WorkerError
 from gitops.model import DeclaredState
+from gitops.pipeline.hostsource import HostSource
 from gitops.pipeline.worker import Confined, run_worker
 from gitops.settings import SecretRef, Settings, settings_file
 
@@ -69,25 +70,25 @@ def _secret_files(value: Any) -> Iterator[Path]:
             yield from _secret_files(item)
 
 
-def private_paths(settings: Settings) -> list[str]:
+def private_paths(settings: Settings, lab: HostSource | None) -> list[str]:
     """What a preview's code must not read: the state folder, the settings file, every
     secret file the settings name (tokens, webhook secrets, SOPS keys) and the labs' SSH
-    keys."""
-    from gitops.lab import KEY
-    from gitops.lab.common import lab_parent
-
+    keys (``lab.private_paths``)."""
     paths = [settings.state_dir, settings_file(), *_secret_files(settings),
-             *sorted(lab_parent().glob(f"*/{KEY}"))]
+             *(lab.private_paths() if lab is not None else [])]
     return list(dict.fromkeys(str(Path(p).resolve()) for p in paths if p is not None))
 
 
 class Sandbox:
     """One preview's folder and worker settings (``open_sandbox``)."""
 
-    def __init__(self, root: Path, settings: Settings, uid: int | None, gid: int | None
-                 ) -> None:
+    def __init__(self, root: Path, settings: Settings, uid: int | None, gid: int | None,
+                 lab: HostSource | None = None) -> None:
         self.root, self.uid, self.gid = root, uid, gid
-        self.private = private_paths(settings)
+        self.private = private_paths(settings, lab)
+        self.lab = None if lab is None else f"{type(lab).__module__}:{type(lab).__qualname__}"
+        """The host source of ``source: lab`` the load worker makes (by its class: a worker
+        is another process), or None."""
         keys = settings.preview.sops
         self.keys = {name: ref.reveal() for name, ref in
                      (("age", keys.age_key if keys else None),
@@ -145,7 +146,8 @@ class Sandbox:
         ``stand_ins``; ``{}``: validated only), or None for the inventory's own hosts.
         ``InvalidDeclaration`` as ``load`` raises it; ``UsageError`` when refused."""
         job = json.dumps({"root": str(root), "inventory": inventory, "revision": revision,
-                          "keys": self.keys, "hosts": hosts, "private": self.private})
+                          "keys": self.keys, "hosts": hosts, "private": self.private,
+                          "lab": self.lab})
         out = run_worker(LOAD_WORKER, job, timeout=timeout, confined=self.confined)
         try:
             answer = json.loads(out)
@@ -191,12 +193,14 @@ def _user(settings: Settings) -> tuple[int | None, int | None]:
 
 
 @contextlib.contextmanager
-def open_sandbox(settings: Settings) -> Iterator[Sandbox]:
-    """A sandbox for one preview, removed with everything in it when the block ends."""
+def open_sandbox(settings: Settings, *, lab: HostSource | None) -> Iterator[Sandbox]:
+    """A sandbox for one preview, removed with everything in it when the block ends.
+    ``lab``: the host source of ``source: lab`` inventories (``gitops.pipeline.hostsource``),
+    whose private files the preview's code must not read either."""
     uid, gid = _user(settings)
     root = Path(tempfile.mkdtemp(prefix="gitops-preview-"))
     try:
-        box = Sandbox(root, settings, uid, gid)
+        box = Sandbox(root, settings, uid, gid, lab)
         os.chmod(root, 0o700)
         if uid is not None:
             os.chown(root, uid, gid if gid is not None else -1)

@@ -24,6 +24,9 @@ from typing import IO
 
 from gitops.errors import WorkerError
 
+__all__ = ["PARENT_ENV", "PROGRESS_PREFIX", "STDERR_TAIL", "STOPPED", "STOP_POLL", "Confined",
+           "Progress", "die_with_parent", "run_worker"]
+
 Progress = Callable[[str], None]
 
 PROGRESS_PREFIX = "progress: "
