@@ -32,7 +32,7 @@ def test_an_invalid_commit_logs_its_problems_and_status_prints_them(
     d = Daemon(Settings(state_dir=state, environments=[
         EnvironmentConfig(name="lab", repo=str(repo), watch=False)]), rand=lambda: 0.5)
     with caplog.at_level(logging.INFO, logger="gitops"):
-        d._cycle(d.envs["lab"], None)
+        d.cycle(d.envs["lab"], None)
     logged = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("lab: main@sha1:") and m.endswith(
         " is invalid (1 problem(s)), nothing applied:") for m in logged), logged

@@ -158,13 +158,13 @@ def test_a_run_the_record_refuses_to_finish_still_ends_its_commit_status(
                          "BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END")
     d = _daemon(tmp_path, repo, github)
     with pytest.raises(Exception, match="disk is full"):
-        d._cycle(d.envs["lab"], None)
+        d.cycle(d.envs["lab"], None)
     assert github.states(head) == ["pending", "error"]
     with Store(state) as store:
         store.db.execute("DROP TRIGGER refuse")
         unfinished = store.history("lab")[0]
     assert unfinished.result is None
-    d._cycle(d.envs["lab"], None)  # space freed: the next run
+    d.cycle(d.envs["lab"], None)  # space freed: the next run
     assert _result(state, unfinished.id) == "interrupted"
 
 
@@ -240,7 +240,7 @@ def test_a_run_recorded_but_not_reported_gets_its_end_at_the_next_start(
 
     with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
         mp.setattr(notify, "commit_state_for", killed)
-        d._cycle(d.envs["lab"], None)
+        d.cycle(d.envs["lab"], None)
     assert github.states(head) == ["pending"]
     assert _restarted(tmp_path, repo, github, head, 2) == ["pending", "failure"]
 
@@ -257,7 +257,7 @@ def test_a_commit_marked_pending_before_its_run_started_gets_an_end_at_the_next_
 
     with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
         mp.setattr("gitops.daemon.loop.run", killed)
-        d._cycle(d.envs["lab"], None)
+        d.cycle(d.envs["lab"], None)
     assert github.states(head) == ["pending"]
     with Store(tmp_path / "state") as store:
         assert store.history("lab") == []

@@ -108,7 +108,7 @@ def test_a_cycle_with_no_new_commit_runs_nothing(tmp_path: Path) -> None:
     _record_success(tmp_path / "state", sha)
     with Store(tmp_path / "state") as store:
         before = len(store.history("lab"))
-    delay = d._cycle(d.envs["lab"], None)
+    delay = d.cycle(d.envs["lab"], None)
     assert 54 <= delay <= 66
     with Store(tmp_path / "state") as store:
         assert len(store.history("lab")) == before
@@ -120,7 +120,7 @@ def test_suspended_environment_applies_nothing(tmp_path: Path) -> None:
     d = _daemon(tmp_path, repo)
     d.operate("lab", "suspend", actor="alice", reason="freeze")
     d.envs["lab"].pending = None
-    d._cycle(d.envs["lab"], Trigger("operator", "alice"))
+    d.cycle(d.envs["lab"], Trigger("operator", "alice"))
     with Store(tmp_path / "state") as store:
         kinds = [r["kind"] for r in store.history("lab")]
         controls = store.controls("lab")
@@ -202,7 +202,7 @@ def test_a_retry_asked_for_during_a_run_is_kept_for_the_next(tmp_path: Path) -> 
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        d._cycle(d.envs["lab"], None)
+        d.cycle(d.envs["lab"], None)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -226,12 +226,12 @@ def test_incident_reports_use_each_environments_own_repository(tmp_path: Path) -
     d = Daemon(Settings(state_dir=state, environments=[
         EnvironmentConfig(name="alpha", repo=str(alpha), watch=False),
         EnvironmentConfig(name="beta", repo=str(beta), watch=False)]))
-    d._write_incidents(d.envs["beta"])
+    d.reporter.write_incidents(d.envs["beta"])
     [report] = (state / "reports").glob("INC-beta-*.md")
     written = report.read_text()
     assert "config.yml | 2 +-" in written
     before = report.stat().st_mtime_ns
-    d._write_incidents(d.envs["alpha"])
+    d.reporter.write_incidents(d.envs["alpha"])
     assert report.read_text() == written and report.stat().st_mtime_ns == before
 
 
@@ -290,7 +290,7 @@ def test_api_unquarantine_releases_the_head_and_the_next_cycle_applies_it(
                         environments=[EnvironmentConfig(name="lab", repo=str(repo),
                                                         watch=False)]),
                rand=lambda: 0.5)
-    d._cycle(d.envs["lab"], None)
+    d.cycle(d.envs["lab"], None)
     with Store(state) as store:
         assert len(store.history("lab")) == 1  # quarantined: nothing ran
     server, thread = start_in_thread(create_app(d, d.settings), "127.0.0.1:0")
@@ -333,7 +333,7 @@ def test_api_unquarantine_releases_the_head_and_the_next_cycle_applies_it(
     pending = d.envs["lab"].pending
     assert pending is not None  # the daemon looks at once
     d.envs["lab"].pending = None
-    d._cycle(d.envs["lab"], pending)
+    d.cycle(d.envs["lab"], pending)
     with Store(state) as store:
         newest, event = store.history("lab")[:2]
         assert store.quarantined("lab") == []

@@ -295,7 +295,7 @@ def test_the_daemon_waits_for_staging_then_runs_what_it_verified(tmp_path: Path)
     repo = _repo(tmp_path)
     head = _git(repo, "rev-parse", "HEAD")
     d = Daemon(_settings(tmp_path, repo))
-    d._cycle(d.envs["production"], None)
+    d.cycle(d.envs["production"], None)
     assert _history(d, "production") == []
     waiting = f"waiting for staging to verify {head[:10]}"
     pipeline = {p["environment"]: p for p in d.pipeline()}
@@ -313,7 +313,7 @@ def test_the_daemon_waits_for_staging_then_runs_what_it_verified(tmp_path: Path)
     assert "production <- staging" in status.stdout and waiting in status.stdout
 
     _verify_on_staging(d, head)
-    d._cycle(d.envs["production"], None)
+    d.cycle(d.envs["production"], None)
     runs = _history(d, "production")
     assert [(r["kind"], r["sha"]) for r in runs] == [("reconcile", head)]
     assert runs[0]["reason"] == f"promoted from staging: {head[:10]} verified on every host there"
@@ -369,7 +369,7 @@ def test_promote_by_hand_over_the_api(tmp_path: Path) -> None:
     assert event["reason"] == "forced: not verified on every host of staging: hotfix INC-9"
     pending = d.envs["production"].pending
     d.envs["production"].pending = None
-    d._cycle(d.envs["production"], pending)
+    d.cycle(d.envs["production"], pending)
     run = _history(d, "production")[0]
     assert (run["kind"], run["sha"], run["actor"]) == ("reconcile", head, "alice")
     assert run["reason"] == ("promoted by alice: forced: not verified on every host of "

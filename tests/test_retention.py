@@ -132,7 +132,7 @@ def test_the_daemon_prunes_the_refs_of_pull_requests_no_longer_previewed(
                             base="main", head_sha=None)
     settings = Settings(state_dir=state, environments=[
         EnvironmentConfig(name="lab", repo=str(repo), watch=False)])
-    Daemon(settings, rand=lambda: 0.5)._prune()
+    Daemon(settings, rand=lambda: 0.5).pruner.prune()
     mirror = source.mirror_path(str(repo), state)
     assert _refs(mirror) == {"refs/heads/main", "refs/pull/8/head",
                              "refs/merge-requests/9/head"}
@@ -155,11 +155,11 @@ def test_daemon_prunes_old_runs_and_their_incident_reports(tmp_path: Path) -> No
     settings = Settings(state_dir=state, retention=Retention(history_days=1e-6), environments=[
         EnvironmentConfig(name="lab", repo=str(repo), watch=False)])
     d = Daemon(settings, rand=lambda: 0.5)
-    d._write_incidents(d.envs["lab"])
+    d.reporter.write_incidents(d.envs["lab"])
     [report] = (state / "reports").glob("INC-lab-*.md")
     _commit(repo, "notes.txt", "a new commit\n")
     time.sleep(0.2)  # the recorded runs are now older than history_days
-    d._cycle(d.envs["lab"], None)
+    d.cycle(d.envs["lab"], None)
     with Store(state) as store:
         left = store.history("lab")
     assert [r["sha"] for r in left if r["result"] == "succeeded"] == [first]

@@ -90,7 +90,7 @@ def test_a_commit_outside_the_window_waits_and_is_applied_when_it_opens(
     d = _daemon(tmp_path, repo, clock)
     head = _git(repo, "rev-parse", "HEAD")
 
-    delay = d._cycle(d.envs["lab"], None)
+    delay = d.cycle(d.envs["lab"], None)
     assert _runs(d) == []
     assert _reconciling(d) == ("WaitingForWindow", "waiting for the maintenance window that "
                                                    "opens at 2026-12-01 22:00 UTC")
@@ -108,7 +108,7 @@ def test_a_commit_outside_the_window_waits_and_is_applied_when_it_opens(
     assert "waiting for the maintenance window that opens at 2026-12-01 22:00 UTC" in page
 
     clock.at = INSIDE
-    d._cycle(d.envs["lab"], None)
+    d.cycle(d.envs["lab"], None)
     runs = _runs(d)
     assert [(r["kind"], r["sha"]) for r in runs] == [("reconcile", head)]
     assert runs[0]["result"] is not None  # finished (its one host is unreachable)
@@ -120,7 +120,7 @@ def test_the_daemon_settings_windows_win_over_the_inventorys(tmp_path: Path) -> 
     repo = _repo(tmp_path, schedule="* * * * *")  # the inventory: always open
     d = _daemon(tmp_path, repo, Clock(BEFORE),
                 windows=[Window(schedule=EVENING, duration="1h")])  # type: ignore[arg-type]
-    d._cycle(d.envs["lab"], None)
+    d.cycle(d.envs["lab"], None)
     assert _runs(d) == []
     assert _reconciling(d) is not None and _reconciling(d)[0] == "WaitingForWindow"  # type: ignore[index]
 
@@ -131,7 +131,7 @@ def test_operator_trigger_outside_the_window_is_refused_unless_forced(tmp_path: 
     repo = _repo(tmp_path)
     clock = Clock(BEFORE)
     d = _daemon(tmp_path, repo, clock)
-    d._cycle(d.envs["lab"], None)  # reads the inventory's windows: waiting
+    d.cycle(d.envs["lab"], None)  # reads the inventory's windows: waiting
     with pytest.raises(Suspended, match="outside its maintenance window: waiting for the "
                                         "maintenance window that opens at 2026-12-01 22:00"):
         d.trigger("lab", reason="now please", actor="bob")
@@ -140,7 +140,7 @@ def test_operator_trigger_outside_the_window_is_refused_unless_forced(tmp_path: 
     assert d.trigger("lab", reason="hotfix for INC-7", actor="alice", force=True) is True
     pending = d.envs["lab"].pending
     d.envs["lab"].pending = None
-    d._cycle(d.envs["lab"], pending)
+    d.cycle(d.envs["lab"], pending)
     runs = _runs(d)
     assert [(r["kind"], r["actor"]) for r in runs] == [("reconcile", "alice"),
                                                       ("override", "alice")]
@@ -155,7 +155,7 @@ def test_api_reconcile_force_outside_the_window(tmp_path: Path) -> None:
 
     repo = _repo(tmp_path)
     d = _daemon(tmp_path, repo, Clock(BEFORE))
-    d._cycle(d.envs["lab"], None)
+    d.cycle(d.envs["lab"], None)
     server, thread = start_in_thread(create_app(d, d.settings), "127.0.0.1:0")
     try:
         url = f"http://127.0.0.1:{bound_port(server)}/api/environments/lab/reconcile"

@@ -4,11 +4,11 @@
 ``gitops.report.incidents``) into a
 ``Digest``: the four keys per team with their change against the period before, incidents
 opened and restored in the period, post-mortems not yet reviewed, open action items by team.
-``send`` hands it to ``gitops.daemon.notify`` (the only module that talks to receivers): a generic
+``send`` hands it to ``gitops.daemon.notify`` (what talks to receivers): a generic
 JSON webhook gets ``as_json()`` (schema ``gitops.digest/v1``, header ``X-Gitops-Event:
 digest``), a Slack-compatible hook the ``text()`` as mrkdwn. ``Schedule`` says when one is
-due from the settings' cron expression; the daemon (``gitops.daemon.loop``) asks it with its
-injected wall clock, so tests need no waiting. ``gitops digest`` prints one.
+due from the settings' cron expression; the daemon (``gitops.daemon.digest_timer``) asks it
+with its injected wall clock, so tests need no waiting. ``gitops digest`` prints one.
 """
 
 from __future__ import annotations
