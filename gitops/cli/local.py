@@ -18,7 +18,7 @@ from gitops import freetext
 from gitops.cli.context import pipeline_target
 from gitops.cli.output import conclude, fail
 from gitops.cli.progress import live_progress
-from gitops.daemon import control
+from gitops.daemon import control, policy
 from gitops.errors import GitopsError, UsageError
 from gitops.record.store import Database, Store, open_store
 
@@ -58,23 +58,18 @@ def leased_run(s: Settings, target: pipeline.Target, request: pipeline.Request,
 
 def guard(s: Settings, action: str, force: bool, reason: str) -> bool:
     """Refuse ``action`` on a suspended or held environment unless ``force`` (with a reason,
-    recorded as an ``override`` event naming who and why). True when it was overridden."""
+    recorded as an ``override`` event naming who and why): ``policy.override`` decides.
+    True when it was overridden."""
     if force and not reason.strip():
         raise UsageError("--force needs --reason: who overrode what, and why, is recorded")
     with open_store(s) as store:
-        controls = store.controls(s.environment)
-        if controls["suspended"]:
-            why = (f"suspended by {controls['actor'] or '?'} since {controls['since'] or '?'}"
-                   f": {controls['reason']}")
-        elif controls["held_sha"]:
-            why = (f"held at {str(controls['held_sha'])[:10]} by a rollback (by "
-                   f"{controls['actor'] or '?'} since {controls['since'] or '?'})")
-        else:
+        stopped = policy.override(s.environment, action, store.controls(s.environment),
+                                  force=force)
+        if stopped is None:
             return False
-        if not force:
-            raise UsageError(f"{s.environment} is {why}; `gitops resume` first, or "
-                             f"`gitops {action} --force --reason WHY`")
-        _override(store, s, action, f"while {why}", reason)
+        if stopped.refused is not None:
+            raise UsageError(stopped.refused)
+        _override(store, s, action, f"while {stopped.why}", reason)
     return True
 
 
