@@ -204,13 +204,13 @@ def test_a_host_no_check_ran_on_is_applied_not_verified(tmp_path: Path) -> None:
 
 def test_a_run_summary_says_which_hosts_are_not_verified() -> None:
     """``reconcile`` ends with "applied, not verified on web2" when no check ran there."""
-    from gitops.cli import _outcome_summary
+    from gitops.cli.output import outcome_summary
 
     applied = ApplyReport(hosts=(HostApply(host="web1", status="ok"),
                                  HostApply(host="web2", status="ok")))
     checks = VerifyReport(results=(CheckResult(host="web1", service="web", check="port",
                                                status="pass"),))
-    line = _outcome_summary(Outcome("succeeded", run_id=3, apply=applied, verify=checks))
+    line = outcome_summary(Outcome("succeeded", run_id=3, apply=applied, verify=checks))
     assert line == ("run #3: succeeded, 0 changed, 1 checks passed; applied, not verified on "
                     "web2: no check ran there")
 

@@ -246,6 +246,29 @@ def test_refusal(controls: Controls, trigger: Trigger, expected: str | None) -> 
     assert policy.refusal("lab", controls, trigger) == expected
 
 
+SUSPENDED_HERE = "suspended by alice since 2026-12-01T10:00:00.123456+00:00: change freeze"
+HELD_HERE = "held at aaaaaaaaaa by a rollback (by ? since ?)"
+
+
+@pytest.mark.parametrize(("controls", "force", "expected"), [
+    (Controls(), False, None),
+    (Controls(), True, None),
+    (SUSPENDED, False, policy.Override(SUSPENDED_HERE, (
+        f"lab is {SUSPENDED_HERE}; `gitops resume` first, or `gitops retry --force --reason "
+        "WHY`"))),
+    (SUSPENDED, True, policy.Override(SUSPENDED_HERE, None)),
+    (HELD, False, policy.Override(HELD_HERE, (
+        f"lab is {HELD_HERE}; `gitops resume` first, or `gitops retry --force --reason WHY`"))),
+    (HELD, True, policy.Override(HELD_HERE, None)),
+    (dataclasses.replace(SUSPENDED, held_sha=A), True, policy.Override(SUSPENDED_HERE, None)),
+])
+def test_override(controls: Controls, force: bool, expected: policy.Override | None) -> None:
+    """The command line's own run (here ``retry``) under a suspension or a rollback hold is
+    refused with who, why and since, unless forced: ``--force`` overrides both here, where
+    the daemon's ``refusal`` keeps a suspension (the suspension named first)."""
+    assert policy.override("lab", "retry", controls, force=force) == expected
+
+
 def test_the_stores_controls_are_the_decisions_input(tmp_path: Any) -> None:
     """The controls the store reads go into the decision as they are (one type, no
     conversion), and the refusal names who suspended it and since when, to the second."""

@@ -15,7 +15,7 @@ import yaml
 from mutations import make_sample
 from prometheus_client.parser import text_string_to_metric_families
 
-from gitops.cli import _print_plan
+from gitops.cli.output import print_plan
 from gitops.daemon.loop import Daemon
 from gitops.errors import InvalidDeclaration
 from gitops.model import DeclaredState
@@ -279,7 +279,7 @@ def test_plan_output_lists_each_removal_under_its_host(capsys: pytest.CaptureFix
                                            would_change=True),))),
         removals=(Removal(host="lab-3", service="web", action="remove", revision=OLD),
                   Removal(host="lab-3", service="base", action="left in place", revision=OLD)))
-    _print_plan(plan)
+    print_plan(plan)
     out = capsys.readouterr().out.splitlines()
     at = out.index("lab-3: 1 of 1 operation(s) would change")
     assert out[at + 1:at + 3] == [

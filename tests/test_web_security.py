@@ -455,7 +455,7 @@ def test_tls_serves_https_and_the_session_cookie_is_secure(
     """With tls_cert/tls_key the server answers HTTPS (verified against the certificate) and
     not plain HTTP; the CLI's client reaches it; signing in over it sets a Secure session
     cookie; the token is in no answer and no log line."""
-    from gitops.cli import _Daemon
+    from gitops.cli.client import DaemonClient
 
     cert, key = self_signed(tmp_path)
     seed(tmp_path / "state")
@@ -478,7 +478,7 @@ def test_tls_serves_https_and_the_session_cookie_is_secure(
                     "Authorization": f"Bearer {API_TOKEN}"})
             with pytest.raises(httpx.HTTPError):
                 httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
-            daemon = _Daemon(s.model_copy(update={"listen": f"127.0.0.1:{port}"}))
+            daemon = DaemonClient(s.model_copy(update={"listen": f"127.0.0.1:{port}"}))
             cli = daemon.call("GET", "/healthz")
         finally:
             stop(server, thread)

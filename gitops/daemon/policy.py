@@ -15,7 +15,8 @@ in as a number in [0, 1], so each rule is a row of a table in ``tests/test_polic
 - ``rollback_targets``: which revision each failed host goes back to.
 - ``after_drift``: tell people, and (``drift: correct``) re-apply on which hosts.
 - ``event_kind``: which notification a run's end is.
-- ``refusal``: whether an operator's trigger is refused now (suspended), and the answer.
+- ``refusal``: whether an operator's trigger is refused now (suspended), and the answer;
+  ``override``: whether a run the command line makes itself is (``--force`` overrides).
 - ``promotion``: what an environment with ``promote_from`` may apply now (the newest
   revision verified on every host upstream, in commit order; an operator's promotion first),
   and what waits for the upstream environment; ``next_run`` applies it
@@ -49,6 +50,7 @@ __all__ = [
     "EnvStatus",
     "LastRun",
     "ManualPromotion",
+    "Override",
     "Promotion",
     "PromotionInput",
     "Release",
@@ -63,6 +65,7 @@ __all__ = [
     "jitter",
     "needs_run",
     "next_run",
+    "override",
     "pending_promotion",
     "promotion",
     "promotion_refusal",
@@ -516,6 +519,33 @@ def refusal(environment: str, controls: Controls, trigger: Trigger,
     since = controls.since.isoformat(timespec="seconds") if controls.since else "?"
     return (f"{environment} is suspended by {controls.actor or '?'} since "
             f"{since}{why}; nothing is applied until it is resumed")
+
+
+@dataclass(frozen=True)
+class Override:
+    """A control stopping an operator's own run: ``why`` (recorded with a forced run as
+    "while {why}"), and the refusal (None: forced)."""
+
+    why: str
+    refused: str | None
+
+
+def override(environment: str, action: str, controls: Controls, *,
+             force: bool) -> Override | None:
+    """Whether the command line's own run (``reconcile --once``, ``rollback``, ``retry``)
+    may go ahead; None: no control stops it. Suspended or held by a rollback: refused unless
+    ``force``. Unlike ``refusal`` (the daemon's), ``--force`` overrides a suspension too."""
+    since = controls.since.isoformat() if controls.since else "?"
+    actor = controls.actor or "?"
+    if controls.suspended:
+        why = f"suspended by {actor} since {since}: {controls.reason}"
+    elif controls.held_sha:
+        why = f"held at {controls.held_sha[:10]} by a rollback (by {actor} since {since})"
+    else:
+        return None
+    return Override(why, None if force else (
+        f"{environment} is {why}; `gitops resume` first, or `gitops {action} --force "
+        "--reason WHY`"))
 
 
 def jitter(seconds: float, fraction: float, rand: float) -> float:

@@ -1,6 +1,7 @@
 """``gitops lab up|down|status|list|prune``: thin click commands over the ``gitops.lab`` API.
 
-Registered in ``gitops.cli``. Errors print one line (no traceback) to stderr.
+Registered in ``gitops.cli.root`` (``Main.LAZY``: loaded on use). Errors print one line (no
+traceback) to stderr.
 """
 
 from __future__ import annotations
