@@ -18,14 +18,11 @@ from pathlib import Path
 
 import pytest
 from conftest import in_ci
+from statelab import side_lab
 
 import gitops.lab as lab_api
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def side_lab(tag: str) -> str:
-    return lab_api.resolve_name(None)[:5] + tag
 
 
 def _results() -> dict[str, str]:

@@ -4,12 +4,12 @@ status record shows suspensions and holds, and its verified revision agrees with
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from builders import free_port, git_repo
 from click.testing import CliRunner, Result
 from clitools import gitops
 from hypothesis import HealthCheck, given, settings
@@ -80,23 +80,13 @@ def test_an_unknown_environment_is_an_error_listing_the_known_ones(tmp_path: Pat
     assert (state / "gitops.db").read_bytes() == before
 
 
-def _repo(path: Path) -> Path:
-    path.mkdir()
-    (path / "inventories").mkdir()
-    (path / "inventories" / "lab.yml").write_text("hosts: {}\n")
-    (path / "inventories" / "prod.yml").write_text("hosts: {}\n")
-    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.invalid"],
-                 ["config", "user.name", "T"], ["add", "-A"], ["commit", "-q", "-m", "one"]):
-        subprocess.run(["git", "-C", str(path), *args], check=True)
-    return path
-
-
 @pytest.mark.parametrize("command", [["reconcile", "--once"], ["verify"]])
 def test_reconcile_of_a_missing_inventory_records_nothing(tmp_path: Path,
                                                           command: list[str]) -> None:
     """``reconcile --once -e typo`` when the revision has no such inventory is a usage error
     listing the inventories there; no run and no Stalled status are recorded."""
-    repo = _repo(tmp_path / "repo")
+    repo = git_repo(tmp_path / "repo", {"inventories/lab.yml": "hosts: {}\n",
+                                        "inventories/prod.yml": "hosts: {}\n"})
     state = tmp_path / "state"
     result = _cli(*command, "--repo", str(repo), "--state-dir", str(state), "-e", "typo")
     assert result.exit_code == 2, result.output
@@ -313,9 +303,7 @@ def _quarantined(state: Path) -> Path:
 
 def _closed_port() -> str:
     """A listen address where no daemon answers (so the command acts on the store)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 def test_unquarantine_releases_one_revision_and_history_shows_who_and_why(

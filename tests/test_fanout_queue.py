@@ -12,14 +12,12 @@ workers run in this process, each with its own state folder (as on two machines)
 from __future__ import annotations
 
 import logging
-import shutil
-import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from builders import PROJECT, copy_sample, free_port, git_repo
 from pgserver import PgServer
 from polling import wait_for
 
@@ -31,7 +29,6 @@ from gitops.record.lease import Leases
 from gitops.record.store import Database
 from gitops.settings import EnvironmentConfig, FanoutSettings, SecretRef, Settings
 
-PROJECT = Path(__file__).resolve().parent.parent
 TTL = 30.0
 HOSTS = [f"h{i}" for i in range(1, 5)]
 
@@ -46,19 +43,11 @@ def database(pg_server: PgServer, tmp_path: Path) -> Database:
     return db
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _repo(root: Path) -> Path:
     """The sample's deploys and an inventory of four loopback hosts nothing answers on."""
-    repo = root / "repo"
-    shutil.copytree(PROJECT / "deploys", repo / "deploys",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    repo = copy_sample(root / "repo")
     sample = yaml.safe_load((PROJECT / "inventories/lab.yml").read_text())
-    port = _closed_port()
+    port = free_port()
     inventory = {
         "settings": {"workers": 1, "fail_percent": 100},
         "groups": {"all": {"services": {"base": sample["groups"]["all"]["services"]["base"]}},
@@ -67,13 +56,8 @@ def _repo(root: Path) -> Path:
                       "ssh": {"port": port, "connect_timeout": 2, "user": "root"}}
                   for i, h in enumerate(HOSTS, 1)},
     }
-    (repo / "inventories").mkdir()
-    (repo / "inventories/lab.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
-                 ["-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "-q",
-                  "-m", "four hosts"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
-    return repo
+    return git_repo(repo, {"inventories/lab.yml": yaml.safe_dump(inventory, sort_keys=False)},
+                    "four hosts")
 
 
 def _settings(database: Database, repo: Path, state: Path, name: str) -> Settings:

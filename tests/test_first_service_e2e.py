@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from statelab import PROJECT, git
+from builders import PROJECT, git
 
 import gitops.lab as lab_api
 

@@ -16,15 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from statelab import side_lab
 
 import gitops.lab as lab_api
 from gitops.lab import locks
 
 pytestmark = pytest.mark.lab
-
-
-def side_lab(tag: str) -> str:
-    return lab_api.resolve_name(None)[:5] + tag
 
 
 def gitops_lab(*args: str, env: dict[str, str] | None = None,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from builders import commit_file, empty_repo
 from pydantic import ValidationError
 
 from gitops.daemon.loop import Daemon
@@ -30,16 +31,6 @@ from gitops.records import (
 from gitops.settings import EnvironmentConfig, Settings
 
 PROJECT = Path(__file__).resolve().parent.parent
-
-
-def _repo(tmp_path: Path) -> tuple[Path, str]:
-    repo = tmp_path / "repo"
-    repo.mkdir(parents=True)
-    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.invalid"],
-                 ["config", "user.name", "T"], ["commit", "-q", "--allow-empty", "-m", "one"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True)
-    sha = subprocess.check_output(["git", "-C", str(repo), "rev-parse", "HEAD"], text=True)
-    return repo, sha.strip()
 
 
 def _daemon(tmp_path: Path, repo: Path, rand: float = 0.5, **env: object) -> Daemon:
@@ -77,17 +68,9 @@ def _record_failure(state_dir: Path, sha: str, env: str = "lab") -> None:
                                          message="down"),)))
 
 
-def _commit(repo: Path, name: str, text: str) -> str:
-    (repo / name).write_text(text)
-    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
-    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", name], check=True)
-    return subprocess.check_output(["git", "-C", str(repo), "rev-parse", "HEAD"],
-                                   text=True).strip()
-
-
 def test_triggers_coalesce_into_one_pending_reconcile(tmp_path: Path) -> None:
     """A second trigger while one is pending is coalesced, not queued."""
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     d = _daemon(tmp_path, repo)
     assert d.trigger("lab", reason="push", actor="webhook:github") is True
     assert d.trigger("lab", reason="push", actor="webhook:github") is False
@@ -96,14 +79,14 @@ def test_triggers_coalesce_into_one_pending_reconcile(tmp_path: Path) -> None:
 
 def test_unknown_environment_is_a_usage_error(tmp_path: Path) -> None:
     """Asking for an environment the daemon does not watch names it in a usage error."""
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     with pytest.raises(UsageError, match="unknown environment 'prod'"):
         _daemon(tmp_path, repo).trigger("prod", reason="x", actor="y")
 
 
 def test_a_cycle_with_no_new_commit_runs_nothing(tmp_path: Path) -> None:
     """When the head is already applied, a poll records no run (so it opens no SSH)."""
-    repo, sha = _repo(tmp_path)
+    repo, sha = empty_repo(tmp_path)
     d = _daemon(tmp_path, repo)
     _record_success(tmp_path / "state", sha)
     with Store(tmp_path / "state") as store:
@@ -116,7 +99,7 @@ def test_a_cycle_with_no_new_commit_runs_nothing(tmp_path: Path) -> None:
 
 def test_suspended_environment_applies_nothing(tmp_path: Path) -> None:
     """A suspended environment's cycle runs nothing even for a new commit."""
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     d = _daemon(tmp_path, repo)
     d.operate("lab", "suspend", actor="alice", reason="freeze")
     d.envs["lab"].pending = None
@@ -145,7 +128,7 @@ def test_force_push_is_recognised(tmp_path: Path) -> None:
     """A head that drops the applied commit is a force-push; a fast-forward is not."""
     from gitops.pipeline import source
 
-    repo, first = _repo(tmp_path)
+    repo, first = empty_repo(tmp_path)
     git = ["git", "-C", str(repo)]
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "two"], check=True)
     second = subprocess.check_output([*git, "rev-parse", "HEAD"], text=True).strip()
@@ -165,7 +148,7 @@ def test_rollback_holds_the_last_verified_revision_before_the_applied_one(
     one, as a full SHA, until a commit newer than the current head."""
     from gitops.daemon import control
 
-    repo, first = _repo(tmp_path)
+    repo, first = empty_repo(tmp_path)
     git = ["git", "-C", str(repo)]
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "two"], check=True)
     second = subprocess.check_output([*git, "rev-parse", "HEAD"], text=True).strip()
@@ -186,10 +169,10 @@ def test_rollback_holds_the_last_verified_revision_before_the_applied_one(
 
 def test_a_retry_asked_for_during_a_run_is_kept_for_the_next(tmp_path: Path) -> None:
     """An operator's retry while a run is in progress is not lost when that run ends."""
-    repo, first = _repo(tmp_path)
+    repo, first = empty_repo(tmp_path)
     state = tmp_path / "state"
     _record_failure(state, first)
-    _commit(repo, "notes.txt", "a new commit to run\n")
+    commit_file(repo, "notes.txt", "a new commit to run\n")
     d = _daemon(tmp_path, repo)
 
     class RetryDuringRun(logging.Handler):
@@ -214,10 +197,10 @@ def test_a_retry_asked_for_during_a_run_is_kept_for_the_next(tmp_path: Path) -> 
 
 def test_incident_reports_use_each_environments_own_repository(tmp_path: Path) -> None:
     """A run of one environment leaves the other's incident reports (and their diffs) alone."""
-    alpha, _ = _repo(tmp_path / "a")
-    beta, _ = _repo(tmp_path / "b")
-    good = _commit(beta, "config.yml", "port: 1\n")
-    bad = _commit(beta, "config.yml", "port: 2\n")
+    alpha, _ = empty_repo(tmp_path / "a")
+    beta, _ = empty_repo(tmp_path / "b")
+    good = commit_file(beta, "config.yml", "port: 1\n")
+    bad = commit_file(beta, "config.yml", "port: 2\n")
     state = tmp_path / "state"
     source.fetch(str(beta), "main", state)
     source.fetch(str(alpha), "main", state)
@@ -237,7 +220,7 @@ def test_incident_reports_use_each_environments_own_repository(tmp_path: Path) -
 
 def test_operator_trigger_of_a_suspended_environment_is_refused(tmp_path: Path) -> None:
     """Reconcile-now while suspended answers who suspended it, why and since when."""
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     d = _daemon(tmp_path, repo)
     d.operate("lab", "suspend", actor="alice", reason="change freeze")
     d.envs["lab"].pending = None
@@ -254,7 +237,7 @@ def test_api_reconcile_of_a_suspended_environment_is_409(tmp_path: Path) -> None
 
     from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     d = _daemon(tmp_path, repo)
     d.operate("lab", "suspend", actor="alice", reason="change freeze")
     server, thread = start_in_thread(create_app(d, d.settings), "127.0.0.1:0")
@@ -281,7 +264,7 @@ def test_api_unquarantine_releases_the_head_and_the_next_cycle_applies_it(
     from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
     monkeypatch.setenv("TEST_GITOPS_API_TOKEN", "t0ken-for-the-test")
-    repo, head = _repo(tmp_path)
+    repo, head = empty_repo(tmp_path)
     state = tmp_path / "state"
     _record_failure(state, head)  # the head's rollout failed (a host was down) ...
     with Store(state) as store:  # ... and was quarantined

@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import re
-import socket
 import threading
 import urllib.parse
 from collections import deque
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import free_port
 
 from gitops.daemon.notify import (
     CommitStatusConfig,
@@ -578,14 +578,6 @@ def test_event_and_state_from_an_outcome() -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port nobody listens on (bound, then released): connecting to it is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def _write(secrets: dict[str, SecretRef], value: str) -> Path:

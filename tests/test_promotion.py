@@ -8,13 +8,13 @@ recorded) with the real store, the HTTP API and the real CLI. The lab run is
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from builders import git, git_repo
 from clitools import gitops
 
 from gitops.daemon import policy
@@ -249,24 +249,13 @@ def test_bad_promote_from_names_file_and_line(tmp_path: Path, production: str, s
 # -- the real daemon, store, API and CLI on a real repository -----------------------------
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@example.invalid",
-                           "-c", "user.name=T", *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
 def _repo(tmp_path: Path) -> Path:
     """Two inventories, each one host unreachable on loopback (a run ends fast, recorded)."""
-    repo = tmp_path / "repo"
-    (repo / "inventories").mkdir(parents=True)
-    for name in ("staging", "production"):
-        (repo / f"inventories/{name}.yml").write_text(
+    return git_repo(tmp_path / "repo", {
+        f"inventories/{name}.yml":
             "settings:\n  ssh:\n    port: 9\n    connect_timeout: 2\ngroups:\n  web: {}\n"
-            f"hosts:\n  {name}-1:\n    address: 127.0.0.1\n    groups: [web]\n")
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "one")
-    return repo
+            f"hosts:\n  {name}-1:\n    address: 127.0.0.1\n    groups: [web]\n"
+        for name in ("staging", "production")})
 
 
 def _settings(tmp_path: Path, repo: Path) -> Settings:
@@ -293,7 +282,7 @@ def test_the_daemon_waits_for_staging_then_runs_what_it_verified(tmp_path: Path)
     """Production runs nothing and says what it waits for until staging verified the
     revision; then it runs that revision, and the pipeline (API, page, CLI) shows it."""
     repo = _repo(tmp_path)
-    head = _git(repo, "rev-parse", "HEAD")
+    head = git(repo, "rev-parse", "HEAD")
     d = Daemon(_settings(tmp_path, repo))
     d.cycle(d.envs["production"], None)
     assert _history(d, "production") == []
@@ -328,7 +317,7 @@ def test_promote_by_hand_over_the_api(tmp_path: Path) -> None:
     from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
     repo = _repo(tmp_path)
-    head = _git(repo, "rev-parse", "HEAD")
+    head = git(repo, "rev-parse", "HEAD")
     settings = _settings(tmp_path, repo).model_copy(
         update={"api_token": SecretRef(env="GITOPS_TEST_PROMOTE_TOKEN")})
     auth = {"Authorization": "Bearer promote-token-for-tests"}
@@ -380,7 +369,7 @@ def test_cli_promote_refuses_an_unverified_revision_with_exit_2(tmp_path: Path) 
     """`gitops promote` with no daemon: exit 2 and the reason for a revision not verified on
     staging, nothing recorded; an environment without promote_from is a usage error."""
     repo = _repo(tmp_path)
-    head = _git(repo, "rev-parse", "HEAD")
+    head = git(repo, "rev-parse", "HEAD")
     config = tmp_path / "gitops.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\nlisten = "127.0.0.1:9"\n'
                       f'[[environments]]\nname = "staging"\nrepo = "{repo}"\n'

@@ -6,12 +6,12 @@ recorded), the real store, the HTTP API and the real CLI. The rules are tables i
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from builders import git, git_repo
 from clitools import gitops
 
 from gitops.daemon.loop import Daemon
@@ -36,20 +36,8 @@ def _inventory(schedule: str | None) -> str:
             "groups:\n  web: {}\nhosts:\n  h1:\n    address: 127.0.0.1\n    groups: [web]\n")
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@example.invalid",
-                           "-c", "user.name=T", *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
 def _repo(tmp_path: Path, schedule: str | None = EVENING) -> Path:
-    repo = tmp_path / "repo"
-    (repo / "inventories").mkdir(parents=True)
-    (repo / "inventories/lab.yml").write_text(_inventory(schedule))
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "one")
-    return repo
+    return git_repo(tmp_path / "repo", {"inventories/lab.yml": _inventory(schedule)})
 
 
 class Clock:
@@ -88,7 +76,7 @@ def test_a_commit_outside_the_window_waits_and_is_applied_when_it_opens(
     repo = _repo(tmp_path)
     clock = Clock(BEFORE)
     d = _daemon(tmp_path, repo, clock)
-    head = _git(repo, "rev-parse", "HEAD")
+    head = git(repo, "rev-parse", "HEAD")
 
     delay = d.cycle(d.envs["lab"], None)
     assert _runs(d) == []
