@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from gitops.errors import InvalidDeclaration
-from gitops.pipeline.load import load
 from gitops.pipeline.hostsource import HostSource
+from gitops.pipeline.load import load
 
 __all__ = ["PROJECT", "commit", "commit_file", "copy_sample", "dry_repo", "empty_repo",
            "free_port", "git", "git_repo", "init_repo", "load_problems"]

@@ -12,7 +12,8 @@ Why procrastinate: it is a task queue made of PostgreSQL alone (jobs are rows, t
 ``FOR UPDATE SKIP LOCKED``, workers woken by LISTEN/NOTIFY, heartbeats, retries), so it
 needs no broker beside the database the controllers already share (Celery or RQ would need a
 Redis or a RabbitMQ), it speaks psycopg 3, which the store already uses, and its schema is
-applied by the store's own migrations (``store._v9_shares``, pinned to procrastinate 3.10).
+applied by the record's own migrations (``gitops.record.migrations``, from
+``gitops.record.queue``, pinned to procrastinate 3.10).
 
 Who decides: the holder. It keeps the lease and its fencing token; it queues the shares
 (the ``shares`` table: hosts, the token it holds, state, attempt, claim) and one job each,
@@ -44,7 +45,8 @@ changed once for what depends on it (the restart after a configuration change ru
 operation with nothing to do still does nothing). A first attempt forces nothing.
 
 Used by the daemon (``loop``: ``Service``, and each environment's ``Spread``, which it hands
-the pipeline in its ``Target``: ``apply.Spread``). The only module that imports procrastinate.
+the pipeline in its ``Target``: ``apply.Spread``). procrastinate itself is behind
+``gitops.record.queue``.
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ from gitops.model import DeclaredState
 from gitops.pipeline import apply as apply_stage
 from gitops.pipeline import journal, reconcile, source
 from gitops.pipeline.worker import Progress, run_worker
+from gitops.record import queue
 from gitops.record.lease import FENCE, POLL
 from gitops.record.queue import queue_schema
 from gitops.record.store import Database, StoreUnavailable, database_errors
@@ -188,7 +191,7 @@ class Spread:
             return None
         service = self.service
         jobs: list[ShareJob] = []
-        errors = (*_errors(), *_queue_errors())
+        errors = (*_errors(), *queue.queue_errors())
         try:
             with service.database.open() as store:
                 controllers = store.queue_workers(3 * HEARTBEAT)
@@ -333,23 +336,15 @@ class Service:
             "connect_timeout": 10}}
 
     def _make_app(self) -> Any:
-        import procrastinate
-
         concurrency = self.settings.fanout.concurrency or os.cpu_count() or 1
-        app = procrastinate.App(connector=procrastinate.PsycopgConnector(
-            **self._connection(), min_size=1, max_size=concurrency + 2))
-        app.task(name=TASK, queue=QUEUE)(self._task_body)
-        return app
+        return queue.worker_app(self._connection(), pool=concurrency + 2, task=TASK,
+                                queue=QUEUE, body=self._task_body)
 
     def defer(self, job: ShareJob) -> int:
         """Queue ``job``; its procrastinate job id."""
         with self._defer_lock:
             if self._deferrer is None:
-                import procrastinate
-
-                app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(
-                    **self._connection(), min_size=1, max_size=2))
-                self._deferrer = app.open()
+                self._deferrer = queue.deferrer(self._connection())
             return int(self._deferrer.configure_task(TASK, queue=QUEUE).defer(**job.args()))
 
     def retry(self, row: ShareRow, job: ShareJob) -> None:
@@ -540,12 +535,6 @@ class Service:
         revision = source.revision(target.repo, target.branch, job.sha, target.state_dir)
         state = reconcile.load_revision(target, revision, lambda _: None)
         return job.select(state), reconcile.journal_folder(target)
-
-
-def _queue_errors() -> tuple[type[Exception], ...]:
-    from procrastinate.exceptions import ProcrastinateException
-
-    return (ProcrastinateException,)
 
 
 def _line(exc: BaseException) -> str:
