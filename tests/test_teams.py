@@ -328,7 +328,7 @@ def test_a_postmortem_entry_rewrites_the_report_at_once(
 
     async def post(path: str, body: Any) -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 40000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:9469") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://gitops") as http:
             return await http.post(path, json=body,
                                    headers={"Authorization": "Bearer pm-token-0f3a"})
 
