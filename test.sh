@@ -30,7 +30,8 @@ if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
     .venv/bin/pip install --upgrade pip
 fi
-.venv/bin/pip install -q -e '.[dev,bench]'  # bench: ansible-core, for tests/test_bench_quick.py
+.venv/bin/pip install -q -e '.[dev,bench,docs]'  # bench: ansible-core, for tests/test_bench_quick.py;
+# docs: mkdocs, for tests/test_docs_site.py
 
 if [ "$#" -eq 0 ]; then
     set -- tests/

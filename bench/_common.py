@@ -39,8 +39,9 @@ from typing import Any, NamedTuple
 import yaml
 
 import gitops.lab as lab
-from gitops.load import load
+from gitops.lab.hostsource import LAB
 from gitops.model import DeclaredState
+from gitops.pipeline.load import load
 
 ROOT = Path(__file__).resolve().parent.parent
 """The project checkout: its ``deploys/`` and ``inventories/lab.yml`` are the sample."""
@@ -129,7 +130,7 @@ def sample_on_lab(name: str, hosts: int) -> Iterator[tuple[lab.LabInfo, Path, Pa
 
 
 def load_state(repo: Path) -> DeclaredState:
-    return load(repo, ENVIRONMENT)
+    return load(repo, ENVIRONMENT, lab=LAB)
 
 
 def timed(func: Callable[[], object]) -> float:

@@ -3,7 +3,7 @@
 The store is written through ``Store.start_run`` / ``finish_run`` / ``set_status`` with reports
 built from ``gitops.records`` (each rollout: 20 hosts, 8 operations and 6 checks a host; one run
 in four a drift check; one rollout in ten failing on a host), then served by a real uvicorn on
-127.0.0.1 (``gitops.server.start_in_thread`` over ``metrics.routes``). Each endpoint is asked
+127.0.0.1 (``gitops.web.server.start_in_thread`` over ``metrics.routes``). Each endpoint is asked
 20 times after one warm-up request; the medians are compared with the goal (50 ms for /metrics
 and the status endpoints; 200 ms for the 90-day delivery metrics).
 
@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gitops.metrics import routes
+from gitops.record.store import ENVIRONMENT, Condition, Store
 from gitops.records import (
     ApplyReport,
     CheckResult,
@@ -40,8 +40,8 @@ from gitops.records import (
     RunKind,
     VerifyReport,
 )
-from gitops.server import bound_port, start_in_thread, stop
-from gitops.store import ENVIRONMENT, Condition, Store
+from gitops.web.metrics import routes
+from gitops.web.server import bound_port, start_in_thread, stop
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SERVICES = {"base": ("packages", "sshd"), "app": ("unit", "port"), "web": ("http", "config")}
@@ -120,10 +120,10 @@ def measure(base: str, path: str, requests: int, *, keep_alive: bool) -> list[fl
 
 
 def delivery_uncached(state_dir: Path, rounds: int = 5) -> float | None:
-    """Median milliseconds of ``gitops.delivery.delivery_metrics`` over 90 days (the API and
+    """Median milliseconds of ``gitops.report.delivery.delivery_metrics`` over 90 days (the API and
     /metrics reuse its result for a minute); None if that module is not there."""
     try:
-        from gitops.delivery import delivery_metrics
+        from gitops.report.delivery import delivery_metrics
     except ImportError:
         return None
     times = []

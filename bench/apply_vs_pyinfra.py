@@ -1,9 +1,9 @@
-"""Benchmark: ``gitops.apply.apply`` of the sample on 3 lab hosts vs the raw pyinfra CLI.
+"""Benchmark: ``gitops.pipeline.apply.apply`` of the sample on 3 lab hosts vs the raw pyinfra CLI.
 
 Run as root: ``python bench/apply_vs_pyinfra.py [--name bench1] [--rounds 5]``. Brings up lab
 NAME with 3 hosts, builds a temporary state repository from the sample (base, app, web), applies
 once to converge the hosts (timed: the first, converging apply), then alternates ROUNDS of
-``gitops.apply.apply(state)`` and ``pyinfra -y INVENTORY.py deploys/base/deploy.py
+``gitops.pipeline.apply.apply(state)`` and ``pyinfra -y INVENTORY.py deploys/base/deploy.py
 deploys/app/deploy.py deploys/web/deploy.py`` on the same deploy files and hosts (the pyinfra
 inventory carries each host's SSH data and its validated service parameters). Both sides find
 nothing to change. Prints a table, the ratio of medians (goal <= 1.10) and a summary line.
@@ -26,8 +26,8 @@ from _common import (
     tool,
 )
 
-from gitops.apply import apply
 from gitops.model import DeclaredState
+from gitops.pipeline.apply import apply
 
 GOAL = 1.10
 HOSTS = 3
@@ -65,7 +65,7 @@ def main() -> None:
         pyinfra_cmd = [tool("pyinfra") or "pyinfra", "-y", str(inventory), *deploys]
 
         header(
-            f"apply: gitops.apply.apply vs raw pyinfra CLI ({HOSTS} lab hosts, services "
+            f"apply: gitops.pipeline.apply.apply vs raw pyinfra CLI ({HOSTS} lab hosts, services "
             f"{', '.join(state.service_order)}, {opts.rounds} alternating rounds, hosts converged)",
             f"python bench/apply_vs_pyinfra.py --name {opts.name} --rounds {opts.rounds}",
         )

@@ -1,7 +1,7 @@
 """Where a no-change apply and verify spend a host's processes: every remote command, grouped.
 
 Run as root: ``python bench/commands.py [--name phcmd] [--hosts 3] [--profile FILE]``. Brings
-up lab NAME, converges the sample there (``gitops.apply.apply``), then runs one no-change
+up lab NAME, converges the sample there (``gitops.pipeline.apply.apply``), then runs one no-change
 apply and one verify in this process (``gitops.workers.apply_worker.run``,
 ``gitops.workers.verify_worker.run``: the same code the workers run) with each remote command
 bracketed by two readings of the host's PID counter (``read`` of
@@ -29,7 +29,7 @@ from typing import Any
 
 from _common import header, load_state, require_root, sample_on_lab
 
-from gitops.apply import apply
+from gitops.pipeline.apply import apply
 
 PROBE = "read _ _ _ _ __gitops_pid </proc/loadavg; echo $__gitops_pid"
 

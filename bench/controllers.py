@@ -55,9 +55,9 @@ from _common import ROOT, free_port, git, lab_down, lab_up, save_section
 sys.path.insert(0, str(ROOT / "tests"))
 from pgserver import PgServer
 
+from gitops.record.store import Database
 from gitops.records import Lease
 from gitops.settings import SecretRef
-from gitops.store import Database
 
 DEPLOY = """\
 from pyinfra import host

@@ -5,14 +5,15 @@ Run as root: ``python bench/daemon.py [--idle 600] [--cycles 50] [--rounds 5] [-
 (with $GITOPS_LAB_NAME set: its first five characters + ``d2``, ``d1``), builds temporary state
 repositories from the committed sample and measures:
 
-1. No new commit: CPU of one ``Daemon._cycle`` (in this process: ``time.process_time()`` plus
+1. No new commit: CPU of one ``Daemon.cycle`` (in this process: ``time.process_time()`` plus
    the ``RUSAGE_CHILDREN`` delta, i.e. ``git ls-remote``), over CYCLES cycles on the converged
    20-host environment; SSH connections to the lab hosts opened meanwhile are counted by a
    separate sampler process (``/proc/net/tcp`` and ``ssh`` processes descending from this one,
    every 5 ms, plus a before/after diff that also catches TIME_WAIT leftovers). Goal <= 20 ms.
-2. Drift check of 20 unchanged hosts: ``Daemon._drift`` (a verify run at the applied revision)
-   vs the SSH floor of ``verify_vs_floor.py`` (one fresh connection per host running ``true``,
-   all in parallel, no ControlMaster), alternating, ROUNDS rounds. Goal <= 2x the floor.
+2. Drift check of 20 unchanged hosts: ``Daemon.repairs.drift`` (a verify run at the applied
+   revision) vs the SSH floor of ``verify_vs_floor.py`` (one fresh connection per host running
+   ``true``, all in parallel, no ControlMaster), alternating, ROUNDS rounds. Goal <= 2x the
+   floor.
 3. Commit -> applied and verified on 3 hosts: a real ``gitops run`` subprocess watching the local
    repository (watch = true, interval 30 s so only the watch triggers); from ``git commit``
    returning to the store showing the commit applied, verified and Ready on all 3 hosts (polled
@@ -291,7 +292,7 @@ def verdict(met: bool) -> str:
 # -- part A: in-process Daemon on 20 hosts (1 and 2) ------------------------------------------
 
 def part_big(info: lab.LabInfo, work: Path, opts: argparse.Namespace) -> dict[str, Any]:
-    from gitops.loop import Daemon
+    from gitops.daemon.loop import Daemon
     from gitops.settings import Settings
 
     repo = make_repo(info, work / "repo")
@@ -308,7 +309,7 @@ def part_big(info: lab.LabInfo, work: Path, opts: argparse.Namespace) -> dict[st
     db_holder: list[Db] = []
 
     start = time.monotonic()
-    daemon._cycle(env, None)  # the first (converging) rollout
+    daemon.cycle(env, None)  # the first (converging) rollout
     converge_s = time.monotonic() - start
     db = Db(state_dir)
     db_holder.append(db)
@@ -324,7 +325,7 @@ def part_big(info: lab.LabInfo, work: Path, opts: argparse.Namespace) -> dict[st
     for _ in range(opts.cycles):
         p = time.process_time()
         r = resource.getrusage(resource.RUSAGE_CHILDREN)
-        daemon._cycle(env, None)
+        daemon.cycle(env, None)
         r2 = resource.getrusage(resource.RUSAGE_CHILDREN)
         per_cycle.append(time.process_time() - p + (r2.ru_utime - r.ru_utime)
                          + (r2.ru_stime - r.ru_stime))
@@ -346,7 +347,7 @@ def part_big(info: lab.LabInfo, work: Path, opts: argparse.Namespace) -> dict[st
     for _ in range(opts.rounds):
         before = db.last_run_id()
         t = time.monotonic()
-        daemon._drift(env)
+        daemon.repairs.drift(env)
         figures["Daemon._drift (verify run)"].append(time.monotonic() - t)
         drift_results += [f"{r['kind']}:{r['result']}" for r in db.runs_after(before)]
         t = time.monotonic()

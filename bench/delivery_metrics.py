@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from test_delivery import ENV, T0, build_large_history  # noqa: E402
 
-from gitops.delivery import delivery_metrics  # noqa: E402
-from gitops.incidents import incidents  # noqa: E402
-from gitops.store import Store  # noqa: E402
+from gitops.record.store import Store  # noqa: E402
+from gitops.report.delivery import delivery_metrics  # noqa: E402
+from gitops.report.incidents import incidents  # noqa: E402
 
 GOAL_MS = 200.0
 

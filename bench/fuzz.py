@@ -3,7 +3,7 @@
 Each mutant is a copy of ``inventories/lab.yml`` and ``deploys/`` with one to three random
 changes (tests/mutations.py: types, keys, hostile strings, YAML tags and aliases, bytes that
 are not UTF-8, edits of deploy.py, checks.py and model.py). Every mutant is loaded in this
-process (``gitops.load.load``); a sample of them is also validated by the CLI in a
+process (``gitops.pipeline.load.load``); a sample of them is also validated by the CLI in a
 subprocess (``python -m gitops validate --worktree``), whose output must hold no traceback.
 Goals: 0 rejections without file:line, 0 crashes, 0 tracebacks, and validation of the
 unmutated sample under 1 s.
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from mutations import make_sample, mutate, verdict  # noqa: E402
 
-from gitops.load import load  # noqa: E402
+from gitops.pipeline.load import load  # noqa: E402
 
 EXIT_FOR = {"valid": 0, "rejected": 2}
 
@@ -127,7 +127,7 @@ def main() -> None:
     print(f"Time: {elapsed:.0f} s in all ({1000 * elapsed / max(args.count, 1):.1f} ms per "
           "mutant, copy and CLI runs included).")
     print(f"One validate of the unmutated sample: {1000 * inproc_s:.0f} ms in process "
-          f"(gitops.load.load, median of 5), {1000 * cli_s:.0f} ms as `gitops validate "
+          f"(gitops.pipeline.load.load, median of 5), {1000 * cli_s:.0f} ms as `gitops validate "
           "--worktree` in a new process (median of 3); goal < 1 s.")
     for kind, lines in examples.items():
         print(f"\n{kind}:")

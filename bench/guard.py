@@ -1,8 +1,8 @@
-"""Benchmark: the cost of a guard on an apply with nothing to change (``gitops.guard``).
+"""Benchmark: the cost of a guard on an apply with nothing to change (``gitops.pipeline.guard``).
 
 Run as root: ``python bench/guard.py [--name bench7] [--rounds 5]``. Brings up lab NAME with 3
 hosts, builds a temporary state repository from the sample (whose ``base`` is guarded),
-converges the hosts once, then alternates ROUNDS of ``gitops.apply.apply`` of the same
+converges the hosts once, then alternates ROUNDS of ``gitops.pipeline.apply.apply`` of the same
 declared state guarded (as loaded) and unguarded (``guarded`` emptied), on the same hosts.
 Nothing changes, so the guarded side arms nothing (checked: no token in any host's record,
 no ``gitops-guard`` timer on any host); its only extra is one command per host that looks
@@ -17,8 +17,8 @@ import sys
 
 from _common import header, median, parse_args, print_table, ratio_line, sample_on_lab, timed
 
-from gitops.apply import apply
 from gitops.model import DeclaredState
+from gitops.pipeline.apply import apply
 
 GOAL = 1.05
 HOSTS = 3

@@ -1,8 +1,8 @@
 """Benchmark: the status page's first load in headless chromium, 1,000 runs on 20 hosts.
 
 The store is the one ``bench/api_metrics.py`` builds (``build``: written through
-``Store.start_run`` / ``finish_run`` / ``set_status``); ``gitops.page.routes`` is served by a
-real uvicorn on 127.0.0.1 (``gitops.server.start_in_thread``; loopback needs no token). Each
+``Store.start_run`` / ``finish_run`` / ``set_status``); ``gitops.web.page.routes`` is served by a
+real uvicorn on 127.0.0.1 (``gitops.web.server.start_in_thread``; loopback needs no token). Each
 load launches Debian's chromium through Playwright as ``tests/test_page.py`` does (same
 executable, same ``CHROMIUM_ARGS``, a fresh user data dir, so nothing is cached) and times
 ``page.goto(url)`` until the hosts grid shows all hosts (``tr[data-host]`` count == hosts): the
@@ -30,8 +30,8 @@ import httpx
 from api_metrics import append_section, built_store, store_parser
 from starlette.applications import Starlette
 
-from gitops import page
-from gitops.server import bound_port, start_in_thread, stop
+from gitops.web import page
+from gitops.web.server import bound_port, start_in_thread, stop
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 TESTS = Path(__file__).resolve().parent.parent / "tests"

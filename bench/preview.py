@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from githost import TOKEN, GitHost  # noqa: E402  (the test helper, beside the tests)
 
-from gitops.store import Database  # noqa: E402
+from gitops.record.store import Database  # noqa: E402
 
 GOAL_S = 30.0
 SECRET = "bench-preview-secret"

@@ -36,7 +36,7 @@ from _common import (
     write_probe,
 )
 
-from gitops.store import NoStore, Store, StoreOutdated
+from gitops.record.store import NoStore, Store, StoreOutdated
 
 
 def git(repo: Path, *args: str) -> str:

@@ -5,7 +5,7 @@ their 20 secret values and one file live: the plain one has the values in the in
 (``groups.all.vars``) and ``deploys/app/files/settings.conf`` in clear; the encrypted one
 has the values in ``inventories/lab.secrets.sops.yaml`` and the file as
 ``deploys/app/files/settings.sops.conf``, both encrypted for an age key (as ``sops`` writes
-them). Each round loads both (``gitops.load.load``, alternating), each timed with
+them). Each round loads both (``gitops.pipeline.load.load``, alternating), each timed with
 ``time.perf_counter``; medians are compared. Goal: at most 100 ms more for the encrypted one.
 
     python bench/sops_load.py [--rounds 30] [--no-results]
@@ -28,8 +28,8 @@ from typing import Any
 import yaml
 from pyrage import x25519
 
-from gitops import sops
-from gitops.load import load
+from gitops.pipeline import sops
+from gitops.pipeline.load import load
 from gitops.settings import SecretRef, SopsSettings
 
 ROOT = Path(__file__).resolve().parent.parent

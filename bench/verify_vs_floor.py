@@ -1,14 +1,15 @@
-"""Benchmark: ``gitops.verify.verify`` of the sample on 20 lab hosts vs an SSH floor.
+"""Benchmark: ``gitops.pipeline.verify.verify`` of the sample on 20 lab hosts vs an SSH floor.
 
 Run as root: ``python bench/verify_vs_floor.py [--name bench2] [--rounds 5]``. Brings up lab
 NAME with 20 hosts, builds a temporary state repository from the sample (base, app, web),
 applies it once so every host is converged (5 hosts at a time, timed, reported), then
-alternates ROUNDS of ``gitops.verify.verify(state)`` and the floor: one fresh SSH connection
+alternates ROUNDS of ``gitops.pipeline.verify.verify(state)`` and the floor: one fresh SSH
+connection
 per host running ``true``, all 20 in parallel, without connection reuse (``-o ControlMaster=no -o
 ControlPath=none``). Prints a table, the ratio of medians (goal <= 3) and a summary line.
 The goal is judged on the one-shot verify (``gitops verify``: a new SSH connection per host);
 a third row measures the daemon's verify, whose SSH connections stay open between runs
-(``gitops.verify.SshConnections``), for comparison.
+(``gitops.pipeline.verify.SshConnections``), for comparison.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from _common import (
     timed,
 )
 
-from gitops.apply import apply
 from gitops.model import DeclaredState
-from gitops.verify import SshConnections, verify
+from gitops.pipeline.apply import apply
+from gitops.pipeline.verify import SshConnections, verify
 
 GOAL = 3.0
 HOSTS = 20
@@ -62,13 +63,14 @@ def main() -> None:
     with sample_on_lab(opts.name, HOSTS) as (info, _work, _repo, state):
         names = [h.name for h in info.hosts]
         header(
-            f"verify: gitops.verify.verify vs SSH floor ({HOSTS} lab hosts, services "
+            f"verify: gitops.pipeline.verify.verify vs SSH floor ({HOSTS} lab hosts, services "
             f"{', '.join(state.service_order)}, {opts.rounds} alternating rounds, hosts converged)",
             f"python bench/verify_vs_floor.py --name {opts.name} --rounds {opts.rounds}",
         )
 
         def converge() -> None:
-            # CONVERGE_CHUNK hosts at a time: gitops.worker.run_worker can deadlock when the
+            # CONVERGE_CHUNK hosts at a time: gitops.pipeline.worker.run_worker can deadlock when
+            # the
             # worker's result exceeds a pipe buffer (64 KiB; ~8 KiB of diffs per fresh host),
             # as the main thread and the stderr relay thread both read the stderr pipe.
             for i in range(0, len(state.hosts), CONVERGE_CHUNK):

@@ -4,9 +4,9 @@ checkout vs a base commit.
 The store is the one ``bench/api_metrics.py`` builds (``--runs`` runs on ``--hosts`` hosts,
 written through ``Store``). Each side serves it from its own process: this venv's Python with
 ``PYTHONPATH`` at the side's checkout (the base commit, default ``aa0b275``, checked out into a
-temporary ``git worktree``), ``gitops.server.create_app`` over a controller whose ``health``
-is the daemon's in-memory answer, with ``gitops.page.routes`` added as ``gitops run`` does,
-started by ``gitops.server.start_in_thread`` (each side's own uvicorn settings) on 127.0.0.1.
+temporary ``git worktree``), ``gitops.web.server.create_app`` over a controller whose ``health``
+is the daemon's in-memory answer, with ``gitops.web.page.routes`` added as ``gitops run`` does,
+started by ``gitops.web.server.start_in_thread`` (each side's own uvicorn settings) on 127.0.0.1.
 Loopback needs no token: the requests are unauthenticated.
 
 Two bursts per side, each after one warm-up request: ``--burst`` requests of ``/api/page``
@@ -44,7 +44,7 @@ import httpx
 from _common import save_section
 from api_metrics import build
 
-from gitops.store import Store
+from gitops.record.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
@@ -52,8 +52,8 @@ TICK = os.sysconf("SC_CLK_TCK")
 SERVER = '''
 import sys
 from pathlib import Path
-from gitops import page
-from gitops.server import bound_port, create_app, start_in_thread
+from gitops.web import page
+from gitops.web.server import bound_port, create_app, start_in_thread
 from gitops.settings import Settings
 
 class Controller:

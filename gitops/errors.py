@@ -9,6 +9,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+__all__ = [
+    "EXIT_FAILED",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "GitopsError",
+    "InterruptedApply",
+    "InvalidDeclaration",
+    "LockHeld",
+    "PermanentError",
+    "Problem",
+    "RevisionNotFound",
+    "SourceError",
+    "Suspended",
+    "TemporaryError",
+    "UnsignedCommit",
+    "UsageError",
+    "WorkerError",
+]
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2

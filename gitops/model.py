@@ -15,6 +15,42 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gitops.schedule import Window
 
+__all__ = [
+    "ALL_GROUP",
+    "HOST_NAME_RE",
+    "NAME_RE",
+    "SSH_DEFAULTS",
+    "TEAMS_FILE",
+    "USER_RE",
+    "Address",
+    "DeclaredHost",
+    "DeclaredState",
+    "EnvironmentSettings",
+    "GroupSpec",
+    "GuardSettings",
+    "HostName",
+    "HostSpec",
+    "InventoryFile",
+    "KeyPath",
+    "LabSpec",
+    "ResolvedSSH",
+    "RolloutSettings",
+    "SSHSettings",
+    "ServiceMeta",
+    "ServiceParams",
+    "TeamName",
+    "TeamsFile",
+    "User",
+    "check_address",
+    "check_guard_path",
+    "check_host_name",
+    "check_name",
+    "check_path",
+    "check_team",
+    "check_user",
+    "unsafe_reason",
+]
+
 ServiceParams = dict[str, Any]
 
 # --- the syntax of every value that reaches an ssh_config, a command line, a file name or
@@ -156,7 +192,7 @@ class RolloutSettings(_Strict):
 
 
 class GuardSettings(_Strict):
-    """Guarded applies (``gitops.guard``): a change that cuts the controller off is undone
+    """Guarded applies (``gitops.pipeline.guard``): a change that cuts the controller off is undone
     by the host itself unless the controller reaches it again in time."""
 
     all: bool = False
@@ -177,12 +213,13 @@ class EnvironmentSettings(_Strict):
     parallel: int = Field(default=20, ge=1, le=1000)
     """How many hosts are worked on at once."""
     workers: int | None = Field(default=None, ge=1, le=256)
-    """Apply worker processes a batch's hosts are split across (see ``gitops.apply``); by
+    """Apply worker processes a batch's hosts are split across (see ``gitops.pipeline.apply``); by
     default as many as the controller has cores, each with at least 10 hosts."""
     rollout: RolloutSettings = RolloutSettings()
     ssh: SSHSettings = SSHSettings()
     source: Literal["inventory", "vagrant", "lab"] = "inventory"
-    """Where host addresses come from: this file, ``vagrant ssh-config`` (see gitops.vagrant)
+    """Where host addresses come from: this file, ``vagrant ssh-config`` (see
+    gitops.pipeline.vagrant)
     or a running ``gitops lab`` (see gitops.lab.inventory_hosts)."""
     lab: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,8}$")
     """With ``source: lab``: the lab's name (default: $GITOPS_LAB_NAME, else ``gitops``)."""
@@ -200,7 +237,8 @@ class EnvironmentSettings(_Strict):
     prune: bool = True
     """A service the record has on a host that the revision no longer declares there is
     taken off with its ``deploys/<service>/remove.py`` (false: reported only, the host left
-    as it is; see gitops.prune); the daemon settings' ``prune`` of the environment wins when
+    as it is; see gitops.pipeline.prune); the daemon settings' ``prune`` of the environment wins
+    when
     set."""
     team: TeamName | None = None
     """The team that owns this environment: one of the repository's ``teams.yml`` (see
@@ -236,9 +274,11 @@ class ServiceMeta(_Strict):
     parameters (``model.py``) and how it is applied and checked. Optional."""
 
     requires: list[Annotated[str, AfterValidator(lambda v: check_name(v, "service name"))]] = []
-    """Services applied (and ready) on the same host before this one (see gitops.depends)."""
+    """Services applied (and ready) on the same host before this one (see
+    gitops.pipeline.depends)."""
     guard: bool = False
-    """Guard this service's applies (``gitops.guard``): before it changes a host, what it may
+    """Guard this service's applies (``gitops.pipeline.guard``): before it changes a host, what it
+    may
     change is saved there and a revert armed that the controller must disarm in time."""
     guard_files: list[Annotated[str, AfterValidator(check_guard_path)]] = []
     """Absolute paths a guarded apply also saves: files the service's commands write
@@ -311,15 +351,15 @@ class DeclaredState(_Strict):
     with file and line; printed by validate, plan and reconcile."""
     removable: tuple[str, ...] = ()
     """Services of this revision whose folder has a ``remove.py`` (compiled by ``load``):
-    how a host that no longer declares one is rid of it (see ``gitops.prune``)."""
+    how a host that no longer declares one is rid of it (see ``gitops.pipeline.prune``)."""
     service_digests: dict[str, str] = {}
     """Service name -> digest of its folder and of the repository outside ``deploys/`` and
     ``inventories/``: the files its apply can read (see ``reconcile`` for how it is used)."""
     redact: tuple[str, ...] = ()
     """Plain secret values (decrypted from SOPS, or ``SecretStr`` parameters): the workers
-    blank them out of every diff, error and progress line (see ``gitops.sops``)."""
+    blank them out of every diff, error and progress line (see ``gitops.pipeline.sops``)."""
     guarded: tuple[str, ...] = ()
-    """The services whose applies are guarded (``gitops.guard``), in ``service_order``."""
+    """The services whose applies are guarded (``gitops.pipeline.guard``), in ``service_order``."""
     guard_files: dict[str, tuple[str, ...]] = {}
     """Guarded service -> the paths its ``service.yml`` names in ``guard_files``."""
     secret_files: dict[str, str] = {}

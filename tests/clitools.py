@@ -4,32 +4,23 @@ needed) and the real CLI run as a subprocess (``python -m gitops``)."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from builders import PROJECT, copy_sample, git_repo
 from mutations import explicit_hosts
-from statelab import PROJECT, git
 
 
 def sample_repo(root: Path, *, invalid: bool = False) -> Path:
     """The sample state repository in a fresh Git repository; ``invalid``: one problem
     (``fail_percent`` over 100), so any run of it ends quickly without touching a host."""
     repo = root / "repo"
-    repo.mkdir(parents=True)
-    shutil.copytree(PROJECT / "deploys", repo / "deploys",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "inventories").mkdir()
+    copy_sample(repo)
     text = explicit_hosts((PROJECT / "inventories/lab.yml").read_text())
     if invalid:
         text = text.replace("fail_percent: 34", "fail_percent: 340")
-    (repo / "inventories/lab.yml").write_text(text)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=Tester", "add", "-A")
-    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=Tester", "commit", "-q",
-        "-m", "sample")
-    return repo
+    return git_repo(repo, {"inventories/lab.yml": text}, "sample")
 
 
 def gitops(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,

@@ -25,8 +25,8 @@ from pgserver import PgServer
 import gitops.lab as lab_api
 from gitops.lab import leftovers
 from gitops.lab.common import lab_parent, missing_prerequisites, prerequisites_message
+from gitops.record.store import Database
 from gitops.settings import SecretRef
-from gitops.store import Database
 
 LAB_HOSTS = 3
 
@@ -157,7 +157,8 @@ def store_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
 
 @pytest.fixture(scope="session", autouse=True)
 def _sandbox_python() -> Iterator[None]:
-    """A preview's workers run as ``nobody`` (``gitops.sandbox``), which must be able to run
+    """A preview's workers run as ``nobody`` (``gitops.pipeline.sandbox``), which must be able to
+    run
     the interpreter: one under root's home (pyenv) it cannot, so the tests name, as
     ``[preview] python`` (``GITOPS_PREVIEW``), a venv of the system's Python of the same
     version that reads this project and its packages (no file of root's home)."""

@@ -19,7 +19,6 @@ from typing import Any
 import yaml
 
 from gitops.errors import InvalidDeclaration
-from gitops.load import load
 from gitops.model import (
     DeclaredHost,
     DeclaredState,
@@ -29,6 +28,7 @@ from gitops.model import (
     check_user,
     unsafe_reason,
 )
+from gitops.pipeline.load import load
 
 PROJECT = Path(__file__).resolve().parent.parent
 INVENTORY = "inventories/lab.yml"

@@ -9,13 +9,13 @@ import itertools
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+from builders import free_port
 
 USER = "gitops"
 
@@ -34,12 +34,6 @@ def unavailable() -> str | None:
     if os.geteuid() == 0 and shutil.which("runuser") is None:
         return "runuser is missing (util-linux): initdb cannot run as the postgres user"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -69,7 +63,7 @@ class PgServer:
         os.chmod(root, 0o755)
         if os.geteuid() == 0:
             shutil.chown(root, "postgres", "postgres")
-        server = cls(root, _free_port(), binaries)
+        server = cls(root, free_port(), binaries)
         server._run(str(binaries / "initdb"), "-D", str(server.data), "-U", "postgres",
                     "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
                     # a natural-language default collation, as on most servers: the

@@ -16,16 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from builders import PROJECT, copy_sample, git, init_repo
 
-from gitops.lab import LabInfo
+from gitops.lab import LabInfo, resolve_name
 
-PROJECT = Path(__file__).resolve().parent.parent
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, timeout=60
-    ).stdout.strip()
+__all__ = ["PROJECT", "StateRepo", "git", "http_get", "make_state_repo", "set_app_message",
+           "side_lab"]
 
 
 @dataclass
@@ -82,9 +78,7 @@ def make_state_repo(root: Path, lab: LabInfo, hosts: int | None = None,
     then plans, applies and checks only what the test is about.
     """
     repo = root / "state-repo"
-    repo.mkdir(parents=True)
-    shutil.copytree(PROJECT / "deploys", repo / "deploys",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    copy_sample(repo)
     (repo / "inventories").mkdir()
     inventory = yaml.safe_load((PROJECT / "inventories/lab.yml").read_text())
     if services is not None:
@@ -101,9 +95,7 @@ def make_state_repo(root: Path, lab: LabInfo, hosts: int | None = None,
         inventory["hosts"][h.name] = spec
     inventory["settings"]["lab"] = lab.name  # addresses and key from that lab (source: lab)
     (repo / "inventories/lab.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "tester@example.invalid")
-    git(repo, "config", "user.name", "Tester")
+    init_repo(repo)
     state = StateRepo(repo, root / "state", lab)
     state.commit("sample state for the lab")
     return state
@@ -120,6 +112,20 @@ def _keep_services(repo: Path, inventory: dict[str, Any], services: tuple[str, .
     for spec in [*inventory["groups"].values(), *inventory["hosts"].values()]:
         if spec.get("services") is not None:
             spec["services"] = {k: v for k, v in spec["services"].items() if k in services}
+
+
+def set_app_message(repo: StateRepo, message: str) -> str:
+    """Commit the sample's ``app`` service (group ``web``) serving ``message``; the sha."""
+    inv = repo.inventory()
+    inv["groups"]["web"]["services"]["app"]["message"] = message
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    return repo.commit(f"app: {message}")
+
+
+def side_lab(tag: str) -> str:
+    """A lab name of its own for one test, derived from the session lab's name, so that two
+    engineers running the suite with different GITOPS_LAB_NAME never share it."""
+    return resolve_name(None)[:5] + tag
 
 
 def http_get(url: str, timeout: float = 10) -> tuple[int, str]:

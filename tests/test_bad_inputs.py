@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from builders import commit, git_repo
 from clitools import gitops, sample_repo
-from statelab import git
 
-from gitops.store import Store
+from gitops.record.store import Store
 
 
 @dataclass(frozen=True)
@@ -220,8 +220,7 @@ def _edited(root: Path, old: str, new: str) -> Path:
     text = inventory.read_text()
     assert old in text
     inventory.write_text(text.replace(old, new, 1))
-    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=Tester", "commit", "-q",
-        "-am", "one mistake")
+    commit(repo, "one mistake")
     return repo
 
 
@@ -246,19 +245,10 @@ def test_bad_input_gets_a_message_and_an_exit_code(case: Case, world: dict[str, 
     assert "s3cret" not in output
 
 
-def _commit_all(repo: Path, *, empty: bool = False) -> None:
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=Tester", "commit", "-q",
-        "-m", "x", *(["--allow-empty"] if empty else []))
-
-
 def test_a_commit_of_an_empty_tree_is_a_message(tmp_path: Path) -> None:
     """A branch whose head commits an empty tree: the inventory is missing (exit 2, the
     inventories there listed), not a traceback from extracting it."""
-    repo = tmp_path / "empty"
-    repo.mkdir()
-    _commit_all(repo, empty=True)
+    repo = git_repo(tmp_path / "empty", message="x")
     proc = gitops("reconcile", "--once", "--repo", str(repo), "--state-dir",
                   str(tmp_path / "state"))
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -268,10 +258,7 @@ def test_a_commit_of_an_empty_tree_is_a_message(tmp_path: Path) -> None:
 
 def test_an_inventory_of_no_host_reconciles_nothing(tmp_path: Path) -> None:
     """``hosts: {}`` is a run that applies and checks nothing (exit 0), not a traceback."""
-    repo = tmp_path / "nohosts"
-    (repo / "inventories").mkdir(parents=True)
-    (repo / "inventories/lab.yml").write_text("hosts: {}\n")
-    _commit_all(repo)
+    repo = git_repo(tmp_path / "nohosts", {"inventories/lab.yml": "hosts: {}\n"}, "x")
     proc = gitops("reconcile", "--once", "--repo", str(repo), "-e", "lab", "--state-dir",
                   str(tmp_path / "state"))
     assert "Traceback" not in proc.stdout + proc.stderr

@@ -1,11 +1,12 @@
 """The benchmarks the docs quote run, each in its quickest form, so they do not rot.
 
-Each runs as the README says (``python bench/NAME.py``, this interpreter), with one round at
-its smallest size, and must exit 0, print its summary and leave ``bench/RESULTS*.md`` as they
-were. Those on lab hosts are marked ``lab`` and use labs named after the session's lab. The
-module takes about 8 minutes on the 2-core machine (the daemon's 2 min and its 20-host lab,
-the faults' 1.5 min with one fault of each kind). Not run here: ``verify_vs_floor.py`` (20
-converged hosts, 2 min) and ``controllers.py`` (PostgreSQL, minutes of kills).
+Each runs as docs/develop/benchmarks.md says (``python bench/NAME.py``, this interpreter),
+with one round at its smallest size, and must exit 0, print its summary and leave
+``bench/RESULTS*.md`` as they were. Those on lab hosts are marked ``lab`` and use labs named
+after the session's lab. The module takes about 8 minutes on the 2-core machine (the
+daemon's 2 min and its 20-host lab, the faults' 1.5 min with one fault of each kind). Not run
+here: ``verify_vs_floor.py`` (20 converged hosts, 2 min) and ``controllers.py`` (PostgreSQL,
+minutes of kills).
 """
 
 from __future__ import annotations
@@ -17,14 +18,11 @@ from pathlib import Path
 
 import pytest
 from conftest import in_ci
+from statelab import side_lab
 
 import gitops.lab as lab_api
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def side_lab(tag: str) -> str:
-    return lab_api.resolve_name(None)[:5] + tag
 
 
 def _results() -> dict[str, str]:

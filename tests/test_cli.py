@@ -10,7 +10,6 @@ import pty
 import select
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tomllib
@@ -18,13 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from builders import PROJECT, free_port
 from clitools import gitops, sample_repo
 from polling import wait_for
-from statelab import PROJECT
 from test_page import record_run, revision
 
 from gitops.cli import LiveProgress, main
-from gitops.store import Store
+from gitops.record.store import Store
 
 COMMANDS = ("validate", "plan", "reconcile", "verify", "status", "history", "run", "suspend",
             "resume", "rollback", "retry", "unquarantine", "metrics", "incidents")
@@ -156,19 +155,13 @@ def test_held_environment_refuses_reconcile_once(invalid: tuple[Path, Path]) -> 
 # -- through a running daemon ---------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     """``gitops run`` watching an invalid repository as environment ``staging`` (inventory
     ``lab``); yields the folder holding its gitops.toml, and the state folder."""
     repo = sample_repo(tmp_path, invalid=True)
     state = tmp_path / "state"
-    port = _free_port()
+    port = free_port()
     (tmp_path / "gitops.toml").write_text(
         f'state_dir = "{state}"\nlisten = "127.0.0.1:{port}"\n'
         f'[[environments]]\nname = "staging"\nrepo = "{repo}"\ninventory = "lab"\n'

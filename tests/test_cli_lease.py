@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
+from builders import git_repo
 from pgserver import PgServer
 
-from gitops.lease import Leases
+from gitops.record.lease import Leases
+from gitops.record.store import Database
 from gitops.settings import SecretRef
-from gitops.store import Database
 
 TTL = 30.0
 
@@ -33,13 +34,7 @@ def setup(pg_server: PgServer, tmp_path: Path) -> tuple[Database, Path, Path]:
     url = pg_server.database()
     database = Database(tmp_path / "unused", url, SecretRef(file=secret))
     database.open().close()
-    repo = tmp_path / "repo"
-    (repo / "inventories").mkdir(parents=True)
-    (repo / "inventories/lab.yml").write_text("hosts: {}\n")
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
-                 ["-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "-q",
-                  "-m", "no hosts"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    repo = git_repo(tmp_path / "repo", {"inventories/lab.yml": "hosts: {}\n"}, "no hosts")
     config = tmp_path / "gitops.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\nrepo = "{repo}"\n'
                       f'database = "{url}"\ndatabase_password = {{file = "{secret}"}}\n'

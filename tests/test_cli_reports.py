@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from test_delivery import good_bad_fix, sha_of
 
 from gitops.cli import main
-from gitops.store import Store
+from gitops.record.store import Store
 
 
 def _history(tmp_path: Path) -> Path:

@@ -12,8 +12,14 @@ from pathlib import Path
 import click
 import pytest
 
+from gitops.cli import main
+from gitops.cli.root import Main
+
 HEAVY = ("git", "psycopg", "croniter", "gitops.lab")
 """Top-level packages (and their submodules) a command that does not use them must not load."""
+
+HELP = "from gitops.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+"""``gitops --help`` in a fresh interpreter."""
 
 
 def _loaded(code: str, heavy: tuple[str, ...] = HEAVY) -> list[str]:
@@ -33,8 +39,8 @@ def test_import_of_the_cli_loads_no_git_psycopg_croniter_or_lab() -> None:
 def test_help_loads_neither_the_pipeline_nor_the_settings() -> None:
     """``gitops --help`` needs no loader, fan-out or pydantic-settings (a command that runs
     loads them)."""
-    code = "from gitops.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-    assert _loaded(code, ("gitops.reconcile", "gitops.load", "pydantic_settings", "yaml")) == []
+    heavy = ("gitops.pipeline.reconcile", "gitops.pipeline.load", "pydantic_settings", "yaml")
+    assert _loaded(HELP, heavy) == []
 
 
 @pytest.mark.parametrize("args", [["--help"], ["status", "--state-dir", "{tmp}"]])
@@ -45,18 +51,29 @@ def test_help_and_status_load_none_of_them(args: list[str], tmp_path: Path) -> N
     assert _loaded(code) == []
 
 
-def test_lab_still_runs_and_lists_as_its_own_help_says() -> None:
-    """``gitops lab`` loads on use; ``gitops --help`` lists it with the group's own short help
-    at every width click may cut it to."""
-    from gitops.cli import _Main, main
+def test_help_loads_no_command_module() -> None:
+    """``gitops --help`` lists every command from ``Main.LAZY``: none of their modules loads."""
+    modules = tuple(sorted({module for module, _ in Main.LAZY.values()}))
+    assert _loaded(HELP, modules) == []
+
+
+@pytest.mark.parametrize("name", sorted(Main.LAZY))
+def test_every_command_loads_and_lists_as_its_own_help_says(name: str) -> None:
+    """Each command loads on use; ``gitops --help`` lists it with its own short help at every
+    width click may cut it to."""
+    ctx = click.Context(main)
+    command = main.get_command(ctx, name)
+    assert command is not None and command.name == name
+    stub = click.Command(name, help=Main.LAZY[name][1])
+    for limit in range(10, 140):
+        assert stub.get_short_help_str(limit) == command.get_short_help_str(limit)
+    assert name in main.list_commands(ctx)
+
+
+def test_lab_still_runs() -> None:
     from gitops.lab.cli import lab
 
-    stub = click.Command("lab", help=_Main.LAZY["lab"][1])
-    for limit in range(10, 140):
-        assert stub.get_short_help_str(limit) == lab.get_short_help_str(limit)
-    ctx = click.Context(main)
-    assert main.get_command(ctx, "lab") is lab
-    assert "lab" in main.list_commands(ctx)
+    assert main.get_command(click.Context(main), "lab") is lab
     result = subprocess.run([sys.executable, "-m", "gitops", "lab", "--help"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0

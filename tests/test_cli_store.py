@@ -4,24 +4,25 @@ status record shows suspensions and holds, and its verified revision agrees with
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from builders import free_port, git_repo
 from click.testing import CliRunner, Result
 from clitools import gitops
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gitops import control
 from gitops.cli import main
-from gitops.loop import Daemon
-from gitops.reconcile import Outcome, Target, _finalize
+from gitops.daemon import control
+from gitops.daemon.loop import Daemon
+from gitops.pipeline.finalize import finalize
+from gitops.pipeline.reconcile import Outcome, Target
+from gitops.record.store import ENVIRONMENT, Condition, Store
 from gitops.records import ApplyReport, CheckResult, HostApply, Revision, VerifyReport
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import ENVIRONMENT, Condition, Store
 
 SHA = "c" * 40
 READERS = (["status"], ["history"], ["metrics"], ["incidents"])
@@ -79,23 +80,13 @@ def test_an_unknown_environment_is_an_error_listing_the_known_ones(tmp_path: Pat
     assert (state / "gitops.db").read_bytes() == before
 
 
-def _repo(path: Path) -> Path:
-    path.mkdir()
-    (path / "inventories").mkdir()
-    (path / "inventories" / "lab.yml").write_text("hosts: {}\n")
-    (path / "inventories" / "prod.yml").write_text("hosts: {}\n")
-    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.invalid"],
-                 ["config", "user.name", "T"], ["add", "-A"], ["commit", "-q", "-m", "one"]):
-        subprocess.run(["git", "-C", str(path), *args], check=True)
-    return path
-
-
 @pytest.mark.parametrize("command", [["reconcile", "--once"], ["verify"]])
 def test_reconcile_of_a_missing_inventory_records_nothing(tmp_path: Path,
                                                           command: list[str]) -> None:
     """``reconcile --once -e typo`` when the revision has no such inventory is a usage error
     listing the inventories there; no run and no Stalled status are recorded."""
-    repo = _repo(tmp_path / "repo")
+    repo = git_repo(tmp_path / "repo", {"inventories/lab.yml": "hosts: {}\n",
+                                        "inventories/prod.yml": "hosts: {}\n"})
     state = tmp_path / "state"
     result = _cli(*command, "--repo", str(repo), "--state-dir", str(state), "-e", "typo")
     assert result.exit_code == 2, result.output
@@ -162,7 +153,7 @@ def test_a_verified_run_records_the_verified_revision(tmp_path: Path) -> None:
     for kind in ("reconcile", "verify"):
         with Store(state) as store:
             run_id = store.start_run("prod", kind, revision, actor="t")
-            _finalize(store, target, kind, Outcome("succeeded", run_id=run_id,
+            finalize(store, target, kind, Outcome("succeeded", run_id=run_id,
                                                    revision=revision, verify=checks),
                       {}, {}, None)
         rows = json.loads(_cli("status", "--json", "--state-dir", str(state)).output)
@@ -185,7 +176,7 @@ def test_a_host_no_check_ran_on_is_applied_not_verified(tmp_path: Path) -> None:
                                                status="pass"),))
     with Store(state) as store:
         run_id = store.start_run("prod", "reconcile", revision, actor="t")
-        _finalize(store, target, "reconcile", Outcome(
+        finalize(store, target, "reconcile", Outcome(
             "succeeded", run_id=run_id, revision=revision, apply=applied, verify=checks),
             {}, {}, None)
     rows = {r["host"]: r for r in json.loads(
@@ -203,13 +194,13 @@ def test_a_host_no_check_ran_on_is_applied_not_verified(tmp_path: Path) -> None:
 
 def test_a_run_summary_says_which_hosts_are_not_verified() -> None:
     """``reconcile`` ends with "applied, not verified on web2" when no check ran there."""
-    from gitops.cli import _outcome_summary
+    from gitops.cli.output import outcome_summary
 
     applied = ApplyReport(hosts=(HostApply(host="web1", status="ok"),
                                  HostApply(host="web2", status="ok")))
     checks = VerifyReport(results=(CheckResult(host="web1", service="web", check="port",
                                                status="pass"),))
-    line = _outcome_summary(Outcome("succeeded", run_id=3, apply=applied, verify=checks))
+    line = outcome_summary(Outcome("succeeded", run_id=3, apply=applied, verify=checks))
     assert line == ("run #3: succeeded, 0 changed, 1 checks passed; applied, not verified on "
                     "web2: no check ran there")
 
@@ -312,9 +303,7 @@ def _quarantined(state: Path) -> Path:
 
 def _closed_port() -> str:
     """A listen address where no daemon answers (so the command acts on the store)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
+    return f"127.0.0.1:{free_port()}"
 
 
 def test_unquarantine_releases_one_revision_and_history_shows_who_and_why(

@@ -2,7 +2,8 @@
 
 The apply worker runs every command of a host in one remote shell and reads each fact once
 until something could have changed the host (``gitops.workers.connector``); a batch's hosts
-can be split across worker processes (``settings.workers``, ``gitops.apply``). Counted on the
+can be split across worker processes (``settings.workers``, ``gitops.pipeline.apply``). Counted on
+the
 host: its PID counter, read before and after.
 """
 
@@ -15,10 +16,10 @@ import pytest
 import yaml
 from statelab import StateRepo, make_state_repo
 
-from gitops.apply import apply, plan
 from gitops.lab import LabInfo
-from gitops.load import load
 from gitops.model import DeclaredState
+from gitops.pipeline.apply import apply, plan
+from gitops.pipeline.load import load
 
 pytestmark = pytest.mark.lab
 

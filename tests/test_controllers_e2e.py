@@ -19,14 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import free_port
 from pgserver import PgServer
 from polling import wait_for
 from statelab import StateRepo, make_state_repo
-from test_daemon_e2e import _free_port
 
 from gitops.lab import LabInfo
+from gitops.record.store import Database
 from gitops.settings import SecretRef
-from gitops.store import Database
 
 pytestmark = pytest.mark.lab
 
@@ -38,7 +38,7 @@ class Controller:
 
     def __init__(self, name: str, repo: StateRepo, root: Path, url: str, secret: Path) -> None:
         self.name = name
-        self.port = _free_port()
+        self.port = free_port()
         self.config = root / f"gitops-{name}.toml"
         self.config.write_text(
             f'state_dir = "{root / ("state-" + name)}"\n'

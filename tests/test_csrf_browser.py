@@ -1,6 +1,6 @@
 """Cross-site requests in a real browser (Debian's chromium through Playwright) change nothing.
 
-The daemon's app over a real ``gitops.loop.Daemon`` (not started: its API and record only) is
+The daemon's app over a real ``gitops.daemon.loop.Daemon`` (not started: its API and record only) is
 served by uvicorn on 127.0.0.1 with no API token, the default that trusts loopback. An
 attacker's page is served by ``http.server`` from another origin on loopback (another port
 of 127.0.0.1: same site, other origin; and ``localhost``: another site). It posts a form
@@ -22,10 +22,10 @@ import pytest
 from conftest import in_ci
 from test_page import CHROMIUM, CHROMIUM_ARGS, _browser_unavailable
 
-from gitops.loop import Daemon
-from gitops.server import bound_port, create_app, start_in_thread, stop
+from gitops.daemon.loop import Daemon
+from gitops.record.store import Store
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import Store
+from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
 ATTACK = """<!doctype html><html><body>
 <form id="form" method="post" enctype="text/plain" target="sink"
@@ -138,9 +138,9 @@ def test_a_browser_beyond_loopback_signs_in_with_the_form(
     from test_page import TOKEN, seed
     from test_server import RecordingController, environments
 
-    from gitops import page as page_module
-    from gitops.server import make_authorize
     from gitops.settings import SecretRef
+    from gitops.web import page as page_module
+    from gitops.web.server import make_authorize
 
     monkeypatch.setenv("GITOPS_CONFIG", str(tmp_path / "absent.toml"))
     monkeypatch.setenv("TEST_PAGE_TOKEN", TOKEN)

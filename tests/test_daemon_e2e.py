@@ -13,7 +13,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,11 +24,12 @@ from typing import Any
 
 import pytest
 import yaml
+from builders import free_port
 from polling import wait_for
 from statelab import StateRepo, make_state_repo
 
 from gitops.lab import LabInfo
-from gitops.store import NoStore, Store, StoreOutdated
+from gitops.record.store import NoStore, Store, StoreOutdated
 
 pytestmark = pytest.mark.lab
 
@@ -62,18 +62,12 @@ class Params(BaseModel):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Daemon:
     """A ``gitops run`` subprocess and the repository it watches."""
 
     def __init__(self, repo: StateRepo, root: Path) -> None:
         self.repo = repo
-        self.port = _free_port()
+        self.port = free_port()
         self.config = root / "gitops.toml"
         self.config.write_text(
             f'state_dir = "{repo.state_dir}"\n'

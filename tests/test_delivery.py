@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gitops.delivery import delivery_metrics
+from gitops.record.store import Store
 from gitops.records import (
     ApplyReport,
     CheckResult,
@@ -28,7 +28,7 @@ from gitops.records import (
     RunResult,
     VerifyReport,
 )
-from gitops.store import Store
+from gitops.report.delivery import delivery_metrics
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 HOSTS = ("host1", "host2", "host3")

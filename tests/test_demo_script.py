@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from statelab import PROJECT, git
+from builders import PROJECT, copy_sample, git, git_repo
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="demo.sh runs as root only")
 
@@ -27,17 +27,12 @@ def _project(tmp_path: Path) -> tuple[Path, Path]:
     project, log = tmp_path / "project", tmp_path / "calls.log"
     project.mkdir()
     shutil.copy(PROJECT / "demo.sh", project / "demo.sh")
-    shutil.copytree(PROJECT / "inventories", project / "inventories")
-    shutil.copytree(PROJECT / "deploys", project / "deploys",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    copy_sample(project, "inventories", "deploys")
     for stub in (project / ".venv/bin/gitops", tmp_path / "bin/apt-get"):
         stub.parent.mkdir(parents=True, exist_ok=True)
         stub.write_text(LOGGER.format(log=log))
         stub.chmod(0o755)
-    git(project, "init", "-q", "-b", "main")
-    git(project, "-c", "user.email=t@example.invalid", "-c", "user.name=T", "add", "-A")
-    git(project, "-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "-qm",
-        "sample")
+    git_repo(project, message="sample")
     return project, log
 
 

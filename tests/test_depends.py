@@ -1,4 +1,4 @@
-"""Dependencies between services (gitops.depends, deploys/<service>/service.yml): the apply
+"""Dependencies between services (gitops.pipeline.depends, deploys/<service>/service.yml): the apply
 order, the declarations refused at their file and line, and what a requirement that is not
 ready leaves undone."""
 
@@ -9,26 +9,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from builders import load_problems
 from mutations import make_sample
 
-from gitops import depends, page
-from gitops.errors import InvalidDeclaration
-from gitops.load import load
+from gitops.pipeline import depends
+from gitops.pipeline.load import load
+from gitops.record.store import Condition, Store
 from gitops.records import ApplyReport, HostApply, Revision, VerifyReport
-from gitops.store import Condition, Store
+from gitops.web import page
 
 
 @pytest.fixture()
 def sample(tmp_path: Path) -> Path:
     """The project's sample (inventories/lab.yml, deploys/) in a folder."""
     return make_sample(tmp_path / "repo", links=False)
-
-
-def _problems(repo: Path) -> list[str]:
-    with pytest.raises(InvalidDeclaration) as info:
-        load(repo, "lab")
-    assert all(p.file and p.line for p in info.value.problems), info.value
-    return [str(p) for p in info.value.problems]
 
 
 def _requires(repo: Path, service: str, text: str) -> None:
@@ -66,7 +60,7 @@ def test_cycle_is_invalid_at_each_declaring_line(sample: Path) -> None:
     """web requires app and app requires web: one problem at each file and line, naming the
     cycle."""
     _requires(sample, "app", "# app needs web\nrequires:\n  - base\n  - web\n")
-    problems = _problems(sample)
+    problems = load_problems(sample)
     assert "deploys/app/service.yml:4 requires.1: dependency cycle: app -> web -> app" \
         in problems
     assert "deploys/web/service.yml:2 requires.0: dependency cycle: app -> web -> app" \
@@ -76,7 +70,7 @@ def test_cycle_is_invalid_at_each_declaring_line(sample: Path) -> None:
 def test_unknown_requirement_is_invalid_at_its_line(sample: Path) -> None:
     """A requirement that names no service is a problem at its line."""
     _requires(sample, "web", "requires:\n  - app\n  - databse\n")
-    assert _problems(sample) == [
+    assert load_problems(sample) == [
         "deploys/web/service.yml:3 requires.1: unknown service 'databse': there is no "
         "deploys/databse/deploy.py"]
 
@@ -90,7 +84,7 @@ def test_requirement_missing_on_a_host_is_invalid(sample: Path) -> None:
     inventory.write_text(inventory.read_text().replace(
         old, "    services:\n      cache: {}\n      app:\n        message: Hello from lab-3"))
     _requires(sample, "web", "requires: [app, cache]\n")
-    assert _problems(sample) == [
+    assert load_problems(sample) == [
         "deploys/web/service.yml:1 requires.1: 'web' requires 'cache' on the same host, but "
         "lab-1, lab-2 run 'web' without 'cache'"]
 
@@ -111,7 +105,7 @@ def test_bad_metadata_is_invalid_at_its_line(sample: Path, text: str, expected: 
     """Unknown keys, wrong types, bad names, self-requirement and YAML problems in
     service.yml are each reported at their file and line."""
     _requires(sample, "web", text)
-    assert _problems(sample) == [expected]
+    assert load_problems(sample) == [expected]
 
 
 def test_not_ready_follows_requirements_transitively() -> None:

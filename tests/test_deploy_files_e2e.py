@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from statelab import git
+from builders import commit, git, init_repo
 
 from gitops.lab import LabInfo
 
@@ -49,9 +49,7 @@ class Repo:
         (site / "templates/greeting.j2").write_text("{{ greeting }} from {{ host.name }}\n")
         (self.path / "inventories").mkdir()
         self.write_inventory()
-        git(self.path, "init", "-q", "-b", "main")
-        git(self.path, "config", "user.email", "tester@example.invalid")
-        git(self.path, "config", "user.name", "Tester")
+        init_repo(self.path)
         self.commit("a greeting")
 
     def write_inventory(self, **ssh: str) -> None:
@@ -66,8 +64,7 @@ class Repo:
         (self.path / "inventories/lab.yml").write_text(yaml.safe_dump(inventory))
 
     def commit(self, message: str) -> None:
-        git(self.path, "add", "-A")
-        git(self.path, "commit", "-q", "-m", message)
+        commit(self.path, message)
 
     def undo(self) -> None:
         git(self.path, "reset", "-q", "--hard", "HEAD~1")

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from clitools import sample_repo
 
 from gitops.cli import main
-from gitops.explain import failure_lines
-from gitops.loop import Daemon
+from gitops.daemon.loop import Daemon
 from gitops.records import ApplyReport, CheckResult, HostApply, OpResult, VerifyReport
+from gitops.report.explain import failure_lines
 from gitops.settings import EnvironmentConfig, Settings
 
 PROBLEM = ("inventories/lab.yml:{line} settings.fail_percent: Input should be less than or "
@@ -32,7 +32,7 @@ def test_an_invalid_commit_logs_its_problems_and_status_prints_them(
     d = Daemon(Settings(state_dir=state, environments=[
         EnvironmentConfig(name="lab", repo=str(repo), watch=False)]), rand=lambda: 0.5)
     with caplog.at_level(logging.INFO, logger="gitops"):
-        d._cycle(d.envs["lab"], None)
+        d.cycle(d.envs["lab"], None)
     logged = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("lab: main@sha1:") and m.endswith(
         " is invalid (1 problem(s)), nothing applied:") for m in logged), logged

@@ -21,8 +21,8 @@ from polling import wait_for
 from statelab import StateRepo, make_state_repo
 from test_daemon_e2e import Daemon
 
-from gitops import journal
 from gitops.lab import LabInfo
+from gitops.pipeline import journal
 
 pytestmark = pytest.mark.lab
 

@@ -1,6 +1,7 @@
-"""How an apply splits a batch's hosts across worker processes (``gitops.apply.shares``) and,
+"""How an apply splits a batch's hosts across worker processes (``gitops.pipeline.apply.shares``)
+and,
 across controllers, what a share's job carries and what the holder does with each share
-(``gitops.fanout``): no database here (``test_fanout_queue`` has PostgreSQL)."""
+(``gitops.daemon.fanout``): no database here (``test_fanout_queue`` has PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import os
 
 import pytest
 
-from gitops.apply import MIN_HOSTS_PER_WORKER, shares
-from gitops.fanout import ShareJob, next_steps
+from gitops.daemon.fanout import ShareJob, next_steps
 from gitops.model import DeclaredHost, DeclaredState, EnvironmentSettings, ResolvedSSH
+from gitops.pipeline.apply import MIN_HOSTS_PER_WORKER, shares
 from gitops.records import ShareRow
 from gitops.settings import FanoutSettings, Settings
 
@@ -69,7 +70,7 @@ def test_workers_must_be_positive() -> None:
         EnvironmentSettings(workers=0)
 
 
-# -- across controllers (``gitops.fanout``): the job and the holder's decisions ------------
+# -- across controllers (``gitops.daemon.fanout``): the job and the holder's decisions ------------
 
 
 def _row(state: str, *, expires_in: float | None = None, age_s: float = 0.0) -> ShareRow:

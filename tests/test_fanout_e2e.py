@@ -1,5 +1,5 @@
 """End to end: two controllers on one real PostgreSQL, ``[fanout] remote = true``, apply the
-shares of one environment's batch on the session's lab hosts (``gitops.fanout``).
+shares of one environment's batch on the session's lab hosts (``gitops.daemon.fanout``).
 
 The two daemons run in this process, each with its own state folder (as on two machines) and
 its own queue worker; the inventory asks one apply worker per controller, so the holder
@@ -18,11 +18,11 @@ from pgserver import PgServer
 from polling import wait_for
 from statelab import StateRepo, make_state_repo
 
-from gitops import fanout
+from gitops.daemon import fanout
+from gitops.daemon.loop import Daemon
 from gitops.lab import LabInfo
-from gitops.loop import Daemon
+from gitops.record.store import Database
 from gitops.settings import EnvironmentConfig, FanoutSettings, SecretRef, Settings
-from gitops.store import Database
 
 pytestmark = pytest.mark.lab
 

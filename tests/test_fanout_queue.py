@@ -1,4 +1,5 @@
-"""A batch's shares across several controllers' workers on one real PostgreSQL (``gitops.fanout``):
+"""A batch's shares across several controllers' workers on one real PostgreSQL
+(``gitops.daemon.fanout``):
 claims that one attempt wins, taken back from a dead worker, fenced by the holder's lease,
 two controllers' queue workers applying the shares of one batch, and a share applied again
 after a cut attempt counting everything as changed on its hosts (a first attempt: nothing).
@@ -11,25 +12,23 @@ workers run in this process, each with its own state folder (as on two machines)
 from __future__ import annotations
 
 import logging
-import shutil
-import socket
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import yaml
+from builders import PROJECT, copy_sample, free_port, git_repo
 from pgserver import PgServer
 from polling import wait_for
 
-from gitops import apply, fanout, journal
-from gitops.fanout import Service, next_steps
-from gitops.lease import Leases
-from gitops.reconcile import Target, declared
+from gitops.daemon import fanout
+from gitops.daemon.fanout import Service, next_steps
+from gitops.pipeline import apply, journal
+from gitops.pipeline.reconcile import Target, declared
+from gitops.record.lease import Leases
+from gitops.record.store import Database
 from gitops.settings import EnvironmentConfig, FanoutSettings, SecretRef, Settings
-from gitops.store import Database
 
-PROJECT = Path(__file__).resolve().parent.parent
 TTL = 30.0
 HOSTS = [f"h{i}" for i in range(1, 5)]
 
@@ -44,19 +43,11 @@ def database(pg_server: PgServer, tmp_path: Path) -> Database:
     return db
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _repo(root: Path) -> Path:
     """The sample's deploys and an inventory of four loopback hosts nothing answers on."""
-    repo = root / "repo"
-    shutil.copytree(PROJECT / "deploys", repo / "deploys",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    repo = copy_sample(root / "repo")
     sample = yaml.safe_load((PROJECT / "inventories/lab.yml").read_text())
-    port = _closed_port()
+    port = free_port()
     inventory = {
         "settings": {"workers": 1, "fail_percent": 100},
         "groups": {"all": {"services": {"base": sample["groups"]["all"]["services"]["base"]}},
@@ -65,13 +56,8 @@ def _repo(root: Path) -> Path:
                       "ssh": {"port": port, "connect_timeout": 2, "user": "root"}}
                   for i, h in enumerate(HOSTS, 1)},
     }
-    (repo / "inventories").mkdir()
-    (repo / "inventories/lab.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
-                 ["-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "-q",
-                  "-m", "four hosts"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
-    return repo
+    return git_repo(repo, {"inventories/lab.yml": yaml.safe_dump(inventory, sort_keys=False)},
+                    "four hosts")
 
 
 def _settings(database: Database, repo: Path, state: Path, name: str) -> Settings:
@@ -130,8 +116,8 @@ def test_two_controllers_workers_apply_the_shares_of_one_batch_each_host_once(
     _, state = declared(target)
     lines: list[str] = []
     try:
-        with fanout.spreading(a.spread("lab", lambda: leases.token("lab"))):
-            _, report = apply.apply(state, timeout=120, on_progress=lines.append)
+        _, report = apply.apply(state, timeout=120, on_progress=lines.append,
+                                spread=a.spread("lab", lambda: leases.token("lab")))
     finally:
         leases.stop(release=True)
     assert [h.host for h in report.hosts] == HOSTS
@@ -155,8 +141,8 @@ def test_with_one_controller_the_batch_stays_in_its_own_workers(
     target = Target(repo=str(tmp_path / "repo"), branch="main", environment="lab",
                     state_dir=a.settings.state_dir, database=database)
     _, state = declared(target)
-    with fanout.spreading(a.spread("lab", lambda: leases.token("lab"))):
-        _, report = apply.apply(state, timeout=120)
+    _, report = apply.apply(state, timeout=120,
+                            spread=a.spread("lab", lambda: leases.token("lab")))
     assert [h.host for h in report.hosts] == HOSTS
     with database.open() as store:
         assert store.shares(list(range(1, 10))) == []
@@ -212,7 +198,7 @@ def test_a_share_applied_again_after_a_cut_attempt_counts_everything_as_changed_
     which has no journal of that attempt: the queue task journals its hosts as cut elsewhere
     (everything pending, so each restart runs once); a share's first attempt marks nothing.
     The apply's progress lines go to the applying controller's log, named by share."""
-    caplog.set_level(logging.INFO, logger="gitops.fanout")
+    caplog.set_level(logging.INFO, logger="gitops.daemon.fanout")
     b = Service(_settings(database, _repo(tmp_path), tmp_path / "state-b", "b"), "b")
     folder = b.settings.state_dir / "journal" / "lab"
     target = Target(repo=str(tmp_path / "repo"), branch="main", environment="lab",
@@ -230,7 +216,7 @@ def test_a_share_applied_again_after_a_cut_attempt_counts_everything_as_changed_
             for share, hosts in ((first, {"h1", "h2"}), (again, {"h3", "h4"}))}
     b._task_body(**jobs[first].args())
     assert journal.interrupted(folder) == set()  # a first attempt forces nothing
-    said = [r.getMessage() for r in caplog.records if r.name == "gitops.fanout"]
+    said = [r.getMessage() for r in caplog.records if r.name == "gitops.daemon.fanout"]
     assert f"lab share {first}: connected to 0/2 hosts" in said, said
     _expired(database, again)
     with database.open() as store:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -19,14 +18,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from builders import empty_repo
 
-from gitops import notify
+from gitops.daemon import notify
+from gitops.daemon.loop import Daemon
 from gitops.errors import LockHeld
-from gitops.loop import Daemon
-from gitops.reconcile import Cut, Request, Target, environment_lock, recover_unfinished, run
+from gitops.pipeline.reconcile import (
+    Cut,
+    Request,
+    Target,
+    environment_lock,
+    recover_unfinished,
+    run,
+)
+from gitops.record.store import Store
 from gitops.records import Revision, RunKind
 from gitops.settings import CommitStatusConfig, EnvironmentConfig, SecretRef, Settings
-from gitops.store import Store
 
 TOKEN = "faults-test-token"
 STATUS_PATH = re.compile(r"^/gh/repos/o/r/statuses/([0-9a-f]{40})$")
@@ -72,17 +79,6 @@ def github(monkeypatch: pytest.MonkeyPatch) -> Iterator[GitHub]:
     server.server.shutdown()
 
 
-def _repo(tmp_path: Path) -> tuple[Path, str]:
-    """A repository with no inventory: every run of it ends ``invalid`` without a host."""
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.invalid"],
-                 ["config", "user.name", "T"], ["commit", "-q", "--allow-empty", "-m", "one"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True)
-    sha = subprocess.check_output(["git", "-C", str(repo), "rev-parse", "HEAD"], text=True)
-    return repo, sha.strip()
-
-
 def _cut_run(state_dir: Path, sha: str, environment: str = "lab",
              kind: RunKind = "reconcile") -> int:
     """What a ``kill -9`` of the process running a reconcile of ``sha`` leaves in the store."""
@@ -110,7 +106,7 @@ def _daemon(tmp_path: Path, repo: Path, github: GitHub) -> Daemon:
 def test_a_cli_run_cut_by_kill_9_is_recorded_interrupted_by_the_next_run(tmp_path: Path) -> None:
     """A run whose process was killed is not left running until a daemon starts: the next
     run of the environment, from the CLI too, records it interrupted."""
-    repo, sha = _repo(tmp_path)
+    repo, sha = empty_repo(tmp_path)
     state = tmp_path / "state"
     cut = _cut_run(state, sha)
     said: list[str] = []
@@ -125,7 +121,7 @@ def test_a_commit_whose_run_was_killed_gets_a_final_status_when_the_daemon_start
         tmp_path: Path, github: GitHub) -> None:
     """The commit a killed daemon had marked pending is marked error at the next start,
     not left pending (its run is recorded interrupted)."""
-    repo, _head = _repo(tmp_path)
+    repo, _head = empty_repo(tmp_path)
     cut_sha = "c" * 40
     cut = _cut_run(tmp_path / "state", cut_sha)
     d = _daemon(tmp_path, repo, github)
@@ -144,20 +140,20 @@ def test_a_run_the_record_refuses_to_finish_still_ends_its_commit_status(
         tmp_path: Path, github: GitHub) -> None:
     """When the store cannot finish a run (a full disk), the commit still gets a final
     status, and the next run records the unfinished run interrupted."""
-    repo, head = _repo(tmp_path)
+    repo, head = empty_repo(tmp_path)
     state = tmp_path / "state"
     with Store(state) as store:  # the record refuses to finish any run, as a full disk would
         store.db.execute("CREATE TRIGGER refuse BEFORE UPDATE OF finished_at ON runs "
                          "BEGIN SELECT RAISE(FAIL, 'database or disk is full'); END")
     d = _daemon(tmp_path, repo, github)
     with pytest.raises(Exception, match="disk is full"):
-        d._cycle(d.envs["lab"], None)
+        d.cycle(d.envs["lab"], None)
     assert github.states(head) == ["pending", "error"]
     with Store(state) as store:
         store.db.execute("DROP TRIGGER refuse")
         unfinished = store.history("lab")[0]
     assert unfinished.result is None
-    d._cycle(d.envs["lab"], None)  # space freed: the next run
+    d.cycle(d.envs["lab"], None)  # space freed: the next run
     assert _result(state, unfinished.id) == "interrupted"
 
 
@@ -225,7 +221,7 @@ def test_a_run_recorded_but_not_reported_gets_its_end_at_the_next_start(
         tmp_path: Path, github: GitHub) -> None:
     """A daemon killed after a run's record is finished but before its commit's end is sent:
     the next start sends that run's end (here a failure), not leaving the commit pending."""
-    repo, head = _repo(tmp_path)
+    repo, head = empty_repo(tmp_path)
     d = _daemon(tmp_path, repo, github)
 
     def killed(outcome: object) -> tuple[str, str]:
@@ -233,7 +229,7 @@ def test_a_run_recorded_but_not_reported_gets_its_end_at_the_next_start(
 
     with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
         mp.setattr(notify, "commit_state_for", killed)
-        d._cycle(d.envs["lab"], None)
+        d.cycle(d.envs["lab"], None)
     assert github.states(head) == ["pending"]
     assert _restarted(tmp_path, repo, github, head, 2) == ["pending", "failure"]
 
@@ -242,15 +238,15 @@ def test_a_commit_marked_pending_before_its_run_started_gets_an_end_at_the_next_
         tmp_path: Path, github: GitHub) -> None:
     """A daemon killed between a commit's "pending" and its run's first record: the next
     start sends "error" for it (there is no run to recover), before reconciling it again."""
-    repo, head = _repo(tmp_path)
+    repo, head = empty_repo(tmp_path)
     d = _daemon(tmp_path, repo, github)
 
     def killed(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
-        mp.setattr("gitops.loop.run", killed)
-        d._cycle(d.envs["lab"], None)
+        mp.setattr("gitops.daemon.loop.run", killed)
+        d.cycle(d.envs["lab"], None)
     assert github.states(head) == ["pending"]
     with Store(tmp_path / "state") as store:
         assert store.history("lab") == []

@@ -1,5 +1,6 @@
 """What a changed-only apply compares: per host and service, a keyed fingerprint of what
-that service's apply reads (gitops.load service digests + gitops.reconcile.fingerprints)."""
+that service's apply reads (gitops.pipeline.load service digests +
+gitops.pipeline.reconcile.fingerprints)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from pathlib import Path
 import yaml
 from mutations import explicit_hosts
 
-from gitops.load import load
-from gitops.reconcile import fingerprints
+from gitops.pipeline.load import load
+from gitops.pipeline.reconcile import fingerprints
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = b"k" * 32

@@ -1,9 +1,9 @@
-"""``docs/first-service.md`` followed literally on a lab, so the page cannot rot: each file
-block (a fenced block with ``title="path"``) is written to its path, each ``sh`` block's
-commands run in order in one folder (``test_the_first_service_page_runs_as_written``, a lab
-test) (a command ending in ``&`` is started in the background
-and stopped at the end), every command must succeed, and the last commit ends verified on
-every host, applied by the daemon."""
+"""``docs/get-started/first-service.md`` followed literally on a lab, so the page cannot rot:
+each file block (a fenced block with ``title="path"``) is written to its path, each ``sh``
+block's commands run in order in one folder (``test_the_first_service_page_runs_as_written``,
+a lab test) (a command ending in ``&`` is started in the background and stopped at the end),
+every command must succeed, and the last commit ends verified on every host, applied by the
+daemon."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from statelab import PROJECT, git
+from builders import PROJECT, git
 
 import gitops.lab as lab_api
 
-PAGE = PROJECT / "docs" / "first-service.md"
+PAGE = PROJECT / "docs" / "get-started" / "first-service.md"
 _BLOCK = re.compile(r"^```(?P<lang>[\w-]*)(?P<info>[^\n]*)\n(?P<body>.*?)^```[ \t]*$",
                     re.MULTILINE | re.DOTALL)
 _TITLE = re.compile(r'title="(?P<path>[^"]+)"')

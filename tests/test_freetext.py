@@ -7,23 +7,23 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from builders import empty_repo
 from clitools import gitops
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gitops import freetext
-from gitops.loop import Daemon
+from gitops.daemon.loop import Daemon
+from gitops.record.store import Store
 from gitops.records import Revision
-from gitops.server import bound_port, create_app, start_in_thread, stop
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import Store
+from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
 LINES = [
     # (value, what is wrong, or None)
@@ -124,12 +124,7 @@ def test_fuzz_any_text_is_refused_with_one_line_or_accepted_clean(value: str) ->
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    for args in (["init", "-q", "-b", "main"],
-                 ["-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "-q",
-                  "--allow-empty", "-m", "one"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True)
+    repo, _ = empty_repo(tmp_path)
     state = tmp_path / "state"
     s = Settings(state_dir=state, environments=[
         EnvironmentConfig(name="lab", repo=str(repo), watch=False),

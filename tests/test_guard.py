@@ -1,34 +1,26 @@
-"""Guarded applies (gitops.guard): which services are guarded, what an operation's revert
+"""Guarded applies (gitops.pipeline.guard): which services are guarded, what an operation's revert
 saves, the controller's reading of a host's answer, and a host that never answers again.
 The host side (arming, reverting, confirming) runs on lab hosts in test_guard_e2e.py."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from builders import free_port, load_problems
 from mutations import make_sample
 
-from gitops import guard
-from gitops.errors import InvalidDeclaration
-from gitops.load import load
 from gitops.model import DeclaredHost, ResolvedSSH
+from gitops.pipeline import guard
+from gitops.pipeline.load import load
 
 
 @pytest.fixture()
 def sample(tmp_path: Path) -> Path:
     """The project's sample (inventories/lab.yml, deploys/) in a folder."""
     return make_sample(tmp_path / "repo", links=False)
-
-
-def _problems(repo: Path) -> list[str]:
-    with pytest.raises(InvalidDeclaration) as info:
-        load(repo, "lab")
-    assert all(p.file and p.line for p in info.value.problems), info.value
-    return [str(p) for p in info.value.problems]
 
 
 def test_the_sample_guards_base_and_saves_its_validated_installs(sample: Path) -> None:
@@ -64,7 +56,7 @@ def test_a_bad_guard_declaration_is_refused_at_its_line(sample: Path, text: str,
     """A guard that is not a boolean, a saved path that is not absolute (or climbs with
     ..), and a mistyped key are problems at their service.yml line."""
     (sample / "deploys/base/service.yml").write_text(text)
-    problems = _problems(sample)
+    problems = load_problems(sample)
     assert any(p.startswith(expected) for p in problems), problems
 
 
@@ -75,7 +67,7 @@ def test_a_confirm_timeout_out_of_range_is_refused(sample: Path) -> None:
     data = yaml.safe_load(inv.read_text())
     data["settings"]["guard"] = {"confirm_timeout": 1}
     inv.write_text(yaml.safe_dump(data, sort_keys=False))
-    assert any("settings.guard.confirm_timeout" in p for p in _problems(sample))
+    assert any("settings.guard.confirm_timeout" in p for p in load_problems(sample))
 
 
 @pytest.mark.parametrize(("module", "function", "arguments", "files", "units"), [
@@ -136,18 +128,12 @@ def test_the_save_command_quotes_every_path() -> None:
     assert "/etc/it'\"'\"'s" in command
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed again when the socket is
-
-
 def test_a_host_that_never_answers_is_unreachable_with_its_last_contact() -> None:
     """The controller keeps trying until the timeout plus the margin, then records the host
     as Unreachable with the time of the last contact."""
     host = DeclaredHost(
         name="gone", address="127.0.0.1", groups=("all",), vars={}, services={},
-        ssh=ResolvedSSH(user="root", port=_closed_port(), key_file=None,
+        ssh=ResolvedSSH(user="root", port=free_port(), key_file=None,
                         known_hosts_file="/dev/null", host_key_checking="no",
                         connect_timeout=2))
     done = guard.confirm(host, "token", timeout=1, margin=1)

@@ -1,4 +1,5 @@
-"""End to end: guarded applies of the sample's ``base`` on the session lab (``gitops.guard``).
+"""End to end: guarded applies of the sample's ``base`` on the session lab
+(``gitops.pipeline.guard``).
 
 The state repository holds the sample's ``base`` alone (guarded by its ``service.yml``) with
 a short ``confirm_timeout`` and a canary batch, and a ``pause`` service (not guarded, applied
@@ -23,7 +24,7 @@ from polling import wait_for
 from statelab import StateRepo, git, make_state_repo
 
 from gitops.lab import LabInfo
-from gitops.store import Store
+from gitops.record.store import Store
 
 pytestmark = pytest.mark.lab
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from gitops.hints import lab_packages
 from gitops.model import DeclaredState, EnvironmentSettings
+from gitops.pipeline.hints import lab_packages
 from gitops.records import ApplyReport, HostApply, OpResult
 
 APT = ("Reading package lists...\nBuilding dependency tree...\n"

@@ -10,8 +10,8 @@ import pytest
 from test_delivery import BAD_CHECK, ENV, T0, build_large_history, event, good_bad_fix, record
 from test_delivery import sha_of as sha
 
-from gitops.incidents import incidents, render_markdown, write_reports
-from gitops.store import Store
+from gitops.record.store import Store
+from gitops.report.incidents import incidents, render_markdown, write_reports
 
 
 @pytest.fixture
@@ -185,7 +185,7 @@ def test_markdown_escapes_html_from_commits_and_postmortems(tmp_path: Path,
                                                            store: Store) -> None:
     """HTML in a commit message, its author, a post-mortem note and an action item reaches
     the report escaped (shown as text by a viewer that renders HTML), not as markup."""
-    from gitops.incidents import add_action, annotate
+    from gitops.report.incidents import add_action, annotate
 
     hostile = "<script>alert(1)</script><img src=x onerror=alert(2)>"
     record(store, "reconcile", "good", start=T0, seconds=10, result="succeeded")
@@ -210,7 +210,7 @@ def test_incident_ids_are_not_host_names_and_the_older_form_still_finds_one(
         store: Store) -> None:
     """An incident's id reads as one (``INC-lab-6``, not ``lab-6`` beside host ``lab-6``); the
     older form typed still finds it, and post-mortem entries recorded under it stay with it."""
-    from gitops.incidents import annotate, find
+    from gitops.report.incidents import annotate, find
 
     ids = good_bad_fix(store)
     [inc] = incidents(store)

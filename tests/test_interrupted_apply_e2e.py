@@ -14,9 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from polling import wait_for
-from statelab import StateRepo, git, make_state_repo
+from statelab import StateRepo, git, make_state_repo, set_app_message
 from test_daemon_e2e import TOKEN, Daemon
 
 from gitops.lab import LabInfo
@@ -27,13 +26,6 @@ PAUSE_FILE = "/etc/gitops-test-pause"
 PAUSE = (f"server.shell(name='Pause when {PAUSE_FILE} exists (test)',\n"
          f"             commands=['if [ -e {PAUSE_FILE} ]; then sleep 300; fi'])\n")
 HOSTS = ("lab-1", "lab-2")
-
-
-def _set_message(repo: StateRepo, message: str) -> str:
-    inv = repo.inventory()
-    inv["groups"]["web"]["services"]["app"]["message"] = message
-    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
-    return repo.commit(f"app: {message}")
 
 
 def _served(repo: StateRepo, host: str) -> str:
@@ -52,7 +44,7 @@ def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> StateRepo:
     text = deploy.read_text()
     marker = "systemd.daemon_reload("
     deploy.write_text(text.replace(marker, PAUSE + marker, 1))
-    _set_message(repo, "Hello 0")
+    set_app_message(repo, "Hello 0")
     code, result = repo.gitops_json("reconcile", "--once")
     assert code == 0, result
     return repo
@@ -70,7 +62,7 @@ def _kill_between_change_and_restart(repo: StateRepo, message: str) -> None:
     the app has not been restarted with it."""
     for host in HOSTS:
         repo.ssh(host, f"touch {PAUSE_FILE}")
-    _set_message(repo, message)
+    set_app_message(repo, message)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gitops", "reconcile", "--once", "--repo", str(repo.path),
          "--state-dir", str(repo.state_dir)],
@@ -116,7 +108,7 @@ def test_kill_9_between_a_change_and_its_restart_is_completed_next_run(
 
 def test_every_apply_leaves_no_journal(repo: StateRepo) -> None:
     """A reconcile that completes removes each host's journal of operations."""
-    _set_message(repo, "Hello 2")
+    set_app_message(repo, "Hello 2")
     code, result = repo.gitops_json("reconcile", "--once")
     assert code == 0, result
     assert not list((repo.state_dir / "journal" / "lab").glob("*.jsonl"))

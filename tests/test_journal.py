@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from gitops import journal
 from gitops.errors import InterruptedApply
-from gitops.reconcile import Outcome, _recovered
+from gitops.pipeline import journal
+from gitops.pipeline.reconcile import Outcome
+from gitops.pipeline.rollout import recovered
 from gitops.records import ApplyReport, CheckResult, HostApply, VerifyReport
 
 CONFIG, RESTART, CODE = "app | App configuration", "app | Restart app", "app | App code"
@@ -189,10 +190,10 @@ def _failed(*hosts: str) -> Outcome:
 def test_a_failure_only_where_a_crash_cut_the_apply_is_temporary() -> None:
     """Hosts failing right after recovering from a crash: a temporary error, not a failed
     rollout (never rolled back, not a change failure); any other failure stays a failure."""
-    crash = _recovered(_failed("lab-1"), frozenset({"lab-1"}))
+    crash = recovered(_failed("lab-1"), frozenset({"lab-1"}))
     assert crash.result == "error" and isinstance(crash.error, InterruptedApply)
     assert crash.recovering == {"lab-1"}
     assert "lab-1 failed right after recovering" in str(crash.error)
-    mixed = _recovered(_failed("lab-1", "lab-2"), frozenset({"lab-1"}))
+    mixed = recovered(_failed("lab-1", "lab-2"), frozenset({"lab-1"}))
     assert mixed.result == "failed" and mixed.error is None
-    assert _recovered(_failed("lab-2"), frozenset()).result == "failed"
+    assert recovered(_failed("lab-2"), frozenset()).result == "failed"

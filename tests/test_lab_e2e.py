@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from statelab import side_lab
 
 import gitops.lab as lab_api
 from gitops.lab import hosts as lab_hosts
@@ -24,12 +25,6 @@ pytestmark = pytest.mark.lab
 # Resources of OTHER labs (other names) may come and go on a shared machine while a test
 # runs; the "as before" comparisons ignore exactly those and nothing else.
 _LAB_RESOURCE = re.compile(r"^([a-z0-9]{1,8})-(br|v\d+|lab-\d+)$")
-
-
-def side_lab(tag: str) -> str:
-    """A lab name of its own for one test, derived from the session lab's name, so that two
-    engineers running the suite with different GITOPS_LAB_NAME never share it."""
-    return lab_api.resolve_name(None)[:5] + tag
 
 
 def _same_subnet_pair(prefix: str) -> tuple[str, str]:

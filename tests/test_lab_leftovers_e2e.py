@@ -16,15 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from statelab import side_lab
 
 import gitops.lab as lab_api
 from gitops.lab import locks
 
 pytestmark = pytest.mark.lab
-
-
-def side_lab(tag: str) -> str:
-    return lab_api.resolve_name(None)[:5] + tag
 
 
 def gitops_lab(*args: str, env: dict[str, str] | None = None,
@@ -70,7 +67,7 @@ class SlotHolder:
     """Another process holding the preview slot lock of lab ``name`` until closed."""
 
     def __init__(self, name: str) -> None:
-        code = ("import sys\nfrom gitops.preview import slot_lock\n"
+        code = ("import sys\nfrom gitops.daemon.preview import slot_lock\n"
                 f"with slot_lock({name!r}) as mine:\n"
                 "    print(mine, flush=True)\n    sys.stdin.read()\n")
         self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,

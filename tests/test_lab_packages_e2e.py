@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from statelab import git
+from builders import git_repo
 
 import gitops.lab as lab_api
 
@@ -72,20 +72,14 @@ def _repo(root: Path, lab: str, packages: list[str]) -> Path:
     (db / "deploy.py").write_text(DEPLOY)
     (db / "tasks/mariadb.py").write_text(TASK)
     (db / "checks.py").write_text(CHECKS)
-    (repo / "inventories").mkdir()
     inventory = {
         "settings": {"source": "lab", "lab": lab},
         "lab": {"packages": packages},
         "groups": {"db": {"vars": {"install_mariadb": True}, "services": {"db": {}}}},
         "hosts": {"lab-1": {"groups": ["db"]}},
     }
-    (repo / "inventories/lab.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "tester@example.invalid")
-    git(repo, "config", "user.name", "Tester")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "a database")
-    return repo
+    return git_repo(repo, {"inventories/lab.yml": yaml.safe_dump(inventory, sort_keys=False)},
+                    "a database")
 
 
 def _gitops(repo: Path, state: Path, *args: str) -> subprocess.CompletedProcess[str]:

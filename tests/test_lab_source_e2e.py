@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from statelab import PROJECT, git, http_get
+from builders import copy_sample, git_repo
+from statelab import http_get
 
 import gitops.lab as lab_api
 
@@ -33,17 +33,8 @@ def _gitops(*args: str, lab: str, cwd: Path) -> subprocess.CompletedProcess[str]
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A repository holding this project's sample exactly as it is: deploys/, inventories/."""
-    repo = tmp_path_factory.mktemp("sample") / "gitops"
-    repo.mkdir()
-    for folder in ("deploys", "inventories"):
-        shutil.copytree(PROJECT / folder, repo / folder,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "config", "user.email", "tester@example.invalid")
-    git(repo, "config", "user.name", "Tester")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-q", "-m", "the sample")
-    return repo
+    repo = copy_sample(tmp_path_factory.mktemp("sample") / "gitops", "deploys", "inventories")
+    return git_repo(repo, message="the sample")
 
 
 @pytest.fixture(scope="module")

@@ -210,7 +210,7 @@ def test_recipe_hash_follows_the_recipe(monkeypatch: pytest.MonkeyPatch, tmp_pat
 def test_simulated_install_output_is_parsed() -> None:
     """Package names are read from the `Inst` lines of `apt-get install -s`."""
     out = "NOTE: x\nInst nginx-common (1.22 Debian:12 [all])\nInst nginx (1.22 D)\nConf nginx\n"
-    assert image._inst_packages(out) == ["nginx-common", "nginx"]
+    assert image.inst_packages(out) == ["nginx-common", "nginx"]
 
 
 def test_nspawn_command_carries_the_lab_markers() -> None:

@@ -1,5 +1,5 @@
 """Several controllers on one real PostgreSQL: leases, their expiry and fencing, takeovers
-that resume from the record, and requests routed to the holder (``gitops.lease``).
+that resume from the record, and requests routed to the holder (``gitops.record.lease``).
 
 No hosts: the environments' inventories declare none, so a run applies nothing and needs no
 SSH; the daemons run in this process, each with its own state folder (as on two machines).
@@ -7,7 +7,6 @@ SSH; the daemons run in this process, each with its own state folder (as on two 
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,15 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import commit, git_repo
 from pgserver import PgServer
 from polling import wait_for
 
-from gitops.lease import FENCE, Leases, surplus
-from gitops.loop import Daemon
-from gitops.metrics import api_environments, render
-from gitops.page import page_data
+from gitops.daemon.loop import Daemon
+from gitops.record.lease import FENCE, Leases, surplus
+from gitops.record.store import Database
 from gitops.settings import EnvironmentConfig, SecretRef, Settings
-from gitops.store import Database
+from gitops.web.metrics import api_environments, render
+from gitops.web.page import page_data
 
 TTL = 5.0
 """Seconds: long enough that a loaded machine still renews in time, short for the takeovers."""
@@ -115,23 +115,12 @@ def test_a_released_lease_is_taken_at_once(database: Database) -> None:
 
 def _repo(root: Path) -> Path:
     """A repository whose ``lab`` inventory declares no host: a run applies nothing."""
-    repo = root / "repo"
-    (repo / "inventories").mkdir(parents=True)
-    (repo / "inventories/lab.yml").write_text("hosts: {}\n")
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
-                 ["-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "-q",
-                  "-m", "no hosts"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True)
-    return repo
+    return git_repo(root / "repo", {"inventories/lab.yml": "hosts: {}\n"}, "no hosts")
 
 
 def _commit(repo: Path, text: str) -> str:
     (repo / "NOTES").write_text(text)
-    for args in (["add", "-A"], ["-c", "user.email=t@example.invalid", "-c", "user.name=T",
-                                 "commit", "-q", "-m", text]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True)
-    return subprocess.check_output(["git", "-C", str(repo), "rev-parse", "HEAD"],
-                                   text=True).strip()
+    return commit(repo, text)
 
 
 def _settings(database: Database, repo: Path, state: Path, name: str,

@@ -1,4 +1,5 @@
-"""Validation of a state repository (gitops.load): the syntax of every value that reaches an
+"""Validation of a state repository (gitops.pipeline.load): the syntax of every value that reaches
+an
 ssh_config or a command line, YAML that would lose data, services' Python files, warnings,
 and the same checks in validate, validate --worktree, plan, reconcile and the daemon."""
 
@@ -13,33 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import commit, git_repo, init_repo, load_problems
 from mutations import make_sample
 
-from gitops import load as load_module
 from gitops.errors import InvalidDeclaration
-from gitops.load import load
 from gitops.model import DeclaredHost, ResolvedSSH, check_address, check_path, check_user
+from gitops.pipeline import load as load_module
+from gitops.pipeline.load import load
 from gitops.workers import verify_worker
 
 INJECTED = "10.213.0.11\\n  ProxyCommand sh -c 'touch {marker}'"
 
 
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, timeout=60)
-
-
-def _commit(repo: Path) -> None:
-    _git(repo, "add", "-A")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "x")
-
-
 @pytest.fixture()
 def sample(tmp_path: Path) -> Path:
     """The project's sample (inventories/lab.yml, deploys/) in a fresh Git repository."""
-    repo = make_sample(tmp_path / "repo", links=False)
-    _git(repo, "init", "-q", "-b", "main")
-    _commit(repo)
-    return repo
+    return git_repo(make_sample(tmp_path / "repo", links=False), message="x")
 
 
 def _edit(repo: Path, old: str, new: str, rel: str = "inventories/lab.yml") -> None:
@@ -53,13 +43,6 @@ def _gitops(repo: Path, state: Path, *args: str) -> subprocess.CompletedProcess[
     return subprocess.run(
         [sys.executable, "-m", "gitops", *args, "--repo", str(repo), "--state-dir", str(state)],
         capture_output=True, text=True, timeout=300)
-
-
-def _problems(repo: Path) -> list[str]:
-    with pytest.raises(InvalidDeclaration) as info:
-        load(repo, "lab")
-    assert all(p.file and p.line for p in info.value.problems), info.value
-    return [str(p) for p in info.value.problems]
 
 
 def _line_of(repo: Path, needle: str, rel: str = "inventories/lab.yml") -> int:
@@ -78,7 +61,7 @@ def test_injected_address_is_refused_by_every_command(sample: Path, tmp_path: Pa
     plan, reconcile and verify, and the injected command never runs."""
     marker = tmp_path / "pwned"
     _edit(sample, "address: 10.213.0.11", f'address: "{INJECTED.format(marker=marker)}"')
-    _commit(sample)
+    commit(sample, "x")
     proc = _gitops(sample, tmp_path / "state", *command)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"inventories/lab.yml:{_line_of(sample, 'ProxyCommand')} hosts.lab-1.address" \
@@ -96,7 +79,7 @@ def test_deploy_syntax_error_is_invalid_before_any_host(sample: Path, tmp_path: 
     deploy = sample / "deploys/web/deploy.py"
     lines = deploy.read_text().splitlines()
     deploy.write_text("\n".join([*lines[:5], "if broken", *lines[5:]]) + "\n")
-    _commit(sample)
+    commit(sample, "x")
     proc = _gitops(sample, tmp_path / "state", *command, "--json")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     out = json.loads(proc.stdout)
@@ -112,20 +95,20 @@ def test_validate_leaves_no_snapshot_behind(sample: Path, tmp_path: Path) -> Non
     state = tmp_path / "state"
     for n in range(3):
         _edit(sample, f"parallel: {20 + n}", f"parallel: {21 + n}")
-        _commit(sample)
+        commit(sample, "x")
         assert _gitops(sample, state, "validate").returncode == 0
     _edit(sample, "fail_percent: 34", "fail_percent: 340")
-    _commit(sample)
+    commit(sample, "x")
     assert _gitops(sample, state, "validate").returncode == 2
     assert list((state / "snapshots").iterdir()) == []
 
 
 def test_daemon_path_loads_with_the_same_checks(sample: Path, tmp_path: Path) -> None:
     """The reconcile the daemon runs (reconcile.run) refuses the same deploy.py syntax error."""
-    from gitops import reconcile
+    from gitops.pipeline import reconcile
 
     _edit(sample, "from pyinfra", "from pyinfra import (", "deploys/app/deploy.py")
-    _commit(sample)
+    commit(sample, "x")
     target = reconcile.Target(repo=str(sample), branch="main", environment="lab",
                               state_dir=tmp_path / "state")
     outcome = reconcile.run(target, reconcile.Request(reason="test"))
@@ -185,7 +168,7 @@ def test_inventory_values_refused_at_their_line(sample: Path, old: str, new: str
     """Users, key paths, host, group and service names outside their syntax (and a sample
     service's admin key holding a newline) are problems at the value's line, naming the field."""
     _edit(sample, old, new)
-    problems = _problems(sample)
+    problems = load_problems(sample)
     assert any(f" {field}: " in p for p in problems), problems
 
 
@@ -217,7 +200,7 @@ def test_yaml_that_would_lose_data_is_a_problem_at_its_line(
     """Duplicate keys, bytes that are not UTF-8, object tags, non-string keys, alias bombs,
     deep nesting and syntax errors are one problem at file:line, never a traceback."""
     (sample / "inventories/lab.yml").write_bytes(text)
-    problems = _problems(sample)
+    problems = load_problems(sample)
     assert problems[0].startswith(f"inventories/lab.yml:{line}"), problems
     assert message in problems[0], problems
 
@@ -271,7 +254,7 @@ def test_service_python_problems_at_their_line(sample: Path, rel: str, old: str,
     params, an async check and a model.py that fails to import are problems at their line."""
     line = _line_of(sample, old, rel)
     _edit(sample, old, new, rel)
-    problems = _problems(sample)
+    problems = load_problems(sample)
     assert any(p.startswith(expected.format(line=line)) for p in problems), problems
 
 
@@ -281,7 +264,7 @@ def test_checks_without_tests_and_never_executed(sample: Path, tmp_path: Path) -
     marker = tmp_path / "ran"
     (sample / "deploys/app/checks.py").write_text(f"open({str(marker)!r}, 'w')\n")
     (sample / "deploys/web/deploy.py").write_text(f"open({str(marker)!r}, 'w')\n")
-    problems = _problems(sample)
+    problems = load_problems(sample)
     assert problems == ["deploys/app/checks.py:1: no check functions: define "
                         "test_<name>(host, params) functions"]
     assert not marker.exists()
@@ -300,7 +283,7 @@ def test_service_without_model_warns_or_fails(sample: Path, tmp_path: Path) -> N
     proc = _gitops(sample, tmp_path / "state", "validate", "--worktree")
     assert proc.returncode == 0 and "warning: inventories/lab.yml:" in proc.stderr
     _edit(sample, "  parallel: 20", "  parallel: 20\n  require_models: true")
-    problems = _problems(sample)
+    problems = load_problems(sample)
     assert any("'web' has no deploys/web/model.py" in p and "require_models" in p
                for p in problems), problems
 
@@ -310,7 +293,7 @@ def test_service_without_checks_warns_or_fails(sample: Path, tmp_path: Path) -> 
     hosts are applied, not verified by it; with settings.require_checks (on in the sample) it
     is an error at the inventory line that uses it."""
     (sample / "deploys/web/checks.py").unlink()
-    problems = _problems(sample)
+    problems = load_problems(sample)
     assert any(p.startswith("inventories/lab.yml:") and "'web' has no deploys/web/checks.py"
                in p and "require_checks" in p for p in problems), problems
     _edit(sample, "  require_checks: true", "  require_checks: false")
@@ -365,7 +348,7 @@ def test_state_folder_is_private(sample: Path, tmp_path: Path) -> None:
     state.mkdir(mode=0o755)
     os.chmod(state, 0o755)
     _edit(sample, "import json", "import json (", "deploys/app/deploy.py")  # reach no host
-    _commit(sample)
+    commit(sample, "x")
     proc = _gitops(sample, state, "reconcile", "--once")
     assert proc.returncode == 2, proc.stderr
     assert stat.S_IMODE(state.stat().st_mode) == 0o700
@@ -378,8 +361,7 @@ def test_state_folder_is_private(sample: Path, tmp_path: Path) -> None:
 
 def test_repository_without_commit_says_so(tmp_path: Path) -> None:
     """validate of a repository with no commit says to commit first or use --worktree."""
-    repo = make_sample(tmp_path / "repo", links=False)
-    _git(repo, "init", "-q", "-b", "main")
+    repo = init_repo(make_sample(tmp_path / "repo", links=False))
     proc = _gitops(repo, tmp_path / "state", "validate")
     assert proc.returncode == 2
     assert "no commit yet: commit first, or validate the files on disk with --worktree" \

@@ -3,14 +3,13 @@ cannot give the hosts: one problem that says what to run, the other mistakes sti
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import yaml
+from builders import copy_sample, load_problems
 
-from gitops.errors import InvalidDeclaration
-from gitops.load import load
+from gitops.lab.hostsource import LAB
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -20,22 +19,12 @@ def sample(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The sample's deploys and inventories, with no lab up (an empty lab folder)."""
     monkeypatch.setenv("GITOPS_LAB_DIR", str(tmp_path / "labs"))
     monkeypatch.setenv("GITOPS_LAB_NAME", "nolab")
-    root = tmp_path / "snapshot"
-    for folder in ("deploys", "inventories"):
-        shutil.copytree(PROJECT / folder, root / folder,
-                        ignore=shutil.ignore_patterns("__pycache__"))
-    return root
-
-
-def _problems(root: Path) -> list[str]:
-    with pytest.raises(InvalidDeclaration) as caught:
-        load(root, "lab")
-    return [str(p) for p in caught.value.problems]
+    return copy_sample(tmp_path / "snapshot", "deploys", "inventories")
 
 
 def test_a_lab_that_is_not_up_is_one_problem_naming_the_command(sample: Path) -> None:
     """No lab `nolab`: one problem at settings.source saying `gitops lab up --name nolab`."""
-    assert _problems(sample) == [
+    assert load_problems(sample, located=False, lab=LAB) == [
         "inventories/lab.yml:7 settings.source: lab nolab is not up: "
         "run `gitops lab up --name nolab`"]
 
@@ -46,7 +35,7 @@ def test_settings_lab_names_the_lab_over_the_environment(sample: Path) -> None:
     inventory = yaml.safe_load(path.read_text())
     inventory["settings"]["lab"] = "other"
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))
-    (problem,) = _problems(sample)
+    (problem,) = load_problems(sample, located=False, lab=LAB)
     assert "lab other is not up: run `gitops lab up --name other`" in problem
 
 
@@ -58,7 +47,7 @@ def test_invalid_settings_do_not_blame_every_host_for_its_address(sample: Path) 
     inventory["settings"]["colour"] = "blue"
     inventory["groups"]["web"]["services"]["web"]["listen_port"] = "eighty"
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))
-    problems = _problems(sample)
+    problems = load_problems(sample, located=False, lab=LAB)
     assert len(problems) == 2, problems
     assert "settings.colour: Extra inputs are not permitted" in problems[0]
     assert "groups.web.services.web.listen_port: Input should be a valid integer" in problems[1]
@@ -70,5 +59,5 @@ def test_a_declared_package_name_must_be_a_debian_name(sample: Path) -> None:
     inventory = yaml.safe_load(path.read_text())
     inventory["lab"] = {"packages": ["postgresql", "-o=APT::Get::x"]}
     path.write_text(yaml.safe_dump(inventory, sort_keys=False))
-    problems = _problems(sample)
+    problems = load_problems(sample, located=False, lab=LAB)
     assert any("lab.packages.1: String should match pattern" in p for p in problems), problems

@@ -12,12 +12,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from builders import commit_file, empty_repo
 from pydantic import ValidationError
 
-from gitops import source
+from gitops.daemon.loop import Daemon
+from gitops.daemon.policy import Trigger
 from gitops.errors import Suspended, UsageError
-from gitops.loop import Daemon
-from gitops.policy import Trigger
+from gitops.pipeline import source
+from gitops.record.store import ENVIRONMENT, Condition, Store
 from gitops.records import (
     ApplyReport,
     CheckResult,
@@ -27,19 +29,8 @@ from gitops.records import (
     VerifyReport,
 )
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import ENVIRONMENT, Condition, Store
 
 PROJECT = Path(__file__).resolve().parent.parent
-
-
-def _repo(tmp_path: Path) -> tuple[Path, str]:
-    repo = tmp_path / "repo"
-    repo.mkdir(parents=True)
-    for args in (["init", "-q", "-b", "main"], ["config", "user.email", "t@example.invalid"],
-                 ["config", "user.name", "T"], ["commit", "-q", "--allow-empty", "-m", "one"]):
-        subprocess.run(["git", "-C", str(repo), *args], check=True)
-    sha = subprocess.check_output(["git", "-C", str(repo), "rev-parse", "HEAD"], text=True)
-    return repo, sha.strip()
 
 
 def _daemon(tmp_path: Path, repo: Path, rand: float = 0.5, **env: object) -> Daemon:
@@ -77,17 +68,9 @@ def _record_failure(state_dir: Path, sha: str, env: str = "lab") -> None:
                                          message="down"),)))
 
 
-def _commit(repo: Path, name: str, text: str) -> str:
-    (repo / name).write_text(text)
-    subprocess.run(["git", "-C", str(repo), "add", "-A"], check=True)
-    subprocess.run(["git", "-C", str(repo), "commit", "-q", "-m", name], check=True)
-    return subprocess.check_output(["git", "-C", str(repo), "rev-parse", "HEAD"],
-                                   text=True).strip()
-
-
 def test_triggers_coalesce_into_one_pending_reconcile(tmp_path: Path) -> None:
     """A second trigger while one is pending is coalesced, not queued."""
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     d = _daemon(tmp_path, repo)
     assert d.trigger("lab", reason="push", actor="webhook:github") is True
     assert d.trigger("lab", reason="push", actor="webhook:github") is False
@@ -96,19 +79,19 @@ def test_triggers_coalesce_into_one_pending_reconcile(tmp_path: Path) -> None:
 
 def test_unknown_environment_is_a_usage_error(tmp_path: Path) -> None:
     """Asking for an environment the daemon does not watch names it in a usage error."""
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     with pytest.raises(UsageError, match="unknown environment 'prod'"):
         _daemon(tmp_path, repo).trigger("prod", reason="x", actor="y")
 
 
 def test_a_cycle_with_no_new_commit_runs_nothing(tmp_path: Path) -> None:
     """When the head is already applied, a poll records no run (so it opens no SSH)."""
-    repo, sha = _repo(tmp_path)
+    repo, sha = empty_repo(tmp_path)
     d = _daemon(tmp_path, repo)
     _record_success(tmp_path / "state", sha)
     with Store(tmp_path / "state") as store:
         before = len(store.history("lab"))
-    delay = d._cycle(d.envs["lab"], None)
+    delay = d.cycle(d.envs["lab"], None)
     assert 54 <= delay <= 66
     with Store(tmp_path / "state") as store:
         assert len(store.history("lab")) == before
@@ -116,11 +99,11 @@ def test_a_cycle_with_no_new_commit_runs_nothing(tmp_path: Path) -> None:
 
 def test_suspended_environment_applies_nothing(tmp_path: Path) -> None:
     """A suspended environment's cycle runs nothing even for a new commit."""
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     d = _daemon(tmp_path, repo)
     d.operate("lab", "suspend", actor="alice", reason="freeze")
     d.envs["lab"].pending = None
-    d._cycle(d.envs["lab"], Trigger("operator", "alice"))
+    d.cycle(d.envs["lab"], Trigger("operator", "alice"))
     with Store(tmp_path / "state") as store:
         kinds = [r["kind"] for r in store.history("lab")]
         controls = store.controls("lab")
@@ -143,9 +126,9 @@ def test_example_settings_file_is_valid() -> None:
 
 def test_force_push_is_recognised(tmp_path: Path) -> None:
     """A head that drops the applied commit is a force-push; a fast-forward is not."""
-    from gitops import source
+    from gitops.pipeline import source
 
-    repo, first = _repo(tmp_path)
+    repo, first = empty_repo(tmp_path)
     git = ["git", "-C", str(repo)]
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "two"], check=True)
     second = subprocess.check_output([*git, "rev-parse", "HEAD"], text=True).strip()
@@ -163,9 +146,9 @@ def test_rollback_holds_the_last_verified_revision_before_the_applied_one(
 ) -> None:
     """Without a revision, rollback holds the newest verified commit other than the applied
     one, as a full SHA, until a commit newer than the current head."""
-    from gitops import control
+    from gitops.daemon import control
 
-    repo, first = _repo(tmp_path)
+    repo, first = empty_repo(tmp_path)
     git = ["git", "-C", str(repo)]
     subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "two"], check=True)
     second = subprocess.check_output([*git, "rev-parse", "HEAD"], text=True).strip()
@@ -186,10 +169,10 @@ def test_rollback_holds_the_last_verified_revision_before_the_applied_one(
 
 def test_a_retry_asked_for_during_a_run_is_kept_for_the_next(tmp_path: Path) -> None:
     """An operator's retry while a run is in progress is not lost when that run ends."""
-    repo, first = _repo(tmp_path)
+    repo, first = empty_repo(tmp_path)
     state = tmp_path / "state"
     _record_failure(state, first)
-    _commit(repo, "notes.txt", "a new commit to run\n")
+    commit_file(repo, "notes.txt", "a new commit to run\n")
     d = _daemon(tmp_path, repo)
 
     class RetryDuringRun(logging.Handler):
@@ -197,12 +180,12 @@ def test_a_retry_asked_for_during_a_run_is_kept_for_the_next(tmp_path: Path) -> 
             if "revision main@sha1:" in record.getMessage():  # the run has started
                 d.operate("lab", "retry", actor="alice")
 
-    handler, logger = RetryDuringRun(logging.INFO), logging.getLogger("gitops.loop")
+    handler, logger = RetryDuringRun(logging.INFO), logging.getLogger("gitops.daemon.loop")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        d._cycle(d.envs["lab"], None)
+        d.cycle(d.envs["lab"], None)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
@@ -214,10 +197,10 @@ def test_a_retry_asked_for_during_a_run_is_kept_for_the_next(tmp_path: Path) -> 
 
 def test_incident_reports_use_each_environments_own_repository(tmp_path: Path) -> None:
     """A run of one environment leaves the other's incident reports (and their diffs) alone."""
-    alpha, _ = _repo(tmp_path / "a")
-    beta, _ = _repo(tmp_path / "b")
-    good = _commit(beta, "config.yml", "port: 1\n")
-    bad = _commit(beta, "config.yml", "port: 2\n")
+    alpha, _ = empty_repo(tmp_path / "a")
+    beta, _ = empty_repo(tmp_path / "b")
+    good = commit_file(beta, "config.yml", "port: 1\n")
+    bad = commit_file(beta, "config.yml", "port: 2\n")
     state = tmp_path / "state"
     source.fetch(str(beta), "main", state)
     source.fetch(str(alpha), "main", state)
@@ -226,18 +209,18 @@ def test_incident_reports_use_each_environments_own_repository(tmp_path: Path) -
     d = Daemon(Settings(state_dir=state, environments=[
         EnvironmentConfig(name="alpha", repo=str(alpha), watch=False),
         EnvironmentConfig(name="beta", repo=str(beta), watch=False)]))
-    d._write_incidents(d.envs["beta"])
+    d.reporter.write_incidents(d.envs["beta"])
     [report] = (state / "reports").glob("INC-beta-*.md")
     written = report.read_text()
     assert "config.yml | 2 +-" in written
     before = report.stat().st_mtime_ns
-    d._write_incidents(d.envs["alpha"])
+    d.reporter.write_incidents(d.envs["alpha"])
     assert report.read_text() == written and report.stat().st_mtime_ns == before
 
 
 def test_operator_trigger_of_a_suspended_environment_is_refused(tmp_path: Path) -> None:
     """Reconcile-now while suspended answers who suspended it, why and since when."""
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     d = _daemon(tmp_path, repo)
     d.operate("lab", "suspend", actor="alice", reason="change freeze")
     d.envs["lab"].pending = None
@@ -252,9 +235,9 @@ def test_api_reconcile_of_a_suspended_environment_is_409(tmp_path: Path) -> None
     """POST /api/environments/lab/reconcile while suspended: 409 with who, why and since."""
     import httpx
 
-    from gitops.server import bound_port, create_app, start_in_thread, stop
+    from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     d = _daemon(tmp_path, repo)
     d.operate("lab", "suspend", actor="alice", reason="change freeze")
     server, thread = start_in_thread(create_app(d, d.settings), "127.0.0.1:0")
@@ -277,11 +260,11 @@ def test_api_unquarantine_releases_the_head_and_the_next_cycle_applies_it(
     changes on a refusal."""
     import httpx
 
-    from gitops.server import bound_port, create_app, start_in_thread, stop
     from gitops.settings import SecretRef
+    from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
     monkeypatch.setenv("TEST_GITOPS_API_TOKEN", "t0ken-for-the-test")
-    repo, head = _repo(tmp_path)
+    repo, head = empty_repo(tmp_path)
     state = tmp_path / "state"
     _record_failure(state, head)  # the head's rollout failed (a host was down) ...
     with Store(state) as store:  # ... and was quarantined
@@ -290,7 +273,7 @@ def test_api_unquarantine_releases_the_head_and_the_next_cycle_applies_it(
                         environments=[EnvironmentConfig(name="lab", repo=str(repo),
                                                         watch=False)]),
                rand=lambda: 0.5)
-    d._cycle(d.envs["lab"], None)
+    d.cycle(d.envs["lab"], None)
     with Store(state) as store:
         assert len(store.history("lab")) == 1  # quarantined: nothing ran
     server, thread = start_in_thread(create_app(d, d.settings), "127.0.0.1:0")
@@ -333,7 +316,7 @@ def test_api_unquarantine_releases_the_head_and_the_next_cycle_applies_it(
     pending = d.envs["lab"].pending
     assert pending is not None  # the daemon looks at once
     d.envs["lab"].pending = None
-    d._cycle(d.envs["lab"], pending)
+    d.cycle(d.envs["lab"], pending)
     with Store(state) as store:
         newest, event = store.history("lab")[:2]
         assert store.quarantined("lab") == []

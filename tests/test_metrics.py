@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gitops.metrics import METRICS, render, routes
+from gitops.record.store import ENVIRONMENT, Condition, Store
 from gitops.records import (
     ApplyReport,
     CheckResult,
@@ -33,8 +33,8 @@ from gitops.records import (
     Revision,
     VerifyReport,
 )
-from gitops.server import bound_port, start_in_thread, stop
-from gitops.store import ENVIRONMENT, Condition, Store
+from gitops.web.metrics import METRICS, render, routes
+from gitops.web.server import bound_port, start_in_thread, stop
 
 DASHBOARDS = Path(__file__).resolve().parent.parent / "dashboards"
 SECRET = "token=hunter2-never-in-a-label"
@@ -327,14 +327,14 @@ def test_api_returns_the_store_data(store: Store, base_url: str) -> None:
 def test_api_delivery_and_incidents(store: Store, base_url: str) -> None:
     """Delivery metrics and incidents are served once their modules exist, 501 before."""
     with httpx.Client(base_url=base_url, timeout=10) as client:
-        for path, module in (("/api/delivery", "gitops.delivery"),
-                             ("/api/incidents", "gitops.incidents")):
+        for path, module in (("/api/delivery", "gitops.report.delivery"),
+                             ("/api/incidents", "gitops.report.incidents")):
             answer = client.get(path, params={"environment": "prod"})
             if importlib.util.find_spec(module) is None:
                 assert answer.status_code == 501
             else:
                 assert answer.status_code == 200, answer.text
-        if importlib.util.find_spec("gitops.delivery") is not None:
+        if importlib.util.find_spec("gitops.report.delivery") is not None:
             assert set(client.get("/api/delivery").json()) >= {"prod"}
             assert client.get("/api/delivery", params={"days": 0}).status_code == 400
 

@@ -13,7 +13,6 @@ import itertools
 import json
 import logging
 import re
-import socket
 import threading
 import urllib.parse
 from collections import deque
@@ -25,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import free_port
 
-from gitops.notify import (
+from gitops.daemon.notify import (
     CommitStatusConfig,
     Delivery,
     Event,
@@ -36,7 +36,7 @@ from gitops.notify import (
     notify,
     set_commit_status,
 )
-from gitops.reconcile import Outcome
+from gitops.pipeline.reconcile import Outcome
 from gitops.records import ApplyReport, HostApply, Revision
 from gitops.settings import SecretRef
 
@@ -401,7 +401,7 @@ def test_commit_status_host_down_returns_the_undelivered_status(
     """With the Git host unreachable, the failed Delivery keeps sha and state for a later retry."""
     config = status_config("gitea", f"http://127.0.0.1:{free_port()}", secrets["token"])
     sleeps = Sleeps()
-    with caplog.at_level(logging.WARNING, logger="gitops.notify"):
+    with caplog.at_level(logging.WARNING, logger="gitops.daemon.notify"):
         delivery = set_commit_status(config, SHA, "failure", "x", retries=3, sleep=sleeps)
     assert (delivery.ok, delivery.status, delivery.attempts) == (False, None, 4)
     assert (delivery.what, delivery.sha, delivery.receiver) == ("failure", SHA, "gitea")
@@ -524,7 +524,7 @@ def test_receivers_down_never_raise(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     configs = [hook(tmp_path, monkeypatch, f"{base}/hooks/{HOOK_SECRET}"),
                hook(tmp_path, monkeypatch, slack_url(base), kind="slack"),
                NotifierConfig(type="webhook", url=SecretRef(env="TEST_UNSET_HOOK_URL"))]
-    with caplog.at_level(logging.WARNING, logger="gitops.notify"):
+    with caplog.at_level(logging.WARNING, logger="gitops.daemon.notify"):
         deliveries = notify(configs, EVENT, retries=2, sleep=Sleeps())
     assert [(d.receiver, d.index, d.ok) for d in deliveries] == [
         ("webhook", 0, False), ("slack", 1, False), ("webhook", 2, False)]
@@ -544,7 +544,7 @@ def test_secrets_never_in_logs_or_deliveries(receiver: Receiver, tmp_path: Path,
                hook(tmp_path, monkeypatch, slack_url(down), kind="slack")]
     status = status_config("github", down, secrets["token"])
     gitlab = status_config("gitlab", receiver.base, secrets["token"])
-    with caplog.at_level(logging.DEBUG, logger="gitops.notify"):
+    with caplog.at_level(logging.DEBUG, logger="gitops.daemon.notify"):
         deliveries = notify(configs, EVENT, retries=1, sleep=Sleeps())
         receiver.script.append(Reply(500, f"bad token {TOKEN}".encode()))
         deliveries.append(set_commit_status(status, SHA, "failure", "x", retries=1,
@@ -578,14 +578,6 @@ def test_event_and_state_from_an_outcome() -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A port nobody listens on (bound, then released): connecting to it is refused."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def _write(secrets: dict[str, SecretRef], value: str) -> Path:

@@ -27,7 +27,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gitops import control, page
+from gitops.daemon import control
+from gitops.record.store import ENVIRONMENT, Condition, Store
 from gitops.records import (
     ApplyReport,
     CheckResult,
@@ -39,9 +40,9 @@ from gitops.records import (
     Revision,
     VerifyReport,
 )
-from gitops.server import bound_port, start_in_thread, stop
-from gitops.sessions import Sessions
-from gitops.store import ENVIRONMENT, Condition, Store
+from gitops.web import page
+from gitops.web.server import bound_port, start_in_thread, stop
+from gitops.web.sessions import Sessions
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -414,7 +415,7 @@ def test_page_data_shape(tmp_path: Path) -> None:
 
 
 def bearer(request: Request) -> Response | None:
-    """What ``gitops.server`` checks with a token configured: the bearer header."""
+    """What ``gitops.web.server`` checks with a token configured: the bearer header."""
     scheme, _, sent = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and sent.strip() == TOKEN:
         return None
@@ -586,7 +587,7 @@ def test_without_authorize_only_loopback(tmp_path: Path) -> None:
 
 def test_services_a_host_keeps_show_on_the_page(served: Served, browser_factory: Any) -> None:
     """A service the revision no longer declares on a host but the host keeps (no remove.py,
-    or prune off) is named on that host's row, never silently dropped (gitops.prune)."""
+    or prune off) is named on that host's row, never silently dropped (gitops.pipeline.prune)."""
     with Store(served.state_dir) as store:
         store.set_installed(ENV, "lab-3", {"web": ({}, ()), "app": ({}, ())}, revision(10).ref)
         store.mark_installed(ENV, "lab-3", "web", "left in place")

@@ -10,9 +10,9 @@ import pytest
 from starlette.applications import Starlette
 from test_page import browser_factory, record_run, revision  # noqa: F401  (a fixture)
 
-from gitops import page
-from gitops.server import bound_port, start_in_thread, stop
-from gitops.store import Store
+from gitops.record.store import Store
+from gitops.web import page
+from gitops.web.server import bound_port, start_in_thread, stop
 
 
 @pytest.fixture

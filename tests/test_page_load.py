@@ -18,12 +18,13 @@ from starlette.applications import Starlette
 from test_page import ENV, record_run, revision
 from test_server import RecordingController, environments
 
-from gitops import control, page
-from gitops.limits import HttpLimits
-from gitops.page_answer import TEXT_LIMIT, PageAnswers
-from gitops.server import bound_port, create_app, start_in_thread, stop
+from gitops.daemon import control
+from gitops.record.store import Store
 from gitops.settings import Settings
-from gitops.store import Store
+from gitops.web import page
+from gitops.web.limits import HttpLimits
+from gitops.web.page_answer import TEXT_LIMIT, PageAnswers
+from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
 
 class GatedAnswers(PageAnswers):

@@ -7,7 +7,7 @@ from typing import Any
 
 from test_page import ENV, Served, browser_factory, served  # noqa: F401  (fixtures)
 
-from gitops.store import Store
+from gitops.record.store import Store
 
 
 def test_health_first_and_no_empty_teams_panel(

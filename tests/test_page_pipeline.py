@@ -12,11 +12,11 @@ import pytest
 from starlette.applications import Starlette
 from test_page import ENV, browser_factory, record_run, revision  # noqa: F401 (a fixture)
 
-from gitops import page
-from gitops.promotion import WAITING, Link
+from gitops.daemon.promotion import WAITING, Link
+from gitops.record.store import ENVIRONMENT, Condition, Store
 from gitops.records import Revision
-from gitops.server import bound_port, start_in_thread, stop
-from gitops.store import ENVIRONMENT, Condition, Store
+from gitops.web import page
+from gitops.web.server import bound_port, start_in_thread, stop
 
 CHAIN = (Link(ENV, ENV), Link("production", "production", ENV, ENV))
 

@@ -1,4 +1,5 @@
-"""The daemon's decisions (``gitops.policy``) as tables: inputs in, the decision expected out."""
+"""The daemon's decisions (``gitops.daemon.policy``) as tables: inputs in, the decision expected
+out."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gitops import policy
-from gitops.policy import (
+from gitops.daemon import policy
+from gitops.daemon.policy import (
     After,
     Controls,
     Cycle,
@@ -21,10 +22,10 @@ from gitops.policy import (
     RunSummary,
     Trigger,
 )
+from gitops.record.store import ENVIRONMENT
 from gitops.records import Condition, Ref, RunRow, StatusRow
 from gitops.schedule import WindowState
 from gitops.settings import EnvironmentConfig
-from gitops.store import ENVIRONMENT
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
 CFG = EnvironmentConfig(name="lab", repo="/srv/state", interval=60, jitter=0.1, retry_base=2,
@@ -245,11 +246,34 @@ def test_refusal(controls: Controls, trigger: Trigger, expected: str | None) -> 
     assert policy.refusal("lab", controls, trigger) == expected
 
 
+SUSPENDED_HERE = "suspended by alice since 2026-12-01T10:00:00.123456+00:00: change freeze"
+HELD_HERE = "held at aaaaaaaaaa by a rollback (by ? since ?)"
+
+
+@pytest.mark.parametrize(("controls", "force", "expected"), [
+    (Controls(), False, None),
+    (Controls(), True, None),
+    (SUSPENDED, False, policy.Override(SUSPENDED_HERE, (
+        f"lab is {SUSPENDED_HERE}; `gitops resume` first, or `gitops retry --force --reason "
+        "WHY`"))),
+    (SUSPENDED, True, policy.Override(SUSPENDED_HERE, None)),
+    (HELD, False, policy.Override(HELD_HERE, (
+        f"lab is {HELD_HERE}; `gitops resume` first, or `gitops retry --force --reason WHY`"))),
+    (HELD, True, policy.Override(HELD_HERE, None)),
+    (dataclasses.replace(SUSPENDED, held_sha=A), True, policy.Override(SUSPENDED_HERE, None)),
+])
+def test_override(controls: Controls, force: bool, expected: policy.Override | None) -> None:
+    """The command line's own run (here ``retry``) under a suspension or a rollback hold is
+    refused with who, why and since, unless forced: ``--force`` overrides both here, where
+    the daemon's ``refusal`` keeps a suspension (the suspension named first)."""
+    assert policy.override("lab", "retry", controls, force=force) == expected
+
+
 def test_the_stores_controls_are_the_decisions_input(tmp_path: Any) -> None:
     """The controls the store reads go into the decision as they are (one type, no
     conversion), and the refusal names who suspended it and since when, to the second."""
-    from gitops import control
-    from gitops.store import Store
+    from gitops.daemon import control
+    from gitops.record.store import Store
 
     with Store(tmp_path) as store:
         control.suspend(store, "lab", actor="alice", reason="change freeze")
@@ -425,7 +449,7 @@ def test_a_host_that_reverted_its_guarded_apply_is_rolled_back_whole() -> None:
     """A host that reverted its guarded apply by itself is rolled back, all its services, to
     its last verified revision (auto_rollback); a host that confirmed is left alone, and
     without auto_rollback nothing is rolled back."""
-    from gitops.reconcile import Outcome
+    from gitops.pipeline.reconcile import Outcome
     from gitops.records import ApplyReport, HostApply, HostGuard, Revision
 
     reverted = HostApply(host="h1", status="failed", error="RevertedByHost: restored ...",
@@ -446,7 +470,7 @@ def test_a_run_summary_tells_apply_failures_and_hosts_nothing_changed_on() -> No
     """From a run's outcome: which failed hosts failed their apply (an exception in
     ``deploy.py``), and which applied with no change (a commit that only made a check
     stricter): the first are quarantined as an apply failure, the second not rolled back."""
-    from gitops.reconcile import Outcome
+    from gitops.pipeline.reconcile import Outcome
     from gitops.records import ApplyReport, CheckResult, HostApply, OpResult, Revision, VerifyReport
 
     raised = HostApply(host="h1", status="failed", error="deploys/app/deploy.py:3: boom")

@@ -5,8 +5,6 @@ Gitea APIs (``githost``), the record, and the daemon's webhook route queueing a 
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,16 +12,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
+from builders import dry_repo, git
 from githost import TOKEN, GitHost
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
-from statelab import PROJECT, git
 from test_server import RecordingController
 
-from gitops import notify
-from gitops.preview import (
+from gitops.daemon import notify
+from gitops.daemon.preview import (
     PreviewRequest,
     Previews,
     admit,
@@ -33,8 +30,8 @@ from gitops.preview import (
     render_comment,
     run_preview,
 )
+from gitops.record.store import Database
 from gitops.records import CheckResult, HostPlan, OpPlan, Plan, PreviewReport, VerifyReport
-from gitops.server import bound_port, create_app, start_in_thread, stop
 from gitops.settings import (
     CommitStatusConfig,
     EnvironmentConfig,
@@ -42,8 +39,8 @@ from gitops.settings import (
     SecretRef,
     Settings,
 )
-from gitops.store import Database
-from gitops.webhooks import (
+from gitops.web.server import bound_port, create_app, start_in_thread, stop
+from gitops.web.webhooks import (
     InvalidSignature,
     UnsupportedEvent,
     WebhookError,
@@ -464,32 +461,12 @@ def test_previews_cut_by_a_crash_are_marked_interrupted(tmp_path: Path) -> None:
     assert row is not None and row.state == "interrupted" and row.lab == "pvp0"
 
 
-def _dry_repo(root: Path) -> Path:
-    """The sample's deploys and an inventory of one host on a closed loopback port."""
-    repo = root / "repo"
-    shutil.copytree(PROJECT / "deploys", repo / "deploys",
-                    ignore=shutil.ignore_patterns("__pycache__"))
-    (repo / "inventories").mkdir()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
-    inventory = yaml.safe_load((PROJECT / "inventories/lab.yml").read_text())
-    inventory["settings"] = {"ssh": {"user": "root", "port": closed, "connect_timeout": 2}}
-    inventory["hosts"] = {"web-1": {"address": "127.0.0.1", "groups": ["web"]}}
-    (repo / "inventories/prod.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "-c", "user.name=T", "-c", "user.email=t@example.invalid", "add", "-A")
-    git(repo, "-c", "user.name=T", "-c", "user.email=t@example.invalid", "commit", "-qm", "s")
-    git(repo, "checkout", "-q", "-b", "feature")
-    return repo
-
-
 def test_daemon_without_labs_previews_as_a_dry_run(
         tmp_path: Path, token: SecretRef, monkeypatch: pytest.MonkeyPatch) -> None:
     """A daemon that cannot run labs plans the change against the environment's own hosts
     and says it is a dry run, in the commit status and in the comment."""
     github = GitHost("github")
-    repo = _dry_repo(tmp_path)
+    repo = dry_repo(tmp_path)
     sha = git(repo, "rev-parse", "HEAD")
     env = EnvironmentConfig(name="prod", repo=str(repo), commit_status=[_config(github, token)])
     settings = Settings(state_dir=tmp_path / "state", environments=[env])
@@ -517,7 +494,7 @@ def test_daemon_without_labs_previews_as_a_dry_run(
 
 def test_preview_past_its_time_limit_is_an_error(tmp_path: Path) -> None:
     """A preview whose time limit runs out stops at the next stage and reports an error."""
-    repo = _dry_repo(tmp_path)
+    repo = dry_repo(tmp_path)
     settings = Settings(state_dir=tmp_path / "state",
                         environments=[EnvironmentConfig(name="prod", repo=str(repo))])
     request = PreviewRequest(environment="prod", inventory="prod", repo=str(repo),
@@ -551,7 +528,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_preview_of_an_invalid_change_exits_2_and_boots_no_lab(tmp_path: Path) -> None:
     """`gitops preview` of a branch with an invalid declaration lists the problem at its file
     and line and exits 2, before any lab boots; a missing branch exits 1; no traceback."""
-    repo = _dry_repo(tmp_path)
+    repo = dry_repo(tmp_path)
     inventory = (repo / "inventories/prod.yml").read_text()
     (repo / "inventories/prod.yml").write_text(inventory.replace("port: 8000", "port: many"))
     git(repo, "-c", "user.name=T", "-c", "user.email=t@example.invalid", "commit", "-qam", "x")
@@ -572,7 +549,7 @@ def test_status_page_lists_previews_and_serves_the_full_report(tmp_path: Path) -
     a cut comment) shows the whole report, HTML escaped."""
     from starlette.applications import Starlette
 
-    from gitops import page
+    from gitops.web import page
 
     state = tmp_path / "state"
     with Database(state).open() as store:
@@ -615,7 +592,7 @@ def test_a_pull_request_from_a_fork_is_previewed_at_its_own_commit(
     """A pull request from a fork, whose branch has the name of another branch of the base
     repository, is previewed at the fork's commit: the one the host publishes under the pull
     request's ref in the base repository."""
-    base = _dry_repo(tmp_path)
+    base = dry_repo(tmp_path)
     ours = git(base, "rev-parse", "feature")
     fork = tmp_path / "fork"
     git(tmp_path, "clone", "-q", str(base), str(fork))

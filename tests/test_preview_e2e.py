@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,9 +28,9 @@ from typing import Any
 
 import pytest
 import yaml
+from builders import PROJECT, commit, copy_sample, free_port, git, init_repo
 from githost import TOKEN, GitHost
 from pyrage import x25519
-from statelab import PROJECT, git
 from test_preview_sandbox import PAYLOAD
 
 import gitops.lab as lab_api
@@ -40,12 +39,6 @@ pytestmark = pytest.mark.lab
 
 HOOK_SECRET = "webhook-secret-for-preview-tests"
 CONTEXT = "gitops/preview/lab"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _lab_prefix() -> str:
@@ -57,8 +50,7 @@ class Setup:
 
     def __init__(self, root: Path) -> None:
         self.repo = root / "state-repo"
-        shutil.copytree(PROJECT / "deploys", self.repo / "deploys",
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        copy_sample(self.repo)
         (self.repo / "inventories").mkdir()
         shutil.copy(PROJECT / "inventories/lab.secrets.sops.yaml", self.repo / "inventories")
         inventory = yaml.safe_load((PROJECT / "inventories/lab.yml").read_text())
@@ -66,12 +58,10 @@ class Setup:
         # only the previews touch hosts
         inventory["settings"]["lab"] = _lab_prefix()[:2] + "none"
         self.write_inventory(inventory)
-        git(self.repo, "init", "-q", "-b", "main")
-        git(self.repo, "config", "user.email", "tester@example.invalid")
-        git(self.repo, "config", "user.name", "Tester")
+        init_repo(self.repo)
         self.commit("sample state")
         self.github = GitHost("github")
-        self.port = _free_port()
+        self.port = free_port()
         self.state_dir = root / "state"
         self.config = root / "gitops.toml"
         self.key = root / "environment-age.key"  # the environment's own SOPS key
@@ -109,9 +99,7 @@ class Setup:
         return data
 
     def commit(self, message: str) -> str:
-        git(self.repo, "add", "-A")
-        git(self.repo, "commit", "-q", "-m", message)
-        return git(self.repo, "rev-parse", "HEAD")
+        return commit(self.repo, message)
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + 30
@@ -273,9 +261,9 @@ def test_fork_deploy_py_runs_as_nobody_and_finds_nothing_of_the_daemon(setup: Se
 def test_preview_lab_left_by_a_crash_is_taken_down_at_start(tmp_path: Path) -> None:
     """A preview lab that a killed daemon left up is found by its name at the next start
     and taken down; the preview it ran is recorded interrupted."""
-    from gitops.preview import Previews
+    from gitops.daemon.preview import Previews
+    from gitops.record.store import Database
     from gitops.settings import EnvironmentConfig, Settings
-    from gitops.store import Database
 
     name = f"{_lab_prefix()}1"
     settings = Settings(state_dir=tmp_path / "state",

@@ -1,4 +1,5 @@
-"""A pull request's code in a preview runs in the sandbox (``gitops.sandbox``): as ``nobody``,
+"""A pull request's code in a preview runs in the sandbox (``gitops.pipeline.sandbox``): as
+``nobody``,
 with no token, settings, state, SOPS key or environment variable of the daemon, and never
 the environment's decrypted secrets; its head must be signed when the environment says so.
 
@@ -16,15 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from builders import dry_repo, git
 from pyrage import x25519
-from statelab import git
-from test_preview import _dry_repo
 from test_sops import _write
 
-from gitops import sops
-from gitops.preview import PreviewRequest, marker, render_comment, run_preview
+from gitops.daemon.preview import PreviewRequest, marker, render_comment, run_preview
+from gitops.pipeline import sops
+from gitops.record.store import Database
 from gitops.settings import EnvironmentConfig, SecretRef, Settings, SigningPolicy, SopsSettings
-from gitops.store import Database
 
 TOKEN = "api-token-3c9e-never-leaks"
 SECRET = "db-password-71af-never-leaks"
@@ -81,7 +81,7 @@ def _daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Settings, 
         paths[name].chmod(0o600)
     monkeypatch.setenv("GITOPS_CONFIG", str(paths["config"]))
     monkeypatch.setenv("GITOPS_API_TOKEN", TOKEN)  # also in the daemon's environment
-    repo = _dry_repo(tmp_path)
+    repo = dry_repo(tmp_path)
     paths["repo"], paths["recipient"] = repo, Path(str(identity.to_public()))
     settings = Settings(state_dir=paths["state"], api_token=SecretRef(file=paths["token"]),
                         sops=SopsSettings(age_key=SecretRef(file=paths["key"])),

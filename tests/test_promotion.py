@@ -8,21 +8,18 @@ recorded) with the real store, the HTTP API and the real CLI. The lab run is
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from builders import git, git_repo
 from clitools import gitops
 
-from gitops import policy
-from gitops.delivery import delivery_metrics, stage_lead_times
-from gitops.loop import Daemon
-from gitops.metrics import api_delivery
-from gitops.page import page_data
-from gitops.policy import (
+from gitops.daemon import policy
+from gitops.daemon.loop import Daemon
+from gitops.daemon.policy import (
     Controls,
     Cycle,
     CycleInput,
@@ -34,10 +31,13 @@ from gitops.policy import (
     RunOrder,
     Trigger,
 )
-from gitops.promotion import links
+from gitops.daemon.promotion import links
+from gitops.record.store import Store
 from gitops.records import Revision, RunRow, VerifiedRevision
+from gitops.report.delivery import delivery_metrics, stage_lead_times
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import Store
+from gitops.web.metrics import api_delivery
+from gitops.web.page import page_data
 
 C0, C1, C2, C3 = ("0" * 40, "1" * 40, "2" * 40, "3" * 40)
 LINE = (C0, C1, C2, C3)
@@ -249,24 +249,13 @@ def test_bad_promote_from_names_file_and_line(tmp_path: Path, production: str, s
 # -- the real daemon, store, API and CLI on a real repository -----------------------------
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@example.invalid",
-                           "-c", "user.name=T", *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
 def _repo(tmp_path: Path) -> Path:
     """Two inventories, each one host unreachable on loopback (a run ends fast, recorded)."""
-    repo = tmp_path / "repo"
-    (repo / "inventories").mkdir(parents=True)
-    for name in ("staging", "production"):
-        (repo / f"inventories/{name}.yml").write_text(
+    return git_repo(tmp_path / "repo", {
+        f"inventories/{name}.yml":
             "settings:\n  ssh:\n    port: 9\n    connect_timeout: 2\ngroups:\n  web: {}\n"
-            f"hosts:\n  {name}-1:\n    address: 127.0.0.1\n    groups: [web]\n")
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "one")
-    return repo
+            f"hosts:\n  {name}-1:\n    address: 127.0.0.1\n    groups: [web]\n"
+        for name in ("staging", "production")})
 
 
 def _settings(tmp_path: Path, repo: Path) -> Settings:
@@ -293,9 +282,9 @@ def test_the_daemon_waits_for_staging_then_runs_what_it_verified(tmp_path: Path)
     """Production runs nothing and says what it waits for until staging verified the
     revision; then it runs that revision, and the pipeline (API, page, CLI) shows it."""
     repo = _repo(tmp_path)
-    head = _git(repo, "rev-parse", "HEAD")
+    head = git(repo, "rev-parse", "HEAD")
     d = Daemon(_settings(tmp_path, repo))
-    d._cycle(d.envs["production"], None)
+    d.cycle(d.envs["production"], None)
     assert _history(d, "production") == []
     waiting = f"waiting for staging to verify {head[:10]}"
     pipeline = {p["environment"]: p for p in d.pipeline()}
@@ -313,7 +302,7 @@ def test_the_daemon_waits_for_staging_then_runs_what_it_verified(tmp_path: Path)
     assert "production <- staging" in status.stdout and waiting in status.stdout
 
     _verify_on_staging(d, head)
-    d._cycle(d.envs["production"], None)
+    d.cycle(d.envs["production"], None)
     runs = _history(d, "production")
     assert [(r["kind"], r["sha"]) for r in runs] == [("reconcile", head)]
     assert runs[0]["reason"] == f"promoted from staging: {head[:10]} verified on every host there"
@@ -324,11 +313,11 @@ def test_promote_by_hand_over_the_api(tmp_path: Path) -> None:
     """POST promote: 409 for a revision not verified on staging, 422 without a reason or for
     an unknown revision, 401 without the token; forced with a reason it is recorded with who
     and why, and the next cycle runs it as theirs."""
-    from gitops.server import bound_port, create_app, start_in_thread, stop
     from gitops.settings import SecretRef
+    from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
     repo = _repo(tmp_path)
-    head = _git(repo, "rev-parse", "HEAD")
+    head = git(repo, "rev-parse", "HEAD")
     settings = _settings(tmp_path, repo).model_copy(
         update={"api_token": SecretRef(env="GITOPS_TEST_PROMOTE_TOKEN")})
     auth = {"Authorization": "Bearer promote-token-for-tests"}
@@ -369,7 +358,7 @@ def test_promote_by_hand_over_the_api(tmp_path: Path) -> None:
     assert event["reason"] == "forced: not verified on every host of staging: hotfix INC-9"
     pending = d.envs["production"].pending
     d.envs["production"].pending = None
-    d._cycle(d.envs["production"], pending)
+    d.cycle(d.envs["production"], pending)
     run = _history(d, "production")[0]
     assert (run["kind"], run["sha"], run["actor"]) == ("reconcile", head, "alice")
     assert run["reason"] == ("promoted by alice: forced: not verified on every host of "
@@ -380,7 +369,7 @@ def test_cli_promote_refuses_an_unverified_revision_with_exit_2(tmp_path: Path) 
     """`gitops promote` with no daemon: exit 2 and the reason for a revision not verified on
     staging, nothing recorded; an environment without promote_from is a usage error."""
     repo = _repo(tmp_path)
-    head = _git(repo, "rev-parse", "HEAD")
+    head = git(repo, "rev-parse", "HEAD")
     config = tmp_path / "gitops.toml"
     config.write_text(f'state_dir = "{tmp_path / "state"}"\nlisten = "127.0.0.1:9"\n'
                       f'[[environments]]\nname = "staging"\nrepo = "{repo}"\n'

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 import yaml
+from builders import commit, free_port, git, init_repo
 from polling import wait_for
-from statelab import git
-from test_daemon_e2e import PROBE_DEPLOY, PROBE_MODEL, _free_port, record
+from test_daemon_e2e import PROBE_DEPLOY, PROBE_MODEL, record
 
 from gitops.lab import LabInfo
-from gitops.store import Store
+from gitops.record.store import Store
 
 pytestmark = pytest.mark.lab
 
@@ -51,10 +51,8 @@ class Pipeline:
         (probe / "checks.py").write_text(PROBE_CHECKS)
         (probe / "model.py").write_text(PROBE_MODEL)
         (self.repo / "inventories").mkdir()
-        git(self.repo, "init", "-q", "-b", "main")
-        git(self.repo, "config", "user.email", "tester@example.invalid")
-        git(self.repo, "config", "user.name", "Tester")
-        self.port = _free_port()
+        init_repo(self.repo)
+        self.port = free_port()
         self.config = root / "gitops.toml"
         self.config.write_text(
             f'state_dir = "{self.state}"\nlisten = "127.0.0.1:{self.port}"\n'
@@ -75,9 +73,7 @@ class Pipeline:
             }
             (self.repo / f"inventories/{name}.yml").write_text(
                 yaml.safe_dump(inventory, sort_keys=False))
-        git(self.repo, "add", "-A")
-        git(self.repo, "commit", "-q", "-m", f"probe: {value}")
-        return git(self.repo, "rev-parse", "HEAD")
+        return commit(self.repo, f"probe: {value}")
 
     def start(self) -> None:
         env = {**os.environ, "GITOPS_CONFIG": str(self.config)}

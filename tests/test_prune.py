@@ -1,4 +1,4 @@
-"""Removal (gitops.prune, no lab): which services a revision takes off which hosts, with
+"""Removal (gitops.pipeline.prune, no lab): which services a revision takes off which hosts, with
 prune on and off, left in place without a remove.py, hosts that left the inventory; the
 record of what each host has (store), and how the status, the metrics and the page
 report what stays."""
@@ -15,14 +15,15 @@ import yaml
 from mutations import make_sample
 from prometheus_client.parser import text_string_to_metric_families
 
-from gitops import page, prune
-from gitops.cli import _print_plan
+from gitops.cli.output import print_plan
+from gitops.daemon.loop import Daemon
 from gitops.errors import InvalidDeclaration
-from gitops.load import load
-from gitops.loop import Daemon
-from gitops.metrics import render
 from gitops.model import DeclaredState
-from gitops.reconcile import Outcome, Target, _host_status, _prunes, _record_installed
+from gitops.pipeline import prune
+from gitops.pipeline.finalize import host_status, record_installed
+from gitops.pipeline.load import load
+from gitops.pipeline.reconcile import Outcome, Target
+from gitops.record.store import Condition, Database, Store
 from gitops.records import (
     ApplyReport,
     CheckResult,
@@ -37,7 +38,8 @@ from gitops.records import (
     VerifyReport,
 )
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import Condition, Database, Store
+from gitops.web import page
+from gitops.web.metrics import render
 
 OLD = "main@sha1:" + "1" * 40
 NEW = "main@sha1:" + "2" * 40
@@ -241,14 +243,14 @@ def test_record_and_status_of_a_batch(sample: Path, tmp_path: Path) -> None:
         checks = VerifyReport(results=tuple(
             CheckResult(host=h.name, service="base", check="test_x", status="pass")
             for h in state.hosts))
-        _record_installed(store, "lab", NEW, state, applied, removals)
+        record_installed(store, "lab", NEW, state, applied, removals)
         kept = store.installed("lab")
         assert set(kept["lab-3"]) == {"base", "app", "web"}
         assert kept["lab-3"]["web"].state == "not pruned"
         assert "gone" not in kept["lab-2"] and kept["lab-2"]["web"].state == "applied"
         assert kept["lab-1"]["app"].revision == NEW
-        _host_status(store, "lab", Outcome("succeeded", apply=applied, verify=checks), NEW, NEW,
-                     {}, removals)
+        host_status(store, "lab", Outcome("succeeded", apply=applied, verify=checks), NEW, NEW,
+                    {}, removals)
         rows = {r.host: r for r in store.status("lab")}
         pruned = rows["lab-3"].condition("Pruned")
         assert pruned is not None and pruned.status == "False"
@@ -277,7 +279,7 @@ def test_plan_output_lists_each_removal_under_its_host(capsys: pytest.CaptureFix
                                            would_change=True),))),
         removals=(Removal(host="lab-3", service="web", action="remove", revision=OLD),
                   Removal(host="lab-3", service="base", action="left in place", revision=OLD)))
-    _print_plan(plan)
+    print_plan(plan)
     out = capsys.readouterr().out.splitlines()
     at = out.index("lab-3: 1 of 1 operation(s) would change")
     assert out[at + 1:at + 3] == [
@@ -297,6 +299,6 @@ def test_daemon_settings_prune_wins_over_the_inventory(sample: Path, tmp_path: P
             EnvironmentConfig(name="lab", repo=str(sample), watch=False, prune=given)])
         target = Daemon(settings).envs["lab"].target
         assert target.prune is given
-        assert _prunes(target, state) is expected
+        assert target.prunes(state) is expected
     _split_groups(sample, ["app", "web"], prune=False)
-    assert _prunes(Target(str(sample), "main", "lab", tmp_path), load(sample, "lab")) is False
+    assert Target(str(sample), "main", "lab", tmp_path).prunes(load(sample, "lab")) is False

@@ -25,8 +25,9 @@ from statelab import StateRepo, http_get, make_state_repo
 import gitops.lab as lab_api
 from gitops.lab import LabInfo
 from gitops.lab import hosts as lab_hosts
-from gitops.reconcile import Request, Target, run
-from gitops.store import Store
+from gitops.lab.hostsource import LAB
+from gitops.pipeline.reconcile import Request, Target, run
+from gitops.record.store import Store
 
 pytestmark = pytest.mark.lab
 
@@ -149,7 +150,7 @@ def test_a_rollout_is_recorded_batch_by_batch(repo: StateRepo) -> None:
         seen[int(found.group(1))] = (applied, recorded, unfinished)
 
     target = Target(repo=str(repo.path), branch="main", environment="lab",
-                    state_dir=repo.state_dir)
+                    state_dir=repo.state_dir, lab=LAB)
     outcome = run(target, Request(reason="batches"), progress)
     assert outcome.result == "succeeded", outcome.as_dict()
     assert seen == {2: ({"lab-1"}, {"lab-1"}, True),

@@ -19,10 +19,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from statelab import StateRepo, http_get, make_state_repo
 
-from gitops import page
 from gitops.lab import LabInfo
-from gitops.metrics import render
-from gitops.store import Store
+from gitops.record.store import Store
+from gitops.web import page
+from gitops.web.metrics import render
 
 pytestmark = pytest.mark.lab
 

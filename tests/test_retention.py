@@ -9,14 +9,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from test_loop import _commit, _record_failure, _record_success, _repo
+from builders import commit_file, empty_repo
+from test_loop import _record_failure, _record_success
 from test_source import _pull_request, _refs
 
-from gitops import incidents, retention, source
-from gitops.loop import Daemon
-from gitops.reconcile import Request, Target, run
+from gitops.daemon import retention
+from gitops.daemon.loop import Daemon
+from gitops.pipeline import source
+from gitops.pipeline.reconcile import Request, Target, run
+from gitops.record.store import ENVIRONMENT, Condition, Store, now
+from gitops.report import incidents
 from gitops.settings import EnvironmentConfig, Retention, Settings
-from gitops.store import ENVIRONMENT, Condition, Store, now
 
 
 def _snapshots(state: Path) -> set[str]:
@@ -26,12 +29,12 @@ def _snapshots(state: Path) -> set[str]:
 def test_runs_keep_snapshots_in_use_and_the_newest(tmp_path: Path) -> None:
     """After each run only the snapshots of revisions a host still has, and the newest
     few, stay on disk; a daemon seeing a commit every few minutes does not fill it."""
-    repo, _ = _repo(tmp_path)
-    first = _commit(repo, "notes.txt", "first\n")  # git archive of an empty tree is no tar
+    repo, _ = empty_repo(tmp_path)
+    first = commit_file(repo, "notes.txt", "first\n")  # git archive of an empty tree is no tar
     state = tmp_path / "state"
     target = Target(repo=str(repo), branch="main", environment="lab", state_dir=state,
                     actor="test", keep_snapshots=2)
-    shas = [first] + [_commit(repo, "notes.txt", f"commit {i}\n") for i in range(4)]
+    shas = [first] + [commit_file(repo, "notes.txt", f"commit {i}\n") for i in range(4)]
     for sha in shas:
         run(target, Request(revision=sha))  # invalid (no inventory): snapshotted, not applied
         if sha == first:
@@ -47,8 +50,8 @@ def test_history_retention_keeps_the_newest_good_apply_and_unfinished_runs(
 ) -> None:
     """Pruning the history deletes finished runs (and their rows) older than the cut-off, but
     never the environment's newest succeeded apply (the rollback target) or a running one."""
-    repo, first = _repo(tmp_path)
-    second = _commit(repo, "notes.txt", "two\n")
+    repo, first = empty_repo(tmp_path)
+    second = commit_file(repo, "notes.txt", "two\n")
     state = tmp_path / "state"
     _record_success(state, first)
     _record_failure(state, second)
@@ -92,8 +95,8 @@ def test_history_retention_removes_old_finished_previews_with_their_reports(
 def test_unused_mirrors_are_removed_after_a_while(tmp_path: Path) -> None:
     """A mirror of a repository no environment watches, not fetched for sources_days, goes;
     the watched one stays, however old."""
-    watched, _ = _repo(tmp_path / "watched")
-    other, _ = _repo(tmp_path / "other")
+    watched, _ = empty_repo(tmp_path / "watched")
+    other, _ = empty_repo(tmp_path / "other")
     state = tmp_path / "state"
     for repo in (watched, other):
         source.fetch(str(repo), "main", state)
@@ -111,7 +114,7 @@ def test_the_daemon_prunes_the_refs_of_pull_requests_no_longer_previewed(
     """The hourly prune deletes from the mirror the ref of a pull request with no preview
     for sources_days, so its commits can leave the mirror at the next packing; the refs of a
     recent preview and of one still in progress (however old) stay, and so do the branches."""
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     state = tmp_path / "state"
     refs = ("refs/pull/7/head", "refs/pull/8/head", "refs/merge-requests/9/head")
     shas = {ref: _pull_request(repo, ref) for ref in refs}
@@ -130,7 +133,7 @@ def test_the_daemon_prunes_the_refs_of_pull_requests_no_longer_previewed(
                             base="main", head_sha=None)
     settings = Settings(state_dir=state, environments=[
         EnvironmentConfig(name="lab", repo=str(repo), watch=False)])
-    Daemon(settings, rand=lambda: 0.5)._prune()
+    Daemon(settings, rand=lambda: 0.5).pruner.prune()
     mirror = source.mirror_path(str(repo), state)
     assert _refs(mirror) == {"refs/heads/main", "refs/pull/8/head",
                              "refs/merge-requests/9/head"}
@@ -144,8 +147,8 @@ def test_the_daemon_prunes_the_refs_of_pull_requests_no_longer_previewed(
 def test_daemon_prunes_old_runs_and_their_incident_reports(tmp_path: Path) -> None:
     """After a run the daemon deletes the runs past history_days, and the incident reports
     that only those runs made."""
-    repo, first = _repo(tmp_path)
-    bad = _commit(repo, "notes.txt", "bad\n")
+    repo, first = empty_repo(tmp_path)
+    bad = commit_file(repo, "notes.txt", "bad\n")
     state = tmp_path / "state"
     source.fetch(str(repo), "main", state)
     _record_success(state, first)
@@ -153,11 +156,11 @@ def test_daemon_prunes_old_runs_and_their_incident_reports(tmp_path: Path) -> No
     settings = Settings(state_dir=state, retention=Retention(history_days=1e-6), environments=[
         EnvironmentConfig(name="lab", repo=str(repo), watch=False)])
     d = Daemon(settings, rand=lambda: 0.5)
-    d._write_incidents(d.envs["lab"])
+    d.reporter.write_incidents(d.envs["lab"])
     [report] = (state / "reports").glob("INC-lab-*.md")
-    _commit(repo, "notes.txt", "a new commit\n")
+    commit_file(repo, "notes.txt", "a new commit\n")
     time.sleep(0.2)  # the recorded runs are now older than history_days
-    d._cycle(d.envs["lab"], None)
+    d.cycle(d.envs["lab"], None)
     with Store(state) as store:
         left = store.history("lab")
     assert [r["sha"] for r in left if r["result"] == "succeeded"] == [first]
@@ -196,8 +199,8 @@ def test_a_postmortem_keeps_its_incident_past_history_retention(tmp_path: Path,
     (and the earlier commit its report names): the incident, its report and what people
     wrote stay whole, no note points at a deleted run; an incident nobody wrote into goes
     with its runs as before."""
-    repo, a = _repo(tmp_path)
-    b, c, d = (_commit(repo, "notes.txt", f"{n}\n") for n in ("b", "c", "d"))
+    repo, a = empty_repo(tmp_path)
+    b, c, d = (commit_file(repo, "notes.txt", f"{n}\n") for n in ("b", "c", "d"))
     state = tmp_path / "state"
     _record_success(state, a)  # run 1
     _record_failure(state, b)  # run 2: incident lab-2 (its report's previous commit: a)

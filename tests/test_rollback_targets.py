@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,33 +14,23 @@ from pathlib import Path
 
 import httpx
 import pytest
+from builders import commit, git, git_repo
 from clitools import gitops
 
-from gitops import source
-from gitops.loop import Daemon
+from gitops.daemon.loop import Daemon
+from gitops.pipeline import source
+from gitops.record.store import Store
 from gitops.records import Revision
-from gitops.server import bound_port, create_app, start_in_thread, stop
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import Store
+from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
 WHEN = "1764583200 +0000"
-
-
-def _git(repo: Path, *args: str, stdin: str | None = None) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True, input=stdin).stdout.strip()
-
-
-def _commit(repo: Path, message: str) -> str:
-    _git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=T", "commit", "-q",
-         "--allow-empty", "-m", message)
-    return _git(repo, "rev-parse", "HEAD")
 
 
 def _twins(repo: Path, parent: str) -> tuple[str, str]:
     """Two commits on ``parent`` whose shas begin with the same 7 hex digits (found by
     trying messages: a birthday search over about 20,000 commit objects)."""
-    tree = _git(repo, "rev-parse", f"{parent}^{{tree}}")
+    tree = git(repo, "rev-parse", f"{parent}^{{tree}}")
     seen: dict[str, bytes] = {}
     n = 0
     while True:
@@ -51,7 +40,7 @@ def _twins(repo: Path, parent: str) -> tuple[str, str]:
         if sha[:7] in seen:
             pair = []
             for raw in (seen[sha[:7]], body):
-                pair.append(_git(repo, "hash-object", "-t", "commit", "-w", "--stdin",
+                pair.append(git(repo, "hash-object", "-t", "commit", "-w", "--stdin",
                                  stdin=raw.decode()))
             return pair[0], pair[1]
         seen[sha[:7]] = body
@@ -84,23 +73,19 @@ def _verify(state: Path, environment: str, sha: str) -> None:
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
-    repo = tmp_path / "repo"
-    (repo / "inventories").mkdir(parents=True)
-    for name in ("lab", "staging", "production"):
-        (repo / f"inventories/{name}.yml").write_text("hosts: {}\n")
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", "-A")
-    base = _commit(repo, "base")
+    repo = git_repo(tmp_path / "repo", {f"inventories/{name}.yml": "hosts: {}\n"
+                                        for name in ("lab", "staging", "production")}, "base")
+    base = git(repo, "rev-parse", "HEAD")
     twins = _twins(repo, base)
-    _git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=T", "merge", "-q",
+    git(repo, "-c", "user.email=t@example.invalid", "-c", "user.name=T", "merge", "-q",
          "--no-ff", "-m", "both twins", twins[0], twins[1])
-    verified = _commit(repo, "verified")
-    _git(repo, "checkout", "-q", "-b", "fork", base)
-    fork = _commit(repo, "a fork's pull request: not merged")
-    _git(repo, "update-ref", "refs/pull/7/head", fork)
-    _git(repo, "checkout", "-q", "main")
-    _git(repo, "branch", "-q", "-D", "fork")
-    unverified = _commit(repo, "the head, not verified yet")
+    verified = commit(repo, "verified", allow_empty=True)
+    git(repo, "checkout", "-q", "-b", "fork", base)
+    fork = commit(repo, "a fork's pull request: not merged", allow_empty=True)
+    git(repo, "update-ref", "refs/pull/7/head", fork)
+    git(repo, "checkout", "-q", "main")
+    git(repo, "branch", "-q", "-D", "fork")
+    unverified = commit(repo, "the head, not verified yet", allow_empty=True)
     state = tmp_path / "state"
     for environment in ("lab", "staging"):
         for sha in (verified, *twins):

@@ -1,6 +1,6 @@
 """The daemon's HTTP server, run for real: uvicorn on 127.0.0.1, an ephemeral port, httpx.
 
-The controller is a small recording implementation of ``gitops.server.Controller``; the real
+The controller is a small recording implementation of ``gitops.web.server.Controller``; the real
 daemon implements the same protocol.
 """
 
@@ -21,9 +21,10 @@ from starlette.routing import Route
 from test_webhooks import GITEA_PUSH, GITHUB_PING, GITHUB_PUSH, GITLAB_PUSH
 
 from gitops.errors import GitopsError, LockHeld, UsageError
-from gitops.server import _is_loopback, bound_port, create_app, serve, start_in_thread, stop
 from gitops.settings import EnvironmentConfig, SecretRef, Settings
-from gitops.webhooks import hmac_sha256_hex
+from gitops.web.server import bound_port, create_app, serve, start_in_thread, stop
+from gitops.web.webguard import is_loopback
+from gitops.web.webhooks import hmac_sha256_hex
 
 HOOK_SECRET = "hook-secret-never-shown-7f3a"
 API_TOKEN = "api-token-never-shown-91c2"
@@ -394,8 +395,8 @@ def test_api_without_configured_token_refuses_other_clients() -> None:
 
 def test_loopback_addresses() -> None:
     """127.0.0.0/8, ::1 and IPv4-mapped loopback count as loopback; others do not."""
-    assert all(map(_is_loopback, ["127.0.0.1", "127.5.6.7", "::1", "::ffff:127.0.0.1"]))
-    assert not any(map(_is_loopback, ["10.0.0.1", "::ffff:10.0.0.1", "fd00::2", "", None]))
+    assert all(map(is_loopback, ["127.0.0.1", "127.5.6.7", "::1", "::ffff:127.0.0.1"]))
+    assert not any(map(is_loopback, ["10.0.0.1", "::ffff:10.0.0.1", "fd00::2", "", None]))
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gitops import cli
 from gitops import settings as settings_
+from gitops.cli.context import load_settings
 from gitops.lab.common import DEFAULT_NAME, resolve_name
 
 FIELDS = sorted(settings_.Settings.model_fields)
@@ -48,14 +48,14 @@ def test_empty_variables_read_as_unset(tmp_path: Path, empty: set[str]) -> None:
     config.write_text(CONFIG)
     base = {"GITOPS_CONFIG": str(config)}
     with _environment(base):
-        expected = cli._settings()
+        expected = load_settings()
         lab = resolve_name(None)
     cwd = os.getcwd()
     with _environment({**base, **{k: "" for k in empty}}):
         if "GITOPS_CONFIG" in empty:
             os.chdir(tmp_path)  # the settings file found in the working folder instead
         try:
-            got = cli._settings()
+            got = load_settings()
             assert resolve_name(None) == lab == DEFAULT_NAME
         finally:
             os.chdir(cwd)

@@ -17,18 +17,18 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 from pgserver import PgServer
 from polling import wait_for
-from statelab import StateRepo, make_state_repo
+from statelab import StateRepo, make_state_repo, set_app_message
 
-from gitops import journal
-from gitops.fanout import Service, ShareJob
+from gitops.daemon.fanout import Service, ShareJob
 from gitops.lab import LabInfo
-from gitops.reconcile import Target, declared
+from gitops.lab.hostsource import LAB
+from gitops.pipeline import journal
+from gitops.pipeline.reconcile import Target, declared
+from gitops.record.store import Database
 from gitops.records import WorkerResult
 from gitops.settings import EnvironmentConfig, SecretRef, Settings
-from gitops.store import Database
 
 pytestmark = pytest.mark.lab
 
@@ -39,13 +39,6 @@ PAUSE = (f"server.shell(name='Pause when {PAUSE_FILE} exists (test)',\n"
 RESTART = "app | Restart app (code, configuration or unit changed)"
 
 
-def _set_message(repo: StateRepo, message: str) -> str:
-    inv = repo.inventory()
-    inv["groups"]["web"]["services"]["app"]["message"] = message
-    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
-    return repo.commit(f"app: {message}")
-
-
 def _served(repo: StateRepo) -> str:
     return repo.ssh(HOST, "curl -sS --max-time 5 http://127.0.0.1:8000/", check=False)
 
@@ -53,7 +46,7 @@ def _served(repo: StateRepo) -> str:
 def _cut_between_change_and_restart(repo: StateRepo, message: str) -> None:
     """Controller a applies ``message`` and dies once it is written, before the restart."""
     repo.ssh(HOST, f"touch {PAUSE_FILE}")
-    _set_message(repo, message)
+    set_app_message(repo, message)
     proc = subprocess.Popen(
         [sys.executable, "-m", "gitops", "reconcile", "--once", "--repo", str(repo.path),
          "--state-dir", str(repo.state_dir)],
@@ -80,7 +73,7 @@ def test_a_share_cut_on_its_controller_is_restarted_by_the_next_attempt_elsewher
     deploy = repo.path / "deploys/app/deploy.py"
     marker = "systemd.daemon_reload("
     deploy.write_text(deploy.read_text().replace(marker, PAUSE + marker, 1))
-    _set_message(repo, "Hello 0")
+    set_app_message(repo, "Hello 0")
     code, result = repo.gitops_json("reconcile", "--once")
     assert code == 0, result
     _cut_between_change_and_restart(repo, "Hello 1")
@@ -94,7 +87,7 @@ def test_a_share_cut_on_its_controller_is_restarted_by_the_next_attempt_elsewher
                          lease_ttl=30, environments=[EnvironmentConfig(
                              name="lab", repo=str(repo.path), watch=False)]), "b")
     _, state = declared(Target(repo=str(repo.path), branch="main", environment="lab",
-                               state_dir=state_b, database=database))
+                               state_dir=state_b, database=database, lab=LAB))
     with database.open() as store:
         token = store.acquire_lease("lab", "b", 300)
         assert token is not None

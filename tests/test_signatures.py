@@ -1,4 +1,4 @@
-"""Signed commits: ``gitops.signatures.verify_commit`` with real git, gpg and ssh-keygen.
+"""Signed commits: ``gitops.pipeline.signatures.verify_commit`` with real git, gpg and ssh-keygen.
 
 Everything runs under a temporary HOME and GNUPGHOME: the machine's own keyrings and Git
 configuration are never read or written. Without gpg or ssh-keygen the tests that need them
@@ -19,9 +19,9 @@ import pytest
 from pydantic import ValidationError
 
 from gitops.errors import PermanentError, UnsignedCommit, UsageError
+from gitops.pipeline.signatures import check_policy, verify_commit
+from gitops.pipeline.source import fetch, mirror_path
 from gitops.settings import SigningPolicy
-from gitops.signatures import check_policy, verify_commit
-from gitops.source import fetch, mirror_path
 
 
 def _require(*tools: str) -> None:

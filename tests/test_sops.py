@@ -18,9 +18,10 @@ import yaml
 from mutations import explicit_hosts
 from pyrage import x25519
 
-from gitops import sops
 from gitops.errors import InvalidDeclaration
-from gitops.load import load
+from gitops.pipeline import sops
+from gitops.pipeline.load import load
+from gitops.pipeline.sopscipher import Session
 from gitops.settings import SecretRef, SopsSettings
 from gitops.workers.secrets import CHANGED, HIDDEN, RedactingStream, redact, redact_text
 
@@ -73,7 +74,7 @@ def test_sops_written_pgp_files_decrypt(name: str, fmt: str, expected: dict[str,
 def test_sops_written_age_data_key_opens() -> None:
     """An age-encrypted data key written by sops' own tests opens with its test identity."""
     identity = FIXTURES / "age_keysource_test.txt"
-    session = sops._Session(SopsSettings(age_key=SecretRef(file=identity)))
+    session = Session(SopsSettings(age_key=SecretRef(file=identity)))
     enc = (FIXTURES / "age_keysource_test.enc").read_text()
     assert session._age_open(enc) == b"data"
 
@@ -167,7 +168,7 @@ def test_dotenv_and_binary_documents(tmp_path: Path, age: tuple[str, SopsSetting
     assert sops.decrypt(env, keys).data == {"TOKEN": CANARY, "N": "1"}
     binary = _write(tmp_path / "b.conf", sops.encrypt({"data": f"x = {CANARY}\n"}, [recipient]),
                     "json")
-    plain, _ = sops._plain_file(sops._Session(keys), binary.read_bytes(), "binary")
+    plain, _ = sops.plain_file(Session(keys), binary.read_bytes(), "binary")
     assert plain == f"x = {CANARY}\n".encode()
 
 

@@ -28,8 +28,8 @@ from test_daemon_e2e import TOKEN, Daemon
 from test_notify import HOOK_SECRET, Receiver
 from test_notify import TOKEN as GIT_HOST_TOKEN
 
-from gitops import sops
 from gitops.lab import LabInfo
+from gitops.pipeline import sops
 
 pytestmark = pytest.mark.lab
 

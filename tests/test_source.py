@@ -1,4 +1,4 @@
-"""Stage 1 (gitops.source) under concurrency: environments and previews that watch one
+"""Stage 1 (gitops.pipeline.source) under concurrency: environments and previews that watch one
 repository share its mirror in the state folder, and fetch into it at the same time; and the
 mirror's size over many fetches."""
 
@@ -10,18 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from test_loop import _commit, _repo
+from builders import commit_file, empty_repo
 
-from gitops import source
+from gitops.pipeline import source
 
 
 def test_simultaneous_fetches_of_one_repository_all_succeed(tmp_path: Path) -> None:
     """Eight fetches of one repository into one state folder at once (two environments on
     one repository, a preview): each gets the branch's head, none fails on another's lock."""
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     state = tmp_path / "state"
     for round_ in range(4):
-        head = _commit(repo, f"file{round_}", "x")
+        head = commit_file(repo, f"file{round_}", "x")
         with ThreadPoolExecutor(max_workers=8) as pool:
             revisions = list(pool.map(lambda _: source.fetch(str(repo), "main", state),
                                       range(8)))
@@ -46,12 +46,12 @@ def test_many_fetches_leave_the_mirror_bounded(tmp_path: Path,
     (plus one commit's) and does not grow by a disk block per object: 18 more commits add
     far less than their loose objects would take."""
     monkeypatch.setattr(source, "LOOSE_OBJECTS", 6)
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     state = tmp_path / "state"
     mirror = source.mirror_path(str(repo), state)
     loose, sizes = [], []
     for n in range(36):
-        _commit(repo, "motd", f"commit {n}\n")  # 3 objects: blob, tree, commit
+        commit_file(repo, "motd", f"commit {n}\n")  # 3 objects: blob, tree, commit
         source.fetch(str(repo), "main", state)
         loose.append(_loose(mirror))
         sizes.append(_disk_bytes(mirror))
@@ -65,14 +65,14 @@ def test_fetches_that_arrive_as_packs_leave_the_mirror_few_packs(
     ``transfer.unpackLimit = 1``) leave no loose object to count; past PACKS packs the mirror
     is packed into one, and every commit is still there."""
     monkeypatch.setattr(source, "PACKS", 3)
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     state = tmp_path / "state"
     source.fetch(str(repo), "main", state)
     mirror = source.mirror_path(str(repo), state)
     subprocess.run(["git", "-C", str(mirror), "config", "transfer.unpackLimit", "1"], check=True)
     packs, shas = [], []
     for n in range(8):
-        shas.append(_commit(repo, "motd", f"commit {n}\n"))
+        shas.append(commit_file(repo, "motd", f"commit {n}\n"))
         source.fetch(str(repo), "main", state)
         packs.append(len(list((mirror / "objects/pack").glob("*.pack"))))
     assert max(packs) <= 3 + 1 and packs[-1] <= 3
@@ -84,12 +84,12 @@ def test_a_commit_a_force_push_left_behind_survives_the_packing(
     """Packing the mirror keeps a commit the branch no longer reaches (force-pushed away):
     a rollback to the revision a host last verified still finds it."""
     monkeypatch.setattr(source, "LOOSE_OBJECTS", 0)  # every fetch packs
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     state = tmp_path / "state"
-    gone = _commit(repo, "motd", "soon force-pushed away\n")
+    gone = commit_file(repo, "motd", "soon force-pushed away\n")
     source.fetch(str(repo), "main", state)
     subprocess.run(["git", "-C", str(repo), "reset", "-q", "--hard", "HEAD~1"], check=True)
-    head = _commit(repo, "motd", "rewritten\n")
+    head = commit_file(repo, "motd", "rewritten\n")
     assert source.fetch(str(repo), "main", state).sha == head
     assert _loose(source.mirror_path(str(repo), state)) == 0
     assert source.revision(str(repo), "main", gone, state).sha == gone
@@ -117,7 +117,7 @@ def test_pruning_refs_waits_for_a_fetch_holding_the_mirror(tmp_path: Path) -> No
     import fcntl
     import time
 
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     state = tmp_path / "state"
     url = str(repo)
     _pull_request(repo, "refs/pull/1/head")
@@ -145,7 +145,7 @@ def test_pruning_refs_waits_for_a_fetch_holding_the_mirror(tmp_path: Path) -> No
 def test_pruning_refs_never_deletes_a_branch_or_a_kept_ref(tmp_path: Path) -> None:
     """A prune deletes no branch, even under a prefix it is given, and no ref it was told to
     keep; a pull request pruned is fetched again when previewed again."""
-    repo, _ = _repo(tmp_path)
+    repo, _ = empty_repo(tmp_path)
     state = tmp_path / "state"
     url = str(repo)
     shas = {ref: _pull_request(repo, ref) for ref in (

@@ -15,8 +15,20 @@ import psycopg
 import pytest
 from pgserver import PgServer
 
-from gitops import control
+from gitops.daemon import control
 from gitops.errors import UsageError
+from gitops.record.store import (
+    ENVIRONMENT,
+    MIGRATIONS,
+    UNCHANGED_SERVICE,
+    Condition,
+    Database,
+    NoStore,
+    PostgresStore,
+    Store,
+    StoreOutdated,
+    StoreUnavailable,
+)
 from gitops.records import (
     ApplyReport,
     CheckResult,
@@ -28,18 +40,6 @@ from gitops.records import (
     Ref,
     Revision,
     VerifyReport,
-)
-from gitops.store import (
-    ENVIRONMENT,
-    MIGRATIONS,
-    UNCHANGED_SERVICE,
-    Condition,
-    Database,
-    NoStore,
-    PostgresStore,
-    Store,
-    StoreOutdated,
-    StoreUnavailable,
 )
 
 OLD_SCHEMA = Path(__file__).parent / "data" / "store_schema_before_migrations.sql"

@@ -14,9 +14,9 @@ from clitools import gitops, sample_repo
 from pgserver import PgServer
 from starlette.applications import Starlette
 
-from gitops import metrics, page
+from gitops.record.store import ENVIRONMENT, Condition, Database, PostgresStore
 from gitops.settings import SecretRef
-from gitops.store import ENVIRONMENT, Condition, Database, PostgresStore
+from gitops.web import metrics, page
 
 
 def _settings(tmp_path: Path, url: str) -> Path:

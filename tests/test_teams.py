@@ -31,17 +31,18 @@ from click.testing import CliRunner
 from test_delivery import BAD_CHECK, record
 from test_page import CHROMIUM, CHROMIUM_ARGS, _browser_unavailable
 
-from gitops import incidents, metrics, page
 from gitops.cli import main
-from gitops.delivery import NO_TEAM, compare
-from gitops.digest import Schedule
+from gitops.daemon.digest import Schedule
+from gitops.daemon.loop import Daemon
 from gitops.errors import InvalidDeclaration, UsageError
-from gitops.load import load
-from gitops.loop import Daemon
-from gitops.server import bound_port, create_app, start_in_thread, stop
+from gitops.pipeline.load import load
+from gitops.record.store import ENVIRONMENT, Condition, Store
+from gitops.report import incidents
+from gitops.report.delivery import NO_TEAM, compare
+from gitops.report.teams import environment_teams
 from gitops.settings import DigestSettings, Settings
-from gitops.store import ENVIRONMENT, Condition, Store
-from gitops.teams import environment_teams
+from gitops.web import metrics, page
+from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
 DAYS = 7
 OWNERS = {"prod": "payments", "staging": "payments", "search-prod": "search"}

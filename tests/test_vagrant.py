@@ -1,4 +1,5 @@
-"""gitops.vagrant: the inventory of a Vagrant environment, and the repository's Vagrantfile."""
+"""gitops.pipeline.vagrant: the inventory of a Vagrant environment, and the repository's
+Vagrantfile."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 import yaml
 
 from gitops.model import InventoryFile
-from gitops.vagrant import (
+from gitops.pipeline.vagrant import (
     VagrantError,
     VagrantHost,
     VagrantHostsMissing,

@@ -17,8 +17,8 @@ import pytest
 from gitops.errors import WorkerError
 from gitops.lab.common import cmdlines
 from gitops.model import DeclaredHost, DeclaredState, EnvironmentSettings, ResolvedSSH
+from gitops.pipeline.verify import SshConnections, verify
 from gitops.records import CheckResult, VerifyReport
-from gitops.verify import SshConnections, verify
 from gitops.workers import verify_worker as vw
 
 DEMO_CHECKS = """
@@ -351,7 +351,7 @@ def test_verify_does_not_import_testinfra_in_parent() -> None:
     import sys
 
     code = (
-        "import sys, gitops.verify; "
+        "import sys, gitops.pipeline.verify; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('testinfra', '_pytest', 'pytest')]; "
         "print(bad)"
     )

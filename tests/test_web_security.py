@@ -36,11 +36,11 @@ from test_server import (
 )
 from test_webhooks import GITHUB_PUSH, GITLAB_PUSH
 
-from gitops import metrics, page
 from gitops.errors import UsageError
-from gitops.server import bound_port, create_app, make_authorize, start_in_thread, stop
 from gitops.settings import SecretRef, Settings
-from gitops.webhooks import hmac_sha256_hex
+from gitops.web import metrics, page
+from gitops.web.server import bound_port, create_app, make_authorize, start_in_thread, stop
+from gitops.web.webhooks import hmac_sha256_hex
 
 BASE = "http://127.0.0.1:9469"
 JSON = {"Content-Type": "application/json"}
@@ -282,7 +282,7 @@ def test_the_page_script_writes_text_only(tmp_path: Path) -> None:
     from importlib import resources
 
     for name in ("page.js", "signin.js"):
-        text = resources.files("gitops").joinpath("static", name).read_text()
+        text = resources.files("gitops.web").joinpath("static", name).read_text()
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
                      "eval(", "new Function"):
             assert sink not in text, (name, sink)
@@ -394,7 +394,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
     forwarded = {"X-Forwarded-For": "192.0.2.1"}
     token = SecretRef(env="TEST_GITOPS_API_TOKEN")
-    with caplog.at_level(logging.INFO, logger="gitops.server"):
+    with caplog.at_level(logging.INFO, logger="gitops.web.server"):
         plain, done = _serve(Settings(api_token=token))
     try:
         assert _reconcile_actor(plain, {**auth, **forwarded}) == (202, "api:127.0.0.1")
@@ -409,7 +409,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(
     finally:
         done()
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="gitops.server"):
+    with caplog.at_level(logging.INFO, logger="gitops.web.server"):
         proxied, done = _serve(Settings(api_token=token, trusted_proxies=["127.0.0.0/8"]))
     try:
         assert _reconcile_actor(proxied, {**auth, **forwarded}) == (202, "api:192.0.2.1")
@@ -455,7 +455,7 @@ def test_tls_serves_https_and_the_session_cookie_is_secure(
     """With tls_cert/tls_key the server answers HTTPS (verified against the certificate) and
     not plain HTTP; the CLI's client reaches it; signing in over it sets a Secure session
     cookie; the token is in no answer and no log line."""
-    from gitops.cli import _Daemon
+    from gitops.cli.client import DaemonClient
 
     cert, key = self_signed(tmp_path)
     seed(tmp_path / "state")
@@ -478,7 +478,7 @@ def test_tls_serves_https_and_the_session_cookie_is_secure(
                     "Authorization": f"Bearer {API_TOKEN}"})
             with pytest.raises(httpx.HTTPError):
                 httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
-            daemon = _Daemon(s.model_copy(update={"listen": f"127.0.0.1:{port}"}))
+            daemon = DaemonClient(s.model_copy(update={"listen": f"127.0.0.1:{port}"}))
             cli = daemon.call("GET", "/healthz")
         finally:
             stop(server, thread)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from gitops.webhooks import (
+from gitops.web.webhooks import (
     InvalidSignature,
     UnsupportedEvent,
     WebhookEvent,

@@ -6,20 +6,20 @@ recorded), the real store, the HTTP API and the real CLI. The rules are tables i
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
+from builders import git, git_repo
 from clitools import gitops
 
+from gitops.daemon.loop import Daemon
 from gitops.errors import Suspended
-from gitops.loop import Daemon
-from gitops.page import page_data
+from gitops.record.store import Store
 from gitops.schedule import Window
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.store import Store
+from gitops.web.page import page_data
 
 EVENING = "0 22 * * *"
 """Opens at 22:00 UTC every day (the windows below stay open an hour)."""
@@ -36,20 +36,8 @@ def _inventory(schedule: str | None) -> str:
             "groups:\n  web: {}\nhosts:\n  h1:\n    address: 127.0.0.1\n    groups: [web]\n")
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@example.invalid",
-                           "-c", "user.name=T", *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
-
-
 def _repo(tmp_path: Path, schedule: str | None = EVENING) -> Path:
-    repo = tmp_path / "repo"
-    (repo / "inventories").mkdir(parents=True)
-    (repo / "inventories/lab.yml").write_text(_inventory(schedule))
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "one")
-    return repo
+    return git_repo(tmp_path / "repo", {"inventories/lab.yml": _inventory(schedule)})
 
 
 class Clock:
@@ -88,9 +76,9 @@ def test_a_commit_outside_the_window_waits_and_is_applied_when_it_opens(
     repo = _repo(tmp_path)
     clock = Clock(BEFORE)
     d = _daemon(tmp_path, repo, clock)
-    head = _git(repo, "rev-parse", "HEAD")
+    head = git(repo, "rev-parse", "HEAD")
 
-    delay = d._cycle(d.envs["lab"], None)
+    delay = d.cycle(d.envs["lab"], None)
     assert _runs(d) == []
     assert _reconciling(d) == ("WaitingForWindow", "waiting for the maintenance window that "
                                                    "opens at 2026-12-01 22:00 UTC")
@@ -108,7 +96,7 @@ def test_a_commit_outside_the_window_waits_and_is_applied_when_it_opens(
     assert "waiting for the maintenance window that opens at 2026-12-01 22:00 UTC" in page
 
     clock.at = INSIDE
-    d._cycle(d.envs["lab"], None)
+    d.cycle(d.envs["lab"], None)
     runs = _runs(d)
     assert [(r["kind"], r["sha"]) for r in runs] == [("reconcile", head)]
     assert runs[0]["result"] is not None  # finished (its one host is unreachable)
@@ -120,7 +108,7 @@ def test_the_daemon_settings_windows_win_over_the_inventorys(tmp_path: Path) -> 
     repo = _repo(tmp_path, schedule="* * * * *")  # the inventory: always open
     d = _daemon(tmp_path, repo, Clock(BEFORE),
                 windows=[Window(schedule=EVENING, duration="1h")])  # type: ignore[arg-type]
-    d._cycle(d.envs["lab"], None)
+    d.cycle(d.envs["lab"], None)
     assert _runs(d) == []
     assert _reconciling(d) is not None and _reconciling(d)[0] == "WaitingForWindow"  # type: ignore[index]
 
@@ -131,7 +119,7 @@ def test_operator_trigger_outside_the_window_is_refused_unless_forced(tmp_path: 
     repo = _repo(tmp_path)
     clock = Clock(BEFORE)
     d = _daemon(tmp_path, repo, clock)
-    d._cycle(d.envs["lab"], None)  # reads the inventory's windows: waiting
+    d.cycle(d.envs["lab"], None)  # reads the inventory's windows: waiting
     with pytest.raises(Suspended, match="outside its maintenance window: waiting for the "
                                         "maintenance window that opens at 2026-12-01 22:00"):
         d.trigger("lab", reason="now please", actor="bob")
@@ -140,7 +128,7 @@ def test_operator_trigger_outside_the_window_is_refused_unless_forced(tmp_path: 
     assert d.trigger("lab", reason="hotfix for INC-7", actor="alice", force=True) is True
     pending = d.envs["lab"].pending
     d.envs["lab"].pending = None
-    d._cycle(d.envs["lab"], pending)
+    d.cycle(d.envs["lab"], pending)
     runs = _runs(d)
     assert [(r["kind"], r["actor"]) for r in runs] == [("reconcile", "alice"),
                                                       ("override", "alice")]
@@ -151,11 +139,11 @@ def test_operator_trigger_outside_the_window_is_refused_unless_forced(tmp_path: 
 def test_api_reconcile_force_outside_the_window(tmp_path: Path) -> None:
     """POST reconcile outside the window: 409 with the opening; with force and a reason,
     202 and an override recorded; force without a reason: 400."""
-    from gitops.server import bound_port, create_app, start_in_thread, stop
+    from gitops.web.server import bound_port, create_app, start_in_thread, stop
 
     repo = _repo(tmp_path)
     d = _daemon(tmp_path, repo, Clock(BEFORE))
-    d._cycle(d.envs["lab"], None)
+    d.cycle(d.envs["lab"], None)
     server, thread = start_in_thread(create_app(d, d.settings), "127.0.0.1:0")
     try:
         url = f"http://127.0.0.1:{bound_port(server)}/api/environments/lab/reconcile"

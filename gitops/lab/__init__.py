@@ -162,7 +162,8 @@ def inventory_hosts(name: str | None, names: list[str]) -> dict[str, dict[str, o
     """Addresses and SSH settings of the hosts ``names`` in the running lab ``name``
     (default: $GITOPS_LAB_NAME, else ``gitops``), for an inventory with ``source: lab``.
 
-    Called by the loader (``gitops.load``). Raises LabError when that lab is not up or lacks
+    Called by the loader (``gitops.pipeline.load``). Raises LabError when that lab is not up or
+    lacks
     one of the hosts, saying which command fixes it.
     """
     name = resolve_name(name)

@@ -1,6 +1,7 @@
 """``gitops lab up|down|status|list|prune``: thin click commands over the ``gitops.lab`` API.
 
-Registered in ``gitops.cli``. Errors print one line (no traceback) to stderr.
+Registered in ``gitops.cli.root`` (``Main.LAZY``: loaded on use). Errors print one line (no
+traceback) to stderr.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import gitops.lab as api
 from gitops.lab import leftovers
 from gitops.lab.common import DEFAULT_NAME, LabError, lab_parent
 from gitops.lab.leftovers import LabEntry
+
+__all__ = ["lab"]
 
 EXIT_CODES = """
 Exit codes: 0 done; 1 runtime failure or lab already up; 2 not root, missing tools

@@ -15,6 +15,43 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+__all__ = [
+    "DEFAULT_NAME",
+    "DEFAULT_SUBNET",
+    "INSTALL_HINT",
+    "LAB_SUPERNET",
+    "MAX_HOSTS",
+    "MIRROR_PORT",
+    "REQUIRED_TOOLS",
+    "HostStatus",
+    "LabBusy",
+    "LabError",
+    "LabHost",
+    "LabInfo",
+    "bridge_address",
+    "bridge_name",
+    "cache_dir",
+    "check_prerequisites",
+    "cmdlines",
+    "default_subnet",
+    "host_address",
+    "host_name",
+    "lab_parent",
+    "machine_name",
+    "mirror_marker",
+    "missing_prerequisites",
+    "netns_name",
+    "netns_re",
+    "parse_subnet",
+    "prerequisites_message",
+    "resolve_name",
+    "run",
+    "start_detached",
+    "state_dir",
+    "veth_name",
+    "veth_re",
+]
+
 DEFAULT_NAME = "gitops"
 DEFAULT_SUBNET = "10.213.0.0/24"
 LAB_SUPERNET = ipaddress.IPv4Network("10.213.0.0/16")

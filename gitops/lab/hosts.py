@@ -26,6 +26,27 @@ from gitops.lab.common import (
 )
 from gitops.lab.image import MIRROR_SOURCES
 
+__all__ = [
+    "INOTIFY_INSTANCES",
+    "MIN_INOTIFY_INSTANCES",
+    "alive",
+    "any_nspawn_running",
+    "cgroup_roots",
+    "find_helpers",
+    "find_nspawn",
+    "is_lab_process",
+    "make_cgroups",
+    "nspawn_args",
+    "pid_from_file",
+    "pids_in_netns",
+    "raise_limits",
+    "remove_cgroups",
+    "signal_all",
+    "start_host",
+    "stop",
+    "wait_gone",
+]
+
 
 def nspawn_args(
     name: str, index: int, rootfs: Path, authorized_keys: Path, sources: Path

@@ -21,6 +21,20 @@ from pathlib import Path
 
 from gitops.lab.common import LabError, cache_dir, cmdlines, run
 
+__all__ = [
+    "INCLUDE",
+    "MIRROR_PACKAGES",
+    "MIRROR_SOURCES",
+    "RECIPE_VERSION",
+    "SUITE",
+    "ensure_image",
+    "image_dir",
+    "inst_packages",
+    "prune_images",
+    "recipe",
+    "recipe_hash",
+]
+
 SUITE = "bookworm"
 INCLUDE = ("systemd", "systemd-sysv", "openssh-server", "python3", "iproute2", "dbus", "sudo")
 
@@ -61,7 +75,7 @@ def _umount_under(path: Path) -> None:
         run(["umount", "-l", point], timeout=30, check=False)
 
 
-def _inst_packages(output: str) -> list[str]:
+def inst_packages(output: str) -> list[str]:
     """Package names from ``apt-get install -s`` output ("Inst name (version ...)")."""
     return [m.group(1) for m in re.finditer(r"^Inst (\S+) ", output, re.MULTILINE)]
 
@@ -85,7 +99,7 @@ def _build(tmp: Path, log: list[str]) -> None:
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive"}
     run([*chroot, "apt-get", "update"], timeout=600, env=env)
     sim = run([*chroot, "apt-get", "install", "-s", *MIRROR_PACKAGES], timeout=300, env=env)
-    needed = _inst_packages(sim.stdout)
+    needed = inst_packages(sim.stdout)
     log.append("mirror packages: " + " ".join(needed))
     archives = "/var/cache/apt/archives"
     run([*chroot, "apt-get", "clean"], timeout=60, env=env)  # drop debootstrap's own .debs

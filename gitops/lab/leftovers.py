@@ -6,7 +6,7 @@ it. ``prune()`` is ``gitops lab prune``: it takes down each lab that no process 
 hosts, folder and lock files; the shared base image and package cache stay) and keeps:
 
 - a lab whose ``up``/``down`` runs (``NAME.lock`` held);
-- a lab a preview uses (``NAME.preview.lock`` held, ``gitops.preview.slot_lock``);
+- a lab a preview uses (``NAME.preview.lock`` held, ``gitops.daemon.preview.slot_lock``);
 - a lab that is up with its hosts running, unless a preview made it (a preview lab no
   preview holds was left by a killed one): ``gitops lab down`` takes that one down.
 """

@@ -1,7 +1,7 @@
 """Lock files of the lab folder that vanish with their holder.
 
 ``NAME.lock`` is held by ``gitops lab up``/``down`` of lab NAME, ``NAME.preview.lock`` by the
-preview that uses lab NAME (``gitops.preview.slot_lock``). Each is an ``flock`` on a file
+preview that uses lab NAME (``gitops.daemon.preview.slot_lock``). Each is an ``flock`` on a file
 that its holder removes when it lets go, so a lab that is down leaves no lock file; one
 left by a killed holder is held by no process and ``gitops lab prune`` removes it.
 

@@ -18,6 +18,13 @@ from typing import Any
 
 from gitops.lab.common import MIRROR_PORT, LabError, mirror_marker, start_detached
 
+__all__ = [
+    "main",
+    "sources_line",
+    "start",
+    "url",
+]
+
 
 def url(address: str, port: int = MIRROR_PORT) -> str:
     return f"http://{address}:{port}/"

@@ -27,6 +27,22 @@ from gitops.lab.common import (
     veth_re,
 )
 
+__all__ = [
+    "MARKS",
+    "NETNS_RUN",
+    "NSPAWN_RUN",
+    "create_bridge",
+    "create_host_nets",
+    "list_links",
+    "list_netns",
+    "machine_lock",
+    "netns_inodes",
+    "prepare_mounts",
+    "release_mounts",
+    "remove_network",
+    "subnet_in_use",
+]
+
 MARKS = Path("/run/gitops-lab")
 """Marker files naming machine-wide mounts that the lab (not someone else) created."""
 NSPAWN_RUN = "/run/systemd/nspawn"

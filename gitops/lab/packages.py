@@ -2,7 +2,8 @@
 
 The lab's built-in mirror carries what the sample needs (``image.MIRROR_PACKAGES``). Any other
 package a repository's deploys install is declared in the inventory and provided here, called
-by the loader (``gitops.load``) for an inventory with ``source: lab``: what the lab does not
+by the loader (``gitops.pipeline.load``) for an inventory with ``source: lab``: what the lab does
+not
 have yet is downloaded once on this machine by its own apt, from this machine's configured
 Debian sources, with everything it needs that the base image lacks (recommends included, as
 ``apt-get install`` on a host installs them), into the lab's ``extra/`` folder. The lab's mirror

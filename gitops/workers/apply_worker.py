@@ -1,14 +1,14 @@
 """The pyinfra worker: plan (dry run) or apply one DeclaredState, then exit.
 
 Runs as ``python -m gitops.workers.apply_worker`` in a process of its own, started by
-``gitops.apply``: pyinfra monkey-patches the process with gevent and caches compiled deploy
+``gitops.pipeline.apply``: pyinfra monkey-patches the process with gevent and caches compiled deploy
 files, templates and facts by file name, so the long-lived reconciler never imports it.
 Reads a job (JSON) on stdin, writes a ``WorkerResult`` (JSON) on stdout, progress on stderr.
 
 Deploy files are loaded the way the ``pyinfra`` CLI loads them (``pyinfra.is_cli``: operation
 order from the call stack, one file after another, hosts in parallel), one service's
 ``deploy.py`` at a time, with the service's parameters as pyinfra deploy data (a removal
-job loads each service's ``remove.py`` instead, see ``gitops.prune``). A plan
+job loads each service's ``remove.py`` instead, see ``gitops.pipeline.prune``). A plan
 evaluates every operation without executing it (``pyinfra --dry``); an apply executes each
 operation once (``pyinfra -y``), so its plan is what it changed.
 """
@@ -47,8 +47,9 @@ from pyinfra.context import ctx_config, ctx_host, ctx_inventory, ctx_state
 from pyinfra_cli.exceptions import UnexpectedExternalError
 from pyinfra_cli.util import exec_file
 
-from gitops import guard, journal
 from gitops.model import DeclaredHost, DeclaredState
+from gitops.pipeline import guard, journal
+from gitops.pipeline.worker import PROGRESS_PREFIX, die_with_parent
 from gitops.records import (
     ApplyReport,
     HostApply,
@@ -59,7 +60,6 @@ from gitops.records import (
     Plan,
     WorkerResult,
 )
-from gitops.worker import PROGRESS_PREFIX, die_with_parent
 from gitops.workers import connector, secrets
 
 
@@ -70,9 +70,10 @@ class Job(BaseModel):
     dry: bool = True
     diff: bool = True
     journal: str | None = None
-    """An apply's interrupted-apply journal folder (``gitops.journal``)."""
+    """An apply's interrupted-apply journal folder (``gitops.pipeline.journal``)."""
     remove: bool = False
-    """Load each service's ``remove.py`` (a removal, ``gitops.prune``), not its ``deploy.py``."""
+    """Load each service's ``remove.py`` (a removal, ``gitops.pipeline.prune``), not its
+    ``deploy.py``."""
 
 
 def _progress(message: str) -> None:
@@ -220,7 +221,7 @@ def _did_change_or_forced(self: OperationMeta) -> bool:
 
 
 class _Journal(BaseStateCallback):
-    """Journals each host's operations as they run (``gitops.journal``), and makes the
+    """Journals each host's operations as they run (``gitops.pipeline.journal``), and makes the
     operations an interrupted apply changed count as changed once, so what depends on them
     (``_if=``: a restart after a configuration change) runs although the change is done;
     every operation of a host whose apply was cut on another controller (``journal.ANY``)."""
@@ -239,7 +240,7 @@ class _Journal(BaseStateCallback):
         OperationMeta.did_change = _did_change_or_forced  # type: ignore[method-assign]
 
     def undone(self, reverted: dict[str, str], services: frozenset[str]) -> None:
-        """Hosts where a guard's revert ran (``gitops.guard``): what the interrupted apply
+        """Hosts where a guard's revert ran (``gitops.pipeline.guard``): what the interrupted apply
         changed in the guarded services was undone there, so it is not forced again; the
         next apply finds those changes to make, and what depends on them follows."""
         for host in reverted:
@@ -310,7 +311,7 @@ class _Journal(BaseStateCallback):
 
 
 class _Guards:
-    """The guarded applies of one worker (``gitops.guard``): which operations of guarded
+    """The guarded applies of one worker (``gitops.pipeline.guard``): which operations of guarded
     services change which files and units (read while the deploys load), and, per host, the
     revert armed before its first change."""
 

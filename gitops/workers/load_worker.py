@@ -1,24 +1,28 @@
 """The load worker: one revision's snapshot -> its ``DeclaredState``, in a process of its own.
 
-Runs as ``python -m gitops.workers.load_worker``, started by ``gitops.sandbox`` for previews:
+Runs as ``python -m gitops.workers.load_worker``, started by ``gitops.pipeline.sandbox`` for
+previews:
 loading imports each service's ``model.py``, which is a pull request's code there, so it runs
 as the sandbox's user, never in the daemon. Reads a job (JSON) on stdin: the snapshot, the
 inventory, the revision, the preview's own SOPS keys, the stand-in hosts (None: the
-inventory's own) and the paths it must not be able to read; writes one JSON answer on stdout:
-``{"state"}`` or ``{"problems"}`` or ``{"error"}`` or ``{"refused"}``, with the ``groups``
-and ``packages`` the stand-ins were asked for. The answer is untrusted: the caller checks it.
+inventory's own), the paths it must not be able to read and the class of the host source
+of ``source: lab`` (``gitops.pipeline.hostsource``, made here: a worker is another process);
+writes one JSON answer on stdout: ``{"state"}`` or ``{"problems"}`` or ``{"error"}`` or
+``{"refused"}``, with the ``groups`` and ``packages`` the stand-ins were asked for. The
+answer is untrusted: the caller checks it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from gitops.worker import die_with_parent
+from gitops.pipeline.worker import die_with_parent
 
 __all__ = ["main", "readable"]
 
@@ -42,7 +46,7 @@ def readable(paths: list[str]) -> str | None:
 
 def _answer(job: dict[str, Any]) -> dict[str, Any]:
     from gitops.errors import GitopsError, InvalidDeclaration
-    from gitops.load import load
+    from gitops.pipeline.load import load
     from gitops.settings import SecretRef, SopsSettings
 
     found = readable(job["private"])
@@ -58,6 +62,10 @@ def _answer(job: dict[str, Any]) -> dict[str, Any]:
             pgp_key=SecretRef(env=PGP_ENV) if job["keys"].get("pgp") else None)
     asked: dict[str, Any] = {}
     stand_ins = job["hosts"]
+    lab = None
+    if job.get("lab"):  # the host source of ``source: lab``, named by its class
+        module, _, name = str(job["lab"]).partition(":")
+        lab = getattr(importlib.import_module(module), name)()
 
     def hosts_from(groups: dict[str, list[str]], packages: list[str]) -> dict[str, Any]:
         asked.update(groups=groups, packages=packages)
@@ -65,7 +73,7 @@ def _answer(job: dict[str, Any]) -> dict[str, Any]:
 
     try:
         state = load(Path(job["root"]), job["inventory"], revision=job["revision"], keys=keys,
-                     hosts_from=hosts_from if stand_ins is not None else None)
+                     hosts_from=hosts_from if stand_ins is not None else None, lab=lab)
     except InvalidDeclaration as exc:
         return {"problems": [dataclasses.asdict(p) for p in exc.problems], **asked}
     except GitopsError as exc:

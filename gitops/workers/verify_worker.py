@@ -1,6 +1,6 @@
 """The testinfra worker: runs every service's ``checks.py`` on every host that runs it.
 
-Started by ``gitops.verify`` as ``python -m gitops.workers.verify_worker`` (one process per
+Started by ``gitops.pipeline.verify`` as ``python -m gitops.workers.verify_worker`` (one process per
 verify, since testinfra and pytest keep process-global state). Reads a ``DeclaredState`` as
 JSON on stdin, writes one ``VerifyReport`` as JSON on stdout and one ``progress:`` line per
 finished host on stderr.
@@ -11,7 +11,7 @@ in parallel (``settings.parallel``), the checks of one host in order, every comm
 host in one long-lived remote shell over one SSH connection (see ``ShellBackend``), whose
 ssh client is ended with the host's checks. The ssh_config is written to a private
 temporary folder. Given a connection folder (the daemon keeps one, see
-``gitops.verify.SshConnections``), each host's connection is an OpenSSH control master
+``gitops.pipeline.verify.SshConnections``), each host's connection is an OpenSSH control master
 that outlives this worker, so the next verify (a drift check) opens a session on it instead
 of a new SSH connection.
 """
@@ -46,7 +46,6 @@ from pydantic import BaseModel
 from testinfra.backend.base import CommandResult
 from testinfra.backend.ssh import SshBackend
 
-from gitops import depends
 from gitops.model import (
     DeclaredHost,
     DeclaredState,
@@ -55,8 +54,9 @@ from gitops.model import (
     check_user,
     unsafe_reason,
 )
+from gitops.pipeline import depends
+from gitops.pipeline.worker import PROGRESS_PREFIX, die_with_parent
 from gitops.records import CheckResult, CheckStatus, VerifyReport
-from gitops.worker import PROGRESS_PREFIX, die_with_parent
 from gitops.workers import secrets as worker_secrets
 
 CHECKS_FILE = "checks.py"
@@ -278,7 +278,8 @@ def verify_host(
 ) -> HostOutcome:
     """Reach the host once, then run the checks of each of its services in order; the
     checks of a service that ``requires`` one whose checks failed are not run, each such
-    service recorded once as ``DependencyNotReady`` with the reason (``gitops.depends``)."""
+    service recorded once as ``DependencyNotReady`` with the reason
+    (``gitops.pipeline.depends``)."""
     requires = requires or {}
     start = time.monotonic()
     host = connect(alias, ssh_config, declared.ssh.connect_timeout)
@@ -489,7 +490,7 @@ def _config_value(value: str) -> str:
 
 def unsafe_field(h: DeclaredHost) -> str | None:
     """The field of ``h`` that must not be written to an ssh_config (or None): the second
-    line of defence behind ``gitops.load``, which refuses such values at validate time."""
+    line of defence behind ``gitops.pipeline.load``, which refuses such values at validate time."""
     checks: tuple[tuple[str, str | None, Callable[[str], str]], ...] = (
         ("address", h.address, check_address),
         ("ssh.user", h.ssh.user, check_user),

@@ -1,0 +1,3 @@
+"""What the record tells people: incidents, delivery figures, owning teams, reports."""
+
+__all__: list[str] = []

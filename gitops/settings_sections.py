@@ -1,0 +1,307 @@
+"""The sections of the settings: where a secret is (``SecretRef``, never the secret), SOPS
+keys, signing, notifiers, commit statuses, each environment, the digest, retention, previews
+and the fan-out. Pydantic models; ``gitops.settings.Settings`` holds them and re-exports them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Annotated, Literal, get_args
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+
+from gitops.schedule import Window, check_cron, check_timezone
+
+__all__ = [
+    "EVENT_KINDS",
+    "CommitStatusConfig",
+    "DigestSettings",
+    "EnvironmentConfig",
+    "EventKind",
+    "FanoutSettings",
+    "NotifierConfig",
+    "PreviewSettings",
+    "Retention",
+    "SecretRef",
+    "SigningPolicy",
+    "SopsSettings",
+    "team_name",
+]
+
+_warned: set[Path] = set()
+_warned_lock = threading.Lock()
+_PUBLIC_KEY = Path(__file__).resolve().parent / "lab" / "demo-age-key.txt"
+"""The lab's demo age key: public by design (``gitops.lab.hostsource.DEMO_AGE_KEY``), never
+warned of."""
+
+
+def _warn_if_open(path: Path) -> None:
+    """Say once (logger ``gitops.settings``) when a secret file can be read or written by
+    others than its owner, as ssh does for a private key; it is used all the same."""
+    try:
+        mode = path.stat().st_mode & 0o777
+        public = path.resolve() == _PUBLIC_KEY
+    except OSError:
+        return  # reading it says why
+    if not mode & 0o077 or public:
+        return
+    with _warned_lock:
+        if path in _warned:
+            return
+        _warned.add(path)
+    who = "everyone" if mode & 0o007 else "its group"
+    logging.getLogger("gitops.settings").warning(
+        "warning: secret file %s has mode %04o: %s can reach it (chmod 600 %s)",
+        path, mode, who, path)
+
+
+class SecretRef(BaseModel):
+    """Where a secret is: an environment variable or a file. Never the secret itself."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    env: str | None = None
+    file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self) -> SecretRef:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("name exactly one of env or file")
+        return self
+
+    @property
+    def where(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+    def reveal(self) -> str:
+        """The secret's value; a ``UsageError`` naming where it was looked for if missing."""
+        from gitops.errors import UsageError
+
+        if self.env is not None:
+            value = os.environ.get(self.env, "")
+        else:
+            assert self.file is not None
+            try:
+                _warn_if_open(self.file)
+                value = self.file.read_text().strip()
+            except OSError as exc:
+                raise UsageError(f"secret {self.where}: {exc.strerror}") from None
+        if not value:
+            raise UsageError(f"secret {self.where} is empty or not set")
+        return value
+
+
+class SopsSettings(BaseModel):
+    """The private keys that open SOPS-encrypted files of the state repository (see
+    gitops.pipeline.sops). Named by file or environment variable; never in the repository."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    age_key: SecretRef | None = None
+    """An age identity file: one or more ``AGE-SECRET-KEY-1...`` lines (``age-keygen``)."""
+    pgp_key: SecretRef | None = None
+    """An ASCII-armoured OpenPGP private key without passphrase (``gpg --export-secret-keys
+    --armor``); imported into a throwaway GnuPG home, never the user's keyring."""
+
+
+class SigningPolicy(BaseModel):
+    """Which keys may sign the commits an environment applies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    gpg_keys: list[Path] = []
+    """ASCII-armoured public keys (files) of the allowed GPG signers."""
+    ssh_allowed_signers: Path | None = None
+    """An ssh-keygen ``allowed_signers`` file of the allowed SSH signers."""
+
+    @model_validator(mode="after")
+    def _some_signer(self) -> SigningPolicy:
+        if not self.gpg_keys and self.ssh_allowed_signers is None:
+            raise ValueError("name gpg_keys or ssh_allowed_signers (or leave verify_commits out)")
+        return self
+
+
+def team_name(value: str) -> str:
+    from gitops.model import check_team
+
+    return check_team(value)
+
+
+EventKind = Literal["failure", "recovery", "drift", "rollback", "quarantine", "success"]
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
+
+
+class NotifierConfig(BaseModel):
+    """One notification receiver: a generic JSON webhook or a Slack-compatible incoming webhook."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    type: Literal["webhook", "slack"]
+    url: SecretRef
+    """The webhook's URL, a secret (it is the credential for incoming webhooks)."""
+    events: list[EventKind] = Field(default_factory=lambda: list(EVENT_KINDS))
+    """Which events this receiver gets (default: all; list them to leave ``success`` out)."""
+
+
+class CommitStatusConfig(BaseModel):
+    """Where commit statuses go: the Git host's API, the repository there, a token."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    provider: Literal["github", "gitlab", "gitea"]
+    api_url: str = Field(pattern=r"^https?://")
+    """https://api.github.com, https://gitlab.example.com/api/v4, https://gitea.example.com/api/v1"""
+    repository: str = Field(min_length=1)
+    """``owner/name`` on GitHub and Gitea; the project id or path (``group/project``) on GitLab."""
+    token: SecretRef
+    context: str = "gitops/{environment}"
+    """The status's name on the commit; ``{environment}`` is replaced by the environment's name."""
+    target_url: str | None = None
+    """A link shown with the status (the status page, say)."""
+
+    def context_for(self, environment: str) -> str:
+        return self.context.replace("{environment}", environment)
+
+
+class EnvironmentConfig(BaseModel):
+    """One environment the daemon watches: a repository, a branch, an inventory, policies."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    repo: str
+    branch: str = "main"
+    inventory: str | None = None
+    """``inventories/<inventory>.yml``; defaults to ``name``."""
+    interval: float = Field(default=60, gt=0)
+    """Seconds between polls of the remote."""
+    jitter: float = Field(default=0.1, ge=0, le=1)
+    """Each wait is the interval times a random factor in [1 - jitter, 1 + jitter]."""
+    watch: bool = True
+    """For a local repository path: reconcile within a second of a commit (watchdog)."""
+    drift: Literal["report", "correct"] = "report"
+    drift_interval: float = Field(default=600, gt=0)
+    auto_rollback: bool = True
+    webhook_secret: SecretRef | None = None
+    verify_commits: SigningPolicy | None = None
+    notifiers: list[NotifierConfig] = []
+    """Who hears of failures, recoveries, drift, rollbacks and quarantines."""
+    commit_status: list[CommitStatusConfig] = []
+    """Where to report pending / success / failure on each applied commit."""
+    retry_base: float = Field(default=5, gt=0)
+    retry_max: float = Field(default=300, gt=0)
+    windows: list[Window] = []
+    """Maintenance windows (``schedule``, ``duration``, ``timezone``): outside them new
+    revisions wait and drift is reported, not corrected. When set, these win over the
+    inventory's ``settings.windows``; empty: the inventory's, else always open."""
+    prune: bool | None = None
+    """Take services the revision no longer declares on a host off it with their
+    ``remove.py`` (false: report them only). When set, wins over the inventory's
+    ``settings.prune``; unset: the inventory's (default true). See gitops.pipeline.prune."""
+    promote_from: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    """The name of another environment here: apply only the revisions verified on every
+    host there, in commit order (``gitops promote`` for one by hand)."""
+    team: Annotated[str, AfterValidator(team_name)] | None = None
+    """The team that owns this environment, one of the settings' ``teams``; wins over the
+    inventory's ``settings.team``."""
+
+    @property
+    def environment(self) -> str:
+        return self.inventory or self.name
+
+
+class DigestSettings(BaseModel):
+    """The periodic digest (see gitops.daemon.digest): when, over what period, to whom."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    schedule: Annotated[str, AfterValidator(check_cron)] | None = None
+    """A cron expression (``0 9 * * 1``: Mondays at 09:00); none: no digest is sent."""
+    timezone: Annotated[str, AfterValidator(check_timezone)] = "UTC"
+    """The IANA time zone the schedule is read in."""
+    days: float = Field(default=7, gt=0, le=366)
+    """The period the digest covers, compared with the period before it."""
+    notifiers: list[NotifierConfig] = []
+    """Who gets it; empty: every notifier of the environments (each URL once)."""
+
+
+class Retention(BaseModel):
+    """How much the state folder keeps (README, "The state folder")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    snapshots: int = Field(default=20, ge=1)
+    """Snapshot folders kept besides those of revisions a host still has applied or verified
+    (or a run uses, or a rollback hold names): the most recently used ones."""
+    history_days: float = Field(default=400, gt=0)
+    """Finished runs older than this leave the database (each environment's newest succeeded
+    apply stays), and the incident reports only they made leave the reports folder; so do
+    the previews finished before it, with their reports."""
+    sources_days: float = Field(default=30, gt=0)
+    """A repository mirror that no environment watches and nothing fetched for this long is
+    removed (one that is needed again is fetched again); so is, from a watched one, the ref of
+    a pull request with no preview asked for or finished for this long (none in progress)."""
+
+
+class PreviewSettings(BaseModel):
+    """Previews of pull/merge requests on disposable hosts (``gitops.daemon.preview``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    hosts_per_group: int = Field(default=1, ge=1, le=20)
+    """At most this many hosts of each group stand in a preview lab."""
+    max_labs: int = Field(default=1, ge=1, le=9)
+    """Previews run at once (one lab each); the others wait in the queue."""
+    max_queued: int = Field(default=20, ge=1, le=1000)
+    """Previews waiting at most; a request beyond it is refused (503) until one starts."""
+    timeout: float = Field(default=900, gt=0)
+    """Seconds a preview may take, lab boot to teardown; past it, it fails and the lab goes."""
+    lab_prefix: str | None = Field(default=None, pattern=r"^[a-z0-9]{1,6}$")
+    """Preview labs are named ``<prefix><slot>`` (found again by name after a crash);
+    default: the first 5 characters of ``$GITOPS_LAB_NAME`` (else ``gitops``) and ``p``."""
+    page_url: str | None = Field(default=None, pattern=r"^https?://")
+    """The status page's address, for the comment's link to the full report."""
+    allow_forks: bool = False
+    """Preview pull requests from forks (another repository than the environment's); off by
+    default, as Atlantis's ``--allow-fork-prs``. Even then only those of ``trusted_authors``
+    or carrying one of ``trusted_labels`` are previewed."""
+    trusted_authors: list[str] = []
+    """Logins (GitLab: usernames) whose pull requests from forks are previewed."""
+    trusted_labels: list[str] = []
+    """Labels that make a pull request from a fork previewed (set by someone with write
+    access: GitHub, GitLab and Gitea let only them label)."""
+    user: str = Field(default="nobody", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    """The unprivileged user a preview's code (its ``model.py``, ``deploy.py`` and checks)
+    runs as, in worker processes (``gitops.pipeline.sandbox``); it must exist. Used when the daemon
+    runs as root; otherwise the workers run as the daemon's user, still with an empty home
+    and no settings, keys or tokens."""
+    python: Path | None = None
+    """The interpreter of the preview's workers (default: the daemon's): ``user`` must be
+    able to run it and import gitops with it."""
+    sops: SopsSettings | None = None
+    """The keys a preview decrypts SOPS values with: never the environment's ``[sops]``.
+    Unset: none (a preview of an inventory with encrypted values is invalid, except the
+    lab's demo key for ``source: lab``)."""
+
+
+class FanoutSettings(BaseModel):
+    """A batch's hosts shared with the other controllers' workers (``gitops.daemon.fanout``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    remote: bool = False
+    """With PostgreSQL and more than one controller running: split each batch across every
+    live controller's workers, not only this one's (every controller needs it set, as each
+    one's worker applies the others' shares)."""
+    concurrency: int | None = Field(default=None, ge=1, le=64)
+    """Shares this controller's worker applies at once (default: its cores)."""
+    start_timeout: float = Field(default=60, ge=1, le=3600)
+    """Seconds a share may wait for a worker; past it, the holder applies it itself."""

@@ -1,0 +1,140 @@
+"""Browser sign-in to the status page beyond loopback: a random session id in a cookie.
+
+``POST /api/session`` with the API token (JSON ``{"token": "..."}``, as the sign-in form of
+``gitops/web/static/signin.js`` sends it, or an ``Authorization: Bearer`` header) answers 204 and
+sets the cookie ``gitops_session``: a random id (never the token), ``HttpOnly``,
+``SameSite=Strict``, ``Path=/``, ``Max-Age`` of ``session_hours``, and ``Secure`` when the
+request came over HTTPS. ``DELETE /api/session`` signs out. The ids live in this process only
+(``Sessions``): a restart of the daemon signs every browser out. No token is ever put in a URL,
+a cookie, a log line or an answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from gitops.web.access import Authorize
+
+__all__ = ["COOKIE", "Sessions", "routes"]
+
+COOKIE = "gitops_session"
+"""The cookie that carries a signed-in browser's session id."""
+
+
+def _digest(session_id: str) -> bytes:
+    return hashlib.sha256(session_id.encode("utf-8", "replace")).digest()
+
+
+class Sessions:
+    """Signed-in browsers: the hash of each random id with its expiry, at most ``limit``
+    (the soonest to expire go first). Safe to share between request threads."""
+
+    def __init__(self, lifetime: float, *, limit: int = 1000,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.lifetime = lifetime
+        self.limit = limit
+        self.clock = clock
+        self._expiry: dict[bytes, float] = {}
+        self._lock = threading.Lock()
+
+    def open(self) -> str:
+        """A new session id, valid for ``lifetime`` seconds."""
+        session_id = secrets.token_urlsafe(32)
+        now = self.clock()
+        with self._lock:
+            self._expiry = {k: t for k, t in self._expiry.items() if t > now}
+            while len(self._expiry) >= self.limit:
+                del self._expiry[min(self._expiry, key=self._expiry.__getitem__)]
+            self._expiry[_digest(session_id)] = now + self.lifetime
+        return session_id
+
+    def valid(self, session_id: str | None) -> bool:
+        """Whether ``session_id`` is a session opened here that has not expired."""
+        if not session_id or len(session_id) > 100:
+            return False
+        key = _digest(session_id)
+        with self._lock:
+            expiry = self._expiry.get(key)
+            if expiry is not None and expiry <= self.clock():
+                del self._expiry[key]
+                expiry = None
+        return expiry is not None
+
+    def close(self, session_id: str | None) -> None:
+        if session_id:
+            with self._lock:
+                self._expiry.pop(_digest(session_id), None)
+
+
+def _usable(token: str) -> bool:
+    return 0 < len(token) <= 4096 and token.isprintable() and token.isascii() \
+        and " " not in token
+
+
+def _with_bearer(request: Request, token: str) -> Request:
+    """``request`` as if it had sent ``Authorization: Bearer <token>``."""
+    headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
+    headers.append((b"authorization", b"Bearer " + token.encode("latin-1")))
+    return Request({**request.scope, "headers": headers})
+
+
+def routes(sessions: Sessions, authorize: Authorize | None) -> list[BaseRoute]:
+    """``POST`` and ``DELETE /api/session`` over ``sessions``; ``authorize`` checks the token
+    (None: no token is configured, so nobody can sign in: loopback needs none)."""
+
+    async def sign_in(request: Request) -> Response:
+        if authorize is None:
+            return JSONResponse({"error": "no API token is configured: the status page "
+                                          "answers loopback clients only"}, status_code=403)
+        checked = request
+        if "authorization" not in request.headers:
+            token = await _token(request)
+            if token is None:
+                return JSONResponse({"error": "send the API token as {\"token\": ...} or "
+                                              "an Authorization: Bearer header"},
+                                    status_code=400)
+            checked = _with_bearer(request, token)
+        refused = authorize(checked)
+        if refused is not None:
+            return JSONResponse({"error": "wrong API token"}, status_code=refused.status_code)
+        response = Response(status_code=204)
+        response.set_cookie(COOKIE, sessions.open(), max_age=int(sessions.lifetime),
+                            httponly=True, samesite="strict", path="/",
+                            secure=request.url.scheme == "https")
+        return response
+
+    async def sign_out(request: Request) -> Response:
+        sessions.close(request.cookies.get(COOKIE))
+        response = Response(status_code=204)
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
+                               secure=request.url.scheme == "https")
+        return response
+
+    return [Route("/api/session", sign_in, methods=["POST"]),
+            Route("/api/session", sign_out, methods=["DELETE"])]
+
+
+async def _token(request: Request) -> str | None:
+    """The ``token`` of a small JSON object body; None when absent or unusable."""
+    import json
+
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > 8192:
+            return None
+    try:
+        data: Any = json.loads(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    token = data.get("token") if isinstance(data, dict) else None
+    return token if isinstance(token, str) and _usable(token) else None
