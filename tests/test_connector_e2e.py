@@ -17,6 +17,7 @@ import yaml
 from statelab import StateRepo, make_state_repo
 
 from gitops.lab import LabInfo
+from gitops.lab.hostsource import LAB
 from gitops.model import DeclaredState
 from gitops.pipeline.apply import apply, plan
 from gitops.pipeline.load import load
@@ -45,7 +46,7 @@ def _state(repo: StateRepo, **settings: object) -> DeclaredState:
         inventory["settings"].update(settings)
         (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inventory))
         repo.commit(f"settings {settings}")
-    return load(repo.path, "lab")
+    return load(repo.path, "lab", lab=LAB)
 
 
 @pytest.fixture(scope="module")

@@ -102,7 +102,7 @@ def test_ssh_config_has_every_host_and_required_options() -> None:
         "StrictHostKeyChecking no",
         "LogLevel ERROR",
         "ControlMaster auto",
-        f"ControlPath {state}/cm-%h",
+        f"ControlPath {state}/cm-%n",
         "ControlPersist 60s",
     ):
         assert f"  {option}\n" in text
@@ -264,3 +264,20 @@ def test_old_images_are_pruned_unless_a_running_lab_uses_them(
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_lab_folder_too_deep_for_ssh_sockets_is_refused_before_booting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A GITOPS_LAB_DIR so deep that SSH's control sockets cannot bind is one clear message
+    (exit 2) naming the setting, not a boot that "did not answer SSH in time"."""
+    deep = tmp_path / ("d" * 60)
+    monkeypatch.setenv("GITOPS_LAB_DIR", str(deep))
+    with pytest.raises(lab_api.LabError) as caught:
+        lab_api.up(hosts=1, name="deep")
+    assert caught.value.exit_code == 2
+    assert "too deep for SSH's control sockets" in str(caught.value)
+    assert "GITOPS_LAB_DIR" in str(caught.value)
+    assert not (deep / "deep").exists()
+    monkeypatch.setenv("GITOPS_LAB_DIR", "/var/lib/gitops/lab")
+    lab_api.check_socket_path(common.state_dir("gitops"), 16)  # the default folder fits

@@ -67,6 +67,7 @@ __all__ = [
     "LabError",
     "LabHost",
     "LabInfo",
+    "check_socket_path",
     "current",
     "down",
     "inventory_hosts",
@@ -98,7 +99,7 @@ def render_ssh_config(state: Path, key_file: Path, hosts: tuple[LabHost, ...]) -
         "  LogLevel ERROR",
         "  ConnectTimeout 5",
         "  ControlMaster auto",
-        f"  ControlPath {state}/cm-%h",
+        f"  ControlPath {state}/cm-%n",  # the alias (lab-N), shorter than the address
         "  ControlPersist 60s",
         "",
     ]
@@ -314,6 +315,22 @@ def _free_subnet(name: str, net: ipaddress.IPv4Network, explicit: bool) -> ipadd
         net = default_subnet(name, probe)
 
 
+SOCKET_PATH_MAX = 107
+"""The longest path of a unix socket (``sun_path`` less its NUL): SSH's control sockets."""
+
+
+def check_socket_path(state: Path, hosts: int) -> None:
+    """Refuse (exit 2) a lab folder too deep for SSH's control sockets, which ssh creates as
+    ``<ControlPath>.<16 random characters>`` before renaming them: they would not bind, and
+    every host would look as if it never answered SSH."""
+    longest = len(f"{state}/cm-lab-{hosts}") + 17
+    if longest > SOCKET_PATH_MAX:
+        raise LabError(
+            f"the lab folder {state.parent} is too deep for SSH's control sockets "
+            f"({longest} characters, at most {SOCKET_PATH_MAX}): set GITOPS_LAB_DIR to a "
+            "shorter folder", exit_code=2)
+
+
 def up(
     hosts: int = 3,
     name: str | None = None,
@@ -329,6 +346,7 @@ def up(
     if not 1 <= hosts <= MAX_HOSTS:
         raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}", exit_code=2)
     net = parse_subnet(subnet) if subnet else default_subnet(name)
+    check_socket_path(state_dir(name), hosts)
     check_prerequisites()
     with _locked(name, wait=0):
         existing = current(name)
