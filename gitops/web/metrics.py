@@ -382,23 +382,19 @@ class StoreCollector(Collector):
             "Rollouts whose checks failed while nothing changed on the hosts (a stricter"
             " check): not failed changes, not in the change failure ratio.",
             labels=["environment", "window"])
+        samples: tuple[tuple[GaugeMetricFamily, str, tuple[str, ...]], ...] = (
+            (short, "short_of_checks", ()),
+            (frequency, "deployment_frequency_per_day", ()),
+            (lead, "lead_time_median_s", ("median",)),
+            (lead, "lead_time_p90_s", ("p90",)),
+            (failure, "change_failure_rate", ()),
+            (restore, "time_to_restore_median_s", ()),
+        )
         for env, data in sorted(figures.items()):
-            value = _number(data, "short_of_checks")
-            if value is not None:
-                short.add_metric([env, window], value)
-            value = _number(data, "deployment_frequency_per_day")
-            if value is not None:
-                frequency.add_metric([env, window], value)
-            for statistic, key in (("median", "lead_time_median_s"), ("p90", "lead_time_p90_s")):
+            for family, key, statistic in samples:
                 value = _number(data, key)
                 if value is not None:
-                    lead.add_metric([env, window, statistic], value)
-            value = _number(data, "change_failure_rate")
-            if value is not None:
-                failure.add_metric([env, window], value)
-            value = _number(data, "time_to_restore_median_s")
-            if value is not None:
-                restore.add_metric([env, window], value)
+                    family.add_metric([env, window, *statistic], value)
         yield from (frequency, lead, failure, restore, short)
 
 
