@@ -5,6 +5,7 @@ Gitea APIs (``githost``), the record, and the daemon's webhook route queueing a 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -53,6 +54,22 @@ from gitops.web.webhooks import (
 
 SECRET = "preview-hook-secret-3b1d"
 SHA = "a" * 40
+
+
+def _base36(number: int) -> str:
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = ""
+    while number:
+        number, rest = divmod(number, 36)
+        out = digits[rest] + out
+    return out or "0"
+
+
+@pytest.fixture(autouse=True)
+def _own_preview_slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Preview slots named after this test process (``u<pid>p0``), so that these tests never
+    take the slot locks of a lab test or another test run on the same machine."""
+    monkeypatch.setenv("GITOPS_LAB_NAME", "u" + _base36(os.getpid())[-4:])
 
 
 def _github_pr(action: str = "opened", base: str = "main", *, head_repo: str = "acme/state",
