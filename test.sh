@@ -33,6 +33,12 @@ fi
 .venv/bin/pip install -q -e '.[dev,bench,docs]'  # bench: ansible-core, for tests/test_bench_quick.py;
 # docs: mkdocs, for tests/test_docs_site.py
 
+# The OpenID provider of the sign-in tests (tests/oidc: oidc-provider, pinned by its lock file);
+# it needs Node.js 20 or newer (this machine kind has it; Debian 12's own nodejs is too old).
+if command -v npm >/dev/null && [ ! -d tests/oidc/node_modules/oidc-provider ]; then
+    npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
+fi
+
 if [ "$#" -eq 0 ]; then
     set -- tests/
 fi

@@ -43,6 +43,7 @@ from gitops.settings_sections import (
     EventKind,
     FanoutSettings,
     NotifierConfig,
+    OidcSettings,
     PreviewSettings,
     Retention,
     SecretRef,
@@ -59,6 +60,7 @@ __all__ = [
     "EventKind",
     "FanoutSettings",
     "NotifierConfig",
+    "OidcSettings",
     "PreviewSettings",
     "Retention",
     "SecretRef",
@@ -122,6 +124,8 @@ class Settings(BaseSettings):
     """The PEM private key of ``tls_cert``."""
     session_hours: float = Field(default=12, gt=0, le=720)
     """How long a browser stays signed in to the status page (beyond loopback)."""
+    oidc: OidcSettings | None = None
+    """Sign-in to the status page through an OpenID Connect provider (``[oidc]``)."""
 
     @field_validator("allowed_hosts")
     @classmethod

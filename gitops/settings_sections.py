@@ -28,6 +28,7 @@ __all__ = [
     "EventKind",
     "FanoutSettings",
     "NotifierConfig",
+    "OidcSettings",
     "PreviewSettings",
     "Retention",
     "SecretRef",
@@ -305,3 +306,48 @@ class FanoutSettings(BaseModel):
     """Shares this controller's worker applies at once (default: its cores)."""
     start_timeout: float = Field(default=60, ge=1, le=3600)
     """Seconds a share may wait for a worker; past it, the holder applies it itself."""
+
+
+def _issuer(value: str) -> str:
+    """An issuer URL: https, or http on a loopback address only (a test or lab provider)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme == "http" and parts.hostname in ("127.0.0.1", "::1", "localhost"):
+        return value.rstrip("/")
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError("an https:// URL with no query (http:// only on loopback)")
+    return value.rstrip("/")
+
+
+class OidcSettings(BaseModel):
+    """Sign-in to the status page through an OpenID Connect provider (``gitops.web.oidc``):
+    the authorization code flow with PKCE, as a confidential client."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    issuer: Annotated[str, AfterValidator(_issuer)]
+    """The provider's issuer URL; its ``/.well-known/openid-configuration`` is read."""
+    client_id: str = Field(min_length=1, max_length=200)
+    client_secret: SecretRef
+    """Where the client secret is (environment variable or file)."""
+    redirect_url: str = Field(pattern=r"^https?://[^?#]+/signin/oidc/callback$")
+    """This daemon's callback as the provider knows it (``https://gitops.example.org/signin/
+    oidc/callback``): never taken from a request's Host header."""
+    scopes: list[str] = Field(default=["openid", "profile", "email", "groups"],
+                              min_length=1, max_length=20)
+    name_claim: str = Field(default="preferred_username", pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    """The claim that names the person (``preferred_username``, ``email``, ``sub``)."""
+    groups_claim: str = Field(default="groups", pattern=r"^[A-Za-z0-9_.:-]{1,100}$")
+    """The claim that lists the person's groups."""
+    allowed_groups: list[str] = Field(default=[], max_length=1000)
+    """Only members of one of these groups may sign in (default: everyone the provider
+    signs in)."""
+    label: str = Field(default="single sign-on", min_length=1, max_length=60)
+    """The sign-in button's words: ``Sign in with <label>``."""
+
+    @model_validator(mode="after")
+    def _openid(self) -> OidcSettings:
+        if "openid" not in self.scopes:
+            raise ValueError("scopes must include openid")
+        return self

@@ -54,6 +54,24 @@ SETTINGS = {
     "badnotifier.toml": ('state_dir = "{state}"\n[[environments]]\nname = "lab"\n'
                          'repo = "{repo}"\nnotifiers = [{{ type = "pager", url = '
                          '{{ env = "X" }} }}]\n'),
+    "oidchttp.toml": ('state_dir = "{state}"\n[oidc]\nissuer = "http://sso.example.org"\n'
+                      'client_id = "gitops"\nclient_secret = {{ env = "X" }}\n'
+                      'redirect_url = "https://gitops.example.org/signin/oidc/callback"\n'),
+    "oidcredirect.toml": ('state_dir = "{state}"\n[oidc]\nissuer = "https://sso.example.org"\n'
+                          'client_id = "gitops"\nclient_secret = {{ env = "X" }}\n'
+                          'redirect_url = "https://gitops.example.org/elsewhere"\n'),
+    "oidcsecret.toml": ('state_dir = "{state}"\n[oidc]\nissuer = "https://sso.example.org"\n'
+                        'client_id = "gitops"\nclient_secret = "written-here"\n'
+                        'redirect_url = "https://gitops.example.org/signin/oidc/callback"\n'),
+    "oidcscopes.toml": ('state_dir = "{state}"\n[oidc]\nissuer = "https://sso.example.org"\n'
+                        'client_id = "gitops"\nclient_secret = {{ env = "X" }}\n'
+                        'redirect_url = "https://gitops.example.org/signin/oidc/callback"\n'
+                        'scopes = ["profile"]\n'),
+    "oidcunset.toml": ('state_dir = "{state}"\nlisten = "127.0.0.1:0"\n[oidc]\n'
+                       'issuer = "https://sso.example.org"\nclient_id = "gitops"\n'
+                       'client_secret = {{ env = "GITOPS_TEST_UNSET_OIDC" }}\n'
+                       'redirect_url = "https://gitops.example.org/signin/oidc/callback"\n'
+                       '[[environments]]\nname = "lab"\nrepo = "{repo}"\nwatch = false\n'),
 }
 
 SAMPLE_WEB = ("  web:\n    services:\n      app:\n        port: 8000\n"
@@ -135,6 +153,16 @@ CASES = [
     Case("reconcile-token-variable-unset", ("reconcile", "--config",
                                             "{cfg}/unsettoken.toml"), 2,
          "secret environment variable GITOPS_TEST_UNSET_TOKEN is empty or not set"),
+    Case("oidc-issuer-plain-http", ("status", "--config", "{cfg}/oidchttp.toml"), 2,
+         r"oidchttp\.toml:3 oidc\.issuer: .*https://"),
+    Case("oidc-redirect-elsewhere", ("status", "--config", "{cfg}/oidcredirect.toml"), 2,
+         r"oidcredirect\.toml:6 oidc\.redirect_url"),
+    Case("oidc-secret-written-inline", ("status", "--config", "{cfg}/oidcsecret.toml"), 2,
+         r"oidcsecret\.toml:5 oidc\.client_secret"),
+    Case("oidc-scopes-without-openid", ("status", "--config", "{cfg}/oidcscopes.toml"), 2,
+         r"oidcscopes\.toml:2 oidc: .*scopes must include openid"),
+    Case("run-oidc-secret-unset", ("run", "--config", "{cfg}/oidcunset.toml"), 2,
+         "secret environment variable GITOPS_TEST_UNSET_OIDC is empty or not set"),
     Case("settings-not-utf8", ("status",), 2, "not UTF-8 text",
          env={"GITOPS_CONFIG": "{cfg}/latin1.toml"}),
     # environment variables

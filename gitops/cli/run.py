@@ -41,7 +41,7 @@ def run() -> None:
         app = server.create_app(daemon, s, extra_routes=[
             *metrics.routes(s.state_dir, authorize, Database.of(s)),
             *page.routes(s.state_dir, authorize, Database.of(s), chain=daemon.chain,
-                         sessions=Sessions(s.session_hours * 3600))],
+                         sessions=Sessions(s.session_hours * 3600), oidc=s.oidc)],
             previews=daemon.previews)
         http, thread = server.start_in_thread(
             app, s.listen, limits=HttpLimits(per_client=s.max_client_requests))

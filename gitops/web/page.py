@@ -37,9 +37,10 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from datetime import UTC, datetime, timedelta
+from html import escape as html_escape
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -49,10 +50,14 @@ from gitops.daemon.promotion import Link, pipeline
 from gitops.record.store import ENVIRONMENT, Database, NoStore, Store, StoreOutdated
 from gitops.records import APPLY_KINDS, CheckRow, Ref, RunRow, StatusRow
 from gitops.web.access import Authorize, guarded
+from gitops.web.oidc import routes as oidc_routes
 from gitops.web.page_answer import PageAnswers, bounded, serialize
 from gitops.web.sessions import COOKIE, Sessions
 from gitops.web.sessions import routes as session_routes
 from gitops.web.webguard import is_local
+
+if TYPE_CHECKING:
+    from gitops.settings import OidcSettings
 
 __all__ = ["COOKIE", "HISTORY", "RecordCache", "page_data", "routes", "run_detail"]
 
@@ -394,14 +399,19 @@ def _static_file(name: str) -> Any:
     return resources.files("gitops.web").joinpath("static", name)
 
 
-def _refuse_html(refused: Response, again: bool) -> Response:
+def _refuse_html(refused: Response, again: bool, sso: str | None = None,
+                 token: bool = True) -> Response:
     """The browser's version of a refusal: the sign-in form (401) or why there is none
     (403); one same-site reload first, so a SameSite=Strict cookie is sent when the page was
     opened from a link on another site."""
     refresh = "" if again else '<meta http-equiv="refresh" content="0; url=/?again=1">'
-    if refused.status_code == 401:
+    button = ("" if sso is None else '<p><a class="button" id="signin-oidc" '
+              f'href="/signin/oidc">Sign in with {html_escape(sso)}</a></p>')
+    if refused.status_code == 401 and not token:
+        text = f"<p>This status page needs you to sign in beyond loopback.</p>{button}"
+    elif refused.status_code == 401:
         text = (
-            "<p>This status page needs the daemon's API token beyond loopback.</p>"
+            f"{button}<p>This status page needs the daemon's API token beyond loopback.</p>"
             '<form id="signin" method="post" action="/api/session">'
             '<label>API token <input type="password" name="token" required '
             'autocomplete="current-password"></label> <button type="submit">Sign in</button>'
@@ -423,12 +433,14 @@ def _refuse_html(refused: Response, again: bool) -> Response:
 def routes(state_dir: Path, authorize: Authorize | None,
            database: Database | None = None, chain: Sequence[Link] = (),
            sessions: Sessions | None = None,
-           answers: PageAnswers | None = None) -> list[BaseRoute]:
+           answers: PageAnswers | None = None,
+           oidc: OidcSettings | None = None) -> list[BaseRoute]:
     """The page's routes over the store in ``state_dir`` (or ``database``); ``authorize`` is
     the API's check (None: no token can be checked, so only loopback clients are served);
     ``chain``: the daemon's environments, for the promotion pipeline; ``sessions``: the
     signed-in browsers (default: a table of 12-hour sessions); ``answers``: where the
-    ``/api/page`` answer is kept (default: a new ``PageAnswers``)."""
+    ``/api/page`` answer is kept (default: a new ``PageAnswers``); ``oidc``: sign-in through
+    an OpenID provider (``gitops.web.oidc``), whose people may read the page."""
     where = database or Database(state_dir)
     cache = RecordCache()
     sessions = sessions or Sessions(12 * 3600)
@@ -437,20 +449,23 @@ def routes(state_dir: Path, authorize: Authorize | None,
     def check(request: Request) -> Response | None:
         if is_local(request):
             return None
-        if authorize is None:
-            return JSONResponse({"error": "the status page answers loopback clients only"},
-                                status_code=403)
         if "authorization" not in request.headers and sessions.valid(
                 request.cookies.get(COOKIE)):
             return None
-        return authorize(request)
+        if authorize is not None:
+            return authorize(request)
+        if oidc is not None:
+            return JSONResponse({"error": "sign in first"}, status_code=401)
+        return JSONResponse({"error": "the status page answers loopback clients only"},
+                            status_code=403)
 
     def read(fn: Callable[[Store], Any]) -> Any:
         with where.open(readonly=True) as store:
             return fn(store)
 
     @guarded(check, refusal=lambda request, refused: _refuse_html(
-        refused, again="again" in request.query_params))
+        refused, again="again" in request.query_params,
+        sso=None if oidc is None else oidc.label, token=authorize is not None))
     async def index(request: Request) -> Response:
         html = _static_file("index.html").read_bytes()
         return Response(html, media_type="text/html; charset=utf-8", headers=_HEADERS)
@@ -514,6 +529,7 @@ def routes(state_dir: Path, authorize: Authorize | None,
 
     return [
         *session_routes(sessions, authorize),
+        *(oidc_routes(oidc, sessions) if oidc is not None else []),
         Route("/previews/{preview_id}", preview_page, methods=["GET"]),
         Route("/", index, methods=["GET"]),
         Route("/static/{name}", static, methods=["GET"]),

@@ -4,9 +4,10 @@
 ``gitops/web/static/signin.js`` sends it, or an ``Authorization: Bearer`` header) answers 204 and
 sets the cookie ``gitops_session``: a random id (never the token), ``HttpOnly``,
 ``SameSite=Strict``, ``Path=/``, ``Max-Age`` of ``session_hours``, and ``Secure`` when the
-request came over HTTPS. ``DELETE /api/session`` signs out. The ids live in this process only
-(``Sessions``): a restart of the daemon signs every browser out. No token is ever put in a URL,
-a cookie, a log line or an answer.
+request came over HTTPS. ``DELETE /api/session`` signs out; ``GET /api/session`` says whose
+session it is (``{"name", "groups", "via"}``; ``gitops.web.oidc`` opens them for people).
+The ids live in this process only (``Sessions``): a restart of the daemon signs every browser
+out. No token is ever put in a URL, a cookie, a log line or an answer.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.requests import Request
@@ -24,7 +26,7 @@ from starlette.routing import BaseRoute, Route
 
 from gitops.web.access import Authorize
 
-__all__ = ["COOKIE", "Sessions", "routes"]
+__all__ = ["COOKIE", "TOKEN_HOLDER", "Person", "Sessions", "routes"]
 
 COOKIE = "gitops_session"
 """The cookie that carries a signed-in browser's session id."""
@@ -34,45 +36,62 @@ def _digest(session_id: str) -> bytes:
     return hashlib.sha256(session_id.encode("utf-8", "replace")).digest()
 
 
+@dataclass(frozen=True)
+class Person:
+    """Who a browser session belongs to: ``name`` and ``groups`` as the provider said
+    (``via="oidc"``), or the holder of the API token (``via="token"``, name ``api``)."""
+
+    name: str
+    groups: tuple[str, ...] = ()
+    via: str = "token"
+
+
+TOKEN_HOLDER = Person("api")
+
+
 class Sessions:
-    """Signed-in browsers: the hash of each random id with its expiry, at most ``limit``
-    (the soonest to expire go first). Safe to share between request threads."""
+    """Signed-in browsers: the hash of each random id with its expiry and person, at most
+    ``limit`` (the soonest to expire go first). Safe to share between request threads."""
 
     def __init__(self, lifetime: float, *, limit: int = 1000,
                  clock: Callable[[], float] = time.time) -> None:
         self.lifetime = lifetime
         self.limit = limit
         self.clock = clock
-        self._expiry: dict[bytes, float] = {}
+        self._open: dict[bytes, tuple[float, Person]] = {}
         self._lock = threading.Lock()
 
-    def open(self) -> str:
-        """A new session id, valid for ``lifetime`` seconds."""
+    def open(self, person: Person = TOKEN_HOLDER) -> str:
+        """A new session id of ``person``, valid for ``lifetime`` seconds."""
         session_id = secrets.token_urlsafe(32)
         now = self.clock()
         with self._lock:
-            self._expiry = {k: t for k, t in self._expiry.items() if t > now}
-            while len(self._expiry) >= self.limit:
-                del self._expiry[min(self._expiry, key=self._expiry.__getitem__)]
-            self._expiry[_digest(session_id)] = now + self.lifetime
+            self._open = {k: v for k, v in self._open.items() if v[0] > now}
+            while len(self._open) >= self.limit:
+                del self._open[min(self._open, key=lambda k: self._open[k][0])]
+            self._open[_digest(session_id)] = (now + self.lifetime, person)
         return session_id
+
+    def person(self, session_id: str | None) -> Person | None:
+        """Whose session ``session_id`` is; None unless it was opened here and is valid."""
+        if not session_id or len(session_id) > 100:
+            return None
+        key = _digest(session_id)
+        with self._lock:
+            found = self._open.get(key)
+            if found is not None and found[0] <= self.clock():
+                del self._open[key]
+                found = None
+        return None if found is None else found[1]
 
     def valid(self, session_id: str | None) -> bool:
         """Whether ``session_id`` is a session opened here that has not expired."""
-        if not session_id or len(session_id) > 100:
-            return False
-        key = _digest(session_id)
-        with self._lock:
-            expiry = self._expiry.get(key)
-            if expiry is not None and expiry <= self.clock():
-                del self._expiry[key]
-                expiry = None
-        return expiry is not None
+        return self.person(session_id) is not None
 
     def close(self, session_id: str | None) -> None:
         if session_id:
             with self._lock:
-                self._expiry.pop(_digest(session_id), None)
+                self._open.pop(_digest(session_id), None)
 
 
 def _usable(token: str) -> bool:
@@ -119,8 +138,17 @@ def routes(sessions: Sessions, authorize: Authorize | None) -> list[BaseRoute]:
                                secure=request.url.scheme == "https")
         return response
 
+    async def who(request: Request) -> Response:
+        person = sessions.person(request.cookies.get(COOKIE))
+        if person is None:
+            return JSONResponse({"error": "not signed in"}, status_code=401,
+                                headers={"Cache-Control": "no-store"})
+        return JSONResponse({"name": person.name, "groups": list(person.groups),
+                             "via": person.via}, headers={"Cache-Control": "no-store"})
+
     return [Route("/api/session", sign_in, methods=["POST"]),
-            Route("/api/session", sign_out, methods=["DELETE"])]
+            Route("/api/session", sign_out, methods=["DELETE"]),
+            Route("/api/session", who, methods=["GET"])]
 
 
 async def _token(request: Request) -> str | None:

@@ -645,7 +645,23 @@
     }
   }
 
+  // Who is signed in (a session opened by the API token or the OpenID provider), and sign-out.
+  async function showPerson() {
+    const who = document.getElementById("who");
+    const response = await fetch("/api/session", { credentials: "same-origin", cache: "no-store" });
+    if (!response.ok) return;  // loopback without a session: nobody to show
+    const person = await response.json();
+    const out = el("button", { type: "button", id: "signout", text: "Sign out" });
+    out.addEventListener("click", async () => {
+      await fetch("/api/session", { method: "DELETE", credentials: "same-origin",
+                                    headers: { "Content-Type": "application/json" }, body: "{}" });
+      window.location.reload();
+    });
+    put(who, el("span", { id: "who-name", text: `signed in as ${person.name}` }), " ", out);
+  }
+
   document.getElementById("run-close").addEventListener("click", closeRun);
   document.addEventListener("keydown", (e) => { if (e.key === "Escape") closeRun(); });
   refresh();
+  showPerson().catch(() => {});
 })();
