@@ -65,7 +65,8 @@ def test_the_message_is_short_and_says_what_where_which_commit_and_links_the_pag
     title, text = short_message(FAILURE, PAGE)
     assert title == "Rollout failed in prod on web1"
     lines = text.splitlines()
-    assert lines[0] == "commit 3f786850e3 \u201craise the worker count\u201d by Ann <ann@example.com>"
+    assert lines[0] == ("commit 3f786850e3 \u201craise the worker count\u201d"
+                        " by Ann <ann@example.com>")
     assert lines[1:4] == ["verify failed on web1: nginx port 80 not listening", "line 2",
                           "line 3"]
     assert "line 4" not in text and lines[4] == "(and 1 more lines on the page)"

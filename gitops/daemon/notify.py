@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gitops.daemon import notify_providers as providers
 from gitops.daemon.notify_formats import (
     COMMIT_STATES,
     SLACK_TEXT_MAX,
@@ -39,11 +40,9 @@ from gitops.daemon.notify_formats import (
     api_headers,
     comment_urls,
     slack_escape,
-    slack_payload,
     status_request,
     user_id,
 )
-from gitops.daemon import notify_providers as providers
 from gitops.daemon.notify_http import Answer, Scrubber, Sleep, send_json
 from gitops.settings import EVENT_KINDS, CommitStatusConfig, EventKind, NotifierConfig
 

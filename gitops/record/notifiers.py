@@ -54,7 +54,8 @@ class NotifiersMixin(StoreBase):
     def deliveries(self, notifier: str | None = None,
                    limit: int = 20) -> list[dict[str, str]]:
         """The newest deliveries (of ``notifier``), newest first."""
-        sql = "SELECT notifier, environment, event, status, reason, sent_at FROM notifier_deliveries"
+        sql = ("SELECT notifier, environment, event, status, reason, sent_at"
+               " FROM notifier_deliveries")
         args: tuple[str | int, ...] = ()
         if notifier is not None:
             sql += " WHERE notifier=?"
