@@ -50,7 +50,8 @@ def send(url: str, title: str, body: str, *, failure: bool = False) -> Sent:
     if not app.add(url):
         return Sent(False, None, "Apprise cannot use this URL")
     kind = apprise.NotifyType.FAILURE if failure else apprise.NotifyType.INFO
-    with apprise.LogCapture(level=logging.INFO) as captured:  # type: ignore[no-untyped-call]
+    with apprise.LogCapture(level=logging.INFO,  # type: ignore[no-untyped-call]
+                            fmt="%(message)s") as captured:
         try:
             ok = bool(app.notify(body=body, title=title, notify_type=kind,
                                  body_format=apprise.NotifyFormat.TEXT))
@@ -58,7 +59,8 @@ def send(url: str, title: str, body: str, *, failure: bool = False) -> Sent:
             ok = False
             captured.write(f"{type(exc).__name__}: {exc}\n")
         lines = [line.strip() for line in captured.getvalue().splitlines() if line.strip()]
-    said = [line for line in lines if "Payload" not in line]
+    said = [line for line in lines if "Payload" not in line
+            and not line.startswith("Notifying ")]
     status = None
     for line in reversed(said):
         found = _STATUS.search(line)

@@ -68,8 +68,7 @@ def test(notifier: str, as_json: bool) -> None:
         known = ", ".join(sorted(found)) or "none configured"
         raise UsageError(f"no notifier named {notifier!r} (notifiers: {known})")
     config, environment = found[notifier]
-    event = Event(kind="recovery" if config.type == "alertmanager" else "success",
-                  environment=environment or "gitops", summary=_TEST)
+    event = Event(kind="success", environment=environment or "gitops", summary=_TEST)
     url = ""
     try:
         url = config.url.reveal()

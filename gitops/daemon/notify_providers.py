@@ -12,8 +12,9 @@ and the link to the page (the settings' ``page_url``). Requests, by ``type``:
 - ``slack``: its incoming-webhook blocks (``notify_formats.slack_payload``).
 - ``apprise``: the title and text through Apprise (``gitops.apprise_urls``).
 - ``alertmanager``: ``POST <url>/api/v2/alerts`` with one alert (Alertmanager's OpenAPI
-  ``postableAlerts``): ``failure`` fires it, ``recovery`` sends the same labels with
-  ``endsAt`` now, which resolves it; other kinds are not sent. Labels ``alertname =
+  ``postableAlerts``): ``failure`` fires it, ``recovery`` or ``success`` sends the same labels
+  with ``endsAt`` now, which resolves it (a resolved alert that never fired notifies
+  nobody); other kinds are not sent. Labels ``alertname =
   GitopsRolloutFailed``, ``environment``, ``severity = critical``, ``source = gitops``.
 - ``grafana``: ``POST <url>/api/annotations`` (Grafana's HTTP API, "Create Annotation"),
   ``Authorization: Bearer <token>``, body ``{"time": <ms>, "tags": ["gitops", <environment>,
@@ -93,7 +94,7 @@ def sign(key: str, body: bytes) -> str:
 def send(config: NotifierConfig, event: Event, *, page_url: str | None, timeout: float,
          retries: int, sleep: Sleep, backoff: float, max_delay: float) -> Answer | None:
     """Send ``event`` to one notifier; None when its kind does not take this event (an
-    Alertmanager hears failures and recoveries only). Raises only on a secret not found."""
+    Alertmanager hears failures, recoveries and successes only). Raises only on a secret not found."""
     url = config.url.reveal()
     secrets = [url]
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
@@ -118,7 +119,7 @@ def send(config: NotifierConfig, event: Event, *, page_url: str | None, timeout:
             body["blocks"].append({"type": "context", "elements": [
                 {"type": "mrkdwn", "text": f"<{text.splitlines()[-1]}|the page>"}]})
     elif config.type == "alertmanager":
-        if event.kind not in ("failure", "recovery"):
+        if event.kind not in ("failure", "recovery", "success"):
             return None
         body = [_alert(event, title, text, page_url)]
         url = url.rstrip("/") + "/api/v2/alerts"
@@ -147,7 +148,7 @@ def _alert(event: Event, title: str, text: str, page_url: str | None) -> dict[st
     }
     if page_url:
         alert["generatorURL"] = page_url
-    if event.kind == "recovery":
+    if event.kind != "failure":
         alert["endsAt"] = at
     else:
         alert["startsAt"] = at
@@ -166,7 +167,7 @@ def _apprise(url: str, title: str, text: str, kind: EventKind, scrub: Scrubber, 
         attempts += 1
         sent = apprise_send(url, title, text, failure=SEVERITY[kind] == "critical")
         if sent.ok:
-            return Answer(True, sent.status or 200, attempts, None, scrub(sent.detail))
+            return Answer(True, sent.status, attempts, None, scrub(sent.detail))
         error = scrub(sent.detail)
         final = sent.status is not None and 400 <= sent.status < 500 and sent.status != 429
         if final or attempts > retries:

@@ -52,7 +52,7 @@ class Reporter:
         names = [n.label(i) for i, n in enumerate(self.settings.notifiers)]
         names += [n.label(i, env.config.name) for i, n in enumerate(env.config.notifiers)]
         try:
-            team = env.config.team or self._inventory_team(env)
+            team = self._team(env)
             deliveries = notify.notify(configs, event, names=names, team=team,
                                        page_url=self.settings.page_url)
             with self.open_store() as store:
@@ -63,11 +63,14 @@ class Reporter:
             log.warning("%s: notifications not recorded: %s", env.config.name,
                         type(exc).__name__)
 
-    def _inventory_team(self, env: EnvState) -> str | None:
-        """The team the inventory names as the environment's owner, as last recorded."""
+    def _team(self, env: EnvState) -> str | None:
+        """The environment's owning team, as ``gitops status`` shows it."""
+        from gitops.report.teams import environment_teams
+
+        if env.config.team is not None:
+            return env.config.team
         with self.open_store() as store:
-            return next((o.team for o in store.owners()
-                         if o.environment == env.target.environment and not o.service), None)
+            return environment_teams(store).get(env.target.environment)
 
     def write_incidents(self, env: EnvState) -> None:
         """Rewrite the incident reports of ``env`` (only its own: no other changed), their
