@@ -94,7 +94,8 @@ def sign(key: str, body: bytes) -> str:
 def send(config: NotifierConfig, event: Event, *, page_url: str | None, timeout: float,
          retries: int, sleep: Sleep, backoff: float, max_delay: float) -> Answer | None:
     """Send ``event`` to one notifier; None when its kind does not take this event (an
-    Alertmanager hears failures, recoveries and successes only). Raises only on a secret not found."""
+    Alertmanager hears failures, recoveries and successes only). Raises only on a secret
+    not found."""
     url = config.url.reveal()
     secrets = [url]
     headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
