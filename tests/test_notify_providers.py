@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from clitools import gitops
 from receivers import HttpReceiver, SmtpReceiver, self_signed
 
 from gitops.daemon.notify import Event, NotifierConfig, notify
 from gitops.daemon.notify_providers import short_message
-from gitops.record.store import Store
+from gitops.record.store import Database, Store
 from gitops.settings import SecretRef
 
 SHA = "3f786850e387550fdab836ed7e6dc881de23001b"
@@ -215,11 +217,12 @@ def test_filters(monkeypatch: pytest.MonkeyPatch, receivers: list[HttpReceiver],
     assert bool(hook.requests) is heard
 
 
-def test_failing_for_an_hour_is_a_condition_until_one_delivery_succeeds(tmp_path: Path) -> None:
-    """NotifierFailing appears on the environment's row once every delivery has failed for
-    an hour, and leaves with the next one delivered."""
+def test_failing_for_an_hour_is_a_condition_until_one_delivery_succeeds(
+        store_backend: Database) -> None:
+    """On SQLite and PostgreSQL: NotifierFailing appears on the environment's row once every
+    delivery has failed for an hour, and leaves with the next one delivered."""
     clock = [datetime(2026, 12, 1, 12, 0, tzinfo=UTC)]
-    with Store(tmp_path, clock=lambda: clock[0]) as store:
+    with store_backend.open(clock=lambda: clock[0]) as store:
         store.set_status("prod", "", [])
         store.record_delivery("pager", "prod", "failure", "failed", "HTTP 503")
         clock[0] += timedelta(minutes=59)
@@ -229,8 +232,20 @@ def test_failing_for_an_hour_is_a_condition_until_one_delivery_succeeds(tmp_path
         (row,) = store.status("prod")
         (cond,) = [c for c in row.conditions if c.type == "NotifierFailing"]
         assert "notifier pager" in cond.message and "HTTP 503" in cond.message
+        assert store.page_mark()[-1] == ("pager",)  # the page shows it without a write
         store.record_delivery("pager", "prod", "failure", "delivered")
         assert not any(c.type == "NotifierFailing" for c in store.status("prod")[0].conditions)
+
+
+def test_gitops_status_shows_a_failing_notifier(tmp_path: Path) -> None:
+    """``gitops status`` prints the NotifierFailing condition with the last reason."""
+    past = datetime.now(UTC) - timedelta(hours=2)
+    with Store(tmp_path / "state", clock=lambda: past) as store:
+        store.set_status("prod", "", [])
+        store.record_delivery("on-call", "prod", "failure", "refused", "HTTP 404: no hook")
+    done = gitops("status", "--state-dir", str(tmp_path / "state"))
+    assert "NotifierFailing: notifier on-call: nothing delivered since" in done.stdout
+    assert "HTTP 404: no hook" in done.stdout
 
 
 # -- the command line --------------------------------------------------------------------
@@ -263,3 +278,28 @@ def test_notify_test_prints_the_answer_and_list_hides_the_url(
     assert f"127.0.0.1:{grafana.port}" not in listed.stdout and TOKEN not in listed.stdout
     unknown = gitops("notify", "test", "nobody", "--config", str(cfg), env=env)
     assert unknown.returncode == 2 and "no notifier named 'nobody'" in unknown.stderr
+
+
+# -- the Apprise URL check at load -----------------------------------------------------------
+
+_SCHEMES = st.sampled_from(["mmost", "ntfy", "mailto", "workflows", "json", "nonsense", "",
+                            "discord", "tgram"])
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(scheme=_SCHEMES, rest=st.text(max_size=60))
+def test_an_apprise_url_is_accepted_or_refused_never_echoed(
+        monkeypatch: pytest.MonkeyPatch, scheme: str, rest: str) -> None:
+    """Any text as an Apprise URL: the notifier loads, or one validation error on its
+    ``url`` that does not hold the URL's token; never another exception."""
+    from pydantic import ValidationError
+
+    url = f"{scheme}://{TOKEN}{rest}".replace("\x00", "")
+    monkeypatch.setenv("T_FUZZ_URL", url)
+    try:
+        NotifierConfig(type="apprise", url=SecretRef(env="T_FUZZ_URL"))
+    except ValidationError as exc:
+        (error,) = exc.errors()
+        assert error["loc"] == ("url",)
+        assert TOKEN not in str(exc)
