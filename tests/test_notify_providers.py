@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clitools import gitops
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from clitools import gitops
 from receivers import HttpReceiver, SmtpReceiver, self_signed
 
 from gitops.daemon.notify import Event, NotifierConfig, notify
