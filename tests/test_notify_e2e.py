@@ -17,6 +17,7 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
+from builders import free_port, git
 from receivers import HttpReceiver, SmtpReceiver, self_signed
 from test_daemon_e2e import Daemon, _set_probe, applied_everywhere, make_probe_repo, wait_for
 
@@ -64,6 +65,7 @@ def world(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
         "T_WEB": f"http://127.0.0.1:{w.web.port}/hook",
         "T_DB": f"http://127.0.0.1:{w.db.port}/hook",
         "T_AM": f"http://127.0.0.1:{w.alertmanager.port}",
+        "T_DEAD": f"http://127.0.0.1:{free_port()}/nobody-listens",
     }
     os.environ.update(urls)
     text = w.daemon.config.read_text()
@@ -77,6 +79,7 @@ def world(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
             ("web-team", "webhook", "T_WEB", 'teams = ["web"]\n'),
             ("db-team", "webhook", "T_DB", 'teams = ["db"]\n'),
             ("pager", "alertmanager", "T_AM", ""),
+            ("dead", "webhook", "T_DEAD", 'events = ["rollback"]\n'),
         ))
     w.daemon.config.write_text(top + text + 'team = "web"\n' + notifiers)
     w.daemon.start()
@@ -100,8 +103,6 @@ def world(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Wo
 
 
 def _head(path: Path) -> str:
-    from builders import git
-
     return git(path, "rev-parse", "HEAD")
 
 
@@ -149,13 +150,21 @@ def test_alertmanager_gets_a_firing_alert_then_its_resolution(world: World) -> N
     assert resolved and resolved[0]["labels"] == alert["labels"]
 
 
-def test_the_deliveries_are_recorded_and_none_failing(world: World) -> None:
-    """Every notifier's deliveries are in the record; none is a NotifierFailing condition."""
+def test_deliveries_are_recorded_and_a_dead_receiver_fails_no_run(world: World) -> None:
+    """Every notifier's deliveries are in the record; the one nobody listens for is
+    recorded failed after its retries, and the rollback and the fix it was told of went on
+    (the fix verified everywhere); less than an hour of failures is no condition yet."""
     from gitops.record.store import Store
 
     with Store(world.daemon.repo.state_dir, readonly=True) as store:
-        names = {d["notifier"] for d in store.deliveries(limit=200)}
+        found = store.deliveries(limit=200)
         rows = store.status("lab")
+    names = {d["notifier"] for d in found if d["status"] == "delivered"}
     assert {"teams-chat", "mattermost", "mail", "web-team", "pager"} <= names
-    assert "db-team" not in names
+    assert "db-team" not in {d["notifier"] for d in found}
+    dead = [d for d in found if d["notifier"] == "dead"]
+    assert dead and all(d["status"] == "failed" and d["event"] == "rollback" for d in dead)
+    assert "connection failed" in dead[0]["reason"]
+    rollbacks = [r for r in world.daemon.runs_now() if r["kind"] == "rollback"]
+    assert rollbacks and all(r["result"] == "succeeded" for r in rollbacks)
     assert not any(c.type == "NotifierFailing" for r in rows for c in r.conditions)

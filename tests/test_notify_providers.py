@@ -303,3 +303,20 @@ def test_an_apprise_url_is_accepted_or_refused_never_echoed(
         (error,) = exc.errors()
         assert error["loc"] == ("url",)
         assert TOKEN not in str(exc)
+
+
+def test_the_digest_reaches_an_apprise_notifier_and_skips_alertmanager(
+        monkeypatch: pytest.MonkeyPatch, receivers: list[HttpReceiver]) -> None:
+    """A digest goes to Mattermost through Apprise as its title and text; an Alertmanager
+    gets none (a digest is no alert)."""
+    from gitops.daemon.notify import notify_digest
+
+    mattermost = receiver(receivers, "mattermost")
+    am = receiver(receivers, "alertmanager")
+    configs = [config(monkeypatch, "apprise", f"mmost://127.0.0.1:{mattermost.port}/{TOKEN}"),
+               config(monkeypatch, "alertmanager", f"http://127.0.0.1:{am.port}")]
+    deliveries = notify_digest(configs, {"schema": "x"}, "web: 3 deployments", "Weekly digest")
+    assert [d.state for d in deliveries] == ["delivered"]
+    assert mattermost.problems == [] and am.requests == []
+    said = mattermost.requests[0].json()["text"]
+    assert "Weekly digest" in said and "web: 3 deployments" in said
