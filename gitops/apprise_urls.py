@@ -5,7 +5,9 @@ Google Chat, Matrix, Telegram, PagerDuty, Opsgenie, ...). The only module that i
 
 ``problem(url)`` parses a URL without sending anything (the settings' check at load);
 ``send(url, title, body)`` sends one message and says what the service answered. Neither
-returns nor logs the URL: it carries the service's token.
+returns nor logs the URL: it carries the service's token. Apprise's own log lines (which may
+name the URL) reach no handler of the process: they are captured into ``Sent.detail``, which
+the caller scrubs of the URL before it goes anywhere.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 __all__ = ["Sent", "problem", "send"]
 
+_SCHEME = re.compile(r"[a-z][a-z0-9+.-]{0,11}")
 _STATUS = re.compile(r"error=([1-5]\d\d)\b")
 
 
@@ -33,11 +36,12 @@ def problem(url: str) -> str | None:
     """Why Apprise cannot use ``url`` (its scheme unknown, a part missing), or None."""
     import apprise
 
-    scheme = url.split("://", 1)[0] if "://" in url else ""
-    if not scheme:
+    if "://" not in url:
         return "not an Apprise URL (write scheme://...)"
+    scheme = url.split("://", 1)[0]
+    named = f"{scheme}:// " if _SCHEME.fullmatch(scheme) else ""  # a scheme, not a token
     if not apprise.Apprise().add(url):
-        return f"Apprise cannot use this {scheme}:// URL (unknown scheme or a part missing)"
+        return f"Apprise cannot use this {named}URL (unknown scheme or a part missing)"
     return None
 
 
@@ -46,6 +50,7 @@ def send(url: str, title: str, body: str, *, failure: bool = False) -> Sent:
     card, an urgent priority, where the service has one)."""
     import apprise
 
+    logging.getLogger("apprise").propagate = False  # its words may hold the URL: ours scrub
     app = apprise.Apprise()
     if not app.add(url):
         return Sent(False, None, "Apprise cannot use this URL")
