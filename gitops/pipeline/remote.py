@@ -26,6 +26,8 @@ __all__ = ["SUDO_PROMPT", "as_root", "needs_sudo", "sudo_failure", "wrap"]
 
 SUDO_PROMPT = "a password is required"
 """What ``sudo -n`` prints (``sudo: a password is required``) when it would ask for one."""
+_PROMPTS = (SUDO_PROMPT, "interactive authentication is required")
+"""The same from sudo and from sudo-rs."""
 
 
 def needs_sudo(user: str, sudo: object) -> bool:
@@ -52,7 +54,7 @@ def as_root(host: DeclaredHost, command: str) -> str:
 def sudo_failure(host: str, user: str, output: str) -> str | None:
     """One line saying what to do when ``output`` (a command's stderr) shows sudo asking
     ``user`` for a password on ``host``; None when it does not."""
-    if SUDO_PROMPT not in output:
+    if not any(p in output for p in _PROMPTS):
         return None
     return (f"host {host}: sudo asks {user} for a password (sudo: {SUDO_PROMPT}); gitops "
             f"runs root's commands with `sudo -n`: give {user} password-less sudo there "

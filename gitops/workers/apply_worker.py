@@ -439,17 +439,19 @@ class _Guards:
         refused: dict[Any, str] = {}
 
         def one(host: Any) -> None:
+            dh = self.declared[host.name]
             try:
                 ok, output = host.run_shell_command(StringCommand(
                     self._root(host.name, guard.preflight_command())))
-            except Exception:  # the host's own operations report a lost connection
-                return
-            if not ok:
-                dh = self.declared[host.name]
-                why = remote.sudo_failure(dh.name, dh.ssh.user, output.stderr)
+            except Exception as exc:  # the host's own operations report a lost connection
+                why = remote.sudo_failure(dh.name, dh.ssh.user, str(exc))
                 if why is not None:
                     refused[host] = why
-                    return
+                return
+            why = None if ok else remote.sudo_failure(dh.name, dh.ssh.user, output.stderr)
+            if why is not None:
+                refused[host] = why
+                return
             answer = guard.parse_answer(output.stdout) if ok else None
             if answer is not None:
                 how = (f"a revert armed by an earlier apply ({answer.earlier}) was run before "
