@@ -233,6 +233,10 @@ CASES = [
                                        "{state}"), 2, "no earlier verified revision"),
     Case("retry-nothing-failed", ("retry", "--failed", "--repo", "{repo}", "--state-dir",
                                   "{state}"), 2, "no failed hosts to retry"),
+    Case("lab-sudo-user-root", ("lab", "up", "--name", "badsudo", "--sudo-user", "root"), 2,
+         r"--sudo-user 'root': an account name .*, not root"),
+    Case("lab-sudo-user-shell", ("lab", "up", "--name", "badsudo", "--sudo-user", "a;rm"), 2,
+         r"--sudo-user 'a;rm': an account name"),
 ]
 
 
