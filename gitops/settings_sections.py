@@ -27,6 +27,7 @@ __all__ = [
     "EnvironmentConfig",
     "EventKind",
     "FanoutSettings",
+    "GrantConfig",
     "NotifierConfig",
     "PreviewSettings",
     "Retention",
@@ -305,3 +306,15 @@ class FanoutSettings(BaseModel):
     """Shares this controller's worker applies at once (default: its cores)."""
     start_timeout: float = Field(default=60, ge=1, le=3600)
     """Seconds a share may wait for a worker; past it, the holder applies it itself."""
+
+
+class GrantConfig(BaseModel):
+    """A role given to a subject for a team's environments (``gitops.daemon.roles``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    subject: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$")
+    """A token's name (or ``api``, ``local``): who holds the role."""
+    role: Literal["viewer", "operator", "rollback", "admin"]
+    team: str = "*"
+    """One of the settings' ``teams``: the environments it owns; ``*``: every environment."""

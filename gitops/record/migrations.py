@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gitops.record.dialect import PgConnection
+from gitops.record.people import people_schema
 from gitops.record.queue import queue_schema
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration"]
@@ -273,5 +274,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "controllers seen running, for the leases' fair shares",
               lambda db: db.execute("CREATE TABLE controllers (name TEXT PRIMARY KEY,"
                                     " expires REAL NOT NULL)")),
+    Migration(11, "API tokens (digests) and the append-only audit trail", people_schema),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

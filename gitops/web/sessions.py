@@ -18,11 +18,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gitops.web.access import Authorize
+Authorize = Callable[[Request], "Response | None"]
+"""The gate's rule (``gitops.web.access.Authorize``), named here without importing it."""
 
 __all__ = ["COOKIE", "Sessions", "routes"]
 
@@ -43,31 +45,35 @@ class Sessions:
         self.lifetime = lifetime
         self.limit = limit
         self.clock = clock
-        self._expiry: dict[bytes, float] = {}
+        self._expiry: dict[bytes, tuple[float, str]] = {}
         self._lock = threading.Lock()
 
-    def open(self) -> str:
-        """A new session id, valid for ``lifetime`` seconds."""
+    def open(self, name: str = "api") -> str:
+        """A new session id of the caller ``name``, valid for ``lifetime`` seconds."""
         session_id = secrets.token_urlsafe(32)
         now = self.clock()
         with self._lock:
-            self._expiry = {k: t for k, t in self._expiry.items() if t > now}
+            self._expiry = {k: t for k, t in self._expiry.items() if t[0] > now}
             while len(self._expiry) >= self.limit:
                 del self._expiry[min(self._expiry, key=self._expiry.__getitem__)]
-            self._expiry[_digest(session_id)] = now + self.lifetime
+            self._expiry[_digest(session_id)] = (now + self.lifetime, name)
         return session_id
+
+    def who(self, session_id: str | None) -> str | None:
+        """The caller of ``session_id``, a session opened here that has not expired."""
+        if not session_id or len(session_id) > 100:
+            return None
+        key = _digest(session_id)
+        with self._lock:
+            found = self._expiry.get(key)
+            if found is not None and found[0] <= self.clock():
+                del self._expiry[key]
+                found = None
+        return found[1] if found is not None else None
 
     def valid(self, session_id: str | None) -> bool:
         """Whether ``session_id`` is a session opened here that has not expired."""
-        if not session_id or len(session_id) > 100:
-            return False
-        key = _digest(session_id)
-        with self._lock:
-            expiry = self._expiry.get(key)
-            if expiry is not None and expiry <= self.clock():
-                del self._expiry[key]
-                expiry = None
-        return expiry is not None
+        return self.who(session_id) is not None
 
     def close(self, session_id: str | None) -> None:
         if session_id:
@@ -84,7 +90,8 @@ def _with_bearer(request: Request, token: str) -> Request:
     """``request`` as if it had sent ``Authorization: Bearer <token>``."""
     headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
     headers.append((b"authorization", b"Bearer " + token.encode("latin-1")))
-    return Request({**request.scope, "headers": headers})
+    return Request({**request.scope, "headers": headers,
+                    "state": dict(request.scope.get("state", {}))})
 
 
 def routes(sessions: Sessions, authorize: Authorize | None) -> list[BaseRoute]:
@@ -103,11 +110,13 @@ def routes(sessions: Sessions, authorize: Authorize | None) -> list[BaseRoute]:
                                               "an Authorization: Bearer header"},
                                     status_code=400)
             checked = _with_bearer(request, token)
-        refused = authorize(checked)
+        refused = await run_in_threadpool(authorize, checked)
         if refused is not None:
             return JSONResponse({"error": "wrong API token"}, status_code=refused.status_code)
+        caller = getattr(checked.state, "caller", None)
         response = Response(status_code=204)
-        response.set_cookie(COOKIE, sessions.open(), max_age=int(sessions.lifetime),
+        session_id = sessions.open(getattr(caller, "name", "api"))
+        response.set_cookie(COOKIE, session_id, max_age=int(sessions.lifetime),
                             httponly=True, samesite="strict", path="/",
                             secure=request.url.scheme == "https")
         return response
