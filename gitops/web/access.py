@@ -124,8 +124,13 @@ class Gate:
     # -- who is calling -------------------------------------------------------------------
 
     def _tokens(self) -> list[TokenRow]:
-        with self.database.open() as store:
-            return store.tokens()
+        from gitops.record.store import NoStore
+
+        try:
+            with self.database.open(readonly=True) as store:
+                return store.tokens()
+        except NoStore:  # nothing recorded yet: no token was ever made
+            return []
 
     def _touch(self, name: str) -> None:
         with self.database.open() as store:
@@ -207,10 +212,14 @@ class Gate:
         team = self.teams.get(environment)
         if team is not None:
             return team
+        from gitops.record.store import NoStore
         from gitops.report.teams import environment_teams
 
-        with self.database.open() as store:
-            return environment_teams(store).get(environment, "")
+        try:
+            with self.database.open(readonly=True) as store:
+                return environment_teams(store).get(environment, "")
+        except NoStore:
+            return ""
 
     def decide(self, request: Request, permission: str,
                environment: str | None) -> Caller | JSONResponse:
