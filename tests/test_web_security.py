@@ -20,10 +20,10 @@ from typing import Any
 
 import httpx
 import pytest
+from builders import daemon_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
-from builders import daemon_app
 from test_page import seed
 from test_server import (
     API_TOKEN,
@@ -39,7 +39,6 @@ from test_webhooks import GITHUB_PUSH, GITLAB_PUSH
 
 from gitops.errors import UsageError
 from gitops.settings import SecretRef, Settings
-from gitops.web import metrics, page
 from gitops.web.server import bound_port, create_app, start_in_thread, stop
 from gitops.web.webhooks import hmac_sha256_hex
 
