@@ -345,13 +345,16 @@ def _promotion_routes(controller: Promoter, environments: dict[str, EnvironmentC
                                "(promote_from)")
         try:
             options = api_options(await json_body(request, max_body), force=True)
-            actor = acting(request.state.caller, options)
         except BadBody as exc:
             return error(exc.status, str(exc))
         except freetext.BadText as exc:
             return error(400, str(exc))
         except UsageError as exc:
             return error(422, str(exc))
+        try:
+            actor = acting(request.state.caller, options)
+        except UsageError as exc:
+            return error(400, str(exc))
         revision = options.get("revision", "").strip()
         reason = options.get("reason", "").strip()
         if not revision or not reason:
