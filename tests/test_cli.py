@@ -214,8 +214,9 @@ def test_unquarantine_through_the_daemon_reconciles_the_head_again(
         daemon: tuple[Path, Path]) -> None:
     """``gitops unquarantine staging SHA`` (the daemon's entry name) goes through its API: the
     quarantined head is released with the caller as actor (``local``: the lab mode trusts
-    loopback), and the daemon reconciles it again at once as their run, though its last run of that head failed; a sha the daemon has
-    not quarantined is its refusal, one line, exit 2."""
+    loopback), and the daemon reconciles it again at once as their run, though its last run
+    of that head failed; a sha the daemon has not quarantined is its refusal, one line,
+    exit 2."""
     folder, state = daemon
     head = subprocess.run(["git", "-C", str(folder / "repo"), "rev-parse", "HEAD"],
                           capture_output=True, text=True, check=True).stdout.strip()

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 from builders import daemon_app
+from hypothesis import given
+from hypothesis import strategies as st
 from starlette.routing import Route
 from test_server import RecordingController
 
@@ -400,3 +403,21 @@ def test_the_cli_sends_the_persons_token_and_exits_2_when_refused(
     finally:
         stop(server, thread)
     assert controller.operations[-1]["actor"] == "admin1"
+
+
+# -- parsing, fuzzed -------------------------------------------------------------------------
+
+
+@given(st.text(max_size=30))
+@hypothesis.settings(max_examples=300, deadline=None)
+def test_lifetimes_and_names_are_parsed_or_refused_in_one_line(text: str) -> None:
+    """Any ``--expires`` and ``--name``: a lifetime / the name, or one ``UsageError`` line
+    that quotes it; never another exception."""
+    from gitops.daemon.tokens import check_name, parse_lifetime
+    from gitops.errors import UsageError
+
+    for parse in (parse_lifetime, check_name):
+        try:
+            parse(text)
+        except UsageError as exc:
+            assert "\n" not in str(exc).replace(repr(text), "")

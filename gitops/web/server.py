@@ -215,7 +215,7 @@ def create_app(
     async def act(request: Request, name: str, env: EnvironmentConfig,
                   event: WebhookEvent) -> Response:
         if event.is_pull_request:
-            return await preview(name, env, event)
+            return await preview(request, name, env, event)
         why = why_ignored(event, env.branch)
         if why is not None:
             log.info("webhook %s: %s ignored (%s)", name, event.provider, why)
@@ -239,7 +239,8 @@ def create_app(
         )
         return JSONResponse({"triggered": triggered}, status_code=202)
 
-    async def preview(name: str, env: EnvironmentConfig, event: WebhookEvent) -> Response:
+    async def preview(request: Request, name: str, env: EnvironmentConfig,
+                      event: WebhookEvent) -> Response:
         why = why_no_preview(event, env.branch)
         if why is None and previews is None:
             why = "previews are not enabled in this daemon"
@@ -264,6 +265,10 @@ def create_app(
             return error(503, str(exc))
         log.info("webhook %s: %s pull request #%d (%s) queued for a preview", name,
                  event.provider, event.number, event.branch)
+        await run_in_threadpool(functools.partial(
+            gate.record, request, actor=f"webhook:{event.provider}", role="webhook",
+            action="preview", environment=name, outcome="ok",
+            target=f"#{event.number} {event.after or ''}".strip()))
         return JSONResponse(answer, status_code=202)
 
     async def operate(request: Request) -> Response:
