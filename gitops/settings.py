@@ -44,6 +44,7 @@ from gitops.settings_sections import (
     EnvironmentConfig,
     EventKind,
     FanoutSettings,
+    GrantConfig,
     NotifierConfig,
     OidcSettings,
     PreviewSettings,
@@ -64,6 +65,7 @@ __all__ = [
     "EnvironmentConfig",
     "EventKind",
     "FanoutSettings",
+    "GrantConfig",
     "NotifierConfig",
     "OidcSettings",
     "PreviewSettings",
@@ -128,6 +130,13 @@ class Settings(BaseSettings):
     """A PEM certificate (chain) file: the HTTP server speaks HTTPS only (with ``tls_key``)."""
     tls_key: Path | None = None
     """The PEM private key of ``tls_cert``."""
+    trust_loopback: bool | None = None
+    """Whether a client on the controller's own host (loopback) acts as ``local`` (admin)
+    without a token. Default: only while no token exists and no ``api_token`` is set (the
+    single-operator lab mode); false: every client needs a token."""
+    grants: list[GrantConfig] = Field(default=[], max_length=1000)
+    """Roles given to subjects (token names) for a team's environments, beside each token's
+    own role (``docs/operate/people.md``)."""
     session_hours: float = Field(default=12, gt=0, le=720)
     """How long a browser stays signed in to the status page (beyond loopback)."""
     oidc: OidcSettings | None = None
@@ -200,6 +209,14 @@ class Settings(BaseSettings):
                 loc=("environments", i, "team"), input=env.team)
             for i, env in enumerate(self.environments)
             if env.team is not None and env.team not in self.teams]
+        unknown += [
+            InitErrorDetails(type=PydanticCustomError(
+                "unknown_team", "unknown team {team} ({hint})",
+                {"team": repr(grant.team), "hint": f"teams: {', '.join(self.teams)}, or *"
+                 if self.teams else "list the teams in teams = [...], or write *"}),
+                loc=("grants", i, "team"), input=grant.team)
+            for i, grant in enumerate(self.grants)
+            if grant.team != "*" and grant.team not in self.teams]
         if unknown:
             raise ValidationError.from_exception_data("Settings", unknown)
         return self

@@ -31,6 +31,7 @@ __all__ = [
     "EnvironmentConfig",
     "EventKind",
     "FanoutSettings",
+    "GrantConfig",
     "NotifierConfig",
     "NotifierType",
     "OidcSettings",
@@ -417,3 +418,15 @@ class OidcSettings(BaseModel):
         if "openid" not in self.scopes:
             raise ValueError("scopes must include openid")
         return self
+
+
+class GrantConfig(BaseModel):
+    """A role given to a subject for a team's environments (``gitops.daemon.roles``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+    subject: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,199}$")
+    """A token's name (or ``api``, ``local``): who holds the role."""
+    role: Literal["viewer", "operator", "rollback", "admin"]
+    team: str = "*"
+    """One of the settings' ``teams``: the environments it owns; ``*``: every environment."""

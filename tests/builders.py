@@ -114,3 +114,20 @@ def load_problems(repo: Path, environment: str = "lab", *, located: bool = True,
     if located:
         assert all(p.file and p.line for p in info.value.problems), info.value
     return [str(p) for p in info.value.problems]
+
+
+def daemon_app(controller: object, settings: object, state_dir: Path,
+               **create: object) -> object:
+    """The daemon's app as ``gitops run`` builds it: one gate (tokens, roles, sessions,
+    audit) over the API, the metrics and read API, and the page, all over ``state_dir``."""
+    from gitops.record.store import Database
+    from gitops.web import metrics, page
+    from gitops.web.access import Gate
+    from gitops.web.server import create_app
+
+    gate = Gate(settings, Database(state_dir))  # type: ignore[arg-type]
+    rule = gate.rule("read")
+    return create_app(controller, settings, gate=gate,  # type: ignore[arg-type]
+                      extra_routes=[*metrics.routes(state_dir, rule),
+                                    *page.routes(state_dir, rule, sessions=gate.sessions)],
+                      **create)  # type: ignore[arg-type]

@@ -213,9 +213,10 @@ def test_daemon_refusals_exit_2_with_its_message(daemon: tuple[Path, Path]) -> N
 def test_unquarantine_through_the_daemon_reconciles_the_head_again(
         daemon: tuple[Path, Path]) -> None:
     """``gitops unquarantine staging SHA`` (the daemon's entry name) goes through its API: the
-    quarantined head is released with the operator as actor, and the daemon reconciles it
-    again at once as their run, though its last run of that head failed; a sha the daemon has
-    not quarantined is its refusal, one line, exit 2."""
+    quarantined head is released with the caller as actor (``local``: the lab mode trusts
+    loopback), and the daemon reconciles it again at once as their run, though its last run
+    of that head failed; a sha the daemon has not quarantined is its refusal, one line,
+    exit 2."""
     folder, state = daemon
     head = subprocess.run(["git", "-C", str(folder / "repo"), "rev-parse", "HEAD"],
                           capture_output=True, text=True, check=True).stdout.strip()
@@ -227,14 +228,14 @@ def test_unquarantine_through_the_daemon_reconciles_the_head_again(
     proc = gitops("unquarantine", "staging", head[:9], "--reason", "lab-1 was down",
                   cwd=folder, env={"USER": "alice"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.startswith(f"lab: {head[:10]} released from quarantine by alice: "
+    assert proc.stdout.startswith(f"lab: {head[:10]} released from quarantine by local: "
                                   "lab-1 was down (recorded as run #")
     wait_for(lambda: len(_runs(state)) >= before + 2 and _runs(state)[0]["sha"] is not None,
              30, "the unquarantine and its run, once that run resolved the head")
     rerun, event = _runs(state)[:2]
     assert (event["kind"], event["actor"], event["reason"]) == (
-        "unquarantine", "alice", "lab-1 was down")
-    assert (rerun["kind"], rerun["sha"], rerun["actor"]) == ("reconcile", head, "alice")
+        "unquarantine", "local", "lab-1 was down")
+    assert (rerun["kind"], rerun["sha"], rerun["actor"]) == ("reconcile", head, "local")
     again = gitops("unquarantine", "staging", head[:9], "--reason", "twice", cwd=folder)
     assert again.returncode == 2 and again.stdout == ""
     assert again.stderr.splitlines() == [

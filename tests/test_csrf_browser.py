@@ -135,12 +135,11 @@ def test_a_browser_beyond_loopback_signs_in_with_the_form(
     192.0.2.9) the page asks for the token; a wrong one is refused on the form, the right
     one signs in and the page shows the record; the cookie is a session id, not the token,
     HttpOnly, SameSite=Strict, with an expiry, and no URL ever held the token."""
+    from builders import daemon_app
     from test_page import TOKEN, seed
     from test_server import RecordingController, environments
 
     from gitops.settings import SecretRef
-    from gitops.web import page as page_module
-    from gitops.web.server import make_authorize
 
     monkeypatch.setenv("GITOPS_CONFIG", str(tmp_path / "absent.toml"))
     monkeypatch.setenv("TEST_PAGE_TOKEN", TOKEN)
@@ -148,8 +147,7 @@ def test_a_browser_beyond_loopback_signs_in_with_the_form(
     seed(tmp_path / "state")
     s = Settings(api_token=SecretRef(env="TEST_PAGE_TOKEN"), trusted_proxies=["127.0.0.1"],
                  state_dir=tmp_path / "state")
-    app = create_app(RecordingController(environments()), s, extra_routes=page_module.routes(
-        tmp_path / "state", make_authorize(s)))
+    app = daemon_app(RecordingController(environments()), s, tmp_path / "state")
     server, thread = start_in_thread(app, "127.0.0.1:0")
     url = f"http://127.0.0.1:{bound_port(server)}"
     urls: list[str] = []

@@ -279,7 +279,7 @@ def test_api_unquarantine_releases_the_head_and_the_next_cycle_applies_it(
     server, thread = start_in_thread(create_app(d, d.settings), "127.0.0.1:0")
     url = f"http://127.0.0.1:{bound_port(server)}/api/environments"
     auth = {"Authorization": "Bearer t0ken-for-the-test"}
-    release = {"revision": head[:8], "reason": "h1 was down, not the commit", "actor": "alice"}
+    release = {"revision": head[:8], "reason": "h1 was down, not the commit"}
     try:
         with httpx.Client(timeout=10) as http:
             anonymous = http.post(f"{url}/lab/unquarantine", json=release)
@@ -311,7 +311,7 @@ def test_api_unquarantine_releases_the_head_and_the_next_cycle_applies_it(
     assert released.status_code == 200, released.text
     answer = released.json()
     assert (answer["sha"], answer["actor"], answer["reason"]) == (
-        head, "alice", "h1 was down, not the commit")
+        head, "api", "h1 was down, not the commit")  # the token's identity
     assert twice.status_code == 400 and "is not quarantined" in twice.json()["error"]
     pending = d.envs["lab"].pending
     assert pending is not None  # the daemon looks at once
@@ -320,7 +320,7 @@ def test_api_unquarantine_releases_the_head_and_the_next_cycle_applies_it(
     with Store(state) as store:
         newest, event = store.history("lab")[:2]
         assert store.quarantined("lab") == []
-    assert (event.kind, event.id, event.actor) == ("unquarantine", answer["event"], "alice")
+    assert (event.kind, event.id, event.actor) == ("unquarantine", answer["event"], "api")
     assert (newest.kind, newest.sha, newest.actor, newest.event) == (
-        "reconcile", head, "alice", False)
-    assert newest.reason == "released from quarantine by alice: h1 was down, not the commit"
+        "reconcile", head, "api", False)
+    assert newest.reason == "released from quarantine by api: h1 was down, not the commit"

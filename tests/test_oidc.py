@@ -25,8 +25,10 @@ from test_csrf_browser import browser  # noqa: F401  (the fixture)
 from test_page import seed
 from test_server import RecordingController, environments
 
+from gitops.record.store import Database
 from gitops.settings import OidcSettings, SecretRef, Settings
 from gitops.web import page as page_module
+from gitops.web.access import Caller, Gate
 from gitops.web.oidc import Pending, _groups
 from gitops.web.server import bound_port, create_app, start_in_thread, stop
 from gitops.web.sessions import Sessions
@@ -85,8 +87,9 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                             client_secret=SecretRef(env="TEST_OIDC_SECRET"),
                             redirect_url=f"{url}/signin/oidc/callback", label="Test SSO",
                             allowed_groups=allowed)
+        gate = Gate(base, Database(tmp_path / "state"), sessions=Sessions(3600))
         app.router.routes[0:0] = page_module.routes(
-            tmp_path / "state", None, sessions=Sessions(3600), oidc=oidc)
+            tmp_path / "state", gate.rule("read"), sessions=gate.sessions, oidc=oidc)
         process.stdin.write(json.dumps({"client": {
             "client_id": "gitops", "client_secret": SECRET,
             "redirect_uris": [oidc.redirect_url]}, "accounts": ACCOUNTS}) + "\n")
@@ -200,13 +203,16 @@ def test_a_forged_or_replayed_callback_opens_no_session(site: tuple[str, Provide
         assert again.status_code == 400  # a state is used once
 
 
-def test_the_page_beyond_loopback_offers_the_provider_and_no_token_form(
+def test_the_page_beyond_loopback_offers_the_provider_before_the_token_form(
         site: tuple[str, Provider]) -> None:
-    """With [oidc] and no API token the page answers 401 with the provider's button only."""
+    """With [oidc] the page answers 401 with the provider's button first, then the form for
+    an API token (robots and admins)."""
     url, _ = site
     answer = httpx.get(url + "/?again=1", headers={"X-Forwarded-For": "192.0.2.9"}, timeout=10)
     assert answer.status_code == 401
-    assert "Sign in with Test SSO" in answer.text and 'name="token"' not in answer.text
+    text = answer.text
+    assert "Sign in with Test SSO" in text and 'name="token"' in text
+    assert text.index("Sign in with Test SSO") < text.index('name="token"')
 
 
 # -- the pieces, without a provider ----------------------------------------------------------
@@ -242,3 +248,27 @@ def test_pending_sign_ins_are_bounded() -> None:
 def test_the_groups_claim_is_read_as_short_printable_names(claim: Any,
                                                             groups: tuple[str, ...]) -> None:
     assert _groups(claim) == groups
+
+
+@pytest.mark.parametrize(("groups", "permission", "team", "role"), [
+    (("payments-ops",), "suspend", "payments", "operator"),
+    (("payments-ops",), "suspend", "search", None),
+    (("payments-ops",), "forget", "payments", None),
+    (("search-dev",), "read", None, "viewer"),       # every signed-in person reads
+    (("search-dev",), "reconcile", "search", None),
+    ((), "rollback", "payments", "rollback"),         # alice's own grant, as user:alice
+])
+def test_a_persons_roles_come_from_their_groups_and_their_own_grants(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, groups: tuple[str, ...],
+        permission: str, team: str | None, role: str | None) -> None:
+    """Grants name a provider group (``group:<name>``) or a person (``user:<name>``); a
+    person with neither reads as a viewer and changes nothing."""
+    from gitops.settings import GrantConfig
+
+    monkeypatch.setenv("GITOPS_CONFIG", str(tmp_path / "absent.toml"))
+    settings = Settings(state_dir=tmp_path / "state", teams=["payments", "search"], grants=[
+        GrantConfig(subject="group:payments-ops", role="operator", team="payments"),
+        GrantConfig(subject="user:alice", role="rollback", team="payments")])
+    gate = Gate(settings, Database(tmp_path / "state"))
+    caller = Caller("user:alice" if not groups else "user:someone", groups=groups)
+    assert gate.allows(caller, permission, team) == role

@@ -422,6 +422,21 @@ def bearer(request: Request) -> Response | None:
     return JSONResponse({"error": "missing or wrong API token"}, status_code=401)
 
 
+def gated(state: Path, monkeypatch: pytest.MonkeyPatch, *, token: bool = True,
+          sessions: Sessions | None = None) -> list[Any]:
+    """The page's routes behind the daemon's gate: the settings' ``api_token`` (``TOKEN``)
+    when ``token``, else the single-operator lab mode (loopback trusted)."""
+    from gitops.record.store import Database
+    from gitops.settings import SecretRef, Settings
+    from gitops.web.access import Gate
+
+    monkeypatch.setenv("TEST_PAGE_GATE_TOKEN", TOKEN)
+    s = Settings(state_dir=state,
+                 api_token=SecretRef(env="TEST_PAGE_GATE_TOKEN") if token else None)
+    gate = Gate(s, Database(state), sessions=sessions)
+    return page.routes(state, gate.rule("read"), sessions=gate.sessions)
+
+
 def call(app: Starlette, client: str, requests: list[tuple[str, dict[str, str]]]
          ) -> list[httpx.Response]:
     """GET each path in order from ``client`` with one cookie jar (no redirects followed)."""
@@ -490,10 +505,11 @@ def test_incidents_are_kept_until_a_run_lands_or_someone_writes_into_a_post_mort
     assert incidents()["open"] == []
 
 
-def test_loopback_is_open(tmp_path: Path) -> None:
-    """On loopback the page, its files and its data need no token."""
+def test_loopback_is_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the single-operator lab mode (no token made, no api_token) the page, its files and
+    its data need no token on loopback."""
     seed(tmp_path)
-    app = Starlette(routes=page.routes(tmp_path, bearer))
+    app = Starlette(routes=gated(tmp_path, monkeypatch, token=False))
     responses = call(app, "127.0.0.1", [(p, {}) for p in (
         "/", "/static/page.js", "/static/page.css", "/api/page", "/api/page/runs/2")])
     assert [r.status_code for r in responses] == [200] * 5
@@ -515,13 +531,14 @@ def session(app: Starlette, client: str, steps: Callable[[httpx.AsyncClient], An
     return asyncio.run(go())
 
 
-def test_beyond_loopback_needs_the_token(tmp_path: Path) -> None:
+def test_beyond_loopback_needs_the_token(tmp_path: Path,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """Beyond loopback: refused without the token (the sign-in form, its script public);
     the header works; ``?token=`` in a URL signs nobody in; the form's POST of the token
     sets a session cookie that is not the token (HttpOnly, SameSite=Strict, an expiry), and
     the cookie then works until signed out."""
     seed(tmp_path)
-    app = Starlette(routes=page.routes(tmp_path, bearer))
+    app = Starlette(routes=gated(tmp_path, monkeypatch))
     far = "10.213.0.99"
     refused = call(app, far, [("/", {}), ("/api/page", {}), ("/static/page.js", {}),
                               (f"/?token={TOKEN}", {}), ("/?again=1", {})])
@@ -555,12 +572,13 @@ def test_beyond_loopback_needs_the_token(tmp_path: Path) -> None:
     assert TOKEN not in "".join(r.text for r in (wrong, right, *after, out, gone))
 
 
-def test_session_cookie_is_secure_over_https_and_expires(tmp_path: Path) -> None:
+def test_session_cookie_is_secure_over_https_and_expires(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Over HTTPS the session cookie is Secure; past its lifetime the session is refused."""
     seed(tmp_path)
     now = [1000.0]
     sessions = Sessions(60, clock=lambda: now[0])
-    app = Starlette(routes=page.routes(tmp_path, bearer, sessions=sessions))
+    app = Starlette(routes=gated(tmp_path, monkeypatch, sessions=sessions))
 
     async def sign_in(http: httpx.AsyncClient) -> list[httpx.Response]:
         right = await http.post("/api/session", headers={"authorization": f"Bearer {TOKEN}"})

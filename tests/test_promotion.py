@@ -336,9 +336,11 @@ def test_promote_by_hand_over_the_api(tmp_path: Path) -> None:
                              timeout=10)
         staging = httpx.post(f"{base}/api/environments/staging/promote",
                              json={"revision": head, "reason": "x"}, headers=auth, timeout=10)
+        named = httpx.post(url, json={"revision": head[:12], "reason": "hotfix INC-9",
+                                      "force": True, "actor": "alice"}, headers=auth,
+                           timeout=10)
         forced = httpx.post(url, json={"revision": head[:12], "reason": "hotfix INC-9",
-                                       "force": True, "actor": "alice"}, headers=auth,
-                            timeout=10)
+                                       "force": True}, headers=auth, timeout=10)
         pipeline = httpx.get(f"{base}/api/pipeline", headers=auth, timeout=10)
     finally:
         stop(server, thread)
@@ -350,18 +352,19 @@ def test_promote_by_hand_over_the_api(tmp_path: Path) -> None:
     assert no_reason.status_code == 422 and unknown.status_code == 422
     assert "no revision 'deadbeef'" in unknown.json()["error"]
     assert staging.status_code == 422
+    assert named.status_code == 400 and "field 'actor'" in named.json()["error"]
     assert forced.status_code == 200, forced.text
     assert forced.json()["sha"] == head and forced.json()["forced"] is True
     assert [p["environment"] for p in pipeline.json()] == ["staging", "production"]
     event = _history(d, "production")[0]
-    assert (event["kind"], event["actor"], event["sha"]) == ("promote", "alice", head)
+    assert (event["kind"], event["actor"], event["sha"]) == ("promote", "api", head)
     assert event["reason"] == "forced: not verified on every host of staging: hotfix INC-9"
     pending = d.envs["production"].pending
     d.envs["production"].pending = None
     d.cycle(d.envs["production"], pending)
     run = _history(d, "production")[0]
-    assert (run["kind"], run["sha"], run["actor"]) == ("reconcile", head, "alice")
-    assert run["reason"] == ("promoted by alice: forced: not verified on every host of "
+    assert (run["kind"], run["sha"], run["actor"]) == ("reconcile", head, "api")
+    assert run["reason"] == ("promoted by api: forced: not verified on every host of "
                              "staging: hotfix INC-9")
 
 

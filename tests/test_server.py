@@ -11,6 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -109,7 +110,7 @@ def environments() -> list[EnvironmentConfig]:
 
 
 @pytest.fixture
-def start() -> Iterator[Callable[..., Running]]:
+def start(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     """Start a real server (token or not) on 127.0.0.1:0; stopped after the test."""
     started: list[tuple[Any, Any]] = []
 
@@ -117,7 +118,7 @@ def start() -> Iterator[Callable[..., Running]]:
         controller = RecordingController(environments())
         settings = Settings(
             api_token=SecretRef(env="TEST_GITOPS_API_TOKEN") if token else None,
-            max_body=MAX_BODY,
+            max_body=MAX_BODY, state_dir=tmp_path / "state",
             environments=controller.envs,
         )
         server, thread = start_in_thread(create_app(controller, settings), listen)
@@ -327,16 +328,31 @@ def test_api_without_token_is_401(server: Running) -> None:
 
 
 def test_api_reconcile_with_token(server: Running) -> None:
-    """With the bearer token, reconcile answers 202 and triggers with the given actor and reason."""
+    """With the bearer token, reconcile answers 202 and triggers as the token's identity
+    (``api``, the settings' token) with the given reason."""
+    with server.client() as http:
+        response = http.post(
+            "/api/environments/prod/reconcile",
+            headers={"Authorization": f"Bearer {API_TOKEN}"},
+            json={"reason": "hotfix"},
+        )
+    assert response.status_code == 202
+    assert response.json() == {"triggered": True, "actor": "api"}
+    assert server.controller.triggers == [("prod", "hotfix", "api")]
+
+
+def test_api_refuses_an_actor_in_the_body(server: Running) -> None:
+    """A body naming its own actor is refused with 400 naming the field: the actor is the
+    authenticated caller, never a field of the request."""
     with server.client() as http:
         response = http.post(
             "/api/environments/prod/reconcile",
             headers={"Authorization": f"Bearer {API_TOKEN}"},
             json={"reason": "hotfix", "actor": "alice"},
         )
-    assert response.status_code == 202
-    assert response.json() == {"triggered": True}
-    assert server.controller.triggers == [("prod", "hotfix", "alice")]
+    assert response.status_code == 400
+    assert "'actor'" in response.json()["error"]
+    assert server.controller.triggers == []
 
 
 def test_api_operate_with_token(server: Running) -> None:
@@ -350,37 +366,39 @@ def test_api_operate_with_token(server: Running) -> None:
             "/api/environments/prod/rollback", headers=auth, json={"revision": "abc123"}
         )
     assert suspend.status_code == 200
-    assert suspend.json() == {"done": "suspend", "environment": "prod"}
+    assert suspend.json() == {"done": "suspend", "environment": "prod", "actor": "api"}
     assert rollback.status_code == 200
     calls = server.controller.operations
     assert [(c["action"], c["reason"], c["revision"]) for c in calls] == [
         ("suspend", "maintenance", None),
         ("rollback", "", "abc123"),
     ]
-    assert calls[0]["actor"] == "api:127.0.0.1"
+    assert calls[0]["actor"] == "api"
 
 
 def test_api_without_configured_token_accepts_loopback(start: Callable[..., Running]) -> None:
-    """With no API token configured, a loopback client may call the API and read the status."""
+    """With no API token nor any token made, a loopback client may call the API (as
+    ``local``) and read the status: the single-operator lab mode."""
     server = start(token=False)
     with server.client() as http:
         response = http.post("/api/environments/prod/reconcile")
         status = http.get("/api/status")
     assert response.status_code == 202
-    assert server.controller.triggers == [("prod", "operator request", "api:127.0.0.1")]
+    assert server.controller.triggers == [("prod", "operator request", "local")]
     assert status.status_code == 200
     assert [row["environment"] for row in status.json()] == ["prod", "dev", "lab"]
 
 
-def test_api_without_configured_token_refuses_other_clients() -> None:
-    """With no API token configured, a client from a non-loopback address gets 403.
+def test_api_without_configured_token_refuses_other_clients(tmp_path: Path) -> None:
+    """With no API token configured, a client from a non-loopback address gets 401.
 
     The request goes to the app in-process with a client address from the lab's subnet, so no
     packet is sent to any address but loopback."""
     import asyncio
 
     controller = RecordingController(environments())
-    app = create_app(controller, Settings(max_body=MAX_BODY, environments=controller.envs))
+    app = create_app(controller, Settings(max_body=MAX_BODY, environments=controller.envs,
+                                          state_dir=tmp_path))
 
     async def call() -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=("10.213.0.99", 40000))
@@ -389,7 +407,7 @@ def test_api_without_configured_token_refuses_other_clients() -> None:
             return await http.post("/api/environments/prod/reconcile", json={})
 
     response = asyncio.run(call())
-    assert response.status_code == 403
+    assert response.status_code == 401
     assert controller.triggers == []
 
 

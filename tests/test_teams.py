@@ -260,14 +260,19 @@ def test_postmortem_bad_input_is_a_usage_error(state: Path) -> None:
 
 def test_postmortem_api_needs_the_token_and_records_the_actor(
         state: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``POST /api/incidents/ID/annotate`` and ``.../actions`` need the API token; what
-    they write is recorded with the caller's actor name."""
+    """``POST /api/incidents/ID/annotate`` and ``.../actions`` need a token; what they write
+    is recorded as the caller (``api``), never as a name the body gives, unless the token
+    acts on behalf of people (``pmbot (for ann)``)."""
+    from gitops.daemon.tokens import digest
+
     monkeypatch.setenv("TM_TOKEN", "pm-token-0f3a")
     settings = Settings(state_dir=state, api_token={"env": "TM_TOKEN"}, teams=["search"],
                         environments=[{"name": "search-prod", "repo": str(tmp_path)}])
     app = create_app(Daemon(settings), settings)
-    with Store(state, readonly=True) as store:
+    with Store(state) as store:
         iid = incidents.incidents(store, "search-prod")[0].id
+        store.add_token("pmbot", digest("pmbot-secret"), role="operator", team="search",
+                        created_by="test", expires_at=None, on_behalf=True)
 
     async def post(path: str, body: Any, token: str | None) -> httpx.Response:
         transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 40000))
@@ -278,16 +283,19 @@ def test_postmortem_api_needs_the_token_and_records_the_actor(
 
     refused = asyncio.run(post(f"/api/incidents/{iid}/annotate", {"summary": "x"}, None))
     assert refused.status_code == 401
+    forged = asyncio.run(post(f"/api/incidents/{iid}/annotate",
+                              {"impact": "x", "actor": "ann"}, "pm-token-0f3a"))
+    assert forged.status_code == 400 and "'actor'" in forged.json()["error"]
     ok = asyncio.run(post(f"/api/incidents/{iid}/annotate",
                           {"impact": "search answered 502 for 2 h", "actor": "ann"},
-                          "pm-token-0f3a"))
+                          "pmbot-secret"))
     assert ok.status_code == 200, ok.text
     assert ok.json()["postmortem"]["impact"] == {
-        "text": "search answered 502 for 2 h", "by": "ann", "at": ok.json()["postmortem"][
-            "impact"]["at"]}
+        "text": "search answered 502 for 2 h", "by": "pmbot (for ann)",
+        "at": ok.json()["postmortem"]["impact"]["at"]}
     added = asyncio.run(post(f"/api/incidents/{iid}/actions",
                              {"text": "Alert on 502s", "team": "search"}, "pm-token-0f3a"))
-    assert added.status_code == 200 and added.json()["action"]["created_by"] == "api:10.1.2.3"
+    assert added.status_code == 200 and added.json()["action"]["created_by"] == "api"
     done = asyncio.run(post(f"/api/incidents/{iid}/actions/1", {"done": True},
                             "pm-token-0f3a"))
     assert done.status_code == 200 and done.json()["action"]["state"] == "done"

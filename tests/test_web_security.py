@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
+from builders import daemon_app
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -38,8 +39,7 @@ from test_webhooks import GITHUB_PUSH, GITLAB_PUSH
 
 from gitops.errors import UsageError
 from gitops.settings import SecretRef, Settings
-from gitops.web import metrics, page
-from gitops.web.server import bound_port, create_app, make_authorize, start_in_thread, stop
+from gitops.web.server import bound_port, create_app, start_in_thread, stop
 from gitops.web.webhooks import hmac_sha256_hex
 
 BASE = "http://127.0.0.1:9469"
@@ -54,9 +54,7 @@ def app_and_controller(tmp_path: Path, *, token: bool = False, **options: Any
     s = Settings(api_token=SecretRef(env="TEST_GITOPS_API_TOKEN") if token else None,
                  environments=controller.envs, state_dir=tmp_path,
                  **{"max_body": MAX_BODY, **options})
-    authorize = make_authorize(s)
-    app = create_app(controller, s, extra_routes=[
-        *metrics.routes(tmp_path, authorize), *page.routes(tmp_path, authorize)])
+    app = daemon_app(controller, s, tmp_path)
     return app, controller
 
 
@@ -97,7 +95,7 @@ def test_a_wrong_host_is_400_on_every_route(tmp_path: Path, method: str, path: s
         response = send(app, method, path, headers={**JSON, "Host": host}, content=b"{}")
         assert response.status_code != 400 or "Host" not in response.text, host
     assert controller.operations == [] or all(
-        op["actor"] == "api:127.0.0.1" for op in controller.operations)
+        op["actor"] == "local" for op in controller.operations)
 
 
 def test_a_rebound_name_gets_400_from_the_running_server(tmp_path: Path) -> None:
@@ -329,10 +327,10 @@ def test_ids_past_the_database_integer_are_404(tmp_path: Path) -> None:
 # -- webhook deliveries ------------------------------------------------------------------------
 
 
-def test_a_replayed_delivery_is_answered_duplicate_and_not_acted_on() -> None:
+def test_a_replayed_delivery_is_answered_duplicate_and_not_acted_on(tmp_path: Path) -> None:
     """The same GitHub or GitLab delivery id twice: one trigger, the second answer 200
     "duplicate"; an unsigned request cannot burn an id; another id acts again."""
-    server, done = _serve(Settings(max_body=MAX_BODY))
+    server, done = _serve(Settings(max_body=MAX_BODY), tmp_path)
     try:
         _replay(server)
     finally:
@@ -370,50 +368,64 @@ def _replay(server: Running) -> None:
 # -- proxies ---------------------------------------------------------------------------------
 
 
-def _reconcile_actor(server: Running, headers: dict[str, str]) -> tuple[int, str | None]:
+def _reconcile_actor(server: Running, headers: dict[str, str],
+                     state: Path | None = None) -> tuple[int, str | None]:
+    """(status, the client address the audit trail recorded for it: the caller and where
+    the request came from)."""
+    from gitops.record.store import Store
+
     with server.client() as http:
         response = http.post("/api/environments/prod/reconcile", json={}, headers=headers)
-    actor = server.controller.triggers[-1][2] if response.status_code == 202 else None
-    return response.status_code, actor
+    if state is None or response.status_code != 202:
+        return response.status_code, None
+    with Store(state, readonly=True) as store:
+        row = store.audit_trail(limit=1)[0]
+    return response.status_code, f"{row.actor}:{row.address}"
 
 
-def _serve(settings_: Settings) -> tuple[Running, Callable[[], None]]:
+def _serve(settings_: Settings, state: Path) -> tuple[Running, Callable[[], None]]:
     controller = RecordingController(environments())
-    settings_ = settings_.model_copy(update={"environments": controller.envs})
+    settings_ = settings_.model_copy(update={"environments": controller.envs,
+                                             "state_dir": state})
     server, thread = start_in_thread(create_app(controller, settings_), "127.0.0.1:0")
     return (Running(controller, f"http://127.0.0.1:{bound_port(server)}"),
             lambda: stop(server, thread))
 
 
 def test_forwarded_for_is_believed_only_from_trusted_proxies(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        tmp_path: Path) -> None:
     """Without trusted_proxies (FORWARDED_ALLOW_IPS="*" set, ignored, and said so at start)
-    X-Forwarded-For changes no client address; a request carrying one is no longer taken as
-    loopback. With trusted_proxies naming 127.0.0.1 the forwarded client is the client."""
+    X-Forwarded-For changes no client address the audit trail records; a request carrying
+    one is no longer taken as loopback. With trusted_proxies naming 127.0.0.1 the forwarded
+    client is the client."""
     monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")
     auth = {"Authorization": f"Bearer {API_TOKEN}"}
     forwarded = {"X-Forwarded-For": "192.0.2.1"}
     token = SecretRef(env="TEST_GITOPS_API_TOKEN")
     with caplog.at_level(logging.INFO, logger="gitops.web.server"):
-        plain, done = _serve(Settings(api_token=token))
+        plain, done = _serve(Settings(api_token=token), tmp_path / "a")
     try:
-        assert _reconcile_actor(plain, {**auth, **forwarded}) == (202, "api:127.0.0.1")
+        assert _reconcile_actor(plain, {**auth, **forwarded}, tmp_path / "a") == (
+            202, "api:127.0.0.1")
     finally:
         done()
     assert "X-Forwarded-For/-Proto ignored (no trusted_proxies)" in caplog.text
     assert "FORWARDED_ALLOW_IPS is set and ignored" in caplog.text
-    open_, done = _serve(Settings())
+    open_, done = _serve(Settings(), tmp_path / "b")
     try:
         assert _reconcile_actor(open_, {})[0] == 202
-        assert _reconcile_actor(open_, forwarded)[0] == 403
+        assert _reconcile_actor(open_, forwarded)[0] == 401
     finally:
         done()
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="gitops.web.server"):
-        proxied, done = _serve(Settings(api_token=token, trusted_proxies=["127.0.0.0/8"]))
+        proxied, done = _serve(Settings(api_token=token, trusted_proxies=["127.0.0.0/8"]),
+                               tmp_path / "c")
     try:
-        assert _reconcile_actor(proxied, {**auth, **forwarded}) == (202, "api:192.0.2.1")
-        assert _reconcile_actor(proxied, auth) == (202, "api:127.0.0.1")
+        assert _reconcile_actor(proxied, {**auth, **forwarded}, tmp_path / "c") == (
+            202, "api:192.0.2.1")
+        assert _reconcile_actor(proxied, auth, tmp_path / "c") == (202, "api:127.0.0.1")
     finally:
         done()
     assert "believed from trusted_proxies: 127.0.0.0/8" in caplog.text
@@ -462,9 +474,7 @@ def test_tls_serves_https_and_the_session_cookie_is_secure(
     controller = RecordingController(environments())
     s = Settings(api_token=SecretRef(env="TEST_GITOPS_API_TOKEN"), tls_cert=cert,
                  tls_key=key, environments=controller.envs, state_dir=tmp_path / "state")
-    authorize = make_authorize(s)
-    app = create_app(controller, s,
-                     extra_routes=page.routes(tmp_path / "state", authorize))
+    app = daemon_app(controller, s, tmp_path / "state")
     with caplog.at_level(logging.DEBUG):
         server, thread = start_in_thread(app, "127.0.0.1:0")
         port = bound_port(server)

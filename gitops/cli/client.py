@@ -5,16 +5,51 @@ TLS certificate. No daemon answering is a value (None), not an error."""
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gitops.daemon import control
 from gitops.errors import TemporaryError, UsageError
 
 if TYPE_CHECKING:
     from gitops.settings import Settings
 
-__all__ = ["DaemonClient"]
+__all__ = ["DaemonClient", "person_token", "token_file"]
+
+
+def token_file() -> Path:
+    """Where the person's own token is kept: ``$XDG_CONFIG_HOME/gitops/token``
+    (``~/.config/gitops/token``)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "gitops" / "token"
+
+
+def person_token() -> str | None:
+    """The token the CLI sends: ``GITOPS_TOKEN``, else the token file (refused unless only
+    its owner may read it: chmod 600), else None (the settings' ``api_token``, if any)."""
+    from gitops.freetext import problem
+
+    sent = os.environ.get("GITOPS_TOKEN", "").strip()
+    path = token_file()
+    if not sent:
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            return None
+        if mode & 0o077:
+            raise UsageError(f"token file {path} has mode {mode:04o}: others can read it "
+                             f"(chmod 600 {path})")
+        try:
+            sent = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"token file {path}: {exc}") from None
+        where = f"token file {path}"
+    else:
+        where = "GITOPS_TOKEN"
+    if not sent or problem(sent) is not None or " " in sent or not sent.isascii():
+        raise UsageError(f"{where}: not a token (one line, no spaces)")
+    return sent
 
 
 class DaemonClient:
@@ -32,8 +67,11 @@ class DaemonClient:
         self.headers = {"Content-Type": "application/json"}
         self.date: str | None = None
         """The Date header of the last answer: the daemon's clock."""
-        if s.api_token is not None:
-            self.headers["Authorization"] = f"Bearer {s.api_token.reveal()}"
+        token = person_token()
+        if token is None and s.api_token is not None:
+            token = s.api_token.reveal()
+        if token is not None:
+            self.headers["Authorization"] = f"Bearer {token}"
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
              timeout: float = 10) -> tuple[int, Any]:
@@ -70,13 +108,13 @@ class DaemonClient:
             return None
 
     def ask(self, environment: str, action: str, body: dict[str, Any]) -> dict[str, Any] | None:
-        """POST ``action`` for ``environment`` to the daemon's API, as the operator
-        (``control.who``); None when no daemon answers on ``listen``, or when it does not
-        watch the environment (act here). A refusal is a ``UsageError``, the daemon's own
-        failure a ``TemporaryError``."""
+        """POST ``action`` for ``environment`` to the daemon's API, as the caller its token
+        names (the answer's ``actor``); None when no daemon answers on ``listen``, or when
+        it does not watch the environment (act here). A refusal is a ``UsageError`` (exit
+        2; 401 and 403 say so), the daemon's own failure a ``TemporaryError``."""
         try:
             status, data = self.call("POST", f"/api/environments/{environment}/{action}",
-                                     {**body, "actor": control.who()})
+                                     body)
         except (OSError, ValueError):
             return None
         if not isinstance(data, dict):
@@ -85,7 +123,10 @@ class DaemonClient:
             return None  # the daemon does not watch this environment: act here
         if status >= 500:
             raise TemporaryError(f"daemon at {self.listen}: {data.get('error', status)}")
-        if status >= 400:  # refused: wrong token, a bad request, the environment's state
+        if status in (401, 403):  # who is calling, or what they may do: exit 2
+            raise UsageError(f"daemon at {self.listen} refused ({status}): "
+                             f"{data.get('error', status)}")
+        if status >= 400:  # refused: a bad request, the environment's state
             raise UsageError(f"daemon at {self.listen}: {data.get('error', status)}")
         return data
 
@@ -95,6 +136,9 @@ class DaemonClient:
 
         status, runs = self.call("GET", f"/api/runs?environment={quote(environment)}"
                                         f"&limit={limit}")
+        if status in (401, 403):
+            raise UsageError(f"daemon at {self.listen} refused ({status}): "
+                             f"{runs.get('error') if isinstance(runs, dict) else status}")
         if status != 200 or not isinstance(runs, list):
             raise ValueError(f"GET /api/runs: HTTP {status}")
         return [r for r in runs if isinstance(r, dict) and "id" in r]

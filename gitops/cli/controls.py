@@ -26,6 +26,7 @@ from gitops.cli.options import (
     with_force,
 )
 from gitops.cli.output import conclude, emit, fail
+from gitops.cli.people import local_audit
 from gitops.cli.progress import live_progress
 from gitops.cli.remote import daemon_answer, through_daemon
 from gitops.daemon import control
@@ -53,6 +54,7 @@ def _control(action: str, environment: str | None, state_dir: Path | None, as_js
             fail(exc, as_json)
         finally:
             store.close()
+        local_audit(s, action, s.environment, reason=body.get("reason", ""))
     assert answer is not None
     event = f" (recorded as run #{answer['event']})" if answer.get("event") else ""
     if as_json:
@@ -117,6 +119,7 @@ def rollback(revision: str | None, reason: str, no_wait: bool, force: bool, as_j
             fail(exc, as_json)
             return
     sha = str(held.held_sha)
+    local_audit(s, "rollback", s.environment, target=sha, reason=reason)
     progress = live_progress(as_json)
     outcome = leased_run(s, target, pipeline.Request(
         kind="rollback", revision=sha, reason=reason or f"rollback to {sha[:10]}",
@@ -170,6 +173,7 @@ def promote(environment: str, revision: str, reason: str, force: bool, no_wait: 
         except GitopsError as exc:
             fail(exc, as_json)
             return
+    local_audit(s, "promote", link.name, target=str(answer["sha"]), reason=reason)
     if not as_json:
         click.echo(daemon_answer(link.name, "promote", answer).replace(
             ": promoted", ": promoting", 1), err=True)
@@ -208,6 +212,7 @@ def retry(failed: bool, reason: str, no_wait: bool, force: bool, as_json: bool,
                      if r.kind in APPLY_KINDS), None)
     if not hosts or last is None:
         raise UsageError(f"{s.environment}: no failed hosts to retry")
+    local_audit(s, "retry", s.environment, target=", ".join(sorted(hosts)), reason=reason)
     run_here(s, pipeline.Request(
         kind="retry", revision=last.sha, hosts=frozenset(hosts),
         reason=reason or f"retry of {', '.join(hosts)}", actor=control.who()), as_json)
@@ -230,6 +235,7 @@ def forget(environment: str, state_dir: Path | None, reason: str, as_json: bool)
     store.close()
     with open_store(s) as store:
         removed = store.forget(environment, actor=control.who(), reason=reason)
+    local_audit(s, "forget", environment, reason=reason)
     if as_json:
         emit({"environment": environment, "removed": {k: v for k, v in removed.items()
                                                        if k != "runs"},
@@ -284,6 +290,7 @@ def unquarantine(environment: str, sha: str, reason: str, state_dir: Path | None
                                               actor=control.who(), reason=reason)
             except GitopsError as exc:
                 fail(exc, as_json)
+        local_audit(s, "unquarantine", s.environment, target=sha, reason=reason)
     assert answer is not None
     if as_json:
         emit(answer)

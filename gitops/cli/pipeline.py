@@ -123,6 +123,9 @@ def reconcile(as_json: bool, once: bool, changed_only: bool, no_wait: bool, reas
     window_guard(s, force, reason)
     if not math.isfinite(lease_timeout) or lease_timeout < 0:
         raise UsageError("--lease-timeout: a number of seconds, 0 or more")
+    from gitops.cli.people import local_audit
+
+    local_audit(s, "reconcile", s.environment, reason=reason)
     run_here(s, pipeline.Request(reason=reason, changed_only=changed_only,
                                   actor=control.who()), as_json, lease_timeout=lease_timeout)
 

@@ -50,10 +50,10 @@ def through_daemon(s: Settings, action: str, body: dict[str, Any], *, wait: bool
         before = max((r["id"] for r in daemon.recent(s.environment, 1)), default=0)
     except (OSError, ValueError):
         before = 0
-    actor = control.who()
     answer = daemon.ask(name, action, body)
     if answer is None:
         return False
+    actor = str(answer.get("actor") or control.who())  # who the daemon recorded
     # reconcile says whether it was queued or folded into a pending one; the others queue
     triggered = bool(answer.get("triggered", True))
     asked_at = daemon.answered_at()

@@ -27,6 +27,10 @@ class Main(click.Group):
     each command's own), so neither it nor ``import gitops.cli`` loads a command's module."""
 
     LAZY: ClassVar[dict[str, tuple[str, str]]] = {
+        "audit": ("gitops.cli.people", (
+            "The audit trail: who did what, where, from which address, why, and how it "
+            "ended."
+        )),
         "digest": ("gitops.cli.delivery", (
             "The digest: the four keys per team against the previous period, incidents "
             "opened and restored, post-mortems not reviewed, open action items by team."
@@ -91,6 +95,9 @@ class Main(click.Group):
         "suspend": ("gitops.cli.controls", (
             "Stop all applies to an environment until gitops resume (reconcile --once, "
             "retry and rollback refuse it too, unless --force --reason)."
+        )),
+        "tokens": ("gitops.cli.people", (
+            "API tokens for people and robots: create (shown once), list, revoke."
         )),
         "unquarantine": ("gitops.cli.controls", (
             "Release one quarantined revision of ENVIRONMENT (SHA: a unique prefix of 7 "

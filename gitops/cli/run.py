@@ -30,6 +30,7 @@ def run() -> None:
 
     from gitops.daemon.loop import Daemon
     from gitops.web import metrics, page, server
+    from gitops.web.access import Gate
     from gitops.web.limits import HttpLimits
     from gitops.web.sessions import Sessions
 
@@ -37,12 +38,13 @@ def run() -> None:
     s = load_settings()
     try:
         daemon = Daemon(s)
-        authorize = server.make_authorize(s)
+        gate = Gate(s, Database.of(s), sessions=Sessions(s.session_hours * 3600))
+        authorize = gate.rule("read")
         app = server.create_app(daemon, s, extra_routes=[
             *metrics.routes(s.state_dir, authorize, Database.of(s)),
             *page.routes(s.state_dir, authorize, Database.of(s), chain=daemon.chain,
-                         sessions=Sessions(s.session_hours * 3600), oidc=s.oidc)],
-            previews=daemon.previews)
+                         sessions=gate.sessions, oidc=s.oidc)],
+            previews=daemon.previews, gate=gate)
         http, thread = server.start_in_thread(
             app, s.listen, limits=HttpLimits(per_client=s.max_client_requests))
     except GitopsError as exc:

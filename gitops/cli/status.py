@@ -4,7 +4,7 @@ revisions, the problems of an invalid revision, and the promotion pipeline."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,9 @@ from gitops.cli.context import load_settings, open_reader, store_environment
 from gitops.cli.options import EXIT_CODES, json_option, store_options
 from gitops.cli.output import emit, short_ref
 from gitops.record.store import Store
+
+if TYPE_CHECKING:
+    from gitops.settings import Settings
 
 __all__ = ["status"]
 
@@ -47,6 +50,7 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
                 {"sha": q.sha, "reason": q.reason, "since": q.since.isoformat()})
         stages = (promotion.pipeline(store, chain) if any(link.upstream for link in chain)
                   else [])
+        access = _access(s, store)
         invalid = {row["environment"]: _invalid_run(store, row["environment"]) for row in rows
                    if not row["host"] and any(c["reason"] == "ValidationFailed"
                                               for c in row["conditions"])}
@@ -79,6 +83,25 @@ def status(as_json: bool, environment: str | None, state_dir: Path | None) -> No
                        f"`gitops resume` or a commit newer than {(held['head'] or '')[:10]}")
         _print_quarantined(row["environment"], row.get("quarantined") or [])
     _print_stages(stages)
+    click.echo(f"access: {access}", err=True)
+
+
+def _access(s: Settings, store: Store) -> str:
+    """Who the daemon's HTTP server lets in, in one line (``docs/operate/people.md``)."""
+    from datetime import UTC, datetime
+
+    tokens = store.tokens()
+    live = sum(1 for t in tokens if t.state(datetime.now(UTC)) == "live")
+    trusted = (s.trust_loopback if s.trust_loopback is not None
+               else s.api_token is None and not tokens)
+    if trusted and s.trust_loopback is None:
+        return ("single-operator lab mode: loopback clients act as 'local' (admin) without "
+                "a token; making a token or setting api_token ends it (docs/operate/people.md)")
+    if trusted:
+        return (f"trust_loopback = true: loopback clients act as 'local' (admin) beside "
+                f"{live} live token(s)")
+    return f"{live} live token(s){' and api_token' if s.api_token else ''}: every client " \
+           "needs a token"
 
 
 _PROBLEMS_SHOWN = 10

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gitops.record.dialect import PgConnection
+from gitops.record.people import people_schema
 from gitops.record.queue import queue_schema
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "Migration"]
@@ -286,5 +287,6 @@ MIGRATIONS: tuple[Migration, ...] = (
                                     " expires REAL NOT NULL)")),
     Migration(11, "notifier deliveries: what each notifier was sent and what it answered",
               _v11_notifier_deliveries),
+    Migration(12, "API tokens (digests) and the append-only audit trail", people_schema),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

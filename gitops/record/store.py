@@ -70,6 +70,7 @@ from gitops.record.history import HistoryMixin
 from gitops.record.hosts import HostsMixin
 from gitops.record.migrations import MIGRATIONS, SCHEMA_VERSION, Migration
 from gitops.record.owners import OwnersMixin
+from gitops.record.people import PeopleMixin
 from gitops.record.postmortems import PostmortemsMixin
 from gitops.record.previews import PreviewsMixin
 from gitops.record.revisions import RevisionsMixin
@@ -107,7 +108,7 @@ class StoreUnavailable(TemporaryError):
 
 class Store(RunsMixin, StatusMixin, HostsMixin, HistoryMixin, RevisionsMixin,
             CommitStatusesMixin, PreviewsMixin, OwnersMixin, PostmortemsMixin, ControllersMixin,
-            SharesMixin):
+            SharesMixin, PeopleMixin):
     """The SQLite store of one state folder. Cheap to open; safe across processes (WAL).
 
     ``clock`` gives the times written into the record (injected by tests)."""

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from gitops import freetext
 from gitops.errors import UsageError
 
-__all__ = ["BadBody", "BodyTooLarge", "api_options", "json_body", "read_body"]
+__all__ = ["BadBody", "BodyTooLarge", "acting", "api_options", "json_body", "read_body"]
 
 
 class BodyTooLarge(Exception):
@@ -96,3 +96,15 @@ def api_options(data: Any, *, force: bool = False) -> dict[str, str]:
     if unknown:
         raise UsageError(f"unknown field(s): {', '.join(map(str, unknown))}")
     return options
+
+
+def acting(caller: Any, options: dict[str, str]) -> str:
+    """Who an action is recorded as: the authenticated ``caller`` (``access.Caller``), never
+    a field of the request; only a token made ``--on-behalf`` may name the person it acts
+    for (``actor``: recorded ``ci (for bob)``). Else ``UsageError`` naming the field."""
+    person = options.get("actor")
+    if person is not None and not caller.on_behalf:
+        raise UsageError(f"field 'actor' is not accepted: the action is recorded as the "
+                         f"caller ({caller.name}); only a token made with --on-behalf may "
+                         "name the person it acts for")
+    return str(caller.actor(person))

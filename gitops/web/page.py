@@ -22,10 +22,10 @@
 - ``GET /previews/{id}``: one preview's full report (what a pull request comment points to
   when the host's size limit cut it), and the page lists the latest previews.
 
-Access: open to loopback clients. Beyond loopback a request needs what the API needs, checked
-by the ``authorize`` callable of ``gitops.web.server`` (a bearer token): either the header, or
-the session cookie of a browser signed in with the token through the page's sign-in form
-(``gitops.web.sessions``: a random id with an expiry, never the token; no token in any URL).
+Access: ``authorize`` is the daemon's gate (``gitops.web.access.Gate.rule``): the ``read``
+permission, from a token in the header, the session cookie of a browser signed in with a token
+through the page's sign-in form (``gitops.web.sessions``: a random id with an expiry, never the
+token; no token in any URL; ``sessions`` must be the gate's), or a trusted loopback client.
 Without ``authorize`` the page answers loopback clients only. The page never renders
 settings; the store holds no secret, and operation diffs (file contents) are left out of the
 run detail all the same.
@@ -447,15 +447,10 @@ def routes(state_dir: Path, authorize: Authorize | None,
     kept = answers or PageAnswers()
 
     def check(request: Request) -> Response | None:
+        if authorize is not None:  # the daemon's gate: tokens, sessions, trusted loopback
+            return authorize(request)
         if is_local(request):
             return None
-        if "authorization" not in request.headers and sessions.valid(
-                request.cookies.get(COOKIE)):
-            return None
-        if authorize is not None:
-            return authorize(request)
-        if oidc is not None:
-            return JSONResponse({"error": "sign in first"}, status_code=401)
         return JSONResponse({"error": "the status page answers loopback clients only"},
                             status_code=403)
 

@@ -15,33 +15,45 @@ from starlette.routing import BaseRoute, Route
 from gitops import freetext
 from gitops.errors import UsageError
 from gitops.settings import Settings
-from gitops.web.access import Authorize, error, guarded
-from gitops.web.bodies import BadBody, json_body
+from gitops.web.access import Gate, error
+from gitops.web.bodies import BadBody, acting, json_body
 
-__all__ = ["routes"]
+__all__ = ["incident_environment", "routes"]
 
 log = logging.getLogger("gitops.web.server")
 
 
-def routes(settings: Settings, authorize: Authorize, max_body: int) -> list[BaseRoute]:
+def incident_environment(request: Request) -> str | None:
+    """The environment of the path's incident (``inc-<environment>-<run>``), for its team."""
+    from gitops.report.incidents import ID_PREFIX
+
+    incident = str(request.path_params.get("id", ""))
+    incident = incident[len(ID_PREFIX):] if incident.upper().startswith(ID_PREFIX) else incident
+    environment, sep, run = incident.rpartition("-")
+    return environment if sep and run.isdigit() else None
+
+
+def routes(settings: Settings, gate: Gate, max_body: int) -> list[BaseRoute]:
     """``POST /api/incidents/{id}/{what}`` and ``.../{what}/{number}``: write into a
     post-mortem: ``annotate`` (sections), ``actions`` (a new item) or ``actions/{n}`` (done,
     open again, or an owning team); recorded with the actor."""
 
-    @guarded(authorize)
+    @gate.permission("postmortem", environment=incident_environment)
     async def postmortem(request: Request) -> Response:
         try:
             body = await json_body(request, max_body)
         except BadBody as exc:
             return error(exc.status, str(exc))
-        client = request.client.host if request.client else "unknown"
         try:
             data = _postmortem_body(body, request.path_params.get("what", "annotate"),
                                     "number" in request.path_params)
+            actor = acting(request.state.caller, {k: data.pop(k) for k in ("actor",)
+                                                  if k in data})
+            request.state.audit.update(actor=actor, target=request.path_params["id"])
             return JSONResponse(await run_in_threadpool(
                 _write_postmortem, settings, request.path_params["id"],
                 request.path_params.get("what", "annotate"), request.path_params.get("number"),
-                data, data.pop("actor", None) or f"api:{client}"))
+                data, actor))
         except UsageError as exc:
             return error(404 if str(exc).startswith(("no incident", "incident ")) else 400,
                          str(exc))

@@ -30,8 +30,15 @@ from gitops import freetext
 from gitops.errors import GitopsError, LockHeld, PermanentError, TemporaryError, UsageError
 from gitops.settings import EnvironmentConfig, Settings
 from gitops.web import postmortems
-from gitops.web.access import Authorize, error, guarded, make_authorize
-from gitops.web.bodies import BadBody, BodyTooLarge, api_options, json_body, read_body
+from gitops.web.access import Gate, error, guarded
+from gitops.web.bodies import (
+    BadBody,
+    BodyTooLarge,
+    acting,
+    api_options,
+    json_body,
+    read_body,
+)
 from gitops.web.serving import bind, bound_port, parse_listen, serve, start_in_thread, stop
 from gitops.web.webguard import Guard
 from gitops.web.webhooks import (
@@ -55,7 +62,6 @@ __all__ = [
     "bind",
     "bound_port",
     "create_app",
-    "make_authorize",
     "parse_listen",
     "serve",
     "start_in_thread",
@@ -142,8 +148,11 @@ def create_app(
     *,
     extra_routes: Sequence[BaseRoute] = (),
     previews: Previewer | None = None,
+    gate: Gate | None = None,
 ) -> Starlette:
     """The ASGI app over ``controller``; webhook secrets and the API token are read now.
+    ``gate`` (default: one over the settings) authenticates callers, decides their
+    permissions and audits what they do (``gitops.web.access``).
 
     With ``previews``, a signed pull/merge request event into an environment's branch
     queues a preview of it (202 with the preview's id); one from a fork the settings do not
@@ -158,7 +167,7 @@ def create_app(
         if env.webhook_secret is not None
     }
     max_body = settings.max_body
-    authorize = make_authorize(settings)
+    gate = gate or Gate(settings)
     deliveries = RecentDeliveries()
 
     health_threads = anyio.CapacityLimiter(2)  # not the shared pool page builds may fill
@@ -195,7 +204,7 @@ def create_app(
                      event.provider, delivery)
             return JSONResponse({"duplicate": delivery})
         try:
-            answer = await act(name, env, event)
+            answer = await act(request, name, env, event)
         except BaseException:
             deliveries.release(key)
             raise
@@ -203,9 +212,10 @@ def create_app(
             deliveries.release(key)
         return answer
 
-    async def act(name: str, env: EnvironmentConfig, event: WebhookEvent) -> Response:
+    async def act(request: Request, name: str, env: EnvironmentConfig,
+                  event: WebhookEvent) -> Response:
         if event.is_pull_request:
-            return await preview(name, env, event)
+            return await preview(request, name, env, event)
         why = why_ignored(event, env.branch)
         if why is not None:
             log.info("webhook %s: %s ignored (%s)", name, event.provider, why)
@@ -216,6 +226,10 @@ def create_app(
         triggered = await run_in_threadpool(
             controller.trigger, name, reason=reason, actor=f"webhook:{event.provider}"
         )
+        await run_in_threadpool(functools.partial(
+            gate.record, request, actor=f"webhook:{event.provider}", role="webhook",
+            action="reconcile", environment=name, outcome="ok", target=event.after or "",
+            reason=reason))
         log.info(
             "webhook %s: %s accepted (%s, %s)",
             name,
@@ -225,7 +239,8 @@ def create_app(
         )
         return JSONResponse({"triggered": triggered}, status_code=202)
 
-    async def preview(name: str, env: EnvironmentConfig, event: WebhookEvent) -> Response:
+    async def preview(request: Request, name: str, env: EnvironmentConfig,
+                      event: WebhookEvent) -> Response:
         why = why_no_preview(event, env.branch)
         if why is None and previews is None:
             why = "previews are not enabled in this daemon"
@@ -250,33 +265,35 @@ def create_app(
             return error(503, str(exc))
         log.info("webhook %s: %s pull request #%d (%s) queued for a preview", name,
                  event.provider, event.number, event.branch)
+        await run_in_threadpool(functools.partial(
+            gate.record, request, actor=f"webhook:{event.provider}", role="webhook",
+            action="preview", environment=name, outcome="ok",
+            target=f"#{event.number} {event.after or ''}".strip()))
         return JSONResponse(answer, status_code=202)
 
-    @guarded(authorize)
     async def operate(request: Request) -> Response:
         name = request.path_params["environment"]
-        action = request.path_params["action"]
+        action = request.url.path.rsplit("/", 1)[-1]
         if name not in environments:
             return error(404, "unknown environment")
-        if action != "reconcile" and action not in OPERATIONS:
-            return error(404, f"unknown action; one of reconcile, {', '.join(OPERATIONS)}")
         try:
             options = api_options(await json_body(request, max_body),
                                   force=action == "reconcile")
+            actor = acting(request.state.caller, options)
         except BadBody as exc:
             return error(exc.status, str(exc))
         except UsageError as exc:
             return error(400, str(exc))
-        client = request.client.host if request.client else "unknown"
-        actor = options.get("actor") or f"api:{client}"
         reason = options.get("reason") or ""
+        request.state.audit.update(actor=actor, reason=reason,
+                                   target=options.get("revision", ""))
         try:
             if action == "reconcile":
                 force = options.get("force") == "true"
                 triggered = await run_in_threadpool(functools.partial(
                     controller.trigger, name, reason=reason or "operator request",
                     actor=actor, **({"force": True} if force else {})))
-                return JSONResponse({"triggered": triggered}, status_code=202)
+                return JSONResponse({"triggered": triggered, "actor": actor}, status_code=202)
             result = await run_in_threadpool(
                 controller.operate,
                 name,
@@ -287,20 +304,23 @@ def create_app(
             )
         except GitopsError as exc:
             return error(_status_for(exc), str(exc))
-        return JSONResponse(result)
+        return JSONResponse({"actor": actor, **result})
 
-    @guarded(authorize)
+    @guarded(gate.rule("read"))
     def status(request: Request) -> Response:
         return JSONResponse(controller.status())
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
-        *postmortems.routes(settings, authorize, max_body),
+        *postmortems.routes(settings, gate, max_body),
         Route("/hooks/{environment}", hook, methods=["POST"]),
-        *(_promotion_routes(controller, environments, authorize, max_body)
+        *(_promotion_routes(controller, environments, gate, max_body)
           if isinstance(controller, Promoter) else []),
-        Route("/api/environments/{environment}/{action}", operate, methods=["POST"]),
+        *(Route(f"/api/environments/{{environment}}/{action}", gate.permission(action)(operate),
+                methods=["POST"]) for action in ("reconcile", *OPERATIONS)),
         Route("/api/status", status, methods=["GET"]),
+        Route("/api/audit", guarded(gate.rule("read"))(functools.partial(audit_trail, gate)),
+              methods=["GET"]),
         *extra_routes,
     ]
     guard = Middleware(Guard, listen=settings.listen, allowed_hosts=settings.allowed_hosts,
@@ -311,7 +331,7 @@ def create_app(
 
 
 def _promotion_routes(controller: Promoter, environments: dict[str, EnvironmentConfig],
-                      authorize: Authorize,
+                      gate: Gate,
                       max_body: int) -> list[BaseRoute]:
     """``POST /api/environments/{env}/promote`` (``revision``, ``reason``, ``force``,
     ``actor``): 200 with the recorded promotion; 409 refused by the record (not verified
@@ -320,7 +340,7 @@ def _promotion_routes(controller: Promoter, environments: dict[str, EnvironmentC
     from gitops.daemon.promotion import PromotionRefused
     from gitops.errors import RevisionNotFound
 
-    @guarded(authorize)
+    @gate.permission("promote")
     async def promote(request: Request) -> Response:
         name = request.path_params["environment"]
         if name not in environments:
@@ -336,16 +356,19 @@ def _promotion_routes(controller: Promoter, environments: dict[str, EnvironmentC
             return error(400, str(exc))
         except UsageError as exc:
             return error(422, str(exc))
+        try:
+            actor = acting(request.state.caller, options)
+        except UsageError as exc:
+            return error(400, str(exc))
         revision = options.get("revision", "").strip()
         reason = options.get("reason", "").strip()
         if not revision or not reason:
             return error(422, "a promotion needs 'revision' and 'reason': who promoted "
                                "what, and why, is recorded")
-        client = request.client.host if request.client else "unknown"
+        request.state.audit.update(actor=actor, reason=reason, target=revision)
         try:
             result = await run_in_threadpool(functools.partial(
-                controller.promote, name, revision=revision,
-                actor=options.get("actor") or f"api:{client}", reason=reason,
+                controller.promote, name, revision=revision, actor=actor, reason=reason,
                 force=options.get("force") == "true"))
         except PromotionRefused as exc:
             return error(409, str(exc))
@@ -353,9 +376,9 @@ def _promotion_routes(controller: Promoter, environments: dict[str, EnvironmentC
             return error(422, str(exc))
         except GitopsError as exc:
             return error(_status_for(exc), str(exc))
-        return JSONResponse(result)
+        return JSONResponse({"actor": actor, **result})
 
-    @guarded(authorize)
+    @guarded(gate.rule("read"))
     def pipeline(request: Request) -> Response:
         return JSONResponse(controller.pipeline())
 
@@ -363,3 +386,29 @@ def _promotion_routes(controller: Promoter, environments: dict[str, EnvironmentC
             Route("/api/pipeline", pipeline, methods=["GET"])]
 
 
+
+
+def audit_trail(gate: Gate, request: Request) -> Response:
+    """``GET /api/audit``: the audit trail, newest first, filtered by ``actor``,
+    ``environment``, ``action`` and ``since`` (ISO 8601), at most ``limit`` (1000)."""
+    from datetime import UTC, datetime
+
+    query = request.query_params
+    unknown = sorted(set(query) - {"actor", "environment", "action", "since", "limit"})
+    if unknown:
+        return error(400, f"unknown query parameter(s): {', '.join(unknown)}")
+    since = None
+    try:
+        if query.get("since"):
+            since = datetime.fromisoformat(query["since"])
+            since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        limit = int(query.get("limit") or 1000)
+    except ValueError:
+        return error(400, "since must be an ISO 8601 time, limit a number")
+    if not 1 <= limit <= 10_000:
+        return error(400, "limit must be between 1 and 10000")
+    with gate.database.open() as store:
+        rows = store.audit_trail(actor=query.get("actor") or None,
+                                 environment=query.get("environment") or None,
+                                 action=query.get("action") or None, since=since, limit=limit)
+    return JSONResponse([r.as_dict() for r in rows])

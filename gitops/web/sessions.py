@@ -4,10 +4,12 @@
 ``gitops/web/static/signin.js`` sends it, or an ``Authorization: Bearer`` header) answers 204 and
 sets the cookie ``gitops_session``: a random id (never the token), ``HttpOnly``,
 ``SameSite=Strict``, ``Path=/``, ``Max-Age`` of ``session_hours``, and ``Secure`` when the
-request came over HTTPS. ``DELETE /api/session`` signs out; ``GET /api/session`` says whose
-session it is (``{"name", "groups", "via"}``; ``gitops.web.oidc`` opens them for people).
-The ids live in this process only (``Sessions``): a restart of the daemon signs every browser
-out. No token is ever put in a URL, a cookie, a log line or an answer.
+request came over HTTPS. ``DELETE /api/session`` signs out; ``GET /api/session`` says who
+the caller is (``{"name", "groups", "via", "session"}``; ``session`` false for a caller with
+no session, a script's token or a trusted loopback client). ``gitops.web.oidc`` opens
+sessions for people. The ids live in this process only (``Sessions``): a restart of the
+daemon signs every browser out. No token is ever put in a URL, a cookie, a log line or an
+answer.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from gitops.web.access import Authorize
+Authorize = Callable[[Request], "Response | None"]
+"""The gate's rule (``gitops.web.access.Authorize``), named here without importing it."""
 
 __all__ = ["COOKIE", "TOKEN_HOLDER", "Person", "Sessions", "routes"]
 
@@ -38,8 +42,9 @@ def _digest(session_id: str) -> bytes:
 
 @dataclass(frozen=True)
 class Person:
-    """Who a browser session belongs to: ``name`` and ``groups`` as the provider said
-    (``via="oidc"``), or the holder of the API token (``via="token"``, name ``api``)."""
+    """Who a browser session belongs to: a person ``name`` and ``groups`` as the OpenID
+    provider said (``via="oidc"``), or a token's name (``via="token"``: ``api`` for the
+    settings' token), which the gate checks again on every request."""
 
     name: str
     groups: tuple[str, ...] = ()
@@ -84,6 +89,11 @@ class Sessions:
                 found = None
         return None if found is None else found[1]
 
+    def who(self, session_id: str | None) -> str | None:
+        """The name of ``session_id``'s person; None unless it is open here and valid."""
+        person = self.person(session_id)
+        return None if person is None else person.name
+
     def valid(self, session_id: str | None) -> bool:
         """Whether ``session_id`` is a session opened here that has not expired."""
         return self.person(session_id) is not None
@@ -103,7 +113,8 @@ def _with_bearer(request: Request, token: str) -> Request:
     """``request`` as if it had sent ``Authorization: Bearer <token>``."""
     headers = [(k, v) for k, v in request.scope["headers"] if k != b"authorization"]
     headers.append((b"authorization", b"Bearer " + token.encode("latin-1")))
-    return Request({**request.scope, "headers": headers})
+    return Request({**request.scope, "headers": headers,
+                    "state": dict(request.scope.get("state", {}))})
 
 
 def routes(sessions: Sessions, authorize: Authorize | None) -> list[BaseRoute]:
@@ -122,11 +133,13 @@ def routes(sessions: Sessions, authorize: Authorize | None) -> list[BaseRoute]:
                                               "an Authorization: Bearer header"},
                                     status_code=400)
             checked = _with_bearer(request, token)
-        refused = authorize(checked)
+        refused = await run_in_threadpool(authorize, checked)
         if refused is not None:
             return JSONResponse({"error": "wrong API token"}, status_code=refused.status_code)
+        caller = getattr(checked.state, "caller", None)
         response = Response(status_code=204)
-        response.set_cookie(COOKIE, sessions.open(), max_age=int(sessions.lifetime),
+        session_id = sessions.open(Person(getattr(caller, "name", "api")))
+        response.set_cookie(COOKIE, session_id, max_age=int(sessions.lifetime),
                             httponly=True, samesite="strict", path="/",
                             secure=request.url.scheme == "https")
         return response
@@ -139,12 +152,22 @@ def routes(sessions: Sessions, authorize: Authorize | None) -> list[BaseRoute]:
         return response
 
     async def who(request: Request) -> Response:
+        """Who the caller is: a browser's session, else whoever ``authorize`` lets read."""
         person = sessions.person(request.cookies.get(COOKIE))
+        session = person is not None
+        if person is None and authorize is not None:
+            refused = await run_in_threadpool(authorize, request)
+            if refused is not None:
+                return refused
+            caller = getattr(request.state, "caller", None)
+            if caller is not None:
+                person = Person(caller.name, tuple(getattr(caller, "groups", ())))
         if person is None:
             return JSONResponse({"error": "not signed in"}, status_code=401,
                                 headers={"Cache-Control": "no-store"})
         return JSONResponse({"name": person.name, "groups": list(person.groups),
-                             "via": person.via}, headers={"Cache-Control": "no-store"})
+                             "via": person.via, "session": session},
+                            headers={"Cache-Control": "no-store"})
 
     return [Route("/api/session", sign_in, methods=["POST"]),
             Route("/api/session", sign_out, methods=["DELETE"]),

@@ -651,6 +651,10 @@
     const response = await fetch("/api/session", { credentials: "same-origin", cache: "no-store" });
     if (!response.ok) return;  // loopback without a session: nobody to show
     const person = await response.json();
+    if (!person.session) {  // a loopback client or a script's token: nothing to sign out of
+      put(who, el("span", { id: "who-name", text: person.name }));
+      return;
+    }
     const out = el("button", { type: "button", id: "signout", text: "Sign out" });
     out.addEventListener("click", async () => {
       await fetch("/api/session", { method: "DELETE", credentials: "same-origin",
