@@ -17,8 +17,8 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
-from builders import free_port, git
-from receivers import HttpReceiver, SmtpReceiver, self_signed
+from builders import free_port, git, self_signed
+from receivers import HttpReceiver, SmtpReceiver
 from test_daemon_e2e import Daemon, _set_probe, applied_everywhere, make_probe_repo, wait_for
 
 from gitops.daemon.notify_providers import ALERT_NAME

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from builders import self_signed
 from clitools import gitops
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from receivers import HttpReceiver, SmtpReceiver, self_signed
+from receivers import HttpReceiver, SmtpReceiver
 
 from gitops.daemon.notify import Event, NotifierConfig, notify
 from gitops.daemon.notify_providers import short_message

@@ -9,8 +9,6 @@ headers without sending a packet anywhere; the TLS and proxy tests run a real uv
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import json
 import logging
 import ssl
@@ -20,7 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
-from builders import daemon_app
+from builders import daemon_app, self_signed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.applications import Starlette
@@ -239,7 +237,8 @@ def test_fuzz_host_origin_and_content_type(tmp_path: Path, method: str, host: st
     """Any Host, Origin, Sec-Fetch-Site and Content-Type: the answer is the rules' (400,
     403, 415, or served), never a 500, and only a served POST reaches the controller."""
     controller = RecordingController(environments())
-    app = create_app(controller, Settings(max_body=MAX_BODY, environments=controller.envs))
+    app = create_app(controller, Settings(max_body=MAX_BODY, environments=controller.envs,
+                                          state_dir=tmp_path / "state"))
     headers = {"Host": host}
     for key, value in (("Origin", origin), ("Sec-Fetch-Site", site), ("Content-Type", ctype)):
         if value is not None:
@@ -432,34 +431,6 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(
 
 
 # -- TLS and sessions ------------------------------------------------------------------------
-
-
-def self_signed(folder: Path) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 and localhost and its key, made now."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gitops test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"),
-                x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
-    return cert_file, key_file
 
 
 def test_tls_serves_https_and_the_session_cookie_is_secure(
