@@ -144,8 +144,12 @@ def test_metrics_expose_the_story(story: Story) -> None:
 
 def test_the_status_page_shows_it_all(story: Story, browser_factory: Any) -> None:  # noqa: F811
     """In headless Chromium: the lab hosts, the delivery figures and the closed incident;
-    after another reconcile the open page shows the new run without a reload."""
-    p = browser_factory(f"http://127.0.0.1:{story.daemon.port}/")
+    after another reconcile the open page shows the new run without a reload. The daemon has
+    an API token, so loopback is not trusted: the operator signs in with it first."""
+    p = browser_factory(f"http://127.0.0.1:{story.daemon.port}/", ready="#signin")
+    p.fill("#signin input[name=token]", TOKEN)
+    p.click("#signin button")
+    p.wait_for_selector("tr[data-host]")
     hosts = p.locator("tr[data-host]").evaluate_all("rows => rows.map(r => r.dataset.host)")
     assert sorted(hosts) == ["lab-1", "lab-2", "lab-3"]
     delivery = p.locator('[data-testid="delivery"]').inner_text()
