@@ -54,6 +54,8 @@ _DROPPED = frozenset({"_timeout", "_success_exit_codes", "_retries", "_retry_del
 """Connector arguments that do not change what a fact's command prints."""
 _CLOCKS = frozenset({"server.Date", "server.Uptime"})
 """Facts that differ at every reading: a host whose apply reads one is always applied."""
+_PATHS = frozenset({"open", "os.stat", "os.listdir", "os.scandir"})
+"""Audit events (and ``os.stat``, ``lstat``, ``access``, watched here) naming a local path."""
 _SECRET_ARGUMENTS = frozenset({"_sudo_password", "_su_password"})
 _EVENTS = {"subprocess.Popen": "starts a local program", "os.system": "starts a local program",
            "os.exec": "starts a local program", "os.posix_spawn": "starts a local program",
@@ -79,6 +81,7 @@ class Recorder:
         self.key = bytes.fromhex(skip.key)
         self.folder = Path(skip.folder)
         self.root = Path(declared.root).absolute()
+        self.real_root = os.path.realpath(self.root)
         self.redact = tuple(s for s in declared.redact if s)
         self.services = {h.name: tuple(h.services) for h in declared.hosts}
         self.reads: dict[str, dict[tuple[Any, ...], FactRead]] = defaultdict(dict)
@@ -86,6 +89,7 @@ class Recorder:
         self.deploying: Counter[str] = Counter()
         """Hosts whose deploy code runs now (its file loads, an operation's body)."""
         self.active = 0
+        self._auditing = False
         """Deploy code runs now on any host (the audit hook returns at once otherwise)."""
         self.basis = f"{skip.basis}:pyinfra {metadata.version('pyinfra')}"
         self.reading: Counter[str] = Counter()
@@ -130,6 +134,16 @@ class Recorder:
                              ("put_file", "puts a file on the host")):
             setattr(Host, method, self._watched(getattr(Host, method), what))
         sys.addaudithook(self._audit)
+        for name in ("stat", "lstat", "access"):  # not audited: a deploy may test a path
+            setattr(os, name, self._stat_watched(getattr(os, name)))
+
+    def _stat_watched(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def watched(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.active and isinstance(path, str | bytes | os.PathLike):
+                self._audit("os.stat", (os.fspath(path),))
+            return call(path, *args, **kwargs)
+
+        return watched
 
     def _watched(self, call: Callable[..., Any], what: str) -> Callable[..., Any]:
         recorder = self
@@ -171,12 +185,15 @@ class Recorder:
         return watched
 
     def _audit(self, event: str, args: tuple[Any, ...]) -> None:
-        if not self.active or (event != "open" and event not in _EVENTS):
+        if not self.active or self._auditing or (event not in _PATHS and event not in _EVENTS):
             return
+        self._auditing = True  # ``realpath`` below stats paths itself
         try:
             self._audited(event, args)
         except Exception:  # an audit hook must not break what it watches
             return
+        finally:
+            self._auditing = False
 
     def _audited(self, event: str, args: tuple[Any, ...]) -> None:
         if not ctx_host.isset():
@@ -184,7 +201,7 @@ class Recorder:
         name = ctx_host.get().name
         if not self.deploying[name] or self.reading[name]:
             return
-        if event == "open" and args and isinstance(args[0], str | bytes):
+        if event in _PATHS and args and isinstance(args[0], str | bytes):
             path = os.path.realpath(os.fsdecode(args[0]))
             if not self._covered(name, path):
                 self.mark(name, f"its deploy reads {path}, which no fingerprint covers"
@@ -197,7 +214,7 @@ class Recorder:
         ``host``'s services cover (``gitops.pipeline.services.service_digests``)."""
         if path == os.devnull or path.startswith(self._allowed):
             return True
-        root = str(self.root)
+        root = self.real_root
         if not path.startswith(f"{root}{os.sep}"):
             return False
         parts = Path(path).relative_to(root).parts
@@ -226,11 +243,12 @@ class Recorder:
             try:
                 fact_kwargs, global_kwargs = pyinfra_facts._handle_fact_kwargs(
                     state, host, cls, args, kwargs)
+                fact_kwargs = {k: v for k, v in fact_kwargs.items() if k != "self"}
                 conn = {k: global_kwargs[k] for k in CONNECTOR_ARGUMENT_KEYS
                         if global_kwargs.get(k) and k not in _DROPPED}
                 text = json.dumps([fact_kwargs, conn], sort_keys=True)
-            except Exception:
-                why = f"fact {cls.name} has arguments that cannot be recorded"
+            except Exception as exc:
+                why = f"fact {cls.name} has arguments that cannot be recorded: {exc!r}"
             else:
                 if _SECRET_ARGUMENTS & set(conn):
                     why = f"fact {cls.name} is read with a password"
@@ -281,7 +299,7 @@ class Recorder:
             try:
                 digests, why = self.gather(host, record)
             except Exception as exc:  # a lost connection: the full apply reports it
-                digests, why = None, type(exc).__name__
+                digests, why = None, f"{type(exc).__name__}: {exc}"[:200]
             note = factskip.compared(record, digests, why)
             self.notes[host.name] = note if note == factskip.NO_CHANGE else f"full apply: {note}"
 
@@ -301,18 +319,19 @@ class Recorder:
                 read = record.facts[index]
                 module, _, qualname = read.fact.partition(":")
                 cls = getattr(importlib.import_module(module), qualname)
-                raw = _command(cls, read.kwargs)
+                fact = cls()  # its ``process`` may read what its ``command`` kept (a path)
+                raw = _command(fact, read.kwargs)
                 form = connector.shell_form(cls, raw)
                 commands.append((form, True) if form is not None else (raw, False))
-                classes.append(cls)
+                classes.append(fact)
             token = f"__gitops_facts_{token_source.token_hex(8)}__"
             ok, output = host.run_shell_command(
                 StringCommand(factskip.combine(commands, token)), **json.loads(conn))
             parts = factskip.split(output.stdout_lines, token, len(indexes)) if ok else None
             if parts is None:
                 return None, (output.stderr_lines or ["no answer"])[0][:200]
-            for index, cls, (code, lines) in zip(indexes, classes, parts, strict=True):
-                digests[index] = factskip.digest(self.key, _value(cls, code, lines))
+            for index, fact, (code, lines) in zip(indexes, classes, parts, strict=True):
+                digests[index] = factskip.digest(self.key, _value(fact, code, lines))
         return digests, ""
 
     # -- after the apply ----------------------------------------------------------------------
@@ -331,7 +350,9 @@ class Recorder:
             if not unfit and changed:
                 unfit = (f"its last apply changed {', '.join(changed[:3])}"
                          + (f" and {len(changed) - 3} more" if len(changed) > 3 else ""))
-            facts = tuple(self.reads.get(h.host, {}).values()) if not unfit else ()
+            facts = tuple({(r.fact, json.dumps([r.kwargs, r.connector], sort_keys=True)): r
+                           for r in self.reads.get(h.host, {}).values()}.values()
+                          ) if not unfit else ()
             factskip.save(self.folder, h.host, HostRecord(
                 prints=self.prints(h.host), basis=self.basis, facts=facts, unfit=unfit))
 
@@ -346,9 +367,8 @@ class Recorder:
             for h in plan.hosts)})
 
 
-def _command(cls: Any, kwargs: dict[str, Any]) -> str:
-    """Fact ``cls``'s command for ``kwargs`` as pyinfra's ``_get_fact`` makes it."""
-    fact = cls()
+def _command(fact: Any, kwargs: dict[str, Any]) -> str:
+    """``fact``'s command for ``kwargs`` as pyinfra's ``_get_fact`` makes it."""
     command = pyinfra_facts._make_command(fact.command, dict(kwargs))
     requires = pyinfra_facts._make_command(fact.requires_command, dict(kwargs))
     if requires:
@@ -358,9 +378,8 @@ def _command(cls: Any, kwargs: dict[str, Any]) -> str:
     return command.get_raw_value() if isinstance(command, StringCommand) else str(command)
 
 
-def _value(cls: Any, code: int, lines: list[str]) -> Any:
+def _value(fact: Any, code: int, lines: list[str]) -> Any:
     """What pyinfra's ``_get_fact`` answers for this exit status and output."""
-    fact = cls()
     if code == 0 and lines == [_NOCMD]:
         return _MISSING
     if code == 0 and lines:
