@@ -88,6 +88,10 @@ def test_record_file_round_trip_and_forget(tmp_path: Path) -> None:
     assert factskip.load(where, "lab-2") is None
     factskip.forget(where, ["lab-1", "lab-3"])
     assert factskip.load(where, "lab-1") is None
+    factskip.save(where, "lab-4", RECORD)
+    factskip.save(where, "lab-5", RECORD)
+    factskip.forget_others(where, {"lab-4"})
+    assert factskip.load(where, "lab-4") == RECORD and factskip.load(where, "lab-5") is None
 
 
 def _run(script: str) -> tuple[int, list[str]]:

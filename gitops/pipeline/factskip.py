@@ -34,7 +34,8 @@ from gitops.model import DeclaredState
 from gitops.records import NO_CHANGE_BY_FINGERPRINT
 
 __all__ = ["NO_CHANGE", "FactRead", "HostRecord", "Skip", "basis", "canonical", "combine",
-           "compared", "decide", "digest", "folder", "forget", "load", "save", "split"]
+           "compared", "decide", "digest", "folder", "forget", "forget_others", "load", "save",
+           "split"]
 
 NO_CHANGE = NO_CHANGE_BY_FINGERPRINT
 """How a host skipped this way is reported (apply and plan)."""
@@ -126,6 +127,12 @@ def forget(where: Path, hosts: Iterable[str]) -> None:
     for host in hosts:
         with contextlib.suppress(FileNotFoundError):
             (where / f"{host}.json").unlink()
+
+
+def forget_others(where: Path, keep: set[str]) -> None:
+    """No record of hosts that left the inventory (their files would only grow the folder)."""
+    if where.is_dir():
+        forget(where, [p.stem for p in where.glob("*.json") if p.stem not in keep])
 
 
 def decide(record: HostRecord | None, prints: dict[str, str], current_basis: str, *,

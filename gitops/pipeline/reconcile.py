@@ -216,6 +216,8 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
                 say(f"{r.host}: {r.note if r.action != 'remove' else r.service + ': removing'}")
             folder = journal_folder(target)
             journal.forget_others(folder, {h.name for h in state.hosts})
+            factskip.forget_others(factskip.folder(target.state_dir, env),
+                                   {h.name for h in state.hosts})
             recovering = frozenset(journal.interrupted(folder) & {h.name for h in targeted.hosts})
             if recovering:
                 say(f"the last apply on {', '.join(sorted(recovering))} was interrupted: "
