@@ -124,6 +124,8 @@ def test_a_deploy_reading_state_outside_facts_falls_back(repo: StateRepo,
     """A deploy that runs a command on its host, or reads a controller file, to decide is
     never skipped (the plan and the apply say why), and the change it should make is made."""
     flag = tmp_path / "probe-flag"
+    for host in ("lab-1", "lab-2"):  # as a lab used before may have left them
+        repo.ssh(host, "rm -f /etc/gitops-probe-flag /etc/gitops-probe-marker")
     for name, text in (("remote", PROBE_REMOTE), ("local", PROBE_LOCAL.format(flag=flag))):
         folder = repo.path / "deploys" / f"probe{name}"
         folder.mkdir()
