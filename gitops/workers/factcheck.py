@@ -22,6 +22,7 @@ import importlib
 import json
 import os
 import secrets as token_source
+import site
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -96,12 +97,16 @@ class Recorder:
         """Hosts reading a fact now (nested: a fact's precondition reads another)."""
         self.notes: dict[str, str] = {}
         """host -> ``NO_CHANGE`` or why its apply is a full one."""
+        import gitops
+
         self._allowed = tuple(dict.fromkeys(
-            os.path.join(os.path.realpath(p), "") for p in (
-                sys.prefix, sys.base_prefix, sys.exec_prefix,
-                os.path.dirname(os.__file__), os.path.dirname(pyinfra.__file__),
-                *(p for p in sys.path if p and os.path.isdir(p)))))
-        """Python's own files (imports): not state a deploy reads."""
+            folder for folder in (os.path.join(os.path.realpath(p), "") for p in (
+                sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.__file__),
+                os.path.dirname(pyinfra.__file__), os.path.dirname(gitops.__file__),
+                *site.getsitepackages()))
+            if folder != os.sep))
+        """Python's own files (imports): not state a deploy reads. Not ``sys.path``: its
+        first entry is the worker's current folder, which may be any (``/``)."""
 
     # -- recording ------------------------------------------------------------------------
 
