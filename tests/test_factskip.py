@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -144,3 +145,39 @@ def test_split_round_trips_any_output(outputs: list[str]) -> None:
     lines = stdout.removesuffix("\n").split("\n")
     expected = [(0, o.removesuffix("\n").split("\n") if o else []) for o in outputs]
     assert factskip.split(lines, TOKEN, len(outputs)) == expected
+
+
+def _covered_table(tmp_path: Path) -> tuple[Any, Path]:
+    from builders import dry_repo
+
+    from gitops.pipeline.load import load
+    from gitops.workers.factcheck import Recorder
+
+    repo = dry_repo(tmp_path)
+    state = load(repo, "prod")
+    skip = factskip.Skip(folder=str(tmp_path / "facts"), key=KEY.hex(), prints={}, basis="b")
+    return Recorder(skip, state), repo
+
+
+def test_local_reads_a_fingerprint_covers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """A deploy may read its host's services' folders, the repository's shared files and
+    Python's own; not another service's folder, the inventories, hidden folders or anything
+    else on the controller, whatever the worker's current folder (``/`` under systemd)."""
+    monkeypatch.chdir("/")
+    recorder, repo = _covered_table(tmp_path)
+    root = str(repo.resolve())
+    web = recorder.services["web-1"]
+    assert "web" in web and "base" in web
+    table = [
+        (f"{root}/deploys/web/templates/site.conf.j2", True),
+        (f"{root}/deploys/base/files/sshd-hardening.conf", True),
+        (f"{root}/README.md", True),  # shared: in every service's fingerprint
+        (f"{root}/inventories/prod.yml", False),
+        (f"{root}/deploys/other/deploy.py", False),
+        (f"{root}/.git/config", False),
+        ("/etc/passwd", False),
+        (str(tmp_path / "flag"), False),
+        (subprocess.__file__, True),
+    ]
+    assert [(p, recorder._covered("web-1", p)) for p, _ in table] == table
