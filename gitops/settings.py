@@ -36,7 +36,9 @@ from pydantic_settings import (
 )
 
 from gitops.settings_sections import (
+    DEFAULT_EVENTS,
     EVENT_KINDS,
+    SEVERITIES,
     CommitStatusConfig,
     DigestSettings,
     EnvironmentConfig,
@@ -47,13 +49,16 @@ from gitops.settings_sections import (
     PreviewSettings,
     Retention,
     SecretRef,
+    Severity,
     SigningPolicy,
     SopsSettings,
     team_name,
 )
 
 __all__ = [
+    "DEFAULT_EVENTS",
     "EVENT_KINDS",
+    "SEVERITIES",
     "CommitStatusConfig",
     "DigestSettings",
     "EnvironmentConfig",
@@ -65,6 +70,7 @@ __all__ = [
     "Retention",
     "SecretRef",
     "Settings",
+    "Severity",
     "SigningPolicy",
     "SopsSettings",
     "load",
@@ -197,6 +203,57 @@ class Settings(BaseSettings):
         if unknown:
             raise ValidationError.from_exception_data("Settings", unknown)
         return self
+    notifiers: list[NotifierConfig] = []
+    """Notifiers of every environment (``[[notifiers]]``), each with its own filters; an
+    environment's own ``notifiers`` hear that environment only."""
+    page_url: str | None = Field(default=None, pattern=r"^https?://")
+    """The status page's address, linked from every notification (default: none)."""
+
+    @model_validator(mode="after")
+    def _notifier_filters(self) -> Settings:
+        names = {e.name for e in self.environments}
+        problems: list[InitErrorDetails] = []
+        seen: set[str] = set()
+
+        def bad(loc: tuple[str | int, ...], kind: str, text: str, **ctx: Any) -> None:
+            problems.append(InitErrorDetails(type=PydanticCustomError(kind, text, ctx),
+                                             loc=loc, input=None))
+
+        lists: list[tuple[tuple[str | int, ...], str | None, list[NotifierConfig]]] = [
+            (("notifiers",), None, self.notifiers)]
+        lists += [(("environments", i, "notifiers"), e.name, e.notifiers)
+                  for i, e in enumerate(self.environments)]
+        for base, env, configs in lists:
+            for j, n in enumerate(configs):
+                label = n.label(j, env)
+                if label in seen:
+                    bad((*base, j, "name"), "notifier_name",
+                        "a second notifier named {name} (name them apart)", name=repr(label))
+                seen.add(label)
+                unknown = [x for x in n.environments if x not in names]
+                if unknown:
+                    bad((*base, j, "environments"), "unknown_environment",
+                        "unknown environment {x} (environments: {known})",
+                        x=", ".join(map(repr, unknown)), known=", ".join(sorted(names)) or
+                        "none")
+                strange = [t for t in n.teams if t not in self.teams]
+                if strange:
+                    bad((*base, j, "teams"), "unknown_team", "unknown team {x} ({hint})",
+                        x=", ".join(map(repr, strange)),
+                        hint=f"teams: {', '.join(self.teams)}" if self.teams
+                        else "list the teams in teams = [...]")
+        if problems:
+            raise ValidationError.from_exception_data("Settings", problems)
+        return self
+
+    def all_notifiers(self) -> list[tuple[str, NotifierConfig, str | None]]:
+        """Every notifier as (its name, its settings, its environment or None: global)."""
+        out: list[tuple[str, NotifierConfig, str | None]] = [
+            (n.label(j), n, None) for j, n in enumerate(self.notifiers)]
+        for e in self.environments:
+            out += [(n.label(j, e.name), n, e.name) for j, n in enumerate(e.notifiers)]
+        return out
+
     controller_name: str | None = Field(default=None, min_length=1, max_length=200)
     """This ``gitops run``'s name in the leases of several controllers on one PostgreSQL
     (default ``hostname:pid``); unique per running controller."""

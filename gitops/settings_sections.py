@@ -15,23 +15,29 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
 from gitops.schedule import Window, check_cron, check_timezone
 
 __all__ = [
+    "DEFAULT_EVENTS",
     "EVENT_KINDS",
+    "SEVERITIES",
     "CommitStatusConfig",
     "DigestSettings",
     "EnvironmentConfig",
     "EventKind",
     "FanoutSettings",
     "NotifierConfig",
+    "NotifierType",
     "OidcSettings",
     "PreviewSettings",
     "Retention",
     "SecretRef",
+    "Severity",
     "SigningPolicy",
     "SopsSettings",
     "team_name",
@@ -136,20 +142,80 @@ def team_name(value: str) -> str:
     return check_team(value)
 
 
-EventKind = Literal["failure", "recovery", "drift", "rollback", "quarantine", "success"]
+EventKind = Literal["failure", "recovery", "drift", "rollback", "quarantine", "success",
+                    "approval", "digest"]
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
+DEFAULT_EVENTS: tuple[EventKind, ...] = ("failure", "recovery", "drift", "rollback",
+                                         "quarantine", "success")
+"""What a notifier hears when its ``events`` are not listed (as before filters existed); the
+digest goes to the environments' notifiers as before (``gitops.daemon.digest.receivers``)."""
+Severity = Literal["info", "warning", "critical"]
+SEVERITIES: tuple[Severity, ...] = get_args(Severity)
+NotifierType = Literal["webhook", "slack", "apprise", "alertmanager", "grafana"]
 
 
 class NotifierConfig(BaseModel):
-    """One notification receiver: a generic JSON webhook or a Slack-compatible incoming webhook."""
+    """One notification receiver and what it hears (``gitops.daemon.notify``): a generic JSON
+    webhook (optionally signed), Slack, any Apprise URL, Alertmanager or Grafana."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
-    type: Literal["webhook", "slack"]
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """What ``gitops notify`` and the record call it; default ``<type>-<n>`` (global) or
+    ``<environment>-<type>-<n>``."""
+    type: NotifierType
     url: SecretRef
-    """The webhook's URL, a secret (it is the credential for incoming webhooks)."""
-    events: list[EventKind] = Field(default_factory=lambda: list(EVENT_KINDS))
-    """Which events this receiver gets (default: all; list them to leave ``success`` out)."""
+    """The receiver's URL, a secret (it is the credential of incoming webhooks and Apprise
+    URLs); for ``alertmanager`` and ``grafana`` the server's base URL."""
+    events: list[EventKind] = Field(default_factory=lambda: list(DEFAULT_EVENTS))
+    """Which events this receiver gets (default: all but ``approval`` and ``digest``)."""
+    severities: list[Severity] = Field(default_factory=lambda: list(SEVERITIES))
+    """Which severities it gets: ``critical`` (failure, rollback), ``warning`` (drift,
+    quarantine, approval), ``info`` (recovery, success, digest)."""
+    environments: list[str] = []
+    """Only these environments' events (empty: all it is given)."""
+    teams: list[Annotated[str, AfterValidator(team_name)]] = []
+    """Only the events of environments these teams own (empty: any owner)."""
+    hmac_key: SecretRef | None = None
+    """``webhook`` only: sign each body with HMAC-SHA256 in ``X-Gitops-Signature``."""
+    token: SecretRef | None = None
+    """``grafana`` (required) and ``alertmanager`` (optional): sent as a Bearer token."""
+
+    @field_validator("url")
+    @classmethod
+    def _apprise_url(cls, value: SecretRef, info: ValidationInfo) -> SecretRef:
+        if info.data.get("type") != "apprise":
+            return value
+        from gitops.errors import UsageError
+
+        try:
+            url = value.reveal()
+        except UsageError:
+            return value  # not set where this runs: its deliveries will say so
+        from gitops.apprise_urls import problem
+
+        found = problem(url)
+        if found is not None:
+            raise ValueError(f"{found} (the URL in {value.where} is not shown: it holds "
+                             "a token)")
+        return value
+
+    @model_validator(mode="after")
+    def _fields_of_type(self) -> NotifierConfig:
+        if self.hmac_key is not None and self.type != "webhook":
+            raise ValueError("hmac_key signs a webhook's body: only for type = \"webhook\"")
+        if self.token is not None and self.type not in ("grafana", "alertmanager"):
+            raise ValueError("token is for type = \"grafana\" or \"alertmanager\"")
+        if self.type == "grafana" and self.token is None:
+            raise ValueError("grafana needs token = { env = ... } (a service account token)")
+        return self
+
+    def label(self, index: int, environment: str | None = None) -> str:
+        """Its name: ``name``, else ``<type>-<n>`` (``<environment>-<type>-<n>``)."""
+        if self.name:
+            return self.name
+        return f"{environment}-{self.type}-{index + 1}" if environment else \
+            f"{self.type}-{index + 1}"
 
 
 class CommitStatusConfig(BaseModel):

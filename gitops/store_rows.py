@@ -97,7 +97,8 @@ class Ref:
         return self.ref
 
 
-ConditionType = Literal["Ready", "Reconciling", "Stalled", "Suspended", "Pruned"]
+ConditionType = Literal["Ready", "Reconciling", "Stalled", "Suspended", "Pruned",
+                        "NotifierFailing"]
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ class Condition:
     """A Flux-style condition: ``type`` is Ready, Reconciling, Stalled or Pruned (stored:
     ``Pruned`` False names services a host keeps that the revision no longer declares, see
     ``gitops.pipeline.prune``), or Suspended (derived by the store from the operator controls, never
-    stored)."""
+    stored), or NotifierFailing (derived from the notifiers' deliveries, never stored)."""
 
     type: ConditionType
     status: Literal["True", "False", "Unknown"]

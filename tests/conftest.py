@@ -24,6 +24,7 @@ from pgserver import PgServer
 
 import gitops.lab as lab_api
 from gitops.lab import leftovers
+from gitops.lab import sudo as lab_sudo
 from gitops.lab.common import lab_parent, missing_prerequisites, prerequisites_message
 from gitops.record.store import Database
 from gitops.settings import SecretRef
@@ -99,7 +100,10 @@ def _config_stays_with_its_test() -> Iterator[None]:
 def lab() -> Iterator[lab_api.LabInfo]:
     """A lab of 3 hosts (name from $GITOPS_LAB_NAME, default gitops), down at session end.
 
-    A lab of that name already up with >= 3 hosts is reused and left up.
+    A lab of that name already up with >= 3 hosts is reused and left up. Every host also
+    lets ``gitops.lab.sudo.USER`` in with password-less sudo: a test's inventory logs in
+    as root on some hosts and as that user with ``_sudo: true`` on others
+    (``statelab.make_state_repo(sudo_hosts=...)``).
     """
     reason = _lab_unavailable()
     if reason is not None:
@@ -115,6 +119,7 @@ def lab() -> Iterator[lab_api.LabInfo]:
                 f"run `gitops lab down --name {existing.name}`",
                 pytrace=False,
             )
+        _sudo_user(existing)
         yield existing
         return
     try:
@@ -122,9 +127,17 @@ def lab() -> Iterator[lab_api.LabInfo]:
     except lab_api.LabError as exc:
         pytest.fail(f"gitops lab up failed: {exc}", pytrace=False)
     try:
+        _sudo_user(info)
         yield info
     finally:
         lab_api.down(info.name)
+
+
+def _sudo_user(info: lab_api.LabInfo) -> None:
+    try:
+        lab_sudo.add_user(info)
+    except lab_api.LabError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 @pytest.fixture(scope="session")

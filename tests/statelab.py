@@ -19,9 +19,10 @@ import yaml
 from builders import PROJECT, copy_sample, git, init_repo
 
 from gitops.lab import LabInfo, resolve_name
+from gitops.lab.sudo import USER as SUDO_USER
 
-__all__ = ["PROJECT", "StateRepo", "git", "http_get", "make_state_repo", "set_app_message",
-           "side_lab"]
+__all__ = ["PROJECT", "SUDO_USER", "StateRepo", "git", "http_get", "make_state_repo",
+           "set_app_message", "side_lab"]
 
 
 @dataclass
@@ -70,8 +71,12 @@ class StateRepo:
 
 
 def make_state_repo(root: Path, lab: LabInfo, hosts: int | None = None,
-                    services: tuple[str, ...] | None = None) -> StateRepo:
+                    services: tuple[str, ...] | None = None,
+                    sudo_hosts: tuple[str, ...] = ()) -> StateRepo:
     """The sample state repository, its ``lab`` inventory aimed at ``lab``'s hosts.
+
+    ``sudo_hosts``: those hosts log in as the lab's sudo user (``gitops.lab.sudo.USER``, made
+    by the ``lab`` fixture) with ``_sudo: true``, as real hosts do; the others as root.
 
     ``services``: keep only those of the sample's services (their folders and parameters;
     the groups stay, emptied of the others), for a test that needs no more: each reconcile
@@ -92,6 +97,9 @@ def make_state_repo(root: Path, lab: LabInfo, hosts: int | None = None,
         spec.pop("services", None)
         if overrides.get(h.name):
             spec["services"] = overrides[h.name]
+        if h.name in sudo_hosts:
+            spec["ssh"] = {"user": SUDO_USER}
+            spec["vars"] = {**spec.get("vars", {}), "_sudo": True}
         inventory["hosts"][h.name] = spec
     inventory["settings"]["lab"] = lab.name  # addresses and key from that lab (source: lab)
     (repo / "inventories/lab.yml").write_text(yaml.safe_dump(inventory, sort_keys=False))

@@ -72,6 +72,17 @@ SETTINGS = {
                        'client_secret = {{ env = "GITOPS_TEST_UNSET_OIDC" }}\n'
                        'redirect_url = "https://gitops.example.org/signin/oidc/callback"\n'
                        '[[environments]]\nname = "lab"\nrepo = "{repo}"\nwatch = false\n'),
+    "badapprise.toml": ('state_dir = "{state}"\n[[notifiers]]\ntype = "apprise"\n'
+                        'url = {{ env = "T_APPRISE_URL" }}\n'),
+    "badfilter.toml": ('state_dir = "{state}"\nteams = ["web"]\n[[environments]]\n'
+                       'name = "lab"\nrepo = "{repo}"\n[[notifiers]]\ntype = "webhook"\n'
+                       'url = {{ env = "X" }}\nevents = ["failure", "exploded"]\n'),
+    "badteamfilter.toml": ('state_dir = "{state}"\nteams = ["web"]\n[[environments]]\n'
+                           'name = "lab"\nrepo = "{repo}"\n[[notifiers]]\n'
+                           'type = "webhook"\nurl = {{ env = "X" }}\nteams = ["db"]\n'
+                           'environments = ["prod"]\n'),
+    "grafananotoken.toml": ('state_dir = "{state}"\n[[notifiers]]\ntype = "grafana"\n'
+                            'url = {{ env = "X" }}\n'),
 }
 
 SAMPLE_WEB = ("  web:\n    services:\n      app:\n        port: 8000\n"
@@ -143,6 +154,16 @@ CASES = [
          r"badjitter\.toml:5 environments\.0\.jitter"),
     Case("unknown-notifier-type", ("status", "--config", "{cfg}/badnotifier.toml"), 2,
          r"badnotifier\.toml:5 environments\.0\.notifiers\.0\.type"),
+    Case("malformed-apprise-url", ("status", "--config", "{cfg}/badapprise.toml"), 2,
+         r"badapprise\.toml:4 notifiers\.0\.url: .*Apprise cannot use this nonsense:// URL"
+         r".*not shown", env={"T_APPRISE_URL": "nonsense://tok3n@host"}),
+    Case("unknown-notifier-event", ("status", "--config", "{cfg}/badfilter.toml"), 2,
+         r"badfilter\.toml:9 notifiers\.0\.events\.1: Input should be 'failure'"),
+    Case("unknown-notifier-team-and-environment", ("status", "--config",
+                                                   "{cfg}/badteamfilter.toml"), 2,
+         r"badteamfilter\.toml:9 notifiers\.0\.teams: unknown team 'db'", lines=2),
+    Case("grafana-without-token", ("status", "--config", "{cfg}/grafananotoken.toml"), 2,
+         r"grafananotoken\.toml:2 notifiers\.0: .*grafana needs token"),
     Case("run-bad-listen", ("run", "--config", "{cfg}/listen.toml"), 2,
          "listen address 'nohost': expected host:port"),
     Case("run-no-environments", ("run", "--config", "{cfg}/noenvs.toml"), 2,
@@ -216,6 +237,10 @@ CASES = [
                                        "{state}"), 2, "no earlier verified revision"),
     Case("retry-nothing-failed", ("retry", "--failed", "--repo", "{repo}", "--state-dir",
                                   "{state}"), 2, "no failed hosts to retry"),
+    Case("lab-sudo-user-root", ("lab", "up", "--name", "badsudo", "--sudo-user", "root"), 2,
+         r"--sudo-user 'root': an account name .*, not root"),
+    Case("lab-sudo-user-shell", ("lab", "up", "--name", "badsudo", "--sudo-user", "a;rm"), 2,
+         r"--sudo-user 'a;rm': an account name"),
 ]
 
 

@@ -4,7 +4,8 @@ While a guarded apply runs, the apply worker keeps moving each host's revert dea
 beat every quarter of the timeout). The beat runs in an SSH session of its own: in the
 host's one shell it would wait behind the long step (an install on a busy host), the
 deadline would pass, and the host would revert the apply while it was still going on, then
-report files "NOT back as saved" (seen with 50 lab hosts converging at once).
+report files "NOT back as saved" (seen with 50 lab hosts converging at once). Two hosts: lab-1
+logs in as root, lab-2 as the lab's sudo user with ``_sudo: true`` (the beat runs through sudo).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ LONG_STEP = ("\nserver.shell(name='A guarded step longer than the confirm timeou
 def test_a_guarded_step_longer_than_the_timeout_is_confirmed_not_reverted(
         lab: LabInfo, tmp_path: Path) -> None:
     """A guarded service whose step runs 12 s under a 5 s confirm timeout: the host does not
-    revert while the step runs; the apply ends Confirmed and leaves no armed revert."""
-    repo = make_state_repo(tmp_path, lab, hosts=1)
+    revert while the step runs; the apply ends Confirmed and leaves no armed revert, on a
+    host reached as root and on one reached as a user with sudo."""
+    repo = make_state_repo(tmp_path, lab, hosts=2, sudo_hosts=("lab-2",))
     inv = repo.inventory()
     inv["settings"]["guard"] = {"confirm_timeout": TIMEOUT, "margin": 10}
     for spec in inv["hosts"].values():  # in group `all` only: base only
@@ -43,11 +45,12 @@ def test_a_guarded_step_longer_than_the_timeout_is_confirmed_not_reverted(
     code, result = repo.gitops_json("reconcile", "--once")
 
     hosts = (result.get("apply") or {}).get("hosts", [])
-    assert len(hosts) == 1, result
-    record = hosts[0]
-    assert record["guard"]["result"] == "Confirmed", record
-    assert record["status"] in ("ok", "changed"), record
+    assert [h["host"] for h in hosts] == ["lab-1", "lab-2"], result
+    for record in hosts:
+        assert record["guard"]["result"] == "Confirmed", record
+        assert record["status"] in ("ok", "changed"), record
     assert code == 0, result
-    left = repo.ssh(record["host"], "ls /var/lib/gitops-guard 2>/dev/null; "
-                    "systemctl list-timers --all --no-legend | grep gitops-guard; true")
-    assert left.strip() == "", left
+    for record in hosts:
+        left = repo.ssh(record["host"], "ls /var/lib/gitops-guard 2>/dev/null; "
+                        "systemctl list-timers --all --no-legend | grep gitops-guard; true")
+        assert left.strip() == "", left

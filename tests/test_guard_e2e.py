@@ -7,6 +7,10 @@ after ``base``) that waits while a file on the host says so, so a kill lands aft
 change every time. A commit that moves sshd to another port cuts the controller off the canary,
 which reverts by itself; a reconcile killed with ``kill -9`` right after a guarded change leaves
 the host to revert it; a guarded apply with nothing to change arms nothing.
+
+lab-2 logs in as the lab's sudo user with ``_sudo: true`` (as real hosts do), the others as
+root: the cut-off canary is each of them in turn, and the killed reconcile's canary is the
+sudo host (the guard's folder is root's; every guard command runs through sudo there).
 """
 
 from __future__ import annotations
@@ -52,10 +56,32 @@ def _hosts(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {h["host"]: h for h in (result.get("apply") or {}).get("hosts", [])}
 
 
+SUDO_HOST = "lab-2"
+LOGINS = {"root": "lab-1", "sudo": SUDO_HOST}
+"""How the canary logs in -> which host is the canary."""
+
+
+def _canary(repo: StateRepo) -> str:
+    """The canary: the inventory's first host."""
+    return next(iter(repo.inventory()["hosts"]))
+
+
+def _canary_first(repo: StateRepo, host: str) -> None:
+    """Make ``host`` the canary (the inventory's first host)."""
+    inv = repo.inventory()
+    if next(iter(inv["hosts"])) == host:
+        return
+    inv["hosts"] = {host: inv["hosts"][host],
+                    **{k: v for k, v in inv["hosts"].items() if k != host}}
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    repo.commit(f"{host} first: the canary")
+
+
 
 @pytest.fixture(scope="module")
 def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StateRepo]:
-    repo = make_state_repo(tmp_path_factory.mktemp("guard"), lab, services=("base",))
+    repo = make_state_repo(tmp_path_factory.mktemp("guard"), lab, services=("base",),
+                           sudo_hosts=(SUDO_HOST,))
     inv = repo.inventory()
     inv["settings"]["rollout"] = {"canary": 1}
     inv["settings"]["require_checks"] = False  # the pause has nothing to check
@@ -90,13 +116,17 @@ def test_a_guarded_apply_with_nothing_to_change_arms_nothing(repo: StateRepo) ->
         assert _guard_timers(repo, name).strip() == "", name
 
 
+@pytest.mark.parametrize("login", list(LOGINS))
 def test_sshd_on_another_port_is_reverted_by_the_canary_itself(
-        repo: StateRepo, request: pytest.FixtureRequest) -> None:
+        repo: StateRepo, request: pytest.FixtureRequest, login: str) -> None:
     """sshd moved to port 2222: the controller cannot reconnect, the canary restores its sshd
     configuration and restarts sshd by itself, SSH on 22 answers again; the record says
     RevertedByHost with the restored file, the commit is quarantined, the rollout stopped
-    before the other hosts, an incident is open."""
-    canary, *others = [h.name for h in repo.lab.hosts]
+    before the other hosts, an incident is open. The same whether the canary logs in as
+    root or as a user with sudo."""
+    _canary_first(repo, LOGINS[login])
+    canary = LOGINS[login]
+    others = [h.name for h in repo.lab.hosts if h.name != canary]
     before = {h: repo.ssh(h, f"cat {DROPIN}") for h in [canary, *others]}
     conf = repo.path / "deploys/base/files/sshd-hardening.conf"
     conf.write_text(conf.read_text() + "Port 2222\n")
@@ -127,13 +157,18 @@ def test_sshd_on_another_port_is_reverted_by_the_canary_itself(
                            "--state-dir", str(repo.state_dir)],
                           capture_output=True, text=True, timeout=60)
     incidents = json.loads(proc.stdout)
-    assert any(i["status"] == "open" and i["commit"]["sha"] == bad for i in incidents)
+    # the incident of this failure: its own, or the one still open from the failure before
+    # (the other login's: no run succeeded in between), which lists this one too
+    assert any(i["status"] == "open" and bad in json.dumps(i["failures"]) + i["commit"]["sha"]
+               for i in incidents), incidents
 
 
 def test_a_killed_reconcile_is_reverted_by_the_host_and_applied_again(repo: StateRepo) -> None:
     """kill -9 of ``gitops reconcile`` right after a guarded operation changed a file: the
-    host puts the file back within the timeout; the next reconcile applies and confirms."""
-    canary = repo.lab.hosts[0].name
+    host puts the file back within the timeout; the next reconcile applies and confirms.
+    The canary is the sudo host."""
+    _canary_first(repo, SUDO_HOST)
+    canary = _canary(repo)
     old = repo.ssh(canary, "cat /etc/motd")
     inv = repo.inventory()
     inv["groups"]["all"]["services"]["base"]["motd"] = "Guarded motd"

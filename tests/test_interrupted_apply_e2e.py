@@ -2,7 +2,8 @@
 
 The sample's base and app (web is not needed) on two hosts; the app's deploy gets a pause
 between writing its configuration and restarting on that change (a file on the host turns it
-on), so the kill lands at that moment every time.
+on), so the kill lands at that moment every time. lab-1 logs in as root, lab-2 as the lab's
+sudo user with ``_sudo: true``.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def _config(repo: StateRepo, host: str) -> str:
 @pytest.fixture(scope="module")
 def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> StateRepo:
     repo = make_state_repo(tmp_path_factory.mktemp("interrupted"), lab, hosts=len(HOSTS),
-                           services=("base", "app"))
+                           services=("base", "app"), sudo_hosts=("lab-2",))
     deploy = repo.path / "deploys/app/deploy.py"
     text = deploy.read_text()
     marker = "systemd.daemon_reload("

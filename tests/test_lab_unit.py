@@ -14,7 +14,9 @@ from polling import wait_for
 import gitops.lab as lab_api
 from gitops.cli import main
 from gitops.lab import common, hosts, image, mirror, network
+from gitops.lab import sudo as lab_sudo
 from gitops.model import InventoryFile
+from gitops.pipeline import remote
 
 HOSTS = (lab_api.LabHost("lab-1", "10.213.0.11"), lab_api.LabHost("lab-2", "10.213.0.12"))
 
@@ -118,6 +120,29 @@ def test_inventory_validates_against_the_model() -> None:
     assert inv.settings.ssh.key_file == str(key)
     assert inv.settings.ssh.known_hosts_file == "/dev/null"
     assert inv.settings.ssh.host_key_checking == "no"
+
+
+def test_a_sudo_login_inventory_logs_in_as_that_user_with_sudo() -> None:
+    """With a sudo user (``lab up --sudo-user``) the inventory logs in as it, ``_sudo: true``
+    for every host, and still validates; by the one rule its guard commands go through sudo."""
+    key = Path("/var/lib/gitops/lab/gitops/id_ed25519")
+    doc = yaml.safe_load(lab_api.render_inventory(key, HOSTS, "labsudo"))
+    inv = InventoryFile.model_validate(doc)
+    assert inv.settings.ssh.user == "labsudo"
+    assert inv.groups["lab"].vars == {"_sudo": True}
+    assert all(h.groups == ["lab"] for h in inv.hosts.values())
+    assert remote.needs_sudo(inv.settings.ssh.user or "", inv.groups["lab"].vars["_sudo"])
+    assert yaml.safe_load(lab_api.render_inventory(key, HOSTS))["settings"]["ssh"]["user"] == \
+        "root"
+
+
+@pytest.mark.parametrize("user", ["root", "Ops", "a;rm -rf /", "-x", "", "a" * 40])
+def test_a_sudo_user_is_a_plain_account_name(user: str) -> None:
+    """``--sudo-user`` refuses root and anything not an account name (exit 2), before any
+    host boots or any shell text is written."""
+    with pytest.raises(common.LabError) as err:
+        lab_sudo.user_script(user)
+    assert err.value.exit_code == 2 and "--sudo-user" in str(err.value)
 
 
 def test_prerequisites_message_says_what_to_install() -> None:

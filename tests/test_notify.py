@@ -69,7 +69,7 @@ SLACK_PATH = re.compile(r"^/slack/services/T[0-9A-Z]+/B[0-9A-Z]+/[A-Za-z0-9]+$")
 SLACK_KEYS = {"text", "blocks", "attachments", "thread_ts", "mrkdwn", "username", "icon_emoji",
               "icon_url", "channel", "unfurl_links", "unfurl_media"}
 WEBHOOK_KEYS = {"schema", "kind", "environment", "revision", "summary", "failed_hosts", "run_id",
-                "timestamp"}
+                "timestamp", "severity", "text", "page_url"}
 KINDS = {"failure", "recovery", "drift", "rollback", "quarantine", "success"}
 
 
@@ -531,7 +531,7 @@ def test_receivers_down_never_raise(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert [d.attempts for d in deliveries] == [3, 3, 0]
     assert "TEST_UNSET_HOOK_URL" in (deliveries[2].error or "")
     assert len(caplog.records) == 3
-    assert "webhook[0]" in caplog.text and "slack[1]" in caplog.text
+    assert "webhook-1 (webhook)" in caplog.text and "slack-2 (slack)" in caplog.text
 
 
 def test_secrets_never_in_logs_or_deliveries(receiver: Receiver, tmp_path: Path,
@@ -590,4 +590,5 @@ def _write(secrets: dict[str, SecretRef], value: str) -> Path:
 def test_delivery_fields_are_plain() -> None:
     """A Delivery holds kind, index, status, attempts, ok and error: nothing else to leak."""
     assert set(Delivery.__dataclass_fields__) == {
-        "receiver", "index", "ok", "status", "attempts", "error", "what", "sha", "description"}
+        "receiver", "index", "ok", "status", "attempts", "error", "what", "sha", "description",
+        "notifier", "environment"}

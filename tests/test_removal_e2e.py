@@ -6,7 +6,8 @@ Declaring web again applies it again; a host that leaves the inventory is not to
 leaves the status, the gauges and the page, its history kept.
 
 The sample's app and web are put in groups of their own (``app``, ``web``), so a host can
-leave ``web`` and keep ``app``.
+leave ``web`` and keep ``app``. lab-3, the host web leaves, logs in as the lab's sudo user with
+``_sudo: true``; lab-1 and lab-2 as root.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _groups(repo: StateRepo, groups: dict[str, list[str]], **settings: Any) -> N
 
 @pytest.fixture(scope="module")
 def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> StateRepo:
-    state = make_state_repo(tmp_path_factory.mktemp("removal"), lab)
+    state = make_state_repo(tmp_path_factory.mktemp("removal"), lab, sudo_hosts=(HOST,))
     data = state.inventory()
     services = data["groups"].pop("web")["services"]
     data["groups"]["app"] = {"services": {"app": services["app"]}}

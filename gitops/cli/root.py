@@ -47,6 +47,9 @@ class Main(click.Group):
             "Delivery metrics from the recorded history: deployment frequency, lead time "
             "for changes, change failure rate and time to restore (the DORA four keys)."
         )),
+        "notify": ("gitops.cli.notify", (
+            "The notifiers: list them, or send one a test message."
+        )),
         "plan": ("gitops.cli.pipeline", (
             "Show, per host and operation, what a reconcile would change (a dry run)."
         )),

@@ -146,11 +146,12 @@ def build(store: Store, settings: Settings, *, days: float | None = None,
 
 
 def receivers(settings: Settings) -> list[NotifierConfig]:
-    """Who gets the digest: the digest settings' notifiers, else every environment's
-    (each receiver once)."""
+    """Who gets the digest: the digest settings' notifiers, else every environment's and
+    the global ones that list ``digest`` in their events (each receiver once)."""
     if settings.digest.notifiers:
         return list(settings.digest.notifiers)
-    seen: dict[tuple[str, Any], NotifierConfig] = {}
+    seen: dict[tuple[str, Any], NotifierConfig] = {
+        (n.type, n.url): n for n in settings.notifiers if "digest" in n.events}
     for env in settings.environments:
         for n in env.notifiers:
             seen.setdefault((n.type, n.url), n)

@@ -1,11 +1,11 @@
 """Notifications and commit statuses: what leaves the reconciler for receivers and Git host
 APIs (their requests' forms in ``notify_formats``, their sending in ``notify_http``).
 
-Two things leave the reconciler here, both over plain HTTPS with the standard library:
+Two things leave the reconciler here, over HTTPS with the standard library (and Apprise):
 
 - ``notify(configs, event)``: on failure, recovery, drift, rollback, quarantine (and, if a
-  receiver asks for it, success), one POST per configured receiver, either a generic JSON
-  webhook or a Slack-compatible incoming webhook.
+  receiver asks for it, success), one message per notifier whose filters take the event, in
+  its kind's form (``notify_providers``: webhook, Slack, Apprise, Alertmanager, Grafana).
 - ``set_commit_status(config, sha, state, description)``: a commit status on the Git host
   (GitHub, GitLab or Gitea): ``pending`` when a run starts, ``success`` / ``failure`` /
   ``error`` when it ends.
@@ -22,6 +22,7 @@ Pull/merge request comments (``upsert_comment``, a preview's report) are edited 
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from gitops.daemon import notify_providers as providers
 from gitops.daemon.notify_formats import (
     COMMIT_STATES,
     SLACK_TEXT_MAX,
@@ -38,7 +40,6 @@ from gitops.daemon.notify_formats import (
     api_headers,
     comment_urls,
     slack_escape,
-    slack_payload,
     status_request,
     user_id,
 )
@@ -76,7 +77,7 @@ class Delivery:
     """What happened to one request: never holds a URL or a token."""
 
     receiver: str
-    """``webhook``, ``slack``, ``github``, ``gitlab`` or ``gitea``."""
+    """A notifier's type, or ``github``, ``gitlab`` or ``gitea``."""
     index: int
     """The receiver's position in the configured list (0 for a single commit-status config)."""
     ok: bool
@@ -90,9 +91,22 @@ class Delivery:
     sha: str | None = None
     description: str | None = None
     """For a commit status: the description sent, so that a failed one can be sent again."""
+    notifier: str = ""
+    """A notifier's name (``NotifierConfig.label``)."""
+    environment: str = ""
+
+    @property
+    def state(self) -> str:
+        """``delivered``; ``refused`` (a 4xx other than 429: sending again will not help);
+        ``failed`` (no answer, a 5xx or 429, after every retry)."""
+        if self.ok:
+            return "delivered"
+        if self.status is not None and 400 <= self.status < 500 and self.status != 429:
+            return "refused"
+        return "failed"
 
     def __str__(self) -> str:
-        name = f"{self.receiver}[{self.index}]"
+        name = self.notifier or f"{self.receiver}[{self.index}]"
         if self.ok:
             return f"{name} {self.what}: delivered ({self.status}, {self.attempts} attempt(s))"
         return f"{name} {self.what}: failed after {self.attempts} attempt(s): {self.error}"
@@ -102,36 +116,40 @@ class Delivery:
 
 
 def notify(
-    configs: Sequence[NotifierConfig], event: Event, *, timeout: float = 10, retries: int = 4,
-    sleep: Sleep = time.sleep, backoff: float = 1.0, max_delay: float = 60.0,
+    configs: Sequence[NotifierConfig], event: Event, *, names: Sequence[str] | None = None,
+    team: str | None = None, page_url: str | None = None, timeout: float = 10,
+    retries: int = 4, sleep: Sleep = time.sleep, backoff: float = 1.0,
+    max_delay: float = 60.0,
 ) -> list[Delivery]:
-    """Send ``event`` to every receiver that wants its kind; one ``Delivery`` per receiver asked.
+    """Send ``event`` to every notifier whose filters take it (``notify_providers.wants``;
+    ``team``: the environment's owner); one ``Delivery`` per notifier asked, named by
+    ``names`` (default ``<type>-<n>``).
 
     Never raises: a notification failure must never fail a reconcile. Each failure is logged
-    once (warning), naming the receiver by index and type, never by URL.
+    once (warning), naming the receiver by name and type, never by URL.
     """
     deliveries: list[Delivery] = []
     for index, config in enumerate(configs):
-        if event.kind not in config.events:
+        name = names[index] if names is not None else config.label(index)
+        if not providers.wants(config, event.kind, event.environment, team):
             continue
         url = ""
         try:
             url = config.url.reveal()
-            payload = slack_payload(event) if config.type == "slack" else event.as_json()
-            headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-            if config.type == "webhook":
-                headers["X-Gitops-Event"] = event.kind
-            result = send_json(url, headers, payload, scrub=Scrubber([url]), timeout=timeout,
-                               retries=retries, sleep=sleep, backoff=backoff,
-                               max_delay=max_delay)
+            result = providers.send(config, event, page_url=page_url, timeout=timeout,
+                                    retries=retries, sleep=sleep, backoff=backoff,
+                                    max_delay=max_delay)
         except Exception as exc:  # a bad secret reference, or anything unforeseen
             text = Scrubber([url])(f"{type(exc).__name__}: {exc}")
             result = Answer(False, None, 0, text)
+        if result is None:
+            continue
         delivery = Delivery(config.type, index, result.ok, result.status, result.attempts,
-                            result.error, what=event.kind, sha=event.sha)
+                            result.error, what=event.kind, sha=event.sha, notifier=name,
+                            environment=event.environment)
         if not delivery.ok:
-            log.warning("notification %s for %s in %s not delivered: %s", f"{config.type}"
-                        f"[{index}]", event.kind, event.environment, _last_words(delivery))
+            log.warning("notification %s (%s) for %s in %s not delivered: %s", name,
+                        config.type, event.kind, event.environment, _last_words(delivery))
         deliveries.append(delivery)
     return deliveries
 
@@ -143,16 +161,34 @@ def notify_digest(
 ) -> list[Delivery]:
     """Send a digest (``gitops.daemon.digest``) to every receiver in ``configs``: the JSON ``body``
     to a generic webhook (``X-Gitops-Event: digest``), ``text`` (mrkdwn, escaped here) in
-    sections of at most 3000 characters to a Slack hook, ``title`` its fallback. Never raises."""
+    sections of at most 3000 characters to a Slack hook, ``title`` its fallback; ``title``
+    and ``text`` through Apprise. Alertmanager and Grafana get no digest. Never raises."""
     deliveries: list[Delivery] = []
     for index, config in enumerate(configs):
+        if config.type in ("alertmanager", "grafana"):
+            continue
         url = ""
         try:
             url = config.url.reveal()
+            if config.type == "apprise":
+                from gitops.apprise_urls import send as apprise_send
+
+                sent = apprise_send(url, title, text)
+                scrub = Scrubber([url])
+                result = Answer(sent.ok, sent.status, 1,
+                                None if sent.ok else scrub(sent.detail))
+                deliveries.append(Delivery(config.type, index, result.ok, result.status, 1,
+                                           result.error, what="digest",
+                                           notifier=config.label(index)))
+                continue
             headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
-            payload = body
+            payload: dict[str, Any] | bytes = body
             if config.type == "webhook":
                 headers["X-Gitops-Event"] = "digest"
+                if config.hmac_key is not None:
+                    payload = json.dumps(body).encode()
+                    headers[providers.SIGNATURE_HEADER] = providers.sign(
+                        config.hmac_key.reveal(), payload)
             else:
                 chunks: list[str] = []
                 for line in slack_escape(text).splitlines():

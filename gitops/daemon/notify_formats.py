@@ -17,8 +17,14 @@ Generic webhook (``type = "webhook"``): ``POST <url>``, ``Content-Type: applicat
       "summary": "verify failed on web1: nginx port 80 not listening",
       "failed_hosts": ["web1"],                # sorted, possibly empty
       "run_id": 42 | null,                     # the run in ``gitops history``
-      "timestamp": "2024-05-01T12:00:00+00:00" # ISO 8601 with offset (UTC)
+      "timestamp": "2024-05-01T12:00:00+00:00",# ISO 8601 with offset (UTC)
+      "severity": "critical" | "warning" | "info",   # added by notify_providers
+      "text": "<the short message every notifier gets>",
+      "page_url": "https://..." | null
     }
+
+Signed with the notifier's ``hmac_key``: ``X-Gitops-Signature: sha256=<hex>``
+(``notify_providers``).
 
 Any 2xx is delivered. Slack (``type = "slack"``): ``POST <url>`` with ``{"text": <fallback>,
 "blocks": [<section mrkdwn>, <context mrkdwn>]}``; Slack answers ``200 ok``, ``400

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-__all__ = ["Answer", "Scrubber", "Sleep", "retry_after_seconds", "send_json"]
+__all__ = ["Answer", "Scrubber", "Sleep", "backoff_delay", "retry_after_seconds", "send_json"]
 
 Sleep = Callable[[float], None]
 
@@ -89,14 +89,21 @@ class Answer:
     """The answer's ``Link`` header (GitHub's and Gitea's pagination)."""
 
 
+def backoff_delay(attempts: int, backoff: float, max_delay: float) -> float:
+    """Seconds to wait after ``attempts`` failed tries: exponential, full jitter, capped."""
+    delay: float = min(max_delay, backoff * 2 ** (attempts - 1)) * random.uniform(0.5, 1.5)
+    return min(max_delay, delay)
+
+
 def send_json(
-    url: str, headers: dict[str, str], body: dict[str, Any] | None, *, scrub: Scrubber,
+    url: str, headers: dict[str, str], body: dict[str, Any] | list[Any] | bytes | None, *,
+    scrub: Scrubber,
     timeout: float, retries: int, sleep: Sleep, backoff: float, max_delay: float,
     method: str = "POST",
 ) -> Answer:
-    """Send ``body`` as JSON (POST unless ``method``); retry connection errors, 5xx and 429.
-    Never raises."""
-    data = json.dumps(body).encode() if body is not None else None
+    """Send ``body`` as JSON (POST unless ``method``; bytes: already encoded, as signed);
+    retry connection errors, 5xx and 429. Never raises."""
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     attempts = 0
     status: int | None = None
     error = "not sent"
@@ -140,7 +147,7 @@ def send_json(
         error = scrub(error)
         if not retryable or attempts > retries:
             return Answer(False, status, attempts, error)
-        delay = min(max_delay, backoff * 2 ** (attempts - 1)) * random.uniform(0.5, 1.5)
+        delay = backoff_delay(attempts, backoff, max_delay)
         if retry_after is not None:
             delay = max(delay, min(max_delay, retry_after))
         sleep(min(delay, max_delay))

@@ -39,15 +39,38 @@ class Reporter:
                 result=outcome.result, ref=outcome.revision.ref if outcome.revision else None,
                 error=outcome.error, apply=outcome.apply, verify=outcome.verify):
             log.warning("%s: %s", env.config.name, line)
-        if kind is not None and env.config.notifiers:
+        if kind is not None and (env.config.notifiers or self.settings.notifiers):
             self.notify(env, notify.event_from_outcome(kind, env.config.name, outcome))
         self.write_incidents(env)
 
-    @staticmethod
-    def notify(env: EnvState, event: notify.Event) -> None:
-        """Send ``event`` to the receivers of ``env``."""
-        if env.config.notifiers:  # never raises; failures are logged without the URL
-            notify.notify(env.config.notifiers, event)
+    def notify(self, env: EnvState, event: notify.Event) -> None:
+        """Send ``event`` to the notifiers of ``env`` and the global ones whose filters take
+        it; record each delivery. Never raises: a notifier never fails a reconcile."""
+        configs = [*self.settings.notifiers, *env.config.notifiers]
+        if not configs:
+            return
+        names = [n.label(i) for i, n in enumerate(self.settings.notifiers)]
+        names += [n.label(i, env.config.name) for i, n in enumerate(env.config.notifiers)]
+        try:
+            team = self._team(env)
+            deliveries = notify.notify(configs, event, names=names, team=team,
+                                       page_url=self.settings.page_url)
+            with self.open_store() as store:
+                for d in deliveries:
+                    store.record_delivery(d.notifier, d.environment, d.what, d.state,
+                                          d.error or "")
+        except Exception as exc:  # the record unreachable, say: the run stands
+            log.warning("%s: notifications not recorded: %s", env.config.name,
+                        type(exc).__name__)
+
+    def _team(self, env: EnvState) -> str | None:
+        """The environment's owning team, as ``gitops status`` shows it."""
+        from gitops.report.teams import environment_teams
+
+        if env.config.team is not None:
+            return env.config.team
+        with self.open_store() as store:
+            return environment_teams(store).get(env.target.environment)
 
     def write_incidents(self, env: EnvState) -> None:
         """Rewrite the incident reports of ``env`` (only its own: no other changed), their

@@ -38,6 +38,7 @@ from gitops.lab import locks as _locks
 from gitops.lab import mirror as _mirror
 from gitops.lab import network as _network
 from gitops.lab import packages as _packages
+from gitops.lab import sudo as _sudo
 from gitops.lab.common import (
     DEFAULT_NAME,
     MAX_HOSTS,
@@ -106,18 +107,20 @@ def render_ssh_config(state: Path, key_file: Path, hosts: tuple[LabHost, ...]) -
     return "\n".join(lines)
 
 
-def render_inventory(key_file: Path, hosts: tuple[LabHost, ...]) -> str:
-    """The lab's ``inventory.yml`` in the declared-state format (``gitops.model.InventoryFile``)."""
-    doc = {
+def render_inventory(key_file: Path, hosts: tuple[LabHost, ...],
+                     sudo_user: str | None = None) -> str:
+    """The lab's ``inventory.yml`` in the declared-state format (``gitops.model.InventoryFile``):
+    logging in as root, or as ``sudo_user`` with ``_sudo: true`` (``gitops.lab.sudo``)."""
+    doc: dict[str, object] = {
         "settings": {
             "ssh": {
-                "user": "root",
+                "user": sudo_user or "root",
                 "key_file": str(key_file),
                 "known_hosts_file": "/dev/null",
                 "host_key_checking": "no",
             }
         },
-        "groups": {"lab": {}},
+        "groups": {"lab": {"vars": {"_sudo": True}} if sudo_user else {}},
         "hosts": {h.name: {"address": h.address, "groups": ["lab"]} for h in hosts},
     }
     return "# written by gitops lab\n" + yaml.safe_dump(doc, sort_keys=False)
@@ -336,8 +339,11 @@ def up(
     name: str | None = None,
     subnet: str | None = None,
     progress: bool = False,
+    sudo_user: str | None = None,
 ) -> LabInfo:
-    """Boot ``hosts`` lab hosts and wait until every one answers SSH; all or nothing.
+    """Boot ``hosts`` lab hosts and wait until every one answers SSH; all or nothing. With
+    ``sudo_user``, each host also lets that user in with the lab's key and password-less sudo,
+    and the lab's ``inventory.yml`` logs in as it with ``_sudo: true`` (``gitops.lab.sudo``).
 
     Raises LabError: exit code 2 for bad usage/not root/missing tools, 1 if already up or a
     host fails to boot (then everything made so far is removed again).
@@ -346,6 +352,8 @@ def up(
     if not 1 <= hosts <= MAX_HOSTS:
         raise LabError(f"--hosts must be between 1 and {MAX_HOSTS}, not {hosts}", exit_code=2)
     net = parse_subnet(subnet) if subnet else default_subnet(name)
+    if sudo_user is not None:
+        _sudo.check_user(sudo_user)
     check_socket_path(state_dir(name), hosts)
     check_prerequisites()
     with _locked(name, wait=0):
@@ -360,7 +368,12 @@ def up(
         if _leftovers(name):  # a crashed or killed earlier `up` of this name
             _teardown(name)
         try:
-            return _boot(name, net, hosts, img, explicit=subnet is not None)
+            info = _boot(name, net, hosts, img, explicit=subnet is not None)
+            if sudo_user is not None:
+                _sudo.add_user(info, sudo_user)
+                info.inventory.write_text(render_inventory(info.key_file, info.hosts,
+                                                           sudo_user))
+            return info
         except BaseException:
             _teardown(name)
             with _network.machine_lock():

@@ -53,16 +53,21 @@ def lab() -> None:
 @lab.command(help="Boot N hosts (lab-1..lab-N), each answering SSH.\n" + EXIT_CODES)
 @click.option("--hosts", "count", type=int, default=3, show_default=True, help="How many hosts.")
 @click.option("--subnet", default=None, help="A /24 inside 10.213.0.0/16 (default: from name).")
+@click.option("--sudo-user", default=None, metavar="USER",
+              help="Also let USER in with the lab's key and password-less sudo; the lab's "
+              "inventory.yml logs in as USER with _sudo: true (root login stays).")
 @name_option
-def up(count: int, subnet: str | None, name: str | None) -> None:
+def up(count: int, subnet: str | None, sudo_user: str | None, name: str | None) -> None:
     start = time.monotonic()
-    info = _call(lambda: api.up(hosts=count, name=name, subnet=subnet, progress=True))
+    info = _call(lambda: api.up(hosts=count, name=name, subnet=subnet, progress=True,
+                                sudo_user=sudo_user))
     took = time.monotonic() - start
     click.echo(f"lab {info.name}: {len(info.hosts)} hosts answer SSH ({took:.1f} s)")
     for host in info.hosts:
         click.echo(f"  {host.name}  {host.address}")
     click.echo(f"ssh_config: {info.ssh_config}   (ssh -F {info.ssh_config} lab-1)")
-    click.echo(f"inventory:  {info.inventory}   (hosts only)")
+    login = f"{sudo_user} with sudo" if sudo_user else "root"
+    click.echo(f"inventory:  {info.inventory}   (hosts only, logging in as {login})")
     click.echo(f"mirror:     {info.mirror_url}")
     env = "" if info.name == DEFAULT_NAME else f"GITOPS_LAB_NAME={info.name} "
     click.echo(f"the sample on it (inventories/lab.yml, source: lab): "

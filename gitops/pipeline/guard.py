@@ -15,7 +15,9 @@ answers is ``Unreachable``.
 
 This module holds the pure parts (which operations change which files and units, the shell
 text run on the hosts, reading its answers) and ``confirm``, which runs OpenSSH's client (a
-subprocess, argument lists); it never imports pyinfra. Called by the apply worker and by
+subprocess, argument lists); it never imports pyinfra. Every command here runs as root on
+the host, through ``gitops.pipeline.remote.as_root`` (sudo for a host declared with
+``_sudo: true`` and another user): the folder is root's. Called by the apply worker and by
 ``gitops.pipeline.apply``.
 """
 
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gitops.model import DeclaredHost, DeclaredState
+from gitops.pipeline import remote
 from gitops.pipeline.worker import Progress
 from gitops.records import ApplyReport, HostApply
 
@@ -347,7 +350,7 @@ def confirm(
         step = max(1.0, min(5.0, left))
         try:
             code, out, err = run([*ssh_argv(host, connect_timeout=step),
-                                  confirm_command(token)], step + 10)
+                                  remote.as_root(host, confirm_command(token))], step + 10)
         except subprocess.TimeoutExpired:
             code, out, err = 255, "", "timed out"
         answer = parse_answer(out) if code == 0 else None
@@ -355,7 +358,8 @@ def confirm(
             kind = {"confirmed": "Confirmed", "reverted": "RevertedByHost"}.get(
                 answer.state, "Lost")
             return Confirmation(kind, answer, clock() - start, attempts)  # type: ignore[arg-type]
-        error = (err.strip().splitlines() or [f"exit {code}"])[-1][:200]
+        error = (remote.sudo_failure(host.name, host.ssh.user, err)
+                 or (err.strip().splitlines() or [f"exit {code}"])[-1][:200])
         if clock() - start >= timeout + margin:
             return Confirmation("Unreachable", None, clock() - start, attempts, error)
         sleep(1.0)

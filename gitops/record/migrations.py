@@ -249,6 +249,17 @@ def _v9_shares(db: Any) -> None:
         db.conn.execute(queue_schema())
 
 
+def _v11_notifier_deliveries(db: Any) -> None:
+    """Each notification's fate per notifier (``gitops.record.notifiers``): ``status`` is
+    delivered, refused (4xx) or failed (no answer, 5xx); ``reason`` scrubbed of secrets."""
+    db.execute("CREATE TABLE notifier_deliveries (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+               " notifier TEXT NOT NULL, environment TEXT NOT NULL DEFAULT '',"
+               " event TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',"
+               " sent_at TEXT NOT NULL)")
+    db.execute("CREATE INDEX notifier_deliveries_notifier ON notifier_deliveries"
+               " (notifier, id)")
+
+
 @dataclass(frozen=True)
 class Migration:
     """One numbered step of the schema; ``apply`` runs inside a transaction."""
@@ -273,5 +284,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(10, "controllers seen running, for the leases' fair shares",
               lambda db: db.execute("CREATE TABLE controllers (name TEXT PRIMARY KEY,"
                                     " expires REAL NOT NULL)")),
+    Migration(11, "notifier deliveries: what each notifier was sent and what it answered",
+              _v11_notifier_deliveries),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from gitops.record.base import ENVIRONMENT, parse_time, ref_text
 from gitops.record.controls import ControlsMixin
+from gitops.record.notifiers import NotifiersMixin, failing_condition
 from gitops.records import Condition, Controls, LatestCheck, Ref, Revision, StatusRow
 
 __all__ = ["StatusMixin", "suspended_condition"]
@@ -27,7 +28,7 @@ def suspended_condition(controls: Controls) -> Condition:
                      f"{controls.reason}")
 
 
-class StatusMixin(ControlsMixin):
+class StatusMixin(ControlsMixin, NotifiersMixin):
     """Writes and reads the ``status`` table (and forgets an environment)."""
 
     def set_status(
@@ -86,13 +87,18 @@ class StatusMixin(ControlsMixin):
         """Status objects (environment rows have ``host`` == ""), by environment then host.
 
         Environment rows carry their controls and, when suspended, a ``Suspended``
-        condition; an environment only suspended or held (no run yet) gets a row too."""
+        condition; an environment only suspended or held (no run yet) gets a row too. A
+        notifier failing for an hour adds ``NotifierFailing`` to the environments it serves."""
         sql = "SELECT * FROM status"
         args: tuple[str, ...] = ()
         if environment is not None:
             sql += " WHERE environment=?"
             args = (environment,)
         controls = self.all_controls()
+        failing: dict[str, list[Condition]] = {}
+        for found in self.failing_notifiers():
+            for name in found.environments:
+                failing.setdefault(name, []).append(failing_condition(found))
         out: list[StatusRow] = []
         seen: set[str] = set()
         for row in self.db.execute(sql + " ORDER BY environment, host", args).fetchall():
@@ -103,6 +109,7 @@ class StatusMixin(ControlsMixin):
                 env_controls = controls.get(row["environment"], Controls(row["environment"]))
                 if env_controls.suspended:
                     conditions += (suspended_condition(env_controls),)
+                conditions += tuple(failing.get(row["environment"], ()))
             out.append(StatusRow(
                 row["environment"], row["host"], conditions,
                 _ref(row["last_applied_revision"]), _ref(row["last_attempted_revision"]),

@@ -198,7 +198,8 @@ class Store(RunsMixin, StatusMixin, HostsMixin, HistoryMixin, RevisionsMixin,
     def page_mark(self) -> tuple[Any, ...]:
         """``change_mark`` and ``postmortem_mark``, and whatever else the status page shows
         that changes without them: a host's status, the controls, the quarantine, the live
-        leases' holders, the previews, the services kept, the owners."""
+        leases' holders, the previews, the services kept, the owners, the notifiers failing
+        (a condition an hour of failures makes, with no write at that moment)."""
         one = self.db.execute(
             "SELECT (SELECT MAX(updated_at) FROM status), (SELECT COUNT(*) FROM status),"
             " (SELECT MAX(updated_at) FROM installed), (SELECT COUNT(*) FROM installed),"
@@ -210,7 +211,9 @@ class Store(RunsMixin, StatusMixin, HostsMixin, HistoryMixin, RevisionsMixin,
             "SELECT id, state FROM previews WHERE state IN ('queued', 'running')"
             " OR finished_at IS NULL ORDER BY id"))
         holders = tuple((ls.environment, ls.holder) for ls in self.leases() if ls.live)
-        return (tuple(self.change_mark()), self.postmortem_mark(), tuple(one), tables, holders)
+        failing = tuple(f.notifier for f in self.failing_notifiers())
+        return (tuple(self.change_mark()), self.postmortem_mark(), tuple(one), tables, holders,
+                failing)
 
 
 # -- PostgreSQL (psycopg 3) ---------------------------------------------------------------

@@ -48,7 +48,7 @@ from pyinfra_cli.exceptions import UnexpectedExternalError
 from pyinfra_cli.util import exec_file
 
 from gitops.model import DeclaredHost, DeclaredState
-from gitops.pipeline import guard, journal
+from gitops.pipeline import guard, journal, remote
 from gitops.pipeline.factskip import Skip
 from gitops.pipeline.worker import PROGRESS_PREFIX, die_with_parent
 from gitops.records import (
@@ -137,7 +137,8 @@ class _Capture(logging.Handler):
             if message.startswith(f"[{name}]"):
                 text = message[len(name) + 2 :].strip()
                 # Errors only: pyinfra also echoes a failed command's output at warning level.
-                if record.levelno >= logging.ERROR or text.lower().startswith("error"):
+                if (record.levelno >= logging.ERROR or text.lower().startswith("error")
+                        or remote.SUDO_PROMPT in text):
                     self.host_errors[name].append(text[:300])
                 return
         _progress(message)
@@ -205,6 +206,13 @@ def _service_of(name: str) -> str | None:
 def _op_name(state: State, op_hash: str) -> str:
     names = sorted(state.op_meta[op_hash].names)
     return names[0] if names else op_hash
+
+
+def _sudo_said(dh: DeclaredHost, error: str | None, *stderr: str) -> str | None:
+    """``error``, or one line saying what to do when sudo asked for a password on ``dh``
+    (a fact or an operation run with ``_sudo``, or the guard's own commands)."""
+    said = remote.sudo_failure(dh.name, dh.ssh.user, " ".join([error or "", *stderr]))
+    return said or error
 
 
 def _stderr_tail(meta: Any, lines: int = 20) -> str:
@@ -321,6 +329,7 @@ class _Guards:
 
     def __init__(self, declared: DeclaredState) -> None:
         self.services = frozenset(declared.guarded)
+        self.declared = {h.name: h for h in declared.hosts}
         self.files = declared.guard_files
         self.timeout = declared.settings.guard.confirm_timeout
         self.targets: dict[tuple[str, str], tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
@@ -403,13 +412,17 @@ class _Guards:
         parts.append(guard.extend_command(self.timeout))
         # a step that fails (no systemd-run, a file that cannot be saved) fails the
         # operation before it changes anything: never a change without its guard
-        return " && ".join(f"( {p} )" for p in parts)
+        return self._root(host, " && ".join(f"( {p} )" for p in parts))
+
+    def _root(self, host: str, command: str) -> str:
+        """``command`` as root on ``host`` (``gitops.pipeline.remote``: sudo when declared)."""
+        return remote.as_root(self.declared[host], command)
 
     def _beat(self, host: Any) -> None:
         """While the apply goes on, keep moving the host's deadline (an operation may take
         longer than the timeout: an install); stopped when the apply ends (``settle``) or
         dies with the worker, so the timeout then runs from the last beat."""
-        beat = StringCommand(guard.extend_command(self.timeout))
+        beat = StringCommand(self._root(host.name, guard.extend_command(self.timeout)))
         aside = getattr(host.connector, "run_aside", None)  # beside a long command
         while True:
             gevent.sleep(max(1.0, self.timeout / 4))
@@ -422,13 +435,26 @@ class _Guards:
     def hosts(self, state: State) -> list[Any]:
         return [h for h in state.active_hosts if self.applied.get(h.name)]
 
-    def preflight(self, state: State) -> None:
+    def preflight(self, state: State) -> dict[Any, str]:
         """Before executing: a revert an earlier run armed on a host is run now (never two
-        guards at once), and what any earlier revert restored is recorded once."""
+        guards at once), and what any earlier revert restored is recorded once. Returns the
+        hosts where the guard cannot run as root (sudo wants a password), each with its
+        one-line message: they must not apply."""
+        refused: dict[Any, str] = {}
+
         def one(host: Any) -> None:
+            dh = self.declared[host.name]
             try:
-                ok, output = host.run_shell_command(StringCommand(guard.preflight_command()))
-            except Exception:  # the host's own operations report a lost connection
+                ok, output = host.run_shell_command(StringCommand(
+                    self._root(host.name, guard.preflight_command())))
+            except Exception as exc:  # the host's own operations report a lost connection
+                why = remote.sudo_failure(dh.name, dh.ssh.user, str(exc))
+                if why is not None:
+                    refused[host] = why
+                return
+            why = None if ok else remote.sudo_failure(dh.name, dh.ssh.user, output.stderr)
+            if why is not None:
+                refused[host] = why
                 return
             answer = guard.parse_answer(output.stdout) if ok else None
             if answer is not None:
@@ -440,6 +466,7 @@ class _Guards:
 
         hosts = self.hosts(state)
         gevent.joinall([state.pool.spawn(one, h) for h in hosts])
+        return refused
 
     def settle(self, state: State) -> None:
         """After executing: the confirm window of each armed host starts now."""
@@ -447,7 +474,8 @@ class _Guards:
 
         def one(host: Any) -> None:
             with contextlib.suppress(Exception):
-                ok, _ = host.run_shell_command(StringCommand(guard.extend_command(self.timeout)))
+                ok, _ = host.run_shell_command(StringCommand(
+                    self._root(host.name, guard.extend_command(self.timeout))))
                 if ok:
                     self.contact[host.name] = guard.utc_now()
 
@@ -555,9 +583,16 @@ def run(job: Job) -> WorkerResult:
     if stopped is None and state.active_hosts:
         _progress(f"applying on {len(state.active_hosts)} host(s)")
         if guards is not None:
-            guards.preflight(state)
+            refused = guards.preflight(state)
+            for host, why in refused.items():
+                capture.host_errors[host.name].append(why)
+            try:  # a host whose guard cannot run as root applies nothing
+                state.fail_hosts(set(refused))
+            except PyinfraError as exc:
+                stopped = _stop_reason(state, capture, exc)
             if recorder is not None:  # what a revert undid is not pending any more
                 recorder.undone(guards.earlier, guards.services)
+    if stopped is None and state.active_hosts:
         if recorder is not None:
             recorder.arm(state)
         state.set_stage(StateStage.Execute)
@@ -770,7 +805,7 @@ def _plan(state: State, declared: DeclaredState, capture: _Capture,
     hosts = []
     for dh in declared.hosts:
         host = state.inventory.get_host(dh.name)
-        error = "; ".join(capture.host_errors.get(dh.name, [])) or None
+        error = _sudo_said(dh, "; ".join(capture.host_errors.get(dh.name, [])) or None)
         if host in state.failed_hosts and error is None:
             error = "failed while planning"
         predictions = _predict(state, host)
@@ -856,7 +891,8 @@ def _report(
                     stderr=_stderr_tail(meta) if status == "failed" else "",
                 )
             )
-        error = "; ".join(capture.host_errors.get(dh.name, [])[-5:]) or None
+        error = _sudo_said(dh, "; ".join(capture.host_errors.get(dh.name, [])[-5:]) or None,
+                           *(r.stderr for r in results))
         connected = host.connected if hasattr(host, "connected") else True
         if host in state.failed_hosts:
             status_h = "failed" if failed_op or connected else "unreachable"

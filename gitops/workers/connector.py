@@ -58,11 +58,11 @@ from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.arguments import all_global_arguments as _all_global_arguments
 from pyinfra.api.command import QuoteString, StringCommand, make_formatted_string_command
 from pyinfra.api.util import PYINFRA_INSTALL_DIR
+from pyinfra.connectors import util as pyinfra_connector_util
 from pyinfra.connectors.ssh import SSHConnector
 from pyinfra.connectors.util import (
     CommandOutput,
     OutputLine,
-    execute_command_with_sudo_retry,
     make_unix_command_for_host,
 )
 from pyinfra.facts.files import (
@@ -77,6 +77,8 @@ from pyinfra.facts.files import (
     Sha384File,
 )
 from pyinfra.facts.server import Users, Which
+
+from gitops.pipeline import remote
 
 SHELL = "exec sh"
 """What the one session per host runs: a POSIX shell reading commands on its stdin."""
@@ -181,6 +183,25 @@ _PLAIN = frozenset({"_timeout", "_success_exit_codes", "_retries", "_retry_delay
 """Connector arguments that do not change how a command is wrapped."""
 
 
+class SudoPasswordRequired(Exception):
+    """sudo asked for a password on a host: its message is one line saying what to do
+    (``gitops.pipeline.remote.sudo_failure``). pyinfra would prompt for one on the terminal
+    (``getpass``), which a worker has not: gitops never does."""
+
+
+def refuse_sudo_prompt(host: Any, output: CommandOutput) -> None:
+    """Raise ``SudoPasswordRequired`` when ``output`` shows sudo asking for a password."""
+    said = remote.sudo_failure(host.name, str(host.data.get("ssh_user") or ""),
+                               "\n".join(line.line for line in output.combined_lines))
+    if said is not None:
+        raise SudoPasswordRequired(said)
+
+
+def _refuse_prompt(prompt: str = "", stream: Any = None) -> str:
+    """pyinfra's sudo password prompt (``getpass``), refused: the worker has no terminal."""
+    raise SudoPasswordRequired(f"sudo: {remote.SUDO_PROMPT} ({prompt.strip()})")
+
+
 def plain(arguments: dict[str, Any]) -> bool:
     """No sudo, su, doas, dzdo, environment, folder or other shell: pyinfra would run the
     command as ``sh -c 'COMMAND'`` and nothing else."""
@@ -254,7 +275,9 @@ class ShellConnector(SSHConnector):
                 f"( {raw}\n)"
             return self._run(grouped, timeout)
 
-        code, output = execute_command_with_sudo_retry(self.host, arguments, execute)  # type: ignore[arg-type]
+        code, output = execute()
+        if code != 0:
+            refuse_sudo_prompt(self.host, output)
         if print_output:
             from pyinfra.api.output import echo
 
@@ -264,7 +287,8 @@ class ShellConnector(SSHConnector):
 
     def run_aside(self, command: StringCommand, **arguments: Any) -> tuple[bool, CommandOutput]:
         """``command`` in an SSH session of its own (pyinfra's way), not in the shell: it
-        runs now, even while the shell is busy with a long command."""
+        runs now, even while the shell is busy with a long command. A sudo asking for a
+        password is refused (``_refuse_prompt``), never prompted for."""
         return super().run_shell_command(command, **arguments)
 
     def _open(self) -> Channel:
@@ -426,7 +450,9 @@ def _global_arguments() -> list[tuple[str, type]]:
 def install(inventory: Any) -> None:
     """Make every host of ``inventory`` use ``ShellConnector`` (before ``State.init``), and
     pyinfra's fact layer memoize and read ``Users``, ``File`` and the hash facts cheaply
-    (for this process)."""
+    (for this process). A sudo that asks for a password is never prompted for
+    (``SudoPasswordRequired``), whichever connector runs."""
+    setattr(pyinfra_connector_util, "getpass", _refuse_prompt)  # noqa: B010 (not exported)
     if os.environ.get(PYINFRA_SSH_ENV):
         return
     for host in inventory:
