@@ -234,6 +234,11 @@ class EnvironmentSettings(_Strict):
     require_checks: bool = False
     """A used service without ``deploys/<service>/checks.py`` is an error (else a warning:
     a host whose services have no checks is applied, not verified)."""
+    fingerprint_skip: bool = True
+    """A host whose services' fingerprints and every fact its last apply (one that changed
+    nothing) read are unchanged is reported ``no change, by fingerprint`` without running its
+    operations: the facts are read in one remote command (see gitops.pipeline.factskip);
+    false: every apply runs every operation."""
     prune: bool = True
     """A service the record has on a host that the revision no longer declares there is
     taken off with its ``deploys/<service>/remove.py`` (false: reported only, the host left

@@ -11,6 +11,7 @@ rows in ``gitops.store_rows``.
 from __future__ import annotations
 
 from gitops.stage_values import (
+    NO_CHANGE_BY_FINGERPRINT,
     ApplyReport,
     CheckResult,
     CheckStatus,
@@ -64,6 +65,7 @@ from gitops.store_rows import (
 
 __all__ = [
     "APPLY_KINDS",
+    "NO_CHANGE_BY_FINGERPRINT",
     "ActionItem",
     "ApplyReport",
     "CheckResult",

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 __all__ = [
+    "NO_CHANGE_BY_FINGERPRINT",
     "ApplyReport",
     "CheckResult",
     "CheckStatus",
@@ -66,6 +67,10 @@ class Snapshot(_Record):
     path: str
 
 
+NO_CHANGE_BY_FINGERPRINT = "no change, by fingerprint"
+"""A host's ``fingerprint`` when its operations were not run: its services' fingerprints and
+every fact its last apply read are unchanged (``gitops.pipeline.factskip``)."""
+
 OpStatus = Literal["changed", "unchanged", "failed", "skipped"]
 HostStatus = Literal["ok", "failed", "unreachable", "skipped"]
 CheckStatus = Literal["pass", "fail", "error", "DependencyNotReady"]
@@ -93,6 +98,9 @@ class HostPlan(_Record):
     guard_restores: tuple[str, ...] = ()
     """What a revert would restore on this host (``gitops.pipeline.guard``): the files and units the
     guarded services' changing operations write or restart, in order."""
+    fingerprint: str = ""
+    """``no change, by fingerprint`` (its operations were not run: ``gitops.pipeline.factskip``)
+    or why the host had a full plan; empty when fingerprint skipping was not asked for."""
 
     @property
     def changes(self) -> int:
@@ -179,6 +187,9 @@ class HostApply(_Record):
     """Services not applied: unchanged since the host's last apply that verified."""
     guard: HostGuard | None = None
     """The host's guarded apply, if a guarded service was applied there."""
+    fingerprint: str = ""
+    """``no change, by fingerprint`` (its operations were not run: ``gitops.pipeline.factskip``)
+    or why the host had a full apply; empty when fingerprint skipping was not asked for."""
 
     @property
     def changed(self) -> int:

@@ -97,6 +97,7 @@ EDITS = {
     "basebare": ("      base:\n        admin_user: ops\n        admin_keys:\n          - ",
                  "      base:\n      nobase:\n        admin_keys:\n          - "),
     "grouplist": (SAMPLE_WEB, "  web: [app, web]\n"),
+    "skipword": ("  parallel: 20\n", "  parallel: 20\n  fingerprint_skip: sometimes\n"),
 }
 
 CASES = [
@@ -245,6 +246,9 @@ CASES = [
                                            "--state-dir", "{state}"), 2,
          r"inventories/lab\.yml:\d+ settings\.fail_percent"),
     # one mistake, one problem: not again for each host of the group it is in
+    Case("fingerprint-skip-not-a-boolean", ("validate", "--repo", "{skipword}",
+                                            "--state-dir", "{state}"), 2,
+         r"inventories/lab\.yml:\d+ settings\.fingerprint_skip"),
     Case("service-listed-bare-needs-parameters", ("validate", "--repo", "{basebare}",
                                                   "--state-dir", "{state}"), 2,
          r"lab\.yml:\d+ groups\.all\.services\.base\.admin_keys: Field required", lines=2),

@@ -12,6 +12,7 @@ from shlex import quote
 from jinja2 import StrictUndefined, Template
 from pyinfra import host
 from pyinfra.facts.files import Sha1File
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Hostname
 from pyinfra.operations import apt, files, server, systemd
 
@@ -61,10 +62,14 @@ def install_validated(name, content, dest, mode, check_staged=None, check_instal
 
 # --- packages -----------------------------------------------------------------------------------
 
+PACKAGES = ["tzdata", "sudo", "openssh-server", "curl"]
+installed = host.get_fact(DebPackages)
 apt.packages(
     name="Install base packages (tzdata, sudo, openssh-server, curl)",
-    packages=["tzdata", "sudo", "openssh-server", "curl"],
-    update=True,
+    packages=PACKAGES,
+    # the package lists are refreshed only to install: a run that has nothing to install
+    # reads no clock (pyinfra's cache_time reads the host's date, which changes every run)
+    update=any(p not in installed for p in PACKAGES),
     cache_time=3600,
 )
 

@@ -11,6 +11,7 @@ from shlex import quote
 
 from jinja2 import StrictUndefined, Template
 from pyinfra import host
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import Link, Sha1File
 from pyinfra.operations import apt, files, server, systemd
 
@@ -51,7 +52,8 @@ def install_validated(name, content, dest, mode, check_installed):
     return True
 
 
-apt.packages(name="Install nginx", packages=["nginx"], update=True, cache_time=3600)
+apt.packages(name="Install nginx", packages=["nginx"],
+             update="nginx" not in host.get_fact(DebPackages), cache_time=3600)
 
 files.sync(
     name="Static site files",

@@ -11,6 +11,7 @@ import click
 
 from gitops import freetext
 from gitops.errors import GitopsError, InvalidDeclaration
+from gitops.records import NO_CHANGE_BY_FINGERPRINT as NO_CHANGE
 from gitops.records import OpPlan, Plan
 
 if TYPE_CHECKING:
@@ -48,7 +49,11 @@ def print_plan(plan: Plan) -> None:
     for host in plan.hosts:
         if host.error:
             continue
-        click.echo(f"{host.host}: {host.changes} of {len(host.ops)} operation(s) would change")
+        if host.fingerprint == NO_CHANGE:
+            click.echo(f"{host.host}: {NO_CHANGE}")
+            continue
+        click.echo(f"{host.host}: {host.changes} of {len(host.ops)} operation(s) would change"
+                   + (f" ({host.fingerprint})" if host.fingerprint else ""))
         for removal in (r for r in plan.removals if r.host == host.host):
             last = f" (last applied {short_ref(removal.revision)})" if removal.revision else ""
             click.secho(f"  - {removal.note}{last}",
@@ -101,7 +106,9 @@ def _print_outcome(outcome: pipeline.Outcome) -> None:
     if outcome.apply is not None:
         for h in outcome.apply.hosts:
             colour = "green" if h.status == "ok" else "red"
-            click.secho(f"{h.host}: {h.status}, {h.changed} change(s)", fg=colour)
+            click.secho(f"{h.host}: {h.status}, "
+                        + (NO_CHANGE if h.fingerprint == NO_CHANGE else
+                           f"{h.changed} change(s)"), fg=colour)
             for op in h.ops:
                 if op.status == "changed":
                     click.echo(f"  ~ {op.name}")

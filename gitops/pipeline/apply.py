@@ -31,6 +31,7 @@ from typing import Protocol
 from gitops.errors import WorkerError
 from gitops.model import DeclaredState
 from gitops.pipeline import guard, hints
+from gitops.pipeline.factskip import Skip
 from gitops.pipeline.worker import Confined, Progress, run_worker
 from gitops.records import ApplyReport, Plan, WorkerResult
 
@@ -53,9 +54,10 @@ class Spread(Protocol):
 
 
 def job(state: DeclaredState, *, dry: bool, diff: bool, journal: Path | None = None,
-         remove: bool = False) -> str:
+        remove: bool = False, skip: Skip | None = None) -> str:
     return json.dumps({"state": state.model_dump(mode="json"), "dry": dry, "diff": diff,
-                       "journal": str(journal) if journal else None, "remove": remove})
+                       "journal": str(journal) if journal else None, "remove": remove,
+                       "skip": skip.model_dump(mode="json") if skip else None})
 
 
 def shares(state: DeclaredState, controllers: int = 1) -> list[DeclaredState]:
@@ -83,7 +85,8 @@ def shares(state: DeclaredState, controllers: int = 1) -> list[DeclaredState]:
 
 def _run(state: DeclaredState, timeout: float, on_progress: Progress | None, *, dry: bool,
          journal: Path | None = None, remove: bool = False,
-         confined: Confined | None = None, spread: Spread | None = None) -> list[WorkerResult]:
+         confined: Confined | None = None, spread: Spread | None = None,
+         skip: Skip | None = None) -> list[WorkerResult]:
     """Each share's worker result, in share order; a failed worker fails the whole stage
     once every other worker has finished (none is stopped halfway through an apply). With
     a ``spread`` (the daemon's fan-out across controllers), the shares go to their workers
@@ -94,7 +97,8 @@ def _run(state: DeclaredState, timeout: float, on_progress: Progress | None, *, 
             return remote
     parts = shares(state)
     if len(parts) == 1:
-        out = run_worker(WORKER, job(state, dry=dry, diff=True, journal=journal, remove=remove),
+        out = run_worker(WORKER, job(state, dry=dry, diff=True, journal=journal, remove=remove,
+                                     skip=skip),
                          timeout=timeout, on_progress=on_progress, confined=confined)
         return [WorkerResult.model_validate_json(out)]
     lock = threading.Lock()
@@ -105,7 +109,8 @@ def _run(state: DeclaredState, timeout: float, on_progress: Progress | None, *, 
                 with lock:
                     on_progress(f"worker {index}/{len(parts)}: {line}")
 
-        out = run_worker(WORKER, job(part, dry=dry, diff=True, journal=journal, remove=remove),
+        out = run_worker(WORKER, job(part, dry=dry, diff=True, journal=journal, remove=remove,
+                                     skip=skip),
                          timeout=timeout, on_progress=say, confined=confined)
         return WorkerResult.model_validate_json(out)
 
@@ -129,19 +134,22 @@ def _merged_plan(state: DeclaredState, results: list[WorkerResult]) -> Plan:
 def plan(
     state: DeclaredState, *, timeout: float = 900, on_progress: Progress | None = None,
     remove: bool = False, confined: Confined | None = None, spread: Spread | None = None,
+    skip: Skip | None = None,
 ) -> Plan:
     """What would change on each host; changes nothing. ``remove``: what running each
     service's ``remove.py`` would change (a removal state,
     ``gitops.pipeline.prune.removal_state``). ``confined``: the workers run untrusted code (a
-    preview's, ``gitops.pipeline.sandbox``). ``spread``: see ``Spread``."""
+    preview's, ``gitops.pipeline.sandbox``). ``spread``: see ``Spread``. ``skip``: a host
+    whose fingerprints and recorded facts are unchanged is planned ``no change, by
+    fingerprint`` without evaluating its operations (``gitops.pipeline.factskip``)."""
     return _merged_plan(state, _run(state, timeout, on_progress, dry=True, remove=remove,
-                                    confined=confined, spread=spread))
+                                    confined=confined, spread=spread, skip=skip))
 
 
 def apply(
     state: DeclaredState, *, timeout: float = 1800, on_progress: Progress | None = None,
     journal: Path | None = None, remove: bool = False, confined: Confined | None = None,
-    spread: Spread | None = None,
+    spread: Spread | None = None, skip: Skip | None = None,
 ) -> tuple[Plan, ApplyReport]:
     """Apply; return what changed (as a plan, with diffs) and the per-operation results.
     ``remove``: run each service's ``remove.py`` instead
@@ -149,10 +157,12 @@ def apply(
 
     With ``journal`` (a folder, ``gitops.pipeline.journal``), each host's operations are
     journaled as they run, and what an interrupted apply changed counts as changed for what
-    depends on it.
+    depends on it. With ``skip`` (``gitops.pipeline.factskip``), a host whose fingerprints and
+    recorded facts are unchanged is reported ``no change, by fingerprint`` without running
+    its operations, and each applied host's facts are recorded for the next apply.
     """
     results = _run(state, timeout, on_progress, dry=False, journal=journal, remove=remove,
-                   confined=confined, spread=spread)
+                   confined=confined, spread=spread, skip=skip)
     reports = [r.apply for r in results]
     assert all(r is not None for r in reports)
     by_host = {h.host: h for r in reports if r is not None for h in r.hosts}

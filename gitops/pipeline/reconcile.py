@@ -25,7 +25,7 @@ from typing import Any
 from gitops.errors import GitopsError, InvalidDeclaration, LockHeld
 from gitops.model import DeclaredState
 from gitops.pipeline import apply as apply_stage
-from gitops.pipeline import journal, prune, snapshots, source
+from gitops.pipeline import factskip, journal, prune, snapshots, source
 from gitops.pipeline import load as load_stage
 from gitops.pipeline import verify as verify_stage
 from gitops.pipeline.finalize import (
@@ -103,7 +103,10 @@ def plan(target: Target, progress: Progress | None = None) -> Outcome:
     record calls for are listed, those that would run dry-run with their ``remove.py``."""
     try:
         revision, state = declared(target, progress)
-        result = apply_stage.plan(state, on_progress=progress, spread=target.spread)
+        records = factskip.folder(target.state_dir, target.environment)
+        skip = (_skip(target, state, fingerprints(state, fingerprint_key(target.state_dir)))
+                if records.is_dir() else None)  # a plan creates no key
+        result = apply_stage.plan(state, on_progress=progress, spread=target.spread, skip=skip)
         installed = _read_installed(target)
         found = prune.removals(state, installed, target.prunes(state))
         doing = prune.removal_state(state, found, installed)
@@ -213,14 +216,19 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
                 say(f"{r.host}: {r.note if r.action != 'remove' else r.service + ': removing'}")
             folder = journal_folder(target)
             journal.forget_others(folder, {h.name for h in state.hosts})
+            factskip.forget_others(factskip.folder(target.state_dir, env),
+                                   {h.name for h in state.hosts})
             recovering = frozenset(journal.interrupted(folder) & {h.name for h in targeted.hosts})
             if recovering:
                 say(f"the last apply on {', '.join(sorted(recovering))} was interrupted: "
                     "every service is applied there")
             kept_as_is = {h: set() if h in recovering else kept
                           for h, kept in unchanged(targeted, prints, converged).items()}
+            skip = _skip(target, state, prints)
 
             def batch_done(applied: ApplyReport, checks: VerifyReport) -> None:
+                if skip is not None:  # a host whose checks fail is applied in full next time
+                    factskip.forget(Path(skip.folder), checks.failed_hosts)
                 store.record_batch(run_id, applied, checks)
                 record_installed(store, env, revision.ref, targeted, applied, removals)
                 host_status(store, env, Outcome("succeeded", apply=applied, verify=checks),
@@ -231,7 +239,8 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
 
             outcome = recovered(rollout(targeted, revision, run_id, request, stages, say,
                                         target.connections, kept_as_is, batch_done, folder,
-                                        removals, installed, reverted, target.spread),
+                                        removals, installed, reverted, target.spread,
+                                        skip),
                                 recovering)
             outcome = replace(outcome, removals=removals, plan=outcome.plan.model_copy(
                 update={"removals": removals}) if outcome.plan is not None else None)
@@ -249,6 +258,17 @@ def _locked_run(store: Store, target: Target, request: Request, say: Progress) -
     if kind != "verify" and outcome.result == "succeeded" and hosts is not None:
         record_verified(store, target, outcome, hosts)
     return outcome
+
+
+def _skip(target: Target, state: DeclaredState,
+          prints: dict[str, dict[str, str]]) -> factskip.Skip | None:
+    """What the applies need to skip the hosts unchanged by fingerprint
+    (``gitops.pipeline.factskip``); None when the environment's ``fingerprint_skip`` is off."""
+    if not state.settings.fingerprint_skip:
+        return None
+    key = fingerprint_key(target.state_dir)
+    return factskip.Skip(folder=str(factskip.folder(target.state_dir, target.environment)),
+                         key=key.hex(), prints=prints, basis=factskip.basis(state, key))
 
 
 def _check_reverts(store: Store, target: Target, revision: Revision, applied: ApplyReport,

@@ -15,6 +15,7 @@ from gitops.pipeline import apply as apply_stage
 from gitops.pipeline import depends, prune
 from gitops.pipeline import verify as verify_stage
 from gitops.pipeline.apply import Spread
+from gitops.pipeline.factskip import Skip
 from gitops.pipeline.runs import Outcome, Progress, Request
 from gitops.records import (
     ApplyReport,
@@ -46,6 +47,7 @@ def rollout(
     installed: dict[str, dict[str, Installed]] | None = None,
     reverted: Callable[[ApplyReport], ApplyReport] | None = None,
     spread: Spread | None = None,
+    skip: Skip | None = None,
 ) -> Outcome:
     """Apply then verify batch by batch (canary first); stop past the fail percentage, or
     at a guarded apply that was not confirmed (``gitops.pipeline.guard``: the host reverted it, or
@@ -55,7 +57,8 @@ def rollout(
     ``removals`` to run (``gitops.pipeline.prune``) run on each batch's hosts before its apply, with
     the parameters ``installed`` (the record) has; ``batch_done`` records each batch's hosts
     as soon as it is verified; ``spread`` takes the applies' shares to other controllers
-    (``apply.Spread``)."""
+    (``apply.Spread``); ``skip``: hosts unchanged by fingerprint are not applied
+    (``gitops.pipeline.factskip``), their checks still run."""
     batches = state.settings.rollout.batches([h.name for h in state.hosts])
     plan_hosts: tuple[HostPlan, ...] = ()
     report: ApplyReport | None = None
@@ -84,7 +87,7 @@ def rollout(
             removed_plan, removed = apply_stage.apply(removing, on_progress=say, remove=True)
             plan_hosts += removed_plan.hosts
         plan_, applied = (apply_stage.apply(todo, on_progress=say, journal=journal_dir,
-                                            spread=spread)
+                                            spread=spread, skip=skip)
                           if todo.hosts
                           else (Plan(hosts=()), ApplyReport(hosts=())))
         applied = _with_removals(removed, _with_unchanged(part, applied, unchanged))

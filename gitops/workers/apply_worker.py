@@ -49,6 +49,7 @@ from pyinfra_cli.util import exec_file
 
 from gitops.model import DeclaredHost, DeclaredState
 from gitops.pipeline import guard, journal, remote
+from gitops.pipeline.factskip import Skip
 from gitops.pipeline.worker import PROGRESS_PREFIX, die_with_parent
 from gitops.records import (
     ApplyReport,
@@ -60,7 +61,7 @@ from gitops.records import (
     Plan,
     WorkerResult,
 )
-from gitops.workers import connector, secrets
+from gitops.workers import connector, factcheck, secrets
 
 
 class Job(BaseModel):
@@ -74,6 +75,9 @@ class Job(BaseModel):
     remove: bool = False
     """Load each service's ``remove.py`` (a removal, ``gitops.pipeline.prune``), not its
     ``deploy.py``."""
+    skip: Skip | None = None
+    """Skip the hosts whose fingerprints and recorded facts are unchanged
+    (``gitops.pipeline.factskip``); an apply records them."""
 
 
 def _progress(message: str) -> None:
@@ -526,6 +530,9 @@ def run(job: Job) -> WorkerResult:
     connector.install(inventory)  # one remote shell per host, facts read once
     state.init(inventory, config)
     recorder = _Journal(Path(job.journal), names) if job.journal and not job.dry else None
+    facts = factcheck.Recorder(job.skip, declared) if job.skip and not job.remove else None
+    if facts is not None:
+        facts.install()
     guards = _Guards(declared) if declared.guarded else None
 
     started = time.monotonic()
@@ -540,6 +547,12 @@ def run(job: Job) -> WorkerResult:
     _progress(f"connected to {len(state.active_hosts)}/{len(names)} hosts")
 
     by_name = {h.name: h for h in inventory}
+    skipped: set[str] = set()
+    if facts is not None and stopped is None:
+        skipped = facts.check(state, lambda name: bool(recorder and recorder.pending.get(name)))
+        if skipped:
+            _progress(f"{len(skipped)} host(s) unchanged by fingerprint: their operations "
+                      "are not run")
     capture.collecting = True
     if stopped is None:
         state.set_stage(StateStage.Prepare)
@@ -549,11 +562,13 @@ def run(job: Job) -> WorkerResult:
                     h
                     for h in declared.hosts
                     if service in h.services and by_name[h.name] in state.active_hosts
+                    and h.name not in skipped
                 ]
                 if targets:
                     _load_service(state, config, index, root, service, targets, by_name,
                                   guards if guards and service in guards.services else None,
-                                  job.dry, script="remove.py" if job.remove else "deploy.py")
+                                  job.dry, script="remove.py" if job.remove else "deploy.py",
+                                  watch=facts)
                     _progress(f"{'planned' if job.dry else 'loaded'} "
                               f"{'removal of ' if job.remove else ''}{service} on "
                               f"{len(targets)} host(s)")
@@ -563,7 +578,7 @@ def run(job: Job) -> WorkerResult:
     if job.dry:
         plan = _plan(state, declared, capture, guards)
         _disconnect(state)
-        return WorkerResult(plan=plan, apply=None)
+        return WorkerResult(plan=facts.annotate_plan(plan) if facts else plan, apply=None)
 
     if stopped is None and state.active_hosts:
         _progress(f"applying on {len(state.active_hosts)} host(s)")
@@ -595,8 +610,12 @@ def run(job: Job) -> WorkerResult:
     report = _report(state, declared, capture, stopped, started, guards)
     if recorder is not None:
         recorder.finish(report)
+    plan = _executed_plan(report, capture, state, declared)
+    if facts is not None:
+        facts.finish(report, skipped)
+        report, plan = facts.annotate_report(report), facts.annotate_plan(plan)
     _disconnect(state)
-    return WorkerResult(plan=_executed_plan(report, capture, state, declared), apply=report)
+    return WorkerResult(plan=plan, apply=report)
 
 
 def _load_service(
@@ -610,6 +629,7 @@ def _load_service(
     guards: _Guards | None = None,
     dry: bool = True,
     script: str = "deploy.py",
+    watch: factcheck.Recorder | None = None,
 ) -> None:
     """Load ``deploys/<service>/<script>`` (``deploy.py``, or ``remove.py`` for a removal)
     for each target host, as the CLI loads a file.
@@ -643,6 +663,7 @@ def _load_service(
                 ctx_config.use(state.config.copy()),
                 ctx_host.use(host),
                 host.deploy(service, None, dict(declared.services[service])),
+                watch.deploying_on(declared.name) if watch else contextlib.nullcontext(),
             ):
                 exec_file(filename)
         except BaseException as exc:  # reported per host below
@@ -664,6 +685,8 @@ def _load_service(
             if op_hash not in known[declared.name]:
                 data.command_generator = _in_folder(state, folder, data.command_generator,
                                                      root, calls.get(op_hash, ""))
+                if watch is not None:
+                    data.command_generator = watch.body(declared.name, data.command_generator)
                 if guards is not None and not dry:
                     data.command_generator = guards.wrap(declared.name, op_hash,
                                                          data.command_generator)

@@ -1,0 +1,392 @@
+"""The apply worker's side of skipping what did not change (``gitops.pipeline.factskip``).
+
+``Recorder.install`` (after ``connector.install``) wraps pyinfra's fact reading
+(``pyinfra.api.facts._get_fact``, which ``get_fact``, ``host.get_fact`` and short facts all
+reach) to note, per host, each fact read (class, bound arguments, connector arguments, keyed
+digest of the value), and watches what a deploy does outside facts while its file loads and
+while an operation's body runs (``deploying``/``body``): a command run, a file fetched or put
+on the host (``Host.run_shell_command``, ``get_file``, ``put_file``), a local file opened
+outside the host's services' files, a local program started, a network connection (an audit
+hook). Any of those makes the host ``unfit`` with the reason: its applies are always full.
+
+``check`` gathers a host's recorded facts in one remote command per set of connector
+arguments (one in practice), through pyinfra's own ``host.run_shell_command``, so sudo and
+the like wrap it as they wrap any command; each fact's part of the output goes to its
+class's ``process``. ``finish`` writes the records of an apply.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import secrets as token_source
+import site
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import gevent
+import pyinfra
+from pyinfra.api import facts as pyinfra_facts
+from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
+from pyinfra.api.command import StringCommand
+from pyinfra.api.exceptions import FactPreconditionError, MissingCommandError
+from pyinfra.api.host import Host
+from pyinfra.context import ctx_host
+
+from gitops.model import DeclaredState
+from gitops.pipeline import factskip
+from gitops.pipeline.factskip import FactRead, HostRecord, Skip
+from gitops.records import ApplyReport, Plan
+from gitops.workers import connector
+
+__all__ = ["Recorder"]
+
+_MISSING = {"pyinfra": "command not found"}
+"""The value noted for a fact whose program is missing (pyinfra answers its default)."""
+_NOCMD = "##PYINFRA_NOCMD##"
+_DROPPED = frozenset({"_timeout", "_success_exit_codes", "_retries", "_retry_delay",
+                      "_retry_until", "_get_pty", "_stdin"})
+"""Connector arguments that do not change what a fact's command prints."""
+_CLOCKS = frozenset({"server.Date", "server.Uptime"})
+"""Facts that differ at every reading: a host whose apply reads one is always applied."""
+_PATHS = frozenset({"open", "os.stat", "os.listdir", "os.scandir"})
+"""Audit events (and ``os.stat``, ``lstat``, ``access``, watched here) naming a local path."""
+_SECRET_ARGUMENTS = frozenset({"_sudo_password", "_su_password"})
+_EVENTS = {"subprocess.Popen": "starts a local program", "os.system": "starts a local program",
+           "os.exec": "starts a local program", "os.posix_spawn": "starts a local program",
+           "os.fork": "starts a local process", "socket.connect": "opens a network connection"}
+
+
+def _site(root: Path) -> str:
+    """`` (deploys/<svc>/FILE:LINE)`` of the innermost repository frame, or ""."""
+    prefix = f"{root}{os.sep}"
+    frame: Any = sys._getframe(2)
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(prefix):
+            return f" ({frame.f_code.co_filename.removeprefix(prefix)}:{frame.f_lineno})"
+        frame = frame.f_back
+    return ""
+
+
+class Recorder:
+    """The facts each host read in this worker, and what makes a host unfit to skip."""
+
+    def __init__(self, skip: Skip, declared: DeclaredState) -> None:
+        self.skip = skip
+        self.key = bytes.fromhex(skip.key)
+        self.folder = Path(skip.folder)
+        self.root = Path(declared.root).absolute()
+        self.real_root = os.path.realpath(self.root)
+        self.redact = tuple(s for s in declared.redact if s)
+        self.services = {h.name: tuple(h.services) for h in declared.hosts}
+        self.reads: dict[str, dict[tuple[Any, ...], FactRead]] = defaultdict(dict)
+        self.unfit: dict[str, str] = {}
+        self.deploying: Counter[str] = Counter()
+        """Hosts whose deploy code runs now (its file loads, an operation's body)."""
+        self.active = 0
+        self._auditing = False
+        """Deploy code runs now on any host (the audit hook returns at once otherwise)."""
+        self.basis = f"{skip.basis}:pyinfra {metadata.version('pyinfra')}"
+        self.reading: Counter[str] = Counter()
+        """Hosts reading a fact now (nested: a fact's precondition reads another)."""
+        self.notes: dict[str, str] = {}
+        """host -> ``NO_CHANGE`` or why its apply is a full one."""
+        import gitops
+
+        self._allowed = tuple(dict.fromkeys(
+            folder for folder in (os.path.join(os.path.realpath(p), "") for p in (
+                sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.__file__),
+                os.path.dirname(pyinfra.__file__), os.path.dirname(gitops.__file__),
+                *site.getsitepackages()))
+            if folder != os.sep))
+        """Python's own files (imports): not state a deploy reads. Not ``sys.path``: its
+        first entry is the worker's current folder, which may be any (``/``)."""
+
+    # -- recording ------------------------------------------------------------------------
+
+    def install(self) -> None:
+        """Wrap pyinfra's fact reading and ``Host``'s remote calls; add the audit hook."""
+        inner = pyinfra_facts._get_fact
+
+        def get_fact(state: Any, host: Any, cls: Any, args: Any = None, kwargs: Any = None,
+                     ensure_hosts: Any = None, apply_failed_hosts: bool = True) -> Any:
+            current = ctx_host.get() if ctx_host.isset() else None
+            if current is not None and current is not host:
+                self.mark(current.name, f"its deploy reads a fact of another host ({cls.name})")
+            self.reading[host.name] += 1
+            try:
+                value = inner(state, host, cls, args, kwargs, ensure_hosts, apply_failed_hosts)
+            except MissingCommandError:
+                self.note(state, host, cls, args, kwargs, _MISSING)
+                raise
+            except FactPreconditionError:
+                self.mark(host.name, f"a precondition of fact {cls.name} did not hold")
+                raise
+            finally:
+                self.reading[host.name] -= 1
+            self.note(state, host, cls, args, kwargs, value)
+            return value
+
+        pyinfra_facts._get_fact = get_fact
+        for method, what in (("run_shell_command", "runs a command on the host"),
+                             ("get_file", "fetches a file from the host"),
+                             ("put_file", "puts a file on the host")):
+            setattr(Host, method, self._watched(getattr(Host, method), what))
+        sys.addaudithook(self._audit)
+        for name in ("stat", "lstat", "access"):  # not audited: a deploy may test a path
+            setattr(os, name, self._stat_watched(getattr(os, name)))
+
+    def _stat_watched(self, call: Callable[..., Any]) -> Callable[..., Any]:
+        def watched(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.active and isinstance(path, str | bytes | os.PathLike):
+                self._audit("os.stat", (os.fspath(path),))
+            return call(path, *args, **kwargs)
+
+        return watched
+
+    def _watched(self, call: Callable[..., Any], what: str) -> Callable[..., Any]:
+        recorder = self
+
+        def watched(host: Any, *args: Any, **kwargs: Any) -> Any:
+            if recorder.deploying[host.name] and not recorder.reading[host.name]:
+                recorder.mark(host.name, f"its deploy {what} outside facts"
+                                         f"{_site(recorder.root)}")
+            return call(host, *args, **kwargs)
+
+        return watched
+
+    @contextlib.contextmanager
+    def deploying_on(self, host: str) -> Iterator[None]:
+        """Deploy code of ``host`` runs inside (its file loads)."""
+        self.deploying[host] += 1
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.deploying[host] -= 1
+            self.active -= 1
+
+    def body(self, host: str, generator: Callable[[], Iterator[Any]]
+             ) -> Callable[[], Iterator[Any]]:
+        """``generator`` (an operation's commands) with its body watched as deploy code; the
+        commands it yields run outside (pyinfra executes them after the ``yield``)."""
+
+        def watched() -> Iterator[Any]:
+            inner = generator()
+            while True:
+                with self.deploying_on(host):
+                    try:
+                        command = next(inner)
+                    except StopIteration:
+                        return
+                yield command
+
+        return watched
+
+    def _audit(self, event: str, args: tuple[Any, ...]) -> None:
+        if not self.active or self._auditing or (event not in _PATHS and event not in _EVENTS):
+            return
+        self._auditing = True  # ``realpath`` below stats paths itself
+        try:
+            self._audited(event, args)
+        except Exception:  # an audit hook must not break what it watches
+            return
+        finally:
+            self._auditing = False
+
+    def _audited(self, event: str, args: tuple[Any, ...]) -> None:
+        if not ctx_host.isset():
+            return
+        name = ctx_host.get().name
+        if not self.deploying[name] or self.reading[name]:
+            return
+        if event in _PATHS and args and isinstance(args[0], str | bytes):
+            path = os.path.realpath(os.fsdecode(args[0]))
+            if not self._covered(name, path):
+                self.mark(name, f"its deploy reads {path}, which no fingerprint covers"
+                                f"{_site(self.root)}")
+        elif event in _EVENTS:
+            self.mark(name, f"its deploy {_EVENTS[event]}{_site(self.root)}")
+
+    def _covered(self, host: str, path: str) -> bool:
+        """Whether ``path`` is Python's own or a file of the repository the fingerprints of
+        ``host``'s services cover (``gitops.pipeline.services.service_digests``)."""
+        if path == os.devnull or path.startswith(self._allowed):
+            return True
+        root = self.real_root
+        if not path.startswith(f"{root}{os.sep}"):
+            return False
+        parts = Path(path).relative_to(root).parts
+        if parts[0] == "deploys":
+            return len(parts) > 2 and parts[1] in self.services.get(host, ())
+        return parts[0] != "inventories" and not parts[0].startswith(".")
+
+    def mark(self, host: str, why: str) -> None:
+        self.unfit.setdefault(host, why)
+
+    def note(self, state: Any, host: Any, cls: Any, args: Any, kwargs: Any, value: Any) -> None:
+        """Keep the first reading of each fact (a no-change apply reads each once)."""
+        name = host.name
+        try:
+            context = host.current_op_global_arguments or {}
+            key: tuple[Any, ...] = (cls, repr(args), repr(sorted((kwargs or {}).items())),
+                                    repr(sorted((k, repr(v)) for k, v in context.items()
+                                                if k in CONNECTOR_ARGUMENT_KEYS)))
+        except Exception:
+            self.mark(name, f"fact {cls.name} has arguments that cannot be recorded")
+            return
+        if key in self.reads[name] or name in self.unfit:
+            return
+        why = self._unrecordable(cls)
+        if why is None:
+            try:
+                fact_kwargs, global_kwargs = pyinfra_facts._handle_fact_kwargs(
+                    state, host, cls, args, kwargs)
+                fact_kwargs = {k: v for k, v in fact_kwargs.items() if k != "self"}
+                conn = {k: global_kwargs[k] for k in CONNECTOR_ARGUMENT_KEYS
+                        if global_kwargs.get(k) and k not in _DROPPED}
+                text = json.dumps([fact_kwargs, conn], sort_keys=True)
+            except Exception as exc:
+                why = f"fact {cls.name} has arguments that cannot be recorded: {exc!r}"
+            else:
+                if _SECRET_ARGUMENTS & set(conn):
+                    why = f"fact {cls.name} is read with a password"
+                elif any(s in text for s in self.redact):
+                    why = f"the arguments of fact {cls.name} hold a secret"
+        if why is not None:
+            self.mark(name, why)
+            return
+        self.reads[name][key] = FactRead(
+            fact=f"{cls.__module__}:{cls.__qualname__}", kwargs=fact_kwargs, connector=conn,
+            digest=factskip.digest(self.key, value))
+
+    @staticmethod
+    def _unrecordable(cls: Any) -> str | None:
+        if cls.name in _CLOCKS:
+            return (f"its apply reads the host's clock (fact {cls.name}), which differs at "
+                    "every run")
+        if getattr(cls, "shell_executable", None):
+            return f"fact {cls.name} runs in a shell of its own"
+        try:
+            found = getattr(importlib.import_module(cls.__module__), cls.__qualname__)
+        except (ImportError, AttributeError):
+            found = None
+        if found is not cls:
+            return f"fact {cls.name} cannot be imported by name (defined in a deploy file?)"
+        return None
+
+    # -- the check before an apply -----------------------------------------------------------
+
+    def prints(self, host: str) -> dict[str, str]:
+        wanted = self.services.get(host, ())
+        return {s: p for s, p in self.skip.prints.get(host, {}).items() if s in wanted}
+
+    def check(self, state: Any, pending: Callable[[str], bool]) -> set[str]:
+        """Decide each active host; gather where the record allows; the hosts found
+        unchanged (their ``notes`` say ``NO_CHANGE``, the others' why not)."""
+        todo = []
+        for host in state.active_hosts:
+            record = factskip.load(self.folder, host.name)
+            why = factskip.decide(record, self.prints(host.name), self.basis,
+                                  pending=pending(host.name))
+            if why is None and record is not None:
+                todo.append((host, record))
+            else:
+                self.notes[host.name] = f"full apply: {why}"
+
+        def one(host: Any, record: HostRecord) -> None:
+            try:
+                digests, why = self.gather(host, record)
+            except Exception as exc:  # a lost connection: the full apply reports it
+                digests, why = None, f"{type(exc).__name__}: {exc}"[:200]
+            note = factskip.compared(record, digests, why)
+            self.notes[host.name] = note if note == factskip.NO_CHANGE else f"full apply: {note}"
+
+        gevent.joinall([state.pool.spawn(one, h, r) for h, r in todo])
+        return {name for name, note in self.notes.items() if note == factskip.NO_CHANGE}
+
+    def gather(self, host: Any, record: HostRecord) -> tuple[list[str] | None, str]:
+        """The digests of ``record``'s facts read again now, in one command per set of
+        connector arguments; (None, why) when they cannot be."""
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, read in enumerate(record.facts):
+            groups[json.dumps(read.connector, sort_keys=True)].append(index)
+        digests: list[str] = [""] * len(record.facts)
+        for conn, indexes in groups.items():
+            classes, commands = [], []
+            for index in indexes:
+                read = record.facts[index]
+                module, _, qualname = read.fact.partition(":")
+                cls = getattr(importlib.import_module(module), qualname)
+                fact = cls()  # its ``process`` may read what its ``command`` kept (a path)
+                raw = _command(fact, read.kwargs)
+                form = connector.shell_form(cls, raw)
+                commands.append((form, True) if form is not None else (raw, False))
+                classes.append(fact)
+            token = f"__gitops_facts_{token_source.token_hex(8)}__"
+            ok, output = host.run_shell_command(
+                StringCommand(factskip.combine(commands, token)), **json.loads(conn))
+            parts = factskip.split(output.stdout_lines, token, len(indexes)) if ok else None
+            if parts is None:
+                return None, (output.stderr_lines or ["no answer"])[0][:200]
+            for index, fact, (code, lines) in zip(indexes, classes, parts, strict=True):
+                digests[index] = factskip.digest(self.key, _value(fact, code, lines))
+        return digests, ""
+
+    # -- after the apply ----------------------------------------------------------------------
+
+    def finish(self, report: ApplyReport, skipped: set[str]) -> None:
+        """Write each applied host's record: its facts after an apply that changed nothing,
+        else why the next one is full; none for a host that failed."""
+        for h in report.hosts:
+            if h.host in skipped:
+                continue
+            if h.status != "ok":
+                factskip.forget(self.folder, [h.host])
+                continue
+            changed = [op.name for op in h.ops if op.status == "changed"]
+            unfit = self.unfit.get(h.host, "")
+            if not unfit and changed:
+                unfit = (f"its last apply changed {', '.join(changed[:3])}"
+                         + (f" and {len(changed) - 3} more" if len(changed) > 3 else ""))
+            facts = tuple({(r.fact, json.dumps([r.kwargs, r.connector], sort_keys=True)): r
+                           for r in self.reads.get(h.host, {}).values()}.values()
+                          ) if not unfit else ()
+            factskip.save(self.folder, h.host, HostRecord(
+                prints=self.prints(h.host), basis=self.basis, facts=facts, unfit=unfit))
+
+    def annotate_report(self, report: ApplyReport) -> ApplyReport:
+        return report.model_copy(update={"hosts": tuple(
+            h.model_copy(update={"fingerprint": self.notes.get(h.host, "")})
+            for h in report.hosts)})
+
+    def annotate_plan(self, plan: Plan) -> Plan:
+        return plan.model_copy(update={"hosts": tuple(
+            h.model_copy(update={"fingerprint": self.notes.get(h.host, "")})
+            for h in plan.hosts)})
+
+
+def _command(fact: Any, kwargs: dict[str, Any]) -> str:
+    """``fact``'s command for ``kwargs`` as pyinfra's ``_get_fact`` makes it."""
+    command = pyinfra_facts._make_command(fact.command, dict(kwargs))
+    requires = pyinfra_facts._make_command(fact.requires_command, dict(kwargs))
+    if requires:
+        command = StringCommand("if", "command", "-v", requires, ">/dev/null", "2>&1;",
+                                "then", "(", command, ");", "else", "echo", f"'{_NOCMD}';",
+                                "fi")
+    return command.get_raw_value() if isinstance(command, StringCommand) else str(command)
+
+
+def _value(fact: Any, code: int, lines: list[str]) -> Any:
+    """What pyinfra's ``_get_fact`` answers for this exit status and output."""
+    if code == 0 and lines == [_NOCMD]:
+        return _MISSING
+    if code == 0 and lines:
+        return fact.process(lines)
+    return fact.default()
