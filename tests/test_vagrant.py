@@ -16,6 +16,7 @@ import pytest
 import yaml
 from builders import commit, copy_sample, git_repo
 
+from gitops.lab import vagrantbox
 from gitops.model import InventoryFile
 from gitops.pipeline.vagrant import (
     VagrantError,
@@ -205,6 +206,7 @@ def test_read_hosts_reports_declared_hosts_not_running(tmp_path: Path) -> None:
 
 def test_read_hosts_without_vagrant(tmp_path: Path) -> None:
     """A missing vagrant executable raises VagrantNotInstalled with a clear message."""
+    (tmp_path / "Vagrantfile").write_text("\n")
     with pytest.raises(VagrantNotInstalled, match="not installed"):
         read_hosts(tmp_path, vagrant=str(tmp_path / "no-such-vagrant"))
 
@@ -264,6 +266,98 @@ def test_vagrant_validate(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_read_hosts_libvirt_not_running(tmp_path: Path) -> None:
+    """vagrant-libvirt failing to reach libvirtd is one line saying to start libvirt."""
+    script = tmp_path / "vagrant"
+    script.write_text(
+        "#!/bin/sh\necho 'Error while connecting to Libvirt: Error making a connection to "
+        "libvirt URI qemu:///system:' >&2\necho \"Call to virConnectOpen failed: Failed to "
+        "connect socket to '/var/run/libvirt/libvirt-sock': No such file or directory\" >&2\n"
+        "exit 1\n")
+    script.chmod(0o755)
+    (tmp_path / "Vagrantfile").write_text("\n")
+    with pytest.raises(VagrantError) as info:
+        read_hosts(tmp_path, vagrant=str(script))
+    message = str(info.value)
+    assert "libvirt is not running" in message and "gitops vagrant up" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(("sectors", "start", "count"), [
+    (8 << 21, 2048, (8 << 21) - 2048),   # the box's 8 GiB disk
+    (4096, 2048, 2048),                  # the smallest disk with a 1 MiB partition
+])
+def test_mbr_one_bootable_linux_partition(sectors: int, start: int, count: int) -> None:
+    """The partition table: one bootable Linux (0x83) partition from 1 MiB to the end of the
+    disk, the disk id, the 0x55AA signature: 72 bytes written from offset 440."""
+    table = vagrantbox.mbr(sectors, 0x12345678)
+    assert len(table) == 512 - 440
+    assert table[:4] == (0x12345678).to_bytes(4, "little")
+    entry = table[6:22]
+    assert entry[0] == 0x80 and entry[4] == 0x83
+    assert int.from_bytes(entry[8:12], "little") == start
+    assert int.from_bytes(entry[12:16], "little") == count
+    assert table[22:70] == bytes(48) and table[-2:] == b"\x55\xaa"
+
+
+def test_the_box_key_is_vagrants_insecure_key() -> None:
+    """The box's authorized key is the one Vagrant logs in with first (its keys/vagrant.pub)."""
+    assert vagrantbox.INSECURE_PUBLIC_KEY.startswith("ssh-rsa ")
+    shipped = sorted(Path("/usr/share/rubygems-integration/all/gems").glob(
+        "vagrant-*/keys/vagrant.pub")) + sorted(Path("/opt/vagrant/embedded/gems").glob(
+        "gems/vagrant-*/keys/vagrant.pub"))
+    for pub in shipped:
+        assert pub.read_text().split()[:2] == vagrantbox.INSECURE_PUBLIC_KEY.split()[:2]
+
+
+def test_the_box_vagrantfile_emulates_where_kvm_is_not_said() -> None:
+    """The box's Vagrantfile: QEMU's emulator with qemu64 and a 128 MiB translation cache
+    unless GITOPS_VAGRANT_KVM=1, ~500 MB per VM, a management network without forwarding."""
+    text = vagrantbox.BOX_VAGRANTFILE
+    assert 'ENV["GITOPS_VAGRANT_KVM"] == "1"' in text
+    assert 'lv.driver = "qemu"' in text and 'lv.cpu_model = "qemu64"' in text
+    assert "<tb-cache unit='MiB'>128</tb-cache></tcg><pae" in text
+    assert "lv.memory = 512" in text and 'management_network_mode = "none"' in text
+
+
+def test_the_box_digest_follows_its_inputs(monkeypatch: pytest.MonkeyPatch,
+                                           tmp_path: Path) -> None:
+    """A change to the box's inputs is a new digest, a new cache folder, and the added box
+    whose marker holds the old digest is no longer current."""
+    monkeypatch.setenv("GITOPS_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("VAGRANT_HOME", str(tmp_path / "vagrant.d"))
+    before, folder = vagrantbox.recipe_hash(), vagrantbox.box_dir()
+    assert vagrantbox.added_digest() is None
+    marker = (tmp_path / "vagrant.d/boxes/debian-VAGRANTSLASH-bookworm64/0/libvirt"
+              / "gitops-recipe.json")
+    marker.parent.mkdir(parents=True)
+    marker.write_text(json.dumps({"digest": before}))
+    assert vagrantbox.added_digest() == before
+    monkeypatch.setattr(vagrantbox, "INCLUDE", (*vagrantbox.INCLUDE, "jq"))
+    assert vagrantbox.recipe_hash() != before and vagrantbox.box_dir() != folder
+    assert vagrantbox.added_digest() != vagrantbox.recipe_hash()
+
+
+def test_machines_variable_limits_the_vagrantfile(tmp_path: Path) -> None:
+    """GITOPS_VAGRANT_MACHINES=web1 defines web1 alone; an unknown name is refused by name."""
+    vagrant = _vagrant_or_skip()
+    env = dict(os.environ, VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_CWD=str(REPO),
+               VAGRANT_DOTFILE_PATH=str(tmp_path / ".vagrant"))
+
+    def status(machines: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([vagrant, "status", "--machine-readable"], cwd=REPO,
+                              env={**env, "GITOPS_VAGRANT_MACHINES": machines},
+                              capture_output=True, text=True, timeout=300, check=False)
+
+    one = status("web1")
+    if one.returncode != 0 and "provider" in one.stdout + one.stderr:
+        pytest.skip("no Vagrant provider installed to report machine states")
+    assert one.returncode == 0, one.stderr
+    assert set(parse_status(one.stdout)) == {"web1"}
+    bad = status("web9")
+    assert bad.returncode != 0 and "no machine web9" in bad.stdout + bad.stderr
 
 
 # --- end to end: one real VM (libvirt, the box built offline by `gitops vagrant box`) ---------
