@@ -12,8 +12,8 @@
   and any other interface is dropped in the mangle table, for IPv4 and IPv6 (libvirt never
   touches mangle FORWARD): the VMs reach this machine and each other, nothing else. At
   teardown the rules go and ip_forward is set back to what it was before.
-- ``remove_box_volumes()``: the box image vagrant-libvirt uploaded to the pool, left behind
-  when the box is replaced (it would be reused otherwise).
+- ``remove_box_volumes()``: the box images vagrant-libvirt uploaded to the pool, left behind
+  when the box is replaced; only while no domain is defined (one may be backed by them).
 """
 
 from __future__ import annotations
@@ -180,7 +180,12 @@ def domains() -> list[str]:
 
 
 def remove_box_volumes(box_name: str) -> list[str]:
-    """Delete the pool volumes vagrant-libvirt made from ``box_name``'s image."""
+    """Delete the pool volumes vagrant-libvirt made from ``box_name``'s image, unless a
+    libvirt domain is defined (its disk may be backed by one of them)."""
+    defined = run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], timeout=30,
+                  check=False)
+    if defined.returncode != 0 or defined.stdout.strip():
+        return []
     prefix = box_name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
     listing = run(["virsh", "-c", "qemu:///system", "vol-list", "--pool", "default"],
                   timeout=30, check=False)
