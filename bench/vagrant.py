@@ -88,13 +88,14 @@ def qemu_rss_mb(prefix: str) -> list[float]:
     return sizes
 
 
-def one_count(count: int, base: Path, guard: bool) -> dict[str, float]:
+def one_count(count: int, base: Path, guard: bool, subnet: str) -> dict[str, float]:
     machines = MACHINES[:count]
     folder = base / f"vms{count}"
     folder.mkdir()
     shutil.copy(ROOT / "Vagrantfile", folder / "Vagrantfile")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GITOPS_")}
-    env.update(GITOPS_VAGRANT_DIR=str(folder), GITOPS_VAGRANT_MACHINES=",".join(machines))
+    env.update(GITOPS_VAGRANT_DIR=str(folder), GITOPS_VAGRANT_MACHINES=",".join(machines),
+               GITOPS_VAGRANT_SUBNET=subnet)
     repo = state_repo(base / f"state{count}", machines, guard)
     target = ["--repo", str(repo), "-e", "vagrant", "--state-dir", str(base / f"db{count}")]
     figures: dict[str, float] = {}
@@ -122,6 +123,9 @@ def main() -> None:
     parser.add_argument("--cached-box", action="store_true", help="Do not time a box build.")
     parser.add_argument("--no-guard", action="store_true", help="base unguarded.")
     parser.add_argument("--no-results", action="store_true", help="Leave RESULTS.md alone.")
+    parser.add_argument("--subnet", default="192.168.57",
+                        help="The VMs' private network (GITOPS_VAGRANT_SUBNET): not the "
+                             "default 192.168.56, so the test suite's VM may run meanwhile.")
     opts = parser.parse_args()
     counts = [int(c) for c in opts.counts.split(",")]
     if os.geteuid() != 0 or any(not 1 <= c <= len(MACHINES) for c in counts):
@@ -137,7 +141,8 @@ def main() -> None:
         gitops("vagrant", "box", env=env)  # the VMs' box: cached unless its recipe changed
         results: dict[int, dict[str, float]] = {}
         for count in counts:
-            results[count] = one_count(count, Path(tmp), guard=not opts.no_guard)
+            results[count] = one_count(count, Path(tmp), guard=not opts.no_guard,
+                                       subnet=opts.subnet)
     load = os.getloadavg()[0]
     lines = [
         f"### Vagrant VMs (libvirt, QEMU's emulator unless KVM is usable), "
