@@ -90,7 +90,7 @@ def qemu_rss_mb(prefix: str) -> list[float]:
 
 def one_count(count: int, base: Path, guard: bool, subnet: str) -> dict[str, float]:
     machines = MACHINES[:count]
-    folder = base / f"vms{count}"
+    folder = base / f"vms{count}-{os.getpid()}"  # the libvirt domains' prefix: unique
     folder.mkdir()
     shutil.copy(ROOT / "Vagrantfile", folder / "Vagrantfile")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GITOPS_")}

@@ -388,7 +388,8 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             pytest.fail("the Vagrant end-to-end test cannot run under CI: not root",
                         pytrace=False)
         pytest.skip("the Vagrant end-to-end test needs root (libvirt, the box build)")
-    folder = tmp_path_factory.mktemp("vagrant")
+    # the folder's name prefixes the libvirt domain's: one of its own per session
+    folder = tmp_path_factory.mktemp(f"vagrant{os.getpid()}", numbered=False)
     shutil.copy(REPO / "Vagrantfile", folder / "Vagrantfile")
     try:
         up = _cli("vagrant", "up", MACHINE, folder=folder)
