@@ -9,8 +9,12 @@ cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
 
 # The one list of the suite's system packages.
+# The Vagrant VMs (tests/test_vagrant.py, `gitops vagrant`): vagrant with its libvirt provider,
+# libvirt and QEMU (no service manager needed), dnsmasq and the firewall tools libvirt uses.
 PACKAGES=(debootstrap systemd-container dpkg-dev openssh-client git python3-venv iproute2
-          vagrant gnupg chromium prometheus postgresql)
+          vagrant gnupg chromium prometheus postgresql
+          vagrant-libvirt libvirt-daemon-system libvirt-clients libvirt-daemon-driver-qemu
+          dnsmasq-base iptables ebtables qemu-system-x86 qemu-utils)
 
 if [ "$(id -u)" -eq 0 ]; then
     missing=()

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from builders import commit, git_repo
+from builders import PROJECT, commit, copy_sample, git_repo
 from clitools import gitops, sample_repo
 
 from gitops.record.store import Store
@@ -269,6 +270,21 @@ CASES = [
          r"--sudo-user 'root': an account name .*, not root"),
     Case("lab-sudo-user-shell", ("lab", "up", "--name", "badsudo", "--sudo-user", "a;rm"), 2,
          r"--sudo-user 'a;rm': an account name"),
+    # Vagrant VMs (gitops vagrant, settings.source: vagrant)
+    Case("vagrant-up-without-vagrantfile", ("vagrant", "up", "--dir", "{root}"), 2,
+         "no Vagrantfile in .* \\(use --dir\\)"),
+    Case("vagrant-down-without-vagrantfile", ("vagrant", "down", "--dir", "{cfg}"), 2,
+         "no Vagrantfile in .* \\(use --dir\\)"),
+    Case("vagrant-dir-is-a-file", ("vagrant", "up", "--dir", "{file}"), 2,
+         "--dir.*is a file"),
+    Case("vagrant-not-installed", ("validate", "--repo", "{vagrantrepo}", "-e", "vagrant",
+                                   "--state-dir", "{state}"), 2,
+         r"vagrant\.yml:\d+ settings\.source: `vagrant` is not installed", lines=1,
+         env={"PATH": "{gitonly}"}),
+    Case("vagrant-no-vagrantfile-for-the-source", ("validate", "--repo", "{vagrantrepo}", "-e",
+                                                   "vagrant", "--state-dir", "{state}"), 2,
+         r"vagrant\.yml:\d+ settings\.source: no Vagrantfile in .*GITOPS_VAGRANT_DIR",
+         lines=1, env={"GITOPS_VAGRANT_DIR": "{cfg}"}),
 ]
 
 
@@ -287,9 +303,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (root / "a-file").write_text("not a folder\n")
     cfg = root / "settings"
     cfg.mkdir()
+    vagrantrepo = copy_sample(root / "vagrant")
+    git_repo(vagrantrepo, {"inventories/vagrant.yml":
+                           (PROJECT / "inventories/vagrant.yml").read_text(),
+                           "Vagrantfile": (PROJECT / "Vagrantfile").read_text()}, "vagrant")
+    gitonly = root / "gitonly"  # a PATH with git and without vagrant
+    gitonly.mkdir()
+    (gitonly / "git").symlink_to(shutil.which("git") or "/usr/bin/git")
     names = {"root": str(root), "repo": str(repo), "invalid": str(invalid), "state": str(state),
              "file": str(root / "a-file"), "suspended": str(suspended),
-             "corrupt": str(corrupt), "cfg": str(cfg)}
+             "corrupt": str(corrupt), "cfg": str(cfg), "vagrantrepo": str(vagrantrepo),
+             "gitonly": str(gitonly)}
     for name, (old, new) in EDITS.items():
         names[name] = str(_edited(root / name, old, new))
     for name, text in SETTINGS.items():

@@ -113,6 +113,10 @@ class Main(click.Group):
             "run."
         )),
         "lab": ("gitops.lab.cli", "Disposable real Debian hosts for development, tests and CI."),
+        "vagrant": ("gitops.lab.vagrant_cli", (
+            "Vagrant VMs of a Vagrantfile under libvirt: build and add the Debian 12 box, "
+            "bring the VMs up isolated, take them down."
+        )),
     }
     """Subcommands loaded on first use: name -> (module defining it by that name, the first
     paragraph of its help, which `gitops --help` shortens as click does)."""

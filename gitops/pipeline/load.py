@@ -162,6 +162,7 @@ def load(
                 sources = host_source(list(inv.hosts))
             except Exception as exc:  # the source names what failed (vagrant not running, ...)
                 problems.add(("settings", "source"), str(exc))
+                unsourced = True  # said once, not again for each host's missing address
 
     hosts: list[DeclaredHost] = []
     seen_addresses: dict[tuple[str, int], str] = {}

@@ -66,7 +66,7 @@ class VagrantHostsMissing(VagrantError):
         details = ", ".join(f"{name} ({state})" for name, state in sorted(self.missing.items()))
         super().__init__(
             f"declared hosts with no running Vagrant machine: {details}; "
-            "run `vagrant up` in the directory of the Vagrantfile"
+            "run `gitops vagrant up` (or `vagrant up`) in the directory of the Vagrantfile"
         )
 
 
@@ -157,6 +157,23 @@ def missing_hosts(
     }
 
 
+def _failure(what: str, folder: Path, proc: subprocess.CompletedProcess[str]) -> VagrantError:
+    """One line for a failed vagrant command: libvirt not running is said as such."""
+    text = (proc.stderr or proc.stdout).strip()
+    if "libvirt-sock" in text or "Error while connecting to Libvirt" in text:
+        return VagrantError(
+            f"`vagrant {what}` in {folder}: libvirt is not running (no answer on its socket); "
+            "start it with `gitops vagrant up` (or `libvirtd -d`)"
+        )
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = " ".join(lines)
+    if len(detail) > 400:
+        detail = detail[:400] + "..."
+    return VagrantError(
+        f"`vagrant {what}` failed in {folder} (exit {proc.returncode}): {detail or 'no output'}"
+    )
+
+
 def _run(
     args: list[str], vagrantfile_dir: Path, timeout: float
 ) -> subprocess.CompletedProcess[str]:
@@ -194,21 +211,20 @@ def read_hosts(
     machine. Raises :class:`VagrantNotInstalled` when ``vagrant`` is not on PATH and
     :class:`VagrantError` when it fails.
     """
+    if not (vagrantfile_dir / "Vagrantfile").is_file():
+        raise VagrantError(f"no Vagrantfile in {vagrantfile_dir} (the repository's folder, "
+                           "or GITOPS_VAGRANT_DIR)")
+
     executable = shutil.which(vagrant)
     if executable is None:
         raise VagrantNotInstalled(
             f"`{vagrant}` is not installed or not on PATH; it is needed for an inventory with "
-            "settings.source: vagrant (https://developer.hashicorp.com/vagrant/install)"
+            "settings.source: vagrant (Debian: apt-get install vagrant vagrant-libvirt; "
+            "`gitops vagrant up` then boots the VMs)"
         )
-    if not (vagrantfile_dir / "Vagrantfile").is_file():
-        raise VagrantError(f"no Vagrantfile in {vagrantfile_dir}")
-
     status = _run([executable, "status", "--machine-readable"], vagrantfile_dir, timeout)
     if status.returncode != 0:
-        raise VagrantError(
-            f"`vagrant status` failed in {vagrantfile_dir} (exit {status.returncode}): "
-            f"{(status.stderr or status.stdout).strip()}"
-        )
+        raise _failure("status", vagrantfile_dir, status)
     states = parse_status(status.stdout)
     running = sorted(name for name, state in states.items() if state == "running")
 
@@ -217,10 +233,7 @@ def read_hosts(
         config = _run([executable, "ssh-config", *running], vagrantfile_dir, timeout)
         hosts = parse_ssh_config(config.stdout)
         if config.returncode != 0 and not hosts:
-            raise VagrantError(
-                f"`vagrant ssh-config` failed in {vagrantfile_dir} (exit {config.returncode}): "
-                f"{config.stderr.strip()}"
-            )
+            raise _failure("ssh-config", vagrantfile_dir, config)
     if expected is not None:
         missing = missing_hosts(expected, hosts, states)
         if missing:
