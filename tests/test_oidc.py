@@ -9,51 +9,22 @@ The flow is the authorization code with PKCE; Authlib checks the ID token.
 
 from __future__ import annotations
 
-import json
-import shutil
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from conftest import in_ci
+from oidcsite import SECRET, Provider, beyond_loopback, oidc_site, provider_login
 from test_csrf_browser import browser  # noqa: F401  (the fixture)
 from test_page import seed
 from test_server import RecordingController, environments
 
 from gitops.record.store import Database
-from gitops.settings import OidcSettings, SecretRef, Settings
-from gitops.web import page as page_module
+from gitops.settings import Settings
 from gitops.web.access import Caller, Gate
 from gitops.web.oidc import Pending, _groups
-from gitops.web.server import bound_port, create_app, start_in_thread, stop
-from gitops.web.sessions import Sessions
-
-PROVIDER = Path(__file__).parent / "oidc"
-SECRET = "client-secret-never-shown-0c41a9"
-ACCOUNTS = {
-    "alice": {"password": "alice-pw", "email": "alice@example.org",
-              "groups": ["payments-ops", "everyone"]},
-    "bob": {"password": "bob-pw", "email": "bob@example.org", "groups": ["search-dev"]},
-}
-
-
-def _provider_unavailable() -> str | None:
-    if shutil.which("node") is None:
-        return "node is not installed"
-    if not (PROVIDER / "node_modules" / "oidc-provider").is_dir():
-        return "the test provider is not installed (npm ci --prefix tests/oidc)"
-    return None
-
-
-@dataclass
-class Provider:
-    issuer: str
-    process: subprocess.Popen[str]
 
 
 @pytest.fixture
@@ -61,61 +32,14 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
          request: pytest.FixtureRequest) -> Iterator[tuple[str, Provider]]:
     """The daemon's app with ``[oidc]`` pointing at a provider that knows its callback:
     (the app's URL, the provider). ``allowed_groups``: the fixture's parameter, if any."""
-    reason = _provider_unavailable()
-    if reason is not None:
-        if in_ci():
-            pytest.fail(f"OpenID provider test cannot run under CI: {reason}", pytrace=False)
-        pytest.skip(reason)
-    allowed = list(getattr(request, "param", []))
-    monkeypatch.setenv("GITOPS_CONFIG", str(tmp_path / "absent.toml"))
-    monkeypatch.setenv("TEST_GITOPS_HOOK_SECRET", "hook-secret")
-    monkeypatch.setenv("TEST_OIDC_SECRET", SECRET)
     seed(tmp_path / "state")
-    process = subprocess.Popen(["node", str(PROVIDER / "provider.mjs")], cwd=PROVIDER,
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert process.stdin is not None and process.stdout is not None
-    server = thread = None
-    try:
-        port = process.stdout.readline().split()[1]
-        issuer = f"http://127.0.0.1:{port}"
-        # The app first (its port names the callback), its page routes once the callback is known.
-        base = Settings(trusted_proxies=["127.0.0.1"], state_dir=tmp_path / "state")
-        app = create_app(RecordingController(environments()), base)
-        server, thread = start_in_thread(app, "127.0.0.1:0")
-        url = f"http://127.0.0.1:{bound_port(server)}"
-        oidc = OidcSettings(issuer=issuer, client_id="gitops",
-                            client_secret=SecretRef(env="TEST_OIDC_SECRET"),
-                            redirect_url=f"{url}/signin/oidc/callback", label="Test SSO",
-                            allowed_groups=allowed)
-        gate = Gate(base, Database(tmp_path / "state"), sessions=Sessions(3600))
-        app.router.routes[0:0] = page_module.routes(
-            tmp_path / "state", gate.rule("read"), sessions=gate.sessions, oidc=oidc)
-        process.stdin.write(json.dumps({"client": {
-            "client_id": "gitops", "client_secret": SECRET,
-            "redirect_uris": [oidc.redirect_url]}, "accounts": ACCOUNTS}) + "\n")
-        process.stdin.flush()
-        assert process.stdout.readline().startswith("ready ")
-        yield url, Provider(issuer, process)
-    finally:
-        if server is not None and thread is not None:
-            stop(server, thread)
-        process.stdin.close()
-        process.wait(timeout=10)
+    with oidc_site(tmp_path, monkeypatch, RecordingController(environments()),
+                   allowed_groups=list(getattr(request, "param", []))) as served:
+        yield served.url, served.provider
 
 
-def _beyond_loopback(browser: Any) -> Any:  # noqa: F811
-    """A browser context whose requests come through the trusted proxy from 192.0.2.9 and
-    reach nothing but loopback."""
-    context = browser.new_context(extra_http_headers={"X-Forwarded-For": "192.0.2.9"})
-    context.route("**/*", lambda route: route.continue_()
-                  if urlsplit(route.request.url).hostname == "127.0.0.1" else route.abort())
-    return context
-
-
-def _sign_in(p: Any, login: str, password: str) -> None:
-    p.fill("input[name=login]", login)
-    p.fill("input[name=password]", password)
-    p.click("button[type=submit]")
+_beyond_loopback = beyond_loopback
+_sign_in = provider_login
 
 
 def test_a_person_signs_in_through_the_provider_and_out_again(
