@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import hmac
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -58,6 +59,9 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 
 Handler = Endpoint | Callable[[Request], Response]
 """What ``guarded`` wraps: an endpoint, or a plain function run in the worker threads."""
+
+_log = logging.getLogger(__name__)
+UNREADABLE = "the record cannot be read now; the daemon's log says why"
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -173,7 +177,18 @@ class Gate:
         return Caller(row.name, row.on_behalf)
 
     def authenticate(self, request: Request) -> Caller | JSONResponse:
-        """The caller, or the 401 to answer. Reads the record: call from a worker thread."""
+        """The caller, or the 401 to answer (503 while the record of tokens cannot be read:
+        an older schema no writer migrated yet, PostgreSQL away; the reason goes to the log,
+        not to a caller not yet known). Reads the record: call from a worker thread."""
+        from gitops.record.store import StoreOutdated, StoreUnavailable
+
+        try:
+            return self._authenticate(request)
+        except (StoreOutdated, StoreUnavailable) as exc:
+            _log.warning("the gate cannot read the record of tokens: %s", exc)
+            return error(503, UNREADABLE)
+
+    def _authenticate(self, request: Request) -> Caller | JSONResponse:
         from gitops.daemon.tokens import match
         from gitops.web.sessions import COOKIE
 
@@ -245,9 +260,22 @@ class Gate:
     def decide(self, request: Request, permission: str,
                environment: str | None) -> Caller | JSONResponse:
         """The caller allowed ``permission`` on ``environment`` (None: on any), kept in
-        ``request.state``; else the 401 or 403 to answer, audited."""
+        ``request.state``; else the 401 or 403 to answer, audited (a 503, the record not
+        readable, is no refusal of anyone: not audited)."""
+        from gitops.record.store import StoreOutdated, StoreUnavailable
+
+        try:
+            return self._decide(request, permission, environment)
+        except (StoreOutdated, StoreUnavailable) as exc:
+            _log.warning("the gate cannot read the record: %s", exc)
+            return error(503, UNREADABLE)
+
+    def _decide(self, request: Request, permission: str,
+                environment: str | None) -> Caller | JSONResponse:
         caller = self.authenticate(request)
         if isinstance(caller, JSONResponse):
+            if caller.status_code == 503:
+                return caller
             self.refused(request, "?", permission, environment, caller)
             return caller
         team = None if environment is None else self.team_of(environment)
