@@ -284,7 +284,7 @@ def test_only_an_operator_of_the_owning_team_approves_over_the_api(tmp_path: Pat
     """POST approve: a viewer and search's operator get 403 naming 'approve' (nothing
     approved, nothing run); a stale sha 409; payments' operator 200, recorded with the
     token's name (never a body's), the role and the reason, in the approvals and the audit
-    trail, and the environment woken to apply it."""
+    trail, and the environment woken to apply it. Bad requests: one line, 404 or 400."""
     repo = _repo(tmp_path)
     head = git(repo, "rev-parse", "HEAD")
     settings = _settings(tmp_path, repo)
@@ -333,3 +333,14 @@ def test_only_an_operator_of_the_owning_team_approves_over_the_api(tmp_path: Pat
         ("payops", "operator", "failed 400", ""), ("payops", "operator", "failed 409",
                                                    "1234567"),
         ("searchops", "", "refused 403", ""), ("viewer1", "", "refused 403", "")]
+    for path, sent, status, says in (
+            ("/api/environments/nosuch/approve", body, 404, "unknown environment"),
+            (url, {"revision": "main~1", "reason": "r"}, 400,
+             "'main~1' is not a commit sha: 7 to 64 lower-case hex digits"),
+            (url, {"revision": head}, 400, "an approval needs a reason"),
+            (url, {"revision": 7, "reason": "r"}, 400, "'revision' must be a string"),
+            (url, {"revision": head, "reason": "a\nb"}, 400, "'reason'"),
+            (url, [head], 400, "the body must be a JSON object")):
+        answer = _send(web, "POST", path, "admin1", sent)
+        assert answer.status_code == status, (sent, answer.text)
+        assert says in answer.json()["error"] and "\n" not in answer.json()["error"]

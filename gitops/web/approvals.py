@@ -80,7 +80,7 @@ def routes(controller: Approver, environments: dict[str, EnvironmentConfig], gat
         if config is None:
             return error(404, "unknown environment")
         row = next((r for r in controller.status()
-                    if r["environment"] == config.environment and not r["host"]), None)
+                    if r.get("environment") == config.environment and not r.get("host")), None)
         team = gate.team_of(name)
         may = gate.allows(request.state.caller, "approve", team) is not None
         return JSONResponse({
