@@ -15,6 +15,7 @@ import httpx
 import pytest
 from builders import commit_file, daemon_app, git, git_repo
 from clitools import gitops
+from test_csrf_browser import browser  # noqa: F401  (the fixture)
 
 from gitops.daemon import approval
 from gitops.daemon.approval import Approval, ApprovalInput, Gated
@@ -344,3 +345,56 @@ def test_only_an_operator_of_the_owning_team_approves_over_the_api(tmp_path: Pat
         answer = _send(web, "POST", path, "admin1", sent)
         assert answer.status_code == status, (sent, answer.text)
         assert says in answer.json()["error"] and "\n" not in answer.json()["error"]
+
+
+def test_the_page_shows_the_wait_and_an_approve_button_to_those_allowed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, browser: Any) -> None:
+    """In a real browser: signed in as a viewer, the environment's card says "waiting for
+    approval" with no Approve button; signed in as payments' operator, the button approves
+    that revision with the reason typed, and the environment is woken to apply it."""
+    from gitops.web.server import bound_port, start_in_thread, stop
+
+    monkeypatch.setenv("GITOPS_CONFIG", str(tmp_path / "absent.toml"))
+    repo = _repo(tmp_path)
+    head = git(repo, "rev-parse", "HEAD")
+    settings = _settings(tmp_path, repo)
+    _tokens(settings.state_dir)
+    d = Daemon(settings)
+    d.cycle(d.envs["pay-prod"], None)
+    server, thread = start_in_thread(daemon_app(d, settings, settings.state_dir),
+                                     "127.0.0.1:0")
+    url = f"http://127.0.0.1:{bound_port(server)}/"
+
+    def signed_in(token: str) -> Any:
+        context = browser.new_context()
+        p = context.new_page()
+        p.set_default_timeout(15_000)
+        p.goto(url)
+        p.fill("#signin input[name=token]", SECRETS[token])
+        p.click("#signin button")
+        p.locator("[data-testid=approval]").wait_for()
+        return context, p
+
+    try:
+        context, p = signed_in("viewer1")
+        card = p.locator("section[data-environment=pay-prod]")
+        card.locator(".badge", has_text="waiting for approval").wait_for()
+        assert head[:10] in card.locator("[data-testid=approval]").inner_text()
+        p.wait_for_load_state("networkidle")
+        assert card.locator("button", has_text="Approve").count() == 0
+        context.close()
+        assert d.envs["pay-prod"].pending is None
+
+        context, p = signed_in("payops")
+        note = p.locator("[data-testid=approval]")
+        note.locator("button", has_text="Approve").wait_for()
+        note.locator("input").fill("CAB-12 signed off")
+        note.locator("button", has_text="Approve").click()
+        note.locator(".approval-answer", has_text="approved by payops; applying").wait_for()
+        context.close()
+    finally:
+        stop(server, thread)
+    assert d.envs["pay-prod"].pending is not None
+    with Store(settings.state_dir) as store:
+        (done,) = store.approvals("pay-prod")
+    assert (done.sha, done.approved_by, done.reason) == (head, "payops", "CAB-12 signed off")
