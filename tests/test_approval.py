@@ -348,7 +348,8 @@ def test_only_an_operator_of_the_owning_team_approves_over_the_api(tmp_path: Pat
 
 
 def test_the_page_shows_the_wait_and_an_approve_button_to_those_allowed(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, browser: Any) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        browser: Any) -> None:  # noqa: F811
     """In a real browser: signed in as a viewer, the environment's card says "waiting for
     approval" with no Approve button; signed in as payments' operator, the button approves
     that revision with the reason typed, and the environment is woken to apply it."""
