@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import hypothesis
 import pytest
 from builders import commit_file, daemon_app, git, git_repo
 from clitools import gitops
+from hypothesis import strategies as st
 from test_csrf_browser import browser  # noqa: F401  (the fixture)
 
 from gitops.daemon import approval
@@ -399,3 +401,26 @@ def test_the_page_shows_the_wait_and_an_approve_button_to_those_allowed(
     with Store(settings.state_dir) as store:
         (done,) = store.approvals("pay-prod")
     assert (done.sha, done.approved_by, done.reason) == (head, "payops", "CAB-12 signed off")
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The daemon's app over a real Daemon whose environment has nothing waiting."""
+    tmp_path = tmp_path_factory.mktemp("approve-fuzz")
+    settings = _settings(tmp_path, _repo(tmp_path))
+    _tokens(settings.state_dir)
+    return daemon_app(Daemon(settings), settings, settings.state_dir)
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(body=st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=80),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["revision", "reason", "actor", "force", "x"]) | st.text(max_size=8),
+        inner, max_size=4), max_leaves=8))
+def test_any_approve_body_is_answered_never_with_a_500(fuzz_app: Any, body: Any) -> None:
+    """Fuzzed JSON bodies to approve: a 4xx with one line (nothing waits here, so nothing
+    is ever approved), never a 500 or a traceback."""
+    answer = _send(fuzz_app, "POST", "/api/environments/pay-prod/approve", "payops", body)
+    assert 400 <= answer.status_code < 500, answer.text
+    assert "\n" not in answer.json()["error"]

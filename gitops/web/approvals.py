@@ -46,11 +46,19 @@ def routes(controller: Approver, environments: dict[str, EnvironmentConfig], gat
     whether the caller may approve it."""
     from gitops.record.approvals import ApprovalRefused
 
+    by_record = {c.environment: c for c in environments.values()}
+
+    def config_of(request: Request) -> EnvironmentConfig | None:
+        """The path's environment: its name in the settings, or in the record (the page's)."""
+        name = request.path_params["environment"]
+        return environments.get(name) or by_record.get(name)
+
     @gate.permission("approve")
     async def approve(request: Request) -> Response:
-        name = request.path_params["environment"]
-        if name not in environments:
+        config = config_of(request)
+        if config is None:
             return error(404, "unknown environment")
+        name = config.name
         try:
             options = api_options(await json_body(request, max_body))
             actor = acting(request.state.caller, options)
@@ -75,10 +83,10 @@ def routes(controller: Approver, environments: dict[str, EnvironmentConfig], gat
 
     @guarded(gate.rule("read"))
     def approval(request: Request) -> Response:
-        name = request.path_params["environment"]
-        config = environments.get(name)
+        config = config_of(request)
         if config is None:
             return error(404, "unknown environment")
+        name = config.name
         row = next((r for r in controller.status()
                     if r.get("environment") == config.environment and not r.get("host")), None)
         team = gate.team_of(name)
