@@ -280,6 +280,10 @@ class EnvironmentConfig(BaseModel):
     team: Annotated[str, AfterValidator(team_name)] | None = None
     """The team that owns this environment, one of the settings' ``teams``; wins over the
     inventory's ``settings.team``."""
+    require_approval: bool = False
+    """Apply a new revision only once a person with ``operator`` on the owning team (or an
+    admin) approved that very revision (``gitops approve``); until then it is "waiting for
+    approval". A rollback to a revision verified here needs none."""
 
     @property
     def environment(self) -> str:

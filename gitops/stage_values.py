@@ -300,3 +300,6 @@ class PreviewReport(_Record):
     """An invalid change: every problem with its file and line."""
     stages: dict[str, float] = {}
     """Seconds per stage: lab_up, base, change, verify, teardown."""
+    approval: str = ""
+    """For an environment with ``require_approval``: that, merged, the change waits there
+    for an operator of the owning team to approve it (said in the comment)."""

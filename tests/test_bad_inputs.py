@@ -86,6 +86,12 @@ SETTINGS = {
                            'name = "lab"\nrepo = "{repo}"\n[[notifiers]]\n'
                            'type = "webhook"\nurl = {{ env = "X" }}\nteams = ["db"]\n'
                            'environments = ["prod"]\n'),
+    "approve.toml": ('state_dir = "{state}"\nlisten = "127.0.0.1:9"\nteams = ["payments"]\n'
+                     '[[environments]]\nname = "pay"\nrepo = "{repo}"\nteam = "payments"\n'
+                     'require_approval = true\n[[environments]]\nname = "lab"\n'
+                     'repo = "{repo}"\n'),
+    "badapproval.toml": ('state_dir = "{state}"\n[[environments]]\nname = "pay"\n'
+                         'repo = "{repo}"\nrequire_approval = "sometimes"\n'),
     "grafananotoken.toml": ('state_dir = "{state}"\n[[notifiers]]\ntype = "grafana"\n'
                             'url = {{ env = "X" }}\n'),
 }
@@ -230,6 +236,26 @@ CASES = [
     Case("state-dir-variable-unmakeable", ("suspend", "--reason", "x"), 1,
          "No such file or directory: /proc",
          env={"GITOPS_STATE_DIR": "/proc/gitops-test/state"}),
+    # approvals (require_approval): refused before anything is recorded
+    Case("approve-unknown-environment", ("approve", "-e", "nosuch", "abcdef1", "--reason", "x",
+                                         "--config", "{cfg}/approve.toml"), 2,
+         "no \\[\\[environments\\]\\] entry named 'nosuch'"),
+    Case("approve-malformed-sha", ("approve", "-e", "pay", "main~1", "--reason", "x",
+                                   "--config", "{cfg}/approve.toml"), 2,
+         "'main~1' is not a commit sha: 7 to 64 lower-case hex digits"),
+    Case("approve-without-reason", ("approve", "-e", "pay", "abcdef1", "--config",
+                                    "{cfg}/approve.toml"), 2, "Missing option '--reason'"),
+    Case("approve-blank-reason", ("approve", "-e", "pay", "abcdef1", "--reason", " ",
+                                  "--config", "{cfg}/approve.toml"), 2,
+         "an approval needs a reason"),
+    Case("approve-not-required", ("approve", "-e", "lab", "abcdef1", "--reason", "x",
+                                  "--config", "{cfg}/approve.toml"), 2,
+         "lab does not require approval"),
+    Case("approve-nothing-waiting", ("approve", "-e", "pay", "abcdef1", "--reason", "x",
+                                     "--config", "{cfg}/approve.toml"), 2,
+         "pay: no revision is waiting for approval"),
+    Case("require-approval-not-a-boolean", ("status", "--config", "{cfg}/badapproval.toml"), 2,
+         r"badapproval\.toml:\d+ environments\.0\.require_approval", lines=1),
     # repositories and paths
     Case("repo-does-not-exist", ("validate", "--repo", "{root}/nowhere", "--state-dir",
                                  "{state}"), 1,

@@ -42,6 +42,7 @@ class PromotingController(RecordingController):
     """A controller that also promotes (so the app serves ``/promote`` and the pipeline)."""
 
     promotions: list[dict[str, Any]] = field(default_factory=list)
+    approvals: list[dict[str, Any]] = field(default_factory=list)
 
     def promote(self, environment: str, *, revision: str, actor: str, reason: str,
                 force: bool = False) -> dict[str, Any]:
@@ -50,6 +51,11 @@ class PromotingController(RecordingController):
 
     def pipeline(self) -> list[dict[str, Any]]:
         return []
+
+    def approve(self, environment: str, *, revision: str, actor: str, role: str,
+                reason: str) -> dict[str, Any]:
+        self.approvals.append({"environment": environment, "actor": actor, "role": role})
+        return {"sha": revision, "approved_by": actor}
 
 
 def envs() -> list[EnvironmentConfig]:
@@ -164,8 +170,9 @@ def test_every_route_refuses_anonymous_and_underprivileged_callers(app: Any) -> 
         viewer = send(web, method, path, "viewer1", body={"reason": "r", "revision": "abc"})
         assert viewer.status_code == 403, (method, path, viewer.text)
         assert f"'{permission}'" in viewer.json()["error"]
-    assert mutating >= 9  # reconcile, 5 operations, promote, two post-mortem routes
+    assert mutating >= 10  # reconcile, 5 operations, promote, approve, two post-mortem routes
     assert controller.triggers == controller.operations == controller.promotions == []
+    assert controller.approvals == []
     refusals = audit(state)
     assert {r.outcome for r in refusals} == {"refused 401", "refused 403"}
     assert send(web, "POST", "/hooks/pay-prod").status_code in (400, 401)  # not signed

@@ -481,12 +481,14 @@ def test_previews_cut_by_a_crash_are_marked_interrupted(tmp_path: Path) -> None:
 def test_daemon_without_labs_previews_as_a_dry_run(
         tmp_path: Path, token: SecretRef, monkeypatch: pytest.MonkeyPatch) -> None:
     """A daemon that cannot run labs plans the change against the environment's own hosts
-    and says it is a dry run, in the commit status and in the comment."""
+    and says it is a dry run, in the commit status and in the comment; the environment
+    requires approval, so the comment says the change, merged, waits for one there."""
     github = GitHost("github")
     repo = dry_repo(tmp_path)
     sha = git(repo, "rev-parse", "HEAD")
-    env = EnvironmentConfig(name="prod", repo=str(repo), commit_status=[_config(github, token)])
-    settings = Settings(state_dir=tmp_path / "state", environments=[env])
+    env = EnvironmentConfig(name="prod", repo=str(repo), commit_status=[_config(github, token)],
+                            team="payments", require_approval=True)
+    settings = Settings(state_dir=tmp_path / "state", environments=[env], teams=["payments"])
     previews = Previews(settings, sleep=lambda _: None)
     previews.can_lab = False  # as for a daemon not root, or without systemd-nspawn
     previews.start()
@@ -504,9 +506,15 @@ def test_daemon_without_labs_previews_as_a_dry_run(
     assert "plan failed on web-1" in final["description"]
     body = github.comments[0].body
     assert "**Dry run** (plan only, against the environment's hosts)" in body
+    assert ("> ⏸ **Waiting for approval** once merged: Once merged into `main`, this change "
+            "waits for approval on `prod` by an operator of team payments (`gitops approve`) "
+            "before it is applied there.") in body
     with Database(settings.state_dir).open(readonly=True) as store:
         [row] = store.previews()
+        full = store.preview(row.id)
     assert (row.state, row.mode, row.lab) == ("finished", "dry-run", None)
+    assert full is not None and full.report is not None
+    assert "waits for approval on `prod`" in full.report.approval  # the page's report too
 
 
 def test_preview_past_its_time_limit_is_an_error(tmp_path: Path) -> None:

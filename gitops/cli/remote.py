@@ -140,7 +140,8 @@ def _follow(daemon: DaemonClient, environment: str, name: str, before: int, acto
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > _IDLE_GIVE_UP:
                 raise UsageError(f"{name}: the daemon started no run for this request (is the "
-                                 "environment suspended, or its head quarantined? gitops status)")
+                                 "environment suspended, its head quarantined or waiting for "
+                                 "approval? gitops status)")
             time.sleep(_POLL)
             continue
         status, run = daemon.call("GET", f"/api/runs/{mine}")

@@ -27,6 +27,11 @@ class Main(click.Group):
     each command's own), so neither it nor ``import gitops.cli`` loads a command's module."""
 
     LAZY: ClassVar[dict[str, tuple[str, str]]] = {
+        "approve": ("gitops.cli.approve", (
+            "Approve the revision waiting for approval in ENVIRONMENT (SHA: it, or a prefix "
+            "of 7 or more hex digits); the daemon applies it then. A newer revision waits "
+            "for its own."
+        )),
         "audit": ("gitops.cli.people", (
             "The audit trail: who did what, where, from which address, why, and how it "
             "ended."

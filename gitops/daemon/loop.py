@@ -38,7 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from gitops.daemon import control, fanout, notify, policy, promoting, promotion
+from gitops.daemon import approving, control, fanout, notify, policy, promoting, promotion
 from gitops.daemon.digest_timer import DigestTimer
 from gitops.daemon.envstate import EnvState, reconciling_again, set_condition
 from gitops.daemon.leasing import LeaseHolder
@@ -223,6 +223,24 @@ class Daemon:
         self.holder.route(env, Trigger(f"promote by {actor}", actor))
         return result
 
+    def approve(self, environment: str, *, revision: str, actor: str, role: str,
+                reason: str) -> dict[str, Any]:
+        """Record ``actor``'s approval of the revision waiting in ``environment`` and wake it
+        to apply it; ``approving.ApprovalRefused`` for another revision, ``UsageError`` for
+        a malformed request (``approving.approve``)."""
+        env = self._env(environment)
+        with self._store() as store:
+            result = approving.approve(store, env.config, revision, actor=actor, role=role,
+                                       reason=reason)
+        self.holder.route(env, Trigger(f"approval by {actor}", "watch:approval"))
+        return result
+
+    def _team(self, store: Store, env: EnvState) -> str:
+        """The team owning ``env``: the settings', else its inventory's (the record's)."""
+        from gitops.report.teams import environment_teams
+
+        return env.config.team or environment_teams(store).get(env.target.environment, "")
+
     def pipeline(self) -> list[dict[str, Any]]:
         """Which revision is where and what waits for which environment (``promotion``)."""
         try:
@@ -260,6 +278,8 @@ class Daemon:
                                          if self.leases is not None else self.controller)
                     row["controls"] = store.controls(row["environment"]).as_dict()
                     row["quarantined"] = [q.sha for q in store.quarantined(row["environment"])]
+                    row["waiting_for_approval"] = approving.waiting(
+                        store, row["environment"], [c["reason"] for c in row["conditions"]])
             return rows
 
     # -- running ---------------------------------------------------------------------------
@@ -401,17 +421,23 @@ class Daemon:
                 released=policy.Release.from_history(
                     store.since_last_apply(name, "unquarantine")))
             decision = policy.next_run(inputs)
+        wanted = decision.run  # what would run inside the window: approved before it opens
         if decision.run is not None and not (pending and pending.force):
             window = window_state(env, self.now, head)  # only read when something would run
             if window is not None:
                 inputs = dataclasses.replace(inputs, window=window)
                 decision = policy.next_run(inputs)
         with self._store() as store:
+            team = self._team(store, env) if cfg.require_approval else ""
+            gated = approving.gated(store, env, decision, wanted, team)
+            decision = gated.cycle
             if decision.release_hold:
                 control.release_hold(store, name, head=head)
-            show_waiting(store, name, decision.waiting)
-            if decision.waiting is None and cfg.promote_from:
+            show_waiting(store, name, None if gated.waiting else decision.waiting)
+            if decision.waiting is None and cfg.promote_from and gated.waiting is None:
                 promoting.show_waiting_upstream(store, name, decision.waiting_for)
+            if cfg.require_approval:
+                approving.show_waiting_approval(store, name, gated.waiting, team)
         order = decision.run
         if order is None:
             if retry is not None and (inputs.controls.suspended or decision.waiting):

@@ -41,12 +41,20 @@ from gitops.records import PreviewReport
 from gitops.settings import CommitStatusConfig, EnvironmentConfig, Settings
 
 __all__ = ["PreviewRequest", "Previews", "QueueFull", "admit", "cli_slot", "lab_prefix", "marker",
-           "pick_hosts", "pull_ref", "render_comment", "run_preview", "slot_lock"]
+           "pick_hosts", "pull_ref", "render_comment", "run_preview", "slot_lock",
+           "waits_for_approval"]
 
 log = logging.getLogger("gitops.daemon.preview")
 
 
 Admission = Literal["queued", "replaced", "full"]
+
+
+def waits_for_approval(config: EnvironmentConfig) -> str:
+    """What a preview says of an environment with ``require_approval``."""
+    who = f"an operator of team {config.team}" if config.team else "an operator of its team"
+    return (f"Once merged into `{config.branch}`, this change waits for approval on "
+            f"`{config.name}` by {who} (`gitops approve`) before it is applied there.")
 
 
 def admit(waiting: list[tuple[str, str, int | None]], key: tuple[str, str, int | None],
@@ -211,6 +219,8 @@ class Previews:
             report = run_preview(job.request, self.settings, lab_name=lab_name,
                                  say=lambda line: log.info("preview %d: %s", job.id, line),
                                  stop=self.stopped)
+        if job.config.require_approval:
+            report = report.model_copy(update={"approval": waits_for_approval(job.config)})
         with self.database.open() as store:
             store.finish_preview(job.id, report)
         log.info("preview %d: %s (%s)", job.id, report.result, report.summary)

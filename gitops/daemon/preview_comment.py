@@ -80,6 +80,8 @@ def render_comment(report: PreviewReport, *, mark: str, limit: int | None = None
         head += [f"> **Dry run** (plan only, against the environment's hosts): "
                  f"{report.dry_reason}", ""]
     head += [f"**{report.summary}**", ""]
+    if report.approval:
+        head += [f"> ⏸ **Waiting for approval** once merged: {report.approval}", ""]
     if report.problems:
         head += ["#### Invalid declaration", ""] + [f"- `{p}`" for p in report.problems] + [""]
     if report.apply_failed:

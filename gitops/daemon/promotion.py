@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gitops.daemon import policy
+from gitops.daemon import approval, policy
 from gitops.errors import GitopsError
 from gitops.pipeline import source, targets
 from gitops.record.store import Store
@@ -90,7 +90,8 @@ def promote(store: Store, link: Link, *, repo: str, branch: str, state_dir: Path
 
 def pipeline(store: Store | None, chain: Sequence[Link]) -> list[dict[str, Any]]:
     """Per environment: what it applied, the newest revision verified on every host there,
-    where it promotes from, and what waits (the ``WaitingForPromotion`` condition)."""
+    where it promotes from, and what waits (the ``WaitingForPromotion`` condition, or the
+    ``WaitingForApproval`` one: "waiting for approval of <sha>")."""
     out = []
     for link in chain:
         row = store.environment_status(link.environment) if store is not None else None
@@ -103,7 +104,7 @@ def pipeline(store: Store | None, chain: Sequence[Link]) -> list[dict[str, Any]]
             "applied": row.last_applied.sha if row is not None and row.last_applied else None,
             "verified": newest.sha if newest else None,
             "verified_at": newest.verified_at.isoformat() if newest else None,
-            "waiting": shown.message if shown is not None and shown.reason == WAITING
-            else None,
+            "waiting": shown.message if shown is not None
+            and shown.reason in (WAITING, approval.WAITING) else None,
         })
     return out

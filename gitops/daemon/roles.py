@@ -21,18 +21,19 @@ ANY_TEAM = "*"
 """A grant's team that stands for every environment, owned by a team or not."""
 
 PERMISSIONS = ("read", "reconcile", "retry", "suspend", "resume", "promote", "unquarantine",
-               "postmortem", "rollback", "forget", "tokens")
+               "postmortem", "approve", "rollback", "forget", "tokens")
 """Every permission a route or a command names."""
 
 _OPERATE = ("reconcile", "retry", "suspend", "resume", "promote", "unquarantine",
-            "postmortem")
+            "postmortem", "approve")
 ROLES: dict[str, tuple[str, ...]] = {
     "viewer": ("read",),
     "operator": ("read", *_OPERATE),
     "rollback": ("read", "rollback"),
     "admin": PERMISSIONS,
 }
-"""Each role's permissions: every role reads; ``rollback`` changes nothing but a rollback."""
+"""Each role's permissions: every role reads; ``rollback`` changes nothing but a rollback;
+``approve`` (an operator's) signs off a revision of an environment with ``require_approval``."""
 
 _MODEL = """
 [request_definition]

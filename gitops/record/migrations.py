@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gitops.record.approvals import approvals_schema
 from gitops.record.dialect import PgConnection
 from gitops.record.people import people_schema
 from gitops.record.queue import queue_schema
@@ -288,5 +289,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(11, "notifier deliveries: what each notifier was sent and what it answered",
               _v11_notifier_deliveries),
     Migration(12, "API tokens (digests) and the append-only audit trail", people_schema),
+    Migration(13, "approvals: revisions waiting for a person's sign-off, and who gave it",
+              approvals_schema),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

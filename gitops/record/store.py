@@ -16,7 +16,8 @@ The methods live by concern in the modules beside this one, each a mixin of ``St
 ``runs`` (writing runs), ``history`` (reading them; retention), ``status``, ``controls``,
 ``hosts`` (convergence, installed services), ``revisions`` (quarantine, promotion),
 ``commit_statuses``, ``previews``, ``owners``, ``postmortems``, ``controllers`` (leases,
-requests) and ``shares``, on ``base.StoreBase``; the schema is ``migrations``, the task
+requests), ``shares``, ``people`` (tokens, the audit trail) and ``approvals``, on
+``base.StoreBase``; the schema is ``migrations``, the task
 queue's ``queue``, and what PostgreSQL does differently ``dialect``.
 
 The schema is a numbered list of migrations (``MIGRATIONS``); the versions applied are recorded
@@ -62,6 +63,7 @@ from typing import TYPE_CHECKING, Any
 
 from gitops.errors import TemporaryError, UsageError
 from gitops.private import private_dir, private_file
+from gitops.record.approvals import ApprovalsMixin
 from gitops.record.base import ENVIRONMENT, now
 from gitops.record.commit_statuses import CommitStatusesMixin
 from gitops.record.controllers import ControllersMixin
@@ -108,7 +110,7 @@ class StoreUnavailable(TemporaryError):
 
 class Store(RunsMixin, StatusMixin, HostsMixin, HistoryMixin, RevisionsMixin,
             CommitStatusesMixin, PreviewsMixin, OwnersMixin, PostmortemsMixin, ControllersMixin,
-            SharesMixin, PeopleMixin):
+            SharesMixin, PeopleMixin, ApprovalsMixin):
     """The SQLite store of one state folder. Cheap to open; safe across processes (WAL).
 
     ``clock`` gives the times written into the record (injected by tests)."""

@@ -46,6 +46,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from gitops.daemon.approval import WAITING as APPROVAL_WAITING
 from gitops.daemon.promotion import Link, pipeline
 from gitops.record.store import ENVIRONMENT, Database, NoStore, Store, StoreOutdated
 from gitops.records import APPLY_KINDS, CheckRow, Ref, RunRow, StatusRow
@@ -254,6 +255,7 @@ def _environment(store: Store, name: str, rows: list[StatusRow],
                  "by": controls.actor} if held else None,
         "quarantined": [{"sha": q.sha, "reason": q.reason, "since": q.since.isoformat()}
                         for q in store.quarantined(name)],
+        "awaiting_approval": _awaiting(store, name, env_row),
         "services": services,
         "hosts": hosts,
         "rollout": _rollout(runs, host_rows),
@@ -262,6 +264,15 @@ def _environment(store: Store, name: str, rows: list[StatusRow],
         "delivery": cached(("delivery", name), lambda: _delivery(store, name), _hour(today)),
         "incidents": cached(("incidents", name), lambda: _incidents(store, name), ()),
     }
+
+
+def _awaiting(store: Store, name: str, row: StatusRow | None) -> str | None:
+    """The revision waiting for approval while the status shows it (``require_approval``)."""
+    shown = row.condition("Reconciling") if row is not None else None
+    if shown is None or shown.reason != APPROVAL_WAITING:
+        return None
+    pending = store.pending_approval(name)
+    return pending.sha if pending is not None else None
 
 
 def _iso(stamp: datetime | None) -> str | None:

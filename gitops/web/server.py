@@ -29,7 +29,7 @@ from starlette.routing import BaseRoute, Route
 from gitops import freetext
 from gitops.errors import GitopsError, LockHeld, PermanentError, TemporaryError, UsageError
 from gitops.settings import EnvironmentConfig, Settings
-from gitops.web import postmortems
+from gitops.web import approvals, postmortems
 from gitops.web.access import Gate, error, guarded
 from gitops.web.bodies import (
     BadBody,
@@ -316,6 +316,8 @@ def create_app(
         Route("/hooks/{environment}", hook, methods=["POST"]),
         *(_promotion_routes(controller, environments, gate, max_body)
           if isinstance(controller, Promoter) else []),
+        *(approvals.routes(controller, environments, gate, max_body)
+          if isinstance(controller, approvals.Approver) else []),
         *(Route(f"/api/environments/{{environment}}/{action}", gate.permission(action)(operate),
                 methods=["POST"]) for action in ("reconcile", *OPERATIONS)),
         Route("/api/status", status, methods=["GET"]),

@@ -186,9 +186,38 @@
       notes.push(el("p", { class: "note bad" }, "Quarantined ", el("code", { text: shortRev(q.sha) }),
         " ", time(q.since), ": ", el("span", { text: q.reason })));
     }
+    if (env.awaiting_approval) {
+      flags.push(badge("waiting for approval", "warn"));
+      notes.push(approvalNote(env));
+    }
     if (env.team) flags.push(badge("team " + env.team, "team"));
     return [el("div", { class: "env-title" }, el("h2", { text: env.name }), ...flags), facts,
       conditionsList(env.conditions), ...notes];
+  }
+
+  // The revision waiting for approval (require_approval), and an Approve button for those
+  // the daemon says may approve it (an operator of the owning team, an admin).
+  function approvalNote(env) {
+    const sha = env.awaiting_approval;
+    const path = `/api/environments/${encodeURIComponent(env.name)}`;
+    const said = el("span", { class: "approval-answer", "aria-live": "polite" });
+    const note = el("p", { class: "note warn", "data-testid": "approval" }, "Waiting for approval of ",
+      el("code", { text: shortRev(sha) }), " ", said);
+    fetch(`${path}/approval`, { credentials: "same-origin", cache: "no-store" })
+      .then((r) => (r.ok ? r.json() : null)).then((info) => {
+        if (!info || !info.may_approve || info.waiting !== sha) return;
+        const reason = el("input", { type: "text", placeholder: "reason (recorded)", "aria-label": "reason" });
+        const button = el("button", { type: "button", text: "Approve" });
+        button.addEventListener("click", async () => {
+          const response = await fetch(`${path}/approve`, { method: "POST", credentials: "same-origin",
+            headers: { "Content-Type": "application/json" },
+            body: JSON.stringify({ revision: sha, reason: reason.value }) });
+          const answer = await response.json().catch(() => ({}));
+          put(said, response.ok ? `approved by ${answer.approved_by}; applying` : String(answer.error || response.status));
+        });
+        add(note, reason, " ", button);
+      }).catch(() => {});
+    return note;
   }
 
   function rolloutSection(env) {
