@@ -92,10 +92,19 @@ def api_options(data: Any, *, force: bool = False) -> dict[str, str]:
         if not isinstance(value, str):
             raise UsageError(f"{key!r} must be a string")
         options[key] = freetext.line(repr(key), value) if key != "revision" else value
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise UsageError(f"unknown field(s): {', '.join(map(str, unknown))}")
+    refuse_unknown(data, allowed)
     return options
+
+
+def refuse_unknown(data: dict[str, Any], allowed: set[str]) -> None:
+    """``UsageError`` naming the fields of ``data`` not in ``allowed``: each quoted with its
+    control and non-ASCII characters escaped and cut to 40 characters, at most five, so a
+    hostile key never reaches a message (or a log line) as a line break or a wall of text."""
+    unknown = sorted(str(key) for key in set(data) - allowed)
+    if unknown:
+        shown = ", ".join(ascii(key[:40]) for key in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise UsageError(f"unknown field(s): {shown}{more}")
 
 
 def acting(caller: Any, options: dict[str, str]) -> str:

@@ -16,7 +16,7 @@ from gitops import freetext
 from gitops.errors import UsageError
 from gitops.settings import Settings
 from gitops.web.access import Gate, error
-from gitops.web.bodies import BadBody, acting, json_body
+from gitops.web.bodies import BadBody, acting, json_body, refuse_unknown
 
 __all__ = ["incident_environment", "routes"]
 
@@ -78,9 +78,7 @@ def _postmortem_body(body: Any, what: str, numbered: bool) -> dict[str, Any]:
     data = {} if body is None else body
     if not isinstance(data, dict):
         raise UsageError("the body must be a JSON object")
-    unknown = sorted(set(data) - _POSTMORTEM_FIELDS[kind] - {"actor"})
-    if unknown:
-        raise UsageError(f"unknown field(s): {', '.join(map(str, unknown))}")
+    refuse_unknown(data, _POSTMORTEM_FIELDS[kind] | {"actor"})
     for key, value in data.items():
         wanted = bool if key == "done" else str
         if value is not None and not isinstance(value, wanted):
