@@ -3,7 +3,8 @@
 ``Gate`` authenticates a request (a token of the record, the settings' ``api_token`` as the
 admin ``api``, a signed-in browser's session, or a trusted loopback client as ``local``) and
 asks the roles (``gitops.daemon.roles``) whether the caller may do a permission on the
-environment's team. ``Gate.rule(permission)`` is an ``Authorize`` for reading routes;
+environment's team. ``Gate.rule(permission)`` is an ``Authorize`` for reading routes
+(its ``permits``: what the caller may do per environment, ``Gate.may``, for the page);
 ``Gate.permission(name)`` decorates a route that changes something: it names the permission,
 refuses with 401 or 403 naming it, and writes the audit entry of what the route did.
 Refusals are audited too, at most ``REFUSALS_PER_MINUTE`` per client address (a scanner
@@ -42,6 +43,7 @@ __all__ = [
     "Endpoint",
     "Gate",
     "Handler",
+    "Rule",
     "error",
     "guarded",
     "loopback_only",
@@ -263,14 +265,30 @@ class Gate:
         request.state.role = role
         return caller
 
-    def rule(self, permission: str = "read") -> Authorize:
+    def rule(self, permission: str = "read") -> Rule:
         """An ``Authorize`` asking ``permission`` on any environment (reading routes)."""
+        return Rule(self, permission)
 
-        def check(request: Request) -> Response | None:
-            decided = self.decide(request, permission, None)
-            return decided if isinstance(decided, Response) else None
+    def _teams(self) -> dict[str, str]:
+        """Every environment known (the settings', the record's) with its team ("": none)."""
+        from gitops.record.store import NoStore
+        from gitops.report.teams import environment_teams
 
-        return check
+        try:
+            with self.database.open(readonly=True) as store:
+                recorded = environment_teams(store)
+        except NoStore:
+            recorded = {}
+        known = {**recorded, **{env: team for env, team in self.teams.items() if team}}
+        return {env: known.get(env, "") for env in sorted({*recorded, *self.teams})}
+
+    def may(self, caller: Caller) -> dict[str, list[str]]:
+        """Per environment, the permissions ``caller``'s roles allow there (``PERMISSIONS``
+        order): what the page offers them. Reads the record: call from a worker thread."""
+        from gitops.daemon.roles import PERMISSIONS
+
+        return {env: [p for p in PERMISSIONS if self.allows(caller, p, team) is not None]
+                for env, team in self._teams().items()}
 
     # -- the audit trail ------------------------------------------------------------------
 
@@ -322,6 +340,23 @@ class Gate:
             return endpoint
 
         return wrap
+
+
+class Rule:
+    """``Gate.rule``: an ``Authorize`` asking ``permission`` on any environment; ``permits``
+    tells what the caller it let through may do per environment (``Gate.may``)."""
+
+    def __init__(self, gate: Gate, permission: str) -> None:
+        self.gate = gate
+        self.permission = permission
+
+    def __call__(self, request: Request) -> Response | None:
+        decided = self.gate.decide(request, self.permission, None)
+        return decided if isinstance(decided, Response) else None
+
+    def permits(self, request: Request) -> dict[str, list[str]]:
+        """Per environment, what the caller of ``request`` (let through by this rule) may do."""
+        return self.gate.may(request.state.caller)
 
 
 def loopback_only(message: str) -> Authorize:
