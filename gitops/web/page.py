@@ -77,6 +77,7 @@ _CHECK_KINDS = (*APPLY_KINDS, "verify")
 
 _STATIC = {
     "page.js": "text/javascript; charset=utf-8",
+    "actions.js": "text/javascript; charset=utf-8",
     "page.css": "text/css; charset=utf-8",
     "signin.js": "text/javascript; charset=utf-8",
 }
