@@ -241,7 +241,7 @@ def test_the_session_says_what_the_caller_may_do_per_environment(app: Any) -> No
     assert may("payops") == {"pay-prod": operate, "staging": operate, "search-prod": []}
     assert may("backer") == {"pay-prod": ["read", "rollback"], "staging": ["read", "rollback"],
                              "search-prod": []}
-    assert may("viewer1") == dict.fromkeys(("pay-prod", "search-prod", "staging"), ["read"])
+    assert may("viewer1") == {env: ["read"] for env in ("pay-prod", "search-prod", "staging")}
     assert may("admin1")["search-prod"] == list(ROLES["admin"])
     assert send(web, "GET", "/api/session").status_code == 401
 

@@ -225,6 +225,7 @@ window.gitopsActions = (function () {
     .then((person) => {
       may = person.may || {};
       for (const card of cards.values()) fill(card);
+      document.documentElement.dataset.actions = "ready";  // what the caller may do is known
     })
     .catch(() => {});
 
