@@ -3,9 +3,10 @@
 In a real browser (Debian's chromium through Playwright, from beyond loopback) signed in
 through the real OpenID provider (``tests/oidcsite.py``), over gitops' real ``Daemon`` (built,
 not started: its API and record only, no host) whose environments are owned by the teams
-``payments`` (pay-prod) and ``search`` (search-prod), each with two revisions applied and
-verified in a real Git repository. bob (search-dev, no grant) is a viewer; alice
-(payments-ops) operates payments and may roll it back; carol may roll back and nothing else.
+``payments`` (pay-staging, then pay-prod, which promotes from it) and ``search``
+(search-prod), each with two revisions applied and verified in a real Git repository. bob
+(search-dev, no grant) is a viewer; alice (payments-ops) operates payments and may roll it
+back; carol may roll back and nothing else.
 The audit trail is read with ``gitops audit``, as an admin would.
 """
 
@@ -26,8 +27,9 @@ from test_rollback_plan import two_revisions
 from gitops.daemon.loop import Daemon
 from gitops.settings import EnvironmentConfig, GrantConfig, Settings
 
-ENVIRONMENTS = {"pay-prod": ["pay-1", "pay-2"], "search-prod": ["search-1"]}
-TEAMS = {"pay-prod": "payments", "search-prod": "search"}
+ENVIRONMENTS = {"pay-staging": ["stage-1"], "pay-prod": ["pay-1", "pay-2"],
+                "search-prod": ["search-1"]}
+TEAMS = {"pay-staging": "payments", "pay-prod": "payments", "search-prod": "search"}
 PEOPLE = {**ACCOUNTS, "carol": {"password": "carol-pw", "email": "carol@example.org",
                                 "groups": ["sre"]}}
 GRANTS = [GrantConfig(subject="group:payments-ops", role="operator", team="payments"),
@@ -45,7 +47,8 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Site
     for env in ENVIRONMENTS:
         record_verified_run(state, first, env)
         record_verified_run(state, second, env)
-    configs = [EnvironmentConfig(name=env, repo=str(repo), team=TEAMS[env], watch=False)
+    configs = [EnvironmentConfig(name=env, repo=str(repo), team=TEAMS[env], watch=False,
+                                 promote_from="pay-staging" if env == "pay-prod" else None)
                for env in ENVIRONMENTS]
     settings: dict[str, Any] = {"environments": configs, "teams": ["payments", "search"],
                                 "grants": GRANTS}
@@ -120,7 +123,7 @@ def test_the_payments_operator_suspends_and_rolls_back_payments_not_search(
     served, daemon, first = site
     p = sign_in_as(browser, served, "alice")
     pay = card(p, "pay-prod")
-    assert buttons(p, "pay-prod") == ["reconcile", "retry", "rollback", "suspend"]
+    assert buttons(p, "pay-prod") == ["promote", "reconcile", "retry", "rollback", "suspend"]
     assert buttons(p, "search-prod") == []
 
     reason = "<b>payments freeze</b> for INC-7"
@@ -132,7 +135,7 @@ def test_the_payments_operator_suspends_and_rolls_back_payments_not_search(
     pay.locator(".note.warn", has_text=reason).wait_for()  # the page's note, as text
     assert pay.locator(".note.warn b").count() == 0
     pay.locator("button[data-action=resume]").wait_for()
-    assert buttons(p, "pay-prod") == ["reconcile", "resume", "retry", "rollback"]
+    assert buttons(p, "pay-prod") == ["promote", "reconcile", "resume", "retry", "rollback"]
     status = get(p, "/api/status")["body"]
     (row,) = [r for r in status if r["environment"] == "pay-prod" and r.get("controls")]
     assert row["controls"]["suspended"] and row["controls"]["actor"] == "user:alice"
@@ -167,7 +170,8 @@ def test_the_rollback_role_rolls_back_and_does_nothing_else(
     rolls search-prod back from the page, and her suspend is refused with 403."""
     served, daemon, first = site
     p = sign_in_as(browser, served, "carol")
-    assert buttons(p, "pay-prod") == buttons(p, "search-prod") == ["rollback"]
+    for env in ENVIRONMENTS:
+        assert buttons(p, env) == ["rollback"]
     search = card(p, "search-prod")
     search.locator("button[data-action=rollback]").click()
     search.locator("[data-testid=rollback-plan] li[data-host=search-1]").wait_for()
@@ -195,3 +199,38 @@ def test_a_refusal_is_shown_on_the_page(
     pay.locator("[data-testid=action-result].bad",
                 has_text="Retry failed hosts: refused (").wait_for()
     assert "no failed hosts to retry" in pay.locator("[data-testid=action-result]").inner_text()
+
+
+def test_promote_and_unquarantine_from_the_page(
+        site: tuple[Site, Daemon, dict[str, str]], browser: Any) -> None:  # noqa: F811
+    """alice promotes into pay-prod the revision verified in pay-staging (offered in the
+    form) and releases a revision quarantined there; both with her reason, in the record."""
+    served, daemon, _ = site
+    p = sign_in_as(browser, served, "alice")
+    pay = card(p, "pay-prod")
+    staged = next(s for s in daemon.pipeline() if s["environment"] == "pay-staging")["verified"]
+    pay.locator("button[data-action=promote]").click()
+    form = pay.locator("form[data-action=promote]")
+    assert form.locator("input[name=revision]").input_value() == staged
+    form.locator("input[name=reason]").fill("checkout fix, verified in staging")
+    form.locator("button.confirm").click()
+    result = pay.locator("[data-testid=action-result]")
+    result.filter(has_text=f"Promote: done ({staged[:10]}, by user:alice)").wait_for()
+
+    bad = "ab" * 20
+    with daemon._store() as store:
+        store.quarantine("pay-prod", bad, "host pay-2 was down")
+    pay.locator("button[data-action=unquarantine]").click()
+    form = pay.locator("form[data-action=unquarantine]")
+    assert form.locator("select[name=revision] option").inner_text() == (
+        "ababababab: host pay-2 was down")
+    form.locator("input[name=reason]").fill("not the commit's fault")
+    form.locator("button.confirm").click()
+    result.filter(has_text=f"Unquarantine: done ({bad[:10]}, by user:alice)").wait_for()
+    with daemon._store() as store:
+        assert store.quarantined("pay-prod") == []
+    done = [(r["actor"], r["action"], r["environment"], r["reason"])
+            for r in audit(served.settings.state_dir) if r["outcome"] == "ok"]
+    assert done == [
+        ("user:alice", "promote", "pay-prod", "checkout fix, verified in staging"),
+        ("user:alice", "unquarantine", "pay-prod", "not the commit's fault")]
