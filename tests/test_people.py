@@ -266,6 +266,23 @@ def test_the_rollback_plan_needs_the_rollback_permission_and_a_sha(app: Any) -> 
     assert controller.plans == ["pay-prod", "pay-prod"]
 
 
+@given(revision=st.text(max_size=60))
+@hypothesis.settings(max_examples=100, deadline=None, suppress_health_check=[
+    hypothesis.HealthCheck.function_scoped_fixture])  # the app is only read: shared is fine
+def test_any_rollback_plan_revision_is_a_plan_or_a_400(app: Any, revision: str) -> None:
+    """Whatever ``?revision=`` holds: the plan of that sha, or 400 quoting it; never 500."""
+    from urllib.parse import urlencode
+
+    web, _, _ = app
+    answer = send(web, "GET", "/api/environments/pay-prod/rollback/plan?"
+                  + urlencode({"revision": revision}), "backer")
+    assert answer.status_code in (200, 400), answer.text
+    if answer.status_code == 400:
+        assert "is not a commit sha" in answer.json()["error"]
+    else:
+        assert answer.json()["to"]["sha"] in ("abc", revision.lower())
+
+
 def test_an_actor_in_the_body_is_refused_unless_the_token_acts_on_behalf(app: Any) -> None:
     """``actor`` in a body: 400 naming the field; a robot made --on-behalf is recorded as
     ``robot (for bob)``."""

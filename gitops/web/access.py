@@ -218,10 +218,12 @@ class Gate:
                                               Grant("local", "admin", ANY_TEAM))))
             return self._roles[1]
 
-    def allows(self, caller: Caller, permission: str, team: str | None) -> str | None:
+    def allows(self, caller: Caller, permission: str, team: str | None, *,
+               roles: Roles | None = None) -> str | None:
         """The role that lets ``caller`` do ``permission`` on ``team``'s environments: its own
-        grants, its groups'; a person signed in through the provider reads as a viewer."""
-        roles = self.roles()
+        grants, its groups'; a person signed in through the provider reads as a viewer.
+        ``roles``: the policy already read (default: ``roles()``, which reads the tokens)."""
+        roles = roles or self.roles()
         for subject in caller.subjects:
             role = roles.allows(subject, permission, team)
             if role is not None:
@@ -287,7 +289,9 @@ class Gate:
         order): what the page offers them. Reads the record: call from a worker thread."""
         from gitops.daemon.roles import PERMISSIONS
 
-        return {env: [p for p in PERMISSIONS if self.allows(caller, p, team) is not None]
+        roles = self.roles()
+        return {env: [p for p in PERMISSIONS
+                      if self.allows(caller, p, team, roles=roles) is not None]
                 for env, team in self._teams().items()}
 
     # -- the audit trail ------------------------------------------------------------------
