@@ -19,7 +19,8 @@ from gitops.pipeline.hostsource import HostSource
 from gitops.pipeline.load import load
 
 __all__ = ["PROJECT", "commit", "commit_file", "copy_sample", "dry_repo", "empty_repo",
-           "free_port", "git", "git_repo", "init_repo", "load_problems"]
+           "free_port", "git", "git_repo", "init_repo", "load_problems", "record_verified_run",
+           "sample_inventory"]
 
 PROJECT = Path(__file__).resolve().parent.parent
 """This project's checkout: its sample state is ``inventories/`` and ``deploys/``."""
@@ -95,6 +96,47 @@ def dry_repo(root: Path) -> Path:
     git_repo(repo, {"inventories/prod.yml": yaml.safe_dump(inventory, sort_keys=False)}, "s")
     git(repo, "checkout", "-q", "-b", "feature")
     return repo
+
+
+def sample_inventory(hosts: list[str], message: str) -> str:
+    """The sample's inventory (``inventories/lab.yml``) with ``hosts`` at 127.0.0.1, .2...
+    on a closed port and the app's ``message``, as YAML: loads with the sample's deploys."""
+    inventory = yaml.safe_load((PROJECT / "inventories/lab.yml").read_text())
+    inventory["settings"] = {"ssh": {"user": "root", "port": free_port(), "connect_timeout": 2}}
+    inventory["hosts"] = {name: {"address": f"127.0.0.{i}", "groups": ["web"]}
+                         for i, name in enumerate(hosts, start=1)}
+    inventory["groups"]["web"]["services"]["app"]["message"] = message
+    return yaml.safe_dump(inventory, sort_keys=False)
+
+
+def record_verified_run(state_dir: Path, sha: str, environment: str,
+                        host: str = "h1") -> None:
+    """A reconcile of ``sha`` that succeeded and verified on ``host``, recorded as a run
+    records it: the run, the status (applied and verified) and the verified revision."""
+    from gitops.record.store import ENVIRONMENT, Condition, Store
+    from gitops.records import (
+        ApplyReport,
+        CheckResult,
+        HostApply,
+        Plan,
+        Revision,
+        VerifyReport,
+    )
+
+    revision = Revision(sha=sha, branch="main", author="T",
+                        committed_at=dt.datetime.now(dt.UTC), message="one")
+    with Store(state_dir) as store:
+        run_id = store.start_run(environment, "reconcile", revision, actor="test")
+        store.finish_run(run_id, "succeeded", plan=Plan(hosts=()),
+                         apply=ApplyReport(hosts=(HostApply(host=host, status="ok"),)),
+                         verify=VerifyReport(results=(
+                             CheckResult(host=host, service="app", check="up", status="pass"),)))
+        ready = [Condition("Ready", "True", "Ok", "")]
+        store.set_status(environment, ENVIRONMENT, ready, applied=revision.ref,
+                         attempted=revision.ref)
+        store.set_status(environment, host, ready, applied=revision.ref,
+                         attempted=revision.ref, verified=revision.ref)
+        store.record_verified(environment, revision, run_id)
 
 
 def free_port() -> int:

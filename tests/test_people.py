@@ -43,6 +43,7 @@ class PromotingController(RecordingController):
 
     promotions: list[dict[str, Any]] = field(default_factory=list)
     approvals: list[dict[str, Any]] = field(default_factory=list)
+    plans: list[str] = field(default_factory=list)
 
     def promote(self, environment: str, *, revision: str, actor: str, reason: str,
                 force: bool = False) -> dict[str, Any]:
@@ -56,6 +57,10 @@ class PromotingController(RecordingController):
                 reason: str) -> dict[str, Any]:
         self.approvals.append({"environment": environment, "actor": actor, "role": role})
         return {"sha": revision, "approved_by": actor}
+    def rollback_plan(self, environment: str, *, revision: str | None = None
+                      ) -> dict[str, Any]:
+        self.plans.append(environment)
+        return {"environment": environment, "to": {"sha": revision or "abc"}, "hosts": []}
 
 
 def envs() -> list[EnvironmentConfig]:
@@ -158,6 +163,11 @@ def test_every_route_refuses_anonymous_and_underprivileged_callers(app: Any) -> 
             continue
         anonymous = send(web, method, path)
         assert anonymous.status_code == 401, (method, path, anonymous.text)
+        needs = getattr(route.endpoint, "permission", None)
+        if method == "GET" and needs is not None:  # a read that needs more than "read"
+            viewer = send(web, method, path, "viewer1")
+            assert viewer.status_code == 403 and f"'{needs}'" in viewer.json()["error"]
+            continue
         if method == "GET":
             if template == "/static/{name}":
                 continue  # page.js is the page's; page.css and signin.js are public
@@ -173,6 +183,7 @@ def test_every_route_refuses_anonymous_and_underprivileged_callers(app: Any) -> 
     assert mutating >= 10  # reconcile, 5 operations, promote, approve, two post-mortem routes
     assert controller.triggers == controller.operations == controller.promotions == []
     assert controller.approvals == []
+    assert controller.plans == []
     refusals = audit(state)
     assert {r.outcome for r in refusals} == {"refused 401", "refused 403"}
     assert send(web, "POST", "/hooks/pay-prod").status_code in (400, 401)  # not signed
@@ -219,6 +230,63 @@ def test_roles_are_per_team(app: Any) -> None:
             for r in reversed(audit(state)) if r.outcome == "ok"]
     assert done == [("payops", "operator", "suspend", "pay-prod", "ok"),
                     ("backer", "rollback", "rollback", "pay-prod", "ok")]
+
+
+def test_the_session_says_what_the_caller_may_do_per_environment(app: Any) -> None:
+    """``GET /api/session`` answers, per environment, the permissions the caller's roles
+    allow there: decided by the gate from the token, whatever the request asks for."""
+    web, _, _ = app
+
+    def may(token: str) -> dict[str, list[str]]:
+        answer = send(web, "GET", "/api/session?role=admin&may=forget", token)
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json()["may"])
+
+    operate = ["read", "reconcile", "retry", "suspend", "resume", "promote", "unquarantine",
+               "postmortem"]
+    assert may("payops") == {"pay-prod": operate, "staging": operate, "search-prod": []}
+    assert may("backer") == {"pay-prod": ["read", "rollback"], "staging": ["read", "rollback"],
+                             "search-prod": []}
+    assert may("viewer1") == {env: ["read"] for env in ("pay-prod", "search-prod", "staging")}
+    assert may("admin1")["search-prod"] == list(ROLES["admin"])
+    assert send(web, "GET", "/api/session").status_code == 401
+
+
+def test_the_rollback_plan_needs_the_rollback_permission_and_a_sha(app: Any) -> None:
+    """The rollback plan is for who may roll back there: 403 naming ``rollback`` for the
+    payments operator and for search's environment, 400 for a revision that is no sha."""
+    web, controller, _ = app
+    url = "/api/environments/pay-prod/rollback/plan"
+    assert send(web, "GET", url, "backer").json()["to"] == {"sha": "abc"}
+    assert send(web, "GET", url + "?revision=0123abcd", "backer").json()["to"] == {
+        "sha": "0123abcd"}
+    refused = send(web, "GET", url, "payops")
+    assert refused.status_code == 403 and "'rollback'" in refused.json()["error"]
+    assert send(web, "GET", "/api/environments/search-prod/rollback/plan",
+                "backer").status_code == 403
+    bad = send(web, "GET", url + "?revision=HEAD~1", "backer")
+    assert bad.status_code == 400 and "not a commit sha" in bad.json()["error"]
+    assert send(web, "GET", url + "?rev=1", "backer").status_code == 400
+    assert send(web, "GET", "/api/environments/nowhere/rollback/plan",
+                "admin1").status_code == 404
+    assert controller.plans == ["pay-prod", "pay-prod"]
+
+
+@given(revision=st.text(max_size=60))
+@hypothesis.settings(max_examples=100, deadline=None, suppress_health_check=[
+    hypothesis.HealthCheck.function_scoped_fixture])  # the app is only read: shared is fine
+def test_any_rollback_plan_revision_is_a_plan_or_a_400(app: Any, revision: str) -> None:
+    """Whatever ``?revision=`` holds: the plan of that sha, or 400 quoting it; never 500."""
+    from urllib.parse import urlencode
+
+    web, _, _ = app
+    answer = send(web, "GET", "/api/environments/pay-prod/rollback/plan?"
+                  + urlencode({"revision": revision}), "backer")
+    assert answer.status_code in (200, 400), answer.text
+    if answer.status_code == 400:
+        assert "is not a commit sha" in answer.json()["error"]
+    else:
+        assert answer.json()["to"]["sha"] in ("abc", revision.lower())
 
 
 def test_an_actor_in_the_body_is_refused_unless_the_token_acts_on_behalf(app: Any) -> None:

@@ -278,11 +278,14 @@ def test_the_page_script_writes_text_only(tmp_path: Path) -> None:
     CSP that allows no inline script and no form submission."""
     from importlib import resources
 
-    for name in ("page.js", "signin.js"):
-        text = resources.files("gitops.web").joinpath("static", name).read_text()
+    scripts = [f for f in resources.files("gitops.web").joinpath("static").iterdir()
+               if f.name.endswith(".js")]
+    assert {"page.js", "signin.js", "actions.js"} <= {f.name for f in scripts}
+    for script in scripts:
+        text = script.read_text()
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
                      "eval(", "new Function"):
-            assert sink not in text, (name, sink)
+            assert sink not in text, (script.name, sink)
     app, _ = app_and_controller(tmp_path)
     csp = send(app, "GET", "/").headers["content-security-policy"]
     assert "script-src 'self'" in csp and "form-action 'none'" in csp

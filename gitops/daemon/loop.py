@@ -206,6 +206,15 @@ class Daemon:
         self.holder.route(env, Trigger(f"{action} by {actor}", actor))
         return result
 
+    def rollback_plan(self, environment: str, *, revision: str | None = None) -> dict[str, Any]:
+        """What a rollback of ``environment`` would change (``rollback_plan.plan``): from Git
+        and the record, no host touched."""
+        from gitops.daemon import rollback_plan
+
+        env = self._env(environment)
+        with open_store(self.settings, readonly=True) as store:
+            return rollback_plan.plan(store, env.target, revision)
+
     def promote(self, environment: str, *, revision: str, actor: str, reason: str,
                 force: bool = False) -> dict[str, Any]:
         """Record an operator's promotion of ``revision`` to ``environment`` (who, why) and

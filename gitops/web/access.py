@@ -3,7 +3,8 @@
 ``Gate`` authenticates a request (a token of the record, the settings' ``api_token`` as the
 admin ``api``, a signed-in browser's session, or a trusted loopback client as ``local``) and
 asks the roles (``gitops.daemon.roles``) whether the caller may do a permission on the
-environment's team. ``Gate.rule(permission)`` is an ``Authorize`` for reading routes;
+environment's team. ``Gate.rule(permission)`` is an ``Authorize`` for reading routes
+(its ``permits``: what the caller may do per environment, ``Gate.may``, for the page);
 ``Gate.permission(name)`` decorates a route that changes something: it names the permission,
 refuses with 401 or 403 naming it, and writes the audit entry of what the route did.
 Refusals are audited too, at most ``REFUSALS_PER_MINUTE`` per client address (a scanner
@@ -43,6 +44,7 @@ __all__ = [
     "Endpoint",
     "Gate",
     "Handler",
+    "Rule",
     "error",
     "guarded",
     "loopback_only",
@@ -231,10 +233,12 @@ class Gate:
                                               Grant("local", "admin", ANY_TEAM))))
             return self._roles[1]
 
-    def allows(self, caller: Caller, permission: str, team: str | None) -> str | None:
+    def allows(self, caller: Caller, permission: str, team: str | None, *,
+               roles: Roles | None = None) -> str | None:
         """The role that lets ``caller`` do ``permission`` on ``team``'s environments: its own
-        grants, its groups'; a person signed in through the provider reads as a viewer."""
-        roles = self.roles()
+        grants, its groups'; a person signed in through the provider reads as a viewer.
+        ``roles``: the policy already read (default: ``roles()``, which reads the tokens)."""
+        roles = roles or self.roles()
         for subject in caller.subjects:
             role = roles.allows(subject, permission, team)
             if role is not None:
@@ -291,14 +295,32 @@ class Gate:
         request.state.role = role
         return caller
 
-    def rule(self, permission: str = "read") -> Authorize:
+    def rule(self, permission: str = "read") -> Rule:
         """An ``Authorize`` asking ``permission`` on any environment (reading routes)."""
+        return Rule(self, permission)
 
-        def check(request: Request) -> Response | None:
-            decided = self.decide(request, permission, None)
-            return decided if isinstance(decided, Response) else None
+    def _teams(self) -> dict[str, str]:
+        """Every environment known (the settings', the record's) with its team ("": none)."""
+        from gitops.record.store import NoStore
+        from gitops.report.teams import environment_teams
 
-        return check
+        try:
+            with self.database.open(readonly=True) as store:
+                recorded = environment_teams(store)
+        except NoStore:
+            recorded = {}
+        known = {**recorded, **{env: team for env, team in self.teams.items() if team}}
+        return {env: known.get(env, "") for env in sorted({*recorded, *self.teams})}
+
+    def may(self, caller: Caller) -> dict[str, list[str]]:
+        """Per environment, the permissions ``caller``'s roles allow there (``PERMISSIONS``
+        order): what the page offers them. Reads the record: call from a worker thread."""
+        from gitops.daemon.roles import PERMISSIONS
+
+        roles = self.roles()
+        return {env: [p for p in PERMISSIONS
+                      if self.allows(caller, p, team, roles=roles) is not None]
+                for env, team in self._teams().items()}
 
     # -- the audit trail ------------------------------------------------------------------
 
@@ -350,6 +372,23 @@ class Gate:
             return endpoint
 
         return wrap
+
+
+class Rule:
+    """``Gate.rule``: an ``Authorize`` asking ``permission`` on any environment; ``permits``
+    tells what the caller it let through may do per environment (``Gate.may``)."""
+
+    def __init__(self, gate: Gate, permission: str) -> None:
+        self.gate = gate
+        self.permission = permission
+
+    def __call__(self, request: Request) -> Response | None:
+        decided = self.gate.decide(request, self.permission, None)
+        return decided if isinstance(decided, Response) else None
+
+    def permits(self, request: Request) -> dict[str, list[str]]:
+        """Per environment, what the caller of ``request`` (let through by this rule) may do."""
+        return self.gate.may(request.state.caller)
 
 
 def loopback_only(message: str) -> Authorize:

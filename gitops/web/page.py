@@ -1,9 +1,10 @@
-"""The status page: a read-only view of the store, served by the daemon at ``GET /``.
+"""The status page: a view of the store, served by the daemon at ``GET /``; its actions
+(``static/actions.js``) go through the API's own routes, as the caller's roles allow.
 
 ``routes(state_dir, authorize)`` gives the daemon (through ``create_app(extra_routes=...)``):
 
-- ``GET /``: the page (static HTML, no data in it), ``GET /static/page.js`` and
-  ``/static/page.css``: plain files from ``gitops/static``, no build step, nothing external;
+- ``GET /``: the page (static HTML, no data in it), ``GET /static/page.js``, ``actions.js``
+  and ``/static/page.css``: plain files from ``gitops/static``, no build step, nothing external;
 - ``GET /api/page``: one JSON document with everything the page shows, fetched every few
   seconds: environments with their conditions and controls, the hosts x services grid of
   the latest check results (and, per host, the services it keeps that its revision no longer
@@ -78,6 +79,7 @@ _CHECK_KINDS = (*APPLY_KINDS, "verify")
 
 _STATIC = {
     "page.js": "text/javascript; charset=utf-8",
+    "actions.js": "text/javascript; charset=utf-8",
     "page.css": "text/css; charset=utf-8",
     "signin.js": "text/javascript; charset=utf-8",
 }

@@ -59,6 +59,7 @@ __all__ = [
     "Controller",
     "Previewer",
     "Promoter",
+    "RollbackPlanner",
     "bind",
     "bound_port",
     "create_app",
@@ -115,6 +116,17 @@ class Promoter(Protocol):
 
     def pipeline(self) -> list[dict[str, Any]]:
         """Per environment: applied, verified everywhere, promoted from, what waits."""
+
+
+@runtime_checkable
+class RollbackPlanner(Protocol):
+    """A controller that shows what a rollback would change before it is asked: the daemon
+    (``gitops.daemon.rollback_plan``)."""
+
+    def rollback_plan(self, environment: str, *, revision: str | None = None
+                      ) -> dict[str, Any]:
+        """The target, and per host and service what differs; raises ``GitopsError``."""
+        ...
 
 
 class Previewer(Protocol):
@@ -318,6 +330,8 @@ def create_app(
           if isinstance(controller, Promoter) else []),
         *(approvals.routes(controller, environments, gate, max_body)
           if isinstance(controller, approvals.Approver) else []),
+        *(_rollback_plan_routes(controller, environments, gate)
+          if isinstance(controller, RollbackPlanner) else []),
         *(Route(f"/api/environments/{{environment}}/{action}", gate.permission(action)(operate),
                 methods=["POST"]) for action in ("reconcile", *OPERATIONS)),
         Route("/api/status", status, methods=["GET"]),
@@ -388,6 +402,47 @@ def _promotion_routes(controller: Promoter, environments: dict[str, EnvironmentC
             Route("/api/pipeline", pipeline, methods=["GET"])]
 
 
+
+
+def _rollback_plan_routes(controller: RollbackPlanner,
+                          environments: dict[str, EnvironmentConfig],
+                          gate: Gate) -> list[BaseRoute]:
+    """``GET /api/environments/{env}/rollback/plan[?revision=<sha>]``: what a rollback would
+    change (the page shows it before asking for a reason); for a caller with the
+    ``rollback`` permission there (403 naming it otherwise), read-only, so not audited
+    unless refused. 404 an unknown environment; 400 a revision that is not a sha (7 to 40
+    hex digits) or an unknown query parameter; 409 nothing to go back to or a target the
+    record refuses (never verified there, off the branch)."""
+
+    from gitops.daemon.control import sha_prefix
+
+    def may_roll_back(request: Request) -> Response | None:
+        decided = gate.decide(request, "rollback", request.path_params["environment"])
+        return decided if isinstance(decided, Response) else None
+
+    @guarded(may_roll_back)
+    def rollback_plan(request: Request) -> Response:
+        name = request.path_params["environment"]
+        if name not in environments:
+            return error(404, "unknown environment")
+        unknown = sorted(set(request.query_params) - {"revision"})
+        if unknown:
+            return error(400, f"unknown query parameter(s): {', '.join(unknown)}")
+        revision = request.query_params.get("revision") or None
+        try:
+            revision = sha_prefix(revision) if revision is not None else None
+        except UsageError as exc:
+            return error(400, str(exc))
+        try:
+            return JSONResponse(controller.rollback_plan(name, revision=revision))
+        except UsageError as exc:  # nothing verified to go back to
+            return error(409, str(exc))
+        except GitopsError as exc:
+            return error(_status_for(exc), str(exc))
+
+    rollback_plan.permission = "rollback"  # type: ignore[attr-defined]
+    return [Route("/api/environments/{environment}/rollback/plan", rollback_plan,
+                  methods=["GET"])]
 
 
 def audit_trail(gate: Gate, request: Request) -> Response:

@@ -5,11 +5,13 @@
 sets the cookie ``gitops_session``: a random id (never the token), ``HttpOnly``,
 ``SameSite=Strict``, ``Path=/``, ``Max-Age`` of ``session_hours``, and ``Secure`` when the
 request came over HTTPS. ``DELETE /api/session`` signs out; ``GET /api/session`` says who
-the caller is (``{"name", "groups", "via", "session"}``; ``session`` false for a caller with
-no session, a script's token or a trusted loopback client). ``gitops.web.oidc`` opens
-sessions for people. The ids live in this process only (``Sessions``): a restart of the
-daemon signs every browser out. No token is ever put in a URL, a cookie, a log line or an
-answer.
+the caller is (``{"name", "groups", "via", "session", "may"}``; ``session`` false for a
+caller with no session, a script's token or a trusted loopback client; ``may``: per
+environment, the permissions the caller's roles allow there, decided by the gate from the
+authenticated caller, never from the request: the page shows those actions and no others).
+``gitops.web.oidc`` opens sessions for people. The ids live in this process only
+(``Sessions``): a restart of the daemon signs every browser out. No token is ever put in
+a URL, a cookie, a log line or an answer.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -30,7 +32,16 @@ from starlette.routing import BaseRoute, Route
 Authorize = Callable[[Request], "Response | None"]
 """The gate's rule (``gitops.web.access.Authorize``), named here without importing it."""
 
-__all__ = ["COOKIE", "TOKEN_HOLDER", "Person", "Sessions", "routes"]
+__all__ = ["COOKIE", "TOKEN_HOLDER", "Permits", "Person", "Sessions", "routes"]
+
+
+@runtime_checkable
+class Permits(Protocol):
+    """An ``Authorize`` that also tells what its caller may do (``gitops.web.access.Rule``)."""
+
+    def permits(self, request: Request) -> dict[str, list[str]]:
+        """Per environment, the permissions of the caller it let through."""
+        ...
 
 COOKIE = "gitops_session"
 """The cookie that carries a signed-in browser's session id."""
@@ -152,21 +163,26 @@ def routes(sessions: Sessions, authorize: Authorize | None) -> list[BaseRoute]:
         return response
 
     async def who(request: Request) -> Response:
-        """Who the caller is: a browser's session, else whoever ``authorize`` lets read."""
+        """Who the caller is (a browser's session, else whoever ``authorize`` lets read) and,
+        when ``authorize`` is the gate's rule, what they may do per environment (``may``)."""
         person = sessions.person(request.cookies.get(COOKIE))
         session = person is not None
-        if person is None and authorize is not None:
+        may: dict[str, list[str]] | None = None
+        if authorize is not None:  # the gate checks a session again (a token revoked since)
             refused = await run_in_threadpool(authorize, request)
             if refused is not None:
                 return refused
             caller = getattr(request.state, "caller", None)
-            if caller is not None:
+            if person is None and caller is not None:
                 person = Person(caller.name, tuple(getattr(caller, "groups", ())))
+            if caller is not None and isinstance(authorize, Permits):
+                may = await run_in_threadpool(authorize.permits, request)
         if person is None:
             return JSONResponse({"error": "not signed in"}, status_code=401,
                                 headers={"Cache-Control": "no-store"})
         return JSONResponse({"name": person.name, "groups": list(person.groups),
-                             "via": person.via, "session": session},
+                             "via": person.via, "session": session,
+                             **({"may": may} if may is not None else {})},
                             headers={"Cache-Control": "no-store"})
 
     return [Route("/api/session", sign_in, methods=["POST"]),

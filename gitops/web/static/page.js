@@ -550,9 +550,10 @@
         el("tbody", {}, rows))));
   }
 
-  function environmentSection(env) {
+  function environmentSection(env, data) {
+    const actions = window.gitopsActions ? window.gitopsActions.card(env, data) : null;  // actions.js
     return el("section", { class: "environment", "data-environment": env.name },
-      ...environmentHeader(env), rolloutSection(env),
+      ...environmentHeader(env), actions, rolloutSection(env),
       el("h3", { text: "Hosts × services (latest checks)" }), hostsGrid(env),
       deliverySection(env), incidentsSection(env), historySection(env));
   }
@@ -638,7 +639,7 @@
   function render(data) {
     const app = document.getElementById("app");
     const open = new Set([...app.querySelectorAll("details[open]")].map((d) => d.dataset.key));
-    const sections = data.environments.map(environmentSection);
+    const sections = data.environments.map((env) => environmentSection(env, data));
     if (!sections.length) sections.push(el("p", { class: "muted", text: "No environment has been reconciled yet." }));
     if (data.pipeline && data.pipeline.length) sections.unshift(pipelineSection(data.pipeline));
     const comparison = comparisonSection(data);
