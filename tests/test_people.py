@@ -243,7 +243,7 @@ def test_the_session_says_what_the_caller_may_do_per_environment(app: Any) -> No
         return dict(answer.json()["may"])
 
     operate = ["read", "reconcile", "retry", "suspend", "resume", "promote", "unquarantine",
-               "postmortem"]
+               "postmortem", "approve"]
     assert may("payops") == {"pay-prod": operate, "staging": operate, "search-prod": []}
     assert may("backer") == {"pay-prod": ["read", "rollback"], "staging": ["read", "rollback"],
                              "search-prod": []}
