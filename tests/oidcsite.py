@@ -95,7 +95,8 @@ def oidc_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, controller: Contr
                             redirect_url=f"{url}/signin/oidc/callback", label="Test SSO",
                             allowed_groups=allowed_groups or [])
         app.router.routes[0:0] = page_module.routes(
-            state, gate.rule("read"), Database(state), sessions=gate.sessions, oidc=oidc)
+            state, gate.rule("read"), Database(state), sessions=gate.sessions, oidc=oidc,
+            teams=base.teams, permissions=gate.permissions_of)
         process.stdin.write(json.dumps({"client": {
             "client_id": "gitops", "client_secret": SECRET,
             "redirect_uris": [oidc.redirect_url]}, "accounts": accounts or ACCOUNTS}) + "\n")

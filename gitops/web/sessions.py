@@ -5,11 +5,12 @@
 sets the cookie ``gitops_session``: a random id (never the token), ``HttpOnly``,
 ``SameSite=Strict``, ``Path=/``, ``Max-Age`` of ``session_hours``, and ``Secure`` when the
 request came over HTTPS. ``DELETE /api/session`` signs out; ``GET /api/session`` says who
-the caller is (``{"name", "groups", "via", "session"}``; ``session`` false for a caller with
-no session, a script's token or a trusted loopback client). ``gitops.web.oidc`` opens
-sessions for people. The ids live in this process only (``Sessions``): a restart of the
-daemon signs every browser out. No token is ever put in a URL, a cookie, a log line or an
-answer.
+the caller is (``{"name", "groups", "via", "session", "permissions"}``; ``session`` false for
+a caller with no session, a script's token or a trusted loopback client; ``permissions``:
+environment -> the permissions the caller has there, when the app has a gate).
+``gitops.web.oidc`` opens sessions for people. The ids live in this process only
+(``Sessions``): a restart of the daemon signs every browser out. No token is ever put in
+a URL, a cookie, a log line or an answer.
 """
 
 from __future__ import annotations
@@ -117,9 +118,13 @@ def _with_bearer(request: Request, token: str) -> Request:
                     "state": dict(request.scope.get("state", {}))})
 
 
-def routes(sessions: Sessions, authorize: Authorize | None) -> list[BaseRoute]:
+def routes(sessions: Sessions, authorize: Authorize | None,
+           permissions: Callable[[Request], dict[str, list[str]] | None] | None = None
+           ) -> list[BaseRoute]:
     """``POST`` and ``DELETE /api/session`` over ``sessions``; ``authorize`` checks the token
-    (None: no token is configured, so nobody can sign in: loopback needs none)."""
+    (None: no token is configured, so nobody can sign in: loopback needs none);
+    ``permissions``: what the caller may do per environment (``Gate.permissions_of``), added
+    to ``GET /api/session``'s answer as ``permissions`` when given."""
 
     async def sign_in(request: Request) -> Response:
         if authorize is None:
@@ -165,9 +170,11 @@ def routes(sessions: Sessions, authorize: Authorize | None) -> list[BaseRoute]:
         if person is None:
             return JSONResponse({"error": "not signed in"}, status_code=401,
                                 headers={"Cache-Control": "no-store"})
-        return JSONResponse({"name": person.name, "groups": list(person.groups),
-                             "via": person.via, "session": session},
-                            headers={"Cache-Control": "no-store"})
+        answer: dict[str, Any] = {"name": person.name, "groups": list(person.groups),
+                                  "via": person.via, "session": session}
+        if permissions is not None:
+            answer["permissions"] = await run_in_threadpool(permissions, request) or {}
+        return JSONResponse(answer, headers={"Cache-Control": "no-store"})
 
     return [Route("/api/session", sign_in, methods=["POST"]),
             Route("/api/session", sign_out, methods=["DELETE"]),
