@@ -100,7 +100,7 @@ def _what(path: dict[str, Any], data: dict[str, Any]) -> str:
     team = f"team {data['team']}" if data.get("team") else ""
     if "number" not in path:
         return "new action item" + (f" ({team})" if team else "")
-    done = {True: "done", False: "open again"}.get(data.get("done"), "")
+    done = {None: "", True: "done", False: "open again"}[data.get("done")]
     return f"action {path['number']}: " + ", ".join(t for t in (done, team) if t)
 
 

@@ -187,6 +187,8 @@
     return [
       el("h4", {}, "Post-mortem ", badge(pm.reviewed ? "reviewed" : "not reviewed", pm.reviewed ? "ok" : "warn")),
       problem ? el("p", { class: "error pm-error", role: "alert", text: problem }) : null,
+      permissions !== null && !editable ? el("p", { class: "muted pm-readonly",
+        text: `Writing here needs the postmortem permission on ${incident.environment}; you may read it.` }) : null,
       SECTIONS.map(([key, title, many]) => sectionPart(incident, key, title, many, editable)),
       el("h5", { text: "Action items" }),
       actions.length ? el("ul", { class: "actions" }, actions.map((a) => actionItem(incident, a, teams, editable)))

@@ -1,0 +1,67 @@
+"""Which audit entries concern an incident (``gitops.report.whodid.about``): tests as data."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from gitops.record.people import AuditRow
+from gitops.report.whodid import LEAD, about
+
+OPENED = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+CLOSED = OPENED + timedelta(hours=1)
+NOW = OPENED + timedelta(days=2)
+
+
+def entry(minutes: float, action: str = "suspend", *, environment: str = "lab",
+          target: str = "", outcome: str = "ok") -> AuditRow:
+    return AuditRow(1, OPENED + timedelta(minutes=minutes), "user:alice", "operator", action,
+                    environment, target, "192.0.2.9", "why", outcome)
+
+
+CASES = [
+    # (why, the entry, the incident closed?, concerns it?)
+    ("a suspend while it is open", entry(5), True, True),
+    ("a suspend after it closed", entry(61), True, False),
+    ("a suspend after it opened, still open now", entry(60 * 24), False, True),
+    ("a rollback asked just before its run opened it", entry(-9, "rollback"), True, True),
+    ("a suspend long before it opened", entry(-LEAD.total_seconds() / 60 - 1), True, False),
+    ("an action on another environment", entry(5, environment="prod"), True, False),
+    ("a token made while it is open (not about an environment's state)",
+     entry(5, "tokens"), True, False),
+    ("a post-mortem edit, long after, naming it", entry(60 * 30, "postmortem",
+                                                         target="INC-lab-6"), True, True),
+    ("a post-mortem edit naming it in the older form", entry(90, "postmortem",
+                                                              target="lab-6"), True, True),
+    ("a post-mortem edit of another incident", entry(5, "postmortem", target="INC-lab-7"),
+     True, False),
+    ("a refused suspend while it is open", entry(5, outcome="refused 403"), True, False),
+    ("a refused post-mortem edit", entry(5, "postmortem", target="INC-lab-6",
+                                         outcome="refused 401"), True, False),
+    ("a post-mortem edit that failed (kept: someone tried)",
+     entry(5, "postmortem", target="INC-lab-6", outcome="failed 400"), True, True),
+]
+
+
+@pytest.mark.parametrize(("why", "row", "closed", "concerns"), CASES,
+                         ids=[c[0] for c in CASES])
+def test_which_entries_concern_an_incident(why: str, row: AuditRow, closed: bool,
+                                           concerns: bool) -> None:
+    """Each entry is kept or left out as the module's rules say."""
+    incident = {"id": "INC-lab-6", "environment": "lab", "opened_at": OPENED.isoformat(),
+                "closed_at": CLOSED.isoformat() if closed else None}
+    found = about(incident, [row], NOW)
+    assert bool(found) == concerns, why
+    if concerns:
+        assert found == [{"at": row.at.isoformat(), "actor": "user:alice", "role": "operator",
+                          "action": row.action, "target": row.target, "reason": "why",
+                          "outcome": row.outcome}]
+
+
+def test_entries_come_oldest_first() -> None:
+    """The page reads them as a timeline."""
+    incident = {"id": "INC-lab-6", "environment": "lab", "opened_at": OPENED.isoformat(),
+                "closed_at": None}
+    rows = [entry(30, "resume"), entry(2, "suspend")]
+    assert [e["action"] for e in about(incident, rows, NOW)] == ["suspend", "resume"]
