@@ -1,15 +1,19 @@
-"""The status page: a read-only view of the store, served by the daemon at ``GET /``.
+"""The status page: a view of the store served by the daemon at ``GET /`` (what people
+write in it goes through the API's routes).
 
 ``routes(state_dir, authorize)`` gives the daemon (through ``create_app(extra_routes=...)``):
 
-- ``GET /``: the page (static HTML, no data in it), ``GET /static/page.js`` and
+- ``GET /``: the page (static HTML, no data in it), ``GET /static/page.js``,
+  ``/static/postmortem.js`` (an incident's post-mortem, written in the page through
+  ``POST /api/incidents/...`` by those ``GET /api/session``'s ``permissions`` allow) and
   ``/static/page.css``: plain files from ``gitops/static``, no build step, nothing external;
 - ``GET /api/page``: one JSON document with everything the page shows, fetched every few
   seconds: environments with their conditions and controls, the hosts x services grid of
   the latest check results (and, per host, the services it keeps that its revision no longer
   declares: left in place or not pruned, ``gitops.pipeline.prune``), desired vs applied revision per
   host, a running rollout's
-  progress, the last 50 runs, activity per day, delivery metrics and incidents when
+  progress, the last 50 runs (each with its actor), activity per day, delivery metrics and
+  incidents (each with who did what about it: ``gitops.report.whodid``) when
   ``gitops.report.delivery`` and ``gitops.report.incidents`` exist;
   the team comparison (``delivery.compare``), each environment's delivery metrics and its
   incidents are kept between polls in a ``RecordCache`` until the record changes (a run
