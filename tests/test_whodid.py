@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,25 @@ def test_entries_come_oldest_first() -> None:
                 "closed_at": None}
     rows = [entry(30, "resume"), entry(2, "suspend")]
     assert [e["action"] for e in about(incident, rows, NOW)] == ["suspend", "resume"]
+
+
+def test_the_page_answer_moves_with_an_action_not_with_a_refusal(store_backend: Any) -> None:
+    """On both databases: a refusal appended to the audit trail keeps the page's kept answer
+    (``page_mark``); a suspend someone did makes it again, and the page's incident lists it
+    under who did what."""
+    from test_page import seed_store
+
+    from gitops.web.page import page_data
+
+    with store_backend.open() as store:
+        seed_store(store)
+        before = store.page_mark()
+        store.audit(actor="?", role="", action="suspend", environment="lab",
+                    outcome="refused 401")
+        assert store.page_mark() == before
+        store.audit(actor="user:alice", role="operator", action="suspend", environment="lab",
+                    reason="uplink down", outcome="ok")
+        assert store.page_mark() != before
+        (incident,) = page_data(store)["environments"][0]["incidents"]["open"]
+    assert [(e["actor"], e["action"], e["reason"]) for e in incident["audit"]] == [
+        ("user:alice", "suspend", "uplink down")]
