@@ -80,9 +80,10 @@ def audit(site: Site) -> list[dict[str, Any]]:
 def test_two_people_write_one_post_mortem_each_under_their_own_name(
         site: tuple[Site, str], browser: Any) -> None:  # noqa: F811
     """alice writes the summary (with markup in it) and an action item for search; bob, from
-    his own browser, adds a contributing cause and marks alice's item done. Both pages show
-    both names beside what each wrote, the markup as text (no element made of it), the
-    item's "done by bob"; ``gitops audit`` lists each write under the right person."""
+    his own browser, adds a contributing cause (what he types survives his page drawing
+    alice's item meanwhile) and marks alice's item done. Both pages show both names beside
+    what each wrote, the markup as text (no element made of it), the item's "done by bob";
+    ``gitops audit`` lists each write under the right person."""
     served, iid = site
     alice = sign_in_as(browser, served, "alice")
     bob = sign_in_as(browser, served, "bob")
@@ -91,14 +92,19 @@ def test_two_people_write_one_post_mortem_each_under_their_own_name(
     pm_a.locator('[data-save="summary"]').click()
     pm_a.locator('[data-section="summary"] li[data-by="user:alice"]',
                  has_text="lab-3 lost its uplink").wait_for()
+    pm_b = open_postmortem(bob, iid)
+    pm_b.locator('[data-section="summary"] li[data-by="user:alice"]').wait_for()  # polled
+    pm_b.locator('[data-field$="/causes"]').fill("the uplink has no second path")
+
     pm_a.locator('[data-field$="/action-text"]').fill("Alert when an uplink drops")
     pm_a.locator('select[data-field$="/action-team"]').select_option("search")
     pm_a.locator('[data-save="action"]').click()
     pm_a.locator('li[data-action][data-by="user:alice"]', has_text="team: search").wait_for()
-
-    pm_b = open_postmortem(bob, iid)
-    pm_b.locator('[data-section="summary"] li[data-by="user:alice"]').wait_for()  # polled
-    pm_b.locator('[data-field$="/causes"]').fill("the uplink has no second path")
+    # bob's page draws alice's item at its next poll: what he is typing stays, focused
+    pm_b.locator('li[data-action][data-by="user:alice"]').wait_for()
+    assert pm_b.locator('[data-field$="/causes"]').input_value() == \
+        "the uplink has no second path"
+    assert str(bob.evaluate("document.activeElement.dataset.field")).endswith("/causes")
     pm_b.locator('[data-save="causes"]').click()
     pm_b.locator('[data-section="causes"] li[data-by="user:bob"]').wait_for()
     pm_b.locator('li[data-action] [data-do="done"]').click()
