@@ -1,8 +1,10 @@
-"""Which audit entries concern an incident (``gitops.report.whodid.about``): tests as data."""
+"""Who did what about an incident (``gitops.report.whodid.about``, tests as data) and what the
+page is told a caller may do (``GET /api/session``'s ``permissions``)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,3 +90,41 @@ def test_the_page_answer_moves_with_an_action_not_with_a_refusal(store_backend: 
         (incident,) = page_data(store)["environments"][0]["incidents"]["open"]
     assert [(e["actor"], e["action"], e["reason"]) for e in incident["audit"]] == [
         ("user:alice", "suspend", "uplink down")]
+
+
+def test_the_session_answer_says_what_a_token_may_do_per_environment(tmp_path: Path) -> None:
+    """``GET /api/session``'s ``permissions``: an operator of payments may write post-mortems
+    in payments' environment and nothing in search's; what the page hides, the route still
+    refuses."""
+    import asyncio
+
+    import httpx
+    from builders import daemon_app
+    from test_server import RecordingController
+
+    from gitops.daemon.tokens import digest
+    from gitops.record.store import Store
+    from gitops.settings import EnvironmentConfig, Settings
+
+    envs = [EnvironmentConfig(name="pay-prod", repo="/srv/state", team="payments"),
+            EnvironmentConfig(name="search-prod", repo="/srv/state", team="search")]
+    settings = Settings(state_dir=tmp_path / "state", teams=["payments", "search"],
+                        environments=envs)
+    with Store(settings.state_dir) as store:
+        store.add_token("ci", digest("ci-secret-1"), role="operator", team="payments",
+                        created_by="test", expires_at=None)
+    app = daemon_app(RecordingController(envs), settings, settings.state_dir)
+
+    async def calls() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app, client=("10.1.2.3", 40000))  # type: ignore[arg-type]
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:9469",
+                                     headers={"Authorization": "Bearer ci-secret-1"}) as http:
+            return (await http.get("/api/session"),
+                    await http.post("/api/incidents/INC-search-prod-1/annotate",
+                                    json={"summary": "x"}))
+
+    session, refused = asyncio.run(calls())
+    permissions = session.json()["permissions"]
+    assert "postmortem" in permissions["pay-prod"] and "rollback" not in permissions["pay-prod"]
+    assert permissions["search-prod"] == []
+    assert refused.status_code == 403 and "'postmortem'" in refused.json()["error"]

@@ -265,29 +265,32 @@ class Gate:
 
     def permissions_of(self, request: Request) -> dict[str, list[str]] | None:
         """Per environment (the settings' and the record's), the permissions the caller of
-        ``request`` has there (``PERMISSIONS``' order); None when it cannot authenticate.
-        What a page shows, not a decision: every route still asks ``decide``. Reads the
-        record: call from a worker thread."""
+        ``request`` has there (``PERMISSIONS``' order); None when it cannot authenticate or
+        the record cannot be read now. What a page shows, not a decision: every route still
+        asks ``decide``. Reads the record: call from a worker thread."""
         from gitops.daemon.roles import PERMISSIONS
-        from gitops.record.store import NoStore
+        from gitops.record.store import NoStore, StoreOutdated, StoreUnavailable
         from gitops.report.teams import environment_teams
 
-        caller = self.authenticate(request)
-        if isinstance(caller, JSONResponse):
-            return None
         try:
-            with self.database.open(readonly=True) as store:
-                recorded = environment_teams(store)
-                named = {row.environment for row in store.status()}
-        except NoStore:
-            recorded, named = {}, set()
-        found: dict[str, list[str]] = {}
-        for environment in sorted(set(self.teams) | named | set(recorded)):
-            team = self.teams.get(environment)  # as ``team_of``: the settings', the record's
-            team = recorded.get(environment, "") if team is None else team
-            found[environment] = [p for p in PERMISSIONS
-                                  if self.allows(caller, p, team) is not None]
-        return found
+            caller = self.authenticate(request)
+            if isinstance(caller, JSONResponse):
+                return None
+            try:
+                with self.database.open(readonly=True) as store:
+                    recorded = environment_teams(store)
+                    named = {row.environment for row in store.status()}
+            except NoStore:
+                recorded, named = {}, set()
+            found: dict[str, list[str]] = {}
+            for environment in sorted(set(self.teams) | named | set(recorded)):
+                team = self.teams.get(environment)  # as ``team_of``: settings', record's
+                team = recorded.get(environment, "") if team is None else team
+                found[environment] = [p for p in PERMISSIONS
+                                      if self.allows(caller, p, team) is not None]
+            return found
+        except (StoreOutdated, StoreUnavailable):
+            return None  # the page shows no control; a write would answer why
 
     def rule(self, permission: str = "read") -> Authorize:
         """An ``Authorize`` asking ``permission`` on any environment (reading routes)."""
