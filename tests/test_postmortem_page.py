@@ -83,7 +83,8 @@ def test_two_people_write_one_post_mortem_each_under_their_own_name(
     his own browser, adds a contributing cause (what he types survives his page drawing
     alice's item meanwhile) and marks alice's item done. Both pages show both names beside
     what each wrote, the markup as text (no element made of it), the item's "done by bob";
-    ``gitops audit`` lists each write under the right person."""
+    alice gives the item to another team and opens it again; ``gitops audit`` lists each
+    write under the right person."""
     served, iid = site
     alice = sign_in_as(browser, served, "alice")
     bob = sign_in_as(browser, served, "bob")
@@ -127,6 +128,14 @@ def test_two_people_write_one_post_mortem_each_under_their_own_name(
         who.locator('li[data-actor="user:bob"]', has_text="action 1: done").wait_for()
         assert "user:alice" in who.inner_text() and "wrote summary" in who.inner_text()
 
+    pm_a = open_postmortem(alice, iid)  # alice gives the item to payments, opens it again
+    pm_a.locator("li[data-action] select").select_option("payments")
+    pm_a.locator("li[data-action]", has_text="team: payments").wait_for()
+    pm_a.locator('li[data-action] [data-do="reopen"]').click()
+    pm_a.locator('li[data-action] [data-do="done"]').wait_for()
+    assert pm_a.locator("li[data-action] .pm-done").count() == 0
+    assert pm_a.locator("li[data-action] .badge").inner_text() == "open"
+
     trail = [(e["actor"], e["action"], e["target"], e["reason"], e["outcome"])
              for e in reversed(audit(served)) if e["action"] == "postmortem"]
     assert trail == [
@@ -134,6 +143,8 @@ def test_two_people_write_one_post_mortem_each_under_their_own_name(
         ("user:alice", "postmortem", iid, "new action item (team search)", "ok"),
         ("user:bob", "postmortem", iid, "wrote causes", "ok"),
         ("user:bob", "postmortem", iid, "action 1: done", "ok"),
+        ("user:alice", "postmortem", iid, "action 1: team payments", "ok"),
+        ("user:alice", "postmortem", iid, "action 1: open again", "ok"),
     ]
 
 
