@@ -173,7 +173,8 @@ def daemon_app(controller: object, settings: object, state_dir: Path,
     rule = gate.rule("read")
     return create_app(controller, settings, gate=gate,  # type: ignore[arg-type]
                       extra_routes=[*metrics.routes(state_dir, rule),
-                                    *page.routes(state_dir, rule, sessions=gate.sessions)],
+                                    *page.routes(state_dir, rule, sessions=gate.sessions,
+                                                 teams=getattr(settings, "teams", ()))],
                       **create)  # type: ignore[arg-type]
 
 

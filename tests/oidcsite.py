@@ -96,7 +96,8 @@ def oidc_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, controller: Contr
                             allowed_groups=allowed_groups or [])
         app.router.routes[0:0] = page_module.routes(
             state, gate.rule("read"), Database(state), sessions=gate.sessions, oidc=oidc,
-            chain=getattr(controller, "chain", ()))  # a daemon's promotion pipeline
+            chain=getattr(controller, "chain", ()),  # a daemon's promotion pipeline
+            teams=base.teams)
         process.stdin.write(json.dumps({"client": {
             "client_id": "gitops", "client_secret": SECRET,
             "redirect_uris": [oidc.redirect_url]}, "accounts": accounts or ACCOUNTS}) + "\n")

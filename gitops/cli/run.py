@@ -43,7 +43,7 @@ def run() -> None:
         app = server.create_app(daemon, s, extra_routes=[
             *metrics.routes(s.state_dir, authorize, Database.of(s)),
             *page.routes(s.state_dir, authorize, Database.of(s), chain=daemon.chain,
-                         sessions=gate.sessions, oidc=s.oidc)],
+                         sessions=gate.sessions, oidc=s.oidc, teams=s.teams)],
             previews=daemon.previews, gate=gate)
         http, thread = server.start_in_thread(
             app, s.listen, limits=HttpLimits(per_client=s.max_client_requests))

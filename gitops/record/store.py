@@ -202,12 +202,15 @@ class Store(RunsMixin, StatusMixin, HostsMixin, HistoryMixin, RevisionsMixin,
         """``change_mark`` and ``postmortem_mark``, and whatever else the status page shows
         that changes without them: a host's status, the controls, the quarantine, the live
         leases' holders, the previews, the services kept, the owners, the notifiers failing
-        (a condition an hour of failures makes, with no write at that moment)."""
+        (a condition an hour of failures makes, with no write at that moment), the newest
+        audit entry that is not a refusal (who did what, beside each incident)."""
         one = self.db.execute(
             "SELECT (SELECT MAX(updated_at) FROM status), (SELECT COUNT(*) FROM status),"
             " (SELECT MAX(updated_at) FROM installed), (SELECT COUNT(*) FROM installed),"
             " (SELECT MAX(updated_at) FROM owners), (SELECT COUNT(*) FROM owners),"
-            " (SELECT MAX(id) FROM previews)").fetchone()
+            " (SELECT MAX(id) FROM previews),"
+            " (SELECT id FROM audit WHERE outcome NOT LIKE 'refused%' ORDER BY id DESC"
+            " LIMIT 1)").fetchone()
         tables = tuple(tuple(tuple(r) for r in self.db.execute(sql).fetchall()) for sql in (
             "SELECT * FROM controls ORDER BY environment",
             "SELECT environment, sha FROM quarantine ORDER BY environment, sha",

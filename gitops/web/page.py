@@ -1,16 +1,19 @@
 """The status page: a view of the store, served by the daemon at ``GET /``; its actions
-(``static/actions.js``) go through the API's own routes, as the caller's roles allow.
+(``static/actions.js``) and what people write in it (``static/postmortem.js``) go through
+the API's own routes, as the caller's roles allow (``GET /api/session``'s ``may``).
 
 ``routes(state_dir, authorize)`` gives the daemon (through ``create_app(extra_routes=...)``):
 
-- ``GET /``: the page (static HTML, no data in it), ``GET /static/page.js``, ``actions.js``
-  and ``/static/page.css``: plain files from ``gitops/static``, no build step, nothing external;
+- ``GET /``: the page (static HTML, no data in it), ``GET /static/page.js``, ``actions.js``,
+  ``postmortem.js`` and ``/static/page.css``: plain files from ``gitops/static``, no build
+  step, nothing external;
 - ``GET /api/page``: one JSON document with everything the page shows, fetched every few
   seconds: environments with their conditions and controls, the hosts x services grid of
   the latest check results (and, per host, the services it keeps that its revision no longer
   declares: left in place or not pruned, ``gitops.pipeline.prune``), desired vs applied revision per
   host, a running rollout's
-  progress, the last 50 runs, activity per day, delivery metrics and incidents when
+  progress, the last 50 runs (each with its actor), activity per day, delivery metrics and
+  incidents (each with who did what about it: ``gitops.report.whodid``) when
   ``gitops.report.delivery`` and ``gitops.report.incidents`` exist;
   the team comparison (``delivery.compare``), each environment's delivery metrics and its
   incidents are kept between polls in a ``RecordCache`` until the record changes (a run
@@ -75,6 +78,8 @@ _SCAN = 200
 _ACTIVITY_DAYS = 14
 _DELIVERY_DAYS = 30
 _CLOSED_INCIDENTS = 10
+_AUDIT_SCAN = 2000
+"""Newest audit entries of an environment looked through for its incidents' ``audit``."""
 _CHECK_KINDS = (*APPLY_KINDS, "verify")
 
 _STATIC = {
@@ -82,6 +87,7 @@ _STATIC = {
     "actions.js": "text/javascript; charset=utf-8",
     "page.css": "text/css; charset=utf-8",
     "signin.js": "text/javascript; charset=utf-8",
+    "postmortem.js": "text/javascript; charset=utf-8",
 }
 _PUBLIC = frozenset({"page.css", "signin.js"})
 """Files the sign-in page needs before the browser is signed in (nothing of the record)."""
@@ -150,12 +156,14 @@ def _hour(today: datetime | None) -> str:
 
 
 def page_data(store: Store | None, *, today: datetime | None = None,
-              chain: Sequence[Link] = (), cache: RecordCache | None = None
-              ) -> dict[str, Any]:
+              chain: Sequence[Link] = (), cache: RecordCache | None = None,
+              teams: Sequence[str] = ()) -> dict[str, Any]:
     """The document behind ``GET /api/page`` (shape in the module's README section);
     ``store`` None: nothing recorded yet. ``chain``: the daemon's environments, for the
     promotion pipeline (``pipeline``: empty when none promotes from another). ``cache``:
-    what an earlier call computed while the record is unchanged (``routes`` keeps one)."""
+    what an earlier call computed while the record is unchanged (``routes`` keeps one);
+    ``teams``: the settings' teams, which with the record's owners are the teams an action
+    item of a post-mortem may name (``teams`` in the answer)."""
     cached = (cache or RecordCache()).bind(store)
     rows = store.status() if store is not None else []
     names = sorted({r.environment for r in rows} | {
@@ -175,6 +183,8 @@ def page_data(store: Store | None, *, today: datetime | None = None,
         else [],
         "comparison": cached("comparison", lambda: _comparison(store, owners, today),
                              (tuple(sorted(owners.items())), _hour(today))),
+        "teams": sorted({*teams, *(o.team for o in store.owners() if o.team)}
+                        if store is not None else set(teams)),
     }
 
 
@@ -264,7 +274,8 @@ def _environment(store: Store, name: str, rows: list[StatusRow],
         "history": [r.as_dict() for r in runs[:HISTORY]],
         "activity": _activity(runs, today or datetime.now(UTC)),
         "delivery": cached(("delivery", name), lambda: _delivery(store, name), _hour(today)),
-        "incidents": cached(("incidents", name), lambda: _incidents(store, name), ()),
+        "incidents": _who_did(store, name, cached(("incidents", name),
+                                                  lambda: _incidents(store, name), ()), today),
     }
 
 
@@ -405,6 +416,20 @@ def _incidents(store: Store, environment: str) -> dict[str, Any]:
             "closed_total": len(closed)}
 
 
+def _who_did(store: Store, environment: str, found: dict[str, Any],
+             today: datetime | None) -> dict[str, Any]:
+    """``found`` (``_incidents``, kept between polls: not changed here) with each incident's
+    ``audit``: who did what about it, from the audit trail (``gitops.report.whodid``)."""
+    if not found.get("available"):
+        return found
+    from gitops.report.whodid import about
+
+    entries = store.audit_trail(environment=environment, limit=_AUDIT_SCAN)
+    now = today or datetime.now(UTC)
+    return {**found, **{key: [{**i, "audit": about(i, entries, now)} for i in found[key]]
+                        for key in ("open", "closed")}}
+
+
 # -- HTTP -----------------------------------------------------------------------------------
 
 
@@ -447,13 +472,14 @@ def routes(state_dir: Path, authorize: Authorize | None,
            database: Database | None = None, chain: Sequence[Link] = (),
            sessions: Sessions | None = None,
            answers: PageAnswers | None = None,
-           oidc: OidcSettings | None = None) -> list[BaseRoute]:
+           oidc: OidcSettings | None = None, teams: Sequence[str] = ()) -> list[BaseRoute]:
     """The page's routes over the store in ``state_dir`` (or ``database``); ``authorize`` is
     the API's check (None: no token can be checked, so only loopback clients are served);
     ``chain``: the daemon's environments, for the promotion pipeline; ``sessions``: the
     signed-in browsers (default: a table of 12-hour sessions); ``answers``: where the
     ``/api/page`` answer is kept (default: a new ``PageAnswers``); ``oidc``: sign-in through
-    an OpenID provider (``gitops.web.oidc``), whose people may read the page."""
+    an OpenID provider (``gitops.web.oidc``), whose people may read the page; ``teams``: the
+    settings' (for post-mortems' action items)."""
     where = database or Database(state_dir)
     cache = RecordCache()
     sessions = sessions or Sessions(12 * 3600)
@@ -492,9 +518,9 @@ def routes(state_dir: Path, authorize: Authorize | None,
         try:
             body = read(lambda store: kept.get(
                 (store.page_mark(), _hour(None)),
-                lambda: page_data(store, chain=chain, cache=cache)))
+                lambda: page_data(store, chain=chain, cache=cache, teams=teams)))
         except NoStore:  # nothing recorded yet: an empty page
-            body = serialize(page_data(None, chain=chain))
+            body = serialize(page_data(None, chain=chain, teams=teams))
         except StoreOutdated as exc:
             return JSONResponse({"error": str(exc)}, status_code=503, headers=_HEADERS)
         return Response(body, media_type="application/json", headers=_HEADERS)

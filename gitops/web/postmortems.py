@@ -49,7 +49,8 @@ def routes(settings: Settings, gate: Gate, max_body: int) -> list[BaseRoute]:
                                     "number" in request.path_params)
             actor = acting(request.state.caller, {k: data.pop(k) for k in ("actor",)
                                                   if k in data})
-            request.state.audit.update(actor=actor, target=request.path_params["id"])
+            request.state.audit.update(actor=actor, target=request.path_params["id"],
+                                       reason=_what(request.path_params, data))
             return JSONResponse(await run_in_threadpool(
                 _write_postmortem, settings, request.path_params["id"],
                 request.path_params.get("what", "annotate"), request.path_params.get("number"),
@@ -87,6 +88,18 @@ def _postmortem_body(body: Any, what: str, numbered: bool) -> dict[str, Any]:
             check = freetext.line if key in ("actor", "team") else freetext.note
             check(repr(key), value)
     return {k: v for k, v in data.items() if v is not None}
+
+
+def _what(path: dict[str, Any], data: dict[str, Any]) -> str:
+    """What a post-mortem write does, for its audit entry: ``wrote summary, impact``, ``new
+    action item (team payments)``, ``action 3: done, team search``."""
+    if path.get("what", "annotate") == "annotate":
+        return "wrote " + ", ".join(sorted(data))
+    team = f"team {data['team']}" if data.get("team") else ""
+    if "number" not in path:
+        return "new action item" + (f" ({team})" if team else "")
+    done = {None: "", True: "done", False: "open again"}[data.get("done")]
+    return f"action {path['number']}: " + ", ".join(t for t in (done, team) if t)
 
 
 def _write_postmortem(settings: Settings, incident_id: str, what: str, number: int | None,

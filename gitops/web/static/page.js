@@ -8,6 +8,7 @@
   let lastText = null;
   let lastOk = null;
   let selectedRun = null;
+  let teams = [];  // the teams an action item may name (the answer's "teams")
 
   // -- small helpers -----------------------------------------------------------------------
 
@@ -404,29 +405,10 @@
       postmortemBlock(incident)));
   }
 
-  // -- post-mortems: what people wrote into an incident (gitops incidents annotate / action) --
-
-  const SECTIONS = [["summary", "Summary"], ["impact", "Impact"], ["causes", "Contributing causes"],
-    ["went_well", "What went well"]];
+  // -- post-mortems and who did what: postmortem.js draws them (and the controls to write) --
 
   function postmortemBlock(incident) {
-    const pm = incident.postmortem;
-    if (!pm) return null;
-    const entry = (e) => el("li", {}, el("span", { class: "pm-text", text: e.text }), " ",
-      el("span", { class: "muted", text: `(${e.by}, ${String(e.at).replace("T", " ").slice(0, 16)})` }));
-    const parts = SECTIONS.map(([key, title]) => {
-      const value = pm[key];
-      const entries = Array.isArray(value) ? value : value ? [value] : [];
-      return el("div", { "data-section": key }, el("h5", { text: title }),
-        entries.length ? el("ul", {}, entries.map(entry)) : el("p", { class: "muted", text: "not written yet" }));
-    });
-    const actions = (pm.actions || []).map((a) => el("li", { "data-action": a.id },
-      badge(a.state, a.state === "done" ? "ok" : "warn"), " ", el("span", { class: "pm-text", text: a.text }), " ",
-      el("span", { class: "muted", text: "team: " + (a.team || "no owner yet") })));
-    return el("div", { class: "postmortem", "data-testid": "postmortem" },
-      el("h4", {}, "Post-mortem ", badge(pm.reviewed ? "reviewed" : "not reviewed", pm.reviewed ? "ok" : "warn")),
-      ...parts, el("h5", { text: "Action items" }),
-      actions.length ? el("ul", { class: "actions" }, actions) : el("p", { class: "muted", text: "none yet" }));
+    return window.gitopsPostmortem ? window.gitopsPostmortem.block(incident, teams) : null;
   }
 
   // -- teams and environments side by side -------------------------------------------------
@@ -639,6 +621,7 @@
   function render(data) {
     const app = document.getElementById("app");
     const open = new Set([...app.querySelectorAll("details[open]")].map((d) => d.dataset.key));
+    teams = data.teams || [];
     const sections = data.environments.map((env) => environmentSection(env, data));
     if (!sections.length) sections.push(el("p", { class: "muted", text: "No environment has been reconciled yet." }));
     if (data.pipeline && data.pipeline.length) sections.unshift(pipelineSection(data.pipeline));
