@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from clitools import gitops
 from conftest import in_ci
 
 from gitops.record.store import Database
@@ -138,3 +139,34 @@ def sign_in_as(browser: Any, site: Site, login: str, ready: str = "tr[data-host]
     p.locator("#who-name", has_text=f"signed in as {login}").wait_for()
     p.wait_for_selector(ready)
     return p
+
+
+# -- what a signed-in page does ------------------------------------------------------------
+
+def card(p: Any, env: str) -> Any:
+    return p.locator(f"section.environment[data-environment={env}]")
+
+
+def post(p: Any, path: str, body: dict[str, Any]) -> tuple[int, str]:
+    """A request sent from the page's own session, as a hand-made script in it would."""
+    status, text = p.evaluate("""async ([path, body]) => {
+        const r = await fetch(path, {method: "POST", credentials: "same-origin",
+          headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+        return [r.status, await r.text()];
+    }""", [path, body])
+    return status, json.loads(text).get("error", "") if status >= 400 else text
+
+
+def get(p: Any, path: str) -> Any:
+    return p.evaluate("""async (path) => {
+        const r = await fetch(path, {credentials: "same-origin"});
+        return {status: r.status, body: await r.json()};
+    }""", path)
+
+
+def audit(state: Path) -> list[dict[str, Any]]:
+    """``gitops audit --state-dir STATE --json`` (no settings file), oldest first."""
+    out = gitops("audit", "--state-dir", str(state), "--json",
+                 env={"XDG_CONFIG_HOME": str(state.parent / "no-config")})
+    assert out.returncode == 0, out.stderr
+    return list(reversed(json.loads(out.stdout)))

@@ -2,7 +2,9 @@
 record's approvals (SQLite and PostgreSQL), and the real Daemon on a real Git repository (its
 one host unreachable on loopback, so an approved run ends fast and is recorded): a revision
 waiting for approval starts no run, the status, the API, the pipeline and the page say so,
-and an operator of the owning team's approval (API, CLI) lets exactly that revision apply."""
+and an operator of the owning team's approval (API, CLI, and the page in a real browser
+signed in through the real OpenID provider, ``tests/oidcsite.py``) lets exactly that
+revision apply."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 from builders import commit_file, daemon_app, git, git_repo
 from clitools import gitops
 from hypothesis import strategies as st
+from oidcsite import ACCOUNTS, audit, card, get, oidc_site, post, sign_in_as
 from test_csrf_browser import browser  # noqa: F401  (the fixture)
 
 from gitops.daemon import approval
@@ -27,7 +30,7 @@ from gitops.daemon.promotion import links
 from gitops.daemon.tokens import digest
 from gitops.record.approvals import ApprovalRefused
 from gitops.record.store import Database, Store
-from gitops.settings import EnvironmentConfig, Settings
+from gitops.settings import EnvironmentConfig, GrantConfig, Settings
 from gitops.web.page import page_data
 
 A, B, C = "a" * 40, "b" * 40, "c" * 40
@@ -153,11 +156,15 @@ def _repo(tmp_path: Path) -> Path:
     return git_repo(tmp_path / "repo", {"inventories/pay-prod.yml": INVENTORY})
 
 
-def _settings(tmp_path: Path, repo: Path, **env: Any) -> Settings:
-    return Settings(state_dir=tmp_path / "state", teams=["payments", "search"],
-                    environments=[EnvironmentConfig(
-                        name="pay-prod", repo=str(repo), watch=False, interval=7200, jitter=0,
-                        team="payments", require_approval=True, **env)])
+def _fields(repo: Path) -> dict[str, Any]:
+    """The settings' teams and environments: pay-prod, owned by payments, requires approval."""
+    return {"teams": ["payments", "search"], "environments": [EnvironmentConfig(
+        name="pay-prod", repo=str(repo), watch=False, interval=7200, jitter=0,
+        team="payments", require_approval=True)]}
+
+
+def _settings(tmp_path: Path, repo: Path) -> Settings:
+    return Settings(state_dir=tmp_path / "state", **_fields(repo))
 
 
 def _runs(d: Daemon) -> list[dict[str, Any]]:
@@ -349,58 +356,80 @@ def test_only_an_operator_of_the_owning_team_approves_over_the_api(tmp_path: Pat
         assert says in answer.json()["error"] and "\n" not in answer.json()["error"]
 
 
-def test_the_page_shows_the_wait_and_an_approve_button_to_those_allowed(
+PEOPLE = {**ACCOUNTS, "sam": {"password": "sam-pw", "email": "sam@example.org",
+                              "groups": ["search-ops"]}}
+GRANTS = [GrantConfig(subject="group:payments-ops", role="operator", team="payments"),
+          GrantConfig(subject="group:search-ops", role="operator", team="search")]
+
+
+def test_only_the_owning_team_approves_from_the_page_signed_in_through_the_provider(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         browser: Any) -> None:  # noqa: F811
-    """In a real browser: signed in as a viewer, the environment's card says "waiting for
-    approval" with no Approve button; signed in as payments' operator, the button approves
-    that revision with the reason typed, and the environment is woken to apply it."""
-    from gitops.web.server import bound_port, start_in_thread, stop
-
-    monkeypatch.setenv("GITOPS_CONFIG", str(tmp_path / "absent.toml"))
+    """In a real browser signed in through the real OpenID provider, over the real Daemon:
+    pay-prod (team payments) requires approval, so a cycle applies nothing and its card says
+    "waiting for approval". bob (a viewer) and sam (search-ops, operator of search) see no
+    Approve button and a POST forged from their session gets 403 naming 'approve'. alice
+    (payments-ops, operator of payments) approves from the page with a reason; the approval
+    and ``gitops audit`` name user:alice; the next cycle runs that revision, and a newer
+    commit waits for its own approval, on the page too."""
     repo = _repo(tmp_path)
     head = git(repo, "rev-parse", "HEAD")
-    settings = _settings(tmp_path, repo)
-    _tokens(settings.state_dir)
-    d = Daemon(settings)
-    d.cycle(d.envs["pay-prod"], None)
-    server, thread = start_in_thread(daemon_app(d, settings, settings.state_dir),
-                                     "127.0.0.1:0")
-    url = f"http://127.0.0.1:{bound_port(server)}/"
+    fields = {**_fields(repo), "grants": GRANTS}
+    d = Daemon(Settings(state_dir=tmp_path / "state", **fields))
+    env = d.envs["pay-prod"]
+    approve = "/api/environments/pay-prod/approve"
 
-    def signed_in(token: str) -> Any:
-        context = browser.new_context()
-        p = context.new_page()
-        p.set_default_timeout(15_000)
-        p.goto(url)
-        p.fill("#signin input[name=token]", SECRETS[token])
-        p.click("#signin button")
-        p.locator("[data-testid=approval]").wait_for()
-        return context, p
+    with oidc_site(tmp_path, monkeypatch, d, accounts=PEOPLE, **fields) as site:
+        d.cycle(env, None)
+        assert _runs(d) == [] and env.running is None
+        for login in ("bob", "sam"):
+            p = sign_in_as(browser, site, login, ready="[data-testid=approval]")
+            pay = card(p, "pay-prod")
+            pay.locator(".badge", has_text="waiting for approval").wait_for()
+            assert head[:10] in pay.locator("[data-testid=approval]").inner_text()
+            assert get(p, "/api/environments/pay-prod/approval")["body"]["may_approve"] is False
+            p.wait_for_load_state("networkidle")  # the page has asked the same
+            assert pay.locator("button", has_text="Approve").count() == 0
+            status, error = post(p, approve, {"revision": head, "reason": "forged"})
+            assert (status, error) == (403, f"permission 'approve' needed on pay-prod (team "
+                                            f"payments): user:{login} does not have it")
+            p.context.close()
+        with Store(site.settings.state_dir) as store:
+            assert store.approvals("pay-prod") == []
+        assert env.pending is None and _runs(d) == []
 
-    try:
-        context, p = signed_in("viewer1")
-        card = p.locator("section[data-environment=pay-prod]")
-        card.locator(".badge", has_text="waiting for approval").wait_for()
-        assert head[:10] in card.locator("[data-testid=approval]").inner_text()
-        p.wait_for_load_state("networkidle")
-        assert card.locator("button", has_text="Approve").count() == 0
-        context.close()
-        assert d.envs["pay-prod"].pending is None
-
-        context, p = signed_in("payops")
-        note = p.locator("[data-testid=approval]")
+        p = sign_in_as(browser, site, "alice", ready="[data-testid=approval]")
+        note = card(p, "pay-prod").locator("[data-testid=approval]")
         note.locator("button", has_text="Approve").wait_for()
         note.locator("input").fill("CAB-12 signed off")
         note.locator("button", has_text="Approve").click()
-        note.locator(".approval-answer", has_text="approved by payops; applying").wait_for()
-        context.close()
-    finally:
-        stop(server, thread)
-    assert d.envs["pay-prod"].pending is not None
-    with Store(settings.state_dir) as store:
-        (done,) = store.approvals("pay-prod")
-    assert (done.sha, done.approved_by, done.reason) == (head, "payops", "CAB-12 signed off")
+        note.locator(".approval-answer", has_text="approved by user:alice; applying").wait_for()
+        with Store(site.settings.state_dir) as store:
+            (done,) = store.approvals("pay-prod")
+        assert (done.sha, done.approved_by, done.role, done.reason) == (
+            head, "user:alice", "operator", "CAB-12 signed off")
+        assert [(r["actor"], r["role"], r["target"], r["reason"], r["outcome"])
+                for r in audit(site.settings.state_dir) if r["action"] == "approve"] == [
+            ("user:bob", "", "", "", "refused 403"), ("user:sam", "", "", "", "refused 403"),
+            ("user:alice", "operator", head, "CAB-12 signed off", "ok")]
+
+        assert env.pending is not None  # woken by the approval
+        pending, env.pending = env.pending, None
+        d.cycle(env, pending)
+        runs = _runs(d)
+        assert [(r["kind"], r["sha"]) for r in runs] == [("reconcile", head)]
+        assert runs[0]["reason"].endswith("; approved by user:alice: CAB-12 signed off")
+
+        newer = commit_file(repo, "README", "a newer revision\n")
+        d.cycle(env, None)
+        assert len(_runs(d)) == 1  # the newer one waits for its own approval
+        assert _reconciling(d) == ("WaitingForApproval", (
+            f"waiting for approval of {newer[:10]} by an operator of team payments "
+            f"(gitops approve -e ENV {newer[:10]} --reason WHY)"))
+        p.reload()
+        note.locator("code", has_text=newer[:10]).wait_for()
+        note.locator("button", has_text="Approve").wait_for()
+        p.context.close()
 
 
 @pytest.fixture(scope="module")

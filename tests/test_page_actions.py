@@ -12,15 +12,13 @@ The audit trail is read with ``gitops audit``, as an admin would.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from builders import record_verified_run
-from clitools import gitops
-from oidcsite import ACCOUNTS, Site, oidc_site, sign_in_as
+from oidcsite import ACCOUNTS, Site, audit, card, get, oidc_site, post, sign_in_as
 from test_csrf_browser import browser  # noqa: F401  (the fixture)
 from test_rollback_plan import two_revisions
 
@@ -57,40 +55,11 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Site
         yield served, daemon, dict.fromkeys(ENVIRONMENTS, first)
 
 
-def card(p: Any, env: str) -> Any:
-    return p.locator(f"section.environment[data-environment={env}]")
-
-
 def buttons(p: Any, env: str) -> list[str]:
     """The actions offered on ``env``'s card, once the page knows what the caller may do."""
     p.wait_for_selector("html[data-actions=ready]", state="attached")
     return sorted(card(p, env).locator("[data-testid=actions] .action-bar button")
                   .evaluate_all("bs => bs.map(b => b.dataset.action)"))
-
-
-def post(p: Any, path: str, body: dict[str, Any]) -> tuple[int, str]:
-    """A request sent from the page's own session, as a hand-made script in it would."""
-    status, text = p.evaluate("""async ([path, body]) => {
-        const r = await fetch(path, {method: "POST", credentials: "same-origin",
-          headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
-        return [r.status, await r.text()];
-    }""", [path, body])
-    return status, json.loads(text).get("error", "") if status >= 400 else text
-
-
-def get(p: Any, path: str) -> Any:
-    return p.evaluate("""async (path) => {
-        const r = await fetch(path, {credentials: "same-origin"});
-        return {status: r.status, body: await r.json()};
-    }""", path)
-
-
-def audit(state: Path) -> list[dict[str, Any]]:
-    """``gitops audit --state-dir STATE --json`` (no settings file), oldest first."""
-    out = gitops("audit", "--state-dir", str(state), "--json",
-                 env={"XDG_CONFIG_HOME": str(state.parent / "no-config")})
-    assert out.returncode == 0, out.stderr
-    return list(reversed(json.loads(out.stdout)))
 
 
 def test_a_viewer_sees_everything_and_no_action(
