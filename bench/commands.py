@@ -108,15 +108,17 @@ def counted_apply(state: Any, first: str, profile: Path | None) -> Counts:
 
 def counted_verify(state: Any, first: str) -> Counts:
     from gitops.workers import verify_worker
+    from gitops.workers.verify_shell import ShellBackend
+    from gitops.workers.verify_ssh import ssh_alias
 
     counts = Counts()
-    original = verify_worker.ShellBackend._run
+    original = ShellBackend._run
 
     def probe(self: Any) -> int:
         return int(original(self, PROBE).stdout.split()[-1])
 
     def run(self: Any, cmd: str) -> Any:
-        if self.host.name != verify_worker.ssh_alias(first, 0):
+        if self.host.name != ssh_alias(first, 0):
             return original(self, cmd)
         before = probe(self)
         result = original(self, cmd)
@@ -124,11 +126,11 @@ def counted_verify(state: Any, first: str) -> Counts:
         counts.add("check: " + cmd.split()[0][:40], False, started)
         return result
 
-    verify_worker.ShellBackend._run = run  # type: ignore[method-assign]
+    ShellBackend._run = run  # type: ignore[method-assign]
     try:
         report = verify_worker.run(state, lambda _line: None, None)
     finally:
-        verify_worker.ShellBackend._run = original  # type: ignore[method-assign]
+        ShellBackend._run = original  # type: ignore[method-assign]
     if not report.ok:
         sys.exit(f"the verify failed: {report.failed_hosts}")
     return counts

@@ -129,7 +129,8 @@ def test_an_apply_that_failed_is_not_read_as_cut(tmp_path: Path) -> None:
 
 
 ARMED = """
-from gitops.workers import apply_worker as w  # first, as in the worker (gevent's patching)
+from gitops.workers import apply_worker  # first, as in the worker (gevent's patching)
+from gitops.workers import apply_journal as w, apply_ops
 import json, sys
 from pathlib import Path
 from pyinfra.api import Config, Inventory, State
@@ -138,7 +139,7 @@ from pyinfra.api.state import StateStage
 from pyinfra.operations import server
 
 folder, hosts, ops = Path(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
-recorder = w._Journal(folder, hosts)  # as the worker makes it: before the deploys load
+recorder = w.Journal(folder, hosts)  # as the worker makes it: before the deploys load
 state = State(Inventory((hosts, {})), Config())
 state.set_stage(StateStage.Prepare)
 for host in state.inventory:
@@ -147,7 +148,7 @@ for name in ops:  # loaded, not connected: nothing runs
     add_op(state, server.shell, name=name, commands=["true"])
 recorder.undone({"lab-2": "a revert armed by an earlier apply was run"}, frozenset({"web"}))
 recorder.arm(state)
-forced = {h.name: sorted(w._op_name(state, op) for op in state.ops[h]
+forced = {h.name: sorted(apply_ops.op_name(state, op) for op in state.ops[h]
                          if id(state.ops[h][op].operation_meta) in w._forced)
           for h in state.inventory}
 recorder.stop(state)
@@ -157,10 +158,10 @@ print(json.dumps({"forced": forced, "after": len(w._forced)}))
 
 def test_the_apply_worker_forces_every_operation_of_a_host_cut_elsewhere(
         tmp_path: Path) -> None:
-    """The apply worker's journal (``_Journal``), in a worker process of its own, before
-    executing: on a host whose apply was cut on another controller every operation counts as
-    changed once (said in the progress), but for a guarded service whose revert ran there
-    (lab-2); a host with no journal (lab-3): nothing."""
+    """The apply worker's journal (``apply_journal.Journal``), in a worker process of its
+    own, before executing: on a host whose apply was cut on another controller every
+    operation counts as changed once (said in the progress), but for a guarded service whose
+    revert ran there (lab-2); a host with no journal (lab-3): nothing."""
     folder = tmp_path / "journal" / "lab"
     journal.cut_elsewhere(folder, "lab-1")
     journal.cut_elsewhere(folder, "lab-2")

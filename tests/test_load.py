@@ -21,7 +21,7 @@ from gitops.errors import InvalidDeclaration
 from gitops.model import DeclaredHost, ResolvedSSH, check_address, check_path, check_user
 from gitops.pipeline import load as load_module
 from gitops.pipeline.load import load
-from gitops.workers import verify_worker
+from gitops.workers import verify_ssh, verify_worker
 
 INJECTED = "10.213.0.11\\n  ProxyCommand sh -c 'touch {marker}'"
 
@@ -332,10 +332,10 @@ def test_ssh_config_writer_refuses_unsafe_values(changes: dict[str, Any]) -> Non
     """The verify worker writes no ssh_config for a host whose address, user, key path or
     port is unsafe, even if one got past validation."""
     host = _unchecked_host(**changes)
-    assert verify_worker.unsafe_field(host) is not None
+    assert verify_ssh.unsafe_field(host) is not None
     with pytest.raises(ValueError):
-        verify_worker.ssh_config_text({"lab-1": host})
-    assert verify_worker.unsafe_field(_unchecked_host()) is None
+        verify_ssh.ssh_config_text({"lab-1": host})
+    assert verify_ssh.unsafe_field(_unchecked_host()) is None
 
 
 # --- the state folder and an empty repository -------------------------------------------

@@ -130,8 +130,8 @@ def test_every_guard_command_sent_goes_through_as_root() -> None:
                                        "sends a guard command without remote.as_root")
     # the rule is checked where the commands are sent, not vacuously
     assert {"gitops/pipeline/guard.py:confirm",
-            "gitops/workers/apply_worker.py:_before_change",
-            "gitops/workers/apply_worker.py:_beat", "gitops/workers/apply_worker.py:one"
+            "gitops/workers/apply_guards.py:_before_change",
+            "gitops/workers/apply_guards.py:_beat", "gitops/workers/apply_guards.py:one"
             } <= set(users), users
 
 
@@ -155,9 +155,9 @@ def test_the_one_ssh_client_sends_only_wrapped_commands() -> None:
 def test_every_command_of_the_guards_in_the_worker_is_wrapped() -> None:
     """Each ``run_shell_command``/``run_aside`` the apply worker's guard sends is a
     ``StringCommand`` of ``_root(...)`` (or of a name bound to one)."""
-    path = PROJECT / "gitops/workers/apply_worker.py"
+    path = PROJECT / "gitops/workers/apply_guards.py"
     tree = ast.parse(path.read_text())
-    guards = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "_Guards")
+    guards = next(n for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "Guards")
     bound = {t.id for n in ast.walk(guards) if isinstance(n, ast.Assign)
              for t in n.targets if isinstance(t, ast.Name)
              and _called(n.value) == "StringCommand"
@@ -169,4 +169,4 @@ def test_every_command_of_the_guards_in_the_worker_is_wrapped() -> None:
         arg = call.args[0]
         ok = (isinstance(arg, ast.Name) and arg.id in bound) or (
             _called(arg) == "StringCommand" and _called(arg.args[0]) in _WRAPPERS)  # type: ignore[attr-defined]
-        assert ok, f"apply_worker.py:{call.lineno}: a guard command not sent through _root"
+        assert ok, f"apply_guards.py:{call.lineno}: a guard command not sent through _root"

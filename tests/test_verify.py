@@ -19,7 +19,7 @@ from gitops.lab.common import cmdlines
 from gitops.model import DeclaredHost, DeclaredState, EnvironmentSettings, ResolvedSSH
 from gitops.pipeline.verify import SshConnections, verify
 from gitops.records import CheckResult, VerifyReport
-from gitops.workers import verify_worker as vw
+from gitops.workers import verify_checks, verify_shell, verify_ssh
 
 DEMO_CHECKS = """
 def test_os_is_bookworm(host):
@@ -120,7 +120,7 @@ def test_bind_arguments_passes_host_and_params_by_name() -> None:
 
     def check(params: object, host: object) -> None: ...
 
-    assert vw.bind_arguments(check, {"host": 1, "params": 2}) == {"params": 2, "host": 1}
+    assert verify_checks.bind_arguments(check, {"host": 1, "params": 2}) == {"params": 2, "host": 1}
 
 
 def test_bind_arguments_allows_fewer_arguments() -> None:
@@ -130,8 +130,8 @@ def test_bind_arguments_allows_fewer_arguments() -> None:
 
     def nothing() -> None: ...
 
-    assert vw.bind_arguments(only_host, {"host": 1, "params": 2}) == {"host": 1}
-    assert vw.bind_arguments(nothing, {"host": 1, "params": 2}) == {}
+    assert verify_checks.bind_arguments(only_host, {"host": 1, "params": 2}) == {"host": 1}
+    assert verify_checks.bind_arguments(nothing, {"host": 1, "params": 2}) == {}
 
 
 def test_bind_arguments_rejects_unknown_argument_by_name() -> None:
@@ -139,8 +139,8 @@ def test_bind_arguments_rejects_unknown_argument_by_name() -> None:
 
     def check(host: object, flavour: object) -> None: ...
 
-    with pytest.raises(vw.CheckSignatureError, match="'flavour'"):
-        vw.bind_arguments(check, {"host": 1, "params": 2})
+    with pytest.raises(verify_checks.CheckSignatureError, match="'flavour'"):
+        verify_checks.bind_arguments(check, {"host": 1, "params": 2})
 
 
 def test_bind_arguments_leaves_unknown_argument_with_default() -> None:
@@ -148,15 +148,15 @@ def test_bind_arguments_leaves_unknown_argument_with_default() -> None:
 
     def check(host: object, retries: int = 3) -> None: ...
 
-    assert vw.bind_arguments(check, {"host": 1, "params": 2}) == {"host": 1}
+    assert verify_checks.bind_arguments(check, {"host": 1, "params": 2}) == {"host": 1}
 
 
 def test_rewritten_assert_explains_values(tmp_path: Path) -> None:
     """A failing assert in a checks file carries the expression and the values, as in pytest."""
-    vw.install_assertion_explanations()
+    verify_checks.install_assertion_explanations()
     source = b"def test_eq():\n    got = 'bullseye'\n    assert got == 'bookworm'\n"
     namespace: dict[str, Any] = {}
-    exec(vw.compile_checks(source, str(tmp_path / "checks.py")), namespace)
+    exec(verify_checks.compile_checks(source, str(tmp_path / "checks.py")), namespace)
     with pytest.raises(AssertionError) as info:
         namespace["test_eq"]()
     assert "assert 'bullseye' == 'bookworm'" in str(info.value)
@@ -167,7 +167,7 @@ def test_rewritten_assert_explains_values(tmp_path: Path) -> None:
 def test_load_suite_collects_test_functions_in_order(tmp_path: Path) -> None:
     """Only module-level test_* functions are checks, in definition order."""
     path = _write_checks(tmp_path, "demo", DEMO_CHECKS)
-    suite = vw.load_suite("demo", path, 0)
+    suite = verify_checks.load_suite("demo", path, 0)
     assert suite.error is None
     assert [name for name, _ in suite.checks] == [
         "test_os_is_bookworm",
@@ -182,7 +182,7 @@ def test_load_suite_collects_test_functions_in_order(tmp_path: Path) -> None:
 def test_load_suite_reports_a_broken_file_with_its_line(tmp_path: Path) -> None:
     """A checks.py that does not import is an error naming the file and line, not a crash."""
     path = _write_checks(tmp_path, "demo", "def test_x(host):\n    pass\n\nimport nope_not_here\n")
-    suite = vw.load_suite("demo", path, 0)
+    suite = verify_checks.load_suite("demo", path, 0)
     assert suite.checks == ()
     assert suite.error is not None
     assert "nope_not_here" in suite.error
@@ -191,7 +191,7 @@ def test_load_suite_reports_a_broken_file_with_its_line(tmp_path: Path) -> None:
 
 def test_run_check_statuses(tmp_path: Path) -> None:
     """pass when it returns, fail on AssertionError with location, error on anything else."""
-    vw.install_assertion_explanations()
+    verify_checks.install_assertion_explanations()
     path = _write_checks(
         tmp_path,
         "demo",
@@ -209,9 +209,9 @@ def test_run_check_statuses(tmp_path: Path) -> None:
             pass
         """,
     )
-    suite = vw.load_suite("demo", path, 0)
+    suite = verify_checks.load_suite("demo", path, 0)
     results = {
-        name: vw.run_check("h1", suite, name, func, {"host": "h", "params": {"n": 1}})
+        name: verify_checks.run_check("h1", suite, name, func, {"host": "h", "params": {"n": 1}})
         for name, func in suite.checks
     }
     assert results["test_ok"].status == "pass"
@@ -225,7 +225,7 @@ def test_run_check_statuses(tmp_path: Path) -> None:
     assert all(r.host == "h1" and r.service == "demo" for r in results.values())
 
 
-class _LocalShellBackend(vw.ShellBackend):
+class _LocalShellBackend(verify_shell.ShellBackend):
     """The worker's shell protocol against a local bash standing in for the remote shell."""
 
     def _start(self) -> subprocess.Popen[bytes]:
@@ -287,7 +287,7 @@ def test_ssh_config_blocks_per_host_and_kept_connections(tmp_path: Path) -> None
         "web-1": _host("web-1", "10.0.0.1", {}, key_file="/k/id", port=2222),
         "_host-1": _host("web-2", "10.0.0.2", {}, known_hosts_file=None),
     }
-    first, second = vw.ssh_config_text(hosts).split("\n\n")
+    first, second = verify_ssh.ssh_config_text(hosts).split("\n\n")
     assert "Host web-1\n  HostName 10.0.0.1\n  Port 2222\n  User root" in first
     assert "IdentityFile /k/id" in first
     assert "UserKnownHostsFile /dev/null" in first
@@ -296,7 +296,7 @@ def test_ssh_config_blocks_per_host_and_kept_connections(tmp_path: Path) -> None
     assert "Control" not in first + second
     assert "IdentityFile" not in second
     assert "UserKnownHostsFile" not in second
-    kept = vw.ssh_config_text(hosts, str(tmp_path))
+    kept = verify_ssh.ssh_config_text(hosts, str(tmp_path))
     assert kept.count(f"ControlPath {tmp_path}/%C") == 2
     assert kept.count("ControlMaster auto") == 2
     assert "ControlPersist" in kept and "ServerAliveInterval" in kept
@@ -304,17 +304,17 @@ def test_ssh_config_blocks_per_host_and_kept_connections(tmp_path: Path) -> None
 
 def test_exec_form_only_for_one_external_command() -> None:
     """A lone external command is exec'd; lists, pipes, redirections, builtins are not."""
-    assert vw.exec_form("stat -Lc %a /etc/motd") == "exec stat -Lc %a /etc/motd"
-    assert vw.exec_form("sudo /bin/sh -c 'a; b | c'") == "exec sudo /bin/sh -c 'a; b | c'"
+    assert verify_shell.exec_form("stat -Lc %a /etc/motd") == "exec stat -Lc %a /etc/motd"
+    assert verify_shell.exec_form("sudo /bin/sh -c 'a; b | c'") == "exec sudo /bin/sh -c 'a; b | c'"
     for cmd in ("command -v ss", "test -f /x", "X=1 env", "ls | wc -l", "a && b", "a; b",
                 "cat 2>/dev/null", "echo hi", "a\nb", "f $(a; b)", "'unbalanced"):
-        assert vw.exec_form(cmd) == cmd
+        assert verify_shell.exec_form(cmd) == cmd
 
 
 def test_ssh_alias_falls_back_for_unusual_names() -> None:
     """Plain host names are their own SSH alias; others get one that cannot collide."""
-    assert vw.ssh_alias("web-1.example", 0) == "web-1.example"
-    assert vw.ssh_alias("odd name", 3) == "_host-3"
+    assert verify_ssh.ssh_alias("web-1.example", 0) == "web-1.example"
+    assert verify_ssh.ssh_alias("odd name", 3) == "_host-3"
 
 
 def test_verify_reports_refused_loopback_host(tmp_path: Path, short_tmpdir: str) -> None:
@@ -545,7 +545,7 @@ def test_a_failing_command_shows_its_command_exit_code_and_output(tmp_path: Path
     not ``CommandResult(backend=<...ShellBackend object at 0x...>``."""
     import testinfra.host
 
-    vw.install_assertion_explanations()
+    verify_checks.install_assertion_explanations()
     path = _write_checks(tmp_path, "redis", """
         def test_ping(host):
             assert host.run("echo 'Could not connect' >&2; exit 3").rc == 0
@@ -553,11 +553,11 @@ def test_a_failing_command_shows_its_command_exit_code_and_output(tmp_path: Path
         def test_output(host):
             host.check_output("printf PONG; exit 4")
         """)
-    suite = vw.load_suite("redis", path, 0)
+    suite = verify_checks.load_suite("redis", path, 0)
     backend = _LocalShellBackend("local-test")
     try:
         host = testinfra.host.Host(backend)
-        ping, output = (vw.run_check("h1", suite, name, func, {"host": host})
+        ping, output = (verify_checks.run_check("h1", suite, name, func, {"host": host})
                         for name, func in suite.checks)
     finally:
         backend.close()

@@ -2,7 +2,7 @@
 
 A guarded service (``guard: true`` in its ``service.yml``, or ``settings.guard.all``) is
 applied under a guard on each host where it changes something. Before its first change there
-the apply worker (``workers/apply_worker.py``) arms a revert that lives on the host and needs
+the apply worker (``workers/apply_guards.py``) arms a revert that lives on the host and needs
 nothing from the controller: a folder ``/var/lib/gitops-guard`` with a copy of each file the
 apply is about to write or remove (``cp -a``: content, owner, mode), the units it restarts or
 reloads, a deadline, and a transient systemd timer (``systemd-run --on-active``) that runs

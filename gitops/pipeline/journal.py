@@ -3,7 +3,7 @@
 An apply killed between an operation that changed a host (a configuration file) and the
 operations that depend on it (the restart, pyinfra's ``_if=``) leaves the change without its
 consequences, and the next apply finds the file up to date, so pyinfra sees nothing to do.
-The apply worker (``workers/apply_worker.py``) therefore appends to
+The apply worker (``workers/apply_journal.py``) therefore appends to
 ``<state-dir>/journal/<environment>/<host>.jsonl``, as it goes, a line when an operation
 starts (fsync'd before it runs: the worker dies with its parent) and one when it is done;
 the file is removed once that host's apply completes. An apply that ended with the host

@@ -4,7 +4,7 @@ Deploys say how each of their operations runs (pyinfra's ``_sudo`` and the like)
 commands gitops itself sends (the guard's preflight, arm, save, heartbeat, settle and
 confirm, ``gitops.pipeline.guard``) must run as root whoever logs in: the guard's folder is
 root's. ``as_root(host, command)`` is the only way they are sent, over pyinfra's connection
-(``workers/apply_worker.py``) or OpenSSH's client (``guard.confirm``):
+(``workers/apply_guards.py``) or OpenSSH's client (``guard.confirm``):
 
 - a host that logs in as ``root`` runs the command as it is;
 - a host declared with ``_sudo: true`` (its vars) and another user runs it through

@@ -34,7 +34,7 @@ __all__ = ["CHECK_ARGUMENTS", "REMOVE_FILE", "SERVICE_FILE", "Requires", "check_
            "service_model", "service_requires", "teams"]
 
 CHECK_ARGUMENTS = ("host", "params")
-"""What a check function in ``checks.py`` may take (see gitops.workers.verify_worker)."""
+"""What a check function in ``checks.py`` may take (see gitops.workers.verify_checks)."""
 
 
 SERVICE_FILE = "service.yml"

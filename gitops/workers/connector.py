@@ -8,7 +8,7 @@ runs only in that worker process. Cuts of what a pyinfra apply costs each host:
   SSH session per command (each of which costs the host an sshd session process, a login
   shell and pyinfra's ``sh -c``). The shell runs each command as ``{ CMD } </dev/null``
   followed by a random marker with its exit status on stdout and on stderr, as
-  ``gitops.workers.verify_worker.ShellBackend`` does for testinfra. File transfers keep
+  ``gitops.workers.verify_shell.ShellBackend`` does for testinfra. File transfers keep
   pyinfra's SFTP channel; a command that needs a terminal or stdin gets its own session.
   One command at a time uses the shell (a lock: another greenlet of the same host waits);
   ``run_aside`` runs a command in a session of its own, beside a long command in the

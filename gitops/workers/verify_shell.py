@@ -1,0 +1,159 @@
+"""The verify worker's connection to a host: testinfra's SSH backend with every command in
+one long-lived remote shell, each command's result kept for the rest of the pass."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import selectors
+import shlex
+import subprocess
+import threading
+from typing import Any
+
+from testinfra.backend.base import CommandResult
+from testinfra.backend.ssh import SshBackend
+
+__all__ = ["ShellBackend", "exec_form"]
+
+
+class ShellBackend(SshBackend):  # type: ignore[misc]  # testinfra ships no type information
+    """testinfra's SSH backend, but every command runs in one long-lived remote shell.
+
+    testinfra's own backend starts ``sh -c "ssh ... host cmd"`` per command: with a control
+    master that is still a local ssh process and a remote session per command (~35 ms each
+    here, and a check runs several commands). This one opens ``ssh host`` once, runs a shell
+    there (bash if present, as login shells usually are, else sh) and writes each command
+    to it as ``( eval 'cmd' ) </dev/null``, so it runs as with ``sh -c`` (its own subshell,
+    no stdin), followed by a random marker with the exit status on stdout and on stderr.
+    A dead session is reported as testinfra reports an SSH failure (RuntimeError with a
+    CommandResult of exit status 255) and is reopened by the next command.
+
+    One verify reads a host as a snapshot: a command already run on this host in this pass
+    (the same text, sudo included) is answered from its first result. testinfra's modules
+    repeat their queries (``ss`` for every socket, ``id -u`` for every ``host.user()``), and
+    on a busy control host the remote commands, not the checks, are what a verify costs.
+    """
+
+    NAME = "ssh"
+
+    def __init__(self, hostspec: str, **kwargs: Any) -> None:
+        super().__init__(hostspec, **kwargs)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()  # encode() may run a command to learn the encoding
+        self._token = f"__gitops_{secrets.token_hex(8)}__".encode()
+        self._seen: dict[str, CommandResult] = {}
+
+    def run(self, command: str, *args: str, **kwargs: Any) -> CommandResult:
+        cmd = self.get_command(command, *args)
+        with self._lock:
+            result = self._seen.get(cmd)
+            if result is None:
+                result = self._seen[cmd] = self._run(cmd)
+            return result
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        argv = ["ssh", "-F", str(self.ssh_config), "-o", f"ConnectTimeout={self.timeout}"]
+        argv += [self.host.name, "command -v bash >/dev/null && exec bash; exec sh"]
+        return subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+
+    def _run(self, cmd: str) -> CommandResult:
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = self._start()
+        proc = self._proc
+        assert proc.stdin and proc.stdout and proc.stderr
+        token = self._token.decode()
+        script = (
+            f"( eval {shlex.quote(exec_form(cmd))} ) </dev/null; "
+            f"printf '\\n%s %d\\n' {token} $?; "
+            f"printf '\\n%s\\n' {token} >&2\n"
+        )
+        out, err = bytearray(), bytearray()
+        out_end = err_end = -1
+        try:
+            proc.stdin.write(self.encode(script))
+            proc.stdin.flush()
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ, out)
+                sel.register(proc.stderr, selectors.EVENT_READ, err)
+                while out_end < 0 or err_end < 0:
+                    if not sel.get_map():
+                        raise EOFError
+                    for key, _ in sel.select():
+                        chunk = os.read(key.fd, 65536)
+                        if not chunk:
+                            sel.unregister(key.fileobj)
+                            continue
+                        key.data.extend(chunk)
+                    out_end = _marker(out, self._token + b" ", b"\n")
+                    err_end = _marker(err, self._token, b"\n")
+        except (OSError, EOFError):
+            return self._lost(cmd, bytes(err))
+        rc = int(out[out_end:].split(b" ", 1)[1])
+        return self.result(rc, self.encode(cmd), bytes(out[:out_end]), bytes(err[:err_end]))
+
+    def _lost(self, cmd: str, stderr: bytes) -> CommandResult:
+        """The session is gone: raise as testinfra does for an SSH failure (exit 255)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+                _, rest = proc.communicate(timeout=5)
+                stderr += rest
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        raise RuntimeError(self.result(255, self.encode(cmd), b"", stderr))
+
+    def close(self) -> None:
+        """End the remote shell (closing its stdin) and wait for the ssh client to exit."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        try:
+            proc.communicate(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait()
+
+
+_SHELL_WORDS = frozenset(str.split(
+    "! { } [[ ]] if then else elif fi case esac for select while until do done function time "
+    "coproc : . [ alias bg bind break builtin caller cd command compgen complete compopt "
+    "continue declare dirs disown echo enable eval exec exit export false fc fg getopts hash "
+    "help history jobs kill let local logout mapfile popd printf pushd pwd read readarray "
+    "readonly return set shift shopt source suspend test times trap true type typeset ulimit "
+    "umask unalias unset wait"
+))
+
+
+def exec_form(cmd: str) -> str:
+    """``exec cmd`` when ``cmd`` is one simple command of an external program, else ``cmd``.
+
+    The subshell each command runs in then becomes the program instead of forking once more
+    (about a third of what a short command costs the host). Anything else (pipes, lists,
+    redirections, newlines, assignments, shell builtins and keywords) is left as it is.
+    """
+    if "\n" in cmd:
+        return cmd
+    lexer = shlex.shlex(cmd, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        words = list(lexer)
+    except ValueError:  # unbalanced quotes: the shell reports it
+        return cmd
+    if not words or words[0] in _SHELL_WORDS or "=" in words[0]:
+        return cmd
+    if any(w and set(w) <= set("();<>|&") for w in words):
+        return cmd
+    return f"exec {cmd}"
+
+
+def _marker(buf: bytearray, token: bytes, end: bytes) -> int:
+    """Where the output before ``\\n<token>...<end>`` ends, or -1 if it is not all there yet."""
+    at = buf.find(b"\n" + token)
+    if at < 0 or buf.find(end, at + 1 + len(token)) < 0:
+        return -1
+    return at
