@@ -4,9 +4,9 @@ the API's own routes, as the caller's roles allow (``GET /api/session``'s ``may`
 
 ``routes(state_dir, authorize)`` gives the daemon (through ``create_app(extra_routes=...)``):
 
-- ``GET /``: the page (static HTML, no data in it), ``GET /static/page.js``, ``actions.js``,
-  ``postmortem.js`` and ``/static/page.css``: plain files from ``gitops/static``, no build
-  step, nothing external;
+- ``GET /``: the page (static HTML, no data in it), ``GET /static/dom.js`` (the one DOM
+  builder), ``page.js``, ``actions.js``, ``postmortem.js`` and ``/static/page.css``: plain
+  files from ``gitops/static``, no build step, nothing external;
 - ``GET /api/page``: one JSON document with everything the page shows, fetched every few
   seconds: environments with their conditions and controls, the hosts x services grid of
   the latest check results (and, per host, the services it keeps that its revision no longer
@@ -83,6 +83,7 @@ _AUDIT_SCAN = 2000
 _CHECK_KINDS = (*APPLY_KINDS, "verify")
 
 _STATIC = {
+    "dom.js": "text/javascript; charset=utf-8",
     "page.js": "text/javascript; charset=utf-8",
     "actions.js": "text/javascript; charset=utf-8",
     "page.css": "text/css; charset=utf-8",

@@ -11,21 +11,7 @@ window.gitopsActions = (function () {
   let may = null;  // {environment: [permission, ...]} once /api/session answered
   const cards = new Map();  // environment -> {root, bar, form, result, env, data}
 
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs || {})) {
-      if (value === null || value === undefined || value === false) continue;
-      if (key === "class") node.className = value;
-      else if (key === "text") node.textContent = String(value);
-      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-      else node.setAttribute(key, value === true ? "" : String(value));
-    }
-    for (const child of children.flat()) {
-      if (child === null || child === undefined || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
+  const { el } = window.gitopsDom;
 
   const short = (sha) => (sha ? String(sha).slice(0, 10) : "—");
 

@@ -12,27 +12,9 @@
 
   // -- small helpers -----------------------------------------------------------------------
 
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs || {})) {
-      if (value === null || value === undefined || value === false) continue;
-      if (key === "class") node.className = value;
-      else if (key === "text") node.textContent = String(value);
-      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-      else node.setAttribute(key, value === true ? "" : String(value));
-    }
-    return add(node, ...children);
-  }
-
-  // Appends children to node, skipping null, undefined and false as el() does (a bare
-  // add(node, null) shows the text "null"): every append of this script goes through it.
-  function add(node, ...children) {
-    for (const child of children.flat()) {
-      if (child === null || child === undefined || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
+  // dom.js: el() builds an element, add() appends children skipping null, undefined and
+  // false (a bare node.append(null) shows the text "null"): every append goes through them.
+  const { el, add } = window.gitopsDom;
 
   // Replaces node's children with these, skipping nulls as add() does.
   function put(node, ...children) {

@@ -16,21 +16,7 @@
   const problems = new Map();  // incident id -> the last refusal's message
   let focused = null;  // {key, start, end}: the field being written, to focus it again
 
-  function el(tag, attrs, ...children) {
-    const node = document.createElement(tag);
-    for (const [key, value] of Object.entries(attrs || {})) {
-      if (value === null || value === undefined || value === false) continue;
-      if (key === "class") node.className = value;
-      else if (key === "text") node.textContent = String(value);
-      else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
-      else node.setAttribute(key, value === true ? "" : String(value));
-    }
-    for (const child of children.flat()) {
-      if (child === null || child === undefined || child === false) continue;
-      node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-    }
-    return node;
-  }
+  const { el } = window.gitopsDom;
 
   function when(iso) {
     return iso ? String(iso).replace("T", " ").slice(0, 16) : "";
