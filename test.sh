@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian 12 machine, as root: install the system packages the
 # tests use (the lab's tools, chromium for the page, promtool, PostgreSQL), the project in
-# .venv, then run pytest. Arguments go to pytest (default: tests/); its exit code is this
-# script's. .ci/run runs this script with CI=true. Without root the packages are not
-# installed, and the tests that need them (lab, browser) are skipped.
+# .venv, then run pytest. Arguments go to pytest and its exit code is this script's; without
+# arguments, the whole suite (tests/, the Vagrant VM's tests in a process of their own
+# beside the rest). .ci/run runs this script with CI=true. Without root the packages are
+# not installed, and the tests that need them (lab, browser) are skipped.
 set -euo pipefail
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
@@ -43,7 +44,31 @@ if command -v npm >/dev/null && [ ! -d tests/oidc/node_modules/oidc-provider ]; 
     npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 fi
 
-if [ "$#" -eq 0 ]; then
-    set -- tests/
+if [ "$#" -gt 0 ]; then
+    exec .venv/bin/python -m pytest "$@"
 fi
-exec .venv/bin/python -m pytest "$@"
+
+# The whole suite. The Vagrant VM's tests (an emulated VM: minutes of mostly waiting) run
+# beside the rest, in a second pytest process whose output follows the first's; the exit
+# code is the first failure's (pytest's 5, nothing collected, only when both say so).
+side_dir=$(mktemp -d /tmp/gitops-test-vagrant.XXXXXX)
+.venv/bin/python -m pytest tests/test_vagrant.py -p no:cacheprovider \
+    --basetemp="$side_dir/tmp" >"$side_dir/log" 2>&1 &
+side=$!
+status=0
+.venv/bin/python -m pytest tests/ --ignore=tests/test_vagrant.py || status=$?
+side_status=0
+wait "$side" || side_status=$?
+echo
+echo "=== tests/test_vagrant.py, run beside the rest (exit $side_status) ==="
+cat "$side_dir/log"
+rm -rf "$side_dir"
+for code in "$status" "$side_status"; do
+    if [ "$code" -ne 0 ] && [ "$code" -ne 5 ]; then
+        exit "$code"
+    fi
+done
+if [ "$status" -eq 5 ] && [ "$side_status" -eq 5 ]; then
+    exit 5
+fi
+exit 0

@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import vagrantboot
 import yaml
 from builders import commit, copy_sample, git_repo
+from vagrantboot import MACHINE, cli
 
 from gitops.lab import vagrantbox
 from gitops.model import InventoryFile
@@ -362,8 +364,6 @@ def test_machines_variable_limits_the_vagrantfile(tmp_path: Path) -> None:
 
 # --- end to end: one real VM (libvirt, the box built offline by `gitops vagrant box`) ---------
 
-MACHINE = "web1"
-"""The suite boots one VM of the Vagrantfile (bench/vagrant.py boots all three)."""
 DROPIN = "/etc/ssh/sshd_config.d/50-gitops-hardening.conf"
 
 
@@ -371,34 +371,24 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
 
-def _cli(*args: str, folder: Path, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    """``python -m gitops ARGS`` with the Vagrantfile's folder and the one machine."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GITOPS_")}
-    env.update(GITOPS_VAGRANT_DIR=str(folder), GITOPS_VAGRANT_MACHINES=MACHINE)
-    return subprocess.run([sys.executable, "-m", "gitops", *args], capture_output=True,
-                          text=True, timeout=timeout, env=env, check=False)
-
-
 @pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The Vagrantfile's web1 up (box built or cached, libvirt started, networks isolated);
-    destroyed, and the isolation removed, afterwards. Fails under CI when it cannot run."""
+def vm() -> Iterator[Path]:
+    """The Vagrantfile's web1 up (box built or cached, libvirt started, networks isolated),
+    booted in the background since collection (``tests/vagrantboot.py``); destroyed, and the
+    isolation removed, afterwards. Fails under CI when it cannot run."""
     if os.geteuid() != 0:
         if _in_ci():
             pytest.fail("the Vagrant end-to-end test cannot run under CI: not root",
                         pytrace=False)
         pytest.skip("the Vagrant end-to-end test needs root (libvirt, the box build)")
-    # the folder's name prefixes the libvirt domain's: one of its own per session
-    folder = tmp_path_factory.mktemp(f"vagrant{os.getpid()}", numbered=False)
-    shutil.copy(REPO / "Vagrantfile", folder / "Vagrantfile")
+    folder = vagrantboot.start().folder
     try:
-        up = _cli("vagrant", "up", MACHINE, folder=folder)
-        assert "Traceback" not in up.stderr, up.stderr
-        assert up.returncode == 0, f"gitops vagrant up:\n{up.stdout[-3000:]}\n{up.stderr}"
+        problem = vagrantboot.wait()
+        assert problem is None, problem
         yield folder
     finally:
-        down = _cli("vagrant", "down", folder=folder, timeout=900)
-        assert down.returncode == 0, down.stderr
+        down = vagrantboot.stop()
+        assert down is not None and down.returncode == 0, down and down.stderr
         proc = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"],
                               capture_output=True, text=True, timeout=60, check=False)
         assert f"{folder.name}_{MACHINE}" not in proc.stdout
@@ -426,7 +416,7 @@ class Repo:
         commit(self.path, message)
 
     def gitops(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return _cli(*args, "--repo", str(self.path), "-e", "vagrant", "--state-dir",
+        return cli(*args, "--repo", str(self.path), "-e", "vagrant", "--state-dir",
                     str(self.state), folder=self.folder)
 
     def run_json(self, *args: str) -> tuple[int, dict[str, Any]]:
