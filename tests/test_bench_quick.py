@@ -95,7 +95,8 @@ def test_a_benchmark_on_lab_hosts_runs(script: str, tag: str, summary: str) -> N
     ("soak.py", ["--name", "{bsk}", "--hosts", "1", "--minutes", "0.3", "--commit-every", "5",
                  "--sample", "5", "--warmup", "1", "--out", "{tmp}/soak.md"], "**soak**"),
     ("daemon.py", ["--idle", "2", "--idle-nowatch", "2", "--cycles", "2", "--rounds", "1",
-                   "--commits", "1", "--hooks", "2", "--no-results"], "**daemon**"),
+                   "--big-hosts", "3", "--commits", "1", "--hooks", "2", "--no-results"],
+     "**daemon**"),
     ("faults.py", ["--name", "{bfa}", "--kills", "1", "--net", "1", "--power", "1", "--disk",
                    "1", "--remote", "1", "--second", "1"], "6 survived without loss, 0 losses"),
 ])
