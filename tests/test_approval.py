@@ -21,6 +21,7 @@ from clitools import gitops
 from hypothesis import strategies as st
 from oidcsite import ACCOUNTS, audit, card, get, oidc_site, post, sign_in_as
 from test_csrf_browser import browser  # noqa: F401  (the fixture)
+from test_notify import HOOK_SECRET, Receiver, hook
 
 from gitops.daemon import approval
 from gitops.daemon.approval import Approval, ApprovalInput, Gated
@@ -238,6 +239,39 @@ def test_a_revision_waiting_for_approval_applies_nothing_until_approved(
     d.cycle(env, None)
     assert len(_runs(d)) == 1  # the newer one waits for its own approval
     assert _reconciling(d) == ("WaitingForApproval", waiting.replace(head[:10], newer[:10]))
+
+
+def test_the_owning_team_hears_once_that_a_revision_waits_for_approval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notifier of payments asking for ``approval`` hears that the head waits, once (the
+    documented webhook format, the status's message): not again on the next cycle nor from
+    a daemon restarted on the same record; search's notifier hears nothing; a newer commit
+    is told again."""
+    receiver = Receiver()
+    try:
+        repo = _repo(tmp_path)
+        head = git(repo, "rev-parse", "HEAD")
+        url = f"{receiver.base}/hooks/{HOOK_SECRET}"
+        settings = Settings(state_dir=tmp_path / "state", **_fields(repo), notifiers=[
+            hook(tmp_path, monkeypatch, url, events=["approval"], teams=["payments"]),
+            hook(tmp_path, monkeypatch, url, events=["approval"], teams=["search"])])
+        d = Daemon(settings)
+        d.cycle(d.envs["pay-prod"], None)
+        d.cycle(d.envs["pay-prod"], None)
+        again = Daemon(settings)  # a restart: the record already shows it waiting
+        again.cycle(again.envs["pay-prod"], None)
+        newer = commit_file(repo, "README", "a newer revision\n")
+        again.cycle(again.envs["pay-prod"], None)
+        told = [(r.body["kind"], r.body["environment"], r.body["revision"]["sha"])
+                for r in receiver.requests]
+        assert told == [("approval", "pay-prod", head), ("approval", "pay-prod", newer)]
+        assert receiver.problems == []
+        assert receiver.requests[0].body["summary"] == (
+            f"waiting for approval of {head[:10]} by an operator of team payments "
+            f"(gitops approve -e ENV {head[:10]} --reason WHY)")
+        assert _runs(again) == []
+    finally:
+        receiver.close()
 
 
 def test_a_rollback_to_a_verified_revision_needs_no_approval(tmp_path: Path) -> None:

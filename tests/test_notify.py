@@ -70,7 +70,7 @@ SLACK_KEYS = {"text", "blocks", "attachments", "thread_ts", "mrkdwn", "username"
               "icon_url", "channel", "unfurl_links", "unfurl_media"}
 WEBHOOK_KEYS = {"schema", "kind", "environment", "revision", "summary", "failed_hosts", "run_id",
                 "timestamp", "severity", "text", "page_url"}
-KINDS = {"failure", "recovery", "drift", "rollback", "quarantine", "success"}
+KINDS = {"failure", "recovery", "drift", "rollback", "quarantine", "success", "approval"}
 
 
 @dataclass

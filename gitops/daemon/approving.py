@@ -50,9 +50,11 @@ def gated(store: Store, env: EnvState, cycle: Cycle, wanted: RunOrder | None,
 
 
 def show_waiting_approval(store: Store, environment: str, waiting: str | None,
-                          team: str) -> None:
+                          team: str) -> bool:
     """Show ``Reconciling=False WaitingForApproval`` while a revision waits for approval;
-    clear it once none does (a run replaces it anyway)."""
+    clear it once none does (a run replaces it anyway). True when a revision is shown
+    waiting now that was not before (the record's status, so a restart does not say it
+    again): the moment to ask the team."""
     row = store.environment_status(environment)
     shown = row.condition("Reconciling") if row is not None else None
     if waiting is not None:
@@ -60,9 +62,11 @@ def show_waiting_approval(store: Store, environment: str, waiting: str | None,
         if shown is None or shown.message != message:
             set_condition(store, environment, Condition("Reconciling", "False", WAITING,
                                                         message))
+            return True
     elif row is not None and shown is not None and shown.reason == WAITING:
         store.set_status(environment, ENVIRONMENT,
                          [c for c in row.conditions if c.type != "Reconciling"])
+    return False
 
 
 def waiting(store: Store, environment: str, reasons: list[str]) -> str | None:

@@ -38,7 +38,16 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from gitops.daemon import approving, control, fanout, notify, policy, promoting, promotion
+from gitops.daemon import (
+    approval,
+    approving,
+    control,
+    fanout,
+    notify,
+    policy,
+    promoting,
+    promotion,
+)
 from gitops.daemon.digest_timer import DigestTimer
 from gitops.daemon.envstate import EnvState, reconciling_again, set_condition
 from gitops.daemon.leasing import LeaseHolder
@@ -445,8 +454,12 @@ class Daemon:
             show_waiting(store, name, None if gated.waiting else decision.waiting)
             if decision.waiting is None and cfg.promote_from and gated.waiting is None:
                 promoting.show_waiting_upstream(store, name, decision.waiting_for)
-            if cfg.require_approval:
-                approving.show_waiting_approval(store, name, gated.waiting, team)
+            asked = cfg.require_approval and approving.show_waiting_approval(
+                store, name, gated.waiting, team)
+        if asked and gated.waiting is not None:  # the team hears it once per revision
+            self.reporter.notify(env, notify.Event(
+                kind="approval", environment=name, sha=gated.waiting,
+                summary=approval.waiting_message(gated.waiting, team)))
         order = decision.run
         if order is None:
             if retry is not None and (inputs.controls.suspended or decision.waiting):
