@@ -63,8 +63,8 @@ class Capture(logging.Handler):
 def stop_reason(state: State, capture: Capture, exc: PyinfraError) -> str | None:
     """Why pyinfra stopped, or None when its "No hosts remaining!" only sums up hosts that
     each failed with their own error (reported per host: the summary would bury them)."""
-    if not state.active_hosts and all(capture.host_errors.get(h.name)
-                                      for h in state.failed_hosts):
+    if not state.active_hosts and state.failed_hosts and all(
+            capture.host_errors.get(h.name) for h in state.failed_hosts):
         return None
     return str(exc)
 

@@ -32,11 +32,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import gevent
 import pyinfra
 from pydantic import BaseModel
 from pyinfra import local as pyinfra_local
 from pyinfra.api.config import Config
-from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.connect import disconnect_all
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.api.inventory import Inventory
 from pyinfra.api.operations import run_ops
@@ -157,7 +158,7 @@ def run(job: Job) -> WorkerResult:
     stopped: str | None = None
     state.set_stage(StateStage.Connect)
     try:
-        connect_all(state)
+        _connect_all(state, capture)
     except PyinfraError as exc:
         stopped = apply_results.stop_reason(state, capture, exc)
     for host in state.active_hosts:
@@ -235,6 +236,26 @@ def run(job: Job) -> WorkerResult:
     _disconnect(state)
     return WorkerResult(plan=plan, apply=report)
 
+
+
+def _connect_all(state: State, capture: apply_results.Capture) -> None:
+    """pyinfra's ``connect_all``, each host on its own: a connector that raises (a key file
+    it cannot read, say) fails that host with the reason, where pyinfra's stops at the
+    first such host and leaves every host after it neither connected nor failed (then
+    reported ``ok`` with nothing applied)."""
+    hosts = [host for host in state.inventory if state.is_host_in_limit(host)]
+    greenlets = {state.pool.spawn(host.connect): host for host in hosts}
+    gevent.joinall(list(greenlets))
+    failed = set()
+    for greenlet, host in greenlets.items():
+        if greenlet.exception is not None:
+            capture.host_errors[host.name].append(f"cannot connect: {greenlet.exception}")
+            failed.add(host)
+        elif host.connected:
+            state.activate_host(host)
+        else:
+            failed.add(host)
+    state.fail_hosts(failed, activated_count=len(hosts))
 
 
 def _disconnect(state: State) -> None:
