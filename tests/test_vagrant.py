@@ -16,6 +16,7 @@ import pytest
 import vagrantboot
 import yaml
 from builders import commit, copy_sample, git_repo
+from conftest import in_ci
 from vagrantboot import MACHINE, cli
 
 from gitops.lab import vagrantbox
@@ -367,17 +368,13 @@ def test_machines_variable_limits_the_vagrantfile(tmp_path: Path) -> None:
 DROPIN = "/etc/ssh/sshd_config.d/50-gitops-hardening.conf"
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
 @pytest.fixture(scope="module")
 def vm() -> Iterator[Path]:
     """The Vagrantfile's web1 up (box built or cached, libvirt started, networks isolated),
     booted in the background since collection (``tests/vagrantboot.py``); destroyed, and the
     isolation removed, afterwards. Fails under CI when it cannot run."""
     if os.geteuid() != 0:
-        if _in_ci():
+        if in_ci():
             pytest.fail("the Vagrant end-to-end test cannot run under CI: not root",
                         pytrace=False)
         pytest.skip("the Vagrant end-to-end test needs root (libvirt, the box build)")
