@@ -48,7 +48,7 @@ from pyinfra.context import ctx_config, ctx_inventory, ctx_state
 from gitops.model import DeclaredHost, DeclaredState
 from gitops.pipeline.factskip import Skip
 from gitops.pipeline.worker import die_with_parent
-from gitops.records import ApplyReport, VerifyReport, WorkerResult
+from gitops.records import ApplyReport, Plan, VerifyReport, WorkerResult
 from gitops.workers import (
     apply_results,
     connector,
@@ -79,6 +79,8 @@ class Job(BaseModel):
     skip: Skip | None = None
     """Skip the hosts whose fingerprints and recorded facts are unchanged
     (``gitops.pipeline.factskip``); an apply records them."""
+    checks_only: bool = False
+    """Apply nothing: connect, run the checks of every host of ``state`` (``verify``), end."""
     verify: DeclaredState | None = None
     """After an apply, run the checks of these hosts (all their services) where the apply
     left them ``ok``, over the apply's own SSH connections (``verify_channel``)."""
@@ -177,6 +179,8 @@ def run(job: Job) -> WorkerResult:
     progress(f"connected to {len(state.active_hosts)}/{len(names)} hosts")
 
     by_name = {h.name: h for h in inventory}
+    if job.checks_only:
+        return _checks_only(declared, state, capture, by_name)
     skipped: set[str] = set()
     if facts is not None and stopped is None:
         skipped = facts.check(state, lambda name: bool(recorder and recorder.pending.get(name)))
@@ -272,6 +276,25 @@ def _verify(wanted: DeclaredState, report: ApplyReport, by_name: dict[str, Any]
     checks = verify_worker.run_over(wanted, opens, progress)
     return checks, tuple(h.name for h in wanted.hosts if h.name in opens)
 
+
+
+def _checks_only(declared: DeclaredState, state: State, capture: apply_results.Capture,
+                 by_name: dict[str, Any]) -> WorkerResult:
+    """The checks of every host of ``declared`` over the connections just opened; a host
+    not connected is reported with why."""
+    connected = {host.name for host in state.active_hosts}
+    failed = {h.name: verify_worker.HostOutcome(
+        h.name, (), "; ".join(capture.host_errors.get(h.name, ())) or "cannot connect", 0.0)
+        for h in declared.hosts if h.name not in connected}
+    for outcome in failed.values():
+        progress(verify_worker.summary(outcome))
+    opens = {name: functools.partial(verify_channel.connect_over, name,
+                                     by_name[name].connector.client.get_transport())
+             for name in connected}
+    checks = verify_worker.run_over(declared, opens, progress, failed)
+    _disconnect(state)
+    return WorkerResult(plan=Plan(hosts=()), verify=checks,
+                        verified=tuple(h.name for h in declared.hosts))
 
 
 def _connect_all(state: State, capture: apply_results.Capture) -> None:

@@ -51,7 +51,7 @@ from gitops.workers.verify_shell import ShellBackend
 from gitops.workers.verify_ssh import ssh_alias, ssh_config_text, unsafe_field
 
 __all__ = ["HostOutcome", "Job", "Opener", "check_host", "connect", "main", "run", "run_over",
-           "verify_host"]
+           "summary", "verify_host"]
 
 
 class Job(BaseModel):
@@ -142,7 +142,7 @@ def check_host(
     return HostOutcome(declared.name, tuple(results), None, time.monotonic() - start)
 
 
-def _summary(outcome: HostOutcome) -> str:
+def summary(outcome: HostOutcome) -> str:
     if outcome.error is not None:
         return f"{outcome.host}: unreachable: {outcome.error.splitlines()[0]}"
     counts = {s: sum(1 for r in outcome.results if r.status == s)
@@ -171,7 +171,7 @@ def run(
             del aliases[alias]
             refused[h.name] = HostOutcome(h.name, (), f"refused: {field} is not safe to "
                                           "write to an ssh_config", 0.0)
-            progress(_summary(refused[h.name]))
+            progress(summary(refused[h.name]))
     with tempfile.TemporaryDirectory(prefix="gitops-verify-") as tmp:
         ssh_config = Path(tmp) / "ssh_config"
         ssh_config.write_text(ssh_config_text(aliases, control_dir))
@@ -206,7 +206,7 @@ def run_over(
                 error = f"verify worker failed: {type(exc).__name__}: {exc}"
                 outcome = HostOutcome(futures[future], (), error, 0.0)
             outcomes[outcome.host] = outcome
-            progress(_summary(outcome))
+            progress(summary(outcome))
     ordered = [outcomes[h.name] for h in state.hosts if h.name in outcomes]
     return VerifyReport(
         results=tuple(r for o in ordered for r in o.results),
