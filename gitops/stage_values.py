@@ -259,10 +259,14 @@ class VerifyReport(_Record):
 
 
 class WorkerResult(_Record):
-    """What the pyinfra worker hands back: the plan and, unless dry, the apply report."""
+    """What the pyinfra worker hands back: the plan and, unless dry, the apply report; with
+    ``verified``, the checks it ran after the apply on those hosts' own connections."""
 
     plan: Plan
     apply: ApplyReport | None = None
+    verify: VerifyReport | None = None
+    verified: tuple[str, ...] = ()
+    """The hosts ``verify`` covers (a host whose services have no checks has no result)."""
 
 
 RunKind = Literal["reconcile", "verify", "plan", "rollback", "retry"]

@@ -325,7 +325,7 @@ def test_verify_reports_refused_loopback_host(tmp_path: Path, short_tmpdir: str)
     report = verify(state, timeout=60, on_progress=lines.append)
     assert report.results == ()
     assert "Connection refused" in report.host_errors["closed"]
-    assert lines and lines[0].startswith("closed: unreachable")
+    assert any(line.startswith("closed: unreachable") for line in lines), lines
     assert not report.ok
     assert _no_ssh_left(short_tmpdir) == []
 
@@ -438,7 +438,7 @@ def test_lab_unreachable_host_in_host_errors(lab_run: LabRun) -> None:
     """A host nobody answers is in host_errors with why, has no results, and others still run."""
     report, lab, ghost_address = lab_run.report, lab_run.lab, lab_run.ghost
     assert set(report.host_errors) == {"ghost"}
-    assert "ssh failed" in report.host_errors["ghost"]
+    assert "Could not connect to" in report.host_errors["ghost"]
     assert ghost_address in report.host_errors["ghost"]
     assert not [r for r in report.results if r.host == "ghost"]
     assert {r.host for r in report.results} == {h.name for h in lab.hosts}

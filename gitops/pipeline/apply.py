@@ -25,6 +25,7 @@ import json
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -33,9 +34,10 @@ from gitops.model import DeclaredState
 from gitops.pipeline import guard, hints
 from gitops.pipeline.factskip import Skip
 from gitops.pipeline.worker import Confined, Progress, run_worker
-from gitops.records import ApplyReport, Plan, WorkerResult
+from gitops.records import ApplyReport, Plan, VerifyReport, WorkerResult
 
-__all__ = ["MIN_HOSTS_PER_WORKER", "WORKER", "Spread", "apply", "job", "plan", "shares"]
+__all__ = ["MIN_HOSTS_PER_WORKER", "WORKER", "Applied", "Spread", "apply", "apply_then_verify",
+           "job", "plan", "shares"]
 
 WORKER = "gitops.workers.apply_worker"
 MIN_HOSTS_PER_WORKER = 10
@@ -54,10 +56,12 @@ class Spread(Protocol):
 
 
 def job(state: DeclaredState, *, dry: bool, diff: bool, journal: Path | None = None,
-        remove: bool = False, skip: Skip | None = None) -> str:
+        remove: bool = False, skip: Skip | None = None,
+        verify: DeclaredState | None = None) -> str:
     return json.dumps({"state": state.model_dump(mode="json"), "dry": dry, "diff": diff,
                        "journal": str(journal) if journal else None, "remove": remove,
-                       "skip": skip.model_dump(mode="json") if skip else None})
+                       "skip": skip.model_dump(mode="json") if skip else None,
+                       "verify": verify.model_dump(mode="json") if verify else None})
 
 
 def shares(state: DeclaredState, controllers: int = 1) -> list[DeclaredState]:
@@ -86,7 +90,7 @@ def shares(state: DeclaredState, controllers: int = 1) -> list[DeclaredState]:
 def _run(state: DeclaredState, timeout: float, on_progress: Progress | None, *, dry: bool,
          journal: Path | None = None, remove: bool = False,
          confined: Confined | None = None, spread: Spread | None = None,
-         skip: Skip | None = None) -> list[WorkerResult]:
+         skip: Skip | None = None, verify: DeclaredState | None = None) -> list[WorkerResult]:
     """Each share's worker result, in share order; a failed worker fails the whole stage
     once every other worker has finished (none is stopped halfway through an apply). With
     a ``spread`` (the daemon's fan-out across controllers), the shares go to their workers
@@ -98,7 +102,7 @@ def _run(state: DeclaredState, timeout: float, on_progress: Progress | None, *, 
     parts = shares(state)
     if len(parts) == 1:
         out = run_worker(WORKER, job(state, dry=dry, diff=True, journal=journal, remove=remove,
-                                     skip=skip),
+                                     skip=skip, verify=verify),
                          timeout=timeout, on_progress=on_progress, confined=confined)
         return [WorkerResult.model_validate_json(out)]
     lock = threading.Lock()
@@ -109,8 +113,9 @@ def _run(state: DeclaredState, timeout: float, on_progress: Progress | None, *, 
                 with lock:
                     on_progress(f"worker {index}/{len(parts)}: {line}")
 
+        mine = verify.limit({h.name for h in part.hosts}) if verify is not None else None
         out = run_worker(WORKER, job(part, dry=dry, diff=True, journal=journal, remove=remove,
-                                     skip=skip),
+                                     skip=skip, verify=mine),
                          timeout=timeout, on_progress=say, confined=confined)
         return WorkerResult.model_validate_json(out)
 
@@ -161,8 +166,37 @@ def apply(
     recorded facts are unchanged is reported ``no change, by fingerprint`` without running
     its operations, and each applied host's facts are recorded for the next apply.
     """
+    done = apply_then_verify(state, None, timeout=timeout, on_progress=on_progress,
+                             journal=journal, remove=remove, confined=confined, spread=spread,
+                             skip=skip)
+    return done.plan, done.apply
+
+
+@dataclass(frozen=True)
+class Applied:
+    """An apply's plan and report and, when it verified, the checks and the hosts they cover."""
+
+    plan: Plan
+    apply: ApplyReport
+    verify: VerifyReport | None = None
+    verified: frozenset[str] = frozenset()
+
+
+def apply_then_verify(
+    state: DeclaredState, verify: DeclaredState | None, *, timeout: float = 1800,
+    on_progress: Progress | None = None, journal: Path | None = None, remove: bool = False,
+    confined: Confined | None = None, spread: Spread | None = None, skip: Skip | None = None,
+) -> Applied:
+    """``apply``, then, in the same worker processes, the checks of ``verify``'s hosts (all
+    their services) that the apply left ``ok``, each over the SSH connection the apply
+    opened to it: one connection per host for both. Not for a removal, nor by a worker that
+    armed a guarded apply (confirmed after the workers end, it must not wait for checks);
+    the hosts a share applied on another controller (``spread``), or the workers did not
+    verify, are left out of ``verified`` for the caller to verify."""
+    if verify is not None and (remove or confined is not None):
+        verify = None
     results = _run(state, timeout, on_progress, dry=False, journal=journal, remove=remove,
-                   confined=confined, spread=spread, skip=skip)
+                   confined=confined, spread=spread, skip=skip, verify=verify)
     reports = [r.apply for r in results]
     assert all(r is not None for r in reports)
     by_host = {h.host: h for r in reports if r is not None for h in r.hosts}
@@ -173,5 +207,15 @@ def apply(
         duration_s=max(r.duration_s for r in reports if r is not None),
     )
     report = hints.lab_packages(state, report)  # apt's "Unable to locate" on a lab host
-    return _merged_plan(state, results), guard.confirm_guards(state, report,
-                                                              on_progress=on_progress)
+    confirmed = guard.confirm_guards(state, report, on_progress=on_progress)
+    checked = [r.verify for r in results if r.verify is not None]
+    verified = frozenset(h for r in results for h in r.verified)
+    if verify is None or not checked:
+        return Applied(_merged_plan(state, results), confirmed)
+    order = {h.name: i for i, h in enumerate(state.hosts)}
+    checks = VerifyReport(
+        results=tuple(sorted((c for v in checked for c in v.results),
+                             key=lambda c: order.get(c.host, len(order)))),
+        host_errors={k: v for c in checked for k, v in c.host_errors.items()},
+        duration_s=max(c.duration_s for c in checked))
+    return Applied(_merged_plan(state, results), confirmed, checks, verified)

@@ -86,22 +86,30 @@ def rollout(
                 + "; ".join(f"{h.name}: {', '.join(h.services)}" for h in removing.hosts))
             removed_plan, removed = apply_stage.apply(removing, on_progress=say, remove=True)
             plan_hosts += removed_plan.hosts
-        plan_, applied = (apply_stage.apply(todo, on_progress=say, journal=journal_dir,
-                                            spread=spread, skip=skip)
-                          if todo.hosts
-                          else (Plan(hosts=()), ApplyReport(hosts=())))
-        applied = _with_removals(removed, _with_unchanged(part, applied, unchanged))
+        removal_ok = {h.host for h in removed.hosts if h.status == "ok"} if removed else set()
+        checkable = part.limit({h.name for h in part.hosts
+                                if h.name not in {r.name for r in removing.hosts}
+                                or h.name in removal_ok})
+        done = (apply_stage.apply_then_verify(todo, checkable, on_progress=say,
+                                              journal=journal_dir, spread=spread, skip=skip)
+                if todo.hosts else apply_stage.Applied(Plan(hosts=()), ApplyReport(hosts=())))
+        applied = _with_removals(removed, _with_unchanged(part, done.apply, unchanged))
         if reverted is not None and applied.reverted_hosts:
             applied = reverted(applied)
-        stages["plan+apply"] = stages.get("plan+apply", 0) + time.monotonic() - t
-        plan_hosts += plan_.hosts
+        checked = done.verify.duration_s if done.verify is not None else 0.0
+        stages["plan+apply"] = stages.get("plan+apply", 0) + time.monotonic() - t - checked
+        plan_hosts += done.plan.hosts
         report = _merge_apply(report, applied)
         ok = {h.host for h in applied.hosts if h.status == "ok"}
         t = time.monotonic()
-        batch_checks = verify_stage.verify(part.limit(ok), on_progress=say,
-                                           connections=connections)
+        rest = ok - done.verified  # hosts the apply's workers did not verify
+        batch_checks = (verify_stage.verify(part.limit(rest), on_progress=say,
+                                            connections=connections)
+                        if rest else VerifyReport(results=()))
+        if done.verify is not None:
+            batch_checks = _in_order(part, done.verify, batch_checks)
         batch_checks = _not_applied(part, applied, batch_checks)
-        stages["verify"] = stages.get("verify", 0) + time.monotonic() - t
+        stages["verify"] = stages.get("verify", 0) + time.monotonic() - t + checked
         checks = _merge_verify(checks, batch_checks)
         batch_done(applied, batch_checks)
         failed = set(applied.failed_hosts) | set(batch_checks.failed_hosts)
@@ -133,6 +141,15 @@ def _merge_verify(a: VerifyReport | None, b: VerifyReport) -> VerifyReport:
     return VerifyReport(results=a.results + b.results,
                         host_errors={**a.host_errors, **b.host_errors},
                         duration_s=a.duration_s + b.duration_s)
+
+
+def _in_order(part: DeclaredState, a: VerifyReport, b: VerifyReport) -> VerifyReport:
+    """Two verifies of different hosts of a batch as one, results in the batch's host order."""
+    order = {h.name: i for i, h in enumerate(part.hosts)}
+    return VerifyReport(
+        results=tuple(sorted(a.results + b.results, key=lambda r: order.get(r.host, len(order)))),
+        host_errors={**a.host_errors, **b.host_errors},
+        duration_s=a.duration_s + b.duration_s)
 
 
 def _with_removals(removed: ApplyReport | None, applied: ApplyReport) -> ApplyReport:

@@ -1,9 +1,13 @@
 """Stage 5, verify: run each service's testinfra checks on its hosts, return a VerifyReport.
 
-Called by the reconcile after apply (and by ``gitops verify``). The checks run in a worker
-process (``gitops.workers.verify_worker``), one per call, because testinfra and pytest keep
-process-global state; this module only starts it, feeds it the declared state as JSON and
-reads the report back. It never imports testinfra or pytest itself.
+Called by the reconcile for the hosts its apply did not verify itself (the apply worker
+checks the hosts it applied over the same connections, ``gitops.pipeline.apply``), by
+``gitops verify`` and the daemon's drift checks. The checks run in a worker process, one per
+call, because testinfra and pytest keep process-global state: without kept connections the
+apply worker (``checks_only``: each host over one paramiko connection), with them or for
+untrusted checks ``gitops.workers.verify_worker`` (OpenSSH). This module only starts it,
+feeds it the declared state as JSON and reads the report back; it never imports testinfra or
+pytest itself.
 
 ``SshConnections`` is the daemon's folder of kept SSH connections: verifies given it leave
 each host's connection open (an OpenSSH control master) for the next one, as Ansible's
@@ -29,11 +33,14 @@ from pydantic import ValidationError
 from gitops.errors import WorkerError
 from gitops.model import DeclaredState
 from gitops.pipeline.worker import Confined, run_worker
-from gitops.records import VerifyReport
+from gitops.records import VerifyReport, WorkerResult
 
 __all__ = ["SshConnections", "verify"]
 
 WORKER = "gitops.workers.verify_worker"
+APPLY_WORKER = "gitops.workers.apply_worker"
+"""Without kept connections, the checks run in the apply worker over paramiko: a connection
+costs the controller less there than an OpenSSH client process per host."""
 MAX_SOCKET_DIR = 60
 """A control socket path (folder + 40-character hash) must fit in 108 bytes."""
 
@@ -54,6 +61,8 @@ def verify(
     than ``timeout`` seconds (it is then killed with its SSH clients). ``confined``: the
     checks are untrusted code (a preview's, ``gitops.pipeline.sandbox``).
     """
+    if connections is None and confined is None:
+        return _over_paramiko(state, timeout, on_progress)
     if connections is not None:
         _private_folder(connections)
     job = json.dumps({"state": state.model_dump(mode="json"),
@@ -63,6 +72,21 @@ def verify(
         return VerifyReport.model_validate_json(out)
     except ValidationError as exc:
         raise WorkerError(f"verify worker wrote no valid report: {exc}") from None
+
+
+def _over_paramiko(state: DeclaredState, timeout: float,
+                   on_progress: Callable[[str], None] | None) -> VerifyReport:
+    """The checks in the apply worker (``checks_only``): each host reached over one paramiko
+    connection, its commands in one remote shell on it, no ``ssh`` process per host."""
+    job = json.dumps({"state": state.model_dump(mode="json"), "checks_only": True})
+    out = run_worker(APPLY_WORKER, job, timeout=timeout, on_progress=on_progress)
+    try:
+        report = WorkerResult.model_validate_json(out).verify
+    except ValidationError as exc:
+        raise WorkerError(f"verify worker wrote no valid report: {exc}") from None
+    if report is None:
+        raise WorkerError("verify worker wrote no report")
+    return report
 
 
 def _base() -> Path:

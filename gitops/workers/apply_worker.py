@@ -23,6 +23,7 @@ from __future__ import annotations
 from gitops.workers import startup  # noqa: F401  # first: gevent's patching (see there)
 # isort: on
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -47,8 +48,15 @@ from pyinfra.context import ctx_config, ctx_inventory, ctx_state
 from gitops.model import DeclaredHost, DeclaredState
 from gitops.pipeline.factskip import Skip
 from gitops.pipeline.worker import die_with_parent
-from gitops.records import WorkerResult
-from gitops.workers import apply_results, connector, factcheck, secrets
+from gitops.records import ApplyReport, Plan, VerifyReport, WorkerResult
+from gitops.workers import (
+    apply_results,
+    connector,
+    factcheck,
+    secrets,
+    verify_channel,
+    verify_worker,
+)
 from gitops.workers.apply_deploys import describe, include, load_service
 from gitops.workers.apply_guards import Guards
 from gitops.workers.apply_journal import Journal
@@ -71,6 +79,11 @@ class Job(BaseModel):
     skip: Skip | None = None
     """Skip the hosts whose fingerprints and recorded facts are unchanged
     (``gitops.pipeline.factskip``); an apply records them."""
+    checks_only: bool = False
+    """Apply nothing: connect, run the checks of every host of ``state`` (``verify``), end."""
+    verify: DeclaredState | None = None
+    """After an apply, run the checks of these hosts (all their services) where the apply
+    left them ``ok``, over the apply's own SSH connections (``verify_channel``)."""
 
 
 
@@ -166,6 +179,8 @@ def run(job: Job) -> WorkerResult:
     progress(f"connected to {len(state.active_hosts)}/{len(names)} hosts")
 
     by_name = {h.name: h for h in inventory}
+    if job.checks_only:
+        return _checks_only(declared, state, capture, by_name)
     skipped: set[str] = set()
     if facts is not None and stopped is None:
         skipped = facts.check(state, lambda name: bool(recorder and recorder.pending.get(name)))
@@ -233,9 +248,53 @@ def run(job: Job) -> WorkerResult:
     if facts is not None:
         facts.finish(report, skipped)
         report, plan = facts.annotate_report(report), facts.annotate_plan(plan)
+    checks, verified = (_verify(job.verify, report, by_name) if job.verify is not None
+                        else (None, ()))
     _disconnect(state)
-    return WorkerResult(plan=plan, apply=report)
+    return WorkerResult(plan=plan, apply=report, verify=checks, verified=verified)
 
+
+def _verify(wanted: DeclaredState, report: ApplyReport, by_name: dict[str, Any]
+            ) -> tuple[VerifyReport | None, tuple[str, ...]]:
+    """The checks of ``wanted``'s hosts that this apply left ``ok`` and connected, each in
+    a session of the host's apply connection; and which hosts those are. None when the
+    apply armed a guard on a host: its confirmation, after this worker ends, must not wait
+    for checks (the host would revert by itself)."""
+    if any(h.guard is not None and h.guard.token for h in report.hosts):
+        return None, ()
+    ok = {h.host for h in report.hosts if h.status == "ok"}
+    opens: dict[str, verify_worker.Opener] = {}
+    for h in wanted.hosts:
+        host = by_name.get(h.name)
+        client = getattr(getattr(host, "connector", None), "client", None)
+        transport = client.get_transport() if client is not None else None
+        if h.name in ok and transport is not None and transport.is_active():
+            opens[h.name] = functools.partial(verify_channel.connect_over, h.name, transport)
+    if not opens:
+        return VerifyReport(results=()), ()
+    progress(f"verifying {len(opens)} host(s) over the apply's connections")
+    checks = verify_worker.run_over(wanted, opens, progress)
+    return checks, tuple(h.name for h in wanted.hosts if h.name in opens)
+
+
+
+def _checks_only(declared: DeclaredState, state: State, capture: apply_results.Capture,
+                 by_name: dict[str, Any]) -> WorkerResult:
+    """The checks of every host of ``declared`` over the connections just opened; a host
+    not connected is reported with why."""
+    connected = {host.name for host in state.active_hosts}
+    failed = {h.name: verify_worker.HostOutcome(
+        h.name, (), "; ".join(capture.host_errors.get(h.name, ())) or "cannot connect", 0.0)
+        for h in declared.hosts if h.name not in connected}
+    for outcome in failed.values():
+        progress(verify_worker.summary(outcome))
+    opens = {name: functools.partial(verify_channel.connect_over, name,
+                                     by_name[name].connector.client.get_transport())
+             for name in connected}
+    checks = verify_worker.run_over(declared, opens, progress, failed)
+    _disconnect(state)
+    return WorkerResult(plan=Plan(hosts=()), verify=checks,
+                        verified=tuple(h.name for h in declared.hosts))
 
 
 def _connect_all(state: State, capture: apply_results.Capture) -> None:

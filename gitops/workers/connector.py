@@ -52,11 +52,13 @@ import gevent
 import gevent.lock
 import pyinfra
 from paramiko import Channel
+from paramiko.ssh_exception import NoValidConnectionsError
 from pyinfra.api import arguments as pyinfra_arguments
 from pyinfra.api import facts as pyinfra_facts
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
 from pyinfra.api.arguments import all_global_arguments as _all_global_arguments
 from pyinfra.api.command import QuoteString, StringCommand, make_formatted_string_command
+from pyinfra.api.exceptions import ConnectError
 from pyinfra.api.util import PYINFRA_INSTALL_DIR
 from pyinfra.connectors import util as pyinfra_connector_util
 from pyinfra.connectors.ssh import SSHConnector
@@ -226,6 +228,18 @@ class ShellConnector(SSHConnector):
         self.commands = 0
         """Commands sent to the host (facts and operations), for the benchmarks."""
 
+    def connect(self) -> None:
+        """pyinfra's connect; a refused or unanswered connection says where and why, as
+        OpenSSH does (paramiko's "[Errno None] Unable to connect to port 22 on ..." loses
+        the reason)."""
+        try:
+            super().connect()
+        except ConnectError as exc:
+            why = connect_failure(exc.__context__)
+            if why is None:
+                raise
+            raise ConnectError(f"Could not connect to {why}") from None
+
     def disconnect(self) -> None:
         shell, self._shell = self._shell, None
         if shell is not None:
@@ -347,6 +361,16 @@ class ShellConnector(SSHConnector):
     def rsync(self, *args: Any, **kwargs: Any) -> bool:
         self.facts.clear()
         return bool(super().rsync(*args, **kwargs))
+
+
+def connect_failure(error: BaseException | None) -> str | None:
+    """``HOST port N: REASON`` for each address paramiko tried (its
+    ``NoValidConnectionsError``), or None for another error."""
+    if not isinstance(error, NoValidConnectionsError):
+        return None
+    return "; ".join(f"{address[0]} port {address[1]}: "
+                     f"{getattr(reason, 'strerror', None) or reason}"
+                     for address, reason in error.errors.items())
 
 
 def _read_until(recv: Any, marker: bytes) -> tuple[bytes, bytes]:

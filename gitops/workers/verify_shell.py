@@ -15,7 +15,10 @@ from typing import Any
 from testinfra.backend.base import CommandResult
 from testinfra.backend.ssh import SshBackend
 
-__all__ = ["ShellBackend", "exec_form"]
+__all__ = ["LOGIN_SHELL", "ShellBackend", "exec_form", "marker_at"]
+
+LOGIN_SHELL = "command -v bash >/dev/null && exec bash; exec sh"
+"""What the one session per host runs: bash if present, as login shells usually are."""
 
 
 class ShellBackend(SshBackend):  # type: ignore[misc]  # testinfra ships no type information
@@ -55,16 +58,12 @@ class ShellBackend(SshBackend):  # type: ignore[misc]  # testinfra ships no type
 
     def _start(self) -> subprocess.Popen[bytes]:
         argv = ["ssh", "-F", str(self.ssh_config), "-o", f"ConnectTimeout={self.timeout}"]
-        argv += [self.host.name, "command -v bash >/dev/null && exec bash; exec sh"]
+        argv += [self.host.name, LOGIN_SHELL]
         return subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
 
     def _run(self, cmd: str) -> CommandResult:
-        if self._proc is None or self._proc.poll() is not None:
-            self._proc = self._start()
-        proc = self._proc
-        assert proc.stdin and proc.stdout and proc.stderr
         token = self._token.decode()
         script = (
             f"( eval {shlex.quote(exec_form(cmd))} ) </dev/null; "
@@ -72,28 +71,37 @@ class ShellBackend(SshBackend):  # type: ignore[misc]  # testinfra ships no type
             f"printf '\\n%s\\n' {token} >&2\n"
         )
         out, err = bytearray(), bytearray()
-        out_end = err_end = -1
         try:
-            proc.stdin.write(self.encode(script))
-            proc.stdin.flush()
-            with selectors.DefaultSelector() as sel:
-                sel.register(proc.stdout, selectors.EVENT_READ, out)
-                sel.register(proc.stderr, selectors.EVENT_READ, err)
-                while out_end < 0 or err_end < 0:
-                    if not sel.get_map():
-                        raise EOFError
-                    for key, _ in sel.select():
-                        chunk = os.read(key.fd, 65536)
-                        if not chunk:
-                            sel.unregister(key.fileobj)
-                            continue
-                        key.data.extend(chunk)
-                    out_end = _marker(out, self._token + b" ", b"\n")
-                    err_end = _marker(err, self._token, b"\n")
+            self._exchange(self.encode(script), out, err)
         except (OSError, EOFError):
             return self._lost(cmd, bytes(err))
+        out_end = marker_at(out, self._token + b" ")
+        err_end = marker_at(err, self._token)
         rc = int(out[out_end:].split(b" ", 1)[1])
         return self.result(rc, self.encode(cmd), bytes(out[:out_end]), bytes(err[:err_end]))
+
+    def _exchange(self, script: bytes, out: bytearray, err: bytearray) -> None:
+        """Write ``script`` to the remote shell and read its stdout into ``out`` and its
+        stderr into ``err`` until both end with the marker; OSError or EOFError when the
+        session is gone."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = self._start()
+        proc = self._proc
+        assert proc.stdin and proc.stdout and proc.stderr
+        proc.stdin.write(script)
+        proc.stdin.flush()
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ, out)
+            sel.register(proc.stderr, selectors.EVENT_READ, err)
+            while marker_at(out, self._token + b" ") < 0 or marker_at(err, self._token) < 0:
+                if not sel.get_map():
+                    raise EOFError
+                for key, _ in sel.select():
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        sel.unregister(key.fileobj)
+                        continue
+                    key.data.extend(chunk)
 
     def _lost(self, cmd: str, stderr: bytes) -> CommandResult:
         """The session is gone: raise as testinfra does for an SSH failure (exit 255)."""
@@ -151,9 +159,9 @@ def exec_form(cmd: str) -> str:
     return f"exec {cmd}"
 
 
-def _marker(buf: bytearray, token: bytes, end: bytes) -> int:
-    """Where the output before ``\\n<token>...<end>`` ends, or -1 if it is not all there yet."""
+def marker_at(buf: bytearray, token: bytes) -> int:
+    """Where the output before ``\\n<token>...\\n`` ends, or -1 if it is not all there yet."""
     at = buf.find(b"\n" + token)
-    if at < 0 or buf.find(end, at + 1 + len(token)) < 0:
+    if at < 0 or buf.find(b"\n", at + 1 + len(token)) < 0:
         return -1
     return at

@@ -50,7 +50,8 @@ from gitops.workers.verify_checks import (
 from gitops.workers.verify_shell import ShellBackend
 from gitops.workers.verify_ssh import ssh_alias, ssh_config_text, unsafe_field
 
-__all__ = ["HostOutcome", "Job", "connect", "main", "run", "verify_host"]
+__all__ = ["HostOutcome", "Job", "Opener", "check_host", "connect", "main", "run", "run_over",
+           "summary", "verify_host"]
 
 
 class Job(BaseModel):
@@ -81,13 +82,26 @@ def verify_host(
     declared: DeclaredHost, alias: str, ssh_config: Path, suites: Mapping[str, Suite],
     requires: Mapping[str, Sequence[str]] | None = None,
 ) -> HostOutcome:
+    """``check_host`` over an SSH connection of its own (``alias`` in ``ssh_config``)."""
+    return check_host(declared, lambda: connect(alias, ssh_config, declared.ssh.connect_timeout),
+                      suites, requires)
+
+
+Opener = Callable[[], Any]
+"""Gives a testinfra Host for one host (its backend's ``close`` ends what it opened)."""
+
+
+def check_host(
+    declared: DeclaredHost, open_host: Opener, suites: Mapping[str, Suite],
+    requires: Mapping[str, Sequence[str]] | None = None,
+) -> HostOutcome:
     """Reach the host once, then run the checks of each of its services in order; the
     checks of a service that ``requires`` one whose checks failed are not run, each such
     service recorded once as ``DependencyNotReady`` with the reason
     (``gitops.pipeline.depends``)."""
     requires = requires or {}
     start = time.monotonic()
-    host = connect(alias, ssh_config, declared.ssh.connect_timeout)
+    host = open_host()
     try:
         try:
             host.run("true")
@@ -128,7 +142,7 @@ def verify_host(
     return HostOutcome(declared.name, tuple(results), None, time.monotonic() - start)
 
 
-def _summary(outcome: HostOutcome) -> str:
+def summary(outcome: HostOutcome) -> str:
     if outcome.error is not None:
         return f"{outcome.host}: unreachable: {outcome.error.splitlines()[0]}"
     counts = {s: sum(1 for r in outcome.results if r.status == s)
@@ -149,34 +163,50 @@ def run(
 ) -> VerifyReport:
     """Verify every host of ``state``; ``progress`` gets one line per finished host."""
     start = time.monotonic()
-    install_assertion_explanations()
-    suites = load_suites(state)
     aliases = {ssh_alias(h.name, i): h for i, h in enumerate(state.hosts)}
-    outcomes: dict[str, HostOutcome] = {}
+    refused: dict[str, HostOutcome] = {}
     for alias, h in list(aliases.items()):
         field = unsafe_field(h)
         if field is not None:  # never written to the ssh_config, never connected to
             del aliases[alias]
-            outcomes[h.name] = HostOutcome(h.name, (), f"refused: {field} is not safe to "
-                                           "write to an ssh_config", 0.0)
-            progress(_summary(outcomes[h.name]))
+            refused[h.name] = HostOutcome(h.name, (), f"refused: {field} is not safe to "
+                                          "write to an ssh_config", 0.0)
+            progress(summary(refused[h.name]))
     with tempfile.TemporaryDirectory(prefix="gitops-verify-") as tmp:
         ssh_config = Path(tmp) / "ssh_config"
         ssh_config.write_text(ssh_config_text(aliases, control_dir))
-        workers = max(1, min(state.settings.parallel, len(aliases)))
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
-            futures = {
-                pool.submit(verify_host, h, alias, ssh_config, suites, state.requires): h.name
-                for alias, h in aliases.items()
-            }
-            for future in as_completed(futures):
-                try:
-                    outcome = future.result()
-                except Exception as exc:  # a bug here must not lose the other hosts' results
-                    error = f"verify worker failed: {type(exc).__name__}: {exc}"
-                    outcome = HostOutcome(futures[future], (), error, 0.0)
-                outcomes[outcome.host] = outcome
-                progress(_summary(outcome))
+
+        def opener(alias: str, h: DeclaredHost) -> Opener:
+            return lambda: connect(alias, ssh_config, h.ssh.connect_timeout)
+
+        return run_over(state, {h.name: opener(alias, h) for alias, h in aliases.items()},
+                        progress, refused, start)
+
+
+def run_over(
+    state: DeclaredState, opens: Mapping[str, Opener],
+    progress: Callable[[str], Any] = lambda _line: None,
+    outcomes: dict[str, HostOutcome] | None = None, start: float | None = None,
+) -> VerifyReport:
+    """Verify the hosts of ``state`` that ``opens`` has a way to reach, in parallel
+    (``settings.parallel``); ``outcomes``: hosts already settled (refused)."""
+    start = time.monotonic() if start is None else start
+    install_assertion_explanations()
+    suites = load_suites(state)
+    outcomes = dict(outcomes or {})
+    todo = [h for h in state.hosts if h.name in opens]
+    workers = max(1, min(state.settings.parallel, len(todo)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
+        futures = {pool.submit(check_host, h, opens[h.name], suites, state.requires): h.name
+                   for h in todo}
+        for future in as_completed(futures):
+            try:
+                outcome = future.result()
+            except Exception as exc:  # a bug here must not lose the other hosts' results
+                error = f"verify worker failed: {type(exc).__name__}: {exc}"
+                outcome = HostOutcome(futures[future], (), error, 0.0)
+            outcomes[outcome.host] = outcome
+            progress(summary(outcome))
     ordered = [outcomes[h.name] for h in state.hosts if h.name in outcomes]
     return VerifyReport(
         results=tuple(r for o in ordered for r in o.results),
