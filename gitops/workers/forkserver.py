@@ -64,7 +64,7 @@ class Child:
     module: ModuleType
 
 
-@dataclass
+@dataclass(eq=False)
 class _Job:
     pid: int
     pidfd: int
