@@ -29,7 +29,8 @@ import threading
 import time
 from typing import IO
 
-__all__ = ["ENV", "SERVER", "WarmProcess", "enabled", "prestart", "servers", "shutdown", "spawn"]
+__all__ = ["ENV", "SERVER", "WarmProcess", "enabled", "prestart", "ready", "servers", "shutdown",
+           "spawn"]
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,17 @@ def spawn(module: str, env: dict[str, str], timeout: float) -> WarmProcess | Non
     if not server.wait_ready(timeout):
         return None
     return server.spawn(env)
+
+
+def ready(module: str, timeout: float = READY_TIMEOUT) -> int | None:
+    """Start ``module``'s server if need be and wait until it is ready: its pid, or None
+    (warm workers off, or it cannot serve). For benchmarks and tests."""
+    if not enabled():
+        return None
+    server = _server(module)
+    if not server.wait_ready(timeout) or server.proc is None:
+        return None
+    return server.proc.pid
 
 
 def servers() -> dict[str, int]:

@@ -257,10 +257,11 @@ def _readable_end(fd: int) -> bool:
 
 
 def _stop(server: _Server) -> None:
-    """The owner is gone: nothing of its jobs may go on applying."""
+    """The owner is gone: nothing of its jobs may go on applying; each is killed and reaped."""
     for job in set(server.jobs.values()):
         if job.status is None:
             _killpg(job.pid)
+        _waitid(os.P_PIDFD, job.pidfd, os.WEXITED)
 
 
 def run(child: Child) -> int | None:
