@@ -8,6 +8,7 @@ test has a server of its own; the last ones plan on a lab host with the real app
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -21,6 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
+from builders import free_port
+from clitools import sample_repo
 from polling import wait_for
 
 from gitops.errors import WorkerError
@@ -231,6 +234,41 @@ def test_killing_the_owner_ends_its_server_and_the_job(probe: str) -> None:
         wait_for(lambda pid=pid: not Path(f"/proc/{pid}/cmdline").exists()
                  or not Path(f"/proc/{pid}/cmdline").read_bytes(), 10, f"process {pid} gone")
     wait_for(lambda: _gone(f"sleep {marker}"), 10, "the job's sleep killed")
+
+
+def _servers_of(pid: int) -> set[int]:
+    """The warm servers ``pid`` started (their parent is it)."""
+    found = set()
+    for child, argv in cmdlines().items():
+        if warm.SERVER in argv:
+            with contextlib.suppress(OSError):
+                stat = Path(f"/proc/{child}/stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.add(child)
+    return found
+
+
+def test_a_daemon_killed_leaves_no_warm_server(tmp_path: Path) -> None:
+    """``gitops run`` starts the apply and verify workers' servers as it starts; ``kill -9``
+    of the daemon ends them (they see their socket's other end close)."""
+    repo = sample_repo(tmp_path, invalid=True)
+    (tmp_path / "gitops.toml").write_text(
+        f'state_dir = "{tmp_path / "state"}"\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'[[environments]]\nname = "staging"\nrepo = "{repo}"\ninventory = "lab"\n'
+        "interval = 3600\nwatch = false\n")
+    env = {k: v for k, v in os.environ.items() if k != warm.ENV}
+    with (tmp_path / "daemon.log").open("w") as log:
+        daemon = subprocess.Popen([sys.executable, "-m", "gitops", "run"], cwd=tmp_path,
+                                  stdout=log, stderr=log, env=env)
+    try:
+        servers = wait_for(lambda: len(_servers_of(daemon.pid)) == 2 and _servers_of(daemon.pid),
+                           60, "the daemon's two warm servers")
+    finally:
+        daemon.kill()
+        daemon.wait()
+    for pid in servers:
+        wait_for(lambda pid=pid: not Path(f"/proc/{pid}/cmdline").exists()
+                 or not Path(f"/proc/{pid}/cmdline").read_bytes(), 10, f"server {pid} gone")
 
 
 def test_the_server_and_run_worker_agree_on_the_parent_variable() -> None:

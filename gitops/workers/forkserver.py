@@ -126,7 +126,10 @@ def _request(server: _Server) -> tuple[dict[str, Any], list[int]] | None:
     """The next request (None: the owner closed its end); a malformed one is answered by
     closing its descriptors (the requester sees its answer socket end)."""
     fds_size = socket.CMSG_SPACE(4 * 4)
-    data, ancdata, flags, _ = server.ctrl.recvmsg(REQUEST_MAX, fds_size)
+    try:
+        data, ancdata, flags, _ = server.ctrl.recvmsg(REQUEST_MAX, fds_size)
+    except OSError:  # the owner's end is broken: as closed
+        return None
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
