@@ -91,14 +91,13 @@ def _send(fd: int, line: str) -> None:
         os.write(fd, line.encode() + b"\n")
 
 
-def _exit_status(fd: int, *, reap: bool) -> int | None:
-    """The child's status (as ``Popen.returncode``) once it ended, None while it runs;
-    ``reap``: also reap it (free its pid)."""
-    flags = os.WEXITED | os.WNOHANG | (0 if reap else os.WNOWAIT)
+def _exit_status(fd: int) -> int | None:
+    """The child's status (as ``Popen.returncode``) once it ended, None while it runs; the
+    child stays unreaped (its pid and process group are not reused while its job is open)."""
     try:
-        info = _waitid(os.P_PIDFD, fd, flags)
-    except ChildProcessError:
-        return None
+        info = _waitid(os.P_PIDFD, fd, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except ChildProcessError:  # not ours to wait for any more: report it gone
+        return -signal.SIGKILL
     if info is None:
         return None
     return info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
@@ -117,7 +116,8 @@ def _finish(server: _Server, job: _Job) -> None:
             server.poller.unregister(fd)
     if job.status is None:
         _killpg(job.pid)
-    _waitid(os.P_PIDFD, job.pidfd, os.WEXITED)  # blocking: a killed child ends at once
+    with contextlib.suppress(ChildProcessError):  # blocking: a killed child ends at once
+        _waitid(os.P_PIDFD, job.pidfd, os.WEXITED)
     _close(job.pidfd)
     _close(job.reply)
 
@@ -157,9 +157,10 @@ def _start_child(server: _Server, module: ModuleType, request: dict[str, Any],
     sys.stdout.flush()
     sys.stderr.flush()
     gc.freeze()  # the child's collections leave the server's objects (and their pages) alone
+    server_pid = os.getpid()
     pid = _fork()
     if pid == 0:
-        _become_child(server, request, fds)
+        _become_child(server, server_pid, request, fds)
         return Child(module)
     for fd in fds[:3]:
         _close(fd)
@@ -173,9 +174,9 @@ def _start_child(server: _Server, module: ModuleType, request: dict[str, Any],
     return None
 
 
-def _become_child(server: _Server, request: dict[str, Any], fds: list[int]) -> None:
+def _become_child(server: _Server, server_pid: int, request: dict[str, Any],
+                  fds: list[int]) -> None:
     """Make this forked process what ``python -m <module>`` would be for the request."""
-    server_pid = os.getppid()
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != server_pid:
@@ -243,7 +244,7 @@ def serve(module_name: str, ctrl_fd: int) -> Child | None:
             elif (job := server.jobs.get(fd)) is None:
                 continue
             elif fd == job.pidfd:
-                job.status = _exit_status(fd, reap=False)
+                job.status = _exit_status(fd)
                 if job.status is not None:
                     server.poller.unregister(fd)
                     _send(job.reply, f"exit {job.status}")
@@ -264,7 +265,8 @@ def _stop(server: _Server) -> None:
     for job in set(server.jobs.values()):
         if job.status is None:
             _killpg(job.pid)
-        _waitid(os.P_PIDFD, job.pidfd, os.WEXITED)
+        with contextlib.suppress(ChildProcessError):
+            _waitid(os.P_PIDFD, job.pidfd, os.WEXITED)
 
 
 def run(child: Child) -> int | None:
