@@ -51,6 +51,7 @@ def run_bench(script: str, *args: str, timeout: float = 900) -> str:
     ("fuzz.py", ["--count", "10", "--cli", "1"], "One validate of the unmutated sample"),
     ("sops_load.py", ["--rounds", "1", "--no-results"], "**sops_load**"),
     ("cli_start.py", ["--runs", "1", "--no-results"], "Identical output on both sides"),
+    ("warm_workers.py", ["--runs", "1", "--rounds", "1", "--no-results"], "**warm_workers**"),
 ])
 def test_a_benchmark_without_hosts_runs(script: str, args: list[str], summary: str) -> None:
     """A benchmark that needs no lab runs to its summary line."""

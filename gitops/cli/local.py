@@ -26,16 +26,27 @@ if TYPE_CHECKING:
     from gitops.pipeline import reconcile as pipeline
     from gitops.settings import Settings
 
-__all__ = ["guard", "known_environment", "leased_run", "run_here", "window_guard"]
+__all__ = ["guard", "known_environment", "leased_run", "prestart_workers", "run_here",
+           "window_guard"]
 
 
 def run_here(s: Settings, request: pipeline.Request, as_json: bool, *,
               lease_timeout: float = 0) -> None:
     known_environment(s, as_json)
+    prestart_workers(request.kind)
     progress = live_progress(as_json)
     outcome = leased_run(s, pipeline_target(s), request, progress, lease_timeout)
     progress.done()
     conclude(outcome, as_json)
+
+
+def prestart_workers(kind: str) -> None:
+    """Start the warm workers the run will use now: they import pyinfra and testinfra on the
+    other core while this process fetches and loads (``gitops.pipeline.warm``)."""
+    from gitops.pipeline import apply, verify, warm
+
+    both = [apply.WORKER, verify.WORKER]
+    warm.prestart({"verify": [verify.WORKER], "plan": [apply.WORKER]}.get(kind, both))
 
 
 def leased_run(s: Settings, target: pipeline.Target, request: pipeline.Request,

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from gitops.cli.context import load_settings, pipeline_target
-from gitops.cli.local import guard, run_here, window_guard
+from gitops.cli.local import guard, prestart_workers, run_here, window_guard
 from gitops.cli.options import EXIT_CODES, json_option, one_line, target_options, with_force
 from gitops.cli.output import emit, fail, finish, print_plan
 from gitops.cli.progress import live_progress
@@ -78,6 +78,7 @@ def plan(as_json: bool, exit_code: bool, **opts: Any) -> None:
     """
     from gitops.pipeline import reconcile as pipeline
 
+    prestart_workers("plan")
     progress = live_progress(as_json)
     outcome = pipeline.plan(pipeline_target(load_settings(**opts)), progress)
     progress.done()

@@ -61,7 +61,8 @@ from gitops.daemon.watcher import watch
 from gitops.daemon.windows import WAITING, declared_windows, show_waiting, window_state
 from gitops.errors import GitopsError, LockHeld, Suspended, UsageError
 from gitops.lab.hostsource import LAB
-from gitops.pipeline import source
+from gitops.pipeline import apply as apply_stage
+from gitops.pipeline import source, warm
 from gitops.pipeline import verify as verify_stage
 from gitops.pipeline.reconcile import Request, Target, recover_unfinished, run
 from gitops.record import lease
@@ -304,6 +305,7 @@ class Daemon:
 
     def start(self) -> None:
         """Start one thread per environment (and the local-repository watchers)."""
+        warm.prestart([apply_stage.WORKER, verify_stage.WORKER])  # runs pay no worker start
         for gone in verify_stage.SshConnections.prune():
             log.info("removed the SSH connection folder of a stopped daemon: %s", gone)
         owed: list[tuple[EnvState, str, notify.CommitState, str]] = []

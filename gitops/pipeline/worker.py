@@ -1,7 +1,9 @@
 """Run one worker process: send a JSON job on stdin, relay progress, return its JSON result.
 
 Used by the stage modules (``apply``, ``verify``) so the long-lived process never imports
-pyinfra or testinfra. The worker runs in a session of its own; stdout (the result) and stderr
+pyinfra or testinfra. The worker is a child of the module's warm server (``warm``: no
+interpreter start, no import) unless it is confined or warm workers are off, then a fresh
+``python -m <module>``; either way it runs in a session of its own; stdout (the result) and stderr
 (``progress: `` lines, anything else kept as the tail of a failure) are read by separate
 threads, so a large result never blocks on a full pipe. A crash or a timeout becomes a
 ``WorkerError`` with the last lines the worker printed, and nothing is left running.
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from gitops.errors import WorkerError
+from gitops.pipeline import warm
 
 __all__ = ["PARENT_ENV", "PROGRESS_PREFIX", "STDERR_TAIL", "STOPPED", "STOP_POLL", "Confined",
            "Progress", "die_with_parent", "run_worker"]
@@ -68,7 +71,8 @@ def run_worker(
     module: str, job: str, *, timeout: float, on_progress: Progress | None = None,
     stop: threading.Event | None = None, confined: Confined | None = None,
 ) -> str:
-    """Run ``python -m <module>`` with ``job`` on stdin; return what it wrote on stdout.
+    """Run ``python -m <module>`` (or its warm server's child) with ``job`` on stdin; return
+    what it wrote on stdout.
 
     ``on_progress`` is called in this thread with each progress line. ``stop`` set: the
     worker is killed within ``STOP_POLL`` seconds (a ``WorkerError``; ``gitops.daemon.fanout``
@@ -77,7 +81,8 @@ def run_worker(
     env = {**(os.environ if confined is None else confined.env), PARENT_ENV: str(os.getpid())}
     name = module.rsplit(".", 1)[-1]
     try:
-        proc = _start(module, env, confined)
+        proc = (warm.spawn(module, env, timeout) if confined is None else None) or _start(
+            module, env, confined)
     except OSError as exc:  # a confined worker's user may lack the right to start it
         if confined is None:
             raise
@@ -113,6 +118,8 @@ def run_worker(
             _kill(proc)
         for thread in threads:
             thread.join(timeout=5)
+        if isinstance(proc, warm.WarmProcess):
+            proc.release()
     out = b"".join(stdout).decode()
     if returncode != 0 or not out.strip():
         raise WorkerError(_message(f"{name} exited with status {returncode}", tail))
@@ -174,10 +181,13 @@ def _read_lines(pipe: IO[bytes], into: queue.Queue[str | None]) -> None:
     into.put(None)
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
+def _kill(proc: subprocess.Popen[bytes] | warm.WarmProcess) -> None:
     """Kill the worker and everything in its session (its ssh clients)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    if isinstance(proc, warm.WarmProcess):
+        proc.kill_group()
+    else:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
