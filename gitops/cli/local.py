@@ -33,20 +33,22 @@ __all__ = ["guard", "known_environment", "leased_run", "prestart_workers", "run_
 def run_here(s: Settings, request: pipeline.Request, as_json: bool, *,
               lease_timeout: float = 0) -> None:
     known_environment(s, as_json)
-    prestart_workers(request.kind)
+    prestart_workers()
     progress = live_progress(as_json)
     outcome = leased_run(s, pipeline_target(s), request, progress, lease_timeout)
     progress.done()
     conclude(outcome, as_json)
 
 
-def prestart_workers(kind: str) -> None:
-    """Start the warm workers the run will use now: they import pyinfra and testinfra on the
-    other core while this process fetches and loads (``gitops.pipeline.warm``)."""
-    from gitops.pipeline import apply, verify, warm
+def prestart_workers() -> None:
+    """Start the warm worker the run will use now: it imports pyinfra and testinfra on the
+    other core while this process fetches and loads (``gitops.pipeline.warm``). Every run
+    here (reconcile, verify, plan) uses the apply worker: a reconcile's checks run in it, and
+    so does a verify without kept connections (``gitops.pipeline.verify``); the verify
+    worker starts only if a guarded apply needs it."""
+    from gitops.pipeline import apply, warm
 
-    both = [apply.WORKER, verify.WORKER]
-    warm.prestart({"verify": [verify.WORKER], "plan": [apply.WORKER]}.get(kind, both))
+    warm.prestart([apply.WORKER])
 
 
 def leased_run(s: Settings, target: pipeline.Target, request: pipeline.Request,

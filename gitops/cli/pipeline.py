@@ -78,7 +78,7 @@ def plan(as_json: bool, exit_code: bool, **opts: Any) -> None:
     """
     from gitops.pipeline import reconcile as pipeline
 
-    prestart_workers("plan")
+    prestart_workers()
     progress = live_progress(as_json)
     outcome = pipeline.plan(pipeline_target(load_settings(**opts)), progress)
     progress.done()
