@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from pyinfra.facts.files import (
     Sha256File,
     Socket,
 )
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from gitops.pipeline.factskip import FactRead
 from gitops.workers import connector, factbatch
@@ -251,3 +253,86 @@ def test_batchable(kind: str, path: str, expected: bool) -> None:
     """A path a program would take as an option, or whose hash line it escapes, is read
     by its fact's own command."""
     assert factbatch.batchable(kind, path) is expected
+
+
+def _lab_host(lab: Any, user: str) -> Any:
+    """The lab's first host through pyinfra's own ssh connector, logged in as ``user``."""
+    data = {"ssh_user": user, "ssh_key": str(lab.key_file), "ssh_known_hosts_file": "/dev/null",
+            "ssh_strict_host_key_checking": "no"}
+    inventory = Inventory(([(lab.hosts[0].address, data)], {}))
+    state = State(inventory, Config())
+    connect_all(state)
+    return inventory.get_host(lab.hosts[0].address)
+
+
+@pytest.mark.lab
+def test_on_a_lab_host_with_sudo_each_fact_gets_pyinfras_value(
+        lab: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over SSH, logged in as a user with sudo: systemd units (running, stopped, an alias,
+    unknown) and files only root can see (atimes ahead: reading them does not move them), read with and without ``_sudo`` in one batch per
+    kind and set of arguments, have pyinfra's own values; the batched ``systemctl show``
+    hands each fact the lines its own prints."""
+    from gitops.lab.sudo import USER
+
+    monkeypatch.setattr(pyinfra_facts, "_get_fact", connector._get_fact)
+    monkeypatch.setattr(File, "command", connector.PYINFRA_FILE_COMMAND)
+    subprocess.run(["ssh", "-F", str(lab.ssh_config), lab.hosts[0].name,
+                    "mkdir -p /root/batch/d && echo one > '/root/batch/a b' && "
+                    "ln -sfn '/root/batch/a b' /root/batch/l && chmod 700 /root && "
+                    "touch -h -a -d tomorrow /root/batch/*"], check=True, timeout=60)
+    host = _lab_host(lab, USER)
+    units = ["ssh.service", "sshd.service", "getty@tty1.service", "gitops-none.service",
+             "systemd-journald.service"]
+    files = ["/root/batch/a b", "/root/batch/d", "/root/batch/l", "/root/batch/none"]
+    entries: list[tuple[type, dict[str, Any], dict[str, Any]]] = [
+        (cls, {"user_mode": False, "machine": None, "user_name": None, "services": [unit]},
+         conn) for conn in ({}, {"_sudo": True}) for cls in (SystemdStatus, SystemdEnabled)
+        for unit in units]
+    entries += [(cls, {"path": path}, conn) for conn in ({}, {"_sudo": True})
+                for cls in (File, Directory, Link, Sha1File) for path in files]
+    reads = [FactRead(fact=f"{cls.__module__}:{cls.__qualname__}", kwargs=kwargs,
+                      connector=conn, digest="") for cls, kwargs, conn in entries]
+    values, why = read_again(host, reads)
+    assert why == ""
+    assert values == [host.get_fact(cls, **kwargs, **conn) for cls, kwargs, conn in entries]
+    found = dict(zip(((c.__name__, str(k), str(n)) for c, k, n in entries), values or [],
+                     strict=True))
+    assert found["SystemdStatus", str(entries[0][1]), "{}"] == {"ssh.service": True}
+    assert found["SystemdStatus", str(entries[1][1]), "{}"] == {"ssh.service": True}
+    assert found["SystemdStatus", str(entries[2][1]), "{}"] == {"getty@tty1.service": False}
+    assert found["File", "{'path': '/root/batch/a b'}", "{}"] is None
+    assert found["File", "{'path': '/root/batch/a b'}", "{'_sudo': True}"]["size"] == 4
+
+
+@pytest.mark.parametrize(("lines", "expected"), [
+    (["Id=a.service", "SubState=running", "UnitFileState=enabled", "",
+      "Id=b.service", "SubState=dead", "UnitFileState="],
+     [(0, ["Id=a.service", "SubState=running"]), (0, ["Id=a.service", "UnitFileState=enabled"]),
+      (0, ["Id=b.service", "UnitFileState="])]),
+    (["Id=a.service", "SubState=running", "UnitFileState=enabled"], [None] * 3),  # one block
+    (["Id=a.service", "SubState=running", "", "Id=b.service", "SubState=dead"], [None] * 3),
+    (["Id=a.service", "UnitFileState=enabled", "SubState=running", "",
+      "Id=b.service", "SubState=dead", "UnitFileState="], [None] * 3),  # another order
+    (["Id=a.service", "SubState", "UnitFileState=enabled", "",
+      "Id=b.service", "SubState=dead", "UnitFileState="], [None] * 3),
+])
+def test_unit_parse(lines: list[str], expected: list[Any]) -> None:
+    """A ``systemctl show`` of every unit is split back only when each block has the shape
+    one unit's has; else each fact is read by its own command."""
+    batch = factbatch.UnitBatch(units=("a.service", "a.service", "b.service"),
+                                keys=("SubState", "UnitFileState", "UnitFileState"))
+    assert batch.parse(0, lines, TOKEN) == expected
+    assert batch.parse(1, lines, TOKEN) == [None] * 3
+    assert batch.script(TOKEN) == ("systemctl show --all --property Id --property SubState "
+                                   "--property UnitFileState a.service b.service")
+
+
+@pytest.mark.parametrize(("services", "expected"), [
+    (["ssh.service"], "ssh.service"), ("ssh.service", "ssh.service"),
+    (["getty@tty1.service"], "getty@tty1.service"), (["a.service", "b.service"], None),
+    (None, None), (["ssh*"], None), (["ssh"], None), (["-x.service"], None),
+    (["a b.service"], None), (["a\\x20b.service"], None),
+])
+def test_unit_batchable(services: Any, expected: str | None) -> None:
+    """Only one unit named in full, nothing to quote, is read in a batch."""
+    assert factbatch.unit_batchable(services) == expected

@@ -14,6 +14,11 @@ its own command would have given:
 - ``sha1sum`` (and the other hash programs): ``test -e`` then ``test -f`` per path, one
   program over the regular files; each line must be ``<hex>  <path>``, the line that
   program prints for that path alone.
+- ``systemctl`` (``UnitBatch``): the ``SystemdStatus`` and ``SystemdEnabled`` facts of
+  named units in one ``systemctl show`` of both properties; a unit's block (``Id``,
+  ``SubState``, ``UnitFileState``: systemd prints them in that order whatever the order
+  asked, one block per name given, aliases resolved as for one) less the other fact's line
+  is what that fact's own ``systemctl show`` prints.
 
 What this cannot answer exactly is ``None`` (``UNSURE``): the program failed or is missing,
 a record is missing or out of shape, a hashed path exists but is not a regular file. The
@@ -29,7 +34,8 @@ from dataclasses import dataclass
 
 from pyinfra.facts.files import LINUX_STAT_COMMAND
 
-__all__ = ["STAT", "UNSURE", "Answer", "Batch", "batchable"]
+__all__ = ["STAT", "SYSTEMCTL", "UNIT_STATES", "UNSURE", "Answer", "Batch", "UnitBatch",
+           "batchable", "unit_batchable"]
 
 Answer = tuple[int, list[str]] | None
 """A fact's exit status and stdout lines as its own command gives them; None: unsure."""
@@ -43,6 +49,12 @@ STAT_FORMAT = LINUX_STAT_COMMAND.removeprefix(_STAT_PREFIX).removesuffix("'") \
     and "'" not in LINUX_STAT_COMMAND[len(_STAT_PREFIX):-1] \
     and "\\" not in LINUX_STAT_COMMAND else None
 """pyinfra's GNU ``stat`` format (None if pyinfra's command has another shape: no batch)."""
+SYSTEMCTL = "systemctl"
+UNIT_STATES = ("SubState", "UnitFileState")
+"""The properties of ``SystemdStatus`` and ``SystemdEnabled``, in systemd's order."""
+_UNIT = re.compile(r"[A-Za-z0-9][A-Za-z0-9:_.@-]*\.(?:service|socket|device|mount|automount"
+                   r"|swap|target|path|timer|slice|scope)")
+"""A unit named in full: no pattern, nothing to quote or escape."""
 _FLAGS = "__gitops_e"
 _STATUS = "__gitops_s"
 
@@ -54,6 +66,14 @@ def batchable(kind: str, path: object) -> bool:
     if kind == STAT:
         return STAT_FORMAT is not None
     return not any(c in path for c in "\\\n\r")
+
+
+def unit_batchable(services: object) -> str | None:
+    """The one unit ``services`` (a ``SystemdStatus`` argument) names, if it may be read in
+    a batch."""
+    if isinstance(services, list | tuple) and len(services) == 1:
+        services = services[0]
+    return services if isinstance(services, str) and _UNIT.fullmatch(services) else None
 
 
 @dataclass(frozen=True)
@@ -137,3 +157,40 @@ def _hash_line(line: str, path: str, digits: int) -> bool:
     head, sep, tail = line.partition("  ")
     return bool(sep) and tail == path and re.fullmatch(f"[0-9a-f]{{{digits}}}", head) \
         is not None
+
+
+@dataclass(frozen=True)
+class UnitBatch:
+    """One ``systemctl show`` reading the state of each member's unit."""
+
+    units: tuple[str, ...]
+    """Each member's unit (``unit_batchable``)."""
+    keys: tuple[str, ...]
+    """Each member's property (one of ``UNIT_STATES``)."""
+
+    @property
+    def named(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.units))
+
+    def script(self, token: str) -> str:
+        """Shell text for ``sh``: one ``systemctl show`` of every unit, both properties."""
+        asked = " ".join(f"--property {key}" for key in ("Id", *UNIT_STATES))
+        return f"systemctl show --all {asked} {' '.join(self.named)}"
+
+    def parse(self, code: int, lines: list[str], token: str) -> list[Answer]:
+        """Each member's lines: its unit's block less the other property's line."""
+        named = self.named
+        blocks: list[list[str]] = [[]]
+        for line in lines:
+            if line:
+                blocks[-1].append(line)
+            else:
+                blocks.append([])
+        shape = ("Id", *UNIT_STATES)
+        if code != 0 or len(blocks) != len(named) or any(
+                [line.split("=", 1)[0] if "=" in line else None for line in block]
+                != list(shape) for block in blocks):
+            return [UNSURE] * len(self.units)
+        found = dict(zip(named, blocks, strict=True))
+        return [(0, [line for line in found[unit] if line.partition("=")[0] in ("Id", key)])
+                for unit, key in zip(self.units, self.keys, strict=True)]

@@ -52,6 +52,7 @@ from pyinfra.facts.files import (
     Sha384File,
     Socket,
 )
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from gitops.model import DeclaredState
 from gitops.pipeline import factskip
@@ -403,11 +404,15 @@ class _Prepared(NamedTuple):
     kind: str | None = None
     """Its batch kind (``factbatch``), or None."""
     path: str = ""
+    """The path of a ``File``-family or hash fact, the unit of a systemd one."""
     digits: int = 0
     """A hash program's hex digits."""
+    key: str = ""
+    """A systemd fact's property."""
 
 
 _FILES = (File, Link, Directory, Socket)
+_UNIT_FACTS = (SystemdStatus, SystemdEnabled)
 _HASHES = {Sha1File: ("sha1sum", 40), Sha256File: ("sha256sum", 64),
            Sha384File: ("sha384sum", 96), Md5File: ("md5sum", 32)}
 
@@ -418,6 +423,14 @@ def _prepared(read: FactRead) -> _Prepared:
     fact = cls()  # its ``process`` may read what its ``command`` kept (a path)
     raw = _command(fact, read.kwargs)
     form = connector.shell_form(cls, raw)
+    if cls in _UNIT_FACTS and cls.command is SystemdStatus.command \
+            and cls.process is SystemdStatus.process and cls.state_key in factbatch.UNIT_STATES \
+            and read.kwargs.get("user_mode") is False and read.kwargs.get("machine") is None \
+            and read.kwargs.get("user_name") is None and set(read.kwargs) == {
+                "user_mode", "machine", "user_name", "services"}:
+        unit = factbatch.unit_batchable(read.kwargs["services"])
+        if unit is not None:
+            return _Prepared(fact, raw, form, factbatch.SYSTEMCTL, unit, key=cls.state_key)
     kind, digits = _kind(cls)
     path = read.kwargs.get("path")
     if kind is None or set(read.kwargs) != {"path"} or not isinstance(path, str) \
@@ -451,7 +464,7 @@ def _read(host: Any, conn: str, facts: dict[int, _Prepared], *, batched: bool
     for index, prepared in facts.items():
         if batched and prepared.kind is not None:
             kinds[prepared.kind].append(index)
-    parts: list[tuple[list[int], factbatch.Batch | None]] = []
+    parts: list[tuple[list[int], factbatch.Batch | factbatch.UnitBatch | None]] = []
     commands: list[tuple[str, bool]] = []
     placed: set[int] = set()
     for index, prepared in facts.items():
@@ -459,7 +472,10 @@ def _read(host: Any, conn: str, facts: dict[int, _Prepared], *, batched: bool
             continue
         members = kinds.get(prepared.kind or "", [])
         if len(members) > 1:
-            batch = factbatch.Batch(
+            batch: factbatch.Batch | factbatch.UnitBatch = factbatch.UnitBatch(
+                units=tuple(facts[i].path for i in members),
+                keys=tuple(facts[i].key for i in members),
+            ) if prepared.kind == factbatch.SYSTEMCTL else factbatch.Batch(
                 kind=prepared.kind or "", digits=prepared.digits,
                 quoted=tuple(_quoted(facts[i]) for i in members),
                 paths=tuple(facts[i].path for i in members))
