@@ -26,16 +26,20 @@ from pyinfra.api.connect import connect_all
 from pyinfra.facts.files import (
     Directory,
     File,
+    FindDirectories,
+    FindFiles,
+    FindLinks,
     Link,
     Md5File,
     Sha1File,
     Sha256File,
     Socket,
 )
+from pyinfra.facts.server import AuthorizedKeys
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from gitops.pipeline.factskip import FactRead
-from gitops.workers import connector, factbatch
+from gitops.workers import connector, factbatch, factcheck
 from gitops.workers.factcheck import read_again
 
 TOKEN = "__gitops_facts_0123456789abcdef__"
@@ -269,9 +273,10 @@ def _lab_host(lab: Any, user: str) -> Any:
 def test_on_a_lab_host_with_sudo_each_fact_gets_pyinfras_value(
         lab: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Over SSH, logged in as a user with sudo: systemd units (running, stopped, an alias,
-    unknown) and files only root can see (atimes ahead: reading them does not move them), read with and without ``_sudo`` in one batch per
-    kind and set of arguments, have pyinfra's own values; the batched ``systemctl show``
-    hands each fact the lines its own prints."""
+    unknown) and files only root can see (atimes ahead: reading them does not move them),
+    read with and without ``_sudo`` in one batch per kind and set of arguments, have
+    pyinfra's own values; the batched ``systemctl show`` hands each fact the lines its own
+    prints."""
     from gitops.lab.sudo import USER
 
     monkeypatch.setattr(pyinfra_facts, "_get_fact", connector._get_fact)
@@ -336,3 +341,36 @@ def test_unit_parse(lines: list[str], expected: list[Any]) -> None:
 def test_unit_batchable(services: Any, expected: str | None) -> None:
     """Only one unit named in full, nothing to quote, is read in a batch."""
     assert factbatch.unit_batchable(services) == expected
+
+
+def test_simple_commands_run_grouped_give_pyinfras_values(host: Any, tmp_path: Path) -> None:
+    """``find`` and ``cat`` facts, run in the script's own shell (no subshell), have
+    pyinfra's own values, whatever the names under the folder hold."""
+    paths = _odd_folder(tmp_path, ODD)
+    Path(paths[0]).write_text("ssh-ed25519 AAAA one\n\nssh-rsa BBBB two\n")
+    reads: list[tuple[type, dict[str, Any]]] = [
+        (cls, {"path": path}) for cls in (FindFiles, FindLinks, FindDirectories)
+        for path in (str(tmp_path), paths[0], paths[1], paths[7], "~/")]
+    reads += [(AuthorizedKeys, {"user": "root", "path": path}) for path in paths[:2]]
+    reads += [(AuthorizedKeys, {"user": "nobody"})]
+    values, why = read_again(host, [FactRead(fact=f"{c.__module__}:{c.__qualname__}",
+                                             kwargs=k, digest="") for c, k in reads])
+    assert why == ""
+    assert values == [host.get_fact(cls, **kwargs) for cls, kwargs in reads]
+    assert values is not None and values[15] == ["ssh-ed25519 AAAA one", "ssh-rsa BBBB two"]
+
+
+@pytest.mark.parametrize(("command", "grouped"), [
+    ("find '/a b' -type f || true", True),
+    ("find '/x'\"'\"'y' -type l || true", True),
+    ("find /a -type d -maxdepth 1 || true", True),
+    ("cat ~ops/.ssh/authorized_keys 2>/dev/null || true", True),
+    ("cat /x; exit 2>/dev/null || true", False),
+    ("cat $(x) 2>/dev/null || true", False),
+    ("find 'a'b' -type f || true", False),
+    ("find /a -type f -delete || true", False),
+    ("cd /tmp 2>/dev/null || true", False),
+])
+def test_which_simple_commands_run_grouped(command: str, grouped: bool) -> None:
+    """Only one program with quoted words, which neither ends nor changes the shell."""
+    assert (factcheck._SIMPLE.fullmatch(command) is not None) is grouped

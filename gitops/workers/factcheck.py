@@ -411,6 +411,12 @@ class _Prepared(NamedTuple):
     """A systemd fact's property."""
 
 
+_WORD = r"""(?:~?[A-Za-z0-9_@%+=:,./-]+|'[^']*'(?:"'"'[^']*')*)"""
+"""One word as pyinfra quotes it (``shlex.quote``), or a path from a user's home (``~ops/``)."""
+_SIMPLE = re.compile(rf"cat {_WORD} 2>/dev/null \|\| true"
+                     rf"|find {_WORD} -type [fdl](?: -maxdepth [0-9]+)? \|\| true")
+"""pyinfra's ``AuthorizedKeys`` and ``FindFiles``-family commands: one program, its words
+quoted; neither ends nor changes the shell, so they run in ``{ }`` (no subshell's fork)."""
 _FILES = (File, Link, Directory, Socket)
 _UNIT_FACTS = (SystemdStatus, SystemdEnabled)
 _HASHES = {Sha1File: ("sha1sum", 40), Sha256File: ("sha256sum", 64),
@@ -422,7 +428,7 @@ def _prepared(read: FactRead) -> _Prepared:
     cls = getattr(importlib.import_module(module), qualname)
     fact = cls()  # its ``process`` may read what its ``command`` kept (a path)
     raw = _command(fact, read.kwargs)
-    form = connector.shell_form(cls, raw)
+    form = connector.shell_form(cls, raw) or (raw if _SIMPLE.fullmatch(raw) else None)
     if cls in _UNIT_FACTS and cls.command is SystemdStatus.command \
             and cls.process is SystemdStatus.process and cls.state_key in factbatch.UNIT_STATES \
             and read.kwargs.get("user_mode") is False and read.kwargs.get("machine") is None \
