@@ -12,9 +12,11 @@ hook). Any of those makes the host ``unfit`` with the reason: its applies are al
 ``check`` gathers a host's recorded facts in one remote command per set of connector
 arguments (one in practice), through pyinfra's own ``host.run_shell_command``, so sudo and
 the like wrap it as they wrap any command; each fact's part of the output goes to its
-class's ``process``. The paths of the ``File``-family facts go to one ``stat``, those of a
-hash fact to one ``sha1sum`` (``gitops.workers.factbatch``): a handful of programs per host
-instead of one per fact. ``finish`` writes the records of an apply.
+class's ``process`` (``read_again``). Facts of one kind share one program run
+(``gitops.workers.factbatch``): the paths of the ``File``-family facts one ``stat``, those
+of a hash fact one ``sha1sum``, the units of the systemd facts one ``systemctl show``; what
+a batch cannot answer exactly is read with the facts' own commands in a second command.
+``finish`` writes the records of an apply.
 """
 
 from __future__ import annotations
