@@ -12,7 +12,11 @@ hook). Any of those makes the host ``unfit`` with the reason: its applies are al
 ``check`` gathers a host's recorded facts in one remote command per set of connector
 arguments (one in practice), through pyinfra's own ``host.run_shell_command``, so sudo and
 the like wrap it as they wrap any command; each fact's part of the output goes to its
-class's ``process``. ``finish`` writes the records of an apply.
+class's ``process`` (``read_again``). Facts of one kind share one program run
+(``gitops.workers.factbatch``): the paths of the ``File``-family facts one ``stat``, those
+of a hash fact one ``sha1sum``, the units of the systemd facts one ``systemctl show``; what
+a batch cannot answer exactly is read with the facts' own commands in a second command.
+``finish`` writes the records of an apply.
 """
 
 from __future__ import annotations
@@ -21,31 +25,44 @@ import contextlib
 import importlib
 import json
 import os
+import re
 import secrets as token_source
 import site
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gevent
 import pyinfra
 from pyinfra.api import facts as pyinfra_facts
 from pyinfra.api.arguments import CONNECTOR_ARGUMENT_KEYS
-from pyinfra.api.command import StringCommand
+from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.api.exceptions import FactPreconditionError, MissingCommandError
 from pyinfra.api.host import Host
 from pyinfra.context import ctx_host
+from pyinfra.facts.files import (
+    Directory,
+    File,
+    HashFileFactBase,
+    Link,
+    Md5File,
+    Sha1File,
+    Sha256File,
+    Sha384File,
+    Socket,
+)
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
 from gitops.model import DeclaredState
 from gitops.pipeline import factskip
 from gitops.pipeline.factskip import FactRead, HostRecord, Skip
 from gitops.records import ApplyReport, Plan
-from gitops.workers import connector
+from gitops.workers import connector, factbatch
 
-__all__ = ["Recorder"]
+__all__ = ["Recorder", "read_again"]
 
 _MISSING = {"pyinfra": "command not found"}
 """The value noted for a fact whose program is missing (pyinfra answers its default)."""
@@ -312,32 +329,12 @@ class Recorder:
         return {name for name, note in self.notes.items() if note == factskip.NO_CHANGE}
 
     def gather(self, host: Any, record: HostRecord) -> tuple[list[str] | None, str]:
-        """The digests of ``record``'s facts read again now, in one command per set of
-        connector arguments; (None, why) when they cannot be."""
-        groups: dict[str, list[int]] = defaultdict(list)
-        for index, read in enumerate(record.facts):
-            groups[json.dumps(read.connector, sort_keys=True)].append(index)
-        digests: list[str] = [""] * len(record.facts)
-        for conn, indexes in groups.items():
-            classes, commands = [], []
-            for index in indexes:
-                read = record.facts[index]
-                module, _, qualname = read.fact.partition(":")
-                cls = getattr(importlib.import_module(module), qualname)
-                fact = cls()  # its ``process`` may read what its ``command`` kept (a path)
-                raw = _command(fact, read.kwargs)
-                form = connector.shell_form(cls, raw)
-                commands.append((form, True) if form is not None else (raw, False))
-                classes.append(fact)
-            token = f"__gitops_facts_{token_source.token_hex(8)}__"
-            ok, output = host.run_shell_command(
-                StringCommand(factskip.combine(commands, token)), **json.loads(conn))
-            parts = factskip.split(output.stdout_lines, token, len(indexes)) if ok else None
-            if parts is None:
-                return None, (output.stderr_lines or ["no answer"])[0][:200]
-            for index, fact, (code, lines) in zip(indexes, classes, parts, strict=True):
-                digests[index] = factskip.digest(self.key, _value(fact, code, lines))
-        return digests, ""
+        """The digests of ``record``'s facts read again now (``read_again``); (None, why)
+        when they cannot be."""
+        values, why = read_again(host, record.facts)
+        if values is None:
+            return None, why
+        return [factskip.digest(self.key, value) for value in values], ""
 
     # -- after the apply ----------------------------------------------------------------------
 
@@ -370,6 +367,155 @@ class Recorder:
         return plan.model_copy(update={"hosts": tuple(
             h.model_copy(update={"fingerprint": self.notes.get(h.host, "")})
             for h in plan.hosts)})
+
+
+def read_again(host: Any, reads: Sequence[FactRead]) -> tuple[list[Any] | None, str]:
+    """The value of each fact of ``reads`` on ``host`` now, as pyinfra's ``get_fact`` would
+    answer it, in one remote command per set of connector arguments: facts of one kind in
+    one program run (``factbatch``), and a second command reading one by one what a batch
+    could not answer exactly; (None, why) when they cannot be read."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for index, read in enumerate(reads):
+        groups[json.dumps(read.connector, sort_keys=True)].append(index)
+    values: list[Any] = [None] * len(reads)
+    for conn, indexes in groups.items():
+        facts = {index: _prepared(reads[index]) for index in indexes}
+        answers, why = _read(host, conn, facts, batched=True)
+        rest = {i: facts[i] for i in indexes if answers is not None and answers[i] is None}
+        if rest and answers is not None:
+            more, why = _read(host, conn, rest, batched=False)
+            answers = None if more is None else answers | more
+        if answers is None:
+            return None, why
+        for index in indexes:
+            answer = answers[index]
+            if answer is None:  # the one-by-one reading answers each fact or fails
+                return None, f"no answer for {reads[index].label}"
+            values[index] = _value(facts[index].fact, *answer)
+    return values, ""
+
+
+class _Prepared(NamedTuple):
+    """A recorded fact made ready to read."""
+
+    fact: Any
+    raw: str
+    """Its command."""
+    form: str | None
+    """What runs in the shell itself (``connector.shell_form``), or None."""
+    kind: str | None = None
+    """Its batch kind (``factbatch``), or None."""
+    path: str = ""
+    """The path of a ``File``-family or hash fact, the unit of a systemd one."""
+    digits: int = 0
+    """A hash program's hex digits."""
+    key: str = ""
+    """A systemd fact's property."""
+
+
+_WORD = r"""(?:~?[A-Za-z0-9_@%+=:,./-]+|'[^']*'(?:"'"'[^']*')*)"""
+"""One word as pyinfra quotes it (``shlex.quote``), or a path from a user's home (``~ops/``)."""
+_SIMPLE = re.compile(rf"cat {_WORD} 2>/dev/null \|\| true"
+                     rf"|find {_WORD} -type [fdl](?: -maxdepth [0-9]+)? \|\| true")
+"""pyinfra's ``AuthorizedKeys`` and ``FindFiles``-family commands: one program, its words
+quoted; neither ends nor changes the shell, so they run in ``{ }`` (no subshell's fork)."""
+_FILES = (File, Link, Directory, Socket)
+_UNIT_FACTS = (SystemdStatus, SystemdEnabled)
+_HASHES = {Sha1File: ("sha1sum", 40), Sha256File: ("sha256sum", 64),
+           Sha384File: ("sha384sum", 96), Md5File: ("md5sum", 32)}
+
+
+def _prepared(read: FactRead) -> _Prepared:
+    module, _, qualname = read.fact.partition(":")
+    cls = getattr(importlib.import_module(module), qualname)
+    fact = cls()  # its ``process`` may read what its ``command`` kept (a path)
+    raw = _command(fact, read.kwargs)
+    form = connector.shell_form(cls, raw) or (raw if _SIMPLE.fullmatch(raw) else None)
+    if cls in _UNIT_FACTS and cls.command is SystemdStatus.command \
+            and cls.process is SystemdStatus.process and cls.state_key in factbatch.UNIT_STATES \
+            and read.kwargs.get("user_mode") is False and read.kwargs.get("machine") is None \
+            and read.kwargs.get("user_name") is None and set(read.kwargs) == {
+                "user_mode", "machine", "user_name", "services"}:
+        unit = factbatch.unit_batchable(read.kwargs["services"])
+        if unit is not None:
+            return _Prepared(fact, raw, form, factbatch.SYSTEMCTL, unit, key=cls.state_key)
+    kind, digits = _kind(cls)
+    path = read.kwargs.get("path")
+    if kind is None or set(read.kwargs) != {"path"} or not isinstance(path, str) \
+            or not factbatch.batchable(kind, path):
+        return _Prepared(fact, raw, form)
+    return _Prepared(fact, raw, form, kind, path, digits)
+
+
+def _kind(cls: Any) -> tuple[str | None, int]:
+    """The batch kind of fact ``cls`` (its command and ``process`` pyinfra's or
+    ``connector``'s), else None."""
+    if cls in _FILES and cls.process is File.process and (
+            cls.command is connector.PYINFRA_FILE_COMMAND or connector.in_shell(cls)):
+        return factbatch.STAT, 0
+    program, digits = _HASHES.get(cls, ("", 0))
+    if program and cls.command is HashFileFactBase.command \
+            and cls.process is HashFileFactBase.process:
+        first = re.search(r"(?:\( |then )(\S+) \{0\} 2> /dev/null", cls._raw_cmd)
+        if first is not None and first[1] == program:
+            return program, digits
+    return None, 0
+
+
+def _read(host: Any, conn: str, facts: dict[int, _Prepared], *, batched: bool
+          ) -> tuple[dict[int, factbatch.Answer] | None, str]:
+    """Each fact's exit status and stdout lines, read in one remote command (facts of one
+    kind in one batch when ``batched``: an answer None is one the batch could not give
+    exactly); (None, why) when the command failed."""
+    token = f"__gitops_facts_{token_source.token_hex(8)}__"
+    kinds: dict[str, list[int]] = defaultdict(list)
+    for index, prepared in facts.items():
+        if batched and prepared.kind is not None:
+            kinds[prepared.kind].append(index)
+    parts: list[tuple[list[int], factbatch.Batch | factbatch.UnitBatch | None]] = []
+    commands: list[tuple[str, bool]] = []
+    placed: set[int] = set()
+    for index, prepared in facts.items():
+        if index in placed:
+            continue
+        members = kinds.get(prepared.kind or "", [])
+        if len(members) > 1:
+            batch: factbatch.Batch | factbatch.UnitBatch = factbatch.UnitBatch(
+                units=tuple(facts[i].path for i in members),
+                keys=tuple(facts[i].key for i in members),
+            ) if prepared.kind == factbatch.SYSTEMCTL else factbatch.Batch(
+                kind=prepared.kind or "", digits=prepared.digits,
+                quoted=tuple(_quoted(facts[i]) for i in members),
+                paths=tuple(facts[i].path for i in members))
+            parts.append((members, batch))
+            commands.append((batch.script(token), True))
+            placed.update(members)
+        else:
+            parts.append(([index], None))
+            commands.append((prepared.form, True) if prepared.form is not None
+                            else (prepared.raw, False))
+            placed.add(index)
+    ok, output = host.run_shell_command(
+        StringCommand(factskip.combine(commands, token)), **json.loads(conn))
+    pieces = factskip.split(output.stdout_lines, token, len(commands)) if ok else None
+    if pieces is None:
+        return None, (output.stderr_lines or ["no answer"])[0][:200]
+    answers: dict[int, factbatch.Answer] = {}
+    for (members, part), (code, lines) in zip(parts, pieces, strict=True):
+        found = part.parse(code, lines, token) if part is not None else [(code, lines)]
+        answers.update(zip(members, found, strict=True))
+    return answers, ""
+
+
+def _quoted(prepared: _Prepared) -> str:
+    """The fact's path quoted as its command quotes it (a ``File`` fact's ``~/`` left for
+    the shell to expand, as pyinfra's)."""
+    path = prepared.path
+    if prepared.kind == factbatch.STAT and path.startswith("~/"):
+        quoted = StringCommand("~/", QuoteString(path[2:]), _separator="")
+    else:
+        quoted = StringCommand(QuoteString(path))
+    return str(quoted.get_raw_value())
 
 
 def _command(fact: Any, kwargs: dict[str, Any]) -> str:
