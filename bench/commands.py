@@ -108,7 +108,7 @@ def counted_apply(state: Any, first: str, profile: Path | None) -> Counts:
 
 def counted_verify(state: Any, first: str) -> Counts:
     from gitops.workers import verify_worker
-    from gitops.workers.verify_shell import ShellBackend
+    from gitops.workers.verify_shell import ShellBackend, in_shell
     from gitops.workers.verify_ssh import ssh_alias
 
     counts = Counts()
@@ -123,7 +123,7 @@ def counted_verify(state: Any, first: str) -> Counts:
         before = probe(self)
         result = original(self, cmd)
         started = probe(self) - before - 1  # the second probe's own subshell
-        counts.add("check: " + cmd.split()[0][:40], False, started)
+        counts.add("check: " + cmd.split()[0][:40], in_shell(cmd), started)
         return result
 
     ShellBackend._run = run  # type: ignore[method-assign]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import selectors
 import shlex
@@ -15,7 +16,8 @@ from typing import Any
 from testinfra.backend.base import CommandResult
 from testinfra.backend.ssh import SshBackend
 
-__all__ = ["LOGIN_SHELL", "ShellBackend", "exec_form", "marker_at"]
+__all__ = ["LOGIN_SHELL", "STAT_FORMS", "ShellBackend", "exec_form", "in_shell", "marker_at",
+           "split_stat"]
 
 LOGIN_SHELL = "command -v bash >/dev/null && exec bash; exec sh"
 """What the one session per host runs: bash if present, as login shells usually are."""
@@ -37,6 +39,10 @@ class ShellBackend(SshBackend):  # type: ignore[misc]  # testinfra ships no type
     (the same text, sudo included) is answered from its first result. testinfra's modules
     repeat their queries (``ss`` for every socket, ``id -u`` for every ``host.user()``), and
     on a busy control host the remote commands, not the checks, are what a verify costs.
+    For the same reason the first of testinfra's one-attribute ``stat`` commands for a path
+    (``host.file(p).user``, ``.group``, ``.mode``, ...) reads every attribute of ``p`` with one
+    ``stat`` and answers the others from it; and a ``test``, ``[`` or other inert builtin
+    (``in_shell``) runs in the shell itself, without the subshell.
     """
 
     NAME = "ssh"
@@ -52,9 +58,29 @@ class ShellBackend(SshBackend):  # type: ignore[misc]  # testinfra ships no type
         cmd = self.get_command(command, *args)
         with self._lock:
             result = self._seen.get(cmd)
+            if result is None and command in STAT_FORMS and len(args) == 1:
+                self._stat_all(args[0])
+                result = self._seen.get(cmd)
             if result is None:
                 result = self._seen[cmd] = self._run(cmd)
             return result
+
+    def _stat_all(self, path: str) -> None:
+        """Run one ``stat`` of ``path`` printing every attribute in ``STAT_FORMS`` and keep
+        each as the result its own command would give (exit 0, the value and a newline, no
+        stderr); nothing when that ``stat`` fails or its output does not split exactly, so
+        the command asked runs as it is. The combined command is itself kept: run once."""
+        batch = self.get_command(STAT_ALL, path)
+        result = self._seen.get(batch)
+        if result is None:
+            result = self._seen[batch] = self._run(batch)
+        values = split_stat(result.rc, result.stdout_bytes, result.stderr_bytes)
+        if values is None:
+            return
+        for form, value in zip(STAT_FORMS, values, strict=True):
+            cmd = self.get_command(form, path)
+            if cmd not in self._seen:
+                self._seen[cmd] = self.result(0, self.encode(cmd), value + b"\n", b"")
 
     def _start(self) -> subprocess.Popen[bytes]:
         argv = ["ssh", "-F", str(self.ssh_config), "-o", f"ConnectTimeout={self.timeout}"]
@@ -65,8 +91,10 @@ class ShellBackend(SshBackend):  # type: ignore[misc]  # testinfra ships no type
 
     def _run(self, cmd: str) -> CommandResult:
         token = self._token.decode()
+        body = (f"eval {shlex.quote(cmd)}" if in_shell(cmd)
+                else f"( eval {shlex.quote(exec_form(cmd))} )")
         script = (
-            f"( eval {shlex.quote(exec_form(cmd))} ) </dev/null; "
+            f"{body} </dev/null; "
             f"printf '\\n%s %d\\n' {token} $?; "
             f"printf '\\n%s\\n' {token} >&2\n"
         )
@@ -157,6 +185,45 @@ def exec_form(cmd: str) -> str:
     if any(w and set(w) <= set("();<>|&") for w in words):
         return cmd
     return f"exec {cmd}"
+
+
+_WORD = r"""(?:[A-Za-z0-9_./%+,:=@-]+|'[^'\n]*'|"'")+"""
+_INERT = re.compile(rf"(test|echo|printf|true|false|:)(?: +{_WORD})*|\[(?: +{_WORD})* +\]")
+
+
+def in_shell(cmd: str) -> bool:
+    """Whether ``cmd`` may run in the shell itself instead of a subshell: one builtin that
+    cannot change the shell (``test``, ``[ ... ]``, ``echo``, ``printf`` without an option,
+    ``true``, ``false``, ``:``) whose arguments are plain or single-quoted words (as
+    ``shlex.quote`` writes them): no expansion, assignment, redirection, list or newline.
+
+    ``command -v`` and ``type`` are not among them: dash remembers the path they find
+    (``hash``). Run as ``eval 'cmd' </dev/null``, such a command prints and exits exactly as
+    in ``( eval 'cmd' ) </dev/null`` (the same shell, the same messages), one fork less.
+    """
+    if not _INERT.fullmatch(cmd):
+        return False
+    words = shlex.split(cmd)
+    return not (words[0] == "printf" and len(words) > 1 and words[1].startswith("-"))
+
+
+STAT_FORMS = ("stat -Lc %%U %s", "stat -Lc %%G %s", "stat -Lc %%a %s", "stat -Lc %%u %s",
+              "stat -Lc %%g %s", "stat -Lc %%s %s", "stat -Lc %%Y %s", "stat -Lc %%i %s")
+"""testinfra's one-attribute commands of a GNU ``File`` (``user``, ``group``, ``mode``,
+``uid``, ``gid``, ``size``, ``mtime``, ``inode``), each as testinfra sends it."""
+
+STAT_ALL = "stat -L --printf '" + "".join(
+    f.split()[2] + "\\n" for f in STAT_FORMS) + "' %s"
+"""One GNU ``stat`` printing every attribute of ``STAT_FORMS``, one line each, in order."""
+
+
+def split_stat(rc: int, stdout: bytes, stderr: bytes) -> list[bytes] | None:
+    """The values of ``STAT_ALL``'s result, or None unless it succeeded silently with exactly
+    one line per attribute (a name holding a newline would make more)."""
+    lines = stdout.split(b"\n")
+    if rc != 0 or stderr or len(lines) != len(STAT_FORMS) + 1 or lines[-1]:
+        return None
+    return lines[:-1]
 
 
 def marker_at(buf: bytearray, token: bytes) -> int:
