@@ -255,6 +255,7 @@ class Proc(NamedTuple):
     state: str
     """``R``, ``S``, ``Z``... (``/proc/PID/stat``)."""
     cmd: str
+    ppid: int = 0
 
 
 def descendants(pid: int) -> list[Proc]:
@@ -270,7 +271,7 @@ def descendants(pid: int) -> list[Proc]:
         except OSError:
             continue
         parents[int(entry)] = int(after[1])
-        found[int(entry)] = Proc(int(entry), after[0], cmd)
+        found[int(entry)] = Proc(int(entry), after[0], cmd, int(after[1]))
     out = []
     for child in parents:
         cur, hops = child, 0

@@ -134,10 +134,13 @@ def make_campaign_repo(info: lab.LabInfo, dest: Path) -> Repo:
 # -- the daemon -----------------------------------------------------------------------------
 
 def workers(daemon: Daemon, kinds: tuple[str, ...] = ("apply", "verify")) -> list[int]:
+    """The daemon's workers running a job: a cold worker, or a warm server's forked child (it
+    shares its server's command line); never the warm servers, which wait for jobs."""
     if daemon.proc is None:
         return []
     return [p.pid for p in descendants(daemon.proc.pid)
-            if any(f"gitops.workers.{k}" in p.cmd for k in kinds)]
+            if any(f"gitops.workers.{k}" in p.cmd for k in kinds)
+            and not ("gitops.workers.forkserver" in p.cmd and p.ppid == daemon.proc.pid)]
 
 
 # -- the record -----------------------------------------------------------------------------
