@@ -5,7 +5,7 @@ next reconcile applies that host in full and corrects it; a deploy that reads ho
 state outside facts is always applied in full, never skipping a change it should make.
 
 The steps run in file order against one lab and one repository (the sample's ``base`` and
-``app``).
+``app``); lab-2 logs in as a sudo user, the others as root.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ HOSTS = ("lab-1", "lab-2", "lab-3")
 
 @pytest.fixture(scope="module")
 def repo(lab: LabInfo, tmp_path_factory: pytest.TempPathFactory) -> StateRepo:
-    return make_state_repo(tmp_path_factory.mktemp("factskip"), lab, services=("base", "app"))
+    """lab-2 logs in as the lab's sudo user, as real fleets do; the others as root."""
+    return make_state_repo(tmp_path_factory.mktemp("factskip"), lab, services=("base", "app"),
+                           sudo_hosts=("lab-2",))
 
 
 def _reconcile(repo: StateRepo) -> dict[str, dict[str, Any]]:
