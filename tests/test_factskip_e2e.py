@@ -10,6 +10,7 @@ The steps run in file order against one lab and one repository (the sample's ``b
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,12 @@ def test_unchanged_hosts_are_skipped_by_fingerprint(repo: StateRepo) -> None:
     assert plan.returncode == 0, plan.stdout + plan.stderr
     for h in HOSTS:
         assert f"{h}: {NO_CHANGE}" in plan.stdout, plan.stdout
+    again = repo.gitops("reconcile", "--once")  # what the operator reads as it runs
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "3 host(s) unchanged by fingerprint" in again.stderr, again.stderr
+    assert not re.search(r"applying on \d+ host", again.stderr), again.stderr  # none applied
+    for h in HOSTS:
+        assert f"{h}: ok, {NO_CHANGE}" in again.stdout, again.stdout
 
 
 DRIFTS = [

@@ -215,7 +215,9 @@ def run(job: Job) -> WorkerResult:
         return WorkerResult(plan=facts.annotate_plan(plan) if facts else plan, apply=None)
 
     if stopped is None and state.active_hosts:
-        progress(f"applying on {len(state.active_hosts)} host(s)")
+        applying = sum(1 for h in state.active_hosts if h.name not in skipped)
+        if applying:  # hosts skipped by fingerprint were said above
+            progress(f"applying on {applying} host(s)")
         if guards is not None:
             refused = guards.preflight(state)
             for host, why in refused.items():
