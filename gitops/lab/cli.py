@@ -7,17 +7,15 @@ traceback) to stderr.
 from __future__ import annotations
 
 import json
-import sys
 import time
-from collections.abc import Callable
 from dataclasses import asdict
-from typing import TypeVar
 
 import click
 
 import gitops.lab as api
 from gitops.lab import leftovers
-from gitops.lab.common import DEFAULT_NAME, LabError, lab_parent
+from gitops.lab.clicall import call
+from gitops.lab.common import DEFAULT_NAME, lab_parent
 from gitops.lab.leftovers import LabEntry
 
 __all__ = ["lab"]
@@ -27,7 +25,6 @@ Exit codes: 0 done; 1 runtime failure or lab already up; 2 not root, missing too
 (apt-get install debootstrap systemd-container dpkg-dev) or bad usage.
 """
 
-T = TypeVar("T")
 
 name_option = click.option(
     "--name",
@@ -36,13 +33,6 @@ name_option = click.option(
     help="Lab name, [a-z0-9]{1,8}; prefix of everything the lab makes. Default: gitops.",
 )
 
-
-def _call(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except LabError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
 
 
 @click.group(help="Disposable real Debian hosts for development, tests and CI.\n" + EXIT_CODES)
@@ -59,7 +49,7 @@ def lab() -> None:
 @name_option
 def up(count: int, subnet: str | None, sudo_user: str | None, name: str | None) -> None:
     start = time.monotonic()
-    info = _call(lambda: api.up(hosts=count, name=name, subnet=subnet, progress=True,
+    info = call(lambda: api.up(hosts=count, name=name, subnet=subnet, progress=True,
                                 sudo_user=sudo_user))
     took = time.monotonic() - start
     click.echo(f"lab {info.name}: {len(info.hosts)} hosts answer SSH ({took:.1f} s)")
@@ -77,7 +67,7 @@ def up(count: int, subnet: str | None, sudo_user: str | None, name: str | None) 
 @lab.command(help="Remove every host, process, namespace, link and mount made.\n" + EXIT_CODES)
 @name_option
 def down(name: str | None) -> None:
-    _call(lambda: api.down(name=name))
+    call(lambda: api.down(name=name))
     click.echo(f"lab {api.resolve_name(name)}: down")
 
 
@@ -85,8 +75,8 @@ def down(name: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @name_option
 def status(as_json: bool, name: str | None) -> None:
-    info = _call(lambda: api.current(name))
-    rows = _call(lambda: api.status(name)) if info is not None else []
+    info = call(lambda: api.current(name))
+    rows = call(lambda: api.status(name)) if info is not None else []
     if as_json:
         doc = {
             "name": api.resolve_name(name),
@@ -129,7 +119,7 @@ def _line(entry: LabEntry) -> str:
              "(folder, lock files), which process holds it.\n" + EXIT_CODES)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def list_labs(as_json: bool) -> None:
-    found = _call(leftovers.labs)
+    found = call(leftovers.labs)
     if as_json:
         click.echo(json.dumps([_describe(e) for e in found], indent=2))
         return
@@ -147,7 +137,7 @@ def list_labs(as_json: bool) -> None:
              + EXIT_CODES)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def prune(as_json: bool) -> None:
-    removed, kept = _call(leftovers.prune)
+    removed, kept = call(leftovers.prune)
     if as_json:
         click.echo(json.dumps({"removed": [_describe(e) for e in removed],
                                "kept": [_describe(e) for e in kept]}, indent=2))

@@ -5,16 +5,13 @@ Registered in ``gitops.cli.root`` (``Main.LAZY``). Errors print one line (no tra
 
 from __future__ import annotations
 
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import click
 
 from gitops.lab import vagrantvms
-from gitops.lab.common import LabError
+from gitops.lab.clicall import call
 from gitops.lab.vagrantbox import BOX_NAME
 
 __all__ = ["vagrant"]
@@ -25,7 +22,6 @@ Exit codes: 0 done; 1 runtime failure (a build, `vagrant up`, a VM that never an
 Vagrantfile.
 """
 
-T = TypeVar("T")
 
 dir_option = click.option(
     "--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
@@ -33,13 +29,6 @@ dir_option = click.option(
     help="Folder of the Vagrantfile (GITOPS_VAGRANT_DIR, as for `source: vagrant`).",
 )
 
-
-def _call(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except LabError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
 
 
 @click.group(help="Vagrant VMs of a Vagrantfile under libvirt: build and add the Debian 12 "
@@ -52,7 +41,7 @@ def vagrant() -> None:
                  "only when its recipe changes) and add it to Vagrant.\n" + EXIT_CODES)
 @click.option("--force", is_flag=True, help="Rebuild and re-add even if cached.")
 def box(force: bool) -> None:
-    result = _call(lambda: vagrantvms.add_box(progress=True, force=force))
+    result = call(lambda: vagrantvms.add_box(progress=True, force=force))
     what = "built and added" if result.built else ("added" if result.added else "up to date")
     click.echo(f"box {BOX_NAME} {result.digest}: {what} ({result.seconds:.1f} s), "
                f"{result.path}")
@@ -65,7 +54,7 @@ def box(force: bool) -> None:
 @dir_option
 def up(machines: tuple[str, ...], folder: Path) -> None:
     start = time.monotonic()
-    _call(lambda: vagrantvms.up(folder, machines, progress=True))
+    call(lambda: vagrantvms.up(folder, machines, progress=True))
     click.echo(f"vagrant VMs up ({time.monotonic() - start:.1f} s); next: "
                "gitops reconcile --once --repo . --environment vagrant")
 
@@ -74,6 +63,6 @@ def up(machines: tuple[str, ...], folder: Path) -> None:
                  "isolation and set forwarding back to its value before `up`.\n" + EXIT_CODES)
 @dir_option
 def down(folder: Path) -> None:
-    removed = _call(lambda: vagrantvms.down(folder, progress=True))
+    removed = call(lambda: vagrantvms.down(folder, progress=True))
     tail = "isolation removed" if removed else "other libvirt VMs run: isolation kept"
     click.echo(f"vagrant VMs destroyed; {tail}")
