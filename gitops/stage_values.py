@@ -252,8 +252,9 @@ class VerifyReport(_Record):
 
     def not_verified(self, applied: ApplyReport | None) -> list[str]:
         """The hosts ``applied`` without a failure on which no check ran: applied, not
-        verified (their services have no ``checks.py``)."""
-        checked = {r.host for r in self.results}
+        verified (their services have no ``checks.py``); not those the checks could not reach
+        (``host_errors``)."""
+        checked = {r.host for r in self.results} | set(self.host_errors)
         return sorted(h.host for h in (applied.hosts if applied else ())
                       if h.status == "ok" and h.host not in checked)
 

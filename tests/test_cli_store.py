@@ -205,6 +205,30 @@ def test_a_run_summary_says_which_hosts_are_not_verified() -> None:
                     "web2: no check ran there")
 
 
+@pytest.mark.parametrize(("statuses", "host_errors", "said"), [
+    ({"web1": "ok", "web2": "unreachable"}, {}, ", 1 host(s) unreachable (web2)"),
+    ({"web1": "skipped", "web2": "unreachable"}, {},
+     ", 1 host(s) unreachable (web2); not applied on web1: the rollout stopped first"),
+    ({"web1": "ok", "web2": "ok"}, {"web2": "ssh: connection refused"},
+     ", 1 host(s) unreachable (web2)"),
+    ({f"h{i:02}": "unreachable" for i in range(7)} | {"web1": "ok"}, {},
+     ", 7 host(s) unreachable (h00, h01, h02, h03, h04 and 2 more)"),
+])
+def test_a_run_summary_names_the_hosts_not_reached(statuses: dict[str, str],
+                                                   host_errors: dict[str, str],
+                                                   said: str) -> None:
+    """The last line names the hosts the apply or the checks could not reach, and those a
+    stopped rollout never applied (they were counted as nothing, or not at all, before)."""
+    from gitops.cli.output import outcome_summary
+
+    applied = ApplyReport(hosts=tuple(HostApply(host=h, status=s)  # type: ignore[arg-type]
+                                      for h, s in statuses.items()))
+    checks = VerifyReport(results=(CheckResult(host="web1", service="web", check="port",
+                                               status="pass"),), host_errors=host_errors)
+    line = outcome_summary(Outcome("failed", run_id=4, apply=applied, verify=checks))
+    assert line == f"run #4: failed, 0 changed, 1 checks passed{said}", line
+
+
 def test_the_daemon_status_api_reads_only(tmp_path: Path) -> None:
     """The daemon's ``/api/status`` reader answers [] before anything is recorded, creating
     nothing, and shows a suspension as a Suspended condition with its controls."""

@@ -133,3 +133,36 @@ def test_a_stricter_check_is_not_rolled_back(lab: LabInfo, tmp_path: Path) -> No
     assert figures["failed_rollouts"] == 0, figures
     assert figures["short_of_checks"] == 1, figures
     assert figures["rollouts_pending"] == 0, figures
+
+
+def test_a_rollout_stopped_before_any_operation_applies_and_checks_nothing(
+        lab: LabInfo, tmp_path: Path) -> None:
+    """One host of two cannot be reached (a key file that is not there): over the sample's
+    ``fail_percent`` (34), the apply stops before any operation. The host it did reach is
+    reported not applied (``skipped``, with why; it was ``ok``, then checked as if applied),
+    none of its checks run, nothing is recorded as applied there, and the last line names
+    both hosts."""
+    repo = make_state_repo(tmp_path, lab, hosts=2, services=())
+    _note(repo, install=False, wanted="note", message="a note")
+    inv = repo.inventory()
+    inv["hosts"]["lab-2"]["ssh"] = {"key_file": str(tmp_path / "no-such-key")}
+    (repo.path / "inventories/lab.yml").write_text(yaml.safe_dump(inv, sort_keys=False))
+    repo.commit("lab-2 with a key file that is not there")
+    code, result = repo.gitops_json("reconcile", "--once")
+    assert code == 1, result
+    hosts = {h["host"]: h for h in result["apply"]["hosts"]}
+    assert hosts["lab-2"]["status"] == "unreachable", hosts["lab-2"]
+    assert hosts["lab-1"]["status"] == "skipped", hosts["lab-1"]
+    assert hosts["lab-1"]["error"] == ("not applied: the apply stopped before it ran any "
+                                       "operation"), hosts["lab-1"]
+    assert not hosts["lab-1"]["ops"]
+    checked = (result["verify"] or {"results": []})["results"]
+    assert not [r for r in checked if r["host"] == "lab-1"], checked
+    _, rows = repo.gitops_json("status")
+    lab1 = next(r for r in rows if r["host"] == "lab-1")
+    assert lab1["last_applied_revision"] is None, lab1
+    text = repo.gitops("reconcile", "--once")
+    assert text.returncode == 1, text.stdout + text.stderr
+    assert text.stdout.rstrip().splitlines()[-1].endswith(
+        "1 host(s) unreachable (lab-2); not applied on lab-1: the rollout stopped first"
+    ), text.stdout

@@ -149,12 +149,25 @@ def outcome_summary(outcome: pipeline.Outcome) -> str:
     if v is None and outcome.apply is None:
         return f"run #{outcome.run_id}: {outcome.result}, nothing applied"
     unchecked = v.not_verified(outcome.apply) if v else []
+    hosts = outcome.apply.hosts if outcome.apply else ()
+    unreachable = sorted(set(v.host_errors if v else ())
+                         | {h.host for h in hosts if h.status == "unreachable"})
+    not_applied = [h.host for h in hosts if h.status == "skipped"]
     return run_summary(outcome.run_id, outcome.result,
                     outcome.apply.changed if outcome.apply else 0,
                     sum(1 for r in v.results if r.status == "pass") if v else 0,
-                    len(v.failed) if v else 0, len(v.host_errors) if v else 0) + (
+                    len(v.failed) if v else 0, len(unreachable)) + (
+        f" ({_some(unreachable)})" if unreachable else "") + (
+        f"; not applied on {_some(not_applied)}: the rollout stopped first"
+        if not_applied else "") + (
         f"; applied, not verified on {', '.join(unchecked)}: no check ran there"
         if unchecked else "")
+
+
+def _some(names: list[str], most: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, d, e and 7 more``."""
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def fail(exc: GitopsError, as_json: bool) -> None:

@@ -205,8 +205,11 @@ def report(
     stopped: str | None,
     started: float,
     guards: Guards | None = None,
+    not_run: frozenset[str] = frozenset(),
 ) -> ApplyReport:
-    """What an apply did: per host, each operation's status, the host's error and guard."""
+    """What an apply did: per host, each operation's status, the host's error and guard.
+    ``not_run``: hosts the apply stopped before running any operation on (``skipped``,
+    never ``ok``: nothing was applied there, so nothing is recorded or checked)."""
     hosts = []
     for dh in declared.hosts:
         host = state.inventory.get_host(dh.name)
@@ -235,6 +238,9 @@ def report(
         connected = host.connected if hasattr(host, "connected") else True
         if host in state.failed_hosts:
             status_h = "failed" if failed_op or connected else "unreachable"
+        elif stopped and dh.name in not_run:
+            status_h = "skipped"
+            error = error or "not applied: the apply stopped before it ran any operation"
         elif stopped and any(r.status == "skipped" for r in results):
             status_h = "skipped"
         else:

@@ -169,6 +169,7 @@ def run(job: Job) -> WorkerResult:
 
     started = time.monotonic()
     stopped: str | None = None
+    executed = False
     state.set_stage(StateStage.Connect)
     try:
         _connect_all(state, capture)
@@ -232,6 +233,7 @@ def run(job: Job) -> WorkerResult:
         if recorder is not None:
             recorder.arm(state)
         state.set_stage(StateStage.Execute)
+        executed = True
         try:
             run_ops(state)
         except PyinfraError as exc:
@@ -243,7 +245,9 @@ def run(job: Job) -> WorkerResult:
     state.set_stage(StateStage.Disconnect)
     if recorder is not None:
         recorder.stop(state)
-    report = apply_results.report(state, declared, capture, stopped, started, guards)
+    not_run = frozenset() if executed or stopped is None else frozenset(
+        h.name for h in declared.hosts if h.name not in skipped)
+    report = apply_results.report(state, declared, capture, stopped, started, guards, not_run)
     if recorder is not None:
         recorder.finish(report)
     plan = apply_results.executed_plan(report, capture, state, declared)
