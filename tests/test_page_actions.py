@@ -133,6 +133,26 @@ def test_the_payments_operator_suspends_and_rolls_back_payments_not_search(
                     ("user:alice", "rollback", "rollback", "pay-prod", "v2 breaks checkout")]
 
 
+def test_a_reason_being_typed_keeps_its_focus_across_redraws(
+        site: tuple[Site, Daemon, dict[str, str]], browser: Any) -> None:  # noqa: F811
+    """alice is typing a suspend reason when the page redraws (another environment changed):
+    the field keeps its text, its focus and the caret, so her next keys land in it."""
+    served, _, _ = site
+    p = sign_in_as(browser, served, "alice")
+    pay = card(p, "pay-prod")
+    buttons(p, "pay-prod")
+    pay.locator("button[data-action=suspend]").click()
+    field = pay.locator("form[data-action=suspend] input[name=reason]")
+    field.click()
+    p.keyboard.type("payments fr")
+    status, _ = post(p, "/api/environments/pay-staging/suspend", {"reason": "redraw"})
+    assert status == 200
+    card(p, "pay-staging").locator(".note.warn", has_text="redraw").wait_for()  # redrawn
+    assert p.evaluate("document.activeElement && document.activeElement.name") == "reason"
+    p.keyboard.type("eeze")
+    assert field.input_value() == "payments freeze"
+
+
 def test_the_rollback_role_rolls_back_and_does_nothing_else(
         site: tuple[Site, Daemon, dict[str, str]], browser: Any) -> None:  # noqa: F811
     """carol is offered only "Roll back" (on every environment: her grant is for all),

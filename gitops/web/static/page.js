@@ -603,6 +603,7 @@
   function render(data) {
     const app = document.getElementById("app");
     const open = new Set([...app.querySelectorAll("details[open]")].map((d) => d.dataset.key));
+    const typing = kept(document.activeElement);  // before the sections take the actions' nodes
     teams = data.teams || [];
     const sections = data.environments.map((env) => environmentSection(env, data));
     if (!sections.length) sections.push(el("p", { class: "muted", text: "No environment has been reconciled yet." }));
@@ -613,6 +614,21 @@
     if (previews) sections.push(previews);
     put(app, ...sections);
     for (const d of app.querySelectorAll("details[data-key]")) if (open.has(d.dataset.key)) d.open = true;
+    if (typing) typing();
+  }
+
+  // A field of an action's form (actions.js keeps its node across redraws) that has the
+  // focus: the redraw moves it, which drops the focus; the function returned gives it back,
+  // with the caret where it was.
+  function kept(node) {
+    if (!node || !node.closest || !node.closest("section.actions")) return null;
+    const start = typeof node.selectionStart === "number" ? node.selectionStart : null;
+    const end = node.selectionEnd;
+    return () => {
+      if (!node.isConnected || document.activeElement === node) return;
+      node.focus();
+      if (start !== null) node.setSelectionRange(start, end);
+    };
   }
 
   async function refresh() {
