@@ -511,12 +511,17 @@ class ActionItem(_Row):
     created_at: datetime
     done_by: str | None
     done_at: datetime | None
+    team_by: str | None = None
+    """Who gave it its current team after it was added (None: its team is the one it was
+    added with)."""
+    team_at: datetime | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"id": self.id, "incident": self.incident, "text": self.text,
                 "team": self.team, "state": self.state, "created_by": self.created_by,
                 "created_at": self.created_at.isoformat(), "done_by": self.done_by,
-                "done_at": _iso(self.done_at)}
+                "done_at": _iso(self.done_at), "team_by": self.team_by,
+                "team_at": _iso(self.team_at)}
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,11 @@ def test_two_people_write_one_post_mortem_each_under_their_own_name(
     pm_a = open_postmortem(alice, iid)  # alice gives the item to payments, opens it again
     pm_a.locator("li[data-action] select").select_option("payments")
     pm_a.locator("li[data-action]", has_text="team: payments").wait_for()
+    # who gave it the team, and when, beside the item on everyone's page
+    pm_b = open_postmortem(bob, iid)
+    given = pm_b.locator('li[data-action] .pm-team-by[data-by="user:alice"]')
+    given.wait_for()
+    assert given.inner_text().startswith("(given to payments by user:alice, ")
     pm_a.locator('li[data-action] [data-do="reopen"]').click()
     pm_a.locator('li[data-action] [data-do="done"]').wait_for()
     assert pm_a.locator("li[data-action] .pm-done").count() == 0

@@ -233,7 +233,9 @@ def test_annotation_and_action_reach_api_page_and_report(state: Path, tmp_path: 
         report = incidents.render_markdown(incidents.find(store, iid))
     assert "## Post-mortem" in report and "Status: reviewed." in report
     assert "The upstream of app did not start on host1." in report
-    assert "| 1 | Wait for the unit before the HTTP check | search | open |" in report
+    # assigned after it was added: the report says who gave it its team
+    assert "| 1 | Wait for the unit before the HTTP check | search (given by " in report
+    assert pm["actions"][0]["team_by"] and pm["actions"][0]["team_at"]
     out = run.invoke(main, ["incidents", "action", iid, "--state-dir", str(state),
                             "--done", "1"])
     assert out.exit_code == 0 and "[done]" in out.output
@@ -597,6 +599,8 @@ def test_owners_and_postmortems_in_either_database(store_backend: Any, now: date
         item = incidents.add_action(store, iid, "do it", None, actor="ann")
         incidents.update_action(store, iid, item.id, actor="bob", done=True, team="search",
                                 teams={"search"})
+        incidents.update_action(store, iid, item.id, actor="carl", team="search",
+                                teams={"search"})  # the same team: who gave it stays bob
     with store_backend.open(readonly=True) as store:
         found = incidents.find(store, iid)
         assert environment_teams(store)["prod"] == "search"
@@ -606,4 +610,5 @@ def test_owners_and_postmortems_in_either_database(store_backend: Any, now: date
     assert pm["summary"]["text"] == "s2" and pm["summary"]["by"] == "bob"
     assert [c["text"] for c in pm["causes"]] == ["c1", "c2"]
     assert pm["actions"][0]["state"] == "done" and pm["actions"][0]["done_by"] == "bob"
+    assert pm["actions"][0]["team_by"] == "bob" and pm["actions"][0]["team_at"]
     assert found.reviewed and found.team == "search"

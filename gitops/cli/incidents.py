@@ -108,8 +108,10 @@ def _print_postmortem(incident: Any) -> None:
             click.echo(f"  {title}: {freetext.shown_text(e['text'])} "
                        f"({freetext.shown(e['by'])}, {e['at'][:16]})")
     for a in pm["actions"]:
+        given = (f", given by {freetext.shown(a['team_by'])} {a['team_at'][:16]}"
+                 if a.get("team_by") else "")
         click.echo(f"  action {a['id']} [{a['state']}] {freetext.shown_text(a['text'])} "
-                   f"(team: {a['team'] or 'no owner yet'})")
+                   f"(team: {a['team'] or 'no owner yet'}{given})")
 
 
 @incidents.command(epilog=EXIT_CODES)

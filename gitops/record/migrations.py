@@ -262,6 +262,12 @@ def _v11_notifier_deliveries(db: Any) -> None:
                " (notifier, id)")
 
 
+def _v14_action_team_by(db: Any) -> None:
+    """Who gave an action item its owning team, and when (``team_by``, ``team_at``)."""
+    db.execute("ALTER TABLE postmortem_actions ADD COLUMN team_by TEXT")
+    db.execute("ALTER TABLE postmortem_actions ADD COLUMN team_at TEXT")
+
+
 @dataclass(frozen=True)
 class Migration:
     """One numbered step of the schema; ``apply`` runs inside a transaction."""
@@ -291,5 +297,6 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(12, "API tokens (digests) and the append-only audit trail", people_schema),
     Migration(13, "approvals: revisions waiting for a person's sign-off, and who gave it",
               approvals_schema),
+    Migration(14, "who gave an action item its owning team, and when", _v14_action_team_by),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version

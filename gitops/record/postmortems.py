@@ -56,14 +56,16 @@ class PostmortemsMixin(StoreBase):
 
     def update_action(self, action_id: int, *, actor: str, done: bool | None = None,
                       team: str | None = None) -> ActionItem | None:
-        """Mark action ``action_id`` done (or open again) and/or give it an owning team;
-        None when there is no such action."""
+        """Mark action ``action_id`` done (or open again) and/or give it an owning team (who
+        gave it and when are kept when the team changes); None when there is no such action."""
         with self._tx() as db:
-            if db.execute("SELECT 1 FROM postmortem_actions WHERE id=?",
-                          (action_id,)).fetchone() is None:
+            row = db.execute("SELECT team FROM postmortem_actions WHERE id=?",
+                             (action_id,)).fetchone()
+            if row is None:
                 return None
-            if team is not None:
-                db.execute("UPDATE postmortem_actions SET team=? WHERE id=?", (team, action_id))
+            if team is not None and team != row["team"]:
+                db.execute("UPDATE postmortem_actions SET team=?, team_by=?, team_at=?"
+                           " WHERE id=?", (team, actor, self._now(), action_id))
             if done is True:
                 db.execute("UPDATE postmortem_actions SET state='done', done_by=?, done_at=?"
                            " WHERE id=?", (actor, self._now(), action_id))
@@ -80,5 +82,6 @@ class PostmortemsMixin(StoreBase):
             sql, args = sql + " WHERE incident=?", (incident,)
         return [ActionItem(r["id"], r["incident"], r["text"], r["team"], r["state"],
                            r["created_by"], datetime.fromisoformat(r["created_at"]),
-                           r["done_by"], parse_time(r["done_at"]))
+                           r["done_by"], parse_time(r["done_at"]), r["team_by"],
+                           parse_time(r["team_at"]))
                 for r in self.db.execute(sql + " ORDER BY id", args).fetchall()]

@@ -563,7 +563,8 @@ def _postmortem_markdown(i: Incident) -> list[str]:
         lines += [f"_None yet_ (`gitops incidents action {i.id} --add TEXT --team TEAM`)", ""]
     else:
         lines += ["| # | action | owning team | state |", "|---|---|---|---|"]
-        lines += [f"| {a['id']} | {_cell(a['text'])} | {_cell(a['team'] or 'no owner yet')} | "
+        lines += [f"| {a['id']} | {_cell(a['text'])} | {_cell(a['team'] or 'no owner yet')}"
+                  f"{_cell(' (given by ' + a['team_by'] + ')') if a.get('team_by') else ''} | "
                   f"{a['state']}{' (' + a['done_at'][:10] + ')' if a['done_at'] else ''} |"
                   for a in pm["actions"]] + [""]
     return lines

@@ -117,6 +117,7 @@
     const item = el("li", { "data-action": a.id, "data-by": a.created_by },
       badge(a.state, a.state === "done" ? "ok" : "warn"), " ", el("span", { class: "pm-text", text: a.text }), " ",
       el("span", { class: "muted pm-team", text: "team: " + (a.team || "no owner yet") }), " ",
+      a.team_by ? [el("span", { class: "pm-team-by", "data-by": a.team_by }, stamp(a.team_by, a.team_at, "given to " + a.team + " by")), " "] : null,
       stamp(a.created_by, a.created_at, "added by"),
       a.state === "done" && a.done_by ? [" ", el("span", { class: "pm-done", "data-by": a.done_by }, stamp(a.done_by, a.done_at, "done by"))] : null);
     if (!editable) return item;
