@@ -441,7 +441,7 @@ class _Receiver(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         type(self).got.append((dict(self.headers), json.loads(body)))
-        self.send_response(200)
+        self.send_response(403 if self.path.endswith("/refuse") else 200)
         self.end_headers()
         self.wfile.write(b"ok")
 
@@ -506,6 +506,37 @@ def test_digest_arrives_in_slack_format_on_schedule(
     assert "Incidents: 1 opened, 1 restored: " + iid in text
     assert "Post-mortems not reviewed: 2" in text
     assert "Open action items: no owner yet 1" in text
+
+
+def test_each_digest_delivery_is_recorded_under_its_notifiers_name(
+        tmp_path: Path, receiver: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digest's deliveries go into each notifier's record of deliveries under the name its
+    events' go under (a global one's own, an environment's ``prod-webhook-1``): one that
+    refuses the digest is seen there, as a failing notifier is, not only in the log."""
+    url, _ = receiver
+    monkeypatch.setenv("TM_OK", url)
+    monkeypatch.setenv("TM_NO", url.replace("/hook", "/refuse"))
+    nine = datetime(2026, 3, 16, 9, 0, tzinfo=UTC)  # a Monday
+    state = tmp_path / "state"
+    with Store(state) as store:
+        two_teams(store, nine)
+    settings = Settings(
+        state_dir=state,
+        notifiers=[{"type": "webhook", "url": {"env": "TM_OK"}, "events": ["digest"],
+                    "name": "ops-hook"}],
+        environments=[{"name": "prod", "repo": str(tmp_path),
+                       "notifiers": [{"type": "webhook", "url": {"env": "TM_NO"}}]}],
+        digest={"schedule": "0 9 * * 1", "days": DAYS})
+    daemon = Daemon(settings)
+    assert daemon.digest_tick(nine - timedelta(hours=1)) is None
+    deliveries = daemon.digest_tick(nine)
+    assert deliveries is not None
+    assert [(d.notifier, d.state) for d in deliveries] == [("ops-hook", "delivered"),
+                                                             ("prod-webhook-1", "refused")]
+    with Store(state, readonly=True) as store:
+        recorded = {(r["notifier"], r["event"], r["status"]) for r in store.deliveries()}
+    assert recorded == {("ops-hook", "digest", "delivered"),
+                        ("prod-webhook-1", "digest", "refused")}
 
 
 def test_gitops_digest_prints_the_figures(state: Path) -> None:

@@ -145,24 +145,28 @@ def build(store: Store, settings: Settings, *, days: float | None = None,
                   dict(sorted(actions.items())))
 
 
-def receivers(settings: Settings) -> list[NotifierConfig]:
-    """Who gets the digest: the digest settings' notifiers, else every environment's and
-    the global ones that list ``digest`` in their events (each receiver once)."""
+def receivers(settings: Settings) -> list[tuple[str, NotifierConfig]]:
+    """Who gets the digest, each with its name in the record of deliveries: the digest
+    settings' notifiers (``digest-<type>-<n>`` unless named), else every environment's and
+    the global ones that list ``digest`` in their events, named as their events' deliveries
+    are (each receiver once)."""
     if settings.digest.notifiers:
-        return list(settings.digest.notifiers)
-    seen: dict[tuple[str, Any], NotifierConfig] = {
-        (n.type, n.url): n for n in settings.notifiers if "digest" in n.events}
+        return [(n.label(i, "digest"), n) for i, n in enumerate(settings.digest.notifiers)]
+    seen: dict[tuple[str, Any], tuple[str, NotifierConfig]] = {
+        (n.type, n.url): (n.label(i), n) for i, n in enumerate(settings.notifiers)
+        if "digest" in n.events}
     for env in settings.environments:
-        for n in env.notifiers:
-            seen.setdefault((n.type, n.url), n)
+        for i, n in enumerate(env.notifiers):
+            seen.setdefault((n.type, n.url), (n.label(i, env.name), n))
     return list(seen.values())
 
 
-def send(digest: Digest, configs: Sequence[NotifierConfig],
+def send(digest: Digest, named: Sequence[tuple[str, NotifierConfig]],
          **options: Any) -> list[notify.Delivery]:
-    """Send ``digest`` to ``configs`` (``options``: notify's timeout, retries, sleep)."""
-    return notify.notify_digest(configs, digest.as_json(), digest.text(), digest.title,
-                                **options)
+    """Send ``digest`` to ``named`` receivers (``receivers()``; ``options``: notify's timeout,
+    retries, sleep); each delivery carries its receiver's name."""
+    return notify.notify_digest([c for _, c in named], digest.as_json(), digest.text(),
+                                digest.title, names=[name for name, _ in named], **options)
 
 
 class Schedule:

@@ -43,6 +43,12 @@ class DigestTimer:
             return []
         deliveries = digest.send(found, digest.receivers(self.settings))
         log.info("digest of %s sent to %d receiver(s)", found.title, len(deliveries))
+        try:  # each notifier's record: a digest that never arrives is a failing notifier too
+            with self.open_store() as store:
+                for d in deliveries:
+                    store.record_delivery(d.notifier, "", "digest", d.state, d.error or "")
+        except Exception as exc:  # the record unreachable: the digest was still sent
+            log.warning("digest deliveries not recorded: %s", type(exc).__name__)
         return deliveries
 
     def run(self, stop: threading.Event, now: Callable[[], datetime]) -> None:

@@ -156,17 +156,19 @@ def notify(
 
 def notify_digest(
     configs: Sequence[NotifierConfig], body: dict[str, Any], text: str, title: str, *,
-    timeout: float = 10, retries: int = 4, sleep: Sleep = time.sleep, backoff: float = 1.0,
-    max_delay: float = 60.0,
+    names: Sequence[str] | None = None, timeout: float = 10, retries: int = 4,
+    sleep: Sleep = time.sleep, backoff: float = 1.0, max_delay: float = 60.0,
 ) -> list[Delivery]:
     """Send a digest (``gitops.daemon.digest``) to every receiver in ``configs``: the JSON ``body``
     to a generic webhook (``X-Gitops-Event: digest``), ``text`` (mrkdwn, escaped here) in
     sections of at most 3000 characters to a Slack hook, ``title`` its fallback; ``title``
-    and ``text`` through Apprise. Alertmanager and Grafana get no digest. Never raises."""
+    and ``text`` through Apprise. Alertmanager and Grafana get no digest. Each delivery is
+    named by ``names`` (default ``<type>-<n>``). Never raises."""
     deliveries: list[Delivery] = []
     for index, config in enumerate(configs):
         if config.type in ("alertmanager", "grafana"):
             continue
+        name = names[index] if names is not None else config.label(index)
         url = ""
         try:
             url = config.url.reveal()
@@ -178,8 +180,7 @@ def notify_digest(
                 result = Answer(sent.ok, sent.status, 1,
                                 None if sent.ok else scrub(sent.detail))
                 deliveries.append(Delivery(config.type, index, result.ok, result.status, 1,
-                                           result.error, what="digest",
-                                           notifier=config.label(index)))
+                                           result.error, what="digest", notifier=name))
                 continue
             headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
             payload: dict[str, Any] | bytes = body
@@ -205,9 +206,9 @@ def notify_digest(
         except Exception as exc:  # a bad secret reference, or anything unforeseen
             result = Answer(False, None, 0, Scrubber([url])(f"{type(exc).__name__}: {exc}"))
         delivery = Delivery(config.type, index, result.ok, result.status, result.attempts,
-                            result.error, what="digest")
+                            result.error, what="digest", notifier=name)
         if not delivery.ok:
-            log.warning("digest to %s not delivered: %s", f"{config.type}[{index}]",
+            log.warning("digest to %s (%s) not delivered: %s", name, config.type,
                         _last_words(delivery))
         deliveries.append(delivery)
     return deliveries
