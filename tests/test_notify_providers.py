@@ -238,6 +238,23 @@ def test_failing_for_an_hour_is_a_condition_until_one_delivery_succeeds(
         assert not any(c.type == "NotifierFailing" for c in store.status("prod")[0].conditions)
 
 
+def test_a_notifier_failing_on_the_digest_is_a_condition_of_every_environment(
+        store_backend: Database) -> None:
+    """A digest serves every environment (its deliveries have none): a notifier that has
+    failed it for an hour is NotifierFailing on each environment's row, once."""
+    clock = [datetime(2026, 12, 1, 12, 0, tzinfo=UTC)]
+    with store_backend.open(clock=lambda: clock[0]) as store:
+        store.set_status("prod", "", [])
+        store.set_status("staging", "", [])
+        store.record_delivery("digest-webhook-1", "", "digest", "refused", "HTTP 403")
+        store.record_delivery("digest-webhook-1", "prod", "failure", "failed", "HTTP 503")
+        clock[0] += timedelta(minutes=61)
+        for env in ("prod", "staging"):
+            (row,) = store.status(env)
+            (cond,) = [c for c in row.conditions if c.type == "NotifierFailing"]
+            assert "notifier digest-webhook-1" in cond.message, cond
+
+
 def test_gitops_status_shows_a_failing_notifier(tmp_path: Path) -> None:
     """``gitops status`` prints the NotifierFailing condition with the last reason."""
     past = datetime.now(UTC) - timedelta(hours=2)

@@ -88,7 +88,8 @@ class StatusMixin(ControlsMixin, NotifiersMixin):
 
         Environment rows carry their controls and, when suspended, a ``Suspended``
         condition; an environment only suspended or held (no run yet) gets a row too. A
-        notifier failing for an hour adds ``NotifierFailing`` to the environments it serves."""
+        notifier failing for an hour adds ``NotifierFailing`` to the environments it serves (every
+        one when the digest, environment ``""``, is among what failed)."""
         sql = "SELECT * FROM status"
         args: tuple[str, ...] = ()
         if environment is not None:
@@ -96,7 +97,11 @@ class StatusMixin(ControlsMixin, NotifiersMixin):
             args = (environment,)
         controls = self.all_controls()
         failing: dict[str, list[Condition]] = {}
+        everywhere: list[Condition] = []  # failing on the digest, which serves them all
         for found in self.failing_notifiers():
+            if "" in found.environments:
+                everywhere.append(failing_condition(found))
+                continue
             for name in found.environments:
                 failing.setdefault(name, []).append(failing_condition(found))
         out: list[StatusRow] = []
@@ -109,7 +114,7 @@ class StatusMixin(ControlsMixin, NotifiersMixin):
                 env_controls = controls.get(row["environment"], Controls(row["environment"]))
                 if env_controls.suspended:
                     conditions += (suspended_condition(env_controls),)
-                conditions += tuple(failing.get(row["environment"], ()))
+                conditions += (*failing.get(row["environment"], ()), *everywhere)
             out.append(StatusRow(
                 row["environment"], row["host"], conditions,
                 _ref(row["last_applied_revision"]), _ref(row["last_attempted_revision"]),
