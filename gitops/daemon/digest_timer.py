@@ -33,7 +33,7 @@ class DigestTimer:
         """Send the digest if its schedule is due at ``now`` (the deliveries), else None."""
         if not self.schedule.due(now):
             return None
-        from gitops.daemon import digest
+        from gitops.daemon import digest, notify
 
         try:
             with self.open_store() as store:
@@ -45,8 +45,7 @@ class DigestTimer:
         log.info("digest of %s sent to %d receiver(s)", found.title, len(deliveries))
         try:  # each notifier's record: a digest that never arrives is a failing notifier too
             with self.open_store() as store:
-                for d in deliveries:
-                    store.record_delivery(d.notifier, "", "digest", d.state, d.error or "")
+                notify.record(store, deliveries)
         except Exception as exc:  # the record unreachable: the digest was still sent
             log.warning("digest deliveries not recorded: %s", type(exc).__name__)
         return deliveries

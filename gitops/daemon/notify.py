@@ -48,6 +48,7 @@ from gitops.settings import EVENT_KINDS, CommitStatusConfig, EventKind, Notifier
 
 if TYPE_CHECKING:
     from gitops.pipeline.reconcile import Outcome
+    from gitops.record.store import Store
 
 __all__ = [
     "COMMENT_LIMITS",
@@ -62,6 +63,7 @@ __all__ = [
     "event_from_outcome",
     "notify",
     "notify_digest",
+    "record",
     "set_commit_status",
     "set_commit_statuses",
     "upsert_comment",
@@ -152,6 +154,12 @@ def notify(
                         config.type, event.kind, event.environment, _last_words(delivery))
         deliveries.append(delivery)
     return deliveries
+
+
+def record(store: Store, deliveries: Sequence[Delivery]) -> None:
+    """Each delivery's fate in its notifier's record (``notifier_deliveries``)."""
+    for d in deliveries:
+        store.record_delivery(d.notifier, d.environment, d.what, d.state, d.error or "")
 
 
 def notify_digest(

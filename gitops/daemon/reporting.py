@@ -56,9 +56,7 @@ class Reporter:
             deliveries = notify.notify(configs, event, names=names, team=team,
                                        page_url=self.settings.page_url)
             with self.open_store() as store:
-                for d in deliveries:
-                    store.record_delivery(d.notifier, d.environment, d.what, d.state,
-                                          d.error or "")
+                notify.record(store, deliveries)
         except Exception as exc:  # the record unreachable, say: the run stands
             log.warning("%s: notifications not recorded: %s", env.config.name,
                         type(exc).__name__)

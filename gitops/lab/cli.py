@@ -25,14 +25,12 @@ Exit codes: 0 done; 1 runtime failure or lab already up; 2 not root, missing too
 (apt-get install debootstrap systemd-container dpkg-dev) or bad usage.
 """
 
-
 name_option = click.option(
     "--name",
     envvar="GITOPS_LAB_NAME",
     default=None,
     help="Lab name, [a-z0-9]{1,8}; prefix of everything the lab makes. Default: gitops.",
 )
-
 
 
 @click.group(help="Disposable real Debian hosts for development, tests and CI.\n" + EXIT_CODES)
@@ -50,7 +48,7 @@ def lab() -> None:
 def up(count: int, subnet: str | None, sudo_user: str | None, name: str | None) -> None:
     start = time.monotonic()
     info = call(lambda: api.up(hosts=count, name=name, subnet=subnet, progress=True,
-                                sudo_user=sudo_user))
+                               sudo_user=sudo_user))
     took = time.monotonic() - start
     click.echo(f"lab {info.name}: {len(info.hosts)} hosts answer SSH ({took:.1f} s)")
     for host in info.hosts:

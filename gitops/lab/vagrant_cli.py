@@ -22,13 +22,11 @@ Exit codes: 0 done; 1 runtime failure (a build, `vagrant up`, a VM that never an
 Vagrantfile.
 """
 
-
 dir_option = click.option(
     "--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
     envvar="GITOPS_VAGRANT_DIR", show_default=True,
     help="Folder of the Vagrantfile (GITOPS_VAGRANT_DIR, as for `source: vagrant`).",
 )
-
 
 
 @click.group(help="Vagrant VMs of a Vagrantfile under libvirt: build and add the Debian 12 "
