@@ -68,6 +68,7 @@ from _common import (
 from verify_vs_floor import ssh_floor
 
 import gitops.lab as lab
+from gitops.record.store import SCHEMA_VERSION
 
 _OWN = os.environ.get("GITOPS_LAB_NAME", "")[:5]  # the labs of the caller's name, if named
 BIG, SMALL = (f"{_OWN}d2", f"{_OWN}d1") if _OWN else ("dbench2", "dbench1")
@@ -197,6 +198,22 @@ class Db:
         self.db = sqlite3.connect(f"file:{state_dir / 'gitops.db'}?mode=ro", uri=True,
                                   timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
+
+    @classmethod
+    def when_ready(cls, state_dir: Path) -> Db | None:
+        """The view once the daemon has made the database and migrated it, else None (the
+        file exists a moment before its tables do)."""
+        if not (state_dir / "gitops.db").exists():
+            return None
+        db = cls(state_dir)
+        found = db.db.execute("SELECT 1 FROM sqlite_master WHERE type='table'"
+                              " AND name='schema_migrations'").fetchone()
+        version = found and db.db.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+        if not version or version < SCHEMA_VERSION:
+            db.db.close()
+            return None
+        return db
 
     def last_run_id(self) -> int:
         row = self.db.execute("SELECT max(id) FROM runs").fetchone()
@@ -378,16 +395,16 @@ def part_small(info: lab.LabInfo, work: Path, opts: argparse.Namespace) -> dict[
     port = free_port()
     config = write_config(work / "gitops-hook.toml", state_dir, repo, port, watch=False)
     with daemon_process(config, log, port) as proc:
-        db = Db(state_dir) if (state_dir / "gitops.db").exists() else None
+        db = Db.when_ready(state_dir)
         head = git(repo, "rev-parse", "HEAD")
         start = time.monotonic()
 
         def first_done() -> bool:
             nonlocal db
             if db is None:
-                if not (state_dir / "gitops.db").exists():
+                db = Db.when_ready(state_dir)
+                if db is None:
                     return False
-                db = Db(state_dir)
             return db.done_everywhere(head, names)
 
         wait_until(first_done, 300, "the first rollout on 3 hosts")

@@ -4,6 +4,7 @@ status record shows suspensions and holds, and its verified revision agrees with
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -63,6 +64,18 @@ def test_a_read_command_on_an_empty_folder_creates_no_database(tmp_path: Path,
     assert result.exit_code == 0, result.output
     assert "no runs recorded yet" in result.output
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", READERS)
+def test_a_read_command_while_the_daemon_creates_the_database_says_nothing_recorded(
+        tmp_path: Path, command: list[str]) -> None:
+    """A reader that opens the database between its creation and its first migration (the
+    daemon starting) answers "no runs recorded yet", not that the schema is outdated."""
+    sqlite3.connect(tmp_path / "gitops.db").close()
+    result = _cli(*command, "--state-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "no runs recorded yet" in result.output
+    assert "schema version" not in result.output
 
 
 @pytest.mark.parametrize("command", READERS)

@@ -139,6 +139,10 @@ class Store(RunsMixin, StatusMixin, HostsMixin, HistoryMixin, RevisionsMixin,
             self._migrate()
             return
         version = self._version()
+        if version == 0 and self.db.execute(
+                "SELECT 1 FROM sqlite_master WHERE type='table'").fetchone() is None:  # sqlite
+            self.db.close()  # a writer has made the file and not yet its tables
+            raise NoStore(f"no runs recorded yet in {self.path.parent}", folder_exists=True)
         if version < SCHEMA_VERSION:
             self.db.close()
             raise StoreOutdated(
