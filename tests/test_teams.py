@@ -539,6 +539,30 @@ def test_each_digest_delivery_is_recorded_under_its_notifiers_name(
                         ("prod-webhook-1", "digest", "refused")}
 
 
+def test_gitops_digest_send_records_each_delivery(
+        tmp_path: Path, state: Path, receiver: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``gitops digest --send`` says each delivery, exits 1 when one is refused, and records
+    them as the daemon's digest does: the refusing notifier is seen failing on the page."""
+    url, got = receiver
+    monkeypatch.setenv("TM_OK", url)
+    monkeypatch.setenv("TM_NO", url.replace("/hook", "/refuse"))
+    toml = tmp_path / "gitops.toml"
+    toml.write_text(f'state_dir = "{state}"\n'
+                    '[[notifiers]]\nname = "ops-hook"\ntype = "webhook"\n'
+                    'url = {env = "TM_OK"}\nevents = ["digest"]\n'
+                    f'[[environments]]\nname = "prod"\nrepo = "{tmp_path}"\n'
+                    '[[environments.notifiers]]\ntype = "webhook"\nurl = {env = "TM_NO"}\n')
+    monkeypatch.setenv("GITOPS_CONFIG", str(toml))
+    out = CliRunner().invoke(main, ["digest", "--send", "--days", str(DAYS)])
+    assert out.exit_code == 1, out.output
+    assert len(got) == 2
+    assert "ops-hook" in out.stderr and "prod-webhook-1" in out.stderr
+    with Store(state, readonly=True) as store:
+        recorded = {(r["notifier"], r["event"], r["status"]) for r in store.deliveries()}
+    assert recorded == {("ops-hook", "digest", "delivered"),
+                        ("prod-webhook-1", "digest", "refused")}
+
+
 def test_gitops_digest_prints_the_figures(state: Path) -> None:
     """``gitops digest --days 7`` prints each team's keys with their change."""
     out = CliRunner().invoke(main, ["digest", "--days", str(DAYS), "--state-dir", str(state)])

@@ -3,6 +3,7 @@ the recorded history, per environment or side by side per team with trends, and 
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,7 +14,7 @@ from gitops import freetext
 from gitops.cli.context import load_settings, open_reader, store_environment
 from gitops.cli.options import EXIT_CODES, Finite, json_option, store_options, writer_options
 from gitops.cli.output import duration, emit
-from gitops.errors import UsageError
+from gitops.errors import GitopsError, UsageError
 from gitops.record.store import Store
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ def digest(state_dir: Path | None, as_json: bool, days: float | None, send: bool
         failed = [d for d in deliveries if not d.ok]
         for d in deliveries:
             click.echo(str(d), err=True)
+        _record(s, deliveries)
         if failed:
             if as_json:
                 emit(found.as_json())
@@ -108,6 +110,19 @@ def digest(state_dir: Path | None, as_json: bool, days: float | None, send: bool
         emit(found.as_json())
         return
     click.echo(freetext.shown_text(found.text()))
+
+
+def _record(s: Settings, deliveries: list[Any]) -> None:
+    """Each delivery in its notifier's record, as the daemon's scheduled digest does; a record
+    that cannot be written is said on stderr (the digest was sent all the same)."""
+    from gitops.daemon import notify
+    from gitops.record.store import open_store
+
+    try:
+        with open_store(s) as store:
+            notify.record(store, deliveries)
+    except (GitopsError, OSError, sqlite3.Error) as exc:
+        click.echo(f"the deliveries were not recorded: {exc}", err=True)
 
 
 MAX_DAYS = 36600
