@@ -19,7 +19,8 @@ import unicodedata
 
 from gitops.errors import UsageError
 
-__all__ = ["MAX_LINE", "MAX_NOTE", "BadText", "line", "note", "problem", "shown", "shown_text"]
+__all__ = ["MAX_LINE", "MAX_NOTE", "BadText", "line", "note", "problem", "shown", "shown_text",
+           "some"]
 
 MAX_LINE = 500
 """The longest reason or actor accepted (characters)."""
@@ -98,3 +99,9 @@ def shown_text(value: object) -> str:
     if not any(_unsafe(c, "\n\t") for c in text):
         return text
     return "".join(_escape(c) if _unsafe(c, "\n\t") else c for c in text)
+
+
+def some(names: list[str], most: int = 5) -> str:
+    """``a, b, c`` or, past ``most`` names, ``a, b, c and 7 more``."""
+    shown_ = ", ".join(names[:most])
+    return shown_ + (f" and {len(names) - most} more" if len(names) > most else "")

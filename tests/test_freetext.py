@@ -236,3 +236,16 @@ def test_stored_text_with_escapes_prints_escaped(tmp_path: Path) -> None:
     assert "Quarantined: bbbbbbbbbb" in status.stdout and "\\x1b[2Jwiped" in status.stdout
     raw = json.loads(gitops("history", "--json", "--state-dir", str(state)).stdout)
     assert raw[-1]["reason"] == forged  # --json keeps the record as it is (JSON escapes it)
+
+
+@pytest.mark.parametrize(("names", "most", "expected"), [
+    ([], 5, ""),
+    (["a"], 5, "a"),
+    (["a", "b", "c"], 3, "a, b, c"),
+    (["a", "b", "c", "d"], 3, "a, b, c and 1 more"),
+    ([f"h{i:02}" for i in range(12)], 5, "h00, h01, h02, h03, h04 and 7 more"),
+])
+def test_some_names_a_few_and_counts_the_rest(names: list[str], most: int,
+                                              expected: str) -> None:
+    """The messages' lists of hosts or services: the first few, then how many more."""
+    assert freetext.some(names, most) == expected

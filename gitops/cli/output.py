@@ -157,17 +157,13 @@ def outcome_summary(outcome: pipeline.Outcome) -> str:
                     outcome.apply.changed if outcome.apply else 0,
                     sum(1 for r in v.results if r.status == "pass") if v else 0,
                     len(v.failed) if v else 0, len(unreachable)) + (
-        f" ({_some(unreachable)})" if unreachable else "") + (
-        f"; not applied on {_some(not_applied)}: the rollout stopped first"
+        f" ({freetext.some(unreachable)})" if unreachable else "") + (
+        f"; not applied on {freetext.some(not_applied)}: the rollout stopped first"
         if not_applied else "") + (
         f"; applied, not verified on {', '.join(unchecked)}: no check ran there"
         if unchecked else "")
 
 
-def _some(names: list[str], most: int = 5) -> str:
-    """``a, b, c`` or ``a, b, c, d, e and 7 more``."""
-    shown = ", ".join(names[:most])
-    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def fail(exc: GitopsError, as_json: bool) -> None:

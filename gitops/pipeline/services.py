@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ValidationError
 
+from gitops import freetext
 from gitops.errors import InvalidDeclaration, Problem
 from gitops.model import (
     NAME_RE,
@@ -161,8 +162,7 @@ def check_requires(requires: Requires, declared_on: dict[str, set[str]],
             missing = sorted(h for h, used in declared_on.items()
                              if service in used and name not in used)
             if missing:
-                shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more"
-                                                  if len(missing) > 3 else "")
+                shown = freetext.some(missing, 3)
                 file, line, field = requires.at[(service, name)]
                 problems.items.append(Problem(
                     file, line, field,

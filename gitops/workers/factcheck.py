@@ -56,6 +56,7 @@ from pyinfra.facts.files import (
 )
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 
+from gitops import freetext
 from gitops.model import DeclaredState
 from gitops.pipeline import factskip
 from gitops.pipeline.factskip import FactRead, HostRecord, Skip
@@ -350,8 +351,7 @@ class Recorder:
             changed = [op.name for op in h.ops if op.status == "changed"]
             unfit = self.unfit.get(h.host, "")
             if not unfit and changed:
-                unfit = (f"its last apply changed {', '.join(changed[:3])}"
-                         + (f" and {len(changed) - 3} more" if len(changed) > 3 else ""))
+                unfit = f"its last apply changed {freetext.some(changed, 3)}"
             facts = tuple({(r.fact, json.dumps([r.kwargs, r.connector], sort_keys=True)): r
                            for r in self.reads.get(h.host, {}).values()}.values()
                           ) if not unfit else ()
