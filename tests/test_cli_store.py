@@ -426,6 +426,30 @@ def test_unquarantine_sha_argument_fuzz_is_one_line_never_a_traceback(
     assert result.output.startswith("error: "), (sha, result.output)
 
 
+@settings(max_examples=120, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(number=st.one_of(st.integers(), st.integers(2**62, 2**70)),
+       option=st.sampled_from([("history", "--run"), ("history", "--limit"),
+                               ("incidents", "action", "INC-1", "--done")]))
+def test_number_options_fuzz_answer_or_refuse_never_a_traceback(
+        tmp_path: Path, number: int, option: tuple[str, ...]) -> None:
+    """Whatever integer a run id, a row count or an item number is given, the command answers
+    (exit 0) or refuses it with exit 2 naming the option or the missing row; never a
+    traceback (a number past the database's integers was an OverflowError)."""
+    state = tmp_path / "state"
+    if not state.exists():
+        _quarantined(state)
+    result = CliRunner().invoke(main, [*option, str(number), "--state-dir", str(state)],
+                                env={"GITOPS_LISTEN": _closed_port()})
+    assert result.exception is None or isinstance(result.exception, SystemExit), (
+        number, result.exception)
+    assert "Traceback" not in result.output
+    assert result.exit_code in (0, 2), (number, result.output)
+    if result.exit_code == 2:
+        assert option[-1] in result.output or "no run" in result.output \
+            or "no incident 'INC-1'" in result.output, (number, result.output)
+
+
 def test_a_reader_that_closes_the_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
     """``gitops history | head -1``: stdout closed by its reader is a normal end (exit 0,
     nothing on stderr), not ``error: Broken pipe``."""

@@ -10,7 +10,7 @@ import click
 
 from gitops import freetext
 from gitops.cli.context import load_settings, open_reader, store_environment
-from gitops.cli.options import EXIT_CODES, json_option, store_options
+from gitops.cli.options import EXIT_CODES, ROW_NUMBER, json_option, store_options
 from gitops.cli.output import emit, run_summary
 from gitops.errors import UsageError
 from gitops.records import APPLY_KINDS
@@ -20,9 +20,9 @@ __all__ = ["history"]
 
 @click.command(epilog=EXIT_CODES)
 @store_options
-@click.option("--limit", "-n", default=20, show_default=True, type=click.IntRange(min=1),
+@click.option("--limit", "-n", default=20, show_default=True, type=ROW_NUMBER,
               help="How many runs.")
-@click.option("--run", "run_id", type=click.IntRange(min=1),
+@click.option("--run", "run_id", type=ROW_NUMBER,
               help="Show one run in full: hosts, operations, every check and its message.")
 @click.option("--diff", "diffs", is_flag=True,
               help="With --run: also what each changed file operation wrote (its diff, "

@@ -12,6 +12,7 @@ from gitops import freetext
 from gitops.cli.context import load_settings, open_reader, store_environment
 from gitops.cli.options import (
     EXIT_CODES,
+    ROW_NUMBER,
     a_note,
     json_option,
     one_line,
@@ -147,11 +148,11 @@ def annotate(incident_id: str, summary: str | None, impact: str | None, causes: 
 @click.argument("incident_id", metavar="ID")
 @click.option("--add", "text", callback=a_note,
               help="A new action item (with --team: the team that owns it).")
-@click.option("--done", "done", type=click.IntRange(min=1), metavar="N",
+@click.option("--done", "done", type=ROW_NUMBER, metavar="N",
               help="Mark action item N done.")
-@click.option("--reopen", type=click.IntRange(min=1), metavar="N",
+@click.option("--reopen", type=ROW_NUMBER, metavar="N",
               help="Mark action item N open again.")
-@click.option("--assign", type=click.IntRange(min=1), metavar="N",
+@click.option("--assign", type=ROW_NUMBER, metavar="N",
               help="Give action item N the owning --team.")
 @click.option("--team", callback=one_line,
               help="The owning team (one of the settings' teams or a recorded owner).")

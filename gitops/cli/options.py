@@ -15,7 +15,7 @@ import click
 from gitops import freetext
 
 __all__ = [
-    "EXIT_CODES", "Finite", "a_note", "config_option", "env_option", "force_options",
+    "EXIT_CODES", "ROW_NUMBER", "Finite", "a_note", "config_option", "env_option", "force_options",
     "json_option", "one_line", "state_option", "store_options", "target_options", "with_force",
     "writer_options"
 ]
@@ -41,6 +41,11 @@ def config_option(func: Callable[..., Any]) -> Callable[..., Any]:
         expose_value=False, is_eager=True, callback=_use_config,
         help="Settings file (TOML) [GITOPS_CONFIG; ./gitops.toml; /etc/gitops/gitops.toml]")
     return option(func)
+
+
+ROW_NUMBER = click.IntRange(1, 2**63 - 1)
+"""A run id, an item number, a count of rows: 1 or more, and no larger than the database's
+integers (a larger one is a usage error, not an overflow)."""
 
 
 class Finite(click.ParamType[float]):

@@ -275,7 +275,7 @@ def update_action(store: Store, incident_id: str, action_id: int, *, actor: str,
                   done: bool | None = None, team: str | None = None,
                   teams: Iterable[str] = ()) -> ActionItem:
     """Mark an action item of ``incident_id`` done (or open again), or give it a team."""
-    wanted = canonical_id(incident_id)
+    wanted = find(store, incident_id).id  # an unknown incident is named as such
     if not any(a.id == action_id and canonical_id(a.incident) == wanted
                for a in store.actions()):
         raise UsageError(f"incident {incident_id!r} has no action {action_id}")
