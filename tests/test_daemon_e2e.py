@@ -261,6 +261,9 @@ def test_suspend_stops_applies_until_resume(daemon: Daemon) -> None:
     wait_for(lambda: applied_everywhere(daemon, sha), 120, "the commit after resume")
     kinds = [r["kind"] for r in daemon.history()]
     assert "suspend" in kinds and "resume" in kinds
+    run = next(r for r in daemon.history() if r["sha"] == sha and r["kind"] == "reconcile")
+    ended = f"lab: run #{run['id']}: succeeded, "  # the log says how each run ended
+    wait_for(lambda: ended in daemon.log.read_text(), 30, "the run's last line in the log")
 
 
 def test_webhook_with_a_wrong_signature_is_refused(daemon: Daemon) -> None:

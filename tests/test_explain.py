@@ -37,6 +37,7 @@ def test_an_invalid_commit_logs_its_problems_and_status_prints_them(
     assert any(m.startswith("lab: main@sha1:") and m.endswith(
         " is invalid (1 problem(s)), nothing applied:") for m in logged), logged
     assert f"lab:   {problem}" in logged
+    assert "lab: run #1: invalid, nothing applied" in logged  # how the run ended
     out = CliRunner().invoke(main, ["status", "--state-dir", str(state)])
     assert out.exit_code == 0, out.output
     assert ("    Problems (run #1; all of them: gitops history --run 1):\n"

@@ -13,6 +13,7 @@ from gitops import freetext
 from gitops.errors import GitopsError, InvalidDeclaration
 from gitops.records import NO_CHANGE_BY_FINGERPRINT as NO_CHANGE
 from gitops.records import OpPlan, Plan
+from gitops.report.explain import outcome_summary, run_summary
 
 if TYPE_CHECKING:
     from gitops.pipeline import reconcile as pipeline
@@ -131,39 +132,6 @@ def _print_outcome(outcome: pipeline.Outcome) -> None:
             check_failure(r.host, r.service, r.check, r.status, r.message)
         for host, why in v.host_errors.items():
             click.secho(f"  ✗ {host}: {why}", fg="red")
-
-
-def run_summary(run_id: int | None, result: str, changed: int, passed: int, failed: int,
-             unreachable: int = 0) -> str:
-    """``run #12: succeeded, 3 changed, 42 checks passed`` (failures and hosts when any)."""
-    parts = [f"{changed} changed", f"{passed} checks passed"]
-    if failed:
-        parts.append(f"{failed} failed")
-    if unreachable:
-        parts.append(f"{unreachable} host(s) unreachable")
-    return f"run #{run_id if run_id is not None else '-'}: {result}, {', '.join(parts)}"
-
-
-def outcome_summary(outcome: pipeline.Outcome) -> str:
-    v = outcome.verify
-    if v is None and outcome.apply is None:
-        return f"run #{outcome.run_id}: {outcome.result}, nothing applied"
-    unchecked = v.not_verified(outcome.apply) if v else []
-    hosts = outcome.apply.hosts if outcome.apply else ()
-    unreachable = sorted(set(v.host_errors if v else ())
-                         | {h.host for h in hosts if h.status == "unreachable"})
-    not_applied = [h.host for h in hosts if h.status == "skipped"]
-    return run_summary(outcome.run_id, outcome.result,
-                    outcome.apply.changed if outcome.apply else 0,
-                    sum(1 for r in v.results if r.status == "pass") if v else 0,
-                    len(v.failed) if v else 0, len(unreachable)) + (
-        f" ({freetext.some(unreachable)})" if unreachable else "") + (
-        f"; not applied on {freetext.some(not_applied)}: the rollout stopped first"
-        if not_applied else "") + (
-        f"; applied, not verified on {', '.join(unchecked)}: no check ran there"
-        if unchecked else "")
-
-
 
 
 def fail(exc: GitopsError, as_json: bool) -> None:

@@ -31,10 +31,12 @@ class Reporter:
 
     def report(self, env: EnvState, outcome: Outcome, *,
                kind: notify.EventKind | None) -> None:
-        """Log why a run failed (``explain``), notify ``kind`` (``policy.event_kind``; None:
-        nobody) and rewrite incident reports."""
+        """Log how the run ended and why it failed (``explain``), notify ``kind``
+        (``policy.event_kind``; None: nobody) and rewrite incident reports."""
         from gitops.report import explain
 
+        log.log(logging.INFO if outcome.result == "succeeded" else logging.WARNING, "%s: %s",
+                env.config.name, explain.outcome_summary(outcome))
         for line in explain.failure_lines(
                 result=outcome.result, ref=outcome.revision.ref if outcome.revision else None,
                 error=outcome.error, apply=outcome.apply, verify=outcome.verify):
