@@ -98,5 +98,5 @@ def outcome_summary(outcome: Outcome) -> str:
         f" ({freetext.some(unreachable)})" if unreachable else "") + (
         f"; not applied on {freetext.some(not_applied)}: the rollout stopped first"
         if not_applied else "") + (
-        f"; applied, not verified on {', '.join(unchecked)}: no check ran there"
+        f"; applied, not verified on {freetext.some(unchecked)}: no check ran there"
         if unchecked else "")
