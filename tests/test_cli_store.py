@@ -380,8 +380,13 @@ def test_unquarantine_releases_one_revision_and_history_shows_who_and_why(
         "branch head"]
     history = gitops("history", "-e", "lab", env=env, cwd=tmp_path)
     newest = history.stdout.splitlines()[0]
-    assert newest.startswith("#2 ") and " unquarantine abcdef1111 succeeded " in newest
+    assert newest.startswith("#2 ") and " unquarantine abcdef1111 action " in newest
+    assert "changed=" not in newest  # an operator's action ran nothing: no result, no changes
     assert newest.endswith("by alice: web1 was down, not the commit")
+    oldest = history.stdout.splitlines()[1]  # the run has its result
+    assert " reconcile " in oldest and " failed " in oldest and "changed=0" in oldest
+    one = gitops("history", "--run", "2", env=env, cwd=tmp_path)
+    assert one.stdout.startswith("run #2 unquarantine of lab by alice: an operator's action ")
     with Store(state, readonly=True) as store:
         assert [q.sha for q in store.quarantined("lab")] == [BAD2]
     again = gitops("unquarantine", "lab", BAD1, "--reason", "twice", "--json", env=env,

@@ -220,3 +220,17 @@ def test_who_did_what_is_shown_beside_each_run_and_incident(
     assert "(operator) suspend: uplink down, hold changes" in entry.inner_text()
     (recorded,) = [e for e in audit(served) if e["action"] == "suspend"]
     assert (recorded["actor"], recorded["reason"]) == ("user:alice", "uplink down, hold changes")
+    with Store(served.settings.state_dir) as store:  # as the daemon records a suspend
+        event = store.record_event("lab", "suspend", actor="user:alice", reason="uplink down")
+    row = bob.locator(f'tr[data-run="{event}"]')
+    row.wait_for()  # an action, not a run that succeeded in no time
+    assert row.locator('td[data-label="result"]').inner_text() == "action"
+    assert row.locator('td[data-label="took"]').inner_text() == ""
+    assert row.locator('td[data-label="by"]').inner_text() == "user:alice"
+    ran = bob.locator(f'tr[data-run="{max(runs)}"] td[data-label="result"]').inner_text()
+    assert ran == next(r.result for r in _history(served) if r.id == max(runs))
+
+
+def _history(served: Site) -> list[Any]:
+    with Store(served.settings.state_dir, readonly=True) as store:
+        return store.history("lab")

@@ -64,16 +64,19 @@ def history(as_json: bool, environment: str | None, state_dir: Path | None, limi
         took = f"{r['duration_s']:.1f}s" if r["duration_s"] is not None else "running"
         failed = f" failed: {', '.join(r['failed_hosts'])}" if r["failed_hosts"] else ""
         why = f": {freetext.shown(r['reason'])}" if r["reason"] else ""
+        # an operator's action (suspend, a rollback's hold, ...) ran nothing: no result of its own
+        done = (f"{'action':<11} {'':>7} " if r["event"] else
+                f"{r['result'] or 'running':<11} {took:>7} changed={r['changed']} ")
         click.echo(f"#{r['id']:<4} {r['started_at'][:19]} {r['environment']:<10} "
-                   f"{r['kind']:<9} {sha:<10} {r['result'] or 'running':<11} {took:>7} "
-                   f"changed={r['changed']} by {freetext.shown(r['actor'])}{failed}{why}")
+                   f"{r['kind']:<9} {sha:<10} {done}by {freetext.shown(r['actor'])}{failed}{why}")
 
 
 def _print_run(run: dict[str, Any]) -> None:
     """One recorded run in full: what the JSON says, as text."""
     click.echo(f"run #{run['id']} {run['kind']} of {run['environment']} by "
                f"{freetext.shown(run['actor'])}: "
-               f"{run['result'] or 'running'} ({run['sha'] or '-'})")
+               + ("an operator's action" if run.get("event") else run["result"] or "running")
+               + f" ({run['sha'] or '-'})")
     click.echo(f"  started {run['started_at'][:19]}"
                + (f", took {run['duration_s']:.1f}s" if run["duration_s"] is not None else "")
                + (f"; reason: {freetext.shown(run['reason'])}" if run["reason"] else ""))
@@ -104,7 +107,7 @@ def _print_run(run: dict[str, Any]) -> None:
             for line in c["message"].strip().splitlines():
                 click.echo(f"          {freetext.shown(line)}")
     passed = sum(1 for c in run["checks"] if c["status"] == "pass")
-    if run["kind"] in (*APPLY_KINDS, "verify"):
+    if run["kind"] in (*APPLY_KINDS, "verify") and not run.get("event"):
         click.echo(run_summary(run["id"], run["result"] or "running", run["changed"], passed,
                             len(run["checks"]) - passed))
 

@@ -501,12 +501,12 @@
     },
     el("td", { "data-label": "run", text: "#" + r.id }),
     el("td", { "data-label": "kind", text: r.kind }),
-    el("td", { "data-label": "result" }, resultBadge(r.result)),
+    el("td", { "data-label": "result" }, r.event ? badge("action", "action") : resultBadge(r.result)),
     el("td", { "data-label": "revision" }, el("code", { text: shortRev(r.sha) })),
     el("td", { "data-label": "message", class: "message", text: firstLine(r.message || r.reason || r.error) }),
     el("td", { "data-label": "by", text: r.actor }),
     el("td", { "data-label": "started" }, time(r.started_at)),
-    el("td", { "data-label": "took", text: duration(r.duration_s) })));
+    el("td", { "data-label": "took", text: r.event ? "" : duration(r.duration_s) })));
     return el("section", { class: "history", "data-testid": "history" },
       el("h3", { text: `History (last ${env.history.length})` }),
       el("div", { class: "grid-wrap" }, el("table", { class: "runs" },
@@ -539,7 +539,7 @@
     put(body,
       el("dl", { class: "facts" },
         el("dt", { text: "environment" }), el("dd", { text: run.environment }),
-        el("dt", { text: "result" }), el("dd", {}, resultBadge(run.result)),
+        el("dt", { text: "result" }), el("dd", {}, run.event ? badge("action", "action") : resultBadge(run.result)),
         el("dt", { text: "revision" }), el("dd", {}, el("code", { text: run.sha || "—" })),
         el("dt", { text: "commit" }), el("dd", { class: "message", text: run.message || "—" }),
         el("dt", { text: "author" }), el("dd", { text: run.author || "—" }),
