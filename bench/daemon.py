@@ -68,7 +68,7 @@ from _common import (
 from verify_vs_floor import ssh_floor
 
 import gitops.lab as lab
-from gitops.record.store import SCHEMA_VERSION
+from gitops.record.store import NoStore, Store, StoreOutdated
 
 _OWN = os.environ.get("GITOPS_LAB_NAME", "")[:5]  # the labs of the caller's name, if named
 BIG, SMALL = (f"{_OWN}d2", f"{_OWN}d1") if _OWN else ("dbench2", "dbench1")
@@ -202,18 +202,12 @@ class Db:
     @classmethod
     def when_ready(cls, state_dir: Path) -> Db | None:
         """The view once the daemon has made the database and migrated it, else None (the
-        file exists a moment before its tables do)."""
-        if not (state_dir / "gitops.db").exists():
+        file exists a moment before its tables do): the store's own rule for a reader."""
+        try:
+            Store(state_dir, readonly=True).close()
+        except (NoStore, StoreOutdated):
             return None
-        db = cls(state_dir)
-        found = db.db.execute("SELECT 1 FROM sqlite_master WHERE type='table'"
-                              " AND name='schema_migrations'").fetchone()
-        version = found and db.db.execute(
-            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
-        if not version or version < SCHEMA_VERSION:
-            db.db.close()
-            return None
-        return db
+        return cls(state_dir)
 
     def last_run_id(self) -> int:
         row = self.db.execute("SELECT max(id) FROM runs").fetchone()
