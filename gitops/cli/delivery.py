@@ -97,11 +97,16 @@ def digest(state_dir: Path | None, as_json: bool, days: float | None, send: bool
     with store:
         found = digest_.build(store, s, days=days)
     if send:
-        deliveries = digest_.send(found, digest_.receivers(s))
+        from gitops.record.store import open_store
+
+        deliveries, unrecorded = digest_.deliver(found, s, lambda: open_store(s))
         failed = [d for d in deliveries if not d.ok]
         for d in deliveries:
             click.echo(str(d), err=True)
-        _record(s, deliveries)
+        if unrecorded is not None:  # the digest was sent all the same
+            known = isinstance(unrecorded, (GitopsError, OSError, sqlite3.Error))
+            click.echo("the deliveries were not recorded: "
+                       + (str(unrecorded) if known else type(unrecorded).__name__), err=True)
         if failed:
             if as_json:
                 emit(found.as_json())
@@ -110,19 +115,6 @@ def digest(state_dir: Path | None, as_json: bool, days: float | None, send: bool
         emit(found.as_json())
         return
     click.echo(freetext.shown_text(found.text()))
-
-
-def _record(s: Settings, deliveries: list[Any]) -> None:
-    """Each delivery in its notifier's record, as the daemon's scheduled digest does; a record
-    that cannot be written is said on stderr (the digest was sent all the same)."""
-    from gitops.daemon import notify
-    from gitops.record.store import open_store
-
-    try:
-        with open_store(s) as store:
-            notify.record(store, deliveries)
-    except (GitopsError, OSError, sqlite3.Error) as exc:
-        click.echo(f"the deliveries were not recorded: {exc}", err=True)
 
 
 MAX_DAYS = 36600

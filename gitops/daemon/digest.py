@@ -13,7 +13,7 @@ with its injected wall clock, so tests need no waiting. ``gitops digest`` prints
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -26,7 +26,8 @@ from gitops.report.incidents import Incident, incidents
 from gitops.report.teams import environment_teams
 from gitops.settings import DigestSettings, NotifierConfig, Settings
 
-__all__ = ["KEY_LABELS", "SCHEMA", "Digest", "Schedule", "build", "figure", "receivers", "send"]
+__all__ = ["KEY_LABELS", "SCHEMA", "Digest", "Schedule", "build", "deliver", "figure", "receivers",
+           "send"]
 
 SCHEMA = "gitops.digest/v1"
 NO_OWNER = "no owner yet"
@@ -167,6 +168,21 @@ def send(digest: Digest, named: Sequence[tuple[str, NotifierConfig]],
     retries, sleep); each delivery carries its receiver's name."""
     return notify.notify_digest([c for _, c in named], digest.as_json(), digest.text(),
                                 digest.title, names=[name for name, _ in named], **options)
+
+
+def deliver(digest: Digest, settings: Settings, open_store: Callable[[], Store]
+            ) -> tuple[list[notify.Delivery], Exception | None]:
+    """Send ``digest`` to the settings' ``receivers`` and record each delivery with its
+    notifier's others (a digest that never arrives is a failing notifier too): the
+    deliveries, and why they could not be recorded (None: recorded; the digest was sent all
+    the same)."""
+    deliveries = send(digest, receivers(settings))
+    try:
+        with open_store() as store:
+            notify.record(store, deliveries)
+    except Exception as exc:  # the record unreachable or not writable
+        return deliveries, exc
+    return deliveries, None
 
 
 class Schedule:

@@ -33,7 +33,7 @@ class DigestTimer:
         """Send the digest if its schedule is due at ``now`` (the deliveries), else None."""
         if not self.schedule.due(now):
             return None
-        from gitops.daemon import digest, notify
+        from gitops.daemon import digest
 
         try:
             with self.open_store() as store:
@@ -41,13 +41,10 @@ class DigestTimer:
         except Exception:  # a digest must never stop the daemon
             log.exception("digest: could not read the record")
             return []
-        deliveries = digest.send(found, digest.receivers(self.settings))
+        deliveries, unrecorded = digest.deliver(found, self.settings, self.open_store)
         log.info("digest of %s sent to %d receiver(s)", found.title, len(deliveries))
-        try:  # each notifier's record: a digest that never arrives is a failing notifier too
-            with self.open_store() as store:
-                notify.record(store, deliveries)
-        except Exception as exc:  # the record unreachable: the digest was still sent
-            log.warning("digest deliveries not recorded: %s", type(exc).__name__)
+        if unrecorded is not None:
+            log.warning("digest deliveries not recorded: %s", type(unrecorded).__name__)
         return deliveries
 
     def run(self, stop: threading.Event, now: Callable[[], datetime]) -> None:
