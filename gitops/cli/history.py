@@ -75,7 +75,7 @@ def _print_run(run: dict[str, Any]) -> None:
     """One recorded run in full: what the JSON says, as text."""
     click.echo(f"run #{run['id']} {run['kind']} of {run['environment']} by "
                f"{freetext.shown(run['actor'])}: "
-               + ("an operator's action" if run.get("event") else run["result"] or "running")
+               + ("an operator's action" if run["event"] else run["result"] or "running")
                + f" ({run['sha'] or '-'})")
     click.echo(f"  started {run['started_at'][:19]}"
                + (f", took {run['duration_s']:.1f}s" if run["duration_s"] is not None else "")
@@ -107,7 +107,7 @@ def _print_run(run: dict[str, Any]) -> None:
             for line in c["message"].strip().splitlines():
                 click.echo(f"          {freetext.shown(line)}")
     passed = sum(1 for c in run["checks"] if c["status"] == "pass")
-    if run["kind"] in (*APPLY_KINDS, "verify") and not run.get("event"):
+    if run["kind"] in (*APPLY_KINDS, "verify") and not run["event"]:
         click.echo(run_summary(run["id"], run["result"] or "running", run["changed"], passed,
                             len(run["checks"]) - passed))
 

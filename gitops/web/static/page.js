@@ -79,6 +79,11 @@
     return badge(result, result === "succeeded" ? "ok" : result === "interrupted" ? "warn" : "bad");
   }
 
+  // A history entry's result; an operator's action (suspend, a rollback's hold) ran nothing.
+  function runBadge(run) {
+    return run.event ? badge("action", "action") : resultBadge(run.result);
+  }
+
   // -- charts ------------------------------------------------------------------------------
 
   // Stacked bars: rows [{label, parts: {name: number}}], colors {name: css class}.
@@ -501,7 +506,7 @@
     },
     el("td", { "data-label": "run", text: "#" + r.id }),
     el("td", { "data-label": "kind", text: r.kind }),
-    el("td", { "data-label": "result" }, r.event ? badge("action", "action") : resultBadge(r.result)),
+    el("td", { "data-label": "result" }, runBadge(r)),
     el("td", { "data-label": "revision" }, el("code", { text: shortRev(r.sha) })),
     el("td", { "data-label": "message", class: "message", text: firstLine(r.message || r.reason || r.error) }),
     el("td", { "data-label": "by", text: r.actor }),
@@ -539,7 +544,7 @@
     put(body,
       el("dl", { class: "facts" },
         el("dt", { text: "environment" }), el("dd", { text: run.environment }),
-        el("dt", { text: "result" }), el("dd", {}, run.event ? badge("action", "action") : resultBadge(run.result)),
+        el("dt", { text: "result" }), el("dd", {}, runBadge(run)),
         el("dt", { text: "revision" }), el("dd", {}, el("code", { text: run.sha || "—" })),
         el("dt", { text: "commit" }), el("dd", { class: "message", text: run.message || "—" }),
         el("dt", { text: "author" }), el("dd", { text: run.author || "—" }),
